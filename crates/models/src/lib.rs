@@ -1,0 +1,17 @@
+//! ringsam-models: the model zoo, built from `ringsam-nn` layers, and the registry by name.
+//!
+//! Each model declares its parameters under the reference implementation's Flax parameter-tree
+//! paths, so checkpoints and fixtures share keys one-to-one. Forward is a flat sequence of layer
+//! calls; backward is the same sequence reversed, so the two read as mirror images.
+//!
+//! Models available now: WideResNet-d-k (`WideResnet28x10`, `WideResnet16x4`, any `d = 6n + 4`).
+
+pub mod error;
+pub mod init;
+pub mod model;
+pub mod registry;
+pub mod wide_resnet;
+
+pub use error::ModelError;
+pub use model::{Model, ModelConfig};
+pub use registry::{ModelInfo, build, list};

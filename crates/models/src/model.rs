@@ -1,0 +1,44 @@
+//! The interface every model implements.
+
+use ringsam_nn::{NnError, ParamLayout, Pass, StateLayout};
+use ringsam_tensor::Tensor;
+
+/// What a model is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// Classifier outputs.
+    pub num_classes: usize,
+    /// Image channels (3 for RGB, 1 for Fashion-MNIST and digits).
+    pub in_channels: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { num_classes: 10, in_channels: 3 }
+    }
+}
+
+/// A classifier over `(C, N, H, W)` images producing `(N, num_classes)` logits.
+///
+/// Parameters and state live outside the model, in buffers laid out by [`Model::layout`] and
+/// [`Model::state_layout`]: the model holds only ids and its activation buffers. That is what lets
+/// SAM run pass 2 on a second parameter buffer (`w + e`) without touching `w`.
+pub trait Model: Send {
+    /// Registry name.
+    fn name(&self) -> &str;
+    /// Trainable parameters, in declaration (= buffer) order.
+    fn layout(&self) -> &ParamLayout;
+    /// Batch-norm running statistics.
+    fn state_layout(&self) -> &StateLayout;
+    /// The build configuration.
+    fn config(&self) -> ModelConfig;
+    /// Fills parameters and state with the reference's initialisation (see [`crate::init`]).
+    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64);
+    /// Runs the network on `x (C, N, H, W)`; returns logits `(N, num_classes)`.
+    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError>;
+    /// Backward from `dlogits (N, num_classes)`: adds parameter gradients into `grads`. Must follow
+    /// a `forward` on the same `params` and `x`.
+    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError>;
+    /// Multiply-adds of the last forward pass (for GFLOP/s reports): convolutions and dense layers.
+    fn last_forward_macs(&self) -> usize;
+}

@@ -1,0 +1,72 @@
+//! Stand-alone element-wise activations (ReLU after batch norm is fused into [`super::BatchNorm`]).
+
+use ringsam_tensor::Tensor;
+use ringsam_tensor::activation::{relu_backward, relu_forward, sigmoid_backward, sigmoid_forward, silu_backward, silu_forward};
+
+use super::{Layer, expect_same};
+use crate::error::KernelContext;
+use crate::{NnError, Pass};
+
+/// Which activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationKind {
+    /// max(x, 0)
+    Relu,
+    /// x·σ(x) (swish)
+    Silu,
+    /// σ(x)
+    Sigmoid,
+}
+
+/// An activation layer of any shape.
+#[derive(Debug)]
+pub struct Activation {
+    name: String,
+    kind: ActivationKind,
+    out: Tensor,
+    dinp: Tensor,
+}
+
+impl Activation {
+    /// A parameter-free activation.
+    pub fn new(name: &str, kind: ActivationKind) -> Self {
+        Activation { name: name.to_string(), kind, out: Tensor::empty(), dinp: Tensor::empty() }
+    }
+}
+
+impl Layer for Activation {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&mut self, _params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+        self.out.resize(x.shape());
+        let (o, i) = (self.out.as_mut_slice(), x.as_slice());
+        match self.kind {
+            ActivationKind::Relu => relu_forward(o, i),
+            ActivationKind::Silu => silu_forward(o, i),
+            ActivationKind::Sigmoid => sigmoid_forward(o, i),
+        }
+        .in_layer(&self.name)
+    }
+
+    fn backward(&mut self, _params: &[f32], _grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        expect_same(&self.name, dout, &self.out)?;
+        self.dinp.resize(x.shape());
+        let (d, g) = (self.dinp.as_mut_slice(), dout.as_slice());
+        match self.kind {
+            ActivationKind::Relu => relu_backward(d, g, self.out.as_slice()),
+            ActivationKind::Silu => silu_backward(d, g, x.as_slice()),
+            ActivationKind::Sigmoid => sigmoid_backward(d, g, self.out.as_slice()),
+        }
+        .in_layer(&self.name)
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.out
+    }
+
+    fn dinput(&self) -> &Tensor {
+        &self.dinp
+    }
+}

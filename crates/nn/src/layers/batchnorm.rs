@@ -1,0 +1,179 @@
+//! Batch normalization (optionally fused with the following ReLU), with running statistics.
+
+use ringsam_tensor::Tensor;
+use ringsam_tensor::batchnorm::{BnShape, batchnorm_backward, batchnorm_backward_eval, batchnorm_forward_eval, batchnorm_forward_train};
+
+use super::{Layer, expect_same, shape_error};
+use crate::error::KernelContext;
+use crate::{NnError, ParamId, ParamLayout, Pass, StateLayout};
+
+/// Batch-norm hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    /// Channels.
+    pub channels: usize,
+    /// Running-statistics momentum, Flax convention: `running = m·running + (1 − m)·batch`.
+    pub momentum: f32,
+    /// Added to the variance.
+    pub eps: f32,
+    /// Apply ReLU to the output (fused).
+    pub relu: bool,
+}
+
+impl BatchNormConfig {
+    /// The reference's CIFAR models: momentum 0.9, eps 1e-5 (sam_jax/models/utils.py).
+    pub fn cifar(channels: usize, relu: bool) -> Self {
+        BatchNormConfig { channels, momentum: 0.9, eps: 1e-5, relu }
+    }
+}
+
+/// Batch norm over `(C, N, H, W)` or `(C, N)`; parameters `{name}/scale`, `{name}/bias`, state
+/// `{name}/mean`, `{name}/var`.
+#[derive(Debug)]
+pub struct BatchNorm {
+    name: String,
+    cfg: BatchNormConfig,
+    scale: ParamId,
+    bias: ParamId,
+    running_mean: ParamId,
+    running_var: ParamId,
+    last_train: Option<bool>,
+    mean: Vec<f32>, // (C,) batch mean of the last training forward
+    var: Vec<f32>,  // (C,) biased batch variance
+    rstd: Vec<f32>, // (C,) 1/sqrt(var + eps)
+    out: Tensor,
+    dinp: Tensor,
+}
+
+impl BatchNorm {
+    /// Declares scale and bias in `params`, running mean and variance in `state`.
+    pub fn new(params: &mut ParamLayout, state: &mut StateLayout, name: &str, cfg: BatchNormConfig) -> Self {
+        let c = cfg.channels;
+        BatchNorm {
+            name: name.to_string(),
+            cfg,
+            scale: params.push(format!("{name}/scale"), &[c]),
+            bias: params.push(format!("{name}/bias"), &[c]),
+            running_mean: state.push(format!("{name}/mean"), &[c]),
+            running_var: state.push(format!("{name}/var"), &[c]),
+            last_train: None,
+            mean: vec![0.0; c],
+            var: vec![0.0; c],
+            rstd: vec![0.0; c],
+            out: Tensor::empty(),
+            dinp: Tensor::empty(),
+        }
+    }
+
+    /// Parameter ids `(scale, bias)`.
+    pub fn params(&self) -> (ParamId, ParamId) {
+        (self.scale, self.bias)
+    }
+
+    /// State ids `(running mean, running variance)`.
+    pub fn state(&self) -> (ParamId, ParamId) {
+        (self.running_mean, self.running_var)
+    }
+
+    fn shape(&self, x: &Tensor) -> Result<BnShape, NnError> {
+        match x.shape() {
+            [c, rest @ ..] if *c == self.cfg.channels && !rest.is_empty() && rest.iter().all(|&d| d > 0) => {
+                Ok(BnShape { c: *c, m: rest.iter().product() })
+            }
+            _ => Err(shape_error(&self.name, format!("({}, N, ...)", self.cfg.channels), x)),
+        }
+    }
+}
+
+impl Layer for BatchNorm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+        let sh = self.shape(x)?;
+        self.out.resize(x.shape());
+        let (scale, bias) = (&params[self.scale.range()], &params[self.bias.range()]);
+        let BatchNormConfig { momentum, eps, relu, .. } = self.cfg;
+        if pass.train {
+            batchnorm_forward_train(
+                self.out.as_mut_slice(),
+                &mut self.mean,
+                &mut self.var,
+                &mut self.rstd,
+                x.as_slice(),
+                scale,
+                bias,
+                eps,
+                relu,
+                &sh,
+            )
+            .in_layer(&self.name)?;
+            if pass.update_bn_stats {
+                for (r, b) in state[self.running_mean.range()].iter_mut().zip(&self.mean) {
+                    *r = momentum * *r + (1.0 - momentum) * b;
+                }
+                for (r, b) in state[self.running_var.range()].iter_mut().zip(&self.var) {
+                    *r = momentum * *r + (1.0 - momentum) * b;
+                }
+            }
+        } else {
+            let (rm, rv) = (&state[self.running_mean.range()], &state[self.running_var.range()]);
+            batchnorm_forward_eval(self.out.as_mut_slice(), x.as_slice(), scale, bias, rm, rv, eps, relu, &sh).in_layer(&self.name)?;
+            // Backward in eval mode needs the running statistics as they were in this forward.
+            self.mean.copy_from_slice(rm);
+            self.var.copy_from_slice(rv);
+        }
+        self.last_train = Some(pass.train);
+        Ok(())
+    }
+
+    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        let train = self.last_train.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
+        let sh = self.shape(x)?;
+        expect_same(&self.name, dout, &self.out)?;
+        self.dinp.resize(x.shape());
+        let scale = &params[self.scale.range()];
+        // scale and bias are adjacent in the arena (declared one after the other).
+        let (gs, gb) = grads[self.scale.range().start..self.bias.range().end].split_at_mut(self.cfg.channels);
+        if train {
+            batchnorm_backward(
+                self.dinp.as_mut_slice(),
+                gs,
+                gb,
+                dout.as_slice(),
+                self.out.as_slice(),
+                x.as_slice(),
+                &self.mean,
+                &self.rstd,
+                scale,
+                self.cfg.relu,
+                &sh,
+            )
+        } else {
+            batchnorm_backward_eval(
+                self.dinp.as_mut_slice(),
+                gs,
+                gb,
+                dout.as_slice(),
+                self.out.as_slice(),
+                x.as_slice(),
+                &self.mean,
+                &self.var,
+                scale,
+                self.cfg.eps,
+                self.cfg.relu,
+                &sh,
+            )
+        }
+        .in_layer(&self.name)
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.out
+    }
+
+    fn dinput(&self) -> &Tensor {
+        &self.dinp
+    }
+}

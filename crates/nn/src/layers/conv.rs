@@ -1,0 +1,132 @@
+//! Convolution layer (no bias, as every conv in the reference's CIFAR models).
+
+use ringsam_tensor::Tensor;
+use ringsam_tensor::conv::{Conv2dShape, conv2d_backward, conv2d_forward};
+
+use super::{Layer, expect_image, expect_same};
+use crate::error::KernelContext;
+use crate::{NnError, ParamId, ParamLayout, Pass};
+
+/// How a convolution pads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// TensorFlow/Flax `'SAME'` (extra padding after the image).
+    Same,
+    /// Symmetric explicit padding; `Explicit(0)` is `'VALID'`.
+    Explicit(usize),
+}
+
+/// A convolution's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding rule.
+    pub padding: Padding,
+    /// Channel groups.
+    pub groups: usize,
+    /// Whether backward computes the input gradient (false for the first layer of a network).
+    pub input_grad: bool,
+}
+
+impl Conv2dConfig {
+    /// A `k×k` SAME convolution, stride `stride`, one group, with input gradient.
+    pub fn same(c_in: usize, c_out: usize, kernel: usize, stride: usize) -> Self {
+        Conv2dConfig { c_in, c_out, kernel, stride, padding: Padding::Same, groups: 1, input_grad: true }
+    }
+}
+
+/// `y = conv(x, kernel)`, kernel `(k, k, c_in/groups, c_out)` named `{name}/kernel`.
+#[derive(Debug)]
+pub struct Conv2d {
+    name: String,
+    cfg: Conv2dConfig,
+    kernel: ParamId,
+    shape: Option<Conv2dShape>,
+    out: Tensor,   // (c_out, N, P, Q)
+    dinp: Tensor,  // (c_in, N, H, W)
+    col: Vec<f32>, // im2col scratch, (k·k·c_in/groups) × (N·P·Q)
+}
+
+impl Conv2d {
+    /// Declares the kernel in `layout` under `{name}/kernel`.
+    pub fn new(layout: &mut ParamLayout, name: &str, cfg: Conv2dConfig) -> Self {
+        let kernel = layout.push(format!("{name}/kernel"), &[cfg.kernel, cfg.kernel, cfg.c_in / cfg.groups.max(1), cfg.c_out]);
+        Conv2d { name: name.to_string(), cfg, kernel, shape: None, out: Tensor::empty(), dinp: Tensor::empty(), col: Vec::new() }
+    }
+
+    /// The kernel's place in the arena.
+    pub fn kernel(&self) -> ParamId {
+        self.kernel
+    }
+
+    /// The shape of the last forward (None before the first).
+    pub fn last_shape(&self) -> Option<Conv2dShape> {
+        self.shape
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.cfg
+    }
+
+    /// The output shape `(c_out, N, P, Q)` for an input `(c_in, N, H, W)`, without running.
+    pub fn plan(&self, n: usize, h: usize, w: usize) -> Result<Conv2dShape, NnError> {
+        let c = &self.cfg;
+        match c.padding {
+            Padding::Same => Conv2dShape::same(n, c.c_in, h, w, c.c_out, c.kernel, c.kernel, c.stride, c.groups),
+            Padding::Explicit(p) => Conv2dShape::padded(n, c.c_in, h, w, c.c_out, c.kernel, c.kernel, c.stride, p, c.groups),
+        }
+        .in_layer(&self.name)
+    }
+}
+
+impl Layer for Conv2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&mut self, params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+        let [_, n, h, w] = expect_image(&self.name, x, self.cfg.c_in)?;
+        let sh = self.plan(n, h, w)?;
+        self.out.resize(&[sh.k, sh.n, sh.p, sh.q]);
+        conv2d_forward(self.out.as_mut_slice(), x.as_slice(), &params[self.kernel.range()], &mut self.col, &sh).in_layer(&self.name)?;
+        self.shape = Some(sh);
+        Ok(())
+    }
+
+    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        let sh = self.shape.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
+        expect_same(&self.name, dout, &self.out)?;
+        let dinp = if self.cfg.input_grad {
+            self.dinp.resize(x.shape());
+            Some(self.dinp.as_mut_slice())
+        } else {
+            None
+        };
+        conv2d_backward(
+            dinp,
+            &mut grads[self.kernel.range()],
+            dout.as_slice(),
+            x.as_slice(),
+            &params[self.kernel.range()],
+            &mut self.col,
+            &sh,
+        )
+        .in_layer(&self.name)
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.out
+    }
+
+    fn dinput(&self) -> &Tensor {
+        &self.dinp
+    }
+}

@@ -1,0 +1,74 @@
+//! Layers: explicit forward and backward, saved activations in buffers each layer owns.
+//!
+//! Conventions shared by every layer:
+//! - image activations are `(C, N, H, W)` (see `ringsam-tensor`), features `(C, N)`, logits `(N, K)`;
+//! - `forward` checks the input's shape against the layer's configuration and names the layer in
+//!   the error; buffers are resized on the first call and reused afterwards;
+//! - `backward(params, grads, x, dout)` takes the same input `x` the forward saw (the caller still
+//!   owns it), adds parameter gradients into `grads` and writes the input gradient into the
+//!   layer's `dinput()`.
+
+use ringsam_tensor::Tensor;
+
+use crate::{NnError, Pass};
+
+mod activation;
+mod batchnorm;
+mod conv;
+mod dropout;
+mod linear;
+mod pool;
+mod shortcut;
+
+pub use activation::{Activation, ActivationKind};
+pub use batchnorm::{BatchNorm, BatchNormConfig};
+pub use conv::{Conv2d, Conv2dConfig, Padding};
+pub use dropout::Dropout;
+pub use linear::Linear;
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
+pub use shortcut::PoolPadShortcut;
+
+/// The interface every single-input layer implements (residual adds are plain function calls in
+/// the models). It exists so the gradient checker can test every layer the same way.
+pub trait Layer {
+    /// The layer's Flax path.
+    fn name(&self) -> &str;
+    /// Computes `output()` from `x`. `state` is the model's state buffer (batch-norm statistics).
+    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError>;
+    /// Given `dout = ∂L/∂output`, adds `∂L/∂params` into `grads` and writes `∂L/∂x` into `dinput()`.
+    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError>;
+    /// The last forward's output.
+    fn output(&self) -> &Tensor;
+    /// The last backward's input gradient.
+    fn dinput(&self) -> &Tensor;
+}
+
+/// Shape error for `layer` that got `x` but wanted `expected`.
+pub(crate) fn shape_error(layer: &str, expected: String, x: &Tensor) -> NnError {
+    NnError::Shape { layer: layer.to_string(), expected, got: x.shape().to_vec() }
+}
+
+/// `x` as `(C, N, H, W)` with `C == channels`, or a shape error naming the layer.
+pub(crate) fn expect_image(layer: &str, x: &Tensor, channels: usize) -> Result<[usize; 4], NnError> {
+    match *x.shape() {
+        [c, n, h, w] if c == channels && n > 0 && h > 0 && w > 0 => Ok([c, n, h, w]),
+        _ => Err(shape_error(layer, format!("({channels}, N, H, W)"), x)),
+    }
+}
+
+/// Checks that `dout` has the shape of the layer's output.
+pub(crate) fn expect_same(layer: &str, dout: &Tensor, out: &Tensor) -> Result<(), NnError> {
+    if dout.shape() != out.shape() {
+        return Err(NnError::Shape {
+            layer: format!("{layer} (backward)"),
+            expected: format!("{:?}", out.shape()),
+            got: dout.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Stable 64-bit key of a layer name, used to derive its random stream (FNV-1a).
+pub(crate) fn name_key(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}

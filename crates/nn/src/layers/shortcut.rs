@@ -1,0 +1,88 @@
+//! The parameter-free shortcut of WideResNet (and PyramidNet): when a block changes width,
+//! `avg_pool(x, stride, stride)` then zero channels appended (reference `_output_add`).
+
+use ringsam_tensor::Tensor;
+use ringsam_tensor::pad::{channel_pad_backward, channel_pad_forward};
+use ringsam_tensor::pool::{PoolShape, avgpool_backward, avgpool_forward};
+
+use super::{Layer, expect_image, expect_same};
+use crate::error::KernelContext;
+use crate::{NnError, Pass};
+
+/// `(C_in, N, H, W)` → `(C_out, N, H/s, W/s)`: average pool by the stride, then zero-pad channels.
+#[derive(Debug)]
+pub struct PoolPadShortcut {
+    name: String,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+    pool: Option<PoolShape>,
+    pooled: Tensor,  // (C_in, N, H/s, W/s); unused when stride is 1
+    dpooled: Tensor, // gradient of `pooled`
+    out: Tensor,
+    dinp: Tensor,
+}
+
+impl PoolPadShortcut {
+    /// A shortcut from `c_in` to `c_out ≥ c_in` channels with the given stride.
+    pub fn new(name: &str, c_in: usize, c_out: usize, stride: usize) -> Self {
+        assert!(c_out >= c_in && stride >= 1, "shortcut {name}: {c_in}->{c_out} channels, stride {stride}");
+        PoolPadShortcut {
+            name: name.to_string(),
+            c_in,
+            c_out,
+            stride,
+            pool: None,
+            pooled: Tensor::empty(),
+            dpooled: Tensor::empty(),
+            out: Tensor::empty(),
+            dinp: Tensor::empty(),
+        }
+    }
+}
+
+impl Layer for PoolPadShortcut {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+        let [c, n, h, w] = expect_image(&self.name, x, self.c_in)?;
+        let src = if self.stride > 1 {
+            let sh = PoolShape::valid(c * n, h, w, self.stride, self.stride).in_layer(&self.name)?;
+            self.pooled.resize(&[c, n, sh.p, sh.q]);
+            avgpool_forward(self.pooled.as_mut_slice(), x.as_slice(), &sh).in_layer(&self.name)?;
+            self.pool = Some(sh);
+            &self.pooled
+        } else {
+            self.pool = None;
+            x
+        };
+        let [_, _, p, q] = src.dims4("shortcut").in_layer(&self.name)?;
+        self.out.resize(&[self.c_out, n, p, q]);
+        channel_pad_forward(self.out.as_mut_slice(), src.as_slice(), self.c_in, self.c_out, n * p * q).in_layer(&self.name)
+    }
+
+    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        expect_same(&self.name, dout, &self.out)?;
+        let [_, n, p, q] = self.out.dims4("shortcut").in_layer(&self.name)?;
+        self.dinp.resize(x.shape());
+        match self.pool {
+            Some(sh) => {
+                self.dpooled.resize(self.pooled.shape());
+                channel_pad_backward(self.dpooled.as_mut_slice(), dout.as_slice(), self.c_in, self.c_out, n * p * q)
+                    .in_layer(&self.name)?;
+                avgpool_backward(self.dinp.as_mut_slice(), self.dpooled.as_slice(), &sh).in_layer(&self.name)
+            }
+            None => channel_pad_backward(self.dinp.as_mut_slice(), dout.as_slice(), self.c_in, self.c_out, n * p * q).in_layer(&self.name),
+        }
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.out
+    }
+
+    fn dinput(&self) -> &Tensor {
+        &self.dinp
+    }
+}

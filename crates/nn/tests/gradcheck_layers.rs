@@ -1,0 +1,142 @@
+//! Every layer's backward against central finite differences (`ringsam_nn::gradcheck`).
+//!
+//! Tolerance, stated once for all layers: `|analytic − numeric| ≤ 1e-3 + 5e-3·|numeric|` with
+//! `eps = 1e-3` (f32 forward, f64 loss accumulation). Inputs are distinct values at least 5e-3
+//! apart and at least 2.5e-3 away from zero, so no ±eps step crosses a ReLU kink or a max-pool tie.
+
+use ringsam_nn::gradcheck::{GradCheckConfig, check_layer};
+use ringsam_nn::layers::*;
+use ringsam_nn::{Layer, ParamLayout, Pass, Rng, StateLayout};
+use ringsam_tensor::Tensor;
+
+/// A tensor of the given shape holding a random permutation of well-separated values.
+fn separated(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut vals: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.01 + 0.005).collect();
+    let scale = 2.0 / (n as f32 * 0.01).max(1.0); // keep values O(1)
+    let mut rng = Rng::new(seed);
+    for i in (1..n).rev() {
+        vals.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    vals.iter_mut().for_each(|v| *v *= scale.max(0.5));
+    Tensor::from_vec(shape, vals).unwrap()
+}
+
+fn random_params(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.uniform_in(lo, hi)).collect()
+}
+
+fn run(layer: &mut dyn Layer, layout: &ParamLayout, state: &StateLayout, x: &Tensor, pass: Pass) {
+    let mut params = random_params(layout.total(), 11, -0.5, 0.5);
+    // batch-norm scales away from zero, running variances positive
+    for e in layout.entries() {
+        if e.name.ends_with("/scale") {
+            params[e.id.range()].iter_mut().for_each(|v| *v += 1.0);
+        }
+    }
+    let mut st = random_params(state.total(), 12, 0.1, 0.3);
+    for e in state.entries() {
+        if e.name.ends_with("/var") {
+            st[e.id.range()].iter_mut().for_each(|v| *v += 0.8);
+        }
+    }
+    let cfg = GradCheckConfig::default();
+    match check_layer(layer, &mut params, &mut st, x, &pass, &cfg) {
+        Ok(r) => assert!(r.checked > 0, "{}: nothing checked", layer.name()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn train() -> Pass {
+    Pass::train_frozen_stats(3, 7)
+}
+
+#[test]
+fn conv2d_variants() {
+    let cases: [(&str, Conv2dConfig, [usize; 4]); 7] = [
+        ("conv3x3", Conv2dConfig::same(3, 4, 3, 1), [3, 2, 6, 6]),
+        ("conv3x3_stride2_same", Conv2dConfig::same(4, 5, 3, 2), [4, 2, 6, 6]),
+        ("conv1x1", Conv2dConfig::same(4, 3, 1, 1), [4, 2, 5, 5]),
+        ("conv1x1_stride2", Conv2dConfig::same(4, 6, 1, 2), [4, 2, 6, 6]),
+        ("conv_grouped", Conv2dConfig { groups: 2, ..Conv2dConfig::same(4, 6, 3, 1) }, [4, 2, 5, 5]),
+        ("conv_depthwise", Conv2dConfig { groups: 5, ..Conv2dConfig::same(5, 5, 3, 2) }, [5, 2, 7, 7]),
+        ("conv7x7_stem", Conv2dConfig { padding: Padding::Explicit(3), ..Conv2dConfig::same(3, 4, 7, 2) }, [3, 2, 9, 9]),
+    ];
+    for (name, cfg, shape) in cases {
+        let mut layout = ParamLayout::new();
+        let mut conv = Conv2d::new(&mut layout, name, cfg);
+        run(&mut conv, &layout, &StateLayout::new(), &separated(&shape, 1), train());
+    }
+}
+
+#[test]
+fn conv2d_without_input_gradient_still_gives_kernel_gradient() {
+    let mut layout = ParamLayout::new();
+    let mut conv = Conv2d::new(&mut layout, "init_conv", Conv2dConfig { input_grad: false, ..Conv2dConfig::same(3, 4, 3, 1) });
+    run(&mut conv, &layout, &StateLayout::new(), &separated(&[3, 2, 5, 5], 2), train());
+}
+
+#[test]
+fn batchnorm_train_eval_relu_and_features() {
+    for (relu, pass, shape) in [
+        (false, train(), vec![3, 4, 3, 3]),
+        (true, train(), vec![3, 4, 3, 3]),
+        (true, Pass::eval(), vec![3, 4, 3, 3]),
+        (false, train(), vec![5, 6]),
+    ] {
+        let (mut p, mut s) = (ParamLayout::new(), StateLayout::new());
+        let mut bn = BatchNorm::new(&mut p, &mut s, "bn", BatchNormConfig::cifar(shape[0], relu));
+        run(&mut bn, &p, &s, &separated(&shape, 3), pass);
+    }
+}
+
+#[test]
+fn linear() {
+    let mut p = ParamLayout::new();
+    let mut l = Linear::new(&mut p, "Dense_0", 6, 4);
+    run(&mut l, &p, &StateLayout::new(), &separated(&[6, 3], 4), train());
+}
+
+#[test]
+fn activations() {
+    for kind in [ActivationKind::Relu, ActivationKind::Silu, ActivationKind::Sigmoid] {
+        let mut a = Activation::new("act", kind);
+        run(&mut a, &ParamLayout::new(), &StateLayout::new(), &separated(&[3, 2, 4, 4], 5), train());
+    }
+}
+
+#[test]
+fn pools() {
+    let x = separated(&[3, 2, 6, 6], 6);
+    run(&mut AvgPool2d::new("avg", 2, 2), &ParamLayout::new(), &StateLayout::new(), &x, train());
+    run(&mut MaxPool2d::new("max", 3, 2), &ParamLayout::new(), &StateLayout::new(), &x, train());
+    run(&mut GlobalAvgPool::new("gap"), &ParamLayout::new(), &StateLayout::new(), &x, train());
+}
+
+#[test]
+fn dropout_in_training() {
+    let mut d = Dropout::new("dropout", 0.3);
+    run(&mut d, &ParamLayout::new(), &StateLayout::new(), &separated(&[4, 3, 2, 2], 7), train());
+}
+
+#[test]
+fn pool_pad_shortcut() {
+    run(&mut PoolPadShortcut::new("sc1", 3, 5, 1), &ParamLayout::new(), &StateLayout::new(), &separated(&[3, 2, 4, 4], 8), train());
+    run(&mut PoolPadShortcut::new("sc2", 3, 6, 2), &ParamLayout::new(), &StateLayout::new(), &separated(&[3, 2, 4, 4], 9), train());
+}
+
+#[test]
+fn shape_errors_name_the_layer() {
+    let mut p = ParamLayout::new();
+    let mut conv = Conv2d::new(&mut p, "WideResnetGroup_0/WideResnetBlock_0/conv1", Conv2dConfig::same(16, 32, 3, 1));
+    let params = vec![0.0; p.total()];
+    let err = conv.forward(&params, &mut [], &Tensor::zeros(&[8, 2, 4, 4], Default::default()).unwrap(), &train()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("WideResnetGroup_0/WideResnetBlock_0/conv1") && msg.contains("(16, N, H, W)") && msg.contains("[8, 2, 4, 4]"),
+        "{msg}"
+    );
+    let err = conv.backward(&params, &mut vec![0.0; p.total()], &Tensor::empty(), &Tensor::empty()).unwrap_err();
+    assert!(err.to_string().contains("backward called before forward"), "{err}");
+}
