@@ -1,1 +1,4 @@
+//! End-to-end tests of the `ringsam` binary (one integration target, as ripgrep does).
 
+mod cli;
+mod util;

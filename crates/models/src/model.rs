@@ -41,4 +41,7 @@ pub trait Model: Send {
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError>;
     /// Multiply-adds of the last forward pass (for GFLOP/s reports): convolutions and dense layers.
     fn last_forward_macs(&self) -> usize;
+    /// Multiply-adds of the backward pass matching the last forward: data and weight gradients of
+    /// every convolution and dense layer (the first layer computes no data gradient).
+    fn last_backward_macs(&self) -> usize;
 }

@@ -16,9 +16,9 @@
 //! (on a stride-2 layer: 0 before, 1 after), no bias; BN momentum 0.9, eps 1e-5.
 
 use ringsam_nn::layers::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, GlobalAvgPool, Linear, PoolPadShortcut};
-use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout};
+use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
-use ringsam_tensor::elementwise::{add_forward, add_inplace};
+use ringsam_tensor::elementwise::add_forward;
 
 use crate::{Model, ModelConfig, ModelError};
 
@@ -36,9 +36,11 @@ struct WideResnetBlock {
 }
 
 impl WideResnetBlock {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         p: &mut ParamLayout,
         s: &mut StateLayout,
+        ws: &Workspace,
         name: &str,
         c_in: usize,
         c_out: usize,
@@ -48,9 +50,9 @@ impl WideResnetBlock {
         WideResnetBlock {
             activate_before_residual,
             init_bn: BatchNorm::new(p, s, &format!("{name}/init_bn"), BatchNormConfig::cifar(c_in, true)),
-            conv1: Conv2d::new(p, &format!("{name}/conv1"), Conv2dConfig::same(c_in, c_out, 3, stride)),
+            conv1: Conv2d::with_workspace(p, &format!("{name}/conv1"), Conv2dConfig::same(c_in, c_out, 3, stride), ws),
             bn_2: BatchNorm::new(p, s, &format!("{name}/bn_2"), BatchNormConfig::cifar(c_out, true)),
-            conv2: Conv2d::new(p, &format!("{name}/conv2"), Conv2dConfig::same(c_out, c_out, 3, 1)),
+            conv2: Conv2d::with_workspace(p, &format!("{name}/conv2"), Conv2dConfig::same(c_out, c_out, 3, 1), ws),
             shortcut: (c_in != c_out).then(|| PoolPadShortcut::new(&format!("{name}/shortcut"), c_in, c_out, stride)),
             out: Tensor::empty(),
             dsum: Tensor::empty(),
@@ -107,8 +109,8 @@ impl WideResnetBlock {
         } else {
             self.init_bn.backward(params, grads, x, self.conv1.dinput())?;
             self.dinp.resize(x.shape());
-            self.dinp.as_mut_slice().copy_from_slice(self.init_bn.dinput().as_slice());
-            add_inplace(self.dinp.as_mut_slice(), dorig.as_slice()).map_err(|source| kernel_err(&self.init_bn, source))
+            add_forward(self.dinp.as_mut_slice(), self.init_bn.dinput().as_slice(), dorig.as_slice())
+                .map_err(|source| kernel_err(&self.init_bn, source))
         }
     }
 
@@ -148,8 +150,10 @@ impl WideResnet {
         }
         let n = (depth - 4) / 6;
         let (mut p, mut s) = (ParamLayout::new(), StateLayout::new());
-        let init_conv =
-            Conv2d::new(&mut p, "init_conv", Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, 16, 3, 1) });
+        // One im2col scratch for every convolution: they run one at a time.
+        let ws = Workspace::new();
+        let first = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, 16, 3, 1) };
+        let init_conv = Conv2d::with_workspace(&mut p, "init_conv", first, &ws);
         let mut blocks = Vec::with_capacity(3 * n);
         let mut c_in = 16;
         for (g, (width, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)].into_iter().enumerate() {
@@ -158,6 +162,7 @@ impl WideResnet {
                 blocks.push(WideResnetBlock::new(
                     &mut p,
                     &mut s,
+                    &ws,
                     &block_name,
                     c_in,
                     width,
@@ -233,6 +238,10 @@ impl Model for WideResnet {
         }
         let dfirst = self.blocks.first().map_or(self.pre_pool_bn.dinput(), |b| b.dinput());
         self.init_conv.backward(params, grads, x, dfirst)
+    }
+
+    fn last_backward_macs(&self) -> usize {
+        2 * self.last_forward_macs() - self.init_conv.last_shape().map_or(0, |s| s.macs())
     }
 
     fn last_forward_macs(&self) -> usize {

@@ -24,9 +24,11 @@ pub mod layers;
 pub mod pass;
 pub mod rng;
 pub mod testing;
+pub mod workspace;
 
 pub use arena::{Arena, ParamId, ParamLayout, StateLayout};
 pub use error::NnError;
 pub use layers::Layer;
 pub use pass::Pass;
 pub use rng::Rng;
+pub use workspace::Workspace;

@@ -60,8 +60,9 @@ pub fn batchnorm_forward_train(
         .zip(mean.par_iter_mut().zip(var.par_iter_mut()).zip(rstd.par_iter_mut()))
         .enumerate()
         .for_each(|(c, ((y, x), ((mu, va), rs)))| {
-            let m = x.iter().map(|&v| v as f64).sum::<f64>() / sh.m as f64;
-            let v = x.iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum::<f64>() / sh.m as f64;
+            let m = sum_lanes(x, |v| v) / sh.m as f64;
+            let mf = m as f32;
+            let v = sum_lanes(x, |v| (v - mf) * (v - mf)) / sh.m as f64;
             let r = 1.0 / (v + eps as f64).sqrt();
             *mu = m as f32;
             *va = v as f32;
@@ -148,23 +149,27 @@ pub fn batchnorm_backward(
         .enumerate()
         .for_each(|(c, ((dx, ((dy, y), x)), (ds, db)))| {
             let (mu, rs) = (mean[c], rstd[c]);
-            // Σ dy and Σ dy·x̂ over the channel (dy masked by the ReLU when fused).
-            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
-            for i in 0..sh.m {
-                let g = if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
-                sum_dy += g as f64;
-                sum_dy_xhat += (g * (x[i] - mu) * rs) as f64;
+            // dx first holds the incoming gradient, masked by the ReLU when fused.
+            if relu {
+                for ((d, &g), &o) in dx.iter_mut().zip(dy).zip(y) {
+                    *d = if o > 0.0 { g } else { 0.0 };
+                }
+            } else {
+                dx.copy_from_slice(dy);
             }
-            *ds += sum_dy_xhat as f32;
-            *db += sum_dy as f32;
-            // dx = scale·rstd·(dy − mean(dy) − x̂·mean(dy·x̂))
+            // Σ g and Σ g·x̂ = rstd·(Σ g·x − μ·Σ g)
+            let sum_g = sum_lanes(dx, |g| g);
+            let sum_gx = sum_lanes_zip(dx, x, |g, v| g * (v - mu));
+            let sum_g_xhat = sum_gx * rs as f64;
+            *ds += sum_g_xhat as f32;
+            *db += sum_g as f32;
+            // dx = scale·rstd·(g − mean(g) − x̂·mean(g·x̂)), as one affine map of (g, x).
             let k = scale[c] * rs;
-            let mean_dy = (sum_dy / sh.m as f64) as f32;
-            let mean_dy_xhat = (sum_dy_xhat / sh.m as f64) as f32;
-            for i in 0..sh.m {
-                let g = if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
-                let xhat = (x[i] - mu) * rs;
-                dx[i] = k * (g - mean_dy - xhat * mean_dy_xhat);
+            let mean_g = (sum_g / sh.m as f64) as f32;
+            let mean_gxhat = (sum_g_xhat / sh.m as f64) as f32;
+            let kx = k * rs * mean_gxhat; // coefficient of (x − μ)
+            for (d, &v) in dx.iter_mut().zip(x) {
+                *d = k * (*d - mean_g) - kx * (v - mu);
             }
         });
     Ok(())
@@ -221,4 +226,41 @@ pub fn batchnorm_backward_eval(
             *db += sdy as f32;
         });
     Ok(())
+}
+
+/// Σ f(x) with eight f32 accumulators per block of 1024 values (so the loop vectorizes) and f64
+/// across blocks (so a channel of 10⁵ values keeps its precision).
+#[inline]
+fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut total = 0.0f64;
+    for block in x.chunks(1024) {
+        let mut lanes = [0.0f32; 8];
+        let mut it = block.chunks_exact(8);
+        for c in &mut it {
+            for l in 0..8 {
+                lanes[l] += f(c[l]);
+            }
+        }
+        let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
+        total += lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
+    }
+    total
+}
+
+/// Σ f(a, b) over two equal-length slices, accumulated like [`sum_lanes`].
+#[inline]
+fn sum_lanes_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    let mut total = 0.0f64;
+    for (ba, bb) in a.chunks(1024).zip(b.chunks(1024)) {
+        let mut lanes = [0.0f32; 8];
+        let (mut ia, mut ib) = (ba.chunks_exact(8), bb.chunks_exact(8));
+        for (ca, cb) in (&mut ia).zip(&mut ib) {
+            for l in 0..8 {
+                lanes[l] += f(ca[l], cb[l]);
+            }
+        }
+        let tail: f32 = ia.remainder().iter().zip(ib.remainder()).map(|(&x, &y)| f(x, y)).sum();
+        total += lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
+    }
+    total
 }

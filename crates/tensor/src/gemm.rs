@@ -142,6 +142,12 @@ fn gemm_ref_unchecked(c: MatMut, a: MatRef, b: MatRef, accumulate: bool) {
     }
 }
 
+/// Tells the backend how many threads it may use (called by [`crate::threads::configure`]).
+/// The `gemm` crate runs on the rayon pool and needs nothing; OpenBLAS has its own pool.
+pub(crate) fn set_threads(n: usize) {
+    backend::set_threads(n);
+}
+
 /// Name of the GEMM backend compiled in, for benchmark reports.
 pub fn backend_name() -> &'static str {
     backend::NAME
@@ -149,28 +155,85 @@ pub fn backend_name() -> &'static str {
 
 #[cfg(not(feature = "blas"))]
 mod backend {
+    use rayon::prelude::*;
+
     use super::{MatMut, MatRef};
 
     pub(super) const NAME: &str = "gemm-crate (pure Rust, runtime SIMD dispatch)";
 
+    pub(super) fn set_threads(_n: usize) {}
+
+    /// Below this smaller output side, the `gemm` crate's own threading splits the work poorly
+    /// (measured on 2 cores: (64 × 576 × 65536) ran at 34 GFLOP/s on two threads and 49 on one;
+    /// split here, 79). We then cut the output's longer side into one piece per thread and run
+    /// each piece single-threaded. Wider outputs are left to the crate, which does as well.
+    const SPLIT_BELOW: usize = 256;
+
     pub(super) fn gemm(c: MatMut, a: MatRef, b: MatRef, accumulate: bool) {
         let threads = rayon::current_num_threads();
+        let flops = 2 * c.rows * c.cols * a.cols;
+        if threads > 1 && c.rows.min(c.cols) < SPLIT_BELOW && flops >= 1 << 24 {
+            split_outer(c, a, b, accumulate, threads);
+            return;
+        }
         let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
         // SAFETY: `check_dims` proved that every index the views can form lies inside their
         // slices, and `c` is a unique borrow, so it cannot alias `a` or `b`.
+        unsafe { raw(c.data.as_mut_ptr(), &c, a.data.as_ptr(), &a, b.data.as_ptr(), &b, c.rows, c.cols, accumulate, par) }
+    }
+
+    /// One single-threaded GEMM per thread on disjoint slabs of `c` (rows or columns).
+    fn split_outer(c: MatMut, a: MatRef, b: MatRef, accumulate: bool, parts: usize) {
+        let by_cols = c.cols >= c.rows;
+        let len = if by_cols { c.cols } else { c.rows };
+        // Raw addresses cross into the worker closures; each worker touches only its own slab.
+        let (cp, ap, bp) = (c.data.as_mut_ptr() as usize, a.data.as_ptr() as usize, b.data.as_ptr() as usize);
+        (0..parts).into_par_iter().for_each(|p| {
+            let (lo, hi) = (len * p / parts, len * (p + 1) / parts);
+            if lo == hi {
+                return;
+            }
+            // SAFETY: slabs [lo, hi) are disjoint across workers, lie inside the checked views,
+            // and `c` does not alias `a` or `b` (it was a unique borrow).
+            unsafe {
+                let (cptr, aptr, bptr) = (cp as *mut f32, ap as *const f32, bp as *const f32);
+                if by_cols {
+                    raw(cptr.add(lo * c.cs), &c, aptr, &a, bptr.add(lo * b.cs), &b, c.rows, hi - lo, accumulate, gemm::Parallelism::None)
+                } else {
+                    raw(cptr.add(lo * c.rs), &c, aptr.add(lo * a.rs), &a, bptr, &b, hi - lo, c.cols, accumulate, gemm::Parallelism::None)
+                }
+            }
+        });
+    }
+
+    /// `c[rows × cols] (+)= a[rows × k] · b[k × cols]` on raw pointers with the views' strides.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn raw(
+        cp: *mut f32,
+        c: &MatMut,
+        ap: *const f32,
+        a: &MatRef,
+        bp: *const f32,
+        b: &MatRef,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+        par: gemm::Parallelism,
+    ) {
+        // SAFETY: forwarded from the callers, which checked the views.
         unsafe {
             gemm::gemm(
-                c.rows,
-                c.cols,
+                rows,
+                cols,
                 a.cols,
-                c.data.as_mut_ptr(),
+                cp,
                 c.cs as isize,
                 c.rs as isize,
                 accumulate,
-                a.data.as_ptr(),
+                ap,
                 a.cs as isize,
                 a.rs as isize,
-                b.data.as_ptr(),
+                bp,
                 b.cs as isize,
                 b.rs as isize,
                 1.0,
@@ -179,7 +242,7 @@ mod backend {
                 false,
                 false,
                 par,
-            );
+            )
         }
     }
 }
@@ -193,6 +256,17 @@ mod backend {
     extern crate blas_src;
 
     pub(super) const NAME: &str = "OpenBLAS (system, via blas-src)";
+
+    unsafe extern "C" {
+        fn openblas_set_num_threads(n: std::ffi::c_int);
+    }
+
+    /// OpenBLAS keeps its own thread pool; cap it like rayon's so `--threads` holds. Its calls are
+    /// made from the calling thread, never from inside a rayon worker, so the pools do not nest.
+    pub(super) fn set_threads(n: usize) {
+        // SAFETY: a plain setter in libopenblas, callable at any time.
+        unsafe { openblas_set_num_threads(n.min(i32::MAX as usize) as std::ffi::c_int) }
+    }
 
     /// How cblas sees a row-major operand: transposed or not, and its leading dimension.
     fn as_blas(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<(CBLAS_TRANSPOSE, i32)> {

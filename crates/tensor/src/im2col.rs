@@ -78,8 +78,15 @@ pub fn col2im(dinp: &mut [f32], col: &[f32], sh: &Conv2dShape, c0: usize) {
                             continue;
                         }
                         let iw0 = q_lo * stride + s - sh.pad_w;
-                        for k in 0..q_hi - q_lo {
-                            drow[iw0 + k * stride] += srow[q_lo + k];
+                        let vals = &srow[q_lo..q_hi];
+                        if stride == 1 {
+                            for (d, &v) in drow[iw0..iw0 + vals.len()].iter_mut().zip(vals) {
+                                *d += v;
+                            }
+                        } else {
+                            for (k, &v) in vals.iter().enumerate() {
+                                drow[iw0 + k * stride] += v;
+                            }
                         }
                     }
                 }

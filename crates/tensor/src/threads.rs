@@ -15,7 +15,10 @@ pub fn configure(n: Option<usize>) -> Result<usize, TensorError> {
         return Err(TensorError::Threads("thread count must be at least 1".into()));
     }
     match rayon::ThreadPoolBuilder::new().num_threads(want).thread_name(|i| format!("ringsam-engine-{i}")).build_global() {
-        Ok(()) => Ok(want),
+        Ok(()) => {
+            crate::gemm::set_threads(want);
+            Ok(want)
+        }
         Err(e) => {
             let have = rayon::current_num_threads();
             if have == want { Ok(have) } else { Err(TensorError::Threads(format!("{e} (pool already has {have} threads)"))) }

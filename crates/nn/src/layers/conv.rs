@@ -5,7 +5,7 @@ use ringsam_tensor::conv::{Conv2dShape, conv2d_backward, conv2d_forward};
 
 use super::{Layer, expect_image, expect_same};
 use crate::error::KernelContext;
-use crate::{NnError, ParamId, ParamLayout, Pass};
+use crate::{NnError, ParamId, ParamLayout, Pass, Workspace};
 
 /// How a convolution pads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,16 +49,21 @@ pub struct Conv2d {
     cfg: Conv2dConfig,
     kernel: ParamId,
     shape: Option<Conv2dShape>,
-    out: Tensor,   // (c_out, N, P, Q)
-    dinp: Tensor,  // (c_in, N, H, W)
-    col: Vec<f32>, // im2col scratch, (k·k·c_in/groups) × (N·P·Q)
+    out: Tensor,    // (c_out, N, P, Q)
+    dinp: Tensor,   // (c_in, N, H, W)
+    col: Workspace, // im2col scratch, (k·k·c_in/groups) × (N·P·Q), shared with the model's other convolutions
 }
 
 impl Conv2d {
-    /// Declares the kernel in `layout` under `{name}/kernel`.
+    /// Declares the kernel in `layout` under `{name}/kernel`; the layer gets its own scratch.
     pub fn new(layout: &mut ParamLayout, name: &str, cfg: Conv2dConfig) -> Self {
+        Self::with_workspace(layout, name, cfg, &Workspace::new())
+    }
+
+    /// Like [`Conv2d::new`], sharing im2col scratch with the other layers given `workspace`.
+    pub fn with_workspace(layout: &mut ParamLayout, name: &str, cfg: Conv2dConfig, workspace: &Workspace) -> Self {
         let kernel = layout.push(format!("{name}/kernel"), &[cfg.kernel, cfg.kernel, cfg.c_in / cfg.groups.max(1), cfg.c_out]);
-        Conv2d { name: name.to_string(), cfg, kernel, shape: None, out: Tensor::empty(), dinp: Tensor::empty(), col: Vec::new() }
+        Conv2d { name: name.to_string(), cfg, kernel, shape: None, out: Tensor::empty(), dinp: Tensor::empty(), col: workspace.clone() }
     }
 
     /// The kernel's place in the arena.
@@ -96,7 +101,8 @@ impl Layer for Conv2d {
         let [_, n, h, w] = expect_image(&self.name, x, self.cfg.c_in)?;
         let sh = self.plan(n, h, w)?;
         self.out.resize(&[sh.k, sh.n, sh.p, sh.q]);
-        conv2d_forward(self.out.as_mut_slice(), x.as_slice(), &params[self.kernel.range()], &mut self.col, &sh).in_layer(&self.name)?;
+        conv2d_forward(self.out.as_mut_slice(), x.as_slice(), &params[self.kernel.range()], &mut self.col.lock(), &sh)
+            .in_layer(&self.name)?;
         self.shape = Some(sh);
         Ok(())
     }
@@ -116,7 +122,7 @@ impl Layer for Conv2d {
             dout.as_slice(),
             x.as_slice(),
             &params[self.kernel.range()],
-            &mut self.col,
+            &mut self.col.lock(),
             &sh,
         )
         .in_layer(&self.name)

@@ -1,0 +1,115 @@
+//! `ringsam bench step`: time SGD and SAM steps of a model on synthetic data.
+//!
+//! Each variant gets one untimed warm-up step (it sizes every buffer), then `iters` timed steps;
+//! the report gives medians. Both variants run in the same process on the same thread pool, so
+//! their ratio is meaningful; absolute numbers depend on the machine.
+
+use std::time::Instant;
+
+use ringsam_models::ModelConfig;
+use ringsam_nn::Rng;
+use ringsam_tensor::Tensor;
+use serde::Serialize;
+
+use crate::{SamStep, StepConfig, TrainError};
+
+/// What to benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchStepConfig {
+    /// Registry name.
+    pub model: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Square image side.
+    pub image_size: usize,
+    /// Classes.
+    pub num_classes: usize,
+    /// Timed steps per variant.
+    pub iters: usize,
+    /// SAM radius for the SAM variant.
+    pub rho: f32,
+}
+
+/// Medians of one benchmark run (the `--json` object).
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchStepReport {
+    /// Model name.
+    pub model: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Image side.
+    pub image_size: usize,
+    /// Engine threads.
+    pub threads: usize,
+    /// Median SGD step, milliseconds.
+    pub sgd_ms: f64,
+    /// Median SAM step, milliseconds.
+    pub sam_ms: f64,
+    /// SGD images per second.
+    pub sgd_images_per_s: f64,
+    /// SAM images per second.
+    pub sam_images_per_s: f64,
+    /// `sam_ms / sgd_ms`.
+    pub sam_over_sgd: f64,
+    /// Forward multiply-adds per step (whole batch).
+    pub forward_gmacs: f64,
+    /// GFLOP/s reached by the SGD step: 2 FLOPs per multiply-add of forward and backward
+    /// (convolutions and dense layers; element-wise work is not counted).
+    pub sgd_gflops_per_s: f64,
+    /// Each timed SGD step, ms.
+    pub sgd_samples_ms: Vec<f64>,
+    /// Each timed SAM step, ms.
+    pub sam_samples_ms: Vec<f64>,
+}
+
+/// Runs the benchmark; `progress` is called with a line before each phase.
+pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<BenchStepReport, TrainError> {
+    if cfg.batch == 0 || cfg.iters == 0 || cfg.image_size == 0 {
+        return Err(TrainError::Config("batch, iters and image size must be positive".into()));
+    }
+    let model_cfg = ModelConfig { num_classes: cfg.num_classes, in_channels: 3 };
+    let mut rng = Rng::new(1);
+    let (n, s) = (cfg.batch, cfg.image_size);
+    let x = Tensor::from_vec(&[3, n, s, s], (0..3 * n * s * s).map(|_| rng.normal()).collect())?;
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(cfg.num_classes as u64) as u32).collect();
+
+    let mut time = |rho: f32, label: &str| -> Result<(Vec<f64>, usize, usize), TrainError> {
+        let mut step = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho, ..StepConfig::default() })?;
+        progress(&format!("{label}: warm-up step"));
+        step.step(&x, &labels, 0.01)?;
+        let mut samples = Vec::with_capacity(cfg.iters);
+        for i in 0..cfg.iters {
+            progress(&format!("{label}: step {}/{}", i + 1, cfg.iters));
+            let t = Instant::now();
+            step.step(&x, &labels, 0.01)?;
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok((samples, step.model.last_forward_macs(), step.model.last_backward_macs()))
+    };
+    let (sgd, macs, backward_macs) = time(0.0, "SGD")?;
+    let (sam, _, _) = time(cfg.rho, "SAM")?;
+    let (sgd_ms, sam_ms) = (median(&sgd), median(&sam));
+    let step_flops = 2.0 * (macs + backward_macs) as f64;
+    Ok(BenchStepReport {
+        model: cfg.model.clone(),
+        batch: n,
+        image_size: s,
+        threads: ringsam_tensor::threads::current(),
+        sgd_ms,
+        sam_ms,
+        sgd_images_per_s: n as f64 / (sgd_ms / 1e3),
+        sam_images_per_s: n as f64 / (sam_ms / 1e3),
+        sam_over_sgd: sam_ms / sgd_ms,
+        forward_gmacs: macs as f64 / 1e9,
+        sgd_gflops_per_s: step_flops / (sgd_ms / 1e3) / 1e9,
+        sgd_samples_ms: sgd,
+        sam_samples_ms: sam,
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 { s[m] } else { (s[m - 1] + s[m]) / 2.0 }
+}

@@ -1,0 +1,57 @@
+//! The command line: outputs users parse, and errors users read.
+
+use crate::util::{ringsam, stdout_ok};
+
+#[test]
+fn models_json_lists_parameter_counts() {
+    let rows: serde_json::Value = serde_json::from_str(&stdout_ok(&ringsam(&["models", "--json"]))).unwrap();
+    let wrn = rows.as_array().unwrap().iter().find(|r| r["name"] == "WideResnet28x10").expect("WideResnet28x10 listed");
+    assert_eq!(wrn["params"], 36_220_634);
+    assert_eq!(wrn["num_classes"], 10);
+    assert_eq!(wrn["input_size"], 32);
+    let rows: serde_json::Value = serde_json::from_str(&stdout_ok(&ringsam(&["models", "--json", "--num-classes", "100"]))).unwrap();
+    let wrn = rows.as_array().unwrap().iter().find(|r| r["name"] == "WideResnet28x10").unwrap();
+    assert_eq!(wrn["params"], 36_278_324);
+}
+
+#[test]
+fn bench_step_json_reports_medians() {
+    let out = ringsam(&[
+        "--threads",
+        "1",
+        "bench",
+        "step",
+        "--model",
+        "WideResnet10x1",
+        "--batch",
+        "4",
+        "--image-size",
+        "8",
+        "--iters",
+        "2",
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(stdout_ok(&out).trim()).unwrap();
+    assert_eq!(r["model"], "WideResnet10x1");
+    assert_eq!(r["batch"], 4);
+    assert_eq!(r["threads"], 1);
+    for key in ["sgd_ms", "sam_ms", "sgd_images_per_s", "sam_images_per_s", "sgd_gflops_per_s"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {}", r[key]);
+    }
+    assert_eq!(r["sgd_samples_ms"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn unknown_model_is_a_clear_error_with_exit_code_2() {
+    let out = ringsam(&["bench", "step", "--model", "WideResnet99x1", "--iters", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WideResnet99x1") && err.contains("6n+4"), "{err}");
+}
+
+#[test]
+fn zero_threads_is_rejected() {
+    let out = ringsam(&["--threads", "0", "models"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("thread count must be at least 1"));
+}

@@ -1,0 +1,14 @@
+//! Running the built binary.
+
+use std::process::{Command, Output};
+
+/// Runs `ringsam` with `args` (and `RINGSAM_THREADS` unset) and returns its output.
+pub fn ringsam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ringsam")).args(args).env_remove("RINGSAM_THREADS").output().expect("running the ringsam binary")
+}
+
+/// Stdout as a string; panics with stderr when the command failed.
+pub fn stdout_ok(out: &Output) -> String {
+    assert!(out.status.success(), "ringsam failed ({:?}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).expect("utf-8 output")
+}
