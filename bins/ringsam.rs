@@ -67,6 +67,9 @@ struct BenchStepArgs {
     /// SAM radius for the SAM variant.
     #[arg(long, default_value_t = 0.05)]
     rho: f32,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -107,7 +110,7 @@ fn cmd_models(args: &ModelsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<18} {:>12} {:>6}  {}", "model", "params", "input", "summary");
+        println!("{:<18} {:>12} {:>6}  summary", "model", "params", "input");
         for r in &rows {
             println!(
                 "{:<18} {:>12} {:>6}  {}",
@@ -129,6 +132,7 @@ fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
         num_classes: args.num_classes,
         iters: args.iters,
         rho: args.rho,
+        device: args.device.parse().context("--device")?,
     };
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let report = bench_step::run(&cfg, |line| {

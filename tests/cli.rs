@@ -55,3 +55,12 @@ fn zero_threads_is_rejected() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("thread count must be at least 1"));
 }
+
+#[test]
+fn cuda_device_without_cuda_is_a_clear_error() {
+    // Built without the `cuda` feature (the test build), `--device cuda` must say so, not panic.
+    let out = ringsam(&["bench", "step", "--device", "cuda", "--iters", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features cuda") || err.contains("not implemented on CUDA"), "{err}");
+}

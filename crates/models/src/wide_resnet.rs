@@ -139,7 +139,7 @@ pub struct WideResnet {
 impl WideResnet {
     /// WideResNet of depth `depth = 6n + 4` and width multiplier `k`.
     pub fn new(name: &str, depth: usize, k: usize, cfg: ModelConfig) -> Result<Self, ModelError> {
-        if depth < 10 || (depth - 4) % 6 != 0 || k == 0 {
+        if depth < 10 || !(depth - 4).is_multiple_of(6) || k == 0 {
             return Err(ModelError::Config {
                 name: name.into(),
                 why: format!("depth must be 6n+4 with n >= 1 and width >= 1 (got depth {depth}, width {k})"),

@@ -2,6 +2,7 @@
 
 /// Asserts `|got − want| ≤ atol + rtol·|want|` element-wise. On failure prints the tolerance, the
 /// max difference, and the first few offending pairs with their indices, naming `what`.
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // written so that NaN fails the check
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length {} vs expected {}", got.len(), want.len());
     let mut bad = Vec::new();

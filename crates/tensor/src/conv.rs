@@ -203,10 +203,9 @@ pub fn conv2d_backward(
     }
     let (cg, kg, npq, rsc) = group_dims(sh);
     let mut dinp = dinp;
-    if let Some(d) = dinp.as_deref_mut() {
-        if !sh.is_pointwise() {
-            d.fill(0.0);
-        }
+    // col2im accumulates; the pointwise path writes its GEMM result directly.
+    if let Some(d) = dinp.as_deref_mut().filter(|_| !sh.is_pointwise()) {
+        d.fill(0.0);
     }
     for g in 0..sh.groups {
         let dout_g = MatRef::row_major(&dout[g * kg * npq..(g + 1) * kg * npq], kg, npq);

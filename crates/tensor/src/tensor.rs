@@ -139,7 +139,7 @@ mod tests {
         let t = Tensor::from_nchw(2, 3, 4, 5, &v).unwrap();
         assert_eq!(t.shape(), &[3, 2, 4, 5]);
         // element (n=1, c=2, h=3, w=4) of NCHW sits at (c=2, n=1, h=3, w=4) in CNHW
-        assert_eq!(t.as_slice()[((2 * 2 + 1) * 4 + 3) * 5 + 4], v[((1 * 3 + 2) * 4 + 3) * 5 + 4]);
+        assert_eq!(t.as_slice()[((2 * 2 + 1) * 4 + 3) * 5 + 4], v[((3 + 2) * 4 + 3) * 5 + 4]);
         assert_eq!(t.to_nchw().unwrap(), v);
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use ringsam_models::ModelConfig;
 use ringsam_nn::Rng;
-use ringsam_tensor::Tensor;
+use ringsam_tensor::{Device, Tensor, TensorError};
 use serde::Serialize;
 
 use crate::{SamStep, StepConfig, TrainError};
@@ -28,6 +28,8 @@ pub struct BenchStepConfig {
     pub iters: usize,
     /// SAM radius for the SAM variant.
     pub rho: f32,
+    /// Where to run.
+    pub device: Device,
 }
 
 /// Medians of one benchmark run (the `--json` object).
@@ -66,6 +68,10 @@ pub struct BenchStepReport {
 pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<BenchStepReport, TrainError> {
     if cfg.batch == 0 || cfg.iters == 0 || cfg.image_size == 0 {
         return Err(TrainError::Config("batch, iters and image size must be positive".into()));
+    }
+    cfg.device.probe()?;
+    if cfg.device != Device::Cpu {
+        return Err(TensorError::CudaNotImplemented { op: "the training step" }.into());
     }
     let model_cfg = ModelConfig { num_classes: cfg.num_classes, in_channels: 3 };
     let mut rng = Rng::new(1);
