@@ -16,3 +16,7 @@ fi
 
 cargo test --workspace --locked
 cargo build --workspace --locked --features cuda
+
+# Python's TensorBoard reader and safetensors must open what `ringsam train` writes
+# (a venv of its own, created on first run).
+./scripts/interop_check.sh

@@ -1,4 +1,5 @@
 //! End-to-end tests of the `ringsam` binary (one integration target, as ripgrep does).
 
 mod cli;
+mod train;
 mod util;

@@ -22,7 +22,8 @@ const MODELS: &[ModelInfo] = &[
     ModelInfo { name: "WideResnet16x8", input_size: 32, summary: "WRN-16-8 (davda54/sam's example)" },
     ModelInfo { name: "WideResnet16x4", input_size: 32, summary: "WRN-16-4, the benchmark model" },
     ModelInfo { name: "WideResnet16x2", input_size: 32, summary: "WRN-16-2, small; tests and quick runs" },
-    ModelInfo { name: "WideResnet10x1", input_size: 32, summary: "WRN-10-1, tiny; the quickstart" },
+    ModelInfo { name: "WideResnet10x2", input_size: 32, summary: "WRN-10-2, small; the quickstart (on 8x8 digits)" },
+    ModelInfo { name: "WideResnet10x1", input_size: 32, summary: "WRN-10-1, tiny; smoke tests" },
 ];
 
 /// The registered models.

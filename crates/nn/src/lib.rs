@@ -22,7 +22,6 @@ pub mod gradcheck;
 pub mod init;
 pub mod layers;
 pub mod pass;
-pub mod rng;
 pub mod testing;
 pub mod workspace;
 
@@ -30,5 +29,5 @@ pub use arena::{Arena, ParamId, ParamLayout, StateLayout};
 pub use error::NnError;
 pub use layers::Layer;
 pub use pass::Pass;
-pub use rng::Rng;
+pub use ringsam_rng::Rng;
 pub use workspace::Workspace;

@@ -80,7 +80,7 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     let labels: Vec<u32> = (0..n).map(|_| rng.below(cfg.num_classes as u64) as u32).collect();
 
     let mut time = |rho: f32, label: &str| -> Result<(Vec<f64>, usize, usize), TrainError> {
-        let mut step = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho, ..StepConfig::default() })?;
+        let mut step = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho, weight_decay: 5e-4, ..StepConfig::default() })?;
         progress(&format!("{label}: warm-up step"));
         step.step(&x, &labels, 0.01)?;
         let mut samples = Vec::with_capacity(cfg.iters);

@@ -12,6 +12,27 @@ pub enum TrainError {
     /// A kernel outside any layer (the loss) failed.
     #[error(transparent)]
     Tensor(#[from] ringsam_tensor::TensorError),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Data could not be loaded.
+    #[error(transparent)]
+    Data(#[from] ringsam_data::DataError),
+    /// An output file could not be written.
+    #[error("{path}: {source}")]
+    Output {
+        /// The file or directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Training stopped on a signal (a checkpoint was written first).
+    #[error("interrupted (checkpoint written at step {step})")]
+    Interrupted {
+        /// The step checkpointed.
+        step: u64,
+    },
     /// A configuration value is out of range.
     #[error("{0}")]
     Config(String),

@@ -1,18 +1,26 @@
 //! One replica's training step: SGD (ρ = 0) or SAM.
 //!
-//! A SAM step, exactly as the reference computes it (reference/sam.md §1.6):
+//! A SAM step, exactly as the reference computes it (reference/sam.md §1.6, DESIGN.md):
 //! 1. pass 1 at `w`: loss = CE(label smoothing) + ½·wd·‖w‖², gradient `g`; batch-norm running
 //!    statistics from this pass are kept;
-//! 2. `w_adv = w + ρ·g/‖g‖` (into a second buffer; `e = 0` when `‖g‖ = 0`);
+//! 2. `w_adv = w + ρ·g/‖g‖` (ASAM: `ρ·T²g/‖Tg‖`) into a second buffer; `e = 0` when `‖g‖ = 0`;
 //! 3. pass 2 at `w_adv`, same batch, same random draws: gradient `g'` (weight decay evaluated at
 //!    `w_adv`); its batch-norm statistics are discarded;
-//! 4. the base optimizer updates `w` (never `w_adv`) with `g'`.
+//! 4. `g'` is clipped by global norm and the base optimizer updates `w` (never `w_adv`).
 //!
-//! With ρ = 0 the step is plain SGD: one pass, no ascent.
+//! With ρ = 0 the step is plain SGD: one pass, no ascent. With `sam_m = M` the batch is cut into
+//! chunks of `M` examples that each take their own ascent and their own batch statistics (as
+//! `N/M` devices without `sync_perturbations` would), the descent gradients are averaged, and the
+//! running statistics are the mean of the chunks' (as the reference averages devices').
+//! Metrics (`loss`, `error_rate`) come from the logits of the pass whose gradient is applied —
+//! pass 2 under SAM — as the reference reports them.
+
+use std::ops::Range;
 
 use ringsam_models::{Model, ModelConfig, build};
 use ringsam_nn::{Arena, Pass};
-use ringsam_optim::{Nesterov, ascent_point};
+use ringsam_optim::weight_decay::{add_l2_gradient, decay_decoupled};
+use ringsam_optim::{BaseOptimizer, OptimizerKind, asam_ascent_point, ascent_point, clip_by_global_norm, global_norm};
 use ringsam_tensor::Tensor;
 use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward};
 
@@ -23,29 +31,60 @@ use crate::TrainError;
 pub struct StepConfig {
     /// SAM radius ρ; 0 is plain SGD.
     pub rho: f32,
-    /// L2 weight decay coefficient (in the loss, as the reference).
+    /// ASAM (adaptive SAM) instead of SAM.
+    pub adaptive: bool,
+    /// ASAM's η in `T = |w| + η`.
+    pub asam_eta: f32,
+    /// Weight decay coefficient.
     pub weight_decay: f32,
+    /// Decoupled weight decay (`w ← w − lr·wd·w` after the update) instead of L2 in the loss.
+    pub decoupled_weight_decay: bool,
+    /// Only tensors with more than one dimension decay (the reference's `no_weight_decay_on_bn`).
+    pub no_weight_decay_on_bn: bool,
     /// Label smoothing.
     pub label_smoothing: f32,
-    /// Nesterov momentum β.
-    pub momentum: f32,
+    /// Clip the applied gradient to this global norm (0: no clipping).
+    pub gradient_clipping: f32,
+    /// Base optimizer.
+    pub optimizer: OptimizerKind,
+    /// m-sharpness: examples per ascent (None: the whole batch).
+    pub sam_m: Option<usize>,
     /// Run seed (random draws are keyed by seed, step and layer).
     pub seed: u64,
 }
 
 impl Default for StepConfig {
+    /// The reference's defaults, except ρ = 0.05 (SAM on).
     fn default() -> Self {
-        StepConfig { rho: 0.05, weight_decay: 5e-4, label_smoothing: 0.0, momentum: 0.9, seed: 0 }
+        StepConfig {
+            rho: 0.05,
+            adaptive: false,
+            asam_eta: 0.01,
+            weight_decay: 0.001,
+            decoupled_weight_decay: false,
+            no_weight_decay_on_bn: false,
+            label_smoothing: 0.0,
+            gradient_clipping: 5.0,
+            optimizer: OptimizerKind::Nesterov { beta: 0.9 },
+            sam_m: None,
+            seed: 0,
+        }
     }
 }
 
 /// What one step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
-    /// Cross-entropy (no weight decay) of the pass whose gradient updated `w` (pass 2 under SAM).
+    /// Cross-entropy (no weight decay) of the pass whose gradient updated `w`.
     pub loss: f32,
-    /// `‖g‖` of pass 1 (the ascent direction's norm); the only gradient under SGD.
+    /// Fraction of the batch misclassified by the same logits.
+    pub error_rate: f32,
+    /// Norm of the applied gradient after clipping (the reference's `gradient_norm`).
+    pub grad_norm: f64,
+    /// Norm of pass 1's gradient (the ascent direction), or of the only gradient under SGD.
     pub ascent_grad_norm: f64,
+    /// `‖w‖` after the update (the reference's `param_norm`).
+    pub param_norm: f64,
 }
 
 /// Model, parameters, optimizer state and the scratch buffers of one replica.
@@ -56,14 +95,21 @@ pub struct SamStep {
     pub arena: Arena,
     /// Batch-norm running statistics.
     pub state: Vec<f32>,
+    /// Base optimizer and its state.
+    pub opt: BaseOptimizer,
     /// Hyperparameters.
     pub cfg: StepConfig,
-    w_adv: Vec<f32>, // w + e, same layout as arena.params
-    opt: Nesterov,
-    step: u64,
-    losses: Vec<f32>, // (N,)
-    probs: Vec<f32>,  // (N, K)
-    dlogits: Tensor,  // (N, K)
+    /// Steps taken so far (the global step; keys the random draws).
+    pub step: u64,
+    decayed: Vec<Range<usize>>, // parameter ranges that take weight decay
+    w_adv: Vec<f32>,            // w + e, same layout as arena.params
+    g_sum: Vec<f32>,            // descent gradients summed over sam_m chunks
+    state0: Vec<f32>,           // running statistics before the step (sam_m averaging)
+    state_sum: Vec<f32>,        // chunks' updated running statistics, summed
+    chunk: Tensor,              // (C, M, H, W) copy of one sam_m chunk
+    losses: Vec<f32>,           // (N,)
+    probs: Vec<f32>,            // (N, K)
+    dlogits: Tensor,            // (N, K)
 }
 
 impl SamStep {
@@ -71,25 +117,36 @@ impl SamStep {
     /// reference always uses `PRNGKey(0)`; `cfg.seed` drives only the random draws of training).
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // written so that NaN fails the check
     pub fn new(model_name: &str, model_cfg: &ModelConfig, cfg: StepConfig) -> Result<Self, TrainError> {
-        if !(cfg.rho >= 0.0) || !(cfg.weight_decay >= 0.0) || !(0.0..1.0).contains(&cfg.label_smoothing) {
+        if !(cfg.rho >= 0.0) || !(cfg.weight_decay >= 0.0) || !(0.0..1.0).contains(&cfg.label_smoothing) || !(cfg.gradient_clipping >= 0.0)
+        {
             return Err(TrainError::Config(format!(
-                "rho {} and weight decay {} must be >= 0, label smoothing {} in [0, 1)",
-                cfg.rho, cfg.weight_decay, cfg.label_smoothing
+                "sam_rho {}, weight_decay {} and gradient_clipping {} must be >= 0, label_smoothing {} in [0, 1)",
+                cfg.rho, cfg.weight_decay, cfg.gradient_clipping, cfg.label_smoothing
             )));
+        }
+        if cfg.sam_m == Some(0) {
+            return Err(TrainError::Config("sam_m must be at least 1".into()));
         }
         let model = build(model_name, model_cfg)?;
         let mut arena = Arena::new(model.layout().clone());
         let mut state = vec![0.0; model.state_layout().total()];
         model.init(&mut arena.params, &mut state, 0);
+        let decayed =
+            arena.layout.entries().iter().filter(|e| !cfg.no_weight_decay_on_bn || e.shape.len() > 1).map(|e| e.id.range()).collect();
         let n = arena.len();
         Ok(SamStep {
-            model,
+            opt: BaseOptimizer::new(cfg.optimizer, n),
             w_adv: vec![0.0; n],
-            opt: Nesterov::new(n, cfg.momentum),
+            g_sum: Vec::new(),
+            state0: Vec::new(),
+            state_sum: Vec::new(),
+            chunk: Tensor::empty(),
+            model,
             arena,
             state,
             cfg,
             step: 0,
+            decayed,
             losses: Vec::new(),
             probs: Vec::new(),
             dlogits: Tensor::empty(),
@@ -98,25 +155,100 @@ impl SamStep {
 
     /// One step on batch `x (C, N, H, W)` with `labels (N,)` at learning rate `lr`.
     pub fn step(&mut self, x: &Tensor, labels: &[u32], lr: f32) -> Result<StepReport, TrainError> {
-        let seed = self.cfg.seed;
-        let report = if self.cfg.rho == 0.0 {
-            let loss = self.loss_and_grad(false, x, labels, Pass::train(seed, self.step))?;
-            let norm = ringsam_optim::global_norm(&self.arena.grads);
-            StepReport { loss, ascent_grad_norm: norm }
-        } else {
-            self.loss_and_grad(false, x, labels, Pass::train(seed, self.step))?;
-            let norm = ascent_point(&mut self.w_adv, &self.arena.params, &self.arena.grads, self.cfg.rho);
-            let loss = self.loss_and_grad(true, x, labels, Pass::train_frozen_stats(seed, self.step))?;
-            StepReport { loss, ascent_grad_norm: norm }
-        };
+        let [c, n, h, w] = x.dims4("SamStep::step")?;
+        if labels.len() != n || n == 0 {
+            return Err(TrainError::Config(format!("batch of {n} images with {} labels", labels.len())));
+        }
+        let m = self.cfg.sam_m.unwrap_or(n).min(n);
+        let (loss, errors, ascent_norm) =
+            if m == n { self.sharpness_aware_grad(x, labels)? } else { self.m_sharpness_grad(x, labels, [c, n, h, w], m)? };
+        let grad_norm = clip_by_global_norm(&mut self.arena.grads, self.cfg.gradient_clipping);
+        let clipped_norm = if self.cfg.gradient_clipping > 0.0 { grad_norm.min(self.cfg.gradient_clipping as f64) } else { grad_norm };
         self.opt.update(&mut self.arena.params, &self.arena.grads, lr);
+        if self.cfg.decoupled_weight_decay && self.cfg.weight_decay > 0.0 {
+            decay_decoupled(&mut self.arena.params, lr, self.cfg.weight_decay, &self.decayed);
+        }
         self.step += 1;
-        Ok(report)
+        Ok(StepReport {
+            loss,
+            error_rate: errors as f32 / n as f32,
+            grad_norm: clipped_norm,
+            ascent_grad_norm: ascent_norm,
+            param_norm: global_norm(&self.arena.params),
+        })
     }
 
-    /// Zeroes the gradients, then forward, loss and backward at `w` (or at `w_adv`), plus the
-    /// weight-decay gradient `wd·w` at the same point. Returns the cross-entropy.
-    fn loss_and_grad(&mut self, at_adv: bool, x: &Tensor, labels: &[u32], pass: Pass) -> Result<f32, TrainError> {
+    /// SGD or SAM over the whole batch: leaves the gradient to apply in `arena.grads`.
+    /// Returns (loss, misclassified examples, pass-1 gradient norm).
+    fn sharpness_aware_grad(&mut self, x: &Tensor, labels: &[u32]) -> Result<(f32, usize, f64), TrainError> {
+        let (seed, step) = (self.cfg.seed, self.step);
+        let (loss, errors) = self.loss_and_grad(false, x, labels, Pass::train(seed, step))?;
+        if self.cfg.rho == 0.0 {
+            return Ok((loss, errors, global_norm(&self.arena.grads)));
+        }
+        let norm = self.ascend();
+        let (loss, errors) = self.loss_and_grad(true, x, labels, Pass::train_frozen_stats(seed, step))?;
+        Ok((loss, errors, norm))
+    }
+
+    /// m-sharpness: each chunk of `m` examples ascends on its own; descent gradients averaged.
+    fn m_sharpness_grad(
+        &mut self,
+        x: &Tensor,
+        labels: &[u32],
+        [c, n, h, w]: [usize; 4],
+        m: usize,
+    ) -> Result<(f32, usize, f64), TrainError> {
+        let chunks = n.div_ceil(m);
+        self.g_sum.clear();
+        self.g_sum.resize(self.arena.len(), 0.0);
+        self.state0.clone_from(&self.state);
+        self.state_sum.clear();
+        self.state_sum.resize(self.state.len(), 0.0);
+        let (mut loss_sum, mut errors, mut norm_sum) = (0.0f64, 0usize, 0.0f64);
+        let hw = h * w;
+        for k in 0..chunks {
+            let (lo, hi) = (k * m, ((k + 1) * m).min(n));
+            let mut chunk = std::mem::replace(&mut self.chunk, Tensor::empty());
+            chunk.resize(&[c, hi - lo, h, w]);
+            for ch in 0..c {
+                chunk.as_mut_slice()[ch * (hi - lo) * hw..(ch + 1) * (hi - lo) * hw]
+                    .copy_from_slice(&x.as_slice()[(ch * n + lo) * hw..(ch * n + hi) * hw]);
+            }
+            self.state.copy_from_slice(&self.state0);
+            let r = self.sharpness_aware_grad(&chunk, &labels[lo..hi]);
+            self.chunk = chunk;
+            let (loss, e, norm) = r?;
+            let weight = (hi - lo) as f64 / n as f64;
+            loss_sum += loss as f64 * weight;
+            errors += e;
+            norm_sum += norm / chunks as f64;
+            for (s, &g) in self.g_sum.iter_mut().zip(&self.arena.grads) {
+                *s += g * weight as f32;
+            }
+            for (s, &v) in self.state_sum.iter_mut().zip(&self.state) {
+                *s += v / chunks as f32;
+            }
+        }
+        self.arena.grads.copy_from_slice(&self.g_sum);
+        self.state.copy_from_slice(&self.state_sum);
+        Ok((loss_sum as f32, errors, norm_sum))
+    }
+
+    /// Writes the ascent point into `w_adv` from the gradient in `arena.grads`; returns its norm.
+    fn ascend(&mut self) -> f64 {
+        let (w, g) = (&self.arena.params, &self.arena.grads);
+        if self.cfg.adaptive {
+            asam_ascent_point(&mut self.w_adv, w, g, self.cfg.rho, self.cfg.asam_eta);
+            global_norm(g)
+        } else {
+            ascent_point(&mut self.w_adv, w, g, self.cfg.rho)
+        }
+    }
+
+    /// Zeroes the gradients, then forward, loss and backward at `w` (or at `w_adv`), plus the L2
+    /// weight-decay gradient at the same point. Returns (cross-entropy, misclassified examples).
+    fn loss_and_grad(&mut self, at_adv: bool, x: &Tensor, labels: &[u32], pass: Pass) -> Result<(f32, usize), TrainError> {
         let w: &[f32] = if at_adv { &self.w_adv } else { &self.arena.params };
         let logits = self.model.forward(w, &mut self.state, x, &pass)?;
         let [n, k] = match *logits.shape() {
@@ -129,12 +261,25 @@ impl SamStep {
         self.dlogits.resize(&[n, k]);
         let loss =
             softmax_cross_entropy_forward(&mut self.losses, &mut self.probs, logits.as_slice(), labels, self.cfg.label_smoothing, &sh)?;
+        let errors = count_errors(logits.as_slice(), labels, k);
         softmax_cross_entropy_backward(self.dlogits.as_mut_slice(), &self.probs, labels, self.cfg.label_smoothing, 1.0 / n as f32, &sh)?;
         self.arena.grads.fill(0.0);
         self.model.backward(w, &mut self.arena.grads, x, &self.dlogits)?;
-        if self.cfg.weight_decay > 0.0 {
-            ringsam_tensor::elementwise::axpy(&mut self.arena.grads, self.cfg.weight_decay, w)?;
+        if self.cfg.weight_decay > 0.0 && !self.cfg.decoupled_weight_decay {
+            add_l2_gradient(&mut self.arena.grads, w, self.cfg.weight_decay, &self.decayed);
         }
-        Ok(loss)
+        Ok((loss, errors))
     }
+}
+
+/// Examples whose arg-max logit is not their label (`logits` is `(N, K)`).
+pub fn count_errors(logits: &[f32], labels: &[u32], k: usize) -> usize {
+    logits
+        .chunks(k)
+        .zip(labels)
+        .filter(|&(row, &l)| {
+            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+            best != l as usize
+        })
+        .count()
 }

@@ -1,4 +1,5 @@
-//! A small counter-based random number generator.
+//! ringsam-rng: a small counter-based random number generator, shared by the engine (dropout,
+//! initialisation) and the data pipeline (permutations, augmentation).
 //!
 //! Why our own: a draw must be a pure function of `(seed, step, layer)` (see [`crate::Pass`]), so
 //! generators are created per use from a key rather than threaded through the program. SplitMix64
@@ -6,6 +7,7 @@
 //! counter. It is not cryptographic; it is fast, tiny and passes BigCrush.
 
 /// A SplitMix64 stream.
+#[allow(missing_docs)]
 #[derive(Clone, Debug)]
 pub struct Rng {
     state: u64,

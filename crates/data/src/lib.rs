@@ -1,0 +1,31 @@
+//! ringsam-data: datasets, augmentation and the batch loader.
+//!
+//! What it does: parses the datasets the reference trains on (CIFAR-10/100 binary, Fashion-MNIST
+//! IDX, SVHN `.mat`), the bundled `digits` set and a `synthetic` generator into one in-memory
+//! form, [`Dataset`] (u8 pixels, HWC); applies the reference's augmentations; and assembles
+//! normalised `f32` batches in the engine's `(C, N, H, W)` order on a background thread.
+//!
+//! What it does not do: it depends on neither the engine nor the tensor crate. It moves bytes and
+//! `f32` slices; the trainer wraps batches into tensors.
+//!
+//! Errors name the file and the byte offset where the input stopped making sense, and say what
+//! was expected ([`DataError::Format`]).
+
+pub mod augment;
+pub mod batch;
+pub mod cifar;
+pub mod dataset;
+pub mod digits;
+pub mod error;
+pub mod fashion_mnist;
+pub mod loader;
+pub mod normalize;
+pub mod registry;
+pub mod svhn;
+pub mod synthetic;
+pub mod verify;
+
+pub use batch::Batch;
+pub use dataset::{Dataset, Split};
+pub use error::DataError;
+pub use loader::{Loader, LoaderConfig};

@@ -1,0 +1,235 @@
+//! The batch loader: a producer thread that assembles augmented, normalised batches ahead of the
+//! training step.
+//!
+//! # Channel
+//! One bounded `std::sync::mpsc::sync_channel` of capacity [`LoaderConfig::prefetch`] carries
+//! finished [`Batch`]es from the producer to the step. Bounded because an unbounded queue would
+//! turn a slow step into memory growth; the producer blocks when it is `prefetch` batches ahead.
+//! Dropping the [`Loader`] closes the channel; the producer sees its next send fail and exits,
+//! and the drop joins it.
+//!
+//! # Determinism
+//! The epoch's order is a permutation drawn from `(seed, epoch)` only, and each batch's
+//! augmentation from `(seed, epoch, batch index)`, so the same seed gives the same batches
+//! whatever the timing, and a resumed run can start at any batch of an epoch. With several
+//! replicas, replica `rank` of `world` takes its contiguous share of every global batch.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use ringsam_rng::Rng;
+
+use crate::augment::{cutout_batch, flip_pad_crop};
+use crate::normalize::Normalization;
+use crate::{Batch, DataError, Dataset};
+
+/// Random-stream ids, so permutation and augmentation draws never coincide.
+const STREAM_PERMUTATION: u64 = 0x5045_524d;
+const STREAM_AUGMENT: u64 = 0x4155_474d;
+
+/// How batches are made.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// Global batch size (all replicas together).
+    pub batch_size: usize,
+    /// Shuffle every epoch (training) or keep file order (evaluation).
+    pub shuffle: bool,
+    /// Drop the last incomplete batch (the reference does for training).
+    pub drop_last: bool,
+    /// Random flip + 4-px reflect pad + crop (`basic`).
+    pub flip_crop: bool,
+    /// Whether the flip is part of `basic` (not for digits).
+    pub flip: bool,
+    /// Cutout length, if batch-level cutout is on.
+    pub cutout: Option<usize>,
+    /// Normalisation constants.
+    pub normalization: Normalization,
+    /// Run seed.
+    pub seed: u64,
+    /// Batches produced ahead of the consumer (channel capacity).
+    pub prefetch: usize,
+    /// This replica's rank.
+    pub rank: usize,
+    /// Number of replicas.
+    pub world: usize,
+}
+
+impl LoaderConfig {
+    /// Batches in one epoch of `len` examples.
+    pub fn batches_per_epoch(&self, len: usize) -> usize {
+        if self.drop_last { len / self.batch_size } else { len.div_ceil(self.batch_size) }
+    }
+}
+
+/// One epoch's batches, produced on a background thread.
+pub struct Loader {
+    rx: Option<Receiver<Batch>>,
+    handle: Option<JoinHandle<()>>,
+    remaining: usize,
+}
+
+impl Loader {
+    /// Starts producing batches `start_batch..` of `epoch`.
+    pub fn new(data: Arc<Dataset>, cfg: &LoaderConfig, epoch: u64, start_batch: usize) -> Result<Loader, DataError> {
+        if cfg.batch_size == 0 || cfg.world == 0 || cfg.rank >= cfg.world || !cfg.batch_size.is_multiple_of(cfg.world) {
+            return Err(DataError::Config(format!(
+                "batch size {} must be positive and divisible by the {} replicas (rank {})",
+                cfg.batch_size, cfg.world, cfg.rank
+            )));
+        }
+        if cfg.normalization.mean.len() != data.channels {
+            return Err(DataError::Config(format!(
+                "normalisation has {} channels, images have {}",
+                cfg.normalization.mean.len(),
+                data.channels
+            )));
+        }
+        let total = cfg.batches_per_epoch(data.len());
+        let remaining = total.saturating_sub(start_batch);
+        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+        let cfg = cfg.clone();
+        let handle = std::thread::Builder::new()
+            .name("ringsam-loader".into())
+            .spawn(move || produce(&data, &cfg, epoch, start_batch, total, tx))
+            .map_err(|e| DataError::Config(format!("cannot start the loader thread: {e}")))?;
+        Ok(Loader { rx: Some(rx), handle: Some(handle), remaining })
+    }
+
+    /// Batches this loader will still yield.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        let b = self.rx.as_ref()?.recv().ok();
+        if b.is_some() {
+            self.remaining -= 1;
+        }
+        b
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.rx.take(); // closes the channel: the producer's next send fails and it returns
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The epoch's order: a permutation from `(seed, epoch)` (or file order).
+pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if shuffle {
+        let mut rng = Rng::stream(seed, epoch, STREAM_PERMUTATION);
+        for i in (1..len).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+    }
+    order
+}
+
+fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: usize, tx: SyncSender<Batch>) {
+    let order = epoch_order(data.len(), cfg.seed, epoch, cfg.shuffle);
+    let (h, w, c) = (data.height, data.width, data.channels);
+    let mut scratch = vec![0u8; data.image_len()];
+    for b in start..total {
+        let lo = b * cfg.batch_size;
+        let hi = ((b + 1) * cfg.batch_size).min(data.len());
+        // This replica's contiguous share of the global batch.
+        let share = (hi - lo).div_ceil(cfg.world);
+        let (mlo, mhi) = ((lo + cfg.rank * share).min(hi), (lo + (cfg.rank + 1) * share).min(hi));
+        let n = mhi - mlo;
+        let mut rng = Rng::stream(cfg.seed, epoch.wrapping_mul(1 << 32).wrapping_add(b as u64), STREAM_AUGMENT);
+        let mut images = vec![0.0f32; c * n * h * w];
+        let mut labels = Vec::with_capacity(n);
+        for (j, &idx) in order[mlo..mhi].iter().enumerate() {
+            let img = data.image(idx);
+            let src: &[u8] = if cfg.flip_crop {
+                flip_pad_crop(&mut scratch, img, h, w, c, 4, cfg.flip, &mut rng);
+                &scratch
+            } else {
+                img
+            };
+            for ch in 0..c {
+                let (mean, inv) = cfg.normalization.u8_affine(ch);
+                let plane = &mut images[(ch * n + j) * h * w..][..h * w];
+                for (p, v) in plane.iter_mut().zip(src.iter().skip(ch).step_by(c)) {
+                    *p = (*v as f32 - mean) * inv;
+                }
+            }
+            labels.push(data.labels[idx]);
+        }
+        if let Some(len) = cfg.cutout {
+            cutout_batch(&mut images, n, c, h, w, len, &mut rng);
+        }
+        if tx.send(Batch { images, labels, n, c, h, w, index: b }).is_err() {
+            return; // the consumer is gone
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Split, synthetic::synthetic};
+
+    fn cfg(batch: usize) -> LoaderConfig {
+        LoaderConfig {
+            batch_size: batch,
+            shuffle: true,
+            drop_last: true,
+            flip_crop: true,
+            flip: true,
+            cutout: Some(4),
+            normalization: Normalization::for_dataset("synthetic"),
+            seed: 3,
+            prefetch: 2,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    #[test]
+    fn same_seed_same_batches_and_resume_mid_epoch() {
+        let d = Arc::new(synthetic(Split::Train, 50, 8, 3, 4, 1));
+        let a: Vec<Batch> = Loader::new(d.clone(), &cfg(8), 2, 0).unwrap().collect();
+        let b: Vec<Batch> = Loader::new(d.clone(), &cfg(8), 2, 0).unwrap().collect();
+        assert_eq!(a.len(), 6);
+        assert_eq!(a, b);
+        let resumed: Vec<Batch> = Loader::new(d.clone(), &cfg(8), 2, 4).unwrap().collect();
+        assert_eq!(resumed, a[4..]);
+        let other_epoch: Vec<Batch> = Loader::new(d, &cfg(8), 3, 0).unwrap().collect();
+        assert_ne!(other_epoch[0].labels, a[0].labels);
+    }
+
+    #[test]
+    fn replicas_split_each_global_batch() {
+        let d = Arc::new(synthetic(Split::Train, 40, 4, 1, 3, 1));
+        let mut c = cfg(8);
+        c.normalization = Normalization { mean: vec![0.5], std: vec![0.25] };
+        c.cutout = None;
+        c.flip_crop = false;
+        let whole: Vec<Batch> = Loader::new(d.clone(), &c, 0, 0).unwrap().collect();
+        let parts: Vec<Vec<Batch>> =
+            (0..2).map(|r| Loader::new(d.clone(), &LoaderConfig { rank: r, world: 2, ..c.clone() }, 0, 0).unwrap().collect()).collect();
+        for (i, b) in whole.iter().enumerate() {
+            let joined: Vec<u32> = parts[0][i].labels.iter().chain(&parts[1][i].labels).copied().collect();
+            assert_eq!(joined, b.labels);
+        }
+    }
+
+    #[test]
+    fn dropping_a_loader_early_stops_its_thread() {
+        let d = Arc::new(synthetic(Split::Train, 200, 8, 3, 4, 1));
+        let mut l = Loader::new(d, &cfg(4), 0, 0).unwrap();
+        l.next().unwrap();
+        drop(l); // must not hang
+    }
+}

@@ -1,0 +1,265 @@
+//! Checkpoints: written atomically, verified on load, newest valid one wins.
+//!
+//! Layout: `run_dir/checkpoints/checkpoint_{step}/` holding
+//! - `model.safetensors`: parameters and batch-norm state, each under the reference's Flax path
+//!   (`…/conv1/kernel`, `…/init_bn/mean`), plus `ema/<path>` when EMA is on;
+//! - `optim.safetensors`: optimizer state, `momentum/<path>` (and `second_moment/<path>`);
+//! - `state.json`: step, epoch, data cursor, config;
+//! - `MANIFEST.json`: byte length and CRC-32C of each file above.
+//!
+//! Writing (the protocol, and why each step):
+//! 1. everything goes to `checkpoint_{step}.tmp` — a crash leaves only a `.tmp` that loaders ignore;
+//! 2. each file is fsynced, then the manifest is written and fsynced — the manifest exists only
+//!    if the files it describes were complete;
+//! 3. the directory is renamed to its final name and the parent fsynced — the rename is atomic,
+//!    so a reader sees no checkpoint or a whole one;
+//! 4. older checkpoints beyond `keep` are deleted, oldest first — only after the new one is safe.
+//!
+//! Loading walks checkpoints newest first and takes the first whose manifest matches its files
+//! and whose tensors have the model's names and shapes; skipped ones are reported with the reason.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ringsam_nn::ParamLayout;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::config::TrainConfig;
+
+/// Version of the checkpoint format.
+pub const FORMAT: u32 = 1;
+/// The largest file a checkpoint may hold (bounded before reading; EfficientNet-L2 is ~2 GB).
+const MAX_FILE_BYTES: u64 = 16 << 30;
+
+/// Where training stands, saved in `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// Checkpoint format version.
+    pub format: u32,
+    /// Global steps completed.
+    pub step: u64,
+    /// Epoch in progress (0-based).
+    pub epoch: u64,
+    /// Next batch of that epoch (0 when the epoch is complete and the next begins).
+    pub batch_in_epoch: usize,
+    /// Model name.
+    pub model_name: String,
+    /// The full configuration of the run.
+    pub config: TrainConfig,
+}
+
+/// Buffers a checkpoint holds.
+pub struct CheckpointData<'a> {
+    /// Parameter layout (names and shapes).
+    pub layout: &'a ParamLayout,
+    /// Parameters.
+    pub params: &'a [f32],
+    /// Batch-norm state layout.
+    pub state_layout: &'a ParamLayout,
+    /// Batch-norm state.
+    pub state: &'a [f32],
+    /// Named optimizer buffers in the parameter layout (`momentum`, `second_moment`).
+    pub optim: Vec<(&'static str, &'a [f32])>,
+    /// EMA parameters and state, when EMA is on.
+    pub ema: Option<(&'a [f32], &'a [f32])>,
+    /// Progress.
+    pub training: &'a TrainingState,
+}
+
+/// A checkpoint read back and verified.
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Parameters.
+    pub params: Vec<f32>,
+    /// Batch-norm state.
+    pub state: Vec<f32>,
+    /// Optimizer buffers by name.
+    pub optim: HashMap<String, Vec<f32>>,
+    /// EMA parameters and state.
+    pub ema: Option<(Vec<f32>, Vec<f32>)>,
+    /// Progress.
+    pub training: TrainingState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestEntry {
+    bytes: u64,
+    crc32c: u32,
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> TrainError {
+    TrainError::Checkpoint(format!("{} {what}: {e}", path.display()))
+}
+
+/// The checkpoints directory of a run.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Writes checkpoint `step` atomically and prunes to the newest `keep`. Returns its directory.
+pub fn write_atomic(run_dir: &Path, step: u64, data: &CheckpointData, keep: usize) -> Result<PathBuf, TrainError> {
+    let root = checkpoints_dir(run_dir);
+    fs::create_dir_all(&root).map_err(|e| io_err(&root, "creating", e))?;
+    let final_dir = root.join(format!("checkpoint_{step}"));
+    let tmp = root.join(format!("checkpoint_{step}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, "removing a stale temporary", e))?;
+    }
+    fs::create_dir(&tmp).map_err(|e| io_err(&tmp, "creating", e))?;
+
+    let mut model = named(data.layout, data.params, "");
+    model.extend(named(data.state_layout, data.state, ""));
+    if let Some((p, s)) = data.ema {
+        model.extend(named(data.layout, p, "ema/"));
+        model.extend(named(data.state_layout, s, "ema/"));
+    }
+    let optim: Vec<_> = data.optim.iter().flat_map(|(name, buf)| named(data.layout, buf, &format!("{name}/"))).collect();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("model.safetensors", to_safetensors(&model)?),
+        ("optim.safetensors", to_safetensors(&optim)?),
+        ("state.json", serde_json::to_vec_pretty(data.training).map_err(|e| TrainError::Checkpoint(e.to_string()))?),
+    ];
+    let mut manifest = HashMap::new();
+    for (name, bytes) in &files {
+        write_synced(&tmp.join(name), bytes)?;
+        manifest.insert(name.to_string(), ManifestEntry { bytes: bytes.len() as u64, crc32c: crc32c::crc32c(bytes) });
+    }
+    write_synced(&tmp.join("MANIFEST.json"), &serde_json::to_vec_pretty(&manifest).map_err(|e| TrainError::Checkpoint(e.to_string()))?)?;
+    sync_dir(&tmp)?;
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, "replacing", e))?;
+    }
+    fs::rename(&tmp, &final_dir).map_err(|e| io_err(&final_dir, "renaming into place", e))?;
+    sync_dir(&root)?;
+    let mut all = list(&root);
+    all.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
+    for (_, old) in all.into_iter().skip(keep.max(1)) {
+        let _ = fs::remove_dir_all(old);
+    }
+    Ok(final_dir)
+}
+
+/// `(name, shape, values)` for every entry of `layout` over `buf`, names prefixed.
+fn named<'a>(layout: &ParamLayout, buf: &'a [f32], prefix: &str) -> Vec<(String, Vec<usize>, &'a [f32])> {
+    layout.entries().iter().map(|e| (format!("{prefix}{}", e.name), e.shape.clone(), &buf[e.id.range()])).collect()
+}
+
+fn to_safetensors(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>, TrainError> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Checkpoint(format!("building safetensors: {e}")))?;
+    let meta = HashMap::from([("format".to_string(), "ringsam".to_string())]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::Checkpoint(format!("serializing safetensors: {e}")))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let mut f = File::create(path).map_err(|e| io_err(path, "creating", e))?;
+    f.write_all(bytes).map_err(|e| io_err(path, "writing", e))?;
+    f.sync_all().map_err(|e| io_err(path, "syncing", e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), TrainError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, "syncing directory", e))
+}
+
+/// `(step, dir)` of every finished checkpoint (temporary directories excluded).
+fn list(root: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(rd) = fs::read_dir(root) else { return Vec::new() };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("checkpoint_")?.parse::<u64>().ok()?;
+            Some((step, e.path()))
+        })
+        .collect()
+}
+
+/// The newest checkpoint that verifies, and the reasons older-or-newer ones were skipped.
+pub fn newest_valid(run_dir: &Path, layout: &ParamLayout, state_layout: &ParamLayout) -> (Option<LoadedCheckpoint>, Vec<String>) {
+    let mut all = list(&checkpoints_dir(run_dir));
+    all.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
+    let mut skipped = Vec::new();
+    for (_, dir) in all {
+        match load(&dir, layout, state_layout) {
+            Ok(c) => return (Some(c), skipped),
+            Err(e) => skipped.push(format!("{}: {e}", dir.display())),
+        }
+    }
+    (None, skipped)
+}
+
+/// Reads and verifies one checkpoint directory against the model's layouts.
+pub fn load(dir: &Path, layout: &ParamLayout, state_layout: &ParamLayout) -> Result<LoadedCheckpoint, TrainError> {
+    let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", dir.display()));
+    let manifest: HashMap<String, ManifestEntry> =
+        serde_json::from_slice(&read_bounded(&dir.join("MANIFEST.json"), 1 << 20)?).map_err(|e| bad(format!("MANIFEST.json: {e}")))?;
+    let mut files = HashMap::new();
+    for name in ["model.safetensors", "optim.safetensors", "state.json"] {
+        let entry = manifest.get(name).ok_or_else(|| bad(format!("manifest does not list {name}")))?;
+        let bytes = read_bounded(&dir.join(name), MAX_FILE_BYTES)?;
+        if bytes.len() as u64 != entry.bytes {
+            return Err(bad(format!("{name} has {} bytes, the manifest says {} (truncated?)", bytes.len(), entry.bytes)));
+        }
+        if crc32c::crc32c(&bytes) != entry.crc32c {
+            return Err(bad(format!("{name} fails its CRC-32C check (corrupted)")));
+        }
+        files.insert(name, bytes);
+    }
+    let training: TrainingState = serde_json::from_slice(&files["state.json"]).map_err(|e| bad(format!("state.json: {e}")))?;
+    if training.format != FORMAT {
+        return Err(bad(format!("format {} (this ringsam reads format {FORMAT})", training.format)));
+    }
+    let model = SafeTensors::deserialize(&files["model.safetensors"]).map_err(|e| bad(format!("model.safetensors: {e}")))?;
+    let params = read_layout(&model, layout, "").map_err(|m| bad(format!("model.safetensors: {m}")))?;
+    let state = read_layout(&model, state_layout, "").map_err(|m| bad(format!("model.safetensors: {m}")))?;
+    let ema = if model.names().iter().any(|n| n.starts_with("ema/")) {
+        Some((read_layout(&model, layout, "ema/").map_err(&bad)?, read_layout(&model, state_layout, "ema/").map_err(&bad)?))
+    } else {
+        None
+    };
+    let optim_st = SafeTensors::deserialize(&files["optim.safetensors"]).map_err(|e| bad(format!("optim.safetensors: {e}")))?;
+    let mut optim = HashMap::new();
+    for buf in ["momentum", "second_moment"] {
+        if optim_st.names().iter().any(|n| n.starts_with(&format!("{buf}/"))) {
+            optim.insert(
+                buf.to_string(),
+                read_layout(&optim_st, layout, &format!("{buf}/")).map_err(|m| bad(format!("optim.safetensors: {m}")))?,
+            );
+        }
+    }
+    Ok(LoadedCheckpoint { dir: dir.to_path_buf(), params, state, optim, ema, training })
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, TrainError> {
+    let len = fs::metadata(path).map_err(|e| io_err(path, "reading", e))?.len();
+    if len > max {
+        return Err(TrainError::Checkpoint(format!("{}: {len} bytes is more than the {max} a checkpoint file may have", path.display())));
+    }
+    fs::read(path).map_err(|e| io_err(path, "reading", e))
+}
+
+/// Every entry of `layout` from `st` under `prefix`, checked for dtype and shape.
+fn read_layout(st: &SafeTensors, layout: &ParamLayout, prefix: &str) -> Result<Vec<f32>, String> {
+    let mut out = vec![0.0; layout.total()];
+    for e in layout.entries() {
+        let name = format!("{prefix}{}", e.name);
+        let t = st.tensor(&name).map_err(|_| format!("missing tensor {name}"))?;
+        if t.dtype() != Dtype::F32 || t.shape() != e.shape.as_slice() {
+            return Err(format!("tensor {name} is {:?} {:?}, expected F32 {:?}", t.dtype(), t.shape(), e.shape));
+        }
+        for (o, b) in out[e.id.range()].iter_mut().zip(t.data().chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+    Ok(out)
+}
