@@ -1,8 +1,9 @@
 //! `ringsam bench step`: time SGD and SAM steps of a model on synthetic data.
 //!
-//! Each variant gets one untimed warm-up step (it sizes every buffer), then `iters` timed steps;
-//! the report gives medians. Both variants run in the same process on the same thread pool, so
-//! their ratio is meaningful; absolute numbers depend on the machine.
+//! Each variant gets one untimed warm-up step (it sizes every buffer), then `iters` timed steps,
+//! SGD and SAM alternating; the report gives medians. Both variants run in the same process on the
+//! same thread pool, interleaved, so their ratio is meaningful; absolute numbers depend on the
+//! machine.
 
 use std::time::Instant;
 
@@ -79,21 +80,23 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     let x = Tensor::from_vec(&[3, n, s, s], (0..3 * n * s * s).map(|_| rng.normal()).collect())?;
     let labels: Vec<u32> = (0..n).map(|_| rng.below(cfg.num_classes as u64) as u32).collect();
 
-    let mut time = |rho: f32, label: &str| -> Result<(Vec<f64>, usize, usize), TrainError> {
-        let mut step = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho, weight_decay: 5e-4, ..StepConfig::default() })?;
-        progress(&format!("{label}: warm-up step"));
-        step.step(&x, &labels, 0.01)?;
-        let mut samples = Vec::with_capacity(cfg.iters);
-        for i in 0..cfg.iters {
-            progress(&format!("{label}: step {}/{}", i + 1, cfg.iters));
+    // Both variants are built and warmed up first, then timed in alternation (SGD, SAM, SGD, ...)
+    // so that a change in machine conditions during the run affects both alike.
+    let mut sgd_step = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho: 0.0, weight_decay: 5e-4, ..StepConfig::default() })?;
+    let mut sam_step = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho: cfg.rho, weight_decay: 5e-4, ..StepConfig::default() })?;
+    progress("warm-up steps");
+    sgd_step.step(&x, &labels, 0.01)?;
+    sam_step.step(&x, &labels, 0.01)?;
+    let (mut sgd, mut sam) = (Vec::with_capacity(cfg.iters), Vec::with_capacity(cfg.iters));
+    for i in 0..cfg.iters {
+        progress(&format!("step {}/{} (SGD, then SAM)", i + 1, cfg.iters));
+        for (st, samples) in [(&mut sgd_step, &mut sgd), (&mut sam_step, &mut sam)] {
             let t = Instant::now();
-            step.step(&x, &labels, 0.01)?;
+            st.step(&x, &labels, 0.01)?;
             samples.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        Ok((samples, step.model.last_forward_macs(), step.model.last_backward_macs()))
-    };
-    let (sgd, macs, backward_macs) = time(0.0, "SGD")?;
-    let (sam, _, _) = time(cfg.rho, "SAM")?;
+    }
+    let (macs, backward_macs) = (sgd_step.model.last_forward_macs(), sgd_step.model.last_backward_macs());
     let (sgd_ms, sam_ms) = (median(&sgd), median(&sam));
     let step_flops = 2.0 * (macs + backward_macs) as f64;
     Ok(BenchStepReport {
