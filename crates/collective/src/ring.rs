@@ -1,0 +1,368 @@
+//! [`Ring`]: one rank's side of every all-reduce in flight on one ring, as a state machine.
+//!
+//! It does no I/O and reads no clock (quinn-proto's pattern). The driver calls, in a loop:
+//! 1. [`Ring::handle_frame`] for each frame that arrived from the previous rank;
+//! 2. [`Ring::handle_timeout`] when the deadline from [`Ring::poll_timeout`] has passed;
+//! 3. [`Ring::poll_send`] until `None`, writing each frame to the next rank, in order;
+//! 4. [`Ring::poll_event`] until `None`, completing operations ([`Ring::take_result`]).
+//! [`Ring::start`] begins an operation at any time; several may be in flight, matched by [`OpId`].
+//!
+//! # Failure
+//! While any operation is pending, the previous rank owes us data. If nothing arrives from it for
+//! `peer_timeout`, every pending operation fails with [`RingError::PeerTimeout`] and the ring is
+//! dead: a new one must be formed (at a new generation). [`Ring::handle_link_down`] does the same
+//! at once when the driver knows the link is gone. Time spent with nothing pending is not counted.
+//!
+//! # Memory
+//! Each operation owns its buffer; frames are reduced into it as they arrive. Frames for an
+//! operation this rank has not started yet are held back, at most [`RingConfig::max_early_ops`]
+//! operations' worth — a peer cannot make us buffer without bound.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::frame::{FrameHeader, FrameKind, HEADER_LEN};
+use crate::schedule::{Segments, ring_neighbors};
+
+/// A position in the ring (0 … world−1).
+pub type Rank = usize;
+
+/// Identifies one all-reduce; every rank must use the same id for the same operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u64);
+
+/// How values combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Sum over ranks.
+    Sum,
+    /// Mean over ranks (the sum, scaled by 1/n once by the segment's owner, so still bitwise
+    /// identical everywhere).
+    Mean,
+}
+
+/// Fixed parameters of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingConfig {
+    /// This rank's position.
+    pub rank: Rank,
+    /// Ranks in the ring.
+    pub world: usize,
+    /// Largest chunk in values.
+    pub chunk: usize,
+    /// Generation; frames of other generations are dropped.
+    pub generation: u32,
+    /// Which ring (0: the whole world; others: sub-rings), carried in every frame.
+    pub ring_id: u16,
+    /// Silence from the previous rank, while it owes data, after which pending operations fail.
+    pub peer_timeout: Duration,
+    /// Operations whose frames may arrive before this rank starts them.
+    pub max_early_ops: usize,
+}
+
+impl RingConfig {
+    /// Defaults: 64 Ki-value (256 KiB) chunks, 10 s peer timeout, 64 early operations.
+    pub fn new(rank: Rank, world: usize) -> Self {
+        RingConfig { rank, world, chunk: 64 * 1024, generation: 0, ring_id: 0, peer_timeout: Duration::from_secs(10), max_early_ops: 64 }
+    }
+    /// Largest payload in bytes a frame of this ring can carry.
+    pub fn max_payload(&self) -> u32 {
+        (self.chunk * 4).min(u32::MAX as usize) as u32
+    }
+}
+
+/// Why an operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// The previous rank sent nothing for too long while it owed data.
+    #[error("rank {peer} sent nothing for {after:?} while it owed data (lost or stalled)")]
+    PeerTimeout {
+        /// The silent rank.
+        peer: Rank,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The driver reported the link gone.
+    #[error("link to rank {peer} is down: {why}")]
+    LinkDown {
+        /// The peer.
+        peer: Rank,
+        /// What the transport said.
+        why: String,
+    },
+    /// A peer sent a frame that cannot be part of the protocol.
+    #[error("protocol violation from rank {peer}: {why}")]
+    Protocol {
+        /// The peer.
+        peer: Rank,
+        /// What was wrong.
+        why: String,
+    },
+    /// The caller misused the API (duplicate op id, ring already failed).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RingEvent {
+    /// The operation finished; [`Ring::take_result`] has its buffer.
+    OpDone(OpId),
+    /// The operation failed.
+    OpFailed(OpId, RingError),
+    /// A peer is considered lost (emitted once, before the failures it caused).
+    PeerLost(Rank),
+}
+
+struct Op {
+    seg: Segments,
+    data: Vec<f32>,
+    reduce: ReduceOp,
+    received: usize,
+    expected: usize,
+}
+
+/// One rank's state for all operations on one ring.
+pub struct Ring {
+    cfg: RingConfig,
+    ops: BTreeMap<u64, Op>,
+    early: HashMap<u64, Vec<(FrameHeader, Vec<f32>)>>,
+    sendq: VecDeque<(u64, usize, usize)>, // (op, step, chunk) in send order
+    events: VecDeque<RingEvent>,
+    done: HashMap<u64, Vec<f32>>,
+    last_heard: Option<Instant>,
+    failed: Option<RingError>,
+}
+
+impl Ring {
+    /// A ring rank with nothing in flight.
+    pub fn new(cfg: RingConfig) -> Self {
+        assert!(cfg.world >= 1 && cfg.rank < cfg.world && cfg.chunk >= 1, "ring config {cfg:?}");
+        Ring {
+            cfg,
+            ops: BTreeMap::new(),
+            early: HashMap::new(),
+            sendq: VecDeque::new(),
+            events: VecDeque::new(),
+            done: HashMap::new(),
+            last_heard: None,
+            failed: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RingConfig {
+        &self.cfg
+    }
+
+    /// `(prev, next)` positions.
+    pub fn neighbors(&self) -> (Rank, Rank) {
+        ring_neighbors(self.cfg.rank, self.cfg.world)
+    }
+
+    /// Operations started and not yet finished or failed.
+    pub fn pending(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Starts all-reducing `data` as operation `op`.
+    pub fn start(&mut self, now: Instant, op: OpId, data: Vec<f32>, reduce: ReduceOp) -> Result<(), RingError> {
+        if let Some(e) = &self.failed {
+            return Err(RingError::Usage(format!("ring generation {} has failed ({e}); form a new one", self.cfg.generation)));
+        }
+        if self.ops.contains_key(&op.0) || self.done.contains_key(&op.0) {
+            return Err(RingError::Usage(format!("operation {} is already in flight", op.0)));
+        }
+        let seg = Segments { len: data.len(), world: self.cfg.world, chunk: self.cfg.chunk };
+        if self.cfg.world == 1 {
+            self.done.insert(op.0, data);
+            self.events.push_back(RingEvent::OpDone(op));
+            return Ok(());
+        }
+        if self.ops.is_empty() {
+            self.last_heard = Some(now); // idle time before this op does not count as silence
+        }
+        let r = self.cfg.rank;
+        let expected = seg.expected_receives(r);
+        for k in 0..seg.chunks(seg.send_segment(r, 0)) {
+            self.sendq.push_back((op.0, 0, k));
+        }
+        self.ops.insert(op.0, Op { seg, data, reduce, received: 0, expected });
+        if expected == 0 {
+            self.finish(op.0);
+        }
+        for (h, payload) in self.early.remove(&op.0).unwrap_or_default() {
+            self.apply(h, &payload)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds one frame from the previous rank. `payload` is the frame's body (`header.len` bytes).
+    /// A malformed frame fails every pending operation (the stream can no longer be trusted) and
+    /// is returned as the error.
+    pub fn handle_frame(&mut self, now: Instant, header: FrameHeader, payload: &[u8]) -> Result<(), RingError> {
+        if self.failed.is_some() {
+            return Ok(()); // already dead: nothing more to learn
+        }
+        let (prev, _) = self.neighbors();
+        if header.generation != self.cfg.generation || header.ring != self.cfg.ring_id {
+            return Ok(()); // a stale frame from an older generation: drop it
+        }
+        self.last_heard = Some(now);
+        if header.kind != FrameKind::Data || payload.len() != header.len as usize || payload.len() % 4 != 0 {
+            return self.violation(prev, format!("frame body of {} bytes for a header saying {}", payload.len(), header.len));
+        }
+        let values: Vec<f32> = payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if self.ops.contains_key(&header.op) {
+            return self.apply(header, &values);
+        }
+        if self.done.contains_key(&header.op) {
+            return self.violation(prev, format!("frame for finished operation {}", header.op));
+        }
+        if !self.early.contains_key(&header.op) && self.early.len() >= self.cfg.max_early_ops {
+            return self.violation(prev, format!("frames for more than {} operations this rank has not started", self.cfg.max_early_ops));
+        }
+        self.early.entry(header.op).or_default().push((header, values));
+        Ok(())
+    }
+
+    fn apply(&mut self, h: FrameHeader, values: &[f32]) -> Result<(), RingError> {
+        let (prev, _) = self.neighbors();
+        let r = self.cfg.rank;
+        let n = self.cfg.world;
+        let (step, chunk) = (h.step as usize, h.chunk as usize);
+        let checked = {
+            let op = self.ops.get(&h.op).expect("apply is only called for started operations");
+            let segment = if step < op.seg.steps() { op.seg.recv_segment(r, step) } else { 0 };
+            if step >= op.seg.steps() {
+                Err(format!("step {step} of operation {} beyond its {} steps", h.op, op.seg.steps()))
+            } else if chunk >= op.seg.chunks(segment) {
+                Err(format!("chunk {chunk} of step {step} beyond segment {segment}'s {} chunks", op.seg.chunks(segment)))
+            } else if op.seg.chunk_range(segment, chunk).len() != values.len() {
+                Err(format!("chunk of {} values where {} belong", values.len(), op.seg.chunk_range(segment, chunk).len()))
+            } else {
+                Ok(op.seg.chunk_range(segment, chunk))
+            }
+        };
+        let range = match checked {
+            Ok(r) => r,
+            Err(why) => return self.violation(prev, why),
+        };
+        let op = self.ops.get_mut(&h.op).expect("checked above");
+        let dst = &mut op.data[range];
+        if step < n - 1 {
+            for (d, v) in dst.iter_mut().zip(values) {
+                *d += v;
+            }
+            if step == n - 2 && op.reduce == ReduceOp::Mean {
+                let inv = 1.0 / n as f32;
+                dst.iter_mut().for_each(|d| *d *= inv);
+            }
+        } else {
+            dst.copy_from_slice(values);
+        }
+        op.received += 1;
+        if step + 1 < op.seg.steps() {
+            self.sendq.push_back((h.op, step + 1, chunk));
+        }
+        if op.received == op.expected {
+            self.finish(h.op);
+        }
+        Ok(())
+    }
+
+    /// Moves a completed operation's buffer to the results once its last frame has been queued.
+    fn finish(&mut self, op: u64) {
+        // Frames still queued for sending read from the op's buffer; keep it until they are out.
+        if self.sendq.iter().any(|&(o, _, _)| o == op) {
+            return;
+        }
+        if let Some(o) = self.ops.remove(&op) {
+            self.done.insert(op, o.data);
+            self.events.push_back(RingEvent::OpDone(OpId(op)));
+        }
+    }
+
+    fn violation(&mut self, peer: Rank, why: String) -> Result<(), RingError> {
+        let e = RingError::Protocol { peer, why };
+        self.fail(e.clone());
+        Err(e)
+    }
+
+    fn fail(&mut self, e: RingError) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let RingError::PeerTimeout { peer, .. } | RingError::LinkDown { peer, .. } = &e {
+            self.events.push_back(RingEvent::PeerLost(*peer));
+        }
+        for (id, _) in std::mem::take(&mut self.ops) {
+            self.events.push_back(RingEvent::OpFailed(OpId(id), e.clone()));
+        }
+        self.sendq.clear();
+        self.early.clear();
+        self.failed = Some(e);
+    }
+
+    /// The transport lost the link to `peer`: fail everything now.
+    pub fn handle_link_down(&mut self, peer: Rank, why: &str) {
+        self.fail(RingError::LinkDown { peer, why: why.to_string() });
+    }
+
+    /// Call when `now` has reached [`Ring::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(deadline) = self.poll_timeout() {
+            if now >= deadline {
+                let (prev, _) = self.neighbors();
+                self.fail(RingError::PeerTimeout { peer: prev, after: self.cfg.peer_timeout });
+            }
+        }
+    }
+
+    /// When the driver should call [`Ring::handle_timeout`] next: `None` while nothing is owed.
+    /// Changes after `start`, `handle_frame` and failures.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ops.is_empty() || self.failed.is_some() {
+            return None;
+        }
+        self.last_heard.map(|t| t + self.cfg.peer_timeout)
+    }
+
+    /// Writes the next frame for the next rank into `out` (cleared first); returns the rank to send
+    /// it to, or `None` when nothing is queued. Frames must be delivered in the order returned.
+    pub fn poll_send(&mut self, out: &mut Vec<u8>) -> Option<Rank> {
+        let (op_id, step, chunk) = self.sendq.pop_front()?;
+        let r = self.cfg.rank;
+        let op = self.ops.get(&op_id).expect("queued sends belong to pending operations (failures clear the queue)");
+        let range = op.seg.chunk_range(op.seg.send_segment(r, step), chunk);
+        out.clear();
+        out.reserve(HEADER_LEN + range.len() * 4);
+        FrameHeader {
+            kind: FrameKind::Data,
+            ring: self.cfg.ring_id,
+            generation: self.cfg.generation,
+            step: step as u32,
+            op: op_id,
+            chunk: chunk as u32,
+            len: (range.len() * 4) as u32,
+        }
+        .encode(out);
+        for v in &op.data[range] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        if op.received == op.expected {
+            self.finish(op_id);
+        }
+        Some(self.neighbors().1)
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<RingEvent> {
+        self.events.pop_front()
+    }
+
+    /// The result of a finished operation (once).
+    pub fn take_result(&mut self, op: OpId) -> Option<Vec<f32>> {
+        self.done.remove(&op.0)
+    }
+}

@@ -1,0 +1,220 @@
+//! The ring protocol with no network: `RingSim` moves frames between `Ring`s with simulated
+//! latency and time (quinn-proto's test pattern). Deterministic; no sockets, no sleeps.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use ringsam_collective::frame::HEADER_LEN;
+use ringsam_collective::{FrameHeader, OpId, ReduceOp, Ring, RingConfig, RingError, RingEvent};
+
+struct RingSim {
+    rings: Vec<Ring>,
+    links: Vec<VecDeque<(Instant, Vec<u8>)>>, // links[r]: frames in flight from r to r's next
+    time: Instant,
+    latency: Duration,
+    dropped_from: Option<usize>,
+    events: Vec<Vec<RingEvent>>,
+}
+
+impl RingSim {
+    fn new(world: usize, chunk: usize) -> Self {
+        let rings = (0..world)
+            .map(|r| Ring::new(RingConfig { chunk, peer_timeout: Duration::from_secs(10), ..RingConfig::new(r, world) }))
+            .collect();
+        RingSim {
+            rings,
+            links: vec![VecDeque::new(); world],
+            time: Instant::now(),
+            latency: Duration::from_micros(50),
+            dropped_from: None,
+            events: vec![Vec::new(); world],
+        }
+    }
+
+    /// Drains sends into links, delivers due frames, handles timeouts, collects events.
+    /// Returns whether anything happened.
+    fn step(&mut self) -> bool {
+        let mut progress = false;
+        let n = self.rings.len();
+        for r in 0..n {
+            let mut buf = Vec::new();
+            while let Some(to) = self.rings[r].poll_send(&mut buf) {
+                assert_eq!(to, (r + 1) % n);
+                if self.dropped_from != Some(r) {
+                    self.links[r].push_back((self.time + self.latency, buf.clone()));
+                }
+                progress = true;
+            }
+        }
+        for r in 0..n {
+            let to = (r + 1) % n;
+            while self.links[r].front().is_some_and(|(t, _)| *t <= self.time) {
+                let (_, bytes) = self.links[r].pop_front().unwrap();
+                let h = FrameHeader::decode(bytes[..HEADER_LEN].try_into().unwrap(), 1 << 30).unwrap();
+                let _ = self.rings[to].handle_frame(self.time, h, &bytes[HEADER_LEN..]);
+                progress = true;
+            }
+        }
+        for r in 0..n {
+            self.rings[r].handle_timeout(self.time);
+            while let Some(e) = self.rings[r].poll_event() {
+                self.events[r].push(e);
+                progress = true;
+            }
+        }
+        progress
+    }
+
+    /// Runs until quiet, advancing simulated time to the next delivery or timer.
+    fn drive(&mut self) {
+        for _ in 0..100_000 {
+            if self.step() {
+                continue;
+            }
+            let next_delivery = self.links.iter().filter_map(|l| l.front().map(|(t, _)| *t)).min();
+            let next_timer = self.rings.iter().filter_map(|r| r.poll_timeout()).min();
+            match next_delivery.into_iter().chain(next_timer).min() {
+                Some(t) => self.time = t.max(self.time),
+                None => return,
+            }
+        }
+        panic!("ring did not settle");
+    }
+}
+
+fn inputs(world: usize, len: usize) -> Vec<Vec<f32>> {
+    (0..world).map(|r| (0..len).map(|i| ((i * 7 + r * 13) % 17) as f32 * 0.25 - 2.0 + r as f32 * 1e-3).collect()).collect()
+}
+
+fn run(world: usize, len: usize, chunk: usize, reduce: ReduceOp) {
+    let mut sim = RingSim::new(world, chunk);
+    let data = inputs(world, len);
+    for (r, d) in data.iter().enumerate() {
+        sim.rings[r].start(sim.time, OpId(1), d.clone(), reduce).unwrap();
+    }
+    sim.drive();
+    let results: Vec<Vec<f32>> = (0..world)
+        .map(|r| {
+            assert_eq!(sim.events[r], vec![RingEvent::OpDone(OpId(1))], "world {world} len {len} rank {r}");
+            sim.rings[r].take_result(OpId(1)).unwrap()
+        })
+        .collect();
+    for r in 1..world {
+        assert!(
+            results[r].iter().zip(&results[0]).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "world {world} len {len}: rank {r} differs bitwise from rank 0"
+        );
+    }
+    for i in 0..len {
+        let mut want: f64 = data.iter().map(|d| d[i] as f64).sum();
+        if reduce == ReduceOp::Mean {
+            want /= world as f64;
+        }
+        assert!((results[0][i] as f64 - want).abs() < 1e-4, "world {world} len {len} i {i}: {} vs {want}", results[0][i]);
+    }
+}
+
+#[test]
+fn world_sizes_1_to_9_and_awkward_lengths() {
+    for world in 1usize..=9 {
+        for len in [0, 1, world.saturating_sub(1), world, world + 1, 37, 1000] {
+            for chunk in [1, 3, 64] {
+                run(world, len, chunk, ReduceOp::Sum);
+            }
+            run(world, len, 5, ReduceOp::Mean);
+        }
+    }
+}
+
+#[test]
+fn several_operations_in_flight_and_started_out_of_step() {
+    let world = 4;
+    let mut sim = RingSim::new(world, 8);
+    let data = inputs(world, 100);
+    // Ranks 0..3 start op 1 and op 2 now; rank 3 only later, after others' frames have arrived.
+    for r in 0..3 {
+        sim.rings[r].start(sim.time, OpId(1), data[r].clone(), ReduceOp::Sum).unwrap();
+        sim.rings[r].start(sim.time, OpId(2), data[r].iter().map(|v| v * 2.0).collect(), ReduceOp::Sum).unwrap();
+    }
+    for _ in 0..5 {
+        sim.step();
+        sim.time += Duration::from_micros(60);
+    }
+    sim.rings[3].start(sim.time, OpId(2), data[3].iter().map(|v| v * 2.0).collect(), ReduceOp::Sum).unwrap();
+    sim.rings[3].start(sim.time, OpId(1), data[3].clone(), ReduceOp::Sum).unwrap();
+    sim.drive();
+    for r in 0..world {
+        let a = sim.rings[r].take_result(OpId(1)).unwrap();
+        let b = sim.rings[r].take_result(OpId(2)).unwrap();
+        for i in 0..100 {
+            let want: f32 = data.iter().map(|d| d[i]).sum();
+            assert!((a[i] - want).abs() < 1e-4 && (b[i] - 2.0 * want).abs() < 1e-3);
+        }
+    }
+}
+
+#[test]
+fn silent_peer_fails_every_pending_op_on_every_survivor() {
+    let world = 5;
+    let mut sim = RingSim::new(world, 4);
+    sim.dropped_from = Some(2); // rank 2's frames are lost: it is dead to the ring
+    let start = sim.time;
+    for r in 0..world {
+        sim.rings[r].start(sim.time, OpId(7), vec![1.0; 50], ReduceOp::Sum).unwrap();
+        sim.rings[r].start(sim.time, OpId(8), vec![1.0; 50], ReduceOp::Sum).unwrap();
+    }
+    sim.drive();
+    assert!(sim.time - start <= Duration::from_secs(11), "failed after {:?}", sim.time - start);
+    for r in [0, 1, 3, 4] {
+        let failed: Vec<_> = sim.events[r].iter().filter(|e| matches!(e, RingEvent::OpFailed(_, _))).collect();
+        assert_eq!(failed.len(), 2, "rank {r}: {:?}", sim.events[r]);
+    }
+    // Rank 3 is the one whose previous rank went silent.
+    assert!(
+        sim.events[3].iter().any(|e| matches!(e, RingEvent::OpFailed(_, RingError::PeerTimeout { peer: 2, .. }))),
+        "{:?}",
+        sim.events[3]
+    );
+    // A failed ring refuses new work until a new generation is formed.
+    assert!(sim.rings[0].start(sim.time, OpId(9), vec![1.0], ReduceOp::Sum).is_err());
+}
+
+#[test]
+fn idle_time_is_not_silence() {
+    let mut sim = RingSim::new(3, 4);
+    sim.time += Duration::from_secs(3600);
+    run_once(&mut sim, 1);
+    sim.time += Duration::from_secs(3600);
+    run_once(&mut sim, 2);
+}
+
+fn run_once(sim: &mut RingSim, op: u64) {
+    for r in 0..3 {
+        sim.rings[r].start(sim.time, OpId(op), vec![1.0; 10], ReduceOp::Sum).unwrap();
+    }
+    sim.drive();
+    for r in 0..3 {
+        assert_eq!(sim.rings[r].take_result(OpId(op)).unwrap(), vec![3.0; 10]);
+    }
+}
+
+#[test]
+fn malformed_and_stale_frames() {
+    let mut ring = Ring::new(RingConfig::new(1, 3));
+    let now = Instant::now();
+    ring.start(now, OpId(1), vec![0.0; 30], ReduceOp::Sum).unwrap();
+    // A frame from an older generation is dropped silently.
+    let stale = FrameHeader { kind: ringsam_collective::FrameKind::Data, ring: 0, generation: 9, step: 0, op: 1, chunk: 0, len: 40 };
+    ring.handle_frame(now, stale, &[0u8; 40]).unwrap();
+    assert_eq!(ring.pending(), 1);
+    // A chunk of the wrong size is a protocol violation: everything pending fails.
+    let bad = FrameHeader { generation: 0, len: 8, ..stale };
+    assert!(matches!(ring.handle_frame(now, bad, &[0u8; 8]), Err(RingError::Protocol { peer: 0, .. })));
+    assert!(matches!(ring.poll_event(), Some(RingEvent::OpFailed(OpId(1), RingError::Protocol { .. }))));
+    // Frames for too many unstarted operations are refused rather than buffered without bound.
+    let mut ring = Ring::new(RingConfig { max_early_ops: 2, ..RingConfig::new(1, 3) });
+    for op in 0..2 {
+        ring.handle_frame(now, FrameHeader { op, generation: 0, ..stale }, &[0u8; 40]).unwrap();
+    }
+    assert!(ring.handle_frame(now, FrameHeader { op: 5, generation: 0, ..stale }, &[0u8; 40]).is_err());
+}
