@@ -2,8 +2,8 @@
 //!
 //! Layered like quinn: [`ring::Ring`] is a deterministic state machine that does no I/O and reads
 //! no clock — callers feed it frames and the time, and drain the frames it wants sent, the
-//! deadline it wants to be woken at, and its events. Transports (in-process channels now; TCP and
-//! QUIC drivers follow) are thin loops around it. [`schedule`] is the pure arithmetic of which
+//! deadline it wants to be woken at, and its events. Transports ([`inproc`] channels, [`tcp`]
+//! with an HMAC handshake; QUIC follows) are thin loops around it. [`schedule`] is the pure arithmetic of which
 //! segment goes where at each step.
 //!
 //! What it is not: it knows nothing of models or tensors; it reduces flat `f32` buffers.
@@ -13,6 +13,7 @@ pub mod frame;
 pub mod inproc;
 pub mod ring;
 pub mod schedule;
+pub mod tcp;
 
 pub use frame::{FrameHeader, FrameKind};
 pub use ring::{OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent};
