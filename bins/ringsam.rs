@@ -91,6 +91,39 @@ struct ModelsArgs {
 enum BenchCommand {
     /// Time SGD and SAM training steps on synthetic data.
     Step(BenchStepArgs),
+    /// All-reduce bandwidth over the ring (nccl-tests style: size, time, algbw, busbw).
+    Allreduce(BenchAllreduceArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchAllreduceArgs {
+    /// Ranks: local processes (tcp) or threads (inproc) started by this command.
+    #[arg(long, default_value_t = 4)]
+    nproc: usize,
+    /// tcp or inproc (quic is not implemented yet).
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    /// Sizes in bytes: LOW..HIGH (doubling) or a comma list; K, M, G are powers of 1024.
+    #[arg(long, default_value = "1K..64M")]
+    sizes: String,
+    /// Timed operations per size (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Chunk size in f32 values (the unit frames carry and pipelining works at).
+    #[arg(long, default_value_t = 65536)]
+    chunk: usize,
+    /// Seconds to form the ring and to wait on a silent peer.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Join an existing ring as this rank instead of starting local processes (needs --peers).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Every rank's listen address, in rank order (with --rank).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<std::net::SocketAddr>,
+    /// Print one JSON object per size.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Verify(args)) => cmd_data_verify(&args),
         Command::Models(args) => cmd_models(&args),
         Command::Bench(BenchCommand::Step(args)) => cmd_bench_step(&args, threads),
+        Command::Bench(BenchCommand::Allreduce(args)) => cmd_bench_allreduce(&args),
     }
 }
 
@@ -297,5 +331,151 @@ fn cmd_data_verify(args: &VerifyArgs) -> Result<()> {
     let missing = checks.iter().filter(|c| c.status == CheckStatus::Missing).count();
     let ok = checks.iter().filter(|c| c.status == CheckStatus::Ok).count();
     println!("{ok} file(s) match, {missing} missing, 0 mismatched");
+    Ok(())
+}
+
+/// The cluster secret for TCP rings: `RINGSAM_CLUSTER_SECRET` (at least 16 bytes).
+fn cluster_secret() -> Result<Vec<u8>> {
+    match std::env::var("RINGSAM_CLUSTER_SECRET") {
+        Ok(s) if s.len() >= 16 => Ok(s.into_bytes()),
+        Ok(_) => bail!("RINGSAM_CLUSTER_SECRET must be at least 16 bytes"),
+        Err(_) => {
+            bail!("no cluster secret: set RINGSAM_CLUSTER_SECRET (at least 16 bytes) on every rank; without a secret there is no ring")
+        }
+    }
+}
+
+fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
+    use ringsam_collective::RingConfig;
+    use ringsam_collective::bench::{BenchRow, BlockingTcp, parse_sizes, run};
+    let sizes = parse_sizes(&args.sizes).map_err(anyhow::Error::msg).context("--sizes")?;
+    if args.nproc == 0 || args.iters == 0 || args.chunk == 0 {
+        bail!("--nproc, --iters and --chunk must be at least 1");
+    }
+    let ring_cfg = |rank: usize, world: usize| RingConfig {
+        chunk: args.chunk,
+        peer_timeout: std::time::Duration::from_secs(args.timeout),
+        ..RingConfig::new(rank, world)
+    };
+    let report = |rows: &[BenchRow], world: usize| {
+        if args.json {
+            for r in rows {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+            }
+            return;
+        }
+        let largest = rows.iter().map(|r| r.bytes).max().unwrap_or(0);
+        println!(
+            "# ringsam all-reduce: transport {} nproc {world} chunk {} values, {} iterations per size",
+            args.transport, args.chunk, args.iters
+        );
+        println!("# single-thread memcpy of {largest} bytes: {:.2} GB/s", ringsam_collective::bench::memcpy_gbs(largest.max(4)));
+        println!("{:>12} {:>12} {:>12} {:>10} {:>10} {:>6}", "size(B)", "count", "time(us)", "algbw", "busbw", "ok");
+        for r in rows {
+            println!(
+                "{:>12} {:>12} {:>12.1} {:>10.3} {:>10.3} {:>6}",
+                r.bytes,
+                r.count,
+                r.time_us,
+                r.algbw_gbs,
+                r.busbw_gbs,
+                if r.ok { "yes" } else { "WRONG" }
+            );
+        }
+    };
+    match (args.transport.as_str(), args.rank) {
+        ("inproc", _) => {
+            let rings = ringsam_collective::inproc::InprocRing::connect((0..args.nproc).map(|r| ring_cfg(r, args.nproc)).collect());
+            let handles: Vec<_> = rings
+                .into_iter()
+                .enumerate()
+                .map(|(r, mut ring)| {
+                    let sizes = sizes.clone();
+                    let iters = args.iters;
+                    let world = args.nproc;
+                    std::thread::spawn(move || run(&mut ring, r, world, "inproc", &sizes, iters))
+                })
+                .collect();
+            let mut first = None;
+            for h in handles {
+                let rows = h.join().map_err(|_| anyhow::anyhow!("a rank thread panicked"))?.context("all-reduce")?;
+                first.get_or_insert(rows);
+            }
+            report(&first.unwrap_or_default(), args.nproc);
+        }
+        ("tcp", Some(rank)) => {
+            let world = args.peers.len();
+            if rank >= world {
+                bail!("--rank {rank} with {world} --peers: the rank must index the peer list");
+            }
+            let cfg = ringsam_collective::tcp::TcpConfig {
+                ring: ring_cfg(rank, world),
+                listen: args.peers[rank],
+                next: args.peers[(rank + 1) % world],
+                secret: cluster_secret()?,
+                connect_timeout: std::time::Duration::from_secs(args.timeout),
+            };
+            // One thread per rank: ranks share the machine's cores with each other (loopback benchmarks).
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+            let ring = runtime
+                .block_on(ringsam_collective::tcp::TcpRing::connect(cfg))
+                .with_context(|| format!("rank {rank}: forming the TCP ring"))?;
+            let mut tcp = BlockingTcp { runtime, ring };
+            let rows = run(&mut tcp, rank, world, "tcp", &sizes, args.iters).with_context(|| format!("rank {rank}: all-reduce"))?;
+            let BlockingTcp { runtime, ring } = tcp;
+            runtime.block_on(ring.close());
+            if rank == 0 {
+                report(&rows, world);
+            }
+        }
+        ("tcp", None) => {
+            // Local launch: N processes on loopback, one fresh secret shared through the environment.
+            let ports: Vec<std::net::SocketAddr> = (0..args.nproc)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+                .collect::<std::io::Result<_>>()
+                .context("finding free loopback ports")?;
+            let mut secret = [0u8; 24];
+            getrandom::getrandom(&mut secret).map_err(|e| anyhow::anyhow!("drawing a cluster secret: {e}"))?;
+            let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            let peers = ports.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+            let exe = std::env::current_exe().context("locating the ringsam binary")?;
+            let mut children = Vec::new();
+            for r in 0..args.nproc {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["bench", "allreduce", "--transport", "tcp", "--sizes", &args.sizes, "--iters", &args.iters.to_string()])
+                    .args([
+                        "--chunk",
+                        &args.chunk.to_string(),
+                        "--timeout",
+                        &args.timeout.to_string(),
+                        "--rank",
+                        &r.to_string(),
+                        "--peers",
+                        &peers,
+                    ])
+                    .env("RINGSAM_CLUSTER_SECRET", &secret)
+                    .env("RINGSAM_THREADS", "1");
+                if args.json {
+                    cmd.arg("--json");
+                }
+                if r != 0 {
+                    cmd.stdout(std::process::Stdio::null());
+                }
+                children.push(cmd.spawn().with_context(|| format!("starting rank {r}"))?);
+            }
+            let mut failed = Vec::new();
+            for (r, mut c) in children.into_iter().enumerate() {
+                let status = c.wait().with_context(|| format!("waiting for rank {r}"))?;
+                if !status.success() {
+                    failed.push(r);
+                }
+            }
+            if !failed.is_empty() {
+                bail!("rank(s) {failed:?} failed (see their messages above)");
+            }
+        }
+        ("quic", _) => bail!("--transport quic is not implemented yet (use tcp or inproc)"),
+        (t, _) => bail!("--transport {t:?}: expected tcp, inproc or quic"),
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `ringsam` binary (one integration target, as ripgrep does).
 
+mod allreduce;
 mod cli;
 mod train;
 mod util;

@@ -9,6 +9,7 @@
 //! What it is not: it knows nothing of models or tensors; it reduces flat `f32` buffers.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod frame;
 pub mod inproc;
 pub mod ring;

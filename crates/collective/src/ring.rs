@@ -126,7 +126,7 @@ struct Op {
 pub struct Ring {
     cfg: RingConfig,
     ops: BTreeMap<u64, Op>,
-    early: HashMap<u64, Vec<(FrameHeader, Vec<f32>)>>,
+    early: HashMap<u64, Vec<(FrameHeader, Vec<u8>)>>,
     sendq: VecDeque<(u64, usize, usize)>, // (op, step, chunk) in send order
     events: VecDeque<RingEvent>,
     done: HashMap<u64, Vec<f32>>,
@@ -212,9 +212,8 @@ impl Ring {
         if header.kind != FrameKind::Data || payload.len() != header.len as usize || payload.len() % 4 != 0 {
             return self.violation(prev, format!("frame body of {} bytes for a header saying {}", payload.len(), header.len));
         }
-        let values: Vec<f32> = payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         if self.ops.contains_key(&header.op) {
-            return self.apply(header, &values);
+            return self.apply(header, payload);
         }
         if self.done.contains_key(&header.op) {
             return self.violation(prev, format!("frame for finished operation {}", header.op));
@@ -222,11 +221,13 @@ impl Ring {
         if !self.early.contains_key(&header.op) && self.early.len() >= self.cfg.max_early_ops {
             return self.violation(prev, format!("frames for more than {} operations this rank has not started", self.cfg.max_early_ops));
         }
-        self.early.entry(header.op).or_default().push((header, values));
+        self.early.entry(header.op).or_default().push((header, payload.to_vec()));
         Ok(())
     }
 
-    fn apply(&mut self, h: FrameHeader, values: &[f32]) -> Result<(), RingError> {
+    /// Reduces (or copies) one chunk, given as little-endian f32 bytes, into its operation.
+    fn apply(&mut self, h: FrameHeader, payload: &[u8]) -> Result<(), RingError> {
+        let values = payload.len() / 4;
         let (prev, _) = self.neighbors();
         let r = self.cfg.rank;
         let n = self.cfg.world;
@@ -238,8 +239,8 @@ impl Ring {
                 Err(format!("step {step} of operation {} beyond its {} steps", h.op, op.seg.steps()))
             } else if chunk >= op.seg.chunks(segment) {
                 Err(format!("chunk {chunk} of step {step} beyond segment {segment}'s {} chunks", op.seg.chunks(segment)))
-            } else if op.seg.chunk_range(segment, chunk).len() != values.len() {
-                Err(format!("chunk of {} values where {} belong", values.len(), op.seg.chunk_range(segment, chunk).len()))
+            } else if op.seg.chunk_range(segment, chunk).len() != values {
+                Err(format!("chunk of {values} values where {} belong", op.seg.chunk_range(segment, chunk).len()))
             } else {
                 Ok(op.seg.chunk_range(segment, chunk))
             }
@@ -250,8 +251,9 @@ impl Ring {
         };
         let op = self.ops.get_mut(&h.op).expect("checked above");
         let dst = &mut op.data[range];
+        let incoming = payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         if step < n - 1 {
-            for (d, v) in dst.iter_mut().zip(values) {
+            for (d, v) in dst.iter_mut().zip(incoming) {
                 *d += v;
             }
             if step == n - 2 && op.reduce == ReduceOp::Mean {
@@ -259,7 +261,9 @@ impl Ring {
                 dst.iter_mut().for_each(|d| *d *= inv);
             }
         } else {
-            dst.copy_from_slice(values);
+            for (d, v) in dst.iter_mut().zip(incoming) {
+                *d = v;
+            }
         }
         op.received += 1;
         if step + 1 < op.seg.steps() {
@@ -347,9 +351,7 @@ impl Ring {
             len: (range.len() * 4) as u32,
         }
         .encode(out);
-        for v in &op.data[range] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        extend_le_bytes(out, &op.data[range]);
         if op.received == op.expected {
             self.finish(op_id);
         }
@@ -364,5 +366,20 @@ impl Ring {
     /// The result of a finished operation (once).
     pub fn take_result(&mut self, op: OpId) -> Option<Vec<f32>> {
         self.done.remove(&op.0)
+    }
+}
+
+/// Appends `values` to `out` as little-endian bytes: one memcpy on little-endian machines.
+fn extend_le_bytes(out: &mut Vec<u8>, values: &[f32]) {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice covers exactly
+        // the values' memory, and on a little-endian machine that memory is the wire format.
+        let bytes = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) };
+        out.extend_from_slice(bytes);
+    }
+    #[cfg(not(target_endian = "little"))]
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
     }
 }

@@ -73,11 +73,15 @@ pub enum TcpError {
     Config(String),
 }
 
-struct Request {
-    op: OpId,
-    data: Vec<f32>,
-    reduce: ReduceOp,
-    reply: oneshot::Sender<Result<Vec<f32>, RingError>>,
+enum Request {
+    Op {
+        op: OpId,
+        data: Vec<f32>,
+        reduce: ReduceOp,
+        reply: oneshot::Sender<Result<Vec<f32>, RingError>>,
+    },
+    /// Flush every queued frame to the socket, then stop.
+    Close(oneshot::Sender<()>),
 }
 
 /// One rank's handle on a formed TCP ring.
@@ -130,8 +134,18 @@ impl TcpRing {
         self.next_op += 1;
         let (reply, rx) = oneshot::channel();
         let gone = || RingError::Usage("the ring's driver has stopped".into());
-        self.requests.send(Request { op, data, reduce, reply }).map_err(|_| gone())?;
+        self.requests.send(Request::Op { op, data, reduce, reply }).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
+    }
+
+    /// Closes this rank's side cleanly: frames already queued for the next rank are written
+    /// first. Call it before exiting, or the next rank may miss the last frames it needs (a
+    /// finished operation can still have frames on their way out).
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -176,6 +190,10 @@ async fn drive(mut ring: Ring, links: Option<(TcpStream, TcpStream)>, mut reqs: 
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (werr_tx, mut werr_rx) = mpsc::unbounded_channel::<String>();
+    // Buffers travel back to where they are filled, so steady state allocates nothing per frame.
+    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Vec<u8>>(); // writer → loop
+    let (used_tx, mut used_rx) = mpsc::unbounded_channel::<Vec<u8>>(); // loop → reader
+    let mut writer = None;
     if let Some((inbound, outbound)) = links {
         let max = ring.config().max_payload();
         let (mut rd, _) = inbound.into_split();
@@ -188,7 +206,9 @@ async fn drive(mut ring: Ring, links: Option<(TcpStream, TcpStream)>, mut reqs: 
                     Ok(_) => match FrameHeader::decode(&hdr, max) {
                         Err(e) => e.to_string(),
                         Ok(h) => {
-                            let mut payload = vec![0u8; h.len as usize]; // bounded by `max` above
+                            let mut payload = used_rx.try_recv().unwrap_or_default();
+                            payload.clear();
+                            payload.resize(h.len as usize, 0); // bounded by `max` above
                             match rd.read_exact(&mut payload).await {
                                 Ok(_) => {
                                     if frames_tx.send(Inbound::Frame(h, payload)).is_err() {
@@ -205,21 +225,23 @@ async fn drive(mut ring: Ring, links: Option<(TcpStream, TcpStream)>, mut reqs: 
                 return;
             }
         });
-        tokio::spawn(async move {
+        writer = Some(tokio::spawn(async move {
             while let Some(frame) = out_rx.recv().await {
                 if let Err(e) = wr.write_all(&frame).await {
                     let _ = werr_tx.send(e.to_string());
                     return;
                 }
+                let _ = sent_tx.send(frame);
             }
-        });
+            let _ = wr.shutdown().await; // every frame is out: tell the next rank we are done
+        }));
     }
     let mut waiters: HashMap<OpId, oneshot::Sender<Result<Vec<f32>, RingError>>> = HashMap::new();
     let mut inbound_open = true;
     let mut buf = Vec::new();
     loop {
         while ring.poll_send(&mut buf).is_some() {
-            let _ = out_tx.send(std::mem::take(&mut buf));
+            let _ = out_tx.send(std::mem::replace(&mut buf, sent_rx.try_recv().unwrap_or_default()));
         }
         while let Some(e) = ring.poll_event() {
             match e {
@@ -239,14 +261,25 @@ async fn drive(mut ring: Ring, links: Option<(TcpStream, TcpStream)>, mut reqs: 
         let deadline = ring.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             req = reqs.recv() => match req {
-                Some(r) => match ring.start(Instant::now(), r.op, r.data, r.reduce) {
-                    Ok(()) => { waiters.insert(r.op, r.reply); }
-                    Err(e) => { let _ = r.reply.send(Err(e)); }
+                Some(Request::Op { op, data, reduce, reply }) => match ring.start(Instant::now(), op, data, reduce) {
+                    Ok(()) => { waiters.insert(op, reply); }
+                    Err(e) => { let _ = reply.send(Err(e)); }
                 },
+                Some(Request::Close(done)) => {
+                    drop(out_tx); // the writer drains what is queued, then shuts the socket down
+                    if let Some(w) = writer.take() {
+                        let _ = w.await;
+                    }
+                    let _ = done.send(());
+                    return;
+                }
                 None => return, // every handle is gone
             },
             f = frames_rx.recv(), if inbound_open => match f {
-                Some(Inbound::Frame(h, p)) => { let _ = ring.handle_frame(Instant::now(), h, &p); }
+                Some(Inbound::Frame(h, p)) => {
+                    let _ = ring.handle_frame(Instant::now(), h, &p);
+                    let _ = used_tx.send(p);
+                }
                 Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_link_down(prev, &why); }
                 None => { inbound_open = false; ring.handle_link_down(prev, "reader stopped"); }
             },

@@ -1,0 +1,184 @@
+//! `ringsam bench allreduce`: all-reduce timing in the style of nccl-tests.
+//!
+//! For each size: one untimed operation (a warm-up that also lines the ranks up), then `iters`
+//! timed ones; `time` is their mean. `algbw = bytes / time`; `busbw = algbw · 2(n − 1)/n`, the
+//! traffic each rank's link actually carries in a ring, comparable across world sizes. Every
+//! result is checked: rank `r` contributes `(r + 1)·(i mod 13)` at index `i`, so the exact sum is
+//! `n(n + 1)/2 · (i mod 13)` — small integers, exact in f32 in any order.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::{ReduceOp, RingError};
+
+/// Something that all-reduces a buffer with its peers, blocking until done.
+pub trait AllReduce {
+    /// Sum `data` over all ranks.
+    fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError>;
+}
+
+impl AllReduce for crate::inproc::InprocRing {
+    fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
+        crate::inproc::InprocRing::allreduce(self, data, reduce)
+    }
+}
+
+/// A TCP ring driven from synchronous code through its own tokio runtime.
+pub struct BlockingTcp {
+    /// The runtime the driver tasks run on.
+    pub runtime: tokio::runtime::Runtime,
+    /// The ring handle.
+    pub ring: crate::tcp::TcpRing,
+}
+
+impl AllReduce for BlockingTcp {
+    fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
+        self.runtime.block_on(self.ring.allreduce(data, reduce))
+    }
+}
+
+/// One line of the report (the `--json` object).
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    /// tcp, quic or inproc.
+    pub transport: String,
+    /// Ranks.
+    pub nproc: usize,
+    /// Buffer bytes.
+    pub bytes: usize,
+    /// Buffer values (f32).
+    pub count: usize,
+    /// Mean time per all-reduce, microseconds.
+    pub time_us: f64,
+    /// bytes / time, GB/s (10⁹).
+    pub algbw_gbs: f64,
+    /// algbw · 2(n−1)/n, GB/s.
+    pub busbw_gbs: f64,
+    /// Every value of every timed result was exact.
+    pub ok: bool,
+}
+
+/// `"64K"` → 65536; K, M, G are powers of 1024; a plain number is bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1usize << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: usize = num.parse().map_err(|_| format!("size {s:?}: expected a number with an optional K, M or G suffix"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// A comma list of sizes and `LOW..HIGH` ranges (doubling): `"1K..256M"`, `"4,1K..16K,100000"`;
+/// each size is rounded down to whole f32s.
+pub fn parse_sizes(spec: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        if let Some((a, b)) = part.split_once("..") {
+            let (mut s, e) = (parse_size(a)?, parse_size(b)?);
+            if s == 0 || s > e {
+                return Err(format!("sizes {part:?}: expected LOW..HIGH with 0 < LOW <= HIGH"));
+            }
+            while s <= e {
+                out.push(s);
+                s *= 2;
+            }
+        } else {
+            out.push(parse_size(part)?);
+        }
+    }
+    Ok(out.into_iter().map(|b| b / 4 * 4).collect())
+}
+
+/// Runs the sizes on `ar` as rank `rank` of `world`; every rank gets the rows (rank 0 reports).
+pub fn run(
+    ar: &mut dyn AllReduce,
+    rank: usize,
+    world: usize,
+    transport: &str,
+    sizes: &[usize],
+    iters: usize,
+) -> Result<Vec<BenchRow>, RingError> {
+    let mut rows = Vec::with_capacity(sizes.len());
+    let total = (world * (world + 1) / 2) as f32;
+    for &bytes in sizes {
+        let count = bytes / 4;
+        let fill = |v: &mut Vec<f32>| {
+            v.clear();
+            v.extend((0..count).map(|i| ((rank + 1) * (i % 13)) as f32));
+        };
+        let mut buf = Vec::with_capacity(count);
+        fill(&mut buf);
+        buf = ar.allreduce(buf, ReduceOp::Sum)?; // warm-up, and lines the ranks up
+        let (mut elapsed, mut ok) = (0.0f64, true);
+        for _ in 0..iters {
+            fill(&mut buf);
+            let t = Instant::now();
+            buf = ar.allreduce(buf, ReduceOp::Sum)?;
+            elapsed += t.elapsed().as_secs_f64();
+            ok &= buf.len() == count && buf.iter().enumerate().all(|(i, &v)| v == total * (i % 13) as f32);
+        }
+        let time = elapsed / iters.max(1) as f64;
+        let algbw = if time > 0.0 { bytes as f64 / time / 1e9 } else { 0.0 };
+        rows.push(BenchRow {
+            transport: transport.to_string(),
+            nproc: world,
+            bytes,
+            count,
+            time_us: time * 1e6,
+            algbw_gbs: algbw,
+            busbw_gbs: algbw * 2.0 * (world as f64 - 1.0) / world as f64,
+            ok,
+        });
+    }
+    Ok(rows)
+}
+
+/// Single-threaded memcpy bandwidth for `bytes`, GB/s (best of 5), the reference the all-reduce
+/// figures are compared with.
+pub fn memcpy_gbs(bytes: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    dst.copy_from_slice(&src); // fault the pages in
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    bytes as f64 / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_nccl_tests() {
+        assert_eq!(parse_sizes("1K..8K").unwrap(), vec![1024, 2048, 4096, 8192]);
+        assert_eq!(parse_sizes("4,64M").unwrap(), vec![4, 64 << 20]);
+        assert_eq!(parse_sizes("4,1K..2K,9").unwrap(), vec![4, 1024, 2048, 8]);
+        assert!(parse_sizes("8K..1K").is_err());
+        assert!(parse_size("12Q").is_err());
+    }
+
+    #[test]
+    fn inproc_bench_reports_correct_results() {
+        let world = 3;
+        let rings = crate::inproc::InprocRing::connect((0..world).map(|r| crate::RingConfig::new(r, world)).collect());
+        let hs: Vec<_> = rings
+            .into_iter()
+            .enumerate()
+            .map(|(r, mut ring)| std::thread::spawn(move || run(&mut ring, r, world, "inproc", &[4, 4096, 1 << 20], 2).unwrap()))
+            .collect();
+        for h in hs {
+            let rows = h.join().unwrap();
+            assert!(rows.iter().all(|r| r.ok && r.time_us > 0.0), "{rows:?}");
+        }
+    }
+}

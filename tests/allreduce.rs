@@ -1,0 +1,95 @@
+//! `ringsam bench allreduce` end to end: real processes over TCP on loopback.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{ringsam, stdout_ok};
+
+#[test]
+fn tcp_bench_with_local_processes_reports_correct_rows() {
+    let out = stdout_ok(&ringsam(&[
+        "bench",
+        "allreduce",
+        "--nproc",
+        "3",
+        "--transport",
+        "tcp",
+        "--sizes",
+        "4,1K..16K,100000",
+        "--iters",
+        "2",
+        "--json",
+    ]));
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 7); // 4, 1K, 2K, 4K, 8K, 16K, 100000
+    for r in &rows {
+        assert_eq!(r["transport"], "tcp");
+        assert_eq!(r["nproc"], 3);
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(r["busbw_gbs"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn inproc_bench_table() {
+    let out = stdout_ok(&ringsam(&["bench", "allreduce", "--nproc", "2", "--transport", "inproc", "--sizes", "1K..4K", "--iters", "1"]));
+    assert!(out.contains("busbw") && out.lines().filter(|l| l.trim_end().ends_with("yes")).count() == 3, "{out}");
+}
+
+#[test]
+fn without_a_secret_there_is_no_ring() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringsam"))
+        .args(["bench", "allreduce", "--transport", "tcp", "--rank", "0", "--peers", "127.0.0.1:1,127.0.0.1:2"])
+        .env_remove("RINGSAM_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cluster secret"));
+}
+
+/// A rank killed in the middle of an operation: the survivors exit with an error, no hang.
+#[test]
+fn killing_a_rank_mid_operation_fails_the_others_quickly() {
+    let ports: Vec<String> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()).collect();
+    let peers = ports.join(",");
+    let mut kids: Vec<_> = (0..3)
+        .map(|r| {
+            Command::new(env!("CARGO_BIN_EXE_ringsam"))
+                .args([
+                    "bench",
+                    "allreduce",
+                    "--transport",
+                    "tcp",
+                    "--sizes",
+                    "64M",
+                    "--iters",
+                    "50",
+                    "--timeout",
+                    "5",
+                    "--rank",
+                    &r.to_string(),
+                    "--peers",
+                    &peers,
+                ])
+                .env("RINGSAM_CLUSTER_SECRET", "a-test-secret-of-some-length")
+                .env("RINGSAM_THREADS", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    kids[1].kill().unwrap();
+    let t0 = Instant::now();
+    for (r, k) in kids.into_iter().enumerate() {
+        let o = k.wait_with_output().unwrap();
+        if r != 1 {
+            assert_eq!(o.status.code(), Some(2), "rank {r}: {}", String::from_utf8_lossy(&o.stderr));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("down") || err.contains("sent nothing"), "rank {r}: {err}");
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10), "survivors took {:?}", t0.elapsed());
+}
