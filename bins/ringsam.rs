@@ -347,7 +347,7 @@ fn cluster_secret() -> Result<Vec<u8>> {
 
 fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
     use ringsam_collective::RingConfig;
-    use ringsam_collective::bench::{BenchRow, BlockingTcp, parse_sizes, run};
+    use ringsam_collective::bench::{BenchRow, BlockingRing, parse_sizes, run};
     let sizes = parse_sizes(&args.sizes).map_err(anyhow::Error::msg).context("--sizes")?;
     if args.nproc == 0 || args.iters == 0 || args.chunk == 0 {
         bail!("--nproc, --iters and --chunk must be at least 1");
@@ -417,12 +417,11 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
             };
             // One thread per rank: ranks share the machine's cores with each other (loopback benchmarks).
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-            let ring = runtime
-                .block_on(ringsam_collective::tcp::TcpRing::connect(cfg))
-                .with_context(|| format!("rank {rank}: forming the TCP ring"))?;
-            let mut tcp = BlockingTcp { runtime, ring };
+            let ring =
+                runtime.block_on(ringsam_collective::tcp::connect(cfg)).with_context(|| format!("rank {rank}: forming the TCP ring"))?;
+            let mut tcp = BlockingRing { runtime, ring };
             let rows = run(&mut tcp, rank, world, "tcp", &sizes, args.iters).with_context(|| format!("rank {rank}: all-reduce"))?;
-            let BlockingTcp { runtime, ring } = tcp;
+            let BlockingRing { runtime, ring } = tcp;
             runtime.block_on(ring.close());
             if rank == 0 {
                 report(&rows, world);

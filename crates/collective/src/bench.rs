@@ -24,15 +24,15 @@ impl AllReduce for crate::inproc::InprocRing {
     }
 }
 
-/// A TCP ring driven from synchronous code through its own tokio runtime.
-pub struct BlockingTcp {
+/// A socket ring (TCP or QUIC) driven from synchronous code through its own tokio runtime.
+pub struct BlockingRing {
     /// The runtime the driver tasks run on.
     pub runtime: tokio::runtime::Runtime,
     /// The ring handle.
-    pub ring: crate::tcp::TcpRing,
+    pub ring: crate::RingHandle,
 }
 
-impl AllReduce for BlockingTcp {
+impl AllReduce for BlockingRing {
     fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
         self.runtime.block_on(self.ring.allreduce(data, reduce))
     }

@@ -71,8 +71,7 @@ impl InprocRing {
                         break;
                     }
                     Err(TrySendError::Disconnected(_)) => {
-                        let (_, next) = self.ring.neighbors();
-                        self.ring.handle_link_down(next, "the next rank's channel is closed");
+                        self.ring.handle_outbound_lost("the next rank's channel is closed");
                         break;
                     }
                 }
@@ -97,7 +96,6 @@ impl InprocRing {
             };
             match self.from_prev.recv_timeout(wait) {
                 Ok(bytes) => {
-                    let (prev, _) = self.ring.neighbors();
                     match bytes
                         .get(..HEADER_LEN)
                         .map(|h| FrameHeader::decode(h.try_into().expect("32 bytes"), self.ring.config().max_payload()))
@@ -105,14 +103,17 @@ impl InprocRing {
                         Some(Ok(h)) => {
                             let _ = self.ring.handle_frame(Instant::now(), h, &bytes[HEADER_LEN..]);
                         }
-                        Some(Err(e)) => self.ring.handle_link_down(prev, &e.to_string()),
-                        None => self.ring.handle_link_down(prev, "short frame"),
+                        Some(Err(e)) => self.ring.handle_inbound_lost(&e.to_string()),
+                        None => self.ring.handle_inbound_lost("short frame"),
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => self.ring.handle_timeout(Instant::now()),
                 Err(RecvTimeoutError::Disconnected) => {
-                    let (prev, _) = self.ring.neighbors();
-                    self.ring.handle_link_down(prev, "the previous rank's channel is closed");
+                    if self.ring.poll_timeout().is_none() && self.pending_out.is_some() {
+                        // Nothing is owed to us; only our own frame waits for room. Don't spin.
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    self.ring.handle_inbound_lost("the previous rank's channel is closed");
                 }
             }
         }
@@ -132,7 +133,11 @@ mod tests {
             .enumerate()
             .map(|(r, mut ring)| {
                 std::thread::spawn(move || {
-                    (0..20).map(|i| ring.allreduce(vec![(r + i) as f32; 1000 + i], ReduceOp::Sum).unwrap()).collect::<Vec<_>>()
+                    (0..20)
+                        .map(|i| {
+                            ring.allreduce(vec![(r + i) as f32; 1000 + i], ReduceOp::Sum).unwrap_or_else(|e| panic!("rank {r} op {i}: {e}"))
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();

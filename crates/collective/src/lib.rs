@@ -10,12 +10,14 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod driver;
 pub mod frame;
 pub mod inproc;
 pub mod ring;
 pub mod schedule;
 pub mod tcp;
 
+pub use driver::RingHandle;
 pub use frame::{FrameHeader, FrameKind};
 pub use ring::{OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent};
 pub use schedule::{Segments, ring_neighbors};

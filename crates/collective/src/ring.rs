@@ -10,8 +10,11 @@
 //! # Failure
 //! While any operation is pending, the previous rank owes us data. If nothing arrives from it for
 //! `peer_timeout`, every pending operation fails with [`RingError::PeerTimeout`] and the ring is
-//! dead: a new one must be formed (at a new generation). [`Ring::handle_link_down`] does the same
-//! at once when the driver knows the link is gone. Time spent with nothing pending is not counted.
+//! dead: a new one must be formed (at a new generation). [`Ring::handle_inbound_lost`] and
+//! [`Ring::handle_outbound_lost`] do the same at once when the driver knows a stream is gone.
+//! Time spent with nothing pending is not counted. An operation that has received everything but
+//! still has frames to send survives the loss of the *inbound* stream: a previous rank that
+//! finished and exited has sent all it owed.
 //!
 //! # Memory
 //! Each operation owns its buffer; frames are reduced into it as they arrive. Frames for an
@@ -120,6 +123,13 @@ struct Op {
     reduce: ReduceOp,
     received: usize,
     expected: usize,
+}
+
+impl Op {
+    /// Still waiting for frames from the previous rank (not merely for its own sends to go out).
+    fn awaiting(&self) -> bool {
+        self.received < self.expected
+    }
 }
 
 /// One rank's state for all operations on one ring.
@@ -289,28 +299,41 @@ impl Ring {
 
     fn violation(&mut self, peer: Rank, why: String) -> Result<(), RingError> {
         let e = RingError::Protocol { peer, why };
-        self.fail(e.clone());
+        self.fail(e.clone(), true);
         Err(e)
     }
 
-    fn fail(&mut self, e: RingError) {
-        if self.failed.is_some() {
-            return;
+    /// Marks the ring dead and fails the operations that can no longer finish: all of them when
+    /// `all`, else those still waiting for frames. Operations that have received everything and
+    /// only have frames left to send keep going — the next rank still needs those frames, and a
+    /// previous rank that finished and closed its side is not a failure for them.
+    fn fail(&mut self, e: RingError, all: bool) {
+        if self.failed.is_none() {
+            if let RingError::PeerTimeout { peer, .. } | RingError::LinkDown { peer, .. } = &e {
+                self.events.push_back(RingEvent::PeerLost(*peer));
+            }
+            self.failed = Some(e.clone());
+            self.early.clear();
         }
-        if let RingError::PeerTimeout { peer, .. } | RingError::LinkDown { peer, .. } = &e {
-            self.events.push_back(RingEvent::PeerLost(*peer));
-        }
-        for (id, _) in std::mem::take(&mut self.ops) {
+        let doomed: Vec<u64> = self.ops.iter().filter(|(_, op)| all || op.awaiting()).map(|(&id, _)| id).collect();
+        for id in doomed {
+            self.ops.remove(&id);
             self.events.push_back(RingEvent::OpFailed(OpId(id), e.clone()));
         }
-        self.sendq.clear();
-        self.early.clear();
-        self.failed = Some(e);
+        self.sendq.retain(|(op, _, _)| self.ops.contains_key(op));
     }
 
-    /// The transport lost the link to `peer`: fail everything now.
-    pub fn handle_link_down(&mut self, peer: Rank, why: &str) {
-        self.fail(RingError::LinkDown { peer, why: why.to_string() });
+    /// The transport lost the stream *from* the previous rank (it closed, crashed, or sent
+    /// garbage): operations still waiting for its frames fail now.
+    pub fn handle_inbound_lost(&mut self, why: &str) {
+        let (prev, _) = self.neighbors();
+        self.fail(RingError::LinkDown { peer: prev, why: why.to_string() }, false);
+    }
+
+    /// The transport lost the stream *to* the next rank: nothing pending can finish.
+    pub fn handle_outbound_lost(&mut self, why: &str) {
+        let (_, next) = self.neighbors();
+        self.fail(RingError::LinkDown { peer: next, why: why.to_string() }, true);
     }
 
     /// Call when `now` has reached [`Ring::poll_timeout`].
@@ -318,7 +341,7 @@ impl Ring {
         if let Some(deadline) = self.poll_timeout() {
             if now >= deadline {
                 let (prev, _) = self.neighbors();
-                self.fail(RingError::PeerTimeout { peer: prev, after: self.cfg.peer_timeout });
+                self.fail(RingError::PeerTimeout { peer: prev, after: self.cfg.peer_timeout }, false);
             }
         }
     }
@@ -326,7 +349,7 @@ impl Ring {
     /// When the driver should call [`Ring::handle_timeout`] next: `None` while nothing is owed.
     /// Changes after `start`, `handle_frame` and failures.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.ops.is_empty() || self.failed.is_some() {
+        if !self.ops.values().any(Op::awaiting) {
             return None;
         }
         self.last_heard.map(|t| t + self.cfg.peer_timeout)

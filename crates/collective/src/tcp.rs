@@ -8,25 +8,18 @@
 //! No secret, no ring. A connection that fails the handshake is dropped and the listener keeps
 //! waiting for the real peer until the connect timeout.
 //!
-//! The driver is three tokio tasks per rank: a reader (decodes and bounds headers, reads payloads,
-//! forwards frames), a writer (writes frames in order), and the loop that owns the [`Ring`] —
-//! shaped like quinn's `ConnectionDriver`: feed inbound frames, start requested operations, drain
-//! sends to the writer, arm one timer, forward events to waiting callers. The writer's queue is
-//! unbounded on purpose: what the ring queues is bounded by the operations in flight, and a bounded
-//! queue here could deadlock a ring whose every rank waits to write.
+//! Once both connections are authenticated, [`crate::driver`] runs the ring over them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
 
-use crate::frame::{FrameHeader, HEADER_LEN};
-use crate::{OpId, ReduceOp, Ring, RingConfig, RingError, RingEvent};
+use crate::driver::{self, RingHandle};
+use crate::{Ring, RingConfig};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -73,80 +66,34 @@ pub enum TcpError {
     Config(String),
 }
 
-enum Request {
-    Op {
-        op: OpId,
-        data: Vec<f32>,
-        reduce: ReduceOp,
-        reply: oneshot::Sender<Result<Vec<f32>, RingError>>,
-    },
-    /// Flush every queued frame to the socket, then stop.
-    Close(oneshot::Sender<()>),
+/// Forms the ring: listen, accept the previous rank, connect to the next, authenticate both.
+pub async fn connect(cfg: TcpConfig) -> Result<RingHandle, TcpError> {
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| TcpError::Io { what: format!("listening on {}", cfg.listen), source })?;
+    connect_with_listener(cfg, listener).await
 }
 
-/// One rank's handle on a formed TCP ring.
-pub struct TcpRing {
-    requests: mpsc::UnboundedSender<Request>,
-    next_op: u64,
-}
-
-impl TcpRing {
-    /// Forms the ring: listen, accept the previous rank, connect to the next, authenticate both.
-    pub async fn connect(cfg: TcpConfig) -> Result<TcpRing, TcpError> {
-        if cfg.secret.len() < 16 {
-            return Err(TcpError::Config("the cluster secret must be at least 16 bytes (RINGSAM_CLUSTER_SECRET / --secret-file)".into()));
-        }
-        let ring = Ring::new(cfg.ring);
-        let (requests, reqs_rx) = mpsc::unbounded_channel();
-        if cfg.ring.world == 1 {
-            tokio::spawn(drive(ring, None, reqs_rx));
-            return Ok(TcpRing { requests, next_op: 0 });
-        }
-        let listener =
-            TcpListener::bind(cfg.listen).await.map_err(|source| TcpError::Io { what: format!("listening on {}", cfg.listen), source })?;
-        Self::connect_with_listener(cfg, listener).await
+/// Like [`connect`] on a listener the caller already bound (tests bind port 0).
+pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Result<RingHandle, TcpError> {
+    if cfg.secret.len() < 16 {
+        return Err(TcpError::Config("the cluster secret must be at least 16 bytes (RINGSAM_CLUSTER_SECRET / --secret-file)".into()));
     }
-
-    /// Like [`TcpRing::connect`] on a listener the caller already bound (tests bind port 0).
-    pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Result<TcpRing, TcpError> {
-        if cfg.secret.len() < 16 {
-            return Err(TcpError::Config("the cluster secret must be at least 16 bytes (RINGSAM_CLUSTER_SECRET / --secret-file)".into()));
-        }
-        let ring = Ring::new(cfg.ring);
-        let (requests, reqs_rx) = mpsc::unbounded_channel();
-        let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-        let accept = accept_prev(&listener, &cfg);
-        let connect = connect_next(&cfg, deadline);
-        let (inbound, outbound) =
-            tokio::time::timeout_at(deadline, async { tokio::try_join!(accept, connect) }).await.map_err(|_| {
-                TcpError::Timeout(
-                    cfg.connect_timeout,
-                    format!("rank {} could not authenticate both neighbours (next: {})", cfg.ring.rank, cfg.next),
-                )
-            })??;
-        tokio::spawn(drive(ring, Some((inbound, outbound)), reqs_rx));
-        Ok(TcpRing { requests, next_op: 0 })
+    let ring = Ring::new(cfg.ring);
+    if cfg.ring.world == 1 {
+        return Ok(driver::spawn::<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>(ring, None));
     }
-
-    /// All-reduces `data`; every rank must call this in the same order.
-    pub async fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
-        let op = OpId(self.next_op);
-        self.next_op += 1;
-        let (reply, rx) = oneshot::channel();
-        let gone = || RingError::Usage("the ring's driver has stopped".into());
-        self.requests.send(Request::Op { op, data, reduce, reply }).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
-    }
-
-    /// Closes this rank's side cleanly: frames already queued for the next rank are written
-    /// first. Call it before exiting, or the next rank may miss the last frames it needs (a
-    /// finished operation can still have frames on their way out).
-    pub async fn close(self) {
-        let (tx, rx) = oneshot::channel();
-        if self.requests.send(Request::Close(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+    let accept = accept_prev(&listener, &cfg);
+    let connect = connect_next(&cfg, deadline);
+    let (inbound, outbound) = tokio::time::timeout_at(deadline, async { tokio::try_join!(accept, connect) }).await.map_err(|_| {
+        TcpError::Timeout(
+            cfg.connect_timeout,
+            format!("rank {} could not authenticate both neighbours (next: {})", cfg.ring.rank, cfg.next),
+        )
+    })??;
+    let (rd, _) = inbound.into_split();
+    let (_, wr) = outbound.into_split();
+    Ok(driver::spawn(ring, Some((rd, wr))))
 }
 
 async fn accept_prev(listener: &TcpListener, cfg: &TcpConfig) -> Result<TcpStream, TcpError> {
@@ -175,118 +122,6 @@ async fn connect_next(cfg: &TcpConfig, deadline: tokio::time::Instant) -> Result
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(source) => return Err(TcpError::Io { what: format!("connecting to the next rank at {}", cfg.next), source }),
-        }
-    }
-}
-
-enum Inbound {
-    Frame(FrameHeader, Vec<u8>),
-    Closed(String),
-}
-
-/// The loop that owns the ring (see the module docs).
-async fn drive(mut ring: Ring, links: Option<(TcpStream, TcpStream)>, mut reqs: mpsc::UnboundedReceiver<Request>) {
-    let (prev, next) = ring.neighbors();
-    let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (werr_tx, mut werr_rx) = mpsc::unbounded_channel::<String>();
-    // Buffers travel back to where they are filled, so steady state allocates nothing per frame.
-    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Vec<u8>>(); // writer → loop
-    let (used_tx, mut used_rx) = mpsc::unbounded_channel::<Vec<u8>>(); // loop → reader
-    let mut writer = None;
-    if let Some((inbound, outbound)) = links {
-        let max = ring.config().max_payload();
-        let (mut rd, _) = inbound.into_split();
-        let (_, mut wr) = outbound.into_split();
-        tokio::spawn(async move {
-            let mut hdr = [0u8; HEADER_LEN];
-            loop {
-                let why = match rd.read_exact(&mut hdr).await {
-                    Err(e) => e.to_string(),
-                    Ok(_) => match FrameHeader::decode(&hdr, max) {
-                        Err(e) => e.to_string(),
-                        Ok(h) => {
-                            let mut payload = used_rx.try_recv().unwrap_or_default();
-                            payload.clear();
-                            payload.resize(h.len as usize, 0); // bounded by `max` above
-                            match rd.read_exact(&mut payload).await {
-                                Ok(_) => {
-                                    if frames_tx.send(Inbound::Frame(h, payload)).is_err() {
-                                        return;
-                                    }
-                                    continue;
-                                }
-                                Err(e) => e.to_string(),
-                            }
-                        }
-                    },
-                };
-                let _ = frames_tx.send(Inbound::Closed(why));
-                return;
-            }
-        });
-        writer = Some(tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if let Err(e) = wr.write_all(&frame).await {
-                    let _ = werr_tx.send(e.to_string());
-                    return;
-                }
-                let _ = sent_tx.send(frame);
-            }
-            let _ = wr.shutdown().await; // every frame is out: tell the next rank we are done
-        }));
-    }
-    let mut waiters: HashMap<OpId, oneshot::Sender<Result<Vec<f32>, RingError>>> = HashMap::new();
-    let mut inbound_open = true;
-    let mut buf = Vec::new();
-    loop {
-        while ring.poll_send(&mut buf).is_some() {
-            let _ = out_tx.send(std::mem::replace(&mut buf, sent_rx.try_recv().unwrap_or_default()));
-        }
-        while let Some(e) = ring.poll_event() {
-            match e {
-                RingEvent::OpDone(op) => {
-                    if let (Some(w), Some(r)) = (waiters.remove(&op), ring.take_result(op)) {
-                        let _ = w.send(Ok(r));
-                    }
-                }
-                RingEvent::OpFailed(op, err) => {
-                    if let Some(w) = waiters.remove(&op) {
-                        let _ = w.send(Err(err));
-                    }
-                }
-                RingEvent::PeerLost(_) => {}
-            }
-        }
-        let deadline = ring.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            req = reqs.recv() => match req {
-                Some(Request::Op { op, data, reduce, reply }) => match ring.start(Instant::now(), op, data, reduce) {
-                    Ok(()) => { waiters.insert(op, reply); }
-                    Err(e) => { let _ = reply.send(Err(e)); }
-                },
-                Some(Request::Close(done)) => {
-                    drop(out_tx); // the writer drains what is queued, then shuts the socket down
-                    if let Some(w) = writer.take() {
-                        let _ = w.await;
-                    }
-                    let _ = done.send(());
-                    return;
-                }
-                None => return, // every handle is gone
-            },
-            f = frames_rx.recv(), if inbound_open => match f {
-                Some(Inbound::Frame(h, p)) => {
-                    let _ = ring.handle_frame(Instant::now(), h, &p);
-                    let _ = used_tx.send(p);
-                }
-                Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_link_down(prev, &why); }
-                None => { inbound_open = false; ring.handle_link_down(prev, "reader stopped"); }
-            },
-            Some(why) = werr_rx.recv() => ring.handle_link_down(next, &why),
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                ring.handle_timeout(Instant::now());
-            }
         }
     }
 }
