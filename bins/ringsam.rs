@@ -41,6 +41,8 @@ enum Command {
     Data(DataCommand),
     /// List models with parameter counts.
     Models(ModelsArgs),
+    /// Make a development cluster CA and per-node certificates for QUIC rings.
+    Certs(CertsArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -75,6 +77,16 @@ struct VerifyArgs {
     /// cifar10, cifar100, fashion_mnist or svhn.
     #[arg(long)]
     dataset: String,
+}
+
+#[derive(Args, Debug)]
+struct CertsArgs {
+    /// Directory to write ca.pem, node-{i}.pem and node-{i}.key into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of node certificates.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +133,18 @@ struct BenchAllreduceArgs {
     /// Every rank's listen address, in rank order (with --rank).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<std::net::SocketAddr>,
+    /// Cluster CA certificate (QUIC, with --rank).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This node's certificate (QUIC, with --rank).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This node's private key (QUIC, with --rank).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// QUIC per-stream flow-control window in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    quic_window: u32,
     /// Print one JSON object per size.
     #[arg(long)]
     json: bool,
@@ -172,6 +196,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => cmd_eval(&args),
         Command::Data(DataCommand::Verify(args)) => cmd_data_verify(&args),
         Command::Models(args) => cmd_models(&args),
+        Command::Certs(args) => {
+            ringsam_collective::certs::write_dev_certs(&args.out, args.nodes)
+                .with_context(|| format!("writing certificates to {}", args.out.display()))?;
+            println!("wrote {}/ca.pem and {} node certificates (node-N.pem, node-N.key)", args.out.display(), args.nodes);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Step(args)) => cmd_bench_step(&args, threads),
         Command::Bench(BenchCommand::Allreduce(args)) => cmd_bench_allreduce(&args),
     }
@@ -403,36 +433,66 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
             }
             report(&first.unwrap_or_default(), args.nproc);
         }
-        ("tcp", Some(rank)) => {
+        ("tcp" | "quic", Some(rank)) => {
             let world = args.peers.len();
             if rank >= world {
                 bail!("--rank {rank} with {world} --peers: the rank must index the peer list");
             }
-            let cfg = ringsam_collective::tcp::TcpConfig {
-                ring: ring_cfg(rank, world),
-                listen: args.peers[rank],
-                next: args.peers[(rank + 1) % world],
-                secret: cluster_secret()?,
-                connect_timeout: std::time::Duration::from_secs(args.timeout),
-            };
+            let (listen, next, timeout) = (args.peers[rank], args.peers[(rank + 1) % world], std::time::Duration::from_secs(args.timeout));
             // One thread per rank: ranks share the machine's cores with each other (loopback benchmarks).
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-            let ring =
-                runtime.block_on(ringsam_collective::tcp::connect(cfg)).with_context(|| format!("rank {rank}: forming the TCP ring"))?;
+            let ring = if args.transport == "tcp" {
+                let cfg = ringsam_collective::tcp::TcpConfig {
+                    ring: ring_cfg(rank, world),
+                    listen,
+                    next,
+                    secret: cluster_secret()?,
+                    connect_timeout: timeout,
+                };
+                runtime.block_on(ringsam_collective::tcp::connect(cfg)).with_context(|| format!("rank {rank}: forming the TCP ring"))?
+            } else {
+                use ringsam_collective::certs::{read_certs, read_key};
+                let need =
+                    |p: &Option<PathBuf>, flag: &str| p.clone().ok_or_else(|| anyhow::anyhow!("--transport quic with --rank needs {flag}"));
+                let ca = read_certs(&need(&args.ca, "--ca")?)?.remove(0);
+                let cfg = ringsam_collective::quic::QuicConfig {
+                    ring: ring_cfg(rank, world),
+                    listen,
+                    next,
+                    ca,
+                    cert_chain: read_certs(&need(&args.cert, "--cert")?)?,
+                    key: read_key(&need(&args.key, "--key")?)?,
+                    connect_timeout: timeout,
+                    stream_window: args.quic_window,
+                };
+                runtime.block_on(ringsam_collective::quic::connect(cfg)).with_context(|| format!("rank {rank}: forming the QUIC ring"))?
+            };
             let mut tcp = BlockingRing { runtime, ring };
-            let rows = run(&mut tcp, rank, world, "tcp", &sizes, args.iters).with_context(|| format!("rank {rank}: all-reduce"))?;
+            let rows =
+                run(&mut tcp, rank, world, &args.transport, &sizes, args.iters).with_context(|| format!("rank {rank}: all-reduce"))?;
             let BlockingRing { runtime, ring } = tcp;
             runtime.block_on(ring.close());
             if rank == 0 {
                 report(&rows, world);
             }
         }
-        ("tcp", None) => {
-            // Local launch: N processes on loopback, one fresh secret shared through the environment.
-            let ports: Vec<std::net::SocketAddr> = (0..args.nproc)
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
-                .collect::<std::io::Result<_>>()
-                .context("finding free loopback ports")?;
+        ("tcp" | "quic", None) => {
+            // Local launch: N processes on loopback, with a fresh secret (TCP, through the
+            // environment) or a fresh CA and node certificates (QUIC, in a private temp dir).
+            let ports: Vec<std::net::SocketAddr> = if args.transport == "tcp" {
+                (0..args.nproc)
+                    .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+                    .collect::<std::io::Result<_>>()
+            } else {
+                (0..args.nproc)
+                    .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+                    .collect::<std::io::Result<_>>()
+            }
+            .context("finding free loopback ports")?;
+            let certs_dir = std::env::temp_dir().join(format!("ringsam-certs-{}", std::process::id()));
+            if args.transport == "quic" {
+                ringsam_collective::certs::write_dev_certs(&certs_dir, args.nproc).context("making ephemeral certificates")?;
+            }
             let mut secret = [0u8; 24];
             getrandom::getrandom(&mut secret).map_err(|e| anyhow::anyhow!("drawing a cluster secret: {e}"))?;
             let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -441,21 +501,35 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
             let mut children = Vec::new();
             for r in 0..args.nproc {
                 let mut cmd = std::process::Command::new(&exe);
-                cmd.args(["bench", "allreduce", "--transport", "tcp", "--sizes", &args.sizes, "--iters", &args.iters.to_string()])
-                    .args([
-                        "--chunk",
-                        &args.chunk.to_string(),
-                        "--timeout",
-                        &args.timeout.to_string(),
-                        "--rank",
-                        &r.to_string(),
-                        "--peers",
-                        &peers,
-                    ])
-                    .env("RINGSAM_CLUSTER_SECRET", &secret)
-                    .env("RINGSAM_THREADS", "1");
+                cmd.args([
+                    "bench",
+                    "allreduce",
+                    "--transport",
+                    &args.transport,
+                    "--sizes",
+                    &args.sizes,
+                    "--iters",
+                    &args.iters.to_string(),
+                ])
+                .args(["--quic-window", &args.quic_window.to_string()])
+                .args([
+                    "--chunk",
+                    &args.chunk.to_string(),
+                    "--timeout",
+                    &args.timeout.to_string(),
+                    "--rank",
+                    &r.to_string(),
+                    "--peers",
+                    &peers,
+                ])
+                .env("RINGSAM_CLUSTER_SECRET", &secret)
+                .env("RINGSAM_THREADS", "1");
                 if args.json {
                     cmd.arg("--json");
+                }
+                if args.transport == "quic" {
+                    let f = |name: String| certs_dir.join(name).display().to_string();
+                    cmd.args(["--ca", &f("ca.pem".into()), "--cert", &f(format!("node-{r}.pem")), "--key", &f(format!("node-{r}.key"))]);
                 }
                 if r != 0 {
                     cmd.stdout(std::process::Stdio::null());
@@ -469,11 +543,11 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
                     failed.push(r);
                 }
             }
+            let _ = std::fs::remove_dir_all(&certs_dir);
             if !failed.is_empty() {
                 bail!("rank(s) {failed:?} failed (see their messages above)");
             }
         }
-        ("quic", _) => bail!("--transport quic is not implemented yet (use tcp or inproc)"),
         (t, _) => bail!("--transport {t:?}: expected tcp, inproc or quic"),
     }
     Ok(())

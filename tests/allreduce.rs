@@ -93,3 +93,26 @@ fn killing_a_rank_mid_operation_fails_the_others_quickly() {
     }
     assert!(t0.elapsed() < Duration::from_secs(10), "survivors took {:?}", t0.elapsed());
 }
+
+#[test]
+fn quic_bench_with_local_processes_and_ephemeral_certificates() {
+    let out =
+        stdout_ok(&ringsam(&["bench", "allreduce", "--nproc", "3", "--transport", "quic", "--sizes", "4,64K", "--iters", "2", "--json"]));
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["transport"] == "quic" && r["ok"] == true), "{out}");
+}
+
+#[test]
+fn certs_writes_a_ca_and_node_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    stdout_ok(&ringsam(&["certs", "--out", tmp.path().to_str().unwrap(), "--nodes", "2"]));
+    for f in ["ca.pem", "node-0.pem", "node-0.key", "node-1.pem", "node-1.key"] {
+        assert!(tmp.path().join(f).exists(), "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(tmp.path().join("node-0.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

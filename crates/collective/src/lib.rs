@@ -3,16 +3,19 @@
 //! Layered like quinn: [`ring::Ring`] is a deterministic state machine that does no I/O and reads
 //! no clock — callers feed it frames and the time, and drain the frames it wants sent, the
 //! deadline it wants to be woken at, and its events. Transports ([`inproc`] channels, [`tcp`]
-//! with an HMAC handshake; QUIC follows) are thin loops around it. [`schedule`] is the pure arithmetic of which
+//! with an HMAC handshake, [`quic`] with mutual TLS against a cluster CA) are thin loops
+//! around it. [`schedule`] is the pure arithmetic of which
 //! segment goes where at each step.
 //!
 //! What it is not: it knows nothing of models or tensors; it reduces flat `f32` buffers.
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod certs;
 pub mod driver;
 pub mod frame;
 pub mod inproc;
+pub mod quic;
 pub mod ring;
 pub mod schedule;
 pub mod tcp;

@@ -5,6 +5,7 @@
 //! 2. [`Ring::handle_timeout`] when the deadline from [`Ring::poll_timeout`] has passed;
 //! 3. [`Ring::poll_send`] until `None`, writing each frame to the next rank, in order;
 //! 4. [`Ring::poll_event`] until `None`, completing operations ([`Ring::take_result`]).
+//!
 //! [`Ring::start`] begins an operation at any time; several may be in flight, matched by [`OpId`].
 //!
 //! # Failure
@@ -219,7 +220,7 @@ impl Ring {
             return Ok(()); // a stale frame from an older generation: drop it
         }
         self.last_heard = Some(now);
-        if header.kind != FrameKind::Data || payload.len() != header.len as usize || payload.len() % 4 != 0 {
+        if header.kind != FrameKind::Data || payload.len() != header.len as usize || !payload.len().is_multiple_of(4) {
             return self.violation(prev, format!("frame body of {} bytes for a header saying {}", payload.len(), header.len));
         }
         if self.ops.contains_key(&header.op) {
@@ -338,11 +339,11 @@ impl Ring {
 
     /// Call when `now` has reached [`Ring::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(deadline) = self.poll_timeout() {
-            if now >= deadline {
-                let (prev, _) = self.neighbors();
-                self.fail(RingError::PeerTimeout { peer: prev, after: self.cfg.peer_timeout }, false);
-            }
+        if let Some(deadline) = self.poll_timeout()
+            && now >= deadline
+        {
+            let (prev, _) = self.neighbors();
+            self.fail(RingError::PeerTimeout { peer: prev, after: self.cfg.peer_timeout }, false);
         }
     }
 

@@ -1,0 +1,71 @@
+//! The QUIC driver on loopback: correctness, and certificates from the wrong CA rejected.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use ringsam_collective::certs::ClusterCa;
+use ringsam_collective::quic::{QuicConfig, connect};
+use ringsam_collective::{ReduceOp, RingConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+fn free_udp_addrs(n: usize) -> Vec<SocketAddr> {
+    let socks: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    socks.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
+fn cfg(rank: usize, world: usize, addrs: &[SocketAddr], ca: &ClusterCa, signer: &ClusterCa, timeout: Duration) -> QuicConfig {
+    let (cert, key) = signer.node(&format!("node-{rank}")).unwrap();
+    QuicConfig {
+        ring: RingConfig { chunk: 4096, peer_timeout: timeout, ..RingConfig::new(rank, world) },
+        listen: addrs[rank],
+        next: addrs[(rank + 1) % world],
+        ca: ca.cert_der(),
+        cert_chain: vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        connect_timeout: timeout,
+        stream_window: 16 << 20,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_ranks_all_reduce_over_quic_with_mutual_tls() {
+    let ca = ClusterCa::generate().unwrap();
+    let world = 3;
+    let addrs = free_udp_addrs(world);
+    let joins: Vec<_> = (0..world).map(|r| tokio::spawn(connect(cfg(r, world, &addrs, &ca, &ca, Duration::from_secs(10))))).collect();
+    let mut rings = Vec::new();
+    for j in joins {
+        rings.push(j.await.unwrap().unwrap());
+    }
+    let tasks: Vec<_> = rings
+        .into_iter()
+        .enumerate()
+        .map(|(r, mut ring)| {
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let len = [1usize, 4095, 4096, 100_000][i % 4];
+                    let out = ring.allreduce((0..len).map(|j| ((r + 1) * (j % 5)) as f32).collect(), ReduceOp::Sum).await.unwrap();
+                    assert!(out.iter().enumerate().all(|(j, &v)| v == (6 * (j % 5)) as f32), "rank {r} op {i}");
+                }
+                ring.close().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_cannot_join() {
+    let ca = ClusterCa::generate().unwrap();
+    let stranger_ca = ClusterCa::generate().unwrap();
+    let addrs = free_udp_addrs(2);
+    let t = Duration::from_millis(1500);
+    let good = tokio::spawn(connect(cfg(0, 2, &addrs, &ca, &ca, t)));
+    // Rank 1 trusts our CA but holds a certificate signed by a different one.
+    let bad = tokio::spawn(connect(cfg(1, 2, &addrs, &ca, &stranger_ca, t)));
+    assert!(good.await.unwrap().is_err(), "the ring must not form with an impostor");
+    assert!(bad.await.unwrap().is_err());
+}
