@@ -112,7 +112,7 @@ struct BenchAllreduceArgs {
     /// Ranks: local processes (tcp) or threads (inproc) started by this command.
     #[arg(long, default_value_t = 4)]
     nproc: usize,
-    /// tcp or inproc (quic is not implemented yet).
+    /// tcp, quic or inproc, or a comma list to compare them in one run.
     #[arg(long, default_value = "tcp")]
     transport: String,
     /// Sizes in bytes: LOW..HIGH (doubling) or a comma list; K, M, G are powers of 1024.
@@ -142,6 +142,9 @@ struct BenchAllreduceArgs {
     /// This node's private key (QUIC, with --rank).
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Write a PNG of busbw against size (one line per transport).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// QUIC per-stream flow-control window in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     quic_window: u32,
@@ -377,7 +380,7 @@ fn cluster_secret() -> Result<Vec<u8>> {
 
 fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
     use ringsam_collective::RingConfig;
-    use ringsam_collective::bench::{BenchRow, BlockingRing, parse_sizes, run};
+    use ringsam_collective::bench::{BlockingRing, parse_sizes, run};
     let sizes = parse_sizes(&args.sizes).map_err(anyhow::Error::msg).context("--sizes")?;
     if args.nproc == 0 || args.iters == 0 || args.chunk == 0 {
         bail!("--nproc, --iters and --chunk must be at least 1");
@@ -387,168 +390,177 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
         peer_timeout: std::time::Duration::from_secs(args.timeout),
         ..RingConfig::new(rank, world)
     };
-    let report = |rows: &[BenchRow], world: usize| {
-        if args.json {
-            for r in rows {
-                println!("{}", serde_json::to_string(r).unwrap_or_default());
-            }
-            return;
+    let transports: Vec<&str> = args.transport.split(',').map(str::trim).collect();
+    if let Some(t) = transports.iter().find(|t| !["tcp", "quic", "inproc"].contains(t)) {
+        bail!("--transport {t:?}: expected tcp, quic or inproc (or a comma list)");
+    }
+
+    // Worker mode: this process is one rank of a ring; rank 0 reports.
+    if let Some(rank) = args.rank {
+        let [transport] = transports[..] else { bail!("--rank takes exactly one --transport (tcp or quic)") };
+        let world = args.peers.len();
+        if rank >= world || transport == "inproc" {
+            bail!("--rank {rank} needs --transport tcp or quic and --peers listing every rank's address (rank indexes it)");
         }
+        let (listen, next, timeout) = (args.peers[rank], args.peers[(rank + 1) % world], std::time::Duration::from_secs(args.timeout));
+        // One thread per rank: ranks share the machine's cores with each other (loopback benchmarks).
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+        let ring = if transport == "tcp" {
+            let cfg = ringsam_collective::tcp::TcpConfig {
+                ring: ring_cfg(rank, world),
+                listen,
+                next,
+                secret: cluster_secret()?,
+                connect_timeout: timeout,
+            };
+            runtime.block_on(ringsam_collective::tcp::connect(cfg)).with_context(|| format!("rank {rank}: forming the TCP ring"))?
+        } else {
+            use ringsam_collective::certs::{read_certs, read_key};
+            let need =
+                |p: &Option<PathBuf>, flag: &str| p.clone().ok_or_else(|| anyhow::anyhow!("--transport quic with --rank needs {flag}"));
+            let ca = read_certs(&need(&args.ca, "--ca")?)?.remove(0);
+            let cfg = ringsam_collective::quic::QuicConfig {
+                ring: ring_cfg(rank, world),
+                listen,
+                next,
+                ca,
+                cert_chain: read_certs(&need(&args.cert, "--cert")?)?,
+                key: read_key(&need(&args.key, "--key")?)?,
+                connect_timeout: timeout,
+                stream_window: args.quic_window,
+            };
+            runtime.block_on(ringsam_collective::quic::connect(cfg)).with_context(|| format!("rank {rank}: forming the QUIC ring"))?
+        };
+        let mut ar = BlockingRing { runtime, ring };
+        let rows = run(&mut ar, rank, world, transport, &sizes, args.iters).with_context(|| format!("rank {rank}: all-reduce"))?;
+        let BlockingRing { runtime, ring } = ar;
+        runtime.block_on(ring.close());
+        if rank == 0 {
+            report_allreduce(args, &rows)?;
+        }
+        return Ok(());
+    }
+
+    // Launcher mode: every transport in turn, all ranks on this machine.
+    let mut all = Vec::new();
+    for t in transports {
+        let rows = match t {
+            "inproc" => {
+                let rings = ringsam_collective::inproc::InprocRing::connect((0..args.nproc).map(|r| ring_cfg(r, args.nproc)).collect());
+                let handles: Vec<_> = rings
+                    .into_iter()
+                    .enumerate()
+                    .map(|(r, mut ring)| {
+                        let (sizes, iters, world) = (sizes.clone(), args.iters, args.nproc);
+                        std::thread::spawn(move || run(&mut ring, r, world, "inproc", &sizes, iters))
+                    })
+                    .collect();
+                let mut first = None;
+                for h in handles {
+                    let rows = h.join().map_err(|_| anyhow::anyhow!("a rank thread panicked"))?.context("all-reduce")?;
+                    first.get_or_insert(rows);
+                }
+                first.unwrap_or_default()
+            }
+            _ => launch_local_ranks(args, t)?,
+        };
+        all.extend(rows);
+    }
+    report_allreduce(args, &all)
+}
+
+/// Starts `--nproc` ranks of `transport` as local processes on loopback and returns rank 0's
+/// rows: a fresh secret (TCP, through the environment) or a fresh CA and node certificates
+/// (QUIC, in a private temporary directory).
+fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<ringsam_collective::bench::BenchRow>> {
+    let ports: Vec<std::net::SocketAddr> = if transport == "tcp" {
+        (0..args.nproc).map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())).collect::<std::io::Result<_>>()
+    } else {
+        (0..args.nproc).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|l| l.local_addr())).collect::<std::io::Result<_>>()
+    }
+    .context("finding free loopback ports")?;
+    let certs_dir = std::env::temp_dir().join(format!("ringsam-certs-{}", std::process::id()));
+    if transport == "quic" {
+        ringsam_collective::certs::write_dev_certs(&certs_dir, args.nproc).context("making ephemeral certificates")?;
+    }
+    let mut secret = [0u8; 24];
+    getrandom::getrandom(&mut secret).map_err(|e| anyhow::anyhow!("drawing a cluster secret: {e}"))?;
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let peers = ports.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let exe = std::env::current_exe().context("locating the ringsam binary")?;
+    let mut children = Vec::new();
+    for r in 0..args.nproc {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", "allreduce", "--transport", transport, "--sizes", &args.sizes, "--iters", &args.iters.to_string(), "--json"])
+            .args(["--chunk", &args.chunk.to_string(), "--timeout", &args.timeout.to_string(), "--rank", &r.to_string(), "--peers", &peers])
+            .args(["--quic-window", &args.quic_window.to_string()])
+            .env("RINGSAM_CLUSTER_SECRET", &secret)
+            .env("RINGSAM_THREADS", "1")
+            .stdout(if r == 0 { std::process::Stdio::piped() } else { std::process::Stdio::null() });
+        if transport == "quic" {
+            let f = |name: String| certs_dir.join(name).display().to_string();
+            cmd.args(["--ca", &f("ca.pem".into()), "--cert", &f(format!("node-{r}.pem")), "--key", &f(format!("node-{r}.key"))]);
+        }
+        children.push(cmd.spawn().with_context(|| format!("starting rank {r}"))?);
+    }
+    let mut failed = Vec::new();
+    let mut rows = Vec::new();
+    for (r, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().with_context(|| format!("waiting for rank {r}"))?;
+        if !out.status.success() {
+            failed.push(r);
+        } else if r == 0 {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                rows.push(serde_json::from_str(line).with_context(|| format!("rank 0 printed {line:?}"))?);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&certs_dir);
+    if !failed.is_empty() {
+        bail!("{transport}: rank(s) {failed:?} failed (see their messages above)");
+    }
+    Ok(rows)
+}
+
+fn report_allreduce(args: &BenchAllreduceArgs, rows: &[ringsam_collective::bench::BenchRow]) -> Result<()> {
+    if args.json {
+        for r in rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
         let largest = rows.iter().map(|r| r.bytes).max().unwrap_or(0);
+        let memcpy = ringsam_collective::bench::memcpy_gbs(largest.max(4));
         println!(
-            "# ringsam all-reduce: transport {} nproc {world} chunk {} values, {} iterations per size",
-            args.transport, args.chunk, args.iters
+            "# ringsam all-reduce: chunk {} values, {} iterations per size; single-thread memcpy of {largest} bytes: {memcpy:.2} GB/s",
+            args.chunk, args.iters
         );
-        println!("# single-thread memcpy of {largest} bytes: {:.2} GB/s", ringsam_collective::bench::memcpy_gbs(largest.max(4)));
-        println!("{:>12} {:>12} {:>12} {:>10} {:>10} {:>6}", "size(B)", "count", "time(us)", "algbw", "busbw", "ok");
+        println!(
+            "{:>8} {:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>8} {:>6}",
+            "transport", "nproc", "size(B)", "count", "time(us)", "algbw", "busbw", "/memcpy", "ok"
+        );
         for r in rows {
             println!(
-                "{:>12} {:>12} {:>12.1} {:>10.3} {:>10.3} {:>6}",
+                "{:>8} {:>6} {:>12} {:>12} {:>12.1} {:>10.3} {:>10.3} {:>8.3} {:>6}",
+                r.transport,
+                r.nproc,
                 r.bytes,
                 r.count,
                 r.time_us,
                 r.algbw_gbs,
                 r.busbw_gbs,
+                r.busbw_gbs / memcpy,
                 if r.ok { "yes" } else { "WRONG" }
             );
         }
-    };
-    match (args.transport.as_str(), args.rank) {
-        ("inproc", _) => {
-            let rings = ringsam_collective::inproc::InprocRing::connect((0..args.nproc).map(|r| ring_cfg(r, args.nproc)).collect());
-            let handles: Vec<_> = rings
-                .into_iter()
-                .enumerate()
-                .map(|(r, mut ring)| {
-                    let sizes = sizes.clone();
-                    let iters = args.iters;
-                    let world = args.nproc;
-                    std::thread::spawn(move || run(&mut ring, r, world, "inproc", &sizes, iters))
-                })
-                .collect();
-            let mut first = None;
-            for h in handles {
-                let rows = h.join().map_err(|_| anyhow::anyhow!("a rank thread panicked"))?.context("all-reduce")?;
-                first.get_or_insert(rows);
-            }
-            report(&first.unwrap_or_default(), args.nproc);
-        }
-        ("tcp" | "quic", Some(rank)) => {
-            let world = args.peers.len();
-            if rank >= world {
-                bail!("--rank {rank} with {world} --peers: the rank must index the peer list");
-            }
-            let (listen, next, timeout) = (args.peers[rank], args.peers[(rank + 1) % world], std::time::Duration::from_secs(args.timeout));
-            // One thread per rank: ranks share the machine's cores with each other (loopback benchmarks).
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
-            let ring = if args.transport == "tcp" {
-                let cfg = ringsam_collective::tcp::TcpConfig {
-                    ring: ring_cfg(rank, world),
-                    listen,
-                    next,
-                    secret: cluster_secret()?,
-                    connect_timeout: timeout,
-                };
-                runtime.block_on(ringsam_collective::tcp::connect(cfg)).with_context(|| format!("rank {rank}: forming the TCP ring"))?
-            } else {
-                use ringsam_collective::certs::{read_certs, read_key};
-                let need =
-                    |p: &Option<PathBuf>, flag: &str| p.clone().ok_or_else(|| anyhow::anyhow!("--transport quic with --rank needs {flag}"));
-                let ca = read_certs(&need(&args.ca, "--ca")?)?.remove(0);
-                let cfg = ringsam_collective::quic::QuicConfig {
-                    ring: ring_cfg(rank, world),
-                    listen,
-                    next,
-                    ca,
-                    cert_chain: read_certs(&need(&args.cert, "--cert")?)?,
-                    key: read_key(&need(&args.key, "--key")?)?,
-                    connect_timeout: timeout,
-                    stream_window: args.quic_window,
-                };
-                runtime.block_on(ringsam_collective::quic::connect(cfg)).with_context(|| format!("rank {rank}: forming the QUIC ring"))?
-            };
-            let mut tcp = BlockingRing { runtime, ring };
-            let rows =
-                run(&mut tcp, rank, world, &args.transport, &sizes, args.iters).with_context(|| format!("rank {rank}: all-reduce"))?;
-            let BlockingRing { runtime, ring } = tcp;
-            runtime.block_on(ring.close());
-            if rank == 0 {
-                report(&rows, world);
-            }
-        }
-        ("tcp" | "quic", None) => {
-            // Local launch: N processes on loopback, with a fresh secret (TCP, through the
-            // environment) or a fresh CA and node certificates (QUIC, in a private temp dir).
-            let ports: Vec<std::net::SocketAddr> = if args.transport == "tcp" {
-                (0..args.nproc)
-                    .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
-                    .collect::<std::io::Result<_>>()
-            } else {
-                (0..args.nproc)
-                    .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
-                    .collect::<std::io::Result<_>>()
-            }
-            .context("finding free loopback ports")?;
-            let certs_dir = std::env::temp_dir().join(format!("ringsam-certs-{}", std::process::id()));
-            if args.transport == "quic" {
-                ringsam_collective::certs::write_dev_certs(&certs_dir, args.nproc).context("making ephemeral certificates")?;
-            }
-            let mut secret = [0u8; 24];
-            getrandom::getrandom(&mut secret).map_err(|e| anyhow::anyhow!("drawing a cluster secret: {e}"))?;
-            let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            let peers = ports.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-            let exe = std::env::current_exe().context("locating the ringsam binary")?;
-            let mut children = Vec::new();
-            for r in 0..args.nproc {
-                let mut cmd = std::process::Command::new(&exe);
-                cmd.args([
-                    "bench",
-                    "allreduce",
-                    "--transport",
-                    &args.transport,
-                    "--sizes",
-                    &args.sizes,
-                    "--iters",
-                    &args.iters.to_string(),
-                ])
-                .args(["--quic-window", &args.quic_window.to_string()])
-                .args([
-                    "--chunk",
-                    &args.chunk.to_string(),
-                    "--timeout",
-                    &args.timeout.to_string(),
-                    "--rank",
-                    &r.to_string(),
-                    "--peers",
-                    &peers,
-                ])
-                .env("RINGSAM_CLUSTER_SECRET", &secret)
-                .env("RINGSAM_THREADS", "1");
-                if args.json {
-                    cmd.arg("--json");
-                }
-                if args.transport == "quic" {
-                    let f = |name: String| certs_dir.join(name).display().to_string();
-                    cmd.args(["--ca", &f("ca.pem".into()), "--cert", &f(format!("node-{r}.pem")), "--key", &f(format!("node-{r}.key"))]);
-                }
-                if r != 0 {
-                    cmd.stdout(std::process::Stdio::null());
-                }
-                children.push(cmd.spawn().with_context(|| format!("starting rank {r}"))?);
-            }
-            let mut failed = Vec::new();
-            for (r, mut c) in children.into_iter().enumerate() {
-                let status = c.wait().with_context(|| format!("waiting for rank {r}"))?;
-                if !status.success() {
-                    failed.push(r);
-                }
-            }
-            let _ = std::fs::remove_dir_all(&certs_dir);
-            if !failed.is_empty() {
-                bail!("rank(s) {failed:?} failed (see their messages above)");
-            }
-        }
-        (t, _) => bail!("--transport {t:?}: expected tcp, inproc or quic"),
+    }
+    if let Some(path) = &args.plot {
+        ringsam_collective::plot::busbw_png(path, rows)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("plotting to {}", path.display()))?;
+        eprintln!("ringsam: wrote {}", path.display());
+    }
+    if rows.iter().any(|r| !r.ok) {
+        bail!("some all-reduce results were wrong (see the ok column)");
     }
     Ok(())
 }

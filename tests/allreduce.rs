@@ -116,3 +116,25 @@ fn certs_writes_a_ca_and_node_certificates() {
         assert_eq!(std::fs::metadata(tmp.path().join("node-0.key")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }
+
+#[test]
+fn plot_writes_a_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("busbw.png");
+    stdout_ok(&ringsam(&[
+        "bench",
+        "allreduce",
+        "--nproc",
+        "2",
+        "--transport",
+        "inproc",
+        "--sizes",
+        "1K..8K",
+        "--iters",
+        "1",
+        "--plot",
+        png.to_str().unwrap(),
+    ]));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+}

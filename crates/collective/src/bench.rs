@@ -1,14 +1,14 @@
 //! `ringsam bench allreduce`: all-reduce timing in the style of nccl-tests.
 //!
-//! For each size: one untimed operation (a warm-up that also lines the ranks up), then `iters`
-//! timed ones; `time` is their mean. `algbw = bytes / time`; `busbw = algbw · 2(n − 1)/n`, the
+//! For each size: one untimed operation (a warm-up), then `iters` timed ones, each preceded by a
+//! one-value all-reduce as a barrier; `time` is their mean. `algbw = bytes / time`; `busbw = algbw · 2(n − 1)/n`, the
 //! traffic each rank's link actually carries in a ring, comparable across world sizes. Every
 //! result is checked: rank `r` contributes `(r + 1)·(i mod 13)` at index `i`, so the exact sum is
 //! `n(n + 1)/2 · (i mod 13)` — small integers, exact in f32 in any order.
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{ReduceOp, RingError};
 
@@ -39,7 +39,7 @@ impl AllReduce for BlockingRing {
 }
 
 /// One line of the report (the `--json` object).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchRow {
     /// tcp, quic or inproc.
     pub transport: String,
@@ -106,20 +106,22 @@ pub fn run(
     let total = (world * (world + 1) / 2) as f32;
     for &bytes in sizes {
         let count = bytes / 4;
-        let fill = |v: &mut Vec<f32>| {
-            v.clear();
-            v.extend((0..count).map(|i| ((rank + 1) * (i % 13)) as f32));
-        };
-        let mut buf = Vec::with_capacity(count);
-        fill(&mut buf);
-        buf = ar.allreduce(buf, ReduceOp::Sum)?; // warm-up, and lines the ranks up
-        let (mut elapsed, mut ok) = (0.0f64, true);
+        // Built once per size: refilling and checking are a memcpy and a memcmp, so a rank's
+        // bookkeeping between operations stays small next to the operation being timed.
+        let pattern: Vec<f32> = (0..count).map(|i| ((rank + 1) * (i % 13)) as f32).collect();
+        let expected: Vec<f32> = (0..count).map(|i| total * (i % 13) as f32).collect();
+        let mut buf = ar.allreduce(pattern.clone(), ReduceOp::Sum)?; // warm-up
+        let (mut elapsed, mut ok) = (0.0f64, buf == expected);
         for _ in 0..iters {
-            fill(&mut buf);
+            buf.clear();
+            buf.extend_from_slice(&pattern);
+            // A one-value all-reduce lines the ranks up, so no rank's clock starts while another
+            // is still refilling its buffer.
+            ar.allreduce(vec![0.0], ReduceOp::Sum)?;
             let t = Instant::now();
             buf = ar.allreduce(buf, ReduceOp::Sum)?;
             elapsed += t.elapsed().as_secs_f64();
-            ok &= buf.len() == count && buf.iter().enumerate().all(|(i, &v)| v == total * (i % 13) as f32);
+            ok &= buf == expected;
         }
         let time = elapsed / iters.max(1) as f64;
         let algbw = if time > 0.0 { bytes as f64 / time / 1e9 } else { 0.0 };

@@ -98,8 +98,11 @@ where
                         Err(e) => e.to_string(),
                         Ok(h) => {
                             let mut payload = used_rx.try_recv().unwrap_or_default();
-                            payload.clear();
-                            payload.resize(h.len as usize, 0); // bounded by `max` above
+                            // Bounded by `max` above. Same-size chunks (the common case) reuse the
+                            // buffer as is: read_exact overwrites it, so there is nothing to zero.
+                            if payload.len() != h.len as usize {
+                                payload.resize(h.len as usize, 0);
+                            }
                             match rd.read_exact(&mut payload).await {
                                 Ok(_) => {
                                     if frames_tx.send(Inbound::Frame(h, payload)).is_err() {

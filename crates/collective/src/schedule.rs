@@ -72,6 +72,29 @@ impl Segments {
     }
 }
 
+/// A sub-ring over consecutive ranks, for averaging within groups (the reference's
+/// `inner_group_size`): ranks `members` form ring `id`, and `position` is this rank's place in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// Ring id carried in frames (0 is the whole world; groups are 1, 2, …).
+    pub id: u16,
+    /// Global ranks of the group.
+    pub members: std::ops::Range<usize>,
+    /// This rank's position within the group.
+    pub position: usize,
+}
+
+/// The group of consecutive ranks of size `group_size` that `rank` belongs to. The world must be a
+/// multiple of the group size (as the reference requires of its replica groups).
+pub fn group_of(rank: usize, world: usize, group_size: usize) -> Result<Group, String> {
+    if group_size == 0 || world % group_size != 0 || rank >= world {
+        return Err(format!("inner_group_size {group_size} must divide the {world} replicas"));
+    }
+    let g = rank / group_size;
+    let id = u16::try_from(g + 1).map_err(|_| format!("too many groups ({})", world / group_size))?;
+    Ok(Group { id, members: g * group_size..(g + 1) * group_size, position: rank % group_size })
+}
+
 /// `(prev, next)` positions of `r` in a ring of `n`.
 pub fn ring_neighbors(r: usize, n: usize) -> (usize, usize) {
     ((r + n - 1) % n, (r + 1) % n)
@@ -97,6 +120,13 @@ mod tests {
                 assert_eq!(next, len);
             }
         }
+    }
+
+    #[test]
+    fn groups_are_consecutive_and_cover_the_world() {
+        let g = group_of(4, 6, 3).unwrap();
+        assert_eq!((g.id, g.members, g.position), (2, 3..6, 1));
+        assert!(group_of(0, 6, 4).is_err());
     }
 
     #[test]

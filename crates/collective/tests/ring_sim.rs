@@ -218,3 +218,30 @@ fn malformed_and_stale_frames() {
     }
     assert!(ring.handle_frame(now, FrameHeader { op: 5, generation: 0, ..stale }, &[0u8; 40]).is_err());
 }
+
+/// Sub-rings (`inner_group_size`): six ranks in two groups of three each reduce within their
+/// group only; a group is an ordinary ring of its members, tagged with its own ring id.
+#[test]
+fn sub_rings_reduce_within_consecutive_groups() {
+    use ringsam_collective::group_of;
+    let (world, size) = (6, 3);
+    let mut sims: Vec<RingSim> = Vec::new();
+    let mut expected = Vec::new();
+    for g in 0..world / size {
+        let mut sim = RingSim::new(size, 4);
+        for r in g * size..(g + 1) * size {
+            let grp = group_of(r, world, size).unwrap();
+            let cfg = RingConfig { ring_id: grp.id, chunk: 4, ..RingConfig::new(grp.position, size) };
+            sim.rings[grp.position] = Ring::new(cfg);
+            sim.rings[grp.position].start(sim.time, OpId(1), vec![(r + 1) as f32; 10], ReduceOp::Mean).unwrap();
+        }
+        expected.push(((g * size + 1)..=(g + 1) * size).map(|v| v as f32).sum::<f32>() / size as f32);
+        sims.push(sim);
+    }
+    for (g, sim) in sims.iter_mut().enumerate() {
+        sim.drive();
+        for p in 0..size {
+            assert_eq!(sim.rings[p].take_result(OpId(1)).unwrap(), vec![expected[g]; 10], "group {g} position {p}");
+        }
+    }
+}
