@@ -88,7 +88,8 @@ fn killing_a_rank_mid_operation_fails_the_others_quickly() {
         if r != 1 {
             assert_eq!(o.status.code(), Some(2), "rank {r}: {}", String::from_utf8_lossy(&o.stderr));
             let err = String::from_utf8_lossy(&o.stderr);
-            assert!(err.contains("down") || err.contains("sent nothing"), "rank {r}: {err}");
+            // Mid-operation the link drops; on a slow machine the ring may not have formed yet.
+            assert!(err.contains("down") || err.contains("sent nothing") || err.contains("not formed"), "rank {r}: {err}");
         }
     }
     assert!(t0.elapsed() < Duration::from_secs(10), "survivors took {:?}", t0.elapsed());

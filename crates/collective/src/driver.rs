@@ -1,13 +1,13 @@
 //! The async driver shared by the socket transports (TCP, QUIC): it owns a [`Ring`] and moves
 //! frames between it and one inbound and one outbound byte stream.
 //!
-//! Three tokio tasks per rank — a reader (decodes and bounds headers, reads payloads, forwards
-//! frames), a writer (writes frames in order), and the loop that owns the ring, shaped like
-//! quinn's `ConnectionDriver`: feed inbound frames, start requested operations, drain sends to the
-//! writer, arm one timer, forward events to waiting callers. The writer's queue is unbounded on
-//! purpose: what the ring queues is bounded by the operations in flight, and a bounded queue here
-//! could deadlock a ring whose every rank waits to write. Buffers travel back to where they are
-//! filled, so steady state allocates nothing per frame.
+//! Two tokio tasks per rank — a reader (decodes and bounds headers, reads payloads, forwards
+//! frames) and the loop that owns the ring, shaped like quinn's `ConnectionDriver`: write queued
+//! frames straight from the operations' buffers, feed inbound frames, start requested operations,
+//! arm one timer, forward events to waiting callers. The reader's queue is unbounded on purpose:
+//! what peers send is bounded by the operations in flight, and a bounded queue could deadlock a
+//! ring whose every rank is busy writing. Payload buffers travel back to the reader, so steady
+//! state allocates nothing per frame.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -81,13 +81,10 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (werr_tx, mut werr_rx) = mpsc::unbounded_channel::<String>();
-    // Buffers travel back to where they are filled, so steady state allocates nothing per frame.
-    let (sent_tx, mut sent_rx) = mpsc::unbounded_channel::<Vec<u8>>(); // writer → loop
+    // Payload buffers travel back to the reader, so steady state allocates nothing per frame.
     let (used_tx, mut used_rx) = mpsc::unbounded_channel::<Vec<u8>>(); // loop → reader
-    let mut writer = None;
-    if let Some((mut rd, mut wr)) = links {
+    let mut outbound: Option<W> = None;
+    if let Some((mut rd, wr)) = links {
         let max = ring.config().max_payload();
         tokio::spawn(async move {
             let mut hdr = [0u8; HEADER_LEN];
@@ -119,23 +116,33 @@ where
                 return;
             }
         });
-        writer = Some(tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if let Err(e) = wr.write_all(&frame).await {
-                    let _ = werr_tx.send(e.to_string());
-                    return;
-                }
-                let _ = sent_tx.send(frame);
-            }
-            let _ = wr.shutdown().await; // every frame is out: tell the next rank we are done
-        }));
+        outbound = Some(wr);
     }
     let mut waiters: HashMap<OpId, oneshot::Sender<Result<Vec<f32>, RingError>>> = HashMap::new();
     let mut inbound_open = true;
-    let mut buf = Vec::new();
+    let mut header = Vec::with_capacity(HEADER_LEN);
     loop {
-        while ring.poll_send(&mut buf).is_some() {
-            let _ = out_tx.send(std::mem::replace(&mut buf, sent_rx.try_recv().unwrap_or_default()));
+        // Frames are written straight from the operations' buffers (no copy into a frame buffer).
+        // While a write waits for the socket, the reader task keeps draining the inbound stream
+        // into its channel, so ranks that all write at once cannot deadlock.
+        while let Some((h, values)) = ring.peek_send() {
+            let Some(wr) = outbound.as_mut() else {
+                ring.pop_send(); // a ring of one, or a lost link: nothing can go out
+                continue;
+            };
+            header.clear();
+            h.encode(&mut header);
+            let written = match wr.write_all(&header).await {
+                Ok(()) => wr.write_all(&crate::ring::le_bytes(values)).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => ring.pop_send(),
+                Err(e) => {
+                    outbound = None;
+                    ring.handle_outbound_lost(&e.to_string());
+                }
+            }
         }
         while let Some(e) = ring.poll_event() {
             match e {
@@ -160,9 +167,9 @@ where
                     Err(e) => { let _ = reply.send(Err(e)); }
                 },
                 Some(Request::Close(done)) => {
-                    drop(out_tx); // the writer drains what is queued, then shuts the socket down
-                    if let Some(w) = writer.take() {
-                        let _ = w.await;
+                    // Everything queued was written above; tell the next rank we are done.
+                    if let Some(mut w) = outbound.take() {
+                        let _ = w.shutdown().await;
                     }
                     let _ = done.send(());
                     return;
@@ -177,7 +184,6 @@ where
                 Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_inbound_lost(&why); }
                 None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }
             },
-            Some(why) = werr_rx.recv() => ring.handle_outbound_lost(&why),
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 ring.handle_timeout(Instant::now());
             }

@@ -359,13 +359,24 @@ impl Ring {
     /// Writes the next frame for the next rank into `out` (cleared first); returns the rank to send
     /// it to, or `None` when nothing is queued. Frames must be delivered in the order returned.
     pub fn poll_send(&mut self, out: &mut Vec<u8>) -> Option<Rank> {
-        let (op_id, step, chunk) = self.sendq.pop_front()?;
-        let r = self.cfg.rank;
-        let op = self.ops.get(&op_id).expect("queued sends belong to pending operations (failures clear the queue)");
-        let range = op.seg.chunk_range(op.seg.send_segment(r, step), chunk);
+        let (header, payload) = self.peek_send()?;
         out.clear();
-        out.reserve(HEADER_LEN + range.len() * 4);
-        FrameHeader {
+        out.reserve(HEADER_LEN + payload.len() * 4);
+        header.encode(out);
+        extend_le_bytes(out, payload);
+        self.pop_send();
+        Some(self.neighbors().1)
+    }
+
+    /// The next frame for the next rank without copying it: its header and the values of its
+    /// payload, borrowed from the operation's buffer. A driver that can write straight from this
+    /// borrow (the socket drivers) saves a copy of every byte; it must then call
+    /// [`Ring::pop_send`] before anything else touches the ring.
+    pub fn peek_send(&self) -> Option<(FrameHeader, &[f32])> {
+        let &(op_id, step, chunk) = self.sendq.front()?;
+        let op = self.ops.get(&op_id).expect("queued sends belong to pending operations (failures drop theirs)");
+        let range = op.seg.chunk_range(op.seg.send_segment(self.cfg.rank, step), chunk);
+        let header = FrameHeader {
             kind: FrameKind::Data,
             ring: self.cfg.ring_id,
             generation: self.cfg.generation,
@@ -373,13 +384,16 @@ impl Ring {
             op: op_id,
             chunk: chunk as u32,
             len: (range.len() * 4) as u32,
-        }
-        .encode(out);
-        extend_le_bytes(out, &op.data[range]);
-        if op.received == op.expected {
+        };
+        Some((header, &op.data[range]))
+    }
+
+    /// Marks the frame returned by [`Ring::peek_send`] as sent.
+    pub fn pop_send(&mut self) {
+        let Some((op_id, _, _)) = self.sendq.pop_front() else { return };
+        if self.ops.get(&op_id).is_some_and(|op| op.received == op.expected) {
             self.finish(op_id);
         }
-        Some(self.neighbors().1)
     }
 
     /// Next event, if any.
@@ -390,6 +404,20 @@ impl Ring {
     /// The result of a finished operation (once).
     pub fn take_result(&mut self, op: OpId) -> Option<Vec<f32>> {
         self.done.remove(&op.0)
+    }
+}
+
+/// `values` as little-endian bytes: the values' own memory on little-endian machines, a copy
+/// elsewhere.
+pub fn le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: as in `extend_le_bytes`.
+        std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) })
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 }
 
