@@ -428,6 +428,7 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
                 key: read_key(&need(&args.key, "--key")?)?,
                 connect_timeout: timeout,
                 stream_window: args.quic_window,
+                udp_buffer: 4 << 20,
             };
             runtime.block_on(ringsam_collective::quic::connect(cfg)).with_context(|| format!("rank {rank}: forming the QUIC ring"))?
         };

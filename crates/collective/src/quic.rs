@@ -42,6 +42,8 @@ pub struct QuicConfig {
     pub connect_timeout: Duration,
     /// Per-stream flow-control window in bytes.
     pub stream_window: u32,
+    /// UDP socket send and receive buffer sizes to ask the OS for, in bytes.
+    pub udp_buffer: usize,
 }
 
 /// Why a QUIC ring could not be formed.
@@ -100,8 +102,17 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     server_cfg.transport_config(transport.clone());
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).map_err(cfg_err)?));
     client_cfg.transport_config(transport);
-    let mut ep = Endpoint::server(server_cfg, cfg.listen)
-        .map_err(|e| QuicError::Connect { what: format!("binding UDP {}", cfg.listen), why: e.to_string() })?;
+    let bind_err = |e: std::io::Error| QuicError::Connect { what: format!("binding UDP {}", cfg.listen), why: e.to_string() };
+    let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind_err)?;
+    // The default UDP receive buffer (~208 KiB on Linux) overflows when a burst of a ring step
+    // arrives while the process is busy reducing: measured here, thousands of datagrams dropped
+    // per benchmark run (RcvbufErrors), and every drop shrinks the congestion window. Ask for
+    // `udp_buffer` bytes each way (the OS caps it at net.core.rmem_max / wmem_max).
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(cfg.udp_buffer);
+    let _ = sock.set_send_buffer_size(cfg.udp_buffer);
+    let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Config("no async runtime for QUIC".into()))?;
+    let mut ep = Endpoint::new(quinn::EndpointConfig::default(), Some(server_cfg), socket, runtime).map_err(bind_err)?;
     ep.set_default_client_config(client_cfg);
     Ok(ep)
 }
