@@ -128,3 +128,23 @@ fn bad_flags_are_clear_errors() {
     let o = ringsam(&["train", "--dataset", "digits", "--config", "/nonexistent.toml"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.toml"));
 }
+
+/// Found in review: a resumed run at its step limit must not take another step, and a run
+/// directory of a different configuration must not be resumed silently.
+#[test]
+fn resume_respects_max_steps_and_refuses_a_different_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    stdout_ok(&ringsam(&args(&["--num_epochs", "3", "--max_steps", "5"], out)));
+    let o = ringsam(&args(&["--num_epochs", "3", "--max_steps", "5"], out));
+    assert!(stdout_ok(&o).contains("steps: 5"), "{}", String::from_utf8_lossy(&o.stderr));
+    let other: Vec<&str> = TINY
+        .iter()
+        .map(|a| if *a == "64" { "32" } else { a })
+        .chain(["--num_epochs", "3", "--max_steps", "5", "--output_dir", out])
+        .collect();
+    let o = ringsam(&other);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("batch 64") && err.contains("another --output_dir"), "{err}");
+}

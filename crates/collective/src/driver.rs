@@ -121,6 +121,7 @@ where
     let mut waiters: HashMap<OpId, oneshot::Sender<Result<Vec<f32>, RingError>>> = HashMap::new();
     let mut inbound_open = true;
     let mut header = Vec::with_capacity(HEADER_LEN);
+    let write_timeout = ring.config().peer_timeout;
     loop {
         // Frames are written straight from the operations' buffers (no copy into a frame buffer).
         // While a write waits for the socket, the reader task keeps draining the inbound stream
@@ -132,15 +133,21 @@ where
             };
             header.clear();
             h.encode(&mut header);
-            let written = match wr.write_all(&header).await {
-                Ok(()) => wr.write_all(&crate::ring::le_bytes(values)).await,
-                Err(e) => Err(e),
+            // A next rank that stops reading (stalled, partitioned) must not hang us: a write gets
+            // as long as a silent peer does.
+            let write = async {
+                wr.write_all(&header).await?;
+                wr.write_all(&crate::ring::le_bytes(values)).await
+            };
+            let written = match tokio::time::timeout(write_timeout, write).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("the next rank accepted nothing for {write_timeout:?}")),
             };
             match written {
                 Ok(()) => ring.pop_send(),
                 Err(e) => {
                     outbound = None;
-                    ring.handle_outbound_lost(&e.to_string());
+                    ring.handle_outbound_lost(&e);
                 }
             }
         }
@@ -161,6 +168,17 @@ where
         }
         let deadline = ring.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
+            // Frames first: after a long write, data that already arrived must count before the
+            // silence timer is judged.
+            biased;
+            f = frames_rx.recv(), if inbound_open => match f {
+                Some(Inbound::Frame(h, p)) => {
+                    let _ = ring.handle_frame(Instant::now(), h, &p);
+                    let _ = used_tx.send(p);
+                }
+                Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_inbound_lost(&why); }
+                None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }
+            },
             req = reqs.recv() => match req {
                 Some(Request::Op { op, data, reduce, reply }) => match ring.start(Instant::now(), op, data, reduce) {
                     Ok(()) => { waiters.insert(op, reply); }
@@ -175,14 +193,6 @@ where
                     return;
                 }
                 None => return, // every handle is gone
-            },
-            f = frames_rx.recv(), if inbound_open => match f {
-                Some(Inbound::Frame(h, p)) => {
-                    let _ = ring.handle_frame(Instant::now(), h, &p);
-                    let _ = used_tx.send(p);
-                }
-                Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_inbound_lost(&why); }
-                None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }
             },
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 ring.handle_timeout(Instant::now());

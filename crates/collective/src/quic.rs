@@ -118,12 +118,13 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
 }
 
 /// The application hello on each stream: which rank, generation and ring this is.
-fn hello(cfg: &RingConfig) -> [u8; 16] {
-    let mut h = [0u8; 16];
+fn hello(cfg: &RingConfig) -> [u8; 20] {
+    let mut h = [0u8; 20];
     h[..4].copy_from_slice(b"RSQH");
     h[4..8].copy_from_slice(&(cfg.rank as u32).to_le_bytes());
     h[8..12].copy_from_slice(&cfg.generation.to_le_bytes());
     h[12..16].copy_from_slice(&cfg.max_payload().to_le_bytes());
+    h[16..18].copy_from_slice(&cfg.ring_id.to_le_bytes());
     h
 }
 
@@ -141,12 +142,17 @@ pub async fn connect(cfg: QuicConfig) -> Result<RingHandle, QuicError> {
         loop {
             let incoming =
                 ep.accept().await.ok_or_else(|| QuicError::Connect { what: "accepting".into(), why: "endpoint closed".into() })?;
-            // A peer without a CA-signed certificate fails here, inside the TLS handshake.
-            let Ok(conn) = incoming.await else { continue };
-            let Ok(mut rx) = conn.accept_uni().await else { continue };
-            let mut h = [0u8; 16];
-            if rx.read_exact(&mut h).await.is_ok() && h == want_hello {
-                return Ok::<_, QuicError>((conn, rx));
+            // A peer without a CA-signed certificate fails inside the TLS handshake; one that
+            // stalls gets a few seconds, so it cannot keep the real previous rank out.
+            let greeted = tokio::time::timeout(Duration::from_secs(5), async {
+                let conn = incoming.await.ok()?;
+                let mut rx = conn.accept_uni().await.ok()?;
+                let mut h = [0u8; 20];
+                rx.read_exact(&mut h).await.ok()?;
+                (h == want_hello).then_some((conn, rx))
+            });
+            if let Ok(Some(pair)) = greeted.await {
+                return Ok::<_, QuicError>(pair);
             }
         }
     };

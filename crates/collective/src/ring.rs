@@ -62,12 +62,23 @@ pub struct RingConfig {
     pub peer_timeout: Duration,
     /// Operations whose frames may arrive before this rank starts them.
     pub max_early_ops: usize,
+    /// Bytes of such early frames held at most, over all operations.
+    pub max_early_bytes: usize,
 }
 
 impl RingConfig {
     /// Defaults: 64 Ki-value (256 KiB) chunks, 10 s peer timeout, 64 early operations.
     pub fn new(rank: Rank, world: usize) -> Self {
-        RingConfig { rank, world, chunk: 64 * 1024, generation: 0, ring_id: 0, peer_timeout: Duration::from_secs(10), max_early_ops: 64 }
+        RingConfig {
+            rank,
+            world,
+            chunk: 64 * 1024,
+            generation: 0,
+            ring_id: 0,
+            peer_timeout: Duration::from_secs(10),
+            max_early_ops: 64,
+            max_early_bytes: 512 << 20,
+        }
     }
     /// Largest payload in bytes a frame of this ring can carry.
     pub fn max_payload(&self) -> u32 {
@@ -124,6 +135,7 @@ struct Op {
     reduce: ReduceOp,
     received: usize,
     expected: usize,
+    seen: std::collections::HashSet<(usize, usize)>, // (step, chunk) already applied
 }
 
 impl Op {
@@ -138,6 +150,7 @@ pub struct Ring {
     cfg: RingConfig,
     ops: BTreeMap<u64, Op>,
     early: HashMap<u64, Vec<(FrameHeader, Vec<u8>)>>,
+    early_bytes: usize,
     sendq: VecDeque<(u64, usize, usize)>, // (op, step, chunk) in send order
     events: VecDeque<RingEvent>,
     done: HashMap<u64, Vec<f32>>,
@@ -153,6 +166,7 @@ impl Ring {
             cfg,
             ops: BTreeMap::new(),
             early: HashMap::new(),
+            early_bytes: 0,
             sendq: VecDeque::new(),
             events: VecDeque::new(),
             done: HashMap::new(),
@@ -190,20 +204,22 @@ impl Ring {
             self.events.push_back(RingEvent::OpDone(op));
             return Ok(());
         }
-        if self.ops.is_empty() {
-            self.last_heard = Some(now); // idle time before this op does not count as silence
+        if !self.ops.values().any(Op::awaiting) {
+            self.last_heard = Some(now); // time with nothing owed does not count as silence
         }
         let r = self.cfg.rank;
         let expected = seg.expected_receives(r);
         for k in 0..seg.chunks(seg.send_segment(r, 0)) {
             self.sendq.push_back((op.0, 0, k));
         }
-        self.ops.insert(op.0, Op { seg, data, reduce, received: 0, expected });
+        self.ops.insert(op.0, Op { seg, data, reduce, received: 0, expected, seen: Default::default() });
+        let early = self.early.remove(&op.0).unwrap_or_default();
+        self.early_bytes -= early.iter().map(|(_, p)| p.len()).sum::<usize>();
+        for (h, payload) in early {
+            self.apply(h, &payload)?;
+        }
         if expected == 0 {
             self.finish(op.0);
-        }
-        for (h, payload) in self.early.remove(&op.0).unwrap_or_default() {
-            self.apply(h, &payload)?;
         }
         Ok(())
     }
@@ -232,6 +248,13 @@ impl Ring {
         if !self.early.contains_key(&header.op) && self.early.len() >= self.cfg.max_early_ops {
             return self.violation(prev, format!("frames for more than {} operations this rank has not started", self.cfg.max_early_ops));
         }
+        if self.early_bytes + payload.len() > self.cfg.max_early_bytes {
+            return self.violation(
+                prev,
+                format!("more than {} bytes of frames for operations this rank has not started", self.cfg.max_early_bytes),
+            );
+        }
+        self.early_bytes += payload.len();
         self.early.entry(header.op).or_default().push((header, payload.to_vec()));
         Ok(())
     }
@@ -244,12 +267,16 @@ impl Ring {
         let n = self.cfg.world;
         let (step, chunk) = (h.step as usize, h.chunk as usize);
         let checked = {
-            let op = self.ops.get(&h.op).expect("apply is only called for started operations");
+            let Some(op) = self.ops.get(&h.op) else {
+                return self.violation(prev, format!("frame for operation {} after it completed", h.op));
+            };
             let segment = if step < op.seg.steps() { op.seg.recv_segment(r, step) } else { 0 };
             if step >= op.seg.steps() {
                 Err(format!("step {step} of operation {} beyond its {} steps", h.op, op.seg.steps()))
             } else if chunk >= op.seg.chunks(segment) {
                 Err(format!("chunk {chunk} of step {step} beyond segment {segment}'s {} chunks", op.seg.chunks(segment)))
+            } else if op.seen.contains(&(step, chunk)) {
+                Err(format!("duplicate frame for step {step} chunk {chunk} of operation {}", h.op))
             } else if op.seg.chunk_range(segment, chunk).len() != values {
                 Err(format!("chunk of {values} values where {} belong", op.seg.chunk_range(segment, chunk).len()))
             } else {
@@ -277,6 +304,7 @@ impl Ring {
             }
         }
         op.received += 1;
+        op.seen.insert((step, chunk));
         if step + 1 < op.seg.steps() {
             self.sendq.push_back((h.op, step + 1, chunk));
         }
@@ -315,6 +343,7 @@ impl Ring {
             }
             self.failed = Some(e.clone());
             self.early.clear();
+            self.early_bytes = 0;
         }
         let doomed: Vec<u64> = self.ops.iter().filter(|(_, op)| all || op.awaiting()).map(|(&id, _)| id).collect();
         for id in doomed {

@@ -8,6 +8,10 @@
 //! No secret, no ring. A connection that fails the handshake is dropped and the listener keeps
 //! waiting for the real peer until the connect timeout.
 //!
+//! Trust model: the handshake authenticates who connected; the frames that follow are neither
+//! encrypted nor MACed, so TCP rings are for networks where the path itself is trusted (a
+//! cluster's private network). Use QUIC (TLS 1.3) where it is not.
+//!
 //! Once both connections are authenticated, [`crate::driver`] runs the ring over them.
 
 use std::net::SocketAddr;
@@ -114,8 +118,16 @@ async fn connect_next(cfg: &TcpConfig, deadline: tokio::time::Instant) -> Result
         match TcpStream::connect(cfg.next).await {
             Ok(mut s) => {
                 let _ = s.set_nodelay(true);
-                handshake::client(&mut s, cfg).await?;
-                return Ok(s);
+                match handshake::client(&mut s, cfg).await {
+                    Ok(()) => return Ok(s),
+                    // The next rank may have hung up on us (say it was not listening for us yet,
+                    // or a stranger holds its port): retry until the deadline, then report why.
+                    Err(e) if tokio::time::Instant::now() + Duration::from_millis(100) < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Err(e) if tokio::time::Instant::now() + Duration::from_millis(50) < deadline => {
                 let _ = e; // the next rank is not listening yet

@@ -245,3 +245,22 @@ fn sub_rings_reduce_within_consecutive_groups() {
         }
     }
 }
+
+/// Found in review: duplicate frames, and frames for an operation that needs none.
+#[test]
+fn duplicate_and_needless_frames_are_violations_not_panics() {
+    let now = Instant::now();
+    let h = FrameHeader { kind: ringsam_collective::FrameKind::Data, ring: 0, generation: 0, step: 0, op: 1, chunk: 0, len: 40 };
+    let mut ring = Ring::new(RingConfig { chunk: 10, ..RingConfig::new(1, 3) });
+    ring.start(now, OpId(1), vec![0.0; 30], ReduceOp::Sum).unwrap();
+    ring.handle_frame(now, h, &[0u8; 40]).unwrap();
+    assert!(matches!(ring.handle_frame(now, h, &[0u8; 40]), Err(RingError::Protocol { .. })), "a repeated frame must not be summed twice");
+    // A frame that arrives early for an operation that turns out to be empty.
+    let mut ring = Ring::new(RingConfig::new(1, 3));
+    ring.handle_frame(now, FrameHeader { len: 0, ..h }, &[]).unwrap();
+    assert!(ring.start(now, OpId(1), Vec::new(), ReduceOp::Sum).is_err());
+    // Early frames are bounded in bytes too.
+    let mut ring = Ring::new(RingConfig { max_early_bytes: 100, ..RingConfig::new(1, 3) });
+    ring.handle_frame(now, FrameHeader { len: 80, ..h }, &[0u8; 80]).unwrap();
+    assert!(ring.handle_frame(now, FrameHeader { len: 80, chunk: 1, ..h }, &[0u8; 80]).is_err());
+}

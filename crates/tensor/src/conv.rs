@@ -108,6 +108,9 @@ impl Conv2dShape {
         if groups == 0 || c % groups != 0 || k % groups != 0 {
             return Err(shape_err(format!("{groups} groups must divide input channels {c} and output channels {k}")));
         }
+        if self.n == 0 || c == 0 || k == 0 {
+            return Err(shape_err(format!("empty batch or channels: n {}, c {c}, k {k}", self.n)));
+        }
         if r == 0 || s == 0 || self.p == 0 || self.q == 0 {
             return Err(shape_err(format!("empty kernel or output: kernel {r}x{s}, output {}x{}", self.p, self.q)));
         }

@@ -132,14 +132,27 @@ pub fn write_atomic(run_dir: &Path, step: u64, data: &CheckpointData, keep: usiz
     }
     write_synced(&tmp.join("MANIFEST.json"), &serde_json::to_vec_pretty(&manifest).map_err(|e| TrainError::Checkpoint(e.to_string()))?)?;
     sync_dir(&tmp)?;
+    // Replacing a checkpoint of the same step: move the old one aside first, so at every moment a
+    // complete checkpoint of this step exists under one of the two names.
+    let aside = root.join(format!("checkpoint_{step}.old"));
     if final_dir.exists() {
-        fs::remove_dir_all(&final_dir).map_err(|e| io_err(&final_dir, "replacing", e))?;
+        let _ = fs::remove_dir_all(&aside);
+        fs::rename(&final_dir, &aside).map_err(|e| io_err(&final_dir, "moving the previous copy aside", e))?;
     }
     fs::rename(&tmp, &final_dir).map_err(|e| io_err(&final_dir, "renaming into place", e))?;
     sync_dir(&root)?;
+    let _ = fs::remove_dir_all(&aside);
+    // Checkpoints numbered after this one belong to a timeline this run abandoned (it resumed
+    // from an older one because they failed verification): remove them, or a later resume would
+    // pick them again. Then keep the newest `keep`.
     let mut all = list(&root);
     all.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
-    for (_, old) in all.into_iter().skip(keep.max(1)) {
+    for (s, old) in &all {
+        if *s > step {
+            let _ = fs::remove_dir_all(old);
+        }
+    }
+    for (_, old) in all.into_iter().filter(|(s, _)| *s <= step).skip(keep.max(1)) {
         let _ = fs::remove_dir_all(old);
     }
     Ok(final_dir)
@@ -262,4 +275,48 @@ fn read_layout(st: &SafeTensors, layout: &ParamLayout, prefix: &str) -> Result<V
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, step: u64, keep: usize) {
+        let mut layout = ParamLayout::new();
+        layout.push("w", &[2]);
+        let state_layout = ParamLayout::new();
+        let training =
+            TrainingState { format: FORMAT, step, epoch: 0, batch_in_epoch: 0, model_name: "m".into(), config: TrainConfig::default() };
+        let data = CheckpointData {
+            layout: &layout,
+            params: &[1.0, 2.0],
+            state_layout: &state_layout,
+            state: &[],
+            optim: vec![("momentum", &[0.0, 0.0])],
+            ema: None,
+            training: &training,
+        };
+        write_atomic(dir, step, &data, keep).unwrap();
+    }
+
+    fn steps(dir: &Path) -> Vec<u64> {
+        let mut v: Vec<u64> = list(&checkpoints_dir(dir)).into_iter().map(|(s, _)| s).collect();
+        v.sort();
+        v
+    }
+
+    /// Found in review: after resuming from an older checkpoint (the newer one failed
+    /// verification), the next write must not be pruned in favour of the abandoned newer one.
+    #[test]
+    fn writing_after_a_fallback_drops_the_abandoned_newer_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), 10, 2);
+        write(tmp.path(), 20, 2);
+        write(tmp.path(), 15, 2);
+        assert_eq!(steps(tmp.path()), vec![10, 15]);
+        write(tmp.path(), 15, 2); // rewriting the same step replaces it
+        assert_eq!(steps(tmp.path()), vec![10, 15]);
+        write(tmp.path(), 30, 1);
+        assert_eq!(steps(tmp.path()), vec![30]);
+    }
 }

@@ -108,12 +108,30 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
 
     // Resume.
     let (mut epoch, mut start_batch, mut resumed_from) = (0u64, 0usize, None);
-    let mut ema = (cfg.ema_decay > 0.0).then(|| Ema::new(cfg.ema_decay, Ema::REFERENCE_WARMUP, &st.arena.params, &st.state));
     let (found, skipped) = newest_valid(&run_dir, st.model.layout(), st.model.state_layout());
     for s in skipped {
         log(&format!("skipping checkpoint {s}"));
     }
+    let mut restored_ema = None;
     if let Some(c) = found {
+        // The data cursor only means something for the same data order and batch size.
+        let saved = &c.training.config;
+        if (saved.dataset.as_str(), saved.batch_size, saved.run_seed, saved.model_name.as_str())
+            != (cfg.dataset.as_str(), cfg.batch_size, cfg.run_seed, cfg.model_name.as_str())
+        {
+            return Err(TrainError::Config(format!(
+                "{} holds a run of {} on {} (batch {}, seed {}); this run asks for {} on {} (batch {}, seed {}): use another --output_dir or the same settings",
+                c.dir.display(),
+                saved.model_name,
+                saved.dataset,
+                saved.batch_size,
+                saved.run_seed,
+                cfg.model_name,
+                cfg.dataset,
+                cfg.batch_size,
+                cfg.run_seed
+            )));
+        }
         st.arena.params = c.params;
         st.state = c.state;
         for (name, buf) in st.opt.state_mut() {
@@ -127,16 +145,22 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
                 }
             }
         }
-        if let (Some(e), Some((p, s))) = (ema.as_mut(), c.ema) {
-            e.params = p;
-            e.state = s;
-        }
+        restored_ema = c.ema;
         st.step = c.training.step;
         epoch = c.training.epoch;
         start_batch = c.training.batch_in_epoch;
         log(&format!("resumed from {} (step {}, epoch {}, batch {})", c.dir.display(), st.step, epoch, start_batch));
         resumed_from = Some(c.dir);
     }
+    // EMA starts from the restored weights (or continues the checkpoint's average).
+    let mut ema = (cfg.ema_decay > 0.0).then(|| {
+        let mut e = Ema::new(cfg.ema_decay, Ema::REFERENCE_WARMUP, &st.arena.params, &st.state);
+        if let Some((p, s)) = restored_ema.take() {
+            e.params = p;
+            e.state = s;
+        }
+        e
+    });
 
     let loader_cfg = LoaderConfig {
         batch_size: cfg.batch_size,
@@ -202,6 +226,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
         let (mut sum_loss, mut sum_err, mut sum_gnorm, mut sum_pnorm, mut count, mut lr) = (0.0, 0.0, 0.0, 0.0, 0usize, 0.0);
         let mut batch_no = start_batch;
         for batch in Loader::new(train_set.clone(), &loader_cfg, epoch, start_batch)? {
+            if cfg.max_steps.is_some_and(|m| st.step >= m) {
+                start_batch = batch_no; // already at the limit (a resumed run): stop before stepping
+                break 'epochs;
+            }
             if opts.stop.load(Ordering::SeqCst) {
                 let dir = checkpoint(&st, &ema, epoch, batch_no)?;
                 bar.abandon();
