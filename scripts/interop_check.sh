@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks that Python's TensorBoard reader and safetensors open what ringsam writes.
-# Creates .venv-interop (once) from scripts/interop-requirements.txt, builds ringsam, runs the check.
+# Usage: scripts/interop_check.sh [PATH/TO/ringsam]   (default: build and use target/release/ringsam)
+# Creates .venv-interop (once) from scripts/interop-requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv-interop
@@ -8,5 +9,9 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/interop-requirements.txt
 fi
-cargo build --release --locked --bin ringsam
-"$venv/bin/python" scripts/interop_check.py target/release/ringsam
+bin=${1:-}
+if [ -z "$bin" ]; then
+    cargo build --release --locked --bin ringsam
+    bin=target/release/ringsam
+fi
+"$venv/bin/python" scripts/interop_check.py "$bin"

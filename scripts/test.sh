@@ -3,7 +3,9 @@
 #
 # 1. the whole workspace's tests (unit, gradient checks, Flax fixture, CLI end to end);
 # 2. the CUDA feature must compile on a machine with no GPU and no CUDA toolkit (cudarc loads
-#    CUDA at run time), so a build with `--features cuda` is part of the tests.
+#    CUDA at run time). Built with the test profile, so it reuses step 1's compiled dependencies;
+# 3. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
+#    its own, created on first run), using the binary step 2 left in target/debug.
 # Fixtures are committed; regenerating them (tests/fixtures/make_wrn_fixture.py) is not part of
 # the test run.
 set -euo pipefail
@@ -15,8 +17,5 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo test --workspace --locked
-cargo build --workspace --locked --features cuda
-
-# Python's TensorBoard reader and safetensors must open what `ringsam train` writes
-# (a venv of its own, created on first run).
-./scripts/interop_check.sh
+cargo build --workspace --locked --profile test --features cuda
+./scripts/interop_check.sh target/debug/ringsam
