@@ -78,11 +78,10 @@ async fn wrong_secret_cannot_join() {
     let good = good.await.unwrap();
     assert!(bad.is_err() && good.is_err());
     let msg = bad.err().unwrap().to_string();
-    // Either side may notice first: the bad rank fails our proof, or we hang up on it mid-handshake.
-    assert!(
-        msg.contains("does not hold the cluster secret") || msg.contains("not formed") || msg.contains("during the handshake"),
-        "{msg}"
-    );
+    // Either side may notice first: the bad rank fails our proof, we hang up on it mid-handshake,
+    // or we have already given up and closed our listener when it retries.
+    let expected = ["does not hold the cluster secret", "not formed", "during the handshake", "connecting to the next rank"];
+    assert!(expected.iter().any(|m| msg.contains(m)), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,42 +177,4 @@ async fn a_peer_that_dies_mid_operation_fails_the_others_within_the_timeout() {
         assert!(t.await.unwrap().is_err());
     }
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-}
-
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-/// 1000 back-to-back all-reduces of mixed sizes on 4 ranks: all correct, no hang, and the
-/// process's resident memory does not grow once buffers have reached their working size.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_mixed_operations_do_not_leak() {
-    let world = 4;
-    let rings = form(world, Duration::from_secs(20)).await;
-    let sizes = [1usize, 1000, 70_000, 300_000];
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let tasks: Vec<_> = rings
-        .into_iter()
-        .enumerate()
-        .map(|(r, mut ring)| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                for i in 0..1000 {
-                    let len = sizes[i % sizes.len()];
-                    let out = ring.allreduce((0..len).map(|j| ((r + 1) * (j % 3)) as f32).collect(), ReduceOp::Sum).await.unwrap();
-                    assert!(out.iter().enumerate().all(|(j, &v)| v == (10 * (j % 3)) as f32), "rank {r} op {i}");
-                    if r == 0 && (i == 200 || i == 999) {
-                        let _ = tx.send(rss_kib());
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let (early, late) = (rx.recv().await.unwrap(), rx.recv().await.unwrap());
-    assert!(late <= early + 16 * 1024, "resident memory grew from {early} KiB (op 200) to {late} KiB (op 1000)");
-    eprintln!("RSS after 200 ops: {early} KiB, after 1000: {late} KiB");
 }
