@@ -166,7 +166,7 @@ async fn garbage_and_huge_frames_fail_the_link_not_the_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_dies_mid_operation_fails_the_others_within_the_timeout() {
     let world = 3;
-    let mut rings = form(world, Duration::from_millis(800)).await;
+    let mut rings = form(world, Duration::from_secs(2)).await;
     let dead = rings.pop().unwrap(); // rank 2 never calls allreduce, then disappears
     let t0 = Instant::now();
     let tasks: Vec<_> =
@@ -176,5 +176,5 @@ async fn a_peer_that_dies_mid_operation_fails_the_others_within_the_timeout() {
     for t in tasks {
         assert!(t.await.unwrap().is_err());
     }
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
