@@ -281,14 +281,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
                 Some(e) => ("ema_test", &e.params[..], &mut e.state),
                 None => ("test", &st.arena.params[..], &mut st.state),
             };
-            let mut state_copy = state.clone();
-            let r = evaluate(st.model.as_mut(), params, &mut state_copy, &test_set, cfg.batch_size)?;
+            // Evaluation runs in eval mode, which reads the running statistics and never writes them.
+            let r = evaluate(st.model.as_mut(), params, state, &test_set, cfg.batch_size)?;
             let mut scalars = vec![(format!("{prefix}_loss"), r.loss), (format!("{prefix}_error_rate"), r.error_rate)];
             if cfg.compute_top_5_error_rate {
                 scalars.push((format!("{prefix}_top_5_error_rate"), r.top5_error_rate));
             }
             if cfg.also_eval_on_training_set {
-                let t = evaluate(st.model.as_mut(), &st.arena.params, &mut st.state.clone(), &train_set, cfg.batch_size)?;
+                let t = evaluate(st.model.as_mut(), &st.arena.params, &mut st.state, &train_set, cfg.batch_size)?;
                 scalars.push(("eval_on_train_loss".into(), t.loss));
                 scalars.push(("eval_on_train_error_rate".into(), t.error_rate));
             }
