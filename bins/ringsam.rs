@@ -122,7 +122,7 @@ struct BenchAllreduceArgs {
     #[arg(long, default_value_t = 5)]
     iters: usize,
     /// Chunk size in f32 values (the unit frames carry and pipelining works at).
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 262144)]
     chunk: usize,
     /// Seconds to form the ring and to wait on a silent peer.
     #[arg(long, default_value_t = 30)]
@@ -145,9 +145,14 @@ struct BenchAllreduceArgs {
     /// Write a PNG of busbw against size (one line per transport).
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// QUIC per-stream flow-control window in bytes.
-    #[arg(long, default_value_t = 16 << 20)]
+    /// QUIC per-stream flow-control window in bytes. Larger than half the UDP receive buffer
+    /// (4 MiB here), bursts overflow it while a receiver waits for a core.
+    #[arg(long, default_value_t = 2 << 20)]
     quic_window: u32,
+    /// Largest UDP payload the network carries, for QUIC's MTU discovery (default: 65000 on
+    /// loopback, 1452 otherwise; 8952 suits a 9000-byte jumbo-frame network).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65000))]
+    quic_mtu: Option<u16>,
     /// Print one JSON object per size.
     #[arg(long)]
     json: bool,
@@ -429,6 +434,7 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
                 connect_timeout: timeout,
                 stream_window: args.quic_window,
                 udp_buffer: 4 << 20,
+                max_mtu: args.quic_mtu,
             };
             runtime.block_on(ringsam_collective::quic::connect(cfg)).with_context(|| format!("rank {rank}: forming the QUIC ring"))?
         };
@@ -495,6 +501,7 @@ fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<
         cmd.args(["bench", "allreduce", "--transport", transport, "--sizes", &args.sizes, "--iters", &args.iters.to_string(), "--json"])
             .args(["--chunk", &args.chunk.to_string(), "--timeout", &args.timeout.to_string(), "--rank", &r.to_string(), "--peers", &peers])
             .args(["--quic-window", &args.quic_window.to_string()])
+            .args(args.quic_mtu.map(|m| ["--quic-mtu".to_string(), m.to_string()]).into_iter().flatten())
             .env("RINGSAM_CLUSTER_SECRET", &secret)
             .env("RINGSAM_THREADS", "1")
             .stdout(if r == 0 { std::process::Stdio::piped() } else { std::process::Stdio::null() });

@@ -81,8 +81,10 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
-    // Payload buffers travel back to the reader, so steady state allocates nothing per frame.
-    let (used_tx, mut used_rx) = mpsc::unbounded_channel::<Vec<u8>>(); // loop → reader
+    // Payload buffers travel back to the reader, so steady state allocates nothing per frame. A
+    // stack, not a queue: the buffer reused next is the one just reduced, still in cache.
+    let used: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+    let used_by_reader = used.clone();
     let mut outbound: Option<W> = None;
     if let Some((mut rd, wr)) = links {
         let max = ring.config().max_payload();
@@ -94,7 +96,7 @@ where
                     Ok(_) => match FrameHeader::decode(&hdr, max) {
                         Err(e) => e.to_string(),
                         Ok(h) => {
-                            let mut payload = used_rx.try_recv().unwrap_or_default();
+                            let mut payload = used_by_reader.lock().expect("never poisoned").pop().unwrap_or_default();
                             // Bounded by `max` above. Same-size chunks (the common case) reuse the
                             // buffer as is: read_exact overwrites it, so there is nothing to zero.
                             if payload.len() != h.len as usize {
@@ -174,7 +176,7 @@ where
             f = frames_rx.recv(), if inbound_open => match f {
                 Some(Inbound::Frame(h, p)) => {
                     let _ = ring.handle_frame(Instant::now(), h, &p);
-                    let _ = used_tx.send(p);
+                    used.lock().expect("never poisoned").push(p);
                 }
                 Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_inbound_lost(&why); }
                 None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }

@@ -67,12 +67,12 @@ pub struct RingConfig {
 }
 
 impl RingConfig {
-    /// Defaults: 64 Ki-value (256 KiB) chunks, 10 s peer timeout, 64 early operations.
+    /// Defaults: 256 Ki-value (1 MiB) chunks, 10 s peer timeout, 64 early operations.
     pub fn new(rank: Rank, world: usize) -> Self {
         RingConfig {
             rank,
             world,
-            chunk: 64 * 1024,
+            chunk: 256 * 1024,
             generation: 0,
             ring_id: 0,
             peer_timeout: Duration::from_secs(10),

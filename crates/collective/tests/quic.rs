@@ -26,6 +26,7 @@ fn cfg(rank: usize, world: usize, addrs: &[SocketAddr], ca: &ClusterCa, signer: 
         connect_timeout: timeout,
         stream_window: 16 << 20,
         udp_buffer: 4 << 20,
+        max_mtu: None,
     }
 }
 
