@@ -3,6 +3,7 @@
 //! `main` is tiny: `run(parse())` returns an exit code and errors print their whole chain
 //! (`{:#}`), exit code 2. No training logic lives here.
 
+mod cluster_cmds;
 mod train_flags;
 
 use std::io::IsTerminal;
@@ -46,6 +47,10 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run one replica of a data-parallel job (rank and peers from flags or the environment).
+    Worker(Box<cluster_cmds::WorkerArgs>),
+    /// Train data-parallel on this machine: N local workers joined by a ring on loopback.
+    Launch(cluster_cmds::LaunchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +217,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Step(args)) => cmd_bench_step(&args, threads),
         Command::Bench(BenchCommand::Allreduce(args)) => cmd_bench_allreduce(&args),
+        Command::Worker(args) => cluster_cmds::cmd_worker(&args),
+        Command::Launch(args) => cluster_cmds::cmd_launch(&args),
     }
 }
 
@@ -286,7 +293,8 @@ fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn cmd_train(flags: &TrainFlags) -> Result<()> {
+/// The run configuration: defaults, then `--config` (or the quickstart), then the flags.
+fn resolve_train_config(flags: &TrainFlags) -> Result<TrainConfig> {
     let mut cfg = TrainConfig::default();
     if let Some(path) = &flags.config {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
@@ -296,18 +304,32 @@ fn cmd_train(flags: &TrainFlags) -> Result<()> {
         cfg = cfg.merge_toml(QUICKSTART_TOML).map_err(anyhow::Error::msg).context("the built-in quickstart config")?;
     }
     flags.apply(&mut cfg);
+    Ok(cfg)
+}
+
+/// A flag SIGTERM and SIGINT set: the run checkpoints and stops.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing the signal handler")?;
     }
-    let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop };
-    let summary = train(&cfg, &opts, &mut |line| eprintln!("ringsam: {line}"))
-        .with_context(|| format!("training {} on {}", cfg.model_name, cfg.dataset))?;
+    Ok(stop)
+}
+
+fn print_summary(summary: &ringsam_train::run::RunSummary) {
     println!("run directory: {}", summary.run_dir.display());
     println!("steps: {}  time: {:.1} s", summary.steps, summary.seconds);
     if let (Some(err), Some(loss)) = (summary.test_error_rate, summary.test_loss) {
         println!("test accuracy: {:.2}%  test error: {:.2}%  test loss: {loss:.4}", 100.0 * (1.0 - err), 100.0 * err);
     }
+}
+
+fn cmd_train(flags: &TrainFlags) -> Result<()> {
+    let cfg = resolve_train_config(flags)?;
+    let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()? };
+    let summary = train(&cfg, &opts, &mut |line| eprintln!("ringsam: {line}"))
+        .with_context(|| format!("training {} on {}", cfg.model_name, cfg.dataset))?;
+    print_summary(&summary);
     Ok(())
 }
 

@@ -100,6 +100,21 @@ pub struct TrainFlags {
     /// Batches the loader prepares ahead.
     #[arg(long = "prefetch", value_name = "PREFETCH")]
     pub prefetch: Option<usize>,
+    /// Data-parallel: compare replica parameter fingerprints every N steps (0: before checkpoints only).
+    #[arg(long = "check_replicas_every", visible_alias = "check-replicas-every", value_name = "STEPS")]
+    pub check_replicas_every: Option<u64>,
+    /// Data-parallel: gradient bucket size in MiB.
+    #[arg(long = "bucket_mb", visible_alias = "bucket-mb", value_name = "MIB")]
+    pub bucket_mb: Option<f64>,
+    /// Data-parallel: first (last-layer) bucket size in MiB.
+    #[arg(long = "first_bucket_mb", visible_alias = "first-bucket-mb", value_name = "MIB")]
+    pub first_bucket_mb: Option<f64>,
+    /// Data-parallel: seconds of silence from a peer before the run fails.
+    #[arg(long = "ring_timeout_seconds", visible_alias = "ring-timeout-seconds", value_name = "SECONDS")]
+    pub ring_timeout_seconds: Option<u64>,
+    /// Data-parallel: send gradient buckets while backward runs (`--overlap_comm=false`: after it).
+    #[arg(long = "overlap_comm", visible_alias = "overlap-comm", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub overlap_comm: Option<bool>,
     /// Use the schedule (false: constant learning rate) (`--use_learning_rate_schedule`, `--use_learning_rate_schedule=false`).
     #[arg(long = "use_learning_rate_schedule", visible_alias = "use-learning-rate-schedule", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub use_learning_rate_schedule: Option<bool>,
@@ -218,6 +233,21 @@ impl TrainFlags {
         }
         if let Some(v) = &self.prefetch {
             cfg.prefetch = *v;
+        }
+        if let Some(v) = &self.check_replicas_every {
+            cfg.check_replicas_every = *v;
+        }
+        if let Some(v) = &self.bucket_mb {
+            cfg.bucket_mb = *v;
+        }
+        if let Some(v) = &self.first_bucket_mb {
+            cfg.first_bucket_mb = *v;
+        }
+        if let Some(v) = &self.ring_timeout_seconds {
+            cfg.ring_timeout_seconds = *v;
+        }
+        if let Some(v) = self.overlap_comm {
+            cfg.overlap_comm = v;
         }
         if let Some(v) = self.use_learning_rate_schedule {
             cfg.use_learning_rate_schedule = v;

@@ -35,15 +35,36 @@ pub struct RingHandle {
     next_op: u64,
 }
 
+/// An all-reduce started by [`RingHandle::submit`], running while its caller does other work.
+pub struct PendingAllreduce(oneshot::Receiver<Result<Vec<f32>, RingError>>);
+
+fn driver_gone() -> RingError {
+    RingError::Usage("the ring's driver has stopped".into())
+}
+
+impl PendingAllreduce {
+    /// Blocks the calling thread until the result is in. Call it from synchronous code (a
+    /// training thread), never from a task of the runtime that drives the ring.
+    pub fn wait(self) -> Result<Vec<f32>, RingError> {
+        self.0.blocking_recv().map_err(|_| driver_gone())?
+    }
+}
+
 impl RingHandle {
     /// All-reduces `data`; every rank must call this in the same order.
     pub async fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
+        self.submit(data, reduce)?.0.await.map_err(|_| driver_gone())?
+    }
+
+    /// Starts all-reducing `data` and returns at once; several may be in flight (buckets), and
+    /// every rank must submit them in the same order. The driver needs its runtime to be running
+    /// elsewhere (a multi-thread runtime's worker) for the operation to make progress.
+    pub fn submit(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<PendingAllreduce, RingError> {
         let op = OpId(self.next_op);
         self.next_op += 1;
         let (reply, rx) = oneshot::channel();
-        let gone = || RingError::Usage("the ring's driver has stopped".into());
-        self.requests.send(Request::Op { op, data, reduce, reply }).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        self.requests.send(Request::Op { op, data, reduce, reply }).map_err(|_| driver_gone())?;
+        Ok(PendingAllreduce(rx))
     }
 
     /// Closes this rank's side cleanly: frames already queued for the next rank are written

@@ -21,7 +21,7 @@ pub mod ring;
 pub mod schedule;
 pub mod tcp;
 
-pub use driver::RingHandle;
+pub use driver::{PendingAllreduce, RingHandle};
 pub use frame::{FrameHeader, FrameKind};
 pub use ring::{OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent};
 pub use schedule::{Group, Segments, group_of, ring_neighbors};

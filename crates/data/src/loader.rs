@@ -27,6 +27,7 @@ use crate::{Batch, DataError, Dataset};
 /// Random-stream ids, so permutation and augmentation draws never coincide.
 const STREAM_PERMUTATION: u64 = 0x5045_524d;
 const STREAM_AUGMENT: u64 = 0x4155_474d;
+const STREAM_AUGMENT_EXAMPLE: u64 = 0x4155_4758; // per-example flip and crop
 
 /// How batches are made.
 #[derive(Clone, Debug)]
@@ -146,12 +147,17 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
         let share = (hi - lo).div_ceil(cfg.world);
         let (mlo, mhi) = ((lo + cfg.rank * share).min(hi), (lo + (cfg.rank + 1) * share).min(hi));
         let n = mhi - mlo;
+        // Batch-level draws (the cutout patch, one per batch as the reference) are shared by
+        // every replica's share of the batch.
         let mut rng = Rng::stream(cfg.seed, epoch.wrapping_mul(1 << 32).wrapping_add(b as u64), STREAM_AUGMENT);
         let mut images = vec![0.0f32; c * n * h * w];
         let mut labels = Vec::with_capacity(n);
         for (j, &idx) in order[mlo..mhi].iter().enumerate() {
             let img = data.image(idx);
             let src: &[u8] = if cfg.flip_crop {
+                // Keyed by the example's place in the epoch, not by the replica's position in its
+                // share: any number of replicas augments every example exactly as one would.
+                let mut rng = Rng::stream(cfg.seed, epoch.wrapping_mul(1 << 32).wrapping_add((mlo + j) as u64), STREAM_AUGMENT_EXAMPLE);
                 flip_pad_crop(&mut scratch, img, h, w, c, 4, cfg.flip, &mut rng);
                 &scratch
             } else {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod init;
 pub mod model;
 pub mod registry;
+pub mod small_cnn;
 pub mod wide_resnet;
 
 pub use error::ModelError;

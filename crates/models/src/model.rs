@@ -39,6 +39,23 @@ pub trait Model: Send {
     /// Backward from `dlogits (N, num_classes)`: adds parameter gradients into `grads`. Must follow
     /// a `forward` on the same `params` and `x`.
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError>;
+    /// [`Model::backward`], calling `ready(grads, offset)` each time every gradient at index
+    /// `>= offset` is final. Backward walks the layers from last to first and the buffer lies in
+    /// declaration order, so `offset` only falls; a data-parallel caller sends those gradients to
+    /// the ring while the rest of backward runs (DDP's bucket hooks). The last call has offset 0.
+    /// The default reports everything at once, after the whole backward.
+    fn backward_notify(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &Tensor,
+        dlogits: &Tensor,
+        ready: &mut dyn FnMut(&mut [f32], usize),
+    ) -> Result<(), NnError> {
+        self.backward(params, grads, x, dlogits)?;
+        ready(grads, 0);
+        Ok(())
+    }
     /// Multiply-adds of the last forward pass (for GFLOP/s reports): convolutions and dense layers.
     fn last_forward_macs(&self) -> usize;
     /// Multiply-adds of the backward pass matching the last forward: data and weight gradients of

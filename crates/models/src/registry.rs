@@ -4,6 +4,7 @@
 //! names are the ones the reference and our configs use.
 
 use crate::wide_resnet::WideResnet;
+
 use crate::{Model, ModelConfig, ModelError};
 
 /// A registered model, as `ringsam models` shows it.
@@ -24,6 +25,7 @@ const MODELS: &[ModelInfo] = &[
     ModelInfo { name: "WideResnet16x2", input_size: 32, summary: "WRN-16-2, small; tests and quick runs" },
     ModelInfo { name: "WideResnet10x2", input_size: 32, summary: "WRN-10-2, small; the quickstart (on 8x8 digits)" },
     ModelInfo { name: "WideResnet10x1", input_size: 32, summary: "WRN-10-1, tiny; smoke tests" },
+    ModelInfo { name: "SmallCnn", input_size: 8, summary: "two convolutions, no batch norm; data-parallel equivalence tests" },
 ];
 
 /// The registered models.
@@ -33,6 +35,9 @@ pub fn list() -> &'static [ModelInfo] {
 
 /// Builds a model by name.
 pub fn build(name: &str, cfg: &ModelConfig) -> Result<Box<dyn Model>, ModelError> {
+    if name == "SmallCnn" {
+        return Ok(Box::new(crate::small_cnn::SmallCnn::new(*cfg)?));
+    }
     if let Some((d, k)) = parse_wrn(name) {
         return Ok(Box::new(WideResnet::new(name, d, k, *cfg)?));
     }

@@ -131,6 +131,8 @@ pub struct WideResnet {
     state_layout: StateLayout,
     init_conv: Conv2d,
     blocks: Vec<WideResnetBlock>,
+    block_starts: Vec<usize>, // first parameter offset of each block (gradient-ready marks)
+    head_start: usize,        // first parameter offset of pre-pool-bn and Dense_0
     pre_pool_bn: BatchNorm,
     pool: GlobalAvgPool,
     dense: Linear,
@@ -155,10 +157,12 @@ impl WideResnet {
         let first = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, 16, 3, 1) };
         let init_conv = Conv2d::with_workspace(&mut p, "init_conv", first, &ws);
         let mut blocks = Vec::with_capacity(3 * n);
+        let mut block_starts = Vec::with_capacity(3 * n);
         let mut c_in = 16;
         for (g, (width, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)].into_iter().enumerate() {
             for i in 0..n {
                 let block_name = format!("WideResnetGroup_{g}/WideResnetBlock_{i}");
+                block_starts.push(p.total());
                 blocks.push(WideResnetBlock::new(
                     &mut p,
                     &mut s,
@@ -172,6 +176,7 @@ impl WideResnet {
                 c_in = width;
             }
         }
+        let head_start = p.total();
         let pre_pool_bn = BatchNorm::new(&mut p, &mut s, "pre-pool-bn", BatchNormConfig::cifar(c_in, true));
         let dense = Linear::new(&mut p, "Dense_0", c_in, cfg.num_classes);
         Ok(WideResnet {
@@ -181,6 +186,8 @@ impl WideResnet {
             state_layout: s,
             init_conv,
             blocks,
+            block_starts,
+            head_start,
             pre_pool_bn,
             pool: GlobalAvgPool::new("global_avg_pool"),
             dense,
@@ -221,6 +228,17 @@ impl Model for WideResnet {
     }
 
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError> {
+        self.backward_notify(params, grads, x, dlogits, &mut |_, _| {})
+    }
+
+    fn backward_notify(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &Tensor,
+        dlogits: &Tensor,
+        ready: &mut dyn FnMut(&mut [f32], usize),
+    ) -> Result<(), NnError> {
         check_buffers(&self.layout, &self.state_layout, params.len(), self.state_layout.total())?;
         if grads.len() != params.len() {
             return Err(NnError::ParamLen { expected: params.len(), got: grads.len() });
@@ -229,15 +247,19 @@ impl Model for WideResnet {
         self.pool.backward(params, grads, self.pre_pool_bn.output(), self.dense.dinput())?;
         let last = self.blocks.last().map_or(self.init_conv.output(), |b| &b.out);
         self.pre_pool_bn.backward(params, grads, last, self.pool.dinput())?;
+        ready(grads, self.head_start);
         for i in (0..self.blocks.len()).rev() {
             let (before, from_here) = self.blocks.split_at_mut(i);
             let (block, after) = from_here.split_first_mut().expect("i < len");
             let input = before.last().map_or(self.init_conv.output(), |b| &b.out);
             let dout = after.first().map_or(self.pre_pool_bn.dinput(), |b| b.dinput());
             block.backward(params, grads, input, dout)?;
+            ready(grads, self.block_starts[i]);
         }
         let dfirst = self.blocks.first().map_or(self.pre_pool_bn.dinput(), |b| b.dinput());
-        self.init_conv.backward(params, grads, x, dfirst)
+        self.init_conv.backward(params, grads, x, dfirst)?;
+        ready(grads, 0);
+        Ok(())
     }
 
     fn last_backward_macs(&self) -> usize {

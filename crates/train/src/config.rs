@@ -90,6 +90,17 @@ pub struct TrainConfig {
     pub max_steps: Option<u64>,
     /// Batches the loader prepares ahead.
     pub prefetch: usize,
+    /// Data-parallel: compare the replicas' parameter fingerprints every this many steps
+    /// (ours; 0: only before checkpoints).
+    pub check_replicas_every: u64,
+    /// Data-parallel: gradient bucket size in MiB (DDP's `bucket_cap_mb`).
+    pub bucket_mb: f64,
+    /// Data-parallel: size of the first bucket (the last layers) in MiB.
+    pub first_bucket_mb: f64,
+    /// Data-parallel: send buckets while backward runs (false: after it, to measure the overlap).
+    pub overlap_comm: bool,
+    /// Data-parallel: seconds of silence from a peer that owes data before the run fails.
+    pub ring_timeout_seconds: u64,
 }
 
 impl Default for TrainConfig {
@@ -133,6 +144,11 @@ impl Default for TrainConfig {
             image_size: 32,
             max_steps: None,
             prefetch: 4,
+            check_replicas_every: 100,
+            bucket_mb: 25.0,
+            first_bucket_mb: 1.0,
+            overlap_comm: true,
+            ring_timeout_seconds: 30,
         }
     }
 }
@@ -199,6 +215,12 @@ impl TrainConfig {
             && g == 0
         {
             return fail("--inner_group_size must be at least 1".into());
+        }
+        if !(self.bucket_mb > 0.0 && self.bucket_mb <= 4096.0) || !(self.first_bucket_mb > 0.0 && self.first_bucket_mb <= 4096.0) {
+            return fail(format!("--bucket_mb {} and --first_bucket_mb {} must be in (0, 4096]", self.bucket_mb, self.first_bucket_mb));
+        }
+        if self.ring_timeout_seconds == 0 {
+            return fail("--ring_timeout_seconds must be at least 1".into());
         }
         Ok(())
     }

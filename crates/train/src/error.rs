@@ -33,6 +33,12 @@ pub enum TrainError {
         /// The step checkpointed.
         step: u64,
     },
+    /// An all-reduce with the other replicas failed (a peer lost, stalled or misbehaving).
+    #[error("ring: {0}")]
+    Ring(String),
+    /// The replicas' parameters are no longer identical.
+    #[error("replicas diverged: {0}")]
+    Diverged(String),
     /// A configuration value is out of range.
     #[error("{0}")]
     Config(String),

@@ -26,6 +26,44 @@ pub struct EvalReport {
     pub examples: usize,
 }
 
+/// Sums over the examples one replica evaluated; replicas add theirs up, then [`EvalSums::report`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EvalSums {
+    /// Σ cross-entropy.
+    pub loss: f64,
+    /// Misclassified examples.
+    pub errors: f64,
+    /// Examples whose label is not in the top 5.
+    pub top5_errors: f64,
+    /// Examples.
+    pub examples: f64,
+}
+
+impl EvalSums {
+    /// As four values, for an all-reduce.
+    pub fn to_vec(&self) -> Vec<f32> {
+        vec![self.loss as f32, self.errors as f32, self.top5_errors as f32, self.examples as f32]
+    }
+
+    /// From an all-reduced [`EvalSums::to_vec`].
+    pub fn from_slice(v: &[f32]) -> EvalSums {
+        EvalSums { loss: v[0] as f64, errors: v[1] as f64, top5_errors: v[2] as f64, examples: v[3] as f64 }
+    }
+
+    /// The means; an error if nothing was evaluated.
+    pub fn report(&self, name: &str) -> Result<EvalReport, TrainError> {
+        if self.examples < 1.0 {
+            return Err(TrainError::Config(format!("dataset {name} has no examples to evaluate")));
+        }
+        Ok(EvalReport {
+            loss: self.loss / self.examples,
+            error_rate: self.errors / self.examples,
+            top5_error_rate: self.top5_errors / self.examples,
+            examples: self.examples.round() as usize,
+        })
+    }
+}
+
 /// Evaluates `model` at `params`/`state` (eval mode: running statistics) on all of `data`.
 pub fn evaluate(
     model: &mut dyn Model,
@@ -34,6 +72,20 @@ pub fn evaluate(
     data: &Arc<Dataset>,
     batch_size: usize,
 ) -> Result<EvalReport, TrainError> {
+    evaluate_shard(model, params, state, data, batch_size, 0, 1)?.report(&data.name)
+}
+
+/// Evaluates replica `rank`'s share (of `world`) of every batch of `data`; the shares together
+/// cover the split once.
+pub fn evaluate_shard(
+    model: &mut dyn Model,
+    params: &[f32],
+    state: &mut [f32],
+    data: &Arc<Dataset>,
+    batch_size: usize,
+    rank: usize,
+    world: usize,
+) -> Result<EvalSums, TrainError> {
     let cfg = LoaderConfig {
         batch_size,
         shuffle: false,
@@ -44,12 +96,15 @@ pub fn evaluate(
         normalization: Normalization::for_dataset(&data.name),
         seed: 0,
         prefetch: 2,
-        rank: 0,
-        world: 1,
+        rank,
+        world,
     };
     let (mut loss_sum, mut errors, mut top5_errors, mut n_total) = (0.0f64, 0usize, 0usize, 0usize);
     let (mut losses, mut probs) = (Vec::new(), Vec::new());
     for b in Loader::new(data.clone(), &cfg, 0, 0)? {
+        if b.n == 0 {
+            continue; // a share of a short last batch can be empty
+        }
         let x = Tensor::from_vec(&[b.c, b.n, b.h, b.w], b.images)?;
         let logits = model.forward(params, state, &x, &Pass::eval())?;
         let k = logits.shape()[1];
@@ -66,13 +121,5 @@ pub fn evaluate(
             .count();
         n_total += b.n;
     }
-    if n_total == 0 {
-        return Err(TrainError::Config(format!("dataset {} has no examples to evaluate", data.name)));
-    }
-    Ok(EvalReport {
-        loss: loss_sum / n_total as f64,
-        error_rate: errors as f64 / n_total as f64,
-        top5_error_rate: top5_errors as f64 / n_total as f64,
-        examples: n_total,
-    })
+    Ok(EvalSums { loss: loss_sum, errors: errors as f64, top5_errors: top5_errors as f64, examples: n_total as f64 })
 }

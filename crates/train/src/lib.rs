@@ -3,13 +3,18 @@
 //! Files: [`step`] (one replica's SGD/SAM step), [`run`] (the loop: data, steps, evaluation,
 //! checkpoints, resume), [`eval`], [`checkpoint`] (atomic write, verified load),
 //! [`tensorboard`] (event files), [`config`] (the reference's flags), [`bench_step`].
-//! Replica actors over the ring come with the distributed issue.
+//! Data-parallel: [`cluster`] (the rings a replica all-reduces over), [`grad_sync`] (gradient
+//! buckets overlapped with backward), [`replica`] (what replicas agree on besides gradients:
+//! stop votes, metrics, batch-norm statistics, parameter fingerprints).
 
 pub mod bench_step;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod grad_sync;
+pub mod replica;
 pub mod run;
 pub mod step;
 pub mod tensorboard;

@@ -9,6 +9,13 @@
 //! and returns [`TrainError::Interrupted`]. On start, the newest valid checkpoint of the run
 //! directory is restored, including the position inside its epoch, so a killed run resumes
 //! where it stopped.
+//!
+//! Data-parallel ([`train_replica`] with a [`Cluster`]): every replica runs this loop on its own
+//! share of each global batch; gradients are averaged inside the step ([`crate::grad_sync`]),
+//! and the replicas agree after every step on stopping and on the metrics, and before every
+//! evaluation and checkpoint on the batch-norm statistics ([`crate::replica`]). Evaluation is
+//! sharded the same way and its sums added up. Rank 0 alone writes TensorBoard events and
+//! checkpoints (into a directory every replica can read, for resuming).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,8 +32,11 @@ use ringsam_optim::{Ema, LrSchedule, OptimizerKind, ScheduleKind};
 use ringsam_tensor::Tensor;
 
 use crate::checkpoint::{CheckpointData, TrainingState, newest_valid, write_atomic};
+use crate::cluster::Cluster;
 use crate::config::TrainConfig;
-use crate::eval::evaluate;
+use crate::eval::{EvalReport, EvalSums, evaluate_shard};
+use crate::grad_sync::{BucketPlan, ExchangeStats, GradSync};
+use crate::replica::{average_state, check_identical, vote_and_metrics};
 use crate::tensorboard::EventWriter;
 use crate::{SamStep, StepConfig, TrainError};
 
@@ -53,6 +63,43 @@ pub struct RunSummary {
     pub resumed_from: Option<PathBuf>,
     /// Seconds spent in this invocation.
     pub seconds: f64,
+    /// Per-step means over this invocation's steps (data-parallel cost report).
+    pub per_step: StepCosts,
+}
+
+/// Mean per-step costs: wall time and the two gradient exchanges.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepCosts {
+    /// Steps averaged.
+    pub steps: u64,
+    /// Wall time of a step (the SAM step alone: no loading, no bookkeeping).
+    pub seconds: f64,
+    /// Pass 1's exchange (SAM with `sync_perturbations`).
+    pub ascent: ExchangeStats,
+    /// The applied gradient's exchange.
+    pub descent: ExchangeStats,
+}
+
+impl StepCosts {
+    fn add(&mut self, seconds: f64, a: &ExchangeStats, d: &ExchangeStats) {
+        self.steps += 1;
+        self.seconds += seconds;
+        for (acc, x) in [(&mut self.ascent, a), (&mut self.descent, d)] {
+            acc.bytes += x.bytes;
+            acc.seconds += x.seconds;
+            acc.exposed_seconds += x.exposed_seconds;
+        }
+    }
+
+    fn mean(&self) -> StepCosts {
+        let n = self.steps.max(1) as f64;
+        let m = |x: &ExchangeStats| ExchangeStats {
+            bytes: (x.bytes as f64 / n) as u64,
+            seconds: x.seconds / n,
+            exposed_seconds: x.exposed_seconds / n,
+        };
+        StepCosts { steps: self.steps, seconds: self.seconds / n, ascent: m(&self.ascent), descent: m(&self.descent) }
+    }
 }
 
 fn now() -> f64 {
@@ -86,12 +133,81 @@ pub fn step_config(cfg: &TrainConfig) -> StepConfig {
         },
         sam_m: cfg.sam_m,
         seed: cfg.run_seed,
+        sync_perturbations: cfg.sync_perturbations,
     }
 }
 
-/// Trains as `cfg` says; `log` receives one-line messages (resume, evaluation, checkpoints).
+fn cluster_of(st: &mut SamStep) -> Option<&mut Cluster> {
+    st.sync.as_mut().map(|s| &mut s.cluster)
+}
+
+/// Before an evaluation or a checkpoint: replicas average their batch-norm statistics (and the
+/// EMA's), and prove their parameters are still identical. A no-op on one replica.
+fn agree_before_save(st: &mut SamStep, ema: &mut Option<Ema>) -> Result<(), TrainError> {
+    let step = st.step;
+    let SamStep { sync, state, arena, .. } = st;
+    let Some(c) = sync.as_mut().map(|s| &mut s.cluster) else { return Ok(()) };
+    average_state(c, state)?;
+    if let Some(e) = ema.as_mut() {
+        average_state(c, &mut e.state)?;
+    }
+    check_identical(c, &arena.params, step)
+}
+
+/// Evaluates on this replica's share of `data` and adds the replicas' sums up.
+fn evaluate_everywhere(
+    st: &mut SamStep,
+    params: Option<&[f32]>,
+    state: Option<&mut [f32]>,
+    data: &Arc<Dataset>,
+    batch: usize,
+) -> Result<EvalReport, TrainError> {
+    let (rank, world) = st.sync.as_ref().map_or((0, 1), |s| (s.cluster.rank(), s.cluster.world()));
+    let params = params.unwrap_or(&st.arena.params);
+    let state = match state {
+        Some(s) => s,
+        None => &mut st.state,
+    };
+    let mine = evaluate_shard(st.model.as_mut(), params, state, data, batch, rank, world)?;
+    let total = match st.sync.as_mut() {
+        Some(s) => EvalSums::from_slice(&s.cluster.sum(mine.to_vec())?),
+        None => mine,
+    };
+    total.report(&data.name)
+}
+
+/// Trains as `cfg` says on one replica; `log` receives one-line messages (resume, evaluation,
+/// checkpoints).
 pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<RunSummary, TrainError> {
+    train_replica(cfg, opts, None, log)
+}
+
+/// Trains as one replica of `cluster` (see the module docs); `None` is a single replica.
+pub fn train_replica(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    cluster: Option<Cluster>,
+    log: &mut dyn FnMut(&str),
+) -> Result<RunSummary, TrainError> {
+    let result = train_inner(cfg, opts, cluster, log);
+    if let Err(e) = &result {
+        log(&format!("stopping: {e}"));
+    }
+    result
+}
+
+fn train_inner(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    cluster: Option<Cluster>,
+    log: &mut dyn FnMut(&str),
+) -> Result<RunSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
+    let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+    if !cfg.batch_size.is_multiple_of(world) {
+        return Err(TrainError::Config(format!("--batch_size {} must be divisible by the {world} replicas", cfg.batch_size)));
+    }
+    let leader = rank == 0;
     let t0 = Instant::now();
     let (train_set, test_set) = load_splits(cfg)?;
     if train_set.len() < cfg.batch_size {
@@ -103,6 +219,11 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
     }
     let model_cfg = ModelConfig { num_classes: train_set.num_classes, in_channels: train_set.channels };
     let mut st = SamStep::new(&cfg.model_name, &model_cfg, step_config(cfg))?;
+    if let Some(c) = cluster {
+        let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
+        let plan = BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm };
+        st.sync = Some(GradSync::new(c, st.arena.len(), plan));
+    }
     let run_dir = cfg.output_dir.join(cfg.run_subdir());
     std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?;
 
@@ -172,8 +293,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
         normalization: Normalization::for_dataset(&train_set.name),
         seed: cfg.run_seed,
         prefetch: cfg.prefetch,
-        rank: 0,
-        world: 1,
+        rank,
+        world,
     };
     let steps_per_epoch = loader_cfg.batches_per_epoch(train_set.len()) as u64;
     let schedule = LrSchedule {
@@ -187,19 +308,31 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
         epochs: cfg.num_epochs,
         warmup_steps: (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64,
     };
-    let mut tb = EventWriter::create(&run_dir, now(), "ringsam")
-        .map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?;
+    // Rank 0 alone writes events and checkpoints.
+    let mut tb = if leader {
+        Some(
+            EventWriter::create(&run_dir, now(), "ringsam")
+                .map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?,
+        )
+    } else {
+        None
+    };
     let tb_err = |source| TrainError::Output { path: run_dir.display().to_string(), source };
+    let mut costs = StepCosts::default();
     let mut last_save = Instant::now();
     let mut last_eval = None;
-    let bar = if opts.progress { ProgressBar::new(steps_per_epoch) } else { ProgressBar::hidden() };
+    let bar = if opts.progress && leader { ProgressBar::new(steps_per_epoch) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
 
-    let checkpoint = |st: &SamStep, ema: &Option<Ema>, epoch: u64, batch: usize| -> Result<PathBuf, TrainError> {
+    // Call `agree_before_save` first (every replica); only rank 0 writes.
+    let checkpoint = |st: &SamStep, ema: &Option<Ema>, epoch: u64, batch: usize| -> Result<Option<PathBuf>, TrainError> {
+        if !leader {
+            return Ok(None);
+        }
         let training = TrainingState {
             format: crate::checkpoint::FORMAT,
             step: st.step,
@@ -217,7 +350,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
             ema: ema.as_ref().map(|e| (&e.params[..], &e.state[..])),
             training: &training,
         };
-        write_atomic(&run_dir, st.step, &data, cfg.keep_checkpoints)
+        write_atomic(&run_dir, st.step, &data, cfg.keep_checkpoints).map(Some)
     };
 
     'epochs: while epoch < cfg.num_epochs {
@@ -230,20 +363,46 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
                 start_batch = batch_no; // already at the limit (a resumed run): stop before stepping
                 break 'epochs;
             }
-            if opts.stop.load(Ordering::SeqCst) {
+            // One replica alone decides here; several vote after each step (below).
+            if st.sync.is_none() && opts.stop.load(Ordering::SeqCst) {
                 let dir = checkpoint(&st, &ema, epoch, batch_no)?;
                 bar.abandon();
-                log(&format!("stop requested: wrote {}", dir.display()));
+                log(&format!("stop requested: wrote {}", dir.map_or_else(String::new, |d| d.display().to_string())));
                 return Err(TrainError::Interrupted { step: st.step });
             }
             lr = schedule.lr_at(st.step);
             let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], batch.images)?;
-            let r = st.step(&x, &batch.labels, lr as f32)?;
+            let t_step = Instant::now();
+            let mut r = st.step(&x, &batch.labels, lr as f32)?;
+            costs.add(t_step.elapsed().as_secs_f64(), &r.ascent_exchange, &r.descent_exchange);
             if !r.loss.is_finite() {
                 return Err(TrainError::Config(format!("loss became {} at step {} (lower --learning_rate?)", r.loss, st.step)));
             }
             if let Some(e) = ema.as_mut() {
                 e.update(st.step, &st.arena.params, &st.state);
+            }
+            if let Some(c) = cluster_of(&mut st) {
+                let agreed = vote_and_metrics(c, opts.stop.load(Ordering::SeqCst), false, r.loss, r.error_rate)?;
+                (r.loss, r.error_rate) = (agreed.loss, agreed.error_rate);
+                if cfg.check_replicas_every > 0 && st.step.is_multiple_of(cfg.check_replicas_every) {
+                    let step = st.step;
+                    let params = &st.arena.params;
+                    check_identical(st.sync.as_mut().map(|s| &mut s.cluster).expect("checked above"), params, step)?;
+                }
+                if agreed.stop {
+                    agree_before_save(&mut st, &mut ema)?;
+                    let dir = checkpoint(&st, &ema, epoch, batch_no + 1)?;
+                    bar.abandon();
+                    log(&format!(
+                        "stop requested: checkpoint at step {}{}",
+                        st.step,
+                        dir.map_or_else(String::new, |d| format!(" in {}", d.display()))
+                    ));
+                    if let Some(s) = st.sync.take() {
+                        s.cluster.close();
+                    }
+                    return Err(TrainError::Interrupted { step: st.step });
+                }
             }
             sum_loss += r.loss as f64;
             sum_err += r.error_rate as f64;
@@ -259,7 +418,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
             }
         }
         let step = st.step;
-        if count > 0 {
+        if let (true, Some(tb)) = (count > 0, tb.as_mut()) {
             let n = count as f64;
             tb.scalars(
                 step,
@@ -277,23 +436,25 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
         epoch += 1;
         start_batch = 0;
         if epoch % cfg.evaluate_every == 0 || epoch == cfg.num_epochs {
-            let (prefix, params, state) = match ema.as_mut() {
-                Some(e) => ("ema_test", &e.params[..], &mut e.state),
-                None => ("test", &st.arena.params[..], &mut st.state),
-            };
+            agree_before_save(&mut st, &mut ema)?;
             // Evaluation runs in eval mode, which reads the running statistics and never writes them.
-            let r = evaluate(st.model.as_mut(), params, state, &test_set, cfg.batch_size)?;
+            let (prefix, r) = match ema.as_mut() {
+                Some(e) => ("ema_test", evaluate_everywhere(&mut st, Some(&e.params), Some(&mut e.state), &test_set, cfg.batch_size)?),
+                None => ("test", evaluate_everywhere(&mut st, None, None, &test_set, cfg.batch_size)?),
+            };
             let mut scalars = vec![(format!("{prefix}_loss"), r.loss), (format!("{prefix}_error_rate"), r.error_rate)];
             if cfg.compute_top_5_error_rate {
                 scalars.push((format!("{prefix}_top_5_error_rate"), r.top5_error_rate));
             }
             if cfg.also_eval_on_training_set {
-                let t = evaluate(st.model.as_mut(), &st.arena.params, &mut st.state, &train_set, cfg.batch_size)?;
+                let t = evaluate_everywhere(&mut st, None, None, &train_set, cfg.batch_size)?;
                 scalars.push(("eval_on_train_loss".into(), t.loss));
                 scalars.push(("eval_on_train_error_rate".into(), t.error_rate));
             }
             let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            tb.scalars(step, now(), &refs).map_err(tb_err)?;
+            if let Some(tb) = tb.as_mut() {
+                tb.scalars(step, now(), &refs).map_err(tb_err)?;
+            }
             bar.println(format!(
                 "epoch {epoch}: {prefix} loss {:.4}, {prefix} error {:.2}% ({} examples)",
                 r.loss,
@@ -302,16 +463,40 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
             ));
             last_eval = Some(r);
         }
-        let due = (cfg.checkpoint_every_epochs > 0 && epoch % cfg.checkpoint_every_epochs == 0)
+        let mut due = (cfg.checkpoint_every_epochs > 0 && epoch % cfg.checkpoint_every_epochs == 0)
             || last_save.elapsed().as_secs() >= cfg.save_progress_seconds;
+        if let Some(c) = cluster_of(&mut st) {
+            due = c.sum(vec![due as u8 as f32])?[0] > 0.0; // the timer is each replica's own: vote
+        }
         if due && epoch < cfg.num_epochs {
+            agree_before_save(&mut st, &mut ema)?;
             checkpoint(&st, &ema, epoch, 0)?;
             last_save = Instant::now();
         }
     }
     bar.finish_and_clear();
-    let dir = checkpoint(&st, &ema, epoch, start_batch)?;
-    log(&format!("final checkpoint {}", dir.display()));
+    agree_before_save(&mut st, &mut ema)?;
+    if let Some(dir) = checkpoint(&st, &ema, epoch, start_batch)? {
+        log(&format!("final checkpoint {}", dir.display()));
+    }
+    let per_step = costs.mean();
+    if world > 1 && leader && per_step.steps > 0 {
+        let mb = |x: &ExchangeStats| x.bytes as f64 / (1 << 20) as f64;
+        log(&format!(
+            "per step ({} steps, {world} replicas): {:.1} ms; ascent exchange {:.1} MiB in {:.1} ms ({:.1} ms exposed); descent exchange {:.1} MiB in {:.1} ms ({:.1} ms exposed)",
+            per_step.steps,
+            1e3 * per_step.seconds,
+            mb(&per_step.ascent),
+            1e3 * per_step.ascent.seconds,
+            1e3 * per_step.ascent.exposed_seconds,
+            mb(&per_step.descent),
+            1e3 * per_step.descent.seconds,
+            1e3 * per_step.descent.exposed_seconds
+        ));
+    }
+    if let Some(s) = st.sync.take() {
+        s.cluster.close();
+    }
     Ok(RunSummary {
         run_dir,
         steps: st.step,
@@ -319,5 +504,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions, log: &mut dyn FnMut(&str)) ->
         test_loss: last_eval.map(|r| r.loss),
         resumed_from,
         seconds: t0.elapsed().as_secs_f64(),
+        per_step,
     })
 }

@@ -14,6 +14,13 @@
 //! running statistics are the mean of the chunks' (as the reference averages devices').
 //! Metrics (`loss`, `error_rate`) come from the logits of the pass whose gradient is applied —
 //! pass 2 under SAM — as the reference reports them.
+//!
+//! Data-parallel ([`SamStep::sync`] set): each gradient is averaged over the replicas as backward
+//! produces it ([`crate::grad_sync`]) — pass 1's over the replica's group when
+//! `sync_perturbations` is on (the ascent is then the same everywhere), not at all when it is off
+//! (each replica ascends on its own batch: m-sharpness with m = the per-replica batch); pass 2's
+//! (or SGD's only gradient) always over the world, before clipping and the update, so parameters
+//! stay identical on every replica.
 
 use std::ops::Range;
 
@@ -25,6 +32,8 @@ use ringsam_tensor::Tensor;
 use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward};
 
 use crate::TrainError;
+use crate::cluster::Scope;
+use crate::grad_sync::{ExchangeStats, GradSync};
 
 /// Hyperparameters of a step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,6 +60,8 @@ pub struct StepConfig {
     pub sam_m: Option<usize>,
     /// Run seed (random draws are keyed by seed, step and layer).
     pub seed: u64,
+    /// Average the ascent gradient over the replicas (data-parallel only).
+    pub sync_perturbations: bool,
 }
 
 impl Default for StepConfig {
@@ -68,6 +79,7 @@ impl Default for StepConfig {
             optimizer: OptimizerKind::Nesterov { beta: 0.9 },
             sam_m: None,
             seed: 0,
+            sync_perturbations: true,
         }
     }
 }
@@ -85,6 +97,10 @@ pub struct StepReport {
     pub ascent_grad_norm: f64,
     /// `‖w‖` after the update (the reference's `param_norm`).
     pub param_norm: f64,
+    /// The ascent gradient's exchange (zero when it is not exchanged).
+    pub ascent_exchange: ExchangeStats,
+    /// The applied gradient's exchange (zero on a single replica).
+    pub descent_exchange: ExchangeStats,
 }
 
 /// Model, parameters, optimizer state and the scratch buffers of one replica.
@@ -101,6 +117,8 @@ pub struct SamStep {
     pub cfg: StepConfig,
     /// Steps taken so far (the global step; keys the random draws).
     pub step: u64,
+    /// The other replicas, when data-parallel (see the module docs).
+    pub sync: Option<GradSync>,
     decayed: Vec<Range<usize>>, // parameter ranges that take weight decay
     w_adv: Vec<f32>,            // w + e, same layout as arena.params
     g_sum: Vec<f32>,            // descent gradients summed over sam_m chunks
@@ -146,6 +164,7 @@ impl SamStep {
             state,
             cfg,
             step: 0,
+            sync: None,
             decayed,
             losses: Vec::new(),
             probs: Vec::new(),
@@ -160,8 +179,14 @@ impl SamStep {
             return Err(TrainError::Config(format!("batch of {n} images with {} labels", labels.len())));
         }
         let m = self.cfg.sam_m.unwrap_or(n).min(n);
+        if m != n && self.sync.is_some() {
+            return Err(TrainError::Config(
+                "--sam_m with several replicas is not supported: use --sync_perturbations=false (m = the per-replica batch)".into(),
+            ));
+        }
+        let mut exchanges = [ExchangeStats::default(); 2];
         let (loss, errors, ascent_norm) =
-            if m == n { self.sharpness_aware_grad(x, labels)? } else { self.m_sharpness_grad(x, labels, [c, n, h, w], m)? };
+            if m == n { self.sharpness_aware_grad(x, labels, &mut exchanges)? } else { self.m_sharpness_grad(x, labels, [c, n, h, w], m)? };
         let grad_norm = clip_by_global_norm(&mut self.arena.grads, self.cfg.gradient_clipping);
         let clipped_norm = if self.cfg.gradient_clipping > 0.0 { grad_norm.min(self.cfg.gradient_clipping as f64) } else { grad_norm };
         self.opt.update(&mut self.arena.params, &self.arena.grads, lr);
@@ -175,19 +200,30 @@ impl SamStep {
             grad_norm: clipped_norm,
             ascent_grad_norm: ascent_norm,
             param_norm: global_norm(&self.arena.params),
+            ascent_exchange: exchanges[0],
+            descent_exchange: exchanges[1],
         })
     }
 
-    /// SGD or SAM over the whole batch: leaves the gradient to apply in `arena.grads`.
+    /// SGD or SAM over the whole batch: leaves the gradient to apply in `arena.grads`, and the
+    /// exchanges' costs in `exchanges` ([ascent, descent]).
     /// Returns (loss, misclassified examples, pass-1 gradient norm).
-    fn sharpness_aware_grad(&mut self, x: &Tensor, labels: &[u32]) -> Result<(f32, usize, f64), TrainError> {
+    fn sharpness_aware_grad(
+        &mut self,
+        x: &Tensor,
+        labels: &[u32],
+        exchanges: &mut [ExchangeStats; 2],
+    ) -> Result<(f32, usize, f64), TrainError> {
         let (seed, step) = (self.cfg.seed, self.step);
-        let (loss, errors) = self.loss_and_grad(false, x, labels, Pass::train(seed, step))?;
         if self.cfg.rho == 0.0 {
+            let (loss, errors) = self.loss_and_grad(false, x, labels, Pass::train(seed, step), Some(Scope::World), &mut exchanges[1])?;
             return Ok((loss, errors, global_norm(&self.arena.grads)));
         }
+        let ascent_scope = self.cfg.sync_perturbations.then_some(Scope::Group);
+        self.loss_and_grad(false, x, labels, Pass::train(seed, step), ascent_scope, &mut exchanges[0])?;
         let norm = self.ascend();
-        let (loss, errors) = self.loss_and_grad(true, x, labels, Pass::train_frozen_stats(seed, step))?;
+        let pass2 = Pass::train_frozen_stats(seed, step);
+        let (loss, errors) = self.loss_and_grad(true, x, labels, pass2, Some(Scope::World), &mut exchanges[1])?;
         Ok((loss, errors, norm))
     }
 
@@ -216,7 +252,7 @@ impl SamStep {
                     .copy_from_slice(&x.as_slice()[(ch * n + lo) * hw..(ch * n + hi) * hw]);
             }
             self.state.copy_from_slice(&self.state0);
-            let r = self.sharpness_aware_grad(&chunk, &labels[lo..hi]);
+            let r = self.sharpness_aware_grad(&chunk, &labels[lo..hi], &mut [ExchangeStats::default(); 2]);
             self.chunk = chunk;
             let (loss, e, norm) = r?;
             let weight = (hi - lo) as f64 / n as f64;
@@ -247,8 +283,18 @@ impl SamStep {
     }
 
     /// Zeroes the gradients, then forward, loss and backward at `w` (or at `w_adv`), plus the L2
-    /// weight-decay gradient at the same point. Returns (cross-entropy, misclassified examples).
-    fn loss_and_grad(&mut self, at_adv: bool, x: &Tensor, labels: &[u32], pass: Pass) -> Result<(f32, usize), TrainError> {
+    /// weight-decay gradient at the same point; data-parallel, the gradient is averaged over
+    /// `exchange` during backward (costs into `stats`). Returns (cross-entropy, misclassified
+    /// examples).
+    fn loss_and_grad(
+        &mut self,
+        at_adv: bool,
+        x: &Tensor,
+        labels: &[u32],
+        pass: Pass,
+        exchange: Option<Scope>,
+        stats: &mut ExchangeStats,
+    ) -> Result<(f32, usize), TrainError> {
         let w: &[f32] = if at_adv { &self.w_adv } else { &self.arena.params };
         let logits = self.model.forward(w, &mut self.state, x, &pass)?;
         let [n, k] = match *logits.shape() {
@@ -264,9 +310,27 @@ impl SamStep {
         let errors = count_errors(logits.as_slice(), labels, k);
         softmax_cross_entropy_backward(self.dlogits.as_mut_slice(), &self.probs, labels, self.cfg.label_smoothing, 1.0 / n as f32, &sh)?;
         self.arena.grads.fill(0.0);
-        self.model.backward(w, &mut self.arena.grads, x, &self.dlogits)?;
-        if self.cfg.weight_decay > 0.0 && !self.cfg.decoupled_weight_decay {
-            add_l2_gradient(&mut self.arena.grads, w, self.cfg.weight_decay, &self.decayed);
+        let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay };
+        let decayed = &self.decayed;
+        // The L2 term joins each gradient before it leaves for the ring.
+        let mut add_l2 = |g: &mut [f32], bucket: Range<usize>| {
+            if wd > 0.0 {
+                let parts: Vec<_> =
+                    decayed.iter().map(|r| r.start.max(bucket.start)..r.end.min(bucket.end)).filter(|r| !r.is_empty()).collect();
+                add_l2_gradient(g, w, wd, &parts);
+            }
+        };
+        match (exchange, self.sync.as_mut()) {
+            (Some(scope), Some(sync)) => {
+                sync.begin(scope);
+                let grads = &mut self.arena.grads;
+                self.model.backward_notify(w, grads, x, &self.dlogits, &mut |g, at| sync.on_ready(g, at, &mut add_l2))?;
+                *stats = sync.finish(grads, &mut add_l2)?;
+            }
+            _ => {
+                self.model.backward(w, &mut self.arena.grads, x, &self.dlogits)?;
+                add_l2(&mut self.arena.grads, 0..w.len());
+            }
         }
         Ok((loss, errors))
     }

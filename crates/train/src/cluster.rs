@@ -1,0 +1,186 @@
+//! A replica's link to the other replicas: the rings it all-reduces over.
+//!
+//! Every replica (one per process, or per thread in tests) forms the world ring, and — with
+//! `--inner_group_size G` — a second ring over its group of `G` consecutive ranks, which the SAM
+//! ascent gradient is averaged over (the reference's replica groups). The rings' drivers run on
+//! a tokio runtime with one worker thread owned here, so an all-reduce progresses while the
+//! training thread computes: [`Cluster::submit_mean`] returns at once, [`PendingAllreduce::wait`]
+//! blocks the training thread until the result is in.
+//!
+//! Addresses: `peers[r]` is where rank `r` listens for the world ring; the group ring listens on
+//! the same host at the next port. Transports are the collective crate's: QUIC (mutual TLS with a
+//! cluster CA) or TCP (HMAC handshake over a cluster secret).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ringsam_collective::{PendingAllreduce, ReduceOp, RingConfig, RingHandle, group_of};
+
+use crate::TrainError;
+
+/// How the rings authenticate and carry frames.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// QUIC: cluster CA, this node's certificate and key (PEM files from `ringsam certs`).
+    Quic {
+        /// Cluster CA certificate.
+        ca: PathBuf,
+        /// This node's certificate.
+        cert: PathBuf,
+        /// This node's private key.
+        key: PathBuf,
+    },
+    /// TCP with the shared cluster secret (at least 16 bytes).
+    Tcp {
+        /// The secret.
+        secret: Vec<u8>,
+    },
+}
+
+/// Where this replica sits and how to reach the others.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This replica's rank.
+    pub rank: usize,
+    /// Every rank's world-ring listen address, in rank order (`peers.len()` is the world size).
+    pub peers: Vec<SocketAddr>,
+    /// Average the ascent gradient within groups of this many consecutive ranks (None: world).
+    pub group_size: Option<usize>,
+    /// Transport and credentials.
+    pub transport: Transport,
+    /// How long to wait for the rings to form.
+    pub connect_timeout: Duration,
+    /// Silence from a peer that owes data after which every pending operation fails.
+    pub peer_timeout: Duration,
+}
+
+/// Which ring an exchange runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// All replicas.
+    World,
+    /// This replica's group (the world when there are no groups).
+    Group,
+}
+
+/// The formed rings (see the module docs).
+pub struct Cluster {
+    rank: usize,
+    world: usize,
+    world_ring: RingHandle,
+    group_ring: Option<RingHandle>,
+    // Dropped last: the drivers' tasks live on it.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Forms the world ring (and the group ring), waiting up to `connect_timeout`.
+    pub fn connect(cfg: &ClusterConfig) -> Result<Cluster, TrainError> {
+        let world = cfg.peers.len();
+        if cfg.rank >= world {
+            return Err(TrainError::Config(format!("rank {} is not below the world size {world}", cfg.rank)));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ringsam-ring")
+            .enable_all()
+            .build()
+            .map_err(|e| TrainError::Ring(format!("starting the ring's runtime: {e}")))?;
+        let mut ring = RingConfig::new(cfg.rank, world);
+        ring.peer_timeout = cfg.peer_timeout;
+        let next = cfg.peers[(cfg.rank + 1) % world];
+        let world_ring = runtime.block_on(form(cfg, ring, cfg.peers[cfg.rank], next)).map_err(|e| ring_err("the world ring", e))?;
+        let group_ring = match cfg.group_size {
+            Some(g) if g != world => {
+                let group = group_of(cfg.rank, world, g).map_err(TrainError::Config)?;
+                let mut gr = RingConfig::new(group.position, g);
+                gr.peer_timeout = cfg.peer_timeout;
+                gr.ring_id = group.id;
+                let next = group.members.start + (group.position + 1) % g;
+                let bump = |a: SocketAddr| SocketAddr::new(a.ip(), a.port().wrapping_add(1));
+                let h = runtime
+                    .block_on(form(cfg, gr, bump(cfg.peers[cfg.rank]), bump(cfg.peers[next])))
+                    .map_err(|e| ring_err(&format!("group ring {}", group.id), e))?;
+                Some(h)
+            }
+            _ => None,
+        };
+        Ok(Cluster { rank: cfg.rank, world, world_ring, group_ring, runtime })
+    }
+
+    /// This replica's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Replicas in the world.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// Starts averaging `data` over `scope`; returns at once (see the module docs).
+    pub fn submit_mean(&mut self, scope: Scope, data: Vec<f32>) -> Result<PendingAllreduce, TrainError> {
+        let ring = match (scope, self.group_ring.as_mut()) {
+            (Scope::Group, Some(g)) => g,
+            _ => &mut self.world_ring,
+        };
+        ring.submit(data, ReduceOp::Mean).map_err(|e| ring_err("all-reduce", e))
+    }
+
+    /// Sums `data` over all replicas and waits for the result (bookkeeping: evaluation sums,
+    /// stop votes, parameter fingerprints).
+    pub fn sum(&mut self, data: Vec<f32>) -> Result<Vec<f32>, TrainError> {
+        self.world_ring.submit(data, ReduceOp::Sum).and_then(PendingAllreduce::wait).map_err(|e| ring_err("all-reduce", e))
+    }
+
+    /// Averages `data` over all replicas in place and waits.
+    pub fn mean_in_place(&mut self, data: &mut [f32]) -> Result<(), TrainError> {
+        let out = self.submit_mean(Scope::World, data.to_vec())?.wait().map_err(|e| ring_err("all-reduce", e))?;
+        data.copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// Closes both rings cleanly (frames still queued are written first).
+    pub fn close(self) {
+        let Cluster { world_ring, group_ring, runtime, .. } = self;
+        runtime.block_on(async move {
+            if let Some(g) = group_ring {
+                g.close().await;
+            }
+            world_ring.close().await;
+        });
+    }
+}
+
+/// A ring failure as a training error.
+pub fn ring_err(what: &str, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Ring(format!("{what}: {e}"))
+}
+
+async fn form(cfg: &ClusterConfig, ring: RingConfig, listen: SocketAddr, next: SocketAddr) -> Result<RingHandle, String> {
+    match &cfg.transport {
+        Transport::Tcp { secret } => {
+            let c = ringsam_collective::tcp::TcpConfig { ring, listen, next, secret: secret.clone(), connect_timeout: cfg.connect_timeout };
+            ringsam_collective::tcp::connect(c).await.map_err(|e| e.to_string())
+        }
+        Transport::Quic { ca, cert, key } => {
+            use ringsam_collective::certs::{read_certs, read_key};
+            let ca =
+                read_certs(ca).map_err(|e| e.to_string())?.into_iter().next().ok_or_else(|| format!("{}: no certificate", ca.display()))?;
+            let c = ringsam_collective::quic::QuicConfig {
+                ring,
+                listen,
+                next,
+                ca,
+                cert_chain: read_certs(cert).map_err(|e| e.to_string())?,
+                key: read_key(key).map_err(|e| e.to_string())?,
+                connect_timeout: cfg.connect_timeout,
+                stream_window: 2 << 20,
+                udp_buffer: 4 << 20,
+                max_mtu: None,
+            };
+            ringsam_collective::quic::connect(c).await.map_err(|e| e.to_string())
+        }
+    }
+}

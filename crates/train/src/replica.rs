@@ -1,0 +1,76 @@
+//! What data-parallel replicas agree on besides gradients.
+//!
+//! Every function here is a collective: all replicas call it at the same point of the run, in
+//! the same order, or the ring pairs the wrong operations (and the run fails with a ring error).
+//! The training loop calls them at points every replica reaches deterministically — after each
+//! step, at the end of each epoch — never on a condition only one replica sees (a wall-clock
+//! timer, a signal): those are first turned into a vote ([`vote_and_metrics`]).
+//!
+//! 1. After every step, [`vote_and_metrics`]: one small all-reduce carrying each replica's stop
+//!    request, checkpoint request, loss and error rate. Any replica asking to stop (SIGTERM on
+//!    one pod) stops them all at the same step; metrics become the means over replicas, as the
+//!    reference's `pmean` reports them.
+//! 2. Before evaluation and checkpoints, [`average_state`]: batch-norm running statistics, which
+//!    each replica accumulated on its own share of the batch, are replaced by their mean.
+//! 3. Every `check_replicas_every` steps and before each checkpoint, [`check_identical`]: a
+//!    CRC-32C of each replica's parameters, gathered; different fingerprints fail loudly (a
+//!    replica that diverged would otherwise train on silently and poison the checkpoint).
+
+use crate::TrainError;
+use crate::cluster::Cluster;
+
+/// The step's agreed outcome.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Agreed {
+    /// Some replica asked to stop.
+    pub stop: bool,
+    /// Some replica asked for a checkpoint.
+    pub save: bool,
+    /// Mean loss over replicas.
+    pub loss: f32,
+    /// Mean error rate over replicas.
+    pub error_rate: f32,
+}
+
+/// Step 1 of the module docs.
+pub fn vote_and_metrics(cluster: &mut Cluster, stop: bool, save: bool, loss: f32, error_rate: f32) -> Result<Agreed, TrainError> {
+    let n = cluster.world() as f32;
+    let v = cluster.sum(vec![stop as u8 as f32, save as u8 as f32, loss, error_rate])?;
+    Ok(Agreed { stop: v[0] > 0.0, save: v[1] > 0.0, loss: v[2] / n, error_rate: v[3] / n })
+}
+
+/// Step 2 of the module docs.
+pub fn average_state(cluster: &mut Cluster, state: &mut [f32]) -> Result<(), TrainError> {
+    if state.is_empty() {
+        return Ok(());
+    }
+    cluster.mean_in_place(state)
+}
+
+/// CRC-32C of the parameters' bytes.
+pub fn fingerprint(params: &[f32]) -> u32 {
+    let mut bytes = Vec::with_capacity(4 * 4096);
+    params.chunks(4096).fold(0u32, |crc, part| {
+        bytes.clear();
+        bytes.extend(part.iter().flat_map(|v| v.to_le_bytes()));
+        crc32c::crc32c_append(crc, &bytes)
+    })
+}
+
+/// Step 3 of the module docs.
+pub fn check_identical(cluster: &mut Cluster, params: &[f32], step: u64) -> Result<(), TrainError> {
+    let (rank, world) = (cluster.rank(), cluster.world());
+    let mine = fingerprint(params);
+    // Each replica writes its fingerprint, as two 16-bit halves (exact in f32), into its own
+    // slots; the sum gathers them all.
+    let mut v = vec![0.0f32; 2 * world];
+    v[2 * rank] = (mine >> 16) as f32;
+    v[2 * rank + 1] = (mine & 0xffff) as f32;
+    let all = cluster.sum(v)?;
+    let prints: Vec<u32> = all.chunks(2).map(|p| ((p[0] as u32) << 16) | p[1] as u32).collect();
+    if prints.iter().any(|&p| p != prints[0]) {
+        let list = prints.iter().enumerate().map(|(r, p)| format!("rank {r}: {p:08x}")).collect::<Vec<_>>().join(", ");
+        return Err(TrainError::Diverged(format!("parameter fingerprints differ at step {step} ({list})")));
+    }
+    Ok(())
+}
