@@ -63,6 +63,9 @@ pub struct LaunchArgs {
     /// quic or tcp.
     #[arg(long, default_value = "quic", value_parser = ["quic", "tcp"])]
     pub transport: String,
+    /// Serve each worker's Prometheus metrics on 127.0.0.1:PORT+rank.
+    #[arg(long = "metrics-port")]
+    pub metrics_port: Option<u16>,
     /// `--` then the training flags every worker gets (as for `ringsam train`).
     #[arg(last = true)]
     pub train_args: Vec<String>,
@@ -120,6 +123,7 @@ pub fn cmd_worker(args: &WorkerArgs) -> Result<()> {
     };
     let stop = crate::stop_on_signals()?;
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
+    crate::serve_metrics(&args.train, rank, &log)?;
     log(&format!("joining a ring of {world} at {}", cluster_cfg.peers[rank]));
     let cluster = Cluster::connect(&cluster_cfg).with_context(|| format!("rank {rank}: forming the ring"))?;
     let opts = RunOptions { progress: rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()), stop };
@@ -180,6 +184,10 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
         if args.transport == "quic" {
             let f = |name: String| dir.path().join(name).display().to_string();
             cmd.args(["--ca", &f("ca.pem".into()), "--cert", &f(format!("node-{r}.pem")), "--key", &f(format!("node-{r}.key"))]);
+        }
+        if let Some(p) = args.metrics_port {
+            let port = p.checked_add(r as u16).context("--metrics-port + rank is past 65535")?;
+            cmd.args(["--metrics_addr", &format!("127.0.0.1:{port}")]);
         }
         cmd.args(&args.train_args);
         children.push(cmd.spawn().with_context(|| format!("starting worker {r}"))?);

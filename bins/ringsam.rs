@@ -324,8 +324,18 @@ fn print_summary(summary: &ringsam_train::run::RunSummary) {
     }
 }
 
+/// Starts the Prometheus endpoint when `--metrics_addr` is given.
+fn serve_metrics(flags: &TrainFlags, rank: usize, log: &dyn Fn(&str)) -> Result<()> {
+    if let Some(addr) = flags.metrics_addr {
+        let bound = ringsam_train::telemetry::serve_prometheus(addr, rank)?;
+        log(&format!("metrics on http://{bound}/metrics"));
+    }
+    Ok(())
+}
+
 fn cmd_train(flags: &TrainFlags) -> Result<()> {
     let cfg = resolve_train_config(flags)?;
+    serve_metrics(flags, 0, &|l| eprintln!("ringsam: {l}"))?;
     let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()? };
     let summary = train(&cfg, &opts, &mut |line| eprintln!("ringsam: {line}"))
         .with_context(|| format!("training {} on {}", cfg.model_name, cfg.dataset))?;

@@ -13,6 +13,9 @@ pub struct TrainFlags {
     /// TOML file with any of these keys (command-line flags override it).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9100); not part of the run's config.
+    #[arg(long = "metrics_addr", visible_alias = "metrics-addr", env = "RINGSAM_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Dataset: digits, cifar10, cifar100, fashion_mnist, svhn, synthetic.
     #[arg(long = "dataset", value_name = "DATASET")]
     pub dataset: Option<String>,

@@ -2,5 +2,6 @@
 
 mod allreduce;
 mod cli;
+mod distributed;
 mod train;
 mod util;

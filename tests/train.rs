@@ -4,26 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{ringsam, stdout_ok};
+use crate::util::{TINY_TRAINING, ringsam, stdout_ok};
 
-const TINY: &[&str] = &[
-    "--threads",
-    "1",
-    "train",
-    "--dataset",
-    "digits",
-    "--model_name",
-    "WideResnet10x1",
-    "--batch_size",
-    "64",
-    "--image_level_augmentations",
-    "none",
-    "--sam_rho",
-    "0.05",
-];
+const TINY: &[&str] = &["--threads", "1", "train"];
 
 fn args<'a>(extra: &[&'a str], out: &'a str) -> Vec<&'a str> {
-    TINY.iter().copied().chain(extra.iter().copied()).chain(["--output_dir", out]).collect()
+    TINY.iter().copied().chain(TINY_TRAINING.iter().copied()).chain(extra.iter().copied()).chain(["--output_dir", out]).collect()
 }
 
 fn run_dir(out: &Path) -> PathBuf {
@@ -140,6 +126,7 @@ fn resume_respects_max_steps_and_refuses_a_different_run() {
     assert!(stdout_ok(&o).contains("steps: 5"), "{}", String::from_utf8_lossy(&o.stderr));
     let other: Vec<&str> = TINY
         .iter()
+        .chain(TINY_TRAINING)
         .map(|a| if *a == "64" { "32" } else { a })
         .chain(["--num_epochs", "3", "--max_steps", "5", "--output_dir", out])
         .collect();

@@ -12,3 +12,17 @@ pub fn stdout_ok(out: &Output) -> String {
     assert!(out.status.success(), "ringsam failed ({:?}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).expect("utf-8 output")
 }
+
+/// Training flags for a tiny, fast run (WRN-10-1 on the bundled digits, SAM, no augmentation).
+pub const TINY_TRAINING: &[&str] = &[
+    "--dataset",
+    "digits",
+    "--model_name",
+    "WideResnet10x1",
+    "--batch_size",
+    "64",
+    "--image_level_augmentations",
+    "none",
+    "--sam_rho",
+    "0.05",
+];

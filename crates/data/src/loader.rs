@@ -15,6 +15,7 @@
 //! replicas, replica `rank` of `world` takes its contiguous share of every global batch.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -68,6 +69,7 @@ pub struct Loader {
     rx: Option<Receiver<Batch>>,
     handle: Option<JoinHandle<()>>,
     remaining: usize,
+    queued: Arc<AtomicUsize>, // batches ready and not yet taken (the metrics' queue depth)
 }
 
 impl Loader {
@@ -90,11 +92,18 @@ impl Loader {
         let remaining = total.saturating_sub(start_batch);
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let cfg = cfg.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let counter = queued.clone();
         let handle = std::thread::Builder::new()
             .name("ringsam-loader".into())
-            .spawn(move || produce(&data, &cfg, epoch, start_batch, total, tx))
+            .spawn(move || produce(&data, &cfg, epoch, start_batch, total, tx, &counter))
             .map_err(|e| DataError::Config(format!("cannot start the loader thread: {e}")))?;
-        Ok(Loader { rx: Some(rx), handle: Some(handle), remaining })
+        Ok(Loader { rx: Some(rx), handle: Some(handle), remaining, queued })
+    }
+
+    /// Batches prepared and waiting (0: training waits for data; `prefetch`: data waits for training).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Batches this loader will still yield.
@@ -110,6 +119,7 @@ impl Iterator for Loader {
         let b = self.rx.as_ref()?.recv().ok();
         if b.is_some() {
             self.remaining -= 1;
+            self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         b
     }
@@ -136,7 +146,7 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
     order
 }
 
-fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: usize, tx: SyncSender<Batch>) {
+fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: usize, tx: SyncSender<Batch>, queued: &AtomicUsize) {
     let order = epoch_order(data.len(), cfg.seed, epoch, cfg.shuffle);
     let (h, w, c) = (data.height, data.width, data.channels);
     let mut scratch = vec![0u8; data.image_len()];
@@ -175,6 +185,7 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
         if let Some(len) = cfg.cutout {
             cutout_batch(&mut images, n, c, h, w, len, &mut rng);
         }
+        queued.fetch_add(1, Ordering::Relaxed); // before the send, so the taker never sees it negative
         if tx.send(Batch { images, labels, n, c, h, w, index: b }).is_err() {
             return; // the consumer is gone
         }

@@ -139,7 +139,7 @@ impl GradSync {
         }
         let mut bytes = 0u64;
         for (b, p) in self.pending.drain(..) {
-            let avg = p.wait().map_err(|e| ring_err("gradient all-reduce", e))?;
+            let avg = p.wait().map_err(|e| ring_err("gradient all-reduce with the other replicas", e))?;
             grads[b].copy_from_slice(&avg);
             bytes += 4 * avg.len() as u64;
         }

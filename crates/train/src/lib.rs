@@ -5,7 +5,8 @@
 //! [`tensorboard`] (event files), [`config`] (the reference's flags), [`bench_step`].
 //! Data-parallel: [`cluster`] (the rings a replica all-reduces over), [`grad_sync`] (gradient
 //! buckets overlapped with backward), [`replica`] (what replicas agree on besides gradients:
-//! stop votes, metrics, batch-norm statistics, parameter fingerprints).
+//! stop votes, metrics, batch-norm statistics, parameter fingerprints), [`telemetry`]
+//! (Prometheus metrics).
 
 pub mod bench_step;
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod grad_sync;
 pub mod replica;
 pub mod run;
 pub mod step;
+pub mod telemetry;
 pub mod tensorboard;
 
 pub use error::TrainError;

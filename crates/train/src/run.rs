@@ -190,8 +190,9 @@ pub fn train_replica(
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary, TrainError> {
     let result = train_inner(cfg, opts, cluster, log);
-    if let Err(e) = &result {
-        log(&format!("stopping: {e}"));
+    if let Err(TrainError::Ring(_)) = &result {
+        // Elastic restarts are not automatic yet: say what the operator can do.
+        log("a replica was lost or stalled; the newest checkpoint is intact: start every worker again to resume from it");
     }
     result
 }
@@ -358,7 +359,9 @@ fn train_inner(
         bar.set_position(start_batch as u64);
         let (mut sum_loss, mut sum_err, mut sum_gnorm, mut sum_pnorm, mut count, mut lr) = (0.0, 0.0, 0.0, 0.0, 0usize, 0.0);
         let mut batch_no = start_batch;
-        for batch in Loader::new(train_set.clone(), &loader_cfg, epoch, start_batch)? {
+        let mut loader = Loader::new(train_set.clone(), &loader_cfg, epoch, start_batch)?;
+        while let Some(batch) = loader.next() {
+            let queue_depth = loader.queued();
             if cfg.max_steps.is_some_and(|m| st.step >= m) {
                 start_batch = batch_no; // already at the limit (a resumed run): stop before stepping
                 break 'epochs;
@@ -374,7 +377,8 @@ fn train_inner(
             let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], batch.images)?;
             let t_step = Instant::now();
             let mut r = st.step(&x, &batch.labels, lr as f32)?;
-            costs.add(t_step.elapsed().as_secs_f64(), &r.ascent_exchange, &r.descent_exchange);
+            let step_seconds = t_step.elapsed().as_secs_f64();
+            costs.add(step_seconds, &r.ascent_exchange, &r.descent_exchange);
             if !r.loss.is_finite() {
                 return Err(TrainError::Config(format!("loss became {} at step {} (lower --learning_rate?)", r.loss, st.step)));
             }
@@ -404,6 +408,7 @@ fn train_inner(
                     return Err(TrainError::Interrupted { step: st.step });
                 }
             }
+            crate::telemetry::export_step(&r, step_seconds, batch.labels.len(), queue_depth);
             sum_loss += r.loss as f64;
             sum_err += r.error_rate as f64;
             sum_gnorm += r.grad_norm;

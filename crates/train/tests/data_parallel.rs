@@ -50,9 +50,11 @@ fn model_cfg() -> ModelConfig {
     ModelConfig { num_classes: CLASSES, in_channels: 1 }
 }
 
-fn single_replica() -> Vec<f32> {
+/// One replica on the global batches; `sam_m` gives each chunk of that many examples its own
+/// ascent (what replica groups of that many examples compute together).
+fn single_replica(sam_m: Option<usize>) -> Vec<f32> {
     let (images, labels) = data();
-    let mut st = SamStep::new("SmallCnn", &model_cfg(), step_config(true)).unwrap();
+    let mut st = SamStep::new("SmallCnn", &model_cfg(), StepConfig { sam_m, ..step_config(true) }).unwrap();
     for s in 0..STEPS {
         let (x, y) = batch(&images, &labels, s * GLOBAL, (s + 1) * GLOBAL);
         st.step(&x, &y, 0.1).unwrap();
@@ -60,13 +62,21 @@ fn single_replica() -> Vec<f32> {
     st.arena.params
 }
 
+/// `n` addresses whose port and the next (the group ring's) are free.
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let ls: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    ls.iter().map(|l| l.local_addr().unwrap()).collect()
+    let mut held = Vec::new();
+    while held.len() < n {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        if let Ok(next) = TcpListener::bind(("127.0.0.1", a.port() + 1)) {
+            held.push((a, l, next));
+        }
+    }
+    held.into_iter().map(|(a, _, _)| a).collect()
 }
 
 /// Trains `world` replicas on their shares of the same global batches; returns each one's parameters.
-fn replicas(world: usize, sync_perturbations: bool) -> Vec<Vec<f32>> {
+fn replicas(world: usize, sync_perturbations: bool, group_size: Option<usize>) -> Vec<Vec<f32>> {
     let peers = free_addrs(world);
     let handles: Vec<_> = (0..world)
         .map(|rank| {
@@ -76,7 +86,7 @@ fn replicas(world: usize, sync_perturbations: bool) -> Vec<Vec<f32>> {
                 let cfg = ClusterConfig {
                     rank,
                     peers,
-                    group_size: None,
+                    group_size,
                     transport: Transport::Tcp { secret: b"data-parallel-test-secret".to_vec() },
                     connect_timeout: Duration::from_secs(20),
                     peer_timeout: Duration::from_secs(20),
@@ -112,8 +122,8 @@ const TOLERANCE: f32 = 1e-6;
 
 #[test]
 fn four_replicas_follow_one_replica_when_perturbations_are_synchronised() {
-    let one = single_replica();
-    let four = replicas(4, true);
+    let one = single_replica(None);
+    let four = replicas(4, true, None);
     for (r, p) in four.iter().enumerate() {
         assert_eq!(p, &four[0], "replica {r} differs from replica 0: every replica must hold identical parameters");
     }
@@ -126,11 +136,30 @@ fn four_replicas_follow_one_replica_when_perturbations_are_synchronised() {
 
 #[test]
 fn unsynchronised_perturbations_give_m_sharpness_not_the_large_batch_trajectory() {
-    let one = single_replica();
-    let four = replicas(4, false);
+    let one = single_replica(None);
+    let four = replicas(4, false, None);
     for p in &four[1..] {
         assert_eq!(p, &four[0], "the descent gradient is still averaged: replicas stay identical");
     }
     let d = max_diff(&one, &four[0]);
     assert!(d > 100.0 * TOLERANCE, "without synchronised ascents the trajectory should differ (max diff {d})");
+    // It is m-sharpness with m = 16, the per-replica batch: one replica with --sam_m 16 agrees.
+    let m16 = single_replica(Some(16));
+    let d = max_diff(&m16, &four[0]);
+    assert!(d <= TOLERANCE, "4 unsynchronised replicas drifted {d} from sam_m = 16 (tolerance {TOLERANCE})");
+}
+
+#[test]
+fn inner_groups_average_the_ascent_within_the_group_only() {
+    let world_sync = replicas(4, true, None);
+    let grouped = replicas(4, true, Some(2));
+    for p in &grouped[1..] {
+        assert_eq!(p, &grouped[0], "the descent gradient is averaged over the world: replicas stay identical");
+    }
+    let d = max_diff(&world_sync[0], &grouped[0]);
+    assert!(d > 100.0 * TOLERANCE, "groups of 2 should ascend differently from the whole world (max diff {d})");
+    // Groups of 2 replicas × 16 examples ascend on 32 examples together: sam_m = 32 on one replica.
+    let m32 = single_replica(Some(32));
+    let d = max_diff(&m32, &grouped[0]);
+    assert!(d <= TOLERANCE, "groups of 2 drifted {d} from sam_m = 32 (tolerance {TOLERANCE})");
 }

@@ -1,0 +1,83 @@
+//! Metrics of a replica, in Prometheus' text format on `--metrics_addr`.
+//!
+//! The loop fills plain structs ([`crate::StepReport`], [`crate::grad_sync::ExchangeStats`]) and
+//! [`export_step`] is the one place they become metrics, so the names are all here:
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `ringsam_steps_total` | counter | steps taken |
+//! | `ringsam_step_seconds` | gauge | the last step's wall time (SAM step only) |
+//! | `ringsam_images_per_second` | gauge | this replica's images over that time |
+//! | `ringsam_allreduce_bytes_total{exchange}` | counter | gradient bytes sent to the ring, `ascent` or `descent` |
+//! | `ringsam_allreduce_seconds{exchange}` | gauge | first bucket submitted → last result, last step |
+//! | `ringsam_allreduce_exposed_seconds{exchange}` | gauge | of those, waited for after backward |
+//! | `ringsam_loader_queue_depth` | gauge | batches ready when the step started (0: starved for data) |
+//! | `ringsam_train_loss` | gauge | the last step's loss (mean over replicas) |
+//!
+//! Every series carries a `rank` label. The endpoint is a minimal HTTP/1.1 responder on its own
+//! thread: it reads at most 8 KiB of any request, for at most 2 s, and answers every path with
+//! the current text; scrapers need nothing more, and nothing a client sends can grow our memory.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::{StepReport, TrainError};
+
+/// Installs the global recorder and serves it on `addr`; returns the bound address.
+pub fn serve_prometheus(addr: SocketAddr, rank: usize) -> Result<SocketAddr, TrainError> {
+    let handle = PrometheusBuilder::new()
+        .add_global_label("rank", rank.to_string())
+        .install_recorder()
+        .map_err(|e| TrainError::Config(format!("installing the metrics recorder: {e}")))?;
+    let listener = TcpListener::bind(addr).map_err(|source| TrainError::Output { path: format!("metrics endpoint {addr}"), source })?;
+    let bound = listener.local_addr().map_err(|source| TrainError::Output { path: format!("metrics endpoint {addr}"), source })?;
+    std::thread::Builder::new()
+        .name("ringsam-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = answer(conn, &handle); // one bad client must not stop the endpoint
+            }
+        })
+        .map_err(|e| TrainError::Config(format!("starting the metrics thread: {e}")))?;
+    Ok(bound)
+}
+
+fn answer(mut conn: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = [0u8; 8192];
+    let mut got = 0;
+    // Read until the end of the headers (or the buffer is full): we ignore what was asked.
+    while got < req.len() && !req[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut req[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    handle.run_upkeep();
+    let body = handle.render();
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    conn.write_all(body.as_bytes())
+}
+
+/// Exports one step (see the table in the module docs). A no-op when no recorder is installed.
+pub fn export_step(r: &StepReport, seconds: f64, images: usize, queue_depth: usize) {
+    counter!("ringsam_steps_total").increment(1);
+    gauge!("ringsam_step_seconds").set(seconds);
+    gauge!("ringsam_images_per_second").set(if seconds > 0.0 { images as f64 / seconds } else { 0.0 });
+    gauge!("ringsam_loader_queue_depth").set(queue_depth as f64);
+    gauge!("ringsam_train_loss").set(r.loss as f64);
+    for (name, x) in [("ascent", &r.ascent_exchange), ("descent", &r.descent_exchange)] {
+        counter!("ringsam_allreduce_bytes_total", "exchange" => name).increment(x.bytes);
+        gauge!("ringsam_allreduce_seconds", "exchange" => name).set(x.seconds);
+        gauge!("ringsam_allreduce_exposed_seconds", "exchange" => name).set(x.exposed_seconds);
+    }
+}

@@ -1,0 +1,84 @@
+//! `ringsam launch` and `ringsam worker` end to end: a data-parallel run on loopback writes one
+//! set of outputs, and a replica killed mid-run makes the survivor fail within the ring timeout
+//! with a clear error, leaving the last checkpoint loadable.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{TINY_TRAINING, ringsam, stdout_ok};
+
+const TRAIN: &[&str] = TINY_TRAINING;
+
+fn run_dir(out: &Path) -> std::path::PathBuf {
+    out.join("lr_0.1/wd_0.001/rho_0.05/seed_0")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn launch_two_quic_replicas_writes_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let mut args = vec!["launch", "--nproc", "2", "--"];
+    args.extend_from_slice(TRAIN);
+    args.extend_from_slice(&["--num_epochs", "2", "--max_steps", "25", "--check_replicas_every", "5", "--output_dir", out]);
+    let o = ringsam(&args);
+    let text = stdout_ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains("steps: 25"), "{text}\n{err}");
+    assert_eq!(text.matches("run directory").count(), 1, "only rank 0 reports: {text}");
+    assert!(err.contains("rank 0: per step") && err.contains("ascent exchange") && err.contains("descent exchange"), "{err}");
+    let mut ckpts: Vec<String> = std::fs::read_dir(run_dir(tmp.path()).join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ckpts.sort();
+    assert_eq!(ckpts, vec!["checkpoint_22", "checkpoint_25"]);
+    let events = std::fs::read_dir(run_dir(tmp.path()))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("events."))
+        .count();
+    assert_eq!(events, 1, "only rank 0 writes events");
+}
+
+#[test]
+fn a_killed_replica_fails_the_survivor_within_the_ring_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let spawn = |rank: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ringsam"))
+            .args(["--threads", "1", "worker", "--rank", rank, "--world-size", "2", "--peers", &peers, "--transport", "tcp"])
+            .args(TRAIN)
+            .args(["--num_epochs", "1000", "--ring_timeout_seconds", "3", "--output_dir", out])
+            .env("RINGSAM_CLUSTER_SECRET", "a-test-cluster-secret")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let survivor = spawn("0");
+    let mut victim = spawn("1");
+    // Wait for the end-of-epoch checkpoint (22 steps), then kill rank 1 outright.
+    let first = run_dir(tmp.path()).join("checkpoints/checkpoint_22");
+    let t0 = Instant::now();
+    while !first.join("MANIFEST.json").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    victim.kill().unwrap();
+    let killed_at = Instant::now();
+    victim.wait().unwrap();
+    let o = survivor.wait_with_output().unwrap();
+    let waited = killed_at.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(waited < Duration::from_secs(3 + 10), "the survivor took {waited:?} to notice");
+    assert!(err.contains("rank 0") && err.contains("ring"), "{err}");
+    // The last checkpoint is intact: it loads and evaluates.
+    let o = ringsam(&["eval", "--checkpoint", first.to_str().unwrap()]);
+    assert!(stdout_ok(&o).contains("accuracy"));
+}
