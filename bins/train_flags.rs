@@ -106,6 +106,9 @@ pub struct TrainFlags {
     /// Data-parallel: compare replica parameter fingerprints every N steps (0: before checkpoints only).
     #[arg(long = "check_replicas_every", visible_alias = "check-replicas-every", value_name = "STEPS")]
     pub check_replicas_every: Option<u64>,
+    /// Micro-batches per replica batch (gradient accumulation; the global batch stays --batch_size).
+    #[arg(long = "grad_accum_steps", visible_alias = "grad-accum-steps", value_name = "STEPS")]
+    pub grad_accum_steps: Option<usize>,
     /// Data-parallel: gradient bucket size in MiB.
     #[arg(long = "bucket_mb", visible_alias = "bucket-mb", value_name = "MIB")]
     pub bucket_mb: Option<f64>,
@@ -239,6 +242,9 @@ impl TrainFlags {
         }
         if let Some(v) = &self.check_replicas_every {
             cfg.check_replicas_every = *v;
+        }
+        if let Some(v) = &self.grad_accum_steps {
+            cfg.grad_accum_steps = *v;
         }
         if let Some(v) = &self.bucket_mb {
             cfg.bucket_mb = *v;

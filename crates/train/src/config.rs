@@ -101,6 +101,9 @@ pub struct TrainConfig {
     pub overlap_comm: bool,
     /// Data-parallel: seconds of silence from a peer that owes data before the run fails.
     pub ring_timeout_seconds: u64,
+    /// Micro-batches per replica batch, gradients summed (ours): the global batch is replicas ×
+    /// micro-batch × this; only the summed gradient crosses the ring.
+    pub grad_accum_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -149,6 +152,7 @@ impl Default for TrainConfig {
             first_bucket_mb: 1.0,
             overlap_comm: true,
             ring_timeout_seconds: 30,
+            grad_accum_steps: 1,
         }
     }
 }
@@ -218,6 +222,9 @@ impl TrainConfig {
         }
         if !(self.bucket_mb > 0.0 && self.bucket_mb <= 4096.0) || !(self.first_bucket_mb > 0.0 && self.first_bucket_mb <= 4096.0) {
             return fail(format!("--bucket_mb {} and --first_bucket_mb {} must be in (0, 4096]", self.bucket_mb, self.first_bucket_mb));
+        }
+        if self.grad_accum_steps == 0 {
+            return fail("--grad_accum_steps must be at least 1".into());
         }
         if self.ring_timeout_seconds == 0 {
             return fail("--ring_timeout_seconds must be at least 1".into());

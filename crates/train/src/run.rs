@@ -134,6 +134,7 @@ pub fn step_config(cfg: &TrainConfig) -> StepConfig {
         sam_m: cfg.sam_m,
         seed: cfg.run_seed,
         sync_perturbations: cfg.sync_perturbations,
+        grad_accum_steps: cfg.grad_accum_steps,
     }
 }
 
@@ -205,8 +206,11 @@ fn train_inner(
 ) -> Result<RunSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
     let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
-    if !cfg.batch_size.is_multiple_of(world) {
-        return Err(TrainError::Config(format!("--batch_size {} must be divisible by the {world} replicas", cfg.batch_size)));
+    if !cfg.batch_size.is_multiple_of(world * cfg.grad_accum_steps.max(1)) {
+        return Err(TrainError::Config(format!(
+            "--batch_size {} must be divisible by the {world} replicas × --grad_accum_steps {}",
+            cfg.batch_size, cfg.grad_accum_steps
+        )));
     }
     let leader = rank == 0;
     let t0 = Instant::now();

@@ -15,6 +15,11 @@
 //! Metrics (`loss`, `error_rate`) come from the logits of the pass whose gradient is applied —
 //! pass 2 under SAM — as the reference reports them.
 //!
+//! Gradient accumulation (`grad_accum_steps = K`): each pass runs over K micro-batches, summing
+//! their gradients (each scaled by 1/batch, so the sum is the batch mean), and only then ascends
+//! or updates; activations are held for one micro-batch. Batch-norm statistics see K
+//! micro-batches (K running-average updates per step), as in any accumulation scheme.
+//!
 //! Data-parallel ([`SamStep::sync`] set): each gradient is averaged over the replicas as backward
 //! produces it ([`crate::grad_sync`]) — pass 1's over the replica's group when
 //! `sync_perturbations` is on (the ascent is then the same everywhere), not at all when it is off
@@ -62,6 +67,9 @@ pub struct StepConfig {
     pub seed: u64,
     /// Average the ascent gradient over the replicas (data-parallel only).
     pub sync_perturbations: bool,
+    /// Micro-batches a batch is cut into, their gradients summed before the ascent and before
+    /// the update (activations for one micro-batch only). 1: none.
+    pub grad_accum_steps: usize,
 }
 
 impl Default for StepConfig {
@@ -80,6 +88,7 @@ impl Default for StepConfig {
             sam_m: None,
             seed: 0,
             sync_perturbations: true,
+            grad_accum_steps: 1,
         }
     }
 }
@@ -125,6 +134,7 @@ pub struct SamStep {
     state0: Vec<f32>,           // running statistics before the step (sam_m averaging)
     state_sum: Vec<f32>,        // chunks' updated running statistics, summed
     chunk: Tensor,              // (C, M, H, W) copy of one sam_m chunk
+    micro: Tensor,              // (C, n, H, W) copy of one accumulation micro-batch
     losses: Vec<f32>,           // (N,)
     probs: Vec<f32>,            // (N, K)
     dlogits: Tensor,            // (N, K)
@@ -145,6 +155,9 @@ impl SamStep {
         if cfg.sam_m == Some(0) {
             return Err(TrainError::Config("sam_m must be at least 1".into()));
         }
+        if cfg.grad_accum_steps == 0 || (cfg.grad_accum_steps > 1 && cfg.sam_m.is_some()) {
+            return Err(TrainError::Config("--grad_accum_steps must be at least 1, and cannot be combined with --sam_m".into()));
+        }
         let model = build(model_name, model_cfg)?;
         let mut arena = Arena::new(model.layout().clone());
         let mut state = vec![0.0; model.state_layout().total()];
@@ -159,6 +172,7 @@ impl SamStep {
             state0: Vec::new(),
             state_sum: Vec::new(),
             chunk: Tensor::empty(),
+            micro: Tensor::empty(),
             model,
             arena,
             state,
@@ -177,6 +191,9 @@ impl SamStep {
         let [c, n, h, w] = x.dims4("SamStep::step")?;
         if labels.len() != n || n == 0 {
             return Err(TrainError::Config(format!("batch of {n} images with {} labels", labels.len())));
+        }
+        if n < self.cfg.grad_accum_steps {
+            return Err(TrainError::Config(format!("a batch of {n} cannot be cut into {} micro-batches", self.cfg.grad_accum_steps)));
         }
         let m = self.cfg.sam_m.unwrap_or(n).min(n);
         if m != n && self.sync.is_some() {
@@ -242,15 +259,10 @@ impl SamStep {
         self.state_sum.clear();
         self.state_sum.resize(self.state.len(), 0.0);
         let (mut loss_sum, mut errors, mut norm_sum) = (0.0f64, 0usize, 0.0f64);
-        let hw = h * w;
         for k in 0..chunks {
             let (lo, hi) = (k * m, ((k + 1) * m).min(n));
             let mut chunk = std::mem::replace(&mut self.chunk, Tensor::empty());
-            chunk.resize(&[c, hi - lo, h, w]);
-            for ch in 0..c {
-                chunk.as_mut_slice()[ch * (hi - lo) * hw..(ch + 1) * (hi - lo) * hw]
-                    .copy_from_slice(&x.as_slice()[(ch * n + lo) * hw..(ch * n + hi) * hw]);
-            }
+            copy_examples(x, [c, n, h, w], lo, hi, &mut chunk);
             self.state.copy_from_slice(&self.state0);
             let r = self.sharpness_aware_grad(&chunk, &labels[lo..hi], &mut [ExchangeStats::default(); 2]);
             self.chunk = chunk;
@@ -295,8 +307,45 @@ impl SamStep {
         exchange: Option<Scope>,
         stats: &mut ExchangeStats,
     ) -> Result<(f32, usize), TrainError> {
+        let [c, n_total, h, wd_] = x.dims4("SamStep::loss_and_grad")?;
+        let micro = self.cfg.grad_accum_steps.max(1);
+        self.arena.grads.fill(0.0);
+        let (mut loss_sum, mut errors) = (0.0f64, 0usize);
+        for j in 0..micro {
+            let (lo, hi) = (j * n_total / micro, (j + 1) * n_total / micro);
+            // Micro-batches other than a whole batch are copied out (C, n, H, W); one batch is used as is.
+            let mut micro_x = std::mem::replace(&mut self.micro, Tensor::empty());
+            if micro > 1 {
+                copy_examples(x, [c, n_total, h, wd_], lo, hi, &mut micro_x);
+            }
+            let xj = if micro > 1 { &micro_x } else { x };
+            let r = self.micro_step(at_adv, xj, &labels[lo..hi], &pass, n_total, j + 1 == micro, exchange, stats);
+            self.micro = micro_x;
+            let (loss, e) = r?;
+            loss_sum += loss as f64 * (hi - lo) as f64 / n_total as f64;
+            errors += e;
+        }
+        Ok((loss_sum as f32, errors))
+    }
+
+    /// Forward, loss and backward of one micro-batch, adding its gradient (scaled by
+    /// `1/n_total`, so the micro-batches sum to the batch mean) into `arena.grads`. The last
+    /// micro-batch also adds the L2 term and, data-parallel, sends the gradient to the ring during
+    /// its backward: only the accumulated gradient crosses the ring.
+    #[allow(clippy::too_many_arguments)]
+    fn micro_step(
+        &mut self,
+        at_adv: bool,
+        x: &Tensor,
+        labels: &[u32],
+        pass: &Pass,
+        n_total: usize,
+        last: bool,
+        exchange: Option<Scope>,
+        stats: &mut ExchangeStats,
+    ) -> Result<(f32, usize), TrainError> {
         let w: &[f32] = if at_adv { &self.w_adv } else { &self.arena.params };
-        let logits = self.model.forward(w, &mut self.state, x, &pass)?;
+        let logits = self.model.forward(w, &mut self.state, x, pass)?;
         let [n, k] = match *logits.shape() {
             [n, k] => [n, k],
             ref s => return Err(TrainError::Config(format!("model returned logits of shape {s:?}"))),
@@ -308,8 +357,12 @@ impl SamStep {
         let loss =
             softmax_cross_entropy_forward(&mut self.losses, &mut self.probs, logits.as_slice(), labels, self.cfg.label_smoothing, &sh)?;
         let errors = count_errors(logits.as_slice(), labels, k);
-        softmax_cross_entropy_backward(self.dlogits.as_mut_slice(), &self.probs, labels, self.cfg.label_smoothing, 1.0 / n as f32, &sh)?;
-        self.arena.grads.fill(0.0);
+        let scale = 1.0 / n_total as f32;
+        softmax_cross_entropy_backward(self.dlogits.as_mut_slice(), &self.probs, labels, self.cfg.label_smoothing, scale, &sh)?;
+        if !last {
+            self.model.backward(w, &mut self.arena.grads, x, &self.dlogits)?;
+            return Ok((loss, errors));
+        }
         let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay };
         let decayed = &self.decayed;
         // The L2 term joins each gradient before it leaves for the ring.
@@ -333,6 +386,16 @@ impl SamStep {
             }
         }
         Ok((loss, errors))
+    }
+}
+
+/// Copies examples `lo..hi` of `x (C, N, H, W)` into `out (C, hi−lo, H, W)`.
+fn copy_examples(x: &Tensor, [c, n, h, w]: [usize; 4], lo: usize, hi: usize, out: &mut Tensor) {
+    let hw = h * w;
+    out.resize(&[c, hi - lo, h, w]);
+    for ch in 0..c {
+        out.as_mut_slice()[ch * (hi - lo) * hw..(ch + 1) * (hi - lo) * hw]
+            .copy_from_slice(&x.as_slice()[(ch * n + lo) * hw..(ch * n + hi) * hw]);
     }
 }
 

@@ -53,8 +53,12 @@ fn model_cfg() -> ModelConfig {
 /// One replica on the global batches; `sam_m` gives each chunk of that many examples its own
 /// ascent (what replica groups of that many examples compute together).
 fn single_replica(sam_m: Option<usize>) -> Vec<f32> {
+    single_replica_with(StepConfig { sam_m, ..step_config(true) })
+}
+
+fn single_replica_with(cfg: StepConfig) -> Vec<f32> {
     let (images, labels) = data();
-    let mut st = SamStep::new("SmallCnn", &model_cfg(), StepConfig { sam_m, ..step_config(true) }).unwrap();
+    let mut st = SamStep::new("SmallCnn", &model_cfg(), cfg).unwrap();
     for s in 0..STEPS {
         let (x, y) = batch(&images, &labels, s * GLOBAL, (s + 1) * GLOBAL);
         st.step(&x, &y, 0.1).unwrap();
@@ -77,6 +81,10 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 
 /// Trains `world` replicas on their shares of the same global batches; returns each one's parameters.
 fn replicas(world: usize, sync_perturbations: bool, group_size: Option<usize>) -> Vec<Vec<f32>> {
+    replicas_with(world, group_size, StepConfig { sync_perturbations, ..step_config(true) })
+}
+
+fn replicas_with(world: usize, group_size: Option<usize>, step_cfg: StepConfig) -> Vec<Vec<f32>> {
     let peers = free_addrs(world);
     let handles: Vec<_> = (0..world)
         .map(|rank| {
@@ -92,7 +100,7 @@ fn replicas(world: usize, sync_perturbations: bool, group_size: Option<usize>) -
                     peer_timeout: Duration::from_secs(20),
                 };
                 let cluster = Cluster::connect(&cfg).unwrap();
-                let mut st = SamStep::new("SmallCnn", &model_cfg(), step_config(sync_perturbations)).unwrap();
+                let mut st = SamStep::new("SmallCnn", &model_cfg(), step_cfg).unwrap();
                 // Small buckets, so several are in flight during backward.
                 let plan = BucketPlan { first: 700, rest: 1500, overlap: true };
                 st.sync = Some(GradSync::new(cluster, st.arena.len(), plan));
@@ -102,7 +110,7 @@ fn replicas(world: usize, sync_perturbations: bool, group_size: Option<usize>) -
                     let (x, y) = batch(&images, &labels, lo, lo + share);
                     let r = st.step(&x, &y, 0.1).unwrap();
                     assert!(r.descent_exchange.bytes > 0);
-                    assert_eq!(r.ascent_exchange.bytes > 0, sync_perturbations);
+                    assert_eq!(r.ascent_exchange.bytes > 0, step_cfg.sync_perturbations);
                 }
                 st.sync.take().unwrap().cluster.close();
                 st.arena.params
@@ -162,4 +170,17 @@ fn inner_groups_average_the_ascent_within_the_group_only() {
     let m32 = single_replica(Some(32));
     let d = max_diff(&m32, &grouped[0]);
     assert!(d <= TOLERANCE, "groups of 2 drifted {d} from sam_m = 32 (tolerance {TOLERANCE})");
+}
+
+#[test]
+fn gradient_accumulation_matches_the_whole_batch_alone_and_across_replicas() {
+    let one = single_replica(None);
+    let accumulated = single_replica_with(StepConfig { grad_accum_steps: 4, ..step_config(true) });
+    let d = max_diff(&one, &accumulated);
+    assert!(d <= TOLERANCE, "4 micro-batches of 16 drifted {d} from one batch of 64 (tolerance {TOLERANCE})");
+    // 2 replicas × 2 micro-batches × 16: the exchange carries the summed micro-batch gradients.
+    let two = replicas_with(2, None, StepConfig { grad_accum_steps: 2, ..step_config(true) });
+    assert_eq!(two[0], two[1]);
+    let d = max_diff(&one, &two[0]);
+    assert!(d <= TOLERANCE, "2 replicas × 2 micro-batches drifted {d} from one batch of 64 (tolerance {TOLERANCE})");
 }
