@@ -140,8 +140,9 @@ fn free_port_pair() -> Result<u16> {
     for _ in 0..100 {
         let a = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
         let p = a.local_addr()?.port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
-        {
+        let free =
+            |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if p < u16::MAX && free(p + 1) && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
             return Ok(p);
         }
     }

@@ -98,10 +98,17 @@ impl Cluster {
                 gr.peer_timeout = cfg.peer_timeout;
                 gr.ring_id = group.id;
                 let next = group.members.start + (group.position + 1) % g;
-                let bump = |a: SocketAddr| SocketAddr::new(a.ip(), a.port().wrapping_add(1));
-                let h = runtime
-                    .block_on(form(cfg, gr, bump(cfg.peers[cfg.rank]), bump(cfg.peers[next])))
-                    .map_err(|e| ring_err(&format!("group ring {}", group.id), e))?;
+                let bump = |a: SocketAddr| -> Result<SocketAddr, TrainError> {
+                    let b = a.port().checked_add(1).map(|p| SocketAddr::new(a.ip(), p));
+                    match b {
+                        Some(b) if !cfg.peers.contains(&b) => Ok(b),
+                        _ => Err(TrainError::Config(format!(
+                            "the group ring listens on the port after {a}, which is not free for it (past 65535 or another rank's address): space the peers' ports by 2"
+                        ))),
+                    }
+                };
+                let (listen, to) = (bump(cfg.peers[cfg.rank])?, bump(cfg.peers[next])?);
+                let h = runtime.block_on(form(cfg, gr, listen, to)).map_err(|e| ring_err(&format!("group ring {}", group.id), e))?;
                 Some(h)
             }
             _ => None,

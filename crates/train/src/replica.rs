@@ -12,6 +12,8 @@
 //!    reference's `pmean` reports them.
 //! 2. Before evaluation and checkpoints, [`average_state`]: batch-norm running statistics, which
 //!    each replica accumulated on its own share of the batch, are replaced by their mean.
+//! 0. At the start, [`check_same_start`]: every replica resumed the same checkpoint at the same
+//!    position.
 //! 3. Every `check_replicas_every` steps and before each checkpoint, [`check_identical`]: a
 //!    CRC-32C of each replica's parameters, gathered; different fingerprints fail loudly (a
 //!    replica that diverged would otherwise train on silently and poison the checkpoint).
@@ -59,18 +61,36 @@ pub fn fingerprint(params: &[f32]) -> u32 {
 
 /// Step 3 of the module docs.
 pub fn check_identical(cluster: &mut Cluster, params: &[f32], step: u64) -> Result<(), TrainError> {
+    compare_everywhere(cluster, fingerprint(params), &format!("parameter fingerprints differ at step {step}"))
+}
+
+/// At the start of a run: every replica resumed from the same parameters at the same (step,
+/// epoch, batch). Fails (on every replica) if not, before any training collective can pair wrongly.
+pub fn check_same_start(cluster: &mut Cluster, params: &[f32], position: [u64; 3]) -> Result<(), TrainError> {
+    let mut crc = fingerprint(params);
+    for v in position {
+        crc = crc32c::crc32c_append(crc, &v.to_le_bytes());
+    }
+    let what = format!(
+        "replicas start from different checkpoints or positions (this one: step {}, epoch {}, batch {}); is --output_dir shared by every worker?",
+        position[0], position[1], position[2]
+    );
+    compare_everywhere(cluster, crc, &what)
+}
+
+/// Gathers every replica's `value` and fails on every replica if they differ.
+fn compare_everywhere(cluster: &mut Cluster, value: u32, what: &str) -> Result<(), TrainError> {
     let (rank, world) = (cluster.rank(), cluster.world());
-    let mine = fingerprint(params);
-    // Each replica writes its fingerprint, as two 16-bit halves (exact in f32), into its own
-    // slots; the sum gathers them all.
+    // Each replica writes its value, as two 16-bit halves (exact in f32), into its own slots; the
+    // sum gathers them all.
     let mut v = vec![0.0f32; 2 * world];
-    v[2 * rank] = (mine >> 16) as f32;
-    v[2 * rank + 1] = (mine & 0xffff) as f32;
+    v[2 * rank] = (value >> 16) as f32;
+    v[2 * rank + 1] = (value & 0xffff) as f32;
     let all = cluster.sum(v)?;
-    let prints: Vec<u32> = all.chunks(2).map(|p| ((p[0] as u32) << 16) | p[1] as u32).collect();
-    if prints.iter().any(|&p| p != prints[0]) {
-        let list = prints.iter().enumerate().map(|(r, p)| format!("rank {r}: {p:08x}")).collect::<Vec<_>>().join(", ");
-        return Err(TrainError::Diverged(format!("parameter fingerprints differ at step {step} ({list})")));
+    let values: Vec<u32> = all.chunks(2).map(|p| ((p[0] as u32) << 16) | p[1] as u32).collect();
+    if values.iter().any(|&p| p != values[0]) {
+        let list = values.iter().enumerate().map(|(r, p)| format!("rank {r}: {p:08x}")).collect::<Vec<_>>().join(", ");
+        return Err(TrainError::Diverged(format!("{what} ({list})")));
     }
     Ok(())
 }

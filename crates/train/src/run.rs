@@ -278,6 +278,12 @@ fn train_inner(
         log(&format!("resumed from {} (step {}, epoch {}, batch {})", c.dir.display(), st.step, epoch, start_batch));
         resumed_from = Some(c.dir);
     }
+    // Every replica must start from the same checkpoint at the same place (a run directory that is
+    // not shared, or shows replicas different contents, would otherwise pair collectives wrongly).
+    let position = [st.step, epoch, start_batch as u64];
+    if let Some(sync) = st.sync.as_mut() {
+        crate::replica::check_same_start(&mut sync.cluster, &st.arena.params, position)?;
+    }
     // EMA starts from the restored weights (or continues the checkpoint's average).
     let mut ema = (cfg.ema_decay > 0.0).then(|| {
         let mut e = Ema::new(cfg.ema_decay, Ema::REFERENCE_WARMUP, &st.arena.params, &st.state);
@@ -383,9 +389,6 @@ fn train_inner(
             let mut r = st.step(&x, &batch.labels, lr as f32)?;
             let step_seconds = t_step.elapsed().as_secs_f64();
             costs.add(step_seconds, &r.ascent_exchange, &r.descent_exchange);
-            if !r.loss.is_finite() {
-                return Err(TrainError::Config(format!("loss became {} at step {} (lower --learning_rate?)", r.loss, st.step)));
-            }
             if let Some(e) = ema.as_mut() {
                 e.update(st.step, &st.arena.params, &st.state);
             }
@@ -393,9 +396,8 @@ fn train_inner(
                 let agreed = vote_and_metrics(c, opts.stop.load(Ordering::SeqCst), false, r.loss, r.error_rate)?;
                 (r.loss, r.error_rate) = (agreed.loss, agreed.error_rate);
                 if cfg.check_replicas_every > 0 && st.step.is_multiple_of(cfg.check_replicas_every) {
-                    let step = st.step;
-                    let params = &st.arena.params;
-                    check_identical(st.sync.as_mut().map(|s| &mut s.cluster).expect("checked above"), params, step)?;
+                    let sync = st.sync.as_mut().expect("data-parallel here");
+                    check_identical(&mut sync.cluster, &st.arena.params, st.step)?;
                 }
                 if agreed.stop {
                     agree_before_save(&mut st, &mut ema)?;
@@ -412,6 +414,11 @@ fn train_inner(
                     return Err(TrainError::Interrupted { step: st.step });
                 }
             }
+            // After the vote: a non-finite loss on one replica is every replica's (the sum carries
+            // it), so all stop at the same step with the same message.
+            if !r.loss.is_finite() {
+                return Err(TrainError::Config(format!("loss became {} at step {} (lower --learning_rate?)", r.loss, st.step)));
+            }
             crate::telemetry::export_step(&r, step_seconds, batch.labels.len(), queue_depth);
             sum_loss += r.loss as f64;
             sum_err += r.error_rate as f64;
@@ -425,6 +432,15 @@ fn train_inner(
                 start_batch = batch_no; // the final checkpoint resumes mid-epoch
                 break 'epochs;
             }
+        }
+        if loader.remaining() != 0 {
+            // The loader stopped early (its thread failed): going on would leave this replica at
+            // the epoch's end while the others still step.
+            return Err(TrainError::Config(format!(
+                "the data loader stopped {} batches before the end of epoch {}",
+                loader.remaining(),
+                epoch + 1
+            )));
         }
         let step = st.step;
         if let (true, Some(tb)) = (count > 0, tb.as_mut()) {

@@ -198,7 +198,7 @@ impl SamStep {
         let m = self.cfg.sam_m.unwrap_or(n).min(n);
         if m != n && self.sync.is_some() {
             return Err(TrainError::Config(
-                "--sam_m with several replicas is not supported: use --sync_perturbations=false (m = the per-replica batch)".into(),
+                "--sam_m with several replicas is not supported: omit --sam_m (with --sync_perturbations=false, m is the per-replica batch)".into(),
             ));
         }
         let mut exchanges = [ExchangeStats::default(); 2];

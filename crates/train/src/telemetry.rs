@@ -20,7 +20,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -47,12 +47,18 @@ pub fn serve_prometheus(addr: SocketAddr, rank: usize) -> Result<SocketAddr, Tra
 }
 
 fn answer(mut conn: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = Instant::now() + Duration::from_secs(2);
     let mut req = [0u8; 8192];
     let mut got = 0;
-    // Read until the end of the headers (or the buffer is full): we ignore what was asked.
+    // Read until the end of the headers, the buffer is full or the 2 s are spent (one deadline for
+    // the whole request: a client trickling bytes cannot hold the endpoint longer).
     while got < req.len() && !req[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        conn.set_read_timeout(Some(left))?;
         match conn.read(&mut req[got..])? {
             0 => break,
             n => got += n,

@@ -184,3 +184,42 @@ fn gradient_accumulation_matches_the_whole_batch_alone_and_across_replicas() {
     let d = max_diff(&one, &two[0]);
     assert!(d <= TOLERANCE, "2 replicas × 2 micro-batches drifted {d} from one batch of 64 (tolerance {TOLERANCE})");
 }
+
+#[test]
+fn replicas_refuse_to_start_from_different_positions_and_detect_divergence() {
+    let peers = free_addrs(2);
+    let handles: Vec<_> = (0..2)
+        .map(|rank| {
+            let peers = peers.clone();
+            std::thread::spawn(move || {
+                let cfg = ClusterConfig {
+                    rank,
+                    peers,
+                    group_size: None,
+                    transport: Transport::Tcp { secret: b"data-parallel-test-secret".to_vec() },
+                    connect_timeout: Duration::from_secs(20),
+                    peer_timeout: Duration::from_secs(20),
+                };
+                let mut c = Cluster::connect(&cfg).unwrap();
+                let params = vec![0.5f32; 100];
+                // Same parameters and position: fine.
+                ringsam_train::replica::check_same_start(&mut c, &params, [7, 1, 3]).unwrap();
+                // Rank 1 resumed one batch further: both refuse.
+                let at = if rank == 1 { [8, 1, 4] } else { [7, 1, 3] };
+                let err = ringsam_train::replica::check_same_start(&mut c, &params, at).unwrap_err().to_string();
+                assert!(err.contains("different checkpoints or positions"), "{err}");
+                // One parameter differs in its last bit: the fingerprints catch it.
+                let mut mine = params.clone();
+                if rank == 0 {
+                    mine[99] = f32::from_bits(mine[99].to_bits() + 1);
+                }
+                let err = ringsam_train::replica::check_identical(&mut c, &mine, 5).unwrap_err().to_string();
+                assert!(err.contains("fingerprints differ at step 5"), "{err}");
+                c.close();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
