@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ringsam_models::{ModelConfig, build, list};
+use ringsam_models::{ModelConfig, build, forward_gflops, list};
 use ringsam_train::bench_step::{self, BenchStepConfig};
 use ringsam_train::config::{QUICKSTART_TOML, TrainConfig};
 use ringsam_train::run::{RunOptions, load_splits, train};
@@ -226,11 +226,13 @@ fn cmd_models(args: &ModelsArgs) -> Result<()> {
     let cfg = ModelConfig { num_classes: args.num_classes, in_channels: 3 };
     let mut rows = Vec::new();
     for info in list() {
-        let model = build(info.name, &cfg).with_context(|| format!("building {}", info.name))?;
+        let mut model = build(info.name, &cfg).with_context(|| format!("building {}", info.name))?;
+        let gflops = forward_gflops(model.as_mut(), info.input_size).with_context(|| format!("counting {}'s FLOPs", info.name))?;
         rows.push(serde_json::json!({
             "name": info.name,
             "num_classes": args.num_classes,
             "params": model.layout().total(),
+            "gflops": (gflops * 1e4).round() / 1e4,
             "input_size": info.input_size,
             "summary": info.summary,
         }));
@@ -238,13 +240,14 @@ fn cmd_models(args: &ModelsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<18} {:>12} {:>6}  summary", "model", "params", "input");
+        println!("{:<26} {:>12} {:>6} {:>8}  summary", "model", "params", "input", "GFLOPs");
         for r in &rows {
             println!(
-                "{:<18} {:>12} {:>6}  {}",
+                "{:<26} {:>12} {:>6} {:>8.3}  {}",
                 r["name"].as_str().unwrap_or(""),
                 r["params"].as_u64().unwrap_or(0),
                 r["input_size"].as_u64().unwrap_or(0),
+                r["gflops"].as_f64().unwrap_or(0.0),
                 r["summary"].as_str().unwrap_or("")
             );
         }

@@ -9,10 +9,13 @@
 pub mod error;
 pub mod init;
 pub mod model;
+pub mod pyramid_net;
 pub mod registry;
+mod residual_stack;
+pub mod shake_shake;
 pub mod small_cnn;
 pub mod wide_resnet;
 
 pub use error::ModelError;
 pub use model::{Model, ModelConfig};
-pub use registry::{ModelInfo, build, list};
+pub use registry::{ModelInfo, build, forward_gflops, list};

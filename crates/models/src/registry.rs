@@ -1,10 +1,13 @@
 //! Models by the reference's names.
 //!
-//! `WideResnet{d}x{k}` builds any WideResNet of depth `d = 6n + 4` and width `k`; the listed
+//! `WideResnet{d}x{k}` builds any WideResNet of depth `d = 6n + 4` and width `k`;
+//! `ShakeShake_{b}x{k}` a Shake-Shake net of `b` blocks per group and width `k`;
+//! `Pyramid_ShakeDrop_{d}x{α}` a PyramidNet of depth `d = 9n + 2` and widening α. The listed
 //! names are the ones the reference and our configs use.
 
+use crate::pyramid_net::PyramidShakeDrop;
+use crate::shake_shake::ShakeShakeNet;
 use crate::wide_resnet::WideResnet;
-
 use crate::{Model, ModelConfig, ModelError};
 
 /// A registered model, as `ringsam models` shows it.
@@ -25,6 +28,12 @@ const MODELS: &[ModelInfo] = &[
     ModelInfo { name: "WideResnet16x2", input_size: 32, summary: "WRN-16-2, small; tests and quick runs" },
     ModelInfo { name: "WideResnet10x2", input_size: 32, summary: "WRN-10-2, small; the quickstart (on 8x8 digits)" },
     ModelInfo { name: "WideResnet10x1", input_size: 32, summary: "WRN-10-1, tiny; smoke tests" },
+    ModelInfo {
+        name: "WideResnet28x6_ShakeShake",
+        input_size: 32,
+        summary: "Shake-Shake 26 2x96d, the paper's (4 blocks per group, width 6)",
+    },
+    ModelInfo { name: "Pyramid_ShakeDrop", input_size: 32, summary: "PyramidNet-272, alpha 200, bottleneck, ShakeDrop: the paper's" },
     ModelInfo { name: "SmallCnn", input_size: 8, summary: "two convolutions, no batch norm; data-parallel equivalence tests" },
 ];
 
@@ -35,6 +44,19 @@ pub fn list() -> &'static [ModelInfo] {
 
 /// Builds a model by name.
 pub fn build(name: &str, cfg: &ModelConfig) -> Result<Box<dyn Model>, ModelError> {
+    if name == "WideResnet28x6_ShakeShake" {
+        return Ok(Box::new(ShakeShakeNet::new(name, 4, 6, *cfg)?));
+    }
+    if name == "Pyramid_ShakeDrop" {
+        return Ok(Box::new(PyramidShakeDrop::new(name, 272, 200, *cfg)?));
+    }
+    // Small members of both families, for tests and quick runs.
+    if let Some((b, k)) = name.strip_prefix("ShakeShake_").and_then(pair) {
+        return Ok(Box::new(ShakeShakeNet::new(name, b, k, *cfg)?));
+    }
+    if let Some((d, a)) = name.strip_prefix("Pyramid_ShakeDrop_").and_then(pair) {
+        return Ok(Box::new(PyramidShakeDrop::new(name, d, a, *cfg)?));
+    }
     if name == "SmallCnn" {
         return Ok(Box::new(crate::small_cnn::SmallCnn::new(*cfg)?));
     }
@@ -46,6 +68,24 @@ pub fn build(name: &str, cfg: &ModelConfig) -> Result<Box<dyn Model>, ModelError
 
 /// `WideResnet{d}x{k}` → `(d, k)`.
 fn parse_wrn(name: &str) -> Option<(usize, usize)> {
-    let (d, k) = name.strip_prefix("WideResnet")?.split_once('x')?;
-    Some((d.parse().ok()?, k.parse().ok()?))
+    pair(name.strip_prefix("WideResnet")?)
+}
+
+/// `"{a}x{b}"` → `(a, b)`.
+fn pair(s: &str) -> Option<(usize, usize)> {
+    let (a, b) = s.split_once('x')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Forward GFLOPs per image at `side`×`side` (2 × the multiply-adds of convolutions and dense
+/// layers; batch norm and activations are not counted), found by running one image through the
+/// model in evaluation mode.
+pub fn forward_gflops(model: &mut dyn Model, side: usize) -> Result<f64, ringsam_nn::NnError> {
+    let cfg = model.config();
+    let params = vec![0.0; model.layout().total()];
+    let mut state = vec![0.0; model.state_layout().total()];
+    let x = ringsam_tensor::Tensor::from_vec(&[cfg.in_channels, 1, side, side], vec![0.0; cfg.in_channels * side * side])
+        .map_err(|source| ringsam_nn::NnError::Kernel { layer: "input".into(), source })?;
+    model.forward(&params, &mut state, &x, &ringsam_nn::Pass::eval())?;
+    Ok(2.0 * model.last_forward_macs() as f64 / 1e9)
 }

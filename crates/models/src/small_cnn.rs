@@ -13,10 +13,12 @@ use ringsam_nn::layers::{Activation, ActivationKind, Conv2d, Conv2dConfig, Globa
 use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
 
+use crate::residual_stack::{check_backward_buffers, model_fields};
 use crate::{Model, ModelConfig, ModelError};
 
 /// See the module docs.
 pub struct SmallCnn {
+    name: String,
     cfg: ModelConfig,
     layout: ParamLayout,
     state_layout: StateLayout,
@@ -45,6 +47,7 @@ impl SmallCnn {
         let head_start = p.total();
         let dense = Linear::new(&mut p, "Dense_0", 32, cfg.num_classes);
         Ok(SmallCnn {
+            name: "SmallCnn".into(),
             cfg,
             layout: p,
             state_layout: StateLayout::new(),
@@ -61,21 +64,7 @@ impl SmallCnn {
 }
 
 impl Model for SmallCnn {
-    fn name(&self) -> &str {
-        "SmallCnn"
-    }
-    fn layout(&self) -> &ParamLayout {
-        &self.layout
-    }
-    fn state_layout(&self) -> &StateLayout {
-        &self.state_layout
-    }
-    fn config(&self) -> ModelConfig {
-        self.cfg
-    }
-    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
-        crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
-    }
+    model_fields!();
 
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
         if params.len() != self.layout.total() {
@@ -90,10 +79,6 @@ impl Model for SmallCnn {
         Ok(self.dense.output())
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError> {
-        self.backward_notify(params, grads, x, dlogits, &mut |_, _| {})
-    }
-
     fn backward_notify(
         &mut self,
         params: &[f32],
@@ -102,9 +87,7 @@ impl Model for SmallCnn {
         dlogits: &Tensor,
         ready: &mut dyn FnMut(&mut [f32], usize),
     ) -> Result<(), NnError> {
-        if grads.len() != params.len() || params.len() != self.layout.total() {
-            return Err(NnError::ParamLen { expected: self.layout.total(), got: grads.len().min(params.len()) });
-        }
+        check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
         self.dense.backward(params, grads, self.pool.output(), dlogits)?;
         ready(grads, self.head_start);
         self.pool.backward(params, grads, self.relu_1.output(), self.dense.dinput())?;

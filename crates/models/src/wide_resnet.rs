@@ -20,6 +20,7 @@ use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
 use ringsam_tensor::elementwise::add_forward;
 
+use crate::residual_stack::{Block, BlockStack, check_backward_buffers, model_fields};
 use crate::{Model, ModelConfig, ModelError};
 
 /// One pre-activation residual block, `{group}/WideResnetBlock_{i}`.
@@ -58,6 +59,12 @@ impl WideResnetBlock {
             dsum: Tensor::empty(),
             dinp: Tensor::empty(),
         }
+    }
+}
+
+impl Block for WideResnetBlock {
+    fn output(&self) -> &Tensor {
+        &self.out
     }
 
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
@@ -105,13 +112,27 @@ impl WideResnetBlock {
             self.dsum.resize(dorig.shape());
             add_forward(self.dsum.as_mut_slice(), self.conv1.dinput().as_slice(), dorig.as_slice())
                 .map_err(|source| kernel_err(&self.init_bn, source))?;
-            self.init_bn.backward(params, grads, x, &self.dsum)
+            self.init_bn.backward(params, grads, x, &self.dsum)?;
         } else {
             self.init_bn.backward(params, grads, x, self.conv1.dinput())?;
             self.dinp.resize(x.shape());
             add_forward(self.dinp.as_mut_slice(), self.init_bn.dinput().as_slice(), dorig.as_slice())
-                .map_err(|source| kernel_err(&self.init_bn, source))
+                .map_err(|source| kernel_err(&self.init_bn, source))?;
         }
+        // Only the block's input gradient (`dinput()`) is needed from here on.
+        let inner: [&mut dyn Layer; 3] = [&mut self.conv1, &mut self.bn_2, &mut self.conv2];
+        inner.into_iter().for_each(|l| l.release_dinput());
+        if let Some(sc) = &mut self.shortcut {
+            sc.release_dinput();
+        }
+        self.dsum = Tensor::empty();
+        Ok(())
+    }
+
+    /// Frees the block's input gradient once the block before it has consumed it.
+    fn release_dinput(&mut self) {
+        self.init_bn.release_dinput();
+        self.dinp = Tensor::empty();
     }
 
     fn dinput(&self) -> &Tensor {
@@ -130,9 +151,8 @@ pub struct WideResnet {
     layout: ParamLayout,
     state_layout: StateLayout,
     init_conv: Conv2d,
-    blocks: Vec<WideResnetBlock>,
-    block_starts: Vec<usize>, // first parameter offset of each block (gradient-ready marks)
-    head_start: usize,        // first parameter offset of pre-pool-bn and Dense_0
+    blocks: BlockStack<WideResnetBlock>,
+    head_start: usize, // first parameter offset of pre-pool-bn and Dense_0
     pre_pool_bn: BatchNorm,
     pool: GlobalAvgPool,
     dense: Linear,
@@ -156,23 +176,16 @@ impl WideResnet {
         let ws = Workspace::new();
         let first = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, 16, 3, 1) };
         let init_conv = Conv2d::with_workspace(&mut p, "init_conv", first, &ws);
-        let mut blocks = Vec::with_capacity(3 * n);
-        let mut block_starts = Vec::with_capacity(3 * n);
+        let mut blocks = BlockStack::new();
         let mut c_in = 16;
         for (g, (width, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)].into_iter().enumerate() {
             for i in 0..n {
                 let block_name = format!("WideResnetGroup_{g}/WideResnetBlock_{i}");
-                block_starts.push(p.total());
-                blocks.push(WideResnetBlock::new(
-                    &mut p,
-                    &mut s,
-                    &ws,
-                    &block_name,
-                    c_in,
-                    width,
-                    if i == 0 { stride } else { 1 },
-                    g == 0 && i == 0,
-                ));
+                let start = p.total();
+                blocks.push(
+                    start,
+                    WideResnetBlock::new(&mut p, &mut s, &ws, &block_name, c_in, width, if i == 0 { stride } else { 1 }, g == 0 && i == 0),
+                );
                 c_in = width;
             }
         }
@@ -186,7 +199,6 @@ impl WideResnet {
             state_layout: s,
             init_conv,
             blocks,
-            block_starts,
             head_start,
             pre_pool_bn,
             pool: GlobalAvgPool::new("global_avg_pool"),
@@ -196,39 +208,16 @@ impl WideResnet {
 }
 
 impl Model for WideResnet {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn layout(&self) -> &ParamLayout {
-        &self.layout
-    }
-    fn state_layout(&self) -> &StateLayout {
-        &self.state_layout
-    }
-    fn config(&self) -> ModelConfig {
-        self.cfg
-    }
-    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
-        crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
-    }
+    model_fields!();
 
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
         check_buffers(&self.layout, &self.state_layout, params.len(), state.len())?;
         self.init_conv.forward(params, state, x, pass)?;
-        let mut h: &Tensor = self.init_conv.output();
-        for block in self.blocks.iter_mut() {
-            block.forward(params, state, h, pass)?;
-            let block: &WideResnetBlock = block;
-            h = &block.out;
-        }
+        let h = self.blocks.forward(params, state, self.init_conv.output(), pass)?;
         self.pre_pool_bn.forward(params, state, h, pass)?;
         self.pool.forward(params, state, self.pre_pool_bn.output(), pass)?;
         self.dense.forward(params, state, self.pool.output(), pass)?;
         Ok(self.dense.output())
-    }
-
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError> {
-        self.backward_notify(params, grads, x, dlogits, &mut |_, _| {})
     }
 
     fn backward_notify(
@@ -239,35 +228,25 @@ impl Model for WideResnet {
         dlogits: &Tensor,
         ready: &mut dyn FnMut(&mut [f32], usize),
     ) -> Result<(), NnError> {
-        check_buffers(&self.layout, &self.state_layout, params.len(), self.state_layout.total())?;
-        if grads.len() != params.len() {
-            return Err(NnError::ParamLen { expected: params.len(), got: grads.len() });
-        }
+        check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
         self.dense.backward(params, grads, self.pool.output(), dlogits)?;
         self.pool.backward(params, grads, self.pre_pool_bn.output(), self.dense.dinput())?;
-        let last = self.blocks.last().map_or(self.init_conv.output(), |b| &b.out);
+        let last = self.blocks.output(self.init_conv.output());
         self.pre_pool_bn.backward(params, grads, last, self.pool.dinput())?;
         ready(grads, self.head_start);
-        for i in (0..self.blocks.len()).rev() {
-            let (before, from_here) = self.blocks.split_at_mut(i);
-            let (block, after) = from_here.split_first_mut().expect("i < len");
-            let input = before.last().map_or(self.init_conv.output(), |b| &b.out);
-            let dout = after.first().map_or(self.pre_pool_bn.dinput(), |b| b.dinput());
-            block.backward(params, grads, input, dout)?;
-            ready(grads, self.block_starts[i]);
-        }
-        let dfirst = self.blocks.first().map_or(self.pre_pool_bn.dinput(), |b| b.dinput());
+        self.blocks.backward(params, grads, self.init_conv.output(), self.pre_pool_bn.dinput(), ready)?;
+        let dfirst = self.blocks.dinput(self.pre_pool_bn.dinput());
         self.init_conv.backward(params, grads, x, dfirst)?;
         ready(grads, 0);
         Ok(())
     }
 
-    fn last_backward_macs(&self) -> usize {
-        2 * self.last_forward_macs() - self.init_conv.last_shape().map_or(0, |s| s.macs())
+    fn last_forward_macs(&self) -> usize {
+        self.init_conv.last_shape().map_or(0, |s| s.macs()) + self.blocks.macs() + self.dense.last_macs()
     }
 
-    fn last_forward_macs(&self) -> usize {
-        self.init_conv.last_shape().map_or(0, |s| s.macs()) + self.blocks.iter().map(|b| b.macs()).sum::<usize>() + self.dense.last_macs()
+    fn last_backward_macs(&self) -> usize {
+        2 * self.last_forward_macs() - self.init_conv.last_shape().map_or(0, |s| s.macs())
     }
 }
 
@@ -275,7 +254,7 @@ fn kernel_err(layer: &dyn Layer, source: ringsam_tensor::TensorError) -> NnError
     NnError::Kernel { layer: layer.name().to_string(), source }
 }
 
-fn check_buffers(layout: &ParamLayout, state_layout: &StateLayout, params: usize, state: usize) -> Result<(), NnError> {
+pub(crate) fn check_buffers(layout: &ParamLayout, state_layout: &StateLayout, params: usize, state: usize) -> Result<(), NnError> {
     if params != layout.total() {
         return Err(NnError::ParamLen { expected: layout.total(), got: params });
     }

@@ -1,9 +1,10 @@
 //! WideResNet: parameter counts, an end-to-end overfit test, and misuse errors.
 
+mod common;
+
 use ringsam_models::{ModelConfig, build};
-use ringsam_nn::{Pass, Rng};
+use ringsam_nn::Pass;
 use ringsam_tensor::Tensor;
-use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward};
 
 /// Trainable parameters of WRN-(6n+4)-k by hand, from the reference's definition:
 /// init_conv 3·3·C·16; per block init_bn 2·c_in, conv1 9·c_in·c_out, bn_2 2·c_out, conv2 9·c_out²;
@@ -63,38 +64,6 @@ fn wrong_input_is_an_error_naming_the_layer() {
 /// labels. Plain SGD with momentum 0.9, lr 0.05; the loss must fall by 10x within 100 steps.
 #[test]
 fn wrn16x2_overfits_one_batch() {
-    let (n, classes) = (64, 10);
-    let mut m = build("WideResnet16x2", &ModelConfig { num_classes: classes, in_channels: 3 }).unwrap();
-    let mut params = vec![0.0; m.layout().total()];
-    let mut state = vec![0.0; m.state_layout().total()];
-    m.init(&mut params, &mut state, 0);
-    let mut rng = Rng::new(42);
-    let x = Tensor::from_vec(&[3, n, 32, 32], (0..3 * n * 32 * 32).map(|_| rng.normal()).collect()).unwrap();
-    let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u64) as u32).collect();
-    let sh = LossShape { n, k: classes };
-    let (mut losses, mut probs, mut dlogits) =
-        (vec![0.0; n], vec![0.0; n * classes], Tensor::zeros(&[n, classes], Default::default()).unwrap());
-    let mut grads = vec![0.0; params.len()];
-    let mut momentum = vec![0.0; params.len()];
-    let (lr, beta) = (0.05, 0.9);
-    let mut first = None;
-    let mut last = f32::NAN;
-    for step in 0..100 {
-        let logits = m.forward(&params, &mut state, &x, &Pass::train(0, step)).unwrap();
-        let loss = softmax_cross_entropy_forward(&mut losses, &mut probs, logits.as_slice(), &labels, 0.0, &sh).unwrap();
-        first.get_or_insert(loss);
-        last = loss;
-        if loss < first.unwrap() / 10.0 {
-            break;
-        }
-        softmax_cross_entropy_backward(dlogits.as_mut_slice(), &probs, &labels, 0.0, 1.0 / n as f32, &sh).unwrap();
-        grads.fill(0.0);
-        m.backward(&params, &mut grads, &x, &dlogits).unwrap();
-        for ((w, g), v) in params.iter_mut().zip(&grads).zip(&mut momentum) {
-            *v = beta * *v + g;
-            *w -= lr * *v;
-        }
-    }
-    let first = first.unwrap();
+    let (first, last) = common::memorise("WideResnet16x2", 64, 32, 10, 100, 10.0);
     assert!(last < first / 10.0, "loss went from {first} to {last} in 100 steps");
 }

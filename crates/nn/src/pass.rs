@@ -16,19 +16,33 @@ pub struct Pass {
     pub seed: u64,
     /// Global step: with `seed` and the layer it fixes every random draw.
     pub step: u64,
+    /// Backward uses the forward's random coefficients (the reference's `true_gradient`): SAM's
+    /// first pass. Otherwise ShakeShake/ShakeDrop draw independent backward coefficients.
+    pub tied_backward: bool,
+    /// Place of the batch's first example in the global batch (a replica's offset). Per-example
+    /// draws are keyed by the global place, so R replicas draw exactly what one replica would.
+    pub first_example: u64,
 }
 
 impl Pass {
     /// A training pass that updates batch-norm running statistics (SGD, or SAM's first pass).
     pub fn train(seed: u64, step: u64) -> Self {
-        Pass { train: true, update_bn_stats: true, seed, step }
+        Pass { train: true, update_bn_stats: true, seed, step, tied_backward: false, first_example: 0 }
     }
     /// A training pass that leaves running statistics alone (SAM's second pass, gradient checks).
     pub fn train_frozen_stats(seed: u64, step: u64) -> Self {
-        Pass { train: true, update_bn_stats: false, seed, step }
+        Pass { train: true, update_bn_stats: false, seed, step, tied_backward: false, first_example: 0 }
     }
     /// Evaluation: running statistics, no dropout.
     pub fn eval() -> Self {
-        Pass { train: false, update_bn_stats: false, seed: 0, step: 0 }
+        Pass { train: false, update_bn_stats: false, seed: 0, step: 0, tied_backward: false, first_example: 0 }
+    }
+    /// This pass with backward coefficients tied to the forward's (or not).
+    pub fn tied(self, tied_backward: bool) -> Self {
+        Pass { tied_backward, ..self }
+    }
+    /// This pass for a batch whose first example is `first_example` of the global batch.
+    pub fn starting_at(self, first_example: u64) -> Self {
+        Pass { first_example, ..self }
     }
 }

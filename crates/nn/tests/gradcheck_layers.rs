@@ -140,3 +140,107 @@ fn shape_errors_name_the_layer() {
     let err = conv.backward(&params, &mut vec![0.0; p.total()], &Tensor::empty(), &Tensor::empty()).unwrap_err();
     assert!(err.to_string().contains("backward called before forward"), "{err}");
 }
+
+#[test]
+fn shift_subsample_paths() {
+    for (stride, offset, side) in [(1, 0, 5), (1, 1, 5), (2, 0, 6), (2, 1, 6), (2, 1, 7)] {
+        let mut l = ShiftSubsample::new("shortcut/path", 3, stride, offset);
+        run(&mut l, &ParamLayout::new(), &StateLayout::new(), &separated(&[3, 2, side, side], 5), train());
+    }
+}
+
+#[test]
+fn shake_drop_true_gradient() {
+    // Tied coefficients (SAM's first pass) make backward the true gradient of forward.
+    for survival in [0.0, 0.5, 1.0] {
+        let mut l = ShakeDrop::new("BottleneckShakeDrop_0/shake_drop", survival);
+        run(&mut l, &ParamLayout::new(), &StateLayout::new(), &separated(&[3, 4, 3, 3], 6), train().tied(true));
+    }
+}
+
+/// ShakeShake has two inputs; check it through a layer that feeds channel halves as a and b.
+struct Halves(ShakeShake, Tensor, Tensor, Tensor);
+
+impl Layer for Halves {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), ringsam_nn::NnError> {
+        let [c, n, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
+        let half = c / 2 * n * h * w;
+        self.1 = Tensor::from_vec(&[c / 2, n, h, w], x.as_slice()[..half].to_vec()).unwrap();
+        self.2 = Tensor::from_vec(&[c / 2, n, h, w], x.as_slice()[half..].to_vec()).unwrap();
+        self.0.forward(&self.1, &self.2, pass)
+    }
+    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), ringsam_nn::NnError> {
+        self.0.backward(dout)?;
+        let mut d = self.0.da().as_slice().to_vec();
+        d.extend_from_slice(self.0.db().as_slice());
+        self.3 = Tensor::from_vec(x.shape(), d).unwrap();
+        Ok(())
+    }
+    fn output(&self) -> &Tensor {
+        self.0.output()
+    }
+    fn dinput(&self) -> &Tensor {
+        &self.3
+    }
+    fn release_dinput(&mut self) {
+        self.3 = Tensor::empty();
+    }
+}
+
+#[test]
+fn shake_shake_true_gradient() {
+    let mut l = Halves(ShakeShake::new("ShakeShakeBlock_0/shake"), Tensor::empty(), Tensor::empty(), Tensor::empty());
+    run(&mut l, &ParamLayout::new(), &StateLayout::new(), &separated(&[4, 3, 3, 3], 8), train().tied(true));
+}
+
+#[test]
+fn shake_draws_are_tied_in_pass_one_and_independent_in_pass_two() {
+    let x = separated(&[2, 6, 2, 2], 9);
+    let (first, second) = (Pass::train(4, 11).tied(true), Pass::train_frozen_stats(4, 11));
+    let mut ss = ShakeShake::new("g/b/shake");
+    ss.forward(&x, &x, &first).unwrap();
+    let (f1, b1) = (ss.coefficients().0.to_vec(), ss.coefficients().1.to_vec());
+    assert_eq!(f1, b1, "pass 1: backward uses the forward's gates");
+    ss.forward(&x, &x, &second).unwrap();
+    let (f2, b2) = (ss.coefficients().0.to_vec(), ss.coefficients().1.to_vec());
+    assert_eq!(f1, f2, "pass 2 sees pass 1's forward gates");
+    assert!(f2.iter().zip(&b2).all(|(f, b)| f != b), "pass 2 draws independent backward gates");
+    assert!(f1.iter().any(|&g| g != f1[0]), "one gate per example");
+    // Another step draws new gates; a replica holding examples 3.. draws what one replica would.
+    ss.forward(&x, &x, &Pass::train(4, 12)).unwrap();
+    assert_ne!(ss.coefficients().0, &f1[..]);
+    let tail = Tensor::from_vec(&[2, 3, 2, 2], [&x.as_slice()[12..24], &x.as_slice()[36..48]].concat()).unwrap();
+    ss.forward(&tail, &tail, &second.starting_at(3)).unwrap();
+    assert_eq!(ss.coefficients().0, &f2[3..]);
+    // Evaluation: the mean of the branches.
+    ss.forward(&x, &x, &Pass::eval()).unwrap();
+    assert!(ss.coefficients().0.iter().all(|&g| g == 0.5));
+
+    let mut sd = ShakeDrop::new("BottleneckShakeDrop_3/shake_drop", 0.5);
+    let mut nothing = [];
+    sd.forward(&[], &mut nothing, &x, &first).unwrap();
+    let (f1, b1) = (sd.coefficients().0.to_vec(), sd.coefficients().1.to_vec());
+    assert_eq!(f1, b1);
+    assert!(f1.iter().all(|&c| (-1.0..=1.0).contains(&c)));
+    sd.forward(&[], &mut nothing, &x, &second).unwrap();
+    assert_eq!(sd.coefficients().0, &f1[..]);
+    assert!(sd.coefficients().1.iter().all(|&c| (0.0..=1.0).contains(&c)));
+    assert_ne!(sd.coefficients().1, &f1[..]);
+    sd.forward(&[], &mut nothing, &x, &Pass::eval()).unwrap();
+    assert!(sd.output().as_slice().iter().zip(x.as_slice()).all(|(o, v)| *o == 0.5 * v), "evaluation scales by p");
+}
+
+#[test]
+fn shake_drop_survival_rate_is_p() {
+    // Over many examples, the branch passes unchanged (coefficient 1 in both directions when the
+    // mask is 1) for a fraction p of them.
+    let x = separated(&[1, 4000, 1, 1], 10);
+    let mut sd = ShakeDrop::new("BottleneckShakeDrop_7/shake_drop", 0.8);
+    sd.forward(&[], &mut [], &x, &Pass::train_frozen_stats(1, 2)).unwrap();
+    let kept = sd.coefficients().0.iter().zip(sd.coefficients().1).filter(|&(&f, &b)| f == 1.0 && b == 1.0).count();
+    let rate = kept as f64 / 4000.0;
+    assert!((rate - 0.8).abs() < 0.03, "survival rate {rate}");
+}

@@ -300,4 +300,27 @@ mod tests {
         assert!(err.contains("sam_rhoo"), "{err}");
         TrainConfig::default().merge_toml(QUICKSTART_TOML).unwrap().validate().unwrap();
     }
+
+    #[test]
+    fn every_bundled_config_validates_and_names_a_registered_model() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = TrainConfig::default().merge_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                ringsam_models::list().iter().any(|m| m.name == c.model_name),
+                "{}: model {} is not registered",
+                path.display(),
+                c.model_name
+            );
+            seen += 1;
+        }
+        assert!(seen >= 7, "found only {seen} configs in {}", dir.display());
+    }
 }

@@ -228,6 +228,7 @@ fn train_inner(
         let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
         let plan = BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm };
         st.sync = Some(GradSync::new(c, st.arena.len(), plan));
+        st.example_offset = (rank * (cfg.batch_size / world)) as u64;
     }
     let run_dir = cfg.output_dir.join(cfg.run_subdir());
     std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?;

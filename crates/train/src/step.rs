@@ -128,6 +128,10 @@ pub struct SamStep {
     pub step: u64,
     /// The other replicas, when data-parallel (see the module docs).
     pub sync: Option<GradSync>,
+    /// Place of this replica's first example in the global batch (per-example random draws key
+    /// on the global place, so any number of replicas draws what one would).
+    pub example_offset: u64,
+    chunk_offset: u64,          // place of the current sam_m chunk in the batch
     decayed: Vec<Range<usize>>, // parameter ranges that take weight decay
     w_adv: Vec<f32>,            // w + e, same layout as arena.params
     g_sum: Vec<f32>,            // descent gradients summed over sam_m chunks
@@ -179,6 +183,8 @@ impl SamStep {
             cfg,
             step: 0,
             sync: None,
+            example_offset: 0,
+            chunk_offset: 0,
             decayed,
             losses: Vec::new(),
             probs: Vec::new(),
@@ -237,7 +243,9 @@ impl SamStep {
             return Ok((loss, errors, global_norm(&self.arena.grads)));
         }
         let ascent_scope = self.cfg.sync_perturbations.then_some(Scope::Group);
-        self.loss_and_grad(false, x, labels, Pass::train(seed, step), ascent_scope, &mut exchanges[0])?;
+        // Pass 1 ties ShakeShake/ShakeDrop backward coefficients to the forward's (the reference's
+        // `true_gradient=True`); pass 2 and plain SGD draw independent ones.
+        self.loss_and_grad(false, x, labels, Pass::train(seed, step).tied(true), ascent_scope, &mut exchanges[0])?;
         let norm = self.ascend();
         let pass2 = Pass::train_frozen_stats(seed, step);
         let (loss, errors) = self.loss_and_grad(true, x, labels, pass2, Some(Scope::World), &mut exchanges[1])?;
@@ -264,7 +272,9 @@ impl SamStep {
             let mut chunk = std::mem::replace(&mut self.chunk, Tensor::empty());
             copy_examples(x, [c, n, h, w], lo, hi, &mut chunk);
             self.state.copy_from_slice(&self.state0);
+            self.chunk_offset = lo as u64;
             let r = self.sharpness_aware_grad(&chunk, &labels[lo..hi], &mut [ExchangeStats::default(); 2]);
+            self.chunk_offset = 0;
             self.chunk = chunk;
             let (loss, e, norm) = r?;
             let weight = (hi - lo) as f64 / n as f64;
@@ -319,6 +329,7 @@ impl SamStep {
                 copy_examples(x, [c, n_total, h, wd_], lo, hi, &mut micro_x);
             }
             let xj = if micro > 1 { &micro_x } else { x };
+            let pass = pass.starting_at(self.example_offset + self.chunk_offset + lo as u64);
             let r = self.micro_step(at_adv, xj, &labels[lo..hi], &pass, n_total, j + 1 == micro, exchange, stats);
             self.micro = micro_x;
             let (loss, e) = r?;

@@ -104,6 +104,7 @@ fn replicas_with(world: usize, group_size: Option<usize>, step_cfg: StepConfig) 
                 // Small buckets, so several are in flight during backward.
                 let plan = BucketPlan { first: 700, rest: 1500, overlap: true };
                 st.sync = Some(GradSync::new(cluster, st.arena.len(), plan));
+                st.example_offset = (rank * GLOBAL / world) as u64;
                 let share = GLOBAL / world;
                 for s in 0..STEPS {
                     let lo = s * GLOBAL + rank * share;

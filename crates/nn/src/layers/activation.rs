@@ -69,4 +69,8 @@ impl Layer for Activation {
     fn dinput(&self) -> &Tensor {
         &self.dinp
     }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
 }

@@ -176,4 +176,8 @@ impl Layer for BatchNorm {
     fn dinput(&self) -> &Tensor {
         &self.dinp
     }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
 }

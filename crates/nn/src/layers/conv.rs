@@ -135,4 +135,8 @@ impl Layer for Conv2d {
     fn dinput(&self) -> &Tensor {
         &self.dinp
     }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
 }

@@ -94,4 +94,8 @@ impl Layer for Linear {
     fn dinput(&self) -> &Tensor {
         &self.dinp
     }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
 }

@@ -58,6 +58,10 @@ impl Layer for AvgPool2d {
     fn dinput(&self) -> &Tensor {
         &self.dinp
     }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
 }
 
 /// Max pooling with `padding='SAME'` (padding never wins: it counts as −∞).
@@ -104,6 +108,10 @@ impl Layer for MaxPool2d {
     fn dinput(&self) -> &Tensor {
         &self.dinp
     }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
 }
 
 /// Global average pooling `(C, N, H, W)` → features `(C, N)`.
@@ -141,5 +149,9 @@ impl Layer for GlobalAvgPool {
     }
     fn dinput(&self) -> &Tensor {
         &self.dinp
+    }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
     }
 }

@@ -85,4 +85,8 @@ impl Layer for PoolPadShortcut {
     fn dinput(&self) -> &Tensor {
         &self.dinp
     }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
 }

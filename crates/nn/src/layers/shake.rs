@@ -1,0 +1,214 @@
+//! Shake-Shake (Gastaldi 2017) and ShakeDrop (Yamada et al. 2018), as the reference applies them
+//! (google-research/sam `sam_jax/models/utils.py`).
+//!
+//! Both scale whole examples by random coefficients, one per example, drawn afresh every step:
+//! - ShakeShake mixes two branches: forward `g·a + (1−g)·b`, `g ~ U[0, 1)`; backward sends `h·dy`
+//!   to `a` and `(1−h)·dy` to `b` with an independent `h ~ U[0, 1)`, or `h = g` when the pass
+//!   ties them (`true_gradient`). Evaluation: `(a + b)/2`.
+//! - ShakeDrop scales a residual branch: forward `(m + α − m·α)·x` with `m ~ Bernoulli(p)`,
+//!   `α ~ U[−1, 1]`; backward `(m + β − m·β)·dy`, `β ~ U[0, 1]` (or the forward coefficient when
+//!   tied). Evaluation: the expectation, `(p + ᾱ − p·ᾱ)·x` with `ᾱ = 0`, i.e. `p·x`.
+//!
+//! Draws are keyed by (seed, step, layer, the example's place in the global batch): SAM's two
+//! passes see the same forward coefficients, a run is reproducible, and any number of replicas
+//! draws what one would. (The reference's Bernoulli ignores its key — a hardware-RNG patch — so
+//! its masks differ between passes; ringsam does not reproduce that, as DESIGN.md decides.)
+
+use ringsam_tensor::Tensor;
+
+use super::{Layer, expect_same, name_key, shape_error};
+use crate::{NnError, Pass, Rng};
+
+/// One uniform draw in `[0, 1)` for example `example` of `pass`, stream `what` of layer `key`.
+fn draw(pass: &Pass, key: u64, what: u64, example: u64) -> f32 {
+    let stream = key ^ what.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (pass.first_example + example).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    Rng::stream(pass.seed, pass.step, stream).uniform()
+}
+
+const FORWARD: u64 = 1;
+const BACKWARD: u64 = 2;
+const MASK: u64 = 3;
+
+/// Multiplies example `n` of `x (C, N, H, W)` by `coef[n]` into `out`.
+fn scale_examples(out: &mut [f32], x: &[f32], coef: &[f32], plane: usize) {
+    let n = coef.len();
+    for (i, (o, v)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
+        let c = coef[i % n];
+        o.iter_mut().zip(v).for_each(|(o, &v)| *o = c * v);
+    }
+}
+
+/// The Shake-Shake mix of two branches (two inputs, so not a [`Layer`]).
+#[derive(Debug)]
+pub struct ShakeShake {
+    name: String,
+    key: u64,
+    forward: Vec<f32>,  // per example: g (0.5 in evaluation)
+    backward: Vec<f32>, // per example: h
+    out: Tensor,
+    da: Tensor,
+    db: Tensor,
+}
+
+impl ShakeShake {
+    /// A mix named `name` (its random stream derives from the name).
+    pub fn new(name: &str) -> Self {
+        ShakeShake {
+            name: name.to_string(),
+            key: name_key(name),
+            forward: Vec::new(),
+            backward: Vec::new(),
+            out: Tensor::empty(),
+            da: Tensor::empty(),
+            db: Tensor::empty(),
+        }
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Mixes `a` and `b` (same shape `(C, N, H, W)`) into `output()`.
+    pub fn forward(&mut self, a: &Tensor, b: &Tensor, pass: &Pass) -> Result<(), NnError> {
+        let n = match *a.shape() {
+            [_, n, _, _] if a.shape() == b.shape() && n > 0 => n,
+            _ => return Err(shape_error(&self.name, format!("branch b's shape {:?}, (C, N, H, W)", b.shape()), a)),
+        };
+        if pass.train {
+            self.forward = (0..n as u64).map(|i| draw(pass, self.key, FORWARD, i)).collect();
+            self.backward =
+                if pass.tied_backward { self.forward.clone() } else { (0..n as u64).map(|i| draw(pass, self.key, BACKWARD, i)).collect() };
+        } else {
+            self.forward = vec![0.5; n];
+            self.backward = vec![0.5; n];
+        }
+        self.out.resize(a.shape());
+        let plane = a.shape()[2] * a.shape()[3];
+        let (o, av, bv) = (self.out.as_mut_slice(), a.as_slice(), b.as_slice());
+        for (i, ((o, a), b)) in o.chunks_mut(plane).zip(av.chunks(plane)).zip(bv.chunks(plane)).enumerate() {
+            let g = self.forward[i % n];
+            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = g * a + (1.0 - g) * b);
+        }
+        Ok(())
+    }
+
+    /// From `dout`, the gradients reaching branch a (`da()`) and branch b (`db()`).
+    pub fn backward(&mut self, dout: &Tensor) -> Result<(), NnError> {
+        expect_same(&self.name, dout, &self.out)?;
+        let plane = dout.shape()[2] * dout.shape()[3];
+        let one_minus: Vec<f32> = self.backward.iter().map(|h| 1.0 - h).collect();
+        self.da.resize(dout.shape());
+        self.db.resize(dout.shape());
+        scale_examples(self.da.as_mut_slice(), dout.as_slice(), &self.backward, plane);
+        scale_examples(self.db.as_mut_slice(), dout.as_slice(), &one_minus, plane);
+        Ok(())
+    }
+
+    /// The last forward's mix.
+    pub fn output(&self) -> &Tensor {
+        &self.out
+    }
+    /// Gradient reaching branch a.
+    pub fn da(&self) -> &Tensor {
+        &self.da
+    }
+    /// Gradient reaching branch b.
+    pub fn db(&self) -> &Tensor {
+        &self.db
+    }
+    /// The last forward's per-example coefficients `g`, and the backward's `h`.
+    pub fn coefficients(&self) -> (&[f32], &[f32]) {
+        (&self.forward, &self.backward)
+    }
+
+    /// Frees the branch gradients once both branches have consumed them (see
+    /// [`Layer::release_dinput`]).
+    pub fn release(&mut self) {
+        (self.da, self.db) = (Tensor::empty(), Tensor::empty());
+    }
+}
+
+/// ShakeDrop on a residual branch (see the module docs).
+#[derive(Debug)]
+pub struct ShakeDrop {
+    name: String,
+    key: u64,
+    survival: f32,      // p: the chance the branch passes unchanged
+    forward: Vec<f32>,  // per example: m + α − m·α (p in evaluation)
+    backward: Vec<f32>, // per example: m + β − m·β
+    out: Tensor,
+    dinp: Tensor,
+}
+
+impl ShakeDrop {
+    /// ShakeDrop with survival probability `survival` (the reference's `1 − 0.5·l/L`).
+    pub fn new(name: &str, survival: f32) -> Self {
+        assert!((0.0..=1.0).contains(&survival), "ShakeDrop {name}: survival {survival} outside [0, 1]");
+        ShakeDrop {
+            name: name.to_string(),
+            key: name_key(name),
+            survival,
+            forward: Vec::new(),
+            backward: Vec::new(),
+            out: Tensor::empty(),
+            dinp: Tensor::empty(),
+        }
+    }
+
+    /// The last forward's per-example coefficients, and the backward's.
+    pub fn coefficients(&self) -> (&[f32], &[f32]) {
+        (&self.forward, &self.backward)
+    }
+}
+
+impl Layer for ShakeDrop {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+        let n = match *x.shape() {
+            [_, n, _, _] if n > 0 => n,
+            _ => return Err(shape_error(&self.name, "(C, N, H, W)".into(), x)),
+        };
+        if pass.train {
+            let (mut fwd, mut bwd) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for i in 0..n as u64 {
+                let kept = draw(pass, self.key, MASK, i) < self.survival;
+                let alpha = 2.0 * draw(pass, self.key, FORWARD, i) - 1.0;
+                let beta = draw(pass, self.key, BACKWARD, i);
+                // m + α − m·α with m ∈ {0, 1}, written so a kept branch is scaled by exactly 1.
+                fwd.push(if kept { 1.0 } else { alpha });
+                bwd.push(if kept { 1.0 } else { beta });
+            }
+            self.backward = if pass.tied_backward { fwd.clone() } else { bwd };
+            self.forward = fwd;
+        } else {
+            self.forward = vec![self.survival; n];
+            self.backward = self.forward.clone();
+        }
+        self.out.resize(x.shape());
+        scale_examples(self.out.as_mut_slice(), x.as_slice(), &self.forward, x.shape()[2] * x.shape()[3]);
+        Ok(())
+    }
+
+    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        expect_same(&self.name, dout, &self.out)?;
+        self.dinp.resize(x.shape());
+        scale_examples(self.dinp.as_mut_slice(), dout.as_slice(), &self.backward, x.shape()[2] * x.shape()[3]);
+        Ok(())
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.out
+    }
+
+    fn dinput(&self) -> &Tensor {
+        &self.dinp
+    }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
+}
