@@ -6,12 +6,14 @@
 //!
 //! Models available now: WideResNet-d-k (`WideResnet28x10`, `WideResnet16x4`, any `d = 6n + 4`).
 
+pub mod efficientnet;
 pub mod error;
 pub mod init;
 pub mod model;
 pub mod pyramid_net;
 pub mod registry;
 mod residual_stack;
+pub mod resnet;
 pub mod shake_shake;
 pub mod small_cnn;
 pub mod wide_resnet;

@@ -222,6 +222,10 @@ impl PyramidShakeDrop {
 impl Model for PyramidShakeDrop {
     model_fields!();
 
+    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
+        crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
+    }
+
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
         check_buffers(&self.layout, &self.state_layout, params.len(), state.len())?;
         self.init_conv.forward(params, state, x, pass)?;

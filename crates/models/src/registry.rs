@@ -34,6 +34,24 @@ const MODELS: &[ModelInfo] = &[
         summary: "Shake-Shake 26 2x96d, the paper's (4 blocks per group, width 6)",
     },
     ModelInfo { name: "Pyramid_ShakeDrop", input_size: 32, summary: "PyramidNet-272, alpha 200, bottleneck, ShakeDrop: the paper's" },
+    ModelInfo {
+        name: "Resnet50",
+        input_size: 224,
+        summary: "ResNet-50 v1 (ImageNet; stride on the 3x3, no ReLU after the stem BN as the reference)",
+    },
+    ModelInfo { name: "Resnet101", input_size: 224, summary: "ResNet-101 v1 (ImageNet)" },
+    ModelInfo { name: "Resnet152", input_size: 224, summary: "ResNet-152 v1 (ImageNet)" },
+    ModelInfo { name: "efficientnet-b0", input_size: 224, summary: "EfficientNet-B0" },
+    ModelInfo { name: "efficientnet-b1", input_size: 240, summary: "EfficientNet-B1" },
+    ModelInfo { name: "efficientnet-b2", input_size: 260, summary: "EfficientNet-B2" },
+    ModelInfo { name: "efficientnet-b3", input_size: 300, summary: "EfficientNet-B3" },
+    ModelInfo { name: "efficientnet-b4", input_size: 380, summary: "EfficientNet-B4" },
+    ModelInfo { name: "efficientnet-b5", input_size: 456, summary: "EfficientNet-B5" },
+    ModelInfo { name: "efficientnet-b6", input_size: 528, summary: "EfficientNet-B6" },
+    ModelInfo { name: "efficientnet-b7", input_size: 600, summary: "EfficientNet-B7" },
+    ModelInfo { name: "efficientnet-b8", input_size: 672, summary: "EfficientNet-B8" },
+    ModelInfo { name: "efficientnet-l2", input_size: 800, summary: "EfficientNet-L2 (Noisy Student)" },
+    ModelInfo { name: "efficientnet-l2-475", input_size: 475, summary: "EfficientNet-L2 at 475 px (the reference's finetuning size)" },
     ModelInfo { name: "SmallCnn", input_size: 8, summary: "two convolutions, no batch norm; data-parallel equivalence tests" },
 ];
 
@@ -56,6 +74,16 @@ pub fn build(name: &str, cfg: &ModelConfig) -> Result<Box<dyn Model>, ModelError
     }
     if let Some((d, a)) = name.strip_prefix("Pyramid_ShakeDrop_").and_then(pair) {
         return Ok(Box::new(PyramidShakeDrop::new(name, d, a, *cfg)?));
+    }
+    let resnet = |stages: &[usize]| -> Result<Box<dyn Model>, ModelError> { Ok(Box::new(crate::resnet::Resnet::new(name, stages, *cfg)?)) };
+    match name {
+        "Resnet50" => return resnet(&[3, 4, 6, 3]),
+        "Resnet101" => return resnet(&[3, 4, 23, 3]),
+        "Resnet152" => return resnet(&[3, 8, 36, 3]),
+        _ => {}
+    }
+    if let Some(sc) = crate::efficientnet::scaling(name) {
+        return Ok(Box::new(crate::efficientnet::EfficientNet::new(name, sc, *cfg)?));
     }
     if name == "SmallCnn" {
         return Ok(Box::new(crate::small_cnn::SmallCnn::new(*cfg)?));

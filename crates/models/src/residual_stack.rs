@@ -103,7 +103,7 @@ pub(crate) fn check_backward_buffers(
 }
 
 /// The `Model` methods that only read fields `name`, `cfg`, `layout`, `state_layout`, plus
-/// `backward` as `backward_notify` without a hook.
+/// `backward` as `backward_notify` without a hook. (`init` differs by family: each model says.)
 macro_rules! model_fields {
     () => {
         fn name(&self) -> &str {
@@ -117,9 +117,6 @@ macro_rules! model_fields {
         }
         fn config(&self) -> crate::ModelConfig {
             self.cfg
-        }
-        fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
-            crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
         }
         fn backward(
             &mut self,

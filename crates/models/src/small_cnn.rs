@@ -66,6 +66,10 @@ impl SmallCnn {
 impl Model for SmallCnn {
     model_fields!();
 
+    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
+        crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
+    }
+
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
         if params.len() != self.layout.total() {
             return Err(NnError::ParamLen { expected: self.layout.total(), got: params.len() });

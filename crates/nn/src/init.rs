@@ -27,6 +27,26 @@ pub fn dense_uniform(w: &mut [f32], out_features: usize, rng: &mut Rng) {
     w.iter_mut().for_each(|v| *v = rng.uniform_in(-a, a));
 }
 
+/// JAX's truncated normal for variance scaling: N(0, 1) cut at ±2 and divided by 0.87962566
+/// (its standard deviation), so the result has unit variance; times `std`.
+pub fn truncated_normal(w: &mut [f32], std: f32, rng: &mut Rng) {
+    const CUT_STD: f32 = 0.879_625_66;
+    for v in w.iter_mut() {
+        let z = loop {
+            let z = rng.normal();
+            if z.abs() <= 2.0 {
+                break z;
+            }
+        };
+        *v = std * z / CUT_STD;
+    }
+}
+
+/// `variance_scaling(scale, mode, 'truncated_normal')`: variance `scale / fan`.
+pub fn variance_scaling_truncated(w: &mut [f32], scale: f64, fan: usize, rng: &mut Rng) {
+    truncated_normal(w, (scale / fan.max(1) as f64).sqrt() as f32, rng);
+}
+
 /// Fills with a constant.
 pub fn constant(w: &mut [f32], v: f32) {
     w.fill(v);
@@ -35,6 +55,16 @@ pub fn constant(w: &mut [f32], v: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncated_normal_has_the_asked_variance_and_no_tails() {
+        let mut w = vec![0.0; 200_000];
+        variance_scaling_truncated(&mut w, 2.0, 50, &mut Rng::new(3));
+        let var = w.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / w.len() as f64;
+        assert!((var - 0.04).abs() < 0.001, "variance {var}");
+        let bound = 2.0 * 0.2 / 0.879_625_66;
+        assert!(w.iter().all(|v| v.abs() <= bound + 1e-6));
+    }
 
     #[test]
     fn kaiming_fan_out_variance() {

@@ -37,6 +37,15 @@ impl Pass {
     pub fn eval() -> Self {
         Pass { train: false, update_bn_stats: false, seed: 0, step: 0, tied_backward: false, first_example: 0 }
     }
+    /// One uniform draw in `[0, 1)` for example `example` of this pass's batch, from stream `what`
+    /// of the layer keyed `layer`: a function of (seed, step, layer, the example's place in the
+    /// global batch) only — what per-example stochastic layers (ShakeShake, ShakeDrop,
+    /// drop-connect) draw from.
+    pub fn example_draw(&self, layer: u64, what: u64, example: u64) -> f32 {
+        let stream = layer ^ what.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (self.first_example + example).wrapping_mul(0xd1b5_4a32_d192_ed03);
+        crate::Rng::stream(self.seed, self.step, stream).uniform()
+    }
+
     /// This pass with backward coefficients tied to the forward's (or not).
     pub fn tied(self, tied_backward: bool) -> Self {
         Pass { tied_backward, ..self }

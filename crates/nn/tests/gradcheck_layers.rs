@@ -244,3 +244,35 @@ fn shake_drop_survival_rate_is_p() {
     let rate = kept as f64 / 4000.0;
     assert!((rate - 0.8).abs() < 0.03, "survival rate {rate}");
 }
+
+#[test]
+fn squeeze_excite() {
+    for (c, r) in [(4, 1), (6, 3)] {
+        let mut layout = ParamLayout::new();
+        let mut se = SqueezeExcite::new(&mut layout, "MBConvBlock_1/SqueezeExcite_0", c, r);
+        run(&mut se, &layout, &StateLayout::new(), &separated(&[c, 3, 3, 3], 12), train());
+    }
+}
+
+#[test]
+fn depthwise_with_the_tensorflow_kernel_layout() {
+    let mut layout = ParamLayout::new();
+    let mut dw = Conv2d::depthwise_tf(&mut layout, "MBConvBlock_2/depthwise_conv2d", 5, 3, 2, &ringsam_nn::Workspace::new());
+    assert_eq!(layout.entries()[0].name, "MBConvBlock_2/depthwise_conv2d/depthwise_kernel");
+    assert_eq!(layout.entries()[0].shape, vec![3, 3, 5, 1]);
+    run(&mut dw, &layout, &StateLayout::new(), &separated(&[5, 2, 7, 7], 13), train());
+}
+
+#[test]
+fn drop_connect() {
+    let mut dc = DropConnect::new("MBConvBlock_3/drop_connect", 0.3);
+    run(&mut dc, &ParamLayout::new(), &StateLayout::new(), &separated(&[3, 6, 2, 2], 14), train());
+    // Whole examples are dropped or scaled by 1/(1 − rate); evaluation is the identity.
+    let x = separated(&[2, 400, 1, 1], 15);
+    dc.forward(&[], &mut [], &x, &train()).unwrap();
+    let kept = dc.coefficients().iter().filter(|&&c| c > 0.0).count() as f64 / 400.0;
+    assert!((kept - 0.7).abs() < 0.07, "kept {kept}");
+    assert!(dc.coefficients().iter().all(|&c| c == 0.0 || (c - 1.0 / 0.7).abs() < 1e-6));
+    dc.forward(&[], &mut [], &x, &Pass::eval()).unwrap();
+    assert_eq!(dc.output().as_slice(), x.as_slice());
+}

@@ -66,6 +66,22 @@ impl Conv2d {
         Conv2d { name: name.to_string(), cfg, kernel, shape: None, out: Tensor::empty(), dinp: Tensor::empty(), col: workspace.clone() }
     }
 
+    /// A depthwise `k×k` SAME convolution over `channels`, with its kernel declared as TensorFlow
+    /// and the reference's EfficientNet store it: `{name}/depthwise_kernel` of shape
+    /// `(k, k, channels, 1)` — the same bytes as our `(k, k, 1, channels)` grouped kernel.
+    pub fn depthwise_tf(
+        layout: &mut ParamLayout,
+        name: &str,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        workspace: &Workspace,
+    ) -> Self {
+        let cfg = Conv2dConfig { groups: channels, ..Conv2dConfig::same(channels, channels, kernel, stride) };
+        let id = layout.push(format!("{name}/depthwise_kernel"), &[kernel, kernel, channels, 1]);
+        Conv2d { name: name.to_string(), cfg, kernel: id, shape: None, out: Tensor::empty(), dinp: Tensor::empty(), col: workspace.clone() }
+    }
+
     /// The kernel's place in the arena.
     pub fn kernel(&self) -> ParamId {
         self.kernel

@@ -15,21 +15,25 @@ use crate::{NnError, Pass};
 mod activation;
 mod batchnorm;
 mod conv;
+mod drop_connect;
 mod dropout;
 mod linear;
 mod pool;
 mod shake;
 mod shortcut;
+mod squeeze_excite;
 mod subsample;
 
 pub use activation::{Activation, ActivationKind};
 pub use batchnorm::{BatchNorm, BatchNormConfig};
 pub use conv::{Conv2d, Conv2dConfig, Padding};
+pub use drop_connect::DropConnect;
 pub use dropout::Dropout;
 pub use linear::Linear;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use shake::{ShakeDrop, ShakeShake};
 pub use shortcut::PoolPadShortcut;
+pub use squeeze_excite::SqueezeExcite;
 pub use subsample::ShiftSubsample;
 
 /// The interface every single-input layer implements (residual adds are plain function calls in

@@ -17,12 +17,10 @@
 use ringsam_tensor::Tensor;
 
 use super::{Layer, expect_same, name_key, shape_error};
-use crate::{NnError, Pass, Rng};
+use crate::{NnError, Pass};
 
-/// One uniform draw in `[0, 1)` for example `example` of `pass`, stream `what` of layer `key`.
 fn draw(pass: &Pass, key: u64, what: u64, example: u64) -> f32 {
-    let stream = key ^ what.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (pass.first_example + example).wrapping_mul(0xd1b5_4a32_d192_ed03);
-    Rng::stream(pass.seed, pass.step, stream).uniform()
+    pass.example_draw(key, what, example)
 }
 
 const FORWARD: u64 = 1;
@@ -30,7 +28,7 @@ const BACKWARD: u64 = 2;
 const MASK: u64 = 3;
 
 /// Multiplies example `n` of `x (C, N, H, W)` by `coef[n]` into `out`.
-fn scale_examples(out: &mut [f32], x: &[f32], coef: &[f32], plane: usize) {
+pub(crate) fn scale_examples(out: &mut [f32], x: &[f32], coef: &[f32], plane: usize) {
     let n = coef.len();
     for (i, (o, v)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
         let c = coef[i % n];

@@ -1,0 +1,401 @@
+//! EfficientNet B0–B8, L2 and L2-475 exactly as the reference defines them (google-research/sam
+//! `sam_jax/efficientnet/efficientnet.py`), named by the reference's parameter tree so its
+//! published Flax checkpoints load by path and shape.
+//!
+//! ```text
+//! Stem_0            conv2d 3×3 stride 2 → batch_normalization → swish
+//! MBConvBlock_1…N   seven stages of mobile inverted bottlenecks (table below), N = Σ repeats
+//! Head_{N+1}        conv2d 1×1 → batch_normalization → swish → global pool → dropout → dense
+//! ```
+//! A block (`filters = in · expand`): if expand ≠ 1, `expand_conv2d_0` 1×1 → BN → swish; then
+//! `depthwise_conv2d` k×k (stride, SAME; kernel `depthwise_kernel` `(k, k, C, 1)`) → BN → swish;
+//! `SqueezeExcite_0` to `max(1, ⌊in · 0.25⌋)` channels; `project_conv2d_*` 1×1 → BN. BN layers are
+//! `batch_normalization_0, 1, 2` in order (0 and 1 without the expansion). When the stride is 1 and
+//! in = out, drop-connect (rate `0.2 · b / N` for 0-based block `b`) and the input are added.
+//! BN momentum 0.99, eps 1e-3. Widths: `round_filters` (multiples of 8, never below 90 %);
+//! depths: `⌈depth · repeats⌉`. Kernels start `variance_scaling(2, fan_out, truncated)`, the
+//! classifier `U(±1/√classes)` ([`crate::init::init_efficientnet`]).
+//!
+//! Differences, on purpose: the reference's batch norm averages statistics across replicas
+//! (`axis_name='batch'`); ringsam's is per replica, as for its other models. The reference refuses
+//! any input size but the model's; ringsam runs any size (`--image_size` for quick runs).
+
+use ringsam_nn::layers::{
+    Activation, ActivationKind, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool, Linear,
+    SqueezeExcite,
+};
+use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
+use ringsam_tensor::Tensor;
+use ringsam_tensor::elementwise::add_forward;
+
+use crate::residual_stack::{Block, BlockStack, check_backward_buffers, model_fields};
+use crate::wide_resnet::check_buffers;
+use crate::{Model, ModelConfig, ModelError};
+
+/// One stage of the base network: kernel, repeats, input and output filters, expansion, stride.
+struct Stage {
+    kernel: usize,
+    repeats: usize,
+    filters_in: usize,
+    filters_out: usize,
+    expand: usize,
+    stride: usize,
+}
+
+const STAGES: [Stage; 7] = [
+    Stage { kernel: 3, repeats: 1, filters_in: 32, filters_out: 16, expand: 1, stride: 1 },
+    Stage { kernel: 3, repeats: 2, filters_in: 16, filters_out: 24, expand: 6, stride: 2 },
+    Stage { kernel: 5, repeats: 2, filters_in: 24, filters_out: 40, expand: 6, stride: 2 },
+    Stage { kernel: 3, repeats: 3, filters_in: 40, filters_out: 80, expand: 6, stride: 2 },
+    Stage { kernel: 5, repeats: 3, filters_in: 80, filters_out: 112, expand: 6, stride: 1 },
+    Stage { kernel: 5, repeats: 4, filters_in: 112, filters_out: 192, expand: 6, stride: 2 },
+    Stage { kernel: 3, repeats: 1, filters_in: 192, filters_out: 320, expand: 6, stride: 1 },
+];
+
+const SE_RATIO: f64 = 0.25;
+const DROP_CONNECT: f64 = 0.2;
+
+/// A model's scaling: width, depth, input resolution, dropout before the classifier.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scaling {
+    /// Width coefficient.
+    pub width: f64,
+    /// Depth coefficient.
+    pub depth: f64,
+    /// Input side in pixels.
+    pub resolution: usize,
+    /// Dropout rate before the classifier.
+    pub dropout: f32,
+}
+
+/// The reference's table (`MODEL_CONFIGS`).
+pub fn scaling(name: &str) -> Option<Scaling> {
+    let (width, depth, resolution, dropout) = match name {
+        "efficientnet-b0" => (1.0, 1.0, 224, 0.2),
+        "efficientnet-b1" => (1.0, 1.1, 240, 0.2),
+        "efficientnet-b2" => (1.1, 1.2, 260, 0.3),
+        "efficientnet-b3" => (1.2, 1.4, 300, 0.3),
+        "efficientnet-b4" => (1.4, 1.8, 380, 0.4),
+        "efficientnet-b5" => (1.6, 2.2, 456, 0.4),
+        "efficientnet-b6" => (1.8, 2.6, 528, 0.5),
+        "efficientnet-b7" => (2.0, 3.1, 600, 0.5),
+        "efficientnet-b8" => (2.2, 3.6, 672, 0.5),
+        "efficientnet-l2" => (4.3, 5.3, 800, 0.5),
+        "efficientnet-l2-475" => (4.3, 5.3, 475, 0.5),
+        _ => return None,
+    };
+    Some(Scaling { width, depth, resolution, dropout })
+}
+
+/// `round_filters`: `filters · width` to a multiple of 8 (at least 8), never below 90 % of it.
+pub fn round_filters(filters: usize, width: f64) -> usize {
+    let f = filters as f64 * width;
+    let mut new = (((f + 4.0) as usize) / 8 * 8).max(8);
+    if (new as f64) < 0.9 * f {
+        new += 8;
+    }
+    new
+}
+
+/// `round_repeats`: `⌈depth · repeats⌉`.
+pub fn round_repeats(repeats: usize, depth: f64) -> usize {
+    (depth * repeats as f64).ceil() as usize
+}
+
+fn bn(p: &mut ParamLayout, s: &mut StateLayout, name: &str, c: usize) -> BatchNorm {
+    BatchNorm::new(p, s, name, BatchNormConfig { channels: c, momentum: 0.99, eps: 1e-3, relu: false })
+}
+
+fn swish(name: &str) -> Activation {
+    Activation::new(name, ActivationKind::Silu)
+}
+
+/// `MBConvBlock_{i}`.
+struct MbConv {
+    expand: Option<(Conv2d, BatchNorm, Activation)>,
+    depthwise: Conv2d,
+    bn_dw: BatchNorm,
+    swish_dw: Activation,
+    se: SqueezeExcite,
+    project: Conv2d,
+    bn_project: BatchNorm,
+    skip: Option<DropConnect>, // Some: stride 1 and in = out
+    out: Tensor,
+    dinp: Tensor,
+}
+
+impl MbConv {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        p: &mut ParamLayout,
+        s: &mut StateLayout,
+        ws: &Workspace,
+        name: &str,
+        stage: &Stage,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        drop: f32,
+    ) -> Self {
+        let filters = c_in * stage.expand;
+        let expand = (stage.expand != 1).then(|| {
+            (
+                Conv2d::with_workspace(p, &format!("{name}/expand_conv2d_0"), Conv2dConfig::same(c_in, filters, 1, 1), ws),
+                bn(p, s, &format!("{name}/batch_normalization_0"), filters),
+                swish(&format!("{name}/expand_swish")),
+            )
+        });
+        let n = expand.is_some() as usize; // BN and projection numbering shift by the expansion
+        let depthwise = Conv2d::depthwise_tf(p, &format!("{name}/depthwise_conv2d"), filters, stage.kernel, stride, ws);
+        let bn_dw = bn(p, s, &format!("{name}/batch_normalization_{n}"), filters);
+        let reduced = ((c_in as f64 * SE_RATIO) as usize).max(1);
+        let se = SqueezeExcite::new(p, &format!("{name}/SqueezeExcite_0"), filters, reduced);
+        let project = Conv2d::with_workspace(p, &format!("{name}/project_conv2d_{n}"), Conv2dConfig::same(filters, c_out, 1, 1), ws);
+        let bn_project = bn(p, s, &format!("{name}/batch_normalization_{}", n + 1), c_out);
+        MbConv {
+            expand,
+            depthwise,
+            bn_dw,
+            swish_dw: swish(&format!("{name}/depthwise_swish")),
+            se,
+            project,
+            bn_project,
+            skip: (stride == 1 && c_in == c_out).then(|| DropConnect::new(&format!("{name}/drop_connect"), drop)),
+            out: Tensor::empty(),
+            dinp: Tensor::empty(),
+        }
+    }
+}
+
+impl Block for MbConv {
+    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+        let h = match &mut self.expand {
+            Some((conv, norm, act)) => {
+                conv.forward(params, state, x, pass)?;
+                norm.forward(params, state, conv.output(), pass)?;
+                act.forward(params, state, norm.output(), pass)?;
+                act.output()
+            }
+            None => x,
+        };
+        self.depthwise.forward(params, state, h, pass)?;
+        self.bn_dw.forward(params, state, self.depthwise.output(), pass)?;
+        self.swish_dw.forward(params, state, self.bn_dw.output(), pass)?;
+        self.se.forward(params, state, self.swish_dw.output(), pass)?;
+        self.project.forward(params, state, self.se.output(), pass)?;
+        self.bn_project.forward(params, state, self.project.output(), pass)?;
+        let y = self.bn_project.output();
+        self.out.resize(y.shape());
+        match &mut self.skip {
+            Some(dc) => {
+                dc.forward(params, state, y, pass)?;
+                add_forward(self.out.as_mut_slice(), dc.output().as_slice(), x.as_slice())
+                    .map_err(|source| NnError::Kernel { layer: self.project.name().to_string(), source })
+            }
+            None => {
+                self.out.as_mut_slice().copy_from_slice(y.as_slice());
+                Ok(())
+            }
+        }
+    }
+
+    /// Mirror of `forward`.
+    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        let dy = match &mut self.skip {
+            Some(dc) => {
+                dc.backward(params, grads, self.bn_project.output(), dout)?;
+                dc.dinput()
+            }
+            None => dout,
+        };
+        self.bn_project.backward(params, grads, self.project.output(), dy)?;
+        self.project.backward(params, grads, self.se.output(), self.bn_project.dinput())?;
+        self.se.backward(params, grads, self.swish_dw.output(), self.project.dinput())?;
+        self.swish_dw.backward(params, grads, self.bn_dw.output(), self.se.dinput())?;
+        self.bn_dw.backward(params, grads, self.depthwise.output(), self.swish_dw.dinput())?;
+        let dh = match &mut self.expand {
+            Some((conv, norm, act)) => {
+                self.depthwise.backward(params, grads, act.output(), self.bn_dw.dinput())?;
+                act.backward(params, grads, norm.output(), self.depthwise.dinput())?;
+                norm.backward(params, grads, conv.output(), act.dinput())?;
+                conv.backward(params, grads, x, norm.dinput())?;
+                conv.dinput()
+            }
+            None => {
+                self.depthwise.backward(params, grads, x, self.bn_dw.dinput())?;
+                self.depthwise.dinput()
+            }
+        };
+        self.dinp.resize(x.shape());
+        if self.skip.is_some() {
+            add_forward(self.dinp.as_mut_slice(), dh.as_slice(), dout.as_slice())
+                .map_err(|source| NnError::Kernel { layer: self.project.name().to_string(), source })?;
+        } else {
+            self.dinp.as_mut_slice().copy_from_slice(dh.as_slice());
+        }
+        // Only the block's input gradient is needed from here on.
+        let mut inner: Vec<&mut dyn Layer> =
+            vec![&mut self.bn_project, &mut self.project, &mut self.se, &mut self.swish_dw, &mut self.bn_dw, &mut self.depthwise];
+        if let Some((conv, norm, act)) = &mut self.expand {
+            inner.extend([act as &mut dyn Layer, norm, conv]);
+        }
+        if let Some(dc) = &mut self.skip {
+            inner.push(dc);
+        }
+        inner.into_iter().for_each(|l| l.release_dinput());
+        Ok(())
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.out
+    }
+
+    fn dinput(&self) -> &Tensor {
+        &self.dinp
+    }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
+
+    fn macs(&self) -> usize {
+        let expand = self.expand.as_ref().map(|e| &e.0);
+        let convs: usize = [expand, Some(&self.depthwise), Some(&self.project)]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.last_shape())
+            .map(|s| s.macs())
+            .sum();
+        convs + self.se.last_macs()
+    }
+}
+
+/// An EfficientNet (see the module docs).
+pub struct EfficientNet {
+    name: String,
+    cfg: ModelConfig,
+    layout: ParamLayout,
+    state_layout: StateLayout,
+    stem_conv: Conv2d,
+    stem_bn: BatchNorm,
+    stem_swish: Activation,
+    blocks: BlockStack<MbConv>,
+    head_start: usize, // first parameter offset of the head
+    head_conv: Conv2d,
+    head_bn: BatchNorm,
+    head_swish: Activation,
+    pool: GlobalAvgPool,
+    dropout: Dropout,
+    dense: Linear,
+}
+
+impl EfficientNet {
+    /// The model `name` scaled by `sc`.
+    pub fn new(name: &str, sc: Scaling, cfg: ModelConfig) -> Result<Self, ModelError> {
+        if cfg.num_classes == 0 || cfg.in_channels == 0 || !(sc.width > 0.0 && sc.depth > 0.0) {
+            return Err(ModelError::Config { name: name.into(), why: "classes, channels, width and depth must be positive".into() });
+        }
+        let (mut p, mut s) = (ParamLayout::new(), StateLayout::new());
+        let ws = Workspace::new();
+        let stem_width = round_filters(32, sc.width);
+        let stem = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, stem_width, 3, 2) };
+        let stem_conv = Conv2d::with_workspace(&mut p, "Stem_0/conv2d", stem, &ws);
+        let stem_bn = bn(&mut p, &mut s, "Stem_0/batch_normalization", stem_width);
+        let total: usize = STAGES.iter().map(|st| round_repeats(st.repeats, sc.depth)).sum();
+        let mut blocks = BlockStack::new();
+        let mut index = 0;
+        for st in &STAGES {
+            let (c_in, c_out) = (round_filters(st.filters_in, sc.width), round_filters(st.filters_out, sc.width));
+            for r in 0..round_repeats(st.repeats, sc.depth) {
+                let (cin, stride) = if r == 0 { (c_in, st.stride) } else { (c_out, 1) };
+                let drop = (DROP_CONNECT * index as f64 / total as f64) as f32;
+                let start = p.total();
+                let name = format!("MBConvBlock_{}", index + 1);
+                blocks.push(start, MbConv::new(&mut p, &mut s, &ws, &name, st, cin, c_out, stride, drop));
+                index += 1;
+            }
+        }
+        let head = format!("Head_{}", total + 1);
+        let c_last = round_filters(STAGES[6].filters_out, sc.width);
+        let head_width = round_filters(1280, sc.width);
+        let head_start = p.total();
+        let head_conv = Conv2d::with_workspace(&mut p, &format!("{head}/conv2d"), Conv2dConfig::same(c_last, head_width, 1, 1), &ws);
+        let head_bn = bn(&mut p, &mut s, &format!("{head}/batch_normalization"), head_width);
+        let dense = Linear::new(&mut p, &format!("{head}/dense"), head_width, cfg.num_classes);
+        Ok(EfficientNet {
+            name: name.into(),
+            cfg,
+            layout: p,
+            state_layout: s,
+            stem_conv,
+            stem_bn,
+            stem_swish: swish("Stem_0/swish"),
+            blocks,
+            head_start,
+            head_conv,
+            head_bn,
+            head_swish: swish(&format!("{head}/swish")),
+            pool: GlobalAvgPool::new(&format!("{head}/pool")),
+            dropout: Dropout::new(&format!("{head}/dropout"), sc.dropout),
+            dense,
+        })
+    }
+}
+
+impl Model for EfficientNet {
+    model_fields!();
+
+    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
+        crate::init::init_efficientnet(&self.layout, params, &self.state_layout, state, seed);
+    }
+
+    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
+        check_buffers(&self.layout, &self.state_layout, params.len(), state.len())?;
+        self.stem_conv.forward(params, state, x, pass)?;
+        self.stem_bn.forward(params, state, self.stem_conv.output(), pass)?;
+        self.stem_swish.forward(params, state, self.stem_bn.output(), pass)?;
+        let h = self.blocks.forward(params, state, self.stem_swish.output(), pass)?;
+        self.head_conv.forward(params, state, h, pass)?;
+        self.head_bn.forward(params, state, self.head_conv.output(), pass)?;
+        self.head_swish.forward(params, state, self.head_bn.output(), pass)?;
+        self.pool.forward(params, state, self.head_swish.output(), pass)?;
+        self.dropout.forward(params, state, self.pool.output(), pass)?;
+        self.dense.forward(params, state, self.dropout.output(), pass)?;
+        Ok(self.dense.output())
+    }
+
+    fn backward_notify(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &Tensor,
+        dlogits: &Tensor,
+        ready: &mut dyn FnMut(&mut [f32], usize),
+    ) -> Result<(), NnError> {
+        check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
+        self.dense.backward(params, grads, self.dropout.output(), dlogits)?;
+        self.dropout.backward(params, grads, self.pool.output(), self.dense.dinput())?;
+        self.pool.backward(params, grads, self.head_swish.output(), self.dropout.dinput())?;
+        self.head_swish.backward(params, grads, self.head_bn.output(), self.pool.dinput())?;
+        self.head_bn.backward(params, grads, self.head_conv.output(), self.head_swish.dinput())?;
+        let last = self.blocks.output(self.stem_swish.output());
+        self.head_conv.backward(params, grads, last, self.head_bn.dinput())?;
+        ready(grads, self.head_start);
+        self.blocks.backward(params, grads, self.stem_swish.output(), self.head_conv.dinput(), ready)?;
+        let dfirst = self.blocks.dinput(self.head_conv.dinput());
+        self.stem_swish.backward(params, grads, self.stem_bn.output(), dfirst)?;
+        self.stem_bn.backward(params, grads, self.stem_conv.output(), self.stem_swish.dinput())?;
+        self.stem_conv.backward(params, grads, x, self.stem_bn.dinput())?;
+        ready(grads, 0);
+        Ok(())
+    }
+
+    fn last_forward_macs(&self) -> usize {
+        let convs = [&self.stem_conv, &self.head_conv].iter().filter_map(|c| c.last_shape()).map(|s| s.macs()).sum::<usize>();
+        convs + self.blocks.macs() + self.dense.last_macs()
+    }
+
+    fn last_backward_macs(&self) -> usize {
+        2 * self.last_forward_macs() - self.stem_conv.last_shape().map_or(0, |s| s.macs())
+    }
+}

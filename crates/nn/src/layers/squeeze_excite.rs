@@ -1,0 +1,188 @@
+//! Squeeze-and-excitation as the reference's EfficientNet builds it (`SqueezeExcite_0`): global
+//! average pool → 1×1 conv to `R` channels with bias (`reduce_conv2d_0`) → swish → 1×1 conv back
+//! to `C` with bias (`expand_conv2d_1`) → sigmoid → scale each channel of the input.
+//!
+//! On a pooled `(C, N)` map a 1×1 convolution is a small matrix product; the kernels keep the
+//! reference's shapes `(1, 1, C, R)` and `(1, 1, R, C)` so checkpoints load by name and shape.
+//!
+//! Backward, with `s` the pooled input, `z` the reduced pre-activation, `a = swish(z)`, `e` the
+//! expanded pre-activation and `g = σ(e)`:
+//! `dg = Σ_hw dy·x`, `de = dg·g(1−g)`, `da = W₂·de`, `dz = da·σ(z)(1 + z(1−σ(z)))`,
+//! `ds = W₁·dz`, and `dx = dy·g + ds/(H·W)`; kernel and bias gradients are the usual outer
+//! products and sums over the batch.
+
+use ringsam_tensor::Tensor;
+
+use super::{Layer, expect_image, expect_same};
+use crate::{NnError, ParamId, ParamLayout, Pass};
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct SqueezeExcite {
+    name: String,
+    channels: usize,
+    reduced: usize,
+    w1: ParamId, // (1, 1, C, R)
+    b1: ParamId, // (R,)
+    w2: ParamId, // (1, 1, R, C)
+    b2: ParamId, // (C,)
+    s: Vec<f32>, // (C, N) pooled input
+    z: Vec<f32>, // (R, N)
+    a: Vec<f32>, // (R, N)
+    g: Vec<f32>, // (C, N) gates
+    out: Tensor,
+    dinp: Tensor,
+}
+
+impl SqueezeExcite {
+    /// `{name}/reduce_conv2d_0/{kernel,bias}` and `{name}/expand_conv2d_1/{kernel,bias}`.
+    pub fn new(layout: &mut ParamLayout, name: &str, channels: usize, reduced: usize) -> Self {
+        assert!(channels > 0 && reduced > 0, "{name}: {channels} channels squeezed to {reduced}");
+        SqueezeExcite {
+            name: name.to_string(),
+            channels,
+            reduced,
+            w1: layout.push(format!("{name}/reduce_conv2d_0/kernel"), &[1, 1, channels, reduced]),
+            b1: layout.push(format!("{name}/reduce_conv2d_0/bias"), &[reduced]),
+            w2: layout.push(format!("{name}/expand_conv2d_1/kernel"), &[1, 1, reduced, channels]),
+            b2: layout.push(format!("{name}/expand_conv2d_1/bias"), &[channels]),
+            s: Vec::new(),
+            z: Vec::new(),
+            a: Vec::new(),
+            g: Vec::new(),
+            out: Tensor::empty(),
+            dinp: Tensor::empty(),
+        }
+    }
+
+    /// Multiply-adds of the last forward (the two 1×1 convolutions).
+    pub fn last_macs(&self) -> usize {
+        2 * self.channels * self.reduced * (self.s.len() / self.channels.max(1))
+    }
+}
+
+impl Layer for SqueezeExcite {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn forward(&mut self, params: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+        let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
+        let (r, hw) = (self.reduced, h * w);
+        let (w1, b1, w2, b2) = (&params[self.w1.range()], &params[self.b1.range()], &params[self.w2.range()], &params[self.b2.range()]);
+        self.s = x.as_slice().chunks(hw).map(|p| p.iter().sum::<f32>() / hw as f32).collect();
+        self.z = vec![0.0; r * n];
+        for ci in 0..c {
+            for ri in 0..r {
+                let wv = w1[ci * r + ri];
+                for ni in 0..n {
+                    self.z[ri * n + ni] += wv * self.s[ci * n + ni];
+                }
+            }
+        }
+        for ri in 0..r {
+            self.z[ri * n..(ri + 1) * n].iter_mut().for_each(|v| *v += b1[ri]);
+        }
+        self.a = self.z.iter().map(|&v| v * sigmoid(v)).collect();
+        let mut e = vec![0.0f32; c * n];
+        for ri in 0..r {
+            for ci in 0..c {
+                let wv = w2[ri * c + ci];
+                for ni in 0..n {
+                    e[ci * n + ni] += wv * self.a[ri * n + ni];
+                }
+            }
+        }
+        self.g = e.iter().enumerate().map(|(i, &v)| sigmoid(v + b2[i / n])).collect();
+        self.out.resize(x.shape());
+        for ((o, xv), &g) in self.out.as_mut_slice().chunks_mut(hw).zip(x.as_slice().chunks(hw)).zip(&self.g) {
+            o.iter_mut().zip(xv).for_each(|(o, &v)| *o = v * g);
+        }
+        Ok(())
+    }
+
+    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        expect_same(&self.name, dout, &self.out)?;
+        let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
+        let (r, hw) = (self.reduced, h * w);
+        // dg and de, per (channel, example).
+        let de: Vec<f32> = dout
+            .as_slice()
+            .chunks(hw)
+            .zip(x.as_slice().chunks(hw))
+            .zip(&self.g)
+            .map(|((d, xv), &g)| d.iter().zip(xv).map(|(&d, &v)| d * v).sum::<f32>() * g * (1.0 - g))
+            .collect();
+        let (w1, w2) = (&params[self.w1.range()], &params[self.w2.range()]);
+        let mut da = vec![0.0f32; r * n];
+        for ri in 0..r {
+            for ci in 0..c {
+                let wv = w2[ri * c + ci];
+                for ni in 0..n {
+                    da[ri * n + ni] += wv * de[ci * n + ni];
+                }
+            }
+        }
+        let dz: Vec<f32> = da
+            .iter()
+            .zip(&self.z)
+            .map(|(&d, &z)| {
+                let sg = sigmoid(z);
+                d * sg * (1.0 + z * (1.0 - sg))
+            })
+            .collect();
+        let mut ds = vec![0.0f32; c * n];
+        for ci in 0..c {
+            for ri in 0..r {
+                let wv = w1[ci * r + ri];
+                for ni in 0..n {
+                    ds[ci * n + ni] += wv * dz[ri * n + ni];
+                }
+            }
+        }
+        // Parameter gradients.
+        let gw2 = self.w2.range();
+        for ri in 0..r {
+            for ci in 0..c {
+                grads[gw2.start + ri * c + ci] += (0..n).map(|ni| self.a[ri * n + ni] * de[ci * n + ni]).sum::<f32>();
+            }
+        }
+        let gb2 = self.b2.range();
+        for ci in 0..c {
+            grads[gb2.start + ci] += de[ci * n..(ci + 1) * n].iter().sum::<f32>();
+        }
+        let gw1 = self.w1.range();
+        for ci in 0..c {
+            for ri in 0..r {
+                grads[gw1.start + ci * r + ri] += (0..n).map(|ni| self.s[ci * n + ni] * dz[ri * n + ni]).sum::<f32>();
+            }
+        }
+        let gb1 = self.b1.range();
+        for ri in 0..r {
+            grads[gb1.start + ri] += dz[ri * n..(ri + 1) * n].iter().sum::<f32>();
+        }
+        // dx = dy·g + ds/(H·W).
+        self.dinp.resize(x.shape());
+        for (((dx, d), &g), &dsv) in self.dinp.as_mut_slice().chunks_mut(hw).zip(dout.as_slice().chunks(hw)).zip(&self.g).zip(&ds) {
+            let add = dsv / hw as f32;
+            dx.iter_mut().zip(d).for_each(|(o, &d)| *o = d * g + add);
+        }
+        Ok(())
+    }
+
+    fn output(&self) -> &Tensor {
+        &self.out
+    }
+
+    fn dinput(&self) -> &Tensor {
+        &self.dinp
+    }
+
+    fn release_dinput(&mut self) {
+        self.dinp = Tensor::empty();
+    }
+}
