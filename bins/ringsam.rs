@@ -73,6 +73,39 @@ struct EvalArgs {
 enum DataCommand {
     /// Check a dataset's files against the official checksums.
     Verify(VerifyArgs),
+    /// Write shards (WebDataset tar or TFRecord) from an image folder (one sub-folder per class).
+    Pack(PackArgs),
+    /// Summarise shards: samples, labels, bytes, and any damaged records (with offsets).
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+struct PackArgs {
+    /// The image folder: one sub-folder of JPEGs per class (classes numbered in name order).
+    #[arg(long)]
+    from: PathBuf,
+    /// Directory for the shards.
+    #[arg(long)]
+    to: PathBuf,
+    /// wds (WebDataset tar) or tfrecord (TFDS-style tf.Example records).
+    #[arg(long, default_value = "wds")]
+    format: String,
+    /// Samples per shard.
+    #[arg(long = "shard-size", default_value_t = 1000)]
+    shard_size: usize,
+    /// Shard name prefix.
+    #[arg(long, default_value = "train")]
+    prefix: String,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Shard files (*.tar or *.tfrecord*).
+    #[arg(required = true)]
+    shards: Vec<PathBuf>,
+    /// Print one JSON object per shard.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +245,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(flags) => cmd_train(&flags),
         Command::Eval(args) => cmd_eval(&args),
         Command::Data(DataCommand::Verify(args)) => cmd_data_verify(&args),
+        Command::Data(DataCommand::Pack(args)) => cmd_data_pack(&args),
+        Command::Data(DataCommand::Inspect(args)) => cmd_data_inspect(&args),
         Command::Models(args) => cmd_models(&args),
         Command::Certs(args) => {
             ringsam_collective::certs::write_dev_certs(&args.out, args.nodes)
@@ -388,6 +423,56 @@ fn cmd_eval(args: &EvalArgs) -> Result<()> {
             100.0 * r.error_rate,
             100.0 * (1.0 - r.error_rate)
         );
+    }
+    Ok(())
+}
+
+fn cmd_data_pack(args: &PackArgs) -> Result<()> {
+    use ringsam_data::shards::{ShardFormat, pack_folder};
+    let format = ShardFormat::parse(&args.format)?;
+    let shards = pack_folder(&args.from, &args.to, format, args.shard_size, &args.prefix, 0)
+        .with_context(|| format!("packing {} into {}", args.from.display(), args.to.display()))?;
+    println!("wrote {} shard(s) to {}", shards.len(), args.to.display());
+    Ok(())
+}
+
+fn cmd_data_inspect(args: &InspectArgs) -> Result<()> {
+    let mut damaged = false;
+    for path in &args.shards {
+        let (mut labels, mut bytes, mut first) = (std::collections::BTreeMap::<i64, usize>::new(), 0usize, None);
+        let report = ringsam_data::shards::read_shard(path, |_, s| {
+            *labels.entry(s.label).or_default() += 1;
+            bytes += s.image.len();
+            first.get_or_insert(s.key);
+        })
+        .with_context(|| format!("reading {}", path.display()))?;
+        damaged |= !report.skipped.is_empty();
+        let (lo, hi) = (labels.keys().next().copied(), labels.keys().last().copied());
+        if args.json {
+            let skipped: Vec<_> = report.skipped.iter().map(|(at, why)| serde_json::json!({"offset": at, "why": why})).collect();
+            println!(
+                "{}",
+                serde_json::json!({"shard": path, "samples": report.samples, "image_bytes": bytes, "classes": labels.len(), "label_min": lo, "label_max": hi, "first_key": first, "skipped": skipped})
+            );
+        } else {
+            println!(
+                "{}: {} samples, {} image bytes, {} classes (labels {}..={}), first key {:?}, {} skipped",
+                path.display(),
+                report.samples,
+                bytes,
+                labels.len(),
+                lo.map_or("-".into(), |v| v.to_string()),
+                hi.map_or("-".into(), |v| v.to_string()),
+                first.unwrap_or_default(),
+                report.skipped.len()
+            );
+            for (at, why) in &report.skipped {
+                println!("  skipped at offset {at}: {why}");
+            }
+        }
+    }
+    if damaged {
+        bail!("some records were damaged (listed above)");
     }
     Ok(())
 }

@@ -56,6 +56,29 @@ def main() -> int:
         assert set(optim) == {f"momentum/{k}" for k in params}, "optimizer state does not mirror the parameters"
         assert all(np.isfinite(v).all() for v in model.values())
         print(f"safetensors: {final}: {len(model)} model tensors ({n} parameters), {len(optim)} optimizer tensors")
+
+    # TFRecord framing (length and data CRC-32C) as TensorBoard's own record reader checks it.
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import PyRecordReader_New
+    with tempfile.TemporaryDirectory() as tmp:
+        for c in range(2):
+            os.makedirs(os.path.join(tmp, "folder", f"class{c}"))
+            for i in range(3):
+                with open(os.path.join(tmp, "folder", f"class{c}", f"{i}.jpg"), "wb") as f:
+                    f.write(bytes([c * 16 + i]) * (50 + i))
+        subprocess.run([ringsam, "data", "pack", "--from", os.path.join(tmp, "folder"), "--to", os.path.join(tmp, "shards"),
+                        "--format", "tfrecord", "--shard-size", "10"], check=True)
+        shard = os.path.join(tmp, "shards", "train-00000-of-00001.tfrecord")
+        reader = PyRecordReader_New(shard.encode())
+        records = 0
+        while True:
+            try:
+                reader.GetNext()
+            except Exception:  # OutOfRangeError at the end; a CRC error would stop early
+                break
+            assert b"image" in reader.record() and b"label" in reader.record()
+            records += 1
+        assert records == 6, f"TensorBoard's reader found {records} of 6 records in {shard}"
+        print(f"tfrecord: {records} records read back by TensorBoard's reader")
     print("interop check: ok")
     return 0
 

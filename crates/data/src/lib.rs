@@ -6,7 +6,8 @@
 //! normalised `f32` batches in the engine's `(C, N, H, W)` order on a background thread.
 //!
 //! What it does not do: it depends on neither the engine nor the tensor crate. It moves bytes and
-//! `f32` slices; the trainer wraps batches into tensors.
+//! `f32` slices; the trainer wraps batches into tensors. [`shards`] reads ImageNet-style sharded
+//! datasets (TFRecord, WebDataset, image folders) record by record.
 //!
 //! Errors name the file and the byte offset where the input stopped making sense, and say what
 //! was expected ([`DataError::Format`]).
@@ -21,6 +22,7 @@ pub mod fashion_mnist;
 pub mod loader;
 pub mod normalize;
 pub mod registry;
+pub mod shards;
 pub mod svhn;
 pub mod synthetic;
 pub mod verify;
