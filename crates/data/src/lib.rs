@@ -19,6 +19,7 @@ pub mod dataset;
 pub mod digits;
 pub mod error;
 pub mod fashion_mnist;
+pub mod imagenet;
 pub mod loader;
 pub mod normalize;
 pub mod registry;
