@@ -147,6 +147,30 @@ enum BenchCommand {
     Step(BenchStepArgs),
     /// All-reduce bandwidth over the ring (nccl-tests style: size, time, algbw, busbw).
     Allreduce(BenchAllreduceArgs),
+    /// Loader throughput: decode + random crop + flip (+ resize) of every sample in some shards.
+    Loader(BenchLoaderArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchLoaderArgs {
+    /// A directory of shards (*.tar, *.tfrecord*), or shard files.
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Decoder threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Output side in pixels.
+    #[arg(long = "image-size", default_value_t = 224)]
+    image_size: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Classes the labels must fall below.
+    #[arg(long = "num-classes", default_value_t = 1000)]
+    num_classes: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -256,6 +280,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Step(args)) => cmd_bench_step(&args, threads),
         Command::Bench(BenchCommand::Allreduce(args)) => cmd_bench_allreduce(&args),
+        Command::Bench(BenchCommand::Loader(args)) => cmd_bench_loader(&args),
         Command::Worker(args) => cluster_cmds::cmd_worker(&args),
         Command::Launch(args) => cluster_cmds::cmd_launch(&args),
     }
@@ -422,6 +447,60 @@ fn cmd_eval(args: &EvalArgs) -> Result<()> {
             r.loss,
             100.0 * r.error_rate,
             100.0 * (1.0 - r.error_rate)
+        );
+    }
+    Ok(())
+}
+
+fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
+    use ringsam_data::shard_loader::{ShardLoader, ShardLoaderConfig};
+    let mut shards = Vec::new();
+    for p in &args.data {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("listing {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| ringsam_data::shards::ShardFormat::of(f).is_ok())
+                .collect();
+            found.sort();
+            shards.extend(found);
+        } else {
+            shards.push(p.clone());
+        }
+    }
+    if shards.is_empty() {
+        bail!("no shards (*.tar, *.tfrecord*) in {:?}", args.data);
+    }
+    let cfg = ShardLoaderConfig {
+        shards,
+        batch_size: args.batch,
+        image_size: args.image_size,
+        train: true,
+        num_classes: args.num_classes,
+        normalization: ringsam_data::normalize::Normalization::for_dataset("imagenet"),
+        seed: 0,
+        workers: args.workers,
+        shuffle_buffer: 256,
+        in_flight: 4 * args.batch.max(args.workers),
+        rank: 0,
+        world: 1,
+    };
+    let t = std::time::Instant::now();
+    let loader = ShardLoader::new(&cfg, 0, Arc::new(|line| eprintln!("ringsam: loader: {line}")))?;
+    let images: usize = loader.map(|b| b.n).sum();
+    let seconds = t.elapsed().as_secs_f64();
+    let rate = images as f64 / seconds;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"workers": args.workers, "images": images, "seconds": seconds, "images_per_s": rate, "images_per_s_per_worker": rate / args.workers as f64})
+        );
+    } else {
+        println!(
+            "{images} images in {seconds:.2} s: {rate:.1} images/s with {} decoder(s), {:.1} per decoder (decode + crop + bicubic {}px + flip + normalise)",
+            args.workers,
+            rate / args.workers as f64,
+            args.image_size
         );
     }
     Ok(())

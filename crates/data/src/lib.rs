@@ -23,6 +23,7 @@ pub mod imagenet;
 pub mod loader;
 pub mod normalize;
 pub mod registry;
+pub mod shard_loader;
 pub mod shards;
 pub mod svhn;
 pub mod synthetic;

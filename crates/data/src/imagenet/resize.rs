@@ -6,6 +6,8 @@
 //! `tf.image.resize` because it is what the reference's `_resize` calls.
 //!
 //! The crop and the resize are one pass: the kernel reads the crop's pixels in place.
+//! [`resize_bicubic_ref`] is the direct four-by-four form, kept beside the fast one as the
+//! reference the tests hold it to.
 
 use super::crop::Rect;
 
@@ -41,33 +43,88 @@ fn taps(in_len: usize, out_len: usize) -> Vec<([usize; 4], [f32; 4])> {
 
 /// Resizes the `crop` of an interleaved `width`-wide image with `channels` channels to
 /// `out_w × out_h`, writing `f32` HWC into `out` (resized to fit).
+///
+/// Two separable passes: horizontal over only the crop rows some vertical tap reads, then
+/// vertical as four-row weighted sums over whole output rows (loops the compiler vectorises).
 pub fn resize_bicubic(src: &[u8], width: usize, channels: usize, crop: Rect, out_w: usize, out_h: usize, out: &mut Vec<f32>) {
     let (tx, ty) = (taps(crop.w, out_w), taps(crop.h, out_h));
-    // Horizontal pass over the rows the vertical taps need (all rows of the crop).
-    let mut rows = vec![0.0f32; crop.h * out_w * channels];
-    for y in 0..crop.h {
-        let line = &src[((crop.y + y) * width + crop.x) * channels..];
-        let dst = &mut rows[y * out_w * channels..(y + 1) * out_w * channels];
-        for (x, (idx, wt)) in tx.iter().enumerate() {
-            for c in 0..channels {
-                dst[x * channels + c] = (0..4).map(|k| wt[k] * line[idx[k] * channels + c] as f32).sum();
+    let stride = out_w * channels;
+    // Which crop rows the vertical taps read, and where each lands in `rows`.
+    let mut slot = vec![usize::MAX; crop.h];
+    let mut used = 0;
+    for (idx, _) in &ty {
+        for &i in idx {
+            if slot[i] == usize::MAX {
+                slot[i] = used;
+                used += 1;
+            }
+        }
+    }
+    let mut rows = vec![0.0f32; used * stride];
+    for (y, &s) in slot.iter().enumerate() {
+        if s == usize::MAX {
+            continue;
+        }
+        let line = &src[((crop.y + y) * width + crop.x) * channels..][..crop.w * channels];
+        let dst = &mut rows[s * stride..(s + 1) * stride];
+        for (px, (idx, wt)) in dst.chunks_exact_mut(channels).zip(&tx) {
+            let taps: [&[u8]; 4] = idx.map(|i| &line[i * channels..(i + 1) * channels]);
+            for (c, d) in px.iter_mut().enumerate() {
+                *d = wt[0] * taps[0][c] as f32 + wt[1] * taps[1][c] as f32 + wt[2] * taps[2][c] as f32 + wt[3] * taps[3][c] as f32;
             }
         }
     }
     out.clear();
-    out.resize(out_h * out_w * channels, 0.0);
-    let stride = out_w * channels;
-    for (y, (idx, wt)) in ty.iter().enumerate() {
-        let dst = &mut out[y * stride..(y + 1) * stride];
-        for (j, d) in dst.iter_mut().enumerate() {
-            *d = (0..4).map(|k| wt[k] * rows[idx[k] * stride + j]).sum();
+    out.resize(out_h * stride, 0.0);
+    for (dst, (idx, wt)) in out.chunks_exact_mut(stride).zip(&ty) {
+        let r = idx.map(|i| &rows[slot[i] * stride..(slot[i] + 1) * stride]);
+        for ((((d, &a), &b), &c), &e) in dst.iter_mut().zip(r[0]).zip(r[1]).zip(r[2]).zip(r[3]) {
+            *d = wt[0] * a + wt[1] * b + wt[2] * c + wt[3] * e;
         }
     }
+}
+
+/// The direct form: each output value a 4×4 weighted sum of crop pixels (slow; for tests).
+pub fn resize_bicubic_ref(src: &[u8], width: usize, channels: usize, crop: Rect, out_w: usize, out_h: usize) -> Vec<f32> {
+    let (tx, ty) = (taps(crop.w, out_w), taps(crop.h, out_h));
+    let mut out = vec![0.0f32; out_h * out_w * channels];
+    for (y, (iy, wy)) in ty.iter().enumerate() {
+        for (x, (ix, wx)) in tx.iter().enumerate() {
+            for c in 0..channels {
+                let mut acc = 0.0f64;
+                for a in 0..4 {
+                    for b in 0..4 {
+                        let v = src[((crop.y + iy[a]) * width + crop.x + ix[b]) * channels + c] as f64;
+                        acc += wy[a] as f64 * wx[b] as f64 * v;
+                    }
+                }
+                out[(y * out_w + x) * channels + c] = acc as f32;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_form_matches_the_direct_form() {
+        let (w, h) = (37, 29);
+        let src: Vec<u8> = (0..w * h * 3).map(|i| ((i * 131) % 256) as u8).collect();
+        for (crop, ow, oh) in [
+            (Rect { x: 3, y: 2, w: 30, h: 25 }, 13, 11),
+            (Rect { x: 0, y: 0, w: 37, h: 29 }, 50, 41),
+            (Rect { x: 5, y: 9, w: 4, h: 3 }, 9, 9),
+        ] {
+            let mut fast = Vec::new();
+            resize_bicubic(&src, w, 3, crop, ow, oh, &mut fast);
+            let slow = resize_bicubic_ref(&src, w, 3, crop, ow, oh);
+            let worst = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-3, "{crop:?} → {ow}×{oh}: max diff {worst}");
+        }
+    }
 
     #[test]
     fn keys_weights_sum_to_one_and_interpolate() {

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""`ringsam bench loader` against Pillow, same images, same run: decode + random-resized crop +
+bicubic resize to 224 + flip, per core.
+
+Makes ~500x375 quality-90 JPEGs (smooth gradients, shapes and noise, so they compress like
+photos rather than like flat colour), packs them with `ringsam data pack`, then times:
+  - Pillow (libjpeg-turbo): Image.open + draft-free decode, a random crop of the reference's
+    area/aspect ranges, resize(BICUBIC), flip, to float32 — one process, one core;
+  - ringsam with 1 and with 2 decoder threads.
+Run from the repository root after `cargo build --release`, with the interop venv (Pillow):
+    .venv-interop/bin/python benches/loader_vs_pillow.py [--images 300]
+"""
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def photo_like(rng, w=500, h=375):
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([x / w * 255, y / h * 255, (x + y) / (w + h) * 255], axis=-1)
+    base += rng.normal(0, 12, size=base.shape)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, w), rng.integers(0, h)
+        d.ellipse([x0, y0, x0 + rng.integers(10, 150), y0 + rng.integers(10, 150)], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return img
+
+
+def pillow_pipeline(paths, size=224):
+    rnd = random.Random(0)
+    t = time.perf_counter()
+    for p in paths:
+        img = Image.open(p).convert("RGB")
+        w, h = img.size
+        for _ in range(10):
+            area = w * h * rnd.uniform(0.08, 1.0)
+            ratio = rnd.uniform(3 / 4, 4 / 3)
+            cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                x0, y0 = rnd.randint(0, w - cw), rnd.randint(0, h - ch)
+                break
+        else:
+            cw = ch = min(w, h)
+            x0, y0 = (w - cw) // 2, (h - ch) // 2
+        img = img.resize((size, size), Image.BICUBIC, box=(x0, y0, x0 + cw, y0 + ch))
+        if rnd.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        np.asarray(img, dtype=np.float32)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=300)
+    ap.add_argument("--ringsam", default="target/release/ringsam")
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(a.images):
+            d = os.path.join(tmp, "folder", f"class{i % 10}")
+            os.makedirs(d, exist_ok=True)
+            p = os.path.join(d, f"{i:05}.jpg")
+            photo_like(rng).save(p, "JPEG", quality=90)
+            paths.append(p)
+        mean_kb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
+        subprocess.run([a.ringsam, "data", "pack", "--from", os.path.join(tmp, "folder"), "--to", os.path.join(tmp, "shards"),
+                        "--format", "wds", "--shard-size", "100"], check=True, capture_output=True)
+        pillow = pillow_pipeline(paths)
+        rows = {}
+        for workers in (1, 2):
+            out = subprocess.run([a.ringsam, "--threads", "1", "bench", "loader", "--data", os.path.join(tmp, "shards"),
+                                  "--workers", str(workers), "--num-classes", "10", "--json"], check=True, capture_output=True, text=True).stdout
+            rows[workers] = json.loads(out)
+        print(f"{a.images} JPEGs, 500x375, quality 90, mean {mean_kb:.0f} KiB; output 224x224")
+        print(f"  Pillow (1 core):        {pillow:7.1f} images/s")
+        for w, r in rows.items():
+            print(f"  ringsam {w} worker(s):    {r['images_per_s']:7.1f} images/s total, {r['images_per_s_per_worker']:7.1f} per worker"
+                  f"  ({r['images_per_s_per_worker'] / pillow:.2f}x Pillow per core)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+//! The loader actor pool for sharded image datasets: one reader, `workers` decoders, one
+//! collator, joined by bounded crossbeam channels.
+//!
+//! 1. The **reader** takes this rank's shards — the epoch's shard order is a permutation drawn
+//!    from (seed, epoch), and rank `r` of `world` takes every `world`-th shard from position `r`,
+//!    so ranks read disjoint parts — streams their samples through a seeded shuffle buffer, and
+//!    numbers them `0, 1, 2, …` in the order they leave it.
+//! 2. **Decoders** decode and augment whichever numbered sample they receive. Every random draw
+//!    comes from (seed, epoch, rank, sample number), never from the worker, so the result does not
+//!    depend on which decoder took a sample or how many there are.
+//! 3. The **collator** puts samples back in number order and cuts batches: the same (seed, epoch,
+//!    rank, world) gives the same batches whatever the worker count.
+//!
+//! Back-pressure: the reader needs a credit for every sample it sends and the collator returns one
+//! per sample it has placed (or skipped), so at most `in_flight` samples exist between reader and
+//! collator — a slow decoder cannot make the reorder buffer grow without bound.
+//!
+//! Damage: a record the shard reader skips, an undecodable JPEG and a label outside
+//! `0..num_classes` are skipped, counted and reported (shard, offset, reason) through the
+//! callback; a missing shard is an error before anything starts; framing damage that ends a
+//! shard is reported and the reader moves to the next shard.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use ringsam_rng::Rng;
+
+use crate::imagenet::{decode_jpeg, eval_image, train_image};
+use crate::normalize::Normalization;
+use crate::shards::{Sample, read_shard};
+use crate::{Batch, DataError};
+
+const STREAM_SHARDS: u64 = 0x5348_5244;
+const STREAM_SHUFFLE: u64 = 0x5348_4646;
+const STREAM_AUGMENT: u64 = 0x4155_4749;
+
+/// How a [`ShardLoader`] runs.
+#[derive(Clone, Debug)]
+pub struct ShardLoaderConfig {
+    /// Every shard of the split.
+    pub shards: Vec<PathBuf>,
+    /// Images per batch on this rank.
+    pub batch_size: usize,
+    /// Output side in pixels.
+    pub image_size: usize,
+    /// Training (random crop and flip, shuffled) or evaluation (centre crop, file order).
+    pub train: bool,
+    /// Labels must lie in `0..num_classes`.
+    pub num_classes: usize,
+    /// Per-channel normalisation (0–255 inputs).
+    pub normalization: Normalization,
+    /// Run seed.
+    pub seed: u64,
+    /// Decoder threads.
+    pub workers: usize,
+    /// Samples shuffled together by the reader (training).
+    pub shuffle_buffer: usize,
+    /// Samples between reader and collator at most.
+    pub in_flight: usize,
+    /// This rank, and the number of ranks.
+    pub rank: usize,
+    /// Ranks.
+    pub world: usize,
+}
+
+/// Counters the loader exports.
+#[derive(Debug, Default)]
+pub struct LoaderStats {
+    /// Samples skipped (bad record, bad JPEG, bad label).
+    pub skipped: AtomicUsize,
+    /// Samples delivered.
+    pub delivered: AtomicUsize,
+}
+
+type Decoded = (u64, Result<(Vec<f32>, u32), String>);
+
+/// Batches of one epoch from shards (see the module docs); an iterator.
+pub struct ShardLoader {
+    batches: Receiver<Batch>,
+    /// Counters, shared with the actors.
+    pub stats: Arc<LoaderStats>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The shards rank `rank` reads in `epoch`.
+pub fn shards_for(cfg: &ShardLoaderConfig, epoch: u64) -> Vec<PathBuf> {
+    let mut order: Vec<usize> = (0..cfg.shards.len()).collect();
+    if cfg.train {
+        let mut rng = Rng::stream(cfg.seed, epoch, STREAM_SHARDS);
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+    }
+    order.into_iter().skip(cfg.rank).step_by(cfg.world.max(1)).map(|i| cfg.shards[i].clone()).collect()
+}
+
+impl ShardLoader {
+    /// Starts the actors for `epoch`; `report` receives one line per skipped sample or damaged
+    /// shard (from the actors' threads).
+    pub fn new(cfg: &ShardLoaderConfig, epoch: u64, report: Arc<dyn Fn(String) + Send + Sync>) -> Result<ShardLoader, DataError> {
+        if cfg.batch_size == 0 || cfg.workers == 0 || cfg.world == 0 || cfg.rank >= cfg.world || cfg.image_size == 0 {
+            return Err(DataError::Config(format!(
+                "loader: batch {}, workers {}, image size {} must be positive and rank {} below world {}",
+                cfg.batch_size, cfg.workers, cfg.image_size, cfg.rank, cfg.world
+            )));
+        }
+        if let Some(missing) = cfg.shards.iter().find(|p| !p.is_file()) {
+            return Err(DataError::Missing { dir: missing.clone(), msg: "shard not found".into() });
+        }
+        let stats = Arc::new(LoaderStats::default());
+        let in_flight = cfg.in_flight.max(cfg.batch_size).max(cfg.workers);
+        let (credit_tx, credit_rx) = bounded::<()>(in_flight);
+        for _ in 0..in_flight {
+            credit_tx.send(()).expect("capacity is in_flight");
+        }
+        let (sample_tx, sample_rx) = bounded::<(u64, Sample)>(2 * cfg.workers);
+        let (decoded_tx, decoded_rx) = bounded::<Decoded>(2 * cfg.workers);
+        let (batch_tx, batch_rx) = bounded::<Batch>(2);
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name).spawn(f).map_err(|e| DataError::Config(format!("cannot start a loader thread: {e}")))
+        };
+
+        let (shards, c, r) = (shards_for(cfg, epoch), cfg.clone(), report.clone());
+        threads.push(spawn("ringsam-reader".into(), Box::new(move || read(&c, epoch, shards, &credit_rx, &sample_tx, &*r)))?);
+        for w in 0..cfg.workers {
+            let (c, rx, tx) = (cfg.clone(), sample_rx.clone(), decoded_tx.clone());
+            threads.push(spawn(format!("ringsam-decoder-{w}"), Box::new(move || decode(&c, epoch, &rx, &tx)))?);
+        }
+        drop((sample_rx, decoded_tx));
+        let (c, s) = (cfg.clone(), stats.clone());
+        threads.push(spawn("ringsam-collator".into(), Box::new(move || collate(&c, &decoded_rx, &credit_tx, &batch_tx, &s, &*report)))?);
+        Ok(ShardLoader { batches: batch_rx, stats, threads })
+    }
+}
+
+/// Actor 1: shards → numbered samples, through the shuffle buffer.
+fn read(
+    cfg: &ShardLoaderConfig,
+    epoch: u64,
+    shards: Vec<PathBuf>,
+    credits: &Receiver<()>,
+    out: &Sender<(u64, Sample)>,
+    report: &dyn Fn(String),
+) {
+    let mut rng = Rng::stream(cfg.seed, epoch.wrapping_mul(1 << 16).wrapping_add(cfg.rank as u64), STREAM_SHUFFLE);
+    let cap = if cfg.train { cfg.shuffle_buffer.max(1) } else { 1 };
+    let mut buffer: Vec<Sample> = Vec::with_capacity(cap);
+    let mut next = 0u64;
+    // Emits one sample from the buffer (a random one when training); false when the consumer is gone.
+    let mut emit = |buffer: &mut Vec<Sample>, rng: &mut Rng| -> bool {
+        let i = if cfg.train { rng.below(buffer.len() as u64) as usize } else { 0 };
+        let s = if cfg.train { buffer.swap_remove(i) } else { buffer.remove(i) };
+        if credits.recv().is_err() || out.send((next, s)).is_err() {
+            return false;
+        }
+        next += 1;
+        true
+    };
+    for shard in shards {
+        let mut alive = true;
+        let result = read_shard(&shard, |_, s| {
+            if !alive {
+                return;
+            }
+            buffer.push(s);
+            if buffer.len() >= cap {
+                alive = emit(&mut buffer, &mut rng);
+            }
+        });
+        match result {
+            Ok(rep) => {
+                for (at, why) in rep.skipped {
+                    report(format!("{}: offset {at}: skipped: {why}", shard.display()));
+                }
+            }
+            Err(e) => report(format!("shard abandoned: {e}")),
+        }
+        if !alive {
+            return;
+        }
+    }
+    while !buffer.is_empty() {
+        if !emit(&mut buffer, &mut rng) {
+            return;
+        }
+    }
+}
+
+/// Actor 2 (×workers): numbered sample → normalised HWC image and label, or why not.
+fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>) {
+    let mut out = Vec::new();
+    for (n, s) in rx.iter() {
+        let result = (|| {
+            if s.label < 0 || s.label as usize >= cfg.num_classes {
+                return Err(format!("{}: label {} outside 0..{}", s.key, s.label, cfg.num_classes));
+            }
+            let img = decode_jpeg(&s.image).map_err(|e| format!("{}: {e}", s.key))?;
+            if cfg.train {
+                // Keyed by (seed, epoch, rank, sample number): the same whatever the worker.
+                let key = epoch.wrapping_mul(1 << 40).wrapping_add((cfg.rank as u64) << 32).wrapping_add(n);
+                train_image(&img, cfg.image_size, &mut Rng::stream(cfg.seed, key, STREAM_AUGMENT), &mut out);
+            } else {
+                eval_image(&img, cfg.image_size, &mut out);
+            }
+            Ok((out.clone(), s.label as u32))
+        })();
+        if tx.send((n, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Actor 3: reorders by number, skips failures, cuts (C, N, H, W) batches.
+fn collate(
+    cfg: &ShardLoaderConfig,
+    rx: &Receiver<Decoded>,
+    credits: &Sender<()>,
+    out: &Sender<Batch>,
+    stats: &LoaderStats,
+    report: &dyn Fn(String),
+) {
+    let (side, c) = (cfg.image_size, 3);
+    let plane = side * side;
+    let mut pending: BTreeMap<u64, Result<(Vec<f32>, u32), String>> = BTreeMap::new();
+    let mut want = 0u64;
+    let mut batch: Vec<(Vec<f32>, u32)> = Vec::with_capacity(cfg.batch_size);
+    let mut index = 0usize;
+    let flush = |batch: &mut Vec<(Vec<f32>, u32)>, index: &mut usize| -> bool {
+        let n = batch.len();
+        let mut images = vec![0.0f32; c * n * plane];
+        for (j, (hwc, _)) in batch.iter().enumerate() {
+            for ch in 0..c {
+                let (mean, inv) = cfg.normalization.u8_affine(ch); // inputs are on the 0–255 scale
+                let dst = &mut images[(ch * n + j) * plane..][..plane];
+                for (d, v) in dst.iter_mut().zip(hwc.iter().skip(ch).step_by(c)) {
+                    *d = (v - mean) * inv;
+                }
+            }
+        }
+        let labels = batch.drain(..).map(|(_, l)| l).collect();
+        let ok = out.send(Batch { images, labels, n, c, h: side, w: side, index: *index }).is_ok();
+        *index += 1;
+        ok
+    };
+    for (n, item) in rx.iter() {
+        pending.insert(n, item);
+        while let Some(item) = pending.remove(&want) {
+            want += 1;
+            let _ = credits.try_send(()); // the reader may be gone at the end
+            match item {
+                Ok(x) => {
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    batch.push(x);
+                    if batch.len() == cfg.batch_size && !flush(&mut batch, &mut index) {
+                        return;
+                    }
+                }
+                Err(why) => {
+                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    report(format!("skipped sample {}: {why}", want - 1));
+                }
+            }
+        }
+    }
+    // The epoch's last, partial batch: kept for evaluation, dropped for training (as drop_last).
+    if !batch.is_empty() && !cfg.train {
+        flush(&mut batch, &mut index);
+    }
+}
+
+impl Iterator for ShardLoader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        self.batches.recv().ok()
+    }
+}
+
+impl Drop for ShardLoader {
+    fn drop(&mut self) {
+        // Closing the batch channel stops the collator, whose exit closes the decoders' output and
+        // the credits, which stop the decoders and the reader in turn.
+        let (_, dead) = bounded(1);
+        drop(std::mem::replace(&mut self.batches, dead));
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
