@@ -523,6 +523,7 @@ fn cmd_data_inspect(args: &InspectArgs) -> Result<()> {
             *labels.entry(s.label).or_default() += 1;
             bytes += s.image.len();
             first.get_or_insert(s.key);
+            true
         })
         .with_context(|| format!("reading {}", path.display()))?;
         damaged |= !report.skipped.is_empty();

@@ -108,6 +108,13 @@ impl ShardLoader {
                 cfg.batch_size, cfg.workers, cfg.image_size, cfg.rank, cfg.world
             )));
         }
+        if cfg.shards.len() < cfg.world {
+            return Err(DataError::Config(format!(
+                "{} shards cannot feed {} ranks (each rank reads whole shards)",
+                cfg.shards.len(),
+                cfg.world
+            )));
+        }
         if let Some(missing) = cfg.shards.iter().find(|p| !p.is_file()) {
             return Err(DataError::Missing { dir: missing.clone(), msg: "shard not found".into() });
         }
@@ -164,13 +171,11 @@ fn read(
     for shard in shards {
         let mut alive = true;
         let result = read_shard(&shard, |_, s| {
-            if !alive {
-                return;
-            }
             buffer.push(s);
             if buffer.len() >= cap {
                 alive = emit(&mut buffer, &mut rng);
             }
+            alive // stop reading the shard once the consumer is gone
         });
         match result {
             Ok(rep) => {
@@ -195,7 +200,9 @@ fn read(
 fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>) {
     let mut out = Vec::new();
     for (n, s) in rx.iter() {
-        let result = (|| {
+        // A decoder library that panics on a crafted JPEG must cost one sample, not the loader:
+        // without this the collator would wait for sample `n` forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if s.label < 0 || s.label as usize >= cfg.num_classes {
                 return Err(format!("{}: label {} outside 0..{}", s.key, s.label, cfg.num_classes));
             }
@@ -208,7 +215,8 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
                 eval_image(&img, cfg.image_size, &mut out);
             }
             Ok((out.clone(), s.label as u32))
-        })();
+        }))
+        .unwrap_or_else(|_| Err(format!("{}: the JPEG decoder panicked on this image", s.key)));
         if tx.send((n, result)).is_err() {
             return;
         }
@@ -243,6 +251,7 @@ fn collate(
             }
         }
         let labels = batch.drain(..).map(|(_, l)| l).collect();
+        stats.delivered.fetch_add(n, Ordering::Relaxed);
         let ok = out.send(Batch { images, labels, n, c, h: side, w: side, index: *index }).is_ok();
         *index += 1;
         ok
@@ -254,7 +263,6 @@ fn collate(
             let _ = credits.try_send(()); // the reader may be gone at the end
             match item {
                 Ok(x) => {
-                    stats.delivered.fetch_add(1, Ordering::Relaxed);
                     batch.push(x);
                     if batch.len() == cfg.batch_size && !flush(&mut batch, &mut index) {
                         return;

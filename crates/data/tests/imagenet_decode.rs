@@ -65,3 +65,14 @@ fn pipelines_give_square_images_at_the_model_size() {
     train_image(&img, 16, &mut Rng::new(9), &mut b);
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_header_declaring_a_huge_image_is_refused_before_decoding() {
+    let (mut jpg, ..) = fixture("rgb_q90_420");
+    // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+    let sof = jpg.windows(2).position(|w| w == [0xff, 0xc0]).expect("a baseline JPEG");
+    jpg[sof + 5..sof + 7].copy_from_slice(&16000u16.to_be_bytes());
+    jpg[sof + 7..sof + 9].copy_from_slice(&16000u16.to_be_bytes());
+    let err = decode_jpeg(&jpg).unwrap_err();
+    assert!(err.contains("at most"), "{err}");
+}

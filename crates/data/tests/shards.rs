@@ -33,7 +33,10 @@ fn write_wds(path: &Path, s: &[Sample]) {
 
 fn read_all(path: &Path) -> Result<(Vec<Sample>, Vec<(u64, String)>), DataError> {
     let mut got = Vec::new();
-    let report = read_shard(path, |_, s| got.push(s))?;
+    let report = read_shard(path, |_, s| {
+        got.push(s);
+        true
+    })?;
     assert_eq!(report.samples, got.len());
     Ok((got, report.skipped))
 }
@@ -106,10 +109,23 @@ fn framing_damage_in_a_tfrecord_is_an_error_with_the_offset() {
 fn damaged_tars_are_rejected_and_bad_samples_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.tar");
-    // Not a tar at all.
+    // Not a tar at all; all zeros; a pax long-name record.
     std::fs::write(&path, vec![b'x'; 2048]).unwrap();
     let err = read_all(&path).unwrap_err().to_string();
     assert!(err.contains("not a tar file") && err.contains("offset 0"), "{err}");
+    std::fs::write(&path, vec![0u8; 2048]).unwrap();
+    let err = read_all(&path).unwrap_err().to_string();
+    assert!(err.contains("no members"), "{err}");
+    write_wds(&path, &samples(1));
+    let mut pax = std::fs::read(&path).unwrap();
+    pax[156] = b'x';
+    let sum: u64 = pax[..512].iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { b' ' as u64 } else { b as u64 }).sum();
+    pax[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    std::fs::write(&path, &pax).unwrap();
+    let err = read_all(&path).unwrap_err().to_string();
+    assert!(err.contains("long-name"), "{err}");
+    // Keys with a dot in the file name cannot be written (a reader would split them there).
+    assert!(WdsWriter::new(Vec::new()).write(&Sample { key: "a/img.001".into(), image: vec![1], label: 0 }).is_err());
     // Truncated inside a member.
     write_wds(&path, &samples(2));
     let good = std::fs::read(&path).unwrap();

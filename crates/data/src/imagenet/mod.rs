@@ -6,8 +6,9 @@
 //! centre crop → resize for evaluation).
 //!
 //! Decoding uses zune-jpeg (pure Rust, builds anywhere); grayscale and CMYK/YCCK JPEGs come out
-//! as RGB. Image sides are bounded (16384 per side) before the pixel buffer is allocated, so a
-//! crafted header cannot ask for gigabytes.
+//! as RGB. Image sides (16384) and area ([`MAX_PIXELS`]) are bounded from the header before the
+//! pixel buffer is allocated, so a crafted header cannot ask for gigabytes; a decoder panic on a
+//! hostile file costs one sample (the loader catches it).
 
 pub mod crop;
 pub mod resize;
@@ -22,6 +23,10 @@ use crop::{Rect, center_crop, distorted_crop};
 
 /// Largest side accepted.
 pub const MAX_SIDE: usize = 16384;
+/// Largest image accepted, in pixels (64 MP: ImageNet's largest is ~30 MP). Checked from the
+/// header before any pixel buffer exists, so a few hundred crafted bytes cannot ask for a
+/// gigabyte.
+pub const MAX_PIXELS: usize = 64 << 20;
 
 /// A decoded image: RGB, interleaved, row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +47,12 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
         .set_max_height(MAX_SIDE)
         .set_strict_mode(false);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(|e| format!("undecodable JPEG header: {e:?}"))?;
+    if let Some(info) = decoder.info()
+        && (info.width as usize) * (info.height as usize) > MAX_PIXELS
+    {
+        return Err(format!("JPEG of {}×{} pixels; at most {MAX_PIXELS} accepted", info.width, info.height));
+    }
     let pixels = decoder.decode().map_err(|e| format!("undecodable JPEG: {e:?}"))?;
     let info = decoder.info().ok_or("JPEG without dimensions")?;
     let (width, height) = (info.width as usize, info.height as usize);

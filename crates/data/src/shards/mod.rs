@@ -68,9 +68,10 @@ pub struct ShardReport {
     pub skipped: Vec<(u64, String)>,
 }
 
-/// Reads every sample of `path`, calling `each(offset, sample)`. Records with bad contents are
-/// skipped and listed in the report; framing damage is an error (see the module docs).
-pub fn read_shard(path: &Path, mut each: impl FnMut(u64, Sample)) -> Result<ShardReport, DataError> {
+/// Reads every sample of `path`, calling `each(offset, sample)` until it returns false. Records
+/// with bad contents are skipped and listed in the report; framing damage is an error (see the
+/// module docs).
+pub fn read_shard(path: &Path, mut each: impl FnMut(u64, Sample) -> bool) -> Result<ShardReport, DataError> {
     let mut report = ShardReport::default();
     match ShardFormat::of(path)? {
         ShardFormat::TfRecord => {
@@ -80,7 +81,9 @@ pub fn read_shard(path: &Path, mut each: impl FnMut(u64, Sample)) -> Result<Shar
                     tfrecord::Next::Record(at, data) => match tfrecord::decode_example(&data) {
                         Ok(s) => {
                             report.samples += 1;
-                            each(at, s);
+                            if !each(at, s) {
+                                break;
+                            }
                         }
                         Err(why) => report.skipped.push((at, why)),
                     },
@@ -94,7 +97,9 @@ pub fn read_shard(path: &Path, mut each: impl FnMut(u64, Sample)) -> Result<Shar
                 match next {
                     wds::Next::Sample(at, s) => {
                         report.samples += 1;
-                        each(at, s);
+                        if !each(at, s) {
+                            break;
+                        }
                     }
                     wds::Next::Skipped(at, why) => report.skipped.push((at, why)),
                 }
@@ -165,7 +170,8 @@ pub fn pack_folder(
         let file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
         let samples = chunk.iter().map(|(p, label)| {
             let image = crate::error::read_file(p)?;
-            let key = p.strip_prefix(from).unwrap_or(p).with_extension("").to_string_lossy().replace('\\', "/");
+            // WebDataset splits a member's name at its first dot: keys must not contain one.
+            let key = p.strip_prefix(from).unwrap_or(p).with_extension("").to_string_lossy().replace('\\', "/").replace('.', "_");
             Ok(Sample { key, image, label: *label })
         });
         let file = match format {

@@ -98,6 +98,9 @@ impl<R: Read> TfRecordReader<R> {
 
 /// Appends one framed record.
 pub fn write_record(w: &mut impl Write, data: &[u8]) -> std::io::Result<()> {
+    if data.len() as u64 > MAX_RECORD {
+        return Err(std::io::Error::other(format!("record of {} bytes; readers accept at most {MAX_RECORD}", data.len())));
+    }
     let len = (data.len() as u64).to_le_bytes();
     w.write_all(&len)?;
     w.write_all(&masked_crc(&len).to_le_bytes())?;

@@ -89,6 +89,9 @@ impl<R: Read> WdsReader<R> {
             }
             self.offset += BLOCK as u64;
             if h.iter().all(|&b| b == 0) {
+                if at == 0 {
+                    return Err(DataError::format(&self.path, at, "tar archive with no members (its first block is the end marker)"));
+                }
                 return Ok(None); // end-of-archive marker
             }
             let stored = octal(&h[148..156]);
@@ -109,8 +112,17 @@ impl<R: Read> WdsReader<R> {
             self.offset += padded;
             data.truncate(size as usize);
             let kind = h[156];
+            if matches!(kind, b'x' | b'g' | b'L' | b'K') {
+                // Long or non-ASCII names live in these extension records; without them the next
+                // member's key would be wrong.
+                return Err(DataError::format(
+                    &self.path,
+                    at,
+                    "pax / GNU long-name tar records are not supported (`ringsam data pack` writes plain ustar)",
+                ));
+            }
             if kind != b'0' && kind != 0 {
-                continue; // directories, links, pax headers: not samples
+                continue; // directories, links: not samples
             }
             let (name, prefix) = (cstr(&h[0..100]), if &h[257..262] == b"ustar" { cstr(&h[345..500]) } else { String::new() });
             let full = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
@@ -192,6 +204,9 @@ impl<W: Write> WdsWriter<W> {
     }
 
     fn member(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        if data.len() as u64 > MAX_RECORD {
+            return Err(std::io::Error::other(format!("member {name} of {} bytes; readers accept at most {MAX_RECORD}", data.len())));
+        }
         let h = header(name, data.len() as u64).map_err(std::io::Error::other)?;
         self.inner.write_all(&h)?;
         self.inner.write_all(data)?;
@@ -199,8 +214,11 @@ impl<W: Write> WdsWriter<W> {
         self.inner.write_all(&vec![0u8; pad])
     }
 
-    /// Appends one sample.
+    /// Appends one sample; its key must not contain a `.` in its file name (readers split there).
     pub fn write(&mut self, s: &Sample) -> std::io::Result<()> {
+        if s.key.rsplit('/').next().is_some_and(|name| name.contains('.')) {
+            return Err(std::io::Error::other(format!("WebDataset key {:?} has a '.' in its file name", s.key)));
+        }
         self.member(&format!("{}.jpg", s.key), &s.image)?;
         self.member(&format!("{}.cls", s.key), s.label.to_string().as_bytes())
     }
