@@ -7,6 +7,7 @@ use crate::util::{ringsam, stdout_ok};
 
 #[test]
 fn tcp_bench_with_local_processes_reports_correct_rows() {
+    let _ports = crate::util::ports_lock();
     let out = stdout_ok(&ringsam(&[
         "bench",
         "allreduce",
@@ -38,6 +39,7 @@ fn inproc_bench_table() {
 
 #[test]
 fn without_a_secret_there_is_no_ring() {
+    let _ports = crate::util::ports_lock();
     let out = Command::new(env!("CARGO_BIN_EXE_ringsam"))
         .args(["bench", "allreduce", "--transport", "tcp", "--rank", "0", "--peers", "127.0.0.1:1,127.0.0.1:2"])
         .env_remove("RINGSAM_CLUSTER_SECRET")
@@ -50,6 +52,7 @@ fn without_a_secret_there_is_no_ring() {
 /// A rank killed in the middle of an operation: the survivors exit with an error, no hang.
 #[test]
 fn killing_a_rank_mid_operation_fails_the_others_quickly() {
+    let _ports = crate::util::ports_lock();
     let ports: Vec<String> =
         (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()).collect();
     let peers = ports.join(",");
@@ -97,6 +100,7 @@ fn killing_a_rank_mid_operation_fails_the_others_quickly() {
 
 #[test]
 fn quic_bench_with_local_processes_and_ephemeral_certificates() {
+    let _ports = crate::util::ports_lock();
     let out =
         stdout_ok(&ringsam(&["bench", "allreduce", "--nproc", "3", "--transport", "quic", "--sizes", "4,64K", "--iters", "2", "--json"]));
     let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -20,6 +20,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn launch_two_quic_replicas_writes_one_run() {
+    let _ports = crate::util::ports_lock();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().to_str().unwrap();
     let mut args = vec!["launch", "--nproc", "2", "--"];
@@ -46,6 +47,7 @@ fn launch_two_quic_replicas_writes_one_run() {
 
 #[test]
 fn a_killed_replica_fails_the_survivor_within_the_ring_timeout() {
+    let _ports = crate::util::ports_lock();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().to_str().unwrap();
     let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());

@@ -26,3 +26,11 @@ pub const TINY_TRAINING: &[&str] = &[
     "--sam_rho",
     "0.05",
 ];
+
+/// Tests that probe for free ports (or start local rings that do) hold this while they run:
+/// a probed port is free only until something binds it, so two such tests in this binary could
+/// otherwise race for the same port (seen in CI: "Address already in use").
+pub fn ports_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -66,6 +66,13 @@ fn single_replica_with(cfg: StepConfig) -> Vec<f32> {
     st.arena.params
 }
 
+/// Held by every test here while its rings run: a probed port is free only until something binds
+/// it, so parallel tests could otherwise race for the same port.
+fn ports_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// `n` addresses whose port and the next (the group ring's) are free.
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
     let mut held = Vec::new();
@@ -131,6 +138,7 @@ const TOLERANCE: f32 = 1e-6;
 
 #[test]
 fn four_replicas_follow_one_replica_when_perturbations_are_synchronised() {
+    let _ports = ports_lock();
     let one = single_replica(None);
     let four = replicas(4, true, None);
     for (r, p) in four.iter().enumerate() {
@@ -145,6 +153,7 @@ fn four_replicas_follow_one_replica_when_perturbations_are_synchronised() {
 
 #[test]
 fn unsynchronised_perturbations_give_m_sharpness_not_the_large_batch_trajectory() {
+    let _ports = ports_lock();
     let one = single_replica(None);
     let four = replicas(4, false, None);
     for p in &four[1..] {
@@ -160,6 +169,7 @@ fn unsynchronised_perturbations_give_m_sharpness_not_the_large_batch_trajectory(
 
 #[test]
 fn inner_groups_average_the_ascent_within_the_group_only() {
+    let _ports = ports_lock();
     let world_sync = replicas(4, true, None);
     let grouped = replicas(4, true, Some(2));
     for p in &grouped[1..] {
@@ -175,6 +185,7 @@ fn inner_groups_average_the_ascent_within_the_group_only() {
 
 #[test]
 fn gradient_accumulation_matches_the_whole_batch_alone_and_across_replicas() {
+    let _ports = ports_lock();
     let one = single_replica(None);
     let accumulated = single_replica_with(StepConfig { grad_accum_steps: 4, ..step_config(true) });
     let d = max_diff(&one, &accumulated);
@@ -188,6 +199,7 @@ fn gradient_accumulation_matches_the_whole_batch_alone_and_across_replicas() {
 
 #[test]
 fn replicas_refuse_to_start_from_different_positions_and_detect_divergence() {
+    let _ports = ports_lock();
     let peers = free_addrs(2);
     let handles: Vec<_> = (0..2)
         .map(|rank| {
