@@ -164,9 +164,7 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
     }
     let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
     let dir = tempfile::Builder::new().prefix("ringsam-launch-").tempdir().context("making a directory for ephemeral certificates")?;
-    let mut secret = [0u8; 24];
-    getrandom::getrandom(&mut secret).map_err(|e| anyhow::anyhow!("drawing a cluster secret: {e}"))?;
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = crate::fresh_cluster_secret()?;
     if args.transport == "quic" {
         ringsam_collective::certs::write_dev_certs(dir.path(), args.nproc).context("making ephemeral certificates")?;
     }

@@ -583,6 +583,13 @@ fn cmd_data_verify(args: &VerifyArgs) -> Result<()> {
 }
 
 /// The cluster secret for TCP rings: `RINGSAM_CLUSTER_SECRET` (at least 16 bytes).
+/// A random cluster secret (48 hex digits) for rings this command starts on loopback.
+fn fresh_cluster_secret() -> Result<String> {
+    let mut secret = [0u8; 24];
+    getrandom::getrandom(&mut secret).map_err(|e| anyhow::anyhow!("drawing a cluster secret: {e}"))?;
+    Ok(secret.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn cluster_secret() -> Result<Vec<u8>> {
     match std::env::var("RINGSAM_CLUSTER_SECRET") {
         Ok(s) if s.len() >= 16 => Ok(s.into_bytes()),
@@ -700,9 +707,7 @@ fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<
     if transport == "quic" {
         ringsam_collective::certs::write_dev_certs(&certs_dir, args.nproc).context("making ephemeral certificates")?;
     }
-    let mut secret = [0u8; 24];
-    getrandom::getrandom(&mut secret).map_err(|e| anyhow::anyhow!("drawing a cluster secret: {e}"))?;
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = fresh_cluster_secret()?;
     let peers = ports.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let exe = std::env::current_exe().context("locating the ringsam binary")?;
     let mut children = Vec::new();
