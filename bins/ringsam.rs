@@ -484,6 +484,8 @@ fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
         in_flight: 4 * args.batch.max(args.workers),
         rank: 0,
         world: 1,
+        samples: None,
+        start_sample: 0,
     };
     let t = std::time::Instant::now();
     let loader = ShardLoader::new(&cfg, 0, Arc::new(|line| eprintln!("ringsam: loader: {line}")))?;

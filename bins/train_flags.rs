@@ -49,6 +49,9 @@ pub struct TrainFlags {
     /// Peak learning rate.
     #[arg(long = "learning_rate", visible_alias = "learning-rate", value_name = "LEARNING_RATE")]
     pub learning_rate: Option<f64>,
+    /// The global batch --learning_rate is stated for: the run scales it by batch_size / this.
+    #[arg(long = "learning_rate_batch_size", visible_alias = "learning-rate-batch-size", value_name = "BATCH")]
+    pub learning_rate_batch_size: Option<usize>,
     /// cosine | exponential | constant.
     #[arg(long = "lr_schedule", visible_alias = "lr-schedule", value_name = "LR_SCHEDULE")]
     pub lr_schedule: Option<String>,
@@ -94,7 +97,7 @@ pub struct TrainFlags {
     /// Newest checkpoints kept.
     #[arg(long = "keep_checkpoints", visible_alias = "keep-checkpoints", value_name = "KEEP_CHECKPOINTS")]
     pub keep_checkpoints: Option<usize>,
-    /// Image side of the synthetic dataset.
+    /// Image side for synthetic and sharded (ImageNet) data (0: the model's input size).
     #[arg(long = "image_size", visible_alias = "image-size", value_name = "IMAGE_SIZE")]
     pub image_size: Option<usize>,
     /// Stop after this many steps.
@@ -103,6 +106,9 @@ pub struct TrainFlags {
     /// Batches the loader prepares ahead.
     #[arg(long = "prefetch", value_name = "PREFETCH")]
     pub prefetch: Option<usize>,
+    /// Decoder threads of the shard loader (0: one per four logical cores, at least one).
+    #[arg(long = "loader_workers", visible_alias = "loader-workers", value_name = "LOADER_WORKERS")]
+    pub loader_workers: Option<usize>,
     /// Data-parallel: compare replica parameter fingerprints every N steps (0: before checkpoints only).
     #[arg(long = "check_replicas_every", visible_alias = "check-replicas-every", value_name = "STEPS")]
     pub check_replicas_every: Option<u64>,
@@ -186,6 +192,9 @@ impl TrainFlags {
         if let Some(v) = &self.learning_rate {
             cfg.learning_rate = *v;
         }
+        if let Some(v) = &self.learning_rate_batch_size {
+            cfg.learning_rate_batch_size = Some(*v);
+        }
         if let Some(v) = &self.lr_schedule {
             cfg.lr_schedule = v.clone();
         }
@@ -239,6 +248,9 @@ impl TrainFlags {
         }
         if let Some(v) = &self.prefetch {
             cfg.prefetch = *v;
+        }
+        if let Some(v) = &self.loader_workers {
+            cfg.loader_workers = *v;
         }
         if let Some(v) = &self.check_replicas_every {
             cfg.check_replicas_every = *v;

@@ -3,5 +3,6 @@
 mod allreduce;
 mod cli;
 mod distributed;
+mod imagenet;
 mod train;
 mod util;

@@ -58,6 +58,24 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
+    /// Evaluation: file order, no augmentation, the last short batch kept; replica `rank` of
+    /// `world` takes its share of every batch.
+    pub fn evaluation(batch_size: usize, normalization: Normalization, rank: usize, world: usize) -> LoaderConfig {
+        LoaderConfig {
+            batch_size,
+            shuffle: false,
+            drop_last: false,
+            flip_crop: false,
+            flip: false,
+            cutout: None,
+            normalization,
+            seed: 0,
+            prefetch: 2,
+            rank,
+            world,
+        }
+    }
+
     /// Batches in one epoch of `len` examples.
     pub fn batches_per_epoch(&self, len: usize) -> usize {
         if self.drop_last { len / self.batch_size } else { len.div_ceil(self.batch_size) }

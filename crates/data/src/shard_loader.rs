@@ -4,12 +4,18 @@
 //! 1. The **reader** takes this rank's shards — the epoch's shard order is a permutation drawn
 //!    from (seed, epoch), and rank `r` of `world` takes every `world`-th shard from position `r`,
 //!    so ranks read disjoint parts — streams their samples through a seeded shuffle buffer, and
-//!    numbers them `0, 1, 2, …` in the order they leave it.
+//!    numbers them `0, 1, 2, …` in the order they leave it. With [`ShardLoaderConfig::samples`]
+//!    it delivers exactly that many, reading its shards again (a new pass: another permutation,
+//!    so other shards) when they hold fewer: every rank then takes the same number of steps
+//!    although shards differ in size. [`ShardLoaderConfig::start_sample`] skips the first
+//!    samples without decoding them (resuming mid-epoch).
 //! 2. **Decoders** decode and augment whichever numbered sample they receive. Every random draw
 //!    comes from (seed, epoch, rank, sample number), never from the worker, so the result does not
 //!    depend on which decoder took a sample or how many there are.
 //! 3. The **collator** puts samples back in number order and cuts batches: the same (seed, epoch,
-//!    rank, world) gives the same batches whatever the worker count.
+//!    rank, world) gives the same batches whatever the worker count. Training batch `k` is made
+//!    of samples `k·b .. (k+1)·b` exactly, so a batch's position in the epoch says which samples
+//!    it holds (what resuming needs).
 //!
 //! Back-pressure: the reader needs a credit for every sample it sends and the collator returns one
 //! per sample it has placed (or skipped), so at most `in_flight` samples exist between reader and
@@ -18,7 +24,9 @@
 //! Damage: a record the shard reader skips, an undecodable JPEG and a label outside
 //! `0..num_classes` are skipped, counted and reported (shard, offset, reason) through the
 //! callback; a missing shard is an error before anything starts; framing damage that ends a
-//! shard is reported and the reader moves to the next shard.
+//! shard is reported and the reader moves to the next shard. A training batch keeps its size: a
+//! sample that fails takes a copy of the next good sample of its batch (a batch with none good
+//! ends the loader, reported); evaluation simply leaves failed samples out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -65,6 +73,11 @@ pub struct ShardLoaderConfig {
     pub rank: usize,
     /// Ranks.
     pub world: usize,
+    /// Samples to deliver (training: `steps · batch`, reading the shards again as needed);
+    /// `None`: one pass over this rank's shards.
+    pub samples: Option<u64>,
+    /// Samples skipped, undecoded, before the first batch (a multiple of `batch_size`).
+    pub start_sample: u64,
 }
 
 /// Counters the loader exports.
@@ -86,11 +99,11 @@ pub struct ShardLoader {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// The shards rank `rank` reads in `epoch`.
-pub fn shards_for(cfg: &ShardLoaderConfig, epoch: u64) -> Vec<PathBuf> {
+/// The shards rank `rank` reads in pass `pass` over its share of `epoch`.
+pub fn shards_for(cfg: &ShardLoaderConfig, epoch: u64, pass: u64) -> Vec<PathBuf> {
     let mut order: Vec<usize> = (0..cfg.shards.len()).collect();
     if cfg.train {
-        let mut rng = Rng::stream(cfg.seed, epoch, STREAM_SHARDS);
+        let mut rng = Rng::stream(cfg.seed, epoch.wrapping_mul(1 << 20).wrapping_add(pass), STREAM_SHARDS);
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
@@ -102,10 +115,26 @@ impl ShardLoader {
     /// Starts the actors for `epoch`; `report` receives one line per skipped sample or damaged
     /// shard (from the actors' threads).
     pub fn new(cfg: &ShardLoaderConfig, epoch: u64, report: Arc<dyn Fn(String) + Send + Sync>) -> Result<ShardLoader, DataError> {
+        Self::with_stats(cfg, epoch, report, Arc::new(LoaderStats::default()))
+    }
+
+    /// [`ShardLoader::new`] counting into `stats` (shared by the loaders of a run).
+    pub fn with_stats(
+        cfg: &ShardLoaderConfig,
+        epoch: u64,
+        report: Arc<dyn Fn(String) + Send + Sync>,
+        stats: Arc<LoaderStats>,
+    ) -> Result<ShardLoader, DataError> {
         if cfg.batch_size == 0 || cfg.workers == 0 || cfg.world == 0 || cfg.rank >= cfg.world || cfg.image_size == 0 {
             return Err(DataError::Config(format!(
                 "loader: batch {}, workers {}, image size {} must be positive and rank {} below world {}",
                 cfg.batch_size, cfg.workers, cfg.image_size, cfg.rank, cfg.world
+            )));
+        }
+        if !cfg.start_sample.is_multiple_of(cfg.batch_size as u64) {
+            return Err(DataError::Config(format!(
+                "loader: start sample {} is not at a batch boundary (batch {})",
+                cfg.start_sample, cfg.batch_size
             )));
         }
         if cfg.shards.len() < cfg.world {
@@ -118,7 +147,6 @@ impl ShardLoader {
         if let Some(missing) = cfg.shards.iter().find(|p| !p.is_file()) {
             return Err(DataError::Missing { dir: missing.clone(), msg: "shard not found".into() });
         }
-        let stats = Arc::new(LoaderStats::default());
         let in_flight = cfg.in_flight.max(cfg.batch_size).max(cfg.workers);
         let (credit_tx, credit_rx) = bounded::<()>(in_flight);
         for _ in 0..in_flight {
@@ -132,8 +160,8 @@ impl ShardLoader {
             std::thread::Builder::new().name(name).spawn(f).map_err(|e| DataError::Config(format!("cannot start a loader thread: {e}")))
         };
 
-        let (shards, c, r) = (shards_for(cfg, epoch), cfg.clone(), report.clone());
-        threads.push(spawn("ringsam-reader".into(), Box::new(move || read(&c, epoch, shards, &credit_rx, &sample_tx, &*r)))?);
+        let (c, r, st) = (cfg.clone(), report.clone(), stats.clone());
+        threads.push(spawn("ringsam-reader".into(), Box::new(move || read(&c, epoch, &credit_rx, &sample_tx, &st, &*r)))?);
         for w in 0..cfg.workers {
             let (c, rx, tx) = (cfg.clone(), sample_rx.clone(), decoded_tx.clone());
             threads.push(spawn(format!("ringsam-decoder-{w}"), Box::new(move || decode(&c, epoch, &rx, &tx)))?);
@@ -149,44 +177,56 @@ impl ShardLoader {
 fn read(
     cfg: &ShardLoaderConfig,
     epoch: u64,
-    shards: Vec<PathBuf>,
     credits: &Receiver<()>,
     out: &Sender<(u64, Sample)>,
+    stats: &LoaderStats,
     report: &dyn Fn(String),
 ) {
     let mut rng = Rng::stream(cfg.seed, epoch.wrapping_mul(1 << 16).wrapping_add(cfg.rank as u64), STREAM_SHUFFLE);
     let cap = if cfg.train { cfg.shuffle_buffer.max(1) } else { 1 };
+    let limit = cfg.samples.unwrap_or(u64::MAX);
     let mut buffer: Vec<Sample> = Vec::with_capacity(cap);
     let mut next = 0u64;
-    // Emits one sample from the buffer (a random one when training); false when the consumer is gone.
+    // Takes one sample from the buffer (a random one when training) and sends it, or drops it
+    // undecoded while skipping to `start_sample`; false once done or the consumer is gone.
     let mut emit = |buffer: &mut Vec<Sample>, rng: &mut Rng| -> bool {
         let i = if cfg.train { rng.below(buffer.len() as u64) as usize } else { 0 };
         let s = if cfg.train { buffer.swap_remove(i) } else { buffer.remove(i) };
-        if credits.recv().is_err() || out.send((next, s)).is_err() {
+        if next >= cfg.start_sample && (credits.recv().is_err() || out.send((next, s)).is_err()) {
             return false;
         }
         next += 1;
-        true
+        next < limit
     };
-    for shard in shards {
-        let mut alive = true;
-        let result = read_shard(&shard, |_, s| {
-            buffer.push(s);
-            if buffer.len() >= cap {
-                alive = emit(&mut buffer, &mut rng);
-            }
-            alive // stop reading the shard once the consumer is gone
-        });
-        match result {
-            Ok(rep) => {
-                for (at, why) in rep.skipped {
-                    report(format!("{}: offset {at}: skipped: {why}", shard.display()));
+    for pass in 0u64.. {
+        let mut found = 0u64;
+        for shard in shards_for(cfg, epoch, pass) {
+            let mut alive = true;
+            let result = read_shard(&shard, |_, s| {
+                found += 1;
+                buffer.push(s);
+                if buffer.len() >= cap {
+                    alive = emit(&mut buffer, &mut rng);
                 }
+                alive // stop reading the shard once done or the consumer is gone
+            });
+            match result {
+                Ok(rep) if pass == 0 => {
+                    stats.skipped.fetch_add(rep.skipped.len(), Ordering::Relaxed);
+                    for (at, why) in rep.skipped {
+                        report(format!("{}: offset {at}: skipped: {why}", shard.display()));
+                    }
+                }
+                Ok(_) => {} // reported in pass 0
+                Err(e) => report(format!("shard abandoned: {e}")),
             }
-            Err(e) => report(format!("shard abandoned: {e}")),
+            if !alive {
+                return;
+            }
         }
-        if !alive {
-            return;
+        // One pass unless a sample count asks for more; a pass that found nothing cannot help.
+        if cfg.samples.is_none() || found == 0 {
+            break;
         }
     }
     while !buffer.is_empty() {
@@ -223,7 +263,7 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
     }
 }
 
-/// Actor 3: reorders by number, skips failures, cuts (C, N, H, W) batches.
+/// Actor 3: reorders by number, fills or drops failures, cuts (C, N, H, W) batches.
 fn collate(
     cfg: &ShardLoaderConfig,
     rx: &Receiver<Decoded>,
@@ -235,13 +275,25 @@ fn collate(
     let (side, c) = (cfg.image_size, 3);
     let plane = side * side;
     let mut pending: BTreeMap<u64, Result<(Vec<f32>, u32), String>> = BTreeMap::new();
-    let mut want = 0u64;
-    let mut batch: Vec<(Vec<f32>, u32)> = Vec::with_capacity(cfg.batch_size);
-    let mut index = 0usize;
-    let flush = |batch: &mut Vec<(Vec<f32>, u32)>, index: &mut usize| -> bool {
-        let n = batch.len();
+    let mut want = cfg.start_sample;
+    // Training keeps a slot per sample (None: failed); evaluation keeps the good ones only.
+    let mut slots: Vec<Option<(Vec<f32>, u32)>> = Vec::with_capacity(cfg.batch_size);
+    let mut index = (cfg.start_sample / cfg.batch_size as u64) as usize;
+    let flush = |slots: &mut Vec<Option<(Vec<f32>, u32)>>, index: &mut usize| -> bool {
+        let n = slots.len();
+        let Some(first_good) = slots.iter().position(Option::is_some) else {
+            report(format!("batch {index}: none of its {n} samples could be used; the loader stops"));
+            return false;
+        };
+        // A failed sample takes a copy of the next good one (cyclically) of the same batch.
+        for i in 0..n {
+            if slots[i].is_none() {
+                let j = (i + 1..n).find(|&j| slots[j].is_some()).unwrap_or(first_good);
+                slots[i] = slots[j].clone();
+            }
+        }
         let mut images = vec![0.0f32; c * n * plane];
-        for (j, (hwc, _)) in batch.iter().enumerate() {
+        for (j, (hwc, _)) in slots.iter().flatten().enumerate() {
             for ch in 0..c {
                 let (mean, inv) = cfg.normalization.u8_affine(ch); // inputs are on the 0–255 scale
                 let dst = &mut images[(ch * n + j) * plane..][..plane];
@@ -250,7 +302,7 @@ fn collate(
                 }
             }
         }
-        let labels = batch.drain(..).map(|(_, l)| l).collect();
+        let labels = slots.drain(..).flatten().map(|(_, l)| l).collect();
         stats.delivered.fetch_add(n, Ordering::Relaxed);
         let ok = out.send(Batch { images, labels, n, c, h: side, w: side, index: *index }).is_ok();
         *index += 1;
@@ -261,23 +313,30 @@ fn collate(
         while let Some(item) = pending.remove(&want) {
             want += 1;
             let _ = credits.try_send(()); // the reader may be gone at the end
-            match item {
-                Ok(x) => {
-                    batch.push(x);
-                    if batch.len() == cfg.batch_size && !flush(&mut batch, &mut index) {
-                        return;
-                    }
-                }
-                Err(why) => {
+            let item = item
+                .map_err(|why| {
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                     report(format!("skipped sample {}: {why}", want - 1));
-                }
+                })
+                .ok();
+            if cfg.train || item.is_some() {
+                slots.push(item);
+            }
+            if slots.len() == cfg.batch_size && !flush(&mut slots, &mut index) {
+                return;
             }
         }
     }
     // The epoch's last, partial batch: kept for evaluation, dropped for training (as drop_last).
-    if !batch.is_empty() && !cfg.train {
-        flush(&mut batch, &mut index);
+    if !slots.is_empty() && !cfg.train {
+        flush(&mut slots, &mut index);
+    }
+}
+
+impl ShardLoader {
+    /// Batches ready and not yet taken.
+    pub fn queued(&self) -> usize {
+        self.batches.len()
     }
 }
 

@@ -46,6 +46,8 @@ fn config(shards: Vec<PathBuf>, workers: usize) -> ShardLoaderConfig {
         in_flight: 8,
         rank: 0,
         world: 1,
+        samples: None,
+        start_sample: 0,
     }
 }
 
@@ -75,9 +77,9 @@ fn ranks_read_disjoint_shards_that_cover_the_epoch() {
     let s = shards(dir.path(), "wds", 6, &[]);
     let mut cfg = config(s.clone(), 1);
     cfg.world = 2;
-    let r0 = shards_for(&cfg, 1);
+    let r0 = shards_for(&cfg, 1, 0);
     cfg.rank = 1;
-    let r1 = shards_for(&cfg, 1);
+    let r1 = shards_for(&cfg, 1, 0);
     assert!(r0.iter().all(|p| !r1.contains(p)));
     let mut all: Vec<_> = r0.into_iter().chain(r1).collect();
     all.sort();
@@ -94,16 +96,82 @@ fn bad_jpegs_and_labels_are_skipped_and_reported_and_missing_shards_refused() {
     let sink = lines.clone();
     let mut cfg = config(s.clone(), 2);
     cfg.num_classes = 2; // class 2's samples now carry a label out of range
+    // Evaluation leaves the 4 bad samples out.
+    cfg.train = false;
     let loader = ShardLoader::new(&cfg, 0, Arc::new(move |l| sink.lock().unwrap().push(l))).unwrap();
     let stats = loader.stats.clone();
     let batches: Vec<_> = loader.collect();
-    let lines = lines.lock().unwrap();
-    assert_eq!(stats.skipped.load(std::sync::atomic::Ordering::Relaxed), 4, "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("garbage") && l.contains("undecodable")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("label 2 outside 0..2")), "{lines:?}");
-    assert_eq!(batches.iter().map(|b| b.n).sum::<usize>(), 6, "6 good samples in full batches of 3");
+    {
+        let lines = lines.lock().unwrap();
+        assert_eq!(stats.skipped.load(std::sync::atomic::Ordering::Relaxed), 4, "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("garbage") && l.contains("undecodable")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("label 2 outside 0..2")), "{lines:?}");
+    }
+    assert_eq!(batches.iter().map(|b| b.n).sum::<usize>(), 6, "6 good samples");
+    assert!(batches.iter().flat_map(|b| &b.labels).all(|&l| l < 2));
+    // Training keeps every batch full: a bad sample's slot holds a copy of a good one.
+    cfg.train = true;
+    let loader = ShardLoader::new(&cfg, 0, quiet()).unwrap();
+    let stats = loader.stats.clone();
+    let batches: Vec<_> = loader.collect();
+    assert_eq!(batches.len(), 3, "10 samples: 3 full batches of 3, the last sample dropped");
+    assert!(batches.iter().all(|b| b.n == 3 && b.labels.len() == 3 && b.labels.iter().all(|&l| l < 2)));
+    assert!(stats.skipped.load(std::sync::atomic::Ordering::Relaxed) >= 3, "the bad samples of the 9 used were counted");
     let mut missing = s.clone();
     missing.push(dir.path().join("nope.tfrecord"));
     let err = ShardLoader::new(&config(missing, 1), 0, quiet()).err().expect("missing shard").to_string();
     assert!(err.contains("nope.tfrecord") && err.contains("not found"), "{err}");
+}
+
+#[test]
+fn a_sample_count_reads_the_shards_again_and_a_start_sample_resumes_mid_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shards(dir.path(), "wds", 6, &[]); // 18 samples in 5 shards
+    let mut cfg = config(s.clone(), 2);
+    cfg.world = 2;
+    cfg.rank = 1;
+    // 30 samples from rank 1's ~9: three passes over other shard subsets.
+    cfg.samples = Some(30);
+    let all: Vec<_> = ShardLoader::new(&cfg, 4, quiet()).unwrap().collect();
+    assert_eq!(all.len(), 10);
+    assert_eq!(all.iter().map(|b| b.index).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    // Starting at sample 12 gives exactly batches 4.. of the same epoch.
+    cfg.start_sample = 12;
+    let tail: Vec<_> = ShardLoader::new(&cfg, 4, quiet()).unwrap().collect();
+    assert_eq!(tail, all[4..].to_vec());
+    cfg.start_sample = 13;
+    assert!(ShardLoader::new(&cfg, 4, quiet()).is_err(), "not at a batch boundary");
+}
+
+#[test]
+fn packing_records_shard_lengths_and_classes_as_tfds_does() {
+    use ringsam_data::shards::layout::{LABELS, open_layout};
+    let dir = tempfile::tempdir().unwrap();
+    let train = shards(dir.path(), "tfrecord", 3, &[]);
+    let out = dir.path().join("tfrecord");
+    // A validation split packed beside it, from a folder with the same classes.
+    pack_folder(&dir.path().join("folder"), &out, ShardFormat::TfRecord, 5, "validation", 0).unwrap();
+    let layout = open_layout(&out).unwrap();
+    assert_eq!(layout.train.shards, train);
+    assert_eq!(layout.train.lengths, Some(vec![4, 4, 1]));
+    assert_eq!(layout.validation.known_len(), Some(9));
+    assert_eq!(layout.classes, vec!["class0", "class1", "class2"]);
+    // A TFDS data dir (DATASET/VERSION/) is found from its root.
+    let tfds = dir.path().join("tfds/imagenet2012/5.1.0");
+    std::fs::create_dir_all(tfds.parent().unwrap().join("3.0.0")).unwrap();
+    std::fs::rename(&out, &tfds).unwrap();
+    assert_eq!(open_layout(&dir.path().join("tfds")).unwrap().dir, tfds);
+    // Lengths that disagree with the shards present, and a missing label file, are errors.
+    std::fs::rename(tfds.join(LABELS), tfds.join("labels.bak")).unwrap();
+    let err = open_layout(&tfds).unwrap_err().to_string();
+    assert!(err.contains(LABELS), "{err}");
+    std::fs::rename(tfds.join("labels.bak"), tfds.join(LABELS)).unwrap();
+    std::fs::remove_file(tfds.join(train[0].file_name().unwrap())).unwrap();
+    let err = open_layout(&tfds).unwrap_err().to_string();
+    assert!(err.contains("lists 3 shard lengths") && err.contains("2 train shards"), "{err}");
+    // Another class list for a second split is refused.
+    std::fs::create_dir_all(dir.path().join("other/zebra")).unwrap();
+    std::fs::write(dir.path().join("other/zebra/a.jpg"), &fixture_jpegs()[0]).unwrap();
+    let err = pack_folder(&dir.path().join("other"), &tfds, ShardFormat::Wds, 5, "validation", 0).unwrap_err();
+    assert!(err.to_string().contains("other classes"), "{err}");
 }

@@ -20,4 +20,4 @@ pub mod wide_resnet;
 
 pub use error::ModelError;
 pub use model::{Model, ModelConfig};
-pub use registry::{ModelInfo, build, forward_gflops, list};
+pub use registry::{ModelInfo, build, forward_gflops, input_size, list};

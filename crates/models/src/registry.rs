@@ -41,6 +41,7 @@ const MODELS: &[ModelInfo] = &[
     },
     ModelInfo { name: "Resnet101", input_size: 224, summary: "ResNet-101 v1 (ImageNet)" },
     ModelInfo { name: "Resnet152", input_size: 224, summary: "ResNet-152 v1 (ImageNet)" },
+    ModelInfo { name: "Resnet14", input_size: 224, summary: "ResNet-50's design with one bottleneck per stage; tests and quick runs" },
     ModelInfo { name: "efficientnet-b0", input_size: 224, summary: "EfficientNet-B0" },
     ModelInfo { name: "efficientnet-b1", input_size: 240, summary: "EfficientNet-B1" },
     ModelInfo { name: "efficientnet-b2", input_size: 260, summary: "EfficientNet-B2" },
@@ -58,6 +59,15 @@ const MODELS: &[ModelInfo] = &[
 /// The registered models.
 pub fn list() -> &'static [ModelInfo] {
     MODELS
+}
+
+/// The image side model `name` is designed for: its listed size, 224 for ResNets and the
+/// EfficientNet sizes for their family, 32 for the other (CIFAR-family) names.
+pub fn input_size(name: &str) -> usize {
+    if let Some(m) = MODELS.iter().find(|m| m.name == name) {
+        return m.input_size;
+    }
+    if name.starts_with("Resnet") { 224 } else { 32 }
 }
 
 /// Builds a model by name.
@@ -80,6 +90,7 @@ pub fn build(name: &str, cfg: &ModelConfig) -> Result<Box<dyn Model>, ModelError
         "Resnet50" => return resnet(&[3, 4, 6, 3]),
         "Resnet101" => return resnet(&[3, 4, 23, 3]),
         "Resnet152" => return resnet(&[3, 8, 36, 3]),
+        "Resnet14" => return resnet(&[1, 1, 1, 1]),
         _ => {}
     }
     if let Some(sc) = crate::efficientnet::scaling(name) {

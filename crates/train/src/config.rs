@@ -36,6 +36,10 @@ pub struct TrainConfig {
     pub gradient_clipping: f32,
     /// Peak learning rate.
     pub learning_rate: f64,
+    /// The global batch `learning_rate` is stated for (ours): when set, the run uses
+    /// `learning_rate × batch_size / this` (linear scaling, Goyal et al. 2017), so a recipe's
+    /// config keeps its rate when `--batch_size` changes. Applied by [`TrainConfig::resolved`].
+    pub learning_rate_batch_size: Option<usize>,
     /// Use the schedule (false: constant learning rate).
     pub use_learning_rate_schedule: bool,
     /// cosine | exponential | constant.
@@ -84,12 +88,15 @@ pub struct TrainConfig {
     pub checkpoint_every_epochs: u64,
     /// Newest checkpoints kept.
     pub keep_checkpoints: usize,
-    /// Image side of the synthetic dataset.
+    /// Image side for the synthetic dataset and sharded data (ours; 0: the model's input size,
+    /// `ringsam models` lists it).
     pub image_size: usize,
     /// Stop after this many steps (ours; for smoke tests and benchmarks).
     pub max_steps: Option<u64>,
     /// Batches the loader prepares ahead.
     pub prefetch: usize,
+    /// Decoder threads of the shard loader (ours; 0: one per four logical cores, at least one).
+    pub loader_workers: usize,
     /// Data-parallel: compare the replicas' parameter fingerprints every this many steps
     /// (ours; 0: only before checkpoints).
     pub check_replicas_every: u64,
@@ -120,6 +127,7 @@ impl Default for TrainConfig {
             cutout_length: 16,
             gradient_clipping: 5.0,
             learning_rate: 0.1,
+            learning_rate_batch_size: None,
             use_learning_rate_schedule: true,
             lr_schedule: "cosine".into(),
             warmup_epochs: 0.0,
@@ -144,9 +152,10 @@ impl Default for TrainConfig {
             save_progress_seconds: 3600,
             checkpoint_every_epochs: 1,
             keep_checkpoints: 2,
-            image_size: 32,
+            image_size: 0,
             max_steps: None,
             prefetch: 4,
+            loader_workers: 0,
             check_replicas_every: 100,
             bucket_mb: 25.0,
             first_bucket_mb: 1.0,
@@ -174,6 +183,18 @@ impl TrainConfig {
         toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| e.to_string())
     }
 
+    /// The configuration a run uses: the learning rate scaled to the batch when
+    /// `learning_rate_batch_size` asks for it (the run directory is named by the rate used).
+    pub fn resolved(&self) -> TrainConfig {
+        let mut c = self.clone();
+        if let Some(b) = c.learning_rate_batch_size.take()
+            && b > 0
+        {
+            c.learning_rate *= c.batch_size as f64 / b as f64;
+        }
+        c
+    }
+
     /// Checks values against each other; the message names the flag to change.
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // written so that NaN fails the check
     pub fn validate(&self) -> Result<(), String> {
@@ -189,6 +210,9 @@ impl TrainConfig {
                 "--image_level_augmentations {:?}: expected none, basic, autoaugment or aa-only",
                 self.image_level_augmentations
             ));
+        }
+        if self.image_size > 4096 {
+            return fail(format!("--image_size {} is larger than 4096", self.image_size));
         }
         if matches!(self.image_level_augmentations.as_str(), "autoaugment" | "aa-only") {
             return fail("--image_level_augmentations autoaugment/aa-only: AutoAugment is not implemented yet (use basic or none)".into());
@@ -208,6 +232,9 @@ impl TrainConfig {
         }
         if !(self.learning_rate > 0.0) || !self.learning_rate.is_finite() {
             return fail(format!("--learning_rate {} must be a positive number", self.learning_rate));
+        }
+        if self.learning_rate_batch_size == Some(0) {
+            return fail("--learning_rate_batch_size must be at least 1".into());
         }
         if self.keep_checkpoints == 0 {
             return fail("--keep_checkpoints must be at least 1".into());
@@ -290,6 +317,15 @@ mod tests {
     fn run_subdir_matches_the_reference_layout() {
         let c = TrainConfig { learning_rate: 0.1, weight_decay: 1e-5, sam_rho: 0.0, run_seed: 3, ..TrainConfig::default() };
         assert_eq!(c.run_subdir(), PathBuf::from("lr_0.1/wd_1e-05/rho_0.0/seed_3"));
+    }
+
+    #[test]
+    fn learning_rate_scales_linearly_with_the_batch_when_asked() {
+        let c = TrainConfig { learning_rate: 1.0, learning_rate_batch_size: Some(4096), batch_size: 1024, ..TrainConfig::default() };
+        let r = c.resolved();
+        assert_eq!((r.learning_rate, r.learning_rate_batch_size), (0.25, None));
+        assert_eq!(r.resolved().learning_rate, 0.25, "resolving twice changes nothing");
+        assert_eq!(TrainConfig { batch_size: 1024, ..TrainConfig::default() }.resolved().learning_rate, 0.1);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use ringsam_data::Dataset;
 use ringsam_data::loader::{Loader, LoaderConfig};
 use ringsam_data::normalize::Normalization;
+use ringsam_data::{Batch, Dataset};
 use ringsam_models::Model;
 use ringsam_nn::Pass;
 use ringsam_tensor::Tensor;
@@ -86,22 +86,20 @@ pub fn evaluate_shard(
     rank: usize,
     world: usize,
 ) -> Result<EvalSums, TrainError> {
-    let cfg = LoaderConfig {
-        batch_size,
-        shuffle: false,
-        drop_last: false,
-        flip_crop: false,
-        flip: false,
-        cutout: None,
-        normalization: Normalization::for_dataset(&data.name),
-        seed: 0,
-        prefetch: 2,
-        rank,
-        world,
-    };
+    let cfg = LoaderConfig::evaluation(batch_size, Normalization::for_dataset(&data.name), rank, world);
+    evaluate_batches(model, params, state, Loader::new(data.clone(), &cfg, 0, 0)?)
+}
+
+/// Sums over `batches` (one replica's share of a split).
+pub fn evaluate_batches(
+    model: &mut dyn Model,
+    params: &[f32],
+    state: &mut [f32],
+    batches: impl Iterator<Item = Batch>,
+) -> Result<EvalSums, TrainError> {
     let (mut loss_sum, mut errors, mut top5_errors, mut n_total) = (0.0f64, 0usize, 0usize, 0usize);
     let (mut losses, mut probs) = (Vec::new(), Vec::new());
-    for b in Loader::new(data.clone(), &cfg, 0, 0)? {
+    for b in batches {
         if b.n == 0 {
             continue; // a share of a short last batch can be empty
         }

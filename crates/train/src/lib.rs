@@ -2,7 +2,8 @@
 //!
 //! Files: [`step`] (one replica's SGD/SAM step), [`run`] (the loop: data, steps, evaluation,
 //! checkpoints, resume), [`eval`], [`checkpoint`] (atomic write, verified load),
-//! [`tensorboard`] (event files), [`config`] (the reference's flags), [`bench_step`].
+//! [`tensorboard`] (event files), [`config`] (the reference's flags), [`data_source`] (memory or
+//! shards behind one interface), [`bench_step`].
 //! Data-parallel: [`cluster`] (the rings a replica all-reduces over), [`grad_sync`] (gradient
 //! buckets overlapped with backward), [`replica`] (what replicas agree on besides gradients:
 //! stop votes, metrics, batch-norm statistics, parameter fingerprints), [`telemetry`]
@@ -12,6 +13,7 @@ pub mod bench_step;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod data_source;
 pub mod error;
 pub mod eval;
 pub mod grad_sync;

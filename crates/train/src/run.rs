@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ringsam_data::loader::{Loader, LoaderConfig};
+use ringsam_data::loader::LoaderConfig;
 use ringsam_data::normalize::Normalization;
 use ringsam_data::registry::{SyntheticSpec, load};
 use ringsam_data::{Dataset, Split};
@@ -34,7 +34,8 @@ use ringsam_tensor::Tensor;
 use crate::checkpoint::{CheckpointData, TrainingState, newest_valid, write_atomic};
 use crate::cluster::Cluster;
 use crate::config::TrainConfig;
-use crate::eval::{EvalReport, EvalSums, evaluate_shard};
+use crate::data_source::TrainData;
+use crate::eval::{EvalReport, EvalSums, evaluate_batches};
 use crate::grad_sync::{BucketPlan, ExchangeStats, GradSync};
 use crate::replica::{average_state, check_identical, vote_and_metrics};
 use crate::tensorboard::EventWriter;
@@ -108,7 +109,8 @@ fn now() -> f64 {
 
 /// Loads the train and test splits the configuration names.
 pub fn load_splits(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Arc<Dataset>), TrainError> {
-    let synth = SyntheticSpec { size: cfg.image_size, ..SyntheticSpec::default() };
+    let size = if cfg.image_size == 0 { ringsam_models::input_size(&cfg.model_name) } else { cfg.image_size };
+    let synth = SyntheticSpec { size, ..SyntheticSpec::default() };
     let dir = cfg.data_dir.as_deref();
     let train = load(&cfg.dataset, Split::Train, dir, cfg.use_test_set, &synth)?;
     let test = load(&cfg.dataset, Split::Test, dir, cfg.use_test_set, &synth)?;
@@ -155,12 +157,13 @@ fn agree_before_save(st: &mut SamStep, ema: &mut Option<Ema>) -> Result<(), Trai
     check_identical(c, &arena.params, step)
 }
 
-/// Evaluates on this replica's share of `data` and adds the replicas' sums up.
+/// Evaluates on this replica's share of `split` and adds the replicas' sums up.
 fn evaluate_everywhere(
     st: &mut SamStep,
     params: Option<&[f32]>,
     state: Option<&mut [f32]>,
-    data: &Arc<Dataset>,
+    data: &TrainData,
+    split: Split,
     batch: usize,
 ) -> Result<EvalReport, TrainError> {
     let (rank, world) = st.sync.as_ref().map_or((0, 1), |s| (s.cluster.rank(), s.cluster.world()));
@@ -169,12 +172,12 @@ fn evaluate_everywhere(
         Some(s) => s,
         None => &mut st.state,
     };
-    let mine = evaluate_shard(st.model.as_mut(), params, state, data, batch, rank, world)?;
+    let mine = evaluate_batches(st.model.as_mut(), params, state, data.eval_batches(split, batch, rank, world)?)?;
     let total = match st.sync.as_mut() {
         Some(s) => EvalSums::from_slice(&s.cluster.sum(mine.to_vec())?),
         None => mine,
     };
-    total.report(&data.name)
+    total.report(data.name())
 }
 
 /// Trains as `cfg` says on one replica; `log` receives one-line messages (resume, evaluation,
@@ -205,6 +208,7 @@ fn train_inner(
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
+    let cfg = &cfg.resolved();
     let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
     if !cfg.batch_size.is_multiple_of(world * cfg.grad_accum_steps.max(1)) {
         return Err(TrainError::Config(format!(
@@ -214,15 +218,15 @@ fn train_inner(
     }
     let leader = rank == 0;
     let t0 = Instant::now();
-    let (train_set, test_set) = load_splits(cfg)?;
-    if train_set.len() < cfg.batch_size {
+    let data = TrainData::open(cfg, log)?;
+    if data.train_len() < cfg.batch_size as u64 {
         return Err(TrainError::Config(format!(
             "--batch_size {} is larger than the {} training examples",
             cfg.batch_size,
-            train_set.len()
+            data.train_len()
         )));
     }
-    let model_cfg = ModelConfig { num_classes: train_set.num_classes, in_channels: train_set.channels };
+    let model_cfg = ModelConfig { num_classes: data.num_classes(), in_channels: data.channels() };
     let mut st = SamStep::new(&cfg.model_name, &model_cfg, step_config(cfg))?;
     if let Some(c) = cluster {
         let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
@@ -300,15 +304,15 @@ fn train_inner(
         shuffle: true,
         drop_last: true,
         flip_crop: cfg.image_level_augmentations == "basic",
-        flip: train_set.name != "digits",
+        flip: data.name() != "digits",
         cutout: (cfg.batch_level_augmentations == "cutout").then_some(cfg.cutout_length),
-        normalization: Normalization::for_dataset(&train_set.name),
+        normalization: Normalization::for_dataset(data.name()),
         seed: cfg.run_seed,
         prefetch: cfg.prefetch,
         rank,
         world,
     };
-    let steps_per_epoch = loader_cfg.batches_per_epoch(train_set.len()) as u64;
+    let steps_per_epoch = data.steps_per_epoch(&loader_cfg);
     let schedule = LrSchedule {
         kind: match (cfg.use_learning_rate_schedule, cfg.lr_schedule.as_str()) {
             (false, _) | (_, "constant") => ScheduleKind::Constant,
@@ -370,7 +374,7 @@ fn train_inner(
         bar.set_position(start_batch as u64);
         let (mut sum_loss, mut sum_err, mut sum_gnorm, mut sum_pnorm, mut count, mut lr) = (0.0, 0.0, 0.0, 0.0, 0usize, 0.0);
         let mut batch_no = start_batch;
-        let mut loader = Loader::new(train_set.clone(), &loader_cfg, epoch, start_batch)?;
+        let mut loader = data.epoch(&loader_cfg, epoch, start_batch)?;
         while let Some(batch) = loader.next() {
             let queue_depth = loader.queued();
             if cfg.max_steps.is_some_and(|m| st.step >= m) {
@@ -420,7 +424,7 @@ fn train_inner(
             if !r.loss.is_finite() {
                 return Err(TrainError::Config(format!("loss became {} at step {} (lower --learning_rate?)", r.loss, st.step)));
             }
-            crate::telemetry::export_step(&r, step_seconds, batch.labels.len(), queue_depth);
+            crate::telemetry::export_step(&r, step_seconds, batch.labels.len(), queue_depth, data.skipped());
             sum_loss += r.loss as f64;
             sum_err += r.error_rate as f64;
             sum_gnorm += r.grad_norm;
@@ -465,15 +469,17 @@ fn train_inner(
             agree_before_save(&mut st, &mut ema)?;
             // Evaluation runs in eval mode, which reads the running statistics and never writes them.
             let (prefix, r) = match ema.as_mut() {
-                Some(e) => ("ema_test", evaluate_everywhere(&mut st, Some(&e.params), Some(&mut e.state), &test_set, cfg.batch_size)?),
-                None => ("test", evaluate_everywhere(&mut st, None, None, &test_set, cfg.batch_size)?),
+                Some(e) => {
+                    ("ema_test", evaluate_everywhere(&mut st, Some(&e.params), Some(&mut e.state), &data, Split::Test, cfg.batch_size)?)
+                }
+                None => ("test", evaluate_everywhere(&mut st, None, None, &data, Split::Test, cfg.batch_size)?),
             };
             let mut scalars = vec![(format!("{prefix}_loss"), r.loss), (format!("{prefix}_error_rate"), r.error_rate)];
             if cfg.compute_top_5_error_rate {
                 scalars.push((format!("{prefix}_top_5_error_rate"), r.top5_error_rate));
             }
             if cfg.also_eval_on_training_set {
-                let t = evaluate_everywhere(&mut st, None, None, &train_set, cfg.batch_size)?;
+                let t = evaluate_everywhere(&mut st, None, None, &data, Split::Train, cfg.batch_size)?;
                 scalars.push(("eval_on_train_loss".into(), t.loss));
                 scalars.push(("eval_on_train_error_rate".into(), t.error_rate));
             }
@@ -481,12 +487,18 @@ fn train_inner(
             if let Some(tb) = tb.as_mut() {
                 tb.scalars(step, now(), &refs).map_err(tb_err)?;
             }
-            bar.println(format!(
+            let line = format!(
                 "epoch {epoch}: {prefix} loss {:.4}, {prefix} error {:.2}% ({} examples)",
                 r.loss,
                 100.0 * r.error_rate,
                 r.examples
-            ));
+            );
+            // A hidden bar prints nothing: logs (a pod's, a file's) still get the line, once.
+            match (bar.is_hidden(), leader) {
+                (false, _) => bar.println(line),
+                (true, true) => log(&line),
+                (true, false) => {}
+            }
             last_eval = Some(r);
         }
         let mut due = (cfg.checkpoint_every_epochs > 0 && epoch % cfg.checkpoint_every_epochs == 0)

@@ -13,6 +13,7 @@
 //! | `ringsam_allreduce_exposed_seconds{exchange}` | gauge | of those, waited for after backward |
 //! | `ringsam_loader_queue_depth` | gauge | batches ready when the step started (0: starved for data) |
 //! | `ringsam_train_loss` | gauge | the last step's loss (mean over replicas) |
+//! | `ringsam_loader_skipped_total` | counter | samples the shard loader skipped (bad record, JPEG or label) |
 //!
 //! Every series carries a `rank` label. The endpoint is a minimal HTTP/1.1 responder on its own
 //! thread: it reads at most 8 KiB of any request, for at most 2 s, and answers every path with
@@ -75,8 +76,9 @@ fn answer(mut conn: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()>
 }
 
 /// Exports one step (see the table in the module docs). A no-op when no recorder is installed.
-pub fn export_step(r: &StepReport, seconds: f64, images: usize, queue_depth: usize) {
+pub fn export_step(r: &StepReport, seconds: f64, images: usize, queue_depth: usize, loader_skipped: usize) {
     counter!("ringsam_steps_total").increment(1);
+    counter!("ringsam_loader_skipped_total").absolute(loader_skipped as u64);
     gauge!("ringsam_step_seconds").set(seconds);
     gauge!("ringsam_images_per_second").set(if seconds > 0.0 { images as f64 / seconds } else { 0.0 });
     gauge!("ringsam_loader_queue_depth").set(queue_depth as f64);

@@ -29,8 +29,8 @@ fn metrics_endpoint_serves_the_step_metrics() {
         ascent_exchange: x,
         descent_exchange: ExchangeStats { bytes: 8192, ..x },
     };
-    export_step(&r, 0.5, 64, 2);
-    export_step(&r, 0.5, 64, 2);
+    export_step(&r, 0.5, 64, 2, 1);
+    export_step(&r, 0.5, 64, 2, 3); // the loader's running total of skipped samples
     // A client sending 64 KiB of junk without a blank line: the endpoint reads 8 KiB at most,
     // answers and closes (the unread rest may reset the connection), then serves the next one.
     let _ = get(addr, &vec![b'x'; 64 << 10]);
@@ -40,6 +40,7 @@ fn metrics_endpoint_serves_the_step_metrics() {
         "ringsam_steps_total{rank=\"3\"} 2",
         "ringsam_images_per_second{rank=\"3\"} 128",
         "ringsam_loader_queue_depth{rank=\"3\"} 2",
+        "ringsam_loader_skipped_total{rank=\"3\"} 3",
         "ringsam_allreduce_bytes_total{rank=\"3\",exchange=\"ascent\"} 8192",
         "ringsam_allreduce_bytes_total{rank=\"3\",exchange=\"descent\"} 16384",
         "ringsam_allreduce_exposed_seconds{rank=\"3\",exchange=\"descent\"} 0.05",

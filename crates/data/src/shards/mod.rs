@@ -9,6 +9,7 @@
 //! reported with its shard and offset; damage that loses the shard's framing (a length checksum,
 //! a tar header, a truncated file) ends that shard with an error naming the offset.
 
+pub mod layout;
 pub mod tfrecord;
 pub mod wds;
 
@@ -138,8 +139,9 @@ pub fn list_image_folder(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>
 }
 
 /// Writes the images of folder `from` into shards of `per_shard` samples in `to`
-/// (`{prefix}-{i:05}-of-{n:05}.tar` or `.tfrecord`), in a order shuffled by `seed` so each shard
-/// mixes classes. Returns the shard paths. Each shard is written to a temporary name and renamed.
+/// (`{prefix}-{i:05}-of-{n:05}.tar` or `.tfrecord`), in an order shuffled by `seed` so each shard
+/// mixes classes, and records the shard lengths and class names beside them ([`layout`]).
+/// Returns the shard paths. Each shard is written to a temporary name and renamed.
 pub fn pack_folder(
     from: &Path,
     to: &Path,
@@ -151,12 +153,13 @@ pub fn pack_folder(
     if per_shard == 0 {
         return Err(DataError::Config("--shard-size must be at least 1".into()));
     }
-    let (_, mut files) = list_image_folder(from)?;
+    let (classes, mut files) = list_image_folder(from)?;
     let mut rng = ringsam_rng::Rng::new(seed);
     for i in (1..files.len()).rev() {
         files.swap(i, rng.below(i as u64 + 1) as usize);
     }
     std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
+    layout::check_classes(to, &classes)?; // before writing anything
     let n = files.len().div_ceil(per_shard);
     let ext = match format {
         ShardFormat::TfRecord => "tfrecord",
@@ -194,5 +197,9 @@ pub fn pack_folder(
         std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
         out.push(path);
     }
+    // The split's shard lengths and the class names, as TFDS records them (see [`layout`]).
+    let split = layout::split_of(prefix).unwrap_or(prefix);
+    let lengths: Vec<u64> = files.chunks(per_shard).map(|c| c.len() as u64).collect();
+    layout::write_split_info(to, split, &lengths, &classes)?;
     Ok(out)
 }

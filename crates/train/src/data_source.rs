@@ -1,0 +1,291 @@
+//! What the training loop reads: a dataset held in memory (digits, CIFAR, SVHN, Fashion-MNIST,
+//! synthetic) or a directory of shards (`imagenet`), behind one interface.
+//!
+//! Why two kinds: the small datasets fit in memory, and their loader shares every global batch
+//! out to the replicas (a replica takes its slice). ImageNet does not fit; each replica reads its
+//! own shards through the loader actor pool ([`ringsam_data::shard_loader`]) and makes its own
+//! batches. The loop sees the same thing from both: an epoch of `(C, N, H, W)` batches of this
+//! replica's share, the same number of them on every replica, and batches for evaluation.
+//!
+//! Epochs over shards: `steps = samples / global batch` (the reference's
+//! `num_train_examples // batch_size`); each replica delivers exactly `steps × local batch`
+//! samples, reading its shards again when they hold fewer. Resuming at batch `k` skips `k × local
+//! batch` samples undecoded.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ringsam_data::loader::{Loader, LoaderConfig};
+use ringsam_data::normalize::Normalization;
+use ringsam_data::shard_loader::{LoaderStats, ShardLoader, ShardLoaderConfig};
+use ringsam_data::shards::layout::{ShardLayout, SplitShards, count_samples, open_layout};
+use ringsam_data::{Batch, Dataset, Split};
+
+use crate::TrainError;
+use crate::config::TrainConfig;
+
+/// Datasets read from shards rather than memory.
+pub const SHARDED: &[&str] = &["imagenet"];
+
+/// The training and evaluation data of a run.
+pub enum TrainData {
+    /// Both splits in memory.
+    Memory {
+        /// Training split.
+        train: Arc<Dataset>,
+        /// Evaluation split.
+        test: Arc<Dataset>,
+    },
+    /// Shards on disk (see [`ShardData`]).
+    Shards(ShardData),
+}
+
+/// A directory of shards and how to read it.
+pub struct ShardData {
+    /// Dataset name (for normalisation and messages).
+    pub name: String,
+    layout: ShardLayout,
+    train_len: u64,
+    image_size: usize,
+    workers: usize,
+    seed: u64,
+    report: Arc<dyn Fn(String) + Send + Sync>,
+    /// Counters of every loader of the run together (the skipped count is exported as a metric).
+    pub stats: Arc<LoaderStats>,
+}
+
+/// One epoch's batches of this replica, from either kind of data.
+pub enum EpochBatches {
+    /// From memory.
+    Memory(Loader),
+    /// From shards; `left` batches still owed.
+    Shards {
+        /// The actor pool.
+        loader: ShardLoader,
+        /// Batches not yet delivered.
+        left: usize,
+    },
+}
+
+impl Iterator for EpochBatches {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        match self {
+            EpochBatches::Memory(l) => l.next(),
+            EpochBatches::Shards { loader, left } => {
+                let b = if *left > 0 { loader.next() } else { None };
+                *left -= b.is_some() as usize;
+                b
+            }
+        }
+    }
+}
+
+impl EpochBatches {
+    /// Batches of the epoch not yet delivered (non-zero after the end: the loader failed).
+    pub fn remaining(&self) -> usize {
+        match self {
+            EpochBatches::Memory(l) => l.remaining(),
+            EpochBatches::Shards { left, .. } => *left,
+        }
+    }
+
+    /// Batches ready and not yet taken.
+    pub fn queued(&self) -> usize {
+        match self {
+            EpochBatches::Memory(l) => l.queued(),
+            EpochBatches::Shards { loader, .. } => loader.queued(),
+        }
+    }
+}
+
+/// Decoder threads for `--loader_workers 0`: one per four logical cores, at least one. The
+/// decoders are threads beside the engine's; a quarter of the cores keeps a CPU run's loader ahead
+/// of a ResNet-50 SAM step (two forward-backward passes per image cost far more than a decode and
+/// crop), and on a GPU host the flag should be set to the cores the host can spare.
+pub fn auto_loader_workers() -> usize {
+    (ringsam_tensor::threads::default_threads() / 4).max(1)
+}
+
+impl TrainData {
+    /// Opens what `cfg` names; `log` hears about counting shards and skipped samples.
+    pub fn open(cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<TrainData, TrainError> {
+        if !SHARDED.contains(&cfg.dataset.as_str()) {
+            let (train, test) = crate::run::load_splits(cfg)?;
+            return Ok(TrainData::Memory { train, test });
+        }
+        if cfg.image_level_augmentations != "basic" {
+            return Err(TrainError::Config(format!(
+                "--image_level_augmentations {}: on {} training always takes the reference's random crop and flip (`basic`)",
+                cfg.image_level_augmentations, cfg.dataset
+            )));
+        }
+        if cfg.batch_level_augmentations != "none" {
+            return Err(TrainError::Config(format!(
+                "--batch_level_augmentations {}: not available on {}",
+                cfg.batch_level_augmentations, cfg.dataset
+            )));
+        }
+        let dir = cfg.data_dir.as_deref().ok_or_else(|| {
+            TrainError::Config(format!("dataset {} needs --data_dir (a directory of shards; see `ringsam data pack`)", cfg.dataset))
+        })?;
+        let layout = open_layout(dir)?;
+        for (name, split) in [("train", &layout.train), ("validation", &layout.validation)] {
+            if split.shards.is_empty() {
+                return Err(TrainError::Config(format!("{}: no {name} shards (file names with the word `{name}`)", layout.dir.display())));
+            }
+        }
+        let train_len = split_len(&layout.train, "train", log)?;
+        let workers = if cfg.loader_workers == 0 { auto_loader_workers() } else { cfg.loader_workers };
+        let image_size = if cfg.image_size == 0 { ringsam_models::input_size(&cfg.model_name) } else { cfg.image_size };
+        log(&format!(
+            "{}: {} train shards ({train_len} samples), {} validation shards, {} classes, {image_size} px, {workers} decoder threads",
+            layout.dir.display(),
+            layout.train.shards.len(),
+            layout.validation.shards.len(),
+            layout.classes.len()
+        ));
+        Ok(TrainData::Shards(ShardData {
+            name: cfg.dataset.clone(),
+            layout,
+            train_len,
+            image_size,
+            workers,
+            seed: cfg.run_seed,
+            report: Arc::new(|line| eprintln!("ringsam: loader: {line}")),
+            stats: Arc::new(LoaderStats::default()),
+        }))
+    }
+
+    /// Dataset name.
+    pub fn name(&self) -> &str {
+        match self {
+            TrainData::Memory { train, .. } => &train.name,
+            TrainData::Shards(s) => &s.name,
+        }
+    }
+
+    /// Classes.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            TrainData::Memory { train, .. } => train.num_classes,
+            TrainData::Shards(s) => s.layout.classes.len(),
+        }
+    }
+
+    /// Image channels.
+    pub fn channels(&self) -> usize {
+        match self {
+            TrainData::Memory { train, .. } => train.channels,
+            TrainData::Shards(_) => 3,
+        }
+    }
+
+    /// Training examples.
+    pub fn train_len(&self) -> u64 {
+        match self {
+            TrainData::Memory { train, .. } => train.len() as u64,
+            TrainData::Shards(s) => s.train_len,
+        }
+    }
+
+    /// Training steps in one epoch of global batches of `batch`.
+    pub fn steps_per_epoch(&self, loader: &LoaderConfig) -> u64 {
+        match self {
+            TrainData::Memory { train, .. } => loader.batches_per_epoch(train.len()) as u64,
+            TrainData::Shards(s) => s.train_len / loader.batch_size as u64,
+        }
+    }
+
+    /// Samples skipped so far (bad records, JPEGs, labels).
+    pub fn skipped(&self) -> usize {
+        match self {
+            TrainData::Memory { .. } => 0,
+            TrainData::Shards(s) => s.stats.skipped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// This replica's batches of `epoch` from batch `start_batch` on; `loader` says the global
+    /// batch, augmentation, seed, rank and world.
+    pub fn epoch(&self, loader: &LoaderConfig, epoch: u64, start_batch: usize) -> Result<EpochBatches, TrainError> {
+        match self {
+            TrainData::Memory { train, .. } => Ok(EpochBatches::Memory(Loader::new(train.clone(), loader, epoch, start_batch)?)),
+            TrainData::Shards(s) => {
+                let local = loader.batch_size / loader.world;
+                let steps = self.steps_per_epoch(loader) as usize;
+                let cfg = ShardLoaderConfig {
+                    samples: Some((steps * local) as u64),
+                    start_sample: (start_batch * local) as u64,
+                    ..s.loader_config(&s.layout.train, true, local, loader.rank, loader.world)
+                };
+                let pool = ShardLoader::with_stats(&cfg, epoch, s.report.clone(), s.stats.clone())?;
+                Ok(EpochBatches::Shards { loader: pool, left: steps.saturating_sub(start_batch) })
+            }
+        }
+    }
+
+    /// This replica's share of the evaluation split (`Split::Test`) or of the training split in
+    /// evaluation mode, in batches of about `batch` across all replicas.
+    pub fn eval_batches(
+        &self,
+        split: Split,
+        batch: usize,
+        rank: usize,
+        world: usize,
+    ) -> Result<Box<dyn Iterator<Item = Batch>>, TrainError> {
+        match self {
+            TrainData::Memory { train, test } => {
+                let data = if split == Split::Train { train } else { test };
+                let cfg = LoaderConfig::evaluation(batch, Normalization::for_dataset(&data.name), rank, world);
+                Ok(Box::new(Loader::new(data.clone(), &cfg, 0, 0)?))
+            }
+            TrainData::Shards(s) => {
+                let shards = if split == Split::Train { &s.layout.train } else { &s.layout.validation };
+                let cfg = s.loader_config(shards, false, batch.div_ceil(world), rank, world);
+                Ok(Box::new(ShardLoader::with_stats(&cfg, 0, s.report.clone(), s.stats.clone())?))
+            }
+        }
+    }
+}
+
+impl ShardData {
+    fn loader_config(&self, split: &SplitShards, train: bool, batch: usize, rank: usize, world: usize) -> ShardLoaderConfig {
+        ShardLoaderConfig {
+            shards: split.shards.clone(),
+            batch_size: batch,
+            image_size: self.image_size,
+            train,
+            num_classes: self.layout.classes.len(),
+            normalization: Normalization::for_dataset(&self.name),
+            seed: self.seed,
+            workers: self.workers,
+            // The reference shuffles 16 batches' worth (dataset_source_imagenet.py).
+            shuffle_buffer: 16 * batch,
+            in_flight: 4 * batch.max(self.workers),
+            rank,
+            world,
+            samples: None,
+            start_sample: 0,
+        }
+    }
+}
+
+/// Samples in a split: from `dataset_info.json`, else by reading every shard once.
+fn split_len(split: &SplitShards, name: &str, log: &mut dyn FnMut(&str)) -> Result<u64, TrainError> {
+    if let Some(n) = split.known_len() {
+        return Ok(n);
+    }
+    log(&format!("no shard lengths for the {name} split in dataset_info.json: counting {} shards by reading them", split.shards.len()));
+    let t = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let counts = count_samples(&split.shards, |done, total| {
+        if last.elapsed().as_secs() >= 10 {
+            eprintln!("ringsam: counted {done}/{total} shards");
+            last = std::time::Instant::now();
+        }
+    })?;
+    let n = counts.iter().sum();
+    log(&format!("{name}: {n} samples ({:.1} s to count)", t.elapsed().as_secs_f64()));
+    Ok(n)
+}
