@@ -4,10 +4,14 @@ bicubic resize to 224 + flip, per core.
 
 Makes ~500x375 quality-90 JPEGs (smooth gradients, shapes and noise, so they compress like
 photos rather than like flat colour), packs them with `ringsam data pack`, then times:
-  - Pillow (libjpeg-turbo): Image.open + draft-free decode, a random crop of the reference's
+  - Pillow (libjpeg-turbo), pinned to one core: Image.open + draft-free decode, a random crop of the reference's
     area/aspect ranges, resize(BICUBIC), flip, to float32 — one process, one core;
-  - ringsam with 1 and with 2 decoder threads.
-Run from the repository root after `cargo build --release`, with the interop venv (Pillow):
+  - ringsam with 1 decoder thread (the whole process pinned to one core) and with 2 (on the 2
+    cores; per core = total / 2), for each JPEG decoder the binary has (zune; with
+    `--features turbojpeg` also turbo = libjpeg-turbo decoding only the crop, and turbo-reduced =
+    also at a reduced DCT scale).
+Run from the repository root after `cargo build --release [--features turbojpeg]`, with the
+interop venv (Pillow):
     .venv-interop/bin/python benches/loader_vs_pillow.py [--images 300]
 """
 import argparse
@@ -36,6 +40,16 @@ def photo_like(rng, w=500, h=375):
 
 
 def pillow_pipeline(paths, size=224):
+    # One core, as ringsam's one-worker run below (taskset): per-core rates compare like for like.
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        return _pillow_pipeline(paths, size)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+def _pillow_pipeline(paths, size):
     rnd = random.Random(0)
     t = time.perf_counter()
     for p in paths:
@@ -77,16 +91,26 @@ def main():
                         "--format", "wds", "--shard-size", "100"], check=True, capture_output=True)
         pillow = pillow_pipeline(paths)
         rows = {}
-        for workers in (1, 2):
-            out = subprocess.run([a.ringsam, "--threads", "1", "bench", "loader", "--data", os.path.join(tmp, "shards"),
-                                  "--workers", str(workers), "--num-classes", "10", "--json"], check=True, capture_output=True, text=True).stdout
-            rows[workers] = json.loads(out)
+        for decoder in ("zune", "turbo", "turbo-reduced"):
+            for workers in (1, 2):
+                # One worker: the whole process (reader, decoder, collator) pinned to one core.
+                pin = ["taskset", "-c", "0"] if workers == 1 else []
+                run = subprocess.run(pin + [a.ringsam, "--threads", "1", "bench", "loader", "--data", os.path.join(tmp, "shards"),
+                                      "--workers", str(workers), "--num-classes", "10", "--decoder", decoder, "--json"],
+                                     capture_output=True, text=True)
+                if run.returncode != 0:
+                    print(f"  ({decoder}: {run.stderr.strip().splitlines()[-1]})")
+                    break
+                rows[(decoder, workers)] = json.loads(run.stdout)
+        pillow_after = pillow_pipeline(paths)
         print(f"{a.images} JPEGs, 500x375, quality 90, mean {mean_kb:.0f} KiB; output 224x224")
-        print(f"  Pillow (1 core):        {pillow:7.1f} images/s")
-        for w, r in rows.items():
-            print(f"  ringsam {w} worker(s):    {r['images_per_s']:7.1f} images/s total, {r['images_per_s_per_worker']:7.1f} per worker"
-                  f"  ({r['images_per_s_per_worker'] / pillow:.2f}x Pillow per core)")
-
+        print(f"  Pillow (1 core):        {pillow:7.1f} images/s before, {pillow_after:7.1f} after")
+        pillow = (pillow + pillow_after) / 2
+        for (d, w), r in rows.items():
+            cores = 1 if w == 1 else min(w, len(os.sched_getaffinity(0)))
+            per_core = r['images_per_s'] / cores
+            print(f"  ringsam {d:13} {w} worker(s) on {cores} core(s): {r['images_per_s']:7.1f} images/s, {per_core:7.1f} per core"
+                  f"  ({per_core / pillow:.2f}x Pillow per core)")
 
 if __name__ == "__main__":
     main()

@@ -168,6 +168,9 @@ struct BenchLoaderArgs {
     /// Classes the labels must fall below.
     #[arg(long = "num-classes", default_value_t = 1000)]
     num_classes: usize,
+    /// JPEG decoder: zune, turbo or turbo-reduced (the last two need --features turbojpeg).
+    #[arg(long, default_value = "zune")]
+    decoder: String,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -486,16 +489,23 @@ fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
         world: 1,
         samples: None,
         start_sample: 0,
+        decoder: ringsam_data::imagenet::JpegDecoder::parse(&args.decoder).map_err(anyhow::Error::msg)?,
     };
     let t = std::time::Instant::now();
     let loader = ShardLoader::new(&cfg, 0, Arc::new(|line| eprintln!("ringsam: loader: {line}")))?;
+    let stats = loader.stats.clone();
     let images: usize = loader.map(|b| b.n).sum();
+    // A skipped sample's slot holds a copy of another: it was not decoded, so it must not count.
+    let skipped = stats.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    if skipped > 0 {
+        bail!("{skipped} of {images} samples could not be decoded (see above): no throughput to report");
+    }
     let seconds = t.elapsed().as_secs_f64();
     let rate = images as f64 / seconds;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"workers": args.workers, "images": images, "seconds": seconds, "images_per_s": rate, "images_per_s_per_worker": rate / args.workers as f64})
+            serde_json::json!({"workers": args.workers, "decoder": args.decoder, "images": images, "seconds": seconds, "images_per_s": rate, "images_per_s_per_worker": rate / args.workers as f64})
         );
     } else {
         println!(

@@ -109,6 +109,9 @@ pub struct TrainFlags {
     /// Decoder threads of the shard loader (0: one per four logical cores, at least one).
     #[arg(long = "loader_workers", visible_alias = "loader-workers", value_name = "LOADER_WORKERS")]
     pub loader_workers: Option<usize>,
+    /// JPEG decoder of the shard loader: zune, turbo or turbo-reduced (the last two need --features turbojpeg).
+    #[arg(long = "jpeg_decoder", visible_alias = "jpeg-decoder", value_name = "DECODER")]
+    pub jpeg_decoder: Option<String>,
     /// Data-parallel: compare replica parameter fingerprints every N steps (0: before checkpoints only).
     #[arg(long = "check_replicas_every", visible_alias = "check-replicas-every", value_name = "STEPS")]
     pub check_replicas_every: Option<u64>,
@@ -251,6 +254,9 @@ impl TrainFlags {
         }
         if let Some(v) = &self.loader_workers {
             cfg.loader_workers = *v;
+        }
+        if let Some(v) = &self.jpeg_decoder {
+            cfg.jpeg_decoder.clone_from(v);
         }
         if let Some(v) = &self.check_replicas_every {
             cfg.check_replicas_every = *v;

@@ -4,7 +4,10 @@
 # 1. the whole workspace's tests (unit, gradient checks, Flax fixture, CLI end to end);
 # 2. the CUDA feature must compile on a machine with no GPU and no CUDA toolkit (cudarc loads
 #    CUDA at run time). Built with the test profile, so it reuses step 1's compiled dependencies;
-# 3. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
+# 3. the optional libjpeg-turbo decoder (feature `turbojpeg`, built from its bundled source): its
+#    tests need cmake and nasm, installed with apt-get when missing and possible; otherwise the
+#    script says that they did not run;
+# 4. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
 #    its own, created on first run), using the binary step 2 left in target/debug.
 # Fixtures are committed; regenerating them (tests/fixtures/make_wrn_fixture.py) is not part of
 # the test run.
@@ -18,4 +21,14 @@ fi
 
 cargo test --workspace --locked
 cargo build --workspace --locked --profile test --features cuda
+if ! command -v cmake >/dev/null 2>&1 || ! command -v nasm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q cmake nasm >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q cmake nasm >/dev/null; } || true
+    fi
+fi
+if command -v cmake >/dev/null 2>&1 && command -v nasm >/dev/null 2>&1; then
+    cargo test -p ringsam-data --locked --features turbojpeg
+else
+    echo "test.sh: NOT RUN: the turbojpeg feature's tests (need cmake and nasm: apt-get install cmake nasm)" >&2
+fi
 ./scripts/interop_check.sh target/debug/ringsam

@@ -37,7 +37,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use ringsam_rng::Rng;
 
-use crate::imagenet::{decode_jpeg, eval_image, train_image};
+use crate::imagenet::{JpegDecoder, process_jpeg};
 use crate::normalize::Normalization;
 use crate::shards::{Sample, read_shard};
 use crate::{Batch, DataError};
@@ -78,6 +78,8 @@ pub struct ShardLoaderConfig {
     pub samples: Option<u64>,
     /// Samples skipped, undecoded, before the first batch (a multiple of `batch_size`).
     pub start_sample: u64,
+    /// The JPEG decoder ([`JpegDecoder`]).
+    pub decoder: JpegDecoder,
 }
 
 /// Counters the loader exports.
@@ -236,7 +238,7 @@ fn read(
     }
 }
 
-/// Actor 2 (×workers): numbered sample → normalised HWC image and label, or why not.
+/// Actor 2 (×workers): numbered sample → normalised image (channel planes) and label, or why not.
 fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>) {
     let mut out = Vec::new();
     for (n, s) in rx.iter() {
@@ -246,15 +248,21 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
             if s.label < 0 || s.label as usize >= cfg.num_classes {
                 return Err(format!("{}: label {} outside 0..{}", s.key, s.label, cfg.num_classes));
             }
-            let img = decode_jpeg(&s.image).map_err(|e| format!("{}: {e}", s.key))?;
-            if cfg.train {
-                // Keyed by (seed, epoch, rank, sample number): the same whatever the worker.
-                let key = epoch.wrapping_mul(1 << 40).wrapping_add((cfg.rank as u64) << 32).wrapping_add(n);
-                train_image(&img, cfg.image_size, &mut Rng::stream(cfg.seed, key, STREAM_AUGMENT), &mut out);
-            } else {
-                eval_image(&img, cfg.image_size, &mut out);
+            // Keyed by (seed, epoch, rank, sample number): the same whatever the worker.
+            let key = epoch.wrapping_mul(1 << 40).wrapping_add((cfg.rank as u64) << 32).wrapping_add(n);
+            let mut rng = Rng::stream(cfg.seed, key, STREAM_AUGMENT);
+            process_jpeg(&s.image, cfg.decoder, cfg.image_size, cfg.train.then_some(&mut rng), &mut out)
+                .map_err(|e| format!("{}: {e}", s.key))?;
+            // Normalised into channel planes here, in parallel, not in the one collator thread.
+            let plane = cfg.image_size * cfg.image_size;
+            let mut chw = vec![0.0f32; 3 * plane];
+            for (c, dst) in chw.chunks_exact_mut(plane).enumerate() {
+                let (mean, inv) = cfg.normalization.u8_affine(c); // inputs are on the 0–255 scale
+                for (d, v) in dst.iter_mut().zip(out.iter().skip(c).step_by(3)) {
+                    *d = (v - mean) * inv;
+                }
             }
-            Ok((out.clone(), s.label as u32))
+            Ok((chw, s.label as u32))
         }))
         .unwrap_or_else(|_| Err(format!("{}: the JPEG decoder panicked on this image", s.key)));
         if tx.send((n, result)).is_err() {
@@ -293,13 +301,9 @@ fn collate(
             }
         }
         let mut images = vec![0.0f32; c * n * plane];
-        for (j, (hwc, _)) in slots.iter().flatten().enumerate() {
-            for ch in 0..c {
-                let (mean, inv) = cfg.normalization.u8_affine(ch); // inputs are on the 0–255 scale
-                let dst = &mut images[(ch * n + j) * plane..][..plane];
-                for (d, v) in dst.iter_mut().zip(hwc.iter().skip(ch).step_by(c)) {
-                    *d = (v - mean) * inv;
-                }
+        for (j, (chw, _)) in slots.iter().flatten().enumerate() {
+            for (ch, src) in chw.chunks_exact(plane).enumerate() {
+                images[(ch * n + j) * plane..][..plane].copy_from_slice(src);
             }
         }
         let labels = slots.drain(..).flatten().map(|(_, l)| l).collect();

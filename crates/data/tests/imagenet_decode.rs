@@ -76,3 +76,77 @@ fn a_header_declaring_a_huge_image_is_refused_before_decoding() {
     let err = decode_jpeg(&jpg).unwrap_err();
     assert!(err.contains("at most"), "{err}");
 }
+
+#[test]
+fn decoder_names_parse_and_a_missing_backend_is_named() {
+    use ringsam_data::imagenet::JpegDecoder;
+    assert_eq!(JpegDecoder::parse("zune"), Ok(JpegDecoder::Zune));
+    assert!(JpegDecoder::parse("libjpeg").unwrap_err().contains("zune, turbo, turbo-reduced"));
+    if !cfg!(feature = "turbojpeg") {
+        assert!(JpegDecoder::parse("turbo").unwrap_err().contains("--features turbojpeg"));
+    }
+}
+
+/// libjpeg-turbo decoding only a crop must give that crop of Pillow's full decode (the same
+/// library); CMYK falls back to zune-jpeg; the reduced-scale decode keeps the output close.
+#[cfg(feature = "turbojpeg")]
+#[test]
+fn libjpeg_turbo_crop_decode_matches_pillow_in_the_crop() {
+    use ringsam_data::imagenet::crop::Rect;
+    use ringsam_data::imagenet::{JpegDecoder, decode_for_crop};
+    for name in ["rgb_q90_420", "rgb_q95_444", "gray_q90", "odd_size_q85", "cmyk_q90"] {
+        let (jpg, want, w, h) = fixture(name);
+        let crop = Rect { x: w / 3 + 1, y: h / 4, w: w / 2, h: h / 2 };
+        let (img, inside) = decode_for_crop(&jpg, JpegDecoder::Turbo, 16, |fw, fh| {
+            assert_eq!((fw, fh), (w, h));
+            crop
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((inside.w, inside.h), (crop.w, crop.h), "{name}");
+        let mut max = 0;
+        for y in 0..crop.h {
+            for x in 0..crop.w {
+                for c in 0..3 {
+                    let got = img.pixels[((inside.y + y) * img.width + inside.x + x) * 3 + c] as i32;
+                    let exp = want[((crop.y + y) * w + crop.x + x) * 3 + c] as i32;
+                    max = max.max((got - exp).abs());
+                }
+            }
+        }
+        eprintln!("{name}: turbo crop max |diff| {max}");
+        // CMYK goes through zune-jpeg (see decodes_like_libjpeg_turbo's tolerance).
+        assert!(max <= if name == "cmyk_q90" { 8 } else { 1 }, "{name}: max |diff| {max}");
+
+        // Reduced scale: a 12-px output of the whole image decodes smaller (zune for CMYK).
+        let whole = |_: usize, _: usize| Rect { x: 0, y: 0, w, h };
+        let (a, ra) = decode_for_crop(&jpg, JpegDecoder::Turbo, 12, whole).unwrap();
+        let (b, rb) = decode_for_crop(&jpg, JpegDecoder::TurboReduced, 12, whole).unwrap();
+        if name != "cmyk_q90" {
+            assert!(b.width < a.width && rb.w >= 12 && rb.h >= 12, "{name}: {}×{} from {}×{}", b.width, b.height, a.width, a.height);
+        }
+        // DCT-domain scaling by 1/f is close to averaging f×f blocks of the full decode.
+        let f = a.width / b.width;
+        if f * b.width != a.width {
+            continue; // not a whole-number scale (odd_size: 5/8)
+        }
+        let mut sum = 0.0f64;
+        for y in 0..b.height.min(a.height / f) {
+            for x in 0..b.width.min(a.width / f) {
+                for c in 0..3 {
+                    let mut block = 0.0f64;
+                    for dy in 0..f {
+                        for dx in 0..f {
+                            block += a.pixels[((y * f + dy) * a.width + x * f + dx) * 3 + c] as f64;
+                        }
+                    }
+                    sum += (block / (f * f) as f64 - b.pixels[(y * b.width + x) * 3 + c] as f64).abs();
+                }
+            }
+        }
+        let mean = sum / ((a.height / f).min(b.height) * (a.width / f).min(b.width) * 3) as f64;
+        eprintln!("{name}: 1/{f} scale vs {f}×{f} block means of the full decode: mean |diff| {mean:.2} levels");
+        // Measured 7.5 levels on 4:2:0 (sharp 8-px squares: the scaled IDCT keeps only low
+        // frequencies, it is not a box filter); 0.0 where the decoder is zune (CMYK).
+        assert!(mean < 10.0, "{name}: reduced-scale decode far from block means: {mean}");
+    }
+}

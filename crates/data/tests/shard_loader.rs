@@ -48,6 +48,7 @@ fn config(shards: Vec<PathBuf>, workers: usize) -> ShardLoaderConfig {
         world: 1,
         samples: None,
         start_sample: 0,
+        decoder: Default::default(),
     }
 }
 

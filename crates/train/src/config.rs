@@ -97,6 +97,9 @@ pub struct TrainConfig {
     pub prefetch: usize,
     /// Decoder threads of the shard loader (ours; 0: one per four logical cores, at least one).
     pub loader_workers: usize,
+    /// JPEG decoder of the shard loader (ours): `zune` (default), `turbo` (libjpeg-turbo, only the
+    /// crop decoded), `turbo-reduced` (also at a reduced DCT scale; not the reference's pixels).
+    pub jpeg_decoder: String,
     /// Data-parallel: compare the replicas' parameter fingerprints every this many steps
     /// (ours; 0: only before checkpoints).
     pub check_replicas_every: u64,
@@ -156,6 +159,7 @@ impl Default for TrainConfig {
             max_steps: None,
             prefetch: 4,
             loader_workers: 0,
+            jpeg_decoder: "zune".into(),
             check_replicas_every: 100,
             bucket_mb: 25.0,
             first_bucket_mb: 1.0,

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use ringsam_data::imagenet::JpegDecoder;
 use ringsam_data::loader::{Loader, LoaderConfig};
 use ringsam_data::normalize::Normalization;
 use ringsam_data::shard_loader::{LoaderStats, ShardLoader, ShardLoaderConfig};
@@ -48,6 +49,7 @@ pub struct ShardData {
     train_len: u64,
     image_size: usize,
     workers: usize,
+    decoder: JpegDecoder,
     seed: u64,
     report: Arc<dyn Fn(String) + Send + Sync>,
     /// Counters of every loader of the run together (the skipped count is exported as a metric).
@@ -152,6 +154,7 @@ impl TrainData {
             train_len,
             image_size,
             workers,
+            decoder: JpegDecoder::parse(&cfg.jpeg_decoder).map_err(TrainError::Config)?,
             seed: cfg.run_seed,
             report: Arc::new(|line| eprintln!("ringsam: loader: {line}")),
             stats: Arc::new(LoaderStats::default()),
@@ -267,6 +270,7 @@ impl ShardData {
             world,
             samples: None,
             start_sample: 0,
+            decoder: self.decoder,
         }
     }
 }

@@ -1,81 +1,65 @@
 //! ImageNet-style images: JPEG decoding and the reference's preprocessing.
 //!
-//! Files: [`crop`] (the Inception-style training crop and the evaluation centre crop),
-//! [`resize`] (TensorFlow 1's bicubic), this module (decoding, and the two pipelines as the
-//! reference orders them: decode → crop → bicubic resize → random flip for training; decode →
-//! centre crop → resize for evaluation).
+//! Files: [`jpeg`] (decoders: zune-jpeg, and libjpeg-turbo with the `turbojpeg` feature),
+//! [`crop`] (the Inception-style training crop and the evaluation centre crop), [`resize`]
+//! (TensorFlow 1's bicubic), this module (the two pipelines as the reference orders them:
+//! decode → crop → bicubic resize → random flip for training; decode → centre crop → resize for
+//! evaluation).
 //!
-//! Decoding uses zune-jpeg (pure Rust, builds anywhere); grayscale and CMYK/YCCK JPEGs come out
-//! as RGB. Image sides (16384) and area ([`MAX_PIXELS`]) are bounded from the header before the
-//! pixel buffer is allocated, so a crafted header cannot ask for gigabytes; a decoder panic on a
-//! hostile file costs one sample (the loader catches it).
+//! Grayscale and CMYK/YCCK JPEGs come out as RGB. Image sides and area are bounded from the
+//! header before the pixel buffer is allocated; a decoder panic on a hostile file costs one
+//! sample (the loader catches it).
 
 pub mod crop;
+pub mod jpeg;
 pub mod resize;
 
 use ringsam_rng::Rng;
-use zune_core::bytestream::ZCursor;
-use zune_core::colorspace::ColorSpace;
-use zune_core::options::DecoderOptions;
-use zune_jpeg::JpegDecoder;
 
 use crop::{Rect, center_crop, distorted_crop};
-
-/// Largest side accepted.
-pub const MAX_SIDE: usize = 16384;
-/// Largest image accepted, in pixels (64 MP: ImageNet's largest is ~30 MP). Checked from the
-/// header before any pixel buffer exists, so a few hundred crafted bytes cannot ask for a
-/// gigabyte.
-pub const MAX_PIXELS: usize = 64 << 20;
-
-/// A decoded image: RGB, interleaved, row-major.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rgb {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// `height · width · 3` bytes.
-    pub pixels: Vec<u8>,
-}
-
-/// Decodes a JPEG to RGB.
-pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::RGB)
-        .set_max_width(MAX_SIDE)
-        .set_max_height(MAX_SIDE)
-        .set_strict_mode(false);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(|e| format!("undecodable JPEG header: {e:?}"))?;
-    if let Some(info) = decoder.info()
-        && (info.width as usize) * (info.height as usize) > MAX_PIXELS
-    {
-        return Err(format!("JPEG of {}×{} pixels; at most {MAX_PIXELS} accepted", info.width, info.height));
-    }
-    let pixels = decoder.decode().map_err(|e| format!("undecodable JPEG: {e:?}"))?;
-    let info = decoder.info().ok_or("JPEG without dimensions")?;
-    let (width, height) = (info.width as usize, info.height as usize);
-    if pixels.len() != width * height * 3 {
-        return Err(format!("decoder returned {} bytes for a {width}×{height} RGB image", pixels.len()));
-    }
-    Ok(Rgb { width, height, pixels })
-}
+pub use jpeg::{JpegDecoder, MAX_PIXELS, MAX_SIDE, Rgb, decode_for_crop, decode_jpeg};
 
 /// The training image (see the module docs): `size × size × 3` floats in 0–255 (HWC), before
 /// normalisation. `rng` draws the crop and the flip.
 pub fn train_image(img: &Rgb, size: usize, rng: &mut Rng, out: &mut Vec<f32>) {
-    let rect = distorted_crop(img.width, img.height, rng).unwrap_or_else(|| center_crop(img.width, img.height, size));
-    resize::resize_bicubic(&img.pixels, img.width, 3, rect, size, size, out);
-    if rng.uniform() < 0.5 {
-        flip_horizontal(out, size, size, 3);
-    }
+    let (rect, flip) = train_draws(img.width, img.height, size, rng);
+    finish(img, rect, size, flip, out);
 }
 
 /// The evaluation image: the centre crop, resized.
 pub fn eval_image(img: &Rgb, size: usize, out: &mut Vec<f32>) {
-    let rect: Rect = center_crop(img.width, img.height, size);
+    finish(img, center_crop(img.width, img.height, size), size, false, out);
+}
+
+/// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
+/// `decoder`: the crop is drawn from the header's size, so a decoder may decode only what it
+/// needs. Zune's result equals decoding first and calling the two functions above.
+pub fn process_jpeg(bytes: &[u8], decoder: JpegDecoder, size: usize, rng: Option<&mut Rng>, out: &mut Vec<f32>) -> Result<(), String> {
+    let mut flip = false;
+    let (img, rect) = decode_for_crop(bytes, decoder, size, |w, h| match rng {
+        Some(rng) => {
+            let (rect, f) = train_draws(w, h, size, rng);
+            flip = f;
+            rect
+        }
+        None => center_crop(w, h, size),
+    })?;
+    finish(&img, rect, size, flip, out);
+    Ok(())
+}
+
+/// The training crop (centre crop when no attempt succeeds) and the flip, in the reference's
+/// order of draws.
+fn train_draws(width: usize, height: usize, size: usize, rng: &mut Rng) -> (Rect, bool) {
+    let rect = distorted_crop(width, height, rng).unwrap_or_else(|| center_crop(width, height, size));
+    (rect, rng.uniform() < 0.5)
+}
+
+fn finish(img: &Rgb, rect: Rect, size: usize, flip: bool, out: &mut Vec<f32>) {
     resize::resize_bicubic(&img.pixels, img.width, 3, rect, size, size, out);
+    if flip {
+        flip_horizontal(out, size, size, 3);
+    }
 }
 
 fn flip_horizontal(hwc: &mut [f32], width: usize, height: usize, channels: usize) {

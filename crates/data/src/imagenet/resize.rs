@@ -61,17 +61,26 @@ pub fn resize_bicubic(src: &[u8], width: usize, channels: usize, crop: Rect, out
         }
     }
     let mut rows = vec![0.0f32; used * stride];
+    // Each source value is converted once, not once per tap that reads it; RGB pixels are
+    // padded to four lanes so a tap is one vector multiply-add.
+    let mut line = vec![0.0f32; crop.w * channels];
+    let mut line4 = vec![[0.0f32; 4]; if channels == 3 { crop.w } else { 0 }];
     for (y, &s) in slot.iter().enumerate() {
         if s == usize::MAX {
             continue;
         }
-        let line = &src[((crop.y + y) * width + crop.x) * channels..][..crop.w * channels];
+        let src_line = &src[((crop.y + y) * width + crop.x) * channels..][..crop.w * channels];
         let dst = &mut rows[s * stride..(s + 1) * stride];
-        for (px, (idx, wt)) in dst.chunks_exact_mut(channels).zip(&tx) {
-            let taps: [&[u8]; 4] = idx.map(|i| &line[i * channels..(i + 1) * channels]);
-            for (c, d) in px.iter_mut().enumerate() {
-                *d = wt[0] * taps[0][c] as f32 + wt[1] * taps[1][c] as f32 + wt[2] * taps[2][c] as f32 + wt[3] * taps[3][c] as f32;
+        if channels == 3 {
+            for (d, v) in line4.iter_mut().zip(src_line.chunks_exact(3)) {
+                *d = [v[0] as f32, v[1] as f32, v[2] as f32, 0.0];
             }
+            horizontal_rgb(&line4, &tx, dst);
+        } else {
+            for (d, &v) in line.iter_mut().zip(src_line) {
+                *d = v as f32;
+            }
+            horizontal_any(&line, channels, &tx, dst);
         }
     }
     out.clear();
@@ -80,6 +89,28 @@ pub fn resize_bicubic(src: &[u8], width: usize, channels: usize, crop: Rect, out
         let r = idx.map(|i| &rows[slot[i] * stride..(slot[i] + 1) * stride]);
         for ((((d, &a), &b), &c), &e) in dst.iter_mut().zip(r[0]).zip(r[1]).zip(r[2]).zip(r[3]) {
             *d = wt[0] * a + wt[1] * b + wt[2] * c + wt[3] * e;
+        }
+    }
+}
+
+/// One row of the horizontal pass for RGB padded to four lanes.
+fn horizontal_rgb(line: &[[f32; 4]], tx: &[([usize; 4], [f32; 4])], dst: &mut [f32]) {
+    for (px, (idx, wt)) in dst.chunks_exact_mut(3).zip(tx) {
+        let mut acc = [0.0f32; 4];
+        for k in 0..4 {
+            let p = line[idx[k]];
+            for c in 0..4 {
+                acc[c] += wt[k] * p[c];
+            }
+        }
+        px.copy_from_slice(&acc[..3]);
+    }
+}
+
+fn horizontal_any(line: &[f32], channels: usize, tx: &[([usize; 4], [f32; 4])], dst: &mut [f32]) {
+    for (px, (idx, wt)) in dst.chunks_exact_mut(channels).zip(tx) {
+        for (c, d) in px.iter_mut().enumerate() {
+            *d = (0..4).map(|k| wt[k] * line[idx[k] * channels + c]).sum();
         }
     }
 }
