@@ -171,6 +171,9 @@ struct BenchLoaderArgs {
     /// JPEG decoder: zune, turbo or turbo-reduced (the last two need --features turbojpeg).
     #[arg(long, default_value = "zune")]
     decoder: String,
+    /// Per-image augmentation after the crop: none, autoaugment (ImageNet policy) or randaugment (N 2, M 9).
+    #[arg(long, default_value = "none")]
+    augment: String,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -490,6 +493,7 @@ fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
         samples: None,
         start_sample: 0,
         decoder: ringsam_data::imagenet::JpegDecoder::parse(&args.decoder).map_err(anyhow::Error::msg)?,
+        augment: ringsam_data::autoaugment::Augment::parse(&args.augment).map_err(anyhow::Error::msg)?,
     };
     let t = std::time::Instant::now();
     let loader = ShardLoader::new(&cfg, 0, Arc::new(|line| eprintln!("ringsam: loader: {line}")))?;
@@ -505,7 +509,7 @@ fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"workers": args.workers, "decoder": args.decoder, "images": images, "seconds": seconds, "images_per_s": rate, "images_per_s_per_worker": rate / args.workers as f64})
+            serde_json::json!({"workers": args.workers, "decoder": args.decoder, "augment": args.augment, "images": images, "seconds": seconds, "images_per_s": rate, "images_per_s_per_worker": rate / args.workers as f64})
         );
     } else {
         println!(

@@ -109,6 +109,12 @@ pub struct TrainFlags {
     /// Decoder threads of the shard loader (0: one per four logical cores, at least one).
     #[arg(long = "loader_workers", visible_alias = "loader-workers", value_name = "LOADER_WORKERS")]
     pub loader_workers: Option<usize>,
+    /// RandAugment ops per image (ImageNet with --image_level_augmentations autoaugment).
+    #[arg(long = "randaug_num_layers", visible_alias = "randaug-num-layers", value_name = "N")]
+    pub randaug_num_layers: Option<usize>,
+    /// RandAugment magnitude (the reference's 0–10 scale).
+    #[arg(long = "randaug_magnitude", visible_alias = "randaug-magnitude", value_name = "M")]
+    pub randaug_magnitude: Option<f64>,
     /// JPEG decoder of the shard loader: zune, turbo or turbo-reduced (the last two need --features turbojpeg).
     #[arg(long = "jpeg_decoder", visible_alias = "jpeg-decoder", value_name = "DECODER")]
     pub jpeg_decoder: Option<String>,
@@ -254,6 +260,12 @@ impl TrainFlags {
         }
         if let Some(v) = &self.loader_workers {
             cfg.loader_workers = *v;
+        }
+        if let Some(v) = &self.randaug_num_layers {
+            cfg.randaug_num_layers = *v;
+        }
+        if let Some(v) = &self.randaug_magnitude {
+            cfg.randaug_magnitude = *v;
         }
         if let Some(v) = &self.jpeg_decoder {
             cfg.jpeg_decoder.clone_from(v);

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `ringsam` binary (one integration target, as ripgrep does).
 
 mod allreduce;
+mod augment;
 mod cli;
 mod distributed;
 mod imagenet;

@@ -13,6 +13,7 @@
 //! was expected ([`DataError::Format`]).
 
 pub mod augment;
+pub mod autoaugment;
 pub mod batch;
 pub mod cifar;
 pub mod dataset;

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use ringsam_rng::Rng;
 
 use crate::augment::{cutout_batch, flip_pad_crop};
+use crate::autoaugment::policies::{SubPolicy, autoaugment};
 use crate::normalize::Normalization;
 use crate::{Batch, DataError, Dataset};
 
@@ -29,6 +30,7 @@ use crate::{Batch, DataError, Dataset};
 const STREAM_PERMUTATION: u64 = 0x5045_524d;
 const STREAM_AUGMENT: u64 = 0x4155_474d;
 const STREAM_AUGMENT_EXAMPLE: u64 = 0x4155_4758; // per-example flip and crop
+const STREAM_AUTOAUGMENT: u64 = 0x4155_5441; // per-example AutoAugment
 
 /// How batches are made.
 #[derive(Clone, Debug)]
@@ -39,6 +41,8 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Drop the last incomplete batch (the reference does for training).
     pub drop_last: bool,
+    /// AutoAugment policy applied to each u8 image first (`autoaugment`, `aa-only`).
+    pub autoaugment: Option<&'static [SubPolicy]>,
     /// Random flip + 4-px reflect pad + crop (`basic`).
     pub flip_crop: bool,
     /// Whether the flip is part of `basic` (not for digits).
@@ -65,6 +69,7 @@ impl LoaderConfig {
             batch_size,
             shuffle: false,
             drop_last: false,
+            autoaugment: None,
             flip_crop: false,
             flip: false,
             cutout: None,
@@ -168,6 +173,7 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
     let order = epoch_order(data.len(), cfg.seed, epoch, cfg.shuffle);
     let (h, w, c) = (data.height, data.width, data.channels);
     let mut scratch = vec![0u8; data.image_len()];
+    let mut augmented = Vec::with_capacity(data.image_len());
     for b in start..total {
         let lo = b * cfg.batch_size;
         let hi = ((b + 1) * cfg.batch_size).min(data.len());
@@ -181,7 +187,16 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
         let mut images = vec![0.0f32; c * n * h * w];
         let mut labels = Vec::with_capacity(n);
         for (j, &idx) in order[mlo..mhi].iter().enumerate() {
-            let img = data.image(idx);
+            let mut img = data.image(idx);
+            if let Some(policy) = cfg.autoaugment {
+                // Before the flip and crop, on u8 pixels, as the reference orders them; keyed
+                // by the example's place in the epoch like the flip and crop below.
+                let key = epoch.wrapping_mul(1 << 32).wrapping_add((mlo + j) as u64);
+                augmented.clear();
+                augmented.extend_from_slice(img);
+                autoaugment(policy, &mut augmented, h, w, &mut Rng::stream(cfg.seed, key, STREAM_AUTOAUGMENT));
+                img = &augmented;
+            }
             let src: &[u8] = if cfg.flip_crop {
                 // Keyed by the example's place in the epoch, not by the replica's position in its
                 // share: any number of replicas augments every example exactly as one would.
@@ -220,6 +235,7 @@ mod tests {
             batch_size: batch,
             shuffle: true,
             drop_last: true,
+            autoaugment: None,
             flip_crop: true,
             flip: true,
             cutout: Some(4),
@@ -257,6 +273,23 @@ mod tests {
         for (i, b) in whole.iter().enumerate() {
             let joined: Vec<u32> = parts[0][i].labels.iter().chain(&parts[1][i].labels).copied().collect();
             assert_eq!(joined, b.labels);
+        }
+    }
+
+    #[test]
+    fn autoaugment_is_per_example_so_replicas_see_what_one_replica_would() {
+        let d = Arc::new(synthetic(Split::Train, 48, 8, 3, 4, 1));
+        let c = LoaderConfig { autoaugment: Some(crate::autoaugment::policies::CIFAR), cutout: None, ..cfg(8) };
+        let whole: Vec<Batch> = Loader::new(d.clone(), &c, 1, 0).unwrap().collect();
+        assert_eq!(whole, Loader::new(d.clone(), &c, 1, 0).unwrap().collect::<Vec<_>>(), "same seed, same batches");
+        let plain: Vec<Batch> = Loader::new(d.clone(), &LoaderConfig { autoaugment: None, ..c.clone() }, 1, 0).unwrap().collect();
+        assert_ne!(whole, plain, "the policy changes images");
+        let parts: Vec<Vec<Batch>> =
+            (0..2).map(|r| Loader::new(d.clone(), &LoaderConfig { rank: r, world: 2, ..c.clone() }, 1, 0).unwrap().collect()).collect();
+        let plane = 8 * 8;
+        for (i, b) in whole.iter().enumerate() {
+            // Channel 0 of the first half of the whole batch is rank 0's channel 0.
+            assert_eq!(&b.images[..4 * plane], &parts[0][i].images[..4 * plane], "batch {i}");
         }
     }
 

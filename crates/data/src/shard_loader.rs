@@ -37,6 +37,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use ringsam_rng::Rng;
 
+use crate::autoaugment::Augment;
 use crate::imagenet::{JpegDecoder, process_jpeg};
 use crate::normalize::Normalization;
 use crate::shards::{Sample, read_shard};
@@ -80,6 +81,8 @@ pub struct ShardLoaderConfig {
     pub start_sample: u64,
     /// The JPEG decoder ([`JpegDecoder`]).
     pub decoder: JpegDecoder,
+    /// Per-image u8 augmentation of training images (ImageNet `autoaugment`: RandAugment).
+    pub augment: Augment,
 }
 
 /// Counters the loader exports.
@@ -251,7 +254,7 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
             // Keyed by (seed, epoch, rank, sample number): the same whatever the worker.
             let key = epoch.wrapping_mul(1 << 40).wrapping_add((cfg.rank as u64) << 32).wrapping_add(n);
             let mut rng = Rng::stream(cfg.seed, key, STREAM_AUGMENT);
-            process_jpeg(&s.image, cfg.decoder, cfg.image_size, cfg.train.then_some(&mut rng), &mut out)
+            process_jpeg(&s.image, cfg.decoder, cfg.image_size, cfg.train.then_some(&mut rng), cfg.augment, &mut out)
                 .map_err(|e| format!("{}: {e}", s.key))?;
             // Normalised into channel planes here, in parallel, not in the one collator thread.
             let plane = cfg.image_size * cfg.image_size;

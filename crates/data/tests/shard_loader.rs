@@ -49,6 +49,7 @@ fn config(shards: Vec<PathBuf>, workers: usize) -> ShardLoaderConfig {
         samples: None,
         start_sample: 0,
         decoder: Default::default(),
+        augment: Default::default(),
     }
 }
 

@@ -88,6 +88,10 @@ pub struct TrainConfig {
     pub checkpoint_every_epochs: u64,
     /// Newest checkpoints kept.
     pub keep_checkpoints: usize,
+    /// RandAugment's number of ops per image (ImageNet `autoaugment`).
+    pub randaug_num_layers: usize,
+    /// RandAugment's magnitude (0–10 is the reference's scale; the paper studies up to 30).
+    pub randaug_magnitude: f64,
     /// Image side for the synthetic dataset and sharded data (ours; 0: the model's input size,
     /// `ringsam models` lists it).
     pub image_size: usize,
@@ -155,6 +159,8 @@ impl Default for TrainConfig {
             save_progress_seconds: 3600,
             checkpoint_every_epochs: 1,
             keep_checkpoints: 2,
+            randaug_num_layers: 2,
+            randaug_magnitude: 9.0,
             image_size: 0,
             max_steps: None,
             prefetch: 4,
@@ -218,18 +224,40 @@ impl TrainConfig {
         if self.image_size > 4096 {
             return fail(format!("--image_size {} is larger than 4096", self.image_size));
         }
-        if matches!(self.image_level_augmentations.as_str(), "autoaugment" | "aa-only") {
-            return fail("--image_level_augmentations autoaugment/aa-only: AutoAugment is not implemented yet (use basic or none)".into());
+        // Which datasets take which augmentations: as the reference's dataset classes assert.
+        let aug = self.image_level_augmentations.as_str();
+        let allowed: &[&str] = match self.dataset.as_str() {
+            "cifar10" | "cifar100" => &["none", "basic", "autoaugment"],
+            "svhn" => &["none", "basic", "autoaugment", "aa-only"],
+            "imagenet" => &["basic", "autoaugment"],
+            _ => &["none", "basic"],
+        };
+        if !allowed.contains(&aug) {
+            return fail(format!(
+                "--image_level_augmentations {aug}: dataset {} takes {} (as the reference's dataset class asserts; \
+                 `autoaugment` is the dataset's AutoAugment policy, RandAugment on ImageNet)",
+                self.dataset,
+                allowed.join(", ")
+            ));
         }
         match self.batch_level_augmentations.as_str() {
-            "none" | "cutout" => {}
+            "none" => {}
+            "cutout" if self.dataset != "imagenet" => {}
+            "cutout" => return fail("--batch_level_augmentations cutout: the reference applies no batch-level cutout on ImageNet".into()),
             "mixup" | "mixcut" => {
-                return fail(
-                    "--batch_level_augmentations mixup/mixcut: the reference allows them only on ImageNet, which ringsam does not read yet"
-                        .into(),
-                );
+                return fail(format!(
+                    "--batch_level_augmentations {}: the reference's dataset classes accept only none or cutout; \
+                     mixup on ImageNet is --imagenet_mixup_alpha",
+                    self.batch_level_augmentations
+                ));
             }
             other => return fail(format!("--batch_level_augmentations {other:?}: expected none, cutout, mixup or mixcut")),
+        }
+        if self.randaug_num_layers > 16 || !(0.0..=30.0).contains(&self.randaug_magnitude) {
+            return fail(format!(
+                "--randaug_num_layers {} (at most 16) and --randaug_magnitude {} (0 to 30) out of range",
+                self.randaug_num_layers, self.randaug_magnitude
+            ));
         }
         if !["cosine", "exponential", "constant"].contains(&self.lr_schedule.as_str()) {
             return fail(format!("--lr_schedule {:?}: expected cosine, exponential or constant", self.lr_schedule));

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use ringsam_data::autoaugment::Augment;
 use ringsam_data::imagenet::JpegDecoder;
 use ringsam_data::loader::{Loader, LoaderConfig};
 use ringsam_data::normalize::Normalization;
@@ -50,6 +51,7 @@ pub struct ShardData {
     image_size: usize,
     workers: usize,
     decoder: JpegDecoder,
+    augment: Augment,
     seed: u64,
     report: Arc<dyn Fn(String) + Send + Sync>,
     /// Counters of every loader of the run together (the skipped count is exported as a metric).
@@ -117,18 +119,6 @@ impl TrainData {
             let (train, test) = crate::run::load_splits(cfg)?;
             return Ok(TrainData::Memory { train, test });
         }
-        if cfg.image_level_augmentations != "basic" {
-            return Err(TrainError::Config(format!(
-                "--image_level_augmentations {}: on {} training always takes the reference's random crop and flip (`basic`)",
-                cfg.image_level_augmentations, cfg.dataset
-            )));
-        }
-        if cfg.batch_level_augmentations != "none" {
-            return Err(TrainError::Config(format!(
-                "--batch_level_augmentations {}: not available on {}",
-                cfg.batch_level_augmentations, cfg.dataset
-            )));
-        }
         let dir = cfg.data_dir.as_deref().ok_or_else(|| {
             TrainError::Config(format!("dataset {} needs --data_dir (a directory of shards; see `ringsam data pack`)", cfg.dataset))
         })?;
@@ -155,6 +145,11 @@ impl TrainData {
             image_size,
             workers,
             decoder: JpegDecoder::parse(&cfg.jpeg_decoder).map_err(TrainError::Config)?,
+            augment: if cfg.image_level_augmentations == "autoaugment" {
+                Augment::RandAugment { layers: cfg.randaug_num_layers, magnitude: cfg.randaug_magnitude }
+            } else {
+                Augment::None
+            },
             seed: cfg.run_seed,
             report: Arc::new(|line| eprintln!("ringsam: loader: {line}")),
             stats: Arc::new(LoaderStats::default()),
@@ -271,6 +266,7 @@ impl ShardData {
             samples: None,
             start_sample: 0,
             decoder: self.decoder,
+            augment: if train { self.augment } else { Augment::None },
         }
     }
 }

@@ -303,7 +303,12 @@ fn train_inner(
         batch_size: cfg.batch_size,
         shuffle: true,
         drop_last: true,
-        flip_crop: cfg.image_level_augmentations == "basic",
+        autoaugment: if matches!(cfg.image_level_augmentations.as_str(), "autoaugment" | "aa-only") {
+            ringsam_data::autoaugment::policy_for(data.name())
+        } else {
+            None
+        },
+        flip_crop: matches!(cfg.image_level_augmentations.as_str(), "basic" | "autoaugment"),
         flip: data.name() != "digits",
         cutout: (cfg.batch_level_augmentations == "cutout").then_some(cfg.cutout_length),
         normalization: Normalization::for_dataset(data.name()),

@@ -16,6 +16,8 @@ pub mod resize;
 
 use ringsam_rng::Rng;
 
+use crate::autoaugment::Augment;
+
 use crop::{Rect, center_crop, distorted_crop};
 pub use jpeg::{JpegDecoder, MAX_PIXELS, MAX_SIDE, Rgb, decode_for_crop, decode_jpeg};
 
@@ -34,9 +36,20 @@ pub fn eval_image(img: &Rgb, size: usize, out: &mut Vec<f32>) {
 /// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
 /// `decoder`: the crop is drawn from the header's size, so a decoder may decode only what it
 /// needs. Zune's result equals decoding first and calling the two functions above.
-pub fn process_jpeg(bytes: &[u8], decoder: JpegDecoder, size: usize, rng: Option<&mut Rng>, out: &mut Vec<f32>) -> Result<(), String> {
+/// `augment` (training only) runs between the resize and the flip, as the reference's
+/// RandAugment does.
+pub fn process_jpeg(
+    bytes: &[u8],
+    decoder: JpegDecoder,
+    size: usize,
+    rng: Option<&mut Rng>,
+    augment: Augment,
+    out: &mut Vec<f32>,
+) -> Result<(), String> {
     let mut flip = false;
-    let (img, rect) = decode_for_crop(bytes, decoder, size, |w, h| match rng {
+    let train = rng.is_some();
+    let mut rng = rng;
+    let (img, rect) = decode_for_crop(bytes, decoder, size, |w, h| match rng.as_deref_mut() {
         Some(rng) => {
             let (rect, f) = train_draws(w, h, size, rng);
             flip = f;
@@ -44,7 +57,20 @@ pub fn process_jpeg(bytes: &[u8], decoder: JpegDecoder, size: usize, rng: Option
         }
         None => center_crop(w, h, size),
     })?;
-    finish(&img, rect, size, flip, out);
+    resize::resize_bicubic(&img.pixels, img.width, 3, rect, size, size, out);
+    if let (true, false, Some(rng)) = (train, augment == Augment::None, rng) {
+        // RandAugment works on u8: the reference casts the resized float image with `tf.cast`,
+        // which truncates; bicubic overshoot outside 0–255 is clamped here (TensorFlow's cast of
+        // an out-of-range float is undefined in C++ and wraps on x86).
+        let mut pixels: Vec<u8> = out.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect();
+        augment.apply(&mut pixels, size, size, rng);
+        for (o, &p) in out.iter_mut().zip(&pixels) {
+            *o = p as f32;
+        }
+    }
+    if flip {
+        flip_horizontal(out, size, size, 3);
+    }
     Ok(())
 }
 
