@@ -494,6 +494,7 @@ fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
         start_sample: 0,
         decoder: ringsam_data::imagenet::JpegDecoder::parse(&args.decoder).map_err(anyhow::Error::msg)?,
         augment: ringsam_data::autoaugment::Augment::parse(&args.augment).map_err(anyhow::Error::msg)?,
+        mixup_alpha: 0.0,
     };
     let t = std::time::Instant::now();
     let loader = ShardLoader::new(&cfg, 0, Arc::new(|line| eprintln!("ringsam: loader: {line}")))?;

@@ -109,6 +109,9 @@ pub struct TrainFlags {
     /// Decoder threads of the shard loader (0: one per four logical cores, at least one).
     #[arg(long = "loader_workers", visible_alias = "loader-workers", value_name = "LOADER_WORKERS")]
     pub loader_workers: Option<usize>,
+    /// Mixup on ImageNet: Beta(α, α) weight per batch, kept ≥ ½ (0: off).
+    #[arg(long = "imagenet_mixup_alpha", visible_alias = "imagenet-mixup-alpha", value_name = "ALPHA")]
+    pub imagenet_mixup_alpha: Option<f64>,
     /// RandAugment ops per image (ImageNet with --image_level_augmentations autoaugment).
     #[arg(long = "randaug_num_layers", visible_alias = "randaug-num-layers", value_name = "N")]
     pub randaug_num_layers: Option<usize>,
@@ -260,6 +263,9 @@ impl TrainFlags {
         }
         if let Some(v) = &self.loader_workers {
             cfg.loader_workers = *v;
+        }
+        if let Some(v) = &self.imagenet_mixup_alpha {
+            cfg.imagenet_mixup_alpha = *v;
         }
         if let Some(v) = &self.randaug_num_layers {
             cfg.randaug_num_layers = *v;

@@ -94,13 +94,25 @@ fn packed_shards_train_a_small_resnet_and_resume_mid_epoch_exactly() {
     assert!(err.contains("resumed from") && err.contains("batch 3"), "{err}");
     assert!(final_weights(&a, 5) == final_weights(&b, 5), "resumed run differs from the straight one");
 
-    // The reference's ImageNet `autoaugment`: RandAugment (N 2, M 9) between crop and flip.
+    // The reference's ImageNet `autoaugment` — RandAugment (N 2, M 9) between crop and flip —
+    // and its mixup (λ ~ Beta(0.2, 0.2), kept ≥ ½, the batch mixed with its reversal).
     let c = tmp.path().join("c");
     let o = ringsam(&train_args(
         d,
         c.to_str().unwrap(),
         "16",
-        &["--max_steps", "2", "--image_level_augmentations", "autoaugment", "--randaug_num_layers", "2", "--randaug_magnitude", "9"],
+        &[
+            "--max_steps",
+            "2",
+            "--image_level_augmentations",
+            "autoaugment",
+            "--randaug_num_layers",
+            "2",
+            "--randaug_magnitude",
+            "9",
+            "--imagenet_mixup_alpha",
+            "0.2",
+        ],
     ));
     assert!(stdout_ok(&o).contains("steps: 2"), "{}", String::from_utf8_lossy(&o.stderr));
 }

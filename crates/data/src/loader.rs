@@ -219,7 +219,7 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
             cutout_batch(&mut images, n, c, h, w, len, &mut rng);
         }
         queued.fetch_add(1, Ordering::Relaxed); // before the send, so the taker never sees it negative
-        if tx.send(Batch { images, labels, n, c, h, w, index: b }).is_err() {
+        if tx.send(Batch { images, labels, n, c, h, w, index: b, mix: None }).is_err() {
             return; // the consumer is gone
         }
     }

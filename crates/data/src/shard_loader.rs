@@ -46,6 +46,7 @@ use crate::{Batch, DataError};
 const STREAM_SHARDS: u64 = 0x5348_5244;
 const STREAM_SHUFFLE: u64 = 0x5348_4646;
 const STREAM_AUGMENT: u64 = 0x4155_4749;
+const STREAM_MIXUP: u64 = 0x4d49_5855;
 
 /// How a [`ShardLoader`] runs.
 #[derive(Clone, Debug)]
@@ -83,6 +84,9 @@ pub struct ShardLoaderConfig {
     pub decoder: JpegDecoder,
     /// Per-image u8 augmentation of training images (ImageNet `autoaugment`: RandAugment).
     pub augment: Augment,
+    /// Mixup's Beta(α, α) parameter for training batches (the reference's
+    /// `imagenet_mixup_alpha`; 0: off).
+    pub mixup_alpha: f64,
 }
 
 /// Counters the loader exports.
@@ -173,7 +177,10 @@ impl ShardLoader {
         }
         drop((sample_rx, decoded_tx));
         let (c, s) = (cfg.clone(), stats.clone());
-        threads.push(spawn("ringsam-collator".into(), Box::new(move || collate(&c, &decoded_rx, &credit_tx, &batch_tx, &s, &*report)))?);
+        threads.push(spawn(
+            "ringsam-collator".into(),
+            Box::new(move || collate(&c, epoch, &decoded_rx, &credit_tx, &batch_tx, &s, &*report)),
+        )?);
         Ok(ShardLoader { batches: batch_rx, stats, threads })
     }
 }
@@ -277,6 +284,7 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
 /// Actor 3: reorders by number, fills or drops failures, cuts (C, N, H, W) batches.
 fn collate(
     cfg: &ShardLoaderConfig,
+    epoch: u64,
     rx: &Receiver<Decoded>,
     credits: &Sender<()>,
     out: &Sender<Batch>,
@@ -311,7 +319,14 @@ fn collate(
         }
         let labels = slots.drain(..).flatten().map(|(_, l)| l).collect();
         stats.delivered.fetch_add(n, Ordering::Relaxed);
-        let ok = out.send(Batch { images, labels, n, c, h: side, w: side, index: *index }).is_ok();
+        let mut batch = Batch { images, labels, n, c, h: side, w: side, index: *index, mix: None };
+        if cfg.train && cfg.mixup_alpha > 0.0 {
+            // One λ per batch, drawn from (seed, epoch, rank, batch), kept ≥ ½ as the reference.
+            let key = epoch.wrapping_mul(1 << 40).wrapping_add((cfg.rank as u64) << 32).wrapping_add(*index as u64);
+            let l = Rng::stream(cfg.seed, key, STREAM_MIXUP).beta(cfg.mixup_alpha, cfg.mixup_alpha);
+            batch.mixup(l.max(1.0 - l) as f32);
+        }
+        let ok = out.send(batch).is_ok();
         *index += 1;
         ok
     };

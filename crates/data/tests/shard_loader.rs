@@ -50,6 +50,7 @@ fn config(shards: Vec<PathBuf>, workers: usize) -> ShardLoaderConfig {
         start_sample: 0,
         decoder: Default::default(),
         augment: Default::default(),
+        mixup_alpha: 0.0,
     }
 }
 
@@ -176,4 +177,24 @@ fn packing_records_shard_lengths_and_classes_as_tfds_does() {
     std::fs::write(dir.path().join("other/zebra/a.jpg"), &fixture_jpegs()[0]).unwrap();
     let err = pack_folder(&dir.path().join("other"), &tfds, ShardFormat::Wds, 5, "validation", 0).unwrap_err();
     assert!(err.to_string().contains("other classes"), "{err}");
+}
+
+#[test]
+fn mixup_blends_each_batch_with_its_reversal_at_one_lambda_of_at_least_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = shards(dir.path(), "wds", 6, &[]);
+    let plain: Vec<_> = ShardLoader::new(&config(s.clone(), 2), 1, quiet()).unwrap().collect();
+    let mut cfg = config(s, 2);
+    cfg.mixup_alpha = 0.2;
+    let mixed: Vec<_> = ShardLoader::new(&cfg, 1, quiet()).unwrap().collect();
+    assert_eq!(mixed, ShardLoader::new(&cfg, 1, quiet()).unwrap().collect::<Vec<_>>(), "λ comes from the seed");
+    for (p, m) in plain.iter().zip(&mixed) {
+        let l = m.mix.expect("every training batch is mixed");
+        assert!((0.5..=1.0).contains(&l), "λ = {l}");
+        assert_eq!(p.labels, m.labels, "labels stay; the partner is the reversed batch");
+        let plane = 16 * 16;
+        let (n, i, q) = (p.n, 0, 37); // image 0 of channel 1, pixel q
+        let want = l * p.images[(n + i) * plane + q] + (1.0 - l) * p.images[(n + n - 1 - i) * plane + q];
+        assert!((m.images[(n + i) * plane + q] - want).abs() < 1e-5);
+    }
 }

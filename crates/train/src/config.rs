@@ -88,6 +88,8 @@ pub struct TrainConfig {
     pub checkpoint_every_epochs: u64,
     /// Newest checkpoints kept.
     pub keep_checkpoints: usize,
+    /// Mixup on ImageNet training batches: λ ~ Beta(α, α), kept ≥ ½, one per batch (0: off).
+    pub imagenet_mixup_alpha: f64,
     /// RandAugment's number of ops per image (ImageNet `autoaugment`).
     pub randaug_num_layers: usize,
     /// RandAugment's magnitude (0–10 is the reference's scale; the paper studies up to 30).
@@ -159,6 +161,7 @@ impl Default for TrainConfig {
             save_progress_seconds: 3600,
             checkpoint_every_epochs: 1,
             keep_checkpoints: 2,
+            imagenet_mixup_alpha: 0.0,
             randaug_num_layers: 2,
             randaug_magnitude: 9.0,
             image_size: 0,
@@ -252,6 +255,12 @@ impl TrainConfig {
                 ));
             }
             other => return fail(format!("--batch_level_augmentations {other:?}: expected none, cutout, mixup or mixcut")),
+        }
+        if !(self.imagenet_mixup_alpha >= 0.0 && self.imagenet_mixup_alpha <= 100.0) {
+            return fail(format!("--imagenet_mixup_alpha {} must be in [0, 100]", self.imagenet_mixup_alpha));
+        }
+        if self.imagenet_mixup_alpha > 0.0 && self.dataset != "imagenet" {
+            return fail(format!("--imagenet_mixup_alpha: mixup is the reference's ImageNet option; dataset {} takes none", self.dataset));
         }
         if self.randaug_num_layers > 16 || !(0.0..=30.0).contains(&self.randaug_magnitude) {
             return fail(format!(

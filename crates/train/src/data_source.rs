@@ -52,6 +52,7 @@ pub struct ShardData {
     workers: usize,
     decoder: JpegDecoder,
     augment: Augment,
+    mixup_alpha: f64,
     seed: u64,
     report: Arc<dyn Fn(String) + Send + Sync>,
     /// Counters of every loader of the run together (the skipped count is exported as a metric).
@@ -150,6 +151,7 @@ impl TrainData {
             } else {
                 Augment::None
             },
+            mixup_alpha: cfg.imagenet_mixup_alpha,
             seed: cfg.run_seed,
             report: Arc::new(|line| eprintln!("ringsam: loader: {line}")),
             stats: Arc::new(LoaderStats::default()),
@@ -267,6 +269,7 @@ impl ShardData {
             start_sample: 0,
             decoder: self.decoder,
             augment: if train { self.augment } else { Augment::None },
+            mixup_alpha: if train { self.mixup_alpha } else { 0.0 },
         }
     }
 }

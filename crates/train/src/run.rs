@@ -396,7 +396,7 @@ fn train_inner(
             lr = schedule.lr_at(st.step);
             let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], batch.images)?;
             let t_step = Instant::now();
-            let mut r = st.step(&x, &batch.labels, lr as f32)?;
+            let mut r = st.step_mixed(&x, &batch.labels, batch.mix, lr as f32)?;
             let step_seconds = t_step.elapsed().as_secs_f64();
             costs.add(step_seconds, &r.ascent_exchange, &r.descent_exchange);
             if let Some(e) = ema.as_mut() {

@@ -34,7 +34,10 @@ use ringsam_nn::{Arena, Pass};
 use ringsam_optim::weight_decay::{add_l2_gradient, decay_decoupled};
 use ringsam_optim::{BaseOptimizer, OptimizerKind, asam_ascent_point, ascent_point, clip_by_global_norm, global_norm};
 use ringsam_tensor::Tensor;
-use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward};
+use ringsam_tensor::loss::{
+    LossShape, Mixed, softmax_cross_entropy_backward, softmax_cross_entropy_forward, softmax_cross_entropy_mixed_backward,
+    softmax_cross_entropy_mixed_forward,
+};
 
 use crate::TrainError;
 use crate::cluster::Scope;
@@ -194,6 +197,15 @@ impl SamStep {
 
     /// One step on batch `x (C, N, H, W)` with `labels (N,)` at learning rate `lr`.
     pub fn step(&mut self, x: &Tensor, labels: &[u32], lr: f32) -> Result<StepReport, TrainError> {
+        self.step_mixed(x, labels, None, lr)
+    }
+
+    /// [`SamStep::step`] on a mixup batch: with `mix = Some(λ)` image `i` is `λ·x_i + (1 −
+    /// λ)·x_{n−1−i}` and the loss is `λ·CE(labels) + (1 − λ)·CE(labels reversed)` (both SAM
+    /// passes). Error rates count against `labels`, the heavier target (λ ≥ ½).
+    pub fn step_mixed(&mut self, x: &Tensor, labels: &[u32], mix: Option<f32>, lr: f32) -> Result<StepReport, TrainError> {
+        let partner: Vec<u32> = if mix.is_some() { labels.iter().rev().copied().collect() } else { Vec::new() };
+        let targets = Targets { labels, mix: mix.map(|l| (&partner[..], l)) };
         let [c, n, h, w] = x.dims4("SamStep::step")?;
         if labels.len() != n || n == 0 {
             return Err(TrainError::Config(format!("batch of {n} images with {} labels", labels.len())));
@@ -208,8 +220,11 @@ impl SamStep {
             ));
         }
         let mut exchanges = [ExchangeStats::default(); 2];
-        let (loss, errors, ascent_norm) =
-            if m == n { self.sharpness_aware_grad(x, labels, &mut exchanges)? } else { self.m_sharpness_grad(x, labels, [c, n, h, w], m)? };
+        let (loss, errors, ascent_norm) = if m == n {
+            self.sharpness_aware_grad(x, targets, &mut exchanges)?
+        } else {
+            self.m_sharpness_grad(x, targets, [c, n, h, w], m)?
+        };
         let grad_norm = clip_by_global_norm(&mut self.arena.grads, self.cfg.gradient_clipping);
         let clipped_norm = if self.cfg.gradient_clipping > 0.0 { grad_norm.min(self.cfg.gradient_clipping as f64) } else { grad_norm };
         self.opt.update(&mut self.arena.params, &self.arena.grads, lr);
@@ -234,7 +249,7 @@ impl SamStep {
     fn sharpness_aware_grad(
         &mut self,
         x: &Tensor,
-        labels: &[u32],
+        labels: Targets<'_>,
         exchanges: &mut [ExchangeStats; 2],
     ) -> Result<(f32, usize, f64), TrainError> {
         let (seed, step) = (self.cfg.seed, self.step);
@@ -256,7 +271,7 @@ impl SamStep {
     fn m_sharpness_grad(
         &mut self,
         x: &Tensor,
-        labels: &[u32],
+        labels: Targets<'_>,
         [c, n, h, w]: [usize; 4],
         m: usize,
     ) -> Result<(f32, usize, f64), TrainError> {
@@ -273,7 +288,7 @@ impl SamStep {
             copy_examples(x, [c, n, h, w], lo, hi, &mut chunk);
             self.state.copy_from_slice(&self.state0);
             self.chunk_offset = lo as u64;
-            let r = self.sharpness_aware_grad(&chunk, &labels[lo..hi], &mut [ExchangeStats::default(); 2]);
+            let r = self.sharpness_aware_grad(&chunk, labels.slice(lo, hi), &mut [ExchangeStats::default(); 2]);
             self.chunk_offset = 0;
             self.chunk = chunk;
             let (loss, e, norm) = r?;
@@ -312,7 +327,7 @@ impl SamStep {
         &mut self,
         at_adv: bool,
         x: &Tensor,
-        labels: &[u32],
+        labels: Targets<'_>,
         pass: Pass,
         exchange: Option<Scope>,
         stats: &mut ExchangeStats,
@@ -330,7 +345,7 @@ impl SamStep {
             }
             let xj = if micro > 1 { &micro_x } else { x };
             let pass = pass.starting_at(self.example_offset + self.chunk_offset + lo as u64);
-            let r = self.micro_step(at_adv, xj, &labels[lo..hi], &pass, n_total, j + 1 == micro, exchange, stats);
+            let r = self.micro_step(at_adv, xj, labels.slice(lo, hi), &pass, n_total, j + 1 == micro, exchange, stats);
             self.micro = micro_x;
             let (loss, e) = r?;
             loss_sum += loss as f64 * (hi - lo) as f64 / n_total as f64;
@@ -348,7 +363,7 @@ impl SamStep {
         &mut self,
         at_adv: bool,
         x: &Tensor,
-        labels: &[u32],
+        targets: Targets<'_>,
         pass: &Pass,
         n_total: usize,
         last: bool,
@@ -365,11 +380,22 @@ impl SamStep {
         self.losses.resize(n, 0.0);
         self.probs.resize(n * k, 0.0);
         self.dlogits.resize(&[n, k]);
-        let loss =
-            softmax_cross_entropy_forward(&mut self.losses, &mut self.probs, logits.as_slice(), labels, self.cfg.label_smoothing, &sh)?;
+        let (labels, ls, scale) = (targets.labels, self.cfg.label_smoothing, 1.0 / n_total as f32);
+        let loss = match targets.mix {
+            None => softmax_cross_entropy_forward(&mut self.losses, &mut self.probs, logits.as_slice(), labels, ls, &sh)?,
+            Some((partner, lambda)) => {
+                let mix = Mixed { partner, lambda };
+                softmax_cross_entropy_mixed_forward(&mut self.losses, &mut self.probs, logits.as_slice(), labels, mix, ls, &sh)?
+            }
+        };
         let errors = count_errors(logits.as_slice(), labels, k);
-        let scale = 1.0 / n_total as f32;
-        softmax_cross_entropy_backward(self.dlogits.as_mut_slice(), &self.probs, labels, self.cfg.label_smoothing, scale, &sh)?;
+        match targets.mix {
+            None => softmax_cross_entropy_backward(self.dlogits.as_mut_slice(), &self.probs, labels, ls, scale, &sh)?,
+            Some((partner, lambda)) => {
+                let mix = Mixed { partner, lambda };
+                softmax_cross_entropy_mixed_backward(self.dlogits.as_mut_slice(), &self.probs, labels, mix, ls, scale, &sh)?
+            }
+        }
         if !last {
             self.model.backward(w, &mut self.arena.grads, x, &self.dlogits)?;
             return Ok((loss, errors));
@@ -407,6 +433,20 @@ fn copy_examples(x: &Tensor, [c, n, h, w]: [usize; 4], lo: usize, hi: usize, out
     for ch in 0..c {
         out.as_mut_slice()[ch * (hi - lo) * hw..(ch + 1) * (hi - lo) * hw]
             .copy_from_slice(&x.as_slice()[(ch * n + lo) * hw..(ch * n + hi) * hw]);
+    }
+}
+
+/// A batch's targets: labels, and for a mixup batch the partner labels and λ.
+#[derive(Clone, Copy, Debug)]
+struct Targets<'a> {
+    labels: &'a [u32],
+    mix: Option<(&'a [u32], f32)>,
+}
+
+impl<'a> Targets<'a> {
+    /// Examples `lo..hi` (a micro-batch or an m-sharpness chunk) with their partners.
+    fn slice(self, lo: usize, hi: usize) -> Targets<'a> {
+        Targets { labels: &self.labels[lo..hi], mix: self.mix.map(|(p, l)| (&p[lo..hi], l)) }
     }
 }
 
