@@ -149,6 +149,24 @@ enum BenchCommand {
     Allreduce(BenchAllreduceArgs),
     /// Loader throughput: decode + random crop + flip (+ resize) of every sample in some shards.
     Loader(BenchLoaderArgs),
+    /// Single-stream TCP throughput between two hosts: the line rate the ring is compared with.
+    Link(BenchLinkArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchLinkArgs {
+    /// Receive one transfer on this address and print its rate.
+    #[arg(long, conflicts_with = "connect")]
+    listen: Option<std::net::SocketAddr>,
+    /// Send to this address and print the receiver's measurement.
+    #[arg(long)]
+    connect: Option<std::net::SocketAddr>,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Print one JSON object (bytes, seconds, gbit_s, gbyte_s).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -221,6 +239,25 @@ struct BenchAllreduceArgs {
     /// (4 MiB here), bursts overflow it while a receiver waits for a core.
     #[arg(long, default_value_t = 2 << 20)]
     quic_window: u32,
+    /// QUIC connection flow-control window and send buffer in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    quic_conn_window: u32,
+    /// QUIC UDP socket buffer size to ask the OS for, each way, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    quic_udp_buffer: usize,
+    /// QUIC congestion controller: cubic, newreno or bbr.
+    #[arg(long, default_value = "cubic")]
+    quic_cc: String,
+    /// Ask QUIC peers to acknowledge every N packets (default: QUIC's every second packet).
+    #[arg(long)]
+    quic_ack_every: Option<u32>,
+    /// Print each rank's QUIC path statistics (RTT, congestion window, losses) at the end.
+    #[arg(long)]
+    quic_stats: bool,
+    /// All-reduces in flight per timed operation: the buffer is cut into this many equal parts,
+    /// submitted together (as gradient buckets are).
+    #[arg(long, default_value_t = 1)]
+    inflight: usize,
     /// Largest UDP payload the network carries, for QUIC's MTU discovery (default: 65000 on
     /// loopback, 1452 otherwise; 8952 suits a 9000-byte jumbo-frame network).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65000))]
@@ -287,6 +324,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Step(args)) => cmd_bench_step(&args, threads),
         Command::Bench(BenchCommand::Allreduce(args)) => cmd_bench_allreduce(&args),
         Command::Bench(BenchCommand::Loader(args)) => cmd_bench_loader(&args),
+        Command::Bench(BenchCommand::Link(args)) => cmd_bench_link(&args),
         Command::Worker(args) => cluster_cmds::cmd_worker(&args),
         Command::Launch(args) => cluster_cmds::cmd_launch(&args),
     }
@@ -523,6 +561,32 @@ fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_bench_link(args: &BenchLinkArgs) -> Result<()> {
+    use ringsam_collective::link::{receive_one, send_for};
+    let report = match (args.listen, args.connect) {
+        (Some(addr), _) => {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+            receive_one(&listener).context("receiving")?
+        }
+        (None, Some(addr)) => {
+            if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+                bail!("--seconds {} must be in (0, 3600]", args.seconds);
+            }
+            send_for(addr, args.seconds, std::time::Duration::from_secs(30)).with_context(|| format!("sending to {addr}"))?
+        }
+        (None, None) => bail!("give --listen ADDR (receiver) or --connect ADDR (sender)"),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"bytes": report.bytes, "seconds": report.seconds, "gbit_s": report.gbit_s(), "gbyte_s": report.gbyte_s()})
+        );
+    } else {
+        println!("{} bytes in {:.3} s: {:.3} Gbit/s ({:.4} GB/s)", report.bytes, report.seconds, report.gbit_s(), report.gbyte_s());
+    }
+    Ok(())
+}
+
 fn cmd_data_pack(args: &PackArgs) -> Result<()> {
     use ringsam_data::shards::{ShardFormat, pack_folder};
     let format = ShardFormat::parse(&args.format)?;
@@ -617,6 +681,18 @@ fn cluster_secret() -> Result<Vec<u8>> {
     }
 }
 
+/// The QUIC settings `bench allreduce` was asked for.
+fn quic_tuning(args: &BenchAllreduceArgs) -> Result<ringsam_collective::quic::QuicTuning> {
+    Ok(ringsam_collective::quic::QuicTuning {
+        stream_window: args.quic_window,
+        conn_window: args.quic_conn_window,
+        udp_buffer: args.quic_udp_buffer,
+        max_mtu: args.quic_mtu,
+        congestion: ringsam_collective::quic::Congestion::parse(&args.quic_cc).map_err(anyhow::Error::msg).context("--quic-cc")?,
+        ack_every: args.quic_ack_every,
+    })
+}
+
 fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
     use ringsam_collective::RingConfig;
     use ringsam_collective::bench::{BlockingRing, parse_sizes, run};
@@ -644,6 +720,7 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
         let (listen, next, timeout) = (args.peers[rank], args.peers[(rank + 1) % world], std::time::Duration::from_secs(args.timeout));
         // One thread per rank: ranks share the machine's cores with each other (loopback benchmarks).
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+        let mut quic_links = None;
         let ring = if transport == "tcp" {
             let cfg = ringsam_collective::tcp::TcpConfig {
                 ring: ring_cfg(rank, world),
@@ -666,15 +743,21 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
                 cert_chain: read_certs(&need(&args.cert, "--cert")?)?,
                 key: read_key(&need(&args.key, "--key")?)?,
                 connect_timeout: timeout,
-                stream_window: args.quic_window,
-                udp_buffer: 4 << 20,
-                max_mtu: args.quic_mtu,
+                tuning: quic_tuning(args)?,
             };
-            runtime.block_on(ringsam_collective::quic::connect(cfg)).with_context(|| format!("rank {rank}: forming the QUIC ring"))?
+            let (ring, links) = runtime
+                .block_on(ringsam_collective::quic::connect_observed(cfg))
+                .with_context(|| format!("rank {rank}: forming the QUIC ring"))?;
+            quic_links = links;
+            ring
         };
         let mut ar = BlockingRing { runtime, ring };
-        let rows = run(&mut ar, rank, world, transport, &sizes, args.iters).with_context(|| format!("rank {rank}: all-reduce"))?;
+        let rows =
+            run(&mut ar, rank, world, transport, &sizes, args.iters, args.inflight).with_context(|| format!("rank {rank}: all-reduce"))?;
         let BlockingRing { runtime, ring } = ar;
+        if let (true, Some(links)) = (args.quic_stats, &quic_links) {
+            eprintln!("rank {rank}: QUIC to the next rank: {}", links.summary());
+        }
         runtime.block_on(ring.close());
         if rank == 0 {
             report_allreduce(args, &rows)?;
@@ -692,8 +775,8 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
                     .into_iter()
                     .enumerate()
                     .map(|(r, mut ring)| {
-                        let (sizes, iters, world) = (sizes.clone(), args.iters, args.nproc);
-                        std::thread::spawn(move || run(&mut ring, r, world, "inproc", &sizes, iters))
+                        let (sizes, iters, world, inflight) = (sizes.clone(), args.iters, args.nproc, args.inflight);
+                        std::thread::spawn(move || run(&mut ring, r, world, "inproc", &sizes, iters, inflight))
                     })
                     .collect();
                 let mut first = None;
@@ -732,7 +815,16 @@ fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["bench", "allreduce", "--transport", transport, "--sizes", &args.sizes, "--iters", &args.iters.to_string(), "--json"])
             .args(["--chunk", &args.chunk.to_string(), "--timeout", &args.timeout.to_string(), "--rank", &r.to_string(), "--peers", &peers])
-            .args(["--quic-window", &args.quic_window.to_string()])
+            .args(["--quic-window", &args.quic_window.to_string(), "--quic-conn-window", &args.quic_conn_window.to_string()])
+            .args([
+                "--quic-udp-buffer",
+                &args.quic_udp_buffer.to_string(),
+                "--quic-cc",
+                &args.quic_cc,
+                "--inflight",
+                &args.inflight.to_string(),
+            ])
+            .args(args.quic_ack_every.map(|n| ["--quic-ack-every".to_string(), n.to_string()]).into_iter().flatten())
             .args(args.quic_mtu.map(|m| ["--quic-mtu".to_string(), m.to_string()]).into_iter().flatten())
             .env("RINGSAM_CLUSTER_SECRET", &secret)
             .env("RINGSAM_THREADS", "1")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README.md "Tests"; .ci/run calls it).
 #
-# 1. the whole workspace's tests (unit, gradient checks, Flax fixture, CLI end to end);
+# 1. the whole workspace's tests (unit, gradient checks, Flax fixture, CLI end to end, the ring
+#    between network namespaces: needs root, as this project's machines and CI have);
 # 2. the CUDA feature must compile on a machine with no GPU and no CUDA toolkit (cudarc loads
 #    CUDA at run time). Built with the test profile, so it reuses step 1's compiled dependencies;
 # 3. the optional libjpeg-turbo decoder (feature `turbojpeg`, built from its bundled source): its
@@ -19,13 +20,19 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+# System tools some tests use, installed when missing and possible (root with apt-get):
+# iproute2 and ethtool for the network-namespace ring test (tests/netns.rs), cmake and nasm for
+# the turbojpeg feature.
+need=()
+for tool in ip:iproute2 tc:iproute2 ethtool:ethtool cmake:cmake nasm:nasm; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q "${need[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; } || true
+fi
+
 cargo test --workspace --locked
 cargo build --workspace --locked --profile test --features cuda
-if ! command -v cmake >/dev/null 2>&1 || ! command -v nasm >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get install -y -q cmake nasm >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q cmake nasm >/dev/null; } || true
-    fi
-fi
 if command -v cmake >/dev/null 2>&1 && command -v nasm >/dev/null 2>&1; then
     cargo test -p ringsam-data --locked --features turbojpeg
 else

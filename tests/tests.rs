@@ -5,5 +5,6 @@ mod augment;
 mod cli;
 mod distributed;
 mod imagenet;
+mod netns;
 mod train;
 mod util;

@@ -16,6 +16,12 @@ use crate::{ReduceOp, RingError};
 pub trait AllReduce {
     /// Sum `data` over all ranks.
     fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError>;
+
+    /// All-reduces several buffers, in flight together where the ring allows (gradient buckets
+    /// do this); the default runs them one after another.
+    fn allreduce_parts(&mut self, parts: Vec<Vec<f32>>, reduce: ReduceOp) -> Result<Vec<Vec<f32>>, RingError> {
+        parts.into_iter().map(|p| self.allreduce(p, reduce)).collect()
+    }
 }
 
 impl AllReduce for crate::inproc::InprocRing {
@@ -35,6 +41,17 @@ pub struct BlockingRing {
 impl AllReduce for BlockingRing {
     fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
         self.runtime.block_on(self.ring.allreduce(data, reduce))
+    }
+
+    fn allreduce_parts(&mut self, parts: Vec<Vec<f32>>, reduce: ReduceOp) -> Result<Vec<Vec<f32>>, RingError> {
+        let pending = parts.into_iter().map(|p| self.ring.submit(p, reduce)).collect::<Result<Vec<_>, _>>()?;
+        self.runtime.block_on(async {
+            let mut out = Vec::with_capacity(pending.len());
+            for p in pending {
+                out.push(p.result().await?);
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -93,7 +110,8 @@ pub fn parse_sizes(spec: &str) -> Result<Vec<usize>, String> {
     Ok(out.into_iter().map(|b| b / 4 * 4).collect())
 }
 
-/// Runs the sizes on `ar` as rank `rank` of `world`; every rank gets the rows (rank 0 reports).
+/// Runs the sizes on `ar` as rank `rank` of `world`, each timed operation cut into `inflight`
+/// all-reduces submitted together; every rank gets the rows (rank 0 reports).
 pub fn run(
     ar: &mut dyn AllReduce,
     rank: usize,
@@ -101,27 +119,33 @@ pub fn run(
     transport: &str,
     sizes: &[usize],
     iters: usize,
+    inflight: usize,
 ) -> Result<Vec<BenchRow>, RingError> {
     let mut rows = Vec::with_capacity(sizes.len());
     let total = (world * (world + 1) / 2) as f32;
+    let inflight = inflight.max(1);
     for &bytes in sizes {
         let count = bytes / 4;
         // Built once per size: refilling and checking are a memcpy and a memcmp, so a rank's
         // bookkeeping between operations stays small next to the operation being timed.
         let pattern: Vec<f32> = (0..count).map(|i| ((rank + 1) * (i % 13)) as f32).collect();
         let expected: Vec<f32> = (0..count).map(|i| total * (i % 13) as f32).collect();
-        let mut buf = ar.allreduce(pattern.clone(), ReduceOp::Sum)?; // warm-up
-        let (mut elapsed, mut ok) = (0.0f64, buf == expected);
+        let cut = |v: &[f32]| -> Vec<Vec<f32>> {
+            let per = count.div_ceil(inflight).max(1);
+            v.chunks(per).map(<[f32]>::to_vec).collect()
+        };
+        let joined = |parts: Vec<Vec<f32>>| parts.concat();
+        let mut ok = joined(ar.allreduce_parts(cut(&pattern), ReduceOp::Sum)?) == expected; // warm-up
+        let mut elapsed = 0.0f64;
         for _ in 0..iters {
-            buf.clear();
-            buf.extend_from_slice(&pattern);
+            let parts = cut(&pattern);
             // A one-value all-reduce lines the ranks up, so no rank's clock starts while another
             // is still refilling its buffer.
             ar.allreduce(vec![0.0], ReduceOp::Sum)?;
             let t = Instant::now();
-            buf = ar.allreduce(buf, ReduceOp::Sum)?;
+            let out = ar.allreduce_parts(parts, ReduceOp::Sum)?;
             elapsed += t.elapsed().as_secs_f64();
-            ok &= buf == expected;
+            ok &= joined(out) == expected;
         }
         let time = elapsed / iters.max(1) as f64;
         let algbw = if time > 0.0 { bytes as f64 / time / 1e9 } else { 0.0 };
@@ -176,7 +200,7 @@ mod tests {
         let hs: Vec<_> = rings
             .into_iter()
             .enumerate()
-            .map(|(r, mut ring)| std::thread::spawn(move || run(&mut ring, r, world, "inproc", &[4, 4096, 1 << 20], 2).unwrap()))
+            .map(|(r, mut ring)| std::thread::spawn(move || run(&mut ring, r, world, "inproc", &[4, 4096, 1 << 20], 2, 3).unwrap()))
             .collect();
         for h in hs {
             let rows = h.join().unwrap();

@@ -48,12 +48,17 @@ impl PendingAllreduce {
     pub fn wait(self) -> Result<Vec<f32>, RingError> {
         self.0.blocking_recv().map_err(|_| driver_gone())?
     }
+
+    /// Waits for the result from async code (on the runtime that drives the ring, too).
+    pub async fn result(self) -> Result<Vec<f32>, RingError> {
+        self.0.await.map_err(|_| driver_gone())?
+    }
 }
 
 impl RingHandle {
     /// All-reduces `data`; every rank must call this in the same order.
     pub async fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
-        self.submit(data, reduce)?.0.await.map_err(|_| driver_gone())?
+        self.submit(data, reduce)?.result().await
     }
 
     /// Starts all-reducing `data` and returns at once; several may be in flight (buckets), and

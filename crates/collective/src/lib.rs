@@ -15,6 +15,7 @@ pub mod certs;
 pub mod driver;
 pub mod frame;
 pub mod inproc;
+pub mod link;
 pub mod plot;
 pub mod quic;
 pub mod ring;

@@ -41,13 +41,67 @@ pub struct QuicConfig {
     pub key: PrivateKeyDer<'static>,
     /// How long to keep trying to form the ring.
     pub connect_timeout: Duration,
+    /// Bulk-transfer settings.
+    pub tuning: QuicTuning,
+}
+
+/// The settings that decide how fast QUIC moves a ring's bulk data (each measured on loopback
+/// and on shaped links: see the README's ring section).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuicTuning {
     /// Per-stream flow-control window in bytes.
     pub stream_window: u32,
-    /// UDP socket send and receive buffer sizes to ask the OS for, in bytes.
+    /// Connection flow-control window (receive) and send buffer, in bytes.
+    pub conn_window: u32,
+    /// UDP socket send and receive buffer sizes to ask the OS for, in bytes (the OS caps them
+    /// at `net.core.rmem_max` / `wmem_max`).
     pub udp_buffer: usize,
     /// Largest UDP payload the path to the next rank carries (MTU discovery searches up to it);
     /// `None` picks [`LOOPBACK_MTU`] when the next rank is on loopback and quinn's 1452 otherwise.
     pub max_mtu: Option<u16>,
+    /// The congestion controller.
+    pub congestion: Congestion,
+    /// Ask the peer to acknowledge every this many packets (the ACK-frequency extension; `None`:
+    /// QUIC's default of every second packet). Fewer ACKs are fewer datagrams to send, encrypt
+    /// and receive.
+    pub ack_every: Option<u32>,
+}
+
+impl Default for QuicTuning {
+    fn default() -> Self {
+        QuicTuning {
+            stream_window: 2 << 20,
+            conn_window: 8 << 20,
+            udp_buffer: 4 << 20,
+            max_mtu: None,
+            congestion: Congestion::Cubic,
+            ack_every: None,
+        }
+    }
+}
+
+/// quinn's congestion controllers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// CUBIC (quinn's default).
+    #[default]
+    Cubic,
+    /// NewReno.
+    NewReno,
+    /// BBR (quinn marks its implementation experimental).
+    Bbr,
+}
+
+impl Congestion {
+    /// From a flag value.
+    pub fn parse(s: &str) -> Result<Congestion, String> {
+        match s {
+            "cubic" => Ok(Congestion::Cubic),
+            "newreno" => Ok(Congestion::NewReno),
+            "bbr" => Ok(Congestion::Bbr),
+            other => Err(format!("congestion controller {other:?}: expected cubic, newreno or bbr")),
+        }
+    }
 }
 
 /// The UDP payload MTU discovery aims for on loopback (whose MTU is 65536 bytes).
@@ -64,7 +118,7 @@ const MAX_GSO_MTU: u16 = 6500;
 
 /// The MTU-discovery upper bound for `cfg` (see [`QuicConfig::max_mtu`]).
 pub fn max_mtu(cfg: &QuicConfig) -> u16 {
-    cfg.max_mtu.unwrap_or(if cfg.next.ip().is_loopback() { LOOPBACK_MTU } else { DEFAULT_MTU })
+    cfg.tuning.max_mtu.unwrap_or(if cfg.next.ip().is_loopback() { LOOPBACK_MTU } else { DEFAULT_MTU })
 }
 
 /// Why a QUIC ring could not be formed.
@@ -112,12 +166,23 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
         .map_err(cfg_err)?;
     client.alpn_protocols = vec![b"ringsam/1".to_vec()];
 
+    let t = cfg.tuning;
     let mut transport = quinn::TransportConfig::default();
     transport
-        .stream_receive_window(VarInt::from_u32(cfg.stream_window))
-        .receive_window(VarInt::from_u32(cfg.stream_window.saturating_mul(4)))
-        .send_window(cfg.stream_window as u64 * 4)
+        .stream_receive_window(VarInt::from_u32(t.stream_window))
+        .receive_window(VarInt::from_u32(t.conn_window.max(t.stream_window)))
+        .send_window(t.conn_window.max(t.stream_window) as u64)
         .keep_alive_interval(Some(Duration::from_secs(2)));
+    match t.congestion {
+        Congestion::Cubic => transport.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+        Congestion::NewReno => transport.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+        Congestion::Bbr => transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+    };
+    if let Some(n) = t.ack_every {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(n.saturating_sub(1)));
+        transport.ack_frequency_config(Some(ack));
+    }
     // Packet count is the cost that matters (every datagram is a syscall share, an AEAD call and
     // an ack): on loopback, 64 KB datagrams instead of 1200-byte ones made the 4-rank 64 MiB
     // benchmark 2.5x faster. quinn only searches up to `upper_bound`, and only if the peer's
@@ -138,8 +203,8 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     // per benchmark run (RcvbufErrors), and every drop shrinks the congestion window. Ask for
     // `udp_buffer` bytes each way (the OS caps it at net.core.rmem_max / wmem_max).
     let sock = socket2::SockRef::from(&socket);
-    let _ = sock.set_recv_buffer_size(cfg.udp_buffer);
-    let _ = sock.set_send_buffer_size(cfg.udp_buffer);
+    let _ = sock.set_recv_buffer_size(t.udp_buffer);
+    let _ = sock.set_send_buffer_size(t.udp_buffer);
     let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Config("no async runtime for QUIC".into()))?;
     let mut ep_cfg = quinn::EndpointConfig::default();
     ep_cfg.max_udp_payload_size(mtu_bound.max(DEFAULT_MTU)).map_err(cfg_err)?;
@@ -161,9 +226,42 @@ fn hello(cfg: &RingConfig) -> [u8; 20] {
 
 /// Forms the ring. Returns the handle; the endpoint lives as long as the streams do.
 pub async fn connect(cfg: QuicConfig) -> Result<RingHandle, QuicError> {
+    Ok(connect_observed(cfg).await?.0)
+}
+
+/// The two connections of a rank, for their statistics (RTT, congestion window, losses).
+#[derive(Clone, Debug)]
+pub struct QuicLinks {
+    /// From the previous rank.
+    pub inbound: Connection,
+    /// To the next rank.
+    pub outbound: Connection,
+}
+
+impl QuicLinks {
+    /// One line on the outbound path: RTT, congestion window, datagrams, losses, congestion
+    /// events, and ACK frames received.
+    pub fn summary(&self) -> String {
+        let s = self.outbound.stats();
+        format!(
+            "rtt {:?}, cwnd {} B, mtu {} B, datagrams sent {}, lost {} ({} bytes), congestion events {}, acks received {}",
+            s.path.rtt,
+            s.path.cwnd,
+            s.path.current_mtu,
+            s.udp_tx.datagrams,
+            s.path.lost_packets,
+            s.path.lost_bytes,
+            s.path.congestion_events,
+            s.frame_rx.acks
+        )
+    }
+}
+
+/// [`connect`], also returning the connections.
+pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<QuicLinks>), QuicError> {
     let ring = Ring::new(cfg.ring);
     if cfg.ring.world == 1 {
-        return Ok(driver::spawn::<QuicRecv, QuicSend>(ring, None));
+        return Ok((driver::spawn::<QuicRecv, QuicSend>(ring, None), None));
     }
     let ep = endpoint(&cfg)?;
     let (prev, _) = crate::schedule::ring_neighbors(cfg.ring.rank, cfg.ring.world);
@@ -208,9 +306,10 @@ pub async fn connect(cfg: QuicConfig) -> Result<RingHandle, QuicError> {
     let ((in_conn, rx), (out_conn, tx)) = tokio::time::timeout(cfg.connect_timeout, async { tokio::try_join!(accept, connect) })
         .await
         .map_err(|_| QuicError::Timeout(cfg.connect_timeout))??;
+    let links = QuicLinks { inbound: in_conn.clone(), outbound: out_conn.clone() };
     let recv = QuicRecv { stream: rx, _conn: in_conn, _endpoint: ep.clone() };
     let send = QuicSend { stream: tx, stopped: None, _conn: out_conn, _endpoint: ep };
-    Ok(driver::spawn(ring, Some((recv, send))))
+    Ok((driver::spawn(ring, Some((recv, send))), Some(links)))
 }
 
 /// The inbound stream, keeping its connection and endpoint alive.

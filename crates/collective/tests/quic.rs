@@ -24,9 +24,7 @@ fn cfg(rank: usize, world: usize, addrs: &[SocketAddr], ca: &ClusterCa, signer: 
         cert_chain: vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
         key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
         connect_timeout: timeout,
-        stream_window: 16 << 20,
-        udp_buffer: 4 << 20,
-        max_mtu: None,
+        tuning: ringsam_collective::quic::QuicTuning { stream_window: 16 << 20, ..Default::default() },
     }
 }
 

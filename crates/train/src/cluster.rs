@@ -183,9 +183,7 @@ async fn form(cfg: &ClusterConfig, ring: RingConfig, listen: SocketAddr, next: S
                 cert_chain: read_certs(cert).map_err(|e| e.to_string())?,
                 key: read_key(key).map_err(|e| e.to_string())?,
                 connect_timeout: cfg.connect_timeout,
-                stream_window: 2 << 20,
-                udp_buffer: 4 << 20,
-                max_mtu: None,
+                tuning: ringsam_collective::quic::QuicTuning::default(),
             };
             ringsam_collective::quic::connect(c).await.map_err(|e| e.to_string())
         }
