@@ -37,6 +37,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # The line rate: one TCP stream from host 1 to host 0 through the shaped egress of host 1.
 ip netns exec "${hosts[0]}" "$bin" bench link --listen "${addrs[0]}:7999" --json >"$work/link.json" &
@@ -44,6 +46,7 @@ pids+=($!)
 ip netns exec "${hosts[1]}" "$bin" bench link --connect "${addrs[0]}:7999" --seconds "$link_seconds" --json >/dev/null
 wait "${pids[-1]}"
 line=$(sed -n 's/.*"gbyte_s":\([0-9.e+-]*\).*/\1/p' "$work/link.json")
+[ -n "$line" ] || { echo "netns_allreduce.sh: no line rate in $(cat "$work/link.json")" >&2; exit 1; }
 echo "{\"link\":$(cat "$work/link.json")}"
 
 "$bin" certs --out "$work/certs" --nodes "$n" >/dev/null

@@ -10,7 +10,8 @@
 #         RINGSAM_NETNS_RATE   the egress rate (tc syntax, e.g. 1gbit)
 #       and runs a process on host i with `ip netns exec <name i> ...`.
 #   scripts/netns_ring.sh down --prefix PREFIX
-#       Removes what an interrupted run with that prefix left (names start with PREFIX).
+#       Removes what a killed run with that prefix left (PREFIXsw, PREFIXh0, PREFIXh1, ...).
+# Rates are tc's: bits per second (100mbit, 1gbit).
 #
 # Topology: host i is namespace ${prefix}h$i with one interface eth0 at 10.203.0.(i+1)/24, a veth
 # whose other end sits in the switch namespace ${prefix}sw, enslaved to a bridge there. The
@@ -27,11 +28,26 @@ usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 die() { echo "netns_ring.sh: $*" >&2; exit 1; }
 
-teardown() {
-    local prefix=$1
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${prefix}" || true); do
+# Namespaces this run created (only these are deleted on exit).
+created=()
+
+teardown_created() {
+    for ns in "${created[@]}"; do
         ip netns del "$ns" 2>/dev/null || true # deleting a namespace deletes its veth ends
     done
+}
+
+# `down`: exactly the names a run with this prefix makes (PREFIXsw, PREFIXh0, PREFIXh1, ...).
+teardown_prefix() {
+    local prefix=$1
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${prefix}(sw|h[0-9]+)$" || true); do
+        ip netns del "$ns" 2>/dev/null || true
+    done
+}
+
+add_ns() {
+    ip netns add "$1" || die "cannot create namespace $1 (does it exist already? scripts/netns_ring.sh down --prefix ...)"
+    created+=("$1")
 }
 
 # tbf needs a bucket of at least one timer tick's worth of bytes at the rate (and at least one
@@ -66,8 +82,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+[[ "$prefix" =~ ^[A-Za-z][A-Za-z0-9]{0,11}$ ]] || die "--prefix: 1 to 12 letters and digits, starting with a letter"
 case "$cmd" in
-    down) teardown "$prefix"; exit 0 ;;
+    down) teardown_prefix "$prefix"; exit 0 ;;
     run) ;;
     *) usage ;;
 esac
@@ -84,12 +101,12 @@ esac
 [ $# -gt 0 ] || die "no COMMAND after --"
 burst=$(burst_for "$rate")
 
-trap 'teardown "$prefix"' EXIT
+trap teardown_created EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 sw="${prefix}sw"
-ip netns add "$sw"
+add_ns "$sw"
 ip -n "$sw" link set lo up
 ip -n "$sw" link add br0 type bridge
 ip -n "$sw" link set br0 mtu "$mtu" up
@@ -97,7 +114,7 @@ names="" addrs=""
 for i in $(seq 0 $((hosts - 1))); do
     ns="${prefix}h$i"
     addr="10.203.0.$((i + 1))"
-    ip netns add "$ns"
+    add_ns "$ns"
     ip -n "$ns" link set lo up
     ip link add eth0 netns "$ns" mtu "$mtu" type veth peer name "p$i" netns "$sw" mtu "$mtu"
     ip -n "$sw" link set "p$i" master br0 up
@@ -113,6 +130,8 @@ done
 # COMMAND would hold off SIGTERM's cleanup until it ended by itself.
 RINGSAM_NETNS_HOSTS="${names# }" RINGSAM_NETNS_ADDRS="${addrs# }" RINGSAM_NETNS_RATE="$rate" "$@" &
 child=$!
-trap 'kill -INT $child 2>/dev/null; exit 130' INT
-trap 'kill -TERM $child 2>/dev/null; exit 143' TERM
+# A background job starts with SIGINT ignored, so the child always gets TERM; its own traps
+# stop what it started, and it is waited for before the namespaces go.
+trap 'kill -TERM $child 2>/dev/null; wait $child; exit 130' INT
+trap 'kill -TERM $child 2>/dev/null; wait $child; exit 143' TERM
 wait "$child"

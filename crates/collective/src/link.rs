@@ -4,7 +4,7 @@
 //! shaper's setting, a NIC's label) is not what a single stream achieves.
 //!
 //! Protocol: the sender connects, writes for `seconds`, shuts its half down; the receiver counts
-//! bytes from the first byte to end-of-stream and writes back 16 bytes (bytes received, then
+//! the bytes after the first read, from that read to end-of-stream and writes back 16 bytes (bytes received, then
 //! nanoseconds, little-endian), which the sender reports. Nothing the peer sends is allocated
 //! by size: the receiver reads into one fixed buffer.
 
@@ -38,6 +38,8 @@ const BUF: usize = 1 << 20;
 /// Receives one transfer on `listener` and answers with the measurement.
 pub fn receive_one(listener: &TcpListener) -> std::io::Result<LinkReport> {
     let (mut conn, _) = listener.accept()?;
+    // A sender that stalls is an error, not a hang.
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut buf = vec![0u8; BUF];
     let mut bytes = 0u64;
     let mut start = None;
@@ -46,8 +48,13 @@ pub fn receive_one(listener: &TcpListener) -> std::io::Result<LinkReport> {
         if n == 0 {
             break;
         }
-        start.get_or_insert_with(Instant::now);
-        bytes += n as u64;
+        // The clock starts at the first byte; those bytes arrived before it started, so they do
+        // not count (counting them would overstate the rate).
+        if start.is_none() {
+            start = Some(Instant::now());
+        } else {
+            bytes += n as u64;
+        }
     }
     let seconds = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
     let mut reply = [0u8; 16];
@@ -93,6 +100,6 @@ mod tests {
         let sent = send_for(addr, 0.2, Duration::from_secs(5)).unwrap();
         let got = rx.join().unwrap();
         assert_eq!(sent.bytes, got.bytes);
-        assert!(got.bytes >= BUF as u64 && sent.gbit_s() > 0.0);
+        assert!(got.bytes > 0 && sent.gbit_s() > 0.0);
     }
 }

@@ -25,8 +25,9 @@
 //! `0..num_classes` are skipped, counted and reported (shard, offset, reason) through the
 //! callback; a missing shard is an error before anything starts; framing damage that ends a
 //! shard is reported and the reader moves to the next shard. A training batch keeps its size: a
-//! sample that fails takes a copy of the next good sample of its batch (a batch with none good
-//! ends the loader, reported); evaluation simply leaves failed samples out.
+//! sample that fails takes a copy of the next good sample of its batch; a batch with none good
+//! ends the loader, reported (and the run with it — with a per-replica batch of 1, one bad JPEG
+//! does that); evaluation simply leaves failed samples out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -202,6 +203,9 @@ fn read(
     // Takes one sample from the buffer (a random one when training) and sends it, or drops it
     // undecoded while skipping to `start_sample`; false once done or the consumer is gone.
     let mut emit = |buffer: &mut Vec<Sample>, rng: &mut Rng| -> bool {
+        if next >= limit {
+            return false;
+        }
         let i = if cfg.train { rng.below(buffer.len() as u64) as usize } else { 0 };
         let s = if cfg.train { buffer.swap_remove(i) } else { buffer.remove(i) };
         if next >= cfg.start_sample && (credits.recv().is_err() || out.send((next, s)).is_err()) {
@@ -223,13 +227,12 @@ fn read(
                 alive // stop reading the shard once done or the consumer is gone
             });
             match result {
-                Ok(rep) if pass == 0 => {
+                Ok(rep) => {
                     stats.skipped.fetch_add(rep.skipped.len(), Ordering::Relaxed);
                     for (at, why) in rep.skipped {
                         report(format!("{}: offset {at}: skipped: {why}", shard.display()));
                     }
                 }
-                Ok(_) => {} // reported in pass 0
                 Err(e) => report(format!("shard abandoned: {e}")),
             }
             if !alive {
@@ -259,8 +262,7 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
                 return Err(format!("{}: label {} outside 0..{}", s.key, s.label, cfg.num_classes));
             }
             // Keyed by (seed, epoch, rank, sample number): the same whatever the worker.
-            let key = epoch.wrapping_mul(1 << 40).wrapping_add((cfg.rank as u64) << 32).wrapping_add(n);
-            let mut rng = Rng::stream(cfg.seed, key, STREAM_AUGMENT);
+            let mut rng = keyed_rng(cfg, epoch, n, STREAM_AUGMENT);
             process_jpeg(&s.image, cfg.decoder, cfg.image_size, cfg.train.then_some(&mut rng), cfg.augment, &mut out)
                 .map_err(|e| format!("{}: {e}", s.key))?;
             // Normalised into channel planes here, in parallel, not in the one collator thread.
@@ -279,6 +281,13 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
             return;
         }
     }
+}
+
+/// The random stream of item `n` (a sample or a batch) of this rank's `epoch`: (epoch, rank)
+/// hashed into a key first, so no packing of the three numbers into one can collide.
+fn keyed_rng(cfg: &ShardLoaderConfig, epoch: u64, n: u64, stream: u64) -> Rng {
+    let key = Rng::stream(cfg.seed ^ 0x4b45_5953, epoch, cfg.rank as u64).next_u64();
+    Rng::stream(key, n, stream)
 }
 
 /// Actor 3: reorders by number, fills or drops failures, cuts (C, N, H, W) batches.
@@ -322,8 +331,7 @@ fn collate(
         let mut batch = Batch { images, labels, n, c, h: side, w: side, index: *index, mix: None };
         if cfg.train && cfg.mixup_alpha > 0.0 {
             // One λ per batch, drawn from (seed, epoch, rank, batch), kept ≥ ½ as the reference.
-            let key = epoch.wrapping_mul(1 << 40).wrapping_add((cfg.rank as u64) << 32).wrapping_add(*index as u64);
-            let l = Rng::stream(cfg.seed, key, STREAM_MIXUP).beta(cfg.mixup_alpha, cfg.mixup_alpha);
+            let l = keyed_rng(cfg, epoch, *index as u64, STREAM_MIXUP).beta(cfg.mixup_alpha, cfg.mixup_alpha);
             batch.mixup(l.max(1.0 - l) as f32);
         }
         let ok = out.send(batch).is_ok();

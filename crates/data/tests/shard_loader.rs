@@ -168,6 +168,10 @@ fn packing_records_shard_lengths_and_classes_as_tfds_does() {
     std::fs::rename(tfds.join(LABELS), tfds.join("labels.bak")).unwrap();
     let err = open_layout(&tfds).unwrap_err().to_string();
     assert!(err.contains(LABELS), "{err}");
+    // A blank line inside the class list would shift every later label: refused.
+    std::fs::write(tfds.join(LABELS), "class0\n\nclass2\n").unwrap();
+    let err = open_layout(&tfds).unwrap_err().to_string();
+    assert!(err.contains("line 2 is empty"), "{err}");
     std::fs::rename(tfds.join("labels.bak"), tfds.join(LABELS)).unwrap();
     std::fs::remove_file(tfds.join(train[0].file_name().unwrap())).unwrap();
     let err = open_layout(&tfds).unwrap_err().to_string();

@@ -61,6 +61,8 @@ pub struct ShardData {
 
 /// One epoch's batches of this replica, from either kind of data.
 pub enum EpochBatches {
+    /// Nothing left of the epoch (a run resumed at its last batch).
+    Done,
     /// From memory.
     Memory(Loader),
     /// From shards; `left` batches still owed.
@@ -77,6 +79,7 @@ impl Iterator for EpochBatches {
 
     fn next(&mut self) -> Option<Batch> {
         match self {
+            EpochBatches::Done => None,
             EpochBatches::Memory(l) => l.next(),
             EpochBatches::Shards { loader, left } => {
                 let b = if *left > 0 { loader.next() } else { None };
@@ -91,6 +94,7 @@ impl EpochBatches {
     /// Batches of the epoch not yet delivered (non-zero after the end: the loader failed).
     pub fn remaining(&self) -> usize {
         match self {
+            EpochBatches::Done => 0,
             EpochBatches::Memory(l) => l.remaining(),
             EpochBatches::Shards { left, .. } => *left,
         }
@@ -99,6 +103,7 @@ impl EpochBatches {
     /// Batches ready and not yet taken.
     pub fn queued(&self) -> usize {
         match self {
+            EpochBatches::Done => 0,
             EpochBatches::Memory(l) => l.queued(),
             EpochBatches::Shards { loader, .. } => loader.queued(),
         }
@@ -158,6 +163,23 @@ impl TrainData {
         }))
     }
 
+    /// Refuses a replica count the shards cannot feed (each replica reads whole shards), before
+    /// any training rather than at the first evaluation.
+    pub fn check_world(&self, world: usize) -> Result<(), TrainError> {
+        if let TrainData::Shards(s) = self {
+            for (name, split) in [("train", &s.layout.train), ("validation", &s.layout.validation)] {
+                if split.shards.len() < world {
+                    return Err(TrainError::Config(format!(
+                        "{}: {} {name} shards cannot feed {world} replicas (each reads whole shards): pack with a smaller --shard-size",
+                        s.layout.dir.display(),
+                        split.shards.len()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Dataset name.
     pub fn name(&self) -> &str {
         match self {
@@ -214,6 +236,11 @@ impl TrainData {
             TrainData::Shards(s) => {
                 let local = loader.batch_size / loader.world;
                 let steps = self.steps_per_epoch(loader) as usize;
+                if start_batch >= steps {
+                    // Resuming at the epoch's end: reading the shards to skip all of it would
+                    // cost a pass over the data for nothing.
+                    return Ok(EpochBatches::Done);
+                }
                 let cfg = ShardLoaderConfig {
                     samples: Some((steps * local) as u64),
                     start_sample: (start_batch * local) as u64,
@@ -282,12 +309,16 @@ fn split_len(split: &SplitShards, name: &str, log: &mut dyn FnMut(&str)) -> Resu
     log(&format!("no shard lengths for the {name} split in dataset_info.json: counting {} shards by reading them", split.shards.len()));
     let t = std::time::Instant::now();
     let mut last = std::time::Instant::now();
-    let counts = count_samples(&split.shards, |done, total| {
-        if last.elapsed().as_secs() >= 10 {
-            eprintln!("ringsam: counted {done}/{total} shards");
-            last = std::time::Instant::now();
-        }
-    })?;
+    let counts = count_samples(
+        &split.shards,
+        |done, total| {
+            if last.elapsed().as_secs() >= 10 {
+                eprintln!("ringsam: counted {done}/{total} shards");
+                last = std::time::Instant::now();
+            }
+        },
+        |damage| eprintln!("ringsam: loader: {damage}"),
+    )?;
     let n = counts.iter().sum();
     log(&format!("{name}: {n} samples ({:.1} s to count)", t.elapsed().as_secs_f64()));
     Ok(n)

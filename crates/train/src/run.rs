@@ -219,6 +219,7 @@ fn train_inner(
     let leader = rank == 0;
     let t0 = Instant::now();
     let data = TrainData::open(cfg, log)?;
+    data.check_world(world)?;
     if data.train_len() < cfg.batch_size as u64 {
         return Err(TrainError::Config(format!(
             "--batch_size {} is larger than the {} training examples",

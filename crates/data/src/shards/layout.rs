@@ -3,8 +3,8 @@
 //!
 //! The layout is TFDS's, so a `tfds build` of `imagenet2012` reads as it is, and `ringsam data
 //! pack` writes the same files:
-//! - shards whose file name has the word `train` (or `validation`) between `-`, `.` or `_`
-//!   separators: `imagenet2012-train.tfrecord-00000-of-01024`, `train-00000-of-00004.tar`;
+//! - shards whose file name has the word `train` (or `validation` / `val`) between `-`, `.` or
+//!   `_` separators: `imagenet2012-train.tfrecord-00000-of-01024`, `train-00000-of-00004.tar`;
 //! - `dataset_info.json` with, per split, `shardLengths` (samples per shard, in shard order; TFDS
 //!   writes them as strings, as proto3 JSON does for 64-bit integers);
 //! - `label.labels.txt`, one class name per line, line `i` naming label `i`.
@@ -185,7 +185,15 @@ pub fn open_layout(dir: &Path) -> Result<ShardLayout, DataError> {
         });
     }
     let text = String::from_utf8_lossy(&read_bounded(&labels_path)?).into_owned();
-    layout.classes = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    // Line i names label i: an empty line inside the list would shift every later label.
+    let mut lines: Vec<&str> = text.lines().map(str::trim).collect();
+    while lines.last() == Some(&"") {
+        lines.pop();
+    }
+    if let Some(i) = lines.iter().position(|l| l.is_empty()) {
+        return Err(DataError::Format { path: labels_path, offset: 0, msg: format!("line {} is empty: line i names label i", i + 1) });
+    }
+    layout.classes = lines.into_iter().map(String::from).collect();
     if layout.classes.is_empty() {
         return Err(DataError::Format { path: labels_path, offset: 0, msg: "no class names".into() });
     }
@@ -202,6 +210,9 @@ pub fn write_split_info(dir: &Path, split: &str, lengths: &[u64], classes: &[Str
     }
     let info_path = dir.join(DATASET_INFO);
     let mut info = if info_path.is_file() { read_json(&info_path)? } else { json!({"name": "ringsam-packed", "splits": []}) };
+    if !info.is_object() {
+        return Err(DataError::Format { path: info_path, offset: 0, msg: "not a JSON object (TFDS writes one)".into() });
+    }
     if !info["splits"].is_array() {
         info["splits"] = json!([]);
     }
@@ -235,11 +246,23 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 }
 
 /// Counts the samples of each shard by reading it (no decoding); `progress(done, total)` after
-/// each shard.
-pub fn count_samples(shards: &[PathBuf], mut progress: impl FnMut(usize, usize)) -> Result<Vec<u64>, DataError> {
+/// each shard. Damage is tolerated as the loader tolerates it: a shard whose framing breaks counts
+/// the samples before the break, and `damage` hears why.
+pub fn count_samples(
+    shards: &[PathBuf],
+    mut progress: impl FnMut(usize, usize),
+    mut damage: impl FnMut(String),
+) -> Result<Vec<u64>, DataError> {
     let mut out = Vec::with_capacity(shards.len());
     for (i, s) in shards.iter().enumerate() {
-        out.push(super::read_shard(s, |_, _| true)?.samples as u64);
+        let mut n = 0u64;
+        if let Err(e) = super::read_shard(s, |_, _| {
+            n += 1;
+            true
+        }) {
+            damage(format!("counting: {e}"));
+        }
+        out.push(n);
         progress(i + 1, shards.len());
     }
     Ok(out)
