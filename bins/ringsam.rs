@@ -236,8 +236,9 @@ struct BenchAllreduceArgs {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// QUIC per-stream flow-control window in bytes. Larger than half the UDP receive buffer
-    /// (4 MiB here), bursts overflow it while a receiver waits for a core.
-    #[arg(long, default_value_t = 2 << 20)]
+    /// (4 MiB here), bursts overflow it while a receiver waits for a core; larger than the link's
+    /// queue, the sender keeps that queue full (see the README's table).
+    #[arg(long, default_value_t = 1 << 20)]
     quic_window: u32,
     /// QUIC connection flow-control window and send buffer in bytes.
     #[arg(long, default_value_t = 8 << 20)]
