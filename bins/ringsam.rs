@@ -502,13 +502,7 @@ fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
     let mut shards = Vec::new();
     for p in &args.data {
         if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("listing {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| ringsam_data::shards::ShardFormat::of(f).is_ok())
-                .collect();
-            found.sort();
-            shards.extend(found);
+            shards.extend(ringsam_data::shards::layout::shard_files(p)?);
         } else {
             shards.push(p.clone());
         }

@@ -207,11 +207,7 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
                 img
             };
             for ch in 0..c {
-                let (mean, inv) = cfg.normalization.u8_affine(ch);
-                let plane = &mut images[(ch * n + j) * h * w..][..h * w];
-                for (p, v) in plane.iter_mut().zip(src.iter().skip(ch).step_by(c)) {
-                    *p = (*v as f32 - mean) * inv;
-                }
+                cfg.normalization.plane(ch, src, c, &mut images[(ch * n + j) * h * w..][..h * w]);
             }
             labels.push(data.labels[idx]);
         }

@@ -31,6 +31,15 @@ impl Normalization {
     pub fn u8_affine(&self, c: usize) -> (f32, f32) {
         (self.mean[c] * 255.0, 1.0 / (self.std[c] * 255.0))
     }
+
+    /// Channel `ch` of an interleaved image of `channels` channels on the 0–255 scale (u8 pixels
+    /// or floats), normalised into the plane `dst`.
+    pub fn plane<T: Copy + Into<f32>>(&self, ch: usize, hwc: &[T], channels: usize, dst: &mut [f32]) {
+        let (mean, inv) = self.u8_affine(ch);
+        for (d, &v) in dst.iter_mut().zip(hwc.iter().skip(ch).step_by(channels)) {
+            *d = (v.into() - mean) * inv;
+        }
+    }
 }
 
 /// Mean of the digits training split on the [0, 1] scale.

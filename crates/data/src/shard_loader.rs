@@ -269,10 +269,7 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
             let plane = cfg.image_size * cfg.image_size;
             let mut chw = vec![0.0f32; 3 * plane];
             for (c, dst) in chw.chunks_exact_mut(plane).enumerate() {
-                let (mean, inv) = cfg.normalization.u8_affine(c); // inputs are on the 0–255 scale
-                for (d, v) in dst.iter_mut().zip(out.iter().skip(c).step_by(3)) {
-                    *d = (v - mean) * inv;
-                }
+                cfg.normalization.plane(c, &out, 3, dst);
             }
             Ok((chw, s.label as u32))
         }))

@@ -25,12 +25,12 @@ pub use jpeg::{JpegDecoder, MAX_PIXELS, MAX_SIDE, Rgb, decode_for_crop, decode_j
 /// normalisation. `rng` draws the crop and the flip.
 pub fn train_image(img: &Rgb, size: usize, rng: &mut Rng, out: &mut Vec<f32>) {
     let (rect, flip) = train_draws(img.width, img.height, size, rng);
-    finish(img, rect, size, flip, out);
+    finish(img, rect, size, flip, None, out);
 }
 
 /// The evaluation image: the centre crop, resized.
 pub fn eval_image(img: &Rgb, size: usize, out: &mut Vec<f32>) {
-    finish(img, center_crop(img.width, img.height, size), size, false, out);
+    finish(img, center_crop(img.width, img.height, size), size, false, None, out);
 }
 
 /// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
@@ -47,7 +47,6 @@ pub fn process_jpeg(
     out: &mut Vec<f32>,
 ) -> Result<(), String> {
     let mut flip = false;
-    let train = rng.is_some();
     let mut rng = rng;
     let (img, rect) = decode_for_crop(bytes, decoder, size, |w, h| match rng.as_deref_mut() {
         Some(rng) => {
@@ -57,20 +56,7 @@ pub fn process_jpeg(
         }
         None => center_crop(w, h, size),
     })?;
-    resize::resize_bicubic(&img.pixels, img.width, 3, rect, size, size, out);
-    if let (true, false, Some(rng)) = (train, augment == Augment::None, rng) {
-        // RandAugment works on u8: the reference casts the resized float image with `tf.cast`,
-        // which truncates; bicubic overshoot outside 0–255 is clamped here (TensorFlow's cast of
-        // an out-of-range float is undefined in C++ and wraps on x86).
-        let mut pixels: Vec<u8> = out.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect();
-        augment.apply(&mut pixels, size, size, rng);
-        for (o, &p) in out.iter_mut().zip(&pixels) {
-            *o = p as f32;
-        }
-    }
-    if flip {
-        flip_horizontal(out, size, size, 3);
-    }
+    finish(&img, rect, size, flip, rng.map(|r| (augment, r)), out);
     Ok(())
 }
 
@@ -81,8 +67,19 @@ fn train_draws(width: usize, height: usize, size: usize, rng: &mut Rng) -> (Rect
     (rect, rng.uniform() < 0.5)
 }
 
-fn finish(img: &Rgb, rect: Rect, size: usize, flip: bool, out: &mut Vec<f32>) {
+/// Resize, then the u8 augmentation if any, then the flip: the reference's order.
+fn finish(img: &Rgb, rect: Rect, size: usize, flip: bool, augment: Option<(Augment, &mut Rng)>, out: &mut Vec<f32>) {
     resize::resize_bicubic(&img.pixels, img.width, 3, rect, size, size, out);
+    if let Some((augment, rng)) = augment.filter(|(a, _)| *a != Augment::None) {
+        // RandAugment works on u8: the reference casts the resized float image with `tf.cast`,
+        // which truncates; bicubic overshoot outside 0–255 is clamped here (TensorFlow's cast of
+        // an out-of-range float is undefined in C++ and wraps on x86).
+        let mut pixels: Vec<u8> = out.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect();
+        augment.apply(&mut pixels, size, size, rng);
+        for (o, &p) in out.iter_mut().zip(&pixels) {
+            *o = p as f32;
+        }
+    }
     if flip {
         flip_horizontal(out, size, size, 3);
     }

@@ -70,7 +70,8 @@ pub fn split_of(name: &str) -> Option<&'static str> {
     }
 }
 
-fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// The shard files (`*.tar`, `*.tfrecord*`, not `*.tmp`) directly in `dir`, sorted.
+pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| DataError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
