@@ -39,7 +39,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use ringsam_rng::Rng;
 
 use crate::autoaugment::Augment;
-use crate::imagenet::{JpegDecoder, process_jpeg};
+use crate::imagenet::{JpegDecoder, Workspace, process_jpeg};
 use crate::normalize::Normalization;
 use crate::shards::{Sample, read_shard};
 use crate::{Batch, DataError};
@@ -165,6 +165,9 @@ impl ShardLoader {
         let (sample_tx, sample_rx) = bounded::<(u64, Sample)>(2 * cfg.workers);
         let (decoded_tx, decoded_rx) = bounded::<Decoded>(2 * cfg.workers);
         let (batch_tx, batch_rx) = bounded::<Batch>(2);
+        // Image buffers the collator has copied into a batch go back to the decoders: a fresh
+        // 600 KiB buffer per image cost a zero fill and page faults each time.
+        let (spare_tx, spare_rx) = bounded::<Vec<f32>>(in_flight);
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name).spawn(f).map_err(|e| DataError::Config(format!("cannot start a loader thread: {e}")))
@@ -173,14 +176,14 @@ impl ShardLoader {
         let (c, r, st) = (cfg.clone(), report.clone(), stats.clone());
         threads.push(spawn("ringsam-reader".into(), Box::new(move || read(&c, epoch, &credit_rx, &sample_tx, &st, &*r)))?);
         for w in 0..cfg.workers {
-            let (c, rx, tx) = (cfg.clone(), sample_rx.clone(), decoded_tx.clone());
-            threads.push(spawn(format!("ringsam-decoder-{w}"), Box::new(move || decode(&c, epoch, &rx, &tx)))?);
+            let (c, rx, tx, spares) = (cfg.clone(), sample_rx.clone(), decoded_tx.clone(), spare_rx.clone());
+            threads.push(spawn(format!("ringsam-decoder-{w}"), Box::new(move || decode(&c, epoch, &rx, &tx, &spares)))?);
         }
         drop((sample_rx, decoded_tx));
         let (c, s) = (cfg.clone(), stats.clone());
         threads.push(spawn(
             "ringsam-collator".into(),
-            Box::new(move || collate(&c, epoch, &decoded_rx, &credit_tx, &batch_tx, &s, &*report)),
+            Box::new(move || collate(&c, epoch, &decoded_rx, &credit_tx, &spare_tx, &batch_tx, &s, &*report)),
         )?);
         Ok(ShardLoader { batches: batch_rx, stats, threads })
     }
@@ -252,8 +255,9 @@ fn read(
 }
 
 /// Actor 2 (×workers): numbered sample → normalised image (channel planes) and label, or why not.
-fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>) {
-    let mut out = Vec::new();
+fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>, spares: &Receiver<Vec<f32>>) {
+    let mut ws = Workspace::default();
+    let len = 3 * cfg.image_size * cfg.image_size;
     for (n, s) in rx.iter() {
         // A decoder library that panics on a crafted JPEG must cost one sample, not the loader:
         // without this the collator would wait for sample `n` forever.
@@ -263,17 +267,27 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
             }
             // Keyed by (seed, epoch, rank, sample number): the same whatever the worker.
             let mut rng = keyed_rng(cfg, epoch, n, STREAM_AUGMENT);
-            process_jpeg(&s.image, cfg.decoder, cfg.image_size, cfg.train.then_some(&mut rng), cfg.augment, &mut out)
-                .map_err(|e| format!("{}: {e}", s.key))?;
             // Normalised into channel planes here, in parallel, not in the one collator thread.
-            let plane = cfg.image_size * cfg.image_size;
-            let mut chw = vec![0.0f32; 3 * plane];
-            for (c, dst) in chw.chunks_exact_mut(plane).enumerate() {
-                cfg.normalization.plane(c, &out, 3, dst);
-            }
+            let mut chw = spares.try_recv().unwrap_or_default();
+            chw.resize(len, 0.0);
+            process_jpeg(
+                &s.image,
+                cfg.decoder,
+                cfg.image_size,
+                cfg.train.then_some(&mut rng),
+                cfg.augment,
+                &cfg.normalization,
+                &mut ws,
+                &mut chw,
+            )
+            .map_err(|e| format!("{}: {e}", s.key))?;
             Ok((chw, s.label as u32))
         }))
-        .unwrap_or_else(|_| Err(format!("{}: the JPEG decoder panicked on this image", s.key)));
+        .unwrap_or_else(|_| {
+            // The workspace may be mid-update after a panic: start clean.
+            ws = Workspace::default();
+            Err(format!("{}: the JPEG decoder panicked on this image", s.key))
+        });
         if tx.send((n, result)).is_err() {
             return;
         }
@@ -288,11 +302,13 @@ fn keyed_rng(cfg: &ShardLoaderConfig, epoch: u64, n: u64, stream: u64) -> Rng {
 }
 
 /// Actor 3: reorders by number, fills or drops failures, cuts (C, N, H, W) batches.
+#[allow(clippy::too_many_arguments)]
 fn collate(
     cfg: &ShardLoaderConfig,
     epoch: u64,
     rx: &Receiver<Decoded>,
     credits: &Sender<()>,
+    spares: &Sender<Vec<f32>>,
     out: &Sender<Batch>,
     stats: &LoaderStats,
     report: &dyn Fn(String),
@@ -317,13 +333,17 @@ fn collate(
                 slots[i] = slots[j].clone();
             }
         }
-        let mut images = vec![0.0f32; c * n * plane];
-        for (j, (chw, _)) in slots.iter().flatten().enumerate() {
-            for (ch, src) in chw.chunks_exact(plane).enumerate() {
-                images[(ch * n + j) * plane..][..plane].copy_from_slice(src);
+        // (C, N, H, W): channel-major, appended in order (no zero fill first).
+        let mut images = Vec::with_capacity(c * n * plane);
+        for ch in 0..c {
+            for (chw, _) in slots.iter().flatten() {
+                images.extend_from_slice(&chw[ch * plane..(ch + 1) * plane]);
             }
         }
-        let labels = slots.drain(..).flatten().map(|(_, l)| l).collect();
+        let labels = slots.iter().flatten().map(|&(_, l)| l).collect();
+        for (chw, _) in slots.drain(..).flatten() {
+            let _ = spares.try_send(chw); // full: the decoders have enough
+        }
         stats.delivered.fetch_add(n, Ordering::Relaxed);
         let mut batch = Batch { images, labels, n, c, h: side, w: side, index: *index, mix: None };
         if cfg.train && cfg.mixup_alpha > 0.0 {

@@ -66,6 +66,47 @@ fn pipelines_give_square_images_at_the_model_size() {
     assert_eq!(a, b);
 }
 
+/// The loader's fused path (resize rows normalised, flipped and split into planes as they are
+/// made, buffers reused) must give exactly what decoding, [`train_image`] / [`eval_image`] and
+/// `Normalization::plane` give one after the other.
+#[test]
+fn fused_planes_equal_the_step_by_step_pipeline() {
+    use ringsam_data::autoaugment::Augment;
+    use ringsam_data::imagenet::{JpegDecoder, Workspace, process_jpeg};
+    use ringsam_data::normalize::Normalization;
+    let norm = Normalization::for_dataset("imagenet");
+    let mut ws = Workspace::default();
+    let planes_of = |hwc: &[f32], size: usize| {
+        let mut chw = vec![0.0f32; 3 * size * size];
+        for (c, dst) in chw.chunks_exact_mut(size * size).enumerate() {
+            norm.plane(c, hwc, 3, dst);
+        }
+        chw
+    };
+    // Several images and sizes through one workspace: a buffer left from a larger image must
+    // not leak into a smaller one.
+    for (name, size, seed) in [("rgb_q95_444", 40, 1), ("gray_q90", 12, 2), ("odd_size_q85", 33, 3), ("rgb_q90_420", 24, 4)] {
+        let (jpg, ..) = fixture(name);
+        let img = decode_jpeg(&jpg).unwrap();
+        let mut hwc = Vec::new();
+        for draw in 0..6 {
+            train_image(&img, size, &mut Rng::new(seed * 100 + draw), &mut hwc);
+            let mut got = vec![f32::NAN; 3 * size * size];
+            let mut rng = Rng::new(seed * 100 + draw);
+            process_jpeg(&jpg, JpegDecoder::Zune, size, Some(&mut rng), Augment::None, &norm, &mut ws, &mut got).unwrap();
+            assert!(got == planes_of(&hwc, size), "{name} {size}px draw {draw}: training planes differ");
+        }
+        eval_image(&img, size, &mut hwc);
+        let mut got = vec![f32::NAN; 3 * size * size];
+        process_jpeg(&jpg, JpegDecoder::Zune, size, None, Augment::None, &norm, &mut ws, &mut got).unwrap();
+        assert!(got == planes_of(&hwc, size), "{name} {size}px: evaluation planes differ");
+    }
+    let mut short = vec![0.0f32; 5];
+    let (jpg, ..) = fixture("gray_q90");
+    let err = process_jpeg(&jpg, JpegDecoder::Zune, 4, None, Augment::None, &norm, &mut ws, &mut short).unwrap_err();
+    assert!(err.contains("three 4×4 planes"), "{err}");
+}
+
 #[test]
 fn a_header_declaring_a_huge_image_is_refused_before_decoding() {
     let (mut jpg, ..) = fixture("rgb_q90_420");
@@ -97,10 +138,16 @@ fn libjpeg_turbo_crop_decode_matches_pillow_in_the_crop() {
     for name in ["rgb_q90_420", "rgb_q95_444", "gray_q90", "odd_size_q85", "cmyk_q90"] {
         let (jpg, want, w, h) = fixture(name);
         let crop = Rect { x: w / 3 + 1, y: h / 4, w: w / 2, h: h / 2 };
-        let (img, inside) = decode_for_crop(&jpg, JpegDecoder::Turbo, 16, |fw, fh| {
-            assert_eq!((fw, fh), (w, h));
-            crop
-        })
+        let (img, inside) = decode_for_crop(
+            &jpg,
+            JpegDecoder::Turbo,
+            16,
+            |fw, fh| {
+                assert_eq!((fw, fh), (w, h));
+                crop
+            },
+            Vec::new(),
+        )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!((inside.w, inside.h), (crop.w, crop.h), "{name}");
         let mut max = 0;
@@ -119,8 +166,8 @@ fn libjpeg_turbo_crop_decode_matches_pillow_in_the_crop() {
 
         // Reduced scale: a 12-px output of the whole image decodes smaller (zune for CMYK).
         let whole = |_: usize, _: usize| Rect { x: 0, y: 0, w, h };
-        let (a, ra) = decode_for_crop(&jpg, JpegDecoder::Turbo, 12, whole).unwrap();
-        let (b, rb) = decode_for_crop(&jpg, JpegDecoder::TurboReduced, 12, whole).unwrap();
+        let (a, ra) = decode_for_crop(&jpg, JpegDecoder::Turbo, 12, whole, Vec::new()).unwrap();
+        let (b, rb) = decode_for_crop(&jpg, JpegDecoder::TurboReduced, 12, whole, Vec::new()).unwrap();
         if name != "cmyk_q90" {
             assert!(b.width < a.width && rb.w >= 12 && rb.h >= 12, "{name}: {}×{} from {}×{}", b.width, b.height, a.width, a.height);
         }

@@ -84,6 +84,12 @@ fn check_size(width: usize, height: usize) -> Result<(), String> {
 
 /// Decodes a JPEG to RGB with zune-jpeg; grayscale and CMYK/YCCK come out as RGB.
 pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
+    decode_jpeg_reusing(bytes, Vec::new())
+}
+
+/// [`decode_jpeg`] into `buffer`'s allocation (a previous image's pixels): a decoder thread
+/// then allocates and zero-fills only when an image is larger than any before it.
+pub fn decode_jpeg_reusing(bytes: &[u8], mut buffer: Vec<u8>) -> Result<Rgb, String> {
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
         .set_max_width(MAX_SIDE)
@@ -91,38 +97,42 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
         .set_strict_mode(false);
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(|e| format!("undecodable JPEG header: {e:?}"))?;
-    if let Some(info) = decoder.info() {
-        check_size(info.width as usize, info.height as usize)?;
-    }
-    let pixels = decoder.decode().map_err(|e| format!("undecodable JPEG: {e:?}"))?;
     let info = decoder.info().ok_or("JPEG without dimensions")?;
     let (width, height) = (info.width as usize, info.height as usize);
-    if pixels.len() != width * height * 3 {
-        return Err(format!("decoder returned {} bytes for a {width}×{height} RGB image", pixels.len()));
+    check_size(width, height)?;
+    let len = decoder.output_buffer_size().ok_or("JPEG without dimensions")?;
+    if len != width * height * 3 {
+        return Err(format!("decoder wants {len} bytes for a {width}×{height} RGB image"));
     }
-    Ok(Rgb { width, height, pixels })
+    buffer.resize(len, 0);
+    decoder.decode_into(&mut buffer).map_err(|e| format!("undecodable JPEG: {e:?}"))?;
+    Ok(Rgb { width, height, pixels: buffer })
 }
 
 /// Decodes what the crop `choose(width, height)` needs for an output of `side` pixels: the
 /// image and the crop inside it (in the decoded image's coordinates). `choose` runs once, with the
-/// full-size dimensions, whatever the decoder.
+/// full-size dimensions, whatever the decoder. The pixels go into `buffer`'s allocation (pass
+/// the previous image's, or `Vec::new()`).
 pub fn decode_for_crop(
     bytes: &[u8],
     decoder: JpegDecoder,
     side: usize,
     choose: impl FnOnce(usize, usize) -> Rect,
+    buffer: Vec<u8>,
 ) -> Result<(Rgb, Rect), String> {
     match decoder {
         JpegDecoder::Zune => {
-            let img = decode_jpeg(bytes)?;
+            let img = decode_jpeg_reusing(bytes, buffer)?;
             let rect = choose(img.width, img.height);
             Ok((img, rect))
         }
         #[cfg(feature = "turbojpeg")]
-        JpegDecoder::Turbo | JpegDecoder::TurboReduced => turbo::decode_for_crop(bytes, decoder == JpegDecoder::TurboReduced, side, choose),
+        JpegDecoder::Turbo | JpegDecoder::TurboReduced => {
+            turbo::decode_for_crop(bytes, decoder == JpegDecoder::TurboReduced, side, choose, buffer)
+        }
         #[cfg(not(feature = "turbojpeg"))]
         _ => {
-            let _ = side;
+            let _ = (side, buffer);
             Err("this build has no libjpeg-turbo (build with --features turbojpeg)".into())
         }
     }
@@ -153,7 +163,7 @@ mod turbo {
 
     use turbojpeg::raw;
 
-    use super::{MAX_PIXELS, Rect, Rgb, check_size, decode_jpeg, reduced_scale_eighths, scale_rect};
+    use super::{MAX_PIXELS, Rect, Rgb, check_size, decode_jpeg_reusing, reduced_scale_eighths, scale_rect};
 
     struct Handle(raw::tjhandle);
 
@@ -200,6 +210,7 @@ mod turbo {
         reduced: bool,
         side: usize,
         choose: impl FnOnce(usize, usize) -> Rect,
+        mut pixels: Vec<u8>,
     ) -> Result<(Rgb, Rect), String> {
         HANDLE.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -225,7 +236,7 @@ mod turbo {
             let cs = h.get(raw::TJPARAM_TJPARAM_COLORSPACE);
             if cs == raw::TJCS_TJCS_CMYK as i32 || cs == raw::TJCS_TJCS_YCCK as i32 {
                 // TurboJPEG does not turn CMYK into RGB; zune-jpeg does.
-                let img = decode_jpeg(bytes)?;
+                let img = decode_jpeg_reusing(bytes, pixels)?;
                 let rect = choose(img.width, img.height);
                 return Ok((img, rect));
             }
@@ -262,9 +273,13 @@ mod turbo {
                     return Err(h.error("libjpeg-turbo crop"));
                 }
             }
-            let mut pixels = vec![0u8; 3 * region_w * region_h];
-            // SAFETY: `pixels` holds region_w × region_h RGB pixels at pitch 3·region_w, exactly
-            // the region set above; `bytes` outlives the call.
+            // Uninitialised capacity, not a zero fill: the library writes every byte of the region
+            // on success, and the length is set only then.
+            let len = 3 * region_w * region_h;
+            pixels.clear();
+            pixels.reserve(len);
+            // SAFETY: `pixels` has capacity for region_w × region_h RGB pixels at pitch
+            // 3·region_w, exactly the region set above; `bytes` outlives the call.
             let rc = unsafe {
                 raw::tj3Decompress8(
                     h.0,
@@ -278,6 +293,8 @@ mod turbo {
             if rc != 0 {
                 return Err(h.error("undecodable JPEG"));
             }
+            // SAFETY: the decompression succeeded, so all `len` bytes were written.
+            unsafe { pixels.set_len(len) };
             let inside = Rect { x: want.x - x0, y: want.y - y0, w: want.w, h: want.h };
             Ok((Rgb { width: region_w, height: region_h, pixels }, inside))
         })

@@ -17,46 +17,106 @@ pub mod resize;
 use ringsam_rng::Rng;
 
 use crate::autoaugment::Augment;
+use crate::normalize::Normalization;
 
 use crop::{Rect, center_crop, distorted_crop};
 pub use jpeg::{JpegDecoder, MAX_PIXELS, MAX_SIDE, Rgb, decode_for_crop, decode_jpeg};
+use resize::ResizeScratch;
 
 /// The training image (see the module docs): `size × size × 3` floats in 0–255 (HWC), before
 /// normalisation. `rng` draws the crop and the flip.
 pub fn train_image(img: &Rgb, size: usize, rng: &mut Rng, out: &mut Vec<f32>) {
     let (rect, flip) = train_draws(img.width, img.height, size, rng);
-    finish(img, rect, size, flip, None, out);
+    finish(img, rect, size, flip, out);
 }
 
 /// The evaluation image: the centre crop, resized.
 pub fn eval_image(img: &Rgb, size: usize, out: &mut Vec<f32>) {
-    finish(img, center_crop(img.width, img.height, size), size, false, None, out);
+    finish(img, center_crop(img.width, img.height, size), size, false, out);
+}
+
+/// Buffers one decoder thread keeps from image to image (decoded pixels, resize rows, the
+/// augmentation's u8 image), so the loader's steady state allocates nothing per image.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pixels: Vec<u8>,
+    resize: ResizeScratch,
+    hwc: Vec<f32>,
+    u8s: Vec<u8>,
 }
 
 /// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
-/// `decoder`: the crop is drawn from the header's size, so a decoder may decode only what it
-/// needs. Zune's result equals decoding first and calling the two functions above.
+/// `decoder`, normalised into three `size × size` channel planes (`planes`, CHW) — the form a
+/// batch wants. The crop is drawn from the header's size, so a decoder may decode only what it
+/// needs. With zune the result equals decoding first, calling the two functions above and
+/// normalising with [`Normalization::plane`] (a test holds it to that, bit for bit).
 /// `augment` (training only) runs between the resize and the flip, as the reference's
 /// RandAugment does.
+#[allow(clippy::too_many_arguments)]
 pub fn process_jpeg(
     bytes: &[u8],
     decoder: JpegDecoder,
     size: usize,
     rng: Option<&mut Rng>,
     augment: Augment,
-    out: &mut Vec<f32>,
+    normalization: &Normalization,
+    ws: &mut Workspace,
+    planes: &mut [f32],
 ) -> Result<(), String> {
+    let plane = size * size;
+    if planes.len() != 3 * plane {
+        return Err(format!("{} floats given for three {size}×{size} planes", planes.len()));
+    }
     let mut flip = false;
     let mut rng = rng;
-    let (img, rect) = decode_for_crop(bytes, decoder, size, |w, h| match rng.as_deref_mut() {
-        Some(rng) => {
-            let (rect, f) = train_draws(w, h, size, rng);
-            flip = f;
-            rect
+    let (img, rect) = decode_for_crop(
+        bytes,
+        decoder,
+        size,
+        |w, h| match rng.as_deref_mut() {
+            Some(rng) => {
+                let (rect, f) = train_draws(w, h, size, rng);
+                flip = f;
+                rect
+            }
+            None => center_crop(w, h, size),
+        },
+        std::mem::take(&mut ws.pixels),
+    )?;
+    let affine = [0, 1, 2].map(|c| normalization.u8_affine(c));
+    let Workspace { resize, hwc, u8s, .. } = ws;
+    match rng.filter(|_| augment != Augment::None) {
+        None => {
+            // Each channel row is normalised into its plane as it leaves the resize, in cache;
+            // the flip happens inside the resize (mirrored taps).
+            resize::resize_bicubic_planar(&img.pixels, img.width, 3, rect, size, size, flip, resize, |c, y, row| {
+                let (mean, inv) = affine[c];
+                for (d, &v) in planes[c * plane + y * size..][..size].iter_mut().zip(row) {
+                    *d = (v - mean) * inv;
+                }
+            });
         }
-        None => center_crop(w, h, size),
-    })?;
-    finish(&img, rect, size, flip, rng.map(|r| (augment, r)), out);
+        Some(rng) => {
+            // The augmentation wants the interleaved u8 image before the flip.
+            hwc.resize(plane * 3, 0.0);
+            resize::resize_bicubic_planar(&img.pixels, img.width, 3, rect, size, size, false, resize, |c, y, row| {
+                for (x, &v) in row.iter().enumerate() {
+                    hwc[(y * size + x) * 3 + c] = v;
+                }
+            });
+            augment_u8(hwc, size, augment, rng, u8s);
+            for (c, &(mean, inv)) in affine.iter().enumerate() {
+                for (y, dst) in planes[c * plane..(c + 1) * plane].chunks_exact_mut(size).enumerate() {
+                    let row = &hwc[y * size * 3..(y + 1) * size * 3];
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        let sx = if flip { size - 1 - x } else { x };
+                        *d = (row[sx * 3 + c] - mean) * inv;
+                    }
+                }
+            }
+        }
+    }
+    ws.pixels = img.pixels;
     Ok(())
 }
 
@@ -67,21 +127,24 @@ fn train_draws(width: usize, height: usize, size: usize, rng: &mut Rng) -> (Rect
     (rect, rng.uniform() < 0.5)
 }
 
-/// Resize, then the u8 augmentation if any, then the flip: the reference's order.
-fn finish(img: &Rgb, rect: Rect, size: usize, flip: bool, augment: Option<(Augment, &mut Rng)>, out: &mut Vec<f32>) {
+/// Resize, then the flip: the reference's order.
+fn finish(img: &Rgb, rect: Rect, size: usize, flip: bool, out: &mut Vec<f32>) {
     resize::resize_bicubic(&img.pixels, img.width, 3, rect, size, size, out);
-    if let Some((augment, rng)) = augment.filter(|(a, _)| *a != Augment::None) {
-        // RandAugment works on u8: the reference casts the resized float image with `tf.cast`,
-        // which truncates; bicubic overshoot outside 0–255 is clamped here (TensorFlow's cast of
-        // an out-of-range float is undefined in C++ and wraps on x86).
-        let mut pixels: Vec<u8> = out.iter().map(|&v| v.clamp(0.0, 255.0) as u8).collect();
-        augment.apply(&mut pixels, size, size, rng);
-        for (o, &p) in out.iter_mut().zip(&pixels) {
-            *o = p as f32;
-        }
-    }
     if flip {
         flip_horizontal(out, size, size, 3);
+    }
+}
+
+/// RandAugment works on u8: the reference casts the resized float image with `tf.cast`, which
+/// truncates; bicubic overshoot outside 0–255 is clamped here (TensorFlow's cast of an
+/// out-of-range float is undefined in C++ and wraps on x86). `hwc` comes back as the augmented
+/// u8 values; `u8s` is scratch.
+fn augment_u8(hwc: &mut [f32], size: usize, augment: Augment, rng: &mut Rng, u8s: &mut Vec<u8>) {
+    u8s.clear();
+    u8s.extend(hwc.iter().map(|&v| v.clamp(0.0, 255.0) as u8));
+    augment.apply(u8s, size, size, rng);
+    for (o, &p) in hwc.iter_mut().zip(u8s.iter()) {
+        *o = p as f32;
     }
 }
 
