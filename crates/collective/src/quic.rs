@@ -345,9 +345,16 @@ pub struct QuicSend {
     _endpoint: Endpoint,
 }
 
+/// The most one write hands quinn. quinn copies each write into a fresh buffer of that size:
+/// a whole 1 MiB chunk at once is an allocation the allocator maps and unmaps every time
+/// (page faults and zeroed pages were ~15 % of a loopback all-reduce's CPU), while pieces this
+/// size are recycled from its heap.
+const WRITE_PIECE: usize = 64 << 10;
+
 impl AsyncWrite for QuicSend {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, buf)
+        let piece = &buf[..buf.len().min(WRITE_PIECE)];
+        AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, piece)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
