@@ -345,10 +345,10 @@ pub struct QuicSend {
     _endpoint: Endpoint,
 }
 
-/// The most one write hands quinn. quinn copies each write into a fresh buffer of that size:
-/// a whole 1 MiB chunk at once is an allocation the allocator maps and unmaps every time
-/// (page faults and zeroed pages were ~15 % of a loopback all-reduce's CPU), while pieces this
-/// size are recycled from its heap.
+/// The most one write hands quinn. quinn copies each write into a buffer of its own of that
+/// size; smaller pieces stay cache-sized and recycle through the allocator. Measured on loopback
+/// (4 ranks, 64 MiB, alternating runs): 64 KiB pieces 0.35-0.41 GB/s busbw, whole 1 MiB chunks
+/// 0.32-0.33.
 const WRITE_PIECE: usize = 64 << 10;
 
 impl AsyncWrite for QuicSend {
