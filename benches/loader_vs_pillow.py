@@ -6,8 +6,9 @@ Makes ~500x375 quality-90 JPEGs (smooth gradients, shapes and noise, so they com
 photos rather than like flat colour), packs them with `ringsam data pack`, then times:
   - Pillow (libjpeg-turbo), pinned to one core: Image.open + draft-free decode, a random crop of the reference's
     area/aspect ranges, resize(BICUBIC), flip, to float32 — one process, one core;
-  - ringsam with 1 decoder thread (the whole process pinned to one core) and with 2 (on the 2
-    cores; per core = total / 2), for each JPEG decoder the binary has (zune; with
+  - ringsam with N decoder threads for each N of --workers (default 1,2), the whole process
+    (reader, decoders, collator) pinned to N cores, per core = total / N; for each JPEG decoder
+    the binary has (zune; with
     `--features turbojpeg` also turbo = libjpeg-turbo decoding only the crop, and turbo-reduced =
     also at a reduced DCT scale).
 Run from the repository root after `cargo build --release [--features turbojpeg]`, with the
@@ -76,6 +77,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--ringsam", default="target/release/ringsam")
+    ap.add_argument("--workers", default="1,2", help="comma list of decoder-thread counts")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,9 +94,12 @@ def main():
         pillow = pillow_pipeline(paths)
         rows = {}
         for decoder in ("zune", "turbo", "turbo-reduced"):
-            for workers in (1, 2):
-                # One worker: the whole process (reader, decoder, collator) pinned to one core.
-                pin = ["taskset", "-c", "0"] if workers == 1 else []
+            for workers in [int(w) for w in a.workers.split(",")]:
+                # N workers: the whole process (reader, decoders, collator) pinned to N cores.
+                cpus = sorted(os.sched_getaffinity(0))
+                if workers > len(cpus):
+                    continue
+                pin = ["taskset", "-c", ",".join(str(c) for c in cpus[:workers])]
                 run = subprocess.run(pin + [a.ringsam, "--threads", "1", "bench", "loader", "--data", os.path.join(tmp, "shards"),
                                       "--workers", str(workers), "--num-classes", "10", "--decoder", decoder, "--json"],
                                      capture_output=True, text=True)
@@ -107,7 +112,7 @@ def main():
         print(f"  Pillow (1 core):        {pillow:7.1f} images/s before, {pillow_after:7.1f} after")
         pillow = (pillow + pillow_after) / 2
         for (d, w), r in rows.items():
-            cores = 1 if w == 1 else min(w, len(os.sched_getaffinity(0)))
+            cores = w
             per_core = r['images_per_s'] / cores
             print(f"  ringsam {d:13} {w} worker(s) on {cores} core(s): {r['images_per_s']:7.1f} images/s, {per_core:7.1f} per core"
                   f"  ({per_core / pillow:.2f}x Pillow per core)")

@@ -1,8 +1,16 @@
 //! The async driver shared by the socket transports (TCP, QUIC): it owns a [`Ring`] and moves
-//! frames between it and one inbound and one outbound byte stream.
+//! frames between it and the inbound and outbound byte streams — one each, or several
+//! ("stripes", as NCCL stripes sockets) when one connection's per-packet work is what bounds it.
 //!
-//! Two tokio tasks per rank — a reader (decodes and bounds headers, reads payloads, forwards
-//! frames) and the loop that owns the ring, shaped like quinn's `ConnectionDriver`: write queued
+//! Striping rule: a frame goes out on stripe `(operation + chunk) mod stripes`. Every frame of
+//! one chunk position of one operation (its reduce-scatter and all-gather passes) thus travels
+//! on one stream, in order — the only order the ring relies on, since a chunk's all-gather value
+//! must not overtake its reduce-scatter partial sum — while consecutive operations (buckets) of
+//! one chunk each still spread over the stripes. Frames are self-describing, so the receiver
+//! reads every stripe alike.
+//!
+//! Tokio tasks per rank — a reader per stripe (decodes and bounds headers, reads payloads,
+//! forwards frames) and the loop that owns the ring, shaped like quinn's `ConnectionDriver`: write queued
 //! frames straight from the operations' buffers, feed inbound frames, start requested operations,
 //! arm one timer, forward events to waiting callers. The reader's queue is unbounded on purpose:
 //! what peers send is bounded by the operations in flight, and a bounded queue could deadlock a
@@ -83,9 +91,10 @@ impl RingHandle {
     }
 }
 
-/// Starts the driver tasks for `ring` over `links` (`None` for a ring of one) on the current
-/// tokio runtime, and returns the handle callers use.
-pub(crate) fn spawn<R, W>(ring: Ring, links: Option<(R, W)>) -> RingHandle
+/// Starts the driver tasks for `ring` over `links` (`None` for a ring of one; otherwise as many
+/// inbound as outbound streams, at least one) on the current tokio runtime, and returns the
+/// handle callers use.
+pub(crate) fn spawn<R, W>(ring: Ring, links: Option<(Vec<R>, Vec<W>)>) -> RingHandle
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -97,11 +106,13 @@ where
 
 enum Inbound {
     Frame(FrameHeader, Vec<u8>),
+    /// A stream ended cleanly, between frames.
+    Finished,
     Closed(String),
 }
 
 /// The loop that owns the ring (see the module docs).
-async fn drive<R, W>(mut ring: Ring, links: Option<(R, W)>, mut reqs: mpsc::UnboundedReceiver<Request>)
+async fn drive<R, W>(mut ring: Ring, links: Option<(Vec<R>, Vec<W>)>, mut reqs: mpsc::UnboundedReceiver<Request>)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -110,42 +121,20 @@ where
     // Payload buffers travel back to the reader, so steady state allocates nothing per frame. A
     // stack, not a queue: the buffer reused next is the one just reduced, still in cache.
     let used: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
-    let used_by_reader = used.clone();
-    let mut outbound: Option<W> = None;
-    if let Some((mut rd, wr)) = links {
+    let mut outbound: Option<Vec<W>> = None;
+    // Stripes still open: the link counts as closed when every stripe has ended (a stripe that
+    // finishes first may have sent its last frame before the others have delivered theirs).
+    let mut stripes_open = 0;
+    if let Some((readers, writers)) = links.filter(|(r, w)| !r.is_empty() && !w.is_empty()) {
         let max = ring.config().max_payload();
-        tokio::spawn(async move {
-            let mut hdr = [0u8; HEADER_LEN];
-            loop {
-                let why = match rd.read_exact(&mut hdr).await {
-                    Err(e) => e.to_string(),
-                    Ok(_) => match FrameHeader::decode(&hdr, max) {
-                        Err(e) => e.to_string(),
-                        Ok(h) => {
-                            let mut payload = used_by_reader.lock().expect("never poisoned").pop().unwrap_or_default();
-                            // Bounded by `max` above. Same-size chunks (the common case) reuse the
-                            // buffer as is: read_exact overwrites it, so there is nothing to zero.
-                            if payload.len() != h.len as usize {
-                                payload.resize(h.len as usize, 0);
-                            }
-                            match rd.read_exact(&mut payload).await {
-                                Ok(_) => {
-                                    if frames_tx.send(Inbound::Frame(h, payload)).is_err() {
-                                        return;
-                                    }
-                                    continue;
-                                }
-                                Err(e) => e.to_string(),
-                            }
-                        }
-                    },
-                };
-                let _ = frames_tx.send(Inbound::Closed(why));
-                return;
-            }
-        });
-        outbound = Some(wr);
+        stripes_open = readers.len();
+        for rd in readers {
+            tokio::spawn(read_frames(rd, max, frames_tx.clone(), used.clone()));
+        }
+        outbound = Some(writers);
     }
+    // `frames_tx` stays alive here: a ring of one has no reader, and its channel must not read
+    // as closed; a reader that ends sends `Closed` first.
     let mut waiters: HashMap<OpId, oneshot::Sender<Result<Vec<f32>, RingError>>> = HashMap::new();
     let mut inbound_open = true;
     let mut header = Vec::with_capacity(HEADER_LEN);
@@ -155,10 +144,12 @@ where
         // While a write waits for the socket, the reader task keeps draining the inbound stream
         // into its channel, so ranks that all write at once cannot deadlock.
         while let Some((h, values)) = ring.peek_send() {
-            let Some(wr) = outbound.as_mut() else {
+            let Some(writers) = outbound.as_mut() else {
                 ring.pop_send(); // a ring of one, or a lost link: nothing can go out
                 continue;
             };
+            let stripes = writers.len() as u64;
+            let wr = &mut writers[(h.op.wrapping_add(h.chunk as u64) % stripes) as usize];
             header.clear();
             h.encode(&mut header);
             // A next rank that stops reading (stalled, partitioned) must not hang us: a write gets
@@ -204,6 +195,11 @@ where
                     let _ = ring.handle_frame(Instant::now(), h, &p);
                     used.lock().expect("never poisoned").push(p);
                 }
+                Some(Inbound::Finished) => {
+                    stripes_open = stripes_open.saturating_sub(1);
+                    if stripes_open == 0 { inbound_open = false; ring.handle_inbound_lost("the previous rank closed its side"); }
+                }
+                // One stripe lost is the link lost.
                 Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_inbound_lost(&why); }
                 None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }
             },
@@ -214,7 +210,7 @@ where
                 },
                 Some(Request::Close(done)) => {
                     // Everything queued was written above; tell the next rank we are done.
-                    if let Some(mut w) = outbound.take() {
+                    for mut w in outbound.take().unwrap_or_default() {
                         let _ = w.shutdown().await;
                     }
                     let _ = done.send(());
@@ -226,5 +222,52 @@ where
                 ring.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+/// One inbound stream's reader task: header (bounded by `max` before anything is allocated),
+/// payload into a recycled buffer, frame to the driver; the first error ends it, reported.
+async fn read_frames<R: AsyncRead + Unpin>(
+    mut rd: R,
+    max: u32,
+    frames_tx: mpsc::UnboundedSender<Inbound>,
+    used: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    let mut hdr = [0u8; HEADER_LEN];
+    loop {
+        // The first byte alone: end of stream here is a clean close, not a cut frame.
+        let first = match rd.read(&mut hdr[..1]).await {
+            Ok(0) => {
+                let _ = frames_tx.send(Inbound::Finished);
+                return;
+            }
+            Ok(_) => rd.read_exact(&mut hdr[1..]).await,
+            Err(e) => Err(e),
+        };
+        let why = match first {
+            Err(e) => e.to_string(),
+            Ok(_) => match FrameHeader::decode(&hdr, max) {
+                Err(e) => e.to_string(),
+                Ok(h) => {
+                    let mut payload = used.lock().expect("never poisoned").pop().unwrap_or_default();
+                    // Bounded by `max` above. Same-size chunks (the common case) reuse the
+                    // buffer as is: read_exact overwrites it, so there is nothing to zero.
+                    if payload.len() != h.len as usize {
+                        payload.resize(h.len as usize, 0);
+                    }
+                    match rd.read_exact(&mut payload).await {
+                        Ok(_) => {
+                            if frames_tx.send(Inbound::Frame(h, payload)).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(e) => e.to_string(),
+                    }
+                }
+            },
+        };
+        let _ = frames_tx.send(Inbound::Closed(why));
+        return;
     }
 }

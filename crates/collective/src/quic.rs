@@ -2,8 +2,9 @@
 //! from the cluster CA, in both directions (a rank without a CA-signed certificate cannot
 //! connect, and cannot be connected to).
 //!
-//! Each rank runs one endpoint: it accepts a connection from its previous rank and opens one to
-//! its next; frames flow on one unidirectional stream per connection, driven by
+//! Each rank runs one endpoint: it accepts connections from its previous rank and opens them to
+//! its next (one each way, or [`QuicTuning::stripes`]); frames flow on one unidirectional stream
+//! per connection, driven by
 //! [`crate::driver`] exactly as over TCP. Flow-control windows are the caller's (quinn's 1.25 MB
 //! default is tuned for 100 Mbit/s × 100 ms; reference/distributed.md §2), and MTU discovery may
 //! go as far as the path allows ([`QuicConfig::max_mtu`]): per-packet work (AEAD, acks, syscalls)
@@ -69,6 +70,10 @@ pub struct QuicTuning {
     /// QUIC's default of every second packet). Fewer ACKs are fewer datagrams to send, encrypt
     /// and receive.
     pub ack_every: Option<u32>,
+    /// Connections per ring neighbour, chunks striped over them (see [`crate::driver`]). quinn
+    /// encrypts and decrypts a connection's packets on one task, so one connection uses one core
+    /// for its crypto however many the runtime has; stripes spread it.
+    pub stripes: usize,
 }
 
 impl Default for QuicTuning {
@@ -80,6 +85,7 @@ impl Default for QuicTuning {
             max_mtu: None,
             congestion: Congestion::Cubic,
             ack_every: None,
+            stripes: 1,
         }
     }
 }
@@ -217,48 +223,58 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     Ok(ep)
 }
 
-/// The application hello on each stream: which rank, generation and ring this is.
-fn hello(cfg: &RingConfig) -> [u8; 20] {
+/// The application hello on each stream: which rank, generation and ring this is, how many
+/// stripes the link has and which one this stream is.
+fn hello(cfg: &RingConfig, stripes: usize, stripe: usize) -> [u8; 20] {
     let mut h = [0u8; 20];
     h[..4].copy_from_slice(b"RSQH");
     h[4..8].copy_from_slice(&(cfg.rank as u32).to_le_bytes());
     h[8..12].copy_from_slice(&cfg.generation.to_le_bytes());
     h[12..16].copy_from_slice(&cfg.max_payload().to_le_bytes());
     h[16..18].copy_from_slice(&cfg.ring_id.to_le_bytes());
+    h[18] = stripes as u8;
+    h[19] = stripe as u8;
     h
 }
+
+/// The most stripes a link may have (the hello carries the count in one byte).
+pub const MAX_STRIPES: usize = 16;
 
 /// Forms the ring. Returns the handle; the endpoint lives as long as the streams do.
 pub async fn connect(cfg: QuicConfig) -> Result<RingHandle, QuicError> {
     Ok(connect_observed(cfg).await?.0)
 }
 
-/// The two connections of a rank, for their statistics (RTT, congestion window, losses).
+/// A rank's connections, for their statistics (RTT, congestion window, losses).
 #[derive(Clone, Debug)]
 pub struct QuicLinks {
-    /// From the previous rank.
-    pub inbound: Connection,
-    /// To the next rank.
-    pub outbound: Connection,
+    /// From the previous rank, one per stripe.
+    pub inbound: Vec<Connection>,
+    /// To the next rank, one per stripe.
+    pub outbound: Vec<Connection>,
 }
 
 impl QuicLinks {
-    /// One line on the outbound path: RTT, congestion window, datagrams, losses, congestion
+    /// One line per outbound stripe: RTT, congestion window, datagrams, losses, congestion
     /// events, and ACK frames received.
     pub fn summary(&self) -> String {
-        let s = self.outbound.stats();
-        format!(
-            "rtt {:?}, cwnd {} B, mtu {} B, datagrams sent {}, lost {} ({} bytes), congestion events {}, acks received {}",
-            s.path.rtt,
-            s.path.cwnd,
-            s.path.current_mtu,
-            s.udp_tx.datagrams,
-            s.path.lost_packets,
-            s.path.lost_bytes,
-            s.path.congestion_events,
-            s.frame_rx.acks
-        )
+        self.outbound.iter().map(stripe_summary).collect::<Vec<_>>().join("; ")
     }
+}
+
+fn stripe_summary(c: &Connection) -> String {
+    let s = c.stats();
+    format!(
+        "rtt {:?}, cwnd {} B, mtu {} B, datagrams sent {}, lost {} ({} bytes), congestion events {}, acks received {}",
+        s.path.rtt,
+        s.path.cwnd,
+        s.path.current_mtu,
+        s.udp_tx.datagrams,
+        s.path.lost_packets,
+        s.path.lost_bytes,
+        s.path.congestion_events,
+        s.frame_rx.acks
+    )
 }
 
 /// [`connect`], also returning the connections.
@@ -267,12 +283,17 @@ pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<Qui
     if cfg.ring.world == 1 {
         return Ok((driver::spawn::<QuicRecv, QuicSend>(ring, None), None));
     }
+    let stripes = cfg.tuning.stripes;
+    if !(1..=MAX_STRIPES).contains(&stripes) {
+        return Err(QuicError::Config(format!("{stripes} stripes: 1 to {MAX_STRIPES} connections per neighbour")));
+    }
     let ep = endpoint(&cfg)?;
     let (prev, _) = crate::schedule::ring_neighbors(cfg.ring.rank, cfg.ring.world);
-    let mut want_hello = hello(&cfg.ring);
+    let mut want_hello = hello(&cfg.ring, stripes, 0);
     want_hello[4..8].copy_from_slice(&(prev as u32).to_le_bytes());
     let accept = async {
-        loop {
+        let mut got: Vec<Option<(Connection, RecvStream)>> = (0..stripes).map(|_| None).collect();
+        while got.iter().any(Option::is_none) {
             let incoming =
                 ep.accept().await.ok_or_else(|| QuicError::Connect { what: "accepting".into(), why: "endpoint closed".into() })?;
             // A peer without a CA-signed certificate fails inside the TLS handshake; one that
@@ -282,37 +303,47 @@ pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<Qui
                 let mut rx = conn.accept_uni().await.ok()?;
                 let mut h = [0u8; 20];
                 rx.read_exact(&mut h).await.ok()?;
-                (h == want_hello).then_some((conn, rx))
+                // Everything but the stripe index must be what the previous rank sends.
+                (h[..19] == want_hello[..19]).then_some((h[19] as usize, conn, rx))
             });
-            if let Ok(Some(pair)) = greeted.await {
-                return Ok::<_, QuicError>(pair);
+            if let Ok(Some((stripe, conn, rx))) = greeted.await
+                && let Some(slot @ None) = got.get_mut(stripe)
+            {
+                *slot = Some((conn, rx));
             }
         }
+        Ok::<_, QuicError>(got.into_iter().flatten().collect::<Vec<_>>())
     };
     let connect = async {
         let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-        loop {
+        let mut out = Vec::with_capacity(stripes);
+        while out.len() < stripes {
+            let stripe = out.len();
             let attempt = async {
                 let conn = ep.connect(cfg.next, PEER_NAME).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
                 let mut tx = conn.open_uni().await.map_err(|e| e.to_string())?;
-                tx.write_all(&hello(&cfg.ring)).await.map_err(|e| e.to_string())?;
+                tx.write_all(&hello(&cfg.ring, stripes, stripe)).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((conn, tx))
             };
             match attempt.await {
-                Ok(c) => return Ok(c),
+                Ok(c) => out.push(c),
                 Err(why) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => {
                     return Err(QuicError::Connect { what: format!("connecting to the next rank at {}", cfg.next), why });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // not up yet
             }
         }
+        Ok(out)
     };
-    let ((in_conn, rx), (out_conn, tx)) = tokio::time::timeout(cfg.connect_timeout, async { tokio::try_join!(accept, connect) })
+    let (inbound, outbound) = tokio::time::timeout(cfg.connect_timeout, async { tokio::try_join!(accept, connect) })
         .await
         .map_err(|_| QuicError::Timeout(cfg.connect_timeout))??;
-    let links = QuicLinks { inbound: in_conn.clone(), outbound: out_conn.clone() };
-    let recv = QuicRecv { stream: rx, _conn: in_conn, _endpoint: ep.clone() };
-    let send = QuicSend { stream: tx, stopped: None, _conn: out_conn, _endpoint: ep };
+    let links = QuicLinks {
+        inbound: inbound.iter().map(|(c, _)| c.clone()).collect(),
+        outbound: outbound.iter().map(|(c, _)| c.clone()).collect(),
+    };
+    let recv = inbound.into_iter().map(|(conn, stream)| QuicRecv { stream, _conn: conn, _endpoint: ep.clone() }).collect();
+    let send = outbound.into_iter().map(|(conn, stream)| QuicSend { stream, stopped: None, _conn: conn, _endpoint: ep.clone() }).collect();
     Ok((driver::spawn(ring, Some((recv, send))), Some(links)))
 }
 

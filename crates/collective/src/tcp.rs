@@ -97,7 +97,7 @@ pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Res
     })??;
     let (rd, _) = inbound.into_split();
     let (_, wr) = outbound.into_split();
-    Ok(driver::spawn(ring, Some((rd, wr))))
+    Ok(driver::spawn(ring, Some((vec![rd], vec![wr]))))
 }
 
 async fn accept_prev(listener: &TcpListener, cfg: &TcpConfig) -> Result<TcpStream, TcpError> {

@@ -28,16 +28,22 @@ fn cfg(rank: usize, world: usize, addrs: &[SocketAddr], ca: &ClusterCa, signer: 
     }
 }
 
+/// Forms a ring from one config per rank, all connecting at once.
+async fn form(cfgs: Vec<QuicConfig>) -> Vec<ringsam_collective::RingHandle> {
+    let joins: Vec<_> = cfgs.into_iter().map(|c| tokio::spawn(connect(c))).collect();
+    let mut rings = Vec::new();
+    for j in joins {
+        rings.push(j.await.unwrap().unwrap());
+    }
+    rings
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_ranks_all_reduce_over_quic_with_mutual_tls() {
     let ca = ClusterCa::generate().unwrap();
     let world = 3;
     let addrs = free_udp_addrs(world);
-    let joins: Vec<_> = (0..world).map(|r| tokio::spawn(connect(cfg(r, world, &addrs, &ca, &ca, Duration::from_secs(10))))).collect();
-    let mut rings = Vec::new();
-    for j in joins {
-        rings.push(j.await.unwrap().unwrap());
-    }
+    let rings = form((0..world).map(|r| cfg(r, world, &addrs, &ca, &ca, Duration::from_secs(10))).collect()).await;
     let tasks: Vec<_> = rings
         .into_iter()
         .enumerate()
@@ -55,6 +61,62 @@ async fn three_ranks_all_reduce_over_quic_with_mutual_tls() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// Chunks striped over several connections per neighbour: exact results with many operations
+/// in flight at once (the case where a stripe could let an all-gather value overtake its
+/// reduce-scatter sum if the striping rule were wrong), and a mismatched stripe count refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn striped_links_give_exact_results_with_operations_in_flight() {
+    let ca = ClusterCa::generate().unwrap();
+    let world = 3;
+    let addrs = free_udp_addrs(world);
+    let striped = |r: usize| {
+        let mut c = cfg(r, world, &addrs, &ca, &ca, Duration::from_secs(10));
+        c.tuning.stripes = 3;
+        c
+    };
+    let rings = form((0..world).map(striped).collect()).await;
+    let tasks: Vec<_> = rings
+        .into_iter()
+        .enumerate()
+        .map(|(r, mut ring)| {
+            tokio::spawn(async move {
+                for round in 0..6 {
+                    let lens = [100_000usize, 1, 4096, 50_001, 7, 12_289, 100_000, 3];
+                    let pending: Vec<_> = lens
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &len)| {
+                            let data = (0..len).map(|j| ((r + 1) * ((j + k + round) % 7)) as f32).collect();
+                            ring.submit(data, ReduceOp::Sum).unwrap()
+                        })
+                        .collect();
+                    for (k, (p, &len)) in pending.into_iter().zip(&lens).enumerate() {
+                        let out = p.result().await.unwrap();
+                        assert_eq!(out.len(), len);
+                        assert!(
+                            out.iter().enumerate().all(|(j, &v)| v == (6 * ((j + k + round) % 7)) as f32),
+                            "rank {r} round {round} op {k}"
+                        );
+                    }
+                }
+                ring.close().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Ranks that disagree on the stripe count never form a ring.
+    let addrs = free_udp_addrs(2);
+    let t = Duration::from_millis(1500);
+    let mut two = cfg(0, 2, &addrs, &ca, &ca, t);
+    two.tuning.stripes = 2;
+    let a = tokio::spawn(connect(two));
+    let b = tokio::spawn(connect(cfg(1, 2, &addrs, &ca, &ca, t)));
+    assert!(a.await.unwrap().is_err() && b.await.unwrap().is_err(), "stripe counts 2 and 1 must not form a ring");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

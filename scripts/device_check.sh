@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# What a lent GPU host (16 cores, one NVIDIA GPU, root, no network) says about ringsam, in one
+# call of the workplace's `device` tool: the CUDA probe, the engine's CPU step, the loader per core
+# against Pillow with 1-8 workers, the loopback ring against Gloo with 4 ranks that each have
+# cores of their own, and the ring across 4 namespace hosts at 1 Gbit/s. Each part has its own
+# time limit and a failure moves on to the next part.
+#
+# The binary is built here (no toolkit needed: cudarc loads the driver at run time) and carried:
+#   cargo build --release --features cuda,turbojpeg && strip -o .device/ringsam target/release/ringsam
+#   device run: scripts/device_check.sh .device/ringsam      (carry .device)
+# The log goes to $OUT/device.log (or /tmp/device-out). A second argument picks parts (a comma
+# list of host, cuda, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
+# (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
+# in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2.
+set -u
+bin=${1:-.device/ringsam}
+parts=${2:-host,cuda,step,loader,ring,netns}
+want() { [[ ",$parts," == *",$1,"* ]]; }
+out=${OUT:-/tmp/device-out}
+mkdir -p target/release "$out"
+cp "$bin" target/release/ringsam && chmod +x target/release/ringsam
+export PYTHONUNBUFFERED=1
+part() { echo; echo "== $1 ($(date +%T))"; }
+
+{
+  part host
+  nproc
+  lscpu | grep -E "Model name|^CPU\(s\)|Thread\(s\)" || true
+  nvidia-smi -L || true
+  python3 -c "import torch, PIL, numpy; print('torch', torch.__version__, 'Pillow', PIL.__version__)" || true
+  command -v ip tc taskset || true
+
+  if want cuda; then
+    part "cuda probe (kernels are not written yet: the probe must pass, then 'not implemented')"
+    timeout 60 target/release/ringsam bench step --device cuda --iters 1 2>&1 | tail -3
+    # The pip wheels' libraries (cuBLAS, cuDNN, NVRTC), in case they are not on the loader path.
+    libs=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/lib*.so*', recursive=True)})))" 2>/dev/null)
+    echo "with the wheels' library folders on LD_LIBRARY_PATH:"
+    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 60 target/release/ringsam bench step --device cuda --iters 1 2>&1 | tail -3
+  fi
+
+  if want step; then
+    part "engine step on the CPU (WRN-16-4, batch 64, all cores)"
+    timeout 120 target/release/ringsam bench step --device cpu --iters 3 2>&1 | tail -6
+  fi
+
+  if want loader; then
+    part "loader per core vs Pillow (1200 JPEGs 500x375 q90, 224 px)"
+    timeout 240 python3 benches/loader_vs_pillow.py --images 1200 --workers 1,2,4,8 2>&1 | tail -16
+  fi
+
+  if want ring; then
+    part "loopback ring vs Gloo (4 processes, 64 MiB, ring threads ${RING_THREADS:-1}, QUIC stripes ${QUIC_STRIPES:-1})"
+    timeout 400 python3 benches/allreduce_vs_gloo.py --nproc 4 --size 64M --rounds 3 --ring-threads "${RING_THREADS:-1}" \
+      --quic-stripes "${QUIC_STRIPES:-1}" 2>&1 | tail -16
+  fi
+
+  if want netns; then
+    part "ring across 4 namespace hosts at 1 Gbit/s (64 MiB)"
+    timeout 150 scripts/netns_ring.sh run --hosts 4 --rate 1gbit -- \
+      scripts/netns_allreduce.sh --transports tcp,quic --sizes 64M --iters 5 2>&1 | tail -12
+  fi
+  part done
+} 2>&1 | tee "$out/device.log"
