@@ -13,7 +13,7 @@ photos rather than like flat colour), packs them with `ringsam data pack`, then 
     also at a reduced DCT scale).
 Run from the repository root after `cargo build --release [--features turbojpeg]`, with the
 interop venv (Pillow):
-    .venv-interop/bin/python benches/loader_vs_pillow.py [--images 300]
+    .venv-interop/bin/python benches/loader_vs_pillow.py [--images 1200]
 """
 import argparse
 import json
@@ -75,7 +75,7 @@ def _pillow_pipeline(paths, size):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=300)
+    ap.add_argument("--images", type=int, default=1200)
     ap.add_argument("--ringsam", default="target/release/ringsam")
     ap.add_argument("--workers", default="1,2", help="comma list of decoder-thread counts")
     a = ap.parse_args()

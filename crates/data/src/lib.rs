@@ -15,6 +15,7 @@
 pub mod augment;
 pub mod autoaugment;
 pub mod batch;
+pub mod batch_slots;
 pub mod cifar;
 pub mod dataset;
 pub mod digits;

@@ -9,13 +9,15 @@
 //!    so other shards) when they hold fewer: every rank then takes the same number of steps
 //!    although shards differ in size. [`ShardLoaderConfig::start_sample`] skips the first
 //!    samples without decoding them (resuming mid-epoch).
-//! 2. **Decoders** decode and augment whichever numbered sample they receive. Every random draw
-//!    comes from (seed, epoch, rank, sample number), never from the worker, so the result does not
-//!    depend on which decoder took a sample or how many there are.
-//! 3. The **collator** puts samples back in number order and cuts batches: the same (seed, epoch,
-//!    rank, world) gives the same batches whatever the worker count. Training batch `k` is made
-//!    of samples `k·b .. (k+1)·b` exactly, so a batch's position in the epoch says which samples
-//!    it holds (what resuming needs).
+//! 2. **Decoders** decode and augment whichever numbered sample they receive, and write it
+//!    straight into its place in its batch ([`crate::batch_slots`]: sample `n` is image `n mod b`
+//!    of batch `n / b`). Every random draw comes from (seed, epoch, rank, sample number), never
+//!    from the worker, so the result does not depend on which decoder took a sample or how many
+//!    there are.
+//! 3. The **collator** hears the samples' outcomes in number order and hands out each batch once
+//!    all of its samples have reported: the same (seed, epoch, rank, world) gives the same
+//!    batches whatever the worker count. Batch `k` is made of samples `k·b .. (k+1)·b` exactly,
+//!    so a batch's position in the epoch says which samples it holds (what resuming needs).
 //!
 //! Back-pressure: the reader needs a credit for every sample it sends and the collator returns one
 //! per sample it has placed (or skipped), so at most `in_flight` samples exist between reader and
@@ -27,18 +29,19 @@
 //! shard is reported and the reader moves to the next shard. A training batch keeps its size: a
 //! sample that fails takes a copy of the next good sample of its batch; a batch with none good
 //! ends the loader, reported (and the run with it — with a per-replica batch of 1, one bad JPEG
-//! does that); evaluation simply leaves failed samples out.
+//! does that); evaluation simply leaves failed samples out (that batch is smaller).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use ringsam_rng::Rng;
 
 use crate::autoaugment::Augment;
+use crate::batch_slots::BatchSlots;
 use crate::imagenet::{JpegDecoder, Workspace, process_jpeg};
 use crate::normalize::Normalization;
 use crate::shards::{Sample, read_shard};
@@ -99,7 +102,12 @@ pub struct LoaderStats {
     pub delivered: AtomicUsize,
 }
 
-type Decoded = (u64, Result<(Vec<f32>, u32), String>);
+/// A decoded sample's number and its label (its image is already in its batch), or why not.
+type Decoded = (u64, Result<u32, String>);
+
+/// The batches decoders are filling, by batch index: made by whichever decoder gets a sample
+/// of a batch first, taken by the collator once every sample of it has reported.
+type Filling = Arc<Mutex<HashMap<u64, Arc<BatchSlots>>>>;
 
 /// Batches of one epoch from shards (see the module docs); an iterator.
 pub struct ShardLoader {
@@ -165,9 +173,7 @@ impl ShardLoader {
         let (sample_tx, sample_rx) = bounded::<(u64, Sample)>(2 * cfg.workers);
         let (decoded_tx, decoded_rx) = bounded::<Decoded>(2 * cfg.workers);
         let (batch_tx, batch_rx) = bounded::<Batch>(2);
-        // Image buffers the collator has copied into a batch go back to the decoders: a fresh
-        // 600 KiB buffer per image cost a zero fill and page faults each time.
-        let (spare_tx, spare_rx) = bounded::<Vec<f32>>(in_flight);
+        let filling: Filling = Default::default();
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name).spawn(f).map_err(|e| DataError::Config(format!("cannot start a loader thread: {e}")))
@@ -176,14 +182,14 @@ impl ShardLoader {
         let (c, r, st) = (cfg.clone(), report.clone(), stats.clone());
         threads.push(spawn("ringsam-reader".into(), Box::new(move || read(&c, epoch, &credit_rx, &sample_tx, &st, &*r)))?);
         for w in 0..cfg.workers {
-            let (c, rx, tx, spares) = (cfg.clone(), sample_rx.clone(), decoded_tx.clone(), spare_rx.clone());
-            threads.push(spawn(format!("ringsam-decoder-{w}"), Box::new(move || decode(&c, epoch, &rx, &tx, &spares)))?);
+            let (c, rx, tx, f) = (cfg.clone(), sample_rx.clone(), decoded_tx.clone(), filling.clone());
+            threads.push(spawn(format!("ringsam-decoder-{w}"), Box::new(move || decode(&c, epoch, &rx, &tx, &f)))?);
         }
         drop((sample_rx, decoded_tx));
         let (c, s) = (cfg.clone(), stats.clone());
         threads.push(spawn(
             "ringsam-collator".into(),
-            Box::new(move || collate(&c, epoch, &decoded_rx, &credit_tx, &spare_tx, &batch_tx, &s, &*report)),
+            Box::new(move || collate(&c, epoch, &decoded_rx, &credit_tx, &filling, &batch_tx, &s, &*report)),
         )?);
         Ok(ShardLoader { batches: batch_rx, stats, threads })
     }
@@ -254,10 +260,12 @@ fn read(
     }
 }
 
-/// Actor 2 (×workers): numbered sample → normalised image (channel planes) and label, or why not.
-fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>, spares: &Receiver<Vec<f32>>) {
+/// Actor 2 (×workers): numbered sample → its normalised channel planes, written straight into
+/// its place in its batch (sample `n` is slot `n mod b` of batch `n / b`), and its label or why
+/// not to the collator.
+fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>, filling: &Filling) {
     let mut ws = Workspace::default();
-    let len = 3 * cfg.image_size * cfg.image_size;
+    let (b, plane) = (cfg.batch_size as u64, cfg.image_size * cfg.image_size);
     for (n, s) in rx.iter() {
         // A decoder library that panics on a crafted JPEG must cost one sample, not the loader:
         // without this the collator would wait for sample `n` forever.
@@ -267,9 +275,14 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
             }
             // Keyed by (seed, epoch, rank, sample number): the same whatever the worker.
             let mut rng = keyed_rng(cfg, epoch, n, STREAM_AUGMENT);
+            let batch = filling
+                .lock()
+                .expect("never poisoned")
+                .entry(n / b)
+                .or_insert_with(|| Arc::new(BatchSlots::new(cfg.batch_size, plane)))
+                .clone();
+            let planes = batch.claim((n % b) as usize).ok_or_else(|| format!("{}: sample {n}'s slot was taken", s.key))?;
             // Normalised into channel planes here, in parallel, not in the one collator thread.
-            let mut chw = spares.try_recv().unwrap_or_default();
-            chw.resize(len, 0.0);
             process_jpeg(
                 &s.image,
                 cfg.decoder,
@@ -278,10 +291,11 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
                 cfg.augment,
                 &cfg.normalization,
                 &mut ws,
-                &mut chw,
+                planes,
             )
             .map_err(|e| format!("{}: {e}", s.key))?;
-            Ok((chw, s.label as u32))
+            // `batch` (this thread's handle on it) is dropped here, before the collator hears.
+            Ok(s.label as u32)
         }))
         .unwrap_or_else(|_| {
             // The workspace may be mid-update after a panic: start clean.
@@ -301,83 +315,72 @@ fn keyed_rng(cfg: &ShardLoaderConfig, epoch: u64, n: u64, stream: u64) -> Rng {
     Rng::stream(key, n, stream)
 }
 
-/// Actor 3: reorders by number, fills or drops failures, cuts (C, N, H, W) batches.
+/// Actor 3: hears samples in number order, finishes each batch once all its samples have
+/// reported (repairing or dropping failures), hands batches out.
 #[allow(clippy::too_many_arguments)]
 fn collate(
     cfg: &ShardLoaderConfig,
     epoch: u64,
     rx: &Receiver<Decoded>,
     credits: &Sender<()>,
-    spares: &Sender<Vec<f32>>,
+    filling: &Filling,
     out: &Sender<Batch>,
     stats: &LoaderStats,
     report: &dyn Fn(String),
 ) {
-    let (side, c) = (cfg.image_size, 3);
-    let plane = side * side;
-    let mut pending: BTreeMap<u64, Result<(Vec<f32>, u32), String>> = BTreeMap::new();
+    let (side, b) = (cfg.image_size, cfg.batch_size as u64);
+    let mut pending: BTreeMap<u64, Result<u32, String>> = BTreeMap::new();
     let mut want = cfg.start_sample;
-    // Training keeps a slot per sample (None: failed); evaluation keeps the good ones only.
-    let mut slots: Vec<Option<(Vec<f32>, u32)>> = Vec::with_capacity(cfg.batch_size);
-    let mut index = (cfg.start_sample / cfg.batch_size as u64) as usize;
-    let flush = |slots: &mut Vec<Option<(Vec<f32>, u32)>>, index: &mut usize| -> bool {
-        let n = slots.len();
-        let Some(first_good) = slots.iter().position(Option::is_some) else {
+    // The current batch's samples so far: label, or None if it failed.
+    let mut labels: Vec<Option<u32>> = Vec::with_capacity(cfg.batch_size);
+    let flush = |labels: &mut Vec<Option<u32>>, index: u64| -> bool {
+        let n = labels.len();
+        // Every decoder that wrote into this batch dropped its handle before reporting.
+        let slots = filling.lock().expect("never poisoned").remove(&index);
+        let good: Vec<bool> = labels.iter().map(Option::is_some).collect();
+        let finished = slots.map(|s| Arc::try_unwrap(s).unwrap_or_else(|_| unreachable!("a decoder still holds batch {index}")));
+        let Some((images, kept)) = finished.and_then(|s| s.finish(n, &good, cfg.train)) else {
+            labels.clear();
+            if !cfg.train {
+                return true; // an evaluation batch with nothing good: nothing to evaluate
+            }
             report(format!("batch {index}: none of its {n} samples could be used; the loader stops"));
             return false;
         };
-        // A failed sample takes a copy of the next good one (cyclically) of the same batch.
-        for i in 0..n {
-            if slots[i].is_none() {
-                let j = (i + 1..n).find(|&j| slots[j].is_some()).unwrap_or(first_good);
-                slots[i] = slots[j].clone();
-            }
-        }
-        // (C, N, H, W): channel-major, appended in order (no zero fill first).
-        let mut images = Vec::with_capacity(c * n * plane);
-        for ch in 0..c {
-            for (chw, _) in slots.iter().flatten() {
-                images.extend_from_slice(&chw[ch * plane..(ch + 1) * plane]);
-            }
-        }
-        let labels = slots.iter().flatten().map(|&(_, l)| l).collect();
-        for (chw, _) in slots.drain(..).flatten() {
-            let _ = spares.try_send(chw); // full: the decoders have enough
-        }
+        let labels_kept: Vec<u32> = kept.iter().map(|&j| labels[j].expect("kept slots are good or repaired from good ones")).collect();
+        labels.clear();
+        let n = labels_kept.len();
         stats.delivered.fetch_add(n, Ordering::Relaxed);
-        let mut batch = Batch { images, labels, n, c, h: side, w: side, index: *index, mix: None };
+        let mut batch = Batch { images, labels: labels_kept, n, c: 3, h: side, w: side, index: index as usize, mix: None };
         if cfg.train && cfg.mixup_alpha > 0.0 {
             // One λ per batch, drawn from (seed, epoch, rank, batch), kept ≥ ½ as the reference.
-            let l = keyed_rng(cfg, epoch, *index as u64, STREAM_MIXUP).beta(cfg.mixup_alpha, cfg.mixup_alpha);
+            let l = keyed_rng(cfg, epoch, index, STREAM_MIXUP).beta(cfg.mixup_alpha, cfg.mixup_alpha);
             batch.mixup(l.max(1.0 - l) as f32);
         }
-        let ok = out.send(batch).is_ok();
-        *index += 1;
-        ok
+        out.send(batch).is_ok()
     };
     for (n, item) in rx.iter() {
         pending.insert(n, item);
         while let Some(item) = pending.remove(&want) {
             want += 1;
             let _ = credits.try_send(()); // the reader may be gone at the end
-            let item = item
-                .map_err(|why| {
+            labels.push(
+                item.map_err(|why| {
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                     report(format!("skipped sample {}: {why}", want - 1));
                 })
-                .ok();
-            if cfg.train || item.is_some() {
-                slots.push(item);
-            }
-            if slots.len() == cfg.batch_size && !flush(&mut slots, &mut index) {
+                .ok(),
+            );
+            if labels.len() as u64 == b && !flush(&mut labels, (want - 1) / b) {
                 return;
             }
         }
     }
     // The epoch's last, partial batch: kept for evaluation, dropped for training (as drop_last).
-    if !slots.is_empty() && !cfg.train {
-        flush(&mut slots, &mut index);
+    if !labels.is_empty() && !cfg.train {
+        flush(&mut labels, want.saturating_sub(1) / b);
     }
+    // A dropped partial batch's buffer goes with the map.
 }
 
 impl ShardLoader {

@@ -76,6 +76,13 @@ fn fused_planes_equal_the_step_by_step_pipeline() {
     use ringsam_data::normalize::Normalization;
     let norm = Normalization::for_dataset("imagenet");
     let mut ws = Workspace::default();
+    // The three planes of a CHW buffer, as process_jpeg takes them.
+    fn split(chw: &mut [f32]) -> [&mut [f32]; 3] {
+        let p = chw.len() / 3;
+        let (r, gb) = chw.split_at_mut(p);
+        let (g, b) = gb.split_at_mut(p);
+        [r, g, b]
+    }
     let planes_of = |hwc: &[f32], size: usize| {
         let mut chw = vec![0.0f32; 3 * size * size];
         for (c, dst) in chw.chunks_exact_mut(size * size).enumerate() {
@@ -93,18 +100,18 @@ fn fused_planes_equal_the_step_by_step_pipeline() {
             train_image(&img, size, &mut Rng::new(seed * 100 + draw), &mut hwc);
             let mut got = vec![f32::NAN; 3 * size * size];
             let mut rng = Rng::new(seed * 100 + draw);
-            process_jpeg(&jpg, JpegDecoder::Zune, size, Some(&mut rng), Augment::None, &norm, &mut ws, &mut got).unwrap();
+            process_jpeg(&jpg, JpegDecoder::Zune, size, Some(&mut rng), Augment::None, &norm, &mut ws, split(&mut got)).unwrap();
             assert!(got == planes_of(&hwc, size), "{name} {size}px draw {draw}: training planes differ");
         }
         eval_image(&img, size, &mut hwc);
         let mut got = vec![f32::NAN; 3 * size * size];
-        process_jpeg(&jpg, JpegDecoder::Zune, size, None, Augment::None, &norm, &mut ws, &mut got).unwrap();
+        process_jpeg(&jpg, JpegDecoder::Zune, size, None, Augment::None, &norm, &mut ws, split(&mut got)).unwrap();
         assert!(got == planes_of(&hwc, size), "{name} {size}px: evaluation planes differ");
     }
-    let mut short = vec![0.0f32; 5];
+    let mut short = vec![0.0f32; 15];
     let (jpg, ..) = fixture("gray_q90");
-    let err = process_jpeg(&jpg, JpegDecoder::Zune, 4, None, Augment::None, &norm, &mut ws, &mut short).unwrap_err();
-    assert!(err.contains("three 4×4 planes"), "{err}");
+    let err = process_jpeg(&jpg, JpegDecoder::Zune, 4, None, Augment::None, &norm, &mut ws, split(&mut short)).unwrap_err();
+    assert!(err.contains("a plane of 5 floats given for a 4×4 image"), "{err}");
 }
 
 #[test]

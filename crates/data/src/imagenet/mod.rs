@@ -46,8 +46,8 @@ pub struct Workspace {
 }
 
 /// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
-/// `decoder`, normalised into three `size × size` channel planes (`planes`, CHW) — the form a
-/// batch wants. The crop is drawn from the header's size, so a decoder may decode only what it
+/// `decoder`, normalised into three `size × size` channel planes (`planes`: R, G, B) — the
+/// form a batch wants, where they lie apart (one per channel block of a (C, N, H, W) batch). The crop is drawn from the header's size, so a decoder may decode only what it
 /// needs. With zune the result equals decoding first, calling the two functions above and
 /// normalising with [`Normalization::plane`] (a test holds it to that, bit for bit).
 /// `augment` (training only) runs between the resize and the flip, as the reference's
@@ -61,11 +61,11 @@ pub fn process_jpeg(
     augment: Augment,
     normalization: &Normalization,
     ws: &mut Workspace,
-    planes: &mut [f32],
+    planes: [&mut [f32]; 3],
 ) -> Result<(), String> {
     let plane = size * size;
-    if planes.len() != 3 * plane {
-        return Err(format!("{} floats given for three {size}×{size} planes", planes.len()));
+    if let Some(p) = planes.iter().find(|p| p.len() != plane) {
+        return Err(format!("a plane of {} floats given for a {size}×{size} image", p.len()));
     }
     let mut flip = false;
     let mut rng = rng;
@@ -89,9 +89,10 @@ pub fn process_jpeg(
         None => {
             // Each channel row is normalised into its plane as it leaves the resize, in cache;
             // the flip happens inside the resize (mirrored taps).
+            let mut planes = planes;
             resize::resize_bicubic_planar(&img.pixels, img.width, 3, rect, size, size, flip, resize, |c, y, row| {
                 let (mean, inv) = affine[c];
-                for (d, &v) in planes[c * plane + y * size..][..size].iter_mut().zip(row) {
+                for (d, &v) in planes[c][y * size..][..size].iter_mut().zip(row) {
                     *d = (v - mean) * inv;
                 }
             });
@@ -105,8 +106,8 @@ pub fn process_jpeg(
                 }
             });
             augment_u8(hwc, size, augment, rng, u8s);
-            for (c, &(mean, inv)) in affine.iter().enumerate() {
-                for (y, dst) in planes[c * plane..(c + 1) * plane].chunks_exact_mut(size).enumerate() {
+            for ((&(mean, inv), c), dst_plane) in affine.iter().zip(0..).zip(planes) {
+                for (y, dst) in dst_plane.chunks_exact_mut(size).enumerate() {
                     let row = &hwc[y * size * 3..(y + 1) * size * 3];
                     for (x, d) in dst.iter_mut().enumerate() {
                         let sx = if flip { size - 1 - x } else { x };
