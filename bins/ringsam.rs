@@ -703,9 +703,12 @@ fn cluster_secret() -> Result<Vec<u8>> {
     }
 }
 
-/// Ring threads per rank when `ranks` ranks share this host: its cores per rank, 1 to 4 (4 is
-/// the most that was measured).
-fn ring_threads_for(ranks: usize) -> usize {
+/// Ring threads per rank: `asked` unless 0; for 0, when `ranks` ranks share this host, its
+/// cores per rank, 1 to 4 (4 is the most that was measured).
+fn ring_threads_for(asked: u64, ranks: usize) -> usize {
+    if asked > 0 {
+        return asked as usize;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (cores / ranks.max(1)).clamp(1, 4)
 }
@@ -750,10 +753,7 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
         let (listen, next, timeout) = (args.peers[rank], args.peers[(rank + 1) % world], std::time::Duration::from_secs(args.timeout));
         // The launcher passes its own choice (cores per local rank); a rank started by hand is
         // alone on its host.
-        let threads = match args.ring_threads {
-            0 => ring_threads_for(1),
-            n => n as usize,
-        };
+        let threads = ring_threads_for(args.ring_threads, 1);
         let runtime = if threads <= 1 {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
         } else {
@@ -864,11 +864,7 @@ fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<
                 "--inflight",
                 &args.inflight.to_string(),
                 "--ring-threads",
-                &match args.ring_threads {
-                    0 => ring_threads_for(args.nproc),
-                    n => n as usize,
-                }
-                .to_string(),
+                &ring_threads_for(args.ring_threads, args.nproc).to_string(),
                 "--quic-stripes",
                 &args.quic_stripes.to_string(),
             ])

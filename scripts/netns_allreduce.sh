@@ -34,9 +34,10 @@ extra=("$@")
 read -r -a hosts <<<"$RINGSAM_NETNS_HOSTS"
 read -r -a addrs <<<"$RINGSAM_NETNS_ADDRS"
 n=${#hosts[@]}
-if [[ " ${extra[*]} " != *" --ring-threads "* ]]; then
+if [[ " ${extra[*]} " != *" --ring-threads"* ]]; then
     per=$(( $(nproc) / n ))
-    extra+=(--ring-threads "$(( per > 0 ? per : 1 ))")
+    per=$(( per < 1 ? 1 : per > 4 ? 4 : per ))   # as ringsam's own rule: 1 to 4
+    extra+=(--ring-threads "$per")
 fi
 bin=$(realpath "$bin")
 work=$(mktemp -d)

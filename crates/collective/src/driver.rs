@@ -2,12 +2,12 @@
 //! frames between it and the inbound and outbound byte streams — one each, or several
 //! ("stripes", as NCCL stripes sockets) when one connection's per-packet work is what bounds it.
 //!
-//! Striping rule: a frame goes out on stripe `(operation + chunk) mod stripes`. Every frame of
-//! one chunk position of one operation (its reduce-scatter and all-gather passes) thus travels
-//! on one stream, in order — the only order the ring relies on, since a chunk's all-gather value
-//! must not overtake its reduce-scatter partial sum — while consecutive operations (buckets) of
-//! one chunk each still spread over the stripes. Frames are self-describing, so the receiver
-//! reads every stripe alike.
+//! Striping: a frame goes out on stripe `(operation + chunk) mod stripes`, which spreads the
+//! chunks of a segment, and consecutive one-chunk operations (buckets), over the stripes. The
+//! ring needs no order between frames (a chunk's all-gather value can only exist after this rank
+//! forwarded its reduce-scatter sum; tests/ring_sim.rs reorders frames at random to check), so
+//! stripes may overtake each other freely. Frames are self-describing, so the receiver reads
+//! every stripe alike.
 //!
 //! Tokio tasks per rank — a reader per stripe (decodes and bounds headers, reads payloads,
 //! forwards frames) and the loop that owns the ring, shaped like quinn's `ConnectionDriver`: write queued
@@ -125,16 +125,21 @@ where
     // Stripes still open: the link counts as closed when every stripe has ended (a stripe that
     // finishes first may have sent its last frame before the others have delivered theirs).
     let mut stripes_open = 0;
-    if let Some((readers, writers)) = links.filter(|(r, w)| !r.is_empty() && !w.is_empty()) {
+    // The readers stop with the driver (and all of them when one stripe fails): a reader left
+    // running would keep its connection, and queue frames nobody reads.
+    let mut readers_running = Readers(Vec::new());
+    if let Some((readers, writers)) = links {
+        debug_assert!(!readers.is_empty() && readers.len() == writers.len(), "stripes: {} in, {} out", readers.len(), writers.len());
         let max = ring.config().max_payload();
         stripes_open = readers.len();
         for rd in readers {
-            tokio::spawn(read_frames(rd, max, frames_tx.clone(), used.clone()));
+            readers_running.0.push(tokio::spawn(read_frames(rd, max, frames_tx.clone(), used.clone())).abort_handle());
         }
         outbound = Some(writers);
     }
     // `frames_tx` stays alive here: a ring of one has no reader, and its channel must not read
-    // as closed; a reader that ends sends `Closed` first.
+    // as closed; a reader that ends sends `Finished` or `Closed` first, so the channel never
+    // reads as closed while the driver runs.
     let mut waiters: HashMap<OpId, oneshot::Sender<Result<Vec<f32>, RingError>>> = HashMap::new();
     let mut inbound_open = true;
     let mut header = Vec::with_capacity(HEADER_LEN);
@@ -199,8 +204,9 @@ where
                     stripes_open = stripes_open.saturating_sub(1);
                     if stripes_open == 0 { inbound_open = false; ring.handle_inbound_lost("the previous rank closed its side"); }
                 }
-                // One stripe lost is the link lost.
-                Some(Inbound::Closed(why)) => { inbound_open = false; ring.handle_inbound_lost(&why); }
+                // One stripe lost is the link lost: the other stripes' readers stop too.
+                Some(Inbound::Closed(why)) => { inbound_open = false; readers_running.stop(); ring.handle_inbound_lost(&why); }
+                // Cannot happen while this function holds `frames_tx`; handled, not assumed.
                 None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }
             },
             req = reqs.recv() => match req {
@@ -209,10 +215,13 @@ where
                     Err(e) => { let _ = reply.send(Err(e)); }
                 },
                 Some(Request::Close(done)) => {
-                    // Everything queued was written above; tell the next rank we are done.
+                    // Everything queued was written above; tell the next rank we are done, on every
+                    // stripe at once (each may wait for its acknowledgements).
+                    let mut closing = tokio::task::JoinSet::new();
                     for mut w in outbound.take().unwrap_or_default() {
-                        let _ = w.shutdown().await;
+                        closing.spawn(async move { let _ = w.shutdown().await; });
                     }
+                    while closing.join_next().await.is_some() {}
                     let _ = done.send(());
                     return;
                 }
@@ -222,6 +231,21 @@ where
                 ring.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+/// The reader tasks of a driver, stopped when it ends.
+struct Readers(Vec<tokio::task::AbortHandle>);
+
+impl Readers {
+    fn stop(&mut self) {
+        self.0.drain(..).for_each(|r| r.abort());
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

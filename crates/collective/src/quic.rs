@@ -306,8 +306,11 @@ pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<Qui
                 // Everything but the stripe index must be what the previous rank sends.
                 (h[..19] == want_hello[..19]).then_some((h[19] as usize, conn, rx))
             });
+            // A stripe the previous rank connects again replaces one whose connection died
+            // (its first try may have timed out here after it had moved on); a live one stays.
             if let Ok(Some((stripe, conn, rx))) = greeted.await
-                && let Some(slot @ None) = got.get_mut(stripe)
+                && let Some(slot) = got.get_mut(stripe)
+                && slot.as_ref().is_none_or(|(c, _)| c.close_reason().is_some())
             {
                 *slot = Some((conn, rx));
             }

@@ -3,7 +3,9 @@
 //! It does no I/O and reads no clock (quinn-proto's pattern). The driver calls, in a loop:
 //! 1. [`Ring::handle_frame`] for each frame that arrived from the previous rank;
 //! 2. [`Ring::handle_timeout`] when the deadline from [`Ring::poll_timeout`] has passed;
-//! 3. [`Ring::poll_send`] until `None`, writing each frame to the next rank, in order;
+//! 3. [`Ring::poll_send`] until `None`, writing each frame to the next rank, in any order (a
+//!    chunk's all-gather value can only exist after this rank forwarded its reduce-scatter sum,
+//!    so no frame can overtake one it depends on; a driver may stripe frames over streams);
 //! 4. [`Ring::poll_event`] until `None`, completing operations ([`Ring::take_result`]).
 //!
 //! [`Ring::start`] begins an operation at any time; several may be in flight, matched by [`OpId`].
@@ -386,7 +388,8 @@ impl Ring {
     }
 
     /// Writes the next frame for the next rank into `out` (cleared first); returns the rank to send
-    /// it to, or `None` when nothing is queued. Frames must be delivered in the order returned.
+    /// it to, or `None` when nothing is queued. Frames may be delivered in any order (see the
+    /// module docs).
     pub fn poll_send(&mut self, out: &mut Vec<u8>) -> Option<Rank> {
         let (header, payload) = self.peek_send()?;
         out.clear();

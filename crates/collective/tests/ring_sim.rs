@@ -14,6 +14,16 @@ struct RingSim {
     latency: Duration,
     dropped_from: Option<usize>,
     events: Vec<Vec<RingEvent>>,
+    /// Streams per link (the socket drivers' stripes): frames go on stripe (op + chunk) mod k,
+    /// or a random one with `stripe_at_random` (breaking the rule, to show the test notices).
+    stripes: u64,
+    stripe_at_random: bool,
+    /// Extra delay per frame, uniform in [0, jitter), drawn from `seed`; each stripe stays FIFO.
+    jitter: Duration,
+    seed: u64,
+    stripe_free: Vec<Vec<Instant>>,
+    /// Frames delivered before one sent earlier on the same link.
+    overtakes: usize,
 }
 
 impl RingSim {
@@ -28,7 +38,34 @@ impl RingSim {
             latency: Duration::from_micros(50),
             dropped_from: None,
             events: vec![Vec::new(); world],
+            stripes: 1,
+            stripe_at_random: false,
+            jitter: Duration::ZERO,
+            seed: 1,
+            stripe_free: Vec::new(),
+            overtakes: 0,
         }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.seed >> 33
+    }
+
+    /// When a frame sent now from rank `r` arrives: after the link's latency and jitter, and not
+    /// before the previous frame on its stripe.
+    fn arrival(&mut self, r: usize, frame: &[u8]) -> Instant {
+        let k = self.stripes.max(1);
+        if self.stripe_free.len() != self.rings.len() {
+            self.stripe_free = vec![vec![self.time; k as usize]; self.rings.len()];
+        }
+        let h = FrameHeader::decode(frame[..HEADER_LEN].try_into().unwrap(), 1 << 30).unwrap();
+        let stripe = if self.stripe_at_random { self.next_random() % k } else { h.op.wrapping_add(h.chunk as u64) % k } as usize;
+        let jitter_us = self.jitter.as_micros() as u64;
+        let extra = if jitter_us == 0 { 0 } else { self.next_random() % jitter_us };
+        let t = (self.time + self.latency + Duration::from_micros(extra)).max(self.stripe_free[r][stripe]);
+        self.stripe_free[r][stripe] = t;
+        t
     }
 
     /// Drains sends into links, delivers due frames, handles timeouts, collects events.
@@ -41,15 +78,18 @@ impl RingSim {
             while let Some(to) = self.rings[r].poll_send(&mut buf) {
                 assert_eq!(to, (r + 1) % n);
                 if self.dropped_from != Some(r) {
-                    self.links[r].push_back((self.time + self.latency, buf.clone()));
+                    let t = self.arrival(r, &buf);
+                    self.links[r].push_back((t, buf.clone()));
                 }
                 progress = true;
             }
         }
         for r in 0..n {
             let to = (r + 1) % n;
-            while self.links[r].front().is_some_and(|(t, _)| *t <= self.time) {
-                let (_, bytes) = self.links[r].pop_front().unwrap();
+            // Due frames in arrival order (the first sent among equal times).
+            while let Some(i) = (0..self.links[r].len()).filter(|&i| self.links[r][i].0 <= self.time).min_by_key(|&i| self.links[r][i].0) {
+                self.overtakes += usize::from(i > 0);
+                let (_, bytes) = self.links[r].remove(i).unwrap();
                 let h = FrameHeader::decode(bytes[..HEADER_LEN].try_into().unwrap(), 1 << 30).unwrap();
                 let _ = self.rings[to].handle_frame(self.time, h, &bytes[HEADER_LEN..]);
                 progress = true;
@@ -71,7 +111,7 @@ impl RingSim {
             if self.step() {
                 continue;
             }
-            let next_delivery = self.links.iter().filter_map(|l| l.front().map(|(t, _)| *t)).min();
+            let next_delivery = self.links.iter().flat_map(|l| l.iter().map(|(t, _)| *t)).min();
             let next_timer = self.rings.iter().filter_map(|r| r.poll_timeout()).min();
             match next_delivery.into_iter().chain(next_timer).min() {
                 Some(t) => self.time = t.max(self.time),
@@ -149,6 +189,50 @@ fn several_operations_in_flight_and_started_out_of_step() {
         for i in 0..100 {
             let want: f32 = data.iter().map(|d| d[i]).sum();
             assert!((a[i] - want).abs() < 1e-4 && (b[i] - 2.0 * want).abs() < 1e-3);
+        }
+    }
+}
+
+/// Several operations over striped links with jitter, so frames overtake each other: with the
+/// drivers' rule (stripe (op + chunk) mod k, each chunk's passes in order) and with stripes
+/// picked at random (any frame may overtake any other). Both must give bitwise the results of
+/// one in-order stream: the ring needs no order between frames at all, because a chunk's
+/// all-gather value can only be made after this rank forwarded its reduce-scatter sum.
+#[test]
+fn striped_and_reordered_links_give_the_in_order_results() {
+    let run = |stripes: u64, at_random: bool, seed: u64| -> Result<(Vec<Vec<f32>>, usize), String> {
+        let (world, len, ops) = (5, 203, 3u64);
+        let mut sim = RingSim::new(world, 7);
+        (sim.stripes, sim.stripe_at_random, sim.seed) = (stripes, at_random, seed);
+        sim.jitter = if stripes > 1 { Duration::from_micros(400) } else { Duration::ZERO };
+        let data = inputs(world, len);
+        for op in 0..ops {
+            for (r, d) in data.iter().enumerate() {
+                sim.rings[r].start(sim.time, OpId(op), d.iter().map(|v| v * (op + 1) as f32).collect(), ReduceOp::Sum).unwrap();
+            }
+        }
+        sim.drive();
+        let mut out = Vec::new();
+        for r in 0..world {
+            for op in 0..ops {
+                if !sim.events[r].contains(&RingEvent::OpDone(OpId(op))) {
+                    return Err(format!("rank {r} op {op}: {:?}", sim.events[r]));
+                }
+                out.push(sim.rings[r].take_result(OpId(op)).unwrap());
+            }
+        }
+        Ok((out, sim.overtakes))
+    };
+    let (in_order, none) = run(1, false, 1).unwrap();
+    assert_eq!(none, 0);
+    assert!(in_order.iter().all(|v| v.len() == 203 && v[10] != 0.0), "{} results", in_order.len());
+    for seed in 1..=8 {
+        for at_random in [false, true] {
+            let (striped, overtakes) = run(3, at_random, seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(overtakes > 10, "seed {seed}: only {overtakes} frames overtook another");
+            for (a, b) in striped.iter().zip(&in_order) {
+                assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "seed {seed} random {at_random}: results differ");
+            }
         }
     }
 }

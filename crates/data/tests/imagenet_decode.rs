@@ -114,6 +114,34 @@ fn fused_planes_equal_the_step_by_step_pipeline() {
     assert!(err.contains("a plane of 5 floats given for a 4×4 image"), "{err}");
 }
 
+/// A decoder thread reuses the previous image's buffer: the result must not depend on what it
+/// held — also for a damaged JPEG, whose rows the lenient decoder may leave unwritten.
+#[test]
+fn a_reused_buffer_never_shows_through() {
+    use ringsam_data::imagenet::crop::Rect;
+    use ringsam_data::imagenet::{JpegDecoder, decode_for_crop};
+    let mut decoders = vec![JpegDecoder::Zune];
+    if cfg!(feature = "turbojpeg") {
+        decoders.extend([JpegDecoder::Turbo, JpegDecoder::TurboReduced]);
+    }
+    for name in ["rgb_q90_420", "gray_q90", "odd_size_q85", "cmyk_q90"] {
+        let (jpg, ..) = fixture(name);
+        let damaged = &jpg[..jpg.len() * 2 / 3];
+        for bytes in [&jpg[..], damaged] {
+            for &d in &decoders {
+                let whole = |w: usize, h: usize| Rect { x: 0, y: 0, w, h };
+                let fresh = decode_for_crop(bytes, d, 8, whole, Vec::new());
+                let reused = decode_for_crop(bytes, d, 8, whole, vec![0xAA; 1 << 20]);
+                match (fresh, reused) {
+                    (Ok((a, ra)), Ok((b, rb))) => assert!(a == b && ra == rb, "{name} {d:?} ({} bytes): results differ", bytes.len()),
+                    (Err(_), Err(_)) => {}
+                    (a, b) => panic!("{name} {d:?}: {:?} vs {:?}", a.map(|_| ()), b.map(|_| ())),
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_header_declaring_a_huge_image_is_refused_before_decoding() {
     let (mut jpg, ..) = fixture("rgb_q90_420");

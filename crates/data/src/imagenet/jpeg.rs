@@ -87,8 +87,10 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, String> {
     decode_jpeg_reusing(bytes, Vec::new())
 }
 
-/// [`decode_jpeg`] into `buffer`'s allocation (a previous image's pixels): a decoder thread
-/// then allocates and zero-fills only when an image is larger than any before it.
+/// [`decode_jpeg`] into `buffer`'s allocation (a previous image's pixels): a decoder thread then
+/// allocates only when an image is larger than any before it. The buffer is zeroed first: in
+/// its lenient mode zune may leave rows of a damaged JPEG unwritten, and they must not show the
+/// previous image (which would make a sample depend on the thread that decoded it).
 pub fn decode_jpeg_reusing(bytes: &[u8], mut buffer: Vec<u8>) -> Result<Rgb, String> {
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGB)
@@ -104,6 +106,7 @@ pub fn decode_jpeg_reusing(bytes: &[u8], mut buffer: Vec<u8>) -> Result<Rgb, Str
     if len != width * height * 3 {
         return Err(format!("decoder wants {len} bytes for a {width}×{height} RGB image"));
     }
+    buffer.clear();
     buffer.resize(len, 0);
     decoder.decode_into(&mut buffer).map_err(|e| format!("undecodable JPEG: {e:?}"))?;
     Ok(Rgb { width, height, pixels: buffer })

@@ -48,10 +48,10 @@ pub struct Workspace {
 /// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
 /// `decoder`, normalised into three `size × size` channel planes (`planes`: R, G, B) — the
 /// form a batch wants, where they lie apart (one per channel block of a (C, N, H, W) batch). The crop is drawn from the header's size, so a decoder may decode only what it
-/// needs. With zune the result equals decoding first, calling the two functions above and
-/// normalising with [`Normalization::plane`] (a test holds it to that, bit for bit).
-/// `augment` (training only) runs between the resize and the flip, as the reference's
-/// RandAugment does.
+/// needs. With zune and no augmentation the result equals decoding first, calling the two
+/// functions above and normalising with [`Normalization::plane`]; `augment` (training only)
+/// runs between the resize and the flip, as the reference's RandAugment does (tests hold both
+/// paths to the step-by-step result, bit for bit).
 #[allow(clippy::too_many_arguments)]
 pub fn process_jpeg(
     bytes: &[u8],
@@ -156,5 +156,47 @@ fn flip_horizontal(hwc: &mut [f32], width: usize, height: usize, channels: usize
                 row.swap(x * channels + c, (width - 1 - x) * channels + c);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The augmented training path of [`process_jpeg`] (resize without flip, u8 augmentation,
+    /// then flip and normalise on the way into the planes) against the same steps one by one.
+    #[test]
+    fn augmented_planes_equal_resize_augment_flip_normalise() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jpeg");
+        let jpg = std::fs::read(dir.join("rgb_q90_420.jpg")).unwrap();
+        let img = decode_jpeg(&jpg).unwrap();
+        let norm = Normalization::for_dataset("imagenet");
+        let mut ws = Workspace::default();
+        let size = 20;
+        let mut flips = [0, 0];
+        for seed in 0..12 {
+            for augment in [Augment::parse("randaugment").unwrap(), Augment::parse("autoaugment").unwrap()] {
+                // Step by step, drawing from the rng in the same order.
+                let mut rng = Rng::new(seed);
+                let (rect, flip) = train_draws(img.width, img.height, size, &mut rng);
+                flips[flip as usize] += 1;
+                let mut hwc = Vec::new();
+                resize::resize_bicubic(&img.pixels, img.width, 3, rect, size, size, &mut hwc);
+                augment_u8(&mut hwc, size, augment, &mut rng, &mut Vec::new());
+                if flip {
+                    flip_horizontal(&mut hwc, size, size, 3);
+                }
+                let mut want = vec![0.0f32; 3 * size * size];
+                for (c, dst) in want.chunks_exact_mut(size * size).enumerate() {
+                    norm.plane(c, &hwc, 3, dst);
+                }
+                let mut got = vec![f32::NAN; 3 * size * size];
+                let (r, gb) = got.split_at_mut(size * size);
+                let (g, b) = gb.split_at_mut(size * size);
+                process_jpeg(&jpg, JpegDecoder::Zune, size, Some(&mut Rng::new(seed)), augment, &norm, &mut ws, [r, g, b]).unwrap();
+                assert!(got == want, "seed {seed} {augment:?}: planes differ");
+            }
+        }
+        assert!(flips[0] > 0 && flips[1] > 0, "both flips seen: {flips:?}");
     }
 }
