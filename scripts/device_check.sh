@@ -11,7 +11,8 @@
 # The log goes to $OUT/device.log (or /tmp/device-out). A second argument picks parts (a comma
 # list of host, cuda, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
 # (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
-# in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2.
+# in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2; NETNS_RATES the namespace part's
+# rates (default "1gbit 1gbit 4gbit 10gbit").
 set -u
 bin=${1:-.device/ringsam}
 parts=${2:-host,cuda,step,loader,ring,netns}
@@ -56,9 +57,18 @@ part() { echo; echo "== $1 ($(date +%T))"; }
   fi
 
   if want netns; then
-    part "ring across 4 namespace hosts at 1 Gbit/s (64 MiB)"
-    timeout 150 scripts/netns_ring.sh run --hosts 4 --rate 1gbit -- \
-      scripts/netns_allreduce.sh --transports tcp,quic --sizes 64M --iters 5 2>&1 | tail -12
+    # The GPU image has no iproute2: carry this machine's (Debian bookworm's need glibc 2.34):
+    #   mkdir -p .device/netbin .device/netlib && cp /usr/sbin/{ip,tc,ethtool} .device/netbin/
+    #   ldd /usr/sbin/{ip,tc,ethtool} | awk '/=>/{print $3}' | sort -u | grep -v -E 'libc.so|libm.so' \
+    #     | xargs -I{} cp -L {} .device/netlib/
+    if [ -d .device/netbin ]; then
+      export PATH=$PWD/.device/netbin:$PATH LD_LIBRARY_PATH=$PWD/.device/netlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    fi
+    for rate in ${NETNS_RATES:-1gbit 1gbit 4gbit 10gbit}; do
+      part "ring across 4 namespace hosts at $rate (64 MiB)"
+      timeout 100 scripts/netns_ring.sh run --hosts 4 --rate "$rate" -- \
+        scripts/netns_allreduce.sh --transports tcp,quic --sizes 64M --iters 5 2>&1 | tail -3
+    done
   fi
   part done
 } 2>&1 | tee "$out/device.log"
