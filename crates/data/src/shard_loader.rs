@@ -42,7 +42,7 @@ use ringsam_rng::Rng;
 
 use crate::autoaugment::Augment;
 use crate::batch_slots::BatchSlots;
-use crate::imagenet::{JpegDecoder, Workspace, process_jpeg};
+use crate::imagenet::{JpegDecoder, Workspace, process_jpeg_into};
 use crate::normalize::Normalization;
 use crate::shards::{Sample, read_shard};
 use crate::{Batch, DataError};
@@ -283,7 +283,7 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
                 .clone();
             let planes = batch.claim((n % b) as usize).ok_or_else(|| format!("{}: sample {n}'s slot was taken", s.key))?;
             // Normalised into channel planes here, in parallel, not in the one collator thread.
-            process_jpeg(
+            process_jpeg_into(
                 &s.image,
                 cfg.decoder,
                 cfg.image_size,
@@ -339,7 +339,9 @@ fn collate(
         let slots = filling.lock().expect("never poisoned").remove(&index);
         let good: Vec<bool> = labels.iter().map(Option::is_some).collect();
         let finished = slots.map(|s| Arc::try_unwrap(s).unwrap_or_else(|_| unreachable!("a decoder still holds batch {index}")));
-        let Some((images, kept)) = finished.and_then(|s| s.finish(n, &good, cfg.train)) else {
+        // SAFETY: a sample is good only when `process_jpeg_into` returned Ok for its slot, and
+        // then it has written every value of the slot's planes (its contract).
+        let Some((images, kept)) = finished.and_then(|s| unsafe { s.finish(n, &good, cfg.train) }) else {
             labels.clear();
             if !cfg.train {
                 return true; // an evaluation batch with nothing good: nothing to evaluate

@@ -14,6 +14,8 @@ pub mod crop;
 pub mod jpeg;
 pub mod resize;
 
+use std::mem::MaybeUninit;
+
 use ringsam_rng::Rng;
 
 use crate::autoaugment::Augment;
@@ -47,11 +49,12 @@ pub struct Workspace {
 
 /// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
 /// `decoder`, normalised into three `size × size` channel planes (`planes`: R, G, B) — the
-/// form a batch wants, where they lie apart (one per channel block of a (C, N, H, W) batch). The crop is drawn from the header's size, so a decoder may decode only what it
-/// needs. With zune and no augmentation the result equals decoding first, calling the two
-/// functions above and normalising with [`Normalization::plane`]; `augment` (training only)
-/// runs between the resize and the flip, as the reference's RandAugment does (tests hold both
-/// paths to the step-by-step result, bit for bit).
+/// form a batch wants, where they lie apart (one per channel block of a (C, N, H, W) batch).
+/// The crop is drawn from the header's size, so a decoder may decode only what it needs. With
+/// zune and no augmentation the result equals decoding first, calling the two functions above
+/// and normalising with [`Normalization::plane`]; `augment` (training only) runs between the
+/// resize and the flip, as the reference's RandAugment does (tests hold both paths to the
+/// step-by-step result, bit for bit).
 #[allow(clippy::too_many_arguments)]
 pub fn process_jpeg(
     bytes: &[u8],
@@ -62,6 +65,26 @@ pub fn process_jpeg(
     normalization: &Normalization,
     ws: &mut Workspace,
     planes: [&mut [f32]; 3],
+) -> Result<(), String> {
+    // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have one layout, and `process_jpeg_into` only
+    // ever stores initialised floats through these views, so `planes` stays initialised.
+    let planes = planes.map(|p| unsafe { &mut *(p as *mut [f32] as *mut [MaybeUninit<f32>]) });
+    process_jpeg_into(bytes, decoder, size, rng, augment, normalization, ws, planes)
+}
+
+/// [`process_jpeg`] into planes that need not be initialised (a batch being filled). Contract
+/// the loader's batches rely on: when it returns `Ok`, every value of all three planes has been
+/// written (tests poison the planes with NaN and compare every value).
+#[allow(clippy::too_many_arguments)]
+pub fn process_jpeg_into(
+    bytes: &[u8],
+    decoder: JpegDecoder,
+    size: usize,
+    rng: Option<&mut Rng>,
+    augment: Augment,
+    normalization: &Normalization,
+    ws: &mut Workspace,
+    planes: [&mut [MaybeUninit<f32>]; 3],
 ) -> Result<(), String> {
     let plane = size * size;
     if let Some(p) = planes.iter().find(|p| p.len() != plane) {
@@ -93,7 +116,7 @@ pub fn process_jpeg(
             resize::resize_bicubic_planar(&img.pixels, img.width, 3, rect, size, size, flip, resize, |c, y, row| {
                 let (mean, inv) = affine[c];
                 for (d, &v) in planes[c][y * size..][..size].iter_mut().zip(row) {
-                    *d = (v - mean) * inv;
+                    d.write((v - mean) * inv);
                 }
             });
         }
@@ -111,7 +134,7 @@ pub fn process_jpeg(
                     let row = &hwc[y * size * 3..(y + 1) * size * 3];
                     for (x, d) in dst.iter_mut().enumerate() {
                         let sx = if flip { size - 1 - x } else { x };
-                        *d = (row[sx * 3 + c] - mean) * inv;
+                        d.write((row[sx * 3 + c] - mean) * inv);
                     }
                 }
             }
