@@ -84,11 +84,12 @@ impl BatchSlots {
         let kept = from.len();
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `self` is consumed, so no claimed plane is borrowed any more. Each step copies
-        // an initialised plane (a good slot's: the caller's promise) to its output place: in place, or to a lower
-        // index when closing ranks (output slot i ≤ source slot, and source slots rise with i,
-        // so a source is read before anything overwrites it), or into a bad slot's place
-        // (repair: every output place is written before `set_len` makes it readable). `copy`
-        // allows overlap; the planes of one channel are contiguous in the (C, N, H, W) layout.
+        // an initialised plane (a good slot's: the caller's promise) to its output place: in
+        // place, or to a lower index when closing ranks (output slot i ≤ source slot, and
+        // source slots rise with i, so a source is read before anything overwrites it), or into
+        // a bad slot's place (repair: every output place is written before `set_len` makes it
+        // readable). `copy` allows overlap; the planes of one channel are contiguous in the
+        // (C, N, H, W) layout.
         unsafe {
             let plane = this.plane;
             let at = |c: usize, j: usize| this.buf.add((c * this.slots + j) * plane);

@@ -42,7 +42,7 @@ use ringsam_rng::Rng;
 
 use crate::autoaugment::Augment;
 use crate::batch_slots::BatchSlots;
-use crate::imagenet::{JpegDecoder, Workspace, process_jpeg_into};
+use crate::imagenet::{JpegDecoder, JpegPipeline, Workspace};
 use crate::normalize::Normalization;
 use crate::shards::{Sample, read_shard};
 use crate::{Batch, DataError};
@@ -266,6 +266,8 @@ fn read(
 fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx: &Sender<Decoded>, filling: &Filling) {
     let mut ws = Workspace::default();
     let (b, plane) = (cfg.batch_size as u64, cfg.image_size * cfg.image_size);
+    let pipeline =
+        JpegPipeline { decoder: cfg.decoder, size: cfg.image_size, augment: cfg.augment, normalization: cfg.normalization.clone() };
     for (n, s) in rx.iter() {
         // A decoder library that panics on a crafted JPEG must cost one sample, not the loader:
         // without this the collator would wait for sample `n` forever.
@@ -283,17 +285,7 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
                 .clone();
             let planes = batch.claim((n % b) as usize).ok_or_else(|| format!("{}: sample {n}'s slot was taken", s.key))?;
             // Normalised into channel planes here, in parallel, not in the one collator thread.
-            process_jpeg_into(
-                &s.image,
-                cfg.decoder,
-                cfg.image_size,
-                cfg.train.then_some(&mut rng),
-                cfg.augment,
-                &cfg.normalization,
-                &mut ws,
-                planes,
-            )
-            .map_err(|e| format!("{}: {e}", s.key))?;
+            pipeline.process_into(&s.image, cfg.train.then_some(&mut rng), &mut ws, planes).map_err(|e| format!("{}: {e}", s.key))?;
             // `batch` (this thread's handle on it) is dropped here, before the collator hears.
             Ok(s.label as u32)
         }))
@@ -339,7 +331,7 @@ fn collate(
         let slots = filling.lock().expect("never poisoned").remove(&index);
         let good: Vec<bool> = labels.iter().map(Option::is_some).collect();
         let finished = slots.map(|s| Arc::try_unwrap(s).unwrap_or_else(|_| unreachable!("a decoder still holds batch {index}")));
-        // SAFETY: a sample is good only when `process_jpeg_into` returned Ok for its slot, and
+        // SAFETY: a sample is good only when `process_into` returned Ok for its slot, and
         // then it has written every value of the slot's planes (its contract).
         let Some((images, kept)) = finished.and_then(|s| unsafe { s.finish(n, &good, cfg.train) }) else {
             labels.clear();

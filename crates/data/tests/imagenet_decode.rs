@@ -72,11 +72,12 @@ fn pipelines_give_square_images_at_the_model_size() {
 #[test]
 fn fused_planes_equal_the_step_by_step_pipeline() {
     use ringsam_data::autoaugment::Augment;
-    use ringsam_data::imagenet::{JpegDecoder, Workspace, process_jpeg};
+    use ringsam_data::imagenet::{JpegDecoder, JpegPipeline, Workspace};
     use ringsam_data::normalize::Normalization;
     let norm = Normalization::for_dataset("imagenet");
+    let zune = |size| JpegPipeline { decoder: JpegDecoder::Zune, size, augment: Augment::None, normalization: norm.clone() };
     let mut ws = Workspace::default();
-    // The three planes of a CHW buffer, as process_jpeg takes them.
+    // The three planes of a CHW buffer, as the pipeline takes them.
     fn split(chw: &mut [f32]) -> [&mut [f32]; 3] {
         let p = chw.len() / 3;
         let (r, gb) = chw.split_at_mut(p);
@@ -100,17 +101,17 @@ fn fused_planes_equal_the_step_by_step_pipeline() {
             train_image(&img, size, &mut Rng::new(seed * 100 + draw), &mut hwc);
             let mut got = vec![f32::NAN; 3 * size * size];
             let mut rng = Rng::new(seed * 100 + draw);
-            process_jpeg(&jpg, JpegDecoder::Zune, size, Some(&mut rng), Augment::None, &norm, &mut ws, split(&mut got)).unwrap();
+            zune(size).process(&jpg, Some(&mut rng), &mut ws, split(&mut got)).unwrap();
             assert!(got == planes_of(&hwc, size), "{name} {size}px draw {draw}: training planes differ");
         }
         eval_image(&img, size, &mut hwc);
         let mut got = vec![f32::NAN; 3 * size * size];
-        process_jpeg(&jpg, JpegDecoder::Zune, size, None, Augment::None, &norm, &mut ws, split(&mut got)).unwrap();
+        zune(size).process(&jpg, None, &mut ws, split(&mut got)).unwrap();
         assert!(got == planes_of(&hwc, size), "{name} {size}px: evaluation planes differ");
     }
     let mut short = vec![0.0f32; 15];
     let (jpg, ..) = fixture("gray_q90");
-    let err = process_jpeg(&jpg, JpegDecoder::Zune, 4, None, Augment::None, &norm, &mut ws, split(&mut short)).unwrap_err();
+    let err = zune(4).process(&jpg, None, &mut ws, split(&mut short)).unwrap_err();
     assert!(err.contains("a plane of 5 floats given for a 4×4 image"), "{err}");
 }
 

@@ -47,36 +47,55 @@ pub struct Workspace {
     u8s: Vec<u8>,
 }
 
-/// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes, through
-/// `decoder`, normalised into three `size × size` channel planes (`planes`: R, G, B) — the
-/// form a batch wants, where they lie apart (one per channel block of a (C, N, H, W) batch).
-/// The crop is drawn from the header's size, so a decoder may decode only what it needs. With
-/// zune and no augmentation the result equals decoding first, calling the two functions above
-/// and normalising with [`Normalization::plane`]; `augment` (training only) runs between the
-/// resize and the flip, as the reference's RandAugment does (tests hold both paths to the
-/// step-by-step result, bit for bit).
-#[allow(clippy::too_many_arguments)]
-pub fn process_jpeg(
-    bytes: &[u8],
-    decoder: JpegDecoder,
-    size: usize,
-    rng: Option<&mut Rng>,
-    augment: Augment,
-    normalization: &Normalization,
-    ws: &mut Workspace,
-    planes: [&mut [f32]; 3],
-) -> Result<(), String> {
-    // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have one layout, and `process_jpeg_into` only
-    // ever stores initialised floats through these views, so `planes` stays initialised.
-    let planes = planes.map(|p| unsafe { &mut *(p as *mut [f32] as *mut [MaybeUninit<f32>]) });
-    process_jpeg_into(bytes, decoder, size, rng, augment, normalization, ws, planes)
+/// How the loader turns JPEG bytes into a normalised image: the decoder, the output side, the
+/// training augmentation and the channel normalisation.
+#[derive(Clone, Debug)]
+pub struct JpegPipeline {
+    /// Which JPEG decoder.
+    pub decoder: JpegDecoder,
+    /// Output side in pixels.
+    pub size: usize,
+    /// Per-image u8 augmentation (training only).
+    pub augment: Augment,
+    /// Channel normalisation (0–255 inputs).
+    pub normalization: Normalization,
 }
 
-/// [`process_jpeg`] into planes that need not be initialised (a batch being filled). Contract
-/// the loader's batches rely on: when it returns `Ok`, every value of all three planes has been
-/// written (tests poison the planes with NaN and compare every value).
+impl JpegPipeline {
+    /// [`train_image`] (with `rng`) or [`eval_image`] (without) straight from JPEG bytes,
+    /// normalised into three `size × size` channel planes (`planes`: R, G, B) — the form a batch
+    /// wants, where they lie apart (one per channel block of a (C, N, H, W) batch). The crop is
+    /// drawn from the header's size, so a decoder may decode only what it needs. With zune and
+    /// no augmentation the result equals decoding first, calling the two functions above and
+    /// normalising with [`Normalization::plane`]; the augmentation (training only) runs between
+    /// the resize and the flip, as the reference's RandAugment does (tests hold both paths to
+    /// the step-by-step result, bit for bit).
+    pub fn process(&self, bytes: &[u8], rng: Option<&mut Rng>, ws: &mut Workspace, planes: [&mut [f32]; 3]) -> Result<(), String> {
+        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have one layout, and `process_into` only ever
+        // stores initialised floats through these views, so `planes` stays initialised.
+        let planes = planes.map(|p| unsafe { &mut *(p as *mut [f32] as *mut [MaybeUninit<f32>]) });
+        self.process_into(bytes, rng, ws, planes)
+    }
+
+    /// [`JpegPipeline::process`] into planes that need not be initialised (a batch being
+    /// filled). The contract the loader's batches rely on: when it returns `Ok`, every value of
+    /// all three planes has been written (tests poison the planes with NaN and compare every
+    /// value).
+    pub fn process_into(
+        &self,
+        bytes: &[u8],
+        rng: Option<&mut Rng>,
+        ws: &mut Workspace,
+        planes: [&mut [MaybeUninit<f32>]; 3],
+    ) -> Result<(), String> {
+        let JpegPipeline { decoder, size, augment, ref normalization } = *self;
+        process(bytes, decoder, size, rng, augment, normalization, ws, planes)
+    }
+}
+
+/// The body of [`JpegPipeline::process_into`].
 #[allow(clippy::too_many_arguments)]
-pub fn process_jpeg_into(
+fn process(
     bytes: &[u8],
     decoder: JpegDecoder,
     size: usize,
@@ -186,7 +205,7 @@ fn flip_horizontal(hwc: &mut [f32], width: usize, height: usize, channels: usize
 mod tests {
     use super::*;
 
-    /// The augmented training path of [`process_jpeg`] (resize without flip, u8 augmentation,
+    /// The augmented training path of [`JpegPipeline::process`] (resize without flip, u8 augmentation,
     /// then flip and normalise on the way into the planes) against the same steps one by one.
     #[test]
     fn augmented_planes_equal_resize_augment_flip_normalise() {
@@ -216,7 +235,8 @@ mod tests {
                 let mut got = vec![f32::NAN; 3 * size * size];
                 let (r, gb) = got.split_at_mut(size * size);
                 let (g, b) = gb.split_at_mut(size * size);
-                process_jpeg(&jpg, JpegDecoder::Zune, size, Some(&mut Rng::new(seed)), augment, &norm, &mut ws, [r, g, b]).unwrap();
+                let pipeline = JpegPipeline { decoder: JpegDecoder::Zune, size, augment, normalization: norm.clone() };
+                pipeline.process(&jpg, Some(&mut Rng::new(seed)), &mut ws, [r, g, b]).unwrap();
                 assert!(got == want, "seed {seed} {augment:?}: planes differ");
             }
         }
