@@ -141,12 +141,7 @@ fn process(
         }
         Some(rng) => {
             // The augmentation wants the interleaved u8 image before the flip.
-            hwc.resize(plane * 3, 0.0);
-            resize::resize_bicubic_planar(&img.pixels, img.width, 3, rect, size, size, false, resize, |c, y, row| {
-                for (x, &v) in row.iter().enumerate() {
-                    hwc[(y * size + x) * 3 + c] = v;
-                }
-            });
+            resize::resize_bicubic_with(&img.pixels, img.width, 3, rect, size, size, resize, hwc);
             augment_u8(hwc, size, augment, rng, u8s);
             for ((&(mean, inv), c), dst_plane) in affine.iter().zip(0..).zip(planes) {
                 for (y, dst) in dst_plane.chunks_exact_mut(size).enumerate() {

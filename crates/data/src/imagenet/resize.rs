@@ -56,10 +56,24 @@ pub struct ResizeScratch {
 /// Resizes the `crop` of an interleaved `width`-wide image with `channels` channels to
 /// `out_w × out_h`, writing `f32` HWC into `out` (resized to fit).
 pub fn resize_bicubic(src: &[u8], width: usize, channels: usize, crop: Rect, out_w: usize, out_h: usize, out: &mut Vec<f32>) {
+    resize_bicubic_with(src, width, channels, crop, out_w, out_h, &mut ResizeScratch::default(), out);
+}
+
+/// [`resize_bicubic`] with a thread's reusable buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_bicubic_with(
+    src: &[u8],
+    width: usize,
+    channels: usize,
+    crop: Rect,
+    out_w: usize,
+    out_h: usize,
+    scratch: &mut ResizeScratch,
+    out: &mut Vec<f32>,
+) {
     out.clear();
     out.resize(out_h * out_w * channels, 0.0);
-    let mut scratch = ResizeScratch::default();
-    resize_bicubic_planar(src, width, channels, crop, out_w, out_h, false, &mut scratch, |c, y, row| {
+    resize_bicubic_planar(src, width, channels, crop, out_w, out_h, false, scratch, |c, y, row| {
         for (x, &v) in row.iter().enumerate() {
             out[(y * out_w + x) * channels + c] = v;
         }
