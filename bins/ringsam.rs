@@ -870,6 +870,7 @@ fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<
             ])
             .args(args.quic_ack_every.map(|n| ["--quic-ack-every".to_string(), n.to_string()]).into_iter().flatten())
             .args(args.quic_mtu.map(|m| ["--quic-mtu".to_string(), m.to_string()]).into_iter().flatten())
+            .args(args.quic_stats.then_some("--quic-stats"))
             .env("RINGSAM_CLUSTER_SECRET", &secret)
             .env("RINGSAM_THREADS", "1")
             .stdout(if r == 0 { std::process::Stdio::piped() } else { std::process::Stdio::null() });

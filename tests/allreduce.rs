@@ -101,11 +101,29 @@ fn killing_a_rank_mid_operation_fails_the_others_quickly() {
 #[test]
 fn quic_bench_with_local_processes_and_ephemeral_certificates() {
     let _ports = crate::util::ports_lock();
-    let out =
-        stdout_ok(&ringsam(&["bench", "allreduce", "--nproc", "3", "--transport", "quic", "--sizes", "4,64K", "--iters", "2", "--json"]));
+    let run = ringsam(&[
+        "bench",
+        "allreduce",
+        "--nproc",
+        "3",
+        "--transport",
+        "quic",
+        "--sizes",
+        "4,64K",
+        "--iters",
+        "2",
+        "--json",
+        "--quic-stats",
+    ]);
+    let out = stdout_ok(&run);
     let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["transport"] == "quic" && r["ok"] == true), "{out}");
+    // --quic-stats reaches the ranks the launcher starts: each reports its path.
+    let err = String::from_utf8_lossy(&run.stderr);
+    for r in 0..3 {
+        assert!(err.contains(&format!("rank {r}: QUIC to the next rank: rtt")), "{err}");
+    }
 }
 
 #[test]
