@@ -9,15 +9,18 @@
 //! stripes may overtake each other freely. Frames are self-describing, so the receiver reads
 //! every stripe alike.
 //!
-//! Tokio tasks per rank — a reader per stripe (decodes and bounds headers, reads payloads,
-//! forwards frames) and the loop that owns the ring, shaped like quinn's `ConnectionDriver`: write queued
-//! frames straight from the operations' buffers, feed inbound frames, start requested operations,
-//! arm one timer, forward events to waiting callers. The reader's queue is unbounded on purpose:
+//! Tokio tasks per rank — a reader per stripe (a [`FrameSource`]: decodes and bounds headers,
+//! reads payloads, forwards frames) and the loop that owns the ring, shaped like quinn's
+//! `ConnectionDriver`: write queued frames straight from the operations' buffers, feed inbound
+//! frames, start requested operations, arm one timer, forward events to waiting callers. The reader's queue is unbounded on purpose:
 //! what peers send is bounded by the operations in flight, and a bounded queue could deadlock a
 //! ring whose every rank is busy writing. Payload buffers travel back to the reader, so steady
-//! state allocates nothing per frame.
+//! state allocates nothing per frame. A source may instead hand over the pieces its transport
+//! already holds (QUIC's received chunks), which the ring reduces from where they lie.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -96,7 +99,7 @@ impl RingHandle {
 /// handle callers use.
 pub(crate) fn spawn<R, W>(ring: Ring, links: Option<(Vec<R>, Vec<W>)>) -> RingHandle
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: FrameSource,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (requests, reqs_rx) = mpsc::unbounded_channel();
@@ -104,8 +107,53 @@ where
     RingHandle { requests, next_op: 0 }
 }
 
+/// A frame's body as a source hands it over.
+pub(crate) enum Payload {
+    /// In one buffer (from [`Spare`], and given back to it once reduced).
+    Whole(Vec<u8>),
+    /// In pieces, in order, each a whole number of values.
+    Pieces(Vec<bytes::Bytes>),
+}
+
+/// Payload buffers the driver has finished with, for sources to reuse. A stack, not a queue: the
+/// buffer reused next is the one just reduced, still in cache.
+pub(crate) type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// One inbound stream of frames, read by its own reader task.
+pub(crate) trait FrameSource: Send + 'static {
+    /// The next frame, its header checked against `max` (payload bytes) before anything is
+    /// allocated for it; `Ok(None)` when the stream ended cleanly between frames. After an error
+    /// the source is not read again.
+    fn next_frame(&mut self, max: u32, spare: &Spare) -> impl Future<Output = Result<Option<(FrameHeader, Payload)>, String>> + Send;
+}
+
+/// A byte stream (TCP, or any `AsyncRead`) as a [`FrameSource`]: header, then the payload read
+/// into a recycled buffer.
+pub(crate) struct ByteFrames<R>(pub R);
+
+impl<R: AsyncRead + Unpin + Send + 'static> FrameSource for ByteFrames<R> {
+    async fn next_frame(&mut self, max: u32, spare: &Spare) -> Result<Option<(FrameHeader, Payload)>, String> {
+        let rd = &mut self.0;
+        let mut hdr = [0u8; HEADER_LEN];
+        // The first byte alone: end of stream here is a clean close, not a cut frame.
+        if rd.read(&mut hdr[..1]).await.map_err(|e| e.to_string())? == 0 {
+            return Ok(None);
+        }
+        rd.read_exact(&mut hdr[1..]).await.map_err(|e| e.to_string())?;
+        let h = FrameHeader::decode(&hdr, max).map_err(|e| e.to_string())?;
+        let mut payload = spare.lock().expect("never poisoned").pop().unwrap_or_default();
+        // Bounded by `max` above. Same-size chunks (the common case) reuse the buffer as is:
+        // read_exact overwrites it, so there is nothing to zero.
+        if payload.len() != h.len as usize {
+            payload.resize(h.len as usize, 0);
+        }
+        rd.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
+        Ok(Some((h, Payload::Whole(payload))))
+    }
+}
+
 enum Inbound {
-    Frame(FrameHeader, Vec<u8>),
+    Frame(FrameHeader, Payload),
     /// A stream ended cleanly, between frames.
     Finished,
     Closed(String),
@@ -114,13 +162,12 @@ enum Inbound {
 /// The loop that owns the ring (see the module docs).
 async fn drive<R, W>(mut ring: Ring, links: Option<(Vec<R>, Vec<W>)>, mut reqs: mpsc::UnboundedReceiver<Request>)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: FrameSource,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
-    // Payload buffers travel back to the reader, so steady state allocates nothing per frame. A
-    // stack, not a queue: the buffer reused next is the one just reduced, still in cache.
-    let used: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+    // Payload buffers travel back to the readers, so steady state allocates nothing per frame.
+    let used: Spare = Default::default();
     let mut outbound: Option<Vec<W>> = None;
     // Stripes still open: the link counts as closed when every stripe has ended (a stripe that
     // finishes first may have sent its last frame before the others have delivered theirs).
@@ -196,9 +243,13 @@ where
             // silence timer is judged.
             biased;
             f = frames_rx.recv(), if inbound_open => match f {
-                Some(Inbound::Frame(h, p)) => {
+                Some(Inbound::Frame(h, Payload::Whole(p))) => {
                     let _ = ring.handle_frame(Instant::now(), h, &p);
                     used.lock().expect("never poisoned").push(p);
+                }
+                Some(Inbound::Frame(h, Payload::Pieces(pieces))) => {
+                    let parts: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
+                    let _ = ring.handle_frame_parts(Instant::now(), h, &parts);
                 }
                 Some(Inbound::Finished) => {
                     stripes_open = stripes_open.saturating_sub(1);
@@ -249,49 +300,18 @@ impl Drop for Readers {
     }
 }
 
-/// One inbound stream's reader task: header (bounded by `max` before anything is allocated),
-/// payload into a recycled buffer, frame to the driver; the first error ends it, reported.
-async fn read_frames<R: AsyncRead + Unpin>(
-    mut rd: R,
-    max: u32,
-    frames_tx: mpsc::UnboundedSender<Inbound>,
-    used: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-) {
-    let mut hdr = [0u8; HEADER_LEN];
+/// One inbound stream's reader task: frames to the driver until the stream ends (reported as
+/// `Finished`) or fails (reported as `Closed`).
+async fn read_frames<R: FrameSource>(mut src: R, max: u32, frames_tx: mpsc::UnboundedSender<Inbound>, spare: Spare) {
     loop {
-        // The first byte alone: end of stream here is a clean close, not a cut frame.
-        let first = match rd.read(&mut hdr[..1]).await {
-            Ok(0) => {
-                let _ = frames_tx.send(Inbound::Finished);
-                return;
-            }
-            Ok(_) => rd.read_exact(&mut hdr[1..]).await,
-            Err(e) => Err(e),
+        let next = match src.next_frame(max, &spare).await {
+            Ok(Some((h, payload))) => Inbound::Frame(h, payload),
+            Ok(None) => Inbound::Finished,
+            Err(why) => Inbound::Closed(why),
         };
-        let why = match first {
-            Err(e) => e.to_string(),
-            Ok(_) => match FrameHeader::decode(&hdr, max) {
-                Err(e) => e.to_string(),
-                Ok(h) => {
-                    let mut payload = used.lock().expect("never poisoned").pop().unwrap_or_default();
-                    // Bounded by `max` above. Same-size chunks (the common case) reuse the
-                    // buffer as is: read_exact overwrites it, so there is nothing to zero.
-                    if payload.len() != h.len as usize {
-                        payload.resize(h.len as usize, 0);
-                    }
-                    match rd.read_exact(&mut payload).await {
-                        Ok(_) => {
-                            if frames_tx.send(Inbound::Frame(h, payload)).is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        Err(e) => e.to_string(),
-                    }
-                }
-            },
-        };
-        let _ = frames_tx.send(Inbound::Closed(why));
-        return;
+        let last = !matches!(next, Inbound::Frame(..));
+        if frames_tx.send(next).is_err() || last {
+            return;
+        }
     }
 }

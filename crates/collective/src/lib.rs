@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod certs;
+mod chunk_frames;
 pub mod driver;
 pub mod frame;
 pub mod inproc;

@@ -4,8 +4,8 @@
 //!
 //! Each rank runs one endpoint: it accepts connections from its previous rank and opens them to
 //! its next (one each way, or [`QuicTuning::stripes`]); frames flow on one unidirectional stream
-//! per connection, driven by
-//! [`crate::driver`] exactly as over TCP. Flow-control windows are the caller's (quinn's 1.25 MB
+//! per connection, driven by [`crate::driver`] as over TCP, except that frames are read as quinn
+//! holds them ([`crate::chunk_frames`]). Flow-control windows are the caller's (quinn's 1.25 MB
 //! default is tuned for 100 Mbit/s × 100 ms; reference/distributed.md §2), and MTU discovery may
 //! go as far as the path allows ([`QuicConfig::max_mtu`]): per-packet work (AEAD, acks, syscalls)
 //! is what bounds QUIC's throughput on a CPU-bound host.
@@ -20,9 +20,10 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 use crate::certs::PEER_NAME;
+use crate::chunk_frames::{ChunkFrames, ChunkSource};
 use crate::driver::{self, RingHandle};
 use crate::{Ring, RingConfig};
 
@@ -293,7 +294,7 @@ fn stripe_summary(c: &Connection) -> String {
 pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<QuicLinks>), QuicError> {
     let ring = Ring::new(cfg.ring);
     if cfg.ring.world == 1 {
-        return Ok((driver::spawn::<QuicRecv, QuicSend>(ring, None), None));
+        return Ok((driver::spawn::<ChunkFrames<QuicRecv>, QuicSend>(ring, None), None));
     }
     let stripes = cfg.tuning.stripes;
     if !(1..=MAX_STRIPES).contains(&stripes) {
@@ -357,7 +358,8 @@ pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<Qui
         inbound: inbound.iter().map(|(c, _)| c.clone()).collect(),
         outbound: outbound.iter().map(|(c, _)| c.clone()).collect(),
     };
-    let recv = inbound.into_iter().map(|(conn, stream)| QuicRecv { stream, _conn: conn, _endpoint: ep.clone() }).collect();
+    let recv =
+        inbound.into_iter().map(|(conn, stream)| ChunkFrames::new(QuicRecv { stream, _conn: conn, _endpoint: ep.clone() })).collect();
     let send = outbound.into_iter().map(|(conn, stream)| QuicSend { stream, stopped: None, _conn: conn, _endpoint: ep.clone() }).collect();
     Ok((driver::spawn(ring, Some((recv, send))), Some(links)))
 }
@@ -369,9 +371,10 @@ pub struct QuicRecv {
     _endpoint: Endpoint,
 }
 
-impl AsyncRead for QuicRecv {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        AsyncRead::poll_read(Pin::new(&mut self.stream), cx, buf)
+/// Read as quinn holds the data (see [`crate::chunk_frames`]): no copy into a buffer of ours.
+impl ChunkSource for QuicRecv {
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        Ok(self.stream.read_chunk(usize::MAX, true).await.map_err(|e| e.to_string())?.map(|c| c.bytes))
     }
 }
 

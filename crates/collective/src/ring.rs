@@ -1,7 +1,8 @@
 //! [`Ring`]: one rank's side of every all-reduce in flight on one ring, as a state machine.
 //!
 //! It does no I/O and reads no clock (quinn-proto's pattern). The driver calls, in a loop:
-//! 1. [`Ring::handle_frame`] for each frame that arrived from the previous rank;
+//! 1. [`Ring::handle_frame`] (or [`Ring::handle_frame_parts`]) for each frame that arrived from
+//!    the previous rank;
 //! 2. [`Ring::handle_timeout`] when the deadline from [`Ring::poll_timeout`] has passed;
 //! 3. [`Ring::poll_send`] until `None`, writing each frame to the next rank, in any order (a
 //!    chunk's all-gather value can only exist after this rank forwarded its reduce-scatter sum,
@@ -218,7 +219,7 @@ impl Ring {
         let early = self.early.remove(&op.0).unwrap_or_default();
         self.early_bytes -= early.iter().map(|(_, p)| p.len()).sum::<usize>();
         for (h, payload) in early {
-            self.apply(h, &payload)?;
+            self.apply(h, &[&payload])?;
         }
         if expected == 0 {
             self.finish(op.0);
@@ -230,6 +231,14 @@ impl Ring {
     /// A malformed frame fails every pending operation (the stream can no longer be trusted) and
     /// is returned as the error.
     pub fn handle_frame(&mut self, now: Instant, header: FrameHeader, payload: &[u8]) -> Result<(), RingError> {
+        self.handle_frame_parts(now, header, &[payload])
+    }
+
+    /// [`Ring::handle_frame`] for a body that arrived in pieces, in order (QUIC hands a stream's
+    /// data out as the datagrams carried it): reducing from the pieces where they lie saves
+    /// copying them into one buffer first. Pieces may be cut anywhere; ones cut inside a value
+    /// are joined first (a copy), so transports should cut on whole values.
+    pub fn handle_frame_parts(&mut self, now: Instant, header: FrameHeader, parts: &[&[u8]]) -> Result<(), RingError> {
         if self.failed.is_some() {
             return Ok(()); // already dead: nothing more to learn
         }
@@ -238,11 +247,16 @@ impl Ring {
             return Ok(()); // a stale frame from an older generation: drop it
         }
         self.last_heard = Some(now);
-        if header.kind != FrameKind::Data || payload.len() != header.len as usize || !payload.len().is_multiple_of(4) {
-            return self.violation(prev, format!("frame body of {} bytes for a header saying {}", payload.len(), header.len));
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if header.kind != FrameKind::Data || len != header.len as usize || !len.is_multiple_of(4) {
+            return self.violation(prev, format!("frame body of {len} bytes for a header saying {}", header.len));
         }
         if self.ops.contains_key(&header.op) {
-            return self.apply(header, payload);
+            return if parts.iter().all(|p| p.len().is_multiple_of(4)) {
+                self.apply(header, parts)
+            } else {
+                self.apply(header, &[&parts.concat()])
+            };
         }
         if self.done.contains_key(&header.op) {
             return self.violation(prev, format!("frame for finished operation {}", header.op));
@@ -250,20 +264,22 @@ impl Ring {
         if !self.early.contains_key(&header.op) && self.early.len() >= self.cfg.max_early_ops {
             return self.violation(prev, format!("frames for more than {} operations this rank has not started", self.cfg.max_early_ops));
         }
-        if self.early_bytes + payload.len() > self.cfg.max_early_bytes {
+        if self.early_bytes + len > self.cfg.max_early_bytes {
             return self.violation(
                 prev,
                 format!("more than {} bytes of frames for operations this rank has not started", self.cfg.max_early_bytes),
             );
         }
-        self.early_bytes += payload.len();
-        self.early.entry(header.op).or_default().push((header, payload.to_vec()));
+        self.early_bytes += len;
+        self.early.entry(header.op).or_default().push((header, parts.concat()));
         Ok(())
     }
 
-    /// Reduces (or copies) one chunk, given as little-endian f32 bytes, into its operation.
-    fn apply(&mut self, h: FrameHeader, payload: &[u8]) -> Result<(), RingError> {
-        let values = payload.len() / 4;
+    /// Reduces (or copies) one chunk, given as little-endian f32 bytes in pieces of whole values,
+    /// into its operation.
+    fn apply(&mut self, h: FrameHeader, parts: &[&[u8]]) -> Result<(), RingError> {
+        debug_assert!(parts.iter().all(|p| p.len().is_multiple_of(4)), "pieces cut inside a value");
+        let values = parts.iter().map(|p| p.len() / 4).sum::<usize>();
         let (prev, _) = self.neighbors();
         let r = self.cfg.rank;
         let n = self.cfg.world;
@@ -291,19 +307,24 @@ impl Ring {
         };
         let op = self.ops.get_mut(&h.op).expect("checked above");
         let dst = &mut op.data[range];
-        let incoming = payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        if step < n - 1 {
-            for (d, v) in dst.iter_mut().zip(incoming) {
-                *d += v;
+        let mut at = 0;
+        for part in parts {
+            let piece = &mut dst[at..at + part.len() / 4];
+            at += piece.len();
+            let incoming = part.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            if step < n - 1 {
+                for (d, v) in piece.iter_mut().zip(incoming) {
+                    *d += v;
+                }
+            } else {
+                for (d, v) in piece.iter_mut().zip(incoming) {
+                    *d = v;
+                }
             }
-            if step == n - 2 && op.reduce == ReduceOp::Mean {
-                let inv = 1.0 / n as f32;
-                dst.iter_mut().for_each(|d| *d *= inv);
-            }
-        } else {
-            for (d, v) in dst.iter_mut().zip(incoming) {
-                *d = v;
-            }
+        }
+        if step == n - 2 && op.reduce == ReduceOp::Mean {
+            let inv = 1.0 / n as f32;
+            dst.iter_mut().for_each(|d| *d *= inv);
         }
         op.received += 1;
         op.seen.insert((step, chunk));

@@ -84,7 +84,7 @@ pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Res
     }
     let ring = Ring::new(cfg.ring);
     if cfg.ring.world == 1 {
-        return Ok(driver::spawn::<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>(ring, None));
+        return Ok(driver::spawn::<driver::ByteFrames<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf>(ring, None));
     }
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let accept = accept_prev(&listener, &cfg);
@@ -97,7 +97,7 @@ pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Res
     })??;
     let (rd, _) = inbound.into_split();
     let (_, wr) = outbound.into_split();
-    Ok(driver::spawn(ring, Some((vec![rd], vec![wr]))))
+    Ok(driver::spawn(ring, Some((vec![driver::ByteFrames(rd)], vec![wr]))))
 }
 
 async fn accept_prev(listener: &TcpListener, cfg: &TcpConfig) -> Result<TcpStream, TcpError> {

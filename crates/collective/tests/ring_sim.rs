@@ -24,6 +24,9 @@ struct RingSim {
     stripe_free: Vec<Vec<Instant>>,
     /// Frames delivered before one sent earlier on the same link.
     overtakes: usize,
+    /// Deliver bodies in random pieces through `handle_frame_parts`: `Some(true)` cut between
+    /// values (as the QUIC driver does), `Some(false)` anywhere.
+    cut_bodies: Option<bool>,
 }
 
 impl RingSim {
@@ -44,6 +47,7 @@ impl RingSim {
             seed: 1,
             stripe_free: Vec::new(),
             overtakes: 0,
+            cut_bodies: None,
         }
     }
 
@@ -91,7 +95,20 @@ impl RingSim {
                 self.overtakes += usize::from(i > 0);
                 let (_, bytes) = self.links[r].remove(i).unwrap();
                 let h = FrameHeader::decode(bytes[..HEADER_LEN].try_into().unwrap(), 1 << 30).unwrap();
-                let _ = self.rings[to].handle_frame(self.time, h, &bytes[HEADER_LEN..]);
+                let body = &bytes[HEADER_LEN..];
+                if let Some(whole_values) = self.cut_bodies {
+                    let mut parts = Vec::new();
+                    let mut at = 0;
+                    while at < body.len() {
+                        let n = (1 + self.next_random() as usize % 24) * if whole_values { 4 } else { 1 };
+                        let n = n.min(body.len() - at);
+                        parts.push(&body[at..at + n]);
+                        at += n;
+                    }
+                    let _ = self.rings[to].handle_frame_parts(self.time, h, &parts);
+                } else {
+                    let _ = self.rings[to].handle_frame(self.time, h, body);
+                }
                 progress = true;
             }
         }
@@ -232,6 +249,43 @@ fn striped_and_reordered_links_give_the_in_order_results() {
             assert!(overtakes > 10, "seed {seed}: only {overtakes} frames overtook another");
             for (a, b) in striped.iter().zip(&in_order) {
                 assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "seed {seed} random {at_random}: results differ");
+            }
+        }
+    }
+}
+
+/// Bodies handed over in pieces (as QUIC's chunks arrive) reduce to bitwise the results of whole
+/// bodies, whether the pieces are cut between values or inside them; early frames (for
+/// operations a rank starts late) too.
+#[test]
+fn bodies_in_pieces_give_the_results_of_whole_bodies() {
+    let run = |cut: Option<bool>, reduce: ReduceOp| -> Vec<Vec<f32>> {
+        let (world, len, ops) = (4, 517, 3u64);
+        let mut sim = RingSim::new(world, 29);
+        sim.cut_bodies = cut;
+        let data = inputs(world, len);
+        for op in 0..ops {
+            for (r, d) in data.iter().enumerate().skip(1) {
+                sim.rings[r].start(sim.time, OpId(op), d.iter().map(|v| v * (op + 1) as f32).collect(), reduce).unwrap();
+            }
+        }
+        for _ in 0..4 {
+            sim.step();
+            sim.time += Duration::from_micros(60);
+        }
+        for op in 0..ops {
+            sim.rings[0].start(sim.time, OpId(op), data[0].iter().map(|v| v * (op + 1) as f32).collect(), reduce).unwrap();
+        }
+        sim.drive();
+        (0..world).flat_map(|r| (0..ops).map(|op| sim.rings[r].take_result(OpId(op)).expect("finished")).collect::<Vec<_>>()).collect()
+    };
+    for reduce in [ReduceOp::Sum, ReduceOp::Mean] {
+        let whole = run(None, reduce);
+        for cut in [Some(true), Some(false)] {
+            let pieces = run(cut, reduce);
+            assert_eq!(pieces.len(), whole.len());
+            for (a, b) in pieces.iter().zip(&whole) {
+                assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{cut:?} {reduce:?}: results differ");
             }
         }
     }
