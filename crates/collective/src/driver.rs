@@ -135,11 +135,15 @@ impl<R: AsyncRead + Unpin + Send + 'static> FrameSource for ByteFrames<R> {
     async fn next_frame(&mut self, max: u32, spare: &Spare) -> Result<Option<(FrameHeader, Payload)>, String> {
         let rd = &mut self.0;
         let mut hdr = [0u8; HEADER_LEN];
-        // The first byte alone: end of stream here is a clean close, not a cut frame.
-        if rd.read(&mut hdr[..1]).await.map_err(|e| e.to_string())? == 0 {
-            return Ok(None);
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match rd.read(&mut hdr[got..]).await.map_err(|e| e.to_string())? {
+                // End of stream before a frame is a clean close; inside a header, a cut frame.
+                0 if got == 0 => return Ok(None),
+                0 => return Err(format!("stream ended {got} bytes into a frame header")),
+                n => got += n,
+            }
         }
-        rd.read_exact(&mut hdr[1..]).await.map_err(|e| e.to_string())?;
         let h = FrameHeader::decode(&hdr, max).map_err(|e| e.to_string())?;
         let mut payload = spare.lock().expect("never poisoned").pop().unwrap_or_default();
         // Bounded by `max` above. Same-size chunks (the common case) reuse the buffer as is:
@@ -206,10 +210,8 @@ where
             h.encode(&mut header);
             // A next rank that stops reading (stalled, partitioned) must not hang us: a write gets
             // as long as a silent peer does.
-            let write = async {
-                wr.write_all(&header).await?;
-                wr.write_all(&crate::ring::le_bytes(values)).await
-            };
+            let payload = crate::ring::le_bytes(values);
+            let write = write_frame(wr, &header, &payload);
             let written = match tokio::time::timeout(write_timeout, write).await {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("the next rank accepted nothing for {write_timeout:?}")),
@@ -285,6 +287,23 @@ where
     }
 }
 
+/// Writes a header and its payload. Both go in one call where the stream takes vectored writes
+/// (TCP's `writev`): a header written alone is a segment of its own on a no-delay socket, and a
+/// wake-up of the reader for 32 bytes.
+async fn write_frame<W: AsyncWrite + Unpin>(wr: &mut W, header: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let (mut header, mut payload) = (header, payload);
+    while !header.is_empty() {
+        let n = wr.write_vectored(&[std::io::IoSlice::new(header), std::io::IoSlice::new(payload)]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let in_header = n.min(header.len());
+        header = &header[in_header..];
+        payload = &payload[n - in_header..];
+    }
+    wr.write_all(payload).await
+}
+
 /// The reader tasks of a driver, stopped when it ends.
 struct Readers(Vec<tokio::task::AbortHandle>);
 
@@ -312,6 +331,80 @@ async fn read_frames<R: FrameSource>(mut src: R, max: u32, frames_tx: mpsc::Unbo
         let last = !matches!(next, Inbound::Frame(..));
         if frames_tx.send(next).is_err() || last {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// Takes at most `per_call` bytes a call, across slices when `vectored`.
+    struct Trickle {
+        out: Vec<u8>,
+        per_call: usize,
+        vectored: bool,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.per_call);
+            self.out.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                return self.poll_write(cx, first);
+            }
+            let mut left = self.per_call;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.out.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            self.calls += 1;
+            Poll::Ready(Ok(self.per_call - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_frame_is_written_whole_however_the_stream_takes_it() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let header: Vec<u8> = (0..HEADER_LEN as u8).collect();
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let want = [&header[..], &payload[..]].concat();
+        for vectored in [false, true] {
+            for per_call in [1, 5, 31, 32, 33, 100, 4096] {
+                let mut w = Trickle { out: Vec::new(), per_call, vectored, calls: 0 };
+                rt.block_on(write_frame(&mut w, &header, &payload)).unwrap();
+                assert_eq!(w.out, want, "vectored {vectored}, {per_call} bytes a call");
+                if vectored && per_call == 4096 {
+                    assert_eq!(w.calls, 1, "header and payload in one call");
+                }
+            }
         }
     }
 }
