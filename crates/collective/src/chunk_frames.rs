@@ -1,14 +1,20 @@
 //! Frames from a stream that hands its data out as owned chunks (quinn's `read_chunk`): the
-//! 32-byte header is copied out, and the payload stays in the chunks themselves, cut on whole
-//! f32 values, for the ring to reduce from ([`crate::Ring::handle_frame_parts`]).
+//! 32-byte header is copied out, and large chunks of the payload are kept as they are, cut on
+//! whole f32 values, for the ring to reduce from ([`crate::Ring::handle_frame_parts`]).
 //!
 //! Why: reading a QUIC stream into a buffer of our own copies every byte once more after quinn
 //! has already copied and decrypted it — 5 % of a loopback all-reduce's CPU, measured with perf.
-//! A value cut between two chunks is the only thing copied (4 bytes).
 //!
-//! Bounds: the header is checked against the negotiated maximum before the body is read, and
-//! every piece holds at least one whole value, so a frame has at most `len / 4` pieces however
-//! finely a peer cuts its datagrams.
+//! Memory: a kept chunk is a slice of the buffer quinn received its datagram batch into, and
+//! keeps all of that buffer alive. A peer sending a few payload bytes per datagram could make
+//! kept slices pin many times the frame's size, so only chunks of at least [`MIN_KEPT`] bytes
+//! are kept (against buffers of at most 64 KiB: at most 4× the payload); smaller ones, and a
+//! value cut between two chunks, are gathered by copying, as a plain read would. So frames are
+//! reduced in place where datagrams are large (loopback, where MTU discovery goes to 65000
+//! bytes); on Ethernet-MTU paths the chunks are small and are gathered.
+//!
+//! Bounds: the header is checked against the negotiated maximum before the body is read; a frame
+//! has at most `2·len / MIN_KEPT + 1` pieces.
 
 use std::future::Future;
 
@@ -16,6 +22,9 @@ use bytes::{Buf, Bytes};
 
 use crate::driver::{FrameSource, Payload, Spare};
 use crate::frame::{FrameHeader, HEADER_LEN};
+
+/// The smallest chunk kept as it is rather than copied (see the module docs).
+pub(crate) const MIN_KEPT: usize = 16 << 10;
 
 /// A stream read as a sequence of owned chunks.
 pub(crate) trait ChunkSource: Send + 'static {
@@ -63,40 +72,32 @@ impl<S: ChunkSource> FrameSource for ChunkFrames<S> {
         }
         let h = FrameHeader::decode(&hdr, max).map_err(|e| e.to_string())?;
         let mut pieces = Vec::new();
+        // Small chunks copied together; a piece of its own once a kept chunk or the end follows.
+        let mut gathered = Vec::new();
         let mut left = h.len as usize;
-        // The first bytes of a value the current chunk ends inside of.
-        let mut split = [0u8; 4];
-        let mut held = 0;
         while left > 0 {
             if !self.fill().await? {
                 return Err(format!("stream ended {} bytes into a {}-byte frame body", h.len as usize - left, h.len));
             }
-            if held > 0 {
-                let n = (4 - held).min(self.cur.len());
-                split[held..held + n].copy_from_slice(&self.cur[..n]);
-                self.cur.advance(n);
-                held += n;
-                left -= n;
-                if held == 4 {
-                    pieces.push(Bytes::copy_from_slice(&split));
-                    held = 0;
-                }
-                continue;
-            }
             let take = left.min(self.cur.len());
-            let whole = take / 4 * 4;
-            if whole > 0 {
+            // A value already begun in `gathered` is finished there before anything is kept.
+            let whole = if gathered.len() % 4 == 0 { take / 4 * 4 } else { 0 };
+            if whole >= MIN_KEPT {
+                if !gathered.is_empty() {
+                    pieces.push(Bytes::from(std::mem::take(&mut gathered)));
+                }
                 pieces.push(self.cur.split_to(whole));
                 left -= whole;
+            } else {
+                // Up to the end of the chunk, or of the value begun in `gathered`.
+                let n = if whole > 0 { whole } else { take.min(4 - gathered.len() % 4) };
+                gathered.extend_from_slice(&self.cur[..n]);
+                self.cur.advance(n);
+                left -= n;
             }
-            // `left` is a whole number of values here, so a remainder means the chunk ended.
-            let rest = take - whole;
-            if rest > 0 {
-                split[..rest].copy_from_slice(&self.cur[..rest]);
-                self.cur.advance(rest);
-                held = rest;
-                left -= rest;
-            }
+        }
+        if !gathered.is_empty() {
+            pieces.push(Bytes::from(gathered));
         }
         Ok(Some((h, Payload::Pieces(pieces))))
     }
@@ -135,8 +136,8 @@ mod tests {
         out
     }
 
-    /// Frames read (header, body joined) and how reading ended.
-    type Read = (Vec<(FrameHeader, Vec<u8>)>, Result<(), String>);
+    /// Frames read (header, body pieces) and how reading ended.
+    type Read = (Vec<(FrameHeader, Vec<Bytes>)>, Result<(), String>);
 
     fn read_all(chunks: VecDeque<Bytes>, max: u32) -> Read {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -149,13 +150,18 @@ mod tests {
                     None => return Ok(()),
                     Some((h, Payload::Pieces(p))) => {
                         assert!(p.iter().all(|b| !b.is_empty() && b.len() % 4 == 0), "a piece cut inside a value");
-                        frames.push((h, p.concat()));
+                        assert!(p.len() <= 2 * h.len as usize / MIN_KEPT + 1, "{} pieces for {} bytes", p.len(), h.len);
+                        frames.push((h, p));
                     }
                     Some((_, Payload::Whole(_))) => unreachable!("chunk frames come in pieces"),
                 }
             }
         });
         (frames, end)
+    }
+
+    fn joined(frames: Vec<(FrameHeader, Vec<Bytes>)>) -> Vec<(FrameHeader, Vec<u8>)> {
+        frames.into_iter().map(|(h, p)| (h, p.concat())).collect()
     }
 
     #[test]
@@ -170,11 +176,36 @@ mod tests {
             h.encode(&mut wire);
             wire.extend_from_slice(body);
         }
-        for cuts in [&[1usize][..], &[3], &[5, 0, 7], &[31, 33], &[64 << 10], &[4, 2, 6, 1, 1, 2]] {
+        for cuts in [&[1usize][..], &[3], &[5, 0, 7], &[31, 33], &[64 << 10], &[4, 2, 6, 1, 1, 2], &[17000, 3, 20001]] {
             let (got, end) = read_all(cut(&wire, cuts), 1 << 20);
             assert_eq!(end, Ok(()), "cuts {cuts:?}");
-            assert_eq!(got, sent, "cuts {cuts:?}");
+            assert_eq!(joined(got), sent, "cuts {cuts:?}");
         }
+    }
+
+    /// Large chunks are reduced from where they lie; small ones (a peer could send a few bytes per
+    /// datagram, each pinning its receive buffer) are copied together.
+    #[test]
+    fn large_chunks_are_kept_and_small_ones_gathered() {
+        let len = 256u32 << 10;
+        let mut wire = Vec::new();
+        header(0, len).encode(&mut wire);
+        wire.extend((0..len).map(|b| (b % 251) as u8));
+        let inside = |piece: &Bytes, chunks: &VecDeque<Bytes>| chunks.iter().any(|c| c.as_ptr_range().contains(&piece.as_ptr()));
+
+        let chunks = cut(&wire, &[40_001, 3]);
+        let (got, end) = read_all(chunks.clone(), 1 << 20);
+        assert_eq!(end, Ok(()));
+        let kept = got[0].1.iter().filter(|p| inside(p, &chunks)).count();
+        assert!(kept >= 5, "only {kept} of {} pieces kept", got[0].1.len());
+        assert_eq!(got[0].1.concat(), wire[HEADER_LEN..]);
+
+        let chunks = cut(&wire, &[1000]);
+        let (got, end) = read_all(chunks.clone(), 1 << 20);
+        assert_eq!(end, Ok(()));
+        assert_eq!(got[0].1.len(), 1, "small chunks gather into one piece");
+        assert!(!inside(&got[0].1[0], &chunks));
+        assert_eq!(got[0].1.concat(), wire[HEADER_LEN..]);
     }
 
     #[test]

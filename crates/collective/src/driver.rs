@@ -15,8 +15,9 @@
 //! frames, start requested operations, arm one timer, forward events to waiting callers. The reader's queue is unbounded on purpose:
 //! what peers send is bounded by the operations in flight, and a bounded queue could deadlock a
 //! ring whose every rank is busy writing. Payload buffers travel back to the reader, so steady
-//! state allocates nothing per frame. A source may instead hand over the pieces its transport
-//! already holds (QUIC's received chunks), which the ring reduces from where they lie.
+//! state allocates no payload buffers. A source may instead hand over the pieces its transport
+//! already holds (QUIC's received chunks), which the ring reduces from where they lie (two small
+//! lists per frame are allocated for them).
 
 use std::collections::HashMap;
 use std::future::Future;

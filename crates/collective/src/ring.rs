@@ -236,8 +236,8 @@ impl Ring {
 
     /// [`Ring::handle_frame`] for a body that arrived in pieces, in order (QUIC hands a stream's
     /// data out as the datagrams carried it): reducing from the pieces where they lie saves
-    /// copying them into one buffer first. Pieces may be cut anywhere; ones cut inside a value
-    /// are joined first (a copy), so transports should cut on whole values.
+    /// copying them into one buffer first. Pieces may be cut anywhere, but if any is cut inside a
+    /// value the whole body is joined first (a copy), so transports should cut on whole values.
     pub fn handle_frame_parts(&mut self, now: Instant, header: FrameHeader, parts: &[&[u8]]) -> Result<(), RingError> {
         if self.failed.is_some() {
             return Ok(()); // already dead: nothing more to learn
