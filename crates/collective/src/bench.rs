@@ -134,8 +134,11 @@ pub fn run(
         let pattern: Vec<f32> = (0..count).map(|i| ((rank + 1) * (i % 13)) as f32).collect();
         let expected: Vec<f32> = (0..count).map(|i| total * (i % 13) as f32).collect();
         let per = count.div_ceil(inflight).max(1);
+        // Bit for bit (every rank must hold identical results), compared as bytes: a memcmp, where
+        // f32's `==` is a loop that stops to look at each value.
+        let as_bytes = crate::ring::le_bytes;
         let matches = |parts: &[Vec<f32>]| {
-            parts.len() == expected.chunks(per).len() && parts.iter().zip(expected.chunks(per)).all(|(p, e)| p[..] == *e)
+            parts.len() == expected.chunks(per).len() && parts.iter().zip(expected.chunks(per)).all(|(p, e)| as_bytes(p) == as_bytes(e))
         };
         let mut parts: Vec<Vec<f32>> = pattern.chunks(per).map(<[f32]>::to_vec).collect();
         parts = ar.allreduce_parts(parts, ReduceOp::Sum)?; // warm-up
