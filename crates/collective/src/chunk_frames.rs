@@ -20,7 +20,7 @@ use std::future::Future;
 
 use bytes::{Buf, Bytes};
 
-use crate::driver::{FrameSource, Payload, Spare};
+use crate::driver::{FrameSource, Payload, Shared};
 use crate::frame::{FrameHeader, HEADER_LEN};
 
 /// The smallest chunk kept as it is rather than copied (see the module docs).
@@ -57,7 +57,7 @@ impl<S: ChunkSource> ChunkFrames<S> {
 }
 
 impl<S: ChunkSource> FrameSource for ChunkFrames<S> {
-    async fn next_frame(&mut self, max: u32, _spare: &Spare) -> Result<Option<(FrameHeader, Payload)>, String> {
+    async fn next_frame(&mut self, max: u32, _shared: &Shared) -> Result<Option<(FrameHeader, Payload)>, String> {
         let mut hdr = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -142,18 +142,18 @@ mod tests {
     fn read_all(chunks: VecDeque<Bytes>, max: u32) -> Read {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut src = ChunkFrames::new(Chunks(chunks));
-        let spare = Spare::default();
+        let shared = Shared::default();
         let mut frames = Vec::new();
         let end = rt.block_on(async {
             loop {
-                match src.next_frame(max, &spare).await? {
+                match src.next_frame(max, &shared).await? {
                     None => return Ok(()),
                     Some((h, Payload::Pieces(p))) => {
                         assert!(p.iter().all(|b| !b.is_empty() && b.len() % 4 == 0), "a piece cut inside a value");
                         assert!(p.len() <= 2 * h.len as usize / MIN_KEPT + 1, "{} pieces for {} bytes", p.len(), h.len);
                         frames.push((h, p));
                     }
-                    Some((_, Payload::Whole(_))) => unreachable!("chunk frames come in pieces"),
+                    Some(_) => unreachable!("chunk frames come in pieces"),
                 }
             }
         });

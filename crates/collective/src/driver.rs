@@ -110,30 +110,66 @@ where
 
 /// A frame's body as a source hands it over.
 pub(crate) enum Payload {
-    /// In one buffer (from [`Spare`], and given back to it once reduced).
+    /// In one buffer (a spare one, given back once reduced).
     Whole(Vec<u8>),
     /// In pieces, in order, each a whole number of values.
     Pieces(Vec<bytes::Bytes>),
+    /// Already in the operation's buffer: received into a chunk the ring lent out.
+    Placed(crate::Loan),
 }
 
-/// Payload buffers the driver has finished with, for sources to reuse. A stack, not a queue: the
-/// buffer reused next is the one just reduced, still in cache.
-pub(crate) type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
+/// What a driver shares with its reader tasks.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Payload buffers the driver has finished with, for reuse. A stack, not a queue: the
+    /// buffer reused next is the one just reduced, still in cache.
+    spare: Mutex<Vec<Vec<u8>>>,
+    /// Chunks the ring lent out ([`Ring::take_lendable`]), by the header of the frame that
+    /// fills each: a reader that reads that header receives the body straight into the loan.
+    placements: Mutex<HashMap<PlaceKey, crate::Loan>>,
+}
+
+/// A frame's identity and length, as placements are looked up.
+type PlaceKey = (u16, u32, u64, u32, u32, u32);
+
+fn place_key(h: &FrameHeader) -> PlaceKey {
+    (h.ring, h.generation, h.op, h.step, h.chunk, h.len)
+}
+
+impl Shared {
+    fn take_spare(&self) -> Vec<u8> {
+        self.spare.lock().expect("never poisoned").pop().unwrap_or_default()
+    }
+
+    fn give_spare(&self, b: Vec<u8>) {
+        self.spare.lock().expect("never poisoned").push(b);
+    }
+
+    fn take_placement(&self, h: &FrameHeader) -> Option<crate::Loan> {
+        self.placements.lock().expect("never poisoned").remove(&place_key(h))
+    }
+}
 
 /// One inbound stream of frames, read by its own reader task.
 pub(crate) trait FrameSource: Send + 'static {
+    /// Whether the source receives into lent chunks ([`Payload::Placed`]); the driver only lends
+    /// to sources that do.
+    const PLACES: bool = false;
+
     /// The next frame, its header checked against `max` (payload bytes) before anything is
     /// allocated for it; `Ok(None)` when the stream ended cleanly between frames. After an error
     /// the source is not read again.
-    fn next_frame(&mut self, max: u32, spare: &Spare) -> impl Future<Output = Result<Option<(FrameHeader, Payload)>, String>> + Send;
+    fn next_frame(&mut self, max: u32, shared: &Shared) -> impl Future<Output = Result<Option<(FrameHeader, Payload)>, String>> + Send;
 }
 
 /// A byte stream (TCP, or any `AsyncRead`) as a [`FrameSource`]: header, then the payload read
-/// into a recycled buffer.
+/// into the chunk lent for it, or else into a spare buffer.
 pub(crate) struct ByteFrames<R>(pub R);
 
 impl<R: AsyncRead + Unpin + Send + 'static> FrameSource for ByteFrames<R> {
-    async fn next_frame(&mut self, max: u32, spare: &Spare) -> Result<Option<(FrameHeader, Payload)>, String> {
+    const PLACES: bool = true;
+
+    async fn next_frame(&mut self, max: u32, shared: &Shared) -> Result<Option<(FrameHeader, Payload)>, String> {
         let rd = &mut self.0;
         let mut hdr = [0u8; HEADER_LEN];
         let mut got = 0;
@@ -146,7 +182,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> FrameSource for ByteFrames<R> {
             }
         }
         let h = FrameHeader::decode(&hdr, max).map_err(|e| e.to_string())?;
-        let mut payload = spare.lock().expect("never poisoned").pop().unwrap_or_default();
+        // The loan's length is part of the key, so it is exactly this body.
+        if let Some(mut loan) = shared.take_placement(&h) {
+            rd.read_exact(loan.bytes_mut()).await.map_err(|e| e.to_string())?;
+            return Ok(Some((h, Payload::Placed(loan))));
+        }
+        let mut payload = shared.take_spare();
         // Bounded by `max` above. Same-size chunks (the common case) reuse the buffer as is:
         // read_exact overwrites it, so there is nothing to zero.
         if payload.len() != h.len as usize {
@@ -170,9 +211,10 @@ where
     R: FrameSource,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    ring.set_lending(R::PLACES);
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
     // Payload buffers travel back to the readers, so steady state allocates nothing per frame.
-    let used: Spare = Default::default();
+    let shared: Arc<Shared> = Default::default();
     let mut outbound: Option<Vec<W>> = None;
     // Stripes still open: the link counts as closed when every stripe has ended (a stripe that
     // finishes first may have sent its last frame before the others have delivered theirs).
@@ -185,7 +227,7 @@ where
         let max = ring.config().max_payload();
         stripes_open = readers.len();
         for rd in readers {
-            readers_running.0.push(tokio::spawn(read_frames(rd, max, frames_tx.clone(), used.clone())).abort_handle());
+            readers_running.0.push(tokio::spawn(read_frames(rd, max, frames_tx.clone(), shared.clone())).abort_handle());
         }
         outbound = Some(writers);
     }
@@ -218,7 +260,12 @@ where
                 Err(_) => Err(format!("the next rank accepted nothing for {write_timeout:?}")),
             };
             match written {
-                Ok(()) => ring.pop_send(),
+                Ok(()) => {
+                    ring.pop_send();
+                    while let Some((h, loan)) = ring.take_lendable() {
+                        shared.placements.lock().expect("never poisoned").insert(place_key(&h), loan);
+                    }
+                }
                 Err(e) => {
                     outbound = None;
                     ring.handle_outbound_lost(&e);
@@ -233,6 +280,7 @@ where
                     }
                 }
                 RingEvent::OpFailed(op, err) => {
+                    shared.placements.lock().expect("never poisoned").retain(|k, _| k.2 != op.0);
                     if let Some(w) = waiters.remove(&op) {
                         let _ = w.send(Err(err));
                     }
@@ -247,9 +295,15 @@ where
             biased;
             f = frames_rx.recv(), if inbound_open => match f {
                 Some(Inbound::Frame(h, Payload::Whole(p))) => {
+                    // Lent after its reader looked (the frame overtook the send it follows):
+                    // take the loan back, and the frame is handled as usual.
+                    if let Some(loan) = shared.take_placement(&h) {
+                        ring.cancel_placement(&h, loan);
+                    }
                     let _ = ring.handle_frame(Instant::now(), h, &p);
-                    used.lock().expect("never poisoned").push(p);
+                    shared.give_spare(p);
                 }
+                Some(Inbound::Frame(h, Payload::Placed(loan))) => ring.finish_placement(Instant::now(), h, loan),
                 Some(Inbound::Frame(h, Payload::Pieces(pieces))) => {
                     let parts: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
                     let _ = ring.handle_frame_parts(Instant::now(), h, &parts);
@@ -322,9 +376,9 @@ impl Drop for Readers {
 
 /// One inbound stream's reader task: frames to the driver until the stream ends (reported as
 /// `Finished`) or fails (reported as `Closed`).
-async fn read_frames<R: FrameSource>(mut src: R, max: u32, frames_tx: mpsc::UnboundedSender<Inbound>, spare: Spare) {
+async fn read_frames<R: FrameSource>(mut src: R, max: u32, frames_tx: mpsc::UnboundedSender<Inbound>, shared: Arc<Shared>) {
     loop {
-        let next = match src.next_frame(max, &spare).await {
+        let next = match src.next_frame(max, &shared).await {
             Ok(Some((h, payload))) => Inbound::Frame(h, payload),
             Ok(None) => Inbound::Finished,
             Err(why) => Inbound::Closed(why),

@@ -17,6 +17,7 @@ pub mod driver;
 pub mod frame;
 pub mod inproc;
 pub mod link;
+mod op_buffer;
 pub mod plot;
 pub mod quic;
 pub mod ring;
@@ -25,5 +26,6 @@ pub mod tcp;
 
 pub use driver::{PendingAllreduce, RingHandle};
 pub use frame::{FrameHeader, FrameKind};
+pub use op_buffer::Loan;
 pub use ring::{OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent};
 pub use schedule::{Group, Segments, group_of, ring_neighbors};

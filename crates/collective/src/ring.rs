@@ -9,6 +9,10 @@
 //!    so no frame can overtake one it depends on; a driver may stripe frames over streams);
 //! 4. [`Ring::poll_event`] until `None`, completing operations ([`Ring::take_result`]).
 //!
+//! A driver whose reader can receive a frame's body straight into memory may also take chunks on
+//! loan ([`Ring::set_lending`], [`Ring::take_lendable`]): all-gather values, which are plain
+//! copies, read into the operation's buffer instead of copied there (see `op_buffer`).
+//!
 //! [`Ring::start`] begins an operation at any time; several may be in flight, matched by [`OpId`].
 //!
 //! # Failure
@@ -29,6 +33,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::frame::{FrameHeader, FrameKind, HEADER_LEN};
+use crate::op_buffer::{Loan, OpBuffer};
 use crate::schedule::{Segments, ring_neighbors};
 
 /// A position in the ring (0 … world−1).
@@ -134,11 +139,19 @@ pub enum RingEvent {
 
 struct Op {
     seg: Segments,
-    data: Vec<f32>,
+    data: OpBuffer,
     reduce: ReduceOp,
     received: usize,
     expected: usize,
-    seen: std::collections::HashSet<(usize, usize)>, // (step, chunk) already applied
+    seen: std::collections::HashSet<(usize, usize)>, // (step, chunk) already applied, or lent
+    /// Chunks lent out to be received into (step, chunk, values): nothing touches them meanwhile.
+    lent: Vec<(usize, usize, std::ops::Range<usize>)>,
+}
+
+impl Op {
+    fn lent_overlaps(&self, r: &std::ops::Range<usize>) -> bool {
+        self.lent.iter().any(|(_, _, l)| l.start < r.end && r.start < l.end)
+    }
 }
 
 impl Op {
@@ -155,6 +168,11 @@ pub struct Ring {
     early: HashMap<u64, Vec<(FrameHeader, Vec<u8>)>>,
     early_bytes: usize,
     sendq: VecDeque<(u64, usize, usize)>, // (op, step, chunk) in send order
+    /// Frames this rank will receive as plain copies, into ranges it has finished sending:
+    /// (op, step, chunk), offered by [`Ring::take_lendable`].
+    lendable: VecDeque<(u64, usize, usize)>,
+    /// Whether to offer chunks at all ([`Ring::set_lending`]).
+    lending: bool,
     events: VecDeque<RingEvent>,
     done: HashMap<u64, Vec<f32>>,
     last_heard: Option<Instant>,
@@ -171,6 +189,8 @@ impl Ring {
             early: HashMap::new(),
             early_bytes: 0,
             sendq: VecDeque::new(),
+            lendable: VecDeque::new(),
+            lending: false,
             events: VecDeque::new(),
             done: HashMap::new(),
             last_heard: None,
@@ -215,7 +235,8 @@ impl Ring {
         for k in 0..seg.chunks(seg.send_segment(r, 0)) {
             self.sendq.push_back((op.0, 0, k));
         }
-        self.ops.insert(op.0, Op { seg, data, reduce, received: 0, expected, seen: Default::default() });
+        let data = OpBuffer::new(data);
+        self.ops.insert(op.0, Op { seg, data, reduce, received: 0, expected, seen: Default::default(), lent: Vec::new() });
         let early = self.early.remove(&op.0).unwrap_or_default();
         self.early_bytes -= early.iter().map(|(_, p)| p.len()).sum::<usize>();
         for (h, payload) in early {
@@ -295,6 +316,8 @@ impl Ring {
                 Err(format!("chunk {chunk} of step {step} beyond segment {segment}'s {} chunks", op.seg.chunks(segment)))
             } else if op.seen.contains(&(step, chunk)) {
                 Err(format!("duplicate frame for step {step} chunk {chunk} of operation {}", h.op))
+            } else if op.lent_overlaps(&op.seg.chunk_range(segment, chunk)) {
+                Err(format!("frame for step {step} chunk {chunk} of operation {} onto a chunk still being received", h.op))
             } else if op.seg.chunk_range(segment, chunk).len() != values {
                 Err(format!("chunk of {values} values where {} belong", op.seg.chunk_range(segment, chunk).len()))
             } else {
@@ -306,7 +329,8 @@ impl Ring {
             Err(why) => return self.violation(prev, why),
         };
         let op = self.ops.get_mut(&h.op).expect("checked above");
-        let dst = &mut op.data[range];
+        // SAFETY: no loan overlaps `range` (checked above).
+        let dst = unsafe { op.data.range_mut(range) };
         let mut at = 0;
         for part in parts {
             let piece = &mut dst[at..at + part.len() / 4];
@@ -344,8 +368,19 @@ impl Ring {
             return;
         }
         if let Some(o) = self.ops.remove(&op) {
-            self.done.insert(op, o.data);
-            self.events.push_back(RingEvent::OpDone(OpId(op)));
+            self.lendable.retain(|&(l, _, _)| l != op);
+            match o.data.into_vec() {
+                Ok(v) => {
+                    self.done.insert(op, v);
+                    self.events.push_back(RingEvent::OpDone(OpId(op)));
+                }
+                // Every frame arrived, so every loan came back; a driver still holding one broke
+                // the protocol, and the result cannot be handed out while it can write.
+                Err(_) => self.events.push_back(RingEvent::OpFailed(
+                    OpId(op),
+                    RingError::Usage(format!("operation {op} finished with a chunk still lent out")),
+                )),
+            }
         }
     }
 
@@ -374,6 +409,7 @@ impl Ring {
             self.events.push_back(RingEvent::OpFailed(OpId(id), e.clone()));
         }
         self.sendq.retain(|(op, _, _)| self.ops.contains_key(op));
+        self.lendable.retain(|(op, _, _)| self.ops.contains_key(op));
     }
 
     /// The transport lost the stream *from* the previous rank (it closed, crashed, or sent
@@ -438,14 +474,109 @@ impl Ring {
             chunk: chunk as u32,
             len: (range.len() * 4) as u32,
         };
-        Some((header, &op.data[range]))
+        // SAFETY: a queued send's range is never lent (`take_lendable` skips ranges with queued
+        // sends, and while a range is lent nothing queues a send of it).
+        Some((header, unsafe { op.data.range(range) }))
     }
 
     /// Marks the frame returned by [`Ring::peek_send`] as sent.
     pub fn pop_send(&mut self) {
-        let Some((op_id, _, _)) = self.sendq.pop_front() else { return };
+        let Some((op_id, step, chunk)) = self.sendq.pop_front() else { return };
+        let r = self.cfg.rank;
+        if self.lending
+            && let Some(op) = self.ops.get(&op_id)
+        {
+            // This rank reads and writes the range just sent only once more: when its all-gather
+            // value arrives, as a plain copy. Until then it may be lent out for that.
+            let segment = op.seg.send_segment(r, step);
+            let n = self.cfg.world;
+            if let Some(later) = (step + 1..op.seg.steps()).find(|&s| s >= n - 1 && op.seg.recv_segment(r, s) == segment) {
+                self.lendable.push_back((op_id, later, chunk));
+            }
+        }
         if self.ops.get(&op_id).is_some_and(|op| op.received == op.expected) {
             self.finish(op_id);
+        }
+    }
+
+    /// Offer chunks to lend ([`Ring::take_lendable`]) from now on; off by default, for drivers
+    /// that never ask.
+    pub fn set_lending(&mut self, on: bool) {
+        self.lending = on;
+        if !on {
+            self.lendable.clear();
+        }
+    }
+
+    /// A frame this rank will receive as a plain copy into a range nothing else touches until
+    /// then (an all-gather value, its range already sent on), lent out: a driver can have it read
+    /// straight into the operation's buffer, then hand it back with [`Ring::finish_placement`]
+    /// (or [`Ring::cancel_placement`] if the frame came another way). Returns the header the
+    /// frame will have. Offered after [`Ring::pop_send`] once [`Ring::set_lending`] is on;
+    /// nothing on big-endian machines (the wire is little-endian).
+    pub fn take_lendable(&mut self) -> Option<(FrameHeader, Loan)> {
+        if cfg!(target_endian = "big") || self.failed.is_some() {
+            self.lendable.clear();
+            return None;
+        }
+        while let Some((op_id, step, chunk)) = self.lendable.pop_front() {
+            let Some(op) = self.ops.get(&op_id) else { continue };
+            let range = op.seg.chunk_range(op.seg.recv_segment(self.cfg.rank, step), chunk);
+            let sending = self.sendq.iter().any(|&(o, s, k)| {
+                let q = op.seg.chunk_range(op.seg.send_segment(self.cfg.rank, s), k);
+                o == op_id && q.start < range.end && range.start < q.end
+            });
+            if range.is_empty() || sending || op.seen.contains(&(step, chunk)) || op.lent_overlaps(&range) {
+                continue;
+            }
+            let op = self.ops.get_mut(&op_id).expect("looked up above");
+            // SAFETY: no queued send reads `range`, no loan overlaps it, and the frame that would
+            // write it is now `seen`, so the ring touches it again only after the loan is back
+            // (`finish_placement` / `cancel_placement`), or never (the operation fails).
+            let loan = unsafe { op.data.lend(range.clone()) };
+            op.seen.insert((step, chunk));
+            op.lent.push((step, chunk, range.clone()));
+            let header = FrameHeader {
+                kind: FrameKind::Data,
+                ring: self.cfg.ring_id,
+                generation: self.cfg.generation,
+                step: step as u32,
+                op: op_id,
+                chunk: chunk as u32,
+                len: (range.len() * 4) as u32,
+            };
+            return Some((header, loan));
+        }
+        None
+    }
+
+    /// The frame `header` (from [`Ring::take_lendable`]) was received into `loan`.
+    pub fn finish_placement(&mut self, now: Instant, header: FrameHeader, loan: Loan) {
+        drop(loan); // the range is the ring's again
+        let (step, chunk) = (header.step as usize, header.chunk as usize);
+        let Some(op) = self.ops.get_mut(&header.op) else { return }; // failed meanwhile
+        let Some(i) = op.lent.iter().position(|&(s, k, _)| (s, k) == (step, chunk)) else { return };
+        op.lent.swap_remove(i);
+        self.last_heard = Some(now);
+        op.received += 1;
+        if step + 1 < op.seg.steps() {
+            self.sendq.push_back((header.op, step + 1, chunk));
+        }
+        if op.received == op.expected {
+            self.finish(header.op);
+        }
+    }
+
+    /// The frame `header` was not received into `loan` (it arrived another way, or the driver
+    /// gave up): the range is the ring's again and the frame is expected as usual.
+    pub fn cancel_placement(&mut self, header: &FrameHeader, loan: Loan) {
+        drop(loan);
+        let (step, chunk) = (header.step as usize, header.chunk as usize);
+        if let Some(op) = self.ops.get_mut(&header.op)
+            && let Some(i) = op.lent.iter().position(|&(s, k, _)| (s, k) == (step, chunk))
+        {
+            op.lent.swap_remove(i);
+            op.seen.remove(&(step, chunk));
         }
     }
 

@@ -1,11 +1,17 @@
 //! The ring protocol with no network: `RingSim` moves frames between `Ring`s with simulated
 //! latency and time (quinn-proto's test pattern). Deterministic; no sockets, no sleeps.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ringsam_collective::frame::HEADER_LEN;
-use ringsam_collective::{FrameHeader, OpId, ReduceOp, Ring, RingConfig, RingError, RingEvent};
+use ringsam_collective::{FrameHeader, Loan, OpId, ReduceOp, Ring, RingConfig, RingError, RingEvent};
+
+type PlaceKey = (u16, u32, u64, u32, u32, u32);
+
+fn place_key(h: &FrameHeader) -> PlaceKey {
+    (h.ring, h.generation, h.op, h.step, h.chunk, h.len)
+}
 
 struct RingSim {
     rings: Vec<Ring>,
@@ -27,6 +33,14 @@ struct RingSim {
     /// Deliver bodies in random pieces through `handle_frame_parts`: `Some(true)` cut between
     /// values (as the QUIC driver does), `Some(false)` anywhere.
     cut_bodies: Option<bool>,
+    /// Receive into chunks the rings lend out (as the TCP driver does), except for one delivery
+    /// in `cancel_one_in` (taken the usual way, the loan handed back first: a frame that
+    /// overtook its lending); loans per receiving rank, and how many deliveries used one.
+    place: bool,
+    cancel_one_in: u64,
+    loans: Vec<HashMap<PlaceKey, Loan>>,
+    placed: usize,
+    cancelled: usize,
 }
 
 impl RingSim {
@@ -48,6 +62,11 @@ impl RingSim {
             stripe_free: Vec::new(),
             overtakes: 0,
             cut_bodies: None,
+            place: false,
+            cancel_one_in: 0,
+            loans: (0..world).map(|_| HashMap::new()).collect(),
+            placed: 0,
+            cancelled: 0,
         }
     }
 
@@ -81,6 +100,9 @@ impl RingSim {
             let mut buf = Vec::new();
             while let Some(to) = self.rings[r].poll_send(&mut buf) {
                 assert_eq!(to, (r + 1) % n);
+                while let Some((h, loan)) = self.rings[r].take_lendable() {
+                    assert!(self.loans[r].insert(place_key(&h), loan).is_none(), "lent twice: {h:?}");
+                }
                 if self.dropped_from != Some(r) {
                     let t = self.arrival(r, &buf);
                     self.links[r].push_back((t, buf.clone()));
@@ -96,7 +118,17 @@ impl RingSim {
                 let (_, bytes) = self.links[r].remove(i).unwrap();
                 let h = FrameHeader::decode(bytes[..HEADER_LEN].try_into().unwrap(), 1 << 30).unwrap();
                 let body = &bytes[HEADER_LEN..];
-                if let Some(whole_values) = self.cut_bodies {
+                if let Some(mut loan) = self.loans[to].remove(&place_key(&h)) {
+                    if self.cancel_one_in > 0 && self.next_random().is_multiple_of(self.cancel_one_in) {
+                        self.rings[to].cancel_placement(&h, loan);
+                        self.cancelled += 1;
+                        let _ = self.rings[to].handle_frame(self.time, h, body);
+                    } else {
+                        loan.bytes_mut().copy_from_slice(body);
+                        self.rings[to].finish_placement(self.time, h, loan);
+                        self.placed += 1;
+                    }
+                } else if let Some(whole_values) = self.cut_bodies {
                     let mut parts = Vec::new();
                     let mut at = 0;
                     while at < body.len() {
@@ -286,6 +318,63 @@ fn bodies_in_pieces_give_the_results_of_whole_bodies() {
             assert_eq!(pieces.len(), whole.len());
             for (a, b) in pieces.iter().zip(&whole) {
                 assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{cut:?} {reduce:?}: results differ");
+            }
+        }
+    }
+}
+
+/// Frames received straight into lent chunks (the TCP driver's all-gather path), some handed
+/// back and taken the usual way instead, over striped links with jitter and operations started
+/// out of step: bitwise the results of plain delivery, with no chunk lent twice.
+#[test]
+fn received_into_lent_chunks_gives_the_usual_results() {
+    let run = |world: usize, len: usize, place: bool, cancel_one_in: u64, seed: u64| -> (Vec<Vec<f32>>, usize, usize) {
+        let ops = 3u64;
+        let mut sim = RingSim::new(world, 13);
+        (sim.place, sim.cancel_one_in, sim.seed, sim.stripes) = (place, cancel_one_in, seed, 3);
+        sim.rings.iter_mut().for_each(|r| r.set_lending(place));
+        sim.jitter = Duration::from_micros(300);
+        let data = inputs(world, len);
+        for op in 0..ops {
+            for (r, d) in data.iter().enumerate().skip(1) {
+                sim.rings[r].start(sim.time, OpId(op), d.iter().map(|v| v * (op + 1) as f32).collect(), ReduceOp::Sum).unwrap();
+            }
+        }
+        for _ in 0..3 {
+            sim.step();
+            sim.time += Duration::from_micros(60);
+        }
+        for op in 0..ops {
+            sim.rings[0].start(sim.time, OpId(op), data[0].iter().map(|v| v * (op + 1) as f32).collect(), ReduceOp::Sum).unwrap();
+        }
+        sim.drive();
+        let out = (0..world)
+            .flat_map(|r| {
+                (0..ops)
+                    .map(|op| sim.rings[r].take_result(OpId(op)).unwrap_or_else(|| panic!("rank {r} op {op}: {:?}", sim.events[r])))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(sim.loans.iter().all(HashMap::is_empty) || !place, "loans left over");
+        (out, sim.placed, sim.cancelled)
+    };
+    for world in 2..=6 {
+        for len in [world, 97, 1000] {
+            let (plain, _, _) = run(world, len, false, 0, 1);
+            for seed in 1..=3 {
+                for cancel_one_in in [0, 3] {
+                    let (placed, n_placed, n_cancelled) = run(world, len, true, cancel_one_in, seed);
+                    for (a, b) in placed.iter().zip(&plain) {
+                        assert!(
+                            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "world {world} len {len} seed {seed}: results differ"
+                        );
+                    }
+                    if world > 2 && len >= 97 {
+                        assert!(n_placed > 10, "world {world} len {len}: only {n_placed} frames received into loans");
+                        assert!(cancel_one_in == 0 || n_cancelled > 0, "world {world} len {len}: no loan handed back");
+                    }
+                }
             }
         }
     }
