@@ -465,18 +465,24 @@ impl Ring {
         let &(op_id, step, chunk) = self.sendq.front()?;
         let op = self.ops.get(&op_id).expect("queued sends belong to pending operations (failures drop theirs)");
         let range = op.seg.chunk_range(op.seg.send_segment(self.cfg.rank, step), chunk);
-        let header = FrameHeader {
+        let header = self.header(op_id, step, chunk, range.len());
+        // SAFETY: a queued send's range is never lent (`take_lendable` skips ranges with queued
+        // sends, and while a range is lent nothing queues a send of it).
+        Some((header, unsafe { op.data.range(range) }))
+    }
+
+    /// The header of this ring's frame for chunk `chunk` of step `step` of operation `op`,
+    /// carrying `values` values.
+    fn header(&self, op: u64, step: usize, chunk: usize, values: usize) -> FrameHeader {
+        FrameHeader {
             kind: FrameKind::Data,
             ring: self.cfg.ring_id,
             generation: self.cfg.generation,
             step: step as u32,
-            op: op_id,
+            op,
             chunk: chunk as u32,
-            len: (range.len() * 4) as u32,
-        };
-        // SAFETY: a queued send's range is never lent (`take_lendable` skips ranges with queued
-        // sends, and while a range is lent nothing queues a send of it).
-        Some((header, unsafe { op.data.range(range) }))
+            len: (values * 4) as u32,
+        }
     }
 
     /// Marks the frame returned by [`Ring::peek_send`] as sent.
@@ -536,16 +542,7 @@ impl Ring {
             let loan = unsafe { op.data.lend(range.clone()) };
             op.seen.insert((step, chunk));
             op.lent.push((step, chunk, range.clone()));
-            let header = FrameHeader {
-                kind: FrameKind::Data,
-                ring: self.cfg.ring_id,
-                generation: self.cfg.generation,
-                step: step as u32,
-                op: op_id,
-                chunk: chunk as u32,
-                len: (range.len() * 4) as u32,
-            };
-            return Some((header, loan));
+            return Some((self.header(op_id, step, chunk, range.len()), loan));
         }
         None
     }
