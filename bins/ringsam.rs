@@ -733,6 +733,9 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
     if args.nproc == 0 || args.iters == 0 || args.chunk == 0 {
         bail!("--nproc, --iters and --chunk must be at least 1");
     }
+    if args.chunk > RingConfig::MAX_CHUNK {
+        bail!("--chunk {}: at most {} values (a frame's length is a 32-bit byte count)", args.chunk, RingConfig::MAX_CHUNK);
+    }
     let ring_cfg = |rank: usize, world: usize| RingConfig {
         chunk: args.chunk,
         peer_timeout: std::time::Duration::from_secs(args.timeout),

@@ -288,6 +288,11 @@ where
                 RingEvent::PeerLost(_) => {}
             }
         }
+        // A dead ring reads nothing more (the operations it kept only have frames to send), and a
+        // reader stuck in a frame would keep its connection and any buffer lent to it.
+        if ring.has_failed() {
+            readers_running.stop();
+        }
         let deadline = ring.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             // Frames first: after a long write, data that already arrived must count before the

@@ -77,6 +77,11 @@ impl OpBuffer {
         Loan { raw: self.0.clone(), start: r.start, len: r.len() }
     }
 
+    /// Whether `loan` is of this buffer's range `r`.
+    pub(crate) fn lent_as(&self, loan: &Loan, r: Range<usize>) -> bool {
+        Arc::ptr_eq(&self.0, &loan.raw) && loan.start == r.start && loan.len == r.len()
+    }
+
     /// The values as a `Vec` again; `Err(self)` while a loan is alive.
     pub(crate) fn into_vec(self) -> Result<Vec<f32>, Self> {
         let raw = Arc::try_unwrap(self.0).map_err(OpBuffer)?;

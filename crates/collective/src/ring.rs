@@ -88,9 +88,12 @@ impl RingConfig {
             max_early_bytes: 512 << 20,
         }
     }
+    /// The largest `chunk`: a frame's length field (u32 bytes) must hold it.
+    pub const MAX_CHUNK: usize = u32::MAX as usize / 4;
+
     /// Largest payload in bytes a frame of this ring can carry.
     pub fn max_payload(&self) -> u32 {
-        (self.chunk * 4).min(u32::MAX as usize) as u32
+        (self.chunk.min(Self::MAX_CHUNK) * 4) as u32
     }
 }
 
@@ -182,7 +185,7 @@ pub struct Ring {
 impl Ring {
     /// A ring rank with nothing in flight.
     pub fn new(cfg: RingConfig) -> Self {
-        assert!(cfg.world >= 1 && cfg.rank < cfg.world && cfg.chunk >= 1, "ring config {cfg:?}");
+        assert!(cfg.world >= 1 && cfg.rank < cfg.world && (1..=RingConfig::MAX_CHUNK).contains(&cfg.chunk), "ring config {cfg:?}");
         Ring {
             cfg,
             ops: BTreeMap::new(),
@@ -206,6 +209,11 @@ impl Ring {
     /// `(prev, next)` positions.
     pub fn neighbors(&self) -> (Rank, Rank) {
         ring_neighbors(self.cfg.rank, self.cfg.world)
+    }
+
+    /// Whether the ring has failed (a new one must be formed).
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
     }
 
     /// Operations started and not yet finished or failed.
@@ -528,9 +536,9 @@ impl Ring {
         while let Some((op_id, step, chunk)) = self.lendable.pop_front() {
             let Some(op) = self.ops.get(&op_id) else { continue };
             let range = op.seg.chunk_range(op.seg.recv_segment(self.cfg.rank, step), chunk);
-            let sending = self.sendq.iter().any(|&(o, s, k)| {
+            let sending = self.sendq.iter().filter(|&&(o, _, _)| o == op_id).any(|&(_, s, k)| {
                 let q = op.seg.chunk_range(op.seg.send_segment(self.cfg.rank, s), k);
-                o == op_id && q.start < range.end && range.start < q.end
+                q.start < range.end && range.start < q.end
             });
             if range.is_empty() || sending || op.seen.contains(&(step, chunk)) || op.lent_overlaps(&range) {
                 continue;
@@ -547,12 +555,21 @@ impl Ring {
         None
     }
 
+    /// Where `loan`, handed back for `header`, was lent: `None` if it was not lent for that frame
+    /// (a caller mixing loans up), so the range stays lent and untouched.
+    fn lent_index(&self, header: &FrameHeader, loan: &Loan) -> Option<usize> {
+        let op = self.ops.get(&header.op)?;
+        let (step, chunk) = (header.step as usize, header.chunk as usize);
+        op.lent.iter().position(|(s, k, r)| (*s, *k) == (step, chunk) && op.data.lent_as(loan, r.clone()))
+    }
+
     /// The frame `header` (from [`Ring::take_lendable`]) was received into `loan`.
     pub fn finish_placement(&mut self, now: Instant, header: FrameHeader, loan: Loan) {
+        let found = self.lent_index(&header, &loan);
         drop(loan); // the range is the ring's again
+        let Some(i) = found else { return }; // failed meanwhile, or not this frame's loan
         let (step, chunk) = (header.step as usize, header.chunk as usize);
-        let Some(op) = self.ops.get_mut(&header.op) else { return }; // failed meanwhile
-        let Some(i) = op.lent.iter().position(|&(s, k, _)| (s, k) == (step, chunk)) else { return };
+        let op = self.ops.get_mut(&header.op).expect("found above");
         op.lent.swap_remove(i);
         self.last_heard = Some(now);
         op.received += 1;
@@ -567,13 +584,12 @@ impl Ring {
     /// The frame `header` was not received into `loan` (it arrived another way, or the driver
     /// gave up): the range is the ring's again and the frame is expected as usual.
     pub fn cancel_placement(&mut self, header: &FrameHeader, loan: Loan) {
+        let found = self.lent_index(header, &loan);
         drop(loan);
-        let (step, chunk) = (header.step as usize, header.chunk as usize);
-        if let Some(op) = self.ops.get_mut(&header.op)
-            && let Some(i) = op.lent.iter().position(|&(s, k, _)| (s, k) == (step, chunk))
-        {
+        if let Some(i) = found {
+            let op = self.ops.get_mut(&header.op).expect("found above");
             op.lent.swap_remove(i);
-            op.seen.remove(&(step, chunk));
+            op.seen.remove(&(header.step as usize, header.chunk as usize));
         }
     }
 

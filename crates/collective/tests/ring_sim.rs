@@ -491,3 +491,33 @@ fn duplicate_and_needless_frames_are_violations_not_panics() {
     ring.handle_frame(now, FrameHeader { len: 80, ..h }, &[0u8; 80]).unwrap();
     assert!(ring.handle_frame(now, FrameHeader { len: 80, chunk: 1, ..h }, &[0u8; 80]).is_err());
 }
+
+/// A loan handed back for another frame than its own releases nothing: the frame it was lent
+/// for stays lent (so cannot also arrive the usual way), and the loan handed back for its own
+/// frame releases it.
+#[test]
+fn a_loan_handed_back_for_another_frame_releases_nothing() {
+    let now = Instant::now();
+    let lent_ring = || {
+        let mut ring = Ring::new(RingConfig { chunk: 4, ..RingConfig::new(0, 2) });
+        ring.set_lending(true);
+        ring.start(now, OpId(0), vec![1.0; 16], ReduceOp::Sum).unwrap();
+        let mut buf = Vec::new();
+        while ring.poll_send(&mut buf).is_some() {}
+        let (ha, a) = ring.take_lendable().expect("a chunk to lend");
+        let (hb, b) = ring.take_lendable().expect("a second chunk to lend");
+        assert!(ring.take_lendable().is_none(), "each chunk is lent once");
+        assert_ne!((ha.step, ha.chunk), (hb.step, hb.chunk));
+        (ring, ha, a, b)
+    };
+    let body = vec![0u8; 16];
+
+    let (mut ring, ha, a, b) = lent_ring();
+    ring.cancel_placement(&ha, b);
+    assert!(ring.handle_frame(now, ha, &body).is_err(), "still lent, so a second copy of the frame");
+    drop(a);
+
+    let (mut ring, ha, a, _b) = lent_ring();
+    ring.cancel_placement(&ha, a);
+    ring.handle_frame(now, ha, &body).expect("released, so the frame is taken as usual");
+}
