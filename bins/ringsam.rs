@@ -799,7 +799,10 @@ fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
             run(&mut ar, rank, world, transport, &sizes, args.iters, args.inflight).with_context(|| format!("rank {rank}: all-reduce"))?;
         let BlockingRing { runtime, ring } = ar;
         if let (true, Some(links)) = (args.quic_stats, &quic_links) {
-            eprintln!("rank {rank}: QUIC to the next rank: {}", links.summary());
+            // One write for the whole line: the ranks share the launcher's stderr, and eprintln!
+            // writes a line in pieces, which other ranks' lines then split.
+            use std::io::Write as _;
+            let _ = std::io::stderr().write_all(format!("rank {rank}: QUIC to the next rank: {}\n", links.summary()).as_bytes());
         }
         runtime.block_on(ring.close());
         if rank == 0 {
