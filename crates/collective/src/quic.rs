@@ -6,7 +6,7 @@
 //! its next (one each way, or [`QuicTuning::stripes`]); frames flow on one unidirectional stream
 //! per connection, driven by [`crate::driver`] as over TCP, except that frames are read as quinn
 //! holds them ([`crate::chunk_frames`]). Flow-control windows are the caller's (quinn's 1.25 MB
-//! default is tuned for 100 Mbit/s × 100 ms; reference/distributed.md §2), and MTU discovery may
+//! default is tuned for 100 Mbit/s × 100 ms), and MTU discovery may
 //! go as far as the path allows ([`QuicConfig::max_mtu`]): per-packet work (AEAD, acks, syscalls)
 //! is what bounds QUIC's throughput on a CPU-bound host.
 
@@ -48,11 +48,10 @@ pub struct QuicConfig {
 }
 
 /// The settings that decide how fast QUIC moves a ring's bulk data (each measured on loopback
-/// and on shaped links: see the README's ring section).
+/// and on shaped links: docs/BENCHMARKS.md, "The ring on shaped links").
 ///
-/// Why a 1 MiB stream window: on a shaped 1 Gbit/s link with a 20 ms queue, 2 MiB let the sender
-/// keep the queue full (RTT 13–16 ms, flow-control bound): 0.75–0.84 of the line over four hosts,
-/// against 0.88–0.94 at 1 MiB in alternating runs; on loopback the two are equal within noise.
+/// Why a 1 MiB stream window: on a shaped link with a short queue, a larger window lets the
+/// sender keep that queue full, flow-control bound (the figures are in docs/BENCHMARKS.md).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuicTuning {
     /// Per-stream flow-control window in bytes.
@@ -158,7 +157,7 @@ fn cfg_err(e: impl std::fmt::Display) -> QuicError {
 /// ring's TLS provider with AES-128-GCM preferred. rustls prefers AES-256-GCM, and the client's
 /// order decides; a ring moves every byte through one AEAD per hop, and AES-128 runs 10 AES
 /// rounds to AES-256's 14 (QUIC's own Initial packets use it; both are 128-bit secure against
-/// everything short of a quantum search). Measured on loopback: README, "Cipher".
+/// everything short of a quantum search). Measured on loopback: docs/BENCHMARKS.md, "Cipher".
 fn crypto_provider() -> rustls::crypto::CryptoProvider {
     let mut p = rustls::crypto::ring::default_provider();
     let first = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;

@@ -1,5 +1,5 @@
 //! Per-channel normalisation: `x/255` then `(x − mean)/std`, with the constants the reference
-//! uses (sam_jax/datasets/dataset_source.py; reference/data.md §4).
+//! uses (sam_jax/datasets/dataset_source.py).
 
 /// Per-channel mean and standard deviation on the `[0, 1]` scale.
 #[derive(Clone, Debug, PartialEq)]

@@ -15,7 +15,7 @@ use crate::svhn::load_svhn;
 use crate::synthetic::synthetic;
 use crate::{DataError, Dataset, Split};
 
-/// Dataset names ringsam reads.
+/// Dataset names this registry loads into memory (ImageNet is read from shards instead).
 pub const NAMES: &[&str] = &["digits", "cifar10", "cifar100", "fashion_mnist", "svhn", "synthetic"];
 
 /// Shape of the `synthetic` dataset.
@@ -41,8 +41,11 @@ impl Default for SyntheticSpec {
 
 /// Loads `split` of dataset `name` from `dir` (ignored by `digits` and `synthetic`).
 pub fn load(name: &str, split: Split, dir: Option<&Path>, use_test_set: bool, synth: &SyntheticSpec) -> Result<Dataset, DataError> {
-    let need_dir =
-        || dir.ok_or_else(|| DataError::Config(format!("dataset {name} needs --data_dir (the directory holding its files; see README)")));
+    let need_dir = || {
+        dir.ok_or_else(|| {
+            DataError::Config(format!("dataset {name} needs --data_dir (the directory holding its files; see the README's dataset table)"))
+        })
+    };
     let holdout = |train: Dataset, at: usize| -> Result<Dataset, DataError> {
         if at > train.len() {
             return Err(DataError::Config(format!("{name}: cannot hold out from {} training images at {at}", train.len())));

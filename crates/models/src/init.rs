@@ -1,6 +1,6 @@
 //! The reference's initialisation, applied by parameter name.
 //!
-//! Rules (reference/sam.md §1.4; `ringsam_nn::init` has the formulas): 4-d `*/kernel` →
+//! Rules (docs/SAM.md, "Initialisation and batch norm"; `ringsam_nn::init` has the formulas): 4-d `*/kernel` →
 //! Kaiming-normal fan-out; 2-d `*/kernel` (the classifier) → `U(±1/√out)`; `*/bias` → 0;
 //! `*/scale` → 1; state `*/mean` → 0, `*/var` → 1. Each parameter draws from its own stream keyed
 //! by `(seed, its index)`, so the values do not depend on thread count or on other parameters.

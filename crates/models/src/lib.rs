@@ -4,7 +4,9 @@
 //! paths, so checkpoints and fixtures share keys one-to-one. Forward is a flat sequence of layer
 //! calls; backward is the same sequence reversed, so the two read as mirror images.
 //!
-//! Models available now: WideResNet-d-k (`WideResnet28x10`, `WideResnet16x4`, any `d = 6n + 4`).
+//! Models (`ringsam models` lists them): WideResNet-d-k (any `d = 6n + 4`), Shake-Shake,
+//! PyramidNet with ShakeDrop, ResNet-50/101/152 (v1), EfficientNet B0–B8 and L2, and a SmallCnn
+//! for tests. docs/ARCHITECTURE.md, "How to add a model", says how to add one.
 
 pub mod efficientnet;
 pub mod error;

@@ -13,7 +13,7 @@
 //! itself, before the ReLU) is the identity when the width does not change, else `Shortcut_0`:
 //! two half-width 1×1 convolutions (`conv_h1` on every s-th pixel, `conv_h2` on every s-th pixel
 //! of the image shifted one pixel up and left), concatenated, then `bn_residual` (no ReLU). No
-//! ReLU after the sum. BN momentum 0.9, eps 1e-5 (reference/sam.md §1.4). Parameter paths follow
+//! ReLU after the sum. BN momentum 0.9, eps 1e-5 (docs/SAM.md). Parameter paths follow
 //! the Flax-linen names of the reference's modules, as WideResNet's do.
 
 use ringsam_nn::layers::{

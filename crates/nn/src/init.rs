@@ -1,4 +1,4 @@
-//! Initializers as the reference uses them (reference/sam.md §1.4).
+//! Initializers as the reference uses them (docs/SAM.md, "Initialisation and batch norm").
 //!
 //! - Convolution kernels: Kaiming-normal with `mode = fan_out`, gain 2 — JAX's
 //!   `variance_scaling(2.0, 'fan_out', 'normal')`, which in jax 0.2 draws a plain (untruncated)

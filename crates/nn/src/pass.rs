@@ -2,10 +2,11 @@
 
 /// Per-call context of a forward pass.
 ///
-/// Random draws (dropout masks, later shake coefficients) are a pure function of
-/// `(seed, step, layer)`, so SAM's second pass at `w + e` sees the same masks as its first pass
-/// and a run is reproducible. `update_bn_stats` is true only in SAM's first pass: the reference
-/// keeps the running statistics of the clean pass and discards those of the perturbed one.
+/// Random draws (dropout and drop-connect masks, shake coefficients) are a pure function of
+/// `(seed, step, layer)` (and the example's place in the global batch), so SAM's second pass at
+/// `w + e` sees the same draws as its first pass and a run is reproducible. `update_bn_stats` is
+/// true in training passes except SAM's second: the reference keeps the running statistics of
+/// the clean pass and discards those of the perturbed one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pass {
     /// Training (batch statistics, dropout on) or evaluation (running statistics, dropout off).

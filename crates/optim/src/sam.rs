@@ -1,4 +1,4 @@
-//! SAM's ascent step (Foret et al. 2020, reference/sam.md §1.6), and ASAM's.
+//! SAM's ascent step (Foret et al. 2020; docs/SAM.md, "The step, in order"), and ASAM's.
 //!
 //! SAM: `w_adv = w + ρ·g/‖g‖₂` with the norm over the whole model and no epsilon, as the
 //! reference; a zero gradient gives `e = 0`. ASAM (Kwon et al. 2021): with `T = |w| + η`,

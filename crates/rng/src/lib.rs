@@ -1,7 +1,7 @@
 //! ringsam-rng: a small counter-based random number generator, shared by the engine (dropout,
 //! initialisation) and the data pipeline (permutations, augmentation).
 //!
-//! Why our own: a draw must be a pure function of `(seed, step, layer)` (see [`crate::Pass`]), so
+//! Why our own: a draw must be a pure function of `(seed, step, layer)` (see `ringsam_nn::Pass`), so
 //! generators are created per use from a key rather than threaded through the program. SplitMix64
 //! (Steele, Lea & Flood 2014) mixes the key into a state; each output is the mix of an advancing
 //! counter. It is not cryptographic; it is fast, tiny and passes BigCrush.

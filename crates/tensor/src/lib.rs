@@ -2,8 +2,9 @@
 //!
 //! What it is: the bottom of the engine. A [`Tensor`] is a row-major shape plus `f32` storage on a
 //! [`Device`]; kernels are free functions named `<op>_forward` / `<op>_backward` that take their
-//! outputs first, then inputs, then a small `Copy` shape struct. Every fast kernel has an obvious
-//! `_ref` twin beside it, kept as the reference the tests compare against.
+//! outputs first, then inputs, then a small `Copy` shape struct. The fast kernels whose arithmetic
+//! is not obvious (convolution, GEMM) have an obvious `_ref` twin beside them, kept as the
+//! reference the tests compare against; the others are checked against finite differences.
 //!
 //! What it is not: there is no autograd tape and no operator overloading. Layers (in `ringsam-nn`)
 //! call these kernels explicitly in forward order and in reverse for the backward pass.

@@ -1,7 +1,7 @@
 //! A TensorBoard event-file writer: `Event` protobufs in TFRecord framing.
 //!
-//! Why our own: the crates that exist pin old protobuf stacks or stub most methods
-//! (DESIGN.md). The format is small: each record is
+//! Why our own: the crates that exist pin old protobuf stacks or stub most methods.
+//! The format is small: each record is
 //! `u64 length (LE) · u32 masked-CRC32C(length bytes) · data · u32 masked-CRC32C(data)`, with
 //! `mask(c) = ((c >> 15) | (c << 17)) + 0xa282ead8`. The first event carries
 //! `file_version = "brain.Event:2"`; scalars are `Summary.Value.simple_value`. The messages are

@@ -1,5 +1,5 @@
 //! TFRecord files holding `tf.Example`s, as TFDS writes `imagenet2012` (features `image`: JPEG
-//! bytes, `label`: int64, `file_name`: bytes; reference/data.md).
+//! bytes, `label`: int64, `file_name`: bytes).
 //!
 //! Framing, per record: `u64` LE length, `u32` masked CRC-32C of those 8 bytes, the data, `u32`
 //! masked CRC-32C of the data; `mask(c) = ((c >> 15) | (c << 17)) + 0xa282ead8`.

@@ -1,7 +1,6 @@
 //! WebDataset shards: POSIX (ustar) tar files whose consecutive members sharing a key form one
 //! sample — the key is the member's path up to the first `.` of its file name, the extension what
-//! follows (`n03991062_24866.jpg` + `n03991062_24866.cls`, the label as ASCII decimal;
-//! reference/data.md). ringsam reads `.jpg`/`.jpeg` and `.cls`; other members are ignored.
+//! follows (`n03991062_24866.jpg` + `n03991062_24866.cls`, the label as ASCII decimal). ringsam reads `.jpg`/`.jpeg` and `.cls`; other members are ignored.
 //!
 //! Every member size is bounded ([`super::tfrecord::MAX_RECORD`]) before it is read. A header
 //! whose checksum fails, a file that ends inside a member, or a first block that is not a tar

@@ -2,7 +2,7 @@
 //! branch is dropped with probability `rate` and kept ones are scaled by `1/(1 − rate)`, so
 //! evaluation is the identity. One draw per example, keyed like every per-example draw
 //! ([`Pass::example_draw`]): SAM's two passes drop the same examples, replicas draw what one
-//! replica would. (The reference's hardware-RNG Bernoulli is neither; DESIGN.md chooses this.)
+//! replica would. (The reference's hardware-RNG Bernoulli is neither; docs/SAM.md, "Random draws".)
 
 use ringsam_tensor::Tensor;
 

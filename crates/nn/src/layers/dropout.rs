@@ -1,7 +1,7 @@
 //! Dropout with masks drawn from `(seed, step, layer)`.
 //!
-//! Why keyed masks: SAM evaluates the same batch twice (at `w` and at `w + e`) and DESIGN.md asks
-//! both passes to see the same mask. The reference does not (its hardware RNG ignores the key); we
+//! Why keyed masks: SAM evaluates the same batch twice (at `w` and at `w + e`), and both passes
+//! should see the same mask (docs/SAM.md, "Random draws"). The reference does not (its hardware RNG ignores the key); we
 //! choose determinism and say so.
 
 use ringsam_tensor::Tensor;

@@ -12,7 +12,7 @@
 //! Draws are keyed by (seed, step, layer, the example's place in the global batch): SAM's two
 //! passes see the same forward coefficients, a run is reproducible, and any number of replicas
 //! draws what one would. (The reference's Bernoulli ignores its key — a hardware-RNG patch — so
-//! its masks differ between passes; ringsam does not reproduce that, as DESIGN.md decides.)
+//! its masks differ between passes; ringsam does not reproduce that; docs/SAM.md, "Random draws".)
 
 use ringsam_tensor::Tensor;
 
