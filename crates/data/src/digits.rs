@@ -112,6 +112,21 @@ mod tests {
         }
         // Deterministic: a second load gives the same split.
         assert_eq!(load_digits(Split::Test).unwrap(), test);
+        // Disjoint: no index is drawn twice, and train and test together are the whole set,
+        // every (image, label) row exactly as often as the file holds it.
+        let (images, labels) = parse(CSV_GZ).unwrap();
+        let drawn = test_indices(&labels);
+        assert!(drawn.windows(2).all(|w| w[0] < w[1]), "a test index drawn twice");
+        let mut left: std::collections::HashMap<(&[u8], u32), i32> = std::collections::HashMap::new();
+        for (row, &l) in images.chunks(64).zip(&labels) {
+            *left.entry((row, l)).or_default() += 1;
+        }
+        for split in [&train, &test] {
+            for (row, &l) in split.pixels.chunks(64).zip(&split.labels) {
+                *left.get_mut(&(row, l)).expect("a row that is not in the file") -= 1;
+            }
+        }
+        assert!(left.values().all(|&n| n == 0), "train and test overlap or miss rows");
     }
 
     #[test]
