@@ -17,22 +17,24 @@ use clap::Args;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
 use ringsam_train::run::{RunOptions, train_replica};
 
-use crate::train_flags::TrainFlags;
+use crate::train_args::{TrainArgs, check_train_words, resolve_train_config};
+use crate::usage;
 
 /// `ringsam worker`.
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 pub struct WorkerArgs {
     /// This replica's rank (default: $RINGSAM_RANK, else $JOB_COMPLETION_INDEX).
     #[arg(long, env = "RINGSAM_RANK")]
     pub rank: Option<usize>,
     /// Replicas in the job.
-    #[arg(long = "world-size", env = "RINGSAM_WORLD_SIZE")]
+    #[arg(long, env = "RINGSAM_WORLD_SIZE")]
     pub world_size: usize,
     /// Every rank's ring address, in rank order (host:port, comma-separated).
     #[arg(long, env = "RINGSAM_PEERS", value_delimiter = ',', conflicts_with = "peer_pattern")]
     pub peers: Vec<String>,
     /// Peer addresses from a pattern with `{i}` for the rank, e.g. `ringsam-{i}.ringsam:29500`.
-    #[arg(long = "peer-pattern", env = "RINGSAM_PEER_PATTERN")]
+    #[arg(long, env = "RINGSAM_PEER_PATTERN")]
     pub peer_pattern: Option<String>,
     /// quic (TLS 1.3, mutual certificates) or tcp (HMAC handshake over RINGSAM_CLUSTER_SECRET).
     #[arg(long, env = "RINGSAM_TRANSPORT", default_value = "quic", value_parser = ["quic", "tcp"])]
@@ -47,15 +49,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "RINGSAM_KEY")]
     pub key: Option<PathBuf>,
     /// Seconds to wait for every peer to come up and the rings to form.
-    #[arg(long = "connect-timeout", env = "RINGSAM_CONNECT_TIMEOUT", default_value_t = 300)]
+    #[arg(long, env = "RINGSAM_CONNECT_TIMEOUT", default_value_t = 300)]
     pub connect_timeout: u64,
     /// Training flags, as for `ringsam train`.
     #[command(flatten)]
-    pub train: TrainFlags,
+    pub train: TrainArgs,
 }
 
 /// `ringsam launch`.
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 pub struct LaunchArgs {
     /// Local worker processes (replicas).
     #[arg(long, default_value_t = 2)]
@@ -64,7 +67,7 @@ pub struct LaunchArgs {
     #[arg(long, default_value = "quic", value_parser = ["quic", "tcp"])]
     pub transport: String,
     /// Serve each worker's Prometheus metrics on 127.0.0.1:PORT+rank.
-    #[arg(long = "metrics-port")]
+    #[arg(long)]
     pub metrics_port: Option<u16>,
     /// `--` then the training flags every worker gets (as for `ringsam train`).
     #[arg(last = true)]
@@ -83,7 +86,7 @@ fn resolve(addr: &str, deadline: Instant) -> Result<SocketAddr> {
 }
 
 /// Runs one replica.
-pub fn cmd_worker(args: &WorkerArgs) -> Result<()> {
+pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     let rank = match args.rank {
         Some(r) => r,
         None => std::env::var("JOB_COMPLETION_INDEX")
@@ -112,7 +115,7 @@ pub fn cmd_worker(args: &WorkerArgs) -> Result<()> {
         let need = |p: &Option<PathBuf>, flag: &str| p.clone().with_context(|| format!("--transport quic needs {flag}"));
         Transport::Quic { ca: need(&args.ca, "--ca")?, cert: need(&args.cert, "--cert")?, key: need(&args.key, "--key")? }
     };
-    let cfg = crate::resolve_train_config(&args.train)?;
+    let cfg = resolve_train_config(&args.train, matches)?;
     let cluster_cfg = ClusterConfig {
         rank,
         peers,
@@ -150,11 +153,23 @@ fn free_port_pair() -> Result<u16> {
 }
 
 /// Starts `--nproc` workers on loopback and waits for them; forwards SIGTERM/SIGINT so each
-/// worker checkpoints and stops. Exits with the first failure.
+/// worker checkpoints and stops. The workers' flags are checked first, so a mistake is reported
+/// before anything starts. Waits for every worker; fails listing the workers that failed, or
+/// exits with the stop code when every worker stopped on the forwarded signal.
 pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
     if args.nproc == 0 {
-        bail!("--nproc must be at least 1");
+        return Err(usage("--nproc must be at least 1"));
     }
+    if let Some(p) = args.metrics_port
+        && (p as usize).checked_add(args.nproc - 1).is_none_or(|last| last > u16::MAX as usize)
+    {
+        return Err(usage(format!("--metrics_port {p}: ports {p}..{p}+{} pass 65535", args.nproc - 1)));
+    }
+    let train_words = match args.train_args.first() {
+        Some(w) if w == "train" => &args.train_args[1..],
+        _ => &args.train_args[..],
+    };
+    check_train_words(train_words).context("the training flags after --")?;
     let mut ports = Vec::new();
     while ports.len() < args.nproc {
         let p = free_port_pair()?;
@@ -175,8 +190,8 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
     let mut children = Vec::new();
     for r in 0..args.nproc {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["worker", "--rank", &r.to_string(), "--world-size", &args.nproc.to_string(), "--peers", &peers])
-            .args(["--transport", &args.transport, "--connect-timeout", "60"])
+        cmd.args(["worker", "--rank", &r.to_string(), "--world_size", &args.nproc.to_string(), "--peers", &peers])
+            .args(["--transport", &args.transport, "--connect_timeout", "60"])
             .env("RINGSAM_THREADS", threads.to_string())
             .env("RINGSAM_CLUSTER_SECRET", &secret)
             .stdout(if r == 0 { std::process::Stdio::inherit() } else { std::process::Stdio::null() });
@@ -185,10 +200,9 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
             cmd.args(["--ca", &f("ca.pem".into()), "--cert", &f(format!("node-{r}.pem")), "--key", &f(format!("node-{r}.key"))]);
         }
         if let Some(p) = args.metrics_port {
-            let port = p.checked_add(r as u16).context("--metrics-port + rank is past 65535")?;
-            cmd.args(["--metrics_addr", &format!("127.0.0.1:{port}")]);
+            cmd.args(["--metrics_addr", &format!("127.0.0.1:{}", p as usize + r)]);
         }
-        cmd.args(&args.train_args);
+        cmd.args(train_words);
         children.push(cmd.spawn().with_context(|| format!("starting worker {r}"))?);
     }
     let stop = crate::stop_on_signals()?;
@@ -197,9 +211,12 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
     while status.iter().any(Option::is_none) {
         if stop.load(Ordering::SeqCst) && !forwarded {
             forwarded = true;
-            for c in &children {
-                // SAFETY: kill(2) on our own child's pid; no memory is involved.
-                unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            for (c, s) in children.iter().zip(&status) {
+                if s.is_none() {
+                    // SAFETY: kill(2) on our own child's pid, which is not reaped yet (its status
+                    // is unknown), so the pid cannot have been reused; no memory is involved.
+                    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                }
             }
         }
         for (c, s) in children.iter_mut().zip(status.iter_mut()) {
@@ -208,6 +225,10 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
             }
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = |s: &std::process::ExitStatus| s.code() == Some(143);
+    if forwarded && status.iter().flatten().all(|s| s.success() || stopped(s)) && status.iter().flatten().any(stopped) {
+        return Err(crate::stopped("every worker wrote its checkpoint and stopped on the forwarded signal"));
     }
     let failed: Vec<String> = status
         .iter()

@@ -1,10 +1,11 @@
 //! `ringsam`: the command line. Thin glue: parse flags, build configs, call into the crates.
 //!
-//! `main` is tiny: `run(parse())` returns an exit code and errors print their whole chain
-//! (`{:#}`), exit code 2. No training logic lives here.
+//! `main` is tiny: flag names are normalised (kebab-case to snake_case), clap parses, `run`
+//! dispatches, and an error prints its whole chain (`{:#}`) and exits with the code
+//! docs/ARCHITECTURE.md defines ("Exit codes"). No training logic lives here.
 
 mod cluster_cmds;
-mod train_flags;
+mod train_args;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,12 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringsam_models::{ModelConfig, build, forward_gflops, list};
+use ringsam_train::TrainError;
 use ringsam_train::bench_step::{self, BenchStepConfig};
-use ringsam_train::config::{QUICKSTART_TOML, TrainConfig};
-use ringsam_train::run::{RunOptions, load_splits, train};
-use train_flags::TrainFlags;
+use ringsam_train::config::normalize_flag_names;
+use ringsam_train::data_source::load_splits;
+use ringsam_train::run::{RunOptions, train};
+use train_args::{TrainArgs, resolve_train_config};
 
 /// Sharpness-Aware Minimization trainer.
 #[derive(Parser, Debug)]
@@ -34,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a model (with no --dataset and no --config: the quickstart on the bundled digits).
-    Train(Box<TrainFlags>),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint on its dataset's test split.
     Eval(EvalArgs),
     /// Dataset utilities.
@@ -54,15 +57,16 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct EvalArgs {
     /// A checkpoint directory (`…/checkpoints/checkpoint_N`).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Directory of the dataset's files (default: the one the run used).
-    #[arg(long = "data_dir", visible_alias = "data-dir")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Evaluation batch size.
-    #[arg(long = "batch_size", visible_alias = "batch-size", default_value_t = 128)]
+    #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Print one JSON object.
     #[arg(long)]
@@ -80,6 +84,7 @@ enum DataCommand {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct PackArgs {
     /// The image folder: one sub-folder of JPEGs per class (classes numbered in name order).
     #[arg(long)]
@@ -91,7 +96,7 @@ struct PackArgs {
     #[arg(long, default_value = "wds")]
     format: String,
     /// Samples per shard.
-    #[arg(long = "shard-size", default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000)]
     shard_size: usize,
     /// Shard name prefix.
     #[arg(long, default_value = "train")]
@@ -99,6 +104,7 @@ struct PackArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct InspectArgs {
     /// Shard files (*.tar or *.tfrecord*).
     #[arg(required = true)]
@@ -109,6 +115,7 @@ struct InspectArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct VerifyArgs {
     /// The directory holding the files.
     dir: PathBuf,
@@ -118,6 +125,7 @@ struct VerifyArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct CertsArgs {
     /// Directory to write ca.pem, node-{i}.pem and node-{i}.key into.
     #[arg(long)]
@@ -128,6 +136,7 @@ struct CertsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct ModelsArgs {
     /// Classifier outputs to count parameters for.
     #[arg(long, default_value_t = 10)]
@@ -154,6 +163,7 @@ enum BenchCommand {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct BenchLinkArgs {
     /// Receive one transfer on this address and print its rate.
     #[arg(long, conflicts_with = "connect")]
@@ -170,6 +180,7 @@ struct BenchLinkArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct BenchLoaderArgs {
     /// A directory of shards (*.tar, *.tfrecord*), or shard files.
     #[arg(long, required = true, num_args = 1..)]
@@ -178,13 +189,13 @@ struct BenchLoaderArgs {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Output side in pixels.
-    #[arg(long = "image-size", default_value_t = 224)]
+    #[arg(long, default_value_t = 224)]
     image_size: usize,
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Classes the labels must fall below.
-    #[arg(long = "num-classes", default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000)]
     num_classes: usize,
     /// JPEG decoder: zune, turbo or turbo-reduced (the last two need --features turbojpeg).
     #[arg(long, default_value = "zune")]
@@ -198,6 +209,7 @@ struct BenchLoaderArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct BenchAllreduceArgs {
     /// Ranks: local processes (tcp) or threads (inproc) started by this command.
     #[arg(long, default_value_t = 4)]
@@ -237,7 +249,7 @@ struct BenchAllreduceArgs {
     plot: Option<PathBuf>,
     /// QUIC per-stream flow-control window in bytes. Larger than half the UDP receive buffer
     /// (4 MiB here), bursts overflow it while a receiver waits for a core; larger than the link's
-    /// queue, the sender keeps that queue full (see the README's table).
+    /// queue, the sender keeps that queue full (docs/BENCHMARKS.md, "The ring on shaped links").
     #[arg(long, default_value_t = 1 << 20)]
     quic_window: u32,
     /// QUIC connection flow-control window and send buffer in bytes.
@@ -269,8 +281,7 @@ struct BenchAllreduceArgs {
     quic_stripes: u64,
     /// Threads each rank's ring runs on (socket reads, reductions, writes, QUIC's crypto). 0
     /// (default): the cores this host has per local rank, 1 to 4 (one rank per host with
-    /// --rank). Measured on a 16-core host, 4 ranks, 64 MiB: TCP 0.81x Gloo on 1 thread, 0.86x
-    /// on 2, 0.96x on 4; QUIC 0.34x, 0.56x, 0.63x.
+    /// --rank); docs/BENCHMARKS.md has what each count measured.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     ring_threads: u64,
     /// Print one JSON object per size.
@@ -279,10 +290,11 @@ struct BenchAllreduceArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 struct BenchStepArgs {
-    /// Model name (see `ringsam models`).
-    #[arg(long, default_value = "WideResnet16x4")]
-    model: String,
+    /// Model (see `ringsam models`).
+    #[arg(long, visible_alias = "model", default_value = "WideResnet16x4")]
+    model_name: String,
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -306,13 +318,98 @@ struct BenchStepArgs {
     json: bool,
 }
 
+/// Exit codes, as docs/ARCHITECTURE.md ("Exit codes") defines them: Kubernetes and supervisors
+/// act on them.
+mod exit {
+    /// Training finished (or the command did its work).
+    pub const OK: u8 = 0;
+    /// A runtime failure: retrying may help.
+    pub const RUNTIME: u8 = 1;
+    /// A usage or configuration error (clap's own code too): retrying cannot help.
+    pub const USAGE: u8 = 2;
+    /// Stopped by SIGTERM/SIGINT after writing a checkpoint: resumable (128 + SIGTERM).
+    pub const STOPPED: u8 = 143;
+}
+
+/// An error that carries its exit code: a usage error (2) or a stop after a checkpoint (143)
+/// that a command learned of by other means than a `TrainError` (from its workers, from clap).
+#[derive(Debug)]
+struct CodedError {
+    code: u8,
+    message: String,
+}
+
+impl std::fmt::Display for CodedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CodedError {}
+
+/// A usage error (exit code 2): the message says what to change.
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(CodedError { code: exit::USAGE, message: message.into() })
+}
+
+/// A stop after a checkpoint (exit code 143).
+pub(crate) fn stopped(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(CodedError { code: exit::STOPPED, message: message.into() })
+}
+
+/// The exit code for `err`: what its outermost recognised cause says. Usage errors are those a
+/// flag or a file the user names must change: a value out of range, an unknown model, a data
+/// directory missing the dataset's files, a device this build or machine lacks.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use ringsam_data::DataError;
+    use ringsam_tensor::TensorError;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<CodedError>() {
+            return e.code;
+        }
+        if cause.is::<ringsam_models::ModelError>() {
+            return exit::USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<DataError>() {
+            return if matches!(e, DataError::Missing { .. } | DataError::Config(_)) { exit::USAGE } else { exit::RUNTIME };
+        }
+        if let Some(TensorError::Device { .. } | TensorError::CudaNotImplemented { .. } | TensorError::Threads(_)) =
+            cause.downcast_ref::<TensorError>()
+        {
+            return exit::USAGE;
+        }
+        match cause.downcast_ref::<TrainError>() {
+            Some(TrainError::Interrupted { .. }) => return exit::STOPPED,
+            Some(TrainError::Config(_) | TrainError::Model(_)) => return exit::USAGE,
+            Some(TrainError::Data(e)) if matches!(e, DataError::Missing { .. } | DataError::Config(_)) => return exit::USAGE,
+            Some(TrainError::Tensor(TensorError::Device { .. } | TensorError::CudaNotImplemented { .. })) => return exit::USAGE,
+            Some(_) => return exit::RUNTIME,
+            None => {}
+        }
+    }
+    exit::RUNTIME
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let matches = match Cli::command().try_get_matches_from(normalize_flag_names(std::env::args_os())) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let result = Cli::from_arg_matches(&matches).map_err(|e| usage(e.to_string())).and_then(|cli| run(cli, &matches));
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
         Err(err) => {
-            eprintln!("ringsam: {err:#}");
-            ExitCode::from(2)
+            let code = exit_code(&err);
+            if code == exit::STOPPED {
+                eprintln!("ringsam: {err:#}: stopped by a signal; run the same command again to resume");
+            } else {
+                eprintln!("ringsam: {err:#}");
+            }
+            ExitCode::from(code)
         }
     }
 }
@@ -323,7 +420,7 @@ fn main() -> ExitCode {
 /// zeroed pages: ~15 % of a loopback QUIC all-reduce's CPU, measured with perf. Keeping up to
 /// 1 GiB of freed memory per heap, and serving blocks up to glibc's 32 MiB ceiling from the heap,
 /// trades a higher resident size for a steady state without faults (QUIC busbw 1.4-1.5x,
-/// alternating runs; README, "Allocator").
+/// alternating runs; docs/BENCHMARKS.md, "Allocator").
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it runs before any thread is started.
@@ -333,11 +430,12 @@ fn keep_freed_memory() {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    let sub = |name: &str| matches.subcommand_matches(name).expect("clap parsed this subcommand");
     let threads =
         ringsam_tensor::threads::configure(cli.threads).context("configuring the engine's threads (--threads / RINGSAM_THREADS)")?;
     match cli.command {
-        Command::Train(flags) => cmd_train(&flags),
+        Command::Train(args) => cmd_train(&args, sub("train")),
         Command::Eval(args) => cmd_eval(&args),
         Command::Data(DataCommand::Verify(args)) => cmd_data_verify(&args),
         Command::Data(DataCommand::Pack(args)) => cmd_data_pack(&args),
@@ -353,7 +451,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Allreduce(args)) => cmd_bench_allreduce(&args),
         Command::Bench(BenchCommand::Loader(args)) => cmd_bench_loader(&args),
         Command::Bench(BenchCommand::Link(args)) => cmd_bench_link(&args),
-        Command::Worker(args) => cluster_cmds::cmd_worker(&args),
+        Command::Worker(args) => cluster_cmds::cmd_worker(&args, sub("worker")),
         Command::Launch(args) => cluster_cmds::cmd_launch(&args),
     }
 }
@@ -399,7 +497,7 @@ fn cmd_models(args: &ModelsArgs) -> Result<()> {
 
 fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
     let cfg = BenchStepConfig {
-        model: args.model.clone(),
+        model: args.model_name.clone(),
         batch: args.batch,
         image_size: args.image_size,
         num_classes: args.num_classes,
@@ -413,7 +511,7 @@ fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
             eprint!("\r\x1b[2K{line}");
         }
     })
-    .with_context(|| format!("benchmarking {} at batch {}", args.model, args.batch))?;
+    .with_context(|| format!("benchmarking {} at batch {}", args.model_name, args.batch))?;
     if show_progress {
         eprintln!();
     }
@@ -438,20 +536,6 @@ fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// The run configuration: defaults, then `--config` (or the quickstart), then the flags.
-fn resolve_train_config(flags: &TrainFlags) -> Result<TrainConfig> {
-    let mut cfg = TrainConfig::default();
-    if let Some(path) = &flags.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        cfg = cfg.merge_toml(&text).map_err(anyhow::Error::msg).with_context(|| format!("config {}", path.display()))?;
-    } else if flags.dataset.is_none() {
-        eprintln!("ringsam: no --dataset or --config: running the quickstart (configs/quickstart.toml: SAM on the bundled digits)");
-        cfg = cfg.merge_toml(QUICKSTART_TOML).map_err(anyhow::Error::msg).context("the built-in quickstart config")?;
-    }
-    flags.apply(&mut cfg);
-    Ok(cfg)
-}
-
 /// A flag SIGTERM and SIGINT set: the run checkpoints and stops.
 fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -470,17 +554,17 @@ fn print_summary(summary: &ringsam_train::run::RunSummary) {
 }
 
 /// Starts the Prometheus endpoint when `--metrics_addr` is given.
-fn serve_metrics(flags: &TrainFlags, rank: usize, log: &dyn Fn(&str)) -> Result<()> {
-    if let Some(addr) = flags.metrics_addr {
+fn serve_metrics(args: &TrainArgs, rank: usize, log: &dyn Fn(&str)) -> Result<()> {
+    if let Some(addr) = args.metrics_addr {
         let bound = ringsam_train::telemetry::serve_prometheus(addr, rank)?;
         log(&format!("metrics on http://{bound}/metrics"));
     }
     Ok(())
 }
 
-fn cmd_train(flags: &TrainFlags) -> Result<()> {
-    let cfg = resolve_train_config(flags)?;
-    serve_metrics(flags, 0, &|l| eprintln!("ringsam: {l}"))?;
+fn cmd_train(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
+    let cfg = resolve_train_config(args, matches)?;
+    serve_metrics(args, 0, &|l| eprintln!("ringsam: {l}"))?;
     let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()? };
     let summary = train(&cfg, &opts, &mut |line| eprintln!("ringsam: {line}"))
         .with_context(|| format!("training {} on {}", cfg.model_name, cfg.dataset))?;
@@ -696,9 +780,9 @@ fn fresh_cluster_secret() -> Result<String> {
 fn cluster_secret() -> Result<Vec<u8>> {
     match std::env::var("RINGSAM_CLUSTER_SECRET") {
         Ok(s) if s.len() >= 16 => Ok(s.into_bytes()),
-        Ok(_) => bail!("RINGSAM_CLUSTER_SECRET must be at least 16 bytes"),
+        Ok(_) => Err(usage("RINGSAM_CLUSTER_SECRET must be at least 16 bytes")),
         Err(_) => {
-            bail!("no cluster secret: set RINGSAM_CLUSTER_SECRET (at least 16 bytes) on every rank; without a secret there is no ring")
+            Err(usage("no cluster secret: set RINGSAM_CLUSTER_SECRET (at least 16 bytes) on every rank; without a secret there is no ring"))
         }
     }
 }

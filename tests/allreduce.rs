@@ -89,7 +89,8 @@ fn killing_a_rank_mid_operation_fails_the_others_quickly() {
     for (r, k) in kids.into_iter().enumerate() {
         let o = k.wait_with_output().unwrap();
         if r != 1 {
-            assert_eq!(o.status.code(), Some(2), "rank {r}: {}", String::from_utf8_lossy(&o.stderr));
+            // A lost peer is a runtime failure (exit code 1: retrying may help), not a usage error.
+            assert_eq!(o.status.code(), Some(1), "rank {r}: {}", String::from_utf8_lossy(&o.stderr));
             let err = String::from_utf8_lossy(&o.stderr);
             // Mid-operation the link drops; on a slow machine the ring may not have formed yet.
             assert!(err.contains("down") || err.contains("sent nothing") || err.contains("not formed"), "rank {r}: {err}");

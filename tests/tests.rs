@@ -6,5 +6,6 @@ mod cli;
 mod distributed;
 mod imagenet;
 mod netns;
+mod regression;
 mod train;
 mod util;

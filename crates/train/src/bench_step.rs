@@ -83,10 +83,10 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     // One model serves both variants (only ρ differs), so the benchmark holds one set of
     // activations. Both are warmed up first, then timed in alternation (SGD, SAM, SGD, ...) so that
     // a change in machine conditions during the run affects both alike.
-    let mut st = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho: 0.0, weight_decay: 5e-4, ..StepConfig::default() })?;
+    let mut st = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho: 0.0, weight_decay: 5e-4, ..StepConfig::default() }, None, 0)?;
     progress("warm-up steps");
     for rho in [0.0, cfg.rho] {
-        st.cfg.rho = rho;
+        st.set_rho(rho);
         st.step(&x, &labels, 0.01)?;
     }
     let (mut sgd, mut sam) = (Vec::with_capacity(cfg.iters), Vec::with_capacity(cfg.iters));
@@ -94,12 +94,12 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     for i in 0..cfg.iters {
         progress(&format!("step {}/{} (SGD, then SAM)", i + 1, cfg.iters));
         for (rho, samples) in [(0.0, &mut sgd), (cfg.rho, &mut sam)] {
-            st.cfg.rho = rho;
+            st.set_rho(rho);
             let t = Instant::now();
             st.step(&x, &labels, 0.01)?;
             samples.push(t.elapsed().as_secs_f64() * 1e3);
             if rho == 0.0 {
-                macs = (st.model.last_forward_macs(), st.model.last_backward_macs());
+                macs = (st.model().last_forward_macs(), st.model().last_backward_macs());
             }
         }
     }

@@ -1,199 +1,406 @@
-//! The training configuration: the reference's flags, with its defaults.
+//! The training configuration: every flag of `ringsam train`, declared once.
 //!
-//! Values come from three layers, later ones winning: the defaults below (the reference's,
-//! reference/sam.md §1.1, except `sync_perturbations = true` as DESIGN.md decides), a TOML file
-//! (`--config`, keys are the flag names), then command-line flags. The binary does the merging
-//! ([`TrainConfig::merge_toml`] and field assignment); [`TrainConfig::validate`] checks values
-//! against each other and says which flag to change.
+//! Each field below is one flag: its doc comment is the `--help` text, its `#[arg]` the flag
+//! (the reference's snake_case name; kebab-case is accepted because the binary normalises flag
+//! names before parsing) and its default, and its serde name the key a TOML file in `configs/`
+//! uses. Values come from three layers, later ones winning: the defaults (the reference's,
+//! except `sync_perturbations = true`; see docs/SAM.md), a TOML file (`--config`, or the
+//! quickstart when neither `--config` nor `--dataset` is given), then the command line (or the
+//! environment, for the few flags that read one). [`TrainConfig::resolve`] merges the layers,
+//! deciding precedence with clap's `value_source`, and [`TrainConfig::validate`] checks every
+//! value, alone and against the others, before anything starts; its messages name the flag.
 
 use std::path::PathBuf;
 
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-/// Every knob of a training run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Dataset name (digits, cifar10, cifar100, fashion_mnist, svhn, synthetic).
-    pub dataset: String,
-    /// Directory holding the dataset's files (not needed for digits and synthetic).
-    pub data_dir: Option<PathBuf>,
-    /// Model name (see `ringsam models`).
-    pub model_name: String,
-    /// Epochs.
-    pub num_epochs: u64,
-    /// Global batch size.
-    pub batch_size: usize,
-    /// Where run directories go (`output_dir/lr_…/wd_…/rho_…/seed_…`).
-    pub output_dir: PathBuf,
-    /// none | basic | autoaugment | aa-only.
-    pub image_level_augmentations: String,
-    /// none | cutout | mixup | mixcut.
-    pub batch_level_augmentations: String,
-    /// Cutout square side.
-    pub cutout_length: usize,
-    /// Clip gradients to this global norm (0: off).
-    pub gradient_clipping: f32,
-    /// Peak learning rate.
-    pub learning_rate: f64,
-    /// The global batch `learning_rate` is stated for (ours): when set, the run uses
-    /// `learning_rate × batch_size / this` (linear scaling, Goyal et al. 2017), so a recipe's
-    /// config keeps its rate when `--batch_size` changes. Applied by [`TrainConfig::resolved`].
-    pub learning_rate_batch_size: Option<usize>,
-    /// Use the schedule (false: constant learning rate).
-    pub use_learning_rate_schedule: bool,
-    /// cosine | exponential | constant.
-    pub lr_schedule: String,
-    /// Linear warm-up epochs (ours; the reference has none).
-    pub warmup_epochs: f64,
-    /// Weight decay.
-    pub weight_decay: f32,
-    /// Decoupled weight decay instead of L2 in the loss (ours).
-    pub decoupled_weight_decay: bool,
-    /// Only tensors with more than one dimension decay.
-    pub no_weight_decay_on_bn: bool,
-    /// Seed of the random draws and the data order.
-    pub run_seed: u64,
-    /// TF1 RMSProp instead of Nesterov momentum.
-    pub use_rmsprop: bool,
-    /// Momentum coefficient (the reference hard-codes 0.9).
-    pub momentum: f32,
-    /// Label smoothing.
-    pub label_smoothing: f32,
-    /// EMA decay of weights and BN state (0: off).
-    pub ema_decay: f32,
-    /// SAM radius (0: plain SGD).
-    pub sam_rho: f32,
-    /// ASAM instead of SAM (ours).
-    pub adaptive_sam: bool,
-    /// ASAM's η.
-    pub asam_eta: f32,
-    /// m-sharpness on one replica: examples per ascent (ours).
-    pub sam_m: Option<usize>,
-    /// Average the ascent gradient across replicas (ringsam's default: true).
-    pub sync_perturbations: bool,
-    /// Average the ascent gradient within groups of this many replicas.
-    pub inner_group_size: Option<usize>,
-    /// Evaluate every this many epochs.
-    pub evaluate_every: u64,
-    /// Also evaluate on the training set.
-    pub also_eval_on_training_set: bool,
-    /// Report top-5 error.
-    pub compute_top_5_error_rate: bool,
-    /// Hold-out validation instead of the test split when false.
-    pub use_test_set: bool,
-    /// Write a checkpoint when this many seconds have passed since the last one.
-    pub save_progress_seconds: u64,
-    /// Write a checkpoint at the end of every this many epochs (ours; 0: off).
-    pub checkpoint_every_epochs: u64,
-    /// Newest checkpoints kept.
-    pub keep_checkpoints: usize,
-    /// Mixup on ImageNet training batches: λ ~ Beta(α, α), kept ≥ ½, one per batch (0: off).
-    pub imagenet_mixup_alpha: f64,
-    /// RandAugment's number of ops per image (ImageNet `autoaugment`).
-    pub randaug_num_layers: usize,
-    /// RandAugment's magnitude (0–10 is the reference's scale; the paper studies up to 30).
-    pub randaug_magnitude: f64,
-    /// Image side for the synthetic dataset and sharded data (ours; 0: the model's input size,
-    /// `ringsam models` lists it).
-    pub image_size: usize,
-    /// Stop after this many steps (ours; for smoke tests and benchmarks).
-    pub max_steps: Option<u64>,
-    /// Batches the loader prepares ahead.
-    pub prefetch: usize,
-    /// Decoder threads of the shard loader (ours; 0: one per four logical cores, at least one).
-    pub loader_workers: usize,
-    /// JPEG decoder of the shard loader (ours): `zune` (default), `turbo` (libjpeg-turbo, only the
-    /// crop decoded), `turbo-reduced` (also at a reduced DCT scale; not the reference's pixels).
-    pub jpeg_decoder: String,
-    /// Data-parallel: compare the replicas' parameter fingerprints every this many steps
-    /// (ours; 0: only before checkpoints).
-    pub check_replicas_every: u64,
-    /// Data-parallel: gradient bucket size in MiB (DDP's `bucket_cap_mb`).
-    pub bucket_mb: f64,
-    /// Data-parallel: size of the first bucket (the last layers) in MiB.
-    pub first_bucket_mb: f64,
-    /// Data-parallel: send buckets while backward runs (false: after it, to measure the overlap).
-    pub overlap_comm: bool,
-    /// Data-parallel: seconds of silence from a peer that owes data before the run fails.
-    pub ring_timeout_seconds: u64,
-    /// Micro-batches per replica batch, gradients summed (ours): the global batch is replicas ×
-    /// micro-batch × this; only the summed gradient crosses the ring.
-    pub grad_accum_steps: usize,
+/// A dataset ringsam reads (see the README's dataset table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum DatasetName {
+    /// scikit-learn's 8×8 handwritten digits, bundled in the binary.
+    Digits,
+    /// CIFAR-10 binary batches.
+    Cifar10,
+    /// CIFAR-100 binary files.
+    Cifar100,
+    /// Fashion-MNIST IDX files.
+    FashionMnist,
+    /// SVHN `.mat` files.
+    Svhn,
+    /// Random images with learnable labels (`--image_size`).
+    Synthetic,
+    /// ImageNet shards (TFDS TFRecord or WebDataset tar).
+    Imagenet,
 }
 
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            dataset: "cifar10".into(),
-            data_dir: None,
-            model_name: "WideResnet28x10".into(),
-            num_epochs: 200,
-            batch_size: 128,
-            output_dir: PathBuf::from("runs"),
-            image_level_augmentations: "basic".into(),
-            batch_level_augmentations: "none".into(),
-            cutout_length: 16,
-            gradient_clipping: 5.0,
-            learning_rate: 0.1,
-            learning_rate_batch_size: None,
-            use_learning_rate_schedule: true,
-            lr_schedule: "cosine".into(),
-            warmup_epochs: 0.0,
-            weight_decay: 0.001,
-            decoupled_weight_decay: false,
-            no_weight_decay_on_bn: false,
-            run_seed: 0,
-            use_rmsprop: false,
-            momentum: 0.9,
-            label_smoothing: 0.0,
-            ema_decay: 0.0,
-            sam_rho: 0.0,
-            adaptive_sam: false,
-            asam_eta: 0.01,
-            sam_m: None,
-            sync_perturbations: true,
-            inner_group_size: None,
-            evaluate_every: 1,
-            also_eval_on_training_set: false,
-            compute_top_5_error_rate: false,
-            use_test_set: true,
-            save_progress_seconds: 3600,
-            checkpoint_every_epochs: 1,
-            keep_checkpoints: 2,
-            imagenet_mixup_alpha: 0.0,
-            randaug_num_layers: 2,
-            randaug_magnitude: 9.0,
-            image_size: 0,
-            max_steps: None,
-            prefetch: 4,
-            loader_workers: 0,
-            jpeg_decoder: "zune".into(),
-            check_replicas_every: 100,
-            bucket_mb: 25.0,
-            first_bucket_mb: 1.0,
-            overlap_comm: true,
-            ring_timeout_seconds: 30,
-            grad_accum_steps: 1,
+impl DatasetName {
+    /// The name as flags, TOML files and the data crate spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Digits => "digits",
+            DatasetName::Cifar10 => "cifar10",
+            DatasetName::Cifar100 => "cifar100",
+            DatasetName::FashionMnist => "fashion_mnist",
+            DatasetName::Svhn => "svhn",
+            DatasetName::Synthetic => "synthetic",
+            DatasetName::Imagenet => "imagenet",
         }
     }
+
+    /// Image-level augmentations the reference's dataset class for this dataset accepts.
+    pub fn image_augmentations(self) -> &'static [ImageAugmentation] {
+        use ImageAugmentation::*;
+        match self {
+            DatasetName::Cifar10 | DatasetName::Cifar100 => &[None, Basic, Autoaugment],
+            DatasetName::Svhn => &[None, Basic, Autoaugment, AaOnly],
+            DatasetName::Imagenet => &[Basic, Autoaugment],
+            _ => &[None, Basic],
+        }
+    }
+
+    /// The image-level augmentation a run gets when neither a flag nor a TOML file sets one: the
+    /// reference's `basic` (flip, pad, crop), except on the 8×8 digits, which a 4-pixel pad and
+    /// crop ruin and a mirror turns into other digits.
+    pub fn default_image_augmentation(self) -> ImageAugmentation {
+        match self {
+            DatasetName::Digits => ImageAugmentation::None,
+            _ => ImageAugmentation::Basic,
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `--image_level_augmentations`: what each training image gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum ImageAugmentation {
+    /// Nothing.
+    None,
+    /// Flip, 4-pixel reflect pad and crop (ImageNet: the Inception crop and flip).
+    Basic,
+    /// `basic`, then the dataset's AutoAugment policy (RandAugment on ImageNet).
+    Autoaugment,
+    /// The AutoAugment policy alone (SVHN).
+    #[serde(rename = "aa-only")]
+    #[value(name = "aa-only")]
+    AaOnly,
+}
+
+impl ImageAugmentation {
+    /// The name as flags spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageAugmentation::None => "none",
+            ImageAugmentation::Basic => "basic",
+            ImageAugmentation::Autoaugment => "autoaugment",
+            ImageAugmentation::AaOnly => "aa-only",
+        }
+    }
+}
+
+/// `--batch_level_augmentations`: what each training batch gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum BatchAugmentation {
+    /// Nothing.
+    None,
+    /// A `--cutout_length` square zeroed, one centre per batch, as the reference (not on ImageNet).
+    Cutout,
+}
+
+/// `--lr_schedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum LrScheduleName {
+    /// Cosine decay to zero over the run.
+    Cosine,
+    /// The reference's exponential decay (ImageNet).
+    Exponential,
+    /// The peak rate throughout.
+    Constant,
+}
+
+/// `--jpeg_decoder`: the shard loader's JPEG decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum JpegDecoderName {
+    /// zune-jpeg, full size (always built).
+    Zune,
+    /// libjpeg-turbo, only the crop decoded (needs `--features turbojpeg`).
+    Turbo,
+    /// libjpeg-turbo at a reduced DCT scale too (not the reference's pixels).
+    #[serde(rename = "turbo-reduced")]
+    #[value(name = "turbo-reduced")]
+    TurboReduced,
+}
+
+impl JpegDecoderName {
+    /// The name as flags spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JpegDecoderName::Zune => "zune",
+            JpegDecoderName::Turbo => "turbo",
+            JpegDecoderName::TurboReduced => "turbo-reduced",
+        }
+    }
+}
+
+/// Every knob of a training run (see the module docs: one field, one flag, one TOML key).
+#[derive(Clone, Debug, PartialEq, Args, Serialize, Deserialize)]
+#[command(rename_all = "snake_case", next_help_heading = "Training")]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Dataset (with neither --dataset nor --config: the quickstart on the bundled digits).
+    #[arg(long, value_enum, default_value_t = DatasetName::Cifar10)]
+    pub dataset: DatasetName,
+    /// Directory holding the dataset's files (not needed for digits and synthetic).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Model (`ringsam models` lists them).
+    #[arg(long, visible_alias = "model", default_value = "WideResnet28x10")]
+    pub model_name: String,
+    /// Epochs.
+    #[arg(long, default_value_t = 200)]
+    pub num_epochs: u64,
+    /// Global batch size (all replicas together).
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Where run directories go (`output_dir/lr_…/wd_…/rho_…/seed_…`).
+    #[arg(long, default_value = "runs")]
+    pub output_dir: PathBuf,
+    /// Per-image augmentation (default: basic; none on digits).
+    #[arg(long, value_enum, default_value_t = ImageAugmentation::Basic)]
+    pub image_level_augmentations: ImageAugmentation,
+    /// Per-batch augmentation.
+    #[arg(long, value_enum, default_value_t = BatchAugmentation::None)]
+    pub batch_level_augmentations: BatchAugmentation,
+    /// Cutout square side in pixels.
+    #[arg(long, default_value_t = 16)]
+    pub cutout_length: usize,
+    /// Clip the applied gradient to this global norm (0: off).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5.0)]
+    pub gradient_clipping: f32,
+    /// Peak learning rate.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
+    pub learning_rate: f64,
+    /// The global batch --learning_rate is stated for: the run uses learning_rate × batch_size /
+    /// this (linear scaling), so a recipe keeps its rate when --batch_size changes.
+    #[arg(long)]
+    pub learning_rate_batch_size: Option<usize>,
+    /// Follow --lr_schedule (false: a constant learning rate).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
+    pub use_learning_rate_schedule: bool,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = LrScheduleName::Cosine)]
+    pub lr_schedule: LrScheduleName,
+    /// Linear warm-up epochs (ours; the reference has none).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Weight decay (L2 in the loss unless --decoupled_weight_decay).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.001)]
+    pub weight_decay: f32,
+    /// Decoupled weight decay (w ← w − lr·wd·w after the update) instead of L2 in the loss.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub decoupled_weight_decay: bool,
+    /// Only tensors with more than one dimension decay.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub no_weight_decay_on_bn: bool,
+    /// Seed of the random draws and the data order.
+    #[arg(long, default_value_t = 0)]
+    pub run_seed: u64,
+    /// TF1 RMSProp instead of Nesterov momentum.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub use_rmsprop: bool,
+    /// Momentum coefficient (the reference hard-codes 0.9), in [0, 1).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
+    pub momentum: f32,
+    /// Label smoothing, in [0, 1).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// EMA decay of weights and batch-norm state, in [0, 1) (0: off).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub ema_decay: f32,
+    /// SAM radius ρ (0: plain SGD, one pass per step).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub sam_rho: f32,
+    /// ASAM (adaptive SAM) instead of SAM.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub adaptive_sam: bool,
+    /// ASAM's η in T = |w| + η.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.01)]
+    pub asam_eta: f32,
+    /// m-sharpness on one replica: examples per ascent (default: the whole batch).
+    #[arg(long)]
+    pub sam_m: Option<usize>,
+    /// Average the ascent gradient over the replicas (false: each replica ascends on its own
+    /// batch, the reference's default).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
+    pub sync_perturbations: bool,
+    /// Average the ascent gradient within groups of this many consecutive replicas.
+    #[arg(long)]
+    pub inner_group_size: Option<usize>,
+    /// Evaluate every this many epochs (and after the last).
+    #[arg(long, default_value_t = 1)]
+    pub evaluate_every: u64,
+    /// Also evaluate on the training set.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub also_eval_on_training_set: bool,
+    /// Report the top-5 error rate.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub compute_top_5_error_rate: bool,
+    /// Evaluate on the test split (false: on a held-out slice of the training split).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
+    pub use_test_set: bool,
+    /// Write a checkpoint when this many seconds have passed since the last one.
+    #[arg(long, default_value_t = 3600)]
+    pub save_progress_seconds: u64,
+    /// Write a checkpoint at the end of every this many epochs (0: off).
+    #[arg(long, default_value_t = 1)]
+    pub checkpoint_every_epochs: u64,
+    /// Newest checkpoints kept.
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Mixup on ImageNet training batches: λ ~ Beta(α, α), kept ≥ ½, one per batch (0: off).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub imagenet_mixup_alpha: f64,
+    /// RandAugment's ops per image (ImageNet with --image_level_augmentations autoaugment).
+    #[arg(long, default_value_t = 2)]
+    pub randaug_num_layers: usize,
+    /// RandAugment's magnitude (0–10 is the reference's scale; up to 30 accepted).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 9.0)]
+    pub randaug_magnitude: f64,
+    /// Image side for synthetic and sharded data (0: the model's input size).
+    #[arg(long, default_value_t = 0)]
+    pub image_size: usize,
+    /// Stop after this many global steps (smoke tests, benchmarks).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Batches the loader prepares ahead (1 to 64).
+    #[arg(long, default_value_t = 4)]
+    pub prefetch: usize,
+    /// Decoder threads of the shard loader (0: one per four logical cores, at least one).
+    #[arg(long, default_value_t = 0)]
+    pub loader_workers: usize,
+    /// JPEG decoder of the ImageNet shard loader.
+    #[arg(long, value_enum, default_value_t = JpegDecoderName::Zune)]
+    pub jpeg_decoder: JpegDecoderName,
+    /// Data-parallel: compare the replicas' parameter fingerprints every this many steps (0: only
+    /// before checkpoints).
+    #[arg(long, default_value_t = 100)]
+    pub check_replicas_every: u64,
+    /// Data-parallel: gradient bucket size in MiB (DDP's bucket_cap_mb).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// Data-parallel: size of the first bucket (the last layers) in MiB.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
+    pub first_bucket_mb: f64,
+    /// Data-parallel: send gradient buckets while backward runs (false: after it).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = true)]
+    pub overlap_comm: bool,
+    /// Data-parallel: seconds of silence from a peer that owes data before the run fails.
+    #[arg(long, default_value_t = 30)]
+    pub ring_timeout_seconds: u64,
+    /// Micro-batches per replica batch, their gradients summed; the global batch stays
+    /// --batch_size and only the summed gradient crosses the ring.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum_steps: usize,
+    /// Print a progress line every this many steps when stderr is not a terminal (0: every ~30 s).
+    #[arg(long, default_value_t = 0)]
+    pub log_every_steps: u64,
+    /// Resume a checkpoint even when this run changes a setting that alters the math.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub allow_config_change: bool,
 }
 
 /// The quickstart, used when neither `--config` nor `--dataset` is given.
 pub const QUICKSTART_TOML: &str = include_str!("../../../configs/quickstart.toml");
 
+/// The largest TOML file a run reads (configs are a few hundred bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Bounds on values that size allocations or timers (issue-tracked probes found each overflowing).
+const MAX_IMAGE_SIZE: usize = 4096;
+const MAX_PREFETCH: usize = 64;
+const MAX_LOADER_WORKERS: usize = 256;
+const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+impl Default for TrainConfig {
+    /// The defaults the flags declare (there is no second list of them).
+    fn default() -> Self {
+        let cmd = TrainConfig::augment_args(clap::Command::new("train"));
+        let matches = cmd.try_get_matches_from(["train"]).expect("the declared defaults parse");
+        TrainConfig::from_arg_matches(&matches).expect("the declared defaults form a config")
+    }
+}
+
 impl TrainConfig {
-    /// Applies a TOML document on top of `self` (keys not present keep their value).
-    pub fn merge_toml(&self, text: &str) -> Result<TrainConfig, String> {
-        let mut base = match toml::Value::try_from(self).map_err(|e| e.to_string())? {
-            toml::Value::Table(t) => t,
-            _ => unreachable!("a struct serializes to a table"),
-        };
-        let over: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        for (k, v) in over {
-            base.insert(k, v);
+    /// Merges the layers (see the module docs): `matches` holds the defaults and the command line
+    /// (from a command `TrainConfig::augment_args` built), `toml` the file's text. Validates the
+    /// result.
+    pub fn resolve(matches: &ArgMatches, toml: Option<&str>) -> Result<TrainConfig, String> {
+        let mut cfg = TrainConfig::from_arg_matches(matches).map_err(|e| e.to_string())?;
+        let from_user = |id: &str| TrainConfig::given(matches, id);
+        let mut toml_keys = Vec::new();
+        if let Some(text) = toml {
+            let over: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+            let known = TrainConfig::flag_names();
+            let mut base = match toml::Value::try_from(&cfg).map_err(|e| e.to_string())? {
+                toml::Value::Table(t) => t,
+                _ => unreachable!("a struct serializes to a table"),
+            };
+            for (k, v) in over {
+                if !known.contains(&k) {
+                    return Err(format!("unknown key `{k}` (keys are `ringsam train` flag names, e.g. sam_rho)"));
+                }
+                if !from_user(&k) {
+                    base.insert(k.clone(), v);
+                }
+                toml_keys.push(k);
+            }
+            cfg = toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| e.to_string())?;
         }
-        toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| e.to_string())
+        let key = "image_level_augmentations";
+        if !from_user(key) && !toml_keys.iter().any(|k| k == key) {
+            cfg.image_level_augmentations = cfg.dataset.default_image_augmentation();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every flag's name (the TOML keys).
+    pub fn flag_names() -> Vec<String> {
+        let cmd = TrainConfig::augment_args(clap::Command::new("train"));
+        cmd.get_arguments().map(|a| a.get_id().to_string()).collect()
+    }
+
+    /// Whether the user set `id` on the command line or through the environment (not a default).
+    pub fn given(matches: &ArgMatches, id: &str) -> bool {
+        matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+    }
+
+    /// Parses `args` (flags only, as after `ringsam train`) over `toml`, as a run would: for
+    /// tests, and for launchers that check workers' flags before starting any.
+    pub fn from_args<I, S>(args: I, toml: Option<&str>) -> Result<TrainConfig, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString> + Clone,
+    {
+        let cmd = TrainConfig::augment_args(clap::Command::new("train").no_binary_name(true));
+        let matches = cmd.try_get_matches_from(normalize_flag_names(args)).map_err(|e| e.to_string())?;
+        TrainConfig::resolve(&matches, toml)
     }
 
     /// The configuration a run uses: the learning rate scaled to the batch when
@@ -208,95 +415,108 @@ impl TrainConfig {
         c
     }
 
-    /// Checks values against each other; the message names the flag to change.
-    #[allow(clippy::neg_cmp_op_on_partial_ord)] // written so that NaN fails the check
+    /// Checks every value, alone and against the others; the message names the flag to change.
+    /// NaN fails every range check (each is written so that it must hold, not so that its
+    /// opposite must fail).
     pub fn validate(&self) -> Result<(), String> {
-        let fail = |m: String| Err(m);
-        if self.batch_size == 0 {
-            return fail("--batch_size must be at least 1".into());
+        let at_least_one = [
+            ("batch_size", self.batch_size as u64),
+            ("keep_checkpoints", self.keep_checkpoints as u64),
+            ("evaluate_every", self.evaluate_every),
+            ("grad_accum_steps", self.grad_accum_steps as u64),
+            ("ring_timeout_seconds", self.ring_timeout_seconds),
+            ("prefetch", self.prefetch as u64),
+        ];
+        for (flag, v) in at_least_one {
+            if v == 0 {
+                return Err(format!("--{flag} must be at least 1"));
+            }
+        }
+        let optional_at_least_one = [
+            ("learning_rate_batch_size", self.learning_rate_batch_size),
+            ("sam_m", self.sam_m),
+            ("inner_group_size", self.inner_group_size),
+        ];
+        for (flag, v) in optional_at_least_one {
+            if v == Some(0) {
+                return Err(format!("--{flag} must be at least 1"));
+            }
         }
         if self.num_epochs == 0 && self.max_steps.is_none() {
-            return fail("--num_epochs must be at least 1".into());
+            return Err("--num_epochs must be at least 1".into());
         }
-        if !["none", "basic", "autoaugment", "aa-only"].contains(&self.image_level_augmentations.as_str()) {
-            return fail(format!(
-                "--image_level_augmentations {:?}: expected none, basic, autoaugment or aa-only",
-                self.image_level_augmentations
-            ));
-        }
-        if self.image_size > 4096 {
-            return fail(format!("--image_size {} is larger than 4096", self.image_size));
-        }
-        // Which datasets take which augmentations: as the reference's dataset classes assert.
-        let aug = self.image_level_augmentations.as_str();
-        let allowed: &[&str] = match self.dataset.as_str() {
-            "cifar10" | "cifar100" => &["none", "basic", "autoaugment"],
-            "svhn" => &["none", "basic", "autoaugment", "aa-only"],
-            "imagenet" => &["basic", "autoaugment"],
-            _ => &["none", "basic"],
-        };
-        if !allowed.contains(&aug) {
-            return fail(format!(
-                "--image_level_augmentations {aug}: dataset {} takes {} (as the reference's dataset class asserts; \
-                 `autoaugment` is the dataset's AutoAugment policy, RandAugment on ImageNet)",
-                self.dataset,
-                allowed.join(", ")
-            ));
-        }
-        match self.batch_level_augmentations.as_str() {
-            "none" => {}
-            "cutout" if self.dataset != "imagenet" => {}
-            "cutout" => return fail("--batch_level_augmentations cutout: the reference applies no batch-level cutout on ImageNet".into()),
-            "mixup" | "mixcut" => {
-                return fail(format!(
-                    "--batch_level_augmentations {}: the reference's dataset classes accept only none or cutout; \
-                     mixup on ImageNet is --imagenet_mixup_alpha",
-                    self.batch_level_augmentations
-                ));
+        let at_most = [
+            ("image_size", self.image_size as u64, MAX_IMAGE_SIZE as u64),
+            ("cutout_length", self.cutout_length as u64, MAX_IMAGE_SIZE as u64),
+            ("prefetch", self.prefetch as u64, MAX_PREFETCH as u64),
+            ("loader_workers", self.loader_workers as u64, MAX_LOADER_WORKERS as u64),
+            ("ring_timeout_seconds", self.ring_timeout_seconds, MAX_TIMEOUT_SECONDS),
+            ("randaug_num_layers", self.randaug_num_layers as u64, 16),
+        ];
+        for (flag, v, max) in at_most {
+            if v > max {
+                return Err(format!("--{flag} {v} is larger than {max}"));
             }
-            other => return fail(format!("--batch_level_augmentations {other:?}: expected none, cutout, mixup or mixcut")),
         }
-        if !(self.imagenet_mixup_alpha >= 0.0 && self.imagenet_mixup_alpha <= 100.0) {
-            return fail(format!("--imagenet_mixup_alpha {} must be in [0, 100]", self.imagenet_mixup_alpha));
+        let in_range = [
+            ("learning_rate", self.learning_rate, f64::MIN_POSITIVE, f64::MAX),
+            ("warmup_epochs", self.warmup_epochs, 0.0, f64::MAX),
+            ("sam_rho", self.sam_rho as f64, 0.0, f64::MAX),
+            ("weight_decay", self.weight_decay as f64, 0.0, f64::MAX),
+            ("gradient_clipping", self.gradient_clipping as f64, 0.0, f64::MAX),
+            ("asam_eta", self.asam_eta as f64, 0.0, f64::MAX),
+            ("imagenet_mixup_alpha", self.imagenet_mixup_alpha, 0.0, 100.0),
+            ("randaug_magnitude", self.randaug_magnitude, 0.0, 30.0),
+            ("bucket_mb", self.bucket_mb, f64::MIN_POSITIVE, 4096.0),
+            ("first_bucket_mb", self.first_bucket_mb, f64::MIN_POSITIVE, 4096.0),
+        ];
+        for (flag, v, lo, hi) in in_range {
+            if !(v >= lo && v <= hi) {
+                return Err(format!("--{flag} {v} must be a number in [{lo}, {hi}]"));
+            }
         }
-        if self.imagenet_mixup_alpha > 0.0 && self.dataset != "imagenet" {
-            return fail(format!("--imagenet_mixup_alpha: mixup is the reference's ImageNet option; dataset {} takes none", self.dataset));
+        let below_one = [("momentum", self.momentum), ("label_smoothing", self.label_smoothing), ("ema_decay", self.ema_decay)];
+        for (flag, v) in below_one {
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("--{flag} {v} must be in [0, 1)"));
+            }
         }
-        if self.randaug_num_layers > 16 || !(0.0..=30.0).contains(&self.randaug_magnitude) {
-            return fail(format!(
-                "--randaug_num_layers {} (at most 16) and --randaug_magnitude {} (0 to 30) out of range",
-                self.randaug_num_layers, self.randaug_magnitude
+        self.validate_data()?;
+        if self.grad_accum_steps > 1 && self.sam_m.is_some() {
+            return Err("--grad_accum_steps cannot be combined with --sam_m (each m-sharpness chunk is one pass)".into());
+        }
+        Ok(())
+    }
+
+    /// The data settings against the dataset: which augmentations the reference's dataset class
+    /// for it accepts, and which settings only the ImageNet loader reads.
+    fn validate_data(&self) -> Result<(), String> {
+        let allowed = self.dataset.image_augmentations();
+        if !allowed.contains(&self.image_level_augmentations) {
+            let names: Vec<_> = allowed.iter().map(|a| a.as_str()).collect();
+            return Err(format!(
+                "--image_level_augmentations {}: dataset {} takes {} (as the reference's dataset class asserts; \
+                 `autoaugment` is the dataset's AutoAugment policy, RandAugment on ImageNet)",
+                self.image_level_augmentations.as_str(),
+                self.dataset,
+                names.join(", ")
             ));
         }
-        if !["cosine", "exponential", "constant"].contains(&self.lr_schedule.as_str()) {
-            return fail(format!("--lr_schedule {:?}: expected cosine, exponential or constant", self.lr_schedule));
+        let imagenet = self.dataset == DatasetName::Imagenet;
+        if imagenet && self.batch_level_augmentations == BatchAugmentation::Cutout {
+            return Err("--batch_level_augmentations cutout: the reference applies no batch-level cutout on ImageNet".into());
         }
-        if !(self.learning_rate > 0.0) || !self.learning_rate.is_finite() {
-            return fail(format!("--learning_rate {} must be a positive number", self.learning_rate));
+        if !imagenet && self.imagenet_mixup_alpha > 0.0 {
+            return Err(format!("--imagenet_mixup_alpha: mixup is the reference's ImageNet option; dataset {} takes none", self.dataset));
         }
-        if self.learning_rate_batch_size == Some(0) {
-            return fail("--learning_rate_batch_size must be at least 1".into());
+        if !imagenet && self.jpeg_decoder != JpegDecoderName::Zune {
+            return Err(format!(
+                "--jpeg_decoder {}: only the ImageNet shard loader decodes JPEGs; dataset {} has none",
+                self.jpeg_decoder.as_str(),
+                self.dataset
+            ));
         }
-        if self.keep_checkpoints == 0 {
-            return fail("--keep_checkpoints must be at least 1".into());
-        }
-        if self.evaluate_every == 0 {
-            return fail("--evaluate_every must be at least 1".into());
-        }
-        if let Some(g) = self.inner_group_size
-            && g == 0
-        {
-            return fail("--inner_group_size must be at least 1".into());
-        }
-        if !(self.bucket_mb > 0.0 && self.bucket_mb <= 4096.0) || !(self.first_bucket_mb > 0.0 && self.first_bucket_mb <= 4096.0) {
-            return fail(format!("--bucket_mb {} and --first_bucket_mb {} must be in (0, 4096]", self.bucket_mb, self.first_bucket_mb));
-        }
-        if self.grad_accum_steps == 0 {
-            return fail("--grad_accum_steps must be at least 1".into());
-        }
-        if self.ring_timeout_seconds == 0 {
-            return fail("--ring_timeout_seconds must be at least 1".into());
-        }
+        ringsam_data::imagenet::JpegDecoder::parse(self.jpeg_decoder.as_str()).map_err(|e| format!("--jpeg_decoder: {e}"))?;
         Ok(())
     }
 
@@ -307,6 +527,28 @@ impl TrainConfig {
             .join(format!("rho_{}", py_float(self.sam_rho as f64)))
             .join(format!("seed_{}", self.run_seed))
     }
+}
+
+/// Flag names in snake_case: `--weight-decay=0.1` becomes `--weight_decay=0.1`. Every subcommand
+/// declares its flags once, in the reference's snake_case; this is how kebab-case is accepted
+/// too. Only the name of a `--name` or `--name=value` word changes; values and a bare `--` do not.
+pub fn normalize_flag_names<I, S>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString>,
+{
+    args.into_iter()
+        .map(|a| {
+            let a: std::ffi::OsString = a.into();
+            match a.to_str() {
+                Some(s) if s.starts_with("--") && s.len() > 2 => {
+                    let (name, value) = s.split_at(s.find('=').unwrap_or(s.len()));
+                    format!("{}{value}", name.replace('-', "_").replacen("__", "--", 1)).into()
+                }
+                _ => a,
+            }
+        })
+        .collect()
 }
 
 /// Formats like Python's `str(float)`: shortest round-trip digits, `.0` on integers, and
@@ -370,12 +612,72 @@ mod tests {
     }
 
     #[test]
-    fn toml_overrides_and_rejects_unknown_keys() {
-        let c = TrainConfig::default().merge_toml("sam_rho = 0.05\nnum_epochs = 3").unwrap();
-        assert_eq!((c.sam_rho, c.num_epochs, c.batch_size), (0.05, 3, 128));
-        let err = TrainConfig::default().merge_toml("sam_rhoo = 0.05").unwrap_err();
+    fn flag_names_become_snake_case_and_nothing_else_changes() {
+        let got = normalize_flag_names(["--weight-decay=1e-5", "--a-b", "x-y", "-h", "--", "--sam_rho", "--x=a-b"]);
+        let want = ["--weight_decay=1e-5", "--a_b", "x-y", "-h", "--", "--sam_rho", "--x=a-b"];
+        assert_eq!(got, want.map(std::ffi::OsString::from));
+    }
+
+    #[test]
+    fn defaults_are_the_references() {
+        let c = TrainConfig::default();
+        assert_eq!((c.dataset, c.model_name.as_str(), c.num_epochs, c.batch_size), (DatasetName::Cifar10, "WideResnet28x10", 200, 128));
+        assert_eq!((c.sam_rho, c.weight_decay, c.gradient_clipping, c.momentum), (0.0, 0.001, 5.0, 0.9));
+        assert!(c.sync_perturbations && c.use_test_set && c.use_learning_rate_schedule);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn command_line_beats_toml_beats_defaults() {
+        let toml = "sam_rho = 0.05\nnum_epochs = 3\nbatch_size = 64";
+        let c = TrainConfig::from_args(["--num_epochs", "7", "--weight-decay", "0.0005"], Some(toml)).unwrap();
+        assert_eq!((c.sam_rho, c.num_epochs, c.batch_size, c.weight_decay), (0.05, 7, 64, 0.0005));
+        // A flag given with its default value still wins over the file.
+        let c = TrainConfig::from_args(["--num_epochs", "200"], Some(toml)).unwrap();
+        assert_eq!(c.num_epochs, 200);
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys_and_wrong_types() {
+        let err = TrainConfig::from_args(Vec::<String>::new(), Some("sam_rhoo = 0.05")).unwrap_err();
         assert!(err.contains("sam_rhoo"), "{err}");
-        TrainConfig::default().merge_toml(QUICKSTART_TOML).unwrap().validate().unwrap();
+        let err = TrainConfig::from_args(Vec::<String>::new(), Some("dataset = \"cifar11\"")).unwrap_err();
+        assert!(err.contains("cifar11"), "{err}");
+        TrainConfig::from_args(Vec::<String>::new(), Some(QUICKSTART_TOML)).unwrap();
+    }
+
+    #[test]
+    fn digits_default_to_no_image_augmentation_unless_asked() {
+        let c = TrainConfig::from_args(["--dataset", "digits"], None).unwrap();
+        assert_eq!(c.image_level_augmentations, ImageAugmentation::None);
+        let c = TrainConfig::from_args(["--dataset", "digits", "--image_level_augmentations", "basic"], None).unwrap();
+        assert_eq!(c.image_level_augmentations, ImageAugmentation::Basic);
+        let c = TrainConfig::from_args(["--dataset", "cifar10"], None).unwrap();
+        assert_eq!(c.image_level_augmentations, ImageAugmentation::Basic);
+    }
+
+    #[test]
+    fn every_value_is_checked_with_its_flag_named() {
+        for (args, flag) in [
+            (&["--momentum", "1.5"][..], "--momentum"),
+            (&["--ema_decay", "2"], "--ema_decay"),
+            (&["--asam_eta", "-1"], "--asam_eta"),
+            (&["--warmup_epochs", "NaN"], "--warmup_epochs"),
+            (&["--learning_rate", "inf"], "--learning_rate"),
+            (&["--sam_rho", "NaN"], "--sam_rho"),
+            (&["--label_smoothing", "1"], "--label_smoothing"),
+            (&["--prefetch", "1000000000"], "--prefetch"),
+            (&["--cutout_length", "18446744073709551615"], "--cutout_length"),
+            (&["--image_size", "100000"], "--image_size"),
+            (&["--ring_timeout_seconds", "18446744073709551615"], "--ring_timeout_seconds"),
+            (&["--sam_m", "0"], "--sam_m"),
+            (&["--jpeg_decoder", "turbo", "--dataset", "cifar10"], "--jpeg_decoder"),
+            (&["--batch_level_augmentations", "mixup"], "batch_level_augmentations"),
+            (&["--dataset", "imagenet", "--image_level_augmentations", "none"], "--image_level_augmentations"),
+        ] {
+            let err = TrainConfig::from_args(args.iter().copied(), None).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
     }
 
     #[test]
@@ -388,8 +690,7 @@ mod tests {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            let c = TrainConfig::default().merge_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let c = TrainConfig::from_args(Vec::<String>::new(), Some(&text)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(
                 ringsam_models::list().iter().any(|m| m.name == c.model_name),
                 "{}: model {} is not registered",

@@ -19,12 +19,13 @@ use ringsam_data::autoaugment::Augment;
 use ringsam_data::imagenet::JpegDecoder;
 use ringsam_data::loader::{Loader, LoaderConfig};
 use ringsam_data::normalize::Normalization;
+use ringsam_data::registry::{SyntheticSpec, load};
 use ringsam_data::shard_loader::{LoaderStats, ShardLoader, ShardLoaderConfig};
 use ringsam_data::shards::layout::{ShardLayout, SplitShards, count_samples, open_layout};
 use ringsam_data::{Batch, Dataset, Split};
 
 use crate::TrainError;
-use crate::config::TrainConfig;
+use crate::config::{BatchAugmentation, ImageAugmentation, TrainConfig};
 
 /// Datasets read from shards rather than memory.
 pub const SHARDED: &[&str] = &["imagenet"];
@@ -110,6 +111,17 @@ impl EpochBatches {
     }
 }
 
+/// Loads the train and test splits of an in-memory dataset.
+pub fn load_splits(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Arc<Dataset>), TrainError> {
+    let size = if cfg.image_size == 0 { ringsam_models::input_size(&cfg.model_name) } else { cfg.image_size };
+    let synth = SyntheticSpec { size, ..SyntheticSpec::default() };
+    let dir = cfg.data_dir.as_deref();
+    let name = cfg.dataset.as_str();
+    let train = load(name, Split::Train, dir, cfg.use_test_set, &synth)?;
+    let test = load(name, Split::Test, dir, cfg.use_test_set, &synth)?;
+    Ok((Arc::new(train), Arc::new(test)))
+}
+
 /// Decoder threads for `--loader_workers 0`: one per four logical cores, at least one. The
 /// decoders are threads beside the engine's; a quarter of the cores keeps a CPU run's loader ahead
 /// of a ResNet-50 SAM step (two forward-backward passes per image cost far more than a decode and
@@ -122,7 +134,7 @@ impl TrainData {
     /// Opens what `cfg` names; `log` hears about counting shards and skipped samples.
     pub fn open(cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<TrainData, TrainError> {
         if !SHARDED.contains(&cfg.dataset.as_str()) {
-            let (train, test) = crate::run::load_splits(cfg)?;
+            let (train, test) = load_splits(cfg)?;
             return Ok(TrainData::Memory { train, test });
         }
         let dir = cfg.data_dir.as_deref().ok_or_else(|| {
@@ -145,13 +157,13 @@ impl TrainData {
             layout.classes.len()
         ));
         Ok(TrainData::Shards(ShardData {
-            name: cfg.dataset.clone(),
+            name: cfg.dataset.to_string(),
             layout,
             train_len,
             image_size,
             workers,
-            decoder: JpegDecoder::parse(&cfg.jpeg_decoder).map_err(TrainError::Config)?,
-            augment: if cfg.image_level_augmentations == "autoaugment" {
+            decoder: JpegDecoder::parse(cfg.jpeg_decoder.as_str()).map_err(TrainError::Config)?,
+            augment: if cfg.image_level_augmentations == ImageAugmentation::Autoaugment {
                 Augment::RandAugment { layers: cfg.randaug_num_layers, magnitude: cfg.randaug_magnitude }
             } else {
                 Augment::None
@@ -209,6 +221,30 @@ impl TrainData {
         match self {
             TrainData::Memory { train, .. } => train.len() as u64,
             TrainData::Shards(s) => s.train_len,
+        }
+    }
+
+    /// How this replica's training batches are made: the global batch, the augmentations `cfg`
+    /// asks for on this dataset, the seed and this replica's place.
+    pub fn train_loader(&self, cfg: &TrainConfig, rank: usize, world: usize) -> LoaderConfig {
+        use ImageAugmentation as A;
+        let name = self.name();
+        LoaderConfig {
+            batch_size: cfg.batch_size,
+            shuffle: true,
+            drop_last: true,
+            autoaugment: match cfg.image_level_augmentations {
+                A::Autoaugment | A::AaOnly => ringsam_data::autoaugment::policy_for(name),
+                A::None | A::Basic => None,
+            },
+            flip_crop: matches!(cfg.image_level_augmentations, A::Basic | A::Autoaugment),
+            flip: name != "digits",
+            cutout: (cfg.batch_level_augmentations == BatchAugmentation::Cutout).then_some(cfg.cutout_length),
+            normalization: Normalization::for_dataset(name),
+            seed: cfg.run_seed,
+            prefetch: cfg.prefetch,
+            rank,
+            world,
         }
     }
 

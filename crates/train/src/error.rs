@@ -39,7 +39,19 @@ pub enum TrainError {
     /// The replicas' parameters are no longer identical.
     #[error("replicas diverged: {0}")]
     Diverged(String),
-    /// A configuration value is out of range.
+    /// A configuration value is out of range, or settings contradict each other or the data: the
+    /// user must change a flag (exit code 2; docs/ARCHITECTURE.md, "Exit codes").
     #[error("{0}")]
     Config(String),
+    /// Training produced a non-finite value: the run cannot go on from this state.
+    #[error("step {step}: {what} (lower --learning_rate, or set --gradient_clipping)")]
+    NonFinite {
+        /// The step that produced it.
+        step: u64,
+        /// Which values were non-finite.
+        what: String,
+    },
+    /// Something failed at run time that no flag caused (a loader thread, an unexpected shape).
+    #[error("{0}")]
+    Runtime(String),
 }

@@ -53,7 +53,7 @@ impl EvalSums {
     /// The means; an error if nothing was evaluated.
     pub fn report(&self, name: &str) -> Result<EvalReport, TrainError> {
         if self.examples < 1.0 {
-            return Err(TrainError::Config(format!("dataset {name} has no examples to evaluate")));
+            return Err(TrainError::Runtime(format!("dataset {name} has no examples to evaluate")));
         }
         Ok(EvalReport {
             loss: self.loss / self.examples,

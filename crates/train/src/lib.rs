@@ -1,9 +1,10 @@
 //! ringsam-train: the SAM training step and the benchmarks built on it.
 //!
-//! Files: [`step`] (one replica's SGD/SAM step), [`run`] (the loop: data, steps, evaluation,
-//! checkpoints, resume), [`eval`], [`checkpoint`] (atomic write, verified load),
-//! [`tensorboard`] (event files), [`config`] (the reference's flags), [`data_source`] (memory or
-//! shards behind one interface), [`bench_step`].
+//! Files: [`step`] (one replica's SGD/SAM step), [`trainer`] (the loop: data, steps,
+//! evaluation, checkpoints, one stop path), [`run`] (its entry points), [`resume`] (whether a
+//! checkpoint may be resumed), [`progress`] (bar and plain log lines), [`eval`], [`checkpoint`]
+//! (atomic write, verified load), [`tensorboard`] (event files), [`config`] (every flag, typed
+//! once), [`data_source`] (memory or shards behind one interface), [`bench_step`].
 //! Data-parallel: [`cluster`] (the rings a replica all-reduces over), [`grad_sync`] (gradient
 //! buckets overlapped with backward), [`replica`] (what replicas agree on besides gradients:
 //! stop votes, metrics, batch-norm statistics, parameter fingerprints), [`telemetry`]
@@ -17,11 +18,14 @@ pub mod data_source;
 pub mod error;
 pub mod eval;
 pub mod grad_sync;
+pub mod progress;
 pub mod replica;
+pub mod resume;
 pub mod run;
 pub mod step;
 pub mod telemetry;
 pub mod tensorboard;
+pub mod trainer;
 
 pub use error::TrainError;
 pub use step::{SamStep, StepConfig, StepReport};

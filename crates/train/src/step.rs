@@ -1,6 +1,7 @@
 //! One replica's training step: SGD (ρ = 0) or SAM.
 //!
-//! A SAM step, exactly as the reference computes it (reference/sam.md §1.6, DESIGN.md):
+//! A SAM step, exactly as the reference computes it (docs/SAM.md has the details and the
+//! differences):
 //! 1. pass 1 at `w`: loss = CE(label smoothing) + ½·wd·‖w‖², gradient `g`; batch-norm running
 //!    statistics from this pass are kept;
 //! 2. `w_adv = w + ρ·g/‖g‖` (ASAM: `ρ·T²g/‖Tg‖`) into a second buffer; `e = 0` when `‖g‖ = 0`;
@@ -40,8 +41,8 @@ use ringsam_tensor::loss::{
 };
 
 use crate::TrainError;
-use crate::cluster::Scope;
-use crate::grad_sync::{ExchangeStats, GradSync};
+use crate::cluster::{Cluster, Scope};
+use crate::grad_sync::{BucketPlan, ExchangeStats, GradSync};
 
 /// Hyperparameters of a step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,22 +77,34 @@ pub struct StepConfig {
 }
 
 impl Default for StepConfig {
-    /// The reference's defaults, except ρ = 0.05 (SAM on).
+    /// The run defaults (`TrainConfig::default()`; there is no second list of them).
     fn default() -> Self {
+        StepConfig::from(&crate::config::TrainConfig::default())
+    }
+}
+
+impl From<&crate::config::TrainConfig> for StepConfig {
+    /// The step's hyperparameters from a run configuration ([`crate::config::TrainConfig::validate`]
+    /// checks them).
+    fn from(cfg: &crate::config::TrainConfig) -> Self {
         StepConfig {
-            rho: 0.05,
-            adaptive: false,
-            asam_eta: 0.01,
-            weight_decay: 0.001,
-            decoupled_weight_decay: false,
-            no_weight_decay_on_bn: false,
-            label_smoothing: 0.0,
-            gradient_clipping: 5.0,
-            optimizer: OptimizerKind::Nesterov { beta: 0.9 },
-            sam_m: None,
-            seed: 0,
-            sync_perturbations: true,
-            grad_accum_steps: 1,
+            rho: cfg.sam_rho,
+            adaptive: cfg.adaptive_sam,
+            asam_eta: cfg.asam_eta,
+            weight_decay: cfg.weight_decay,
+            decoupled_weight_decay: cfg.decoupled_weight_decay,
+            no_weight_decay_on_bn: cfg.no_weight_decay_on_bn,
+            label_smoothing: cfg.label_smoothing,
+            gradient_clipping: cfg.gradient_clipping,
+            optimizer: if cfg.use_rmsprop {
+                OptimizerKind::RmsProp { beta: cfg.momentum, beta2: 0.9, eps: 1e-3 }
+            } else {
+                OptimizerKind::Nesterov { beta: cfg.momentum }
+            },
+            sam_m: cfg.sam_m,
+            seed: cfg.run_seed,
+            sync_perturbations: cfg.sync_perturbations,
+            grad_accum_steps: cfg.grad_accum_steps,
         }
     }
 }
@@ -116,24 +129,20 @@ pub struct StepReport {
 }
 
 /// Model, parameters, optimizer state and the scratch buffers of one replica.
+///
+/// Constructed complete ([`SamStep::new`]); the trainer changes it only through [`SamStep::step`],
+/// [`SamStep::restore`] (a checkpoint's state) and [`SamStep::rejoin`] (new peers).
 pub struct SamStep {
-    /// The network (activation buffers inside).
-    pub model: Box<dyn Model>,
-    /// Parameters `w` and gradients.
-    pub arena: Arena,
-    /// Batch-norm running statistics.
-    pub state: Vec<f32>,
-    /// Base optimizer and its state.
-    pub opt: BaseOptimizer,
-    /// Hyperparameters.
-    pub cfg: StepConfig,
-    /// Steps taken so far (the global step; keys the random draws).
-    pub step: u64,
-    /// The other replicas, when data-parallel (see the module docs).
-    pub sync: Option<GradSync>,
-    /// Place of this replica's first example in the global batch (per-example random draws key
-    /// on the global place, so any number of replicas draws what one would).
-    pub example_offset: u64,
+    model: Box<dyn Model>,
+    arena: Arena,       // parameters w and their gradients, (P,) each
+    state: Vec<f32>,    // batch-norm running statistics
+    opt: BaseOptimizer, // base optimizer and its state
+    cfg: StepConfig,
+    step: u64,              // steps taken so far (the global step; keys the random draws)
+    sync: Option<GradSync>, // the other replicas, when data-parallel (see the module docs)
+    // Place of this replica's first example in the global batch: per-example random draws key on
+    // the global place, so any number of replicas draws what one would.
+    example_offset: u64,
     chunk_offset: u64,          // place of the current sam_m chunk in the batch
     decayed: Vec<Range<usize>>, // parameter ranges that take weight decay
     w_adv: Vec<f32>,            // w + e, same layout as arena.params
@@ -150,21 +159,17 @@ pub struct SamStep {
 impl SamStep {
     /// Builds `model_name` and initialises it the reference's way (initialisation seed 0, as the
     /// reference always uses `PRNGKey(0)`; `cfg.seed` drives only the random draws of training).
-    #[allow(clippy::neg_cmp_op_on_partial_ord)] // written so that NaN fails the check
-    pub fn new(model_name: &str, model_cfg: &ModelConfig, cfg: StepConfig) -> Result<Self, TrainError> {
-        if !(cfg.rho >= 0.0) || !(cfg.weight_decay >= 0.0) || !(0.0..1.0).contains(&cfg.label_smoothing) || !(cfg.gradient_clipping >= 0.0)
-        {
-            return Err(TrainError::Config(format!(
-                "sam_rho {}, weight_decay {} and gradient_clipping {} must be >= 0, label_smoothing {} in [0, 1)",
-                cfg.rho, cfg.weight_decay, cfg.gradient_clipping, cfg.label_smoothing
-            )));
-        }
-        if cfg.sam_m == Some(0) {
-            return Err(TrainError::Config("sam_m must be at least 1".into()));
-        }
-        if cfg.grad_accum_steps == 0 || (cfg.grad_accum_steps > 1 && cfg.sam_m.is_some()) {
-            return Err(TrainError::Config("--grad_accum_steps must be at least 1, and cannot be combined with --sam_m".into()));
-        }
+    /// `cfg` comes from a validated [`crate::config::TrainConfig`] (its one place of checks).
+    /// Data-parallel, `peers` holds the rings and how gradients are cut into buckets for them, and
+    /// `example_offset` is this replica's first example in each global batch; one replica passes
+    /// `None` and 0.
+    pub fn new(
+        model_name: &str,
+        model_cfg: &ModelConfig,
+        cfg: StepConfig,
+        peers: Option<(Cluster, BucketPlan)>,
+        example_offset: u64,
+    ) -> Result<Self, TrainError> {
         let model = build(model_name, model_cfg)?;
         let mut arena = Arena::new(model.layout().clone());
         let mut state = vec![0.0; model.state_layout().total()];
@@ -185,14 +190,103 @@ impl SamStep {
             state,
             cfg,
             step: 0,
-            sync: None,
-            example_offset: 0,
+            sync: peers.map(|(c, plan)| GradSync::new(c, n, plan)),
+            example_offset,
             chunk_offset: 0,
             decayed,
             losses: Vec::new(),
             probs: Vec::new(),
             dlogits: Tensor::empty(),
         })
+    }
+
+    /// Takes over a checkpoint's state: parameters, batch-norm statistics, optimizer buffers (by
+    /// name) and the step count. Lengths are the checkpoint loader's to verify against the layout.
+    pub fn restore(&mut self, saved: Restore<'_>) -> Result<(), TrainError> {
+        if saved.params.len() != self.arena.params.len() || saved.state.len() != self.state.len() {
+            return Err(TrainError::Checkpoint(format!(
+                "{} parameters and {} statistics, the model has {} and {}",
+                saved.params.len(),
+                saved.state.len(),
+                self.arena.params.len(),
+                self.state.len()
+            )));
+        }
+        for (name, buf) in self.opt.state_mut() {
+            match saved.optim(name) {
+                Some(v) if v.len() == buf.len() => buf.copy_from_slice(v),
+                _ => {
+                    return Err(TrainError::Checkpoint(format!("no optimizer buffer {name} of {} values (another optimizer?)", buf.len())));
+                }
+            }
+        }
+        self.arena.params.copy_from_slice(saved.params);
+        self.state.copy_from_slice(saved.state);
+        self.step = saved.step;
+        Ok(())
+    }
+
+    /// Joins other peers (or none): new rings and this replica's new place in the global batch.
+    /// Returns the rings it held, for the caller to close.
+    pub fn rejoin(&mut self, peers: Option<(Cluster, BucketPlan)>, example_offset: u64) -> Option<Cluster> {
+        self.example_offset = example_offset;
+        let n = self.arena.len();
+        std::mem::replace(&mut self.sync, peers.map(|(c, plan)| GradSync::new(c, n, plan))).map(|s| s.cluster)
+    }
+
+    /// Sets ρ (benchmarks time SGD and SAM on one model).
+    pub fn set_rho(&mut self, rho: f32) {
+        self.cfg.rho = rho;
+    }
+
+    /// The network.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// Parameters `w`, in the model's layout.
+    pub fn params(&self) -> &[f32] {
+        &self.arena.params
+    }
+
+    /// Batch-norm running statistics, in the model's state layout.
+    pub fn state(&self) -> &[f32] {
+        &self.state
+    }
+
+    /// Named optimizer buffers, in the parameter layout.
+    pub fn optim_state(&self) -> Vec<(&'static str, &[f32])> {
+        self.opt.state()
+    }
+
+    /// Steps taken (the global step).
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The rings, when data-parallel.
+    pub fn cluster(&mut self) -> Option<&mut Cluster> {
+        self.sync.as_mut().map(|s| &mut s.cluster)
+    }
+
+    /// The model with weights and statistics to evaluate: `self`'s own, or `other`'s (the EMA's).
+    pub fn eval_parts<'a>(&'a mut self, other: Option<(&'a [f32], &'a mut [f32])>) -> (&'a mut dyn Model, &'a [f32], &'a mut [f32]) {
+        match other {
+            Some((p, s)) => (self.model.as_mut(), p, s),
+            None => (self.model.as_mut(), &self.arena.params, &mut self.state),
+        }
+    }
+
+    /// The statistics (to average across replicas) and the rings, borrowed together.
+    pub fn state_and_cluster(&mut self) -> (&mut [f32], &[f32], Option<&mut Cluster>) {
+        (&mut self.state, &self.arena.params, self.sync.as_mut().map(|s| &mut s.cluster))
+    }
+
+    /// Closes the rings (the end of a data-parallel run).
+    pub fn close(&mut self) {
+        if let Some(s) = self.sync.take() {
+            s.cluster.close();
+        }
     }
 
     /// One step on batch `x (C, N, H, W)` with `labels (N,)` at learning rate `lr`.
@@ -208,10 +302,10 @@ impl SamStep {
         let targets = Targets { labels, mix: mix.map(|l| (&partner[..], l)) };
         let [c, n, h, w] = x.dims4("SamStep::step")?;
         if labels.len() != n || n == 0 {
-            return Err(TrainError::Config(format!("batch of {n} images with {} labels", labels.len())));
+            return Err(TrainError::Runtime(format!("batch of {n} images with {} labels", labels.len())));
         }
         if n < self.cfg.grad_accum_steps {
-            return Err(TrainError::Config(format!("a batch of {n} cannot be cut into {} micro-batches", self.cfg.grad_accum_steps)));
+            return Err(TrainError::Runtime(format!("a batch of {n} cannot be cut into {} micro-batches", self.cfg.grad_accum_steps)));
         }
         let m = self.cfg.sam_m.unwrap_or(n).min(n);
         if m != n && self.sync.is_some() {
@@ -374,7 +468,7 @@ impl SamStep {
         let logits = self.model.forward(w, &mut self.state, x, pass)?;
         let [n, k] = match *logits.shape() {
             [n, k] => [n, k],
-            ref s => return Err(TrainError::Config(format!("model returned logits of shape {s:?}"))),
+            ref s => return Err(TrainError::Runtime(format!("model returned logits of shape {s:?}"))),
         };
         let sh = LossShape { n, k };
         self.losses.resize(n, 0.0);
@@ -460,4 +554,22 @@ pub fn count_errors(logits: &[f32], labels: &[u32], k: usize) -> usize {
             best != l as usize
         })
         .count()
+}
+
+/// A checkpoint's state for [`SamStep::restore`].
+pub struct Restore<'a> {
+    /// Parameters.
+    pub params: &'a [f32],
+    /// Batch-norm statistics.
+    pub state: &'a [f32],
+    /// Optimizer buffers by name.
+    pub optim: &'a std::collections::HashMap<String, Vec<f32>>,
+    /// Steps taken when it was written.
+    pub step: u64,
+}
+
+impl Restore<'_> {
+    fn optim(&self, name: &str) -> Option<&[f32]> {
+        self.optim.get(name).map(Vec::as_slice)
+    }
 }

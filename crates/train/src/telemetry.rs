@@ -33,7 +33,7 @@ pub fn serve_prometheus(addr: SocketAddr, rank: usize) -> Result<SocketAddr, Tra
     let handle = PrometheusBuilder::new()
         .add_global_label("rank", rank.to_string())
         .install_recorder()
-        .map_err(|e| TrainError::Config(format!("installing the metrics recorder: {e}")))?;
+        .map_err(|e| TrainError::Runtime(format!("installing the metrics recorder: {e}")))?;
     let listener = TcpListener::bind(addr).map_err(|source| TrainError::Output { path: format!("metrics endpoint {addr}"), source })?;
     let bound = listener.local_addr().map_err(|source| TrainError::Output { path: format!("metrics endpoint {addr}"), source })?;
     std::thread::Builder::new()
@@ -43,7 +43,7 @@ pub fn serve_prometheus(addr: SocketAddr, rank: usize) -> Result<SocketAddr, Tra
                 let _ = answer(conn, &handle); // one bad client must not stop the endpoint
             }
         })
-        .map_err(|e| TrainError::Config(format!("starting the metrics thread: {e}")))?;
+        .map_err(|e| TrainError::Runtime(format!("starting the metrics thread: {e}")))?;
     Ok(bound)
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ringsam_models::ModelConfig;
 use ringsam_tensor::Tensor;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
-use ringsam_train::grad_sync::{BucketPlan, GradSync};
+use ringsam_train::grad_sync::BucketPlan;
 use ringsam_train::{SamStep, StepConfig};
 
 const STEPS: usize = 20;
@@ -58,12 +58,12 @@ fn single_replica(sam_m: Option<usize>) -> Vec<f32> {
 
 fn single_replica_with(cfg: StepConfig) -> Vec<f32> {
     let (images, labels) = data();
-    let mut st = SamStep::new("SmallCnn", &model_cfg(), cfg).unwrap();
+    let mut st = SamStep::new("SmallCnn", &model_cfg(), cfg, None, 0).unwrap();
     for s in 0..STEPS {
         let (x, y) = batch(&images, &labels, s * GLOBAL, (s + 1) * GLOBAL);
         st.step(&x, &y, 0.1).unwrap();
     }
-    st.arena.params
+    st.params().to_vec()
 }
 
 /// Held by every test here while its rings run: a probed port is free only until something binds
@@ -107,11 +107,10 @@ fn replicas_with(world: usize, group_size: Option<usize>, step_cfg: StepConfig) 
                     peer_timeout: Duration::from_secs(20),
                 };
                 let cluster = Cluster::connect(&cfg).unwrap();
-                let mut st = SamStep::new("SmallCnn", &model_cfg(), step_cfg).unwrap();
                 // Small buckets, so several are in flight during backward.
                 let plan = BucketPlan { first: 700, rest: 1500, overlap: true };
-                st.sync = Some(GradSync::new(cluster, st.arena.len(), plan));
-                st.example_offset = (rank * GLOBAL / world) as u64;
+                let offset = (rank * GLOBAL / world) as u64;
+                let mut st = SamStep::new("SmallCnn", &model_cfg(), step_cfg, Some((cluster, plan)), offset).unwrap();
                 let share = GLOBAL / world;
                 for s in 0..STEPS {
                     let lo = s * GLOBAL + rank * share;
@@ -120,8 +119,8 @@ fn replicas_with(world: usize, group_size: Option<usize>, step_cfg: StepConfig) 
                     assert!(r.descent_exchange.bytes > 0);
                     assert_eq!(r.ascent_exchange.bytes > 0, step_cfg.sync_perturbations);
                 }
-                st.sync.take().unwrap().cluster.close();
-                st.arena.params
+                st.close();
+                st.params().to_vec()
             })
         })
         .collect();
@@ -147,7 +146,7 @@ fn four_replicas_follow_one_replica_when_perturbations_are_synchronised() {
     let d = max_diff(&one, &four[0]);
     assert!(d <= TOLERANCE, "4 × 16 drifted {d} from 1 × 64 (tolerance {TOLERANCE})");
     // And they trained: the parameters moved far more than the tolerance.
-    let init = SamStep::new("SmallCnn", &model_cfg(), step_config(true)).unwrap().arena.params;
+    let init = SamStep::new("SmallCnn", &model_cfg(), step_config(true), None, 0).unwrap().params().to_vec();
     assert!(max_diff(&init, &one) > 1000.0 * TOLERANCE);
 }
 

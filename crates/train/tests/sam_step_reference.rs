@@ -41,14 +41,14 @@ fn norm(v: &[f64]) -> f64 {
 fn check(kind: OptimizerKind, rho: f32, clip: f32) {
     let cfg =
         StepConfig { rho, weight_decay: 1e-3, label_smoothing: 0.1, gradient_clipping: clip, optimizer: kind, ..StepConfig::default() };
-    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg).unwrap();
+    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, 0).unwrap();
     let (x, labels) = batch(6, 1);
     let lr = 0.05f64;
     // Independent f64 state.
-    let mut w: Vec<f64> = st.arena.params.iter().map(|&v| v as f64).collect();
+    let mut w: Vec<f64> = st.params().iter().map(|&v| v as f64).collect();
     let mut m = vec![0.0f64; w.len()];
     let mut v2 = vec![1.0f64; w.len()];
-    let mut state = st.state.clone();
+    let mut state = st.state().to_vec();
     for step in 0..3u64 {
         let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
         let mut g = grad(&w32, &mut state, &x, &labels, 0.1, Pass::train(0, step));
@@ -84,8 +84,8 @@ fn check(kind: OptimizerKind, rho: f32, clip: f32) {
         st.step(&x, &labels, lr as f32).unwrap();
     }
     let want: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-    assert_close(&format!("{kind:?} rho {rho} clip {clip}: parameters after 3 steps"), &st.arena.params, &want, 2e-5, 1e-4);
-    assert_close("running statistics (pass 1 only)", &st.state, &state, 1e-5, 1e-4);
+    assert_close(&format!("{kind:?} rho {rho} clip {clip}: parameters after 3 steps"), st.params(), &want, 2e-5, 1e-4);
+    assert_close("running statistics (pass 1 only)", st.state(), &state, 1e-5, 1e-4);
 }
 
 #[test]
@@ -108,10 +108,10 @@ fn momentum_and_rmsprop_match_f64() {
 #[test]
 fn rho_zero_is_plain_sgd_bit_for_bit() {
     let cfg = StepConfig { rho: 0.0, weight_decay: 1e-3, gradient_clipping: 0.0, ..StepConfig::default() };
-    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg).unwrap();
+    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, 0).unwrap();
     let (x, labels) = batch(6, 2);
-    let mut w = st.arena.params.clone();
-    let mut state = st.state.clone();
+    let mut w = st.params().to_vec();
+    let mut state = st.state().to_vec();
     let mut mom = vec![0.0f32; w.len()];
     let mut model = build(MODEL, &ModelConfig::default()).unwrap();
     for step in 0..3u64 {
@@ -129,8 +129,8 @@ fn rho_zero_is_plain_sgd_bit_for_bit() {
         }
         st.step(&x, &labels, 0.05).unwrap();
     }
-    assert!(st.arena.params == w, "rho = 0 differs from plain SGD");
-    assert!(st.state == state);
+    assert!(st.params() == w, "rho = 0 differs from plain SGD");
+    assert!(st.state() == state);
 }
 
 /// m-sharpness: with sam_m = N the step is ordinary SAM; with smaller chunks it differs.
@@ -138,9 +138,10 @@ fn rho_zero_is_plain_sgd_bit_for_bit() {
 fn sam_m_chunks_change_the_step() {
     let (x, labels) = batch(8, 3);
     let run = |m: Option<usize>| {
-        let mut st = SamStep::new(MODEL, &ModelConfig::default(), StepConfig { sam_m: m, ..StepConfig::default() }).unwrap();
+        let mut st =
+            SamStep::new(MODEL, &ModelConfig::default(), StepConfig { sam_m: m, rho: 0.05, ..StepConfig::default() }, None, 0).unwrap();
         st.step(&x, &labels, 0.05).unwrap();
-        st.arena.params
+        st.params().to_vec()
     };
     let whole = run(None);
     assert!(run(Some(8)) == whole);
@@ -155,11 +156,11 @@ fn sam_m_chunks_change_the_step() {
 fn mixup_sam_step_matches_f64() {
     let (rho, wd, ls, lambda, lr) = (0.05f64, 1e-3f64, 0.1f32, 0.7f32, 0.05f64);
     let cfg = StepConfig { rho: rho as f32, weight_decay: wd as f32, label_smoothing: ls, gradient_clipping: 0.0, ..StepConfig::default() };
-    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg).unwrap();
+    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, 0).unwrap();
     let (x, labels) = batch(6, 3);
     let partner: Vec<u32> = labels.iter().rev().copied().collect();
-    let w: Vec<f64> = st.arena.params.iter().map(|&v| v as f64).collect();
-    let state0 = st.state.clone();
+    let w: Vec<f64> = st.params().iter().map(|&v| v as f64).collect();
+    let state0 = st.state().to_vec();
     let mixed = |w32: &[f32], pass: Pass, state: &[f32]| -> Vec<f64> {
         let a = grad(w32, &mut state.to_vec(), &x, &labels, ls, pass);
         let b = grad(w32, &mut state.to_vec(), &x, &partner, ls, pass);
@@ -178,5 +179,5 @@ fn mixup_sam_step_matches_f64() {
     // Nesterov's first step: w − lr·(1 + β)·g.
     let want: Vec<f32> = w.iter().zip(&g2).map(|(w, g)| (w - lr * 1.9 * g) as f32).collect();
     st.step_mixed(&x, &labels, Some(lambda), lr as f32).unwrap();
-    assert_close("parameters after one mixup SAM step", &st.arena.params, &want, 2e-5, 1e-4);
+    assert_close("parameters after one mixup SAM step", st.params(), &want, 2e-5, 1e-4);
 }

@@ -1,0 +1,70 @@
+//! `ringsam train`'s arguments: the run's configuration ([`TrainConfig`]: every training flag,
+//! declared once, with its default and its TOML key) and the few flags that are not part of a
+//! run's configuration. This is the low layer: clap checks each value's type;
+//! [`resolve_train_config`] merges defaults, the TOML file and the command line and validates the
+//! whole (the high layer, in the train crate).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{ArgMatches, Args, FromArgMatches};
+use ringsam_train::config::{MAX_CONFIG_BYTES, QUICKSTART_TOML, TrainConfig};
+
+use crate::usage;
+
+/// Training flags.
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct TrainArgs {
+    /// TOML file with any of the training flags as keys (command-line flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9100).
+    #[arg(long, env = "RINGSAM_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The run's configuration.
+    #[command(flatten)]
+    pub run: TrainConfig,
+}
+
+/// The run configuration: defaults, then `--config` (or, with neither `--config` nor
+/// `--dataset`, the quickstart), then the command line. `matches` are the subcommand's.
+pub fn resolve_train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<TrainConfig> {
+    let text = match &args.config {
+        Some(path) => Some(read_config(path)?),
+        None if !TrainConfig::given(matches, "dataset") => {
+            eprintln!("ringsam: no --dataset or --config: running the quickstart (configs/quickstart.toml: SAM on the bundled digits)");
+            Some(QUICKSTART_TOML.to_string())
+        }
+        None => None,
+    };
+    let which = args.config.as_ref().map_or_else(|| "the quickstart config".to_string(), |p| format!("config {}", p.display()));
+    TrainConfig::resolve(matches, text.as_deref()).map_err(|e| usage(if text.is_some() { format!("{which}: {e}") } else { e }))
+}
+
+/// Parses and resolves training flags given as words (what `launch` passes its workers), so a
+/// mistake is reported before any worker starts. A leading `train` is accepted, as in
+/// `ringsam launch --nproc 2 -- train --dataset digits`.
+pub fn check_train_words(words: &[String]) -> Result<TrainConfig> {
+    let words = match words.first() {
+        Some(w) if w == "train" => &words[1..],
+        _ => words,
+    };
+    let cmd = TrainArgs::augment_args(clap::Command::new("train").no_binary_name(true));
+    let matches = cmd.try_get_matches_from(ringsam_train::config::normalize_flag_names(words)).map_err(|e| usage(e.to_string()))?;
+    let args = TrainArgs::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;
+    resolve_train_config(&args, &matches)
+}
+
+/// Reads a TOML config, refusing more than [`MAX_CONFIG_BYTES`] (`--config /dev/zero` would
+/// otherwise read forever).
+fn read_config(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading config {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).with_context(|| format!("reading config {}", path.display()))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(usage(format!("config {}: larger than {MAX_CONFIG_BYTES} bytes (is it a TOML file?)", path.display())));
+    }
+    Ok(text)
+}

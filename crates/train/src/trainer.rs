@@ -1,0 +1,554 @@
+//! The training loop of one replica: a [`Trainer`] whose methods are the loop's phases.
+//!
+//! [`Trainer::new`] builds everything a run needs and resumes the newest valid checkpoint of the
+//! run directory (refusing one whose configuration differs in a way that changes the math; see
+//! [`crate::resume`]). [`Trainer::run`] then goes epoch by epoch:
+//! 1. [`Trainer::run_epoch`]: this replica's batches of the epoch, each through
+//!    [`SamStep::step`] at the schedule's learning rate; after every step the replicas agree on
+//!    stopping, on a time-based checkpoint and on the metrics ([`crate::replica`]);
+//! 2. at the epoch's end the epoch's mean metrics go to TensorBoard under the reference's names;
+//! 3. [`Trainer::checkpoint_if_due`]: every `checkpoint_every_epochs` epochs and after the last;
+//! 4. [`Trainer::evaluate_if_due`]: every `evaluate_every` epochs and after the last. It comes
+//!    after the checkpoint, so a failing evaluation (a damaged validation set) never costs the
+//!    epoch's training.
+//!
+//! A stop request (SIGTERM / Ctrl-C, a flag the binary sets) is acted on after the step in
+//! progress: a checkpoint at that step, then [`TrainError::Interrupted`] ([`Trainer::stop`], the
+//! one stop path). A step that leaves a non-finite loss, gradient or parameter norm ends the run
+//! with [`TrainError::NonFinite`].
+//!
+//! Data-parallel: every replica runs this loop on its share of each global batch; gradients are
+//! averaged inside the step ([`crate::grad_sync`]); before every evaluation and checkpoint the
+//! replicas average their batch-norm statistics and compare parameter fingerprints
+//! ([`Trainer::agree`]). Rank 0 alone writes TensorBoard events and checkpoints, into a directory
+//! every replica can read for resuming.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ringsam_data::loader::LoaderConfig;
+use ringsam_data::{Batch, Split};
+use ringsam_models::ModelConfig;
+use ringsam_optim::{Ema, LrSchedule, ScheduleKind};
+use ringsam_tensor::Tensor;
+
+use crate::checkpoint::{CheckpointData, FORMAT, TrainingState, newest_valid, write_atomic};
+use crate::cluster::Cluster;
+use crate::config::{LrScheduleName, TrainConfig};
+use crate::data_source::TrainData;
+use crate::eval::{EvalReport, EvalSums, evaluate_batches};
+use crate::grad_sync::BucketPlan;
+use crate::progress::{Progress, StepProgress};
+use crate::replica::{average_state, check_identical, check_same_start, vote_and_metrics};
+use crate::resume::ConfigChange;
+use crate::run::{RunOptions, RunSummary, StepCosts};
+use crate::step::Restore;
+use crate::tensorboard::EventWriter;
+use crate::{SamStep, StepConfig, StepReport, TrainError};
+
+/// One replica's run (see the module docs).
+pub struct Trainer<'a> {
+    cfg: TrainConfig, // resolved and validated
+    opts: &'a RunOptions,
+    log: &'a mut dyn FnMut(&str),
+    data: TrainData,
+    st: SamStep,
+    ema: Option<Ema>,
+    loader: LoaderConfig,
+    schedule: LrSchedule,
+    run_dir: PathBuf,
+    events: Option<EventWriter>, // rank 0 only
+    progress: Progress,
+    rank: usize,
+    epoch: u64, // epoch in progress, 0-based
+    batch: u64, // next batch of that epoch
+    costs: StepCosts,
+    last_save: Instant,
+    last_checkpoint: Option<u64>, // the step last checkpointed
+    agreed_at: Option<u64>,       // the step the replicas last agreed at
+    last_eval: Option<EvalReport>,
+    resumed_from: Option<PathBuf>,
+    started: Instant,
+}
+
+/// How an epoch ended.
+enum EpochEnd {
+    /// Every batch was trained.
+    Complete,
+    /// `--max_steps` was reached.
+    MaxSteps,
+}
+
+/// Running sums of an epoch's step metrics.
+#[derive(Default)]
+struct EpochSums {
+    loss: f64,
+    error_rate: f64,
+    grad_norm: f64,
+    param_norm: f64,
+    steps: usize,
+    lr: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Validates `cfg`, opens the data, builds the model and resumes (see the module docs).
+    pub fn new(
+        cfg: &TrainConfig,
+        opts: &'a RunOptions,
+        cluster: Option<Cluster>,
+        log: &'a mut dyn FnMut(&str),
+    ) -> Result<Self, TrainError> {
+        cfg.validate().map_err(TrainError::Config)?;
+        let cfg = cfg.resolved();
+        let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+        check_world(&cfg, world)?;
+        let data = TrainData::open(&cfg, log)?;
+        data.check_world(world)?;
+        if data.train_len() < cfg.batch_size as u64 {
+            return Err(TrainError::Config(format!(
+                "--batch_size {} is larger than the {} training examples",
+                cfg.batch_size,
+                data.train_len()
+            )));
+        }
+        let model_cfg = ModelConfig { num_classes: data.num_classes(), in_channels: data.channels() };
+        let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
+        let plan = BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm };
+        let offset = (rank * (cfg.batch_size / world)) as u64;
+        let st = SamStep::new(&cfg.model_name, &model_cfg, StepConfig::from(&cfg), cluster.map(|c| (c, plan)), offset)?;
+        let run_dir = cfg.output_dir.join(cfg.run_subdir());
+        std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?;
+        let loader = data.train_loader(&cfg, rank, world);
+        let steps_per_epoch = data.steps_per_epoch(&loader);
+        let schedule = schedule(&cfg, steps_per_epoch);
+        let events = if rank == 0 {
+            let writer = EventWriter::create(&run_dir, now(), "ringsam");
+            Some(writer.map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?)
+        } else {
+            None
+        };
+        let progress = Progress::new(rank == 0, opts.progress, cfg.log_every_steps, steps_per_epoch, cfg.num_epochs, 0);
+        let mut t = Trainer {
+            ema: None,
+            loader,
+            schedule,
+            run_dir,
+            events,
+            progress,
+            rank,
+            epoch: 0,
+            batch: 0,
+            costs: StepCosts::default(),
+            last_save: Instant::now(),
+            last_checkpoint: None,
+            agreed_at: None,
+            last_eval: None,
+            resumed_from: None,
+            started: Instant::now(),
+            data,
+            st,
+            cfg,
+            opts,
+            log,
+        };
+        t.resume()?;
+        Ok(t)
+    }
+
+    /// Restores the newest valid checkpoint, if any, after checking its configuration; then every
+    /// replica proves it starts from the same place, and EMA starts (or continues).
+    fn resume(&mut self) -> Result<(), TrainError> {
+        let (found, skipped) = newest_valid(&self.run_dir, self.st.model().layout(), self.st.model().state_layout());
+        for s in skipped {
+            (self.log)(&format!("skipping checkpoint {s}"));
+        }
+        let mut restored_ema = None;
+        if let Some(c) = found {
+            let change = ConfigChange::between(&c.training.config, &self.cfg);
+            if let Some(why) = change.refusal(self.cfg.allow_config_change) {
+                return Err(TrainError::Config(format!("cannot resume {}: {why}", c.dir.display())));
+            }
+            for line in change.math.iter().chain(&change.accepted) {
+                (self.log)(&format!("resuming with a changed setting: {line}"));
+            }
+            let saved = Restore { params: &c.params, state: &c.state, optim: &c.optim, step: c.training.step };
+            self.st.restore(saved).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", c.dir.display())))?;
+            (self.epoch, self.batch) = (c.training.epoch, c.training.batch_in_epoch as u64);
+            (self.log)(&format!("resumed from {} (step {}, epoch {}, batch {})", c.dir.display(), self.st.steps(), self.epoch, self.batch));
+            self.last_checkpoint = Some(c.training.step);
+            self.resumed_from = Some(c.dir);
+            restored_ema = c.ema;
+        }
+        // Every replica must start from the same checkpoint at the same place (a run directory
+        // that is not shared would otherwise pair collectives wrongly).
+        let position = [self.st.steps(), self.epoch, self.batch];
+        let (_, params, cluster) = self.st.state_and_cluster();
+        if let Some(c) = cluster {
+            check_same_start(c, params, position)?;
+        }
+        if self.cfg.ema_decay > 0.0 {
+            let mut e = Ema::new(self.cfg.ema_decay, Ema::REFERENCE_WARMUP, self.st.params(), self.st.state());
+            if let Some((p, s)) = restored_ema {
+                (e.params, e.state) = (p, s);
+            }
+            self.ema = Some(e);
+        }
+        Ok(())
+    }
+
+    /// Trains to the end (or `--max_steps`), then writes the final checkpoint.
+    pub fn run(mut self) -> Result<RunSummary, TrainError> {
+        while self.epoch < self.cfg.num_epochs {
+            match self.run_epoch()? {
+                EpochEnd::MaxSteps => break,
+                EpochEnd::Complete => {
+                    (self.epoch, self.batch) = (self.epoch + 1, 0);
+                    self.checkpoint_if_due()?;
+                    self.evaluate_if_due()?;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// This replica's batches of the epoch in progress, from `self.batch` on.
+    fn run_epoch(&mut self) -> Result<EpochEnd, TrainError> {
+        self.progress.start_epoch(self.epoch, self.batch);
+        let mut sums = EpochSums::default();
+        let mut batches = self.data.epoch(&self.loader, self.epoch, self.batch as usize)?;
+        while let Some(batch) = batches.next() {
+            if self.cfg.max_steps.is_some_and(|m| self.st.steps() >= m) {
+                return Ok(EpochEnd::MaxSteps); // a resumed run already at the limit
+            }
+            let queued = batches.queued();
+            let (r, agreed) = self.train_step(batch, queued)?;
+            self.batch += 1;
+            sums.add(&r, self.schedule.lr_at(self.st.steps() - 1));
+            self.show_step(&sums);
+            if agreed.stop {
+                return Err(self.stop());
+            }
+            if agreed.save {
+                self.checkpoint()?;
+            }
+            if self.cfg.max_steps.is_some_and(|m| self.st.steps() >= m) {
+                return Ok(EpochEnd::MaxSteps);
+            }
+        }
+        if batches.remaining() != 0 {
+            // The loader stopped early (its thread failed): going on would leave this replica at
+            // the epoch's end while the others still step.
+            let left = batches.remaining();
+            return Err(TrainError::Runtime(format!("the data loader stopped {left} batches before the end of epoch {}", self.epoch + 1)));
+        }
+        self.write_epoch_scalars(&sums)?;
+        Ok(EpochEnd::Complete)
+    }
+
+    /// One SAM step and what the replicas agree on after it. Fails on a non-finite result.
+    fn train_step(&mut self, batch: Batch, queued: usize) -> Result<(StepReport, Agreement), TrainError> {
+        let lr = self.schedule.lr_at(self.st.steps());
+        let images = batch.labels.len();
+        let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], batch.images)?;
+        let t = Instant::now();
+        let mut r = self.st.step_mixed(&x, &batch.labels, batch.mix, lr as f32)?;
+        let seconds = t.elapsed().as_secs_f64();
+        self.costs.add(seconds, &r.ascent_exchange, &r.descent_exchange);
+        if let Some(e) = self.ema.as_mut() {
+            e.update(self.st.steps(), self.st.params(), self.st.state());
+        }
+        let stop = self.opts.stop.load(Ordering::SeqCst);
+        let save = self.last_save.elapsed().as_secs() >= self.cfg.save_progress_seconds;
+        let step = self.st.steps();
+        let agreed = match self.st.cluster() {
+            None => Agreement { stop, save },
+            Some(c) => {
+                // The signal and the timer are each replica's own: vote, so all act at one step.
+                let v = vote_and_metrics(c, stop, save, r.loss, r.error_rate)?;
+                (r.loss, r.error_rate) = (v.loss, v.error_rate);
+                if self.cfg.check_replicas_every > 0 && step.is_multiple_of(self.cfg.check_replicas_every) {
+                    let (_, params, cluster) = self.st.state_and_cluster();
+                    check_identical(cluster.expect("data-parallel here"), params, step)?;
+                }
+                Agreement { stop: v.stop, save: v.save }
+            }
+        };
+        // After the vote: a non-finite loss on one replica is every replica's (the sum carries
+        // it), so all stop at the same step with the same message.
+        check_finite(&r, step)?;
+        crate::telemetry::export_step(&r, seconds, images, queued, self.data.skipped());
+        Ok((r, agreed))
+    }
+
+    fn show_step(&mut self, sums: &EpochSums) {
+        let n = sums.steps.max(1) as f64;
+        let p = StepProgress {
+            step: self.st.steps(),
+            epoch: self.epoch,
+            batch: self.batch,
+            loss: sums.loss / n,
+            error_rate: sums.error_rate / n,
+            lr: sums.lr,
+            images: self.cfg.batch_size,
+        };
+        if let Some(line) = self.progress.step(&p) {
+            (self.log)(&line);
+        }
+    }
+
+    fn write_epoch_scalars(&mut self, sums: &EpochSums) -> Result<(), TrainError> {
+        let (Some(events), true) = (self.events.as_mut(), sums.steps > 0) else { return Ok(()) };
+        let n = sums.steps as f64;
+        let scalars = [
+            ("train_loss", sums.loss / n),
+            ("train_error_rate", sums.error_rate / n),
+            ("gradient_norm", sums.grad_norm / n),
+            ("param_norm", sums.param_norm / n),
+            ("learning_rate", sums.lr),
+        ];
+        let path = self.run_dir.display().to_string();
+        events.scalars(self.st.steps(), now(), &scalars).map_err(|source| TrainError::Output { path, source })
+    }
+
+    /// At an epoch's end: every `checkpoint_every_epochs` epochs, and after the last.
+    fn checkpoint_if_due(&mut self) -> Result<(), TrainError> {
+        let every = self.cfg.checkpoint_every_epochs;
+        if (every > 0 && self.epoch.is_multiple_of(every)) || self.epoch == self.cfg.num_epochs {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// At an epoch's end: every `evaluate_every` epochs, and after the last.
+    fn evaluate_if_due(&mut self) -> Result<(), TrainError> {
+        if !(self.epoch.is_multiple_of(self.cfg.evaluate_every) || self.epoch == self.cfg.num_epochs) {
+            return Ok(());
+        }
+        self.agree()?;
+        let prefix = if self.ema.is_some() { "ema_test" } else { "test" };
+        let r = self.evaluate(Split::Test)?;
+        let mut scalars = vec![(format!("{prefix}_loss"), r.loss), (format!("{prefix}_error_rate"), r.error_rate)];
+        if self.cfg.compute_top_5_error_rate {
+            scalars.push((format!("{prefix}_top_5_error_rate"), r.top5_error_rate));
+        }
+        if self.cfg.also_eval_on_training_set {
+            let t = self.evaluate(Split::Train)?;
+            scalars.push(("eval_on_train_loss".into(), t.loss));
+            scalars.push(("eval_on_train_error_rate".into(), t.error_rate));
+        }
+        if let Some(events) = self.events.as_mut() {
+            let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let path = self.run_dir.display().to_string();
+            events.scalars(self.st.steps(), now(), &refs).map_err(|source| TrainError::Output { path, source })?;
+        }
+        if self.rank == 0 {
+            let line = format!(
+                "epoch {}: {prefix} loss {:.4}, {prefix} error {:.2}% ({} examples)",
+                self.epoch,
+                r.loss,
+                100.0 * r.error_rate,
+                r.examples
+            );
+            self.progress.println(&line, self.log);
+        }
+        self.last_eval = Some(r);
+        Ok(())
+    }
+
+    /// This replica's share of `split`, the replicas' sums added up. The test split is evaluated
+    /// with the EMA's weights when EMA is on; evaluation reads running statistics, never writes.
+    fn evaluate(&mut self, split: Split) -> Result<EvalReport, TrainError> {
+        let world = self.loader.world;
+        let batches = self.data.eval_batches(split, self.cfg.batch_size, self.rank, world)?;
+        let ema = match (split, self.ema.as_mut()) {
+            (Split::Test, Some(e)) => Some((&e.params[..], &mut e.state[..])),
+            _ => None,
+        };
+        let (model, params, state) = self.st.eval_parts(ema);
+        let mine = evaluate_batches(model, params, state, batches)?;
+        let total = match self.st.cluster() {
+            Some(c) => EvalSums::from_slice(&c.sum(mine.to_vec())?),
+            None => mine,
+        };
+        total.report(self.data.name())
+    }
+
+    /// Before an evaluation or a checkpoint: the replicas average their batch-norm statistics
+    /// (and the EMA's) and prove their parameters are still identical. Once per step: averaging
+    /// averaged statistics again would only cost a collective. A no-op on one replica.
+    fn agree(&mut self) -> Result<(), TrainError> {
+        let step = self.st.steps();
+        if self.agreed_at == Some(step) {
+            return Ok(());
+        }
+        let (state, params, cluster) = self.st.state_and_cluster();
+        let Some(c) = cluster else { return Ok(()) };
+        average_state(c, state)?;
+        if let Some(e) = self.ema.as_mut() {
+            average_state(c, &mut e.state)?;
+        }
+        check_identical(c, params, step)?;
+        self.agreed_at = Some(step);
+        Ok(())
+    }
+
+    /// Writes a checkpoint at the current step and position (rank 0; every replica agrees first).
+    fn checkpoint(&mut self) -> Result<Option<PathBuf>, TrainError> {
+        self.agree()?;
+        let step = self.st.steps();
+        self.last_save = Instant::now();
+        self.last_checkpoint = Some(step);
+        if self.rank != 0 {
+            return Ok(None);
+        }
+        let training = TrainingState {
+            format: FORMAT,
+            step,
+            epoch: self.epoch,
+            batch_in_epoch: self.batch as usize,
+            model_name: self.cfg.model_name.clone(),
+            config: self.cfg.clone(),
+        };
+        let model = self.st.model();
+        let data = CheckpointData {
+            layout: model.layout(),
+            params: self.st.params(),
+            state_layout: model.state_layout(),
+            state: self.st.state(),
+            optim: self.st.optim_state(),
+            ema: self.ema.as_ref().map(|e| (&e.params[..], &e.state[..])),
+            training: &training,
+        };
+        write_atomic(&self.run_dir, step, &data, self.cfg.keep_checkpoints).map(Some)
+    }
+
+    /// The one stop path: a checkpoint at this step, the rings closed, then
+    /// [`TrainError::Interrupted`] for the caller to return.
+    fn stop(&mut self) -> TrainError {
+        self.progress.abandon();
+        let step = self.st.steps();
+        match self.checkpoint() {
+            Ok(dir) => {
+                let at = dir.map_or_else(String::new, |d| format!(" in {}", d.display()));
+                (self.log)(&format!("stop requested: checkpoint at step {step}{at}"));
+                self.st.close();
+                TrainError::Interrupted { step }
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// The end: the final checkpoint (unless this step has one), the cost report, the summary.
+    fn finish(mut self) -> Result<RunSummary, TrainError> {
+        self.progress.finish();
+        let step = self.st.steps();
+        if self.last_checkpoint != Some(step)
+            && let Some(dir) = self.checkpoint()?
+        {
+            (self.log)(&format!("final checkpoint {}", dir.display()));
+        }
+        let per_step = self.costs.mean();
+        if self.loader.world > 1 && self.rank == 0 && per_step.steps > 0 {
+            (self.log)(&per_step.describe(self.loader.world));
+        }
+        self.st.close();
+        Ok(RunSummary {
+            run_dir: self.run_dir,
+            steps: step,
+            test_error_rate: self.last_eval.map(|r| r.error_rate),
+            test_loss: self.last_eval.map(|r| r.loss),
+            resumed_from: self.resumed_from,
+            seconds: self.started.elapsed().as_secs_f64(),
+            per_step,
+        })
+    }
+}
+
+/// What the replicas agreed on after a step (one replica: what it asked for).
+#[derive(Clone, Copy, Debug)]
+struct Agreement {
+    stop: bool,
+    save: bool,
+}
+
+impl EpochSums {
+    fn add(&mut self, r: &StepReport, lr: f64) {
+        self.loss += r.loss as f64;
+        self.error_rate += r.error_rate as f64;
+        self.grad_norm += r.grad_norm;
+        self.param_norm += r.param_norm;
+        self.steps += 1;
+        self.lr = lr;
+    }
+}
+
+/// The settings that depend on the number of replicas.
+fn check_world(cfg: &TrainConfig, world: usize) -> Result<(), TrainError> {
+    if !cfg.batch_size.is_multiple_of(world * cfg.grad_accum_steps) {
+        return Err(TrainError::Config(format!(
+            "--batch_size {} must be divisible by the {world} replicas × --grad_accum_steps {}",
+            cfg.batch_size, cfg.grad_accum_steps
+        )));
+    }
+    if world > 1 && cfg.sam_m.is_some() {
+        return Err(TrainError::Config(
+            "--sam_m with several replicas is not supported: omit --sam_m (with --sync_perturbations=false, m is the per-replica batch)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The learning-rate schedule `cfg` asks for, by global step.
+fn schedule(cfg: &TrainConfig, steps_per_epoch: u64) -> LrSchedule {
+    LrSchedule {
+        kind: match (cfg.use_learning_rate_schedule, cfg.lr_schedule) {
+            (false, _) | (_, LrScheduleName::Constant) => ScheduleKind::Constant,
+            (_, LrScheduleName::Exponential) => ScheduleKind::Exponential,
+            (_, LrScheduleName::Cosine) => ScheduleKind::Cosine,
+        },
+        base_lr: cfg.learning_rate,
+        steps_per_epoch,
+        epochs: cfg.num_epochs,
+        warmup_steps: (cfg.warmup_epochs * steps_per_epoch as f64).round() as u64,
+    }
+}
+
+/// Fails with the step and every non-finite value of its report.
+fn check_finite(r: &StepReport, step: u64) -> Result<(), TrainError> {
+    let values = [("loss", r.loss as f64), ("gradient norm", r.grad_norm), ("parameter norm", r.param_norm)];
+    let bad: Vec<String> = values.iter().filter(|(_, v)| !v.is_finite()).map(|(name, v)| format!("{name} {v}")).collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::NonFinite { step, what: format!("non-finite {}", bad.join(", ")) })
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grad_sync::ExchangeStats;
+
+    #[test]
+    fn non_finite_values_are_named_with_their_step() {
+        let mut r = StepReport {
+            loss: f32::NAN,
+            error_rate: 0.5,
+            grad_norm: f64::INFINITY,
+            ascent_grad_norm: 1.0,
+            param_norm: 3.0,
+            ascent_exchange: ExchangeStats::default(),
+            descent_exchange: ExchangeStats::default(),
+        };
+        let e = check_finite(&r, 42).unwrap_err().to_string();
+        assert!(e.contains("step 42") && e.contains("loss NaN") && e.contains("gradient norm inf"), "{e}");
+        assert!(!e.contains("parameter norm"), "{e}");
+        (r.loss, r.grad_norm) = (1.0, 2.0);
+        check_finite(&r, 43).unwrap();
+    }
+}
