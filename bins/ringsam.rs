@@ -19,7 +19,6 @@ use ringsam_models::{ModelConfig, build, forward_gflops, list};
 use ringsam_train::TrainError;
 use ringsam_train::bench_step::{self, BenchStepConfig};
 use ringsam_train::config::normalize_flag_names;
-use ringsam_train::data_source::load_splits;
 use ringsam_train::run::{RunOptions, train};
 use train_args::{TrainArgs, resolve_train_config};
 
@@ -573,22 +572,8 @@ fn cmd_train(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 fn cmd_eval(args: &EvalArgs) -> Result<()> {
-    let state_path = args.checkpoint.join("state.json");
-    let text = std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
-    let training: ringsam_train::checkpoint::TrainingState =
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", state_path.display()))?;
-    let mut cfg = training.config;
-    if let Some(d) = &args.data_dir {
-        cfg.data_dir = Some(d.clone());
-    }
-    let (_, test) = load_splits(&cfg).with_context(|| format!("loading {}", cfg.dataset))?;
-    let mut model = build(&cfg.model_name, &ModelConfig { num_classes: test.num_classes, in_channels: test.channels })?;
-    let ckpt = ringsam_train::checkpoint::load(&args.checkpoint, model.layout(), model.state_layout()).context("loading the checkpoint")?;
-    let (params, mut state) = match ckpt.ema {
-        Some((p, s)) => (p, s),
-        None => (ckpt.params, ckpt.state),
-    };
-    let r = ringsam_train::eval::evaluate(model.as_mut(), &params, &mut state, &test, args.batch_size)?;
+    let (cfg, r) = ringsam_train::eval::evaluate_checkpoint(&args.checkpoint, args.data_dir.clone(), args.batch_size)
+        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     if args.json {
         println!(
             "{}",
@@ -933,9 +918,12 @@ fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<
         (0..args.nproc).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|l| l.local_addr())).collect::<std::io::Result<_>>()
     }
     .context("finding free loopback ports")?;
-    let certs_dir = std::env::temp_dir().join(format!("ringsam-certs-{}", std::process::id()));
+    // A private directory (mode 0700, an unpredictable name), removed when this function
+    // returns, whether the ranks succeeded or not.
+    let certs = tempfile::Builder::new().prefix("ringsam-certs-").tempdir().context("making a directory for ephemeral certificates")?;
+    let certs_dir = certs.path();
     if transport == "quic" {
-        ringsam_collective::certs::write_dev_certs(&certs_dir, args.nproc).context("making ephemeral certificates")?;
+        ringsam_collective::certs::write_dev_certs(certs_dir, args.nproc).context("making ephemeral certificates")?;
     }
     let secret = fresh_cluster_secret()?;
     let peers = ports.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
@@ -982,7 +970,6 @@ fn launch_local_ranks(args: &BenchAllreduceArgs, transport: &str) -> Result<Vec<
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&certs_dir);
     if !failed.is_empty() {
         bail!("{transport}: rank(s) {failed:?} failed (see their messages above)");
     }

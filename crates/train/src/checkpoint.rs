@@ -253,6 +253,14 @@ pub fn load(dir: &Path, layout: &ParamLayout, state_layout: &ParamLayout) -> Res
     Ok(LoadedCheckpoint { dir: dir.to_path_buf(), params, state, optim, ema, training })
 }
 
+/// A checkpoint's `state.json` alone (its step, position and configuration), before the model it
+/// describes is built; [`load`] verifies it against the manifest with the rest.
+pub fn read_training_state(dir: &Path) -> Result<TrainingState, TrainError> {
+    let path = dir.join("state.json");
+    let bytes = read_bounded(&path, 1 << 20)?;
+    serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
 fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, TrainError> {
     let len = fs::metadata(path).map_err(|e| io_err(path, "reading", e))?.len();
     if len > max {

@@ -1,5 +1,6 @@
 //! Evaluation: loss, error rate (and top-5) of a model over a whole dataset split.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ringsam_data::loader::{Loader, LoaderConfig};
@@ -11,7 +12,25 @@ use ringsam_tensor::Tensor;
 use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_forward};
 
 use crate::TrainError;
+use crate::config::TrainConfig;
 use crate::step::count_errors;
+
+/// Evaluates the checkpoint in `dir` on its run's test split (on `data_dir` when given, else the
+/// run's), with the EMA weights when the checkpoint has them, as training evaluated it. Returns
+/// the run's configuration with the report.
+pub fn evaluate_checkpoint(dir: &Path, data_dir: Option<PathBuf>, batch: usize) -> Result<(TrainConfig, EvalReport), TrainError> {
+    let mut cfg = crate::checkpoint::read_training_state(dir)?.config;
+    if data_dir.is_some() {
+        cfg.data_dir = data_dir;
+    }
+    let (_, test) = crate::data_source::load_splits(&cfg)?;
+    let mut model =
+        ringsam_models::build(&cfg.model_name, &ringsam_models::ModelConfig { num_classes: test.num_classes, in_channels: test.channels })?;
+    let ckpt = crate::checkpoint::load(dir, model.layout(), model.state_layout())?;
+    let (params, mut state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
+    let report = evaluate(model.as_mut(), &params, &mut state, &test, batch)?;
+    Ok((cfg, report))
+}
 
 /// Metrics over a split.
 #[derive(Clone, Copy, Debug, PartialEq)]
