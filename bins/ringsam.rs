@@ -380,7 +380,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         match cause.downcast_ref::<TrainError>() {
             Some(TrainError::Interrupted { .. }) => return exit::STOPPED,
             Some(TrainError::Config(_) | TrainError::Model(_)) => return exit::USAGE,
-            Some(TrainError::Data(e)) if matches!(e, DataError::Missing { .. } | DataError::Config(_)) => return exit::USAGE,
+            Some(TrainError::Data(DataError::Missing { .. } | DataError::Config(_))) => return exit::USAGE,
             Some(TrainError::Tensor(TensorError::Device { .. } | TensorError::CudaNotImplemented { .. })) => return exit::USAGE,
             Some(_) => return exit::RUNTIME,
             None => {}

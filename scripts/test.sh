@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README.md "Tests"; .ci/run calls it).
 #
+# 0. formatting (cargo fmt --check) and lints (clippy -D warnings, with and without --features cuda);
 # 1. the whole workspace's tests (unit, gradient checks, Flax fixture, CLI end to end, the ring
 #    between network namespaces: needs root, as this project's machines and CI have);
 # 2. the CUDA feature must compile on a machine with no GPU and no CUDA toolkit (cudarc loads
@@ -31,6 +32,9 @@ if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 
     apt-get install -y -q "${need[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${need[@]}" >/dev/null; } || true
 fi
 
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features cuda -- -D warnings
 cargo test --workspace --locked
 cargo build --workspace --locked --profile test --features cuda
 if command -v cmake >/dev/null 2>&1 && command -v nasm >/dev/null 2>&1; then

@@ -144,8 +144,8 @@ mod tests {
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         for i in 0..20 {
             let want = (0..world).map(|r| (r + i) as f32).sum::<f32>();
-            for r in 0..world {
-                assert_eq!(results[r][i], vec![want; 1000 + i]);
+            for rank_results in &results {
+                assert_eq!(rank_results[i], vec![want; 1000 + i]);
             }
         }
     }

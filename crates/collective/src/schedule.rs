@@ -87,7 +87,7 @@ pub struct Group {
 /// The group of consecutive ranks of size `group_size` that `rank` belongs to. The world must be a
 /// multiple of the group size (as the reference requires of its replica groups).
 pub fn group_of(rank: usize, world: usize, group_size: usize) -> Result<Group, String> {
-    if group_size == 0 || world % group_size != 0 || rank >= world {
+    if group_size == 0 || !world.is_multiple_of(group_size) || rank >= world {
         return Err(format!("inner_group_size {group_size} must divide the {world} replicas"));
     }
     let g = rank / group_size;

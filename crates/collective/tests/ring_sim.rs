@@ -221,9 +221,9 @@ fn several_operations_in_flight_and_started_out_of_step() {
     let mut sim = RingSim::new(world, 8);
     let data = inputs(world, 100);
     // Ranks 0..3 start op 1 and op 2 now; rank 3 only later, after others' frames have arrived.
-    for r in 0..3 {
-        sim.rings[r].start(sim.time, OpId(1), data[r].clone(), ReduceOp::Sum).unwrap();
-        sim.rings[r].start(sim.time, OpId(2), data[r].iter().map(|v| v * 2.0).collect(), ReduceOp::Sum).unwrap();
+    for (ring, d) in sim.rings.iter_mut().zip(&data).take(3) {
+        ring.start(sim.time, OpId(1), d.clone(), ReduceOp::Sum).unwrap();
+        ring.start(sim.time, OpId(2), d.iter().map(|v| v * 2.0).collect(), ReduceOp::Sum).unwrap();
     }
     for _ in 0..5 {
         sim.step();

@@ -374,7 +374,7 @@ mod tests {
         let msg = read_err(&mat(&[x.clone(), y_double(&[1.0])]));
         assert!(msg.contains("offset 6344") && msg.contains("expected [2, 1]"), "{msg}");
         // no y
-        let msg = read_err(&mat(&[x.clone()]));
+        let msg = read_err(&mat(std::slice::from_ref(&x)));
         assert!(msg.contains("offset 6336") && msg.contains("no variable `y`"), "{msg}");
         // X of the wrong shape
         let x28 = matrix("X", 9, &[28, 28, 1, 1], MI_UINT8, &[0u8; 784]);

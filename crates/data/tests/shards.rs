@@ -31,7 +31,10 @@ fn write_wds(path: &Path, s: &[Sample]) {
     std::fs::write(path, w.finish().unwrap()).unwrap();
 }
 
-fn read_all(path: &Path) -> Result<(Vec<Sample>, Vec<(u64, String)>), DataError> {
+/// The samples read, and the (offset, reason) of each record skipped.
+type ReadBack = (Vec<Sample>, Vec<(u64, String)>);
+
+fn read_all(path: &Path) -> Result<ReadBack, DataError> {
     let mut got = Vec::new();
     let report = read_shard(path, |_, s| {
         got.push(s);

@@ -40,6 +40,7 @@ struct Branch {
 }
 
 impl Branch {
+    #[allow(clippy::too_many_arguments)] // the layouts, the workspace, the block's name and tag, and its three sizes
     fn new(p: &mut ParamLayout, s: &mut StateLayout, ws: &Workspace, block: &str, tag: char, c_in: usize, c: usize, stride: usize) -> Self {
         Branch {
             conv_1: Conv2d::with_workspace(p, &format!("{block}/conv_{tag}_1"), Conv2dConfig::same(c_in, c, 3, stride), ws),

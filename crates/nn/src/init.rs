@@ -30,7 +30,7 @@ pub fn dense_uniform(w: &mut [f32], out_features: usize, rng: &mut Rng) {
 /// JAX's truncated normal for variance scaling: N(0, 1) cut at ±2 and divided by 0.87962566
 /// (its standard deviation), so the result has unit variance; times `std`.
 pub fn truncated_normal(w: &mut [f32], std: f32, rng: &mut Rng) {
-    const CUT_STD: f32 = 0.879_625_66;
+    const CUT_STD: f32 = 0.879_625_7;
     for v in w.iter_mut() {
         let z = loop {
             let z = rng.normal();
@@ -62,7 +62,7 @@ mod tests {
         variance_scaling_truncated(&mut w, 2.0, 50, &mut Rng::new(3));
         let var = w.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / w.len() as f64;
         assert!((var - 0.04).abs() < 0.001, "variance {var}");
-        let bound = 2.0 * 0.2 / 0.879_625_66;
+        let bound = 2.0 * 0.2 / 0.879_625_7;
         assert!(w.iter().all(|v| v.abs() <= bound + 1e-6));
     }
 

@@ -85,9 +85,12 @@ mod cuda_probe {
     //! cudarc's dynamically loaded symbols panic on first use when their library is absent, so
     //! each `is_culib_present` check runs before any call into that library.
 
+    /// A library's name for messages, and a check that it can be loaded.
+    type LibraryCheck = (&'static str, fn() -> bool);
+
     pub(super) fn probe(ordinal: usize) -> Result<(), String> {
         // SAFETY: `is_culib_present` only tries to dlopen the library; it calls nothing in it.
-        let libs: [(&str, fn() -> bool); 4] = [
+        let libs: [LibraryCheck; 4] = [
             ("the CUDA driver (libcuda.so)", || unsafe { cudarc::driver::sys::is_culib_present() }),
             ("cuBLAS (libcublas.so)", || unsafe { cudarc::cublas::sys::is_culib_present() }),
             ("cuDNN (libcudnn.so)", || unsafe { cudarc::cudnn::sys::is_culib_present() }),

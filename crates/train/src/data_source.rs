@@ -40,7 +40,7 @@ pub enum TrainData {
         test: Arc<Dataset>,
     },
     /// Shards on disk (see [`ShardData`]).
-    Shards(ShardData),
+    Shards(Box<ShardData>),
 }
 
 /// A directory of shards and how to read it.
@@ -156,7 +156,7 @@ impl TrainData {
             layout.validation.shards.len(),
             layout.classes.len()
         ));
-        Ok(TrainData::Shards(ShardData {
+        Ok(TrainData::Shards(Box::new(ShardData {
             name: cfg.dataset.to_string(),
             layout,
             train_len,
@@ -172,7 +172,7 @@ impl TrainData {
             seed: cfg.run_seed,
             report: Arc::new(|line| eprintln!("ringsam: loader: {line}")),
             stats: Arc::new(LoaderStats::default()),
-        }))
+        })))
     }
 
     /// Refuses a replica count the shards cannot feed (each replica reads whole shards), before

@@ -110,9 +110,12 @@ pub fn read_shard(path: &Path, mut each: impl FnMut(u64, Sample) -> bool) -> Res
     Ok(report)
 }
 
+/// An image folder's class names and its (path, label) list.
+pub type ImageFolder = (Vec<String>, Vec<(PathBuf, i64)>);
+
 /// An image folder: one sub-folder per class, classes numbered in sorted name order; files with
 /// a `.jpg`/`.jpeg` extension, sorted. Returns (class names, (path, label) list).
-pub fn list_image_folder(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>), DataError> {
+pub fn list_image_folder(dir: &Path) -> Result<ImageFolder, DataError> {
     let read = |d: &Path| -> Result<Vec<PathBuf>, DataError> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(d).map_err(|e| DataError::io(d, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         v.sort();

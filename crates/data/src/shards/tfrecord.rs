@@ -126,6 +126,7 @@ mod proto {
         pub kind: Option<Kind>,
     }
     #[derive(Clone, PartialEq, prost::Oneof)]
+    #[allow(clippy::enum_variant_names)] // the names of tf.Example's Feature oneof
     pub enum Kind {
         #[prost(message, tag = "1")]
         BytesList(BytesList),

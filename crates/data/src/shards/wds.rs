@@ -14,6 +14,9 @@ use super::Sample;
 use super::tfrecord::MAX_RECORD;
 use crate::DataError;
 
+/// A tar member: (offset, key, extension, bytes).
+type Member = (u64, String, String, Vec<u8>);
+
 const BLOCK: usize = 512;
 
 /// What the reader found next.
@@ -74,8 +77,8 @@ impl<R: Read> WdsReader<R> {
         Ok(got)
     }
 
-    /// The next regular member: (offset, key, extension, bytes); `None` at the end of the archive.
-    fn member(&mut self) -> Result<Option<(u64, String, String, Vec<u8>)>, DataError> {
+    /// The next regular member; `None` at the end of the archive.
+    fn member(&mut self) -> Result<Option<Member>, DataError> {
         loop {
             let at = self.offset;
             let mut h = [0u8; BLOCK];

@@ -84,8 +84,8 @@ impl Layer for SqueezeExcite {
                 }
             }
         }
-        for ri in 0..r {
-            self.z[ri * n..(ri + 1) * n].iter_mut().for_each(|v| *v += b1[ri]);
+        for (ri, &b) in b1[..r].iter().enumerate() {
+            self.z[ri * n..(ri + 1) * n].iter_mut().for_each(|v| *v += b);
         }
         self.a = self.z.iter().map(|&v| v * sigmoid(v)).collect();
         let mut e = vec![0.0f32; c * n];
