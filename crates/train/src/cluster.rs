@@ -12,31 +12,14 @@
 //! cluster CA) or TCP (HMAC handshake over a cluster secret).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use ringsam_collective::transport::{Link, form_ring};
 use ringsam_collective::{PendingAllreduce, ReduceOp, RingConfig, RingHandle, group_of};
 
 use crate::TrainError;
 
-/// How the rings authenticate and carry frames.
-#[derive(Clone, Debug)]
-pub enum Transport {
-    /// QUIC: cluster CA, this node's certificate and key (PEM files from `ringsam certs`).
-    Quic {
-        /// Cluster CA certificate.
-        ca: PathBuf,
-        /// This node's certificate.
-        cert: PathBuf,
-        /// This node's private key.
-        key: PathBuf,
-    },
-    /// TCP with the shared cluster secret (at least 16 bytes).
-    Tcp {
-        /// The secret.
-        secret: Vec<u8>,
-    },
-}
+pub use ringsam_collective::transport::Transport;
 
 /// Where this replica sits and how to reach the others.
 #[derive(Clone, Debug)]
@@ -166,26 +149,6 @@ pub fn ring_err(what: &str, e: impl std::fmt::Display) -> TrainError {
 }
 
 async fn form(cfg: &ClusterConfig, ring: RingConfig, listen: SocketAddr, next: SocketAddr) -> Result<RingHandle, String> {
-    match &cfg.transport {
-        Transport::Tcp { secret } => {
-            let c = ringsam_collective::tcp::TcpConfig { ring, listen, next, secret: secret.clone(), connect_timeout: cfg.connect_timeout };
-            ringsam_collective::tcp::connect(c).await.map_err(|e| e.to_string())
-        }
-        Transport::Quic { ca, cert, key } => {
-            use ringsam_collective::certs::{read_certs, read_key};
-            let ca =
-                read_certs(ca).map_err(|e| e.to_string())?.into_iter().next().ok_or_else(|| format!("{}: no certificate", ca.display()))?;
-            let c = ringsam_collective::quic::QuicConfig {
-                ring,
-                listen,
-                next,
-                ca,
-                cert_chain: read_certs(cert).map_err(|e| e.to_string())?,
-                key: read_key(key).map_err(|e| e.to_string())?,
-                connect_timeout: cfg.connect_timeout,
-                tuning: ringsam_collective::quic::QuicTuning::default(),
-            };
-            ringsam_collective::quic::connect(c).await.map_err(|e| e.to_string())
-        }
-    }
+    let link = Link { listen, next, connect_timeout: cfg.connect_timeout };
+    form_ring(&cfg.transport, ring, link).await.map(|(handle, _)| handle)
 }

@@ -4,13 +4,12 @@
 //! evaluation, checkpoints, one stop path), [`run`] (its entry points), [`resume`] (whether a
 //! checkpoint may be resumed), [`progress`] (bar and plain log lines), [`eval`], [`checkpoint`]
 //! (atomic write, verified load), [`tensorboard`] (event files), [`config`] (every flag, typed
-//! once), [`data_source`] (memory or shards behind one interface), [`bench_step`].
+//! once), [`data_source`] (memory or shards behind one interface).
 //! Data-parallel: [`cluster`] (the rings a replica all-reduces over), [`grad_sync`] (gradient
 //! buckets overlapped with backward), [`replica`] (what replicas agree on besides gradients:
 //! stop votes, metrics, batch-norm statistics, parameter fingerprints), [`telemetry`]
 //! (Prometheus metrics).
 
-pub mod bench_step;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;

@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use crate::bench::BenchRow;
+use crate::allreduce::BenchRow;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 

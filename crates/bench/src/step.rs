@@ -12,7 +12,7 @@ use ringsam_nn::Rng;
 use ringsam_tensor::{Device, Tensor, TensorError};
 use serde::Serialize;
 
-use crate::{SamStep, StepConfig, TrainError};
+use ringsam_train::{SamStep, StepConfig, TrainError};
 
 /// What to benchmark.
 #[derive(Clone, Debug)]

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ringsam_collective::frame::HEADER_LEN;
-use ringsam_collective::{FrameHeader, Loan, OpId, ReduceOp, Ring, RingConfig, RingError, RingEvent};
+use ringsam_ring::frame::HEADER_LEN;
+use ringsam_ring::{FrameHeader, Loan, OpId, ReduceOp, Ring, RingConfig, RingError, RingEvent};
 
 type PlaceKey = (u16, u32, u64, u32, u32, u32);
 
@@ -431,7 +431,7 @@ fn malformed_and_stale_frames() {
     let now = Instant::now();
     ring.start(now, OpId(1), vec![0.0; 30], ReduceOp::Sum).unwrap();
     // A frame from an older generation is dropped silently.
-    let stale = FrameHeader { kind: ringsam_collective::FrameKind::Data, ring: 0, generation: 9, step: 0, op: 1, chunk: 0, len: 40 };
+    let stale = FrameHeader { kind: ringsam_ring::FrameKind::Data, ring: 0, generation: 9, step: 0, op: 1, chunk: 0, len: 40 };
     ring.handle_frame(now, stale, &[0u8; 40]).unwrap();
     assert_eq!(ring.pending(), 1);
     // A chunk of the wrong size is a protocol violation: everything pending fails.
@@ -450,7 +450,7 @@ fn malformed_and_stale_frames() {
 /// group only; a group is an ordinary ring of its members, tagged with its own ring id.
 #[test]
 fn sub_rings_reduce_within_consecutive_groups() {
-    use ringsam_collective::group_of;
+    use ringsam_ring::group_of;
     let (world, size) = (6, 3);
     let mut sims: Vec<RingSim> = Vec::new();
     let mut expected = Vec::new();
@@ -477,7 +477,7 @@ fn sub_rings_reduce_within_consecutive_groups() {
 #[test]
 fn duplicate_and_needless_frames_are_violations_not_panics() {
     let now = Instant::now();
-    let h = FrameHeader { kind: ringsam_collective::FrameKind::Data, ring: 0, generation: 0, step: 0, op: 1, chunk: 0, len: 40 };
+    let h = FrameHeader { kind: ringsam_ring::FrameKind::Data, ring: 0, generation: 0, step: 0, op: 1, chunk: 0, len: 40 };
     let mut ring = Ring::new(RingConfig { chunk: 10, ..RingConfig::new(1, 3) });
     ring.start(now, OpId(1), vec![0.0; 30], ReduceOp::Sum).unwrap();
     ring.handle_frame(now, h, &[0u8; 40]).unwrap();

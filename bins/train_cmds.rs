@@ -1,5 +1,5 @@
-//! `ringsam worker` (one replica of a data-parallel job) and `ringsam launch` (N local workers on
-//! loopback, like `torchrun --standalone`).
+//! `ringsam train`, `ringsam eval`, `ringsam worker` (one replica of a data-parallel job) and
+//! `ringsam launch` (N local workers on loopback, like `torchrun --standalone`).
 //!
 //! A worker learns its place from flags or the environment: `RINGSAM_RANK` (or Kubernetes'
 //! `JOB_COMPLETION_INDEX`), `RINGSAM_WORLD_SIZE`, and the peers as `RINGSAM_PEERS`
@@ -7,18 +7,20 @@
 //! replaced by each rank: an Indexed Job behind a headless Service). Names are resolved until the
 //! connect timeout, since peers' DNS records appear as their pods start.
 
+use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{ArgMatches, Args};
+use ringsam_collective::local_ranks::LocalRanks;
+use ringsam_collective::quic::QuicTuning;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
-use ringsam_train::run::{RunOptions, train_replica};
+use ringsam_train::run::{RunOptions, train, train_replica};
 
+use crate::process::{cluster_secret, stop_on_signals, stopped, usage};
 use crate::train_args::{TrainArgs, check_train_words, resolve_train_config};
-use crate::usage;
 
 /// `ringsam worker`.
 #[derive(Args, Debug)]
@@ -110,10 +112,15 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let peers = names.iter().map(|n| resolve(n, deadline)).collect::<Result<Vec<_>>>()?;
     let transport = if args.transport == "tcp" {
-        Transport::Tcp { secret: crate::cluster_secret()? }
+        Transport::Tcp { secret: cluster_secret()? }
     } else {
         let need = |p: &Option<PathBuf>, flag: &str| p.clone().with_context(|| format!("--transport quic needs {flag}"));
-        Transport::Quic { ca: need(&args.ca, "--ca")?, cert: need(&args.cert, "--cert")?, key: need(&args.key, "--key")? }
+        Transport::Quic {
+            ca: need(&args.ca, "--ca")?,
+            cert: need(&args.cert, "--cert")?,
+            key: need(&args.key, "--key")?,
+            tuning: QuicTuning::default(),
+        }
     };
     let cfg = resolve_train_config(&args.train, matches)?;
     let cluster_cfg = ClusterConfig {
@@ -124,38 +131,25 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         connect_timeout: timeout,
         peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
     };
-    let stop = crate::stop_on_signals()?;
+    let stop = stop_on_signals()?;
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
-    crate::serve_metrics(&args.train, rank, &log)?;
+    serve_metrics(&args.train, rank, &log)?;
     log(&format!("joining a ring of {world} at {}", cluster_cfg.peers[rank]));
     let cluster = Cluster::connect(&cluster_cfg).with_context(|| format!("rank {rank}: forming the ring"))?;
     let opts = RunOptions { progress: rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()), stop };
     let summary = train_replica(&cfg, &opts, Some(cluster), &mut |l| log(l))
         .with_context(|| format!("rank {rank}: training {} on {}", cfg.model_name, cfg.dataset))?;
     if rank == 0 {
-        crate::print_summary(&summary);
+        print_summary(&summary);
     }
     Ok(())
 }
 
-/// Two free ports, `p` and `p + 1` (the world ring and the group ring of one worker).
-fn free_port_pair() -> Result<u16> {
-    for _ in 0..100 {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-        let p = a.local_addr()?.port();
-        let free =
-            |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
-        if p < u16::MAX && free(p + 1) && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return Ok(p);
-        }
-    }
-    bail!("no two consecutive free ports on 127.0.0.1")
-}
-
-/// Starts `--nproc` workers on loopback and waits for them; forwards SIGTERM/SIGINT so each
-/// worker checkpoints and stops. The workers' flags are checked first, so a mistake is reported
-/// before anything starts. Waits for every worker; fails listing the workers that failed, or
-/// exits with the stop code when every worker stopped on the forwarded signal.
+/// Starts `--nproc` workers on loopback through [`LocalRanks`] and waits for them; SIGTERM and
+/// SIGINT are forwarded, so each worker checkpoints and stops. The workers' flags are checked
+/// first, so a mistake is reported before anything starts. When a worker fails, the others are
+/// ended (TERM, then KILL after a grace period) and launch fails naming it; when every worker
+/// stopped on the forwarded signal, launch exits with the stop code.
 pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
     if args.nproc == 0 {
         return Err(usage("--nproc must be at least 1"));
@@ -170,74 +164,109 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
         _ => &args.train_args[..],
     };
     check_train_words(train_words).context("the training flags after --")?;
-    let mut ports = Vec::new();
-    while ports.len() < args.nproc {
-        let p = free_port_pair()?;
-        if !ports.iter().any(|&q: &u16| q.abs_diff(p) <= 1) {
-            ports.push(p);
-        }
-    }
-    let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-    let dir = tempfile::Builder::new().prefix("ringsam-launch-").tempdir().context("making a directory for ephemeral certificates")?;
-    let secret = crate::fresh_cluster_secret()?;
-    if args.transport == "quic" {
-        ringsam_collective::certs::write_dev_certs(dir.path(), args.nproc).context("making ephemeral certificates")?;
-    }
+    let mut ranks = LocalRanks::prepare(args.nproc, args.transport == "quic").context("preparing the local workers")?;
     // The machine's cores, split among the workers.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / args.nproc).max(1);
     let exe = std::env::current_exe().context("locating the ringsam binary")?;
-    let mut children = Vec::new();
-    for r in 0..args.nproc {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["worker", "--rank", &r.to_string(), "--world_size", &args.nproc.to_string(), "--peers", &peers])
-            .args(["--transport", &args.transport, "--connect_timeout", "60"])
-            .env("RINGSAM_THREADS", threads.to_string())
-            .env("RINGSAM_CLUSTER_SECRET", &secret)
-            .stdout(if r == 0 { std::process::Stdio::inherit() } else { std::process::Stdio::null() });
-        if args.transport == "quic" {
-            let f = |name: String| dir.path().join(name).display().to_string();
-            cmd.args(["--ca", &f("ca.pem".into()), "--cert", &f(format!("node-{r}.pem")), "--key", &f(format!("node-{r}.key"))]);
-        }
-        if let Some(p) = args.metrics_port {
-            cmd.args(["--metrics_addr", &format!("127.0.0.1:{}", p as usize + r)]);
-        }
-        cmd.args(train_words);
-        children.push(cmd.spawn().with_context(|| format!("starting worker {r}"))?);
-    }
-    let stop = crate::stop_on_signals()?;
-    let mut forwarded = false;
-    let mut status: Vec<Option<std::process::ExitStatus>> = vec![None; children.len()];
-    while status.iter().any(Option::is_none) {
-        if stop.load(Ordering::SeqCst) && !forwarded {
-            forwarded = true;
-            for (c, s) in children.iter().zip(&status) {
-                if s.is_none() {
-                    // SAFETY: kill(2) on our own child's pid, which is not reaped yet (its status
-                    // is unknown), so the pid cannot have been reused; no memory is involved.
-                    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-                }
+    let (peers, world) = (ranks.peers(), args.nproc.to_string());
+    let quic: Vec<Vec<String>> = (0..args.nproc).map(|r| ranks.quic_flags(r)).collect();
+    ranks
+        .spawn(&exe, false, |r, cmd| {
+            cmd.args(["worker", "--rank", &r.to_string(), "--world_size", &world, "--peers", &peers])
+                .args(["--transport", &args.transport, "--connect_timeout", "60"])
+                .args(&quic[r])
+                .env("RINGSAM_THREADS", threads.to_string());
+            if let Some(p) = args.metrics_port {
+                cmd.args(["--metrics_addr", &format!("127.0.0.1:{}", p as usize + r)]);
             }
-        }
-        for (c, s) in children.iter_mut().zip(status.iter_mut()) {
-            if s.is_none() {
-                *s = c.try_wait().context("waiting for a worker")?;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
+            cmd.args(train_words);
+        })
+        .context("starting the workers")?;
+    let stop = stop_on_signals()?;
+    let exits = ranks.wait(&stop, LAUNCH_GRACE).context("waiting for the workers")?;
+    let stopped_by_signal = |e: &ringsam_collective::local_ranks::RankExit| e.status.code() == Some(143);
+    if exits.iter().all(|e| e.status.success() || stopped_by_signal(e)) && exits.iter().any(stopped_by_signal) {
+        return Err(stopped("every worker wrote its checkpoint and stopped on the forwarded signal"));
     }
-    let stopped = |s: &std::process::ExitStatus| s.code() == Some(143);
-    if forwarded && status.iter().flatten().all(|s| s.success() || stopped(s)) && status.iter().flatten().any(stopped) {
-        return Err(crate::stopped("every worker wrote its checkpoint and stopped on the forwarded signal"));
-    }
-    let failed: Vec<String> = status
+    let failed: Vec<String> = exits
         .iter()
         .enumerate()
-        .filter(|(_, s)| !s.is_some_and(|s| s.success()))
-        .map(|(r, s)| format!("rank {r} ({})", s.expect("all done")))
+        .filter(|(_, e)| !e.status.success())
+        .map(|(r, e)| format!("rank {r} ({}{})", e.status, if e.ended_by_launcher { ", ended by launch" } else { "" }))
         .collect();
     if !failed.is_empty() {
         bail!("worker(s) failed: {} (see their messages above)", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// How long a worker has to write its checkpoint and exit after SIGTERM, when another worker
+/// failed, before launch kills it.
+const LAUNCH_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub(crate) struct EvalArgs {
+    /// A checkpoint directory (`…/checkpoints/checkpoint_N`).
+    #[arg(long)]
+    pub(crate) checkpoint: PathBuf,
+    /// Directory of the dataset's files (default: the one the run used).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 128)]
+    pub(crate) batch_size: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn print_summary(summary: &ringsam_train::run::RunSummary) {
+    println!("run directory: {}", summary.run_dir.display());
+    println!("steps: {}  time: {:.1} s", summary.steps, summary.seconds);
+    if let (Some(err), Some(loss)) = (summary.test_error_rate, summary.test_loss) {
+        println!("test accuracy: {:.2}%  test error: {:.2}%  test loss: {loss:.4}", 100.0 * (1.0 - err), 100.0 * err);
+    }
+}
+
+/// Starts the Prometheus endpoint when `--metrics_addr` is given.
+fn serve_metrics(args: &TrainArgs, rank: usize, log: &dyn Fn(&str)) -> Result<()> {
+    if let Some(addr) = args.metrics_addr {
+        let bound = ringsam_train::telemetry::serve_prometheus(addr, rank)?;
+        log(&format!("metrics on http://{bound}/metrics"));
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_train(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
+    let cfg = resolve_train_config(args, matches)?;
+    serve_metrics(args, 0, &|l| eprintln!("ringsam: {l}"))?;
+    let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()? };
+    let summary = train(&cfg, &opts, &mut |line| eprintln!("ringsam: {line}"))
+        .with_context(|| format!("training {} on {}", cfg.model_name, cfg.dataset))?;
+    print_summary(&summary);
+    Ok(())
+}
+
+pub(crate) fn cmd_eval(args: &EvalArgs) -> Result<()> {
+    let (cfg, r) = ringsam_train::eval::evaluate_checkpoint(&args.checkpoint, args.data_dir.clone(), args.batch_size)
+        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"checkpoint": args.checkpoint, "dataset": cfg.dataset, "examples": r.examples, "loss": r.loss, "error_rate": r.error_rate, "top5_error_rate": r.top5_error_rate})
+        );
+    } else {
+        println!(
+            "{} on {} test ({} examples): loss {:.4}, error {:.2}%, accuracy {:.2}%",
+            cfg.model_name,
+            cfg.dataset,
+            r.examples,
+            r.loss,
+            100.0 * r.error_rate,
+            100.0 * (1.0 - r.error_rate)
+        );
     }
     Ok(())
 }

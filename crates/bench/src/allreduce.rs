@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ReduceOp, RingError};
+use ringsam_collective::{ReduceOp, RingError};
 
 /// Something that all-reduces a buffer with its peers, blocking until done.
 pub trait AllReduce {
@@ -24,9 +24,9 @@ pub trait AllReduce {
     }
 }
 
-impl AllReduce for crate::inproc::InprocRing {
+impl AllReduce for ringsam_collective::inproc::InprocRing {
     fn allreduce(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<Vec<f32>, RingError> {
-        crate::inproc::InprocRing::allreduce(self, data, reduce)
+        ringsam_collective::inproc::InprocRing::allreduce(self, data, reduce)
     }
 }
 
@@ -35,7 +35,7 @@ pub struct BlockingRing {
     /// The runtime the driver tasks run on.
     pub runtime: tokio::runtime::Runtime,
     /// The ring handle.
-    pub ring: crate::RingHandle,
+    pub ring: ringsam_collective::RingHandle,
 }
 
 impl AllReduce for BlockingRing {
@@ -136,7 +136,7 @@ pub fn run(
         let per = count.div_ceil(inflight).max(1);
         // Bit for bit (every rank must hold identical results), compared as bytes: a memcmp, where
         // f32's `==` is a loop that stops to look at each value.
-        let as_bytes = crate::ring::le_bytes;
+        let as_bytes = ringsam_collective::ring::le_bytes;
         let matches = |parts: &[Vec<f32>]| {
             parts.len() == expected.chunks(per).len() && parts.iter().zip(expected.chunks(per)).all(|(p, e)| as_bytes(p) == as_bytes(e))
         };
@@ -205,7 +205,8 @@ mod tests {
     #[test]
     fn inproc_bench_reports_correct_results() {
         let world = 3;
-        let rings = crate::inproc::InprocRing::connect((0..world).map(|r| crate::RingConfig::new(r, world)).collect());
+        let rings =
+            ringsam_collective::inproc::InprocRing::connect((0..world).map(|r| ringsam_collective::RingConfig::new(r, world)).collect());
         let hs: Vec<_> = rings
             .into_iter()
             .enumerate()

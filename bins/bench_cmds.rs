@@ -1,0 +1,367 @@
+//! `ringsam bench …`: the flags, and the calls into `ringsam-bench` that do the measuring.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::process::{self, usage};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Time SGD and SAM training steps on synthetic data.
+    Step(BenchStepArgs),
+    /// All-reduce bandwidth over the ring (nccl-tests style: size, time, algbw, busbw).
+    Allreduce(BenchAllreduceArgs),
+    /// Loader throughput: decode + random crop + flip (+ resize) of every sample in some shards.
+    Loader(BenchLoaderArgs),
+    /// Single-stream TCP throughput between two hosts: the line rate the ring is compared with.
+    Link(BenchLinkArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub(crate) struct BenchLinkArgs {
+    /// Receive one transfer on this address and print its rate.
+    #[arg(long, conflicts_with = "connect")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Send to this address and print the receiver's measurement.
+    #[arg(long)]
+    pub(crate) connect: Option<std::net::SocketAddr>,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) seconds: f64,
+    /// Print one JSON object (bytes, seconds, gbit_s, gbyte_s).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub(crate) struct BenchLoaderArgs {
+    /// A directory of shards (*.tar, *.tfrecord*), or shard files.
+    #[arg(long, required = true, num_args = 1..)]
+    pub(crate) data: Vec<PathBuf>,
+    /// Decoder threads.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) workers: usize,
+    /// Output side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub(crate) image_size: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) batch: usize,
+    /// Classes the labels must fall below.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) num_classes: usize,
+    /// JPEG decoder: zune, turbo or turbo-reduced (the last two need --features turbojpeg).
+    #[arg(long, default_value = "zune")]
+    pub(crate) decoder: String,
+    /// Per-image augmentation after the crop: none, autoaugment (ImageNet policy) or randaugment (N 2, M 9).
+    #[arg(long, default_value = "none")]
+    pub(crate) augment: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub(crate) struct BenchAllreduceArgs {
+    /// Ranks: local processes (tcp) or threads (inproc) started by this command.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) nproc: usize,
+    /// tcp, quic or inproc, or a comma list to compare them in one run.
+    #[arg(long, default_value = "tcp")]
+    pub(crate) transport: String,
+    /// Sizes in bytes: LOW..HIGH (doubling) or a comma list; K, M, G are powers of 1024.
+    #[arg(long, default_value = "1K..64M")]
+    pub(crate) sizes: String,
+    /// Timed operations per size (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) iters: usize,
+    /// Chunk size in f32 values (the unit frames carry and pipelining works at).
+    #[arg(long, default_value_t = 262144)]
+    pub(crate) chunk: usize,
+    /// Seconds to form the ring and to wait on a silent peer.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) timeout: u64,
+    /// Join an existing ring as this rank instead of starting local processes (needs --peers).
+    #[arg(long)]
+    pub(crate) rank: Option<usize>,
+    /// Every rank's listen address, in rank order (with --rank).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) peers: Vec<std::net::SocketAddr>,
+    /// Cluster CA certificate (QUIC, with --rank).
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+    /// This node's certificate (QUIC, with --rank).
+    #[arg(long)]
+    pub(crate) cert: Option<PathBuf>,
+    /// This node's private key (QUIC, with --rank).
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// Write a PNG of busbw against size (one line per transport).
+    #[arg(long)]
+    pub(crate) plot: Option<PathBuf>,
+    /// QUIC per-stream flow-control window in bytes. Larger than half the UDP receive buffer
+    /// (4 MiB here), bursts overflow it while a receiver waits for a core; larger than the link's
+    /// queue, the sender keeps that queue full (docs/BENCHMARKS.md, "The ring on shaped links").
+    #[arg(long, default_value_t = 1 << 20)]
+    pub(crate) quic_window: u32,
+    /// QUIC connection flow-control window and send buffer in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub(crate) quic_conn_window: u32,
+    /// QUIC UDP socket buffer size to ask the OS for, each way, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub(crate) quic_udp_buffer: usize,
+    /// QUIC congestion controller: cubic, newreno or bbr.
+    #[arg(long, default_value = "cubic")]
+    pub(crate) quic_cc: String,
+    /// Ask QUIC peers to acknowledge every N packets (default: QUIC's every second packet).
+    #[arg(long)]
+    pub(crate) quic_ack_every: Option<u32>,
+    /// Print each rank's QUIC path statistics (RTT, congestion window, losses) at the end.
+    #[arg(long)]
+    pub(crate) quic_stats: bool,
+    /// All-reduces in flight per timed operation: the buffer is cut into this many equal parts,
+    /// submitted together (as gradient buckets are).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) inflight: usize,
+    /// Largest UDP payload the network carries, for QUIC's MTU discovery (default: 65000 on
+    /// loopback, 1452 otherwise; 8952 suits a 9000-byte jumbo-frame network).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65000))]
+    pub(crate) quic_mtu: Option<u16>,
+    /// QUIC connections per ring neighbour, chunks striped over them: each connection's crypto
+    /// runs on one task, so stripes (with --ring-threads above 1) spread it over cores.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub(crate) quic_stripes: u64,
+    /// Threads each rank's ring runs on (socket reads, reductions, writes, QUIC's crypto). 0
+    /// (default): the cores this host has per local rank, 1 to 4 (one rank per host with
+    /// --rank); docs/BENCHMARKS.md has what each count measured.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub(crate) ring_threads: u64,
+    /// Print one JSON object per size.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub(crate) struct BenchStepArgs {
+    /// Model (see `ringsam models`).
+    #[arg(long, visible_alias = "model", default_value = "WideResnet16x4")]
+    pub(crate) model_name: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch: usize,
+    /// Square image side.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) image_size: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) num_classes: usize,
+    /// Timed steps per variant (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) iters: usize,
+    /// SAM radius for the SAM variant.
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) rho: f32,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
+    let cfg = ringsam_bench::step::BenchStepConfig {
+        model: args.model_name.clone(),
+        batch: args.batch,
+        image_size: args.image_size,
+        num_classes: args.num_classes,
+        iters: args.iters,
+        rho: args.rho,
+        device: args.device.parse().context("--device")?,
+    };
+    let show_progress = std::io::stderr().is_terminal() && !args.json;
+    let report = ringsam_bench::step::run(&cfg, |line| {
+        if show_progress {
+            eprint!("\r\x1b[2K{line}");
+        }
+    })
+    .with_context(|| format!("benchmarking {} at batch {}", args.model_name, args.batch))?;
+    if show_progress {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "model {} batch {} image {}x{} threads {threads} gemm {}",
+            report.model,
+            report.batch,
+            report.image_size,
+            report.image_size,
+            ringsam_tensor::gemm::backend_name()
+        );
+        println!(
+            "  SGD step  {:>9.1} ms  {:>8.1} images/s  {:>6.1} GFLOP/s",
+            report.sgd_ms, report.sgd_images_per_s, report.sgd_gflops_per_s
+        );
+        println!("  SAM step  {:>9.1} ms  {:>8.1} images/s", report.sam_ms, report.sam_images_per_s);
+        println!("  SAM/SGD   {:>9.2}x   forward {:.2} GMAC per step", report.sam_over_sgd, report.forward_gmacs);
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
+    use ringsam_bench::loader::{LoaderBench, run};
+    let bench = LoaderBench {
+        data: args.data.clone(),
+        workers: args.workers,
+        image_size: args.image_size,
+        batch: args.batch,
+        num_classes: args.num_classes,
+        decoder: ringsam_data::imagenet::JpegDecoder::parse(&args.decoder).map_err(|e| usage(format!("--decoder: {e}")))?,
+        augment: ringsam_data::autoaugment::Augment::parse(&args.augment).map_err(|e| usage(format!("--augment: {e}")))?,
+    };
+    let r = run(&bench, std::sync::Arc::new(|line| eprintln!("ringsam: loader: {line}"))).context("benchmarking the loader")?;
+    if args.json {
+        let row = serde_json::json!({"workers": args.workers, "decoder": args.decoder, "augment": args.augment, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s, "images_per_s_per_worker": r.images_per_s_per_worker});
+        println!("{row}");
+    } else {
+        println!(
+            "{} images in {:.2} s: {:.1} images/s with {} decoder(s), {:.1} per decoder (decode + crop + bicubic {}px + flip + normalise)",
+            r.images, r.seconds, r.images_per_s, args.workers, r.images_per_s_per_worker, args.image_size
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_bench_link(args: &BenchLinkArgs) -> Result<()> {
+    use ringsam_bench::link::{receive_one, send_for};
+    let report = match (args.listen, args.connect) {
+        (Some(addr), _) => {
+            let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+            receive_one(&listener).context("receiving")?
+        }
+        (None, Some(addr)) => {
+            if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
+                bail!("--seconds {} must be in (0, 3600]", args.seconds);
+            }
+            send_for(addr, args.seconds, std::time::Duration::from_secs(30)).with_context(|| format!("sending to {addr}"))?
+        }
+        (None, None) => bail!("give --listen ADDR (receiver) or --connect ADDR (sender)"),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"bytes": report.bytes, "seconds": report.seconds, "gbit_s": report.gbit_s(), "gbyte_s": report.gbyte_s()})
+        );
+    } else {
+        println!("{} bytes in {:.3} s: {:.3} Gbit/s ({:.4} GB/s)", report.bytes, report.seconds, report.gbit_s(), report.gbyte_s());
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
+    use ringsam_bench::allreduce::parse_sizes;
+    use ringsam_bench::allreduce_ranks::{AllreduceBench, run_local, run_rank};
+    use ringsam_collective::quic::{Congestion, QuicTuning};
+    use ringsam_collective::transport::Transport;
+    if args.nproc == 0 || args.iters == 0 || args.chunk == 0 {
+        return Err(usage("--nproc, --iters and --chunk must be at least 1"));
+    }
+    if args.chunk > ringsam_collective::RingConfig::MAX_CHUNK {
+        let max = ringsam_collective::RingConfig::MAX_CHUNK;
+        return Err(usage(format!("--chunk {}: at most {max} values (a frame's length is a 32-bit byte count)", args.chunk)));
+    }
+    let transports: Vec<&str> = args.transport.split(',').map(str::trim).collect();
+    if let Some(t) = transports.iter().find(|t| !["tcp", "quic", "inproc"].contains(t)) {
+        return Err(usage(format!("--transport {t:?}: expected tcp, quic or inproc (or a comma list)")));
+    }
+    let bench = AllreduceBench {
+        sizes_spec: args.sizes.clone(),
+        sizes: parse_sizes(&args.sizes).map_err(|e| usage(format!("--sizes: {e}")))?,
+        iters: args.iters,
+        chunk: args.chunk,
+        timeout: std::time::Duration::from_secs(args.timeout),
+        inflight: args.inflight,
+        quic: QuicTuning {
+            stream_window: args.quic_window,
+            conn_window: args.quic_conn_window,
+            udp_buffer: args.quic_udp_buffer,
+            max_mtu: args.quic_mtu,
+            congestion: Congestion::parse(&args.quic_cc).map_err(|e| usage(format!("--quic_cc: {e}")))?,
+            ack_every: args.quic_ack_every,
+            stripes: args.quic_stripes as usize,
+        },
+        quic_cc: args.quic_cc.clone(),
+        quic_stats: args.quic_stats,
+        ring_threads: args.ring_threads,
+    };
+    // Rank mode: this process is one rank of a ring; rank 0 reports.
+    if let Some(rank) = args.rank {
+        let [name] = transports[..] else { return Err(usage("--rank takes exactly one --transport (tcp or quic)")) };
+        if rank >= args.peers.len() || name == "inproc" {
+            return Err(usage(format!(
+                "--rank {rank} needs --transport tcp or quic and --peers listing every rank's address (rank indexes it)"
+            )));
+        }
+        let transport = if name == "tcp" {
+            Transport::Tcp { secret: process::cluster_secret()? }
+        } else {
+            let need =
+                |p: &Option<PathBuf>, flag: &str| p.clone().ok_or_else(|| usage(format!("--transport quic with --rank needs {flag}")));
+            Transport::Quic {
+                ca: need(&args.ca, "--ca")?,
+                cert: need(&args.cert, "--cert")?,
+                key: need(&args.key, "--key")?,
+                tuning: bench.quic,
+            }
+        };
+        let (rows, stats) = run_rank(&bench, rank, &args.peers, &transport).map_err(anyhow::Error::msg)?;
+        if let Some(line) = stats {
+            // One write for the whole line: the ranks share the launcher's stderr, and eprintln!
+            // writes a line in pieces, which other ranks' lines then split.
+            use std::io::Write as _;
+            let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+        }
+        return if rank == 0 { report_allreduce(args, &bench, &rows) } else { Ok(()) };
+    }
+    // Launcher mode: every transport in turn, all ranks on this machine.
+    let exe = std::env::current_exe().context("locating the ringsam binary")?;
+    let stop = process::stop_on_signals()?;
+    let mut all = Vec::new();
+    for t in transports {
+        all.extend(run_local(&bench, t, args.nproc, &exe, &stop).map_err(anyhow::Error::msg)?);
+    }
+    report_allreduce(args, &bench, &all)
+}
+
+pub(crate) fn report_allreduce(
+    args: &BenchAllreduceArgs,
+    bench: &ringsam_bench::allreduce_ranks::AllreduceBench,
+    rows: &[ringsam_bench::allreduce::BenchRow],
+) -> Result<()> {
+    if args.json {
+        for r in rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print!("{}", ringsam_bench::allreduce_ranks::table(bench, rows));
+    }
+    if let Some(path) = &args.plot {
+        ringsam_bench::plot::busbw_png(path, rows)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("plotting to {}", path.display()))?;
+        eprintln!("ringsam: wrote {}", path.display());
+    }
+    if rows.iter().any(|r| !r.ok) {
+        bail!("some all-reduce results were wrong (see the ok column)");
+    }
+    Ok(())
+}

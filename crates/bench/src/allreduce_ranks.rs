@@ -1,0 +1,200 @@
+//! `ringsam bench allreduce` as processes: one rank of a ring ([`run_rank`], for rings across
+//! hosts or the ranks this machine starts), or every rank started on this machine over loopback
+//! ([`run_local`], through [`LocalRanks`]), and the nccl-tests style table ([`table`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use ringsam_collective::local_ranks::LocalRanks;
+use ringsam_collective::quic::QuicTuning;
+use ringsam_collective::transport::{Link, Transport, form_ring};
+use ringsam_collective::{RingConfig, inproc::InprocRing};
+
+use crate::allreduce::{BenchRow, BlockingRing, memcpy_gbs, run};
+
+/// A benchmark's settings, shared by every rank.
+#[derive(Clone, Debug)]
+pub struct AllreduceBench {
+    /// The `--sizes` text (passed on to started ranks).
+    pub sizes_spec: String,
+    /// Sizes in bytes.
+    pub sizes: Vec<usize>,
+    /// Timed operations per size.
+    pub iters: usize,
+    /// Chunk size in values.
+    pub chunk: usize,
+    /// Seconds to form the ring and to wait on a silent peer.
+    pub timeout: Duration,
+    /// All-reduces in flight per timed operation.
+    pub inflight: usize,
+    /// QUIC settings.
+    pub quic: QuicTuning,
+    /// The congestion controller's flag value (passed on to started ranks).
+    pub quic_cc: String,
+    /// Print each rank's QUIC path statistics at the end.
+    pub quic_stats: bool,
+    /// Ring threads per rank (0: the host's cores per local rank, 1 to 4).
+    pub ring_threads: u64,
+}
+
+impl AllreduceBench {
+    fn ring(&self, rank: usize, world: usize) -> RingConfig {
+        RingConfig { chunk: self.chunk, peer_timeout: self.timeout, ..RingConfig::new(rank, world) }
+    }
+
+    /// The flags a started rank gets for these settings (the inverse of the binary's parsing).
+    fn rank_flags(&self, ranks_here: usize) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--sizes".into(),
+            self.sizes_spec.clone(),
+            "--iters".into(),
+            self.iters.to_string(),
+            "--chunk".into(),
+            self.chunk.to_string(),
+            "--timeout".into(),
+            self.timeout.as_secs().to_string(),
+            "--inflight".into(),
+            self.inflight.to_string(),
+            "--quic_window".into(),
+            self.quic.stream_window.to_string(),
+            "--quic_conn_window".into(),
+            self.quic.conn_window.to_string(),
+            "--quic_udp_buffer".into(),
+            self.quic.udp_buffer.to_string(),
+            "--quic_cc".into(),
+            self.quic_cc.clone(),
+            "--quic_stripes".into(),
+            self.quic.stripes.to_string(),
+            "--ring_threads".into(),
+            ring_threads_for(self.ring_threads, ranks_here).to_string(),
+            "--json".into(),
+        ];
+        a.extend(self.quic.ack_every.map(|n| ["--quic_ack_every".into(), n.to_string()]).into_iter().flatten());
+        a.extend(self.quic.max_mtu.map(|m| ["--quic_mtu".into(), m.to_string()]).into_iter().flatten());
+        a.extend(self.quic_stats.then(|| "--quic_stats".to_string()));
+        a
+    }
+}
+
+/// Ring threads per rank: `asked` unless 0; for 0, when `ranks` ranks share this host, its cores
+/// per rank, 1 to 4 (4 is the most that was measured).
+pub fn ring_threads_for(asked: u64, ranks: usize) -> usize {
+    if asked > 0 {
+        return asked as usize;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / ranks.max(1)).clamp(1, 4)
+}
+
+/// Runs this process as rank `rank` of a ring over `peers` (every rank's address, in rank
+/// order); returns its rows and, with `quic_stats`, a line of QUIC path statistics.
+pub fn run_rank(
+    b: &AllreduceBench,
+    rank: usize,
+    peers: &[SocketAddr],
+    transport: &Transport,
+) -> Result<(Vec<BenchRow>, Option<String>), String> {
+    let world = peers.len();
+    let link = Link { listen: peers[rank], next: peers[(rank + 1) % world], connect_timeout: b.timeout };
+    let threads = ring_threads_for(b.ring_threads, 1);
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let (ring, links) =
+        runtime.block_on(form_ring(transport, b.ring(rank, world), link)).map_err(|e| format!("rank {rank}: forming the ring: {e}"))?;
+    let name = match transport {
+        Transport::Tcp { .. } => "tcp",
+        Transport::Quic { .. } => "quic",
+    };
+    let mut ar = BlockingRing { runtime, ring };
+    let rows = run(&mut ar, rank, world, name, &b.sizes, b.iters, b.inflight).map_err(|e| format!("rank {rank}: all-reduce: {e}"))?;
+    let BlockingRing { runtime, ring } = ar;
+    let stats = match (b.quic_stats, links) {
+        (true, Some(l)) => Some(format!("rank {rank}: QUIC to the next rank: {}", l.summary())),
+        _ => None,
+    };
+    runtime.block_on(ring.close());
+    Ok((rows, stats))
+}
+
+/// Runs `nproc` ranks on this machine and returns rank 0's rows: threads joined by in-process
+/// channels for `inproc`, else processes of `exe` (`ringsam`) started through [`LocalRanks`],
+/// each running `bench allreduce --rank r`. `stop` ends them early (the caller's signal flag).
+pub fn run_local(b: &AllreduceBench, transport: &str, nproc: usize, exe: &Path, stop: &AtomicBool) -> Result<Vec<BenchRow>, String> {
+    if transport == "inproc" {
+        return run_inproc(b, nproc);
+    }
+    let mut ranks = LocalRanks::prepare(nproc, transport == "quic").map_err(|e| format!("preparing local ranks: {e}"))?;
+    let (peers, flags) = (ranks.peers(), b.rank_flags(nproc));
+    let quic: Vec<Vec<String>> = (0..nproc).map(|r| ranks.quic_flags(r)).collect();
+    ranks
+        .spawn(exe, true, |r, cmd| {
+            cmd.args(["bench", "allreduce", "--transport", transport, "--rank", &r.to_string(), "--peers", &peers])
+                .args(&flags)
+                .args(&quic[r])
+                .env("RINGSAM_THREADS", "1");
+        })
+        .map_err(|e| format!("starting the ranks: {e}"))?;
+    let exits = ranks.wait(stop, Duration::from_secs(5)).map_err(|e| format!("waiting for the ranks: {e}"))?;
+    let failed: Vec<usize> = exits.iter().enumerate().filter(|(_, e)| !e.status.success()).map(|(r, _)| r).collect();
+    if !failed.is_empty() {
+        return Err(format!("{transport}: rank(s) {failed:?} failed (see their messages above)"));
+    }
+    String::from_utf8_lossy(&exits[0].stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).map_err(|e| format!("rank 0 printed {line:?}: {e}")))
+        .collect()
+}
+
+fn run_inproc(b: &AllreduceBench, nproc: usize) -> Result<Vec<BenchRow>, String> {
+    let rings = InprocRing::connect((0..nproc).map(|r| b.ring(r, nproc)).collect());
+    let handles: Vec<_> = rings
+        .into_iter()
+        .enumerate()
+        .map(|(r, mut ring)| {
+            let (sizes, iters, inflight) = (b.sizes.clone(), b.iters, b.inflight);
+            std::thread::spawn(move || run(&mut ring, r, nproc, "inproc", &sizes, iters, inflight))
+        })
+        .collect();
+    let mut first = None;
+    for h in handles {
+        let rows = h.join().map_err(|_| "a rank thread panicked".to_string())?.map_err(|e| format!("all-reduce: {e}"))?;
+        first.get_or_insert(rows);
+    }
+    Ok(first.unwrap_or_default())
+}
+
+/// The nccl-tests style table of `rows`, with busbw against a single-thread memcpy of the largest
+/// size measured here.
+pub fn table(b: &AllreduceBench, rows: &[BenchRow]) -> String {
+    let largest = rows.iter().map(|r| r.bytes).max().unwrap_or(0);
+    let memcpy = memcpy_gbs(largest.max(4));
+    let mut out = format!(
+        "# ringsam all-reduce: chunk {} values, {} iterations per size; single-thread memcpy of {largest} bytes: {memcpy:.2} GB/s\n",
+        b.chunk, b.iters
+    );
+    out += &format!(
+        "{:>8} {:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>8} {:>6}\n",
+        "transport", "nproc", "size(B)", "count", "time(us)", "algbw", "busbw", "/memcpy", "ok"
+    );
+    for r in rows {
+        out += &format!(
+            "{:>8} {:>6} {:>12} {:>12} {:>12.1} {:>10.3} {:>10.3} {:>8.3} {:>6}\n",
+            r.transport,
+            r.nproc,
+            r.bytes,
+            r.count,
+            r.time_us,
+            r.algbw_gbs,
+            r.busbw_gbs,
+            r.busbw_gbs / memcpy,
+            if r.ok { "yes" } else { "WRONG" }
+        );
+    }
+    out
+}

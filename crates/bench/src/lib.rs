@@ -1,0 +1,15 @@
+//! ringsam-bench: the measurements behind `ringsam bench`, as library code the binary calls.
+//!
+//! [`step`] times SGD and SAM training steps; [`allreduce`] times the ring in the style of
+//! nccl-tests, and [`allreduce_ranks`] runs it as one rank of a ring or starts every rank on this
+//! machine; [`plot`] draws its figure; [`link`] measures the line rate a path carries, which the
+//! ring's bandwidth is compared with; [`loader`] times the ImageNet loader pool. Figures measured
+//! with these live in docs/BENCHMARKS.md, never in code.
+#![warn(missing_docs)]
+
+pub mod allreduce;
+pub mod allreduce_ranks;
+pub mod link;
+pub mod loader;
+pub mod plot;
+pub mod step;
