@@ -9,7 +9,8 @@
 # 3. the optional libjpeg-turbo decoder (feature `turbojpeg`, built from its bundled source): its
 #    tests need cmake and nasm, installed with apt-get when missing and possible; otherwise the
 #    script says that they did not run;
-# 4. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
+# 4. the `unsafe` modules' tests under valgrind memcheck (scripts/memcheck.sh, ~40 s);
+# 5. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
 #    its own, created on first run), using the binary step 2 left in target/debug.
 # Fixtures are committed; regenerating them (tests/fixtures/make_wrn_fixture.py) is not part of
 # the test run.
@@ -42,4 +43,5 @@ if command -v cmake >/dev/null 2>&1 && command -v nasm >/dev/null 2>&1; then
 else
     echo "test.sh: NOT RUN: the turbojpeg feature's tests (need cmake and nasm: apt-get install cmake nasm)" >&2
 fi
+./scripts/memcheck.sh
 ./scripts/interop_check.sh target/debug/ringsam

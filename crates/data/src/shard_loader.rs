@@ -285,7 +285,9 @@ fn decode(cfg: &ShardLoaderConfig, epoch: u64, rx: &Receiver<(u64, Sample)>, tx:
                 .clone();
             let planes = batch.claim((n % b) as usize).ok_or_else(|| format!("{}: sample {n}'s slot was taken", s.key))?;
             // Normalised into channel planes here, in parallel, not in the one collator thread.
-            pipeline.process_into(&s.image, cfg.train.then_some(&mut rng), &mut ws, planes).map_err(|e| format!("{}: {e}", s.key))?;
+            pipeline
+                .process_into(&s.image, cfg.train.then_some(&mut rng), &mut ws, planes.map(crate::imagenet::PlaneOut::uninit))
+                .map_err(|e| format!("{}: {e}", s.key))?;
             // `batch` (this thread's handle on it) is dropped here, before the collator hears.
             Ok(s.label as u32)
         }))

@@ -12,9 +12,8 @@
 
 pub mod crop;
 pub mod jpeg;
+pub mod plane_out;
 pub mod resize;
-
-use std::mem::MaybeUninit;
 
 use ringsam_rng::Rng;
 
@@ -23,6 +22,7 @@ use crate::normalize::Normalization;
 
 use crop::{Rect, center_crop, distorted_crop};
 pub use jpeg::{JpegDecoder, MAX_PIXELS, MAX_SIDE, Rgb, decode_for_crop, decode_jpeg};
+pub use plane_out::PlaneOut;
 use resize::ResizeScratch;
 
 /// The training image (see the module docs): `size × size × 3` floats in 0–255 (HWC), before
@@ -71,23 +71,14 @@ impl JpegPipeline {
     /// the resize and the flip, as the reference's RandAugment does (tests hold both paths to
     /// the step-by-step result, bit for bit).
     pub fn process(&self, bytes: &[u8], rng: Option<&mut Rng>, ws: &mut Workspace, planes: [&mut [f32]; 3]) -> Result<(), String> {
-        // SAFETY: `[f32]` and `[MaybeUninit<f32>]` have one layout, and `process_into` only ever
-        // stores initialised floats through these views, so `planes` stays initialised.
-        let planes = planes.map(|p| unsafe { &mut *(p as *mut [f32] as *mut [MaybeUninit<f32>]) });
-        self.process_into(bytes, rng, ws, planes)
+        self.process_into(bytes, rng, ws, planes.map(PlaneOut::init))
     }
 
     /// [`JpegPipeline::process`] into planes that need not be initialised (a batch being
     /// filled). The contract the loader's batches rely on: when it returns `Ok`, every value of
     /// all three planes has been written (tests poison the planes with NaN and compare every
     /// value).
-    pub fn process_into(
-        &self,
-        bytes: &[u8],
-        rng: Option<&mut Rng>,
-        ws: &mut Workspace,
-        planes: [&mut [MaybeUninit<f32>]; 3],
-    ) -> Result<(), String> {
+    pub fn process_into(&self, bytes: &[u8], rng: Option<&mut Rng>, ws: &mut Workspace, planes: [PlaneOut<'_>; 3]) -> Result<(), String> {
         let JpegPipeline { decoder, size, augment, ref normalization } = *self;
         process(bytes, decoder, size, rng, augment, normalization, ws, planes)
     }
@@ -103,7 +94,7 @@ fn process(
     augment: Augment,
     normalization: &Normalization,
     ws: &mut Workspace,
-    planes: [&mut [MaybeUninit<f32>]; 3],
+    planes: [PlaneOut<'_>; 3],
 ) -> Result<(), String> {
     let plane = size * size;
     if let Some(p) = planes.iter().find(|p| p.len() != plane) {
@@ -134,22 +125,20 @@ fn process(
             let mut planes = planes;
             resize::resize_bicubic_planar(&img.pixels, img.width, 3, rect, size, size, flip, resize, |c, y, row| {
                 let (mean, inv) = affine[c];
-                for (d, &v) in planes[c][y * size..][..size].iter_mut().zip(row) {
-                    d.write((v - mean) * inv);
-                }
+                planes[c].fill_row(y, size, |x| (row[x] - mean) * inv);
             });
         }
         Some(rng) => {
             // The augmentation wants the interleaved u8 image before the flip.
             resize::resize_bicubic_with(&img.pixels, img.width, 3, rect, size, size, resize, hwc);
             augment_u8(hwc, size, augment, rng, u8s);
-            for ((&(mean, inv), c), dst_plane) in affine.iter().zip(0..).zip(planes) {
-                for (y, dst) in dst_plane.chunks_exact_mut(size).enumerate() {
+            for ((&(mean, inv), c), mut dst_plane) in affine.iter().zip(0..).zip(planes) {
+                for y in 0..size {
                     let row = &hwc[y * size * 3..(y + 1) * size * 3];
-                    for (x, d) in dst.iter_mut().enumerate() {
+                    dst_plane.fill_row(y, size, |x| {
                         let sx = if flip { size - 1 - x } else { x };
-                        d.write((row[sx * 3 + c] - mean) * inv);
-                    }
+                        (row[sx * 3 + c] - mean) * inv
+                    });
                 }
             }
         }
