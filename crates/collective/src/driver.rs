@@ -28,14 +28,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{FrameHeader, HEADER_LEN};
-use crate::{OpId, ReduceOp, Ring, RingError, RingEvent};
+use crate::{OpId, ReduceOp, Ring, RingError, RingEvent, Values};
+
+/// An operation's storage, on its way to the driver and back.
+type Storage = Box<dyn Values>;
 
 enum Request {
     Op {
         op: OpId,
-        data: Vec<f32>,
+        data: Storage,
         reduce: ReduceOp,
-        reply: oneshot::Sender<Result<Vec<f32>, RingError>>,
+        reply: oneshot::Sender<Result<Storage, RingError>>,
     },
     /// Flush every queued frame to the socket, then stop.
     Close(oneshot::Sender<()>),
@@ -47,24 +50,30 @@ pub struct RingHandle {
     next_op: u64,
 }
 
-/// An all-reduce started by [`RingHandle::submit`], running while its caller does other work.
-pub struct PendingAllreduce(oneshot::Receiver<Result<Vec<f32>, RingError>>);
+/// An all-reduce started by [`RingHandle::submit`], running while its caller does other work;
+/// its result comes back in the storage `V` that was submitted.
+pub struct PendingAllreduce<V: Values = Vec<f32>>(oneshot::Receiver<Result<Storage, RingError>>, std::marker::PhantomData<V>);
 
 fn driver_gone() -> RingError {
     RingError::Usage("the ring's driver has stopped".into())
 }
 
-impl PendingAllreduce {
+impl<V: Values> PendingAllreduce<V> {
     /// Blocks the calling thread until the result is in. Call it from synchronous code (a
     /// training thread), never from a task of the runtime that drives the ring.
-    pub fn wait(self) -> Result<Vec<f32>, RingError> {
-        self.0.blocking_recv().map_err(|_| driver_gone())?
+    pub fn wait(self) -> Result<V, RingError> {
+        self.0.blocking_recv().map_err(|_| driver_gone())?.map(own)
     }
 
     /// Waits for the result from async code (on the runtime that drives the ring, too).
-    pub async fn result(self) -> Result<Vec<f32>, RingError> {
-        self.0.await.map_err(|_| driver_gone())?
+    pub async fn result(self) -> Result<V, RingError> {
+        self.0.await.map_err(|_| driver_gone())?.map(own)
     }
+}
+
+/// The submitted storage as its own type again.
+fn own<V: Values>(storage: Storage) -> V {
+    *storage.into_any().downcast::<V>().expect("the driver returns the storage it was given")
 }
 
 impl RingHandle {
@@ -73,15 +82,22 @@ impl RingHandle {
         self.submit(data, reduce)?.result().await
     }
 
-    /// Starts all-reducing `data` and returns at once; several may be in flight (buckets), and
-    /// every rank must submit them in the same order. The driver needs its runtime to be running
-    /// elsewhere (a multi-thread runtime's worker) for the operation to make progress.
+    /// Starts all-reducing `data` in place and returns at once; several may be in flight
+    /// (buckets), and every rank must submit them in the same order. The driver needs its runtime
+    /// to be running elsewhere (a multi-thread runtime's worker) for the operation to make
+    /// progress.
     pub fn submit(&mut self, data: Vec<f32>, reduce: ReduceOp) -> Result<PendingAllreduce, RingError> {
+        self.submit_values(data, reduce)
+    }
+
+    /// [`RingHandle::submit`] in storage the ring does not allocate (any [`Values`], such as
+    /// pinned host memory a GPU allocator owns); the result comes back in it.
+    pub fn submit_values<V: Values>(&mut self, data: V, reduce: ReduceOp) -> Result<PendingAllreduce<V>, RingError> {
         let op = OpId(self.next_op);
         self.next_op += 1;
         let (reply, rx) = oneshot::channel();
-        self.requests.send(Request::Op { op, data, reduce, reply }).map_err(|_| driver_gone())?;
-        Ok(PendingAllreduce(rx))
+        self.requests.send(Request::Op { op, data: Box::new(data), reduce, reply }).map_err(|_| driver_gone())?;
+        Ok(PendingAllreduce(rx, std::marker::PhantomData))
     }
 
     /// Closes this rank's side cleanly: frames already queued for the next rank are written
@@ -234,7 +250,7 @@ where
     // `frames_tx` stays alive here: a ring of one has no reader, and its channel must not read
     // as closed; a reader that ends sends `Finished` or `Closed` first, so the channel never
     // reads as closed while the driver runs.
-    let mut waiters: HashMap<OpId, oneshot::Sender<Result<Vec<f32>, RingError>>> = HashMap::new();
+    let mut waiters: HashMap<OpId, oneshot::Sender<Result<Storage, RingError>>> = HashMap::new();
     let mut inbound_open = true;
     let mut header = Vec::with_capacity(HEADER_LEN);
     let write_timeout = ring.config().peer_timeout;
@@ -275,7 +291,7 @@ where
         while let Some(e) = ring.poll_event() {
             match e {
                 RingEvent::OpDone(op) => {
-                    if let (Some(w), Some(r)) = (waiters.remove(&op), ring.take_result(op)) {
+                    if let (Some(w), Some(r)) = (waiters.remove(&op), ring.take_values(op)) {
                         let _ = w.send(Ok(r));
                     }
                 }
@@ -323,7 +339,7 @@ where
                 None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }
             },
             req = reqs.recv() => match req {
-                Some(Request::Op { op, data, reduce, reply }) => match ring.start(Instant::now(), op, data, reduce) {
+                Some(Request::Op { op, data, reduce, reply }) => match ring.start_boxed(Instant::now(), op, data, reduce) {
                     Ok(()) => { waiters.insert(op, reply); }
                     Err(e) => { let _ = reply.send(Err(e)); }
                 },

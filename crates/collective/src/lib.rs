@@ -20,6 +20,6 @@ pub mod transport;
 
 pub use driver::{PendingAllreduce, RingHandle};
 pub use ringsam_ring::{
-    FrameHeader, FrameKind, Group, Loan, OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent, Segments, frame, group_of, ring,
-    ring_neighbors, schedule,
+    FrameHeader, FrameKind, Group, Loan, OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent, Segments, Values, frame, group_of,
+    ring, ring_neighbors, schedule,
 };

@@ -19,6 +19,6 @@ pub mod ring;
 pub mod schedule;
 
 pub use frame::{FrameHeader, FrameKind};
-pub use op_buffer::Loan;
+pub use op_buffer::{Loan, Values};
 pub use ring::{OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent};
 pub use schedule::{Group, Segments, group_of, ring_neighbors};

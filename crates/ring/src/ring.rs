@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::frame::{FrameHeader, FrameKind, HEADER_LEN};
-use crate::op_buffer::{Loan, OpBuffer};
+use crate::op_buffer::{Loan, OpBuffer, Values};
 use crate::schedule::{Segments, ring_neighbors};
 
 /// A position in the ring (0 … world−1).
@@ -177,7 +177,7 @@ pub struct Ring {
     /// Whether to offer chunks at all ([`Ring::set_lending`]).
     lending: bool,
     events: VecDeque<RingEvent>,
-    done: HashMap<u64, Vec<f32>>,
+    done: HashMap<u64, Box<dyn Values>>,
     last_heard: Option<Instant>,
     failed: Option<RingError>,
 }
@@ -221,15 +221,26 @@ impl Ring {
         self.ops.len()
     }
 
-    /// Starts all-reducing `data` as operation `op`.
+    /// Starts all-reducing `data` as operation `op`, in place; [`Ring::take_result`] gives it back.
     pub fn start(&mut self, now: Instant, op: OpId, data: Vec<f32>, reduce: ReduceOp) -> Result<(), RingError> {
+        self.start_boxed(now, op, Box::new(data), reduce)
+    }
+
+    /// [`Ring::start`] in storage the ring does not allocate (any [`Values`], such as pinned host
+    /// memory a GPU allocator owns); [`Ring::take_values`] gives it back.
+    pub fn start_values<V: Values>(&mut self, now: Instant, op: OpId, data: V, reduce: ReduceOp) -> Result<(), RingError> {
+        self.start_boxed(now, op, Box::new(data), reduce)
+    }
+
+    /// [`Ring::start`] with storage whose type is erased already (a driver's queue holds these).
+    pub fn start_boxed(&mut self, now: Instant, op: OpId, data: Box<dyn Values>, reduce: ReduceOp) -> Result<(), RingError> {
         if let Some(e) = &self.failed {
             return Err(RingError::Usage(format!("ring generation {} has failed ({e}); form a new one", self.cfg.generation)));
         }
         if self.ops.contains_key(&op.0) || self.done.contains_key(&op.0) {
             return Err(RingError::Usage(format!("operation {} is already in flight", op.0)));
         }
-        let seg = Segments { len: data.len(), world: self.cfg.world, chunk: self.cfg.chunk };
+        let seg = Segments { len: data.values_len(), world: self.cfg.world, chunk: self.cfg.chunk };
         if self.cfg.world == 1 {
             self.done.insert(op.0, data);
             self.events.push_back(RingEvent::OpDone(op));
@@ -377,7 +388,7 @@ impl Ring {
         }
         if let Some(o) = self.ops.remove(&op) {
             self.lendable.retain(|&(l, _, _)| l != op);
-            match o.data.into_vec() {
+            match o.data.into_values() {
                 Ok(v) => {
                     self.done.insert(op, v);
                     self.events.push_back(RingEvent::OpDone(OpId(op)));
@@ -598,9 +609,18 @@ impl Ring {
         self.events.pop_front()
     }
 
-    /// The result of a finished operation (once).
-    pub fn take_result(&mut self, op: OpId) -> Option<Vec<f32>> {
+    /// The storage of a finished operation, holding its result (once).
+    pub fn take_values(&mut self, op: OpId) -> Option<Box<dyn Values>> {
         self.done.remove(&op.0)
+    }
+
+    /// The result of a finished operation started with a `Vec<f32>` (once).
+    ///
+    /// # Panics
+    /// If the operation was started with another kind of storage (use [`Ring::take_values`]).
+    pub fn take_result(&mut self, op: OpId) -> Option<Vec<f32>> {
+        let v = self.take_values(op)?;
+        Some(*v.into_any().downcast::<Vec<f32>>().expect("take_result is for operations started with a Vec<f32>"))
     }
 }
 

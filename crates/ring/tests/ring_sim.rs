@@ -521,3 +521,46 @@ fn a_loan_handed_back_for_another_frame_releases_nothing() {
     ring.cancel_placement(&ha, a);
     ring.handle_frame(now, ha, &body).expect("released, so the frame is taken as usual");
 }
+
+/// Storage the ring does not allocate (as a GPU replica's pinned host buffers will be): a ring
+/// reduces in it, in place, and gives the same storage back, with the results a `Vec` gets.
+#[test]
+fn foreign_storage_is_reduced_in_place_and_given_back() {
+    struct Pinned {
+        values: Box<[f32]>,
+        owner: usize,
+    }
+    // SAFETY: a boxed slice never moves; the pointer is valid for its length.
+    unsafe impl ringsam_ring::Values for Pinned {
+        fn values_ptr(&mut self) -> *mut f32 {
+            self.values.as_mut_ptr()
+        }
+        fn values_len(&self) -> usize {
+            self.values.len()
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+            self
+        }
+    }
+    let (world, len) = (4, 1000);
+    let data = inputs(world, len);
+    let mut sim = RingSim::new(world, 64);
+    let mut addresses = Vec::new();
+    for (r, d) in data.iter().enumerate() {
+        let storage = Pinned { values: d.clone().into_boxed_slice(), owner: r };
+        addresses.push(storage.values.as_ptr() as usize);
+        sim.rings[r].start_values(sim.time, OpId(1), storage, ReduceOp::Sum).unwrap();
+    }
+    sim.drive();
+    let mut plain = RingSim::new(world, 64);
+    for (r, d) in data.iter().enumerate() {
+        plain.rings[r].start(plain.time, OpId(1), d.clone(), ReduceOp::Sum).unwrap();
+    }
+    plain.drive();
+    for (r, &address) in addresses.iter().enumerate() {
+        let back = sim.rings[r].take_values(OpId(1)).unwrap().into_any().downcast::<Pinned>().unwrap();
+        assert_eq!((back.owner, back.values.as_ptr() as usize), (r, address), "rank {r}: not the storage it was given");
+        let want = plain.rings[r].take_result(OpId(1)).unwrap();
+        assert!(back.values.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "rank {r}: differs from a Vec's result");
+    }
+}
