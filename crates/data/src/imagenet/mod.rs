@@ -125,7 +125,7 @@ fn process(
             let mut planes = planes;
             resize::resize_bicubic_planar(&img.pixels, img.width, 3, rect, size, size, flip, resize, |c, y, row| {
                 let (mean, inv) = affine[c];
-                planes[c].fill_row(y, size, |x| (row[x] - mean) * inv);
+                planes[c].write_row(y, size, row.iter().map(|&v| (v - mean) * inv));
             });
         }
         Some(rng) => {
@@ -135,10 +135,14 @@ fn process(
             for ((&(mean, inv), c), mut dst_plane) in affine.iter().zip(0..).zip(planes) {
                 for y in 0..size {
                     let row = &hwc[y * size * 3..(y + 1) * size * 3];
-                    dst_plane.fill_row(y, size, |x| {
-                        let sx = if flip { size - 1 - x } else { x };
-                        (row[sx * 3 + c] - mean) * inv
-                    });
+                    dst_plane.write_row(
+                        y,
+                        size,
+                        (0..size).map(|x| {
+                            let sx = if flip { size - 1 - x } else { x };
+                            (row[sx * 3 + c] - mean) * inv
+                        }),
+                    );
                 }
             }
         }

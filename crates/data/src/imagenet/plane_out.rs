@@ -39,10 +39,11 @@ impl<'a> PlaneOut<'a> {
         self.values.is_empty()
     }
 
-    /// Writes row `y` of a plane `width` values wide: value `x` is `f(x)`.
-    pub fn fill_row(&mut self, y: usize, width: usize, mut f: impl FnMut(usize) -> f32) {
-        for (x, d) in self.values[y * width..][..width].iter_mut().enumerate() {
-            d.write(f(x));
+    /// Writes row `y` of a plane `width` values wide from `values`, in order (at most `width`
+    /// of them; an iterator over a slice keeps the loop free of bounds checks, so it vectorises).
+    pub fn write_row(&mut self, y: usize, width: usize, values: impl IntoIterator<Item = f32>) {
+        for (d, v) in self.values[y * width..][..width].iter_mut().zip(values) {
+            d.write(v);
         }
     }
 }
