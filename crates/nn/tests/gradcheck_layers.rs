@@ -159,7 +159,8 @@ fn shake_drop_true_gradient() {
 }
 
 /// ShakeShake has two inputs; check it through a layer that feeds channel halves as a and b.
-struct Halves(ShakeShake, Tensor, Tensor, Tensor);
+/// Its output is the mix's own; only the input gradient sits in the `Buffers`.
+struct Halves(ShakeShake, Tensor, Tensor, Buffers);
 
 impl Layer for Halves {
     fn name(&self) -> &str {
@@ -176,23 +177,23 @@ impl Layer for Halves {
         self.0.backward(dout)?;
         let mut d = self.0.da().as_slice().to_vec();
         d.extend_from_slice(self.0.db().as_slice());
-        self.3 = Tensor::from_vec(x.shape(), d).unwrap();
+        self.3.dinp = Tensor::from_vec(x.shape(), d).unwrap();
         Ok(())
+    }
+    fn buffers(&self) -> &Buffers {
+        &self.3
+    }
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.3
     }
     fn output(&self) -> &Tensor {
         self.0.output()
-    }
-    fn dinput(&self) -> &Tensor {
-        &self.3
-    }
-    fn release_dinput(&mut self) {
-        self.3 = Tensor::empty();
     }
 }
 
 #[test]
 fn shake_shake_true_gradient() {
-    let mut l = Halves(ShakeShake::new("ShakeShakeBlock_0/shake"), Tensor::empty(), Tensor::empty(), Tensor::empty());
+    let mut l = Halves(ShakeShake::new("ShakeShakeBlock_0/shake"), Tensor::empty(), Tensor::empty(), Buffers::default());
     run(&mut l, &ParamLayout::new(), &StateLayout::new(), &separated(&[4, 3, 3, 3], 8), train().tied(true));
 }
 

@@ -3,7 +3,7 @@
 use ringsam_tensor::Tensor;
 use ringsam_tensor::activation::{relu_backward, relu_forward, sigmoid_backward, sigmoid_forward, silu_backward, silu_forward};
 
-use super::{Layer, expect_same};
+use super::{Buffers, Layer, expect_same};
 use crate::error::KernelContext;
 use crate::{NnError, Pass};
 
@@ -23,14 +23,13 @@ pub enum ActivationKind {
 pub struct Activation {
     name: String,
     kind: ActivationKind,
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl Activation {
     /// A parameter-free activation.
     pub fn new(name: &str, kind: ActivationKind) -> Self {
-        Activation { name: name.to_string(), kind, out: Tensor::empty(), dinp: Tensor::empty() }
+        Activation { name: name.to_string(), kind, buffers: Buffers::default() }
     }
 }
 
@@ -40,8 +39,8 @@ impl Layer for Activation {
     }
 
     fn forward(&mut self, _params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
-        self.out.resize(x.shape());
-        let (o, i) = (self.out.as_mut_slice(), x.as_slice());
+        self.buffers.out.resize(x.shape());
+        let (o, i) = (self.buffers.out.as_mut_slice(), x.as_slice());
         match self.kind {
             ActivationKind::Relu => relu_forward(o, i),
             ActivationKind::Silu => silu_forward(o, i),
@@ -51,26 +50,22 @@ impl Layer for Activation {
     }
 
     fn backward(&mut self, _params: &[f32], _grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
-        let (d, g) = (self.dinp.as_mut_slice(), dout.as_slice());
+        expect_same(&self.name, dout, &self.buffers.out)?;
+        self.buffers.dinp.resize(x.shape());
+        let (d, g) = (self.buffers.dinp.as_mut_slice(), dout.as_slice());
         match self.kind {
-            ActivationKind::Relu => relu_backward(d, g, self.out.as_slice()),
+            ActivationKind::Relu => relu_backward(d, g, self.buffers.out.as_slice()),
             ActivationKind::Silu => silu_backward(d, g, x.as_slice()),
-            ActivationKind::Sigmoid => sigmoid_backward(d, g, self.out.as_slice()),
+            ActivationKind::Sigmoid => sigmoid_backward(d, g, self.buffers.out.as_slice()),
         }
         .in_layer(&self.name)
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

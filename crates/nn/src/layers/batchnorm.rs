@@ -3,7 +3,7 @@
 use ringsam_tensor::Tensor;
 use ringsam_tensor::batchnorm::{BnShape, batchnorm_backward, batchnorm_backward_eval, batchnorm_forward_eval, batchnorm_forward_train};
 
-use super::{Layer, expect_same, shape_error};
+use super::{Buffers, Layer, expect_same, shape_error};
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass, StateLayout};
 
@@ -41,8 +41,7 @@ pub struct BatchNorm {
     mean: Vec<f32>, // (C,) batch mean of the last training forward
     var: Vec<f32>,  // (C,) biased batch variance
     rstd: Vec<f32>, // (C,) 1/sqrt(var + eps)
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl BatchNorm {
@@ -60,8 +59,7 @@ impl BatchNorm {
             mean: vec![0.0; c],
             var: vec![0.0; c],
             rstd: vec![0.0; c],
-            out: Tensor::empty(),
-            dinp: Tensor::empty(),
+            buffers: Buffers::default(),
         }
     }
 
@@ -92,12 +90,12 @@ impl Layer for BatchNorm {
 
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         let sh = self.shape(x)?;
-        self.out.resize(x.shape());
+        self.buffers.out.resize(x.shape());
         let (scale, bias) = (&params[self.scale.range()], &params[self.bias.range()]);
         let BatchNormConfig { momentum, eps, relu, .. } = self.cfg;
         if pass.train {
             batchnorm_forward_train(
-                self.out.as_mut_slice(),
+                self.buffers.out.as_mut_slice(),
                 &mut self.mean,
                 &mut self.var,
                 &mut self.rstd,
@@ -119,7 +117,8 @@ impl Layer for BatchNorm {
             }
         } else {
             let (rm, rv) = (&state[self.running_mean.range()], &state[self.running_var.range()]);
-            batchnorm_forward_eval(self.out.as_mut_slice(), x.as_slice(), scale, bias, rm, rv, eps, relu, &sh).in_layer(&self.name)?;
+            batchnorm_forward_eval(self.buffers.out.as_mut_slice(), x.as_slice(), scale, bias, rm, rv, eps, relu, &sh)
+                .in_layer(&self.name)?;
             // Backward in eval mode needs the running statistics as they were in this forward.
             self.mean.copy_from_slice(rm);
             self.var.copy_from_slice(rv);
@@ -131,53 +130,25 @@ impl Layer for BatchNorm {
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let train = self.last_train.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
         let sh = self.shape(x)?;
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
+        expect_same(&self.name, dout, &self.buffers.out)?;
+        self.buffers.dinp.resize(x.shape());
         let scale = &params[self.scale.range()];
         // scale and bias are adjacent in the arena (declared one after the other).
         let (gs, gb) = grads[self.scale.range().start..self.bias.range().end].split_at_mut(self.cfg.channels);
+        let (dx, dy, y, xs) = (self.buffers.dinp.as_mut_slice(), dout.as_slice(), self.buffers.out.as_slice(), x.as_slice());
         if train {
-            batchnorm_backward(
-                self.dinp.as_mut_slice(),
-                gs,
-                gb,
-                dout.as_slice(),
-                self.out.as_slice(),
-                x.as_slice(),
-                &self.mean,
-                &self.rstd,
-                scale,
-                self.cfg.relu,
-                &sh,
-            )
+            batchnorm_backward(dx, gs, gb, dy, y, xs, &self.mean, &self.rstd, scale, self.cfg.relu, &sh)
         } else {
-            batchnorm_backward_eval(
-                self.dinp.as_mut_slice(),
-                gs,
-                gb,
-                dout.as_slice(),
-                self.out.as_slice(),
-                x.as_slice(),
-                &self.mean,
-                &self.var,
-                scale,
-                self.cfg.eps,
-                self.cfg.relu,
-                &sh,
-            )
+            batchnorm_backward_eval(dx, gs, gb, dy, y, xs, &self.mean, &self.var, scale, self.cfg.eps, self.cfg.relu, &sh)
         }
         .in_layer(&self.name)
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

@@ -3,7 +3,7 @@
 use ringsam_tensor::Tensor;
 use ringsam_tensor::conv::{Conv2dShape, conv2d_backward, conv2d_forward};
 
-use super::{Layer, expect_image, expect_same};
+use super::{Buffers, Layer, expect_image, expect_same};
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass, Workspace};
 
@@ -49,9 +49,8 @@ pub struct Conv2d {
     cfg: Conv2dConfig,
     kernel: ParamId,
     shape: Option<Conv2dShape>,
-    out: Tensor,    // (c_out, N, P, Q)
-    dinp: Tensor,   // (c_in, N, H, W)
-    col: Workspace, // im2col scratch, (k·k·c_in/groups) × (N·P·Q), shared with the model's other convolutions
+    buffers: Buffers, // output (c_out, N, P, Q), input gradient (c_in, N, H, W)
+    col: Workspace,   // im2col scratch, (k·k·c_in/groups) × (N·P·Q), shared with the model's other convolutions
 }
 
 impl Conv2d {
@@ -63,7 +62,7 @@ impl Conv2d {
     /// Like [`Conv2d::new`], sharing im2col scratch with the other layers given `workspace`.
     pub fn with_workspace(layout: &mut ParamLayout, name: &str, cfg: Conv2dConfig, workspace: &Workspace) -> Self {
         let kernel = layout.push(format!("{name}/kernel"), &[cfg.kernel, cfg.kernel, cfg.c_in / cfg.groups.max(1), cfg.c_out]);
-        Conv2d { name: name.to_string(), cfg, kernel, shape: None, out: Tensor::empty(), dinp: Tensor::empty(), col: workspace.clone() }
+        Conv2d { name: name.to_string(), cfg, kernel, shape: None, buffers: Buffers::default(), col: workspace.clone() }
     }
 
     /// A depthwise `k×k` SAME convolution over `channels`, with its kernel declared as TensorFlow
@@ -79,7 +78,7 @@ impl Conv2d {
     ) -> Self {
         let cfg = Conv2dConfig { groups: channels, ..Conv2dConfig::same(channels, channels, kernel, stride) };
         let id = layout.push(format!("{name}/depthwise_kernel"), &[kernel, kernel, channels, 1]);
-        Conv2d { name: name.to_string(), cfg, kernel: id, shape: None, out: Tensor::empty(), dinp: Tensor::empty(), col: workspace.clone() }
+        Conv2d { name: name.to_string(), cfg, kernel: id, shape: None, buffers: Buffers::default(), col: workspace.clone() }
     }
 
     /// The kernel's place in the arena.
@@ -116,8 +115,8 @@ impl Layer for Conv2d {
     fn forward(&mut self, params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [_, n, h, w] = expect_image(&self.name, x, self.cfg.c_in)?;
         let sh = self.plan(n, h, w)?;
-        self.out.resize(&[sh.k, sh.n, sh.p, sh.q]);
-        conv2d_forward(self.out.as_mut_slice(), x.as_slice(), &params[self.kernel.range()], &mut self.col.lock(), &sh)
+        self.buffers.out.resize(&[sh.k, sh.n, sh.p, sh.q]);
+        conv2d_forward(self.buffers.out.as_mut_slice(), x.as_slice(), &params[self.kernel.range()], &mut self.col.lock(), &sh)
             .in_layer(&self.name)?;
         self.shape = Some(sh);
         Ok(())
@@ -125,10 +124,10 @@ impl Layer for Conv2d {
 
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let sh = self.shape.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
-        expect_same(&self.name, dout, &self.out)?;
+        expect_same(&self.name, dout, &self.buffers.out)?;
         let dinp = if self.cfg.input_grad {
-            self.dinp.resize(x.shape());
-            Some(self.dinp.as_mut_slice())
+            self.buffers.dinp.resize(x.shape());
+            Some(self.buffers.dinp.as_mut_slice())
         } else {
             None
         };
@@ -144,15 +143,15 @@ impl Layer for Conv2d {
         .in_layer(&self.name)
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn last_macs(&self) -> usize {
+        self.shape.map_or(0, |s| s.macs())
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

@@ -6,8 +6,8 @@
 
 use ringsam_tensor::Tensor;
 
-use super::shake::scale_examples;
-use super::{Layer, expect_same, name_key, shape_error};
+use super::shake::{scale_examples, scale_examples_backward};
+use super::{Buffers, Layer, name_key, shape_error};
 use crate::{NnError, Pass};
 
 /// See the module docs.
@@ -17,15 +17,14 @@ pub struct DropConnect {
     key: u64,
     rate: f32,
     coef: Vec<f32>, // per example: 0 or 1/(1 − rate); empty after an evaluation pass
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl DropConnect {
     /// Drops a whole example's branch with probability `rate` (0 ≤ rate < 1).
     pub fn new(name: &str, rate: f32) -> Self {
         assert!((0.0..1.0).contains(&rate), "drop-connect {name}: rate {rate} outside [0, 1)");
-        DropConnect { name: name.to_string(), key: name_key(name), rate, coef: Vec::new(), out: Tensor::empty(), dinp: Tensor::empty() }
+        DropConnect { name: name.to_string(), key: name_key(name), rate, coef: Vec::new(), buffers: Buffers::default() }
     }
 
     /// The last training forward's per-example scales.
@@ -44,38 +43,27 @@ impl Layer for DropConnect {
             [_, n, _, _] if n > 0 => n,
             _ => return Err(shape_error(&self.name, "(C, N, H, W)".into(), x)),
         };
-        self.out.resize(x.shape());
+        self.buffers.out.resize(x.shape());
         if !pass.train || self.rate == 0.0 {
             self.coef.clear();
-            self.out.as_mut_slice().copy_from_slice(x.as_slice());
+            self.buffers.out.as_mut_slice().copy_from_slice(x.as_slice());
             return Ok(());
         }
         let keep = 1.0 - self.rate;
         self.coef = (0..n as u64).map(|i| if pass.example_draw(self.key, 4, i) < keep { 1.0 / keep } else { 0.0 }).collect();
-        scale_examples(self.out.as_mut_slice(), x.as_slice(), &self.coef, x.shape()[2] * x.shape()[3]);
+        scale_examples(self.buffers.out.as_mut_slice(), x.as_slice(), &self.coef, x.shape()[2] * x.shape()[3]);
         Ok(())
     }
 
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
-        if self.coef.is_empty() {
-            self.dinp.as_mut_slice().copy_from_slice(dout.as_slice());
-        } else {
-            scale_examples(self.dinp.as_mut_slice(), dout.as_slice(), &self.coef, x.shape()[2] * x.shape()[3]);
-        }
-        Ok(())
+        scale_examples_backward(&self.name, &mut self.buffers, x, dout, &self.coef)
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

@@ -6,7 +6,7 @@
 
 use ringsam_tensor::Tensor;
 
-use super::{Layer, expect_same, name_key};
+use super::{Buffers, Layer, expect_same, name_key};
 use crate::{NnError, Pass, Rng};
 
 /// Inverted dropout: kept values are scaled by `1/(1 − rate)` so evaluation is the identity.
@@ -16,15 +16,14 @@ pub struct Dropout {
     rate: f32,
     key: u64,
     mask: Vec<f32>, // same length as the input: 0 or 1/(1 − rate); empty after an eval pass
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl Dropout {
     /// Drops each value with probability `rate` (0 ≤ rate < 1).
     pub fn new(name: &str, rate: f32) -> Self {
         assert!((0.0..1.0).contains(&rate), "dropout rate {rate} must be in [0, 1)");
-        Dropout { name: name.to_string(), rate, key: name_key(name), mask: Vec::new(), out: Tensor::empty(), dinp: Tensor::empty() }
+        Dropout { name: name.to_string(), rate, key: name_key(name), mask: Vec::new(), buffers: Buffers::default() }
     }
 }
 
@@ -34,10 +33,10 @@ impl Layer for Dropout {
     }
 
     fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
-        self.out.resize(x.shape());
+        self.buffers.out.resize(x.shape());
         if !pass.train || self.rate == 0.0 {
             self.mask.clear();
-            self.out.as_mut_slice().copy_from_slice(x.as_slice());
+            self.buffers.out.as_mut_slice().copy_from_slice(x.as_slice());
             return Ok(());
         }
         let mut rng = Rng::stream(pass.seed, pass.step, self.key);
@@ -46,34 +45,30 @@ impl Layer for Dropout {
         for m in self.mask.iter_mut() {
             *m = if rng.uniform() < self.rate { 0.0 } else { keep };
         }
-        for ((o, &v), &m) in self.out.as_mut_slice().iter_mut().zip(x.as_slice()).zip(&self.mask) {
+        for ((o, &v), &m) in self.buffers.out.as_mut_slice().iter_mut().zip(x.as_slice()).zip(&self.mask) {
             *o = v * m;
         }
         Ok(())
     }
 
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
+        expect_same(&self.name, dout, &self.buffers.out)?;
+        self.buffers.dinp.resize(x.shape());
         if self.mask.is_empty() {
-            self.dinp.as_mut_slice().copy_from_slice(dout.as_slice());
+            self.buffers.dinp.as_mut_slice().copy_from_slice(dout.as_slice());
         } else {
-            for ((d, &g), &m) in self.dinp.as_mut_slice().iter_mut().zip(dout.as_slice()).zip(&self.mask) {
+            for ((d, &g), &m) in self.buffers.dinp.as_mut_slice().iter_mut().zip(dout.as_slice()).zip(&self.mask) {
                 *d = g * m;
             }
         }
         Ok(())
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

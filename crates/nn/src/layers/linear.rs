@@ -7,7 +7,7 @@
 use ringsam_tensor::Tensor;
 use ringsam_tensor::gemm::{MatMut, MatRef, gemm};
 
-use super::{Layer, expect_same, shape_error};
+use super::{Buffers, Layer, expect_same, shape_error};
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass};
 
@@ -19,8 +19,7 @@ pub struct Linear {
     c_out: usize,
     kernel: ParamId,
     bias: ParamId,
-    out: Tensor,  // (N, c_out)
-    dinp: Tensor, // (c_in, N)
+    buffers: Buffers, // output (N, c_out), input gradient (c_in, N)
 }
 
 impl Linear {
@@ -28,17 +27,12 @@ impl Linear {
     pub fn new(layout: &mut ParamLayout, name: &str, c_in: usize, c_out: usize) -> Self {
         let kernel = layout.push(format!("{name}/kernel"), &[c_in, c_out]);
         let bias = layout.push(format!("{name}/bias"), &[c_out]);
-        Linear { name: name.to_string(), c_in, c_out, kernel, bias, out: Tensor::empty(), dinp: Tensor::empty() }
+        Linear { name: name.to_string(), c_in, c_out, kernel, bias, buffers: Buffers::default() }
     }
 
     /// Parameter ids `(kernel, bias)`.
     pub fn params(&self) -> (ParamId, ParamId) {
         (self.kernel, self.bias)
-    }
-
-    /// Multiply-adds of the last forward.
-    pub fn last_macs(&self) -> usize {
-        self.out.shape().first().map_or(0, |n| n * self.c_in * self.c_out)
     }
 
     fn batch(&self, x: &Tensor) -> Result<usize, NnError> {
@@ -56,19 +50,19 @@ impl Layer for Linear {
 
     fn forward(&mut self, params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let n = self.batch(x)?;
-        self.out.resize(&[n, self.c_out]);
+        self.buffers.out.resize(&[n, self.c_out]);
         let b = &params[self.bias.range()];
-        for row in self.out.as_mut_slice().chunks_mut(self.c_out) {
+        for row in self.buffers.out.as_mut_slice().chunks_mut(self.c_out) {
             row.copy_from_slice(b);
         }
         let w = MatRef::row_major(&params[self.kernel.range()], self.c_in, self.c_out);
-        gemm(MatMut::row_major(self.out.as_mut_slice(), n, self.c_out), MatRef::row_major(x.as_slice(), self.c_in, n).t(), w, true)
+        gemm(MatMut::row_major(self.buffers.out.as_mut_slice(), n, self.c_out), MatRef::row_major(x.as_slice(), self.c_in, n).t(), w, true)
             .in_layer(&self.name)
     }
 
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let n = self.batch(x)?;
-        expect_same(&self.name, dout, &self.out)?;
+        expect_same(&self.name, dout, &self.buffers.out)?;
         let g = MatRef::row_major(dout.as_slice(), n, self.c_out);
         // dW (in × out) += x (in × N) · dout (N × out)
         gemm(
@@ -82,20 +76,20 @@ impl Layer for Linear {
             *db += (0..n).map(|i| dout.as_slice()[i * self.c_out + col] as f64).sum::<f64>() as f32;
         }
         // dx (in × N) = W (in × out) · doutᵀ (out × N)
-        self.dinp.resize(&[self.c_in, n]);
+        self.buffers.dinp.resize(&[self.c_in, n]);
         let w = MatRef::row_major(&params[self.kernel.range()], self.c_in, self.c_out);
-        gemm(MatMut::row_major(self.dinp.as_mut_slice(), self.c_in, n), w, g.t(), false).in_layer(&self.name)
+        gemm(MatMut::row_major(self.buffers.dinp.as_mut_slice(), self.c_in, n), w, g.t(), false).in_layer(&self.name)
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn last_macs(&self) -> usize {
+        self.buffers.out.shape().first().map_or(0, |n| n * self.c_in * self.c_out)
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

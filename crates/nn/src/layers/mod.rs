@@ -6,7 +6,9 @@
 //!   the error; buffers are resized on the first call and reused afterwards;
 //! - `backward(params, grads, x, dout)` takes the same input `x` the forward saw (the caller still
 //!   owns it), adds parameter gradients into `grads` and writes the input gradient into the
-//!   layer's `dinput()`.
+//!   layer's `dinput()`;
+//! - the output and the input gradient live in the layer's [`Buffers`], from which [`Layer`]
+//!   provides `output()`, `dinput()` and `release_dinput()`.
 
 use ringsam_tensor::Tensor;
 
@@ -14,6 +16,7 @@ use crate::{NnError, Pass};
 
 mod activation;
 mod batchnorm;
+mod buffers;
 mod conv;
 mod drop_connect;
 mod dropout;
@@ -26,6 +29,7 @@ mod subsample;
 
 pub use activation::{Activation, ActivationKind};
 pub use batchnorm::{BatchNorm, BatchNormConfig};
+pub use buffers::Buffers;
 pub use conv::{Conv2d, Conv2dConfig, Padding};
 pub use drop_connect::DropConnect;
 pub use dropout::Dropout;
@@ -37,7 +41,9 @@ pub use squeeze_excite::SqueezeExcite;
 pub use subsample::ShiftSubsample;
 
 /// The interface every single-input layer implements (residual adds are plain function calls in
-/// the models). It exists so the gradient checker can test every layer the same way.
+/// the models). It exists so the gradient checker can test every layer the same way, and so a
+/// model can chain layers, and its residual blocks (layers made of layers), without knowing
+/// their types.
 pub trait Layer {
     /// The layer's Flax path.
     fn name(&self) -> &str;
@@ -45,14 +51,29 @@ pub trait Layer {
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError>;
     /// Given `dout = ∂L/∂output`, adds `∂L/∂params` into `grads` and writes `∂L/∂x` into `dinput()`.
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError>;
+    /// The layer's output and input-gradient buffers, which the methods below read.
+    fn buffers(&self) -> &Buffers;
+    /// The same buffers, to free the input gradient.
+    fn buffers_mut(&mut self) -> &mut Buffers;
     /// The last forward's output.
-    fn output(&self) -> &Tensor;
+    fn output(&self) -> &Tensor {
+        self.buffers().output()
+    }
     /// The last backward's input gradient.
-    fn dinput(&self) -> &Tensor;
+    fn dinput(&self) -> &Tensor {
+        self.buffers().dinput()
+    }
     /// Frees the input-gradient buffer once the layer below has consumed it, so backward through
     /// a deep network holds one block's gradients at a time rather than every layer's (PyramidNet-272
     /// otherwise keeps ~0.3 GB of them per image). The next backward allocates it again.
-    fn release_dinput(&mut self);
+    fn release_dinput(&mut self) {
+        self.buffers_mut().release_dinput()
+    }
+    /// Multiply-adds of the last forward, for GFLOP/s reports: layers that multiply by weights
+    /// (convolutions, dense, squeeze-excitation) count them; the rest report 0.
+    fn last_macs(&self) -> usize {
+        0
+    }
 }
 
 /// Shape error for `layer` that got `x` but wanted `expected`.

@@ -5,7 +5,7 @@ use ringsam_tensor::pool::{
     PoolShape, avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward, maxpool_backward, maxpool_forward,
 };
 
-use super::{Layer, expect_same, shape_error};
+use super::{Buffers, Layer, expect_same, shape_error};
 use crate::error::KernelContext;
 use crate::{NnError, Pass};
 
@@ -16,6 +16,15 @@ fn image_dims(name: &str, x: &Tensor) -> Result<[usize; 4], NnError> {
     }
 }
 
+/// How a windowed pool's backward starts: the last forward's window, `dout` checked against the
+/// output, and the input gradient sized like `x`.
+fn window_backward(name: &str, window: Option<PoolShape>, buffers: &mut Buffers, x: &Tensor, dout: &Tensor) -> Result<PoolShape, NnError> {
+    let sh = window.ok_or_else(|| NnError::NoForward { layer: name.to_string() })?;
+    expect_same(name, dout, &buffers.out)?;
+    buffers.dinp.resize(x.shape());
+    Ok(sh)
+}
+
 /// Average pooling with `padding='VALID'` (the WRN shortcut's `avg_pool(x, (s, s), (s, s))`).
 #[derive(Debug)]
 pub struct AvgPool2d {
@@ -23,14 +32,13 @@ pub struct AvgPool2d {
     window: usize,
     stride: usize,
     shape: Option<PoolShape>,
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl AvgPool2d {
     /// A `window × window` average pool with the given stride.
     pub fn new(name: &str, window: usize, stride: usize) -> Self {
-        AvgPool2d { name: name.to_string(), window, stride, shape: None, out: Tensor::empty(), dinp: Tensor::empty() }
+        AvgPool2d { name: name.to_string(), window, stride, shape: None, buffers: Buffers::default() }
     }
 }
 
@@ -41,26 +49,22 @@ impl Layer for AvgPool2d {
     fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         let sh = PoolShape::valid(c * n, h, w, self.window, self.stride).in_layer(&self.name)?;
-        self.out.resize(&[c, n, sh.p, sh.q]);
-        avgpool_forward(self.out.as_mut_slice(), x.as_slice(), &sh).in_layer(&self.name)?;
+        self.buffers.out.resize(&[c, n, sh.p, sh.q]);
+        avgpool_forward(self.buffers.out.as_mut_slice(), x.as_slice(), &sh).in_layer(&self.name)?;
         self.shape = Some(sh);
         Ok(())
     }
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let sh = self.shape.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
-        avgpool_backward(self.dinp.as_mut_slice(), dout.as_slice(), &sh).in_layer(&self.name)
-    }
-    fn output(&self) -> &Tensor {
-        &self.out
-    }
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
+        let sh = window_backward(&self.name, self.shape, &mut self.buffers, x, dout)?;
+        avgpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), &sh).in_layer(&self.name)
     }
 
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }
 
@@ -72,14 +76,13 @@ pub struct MaxPool2d {
     stride: usize,
     shape: Option<PoolShape>,
     argmax: Vec<u32>, // (C·N·P·Q,) winning input index within its plane
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl MaxPool2d {
     /// A `window × window` SAME max pool with the given stride.
     pub fn new(name: &str, window: usize, stride: usize) -> Self {
-        MaxPool2d { name: name.to_string(), window, stride, shape: None, argmax: Vec::new(), out: Tensor::empty(), dinp: Tensor::empty() }
+        MaxPool2d { name: name.to_string(), window, stride, shape: None, argmax: Vec::new(), buffers: Buffers::default() }
     }
 }
 
@@ -90,27 +93,23 @@ impl Layer for MaxPool2d {
     fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         let sh = PoolShape::same(c * n, h, w, self.window, self.stride).in_layer(&self.name)?;
-        self.out.resize(&[c, n, sh.p, sh.q]);
         self.argmax.resize(sh.output_len(), 0);
-        maxpool_forward(self.out.as_mut_slice(), &mut self.argmax, x.as_slice(), &sh).in_layer(&self.name)?;
+        self.buffers.out.resize(&[c, n, sh.p, sh.q]);
+        maxpool_forward(self.buffers.out.as_mut_slice(), &mut self.argmax, x.as_slice(), &sh).in_layer(&self.name)?;
         self.shape = Some(sh);
         Ok(())
     }
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let sh = self.shape.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
-        maxpool_backward(self.dinp.as_mut_slice(), dout.as_slice(), &self.argmax, &sh).in_layer(&self.name)
-    }
-    fn output(&self) -> &Tensor {
-        &self.out
-    }
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
+        let sh = window_backward(&self.name, self.shape, &mut self.buffers, x, dout)?;
+        maxpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), &self.argmax, &sh).in_layer(&self.name)
     }
 
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }
 
@@ -118,14 +117,13 @@ impl Layer for MaxPool2d {
 #[derive(Debug)]
 pub struct GlobalAvgPool {
     name: String,
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl GlobalAvgPool {
     /// A global average pool.
     pub fn new(name: &str) -> Self {
-        GlobalAvgPool { name: name.to_string(), out: Tensor::empty(), dinp: Tensor::empty() }
+        GlobalAvgPool { name: name.to_string(), buffers: Buffers::default() }
     }
 }
 
@@ -135,23 +133,21 @@ impl Layer for GlobalAvgPool {
     }
     fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
-        self.out.resize(&[c, n]);
-        global_avgpool_forward(self.out.as_mut_slice(), x.as_slice(), c * n, h * w).in_layer(&self.name)
+        self.buffers.out.resize(&[c, n]);
+        global_avgpool_forward(self.buffers.out.as_mut_slice(), x.as_slice(), c * n, h * w).in_layer(&self.name)
     }
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
-        global_avgpool_backward(self.dinp.as_mut_slice(), dout.as_slice(), c * n, h * w).in_layer(&self.name)
-    }
-    fn output(&self) -> &Tensor {
-        &self.out
-    }
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
+        expect_same(&self.name, dout, &self.buffers.out)?;
+        self.buffers.dinp.resize(x.shape());
+        global_avgpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), c * n, h * w).in_layer(&self.name)
     }
 
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

@@ -16,7 +16,7 @@
 
 use ringsam_tensor::Tensor;
 
-use super::{Layer, expect_same, name_key, shape_error};
+use super::{Buffers, Layer, expect_same, name_key, shape_error};
 use crate::{NnError, Pass};
 
 fn draw(pass: &Pass, key: u64, what: u64, example: u64) -> f32 {
@@ -34,6 +34,20 @@ pub(crate) fn scale_examples(out: &mut [f32], x: &[f32], coef: &[f32], plane: us
         let c = coef[i % n];
         o.iter_mut().zip(v).for_each(|(o, &v)| *o = c * v);
     }
+}
+
+/// The backward of a layer that scaled each example of `x` by `coef` (ShakeDrop, drop-connect):
+/// `dinput = coef · dout`, example by example; a plain copy when `coef` is empty (the layer was
+/// the identity).
+pub(crate) fn scale_examples_backward(layer: &str, buffers: &mut Buffers, x: &Tensor, dout: &Tensor, coef: &[f32]) -> Result<(), NnError> {
+    expect_same(layer, dout, &buffers.out)?;
+    buffers.dinp.resize(x.shape());
+    if coef.is_empty() {
+        buffers.dinp.as_mut_slice().copy_from_slice(dout.as_slice());
+    } else {
+        scale_examples(buffers.dinp.as_mut_slice(), dout.as_slice(), coef, x.shape()[2] * x.shape()[3]);
+    }
+    Ok(())
 }
 
 /// The Shake-Shake mix of two branches (two inputs, so not a [`Layer`]).
@@ -135,8 +149,7 @@ pub struct ShakeDrop {
     survival: f32,      // p: the chance the branch passes unchanged
     forward: Vec<f32>,  // per example: m + α − m·α (p in evaluation)
     backward: Vec<f32>, // per example: m + β − m·β
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl ShakeDrop {
@@ -149,8 +162,7 @@ impl ShakeDrop {
             survival,
             forward: Vec::new(),
             backward: Vec::new(),
-            out: Tensor::empty(),
-            dinp: Tensor::empty(),
+            buffers: Buffers::default(),
         }
     }
 
@@ -163,6 +175,14 @@ impl ShakeDrop {
 impl Layer for ShakeDrop {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 
     fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
@@ -186,27 +206,12 @@ impl Layer for ShakeDrop {
             self.forward = vec![self.survival; n];
             self.backward = self.forward.clone();
         }
-        self.out.resize(x.shape());
-        scale_examples(self.out.as_mut_slice(), x.as_slice(), &self.forward, x.shape()[2] * x.shape()[3]);
+        self.buffers.out.resize(x.shape());
+        scale_examples(self.buffers.out.as_mut_slice(), x.as_slice(), &self.forward, x.shape()[2] * x.shape()[3]);
         Ok(())
     }
 
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        expect_same(&self.name, dout, &self.out)?;
-        self.dinp.resize(x.shape());
-        scale_examples(self.dinp.as_mut_slice(), dout.as_slice(), &self.backward, x.shape()[2] * x.shape()[3]);
-        Ok(())
-    }
-
-    fn output(&self) -> &Tensor {
-        &self.out
-    }
-
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+        scale_examples_backward(&self.name, &mut self.buffers, x, dout, &self.backward)
     }
 }

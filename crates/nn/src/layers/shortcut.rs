@@ -5,7 +5,7 @@ use ringsam_tensor::Tensor;
 use ringsam_tensor::pad::{channel_pad_backward, channel_pad_forward};
 use ringsam_tensor::pool::{PoolShape, avgpool_backward, avgpool_forward};
 
-use super::{Layer, expect_image, expect_same};
+use super::{Buffers, Layer, expect_image, expect_same};
 use crate::error::KernelContext;
 use crate::{NnError, Pass};
 
@@ -19,8 +19,7 @@ pub struct PoolPadShortcut {
     pool: Option<PoolShape>,
     pooled: Tensor,  // (C_in, N, H/s, W/s); unused when stride is 1
     dpooled: Tensor, // gradient of `pooled`
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl PoolPadShortcut {
@@ -35,8 +34,7 @@ impl PoolPadShortcut {
             pool: None,
             pooled: Tensor::empty(),
             dpooled: Tensor::empty(),
-            out: Tensor::empty(),
-            dinp: Tensor::empty(),
+            buffers: Buffers::default(),
         }
     }
 }
@@ -59,34 +57,31 @@ impl Layer for PoolPadShortcut {
             x
         };
         let [_, _, p, q] = src.dims4("shortcut").in_layer(&self.name)?;
-        self.out.resize(&[self.c_out, n, p, q]);
-        channel_pad_forward(self.out.as_mut_slice(), src.as_slice(), self.c_in, self.c_out, n * p * q).in_layer(&self.name)
+        self.buffers.out.resize(&[self.c_out, n, p, q]);
+        channel_pad_forward(self.buffers.out.as_mut_slice(), src.as_slice(), self.c_in, self.c_out, n * p * q).in_layer(&self.name)
     }
 
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        expect_same(&self.name, dout, &self.out)?;
-        let [_, n, p, q] = self.out.dims4("shortcut").in_layer(&self.name)?;
-        self.dinp.resize(x.shape());
+        expect_same(&self.name, dout, &self.buffers.out)?;
+        let [_, n, p, q] = self.buffers.out.dims4("shortcut").in_layer(&self.name)?;
+        self.buffers.dinp.resize(x.shape());
         match self.pool {
             Some(sh) => {
                 self.dpooled.resize(self.pooled.shape());
                 channel_pad_backward(self.dpooled.as_mut_slice(), dout.as_slice(), self.c_in, self.c_out, n * p * q)
                     .in_layer(&self.name)?;
-                avgpool_backward(self.dinp.as_mut_slice(), self.dpooled.as_slice(), &sh).in_layer(&self.name)
+                avgpool_backward(self.buffers.dinp.as_mut_slice(), self.dpooled.as_slice(), &sh).in_layer(&self.name)
             }
-            None => channel_pad_backward(self.dinp.as_mut_slice(), dout.as_slice(), self.c_in, self.c_out, n * p * q).in_layer(&self.name),
+            None => channel_pad_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), self.c_in, self.c_out, n * p * q)
+                .in_layer(&self.name),
         }
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

@@ -13,7 +13,7 @@
 
 use ringsam_tensor::Tensor;
 
-use super::{Layer, expect_image, expect_same};
+use super::{Buffers, Layer, expect_image, expect_same};
 use crate::{NnError, ParamId, ParamLayout, Pass};
 
 fn sigmoid(v: f32) -> f32 {
@@ -34,8 +34,7 @@ pub struct SqueezeExcite {
     z: Vec<f32>, // (R, N)
     a: Vec<f32>, // (R, N)
     g: Vec<f32>, // (C, N) gates
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl SqueezeExcite {
@@ -54,14 +53,8 @@ impl SqueezeExcite {
             z: Vec::new(),
             a: Vec::new(),
             g: Vec::new(),
-            out: Tensor::empty(),
-            dinp: Tensor::empty(),
+            buffers: Buffers::default(),
         }
-    }
-
-    /// Multiply-adds of the last forward (the two 1×1 convolutions).
-    pub fn last_macs(&self) -> usize {
-        2 * self.channels * self.reduced * (self.s.len() / self.channels.max(1))
     }
 }
 
@@ -98,15 +91,15 @@ impl Layer for SqueezeExcite {
             }
         }
         self.g = e.iter().enumerate().map(|(i, &v)| sigmoid(v + b2[i / n])).collect();
-        self.out.resize(x.shape());
-        for ((o, xv), &g) in self.out.as_mut_slice().chunks_mut(hw).zip(x.as_slice().chunks(hw)).zip(&self.g) {
+        self.buffers.out.resize(x.shape());
+        for ((o, xv), &g) in self.buffers.out.as_mut_slice().chunks_mut(hw).zip(x.as_slice().chunks(hw)).zip(&self.g) {
             o.iter_mut().zip(xv).for_each(|(o, &v)| *o = v * g);
         }
         Ok(())
     }
 
     fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        expect_same(&self.name, dout, &self.out)?;
+        expect_same(&self.name, dout, &self.buffers.out)?;
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (r, hw) = (self.reduced, h * w);
         // dg and de, per (channel, example).
@@ -166,23 +159,24 @@ impl Layer for SqueezeExcite {
             grads[gb1.start + ri] += dz[ri * n..(ri + 1) * n].iter().sum::<f32>();
         }
         // dx = dy·g + ds/(H·W).
-        self.dinp.resize(x.shape());
-        for (((dx, d), &g), &dsv) in self.dinp.as_mut_slice().chunks_mut(hw).zip(dout.as_slice().chunks(hw)).zip(&self.g).zip(&ds) {
+        self.buffers.dinp.resize(x.shape());
+        for (((dx, d), &g), &dsv) in self.buffers.dinp.as_mut_slice().chunks_mut(hw).zip(dout.as_slice().chunks(hw)).zip(&self.g).zip(&ds) {
             let add = dsv / hw as f32;
             dx.iter_mut().zip(d).for_each(|(o, &d)| *o = d * g + add);
         }
         Ok(())
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    /// The two 1×1 convolutions.
+    fn last_macs(&self) -> usize {
+        2 * self.channels * self.reduced * (self.s.len() / self.channels.max(1))
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }

@@ -9,7 +9,7 @@
 
 use ringsam_tensor::Tensor;
 
-use super::{Layer, expect_image, expect_same};
+use super::{Buffers, Layer, expect_image, expect_same};
 use crate::{NnError, Pass};
 
 /// See the module docs.
@@ -19,15 +19,14 @@ pub struct ShiftSubsample {
     channels: usize,
     stride: usize,
     offset: usize,
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl ShiftSubsample {
     /// Every `stride`-th pixel starting at (`offset`, `offset`); `channels` is checked on input.
     pub fn new(name: &str, channels: usize, stride: usize, offset: usize) -> Self {
         assert!(stride >= 1 && offset <= 1, "{name}: stride {stride}, offset {offset}");
-        ShiftSubsample { name: name.to_string(), channels, stride, offset, out: Tensor::empty(), dinp: Tensor::empty() }
+        ShiftSubsample { name: name.to_string(), channels, stride, offset, buffers: Buffers::default() }
     }
 
     fn out_side(&self, side: usize) -> usize {
@@ -43,9 +42,9 @@ impl Layer for ShiftSubsample {
     fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (p, q) = (self.out_side(h), self.out_side(w));
-        self.out.resize(&[c, n, p, q]);
+        self.buffers.out.resize(&[c, n, p, q]);
         let (s, o) = (self.stride, self.offset);
-        for (dst, src) in self.out.as_mut_slice().chunks_mut(p * q).zip(x.as_slice().chunks(h * w)) {
+        for (dst, src) in self.buffers.out.as_mut_slice().chunks_mut(p * q).zip(x.as_slice().chunks(h * w)) {
             for i in 0..p {
                 for j in 0..q {
                     let (y, xx) = (i * s + o, j * s + o);
@@ -57,13 +56,13 @@ impl Layer for ShiftSubsample {
     }
 
     fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        expect_same(&self.name, dout, &self.out)?;
+        expect_same(&self.name, dout, &self.buffers.out)?;
         let [_, _, h, w] = expect_image(&self.name, x, self.channels)?;
         let (p, q) = (self.out_side(h), self.out_side(w));
-        self.dinp.resize(x.shape());
-        self.dinp.as_mut_slice().fill(0.0);
+        self.buffers.dinp.resize(x.shape());
+        self.buffers.dinp.as_mut_slice().fill(0.0);
         let (s, o) = (self.stride, self.offset);
-        for (dst, src) in self.dinp.as_mut_slice().chunks_mut(h * w).zip(dout.as_slice().chunks(p * q)) {
+        for (dst, src) in self.buffers.dinp.as_mut_slice().chunks_mut(h * w).zip(dout.as_slice().chunks(p * q)) {
             for i in 0..p {
                 for j in 0..q {
                     let (y, xx) = (i * s + o, j * s + o);
@@ -76,15 +75,11 @@ impl Layer for ShiftSubsample {
         Ok(())
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }
