@@ -21,16 +21,18 @@
 //! any input size but the model's; ringsam runs any size (`--image_size` for quick runs).
 
 use ringsam_nn::layers::{
-    Activation, ActivationKind, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool, Linear,
+    Activation, ActivationKind, BatchNorm, BatchNormConfig, Buffers, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool,
     SqueezeExcite,
 };
-use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
+use ringsam_nn::{Layer, NnError, Pass};
 use ringsam_tensor::Tensor;
 use ringsam_tensor::elementwise::add_forward;
 
-use crate::residual_stack::{Block, BlockStack, check_backward_buffers, model_fields};
-use crate::wide_resnet::check_buffers;
-use crate::{Model, ModelConfig, ModelError};
+use crate::chain::Chain;
+use crate::init::init_efficientnet;
+use crate::layer_factory::LayerFactory;
+use crate::network::Network;
+use crate::{ModelConfig, ModelError};
 
 /// One stage of the base network: kernel, repeats, input and output filters, expansion, stride.
 struct Stage {
@@ -102,8 +104,8 @@ pub fn round_repeats(repeats: usize, depth: f64) -> usize {
     (depth * repeats as f64).ceil() as usize
 }
 
-fn bn(p: &mut ParamLayout, s: &mut StateLayout, name: &str, c: usize) -> BatchNorm {
-    BatchNorm::new(p, s, name, BatchNormConfig { channels: c, momentum: 0.99, eps: 1e-3, relu: false })
+fn bn(layers: &mut LayerFactory, name: &str, c: usize) -> BatchNorm {
+    layers.batch_norm(name, BatchNormConfig { channels: c, momentum: 0.99, eps: 1e-3, relu: false })
 }
 
 fn swish(name: &str) -> Activation {
@@ -112,6 +114,7 @@ fn swish(name: &str) -> Activation {
 
 /// `MBConvBlock_{i}`.
 struct MbConv {
+    name: String,
     expand: Option<(Conv2d, BatchNorm, Activation)>,
     depthwise: Conv2d,
     bn_dw: BatchNorm,
@@ -120,39 +123,28 @@ struct MbConv {
     project: Conv2d,
     bn_project: BatchNorm,
     skip: Option<DropConnect>, // Some: stride 1 and in = out
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl MbConv {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: &mut ParamLayout,
-        s: &mut StateLayout,
-        ws: &Workspace,
-        name: &str,
-        stage: &Stage,
-        c_in: usize,
-        c_out: usize,
-        stride: usize,
-        drop: f32,
-    ) -> Self {
+    fn new(layers: &mut LayerFactory, name: &str, stage: &Stage, c_in: usize, c_out: usize, stride: usize, drop: f32) -> Self {
         let filters = c_in * stage.expand;
         let expand = (stage.expand != 1).then(|| {
             (
-                Conv2d::with_workspace(p, &format!("{name}/expand_conv2d_0"), Conv2dConfig::same(c_in, filters, 1, 1), ws),
-                bn(p, s, &format!("{name}/batch_normalization_0"), filters),
+                layers.conv(&format!("{name}/expand_conv2d_0"), Conv2dConfig::same(c_in, filters, 1, 1)),
+                bn(layers, &format!("{name}/batch_normalization_0"), filters),
                 swish(&format!("{name}/expand_swish")),
             )
         });
         let n = expand.is_some() as usize; // BN and projection numbering shift by the expansion
-        let depthwise = Conv2d::depthwise_tf(p, &format!("{name}/depthwise_conv2d"), filters, stage.kernel, stride, ws);
-        let bn_dw = bn(p, s, &format!("{name}/batch_normalization_{n}"), filters);
+        let depthwise = layers.depthwise_conv(&format!("{name}/depthwise_conv2d"), filters, stage.kernel, stride);
+        let bn_dw = bn(layers, &format!("{name}/batch_normalization_{n}"), filters);
         let reduced = ((c_in as f64 * SE_RATIO) as usize).max(1);
-        let se = SqueezeExcite::new(p, &format!("{name}/SqueezeExcite_0"), filters, reduced);
-        let project = Conv2d::with_workspace(p, &format!("{name}/project_conv2d_{n}"), Conv2dConfig::same(filters, c_out, 1, 1), ws);
-        let bn_project = bn(p, s, &format!("{name}/batch_normalization_{}", n + 1), c_out);
+        let se = layers.squeeze_excite(&format!("{name}/SqueezeExcite_0"), filters, reduced);
+        let project = layers.conv(&format!("{name}/project_conv2d_{n}"), Conv2dConfig::same(filters, c_out, 1, 1));
+        let bn_project = bn(layers, &format!("{name}/batch_normalization_{}", n + 1), c_out);
         MbConv {
+            name: name.to_string(),
             expand,
             depthwise,
             bn_dw,
@@ -161,13 +153,16 @@ impl MbConv {
             project,
             bn_project,
             skip: (stride == 1 && c_in == c_out).then(|| DropConnect::new(&format!("{name}/drop_connect"), drop)),
-            out: Tensor::empty(),
-            dinp: Tensor::empty(),
+            buffers: Buffers::default(),
         }
     }
 }
 
-impl Block for MbConv {
+impl Layer for MbConv {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         let h = match &mut self.expand {
             Some((conv, norm, act)) => {
@@ -185,15 +180,15 @@ impl Block for MbConv {
         self.project.forward(params, state, self.se.output(), pass)?;
         self.bn_project.forward(params, state, self.project.output(), pass)?;
         let y = self.bn_project.output();
-        self.out.resize(y.shape());
+        self.buffers.out.resize(y.shape());
         match &mut self.skip {
             Some(dc) => {
                 dc.forward(params, state, y, pass)?;
-                add_forward(self.out.as_mut_slice(), dc.output().as_slice(), x.as_slice())
+                add_forward(self.buffers.out.as_mut_slice(), dc.output().as_slice(), x.as_slice())
                     .map_err(|source| NnError::Kernel { layer: self.project.name().to_string(), source })
             }
             None => {
-                self.out.as_mut_slice().copy_from_slice(y.as_slice());
+                self.buffers.out.as_mut_slice().copy_from_slice(y.as_slice());
                 Ok(())
             }
         }
@@ -226,12 +221,12 @@ impl Block for MbConv {
                 self.depthwise.dinput()
             }
         };
-        self.dinp.resize(x.shape());
+        self.buffers.dinp.resize(x.shape());
         if self.skip.is_some() {
-            add_forward(self.dinp.as_mut_slice(), dh.as_slice(), dout.as_slice())
+            add_forward(self.buffers.dinp.as_mut_slice(), dh.as_slice(), dout.as_slice())
                 .map_err(|source| NnError::Kernel { layer: self.project.name().to_string(), source })?;
         } else {
-            self.dinp.as_mut_slice().copy_from_slice(dh.as_slice());
+            self.buffers.dinp.as_mut_slice().copy_from_slice(dh.as_slice());
         }
         // Only the block's input gradient is needed from here on.
         let mut inner: Vec<&mut dyn Layer> =
@@ -246,156 +241,57 @@ impl Block for MbConv {
         Ok(())
     }
 
-    fn output(&self) -> &Tensor {
-        &self.out
+    fn last_macs(&self) -> usize {
+        let expand = self.expand.as_ref().map_or(0, |e| e.0.last_macs());
+        expand + self.depthwise.last_macs() + self.project.last_macs() + self.se.last_macs()
     }
 
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
     }
 
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
-    }
-
-    fn macs(&self) -> usize {
-        let expand = self.expand.as_ref().map(|e| &e.0);
-        let convs: usize = [expand, Some(&self.depthwise), Some(&self.project)]
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.last_shape())
-            .map(|s| s.macs())
-            .sum();
-        convs + self.se.last_macs()
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }
 
-/// An EfficientNet (see the module docs).
-pub struct EfficientNet {
-    name: String,
-    cfg: ModelConfig,
-    layout: ParamLayout,
-    state_layout: StateLayout,
-    stem_conv: Conv2d,
-    stem_bn: BatchNorm,
-    stem_swish: Activation,
-    blocks: BlockStack<MbConv>,
-    head_start: usize, // first parameter offset of the head
-    head_conv: Conv2d,
-    head_bn: BatchNorm,
-    head_swish: Activation,
-    pool: GlobalAvgPool,
-    dropout: Dropout,
-    dense: Linear,
-}
-
-impl EfficientNet {
-    /// The model `name` scaled by `sc`.
-    pub fn new(name: &str, sc: Scaling, cfg: ModelConfig) -> Result<Self, ModelError> {
-        if cfg.num_classes == 0 || cfg.in_channels == 0 || !(sc.width > 0.0 && sc.depth > 0.0) {
-            return Err(ModelError::Config { name: name.into(), why: "classes, channels, width and depth must be positive".into() });
+/// The model `name` scaled by `sc` (see the module docs).
+pub fn new(name: &str, sc: Scaling, cfg: ModelConfig) -> Result<Network, ModelError> {
+    if cfg.num_classes == 0 || cfg.in_channels == 0 || !(sc.width > 0.0 && sc.depth > 0.0) {
+        return Err(ModelError::Config { name: name.into(), why: "classes, channels, width and depth must be positive".into() });
+    }
+    let mut layers = LayerFactory::default();
+    let stem_width = round_filters(32, sc.width);
+    let stem_conv = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, stem_width, 3, 2) };
+    let stem = Chain::sequential(&mut layers)
+        .then(|l| l.conv("Stem_0/conv2d", stem_conv))
+        .then(|l| bn(l, "Stem_0/batch_normalization", stem_width))
+        .then(|_| swish("Stem_0/swish"))
+        .build();
+    let total: usize = STAGES.iter().map(|st| round_repeats(st.repeats, sc.depth)).sum();
+    let mut blocks = Chain::blocks(&mut layers);
+    let mut index = 0;
+    for st in &STAGES {
+        let (c_in, c_out) = (round_filters(st.filters_in, sc.width), round_filters(st.filters_out, sc.width));
+        for r in 0..round_repeats(st.repeats, sc.depth) {
+            let (cin, stride) = if r == 0 { (c_in, st.stride) } else { (c_out, 1) };
+            let drop = (DROP_CONNECT * index as f64 / total as f64) as f32;
+            let block = format!("MBConvBlock_{}", index + 1);
+            blocks = blocks.then(|l| MbConv::new(l, &block, st, cin, c_out, stride, drop));
+            index += 1;
         }
-        let (mut p, mut s) = (ParamLayout::new(), StateLayout::new());
-        let ws = Workspace::new();
-        let stem_width = round_filters(32, sc.width);
-        let stem = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, stem_width, 3, 2) };
-        let stem_conv = Conv2d::with_workspace(&mut p, "Stem_0/conv2d", stem, &ws);
-        let stem_bn = bn(&mut p, &mut s, "Stem_0/batch_normalization", stem_width);
-        let total: usize = STAGES.iter().map(|st| round_repeats(st.repeats, sc.depth)).sum();
-        let mut blocks = BlockStack::new();
-        let mut index = 0;
-        for st in &STAGES {
-            let (c_in, c_out) = (round_filters(st.filters_in, sc.width), round_filters(st.filters_out, sc.width));
-            for r in 0..round_repeats(st.repeats, sc.depth) {
-                let (cin, stride) = if r == 0 { (c_in, st.stride) } else { (c_out, 1) };
-                let drop = (DROP_CONNECT * index as f64 / total as f64) as f32;
-                let start = p.total();
-                let name = format!("MBConvBlock_{}", index + 1);
-                blocks.push(start, MbConv::new(&mut p, &mut s, &ws, &name, st, cin, c_out, stride, drop));
-                index += 1;
-            }
-        }
-        let head = format!("Head_{}", total + 1);
-        let c_last = round_filters(STAGES[6].filters_out, sc.width);
-        let head_width = round_filters(1280, sc.width);
-        let head_start = p.total();
-        let head_conv = Conv2d::with_workspace(&mut p, &format!("{head}/conv2d"), Conv2dConfig::same(c_last, head_width, 1, 1), &ws);
-        let head_bn = bn(&mut p, &mut s, &format!("{head}/batch_normalization"), head_width);
-        let dense = Linear::new(&mut p, &format!("{head}/dense"), head_width, cfg.num_classes);
-        Ok(EfficientNet {
-            name: name.into(),
-            cfg,
-            layout: p,
-            state_layout: s,
-            stem_conv,
-            stem_bn,
-            stem_swish: swish("Stem_0/swish"),
-            blocks,
-            head_start,
-            head_conv,
-            head_bn,
-            head_swish: swish(&format!("{head}/swish")),
-            pool: GlobalAvgPool::new(&format!("{head}/pool")),
-            dropout: Dropout::new(&format!("{head}/dropout"), sc.dropout),
-            dense,
-        })
     }
-}
-
-impl Model for EfficientNet {
-    model_fields!();
-
-    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
-        crate::init::init_efficientnet(&self.layout, params, &self.state_layout, state, seed);
-    }
-
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
-        check_buffers(&self.layout, &self.state_layout, params.len(), state.len())?;
-        self.stem_conv.forward(params, state, x, pass)?;
-        self.stem_bn.forward(params, state, self.stem_conv.output(), pass)?;
-        self.stem_swish.forward(params, state, self.stem_bn.output(), pass)?;
-        let h = self.blocks.forward(params, state, self.stem_swish.output(), pass)?;
-        self.head_conv.forward(params, state, h, pass)?;
-        self.head_bn.forward(params, state, self.head_conv.output(), pass)?;
-        self.head_swish.forward(params, state, self.head_bn.output(), pass)?;
-        self.pool.forward(params, state, self.head_swish.output(), pass)?;
-        self.dropout.forward(params, state, self.pool.output(), pass)?;
-        self.dense.forward(params, state, self.dropout.output(), pass)?;
-        Ok(self.dense.output())
-    }
-
-    fn backward_notify(
-        &mut self,
-        params: &[f32],
-        grads: &mut [f32],
-        x: &Tensor,
-        dlogits: &Tensor,
-        ready: &mut dyn FnMut(&mut [f32], usize),
-    ) -> Result<(), NnError> {
-        check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
-        self.dense.backward(params, grads, self.dropout.output(), dlogits)?;
-        self.dropout.backward(params, grads, self.pool.output(), self.dense.dinput())?;
-        self.pool.backward(params, grads, self.head_swish.output(), self.dropout.dinput())?;
-        self.head_swish.backward(params, grads, self.head_bn.output(), self.pool.dinput())?;
-        self.head_bn.backward(params, grads, self.head_conv.output(), self.head_swish.dinput())?;
-        let last = self.blocks.output(self.stem_swish.output());
-        self.head_conv.backward(params, grads, last, self.head_bn.dinput())?;
-        ready(grads, self.head_start);
-        self.blocks.backward(params, grads, self.stem_swish.output(), self.head_conv.dinput(), ready)?;
-        let dfirst = self.blocks.dinput(self.head_conv.dinput());
-        self.stem_swish.backward(params, grads, self.stem_bn.output(), dfirst)?;
-        self.stem_bn.backward(params, grads, self.stem_conv.output(), self.stem_swish.dinput())?;
-        self.stem_conv.backward(params, grads, x, self.stem_bn.dinput())?;
-        ready(grads, 0);
-        Ok(())
-    }
-
-    fn last_forward_macs(&self) -> usize {
-        let convs = [&self.stem_conv, &self.head_conv].iter().filter_map(|c| c.last_shape()).map(|s| s.macs()).sum::<usize>();
-        convs + self.blocks.macs() + self.dense.last_macs()
-    }
-
-    fn last_backward_macs(&self) -> usize {
-        2 * self.last_forward_macs() - self.stem_conv.last_shape().map_or(0, |s| s.macs())
-    }
+    let body = blocks.build();
+    let head_name = format!("Head_{}", total + 1);
+    let c_last = round_filters(STAGES[6].filters_out, sc.width);
+    let head_width = round_filters(1280, sc.width);
+    let head = Chain::sequential(&mut layers)
+        .then(|l| l.conv(&format!("{head_name}/conv2d"), Conv2dConfig::same(c_last, head_width, 1, 1)))
+        .then(|l| bn(l, &format!("{head_name}/batch_normalization"), head_width))
+        .then(|_| swish(&format!("{head_name}/swish")))
+        .then(|_| GlobalAvgPool::new(&format!("{head_name}/pool")))
+        .then(|_| Dropout::new(&format!("{head_name}/dropout"), sc.dropout))
+        .then(|l| l.dense(&format!("{head_name}/dense"), head_width, cfg.num_classes))
+        .build();
+    Ok(Network::assemble(name, cfg, init_efficientnet, layers, stem, body, head))
 }

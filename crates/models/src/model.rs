@@ -62,3 +62,28 @@ pub trait Model: Send {
     /// every convolution and dense layer (the first layer computes no data gradient).
     fn last_backward_macs(&self) -> usize;
 }
+
+/// The check every forward starts with: buffers of the layouts' sizes.
+pub(crate) fn check_buffers(layout: &ParamLayout, state_layout: &StateLayout, params: usize, state: usize) -> Result<(), NnError> {
+    if params != layout.total() {
+        return Err(NnError::ParamLen { expected: layout.total(), got: params });
+    }
+    if state != state_layout.total() {
+        return Err(NnError::ParamLen { expected: state_layout.total(), got: state });
+    }
+    Ok(())
+}
+
+/// The checks every backward starts with: parameters of the layout's size, gradients of theirs.
+pub(crate) fn check_backward_buffers(
+    layout: &ParamLayout,
+    state_layout: &StateLayout,
+    params: &[f32],
+    grads: &[f32],
+) -> Result<(), NnError> {
+    check_buffers(layout, state_layout, params.len(), state_layout.total())?;
+    if grads.len() != params.len() {
+        return Err(NnError::ParamLen { expected: params.len(), got: grads.len() });
+    }
+    Ok(())
+}

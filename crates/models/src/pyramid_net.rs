@@ -21,14 +21,17 @@
 //! The reference pools with a fixed 8×8 window, which is the global average on its 32×32 inputs;
 //! ringsam pools globally, identical there and defined for other sizes.
 
-use ringsam_nn::layers::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, GlobalAvgPool, Linear, PoolPadShortcut, ShakeDrop};
-use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
+use ringsam_nn::layers::{BatchNorm, BatchNormConfig, Buffers, Conv2d, Conv2dConfig, PoolPadShortcut, ShakeDrop};
+use ringsam_nn::{Layer, NnError, Pass};
 use ringsam_tensor::Tensor;
-use ringsam_tensor::elementwise::add_forward;
 
-use crate::residual_stack::{Block, BlockStack, check_backward_buffers, model_fields};
-use crate::wide_resnet::check_buffers;
-use crate::{Model, ModelConfig, ModelError};
+use crate::chain::Chain;
+use crate::init::init_by_name;
+use crate::layer_factory::LayerFactory;
+use crate::network::Network;
+use crate::residual::{residual_sum, sum_into};
+use crate::stem_head::{CIFAR_STEM_WIDTH, bn_relu_head, init_conv_bn_stem};
+use crate::{ModelConfig, ModelError};
 
 /// The reference's ShakeDrop `mask_prob` (the survival of the last block).
 const FINAL_SURVIVAL_DROP: f64 = 0.5;
@@ -47,6 +50,7 @@ pub fn pyramid_widths(blocks: usize, alpha: f64) -> Vec<usize> {
 
 /// `BottleneckShakeDrop_{k}`.
 struct Bottleneck {
+    name: String,
     bn_1_pre: BatchNorm,
     contract: Conv2d,
     bn_1_post: BatchNorm,
@@ -56,49 +60,30 @@ struct Bottleneck {
     bn_3: BatchNorm,
     shake_drop: ShakeDrop,
     shortcut: PoolPadShortcut,
-    out: Tensor,
-    dinp: Tensor,
+    buffers: Buffers,
 }
 
 impl Bottleneck {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: &mut ParamLayout,
-        s: &mut StateLayout,
-        ws: &Workspace,
-        name: &str,
-        c_in: usize,
-        c: usize,
-        stride: usize,
-        survival: f32,
-    ) -> Self {
+    fn new(layers: &mut LayerFactory, name: &str, c_in: usize, c: usize, stride: usize, survival: f32) -> Self {
         Bottleneck {
-            bn_1_pre: BatchNorm::new(p, s, &format!("{name}/bn_1_pre"), BatchNormConfig::cifar(c_in, false)),
-            contract: Conv2d::with_workspace(p, &format!("{name}/1x1_conv_contract"), Conv2dConfig::same(c_in, c, 1, 1), ws),
-            bn_1_post: BatchNorm::new(p, s, &format!("{name}/bn_1_post"), BatchNormConfig::cifar(c, true)),
-            conv_3x3: Conv2d::with_workspace(p, &format!("{name}/3x3"), Conv2dConfig::same(c, c, 3, stride), ws),
-            bn_2: BatchNorm::new(p, s, &format!("{name}/bn_2"), BatchNormConfig::cifar(c, true)),
-            expand: Conv2d::with_workspace(p, &format!("{name}/1x1_conv_expand"), Conv2dConfig::same(c, 4 * c, 1, 1), ws),
-            bn_3: BatchNorm::new(p, s, &format!("{name}/bn_3"), BatchNormConfig::cifar(4 * c, false)),
+            name: name.to_string(),
+            bn_1_pre: layers.batch_norm(&format!("{name}/bn_1_pre"), BatchNormConfig::cifar(c_in, false)),
+            contract: layers.conv(&format!("{name}/1x1_conv_contract"), Conv2dConfig::same(c_in, c, 1, 1)),
+            bn_1_post: layers.batch_norm(&format!("{name}/bn_1_post"), BatchNormConfig::cifar(c, true)),
+            conv_3x3: layers.conv(&format!("{name}/3x3"), Conv2dConfig::same(c, c, 3, stride)),
+            bn_2: layers.batch_norm(&format!("{name}/bn_2"), BatchNormConfig::cifar(c, true)),
+            expand: layers.conv(&format!("{name}/1x1_conv_expand"), Conv2dConfig::same(c, 4 * c, 1, 1)),
+            bn_3: layers.batch_norm(&format!("{name}/bn_3"), BatchNormConfig::cifar(4 * c, false)),
             shake_drop: ShakeDrop::new(&format!("{name}/shake_drop"), survival),
             shortcut: PoolPadShortcut::new(&format!("{name}/shortcut"), c_in, 4 * c, stride),
-            out: Tensor::empty(),
-            dinp: Tensor::empty(),
+            buffers: Buffers::default(),
         }
     }
 }
 
-impl Block for Bottleneck {
-    fn output(&self) -> &Tensor {
-        &self.out
-    }
-
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+impl Layer for Bottleneck {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
@@ -111,17 +96,7 @@ impl Block for Bottleneck {
         self.bn_3.forward(params, state, self.expand.output(), pass)?;
         self.shake_drop.forward(params, state, self.bn_3.output(), pass)?;
         self.shortcut.forward(params, state, x, pass)?;
-        let (branch, residual) = (self.shake_drop.output(), self.shortcut.output());
-        if branch.shape() != residual.shape() {
-            return Err(NnError::Shape {
-                layer: self.expand.name().to_string(),
-                expected: format!("{:?} (the shortcut's shape)", residual.shape()),
-                got: branch.shape().to_vec(),
-            });
-        }
-        self.out.resize(branch.shape());
-        add_forward(self.out.as_mut_slice(), branch.as_slice(), residual.as_slice())
-            .map_err(|source| NnError::Kernel { layer: self.shake_drop.name().to_string(), source })
+        residual_sum(&mut self.buffers.out, self.shake_drop.output(), self.shortcut.output(), self.expand.name())
     }
 
     /// Mirror of `forward`.
@@ -135,9 +110,7 @@ impl Block for Bottleneck {
         self.contract.backward(params, grads, self.bn_1_pre.output(), self.bn_1_post.dinput())?;
         self.bn_1_pre.backward(params, grads, x, self.contract.dinput())?;
         self.shortcut.backward(params, grads, x, dout)?;
-        self.dinp.resize(x.shape());
-        add_forward(self.dinp.as_mut_slice(), self.bn_1_pre.dinput().as_slice(), self.shortcut.dinput().as_slice())
-            .map_err(|source| NnError::Kernel { layer: self.bn_1_pre.name().to_string(), source })?;
+        sum_into(&mut self.buffers.dinp, self.bn_1_pre.dinput(), self.shortcut.dinput(), self.bn_1_pre.name())?;
         // Only the block's own input gradient is needed from here on.
         let inner: [&mut dyn Layer; 9] = [
             &mut self.bn_1_pre,
@@ -154,116 +127,43 @@ impl Block for Bottleneck {
         Ok(())
     }
 
-    fn macs(&self) -> usize {
-        [&self.contract, &self.conv_3x3, &self.expand].iter().filter_map(|c| c.last_shape()).map(|s| s.macs()).sum()
+    fn last_macs(&self) -> usize {
+        self.contract.last_macs() + self.conv_3x3.last_macs() + self.expand.last_macs()
+    }
+
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
     }
 }
 
-/// PyramidNet + ShakeDrop (see the module docs).
-pub struct PyramidShakeDrop {
-    name: String,
-    cfg: ModelConfig,
-    layout: ParamLayout,
-    state_layout: StateLayout,
-    init_conv: Conv2d,
-    init_bn: BatchNorm,
-    blocks: BlockStack<Bottleneck>,
-    head_start: usize, // first parameter offset of final_bn and Dense_0
-    final_bn: BatchNorm,
-    pool: GlobalAvgPool,
-    dense: Linear,
-}
-
-impl PyramidShakeDrop {
-    /// PyramidNet of `depth = 9n + 2` (bottleneck blocks, `n` per third) and widening `alpha`.
-    pub fn new(name: &str, depth: usize, alpha: usize, cfg: ModelConfig) -> Result<Self, ModelError> {
-        if depth < 11 || !(depth - 2).is_multiple_of(9) || cfg.num_classes == 0 || cfg.in_channels == 0 {
-            return Err(ModelError::Config {
-                name: name.into(),
-                why: format!("depth must be 9n+2 with n >= 1 (got {depth}); classes and channels positive"),
-            });
-        }
-        let n = (depth - 2) / 9;
-        let total = 3 * n;
-        let widths = pyramid_widths(total, alpha as f64);
-        let (mut p, mut s) = (ParamLayout::new(), StateLayout::new());
-        let ws = Workspace::new();
-        let first = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, 16, 3, 1) };
-        let init_conv = Conv2d::with_workspace(&mut p, "init_conv", first, &ws);
-        let init_bn = BatchNorm::new(&mut p, &mut s, "init_bn", BatchNormConfig::cifar(16, false));
-        let mut blocks = BlockStack::new();
-        let mut c_in = 16;
-        for (k, &c) in widths.iter().enumerate() {
-            let stride = if k == n || k == 2 * n { 2 } else { 1 };
-            let survival = (1.0 - (k + 1) as f64 / total as f64 * FINAL_SURVIVAL_DROP) as f32;
-            let start = p.total();
-            blocks.push(start, Bottleneck::new(&mut p, &mut s, &ws, &format!("BottleneckShakeDrop_{k}"), c_in, c, stride, survival));
-            c_in = 4 * c;
-        }
-        let head_start = p.total();
-        let final_bn = BatchNorm::new(&mut p, &mut s, "final_bn", BatchNormConfig::cifar(c_in, true));
-        let dense = Linear::new(&mut p, "Dense_0", c_in, cfg.num_classes);
-        Ok(PyramidShakeDrop {
+/// PyramidNet + ShakeDrop of `depth = 9n + 2` (bottleneck blocks, `n` per third) and widening
+/// `alpha` (see the module docs).
+pub fn new(name: &str, depth: usize, alpha: usize, cfg: ModelConfig) -> Result<Network, ModelError> {
+    if depth < 11 || !(depth - 2).is_multiple_of(9) || cfg.num_classes == 0 || cfg.in_channels == 0 {
+        return Err(ModelError::Config {
             name: name.into(),
-            cfg,
-            layout: p,
-            state_layout: s,
-            init_conv,
-            init_bn,
-            blocks,
-            head_start,
-            final_bn,
-            pool: GlobalAvgPool::new("global_avg_pool"),
-            dense,
-        })
+            why: format!("depth must be 9n+2 with n >= 1 (got {depth}); classes and channels positive"),
+        });
     }
-}
-
-impl Model for PyramidShakeDrop {
-    model_fields!();
-
-    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
-        crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
+    let n = (depth - 2) / 9;
+    let total = 3 * n;
+    let widths = pyramid_widths(total, alpha as f64);
+    let mut layers = LayerFactory::default();
+    let stem = init_conv_bn_stem(&mut layers, cfg.in_channels);
+    let mut blocks = Chain::blocks(&mut layers);
+    let mut c_in = CIFAR_STEM_WIDTH;
+    for (k, &c) in widths.iter().enumerate() {
+        let stride = if k == n || k == 2 * n { 2 } else { 1 };
+        let survival = (1.0 - (k + 1) as f64 / total as f64 * FINAL_SURVIVAL_DROP) as f32;
+        let block = format!("BottleneckShakeDrop_{k}");
+        blocks = blocks.then(|l| Bottleneck::new(l, &block, c_in, c, stride, survival));
+        c_in = 4 * c;
     }
-
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
-        check_buffers(&self.layout, &self.state_layout, params.len(), state.len())?;
-        self.init_conv.forward(params, state, x, pass)?;
-        self.init_bn.forward(params, state, self.init_conv.output(), pass)?;
-        let h = self.blocks.forward(params, state, self.init_bn.output(), pass)?;
-        self.final_bn.forward(params, state, h, pass)?;
-        self.pool.forward(params, state, self.final_bn.output(), pass)?;
-        self.dense.forward(params, state, self.pool.output(), pass)?;
-        Ok(self.dense.output())
-    }
-
-    fn backward_notify(
-        &mut self,
-        params: &[f32],
-        grads: &mut [f32],
-        x: &Tensor,
-        dlogits: &Tensor,
-        ready: &mut dyn FnMut(&mut [f32], usize),
-    ) -> Result<(), NnError> {
-        check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
-        self.dense.backward(params, grads, self.pool.output(), dlogits)?;
-        self.pool.backward(params, grads, self.final_bn.output(), self.dense.dinput())?;
-        let last = self.blocks.output(self.init_bn.output());
-        self.final_bn.backward(params, grads, last, self.pool.dinput())?;
-        ready(grads, self.head_start);
-        self.blocks.backward(params, grads, self.init_bn.output(), self.final_bn.dinput(), ready)?;
-        let dfirst = self.blocks.dinput(self.final_bn.dinput());
-        self.init_bn.backward(params, grads, self.init_conv.output(), dfirst)?;
-        self.init_conv.backward(params, grads, x, self.init_bn.dinput())?;
-        ready(grads, 0);
-        Ok(())
-    }
-
-    fn last_forward_macs(&self) -> usize {
-        self.init_conv.last_shape().map_or(0, |s| s.macs()) + self.blocks.macs() + self.dense.last_macs()
-    }
-
-    fn last_backward_macs(&self) -> usize {
-        2 * self.last_forward_macs() - self.init_conv.last_shape().map_or(0, |s| s.macs())
-    }
+    let body = blocks.build();
+    let head = bn_relu_head(&mut layers, "final_bn", c_in, cfg.num_classes);
+    Ok(Network::assemble(name, cfg, init_by_name, layers, stem, body, head))
 }

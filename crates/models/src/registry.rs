@@ -5,10 +5,7 @@
 //! `Pyramid_ShakeDrop_{d}x{α}` a PyramidNet of depth `d = 9n + 2` and widening α. The listed
 //! names are the ones the reference and our configs use.
 
-use crate::pyramid_net::PyramidShakeDrop;
-use crate::shake_shake::ShakeShakeNet;
-use crate::wide_resnet::WideResnet;
-use crate::{Model, ModelConfig, ModelError};
+use crate::{Model, ModelConfig, ModelError, efficientnet, pyramid_net, resnet, shake_shake, small_cnn, wide_resnet};
 
 /// A registered model, as `ringsam models` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,34 +70,34 @@ pub fn input_size(name: &str) -> usize {
 /// Builds a model by name.
 pub fn build(name: &str, cfg: &ModelConfig) -> Result<Box<dyn Model>, ModelError> {
     if name == "WideResnet28x6_ShakeShake" {
-        return Ok(Box::new(ShakeShakeNet::new(name, 4, 6, *cfg)?));
+        return Ok(Box::new(shake_shake::new(name, 4, 6, *cfg)?));
     }
     if name == "Pyramid_ShakeDrop" {
-        return Ok(Box::new(PyramidShakeDrop::new(name, 272, 200, *cfg)?));
+        return Ok(Box::new(pyramid_net::new(name, 272, 200, *cfg)?));
     }
     // Small members of both families, for tests and quick runs.
     if let Some((b, k)) = name.strip_prefix("ShakeShake_").and_then(pair) {
-        return Ok(Box::new(ShakeShakeNet::new(name, b, k, *cfg)?));
+        return Ok(Box::new(shake_shake::new(name, b, k, *cfg)?));
     }
     if let Some((d, a)) = name.strip_prefix("Pyramid_ShakeDrop_").and_then(pair) {
-        return Ok(Box::new(PyramidShakeDrop::new(name, d, a, *cfg)?));
+        return Ok(Box::new(pyramid_net::new(name, d, a, *cfg)?));
     }
-    let resnet = |stages: &[usize]| -> Result<Box<dyn Model>, ModelError> { Ok(Box::new(crate::resnet::Resnet::new(name, stages, *cfg)?)) };
+    let build_resnet = |stages: &[usize]| -> Result<Box<dyn Model>, ModelError> { Ok(Box::new(resnet::new(name, stages, *cfg)?)) };
     match name {
-        "Resnet50" => return resnet(&[3, 4, 6, 3]),
-        "Resnet101" => return resnet(&[3, 4, 23, 3]),
-        "Resnet152" => return resnet(&[3, 8, 36, 3]),
-        "Resnet14" => return resnet(&[1, 1, 1, 1]),
+        "Resnet50" => return build_resnet(&[3, 4, 6, 3]),
+        "Resnet101" => return build_resnet(&[3, 4, 23, 3]),
+        "Resnet152" => return build_resnet(&[3, 8, 36, 3]),
+        "Resnet14" => return build_resnet(&[1, 1, 1, 1]),
         _ => {}
     }
-    if let Some(sc) = crate::efficientnet::scaling(name) {
-        return Ok(Box::new(crate::efficientnet::EfficientNet::new(name, sc, *cfg)?));
+    if let Some(sc) = efficientnet::scaling(name) {
+        return Ok(Box::new(efficientnet::new(name, sc, *cfg)?));
     }
     if name == "SmallCnn" {
-        return Ok(Box::new(crate::small_cnn::SmallCnn::new(*cfg)?));
+        return Ok(Box::new(small_cnn::new(*cfg)?));
     }
     if let Some((d, k)) = parse_wrn(name) {
-        return Ok(Box::new(WideResnet::new(name, d, k, *cfg)?));
+        return Ok(Box::new(wide_resnet::new(name, d, k, *cfg)?));
     }
     Err(ModelError::Unknown { name: name.into(), known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ") })
 }

@@ -17,19 +17,18 @@
 //! the Flax-linen names of the reference's modules, as WideResNet's do.
 
 use ringsam_nn::layers::{
-    Activation, ActivationKind, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, GlobalAvgPool, Linear, ShakeShake, ShiftSubsample,
+    Activation, ActivationKind, BatchNorm, BatchNormConfig, Buffers, Conv2d, Conv2dConfig, ShakeShake, ShiftSubsample,
 };
-use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
+use ringsam_nn::{Layer, NnError, Pass};
 use ringsam_tensor::Tensor;
-use ringsam_tensor::elementwise::add_forward;
 
-use crate::residual_stack::{Block, BlockStack, check_backward_buffers, model_fields};
-use crate::wide_resnet::check_buffers;
-use crate::{Model, ModelConfig, ModelError};
-
-fn kernel_err(layer: &str, source: ringsam_tensor::TensorError) -> NnError {
-    NnError::Kernel { layer: layer.to_string(), source }
-}
+use crate::chain::Chain;
+use crate::init::init_by_name;
+use crate::layer_factory::LayerFactory;
+use crate::network::Network;
+use crate::residual::{residual_sum, sum_into};
+use crate::stem_head::{CIFAR_STEM_WIDTH, init_conv_bn_stem};
+use crate::{ModelConfig, ModelError};
 
 /// One branch: conv (stride) → BN+ReLU → conv → BN.
 struct Branch {
@@ -40,13 +39,12 @@ struct Branch {
 }
 
 impl Branch {
-    #[allow(clippy::too_many_arguments)] // the layouts, the workspace, the block's name and tag, and its three sizes
-    fn new(p: &mut ParamLayout, s: &mut StateLayout, ws: &Workspace, block: &str, tag: char, c_in: usize, c: usize, stride: usize) -> Self {
+    fn new(layers: &mut LayerFactory, block: &str, tag: char, c_in: usize, c: usize, stride: usize) -> Self {
         Branch {
-            conv_1: Conv2d::with_workspace(p, &format!("{block}/conv_{tag}_1"), Conv2dConfig::same(c_in, c, 3, stride), ws),
-            bn_1: BatchNorm::new(p, s, &format!("{block}/bn_{tag}_1"), BatchNormConfig::cifar(c, true)),
-            conv_2: Conv2d::with_workspace(p, &format!("{block}/conv_{tag}_2"), Conv2dConfig::same(c, c, 3, 1), ws),
-            bn_2: BatchNorm::new(p, s, &format!("{block}/bn_{tag}_2"), BatchNormConfig::cifar(c, false)),
+            conv_1: layers.conv(&format!("{block}/conv_{tag}_1"), Conv2dConfig::same(c_in, c, 3, stride)),
+            bn_1: layers.batch_norm(&format!("{block}/bn_{tag}_1"), BatchNormConfig::cifar(c, true)),
+            conv_2: layers.conv(&format!("{block}/conv_{tag}_2"), Conv2dConfig::same(c, c, 3, 1)),
+            bn_2: layers.batch_norm(&format!("{block}/bn_{tag}_2"), BatchNormConfig::cifar(c, false)),
         }
     }
 
@@ -78,7 +76,7 @@ impl Branch {
     }
 
     fn macs(&self) -> usize {
-        [&self.conv_1, &self.conv_2].iter().filter_map(|c| c.last_shape()).map(|s| s.macs()).sum()
+        self.conv_1.last_macs() + self.conv_2.last_macs()
     }
 }
 
@@ -95,14 +93,14 @@ struct Shortcut {
 }
 
 impl Shortcut {
-    fn new(p: &mut ParamLayout, s: &mut StateLayout, ws: &Workspace, block: &str, c_in: usize, c: usize, stride: usize) -> Self {
+    fn new(layers: &mut LayerFactory, block: &str, c_in: usize, c: usize, stride: usize) -> Self {
         let name = format!("{block}/Shortcut_0");
         Shortcut {
             path_1: ShiftSubsample::new(&format!("{name}/path_1"), c_in, stride, 0),
-            conv_h1: Conv2d::with_workspace(p, &format!("{name}/conv_h1"), Conv2dConfig::same(c_in, c / 2, 1, 1), ws),
+            conv_h1: layers.conv(&format!("{name}/conv_h1"), Conv2dConfig::same(c_in, c / 2, 1, 1)),
             path_2: ShiftSubsample::new(&format!("{name}/path_2"), c_in, stride, 1),
-            conv_h2: Conv2d::with_workspace(p, &format!("{name}/conv_h2"), Conv2dConfig::same(c_in, c - c / 2, 1, 1), ws),
-            bn_residual: BatchNorm::new(p, s, &format!("{name}/bn_residual"), BatchNormConfig::cifar(c, false)),
+            conv_h2: layers.conv(&format!("{name}/conv_h2"), Conv2dConfig::same(c_in, c - c / 2, 1, 1)),
+            bn_residual: layers.batch_norm(&format!("{name}/bn_residual"), BatchNormConfig::cifar(c, false)),
             merged: Tensor::empty(),
             dhalf: [Tensor::empty(), Tensor::empty()],
             dinp: Tensor::empty(),
@@ -138,9 +136,7 @@ impl Shortcut {
         self.path_1.backward(params, grads, x, self.conv_h1.dinput())?;
         self.conv_h2.backward(params, grads, self.path_2.output(), &self.dhalf[1])?;
         self.path_2.backward(params, grads, x, self.conv_h2.dinput())?;
-        self.dinp.resize(x.shape());
-        add_forward(self.dinp.as_mut_slice(), self.path_1.dinput().as_slice(), self.path_2.dinput().as_slice())
-            .map_err(|e| kernel_err(self.conv_h1.name(), e))?;
+        sum_into(&mut self.dinp, self.path_1.dinput(), self.path_2.dinput(), self.conv_h1.name())?;
         let layers: [&mut dyn Layer; 5] = [&mut self.path_1, &mut self.conv_h1, &mut self.path_2, &mut self.conv_h2, &mut self.bn_residual];
         layers.into_iter().for_each(|l| l.release_dinput());
         self.dhalf = [Tensor::empty(), Tensor::empty()];
@@ -148,50 +144,41 @@ impl Shortcut {
     }
 
     fn macs(&self) -> usize {
-        [&self.conv_h1, &self.conv_h2].iter().filter_map(|c| c.last_shape()).map(|s| s.macs()).sum()
+        self.conv_h1.last_macs() + self.conv_h2.last_macs()
     }
 }
 
 /// `{group}/ShakeShakeBlock_{i}`.
 struct ShakeShakeBlock {
+    name: String,
     relu: Activation,
     a: Branch,
     b: Branch,
     shake: ShakeShake,
     shortcut: Option<Shortcut>, // None: identity
-    out: Tensor,
-    drelu: Tensor, // gradient reaching ReLU(x): both branches'
-    dinp: Tensor,
+    drelu: Tensor,              // gradient reaching ReLU(x): both branches'
+    buffers: Buffers,
 }
 
 impl ShakeShakeBlock {
-    #[allow(clippy::too_many_arguments)]
-    fn new(p: &mut ParamLayout, s: &mut StateLayout, ws: &Workspace, name: &str, c_in: usize, c: usize, stride: usize) -> Self {
+    fn new(layers: &mut LayerFactory, name: &str, c_in: usize, c: usize, stride: usize) -> Self {
         ShakeShakeBlock {
+            name: name.to_string(),
             relu: Activation::new(&format!("{name}/relu"), ActivationKind::Relu),
-            a: Branch::new(p, s, ws, name, 'a', c_in, c, stride),
-            b: Branch::new(p, s, ws, name, 'b', c_in, c, stride),
+            a: Branch::new(layers, name, 'a', c_in, c, stride),
+            b: Branch::new(layers, name, 'b', c_in, c, stride),
             shake: ShakeShake::new(&format!("{name}/shake_shake")),
             // Parameters in the reference's creation order: branch a, branch b, then the shortcut.
-            shortcut: (c_in != c).then(|| Shortcut::new(p, s, ws, name, c_in, c, stride)),
-            out: Tensor::empty(),
+            shortcut: (c_in != c).then(|| Shortcut::new(layers, name, c_in, c, stride)),
             drelu: Tensor::empty(),
-            dinp: Tensor::empty(),
+            buffers: Buffers::default(),
         }
     }
 }
 
-impl Block for ShakeShakeBlock {
-    fn output(&self) -> &Tensor {
-        &self.out
-    }
-
-    fn dinput(&self) -> &Tensor {
-        &self.dinp
-    }
-
-    fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+impl Layer for ShakeShakeBlock {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
@@ -206,16 +193,7 @@ impl Block for ShakeShakeBlock {
             }
             None => x,
         };
-        let mixed = self.shake.output();
-        if mixed.shape() != residual.shape() {
-            return Err(NnError::Shape {
-                layer: self.shake.name().to_string(),
-                expected: format!("{:?} (the shortcut's shape)", residual.shape()),
-                got: mixed.shape().to_vec(),
-            });
-        }
-        self.out.resize(mixed.shape());
-        add_forward(self.out.as_mut_slice(), mixed.as_slice(), residual.as_slice()).map_err(|e| kernel_err(self.shake.name(), e))
+        residual_sum(&mut self.buffers.out, self.shake.output(), residual, self.shake.name())
     }
 
     /// Mirror of `forward`: the mix, branch b, branch a, the ReLU they share, then the shortcut.
@@ -223,9 +201,7 @@ impl Block for ShakeShakeBlock {
         self.shake.backward(dout)?;
         self.b.backward(params, grads, self.relu.output(), self.shake.db())?;
         self.a.backward(params, grads, self.relu.output(), self.shake.da())?;
-        self.drelu.resize(x.shape());
-        add_forward(self.drelu.as_mut_slice(), self.a.dinput().as_slice(), self.b.dinput().as_slice())
-            .map_err(|e| kernel_err(self.shake.name(), e))?;
+        sum_into(&mut self.drelu, self.a.dinput(), self.b.dinput(), self.shake.name())?;
         self.relu.backward(params, grads, x, &self.drelu)?;
         let dshort = match &mut self.shortcut {
             Some(sc) => {
@@ -234,9 +210,7 @@ impl Block for ShakeShakeBlock {
             }
             None => dout,
         };
-        self.dinp.resize(x.shape());
-        add_forward(self.dinp.as_mut_slice(), self.relu.dinput().as_slice(), dshort.as_slice())
-            .map_err(|e| kernel_err(self.shake.name(), e))?;
+        sum_into(&mut self.buffers.dinp, self.relu.dinput(), dshort, self.shake.name())?;
         // Only the block's own input gradient is needed from here on.
         self.a.release();
         self.b.release();
@@ -249,113 +223,44 @@ impl Block for ShakeShakeBlock {
         Ok(())
     }
 
-    fn macs(&self) -> usize {
+    fn last_macs(&self) -> usize {
         self.a.macs() + self.b.macs() + self.shortcut.as_ref().map_or(0, Shortcut::macs)
     }
+
+    fn buffers(&self) -> &Buffers {
+        &self.buffers
+    }
+
+    fn buffers_mut(&mut self) -> &mut Buffers {
+        &mut self.buffers
+    }
 }
 
-/// A Shake-Shake network (see the module docs).
-pub struct ShakeShakeNet {
-    name: String,
-    cfg: ModelConfig,
-    layout: ParamLayout,
-    state_layout: StateLayout,
-    init_conv: Conv2d,
-    init_bn: BatchNorm,
-    blocks: BlockStack<ShakeShakeBlock>,
-    head_start: usize, // first parameter offset of Dense_0
-    relu: Activation,
-    pool: GlobalAvgPool,
-    dense: Linear,
-}
-
-impl ShakeShakeNet {
-    /// `blocks_per_group` blocks in each of 3 groups of width 16k, 32k, 64k (`k` = `multiplier`).
-    pub fn new(name: &str, blocks_per_group: usize, multiplier: usize, cfg: ModelConfig) -> Result<Self, ModelError> {
-        if blocks_per_group == 0 || multiplier == 0 || cfg.num_classes == 0 || cfg.in_channels == 0 {
-            return Err(ModelError::Config {
-                name: name.into(),
-                why: format!("blocks per group ({blocks_per_group}), width ({multiplier}), classes and channels must be positive"),
-            });
-        }
-        let (mut p, mut s) = (ParamLayout::new(), StateLayout::new());
-        let ws = Workspace::new();
-        let first = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, 16, 3, 1) };
-        let init_conv = Conv2d::with_workspace(&mut p, "init_conv", first, &ws);
-        let init_bn = BatchNorm::new(&mut p, &mut s, "init_bn", BatchNormConfig::cifar(16, false));
-        let mut blocks = BlockStack::new();
-        let mut c_in = 16;
-        for (g, (width, stride)) in [(16 * multiplier, 1), (32 * multiplier, 2), (64 * multiplier, 2)].into_iter().enumerate() {
-            for i in 0..blocks_per_group {
-                let block = format!("WideResnetShakeShakeGroup_{g}/ShakeShakeBlock_{i}");
-                let start = p.total();
-                blocks.push(start, ShakeShakeBlock::new(&mut p, &mut s, &ws, &block, c_in, width, if i == 0 { stride } else { 1 }));
-                c_in = width;
-            }
-        }
-        let head_start = p.total();
-        let dense = Linear::new(&mut p, "Dense_0", c_in, cfg.num_classes);
-        Ok(ShakeShakeNet {
+/// A Shake-Shake network of `blocks_per_group` blocks in each of 3 groups of width 16k, 32k, 64k
+/// (`k` = `multiplier`; see the module docs).
+pub fn new(name: &str, blocks_per_group: usize, multiplier: usize, cfg: ModelConfig) -> Result<Network, ModelError> {
+    if blocks_per_group == 0 || multiplier == 0 || cfg.num_classes == 0 || cfg.in_channels == 0 {
+        return Err(ModelError::Config {
             name: name.into(),
-            cfg,
-            layout: p,
-            state_layout: s,
-            init_conv,
-            init_bn,
-            blocks,
-            head_start,
-            relu: Activation::new("final_relu", ActivationKind::Relu),
-            pool: GlobalAvgPool::new("global_avg_pool"),
-            dense,
-        })
+            why: format!("blocks per group ({blocks_per_group}), width ({multiplier}), classes and channels must be positive"),
+        });
     }
-}
-
-impl Model for ShakeShakeNet {
-    model_fields!();
-
-    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
-        crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
+    let mut layers = LayerFactory::default();
+    let stem = init_conv_bn_stem(&mut layers, cfg.in_channels);
+    let mut blocks = Chain::blocks(&mut layers);
+    let mut c_in = CIFAR_STEM_WIDTH;
+    for (g, (width, stride)) in [(16 * multiplier, 1), (32 * multiplier, 2), (64 * multiplier, 2)].into_iter().enumerate() {
+        for i in 0..blocks_per_group {
+            let block = format!("WideResnetShakeShakeGroup_{g}/ShakeShakeBlock_{i}");
+            let stride = if i == 0 { stride } else { 1 };
+            blocks = blocks.then(|l| ShakeShakeBlock::new(l, &block, c_in, width, stride));
+            c_in = width;
+        }
     }
-
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
-        check_buffers(&self.layout, &self.state_layout, params.len(), state.len())?;
-        self.init_conv.forward(params, state, x, pass)?;
-        self.init_bn.forward(params, state, self.init_conv.output(), pass)?;
-        let h = self.blocks.forward(params, state, self.init_bn.output(), pass)?;
-        self.relu.forward(params, state, h, pass)?;
-        self.pool.forward(params, state, self.relu.output(), pass)?;
-        self.dense.forward(params, state, self.pool.output(), pass)?;
-        Ok(self.dense.output())
-    }
-
-    fn backward_notify(
-        &mut self,
-        params: &[f32],
-        grads: &mut [f32],
-        x: &Tensor,
-        dlogits: &Tensor,
-        ready: &mut dyn FnMut(&mut [f32], usize),
-    ) -> Result<(), NnError> {
-        check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
-        self.dense.backward(params, grads, self.pool.output(), dlogits)?;
-        ready(grads, self.head_start);
-        self.pool.backward(params, grads, self.relu.output(), self.dense.dinput())?;
-        let last = self.blocks.output(self.init_bn.output());
-        self.relu.backward(params, grads, last, self.pool.dinput())?;
-        self.blocks.backward(params, grads, self.init_bn.output(), self.relu.dinput(), ready)?;
-        let dfirst = self.blocks.dinput(self.relu.dinput());
-        self.init_bn.backward(params, grads, self.init_conv.output(), dfirst)?;
-        self.init_conv.backward(params, grads, x, self.init_bn.dinput())?;
-        ready(grads, 0);
-        Ok(())
-    }
-
-    fn last_forward_macs(&self) -> usize {
-        self.init_conv.last_shape().map_or(0, |s| s.macs()) + self.blocks.macs() + self.dense.last_macs()
-    }
-
-    fn last_backward_macs(&self) -> usize {
-        2 * self.last_forward_macs() - self.init_conv.last_shape().map_or(0, |s| s.macs())
-    }
+    let body = blocks.build();
+    let head = Chain::sequential(&mut layers)
+        .then(|_| Activation::new("final_relu", ActivationKind::Relu))
+        .pool_dense("Dense_0", c_in, cfg.num_classes)
+        .build();
+    Ok(Network::assemble(name, cfg, init_by_name, layers, stem, body, head))
 }

@@ -9,124 +9,52 @@
 //! exactly the gradient of one replica × batch B (up to summation order), so their trajectories
 //! can be compared. Every layer is one of the engine's gradient-checked layers.
 
-use ringsam_nn::layers::{Activation, ActivationKind, Conv2d, Conv2dConfig, GlobalAvgPool, Linear};
-use ringsam_nn::{Layer, NnError, ParamLayout, Pass, StateLayout, Workspace};
-use ringsam_tensor::Tensor;
+use ringsam_nn::layers::{Activation, ActivationKind, Conv2dConfig};
 
-use crate::residual_stack::{check_backward_buffers, model_fields};
-use crate::{Model, ModelConfig, ModelError};
+use crate::chain::Chain;
+use crate::init::init_by_name;
+use crate::layer_factory::LayerFactory;
+use crate::network::Network;
+use crate::stem_head::{CIFAR_STEM_WIDTH, first_conv};
+use crate::{ModelConfig, ModelError};
 
-/// See the module docs.
-pub struct SmallCnn {
-    name: String,
-    cfg: ModelConfig,
-    layout: ParamLayout,
-    state_layout: StateLayout,
-    conv_0: Conv2d,
-    relu_0: Activation,
-    conv_1: Conv2d,
-    relu_1: Activation,
-    conv_1_start: usize, // first parameter offset of conv_1 (gradient-ready mark)
-    head_start: usize,   // first parameter offset of Dense_0
-    pool: GlobalAvgPool,
-    dense: Linear,
-}
-
-impl SmallCnn {
-    /// Builds the network for `cfg`.
-    pub fn new(cfg: ModelConfig) -> Result<Self, ModelError> {
-        if cfg.num_classes == 0 || cfg.in_channels == 0 {
-            return Err(ModelError::Config { name: "SmallCnn".into(), why: "num_classes and in_channels must be positive".into() });
-        }
-        let mut p = ParamLayout::new();
-        let ws = Workspace::new();
-        let first = Conv2dConfig { input_grad: false, ..Conv2dConfig::same(cfg.in_channels, 16, 3, 1) };
-        let conv_0 = Conv2d::with_workspace(&mut p, "conv_0", first, &ws);
-        let conv_1_start = p.total();
-        let conv_1 = Conv2d::with_workspace(&mut p, "conv_1", Conv2dConfig::same(16, 32, 3, 2), &ws);
-        let head_start = p.total();
-        let dense = Linear::new(&mut p, "Dense_0", 32, cfg.num_classes);
-        Ok(SmallCnn {
-            name: "SmallCnn".into(),
-            cfg,
-            layout: p,
-            state_layout: StateLayout::new(),
-            conv_0,
-            relu_0: Activation::new("relu_0", ActivationKind::Relu),
-            conv_1,
-            relu_1: Activation::new("relu_1", ActivationKind::Relu),
-            conv_1_start,
-            head_start,
-            pool: GlobalAvgPool::new("global_avg_pool"),
-            dense,
-        })
+/// Builds the network for `cfg` (see the module docs). Three chains, so that backward reports
+/// `Dense_0`, `conv_1` and `conv_0` as each is done.
+pub fn new(cfg: ModelConfig) -> Result<Network, ModelError> {
+    if cfg.num_classes == 0 || cfg.in_channels == 0 {
+        return Err(ModelError::Config { name: "SmallCnn".into(), why: "num_classes and in_channels must be positive".into() });
     }
-}
-
-impl Model for SmallCnn {
-    model_fields!();
-
-    fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64) {
-        crate::init::init_by_name(&self.layout, params, &self.state_layout, state, seed);
-    }
-
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
-        if params.len() != self.layout.total() {
-            return Err(NnError::ParamLen { expected: self.layout.total(), got: params.len() });
-        }
-        self.conv_0.forward(params, state, x, pass)?;
-        self.relu_0.forward(params, state, self.conv_0.output(), pass)?;
-        self.conv_1.forward(params, state, self.relu_0.output(), pass)?;
-        self.relu_1.forward(params, state, self.conv_1.output(), pass)?;
-        self.pool.forward(params, state, self.relu_1.output(), pass)?;
-        self.dense.forward(params, state, self.pool.output(), pass)?;
-        Ok(self.dense.output())
-    }
-
-    fn backward_notify(
-        &mut self,
-        params: &[f32],
-        grads: &mut [f32],
-        x: &Tensor,
-        dlogits: &Tensor,
-        ready: &mut dyn FnMut(&mut [f32], usize),
-    ) -> Result<(), NnError> {
-        check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
-        self.dense.backward(params, grads, self.pool.output(), dlogits)?;
-        ready(grads, self.head_start);
-        self.pool.backward(params, grads, self.relu_1.output(), self.dense.dinput())?;
-        self.relu_1.backward(params, grads, self.conv_1.output(), self.pool.dinput())?;
-        self.conv_1.backward(params, grads, self.relu_0.output(), self.relu_1.dinput())?;
-        ready(grads, self.conv_1_start);
-        self.relu_0.backward(params, grads, self.conv_0.output(), self.conv_1.dinput())?;
-        self.conv_0.backward(params, grads, x, self.relu_0.dinput())?;
-        ready(grads, 0);
-        Ok(())
-    }
-
-    fn last_forward_macs(&self) -> usize {
-        [&self.conv_0, &self.conv_1].iter().filter_map(|c| c.last_shape()).map(|s| s.macs()).sum::<usize>() + self.dense.last_macs()
-    }
-
-    fn last_backward_macs(&self) -> usize {
-        2 * self.last_forward_macs() - self.conv_0.last_shape().map_or(0, |s| s.macs())
-    }
+    let mut layers = LayerFactory::default();
+    let stem = Chain::sequential(&mut layers)
+        .then(|l| first_conv(l, "conv_0", cfg.in_channels))
+        .then(|_| Activation::new("relu_0", ActivationKind::Relu))
+        .build();
+    let body = Chain::sequential(&mut layers)
+        .then(|l| l.conv("conv_1", Conv2dConfig::same(CIFAR_STEM_WIDTH, 32, 3, 2)))
+        .then(|_| Activation::new("relu_1", ActivationKind::Relu))
+        .build();
+    let head = Chain::sequential(&mut layers).pool_dense("Dense_0", 32, cfg.num_classes).build();
+    Ok(Network::assemble("SmallCnn", cfg, init_by_name, layers, stem, body, head))
 }
 
 #[cfg(test)]
 mod tests {
+    use ringsam_nn::Pass;
+    use ringsam_tensor::Tensor;
+
     use super::*;
+    use crate::Model;
 
     /// `Σ logits·v` in f64 (v = the `dl` below), the scalar whose gradient backward computes.
-    fn objective(m: &mut SmallCnn, params: &[f32], x: &Tensor, v: &[f32]) -> f64 {
+    fn objective(m: &mut Network, params: &[f32], x: &Tensor, v: &[f32]) -> f64 {
         let out = m.forward(params, &mut [], x, &Pass::train(0, 0)).unwrap();
         out.as_slice().iter().zip(v).map(|(&o, &v)| o as f64 * v as f64).sum()
     }
 
     #[test]
     fn gradients_match_finite_differences_and_ready_marks_fall_to_zero() {
-        let mut m = SmallCnn::new(ModelConfig { num_classes: 3, in_channels: 2 }).unwrap();
-        let mut params = vec![0.0; m.layout.total()];
+        let mut m = new(ModelConfig { num_classes: 3, in_channels: 2 }).unwrap();
+        let mut params = vec![0.0; m.layout().total()];
         m.init(&mut params, &mut [], 1);
         let x = Tensor::from_vec(&[2, 3, 6, 6], (0..216).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
         let v = [0.1, -0.2, 0.1, 0.3, 0.0, -0.3, -0.1, 0.2, -0.1];

@@ -1,0 +1,24 @@
+//! The sums where a residual block's paths meet, forward and backward.
+
+use ringsam_nn::NnError;
+use ringsam_tensor::Tensor;
+use ringsam_tensor::elementwise::add_forward;
+
+/// `out = a + b`, `out` taking `a`'s shape. `layer` is named if the lengths differ.
+pub(crate) fn sum_into(out: &mut Tensor, a: &Tensor, b: &Tensor, layer: &str) -> Result<(), NnError> {
+    out.resize(a.shape());
+    add_forward(out.as_mut_slice(), a.as_slice(), b.as_slice()).map_err(|source| NnError::Kernel { layer: layer.to_string(), source })
+}
+
+/// How a residual block's forward ends: `out = branch + shortcut`. The two must have the same
+/// shape; if not, the error names `layer`, the branch's last layer.
+pub(crate) fn residual_sum(out: &mut Tensor, branch: &Tensor, shortcut: &Tensor, layer: &str) -> Result<(), NnError> {
+    if branch.shape() != shortcut.shape() {
+        return Err(NnError::Shape {
+            layer: layer.to_string(),
+            expected: format!("{:?} (the shortcut's shape)", shortcut.shape()),
+            got: branch.shape().to_vec(),
+        });
+    }
+    sum_into(out, branch, shortcut, layer)
+}
