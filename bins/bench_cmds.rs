@@ -6,14 +6,38 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
+use clap::ValueEnum;
+use ringsam_train::config::JpegDecoderName;
+
 use crate::process::{self, usage};
+
+/// `bench allreduce --transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BenchTransport {
+    /// TCP with the HMAC handshake.
+    Tcp,
+    /// QUIC with mutual TLS.
+    Quic,
+    /// In-process channels between threads (no sockets).
+    Inproc,
+}
+
+impl BenchTransport {
+    fn as_str(self) -> &'static str {
+        match self {
+            BenchTransport::Tcp => "tcp",
+            BenchTransport::Quic => "quic",
+            BenchTransport::Inproc => "inproc",
+        }
+    }
+}
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
     /// Time SGD and SAM training steps on synthetic data.
     Step(BenchStepArgs),
     /// All-reduce bandwidth over the ring (nccl-tests style: size, time, algbw, busbw).
-    Allreduce(BenchAllreduceArgs),
+    Allreduce(Box<BenchAllreduceArgs>),
     /// Loader throughput: decode + random crop + flip (+ resize) of every sample in some shards.
     Loader(BenchLoaderArgs),
     /// Single-stream TCP throughput between two hosts: the line rate the ring is compared with.
@@ -44,20 +68,20 @@ pub(crate) struct BenchLoaderArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub(crate) data: Vec<PathBuf>,
     /// Decoder threads.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) workers: usize,
+    #[arg(long, visible_alias = "workers", default_value_t = 1)]
+    pub(crate) loader_workers: usize,
     /// Output side in pixels.
     #[arg(long, default_value_t = 224)]
     pub(crate) image_size: usize,
     /// Images per batch.
-    #[arg(long, default_value_t = 32)]
-    pub(crate) batch: usize,
+    #[arg(long, visible_alias = "batch", default_value_t = 32)]
+    pub(crate) batch_size: usize,
     /// Classes the labels must fall below.
     #[arg(long, default_value_t = 1000)]
     pub(crate) num_classes: usize,
-    /// JPEG decoder: zune, turbo or turbo-reduced (the last two need --features turbojpeg).
-    #[arg(long, default_value = "zune")]
-    pub(crate) decoder: String,
+    /// JPEG decoder (turbo and turbo-reduced need --features turbojpeg).
+    #[arg(long, visible_alias = "decoder", value_enum, default_value_t = JpegDecoderName::Zune)]
+    pub(crate) jpeg_decoder: JpegDecoderName,
     /// Per-image augmentation after the crop: none, autoaugment (ImageNet policy) or randaugment (N 2, M 9).
     #[arg(long, default_value = "none")]
     pub(crate) augment: String,
@@ -73,8 +97,8 @@ pub(crate) struct BenchAllreduceArgs {
     #[arg(long, default_value_t = 4)]
     pub(crate) nproc: usize,
     /// tcp, quic or inproc, or a comma list to compare them in one run.
-    #[arg(long, default_value = "tcp")]
-    pub(crate) transport: String,
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp")]
+    pub(crate) transport: Vec<BenchTransport>,
     /// Sizes in bytes: LOW..HIGH (doubling) or a comma list; K, M, G are powers of 1024.
     #[arg(long, default_value = "1K..64M")]
     pub(crate) sizes: String,
@@ -154,8 +178,8 @@ pub(crate) struct BenchStepArgs {
     #[arg(long, visible_alias = "model", default_value = "WideResnet16x4")]
     pub(crate) model_name: String,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
-    pub(crate) batch: usize,
+    #[arg(long, visible_alias = "batch", default_value_t = 64)]
+    pub(crate) batch_size: usize,
     /// Square image side.
     #[arg(long, default_value_t = 32)]
     pub(crate) image_size: usize,
@@ -179,7 +203,7 @@ pub(crate) struct BenchStepArgs {
 pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
     let cfg = ringsam_bench::step::BenchStepConfig {
         model: args.model_name.clone(),
-        batch: args.batch,
+        batch: args.batch_size,
         image_size: args.image_size,
         num_classes: args.num_classes,
         iters: args.iters,
@@ -192,7 +216,7 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
             eprint!("\r\x1b[2K{line}");
         }
     })
-    .with_context(|| format!("benchmarking {} at batch {}", args.model_name, args.batch))?;
+    .with_context(|| format!("benchmarking {} at batch {}", args.model_name, args.batch_size))?;
     if show_progress {
         eprintln!();
     }
@@ -221,21 +245,22 @@ pub(crate) fn cmd_bench_loader(args: &BenchLoaderArgs) -> Result<()> {
     use ringsam_bench::loader::{LoaderBench, run};
     let bench = LoaderBench {
         data: args.data.clone(),
-        workers: args.workers,
+        workers: args.loader_workers,
         image_size: args.image_size,
-        batch: args.batch,
+        batch: args.batch_size,
         num_classes: args.num_classes,
-        decoder: ringsam_data::imagenet::JpegDecoder::parse(&args.decoder).map_err(|e| usage(format!("--decoder: {e}")))?,
+        decoder: ringsam_data::imagenet::JpegDecoder::parse(args.jpeg_decoder.as_str())
+            .map_err(|e| usage(format!("--jpeg_decoder: {e}")))?,
         augment: ringsam_data::autoaugment::Augment::parse(&args.augment).map_err(|e| usage(format!("--augment: {e}")))?,
     };
     let r = run(&bench, std::sync::Arc::new(|line| eprintln!("ringsam: loader: {line}"))).context("benchmarking the loader")?;
     if args.json {
-        let row = serde_json::json!({"workers": args.workers, "decoder": args.decoder, "augment": args.augment, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s, "images_per_s_per_worker": r.images_per_s_per_worker});
+        let row = serde_json::json!({"workers": args.loader_workers, "decoder": args.jpeg_decoder.as_str(), "augment": args.augment, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s, "images_per_s_per_worker": r.images_per_s_per_worker});
         println!("{row}");
     } else {
         println!(
             "{} images in {:.2} s: {:.1} images/s with {} decoder(s), {:.1} per decoder (decode + crop + bicubic {}px + flip + normalise)",
-            r.images, r.seconds, r.images_per_s, args.workers, r.images_per_s_per_worker, args.image_size
+            r.images, r.seconds, r.images_per_s, args.loader_workers, r.images_per_s_per_worker, args.image_size
         );
     }
     Ok(())
@@ -279,10 +304,7 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
         let max = ringsam_collective::RingConfig::MAX_CHUNK;
         return Err(usage(format!("--chunk {}: at most {max} values (a frame's length is a 32-bit byte count)", args.chunk)));
     }
-    let transports: Vec<&str> = args.transport.split(',').map(str::trim).collect();
-    if let Some(t) = transports.iter().find(|t| !["tcp", "quic", "inproc"].contains(t)) {
-        return Err(usage(format!("--transport {t:?}: expected tcp, quic or inproc (or a comma list)")));
-    }
+    let transports: Vec<&str> = args.transport.iter().map(|t| t.as_str()).collect();
     let bench = AllreduceBench {
         sizes_spec: args.sizes.clone(),
         sizes: parse_sizes(&args.sizes).map_err(|e| usage(format!("--sizes: {e}")))?,

@@ -22,6 +22,24 @@ use ringsam_train::run::{RunOptions, train, train_replica};
 use crate::process::{cluster_secret, stop_on_signals, stopped, usage};
 use crate::train_args::{TrainArgs, check_train_words, resolve_train_config};
 
+/// `--transport` of `worker` and `launch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportName {
+    /// TLS 1.3 with mutual certificates from the cluster CA.
+    Quic,
+    /// An HMAC handshake over RINGSAM_CLUSTER_SECRET; frames are not encrypted.
+    Tcp,
+}
+
+impl TransportName {
+    fn as_str(self) -> &'static str {
+        match self {
+            TransportName::Quic => "quic",
+            TransportName::Tcp => "tcp",
+        }
+    }
+}
+
 /// `ringsam worker`.
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
@@ -39,8 +57,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "RINGSAM_PEER_PATTERN")]
     pub peer_pattern: Option<String>,
     /// quic (TLS 1.3, mutual certificates) or tcp (HMAC handshake over RINGSAM_CLUSTER_SECRET).
-    #[arg(long, env = "RINGSAM_TRANSPORT", default_value = "quic", value_parser = ["quic", "tcp"])]
-    pub transport: String,
+    #[arg(long, env = "RINGSAM_TRANSPORT", value_enum, default_value_t = TransportName::Quic)]
+    pub transport: TransportName,
     /// Cluster CA certificate (QUIC).
     #[arg(long, env = "RINGSAM_CA")]
     pub ca: Option<PathBuf>,
@@ -66,8 +84,8 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 2)]
     pub nproc: usize,
     /// quic or tcp.
-    #[arg(long, default_value = "quic", value_parser = ["quic", "tcp"])]
-    pub transport: String,
+    #[arg(long, value_enum, default_value_t = TransportName::Quic)]
+    pub transport: TransportName,
     /// Serve each worker's Prometheus metrics on 127.0.0.1:PORT+rank.
     #[arg(long)]
     pub metrics_port: Option<u16>,
@@ -111,7 +129,7 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     let timeout = Duration::from_secs(args.connect_timeout);
     let deadline = Instant::now() + timeout;
     let peers = names.iter().map(|n| resolve(n, deadline)).collect::<Result<Vec<_>>>()?;
-    let transport = if args.transport == "tcp" {
+    let transport = if args.transport == TransportName::Tcp {
         Transport::Tcp { secret: cluster_secret()? }
     } else {
         let need = |p: &Option<PathBuf>, flag: &str| p.clone().with_context(|| format!("--transport quic needs {flag}"));
@@ -164,7 +182,7 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
         _ => &args.train_args[..],
     };
     check_train_words(train_words).context("the training flags after --")?;
-    let mut ranks = LocalRanks::prepare(args.nproc, args.transport == "quic").context("preparing the local workers")?;
+    let mut ranks = LocalRanks::prepare(args.nproc, args.transport == TransportName::Quic).context("preparing the local workers")?;
     // The machine's cores, split among the workers.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores / args.nproc).max(1);
@@ -174,7 +192,7 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
     ranks
         .spawn(&exe, false, |r, cmd| {
             cmd.args(["worker", "--rank", &r.to_string(), "--world_size", &world, "--peers", &peers])
-                .args(["--transport", &args.transport, "--connect_timeout", "60"])
+                .args(["--transport", args.transport.as_str(), "--connect_timeout", "60"])
                 .args(&quic[r])
                 .env("RINGSAM_THREADS", threads.to_string());
             if let Some(p) = args.metrics_port {
