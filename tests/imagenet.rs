@@ -136,3 +136,24 @@ fn tfrecord_shards_train_a_whole_epoch_and_evaluate_on_two_replicas() {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(err.contains("epoch 1: test loss") && err.contains("(64 examples)"), "{err}");
 }
+
+/// Issue 18: evaluation ran before the epoch's checkpoint, so with every validation shard damaged
+/// the run trained the epoch, failed with "no examples to evaluate" and kept nothing.
+#[test]
+fn a_failed_evaluation_keeps_the_epochs_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, out) = (tmp.path().join("shards"), tmp.path().join("out"));
+    pack(&data, "wds");
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("validation") && p.extension().is_some_and(|x| x == "tar") {
+            let len = std::fs::metadata(&p).unwrap().len();
+            std::fs::write(&p, vec![0x5au8; len as usize]).unwrap(); // same size, nothing readable
+        }
+    }
+    let o = ringsam(&train_args(data.to_str().unwrap(), out.to_str().unwrap(), "64", &[]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no examples to evaluate"), "{err}");
+    let ckpt = out.join("lr_0.05/wd_0.001/rho_0.05/seed_0/checkpoints/checkpoint_4");
+    assert!(ckpt.join("MANIFEST.json").exists(), "the epoch's checkpoint was not kept: {err}");
+}

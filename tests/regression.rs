@@ -115,3 +115,22 @@ fn issue17_digits_default_to_no_image_augmentation() {
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert_eq!(state["config"]["image_level_augmentations"], "none");
 }
+
+/// Issue 18: a restart with another model reported the previous run's checkpoints as corrupt,
+/// trained from step 0 and deleted them as an "abandoned timeline".
+#[test]
+fn issue18_a_restart_with_another_model_is_refused_and_deletes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    stdout_ok(&ringsam(&train_args(&["--max_steps", "3", "--checkpoint_every_epochs", "0"], out)));
+    let ckpts = tmp.path().join("lr_0.1/wd_0.001/rho_0.05/seed_0/checkpoints");
+    let before: Vec<_> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let other: Vec<&str> =
+        train_args(&["--max_steps", "3"], out).into_iter().map(|a| if a == "WideResnet10x1" { "WideResnet10x2" } else { a }).collect();
+    let o = ringsam(&other);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("model_name") && err.contains("WideResnet10x1") && err.contains("another --output_dir"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(after, before, "the other run's checkpoints are untouched");
+}

@@ -13,10 +13,17 @@
 //!    if the files it describes were complete;
 //! 3. the directory is renamed to its final name and the parent fsynced — the rename is atomic,
 //!    so a reader sees no checkpoint or a whole one;
-//! 4. older checkpoints beyond `keep` are deleted, oldest first — only after the new one is safe.
+//! 4. older checkpoints beyond `keep` are deleted, oldest first — only after the new one is safe;
+//!    a checkpoint numbered *after* the new one is deleted only if it verifies and belongs to this
+//!    run (a timeline the run abandoned); stale `.tmp`/`.old` directories of earlier steps go too.
 //!
-//! Loading walks checkpoints newest first and takes the first whose manifest matches its files
-//! and whose tensors have the model's names and shapes; skipped ones are reported with the reason.
+//! Resuming ([`resume_scan`]) walks checkpoints newest first. For each step it tries the
+//! checkpoint itself, then `checkpoint_N.old` and `checkpoint_N.tmp` (a crash while rewriting a
+//! step leaves those, both complete): the first that verifies is the one resumed, renamed into
+//! place if it was a leftover. Before its tensors are checked, its `state.json` is compared with
+//! this run's configuration, so a directory holding another run (another model, another batch) is
+//! refused with what differs — never mistaken for damage. A checkpoint that fails verification is
+//! moved aside to `checkpoint_N.corrupt`, never deleted: nothing a run cannot read is destroyed.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -102,8 +109,15 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
-/// Writes checkpoint `step` atomically and prunes to the newest `keep`. Returns its directory.
-pub fn write_atomic(run_dir: &Path, step: u64, data: &CheckpointData, keep: usize) -> Result<PathBuf, TrainError> {
+/// Writes checkpoint `step` atomically and prunes to the newest `keep` (steps 4 of the module
+/// docs; `same_run` says whether a checkpoint's state belongs to this run). Returns its directory.
+pub fn write_atomic(
+    run_dir: &Path,
+    step: u64,
+    data: &CheckpointData,
+    keep: usize,
+    same_run: &dyn Fn(&TrainingState) -> bool,
+) -> Result<PathBuf, TrainError> {
     let root = checkpoints_dir(run_dir);
     fs::create_dir_all(&root).map_err(|e| io_err(&root, "creating", e))?;
     let final_dir = root.join(format!("checkpoint_{step}"));
@@ -142,19 +156,7 @@ pub fn write_atomic(run_dir: &Path, step: u64, data: &CheckpointData, keep: usiz
     fs::rename(&tmp, &final_dir).map_err(|e| io_err(&final_dir, "renaming into place", e))?;
     sync_dir(&root)?;
     let _ = fs::remove_dir_all(&aside);
-    // Checkpoints numbered after this one belong to a timeline this run abandoned (it resumed
-    // from an older one because they failed verification): remove them, or a later resume would
-    // pick them again. Then keep the newest `keep`.
-    let mut all = list(&root);
-    all.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
-    for (s, old) in &all {
-        if *s > step {
-            let _ = fs::remove_dir_all(old);
-        }
-    }
-    for (_, old) in all.into_iter().filter(|(s, _)| *s <= step).skip(keep.max(1)) {
-        let _ = fs::remove_dir_all(old);
-    }
+    prune(&root, step, keep, same_run);
     Ok(final_dir)
 }
 
@@ -185,49 +187,139 @@ fn sync_dir(dir: &Path) -> Result<(), TrainError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, "syncing directory", e))
 }
 
-/// `(step, dir)` of every finished checkpoint (temporary directories excluded).
-fn list(root: &Path) -> Vec<(u64, PathBuf)> {
+/// Step 4 of the module docs, after checkpoint `step` was written.
+fn prune(root: &Path, step: u64, keep: usize, same_run: &dyn Fn(&TrainingState) -> bool) {
+    for (s, kind, dir) in list_all(root) {
+        let remove = match kind {
+            Kind::Final if s > step => verify_files(&dir).is_ok_and(|t| same_run(&t)),
+            Kind::Old | Kind::Tmp => s < step,
+            _ => false,
+        };
+        if remove {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+    let mut kept = list(root);
+    kept.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
+    for (_, old) in kept.into_iter().filter(|(s, _)| *s <= step).skip(keep.max(1)) {
+        let _ = fs::remove_dir_all(old);
+    }
+}
+
+/// What a directory under `checkpoints/` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// `checkpoint_N`.
+    Final,
+    /// `checkpoint_N.old`: the previous copy of a step being rewritten.
+    Old,
+    /// `checkpoint_N.tmp`: a checkpoint being written.
+    Tmp,
+    /// `checkpoint_N.corrupt…`: moved aside by a resume; never read again, never deleted.
+    Corrupt,
+}
+
+/// `(step, kind, dir)` of everything under `root` named like a checkpoint.
+fn list_all(root: &Path) -> Vec<(u64, Kind, PathBuf)> {
     let Ok(rd) = fs::read_dir(root) else { return Vec::new() };
     rd.filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let step = name.strip_prefix("checkpoint_")?.parse::<u64>().ok()?;
-            Some((step, e.path()))
+            let rest = name.strip_prefix("checkpoint_")?;
+            let (num, suffix) = rest.split_once('.').unwrap_or((rest, ""));
+            let kind = match suffix {
+                "" => Kind::Final,
+                "old" => Kind::Old,
+                "tmp" => Kind::Tmp,
+                s if s.starts_with("corrupt") => Kind::Corrupt,
+                _ => return None,
+            };
+            Some((num.parse::<u64>().ok()?, kind, e.path()))
         })
         .collect()
 }
 
-/// The newest checkpoint that verifies, and the reasons older-or-newer ones were skipped.
-pub fn newest_valid(run_dir: &Path, layout: &ParamLayout, state_layout: &ParamLayout) -> (Option<LoadedCheckpoint>, Vec<String>) {
-    let mut all = list(&checkpoints_dir(run_dir));
-    all.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
-    let mut skipped = Vec::new();
-    for (_, dir) in all {
+/// `(step, dir)` of every finished checkpoint.
+fn list(root: &Path) -> Vec<(u64, PathBuf)> {
+    list_all(root).into_iter().filter(|(_, k, _)| *k == Kind::Final).map(|(s, _, d)| (s, d)).collect()
+}
+
+/// What [`resume_scan`] found, and what it did on the way (one line each, for the log).
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The checkpoint to resume.
+    pub found: Option<LoadedCheckpoint>,
+    /// Skipped, moved aside or recovered checkpoints, with the reason.
+    pub notes: Vec<String>,
+}
+
+/// Finds the checkpoint to resume (see the module docs). `accept` says why a checkpoint's state
+/// belongs to another run (`Err`), which refuses the whole directory. With `repair` (one replica
+/// of a job: the one that writes), damaged checkpoints are moved aside and a verified leftover is
+/// renamed into place; without it the scan only reads.
+pub fn resume_scan(
+    run_dir: &Path,
+    layout: &ParamLayout,
+    state_layout: &ParamLayout,
+    accept: &dyn Fn(&TrainingState) -> Result<(), String>,
+    repair: bool,
+) -> Result<Scan, TrainError> {
+    let root = checkpoints_dir(run_dir);
+    let mut all: Vec<_> = list_all(&root).into_iter().filter(|(_, k, _)| *k != Kind::Corrupt).collect();
+    all.sort_by_key(|&(s, k, _)| (std::cmp::Reverse(s), k));
+    let mut scan = Scan::default();
+    for (step, kind, dir) in all {
+        if let Ok(state) = read_training_state(&dir) {
+            accept(&state).map_err(|why| TrainError::Config(format!("{}: {why}", dir.display())))?;
+        }
         match load(&dir, layout, state_layout) {
-            Ok(c) => return (Some(c), skipped),
-            Err(e) => skipped.push(format!("{}: {e}", dir.display())),
+            Ok(mut c) => {
+                if kind != Kind::Final && repair {
+                    let home = root.join(format!("checkpoint_{step}"));
+                    fs::rename(&dir, &home).map_err(|e| io_err(&dir, "recovering into place", e))?;
+                    sync_dir(&root)?;
+                    scan.notes.push(format!(
+                        "recovered {} as {} (it verifies; a rewrite of this step was interrupted)",
+                        dir.display(),
+                        home.display()
+                    ));
+                    c.dir = home;
+                }
+                scan.found = Some(c);
+                return Ok(scan);
+            }
+            Err(e) => {
+                scan.notes.push(format!("skipping checkpoint {}: {e}", dir.display()));
+                if kind == Kind::Final && repair {
+                    let aside = corrupt_name(&root, step);
+                    fs::rename(&dir, &aside).map_err(|e| io_err(&dir, "moving a damaged checkpoint aside", e))?;
+                    scan.notes.push(format!("moved {} aside to {} (kept, never deleted)", dir.display(), aside.display()));
+                }
+            }
         }
     }
-    (None, skipped)
+    Ok(scan)
+}
+
+/// A free `checkpoint_N.corrupt[.K]` name.
+fn corrupt_name(root: &Path, step: u64) -> PathBuf {
+    let base = root.join(format!("checkpoint_{step}.corrupt"));
+    (1..)
+        .map(|k| if k == 1 { base.clone() } else { root.join(format!("checkpoint_{step}.corrupt.{k}")) })
+        .find(|p| !p.exists())
+        .unwrap_or(base)
+}
+
+/// A checkpoint's files against its manifest, and its state; no model needed.
+fn verify_files(dir: &Path) -> Result<TrainingState, TrainError> {
+    let files = read_verified(dir)?;
+    serde_json::from_slice(&files["state.json"]).map_err(|e| TrainError::Checkpoint(format!("{}: state.json: {e}", dir.display())))
 }
 
 /// Reads and verifies one checkpoint directory against the model's layouts.
 pub fn load(dir: &Path, layout: &ParamLayout, state_layout: &ParamLayout) -> Result<LoadedCheckpoint, TrainError> {
     let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", dir.display()));
-    let manifest: HashMap<String, ManifestEntry> =
-        serde_json::from_slice(&read_bounded(&dir.join("MANIFEST.json"), 1 << 20)?).map_err(|e| bad(format!("MANIFEST.json: {e}")))?;
-    let mut files = HashMap::new();
-    for name in ["model.safetensors", "optim.safetensors", "state.json"] {
-        let entry = manifest.get(name).ok_or_else(|| bad(format!("manifest does not list {name}")))?;
-        let bytes = read_bounded(&dir.join(name), MAX_FILE_BYTES)?;
-        if bytes.len() as u64 != entry.bytes {
-            return Err(bad(format!("{name} has {} bytes, the manifest says {} (truncated?)", bytes.len(), entry.bytes)));
-        }
-        if crc32c::crc32c(&bytes) != entry.crc32c {
-            return Err(bad(format!("{name} fails its CRC-32C check (corrupted)")));
-        }
-        files.insert(name, bytes);
-    }
+    let files = read_verified(dir)?;
     let training: TrainingState = serde_json::from_slice(&files["state.json"]).map_err(|e| bad(format!("state.json: {e}")))?;
     if training.format != FORMAT {
         return Err(bad(format!("format {} (this ringsam reads format {FORMAT})", training.format)));
@@ -261,6 +353,26 @@ pub fn read_training_state(dir: &Path) -> Result<TrainingState, TrainError> {
     serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
 }
 
+/// A checkpoint's files, each checked against the manifest (length and CRC-32C).
+fn read_verified(dir: &Path) -> Result<HashMap<&'static str, Vec<u8>>, TrainError> {
+    let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", dir.display()));
+    let manifest: HashMap<String, ManifestEntry> =
+        serde_json::from_slice(&read_bounded(&dir.join("MANIFEST.json"), 1 << 20)?).map_err(|e| bad(format!("MANIFEST.json: {e}")))?;
+    let mut files = HashMap::new();
+    for name in ["model.safetensors", "optim.safetensors", "state.json"] {
+        let entry = manifest.get(name).ok_or_else(|| bad(format!("manifest does not list {name}")))?;
+        let bytes = read_bounded(&dir.join(name), MAX_FILE_BYTES)?;
+        if bytes.len() as u64 != entry.bytes {
+            return Err(bad(format!("{name} has {} bytes, the manifest says {} (truncated?)", bytes.len(), entry.bytes)));
+        }
+        if crc32c::crc32c(&bytes) != entry.crc32c {
+            return Err(bad(format!("{name} fails its CRC-32C check (corrupted)")));
+        }
+        files.insert(name, bytes);
+    }
+    Ok(files)
+}
+
 fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, TrainError> {
     let len = fs::metadata(path).map_err(|e| io_err(path, "reading", e))?.len();
     if len > max {
@@ -289,12 +401,20 @@ fn read_layout(st: &SafeTensors, layout: &ParamLayout, prefix: &str) -> Result<V
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, step: u64, keep: usize) {
+    fn layouts() -> (ParamLayout, ParamLayout) {
         let mut layout = ParamLayout::new();
         layout.push("w", &[2]);
-        let state_layout = ParamLayout::new();
+        (layout, ParamLayout::new())
+    }
+
+    fn write(dir: &Path, step: u64, keep: usize) {
+        write_as(dir, step, keep, "m", &|_| true);
+    }
+
+    fn write_as(dir: &Path, step: u64, keep: usize, model: &str, same_run: &dyn Fn(&TrainingState) -> bool) {
+        let (layout, state_layout) = layouts();
         let training =
-            TrainingState { format: FORMAT, step, epoch: 0, batch_in_epoch: 0, model_name: "m".into(), config: TrainConfig::default() };
+            TrainingState { format: FORMAT, step, epoch: 0, batch_in_epoch: 0, model_name: model.into(), config: TrainConfig::default() };
         let data = CheckpointData {
             layout: &layout,
             params: &[1.0, 2.0],
@@ -304,7 +424,7 @@ mod tests {
             ema: None,
             training: &training,
         };
-        write_atomic(dir, step, &data, keep).unwrap();
+        write_atomic(dir, step, &data, keep, same_run).unwrap();
     }
 
     fn steps(dir: &Path) -> Vec<u64> {
@@ -326,5 +446,90 @@ mod tests {
         assert_eq!(steps(tmp.path()), vec![10, 15]);
         write(tmp.path(), 30, 1);
         assert_eq!(steps(tmp.path()), vec![30]);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(checkpoints_dir(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    fn scan(dir: &Path, repair: bool) -> Result<Scan, TrainError> {
+        let (layout, state_layout) = layouts();
+        resume_scan(dir, &layout, &state_layout, &|t| if t.model_name == "m" { Ok(()) } else { Err("another run".into()) }, repair)
+    }
+
+    /// Issue 18: a restart with another model deleted the previous run's checkpoints as an
+    /// "abandoned timeline". A newer checkpoint is removed only when it verifies and is this run's.
+    #[test]
+    fn a_newer_checkpoint_of_another_run_is_never_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_as(tmp.path(), 20, 2, "other", &|_| true);
+        write_as(tmp.path(), 15, 2, "m", &|t| t.model_name == "m");
+        assert_eq!(steps(tmp.path()), vec![15, 20]);
+        // A damaged newer one of this run is not removed either: it cannot be verified.
+        fs::write(checkpoints_dir(tmp.path()).join("checkpoint_20/state.json"), b"{").unwrap();
+        write_as(tmp.path(), 16, 2, "m", &|t| t.model_name == "m");
+        assert!(names(tmp.path()).contains(&"checkpoint_20".to_string()));
+    }
+
+    /// Issue 18: a directory holding another run is refused before its tensors are read, and
+    /// nothing in it is moved or deleted.
+    #[test]
+    fn another_runs_directory_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_as(tmp.path(), 44, 2, "other", &|_| true);
+        let before = names(tmp.path());
+        let err = scan(tmp.path(), true).unwrap_err();
+        assert!(matches!(err, TrainError::Config(ref m) if m.contains("another run") && m.contains("checkpoint_44")), "{err}");
+        assert_eq!(names(tmp.path()), before);
+    }
+
+    /// Issue 18: a damaged checkpoint is moved aside (`.corrupt`), never removed, and the one
+    /// before it is resumed.
+    #[test]
+    fn a_damaged_checkpoint_is_moved_aside_and_the_previous_one_resumed() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), 10, 3);
+        write(tmp.path(), 20, 3);
+        let model = checkpoints_dir(tmp.path()).join("checkpoint_20/model.safetensors");
+        let len = fs::metadata(&model).unwrap().len();
+        fs::OpenOptions::new().write(true).open(&model).unwrap().set_len(len / 2).unwrap();
+        let read_only = scan(tmp.path(), false).unwrap();
+        assert_eq!(read_only.found.unwrap().training.step, 10);
+        assert_eq!(names(tmp.path()), ["checkpoint_10", "checkpoint_20"], "a read-only scan renames nothing");
+        let s = scan(tmp.path(), true).unwrap();
+        assert_eq!(s.found.unwrap().training.step, 10);
+        assert!(s.notes.iter().any(|n| n.contains("moved") && n.contains("checkpoint_20.corrupt")), "{:?}", s.notes);
+        assert_eq!(names(tmp.path()), ["checkpoint_10", "checkpoint_20.corrupt"]);
+        // The next checkpoint neither resumes nor deletes what was moved aside.
+        write(tmp.path(), 30, 1);
+        assert_eq!(names(tmp.path()), ["checkpoint_20.corrupt", "checkpoint_30"]);
+    }
+
+    /// Issue 18: a kill between the two renames of a same-step rewrite left `.old` and `.tmp`,
+    /// both complete, which resuming ignored. Now the step is recovered from them.
+    #[test]
+    fn an_interrupted_rewrite_is_recovered_from_its_leftovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), 10, 1);
+        let root = checkpoints_dir(tmp.path());
+        let copy = |to: &str| {
+            fs::create_dir(root.join(to)).unwrap();
+            for f in fs::read_dir(root.join("checkpoint_10")).unwrap() {
+                let f = f.unwrap();
+                fs::copy(f.path(), root.join(to).join(f.file_name())).unwrap();
+            }
+        };
+        copy("checkpoint_10.old");
+        copy("checkpoint_10.tmp");
+        fs::remove_dir_all(root.join("checkpoint_10")).unwrap();
+        let s = scan(tmp.path(), true).unwrap();
+        assert_eq!(s.found.unwrap().dir, root.join("checkpoint_10"));
+        assert!(s.notes.iter().any(|n| n.contains("recovered") && n.contains("checkpoint_10.old")), "{:?}", s.notes);
+        // The leftover .tmp goes once a newer checkpoint is written.
+        write(tmp.path(), 11, 2);
+        assert_eq!(names(tmp.path()), ["checkpoint_10", "checkpoint_11"]);
     }
 }

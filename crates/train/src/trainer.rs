@@ -33,7 +33,7 @@ use ringsam_models::ModelConfig;
 use ringsam_optim::{Ema, LrSchedule, ScheduleKind};
 use ringsam_tensor::Tensor;
 
-use crate::checkpoint::{CheckpointData, FORMAT, TrainingState, newest_valid, write_atomic};
+use crate::checkpoint::{CheckpointData, FORMAT, TrainingState, resume_scan, write_atomic};
 use crate::cluster::Cluster;
 use crate::config::{LrScheduleName, TrainConfig};
 use crate::data_source::TrainData;
@@ -158,17 +158,31 @@ impl<'a> Trainer<'a> {
 
     /// Restores the newest valid checkpoint, if any, after checking its configuration; then every
     /// replica proves it starts from the same place, and EMA starts (or continues).
+    ///
+    /// Rank 0 scans first and repairs (moves damaged checkpoints aside, recovers an interrupted
+    /// rewrite); after a barrier the others scan what it left, reading only, so no two replicas
+    /// rename the same directory.
     fn resume(&mut self) -> Result<(), TrainError> {
-        let (found, skipped) = newest_valid(&self.run_dir, self.st.model().layout(), self.st.model().state_layout());
-        for s in skipped {
-            (self.log)(&format!("skipping checkpoint {s}"));
+        let (cfg, run_dir) = (&self.cfg, &self.run_dir);
+        let accept = |saved: &TrainingState| match ConfigChange::between(&saved.config, cfg).refusal(cfg.allow_config_change) {
+            Some(why) => Err(format!("cannot resume: {why}")),
+            None => Ok(()),
+        };
+        let (layout, state_layout) = (self.st.model().layout(), self.st.model().state_layout());
+        let mut scan = if self.rank == 0 { Some(resume_scan(run_dir, layout, state_layout, &accept, true)?) } else { None };
+        if let Some(c) = self.st.cluster() {
+            c.sum(vec![0.0])?; // the barrier: rank 0's repairs are done
+        }
+        let scan = match scan.take() {
+            Some(s) => s,
+            None => resume_scan(run_dir, self.st.model().layout(), self.st.model().state_layout(), &accept, false)?,
+        };
+        for note in &scan.notes {
+            (self.log)(note);
         }
         let mut restored_ema = None;
-        if let Some(c) = found {
+        if let Some(c) = scan.found {
             let change = ConfigChange::between(&c.training.config, &self.cfg);
-            if let Some(why) = change.refusal(self.cfg.allow_config_change) {
-                return Err(TrainError::Config(format!("cannot resume {}: {why}", c.dir.display())));
-            }
             for line in change.math.iter().chain(&change.accepted) {
                 (self.log)(&format!("resuming with a changed setting: {line}"));
             }
@@ -420,7 +434,9 @@ impl<'a> Trainer<'a> {
             ema: self.ema.as_ref().map(|e| (&e.params[..], &e.state[..])),
             training: &training,
         };
-        write_atomic(&self.run_dir, step, &data, self.cfg.keep_checkpoints).map(Some)
+        let cfg = &self.cfg;
+        let same_run = |saved: &TrainingState| ConfigChange::between(&saved.config, cfg).refusal(false).is_none();
+        write_atomic(&self.run_dir, step, &data, cfg.keep_checkpoints, &same_run).map(Some)
     }
 
     /// The one stop path: a checkpoint at this step, the rings closed, then
