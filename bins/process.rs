@@ -105,13 +105,14 @@ pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// The cluster secret for TCP rings: `RINGSAM_CLUSTER_SECRET` (at least 16 bytes).
+/// The cluster secret for TCP rings: `RINGSAM_CLUSTER_SECRET`, at least 128 bits
+/// (`ringsam_collective::tcp::check_secret`; `ringsam certs --secret` prints one).
 pub(crate) fn cluster_secret() -> Result<Vec<u8>> {
-    match std::env::var("RINGSAM_CLUSTER_SECRET") {
-        Ok(s) if s.len() >= 16 => Ok(s.into_bytes()),
-        Ok(_) => Err(usage("RINGSAM_CLUSTER_SECRET must be at least 16 bytes")),
-        Err(_) => {
-            Err(usage("no cluster secret: set RINGSAM_CLUSTER_SECRET (at least 16 bytes) on every rank; without a secret there is no ring"))
-        }
-    }
+    let Ok(secret) = std::env::var("RINGSAM_CLUSTER_SECRET") else {
+        return Err(usage(
+            "no cluster secret: set RINGSAM_CLUSTER_SECRET on every rank (`ringsam certs --secret` prints one); without a secret there is no ring",
+        ));
+    };
+    ringsam_collective::tcp::check_secret(secret.as_bytes()).map_err(|e| usage(format!("RINGSAM_CLUSTER_SECRET: {e}")))?;
+    Ok(secret.into_bytes())
 }

@@ -61,11 +61,14 @@ pub(crate) struct VerifyArgs {
 #[command(rename_all = "snake_case")]
 pub(crate) struct CertsArgs {
     /// Directory to write ca.pem, node-{i}.pem and node-{i}.key into.
-    #[arg(long)]
-    pub(crate) out: PathBuf,
+    #[arg(long, required_unless_present = "secret")]
+    pub(crate) out: Option<PathBuf>,
     /// Number of node certificates.
     #[arg(long, default_value_t = 4)]
     pub(crate) nodes: usize,
+    /// Print a fresh cluster secret for TCP rings (256 random bits as hex) instead.
+    #[arg(long, conflicts_with = "out")]
+    pub(crate) secret: bool,
 }
 
 #[derive(Args, Debug)]
@@ -199,8 +202,11 @@ pub(crate) fn cmd_data_verify(args: &VerifyArgs) -> Result<()> {
 }
 
 pub(crate) fn cmd_certs(args: &CertsArgs) -> Result<()> {
-    ringsam_collective::certs::write_dev_certs(&args.out, args.nodes)
-        .with_context(|| format!("writing certificates to {}", args.out.display()))?;
-    println!("wrote {}/ca.pem and {} node certificates (node-N.pem, node-N.key)", args.out.display(), args.nodes);
+    let Some(out) = &args.out else {
+        println!("{}", ringsam_collective::tcp::fresh_secret()?);
+        return Ok(());
+    };
+    ringsam_collective::certs::write_dev_certs(out, args.nodes).with_context(|| format!("writing certificates to {}", out.display()))?;
+    println!("wrote {}/ca.pem and {} node certificates (node-N.pem, node-N.key)", out.display(), args.nodes);
     Ok(())
 }

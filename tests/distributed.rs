@@ -56,7 +56,7 @@ fn a_killed_replica_fails_the_survivor_within_the_ring_timeout() {
             .args(["--threads", "1", "worker", "--rank", rank, "--world-size", "2", "--peers", &peers, "--transport", "tcp"])
             .args(TRAIN)
             .args(["--num_epochs", "1000", "--ring_timeout_seconds", "3", "--output_dir", out])
-            .env("RINGSAM_CLUSTER_SECRET", "a-test-cluster-secret")
+            .env("RINGSAM_CLUSTER_SECRET", "a-test-cluster-secret-of-some-length")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

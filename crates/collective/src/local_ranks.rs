@@ -64,7 +64,7 @@ impl LocalRanks {
         };
         Ok(LocalRanks {
             addrs: ports.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))).collect(),
-            secret: fresh_secret()?,
+            secret: crate::tcp::fresh_secret()?,
             certs,
             children: Vec::new(),
             stdout: Vec::new(),
@@ -194,11 +194,4 @@ fn free_port_pair() -> std::io::Result<u16> {
         }
     }
     Err(std::io::Error::other("no two consecutive free ports on 127.0.0.1"))
-}
-
-/// A random cluster secret: 24 bytes as 48 hex digits.
-pub fn fresh_secret() -> std::io::Result<String> {
-    let mut secret = [0u8; 24];
-    getrandom::getrandom(&mut secret).map_err(|e| std::io::Error::other(format!("drawing a cluster secret: {e}")))?;
-    Ok(secret.iter().map(|b| format!("{b:02x}")).collect())
 }

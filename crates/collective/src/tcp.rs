@@ -4,7 +4,11 @@
 //! flow in) and connects to the next rank (frames flow out). Before any frame, each connection runs
 //! a mutual HMAC-SHA256 challenge-response ([`handshake`]): both sides prove they hold the secret,
 //! each proof is bound to a nonce the *other* side just drew, so a recorded handshake cannot be
-//! replayed, and the ranks, generation, ring id and maximum frame size are checked to match.
+//! replayed, and the ranks, generation, ring id and maximum frame size are checked to match. The
+//! connecting side proves first: a stranger who connects to a rank's port receives only a random
+//! nonce, nothing keyed by the secret it could test guesses against offline. (Someone has to go
+//! first; the connecting side reached an address it chose, the listening side takes anyone.)
+//! Secrets must carry at least 128 bits ([`check_secret`]).
 //! No secret, no ring. A connection that fails the handshake is dropped and the listener keeps
 //! waiting for the real peer until the connect timeout.
 //!
@@ -79,9 +83,7 @@ pub async fn connect(cfg: TcpConfig) -> Result<RingHandle, TcpError> {
 
 /// Like [`connect`] on a listener the caller already bound (tests bind port 0).
 pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Result<RingHandle, TcpError> {
-    if cfg.secret.len() < 16 {
-        return Err(TcpError::Config("the cluster secret must be at least 16 bytes (RINGSAM_CLUSTER_SECRET / --secret-file)".into()));
-    }
+    check_secret(&cfg.secret).map_err(TcpError::Config)?;
     let ring = Ring::new(cfg.ring);
     if cfg.ring.world == 1 {
         return Ok(driver::spawn::<driver::ByteFrames<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf>(ring, None));
@@ -138,15 +140,54 @@ async fn connect_next(cfg: &TcpConfig, deadline: tokio::time::Instant) -> Result
     }
 }
 
-/// The mutual challenge-response run on every connection before frames flow.
+/// Secrets shorter than this many bits of (estimated) entropy are refused.
+pub const MIN_SECRET_BITS: f64 = 128.0;
+
+/// Refuses a secret with less than [`MIN_SECRET_BITS`]: its length times the bits per character
+/// of the smallest alphabet it is written in (hex 4, base64 6, other printable text ~6.6 —
+/// generous for a passphrase, so 22 random base64 or 32 hex characters are the floor).
+pub fn check_secret(secret: &[u8]) -> Result<(), String> {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || b"+/=-_".contains(c);
+    let bits_per_char = if secret.iter().all(u8::is_ascii_hexdigit) {
+        4.0
+    } else if secret.iter().all(b64) {
+        6.0
+    } else {
+        95f64.log2()
+    };
+    let bits = secret.len() as f64 * bits_per_char;
+    if bits < MIN_SECRET_BITS {
+        return Err(format!(
+            "the cluster secret carries about {bits:.0} bits, fewer than {MIN_SECRET_BITS}: use at least 32 hex or 22 base64 characters (`ringsam certs --secret` prints one)"
+        ));
+    }
+    Ok(())
+}
+
+/// A random cluster secret: 256 bits as 64 hex digits.
+pub fn fresh_secret() -> std::io::Result<String> {
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret).map_err(|e| std::io::Error::other(format!("drawing a cluster secret: {e}")))?;
+    Ok(secret.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The mutual challenge-response run on every connection before frames flow:
+/// 1. client → server: hello (magic, version, rank, generation, ring id, frame size, client
+///    nonce); the server checks the fields;
+/// 2. server → client: challenge (magic, server nonce) — nothing keyed by the secret;
+/// 3. client → server: `HMAC(secret, "client" ‖ hello ‖ server nonce)`; the server verifies it;
+/// 4. server → client: `HMAC(secret, "server" ‖ hello ‖ server nonce)`, bound to the client's
+///    nonce through the hello; the client verifies it.
 pub mod handshake {
     use super::*;
 
     const HELLO_MAGIC: &[u8; 8] = b"RSAMHELO";
     const CHALLENGE_MAGIC: &[u8; 8] = b"RSAMCHAL";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     /// Bytes of the client's hello.
     pub const HELLO_LEN: usize = 8 + 4 + 4 + 4 + 2 + 2 + 4 + 32;
+    /// Bytes of the server's challenge.
+    pub const CHALLENGE_LEN: usize = 8 + 32;
 
     fn hello(cfg: &TcpConfig, nonce: &[u8; 32]) -> [u8; HELLO_LEN] {
         let mut h = [0u8; HELLO_LEN];
@@ -160,9 +201,10 @@ pub mod handshake {
         h
     }
 
+    /// The proof a `role` sends: keyed by the secret, over both nonces (the client's is in `hello`).
     fn mac(secret: &[u8], role: &[u8], hello: &[u8], server_nonce: &[u8]) -> HmacSha256 {
         let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-        m.update(b"ringsam-tcp-v1 ");
+        m.update(b"ringsam-tcp-v2 ");
         m.update(role);
         m.update(hello);
         m.update(server_nonce);
@@ -183,32 +225,29 @@ pub mod handshake {
         err(s, format!("connection failed during the handshake: {e}"))
     }
 
-    /// The connecting side (this rank → its next).
+    /// The connecting side (this rank → its next): proves first, then checks the server's proof.
     pub async fn client(s: &mut TcpStream, cfg: &TcpConfig) -> Result<(), TcpError> {
         let hello = hello(cfg, &nonce());
         s.write_all(&hello).await.map_err(|e| io(s, e))?;
-        let mut chal = [0u8; 72];
+        let mut chal = [0u8; CHALLENGE_LEN];
         s.read_exact(&mut chal).await.map_err(|e| io(s, e))?;
         if &chal[..8] != CHALLENGE_MAGIC {
-            return Err(err(s, "the peer is not a ringsam rank (bad challenge)"));
+            return Err(err(s, "the peer is not a ringsam rank of this version (bad challenge)"));
         }
         let server_nonce = &chal[8..40];
-        mac(&cfg.secret, b"server", &hello, server_nonce)
-            .verify_slice(&chal[40..72])
-            .map_err(|_| err(s, "the peer does not hold the cluster secret"))?;
         let proof = mac(&cfg.secret, b"client", &hello, server_nonce).finalize().into_bytes();
         s.write_all(&proof).await.map_err(|e| io(s, e))?;
-        let mut ok = [0u8; 1];
-        s.read_exact(&mut ok)
+        let mut server_proof = [0u8; 32];
+        s.read_exact(&mut server_proof)
             .await
             .map_err(|_| err(s, "the peer rejected our handshake (wrong secret, rank, generation or frame size)"))?;
-        if ok[0] != 1 {
-            return Err(err(s, "the peer rejected our handshake"));
-        }
-        Ok(())
+        mac(&cfg.secret, b"server", &hello, server_nonce)
+            .verify_slice(&server_proof)
+            .map_err(|_| err(s, "the peer does not hold the cluster secret"))
     }
 
-    /// The accepting side (the previous rank → this rank).
+    /// The accepting side (the previous rank → this rank): checks the hello, sends a nonce,
+    /// verifies the client's proof, and only then proves itself.
     pub async fn server(s: &mut TcpStream, cfg: &TcpConfig) -> Result<(), TcpError> {
         let mut hello = [0u8; HELLO_LEN];
         s.read_exact(&mut hello).await.map_err(|e| io(s, e))?;
@@ -228,17 +267,16 @@ pub mod handshake {
             return Err(err(s, format!("mismatched {what}")));
         }
         let server_nonce = nonce();
-        let mut chal = [0u8; 72];
+        let mut chal = [0u8; CHALLENGE_LEN];
         chal[..8].copy_from_slice(CHALLENGE_MAGIC);
         chal[8..40].copy_from_slice(&server_nonce);
-        chal[40..72].copy_from_slice(&mac(&cfg.secret, b"server", &hello, &server_nonce).finalize().into_bytes());
         s.write_all(&chal).await.map_err(|e| io(s, e))?;
         let mut proof = [0u8; 32];
         s.read_exact(&mut proof).await.map_err(|e| io(s, e))?;
         mac(&cfg.secret, b"client", &hello, &server_nonce)
             .verify_slice(&proof)
             .map_err(|_| err(s, "the peer does not hold the cluster secret (or replayed an old handshake)"))?;
-        s.write_all(&[1]).await.map_err(|e| io(s, e))?;
-        Ok(())
+        let server_proof = mac(&cfg.secret, b"server", &hello, &server_nonce).finalize().into_bytes();
+        s.write_all(&server_proof).await.map_err(|e| io(s, e))
     }
 }

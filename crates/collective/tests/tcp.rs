@@ -73,14 +73,16 @@ async fn wrong_secret_cannot_join() {
     let l0 = ls.pop().unwrap();
     let short = Duration::from_millis(1500);
     let good = tokio::spawn(connect_with_listener(cfg(0, 2, &addrs, SECRET, short), l0));
-    let bad = tokio::spawn(connect_with_listener(cfg(1, 2, &addrs, b"another-secret-of-16+", short), l1));
+    let bad = tokio::spawn(connect_with_listener(cfg(1, 2, &addrs, b"another-secret-of-128-bits-or-more", short), l1));
     let bad = bad.await.unwrap();
     let good = good.await.unwrap();
     assert!(bad.is_err() && good.is_err());
     let msg = bad.err().unwrap().to_string();
-    // Either side may notice first: the bad rank fails our proof, we hang up on it mid-handshake,
-    // or we have already given up and closed our listener when it retries.
-    let expected = ["does not hold the cluster secret", "not formed", "during the handshake", "connecting to the next rank"];
+    // Either side may notice first: the bad rank's proof fails and we hang up on it (it proves
+    // first, so it learns only that it was rejected), its check of our proof fails, or we have
+    // already given up and closed our listener when it retries.
+    let expected =
+        ["rejected our handshake", "does not hold the cluster secret", "not formed", "during the handshake", "connecting to the next rank"];
     assert!(expected.iter().any(|m| msg.contains(m)), "{msg}");
 }
 
@@ -102,29 +104,33 @@ async fn replayed_handshake_is_rejected() {
     // Session 1: a genuine rank 0 (written out by hand so the test can record its bytes).
     let mut hello = [0u8; handshake::HELLO_LEN];
     hello[..8].copy_from_slice(b"RSAMHELO");
-    hello[8..12].copy_from_slice(&1u32.to_le_bytes()); // version; rank 0, generation 0, ring 0
+    hello[8..12].copy_from_slice(&2u32.to_le_bytes()); // version; rank 0, generation 0, ring 0
     hello[24..28].copy_from_slice(&4000u32.to_le_bytes()); // 1000-value chunks
     hello[28..60].copy_from_slice(&[7u8; 32]);
     let mut s1 = TcpStream::connect(addrs[1]).await.unwrap();
     s1.write_all(&hello).await.unwrap();
-    let mut chal = [0u8; 72];
+    let mut chal = [0u8; handshake::CHALLENGE_LEN];
     s1.read_exact(&mut chal).await.unwrap();
-    let mut m = Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
-    m.update(b"ringsam-tcp-v1 client");
-    m.update(&hello);
-    m.update(&chal[8..40]);
-    let proof = m.finalize().into_bytes();
+    let proof_of = |role: &[u8], server_nonce: &[u8]| {
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
+        m.update(b"ringsam-tcp-v2 ");
+        m.update(role);
+        m.update(&hello);
+        m.update(server_nonce);
+        m.finalize().into_bytes()
+    };
+    let proof = proof_of(b"client", &chal[8..40]);
     s1.write_all(&proof).await.unwrap();
-    let mut ok = [0u8; 1];
-    s1.read_exact(&mut ok).await.unwrap();
-    assert_eq!(ok, [1]);
+    let mut server_proof = [0u8; 32];
+    s1.read_exact(&mut server_proof).await.unwrap();
+    assert_eq!(server_proof[..], proof_of(b"server", &chal[8..40])[..], "the server proves itself only after we did");
     // Session 2: an eavesdropper replays exactly those bytes. The server drew a fresh nonce, so
     // the recorded proof no longer verifies and the connection is closed.
     let mut s2 = TcpStream::connect(addrs[1]).await.unwrap();
     s2.write_all(&hello).await.unwrap();
     s2.read_exact(&mut chal).await.unwrap();
     s2.write_all(&proof).await.unwrap();
-    assert!(s2.read_exact(&mut ok).await.is_err(), "the server must close the connection");
+    assert!(s2.read_exact(&mut server_proof).await.is_err(), "the server must close the connection");
     assert_eq!(server.await.unwrap(), vec![true, false]);
 }
 
@@ -177,4 +183,41 @@ async fn a_peer_that_dies_mid_operation_fails_the_others_within_the_timeout() {
         assert!(t.await.unwrap().is_err());
     }
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+}
+
+/// Issue 18: the accepting rank sent its MAC over a stranger's hello before the stranger proved
+/// anything, so anyone who could connect could test guesses of the secret offline. Now a stranger
+/// receives a random nonce and nothing keyed by the secret, then the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_receives_nothing_keyed_by_the_secret() {
+    let (ls, addrs) = listeners(2).await;
+    let server_cfg = cfg(1, 2, &addrs, SECRET, Duration::from_secs(5));
+    let listener = ls.into_iter().nth(1).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        handshake::server(&mut s, &server_cfg).await.is_ok()
+    });
+    let mut hello = [0u8; handshake::HELLO_LEN]; // a well-formed hello for rank 0 of 2
+    hello[..8].copy_from_slice(b"RSAMHELO");
+    hello[8..12].copy_from_slice(&2u32.to_le_bytes());
+    hello[24..28].copy_from_slice(&4000u32.to_le_bytes());
+    let mut s = TcpStream::connect(addrs[1]).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    s.write_all(&[0u8; 32]).await.unwrap(); // a guessed proof
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len(), handshake::CHALLENGE_LEN, "the magic and a nonce, nothing more");
+    assert_eq!(&got[..8], b"RSAMCHAL");
+    assert!(!server.await.unwrap());
+}
+
+/// Issue 18: secrets must carry at least 128 bits.
+#[test]
+fn short_secrets_are_refused_with_advice() {
+    use ringsam_collective::tcp::check_secret;
+    let err = check_secret(b"0123456789abcdef0123456789abcde").unwrap_err(); // 31 hex digits: 124 bits
+    assert!(err.contains("124 bits") && err.contains("ringsam certs --secret"), "{err}");
+    check_secret(b"0123456789abcdef0123456789abcdef").unwrap(); // 32 hex digits
+    check_secret(b"AbCdEfGhIjKlMnOpQrStUv").unwrap(); // 22 base64 characters
+    assert!(check_secret(b"AbCdEfGhIjKlMnOpQrStU").is_err());
 }
