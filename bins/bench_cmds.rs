@@ -11,6 +11,13 @@ use ringsam_train::config::JpegDecoderName;
 
 use crate::process::{self, usage};
 
+/// The longest timeout a flag accepts: a week (an `Instant` plus much more overflows).
+pub(crate) const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
+/// The smallest QUIC window or buffer accepted: one full-size datagram (a zero window never
+/// lets a byte through, and the ring would only fail later as "not formed").
+const MIN_QUIC_WINDOW: i64 = 65_536;
+
 /// `bench allreduce --transport`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum BenchTransport {
@@ -108,8 +115,8 @@ pub(crate) struct BenchAllreduceArgs {
     /// Chunk size in f32 values (the unit frames carry and pipelining works at).
     #[arg(long, default_value_t = 262144)]
     pub(crate) chunk: usize,
-    /// Seconds to form the ring and to wait on a silent peer.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds to form the ring and to wait on a silent peer (1 to a week).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECONDS))]
     pub(crate) timeout: u64,
     /// Join an existing ring as this rank instead of starting local processes (needs --peers).
     #[arg(long)]
@@ -132,14 +139,14 @@ pub(crate) struct BenchAllreduceArgs {
     /// QUIC per-stream flow-control window in bytes. Larger than half the UDP receive buffer
     /// (4 MiB here), bursts overflow it while a receiver waits for a core; larger than the link's
     /// queue, the sender keeps that queue full (docs/BENCHMARKS.md, "The ring on shaped links").
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(MIN_QUIC_WINDOW..))]
     pub(crate) quic_window: u32,
     /// QUIC connection flow-control window and send buffer in bytes.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = 8 << 20, value_parser = clap::value_parser!(u32).range(MIN_QUIC_WINDOW..))]
     pub(crate) quic_conn_window: u32,
     /// QUIC UDP socket buffer size to ask the OS for, each way, in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
-    pub(crate) quic_udp_buffer: usize,
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(MIN_QUIC_WINDOW as u64..=1 << 30))]
+    pub(crate) quic_udp_buffer: u64,
     /// QUIC congestion controller: cubic, newreno or bbr.
     #[arg(long, default_value = "cubic")]
     pub(crate) quic_cc: String,
@@ -315,7 +322,7 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
         quic: QuicTuning {
             stream_window: args.quic_window,
             conn_window: args.quic_conn_window,
-            udp_buffer: args.quic_udp_buffer,
+            udp_buffer: args.quic_udp_buffer as usize,
             max_mtu: args.quic_mtu,
             congestion: Congestion::parse(&args.quic_cc).map_err(|e| usage(format!("--quic_cc: {e}")))?,
             ack_every: args.quic_ack_every,

@@ -69,7 +69,7 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
             return exit::USAGE;
         }
         match cause.downcast_ref::<TrainError>() {
-            Some(TrainError::Interrupted { .. }) => return exit::STOPPED,
+            Some(TrainError::Interrupted { .. } | TrainError::Stopped(_)) => return exit::STOPPED,
             Some(TrainError::Config(_) | TrainError::Model(_)) => return exit::USAGE,
             Some(TrainError::Data(DataError::Missing { .. } | DataError::Config(_))) => return exit::USAGE,
             Some(TrainError::Tensor(TensorError::Device { .. } | TensorError::CudaNotImplemented { .. })) => return exit::USAGE,

@@ -10,12 +10,14 @@
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args};
 use ringsam_collective::local_ranks::LocalRanks;
 use ringsam_collective::quic::QuicTuning;
+use ringsam_train::TrainError;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
 use ringsam_train::run::{RunOptions, train, train_replica};
 
@@ -68,8 +70,9 @@ pub struct WorkerArgs {
     /// This node's private key (QUIC).
     #[arg(long, env = "RINGSAM_KEY")]
     pub key: Option<PathBuf>,
-    /// Seconds to wait for every peer to come up and the rings to form.
-    #[arg(long, env = "RINGSAM_CONNECT_TIMEOUT", default_value_t = 300)]
+    /// Seconds to wait for every peer to come up and the rings to form (1 to a week).
+    #[arg(long, env = "RINGSAM_CONNECT_TIMEOUT", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=crate::bench_cmds::MAX_TIMEOUT_SECONDS))]
     pub connect_timeout: u64,
     /// Training flags, as for `ringsam train`.
     #[command(flatten)]
@@ -94,19 +97,25 @@ pub struct LaunchArgs {
     pub train_args: Vec<String>,
 }
 
-fn resolve(addr: &str, deadline: Instant) -> Result<SocketAddr> {
+/// Resolves `addr`, retrying until `deadline` (its pod, and DNS record, may not exist yet) unless
+/// `stop` is set.
+fn resolve(addr: &str, deadline: Instant, stop: &AtomicBool) -> Result<SocketAddr> {
     loop {
         match addr.to_socket_addrs().map(|mut a| a.next()) {
             Ok(Some(a)) => return Ok(a),
             Ok(None) => bail!("{addr}: no address"),
             Err(e) if Instant::now() >= deadline => return Err(e).with_context(|| format!("resolving peer {addr}")),
-            Err(_) => std::thread::sleep(Duration::from_millis(500)), // its pod (and DNS record) may not exist yet
+            Err(_) if stop.load(Ordering::SeqCst) => return Err(TrainError::Stopped(format!("while resolving peer {addr}")).into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
 }
 
 /// Runs one replica.
 pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
+    // Signals count from the start: a worker waiting minutes for its peers must still stop.
+    let stop = stop_on_signals()?;
+    let cfg = resolve_train_config(&args.train, matches)?;
     let rank = match args.rank {
         Some(r) => r,
         None => std::env::var("JOB_COMPLETION_INDEX")
@@ -116,19 +125,22 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     };
     let world = args.world_size;
     if world == 0 || rank >= world {
-        bail!("rank {rank} must be below --world-size {world}");
+        return Err(usage(format!("rank {rank} must be below --world_size {world}")));
     }
     let names: Vec<String> = match &args.peer_pattern {
         Some(p) if p.contains("{i}") => (0..world).map(|i| p.replace("{i}", &i.to_string())).collect(),
-        Some(p) => bail!("--peer-pattern {p:?} has no {{i}} for the rank"),
+        Some(p) => return Err(usage(format!("--peer_pattern {p:?} has no {{i}} for the rank"))),
         None => args.peers.clone(),
     };
     if names.len() != world {
-        bail!("{} peer addresses for --world-size {world} (give --peers in rank order or --peer-pattern)", names.len());
+        return Err(usage(format!(
+            "{} peer addresses for --world_size {world} (give --peers in rank order or --peer_pattern)",
+            names.len()
+        )));
     }
     let timeout = Duration::from_secs(args.connect_timeout);
     let deadline = Instant::now() + timeout;
-    let peers = names.iter().map(|n| resolve(n, deadline)).collect::<Result<Vec<_>>>()?;
+    let peers = names.iter().map(|n| resolve(n, deadline, &stop)).collect::<Result<Vec<_>>>()?;
     let transport = if args.transport == TransportName::Tcp {
         Transport::Tcp { secret: cluster_secret()? }
     } else {
@@ -140,7 +152,6 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
             tuning: QuicTuning::default(),
         }
     };
-    let cfg = resolve_train_config(&args.train, matches)?;
     let cluster_cfg = ClusterConfig {
         rank,
         peers,
@@ -149,11 +160,10 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         connect_timeout: timeout,
         peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
     };
-    let stop = stop_on_signals()?;
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
     serve_metrics(&args.train, rank, &log)?;
     log(&format!("joining a ring of {world} at {}", cluster_cfg.peers[rank]));
-    let cluster = Cluster::connect(&cluster_cfg).with_context(|| format!("rank {rank}: forming the ring"))?;
+    let cluster = Cluster::connect(&cluster_cfg, &stop).with_context(|| format!("rank {rank}: forming the ring"))?;
     let opts = RunOptions { progress: rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()), stop };
     let summary = train_replica(&cfg, &opts, Some(cluster), &mut |l| log(l))
         .with_context(|| format!("rank {rank}: training {} on {}", cfg.model_name, cfg.dataset))?;

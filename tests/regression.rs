@@ -134,3 +134,78 @@ fn issue18_a_restart_with_another_model_is_refused_and_deletes_nothing() {
     let after: Vec<_> = std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(after, before, "the other run's checkpoints are untouched");
 }
+
+/// Issue 18: durations near u64::MAX panicked ("overflow when adding duration to instant") and a
+/// zero QUIC window failed only later, as "ring not formed".
+#[test]
+fn issue18_huge_durations_and_zero_windows_are_refused_naming_the_flag() {
+    let huge = "18446744073709551615";
+    for (args, flag) in [
+        (vec!["bench", "allreduce", "--timeout", huge], "--timeout"),
+        (vec!["bench", "allreduce", "--quic_window", "0"], "--quic_window"),
+        (vec!["worker", "--rank", "0", "--world_size", "2", "--peers", "a:1,b:2", "--connect_timeout", huge], "--connect_timeout"),
+        (vec!["train", "--dataset", "digits", "--ring_timeout_seconds", huge], "--ring_timeout_seconds"),
+    ] {
+        let o = ringsam(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// Issue 18: SIGTERM was ignored before training started (a worker waiting for its peers exited
+/// 39 s later).
+#[test]
+fn issue18_a_worker_waiting_for_its_peers_stops_on_sigterm() {
+    let _ports = crate::util::ports_lock();
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let peers = format!("127.0.0.1:{},127.0.0.1:{}", port(), port());
+    let tmp = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringsam"))
+        .args(["--threads", "1", "worker", "--rank", "0", "--world_size", "2", "--peers", &peers, "--transport", "tcp"])
+        .args(TINY_TRAINING)
+        .args(["--output_dir", tmp.path().to_str().unwrap()])
+        .env("RINGSAM_CLUSTER_SECRET", "0123456789abcdef0123456789abcdef")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // waiting for rank 1, which never comes
+    let t0 = std::time::Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "took {:?} to stop: {err}", t0.elapsed());
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(err.contains("stopped by a signal while forming the ring"), "{err}");
+}
+
+/// Issue 18: `launch --metrics-port 65535 --nproc 2` failed only after starting rank 0, which
+/// then ran on alone; flags are checked before anything starts.
+#[test]
+fn issue18_launch_checks_its_own_flags_before_starting_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args = vec!["launch", "--nproc", "2", "--metrics_port", "65535", "--"];
+    args.extend_from_slice(TINY_TRAINING);
+    args.extend_from_slice(&["--output_dir", tmp.path().to_str().unwrap()]);
+    let o = ringsam(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--metrics_port") && !err.contains("rank 0"), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing ran");
+}
+
+/// Issue 18: `save_progress_seconds` was checked only at epoch ends, so a long epoch went
+/// unprotected; it is checked after every step.
+#[test]
+fn issue18_save_progress_seconds_is_checked_between_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = ["--max_steps", "3", "--save_progress_seconds", "0", "--checkpoint_every_epochs", "0", "--keep_checkpoints", "5"];
+    stdout_ok(&ringsam(&train_args(&extra, tmp.path().to_str().unwrap())));
+    let mut got: Vec<String> = std::fs::read_dir(tmp.path().join("lr_0.1/wd_0.001/rho_0.05/seed_0/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["checkpoint_1", "checkpoint_2", "checkpoint_3"], "one per step, inside the first epoch");
+}

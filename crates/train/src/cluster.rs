@@ -12,6 +12,7 @@
 //! cluster CA) or TCP (HMAC handshake over a cluster secret).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ringsam_collective::transport::{Link, form_ring};
@@ -58,8 +59,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Forms the world ring (and the group ring), waiting up to `connect_timeout`.
-    pub fn connect(cfg: &ClusterConfig) -> Result<Cluster, TrainError> {
+    /// Forms the world ring (and the group ring), waiting up to `connect_timeout`, or until
+    /// `stop` is set (a signal while waiting for peers ends the wait, not only the training).
+    pub fn connect(cfg: &ClusterConfig, stop: &AtomicBool) -> Result<Cluster, TrainError> {
         let world = cfg.peers.len();
         if cfg.rank >= world {
             return Err(TrainError::Config(format!("rank {} is not below the world size {world}", cfg.rank)));
@@ -73,7 +75,9 @@ impl Cluster {
         let mut ring = RingConfig::new(cfg.rank, world);
         ring.peer_timeout = cfg.peer_timeout;
         let next = cfg.peers[(cfg.rank + 1) % world];
-        let world_ring = runtime.block_on(form(cfg, ring, cfg.peers[cfg.rank], next)).map_err(|e| ring_err("the world ring", e))?;
+        let world_ring = runtime
+            .block_on(until_stopped(form(cfg, ring, cfg.peers[cfg.rank], next), stop))?
+            .map_err(|e| ring_err("the world ring", e))?;
         let group_ring = match cfg.group_size {
             Some(g) if g != world => {
                 let group = group_of(cfg.rank, world, g).map_err(TrainError::Config)?;
@@ -91,7 +95,9 @@ impl Cluster {
                     }
                 };
                 let (listen, to) = (bump(cfg.peers[cfg.rank])?, bump(cfg.peers[next])?);
-                let h = runtime.block_on(form(cfg, gr, listen, to)).map_err(|e| ring_err(&format!("group ring {}", group.id), e))?;
+                let h = runtime
+                    .block_on(until_stopped(form(cfg, gr, listen, to), stop))?
+                    .map_err(|e| ring_err(&format!("group ring {}", group.id), e))?;
                 Some(h)
             }
             _ => None,
@@ -146,6 +152,19 @@ impl Cluster {
 /// A ring failure as a training error.
 pub fn ring_err(what: &str, e: impl std::fmt::Display) -> TrainError {
     TrainError::Ring(format!("{what}: {e}"))
+}
+
+/// `work`, unless `stop` is set first (checked every 100 ms).
+async fn until_stopped<T>(work: impl std::future::Future<Output = T>, stop: &AtomicBool) -> Result<T, TrainError> {
+    let stopped = async {
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        out = work => Ok(out),
+        () = stopped => Err(TrainError::Stopped("while forming the ring".into())),
+    }
 }
 
 async fn form(cfg: &ClusterConfig, ring: RingConfig, listen: SocketAddr, next: SocketAddr) -> Result<RingHandle, String> {

@@ -33,6 +33,9 @@ pub enum TrainError {
         /// The step checkpointed.
         step: u64,
     },
+    /// Stopped by a signal before training started (nothing to checkpoint yet; resumable).
+    #[error("stopped by a signal {0}, before any step (nothing to checkpoint)")]
+    Stopped(String),
     /// An all-reduce with the other replicas failed (a peer lost, stalled or misbehaving).
     #[error("ring: {0}")]
     Ring(String),

@@ -103,8 +103,11 @@ impl<'a> Trainer<'a> {
         let cfg = cfg.resolved();
         let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
         check_world(&cfg, world)?;
+        let stopped = |phase: &str| if opts.stop.load(Ordering::SeqCst) { Err(TrainError::Stopped(phase.into())) } else { Ok(()) };
+        stopped("before opening the data")?;
         let data = TrainData::open(&cfg, log)?;
         data.check_world(world)?;
+        stopped("while opening the data")?;
         if data.train_len() < cfg.batch_size as u64 {
             return Err(TrainError::Config(format!(
                 "--batch_size {} is larger than the {} training examples",
@@ -117,6 +120,7 @@ impl<'a> Trainer<'a> {
         let plan = BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm };
         let offset = (rank * (cfg.batch_size / world)) as u64;
         let st = SamStep::new(&cfg.model_name, &model_cfg, StepConfig::from(&cfg), cluster.map(|c| (c, plan)), offset)?;
+        stopped("while building the model")?;
         let run_dir = cfg.output_dir.join(cfg.run_subdir());
         std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?;
         let loader = data.train_loader(&cfg, rank, world);

@@ -106,7 +106,7 @@ fn replicas_with(world: usize, group_size: Option<usize>, step_cfg: StepConfig) 
                     connect_timeout: Duration::from_secs(20),
                     peer_timeout: Duration::from_secs(20),
                 };
-                let cluster = Cluster::connect(&cfg).unwrap();
+                let cluster = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 // Small buckets, so several are in flight during backward.
                 let plan = BucketPlan { first: 700, rest: 1500, overlap: true };
                 let offset = (rank * GLOBAL / world) as u64;
@@ -212,7 +212,7 @@ fn replicas_refuse_to_start_from_different_positions_and_detect_divergence() {
                     connect_timeout: Duration::from_secs(20),
                     peer_timeout: Duration::from_secs(20),
                 };
-                let mut c = Cluster::connect(&cfg).unwrap();
+                let mut c = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 let params = vec![0.5f32; 100];
                 // Same parameters and position: fine.
                 ringsam_train::replica::check_same_start(&mut c, &params, [7, 1, 3]).unwrap();
