@@ -332,6 +332,19 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
         quic_stats: args.quic_stats,
         ring_threads: args.ring_threads,
     };
+    // Every local rank holds its buffer and a reference copy of the largest size (launcher mode:
+    // all of them on this machine); refuse what cannot fit rather than abort mid-run.
+    let largest = bench.sizes.iter().copied().max().unwrap_or(0) as u64;
+    let ranks_here = if args.rank.is_some() { 1 } else { args.nproc as u64 };
+    if let Some(limit) = process::available_memory()
+        && largest.saturating_mul(3).saturating_mul(ranks_here) > limit
+    {
+        return Err(usage(format!(
+            "--sizes: {ranks_here} rank(s) of {largest} bytes need about {} GiB here, more than the {} GiB available",
+            largest.saturating_mul(3).saturating_mul(ranks_here) >> 30,
+            limit >> 30
+        )));
+    }
     // Rank mode: this process is one rank of a ring; rank 0 reports.
     if let Some(rank) = args.rank {
         let [name] = transports[..] else { return Err(usage("--rank takes exactly one --transport (tcp or quic)")) };

@@ -116,3 +116,21 @@ pub(crate) fn cluster_secret() -> Result<Vec<u8>> {
     ringsam_collective::tcp::check_secret(secret.as_bytes()).map_err(|e| usage(format!("RINGSAM_CLUSTER_SECRET: {e}")))?;
     Ok(secret.into_bytes())
 }
+
+/// The memory a run may use: the smaller of the host's `MemAvailable` and this process's cgroup
+/// limit (a pod's `resources.limits.memory`), when either can be read; `RINGSAM_MEMORY_LIMIT`
+/// (bytes) overrides both, for tests and for hosts whose accounting misleads.
+pub(crate) fn available_memory() -> Option<u64> {
+    if let Some(v) = std::env::var("RINGSAM_MEMORY_LIMIT").ok().and_then(|v| v.trim().parse().ok()) {
+        return Some(v);
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

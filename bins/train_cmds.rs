@@ -21,7 +21,7 @@ use ringsam_train::TrainError;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
 use ringsam_train::run::{RunOptions, train, train_replica};
 
-use crate::process::{cluster_secret, stop_on_signals, stopped, usage};
+use crate::process::{available_memory, cluster_secret, stop_on_signals, stopped, usage};
 use crate::train_args::{TrainArgs, check_train_words, resolve_train_config};
 
 /// `--transport` of `worker` and `launch`.
@@ -164,7 +164,8 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     serve_metrics(&args.train, rank, &log)?;
     log(&format!("joining a ring of {world} at {}", cluster_cfg.peers[rank]));
     let cluster = Cluster::connect(&cluster_cfg, &stop).with_context(|| format!("rank {rank}: forming the ring"))?;
-    let opts = RunOptions { progress: rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr()), stop };
+    let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let opts = RunOptions { progress, stop, memory_limit: available_memory() };
     let summary = train_replica(&cfg, &opts, Some(cluster), &mut |l| log(l))
         .with_context(|| format!("rank {rank}: training {} on {}", cfg.model_name, cfg.dataset))?;
     if rank == 0 {
@@ -270,7 +271,7 @@ fn serve_metrics(args: &TrainArgs, rank: usize, log: &dyn Fn(&str)) -> Result<()
 pub(crate) fn cmd_train(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
     let cfg = resolve_train_config(args, matches)?;
     serve_metrics(args, 0, &|l| eprintln!("ringsam: {l}"))?;
-    let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()? };
+    let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()?, memory_limit: available_memory() };
     let summary = train(&cfg, &opts, &mut |line| eprintln!("ringsam: {line}"))
         .with_context(|| format!("training {} on {}", cfg.model_name, cfg.dataset))?;
     print_summary(&summary);

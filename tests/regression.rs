@@ -209,3 +209,27 @@ fn issue18_save_progress_seconds_is_checked_between_steps() {
     got.sort();
     assert_eq!(got, ["checkpoint_1", "checkpoint_2", "checkpoint_3"], "one per step, inside the first epoch");
 }
+
+/// Issue 18: settings whose memory cannot exist aborted the process (SIGABRT on a failed
+/// allocation); they are refused before anything large is allocated, naming the flag.
+#[test]
+fn issue18_what_cannot_fit_in_memory_is_refused_naming_the_flag() {
+    for (args, flag) in [
+        (&["train", "--dataset", "digits", "--model_name", "WideResnet10x100000", "--max_steps", "1"][..], "--model_name"),
+        (
+            &["train", "--dataset", "synthetic", "--image_size", "4096", "--model_name", "WideResnet10x1", "--max_steps", "1"],
+            "--image_size",
+        ),
+        (&["bench", "allreduce", "--sizes", "1024G"], "--sizes"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut all = args.to_vec();
+        if args[0] == "train" {
+            all.extend_from_slice(&["--output_dir", tmp.path().to_str().unwrap()]);
+        }
+        let o = ringsam(&all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains("available"), "{args:?}: {err}");
+    }
+}

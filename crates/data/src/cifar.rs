@@ -149,7 +149,7 @@ pub fn load_cifar10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let mut pixels = Vec::with_capacity(total * PIXELS);
     let mut labels = Vec::with_capacity(total);
     for path in &paths {
-        let bytes = read_file(path)?;
+        let bytes = read_file(path, (CIFAR10_RECORDS_PER_FILE * (PIXELS + 1)) as u64)?;
         parse_cifar_records(path, &bytes, 1, 10, CIFAR10_RECORDS_PER_FILE, &mut pixels, &mut labels)?;
     }
     Ok(dataset("cifar10", pixels, labels, 10))
@@ -159,7 +159,7 @@ pub fn load_cifar10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
 pub fn load_cifar100(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let (name, records) = cifar100_file(split);
     let paths = locate_all(dir, CIFAR100_SUBDIR, &[name], "cifar-100-binary.tar.gz")?;
-    let bytes = read_file(&paths[0])?;
+    let bytes = read_file(&paths[0], (records * (PIXELS + 2)) as u64)?;
     let mut pixels = Vec::with_capacity(records * PIXELS);
     let mut labels = Vec::with_capacity(records);
     parse_cifar_records(&paths[0], &bytes, 2, 100, records, &mut pixels, &mut labels)?;
@@ -244,6 +244,22 @@ mod tests {
         let msg = load_cifar10(dir.path(), Split::Test).unwrap_err().to_string();
         assert!(msg.contains("test_batch.bin") && msg.contains("offset 10"), "{msg}");
         assert!(msg.contains("expected 30730000 bytes (10000 records of 3073); re-download"), "{msg}");
+    }
+
+    /// Issue 18: a 4 GiB `data_batch_3.bin` was read whole (4.29 GB resident, 22 s) before its
+    /// size was checked. The size comes from the metadata first: a sparse 4 GiB file is refused
+    /// at once, naming it.
+    #[test]
+    fn an_oversized_file_is_refused_from_its_metadata_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in cifar10_files(Split::Train) {
+            std::fs::File::create(dir.path().join(f)).unwrap().set_len((CIFAR10_RECORDS_PER_FILE * (PIXELS + 1)) as u64).unwrap();
+        }
+        std::fs::File::create(dir.path().join("data_batch_3.bin")).unwrap().set_len(4 << 30).unwrap(); // sparse
+        let t0 = std::time::Instant::now();
+        let msg = load_cifar10(dir.path(), Split::Train).unwrap_err().to_string();
+        assert!(msg.contains("data_batch_3.bin") && msg.contains("4294967296 bytes") && msg.contains("at most 30730000"), "{msg}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "took {:?}: the file was read", t0.elapsed());
     }
 
     #[test]

@@ -49,7 +49,21 @@ impl DataError {
     }
 }
 
-/// Reads a whole file, naming it in the error.
-pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|e| DataError::io(path, e))
+/// Reads a whole file of at most `max` bytes, naming it in the error. The size is checked from
+/// the file's metadata before anything is allocated or read, and the read itself stops at
+/// `max + 1` bytes (a file that grows, or a device that has no size, cannot exceed it either).
+pub fn read_file(path: &std::path::Path, max: u64) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    let too_big = |len: u64| DataError::Format { path: path.into(), offset: 0, msg: format!("{len} bytes; at most {max} expected here") };
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    if len > max {
+        return Err(too_big(len));
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    file.take(max + 1).read_to_end(&mut out).map_err(|e| DataError::io(path, e))?;
+    if out.len() as u64 > max {
+        return Err(too_big(out.len() as u64));
+    }
+    Ok(out)
 }

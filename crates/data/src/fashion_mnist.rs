@@ -52,7 +52,7 @@ pub(crate) fn locate(dir: &Path, base: &str) -> Option<PathBuf> {
 /// Reads `path`, decompressing it if its name ends in `.gz`.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     if path.extension().is_none_or(|e| e != "gz") {
-        return read_file(path);
+        return read_file(path, MAX_DECOMPRESSED);
     }
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut out = Vec::new();

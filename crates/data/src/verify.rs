@@ -170,7 +170,7 @@ fn verify_cifar(
             out.push(entry(name, CheckStatus::Missing, detail));
             continue;
         };
-        let bytes = read_file(&path)?;
+        let bytes = read_file(&path, (records * (crate::cifar::PIXELS + label_bytes)) as u64)?;
         let (mut pixels, mut labels) = (Vec::new(), Vec::new());
         let check = match cifar::parse_cifar_records(&path, &bytes, label_bytes, num_classes, records, &mut pixels, &mut labels) {
             Ok(()) => entry(
@@ -214,7 +214,7 @@ fn verify_fashion_mnist(dir: &Path) -> Result<Vec<FileCheck>, DataError> {
 /// A raw IDX file: parsed, and its count compared with the official one.
 fn check_raw_idx(dir: &Path, base: &str, is_images: bool, official_count: usize) -> Result<FileCheck, DataError> {
     let path = dir.join(base);
-    let bytes = read_file(&path)?;
+    let bytes = read_file(&path, fashion_mnist::MAX_DECOMPRESSED)?;
     let parsed =
         if is_images { fashion_mnist::parse_images(&path, &bytes) } else { fashion_mnist::parse_labels(&path, &bytes).map(|l| l.len()) };
     Ok(match parsed {

@@ -202,3 +202,19 @@ fn mixup_blends_each_batch_with_its_reversal_at_one_lambda_of_at_least_half() {
         assert!((m.images[(n + i) * plane + q] - want).abs() < 1e-5);
     }
 }
+
+/// Issue 18: `dataset_info.json` shard lengths whose sum overflows u64 wrapped silently.
+#[test]
+fn shard_lengths_that_overflow_are_refused() {
+    use ringsam_data::shards::layout::open_layout;
+    let dir = tempfile::tempdir().unwrap();
+    shards(dir.path(), "tfrecord", 3, &[]);
+    let out = dir.path().join("tfrecord");
+    let info_path = out.join("dataset_info.json");
+    let mut info: serde_json::Value = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    let train = info["splits"].as_array_mut().unwrap().iter_mut().find(|s| s["name"] == "train").unwrap();
+    train["shardLengths"] = serde_json::json!(["18446744073709551615", "1", "1"]);
+    std::fs::write(&info_path, serde_json::to_vec(&info).unwrap()).unwrap();
+    let msg = open_layout(&out).unwrap_err().to_string();
+    assert!(msg.contains("dataset_info.json") && msg.contains("more than 2^64"), "{msg}");
+}

@@ -113,13 +113,18 @@ impl EpochBatches {
 
 /// Loads the train and test splits of an in-memory dataset.
 pub fn load_splits(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Arc<Dataset>), TrainError> {
-    let size = if cfg.image_size == 0 { ringsam_models::input_size(&cfg.model_name) } else { cfg.image_size };
-    let synth = SyntheticSpec { size, ..SyntheticSpec::default() };
+    let synth = synthetic_spec(cfg);
     let dir = cfg.data_dir.as_deref();
     let name = cfg.dataset.as_str();
     let train = load(name, Split::Train, dir, cfg.use_test_set, &synth)?;
     let test = load(name, Split::Test, dir, cfg.use_test_set, &synth)?;
     Ok((Arc::new(train), Arc::new(test)))
+}
+
+/// The synthetic dataset's shape for `cfg` (`--image_size`, or the model's input size).
+fn synthetic_spec(cfg: &TrainConfig) -> SyntheticSpec {
+    let size = if cfg.image_size == 0 { ringsam_models::input_size(&cfg.model_name) } else { cfg.image_size };
+    SyntheticSpec { size, ..SyntheticSpec::default() }
 }
 
 /// Decoder threads for `--loader_workers 0`: one per four logical cores, at least one. The
@@ -214,6 +219,33 @@ impl TrainData {
             TrainData::Memory { train, .. } => train.channels,
             TrainData::Shards(_) => 3,
         }
+    }
+
+    /// Values in one training image as batches hold it (channels × height × width).
+    pub fn image_values(&self) -> usize {
+        match self {
+            TrainData::Memory { train, .. } => train.channels * train.height * train.width,
+            TrainData::Shards(s) => 3 * s.image_size * s.image_size,
+        }
+    }
+
+    /// Bytes the dataset holds in memory (shards are streamed: 0).
+    pub fn bytes_in_memory(&self) -> u64 {
+        match self {
+            TrainData::Memory { train, test } => (train.pixels.len() + test.pixels.len()) as u64,
+            TrainData::Shards(_) => 0,
+        }
+    }
+
+    /// Bytes `cfg`'s dataset will hold in memory when that is known before it is opened: the
+    /// synthetic set, which is generated at `--image_size` (files are bounded by their formats).
+    pub fn planned_bytes(cfg: &TrainConfig) -> u64 {
+        if cfg.dataset != crate::config::DatasetName::Synthetic {
+            return 0;
+        }
+        let spec = synthetic_spec(cfg);
+        let images = (spec.train_len + spec.test_len) as u64;
+        images.saturating_mul((spec.channels * spec.size * spec.size) as u64)
     }
 
     /// Training examples.

@@ -17,6 +17,7 @@ pub mod data_source;
 pub mod error;
 pub mod eval;
 pub mod grad_sync;
+pub mod memory;
 pub mod progress;
 pub mod replica;
 pub mod resume;

@@ -18,6 +18,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Set by a signal handler: checkpoint and stop.
     pub stop: Arc<AtomicBool>,
+    /// Bytes this run may use (the binary's reading of the host and container); `None`: no check.
+    pub memory_limit: Option<u64>,
 }
 
 /// What a finished run reports.

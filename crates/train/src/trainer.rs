@@ -39,6 +39,7 @@ use crate::config::{LrScheduleName, TrainConfig};
 use crate::data_source::TrainData;
 use crate::eval::{EvalReport, EvalSums, evaluate_batches};
 use crate::grad_sync::BucketPlan;
+use crate::memory::MemoryEstimate;
 use crate::progress::{Progress, StepProgress};
 use crate::replica::{average_state, check_identical, check_same_start, vote_and_metrics};
 use crate::resume::ConfigChange;
@@ -105,6 +106,9 @@ impl<'a> Trainer<'a> {
         check_world(&cfg, world)?;
         let stopped = |phase: &str| if opts.stop.load(Ordering::SeqCst) { Err(TrainError::Stopped(phase.into())) } else { Ok(()) };
         stopped("before opening the data")?;
+        if let Some(limit) = opts.memory_limit {
+            MemoryEstimate::new(&cfg, 0, 0, TrainData::planned_bytes(&cfg), world).check(limit)?;
+        }
         let data = TrainData::open(&cfg, log)?;
         data.check_world(world)?;
         stopped("while opening the data")?;
@@ -116,6 +120,11 @@ impl<'a> Trainer<'a> {
             )));
         }
         let model_cfg = ModelConfig { num_classes: data.num_classes(), in_channels: data.channels() };
+        if let Some(limit) = opts.memory_limit {
+            // Before the arena exists: the model's layout is built without allocating it.
+            let params = ringsam_models::build(&cfg.model_name, &model_cfg)?.layout().total();
+            MemoryEstimate::new(&cfg, params, data.image_values(), data.bytes_in_memory(), world).check(limit)?;
+        }
         let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
         let plan = BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm };
         let offset = (rank * (cfg.batch_size / world)) as u64;

@@ -42,7 +42,8 @@ pub struct SplitShards {
 impl SplitShards {
     /// Samples in the split, when known without reading the shards.
     pub fn known_len(&self) -> Option<u64> {
-        self.lengths.as_ref().map(|l| l.iter().sum())
+        // The parser refused lengths whose sum overflows; saturate rather than trust that here.
+        self.lengths.as_ref().map(|l| l.iter().fold(0u64, |a, &b| a.saturating_add(b)))
     }
 }
 
@@ -114,15 +115,7 @@ fn read_json(path: &Path) -> Result<Value, DataError> {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, DataError> {
-    let len = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
-    if len > MAX_METADATA {
-        return Err(DataError::Format {
-            path: path.into(),
-            offset: 0,
-            msg: format!("{len} bytes; a metadata file is at most {MAX_METADATA}"),
-        });
-    }
-    read_file(path)
+    read_file(path, MAX_METADATA)
 }
 
 /// `shardLengths` of split `name` in a parsed `dataset_info.json`.
@@ -134,15 +127,23 @@ fn shard_lengths(info: &Value, name: &str, path: &Path) -> Result<Option<Vec<u64
         offset: 0,
         msg: format!("split {name}: shardLengths entry {v} is not a non-negative integer"),
     };
-    lengths
+    let lengths = lengths
         .iter()
         .map(|v| match v {
             Value::String(s) => s.parse::<u64>().map_err(|_| bad(v)),
             Value::Number(n) => n.as_u64().ok_or_else(|| bad(v)),
             _ => Err(bad(v)),
         })
-        .collect::<Result<Vec<u64>, _>>()
-        .map(Some)
+        .collect::<Result<Vec<u64>, _>>()?;
+    // Summed once here, checked, so `SplitShards::known_len` cannot wrap.
+    if lengths.iter().try_fold(0u64, |a, &b| a.checked_add(b)).is_none() {
+        return Err(DataError::Format {
+            path: path.into(),
+            offset: 0,
+            msg: format!("split {name}: shardLengths add up to more than 2^64"),
+        });
+    }
+    Ok(Some(lengths))
 }
 
 /// Finds the shards, counts and class names under `dir` (see the module docs).

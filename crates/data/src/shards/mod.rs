@@ -175,7 +175,7 @@ pub fn pack_folder(
         let io = |e| DataError::io(&tmp, e);
         let file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
         let samples = chunk.iter().map(|(p, label)| {
-            let image = crate::error::read_file(p)?;
+            let image = crate::error::read_file(p, crate::shards::tfrecord::MAX_RECORD)?;
             // WebDataset splits a member's name at its first dot: keys must not contain one.
             let key = p.strip_prefix(from).unwrap_or(p).with_extension("").to_string_lossy().replace('\\', "/").replace('.', "_");
             Ok(Sample { key, image, label: *label })
