@@ -114,6 +114,9 @@ impl Congestion {
     }
 }
 
+/// Incoming connections that may wait at once (greeted or queued); quinn refuses the rest.
+pub const MAX_INCOMING: usize = 32;
+
 /// The UDP payload MTU discovery aims for on loopback (whose MTU is 65536 bytes).
 pub const LOOPBACK_MTU: u16 = 65000;
 
@@ -216,6 +219,9 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     let transport = Arc::new(transport);
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server).map_err(cfg_err)?));
     server_cfg.transport_config(transport.clone());
+    // Strangers' Initial packets cost memory until they are refused: bound how many incoming
+    // connections may wait, and the data buffered for them (quinn refuses the rest).
+    server_cfg.max_incoming(MAX_INCOMING).incoming_buffer_size(64 << 10).incoming_buffer_size_total(MAX_INCOMING as u64 * (64 << 10));
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).map_err(cfg_err)?));
     client_cfg.transport_config(transport);
     let bind_err = |e: std::io::Error| QuicError::Connect { what: format!("binding UDP {}", cfg.listen), why: e.to_string() };
@@ -305,28 +311,42 @@ pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<Qui
     want_hello[4..8].copy_from_slice(&(prev as u32).to_le_bytes());
     let accept = async {
         let mut got: Vec<Option<(Connection, RecvStream)>> = (0..stripes).map(|_| None).collect();
+        // Each incoming connection is greeted in a task of its own, so one that stalls delays no
+        // one; `max_incoming` above bounds how many wait to be accepted at all.
+        let mut greeting = tokio::task::JoinSet::new();
         while got.iter().any(Option::is_none) {
-            let incoming =
-                ep.accept().await.ok_or_else(|| QuicError::Connect { what: "accepting".into(), why: "endpoint closed".into() })?;
-            // A peer without a CA-signed certificate fails inside the TLS handshake; one that
-            // stalls gets a few seconds, so it cannot keep the real previous rank out.
-            let greeted = tokio::time::timeout(Duration::from_secs(5), async {
-                let conn = incoming.await.ok()?;
-                let mut rx = conn.accept_uni().await.ok()?;
-                let mut h = [0u8; 20];
-                rx.read_exact(&mut h).await.ok()?;
-                // Everything but the stripe index must be what the previous rank sends.
-                (h[..19] == want_hello[..19]).then_some((h[19] as usize, conn, rx))
-            });
-            // A stripe the previous rank connects again replaces one whose connection died
-            // (its first try may have timed out here after it had moved on); a live one stays.
-            if let Ok(Some((stripe, conn, rx))) = greeted.await
-                && let Some(slot) = got.get_mut(stripe)
-                && slot.as_ref().is_none_or(|(c, _)| c.close_reason().is_some())
-            {
-                *slot = Some((conn, rx));
+            tokio::select! {
+                incoming = ep.accept() => {
+                    let incoming = incoming.ok_or_else(|| QuicError::Connect { what: "accepting".into(), why: "endpoint closed".into() })?;
+                    // A peer without a CA-signed certificate fails inside the TLS handshake; one
+                    // that stalls gets a few seconds.
+                    if greeting.len() >= MAX_INCOMING {
+                        incoming.refuse();
+                        continue;
+                    }
+                    greeting.spawn(tokio::time::timeout(Duration::from_secs(5), async move {
+                        let conn = incoming.await.ok()?;
+                        let mut rx = conn.accept_uni().await.ok()?;
+                        let mut h = [0u8; 20];
+                        rx.read_exact(&mut h).await.ok()?;
+                        // Everything but the stripe index must be what the previous rank sends.
+                        (h[..19] == want_hello[..19]).then_some((h[19] as usize, conn, rx))
+                    }));
+                }
+                Some(done) = greeting.join_next(), if !greeting.is_empty() => {
+                    // A stripe the previous rank connects again replaces one whose connection
+                    // died (its first try may have timed out after it had moved on); a live one
+                    // stays.
+                    if let Ok(Ok(Some((stripe, conn, rx)))) = done
+                        && let Some(slot) = got.get_mut(stripe)
+                        && slot.as_ref().is_none_or(|(c, _)| c.close_reason().is_some())
+                    {
+                        *slot = Some((conn, rx));
+                    }
+                }
             }
         }
+        greeting.abort_all();
         Ok::<_, QuicError>(got.into_iter().flatten().collect::<Vec<_>>())
     };
     let connect = async {
@@ -353,6 +373,9 @@ pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<Qui
     let (inbound, outbound) = tokio::time::timeout(cfg.connect_timeout, async { tokio::try_join!(accept, connect) })
         .await
         .map_err(|_| QuicError::Timeout(cfg.connect_timeout))??;
+    // Formed: this endpoint accepts no one else (strangers' Initials are refused at once and cost
+    // nothing). A re-formation opens a new endpoint, and with it a new window for a replacement.
+    ep.set_server_config(None);
     let links = QuicLinks {
         inbound: inbound.iter().map(|(c, _)| c.clone()).collect(),
         outbound: outbound.iter().map(|(c, _)| c.clone()).collect(),

@@ -102,15 +102,43 @@ pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Res
     Ok(driver::spawn(ring, Some((vec![driver::ByteFrames(rd)], vec![wr]))))
 }
 
+/// Handshakes a listening rank runs at once. Each connection gets its own task, so a stranger
+/// who connects and says nothing delays no one; past this many, a new connection ends the oldest
+/// pending one (the real previous rank is a new connection, and retries anyway).
+pub const MAX_PENDING_HANDSHAKES: usize = 32;
+
+/// How long a connection may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn accept_prev(listener: &TcpListener, cfg: &TcpConfig) -> Result<TcpStream, TcpError> {
+    let mut pending = tokio::task::JoinSet::new();
+    let mut order = std::collections::VecDeque::new(); // oldest first
     loop {
-        let (mut s, addr) =
-            listener.accept().await.map_err(|source| TcpError::Io { what: "accepting the previous rank".into(), source })?;
-        let _ = s.set_nodelay(true);
-        match tokio::time::timeout(Duration::from_secs(5), handshake::server(&mut s, cfg)).await {
-            Ok(Ok(())) => return Ok(s),
-            // A stranger or a misconfigured peer must not stop the real one from joining.
-            Ok(Err(_)) | Err(_) => drop((s, addr)),
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (mut s, _) = accepted.map_err(|source| TcpError::Io { what: "accepting the previous rank".into(), source })?;
+                let _ = s.set_nodelay(true);
+                if pending.len() >= MAX_PENDING_HANDSHAKES
+                    && let Some(oldest) = order.pop_front()
+                {
+                    tokio::task::AbortHandle::abort(&oldest);
+                }
+                let cfg = cfg.clone();
+                order.push_back(pending.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::server(&mut s, &cfg)).await {
+                        Ok(Ok(())) => Some(s),
+                        // A stranger or a misconfigured peer must not stop the real one joining.
+                        Ok(Err(_)) | Err(_) => None,
+                    }
+                }));
+                order.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
+            }
+            Some(done) = pending.join_next(), if !pending.is_empty() => {
+                if let Ok(Some(s)) = done {
+                    pending.abort_all();
+                    return Ok(s);
+                }
+            }
         }
     }
 }

@@ -221,3 +221,27 @@ fn short_secrets_are_refused_with_advice() {
     check_secret(b"AbCdEfGhIjKlMnOpQrStUv").unwrap(); // 22 base64 characters
     assert!(check_secret(b"AbCdEfGhIjKlMnOpQrStU").is_err());
 }
+
+/// Issue 18: the accept loop served one connection at a time with a 5 s handshake timeout, so six
+/// idle connections to a waiting rank kept its real previous rank out past a 20 s timeout. Now
+/// every connection is greeted in its own task (and past the bound, the oldest is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_strangers_cannot_keep_the_real_peer_out() {
+    let (ls, addrs) = listeners(2).await;
+    let mut it = ls.into_iter();
+    let (l0, l1) = (it.next().unwrap(), it.next().unwrap());
+    let timeout = Duration::from_secs(8);
+    let rank1 = tokio::spawn(connect_with_listener(cfg(1, 2, &addrs, SECRET, timeout), l1));
+    // More idle connections than the handshake bound, all opened before the real rank 0.
+    let mut idle = Vec::new();
+    for _ in 0..ringsam_collective::tcp::MAX_PENDING_HANDSHAKES + 8 {
+        idle.push(TcpStream::connect(addrs[1]).await.unwrap());
+    }
+    let t0 = Instant::now();
+    let rank0 = tokio::spawn(connect_with_listener(cfg(0, 2, &addrs, SECRET, timeout), l0));
+    let (mut r0, mut r1) = (rank0.await.unwrap().unwrap(), rank1.await.unwrap().unwrap());
+    assert!(t0.elapsed() < Duration::from_secs(4), "formed only after {:?}", t0.elapsed());
+    let (a, b) = tokio::join!(r0.allreduce(vec![1.0; 10], ReduceOp::Sum), r1.allreduce(vec![2.0; 10], ReduceOp::Sum));
+    assert_eq!((a.unwrap(), b.unwrap()), (vec![3.0; 10], vec![3.0; 10]));
+    drop(idle);
+}
