@@ -365,7 +365,8 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
                 tuning: bench.quic,
             }
         };
-        let (rows, stats) = run_rank(&bench, rank, &args.peers, &transport).map_err(anyhow::Error::msg)?;
+        let refusals = process::refusal_log(format!("rank {rank}"));
+        let (rows, stats) = run_rank(&bench, rank, &args.peers, &transport, Some(refusals)).map_err(anyhow::Error::msg)?;
         if let Some(line) = stats {
             // One write for the whole line: the ranks share the launcher's stderr, and eprintln!
             // writes a line in pieces, which other ranks' lines then split.

@@ -134,3 +134,20 @@ pub(crate) fn available_memory() -> Option<u64> {
         (a, b) => a.or(b),
     }
 }
+
+/// Logs connections a listening rank refused (who, and why) and counts them in
+/// `ringsam_ring_refusals_total`. Rate-limited: the first 20, then every 100th, so a flood of
+/// strangers cannot flood the log too.
+pub(crate) fn refusal_log(who: String) -> ringsam_collective::transport::Refusals {
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    ringsam_collective::transport::Refusals(Arc::new(move |peer, why| {
+        let n = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        ringsam_train::telemetry::count_refusal();
+        if n <= 20 || n.is_multiple_of(100) {
+            // One write per line: ranks may share a terminal.
+            use std::io::Write as _;
+            let _ =
+                std::io::stderr().write_all(format!("ringsam: {who}: refused a connection from {peer}: {why} ({n} so far)\n").as_bytes());
+        }
+    }))
+}

@@ -159,6 +159,7 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         transport,
         connect_timeout: timeout,
         peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
+        on_refusal: Some(crate::process::refusal_log(format!("rank {rank}"))),
     };
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
     serve_metrics(&args.train, rank, &log)?;

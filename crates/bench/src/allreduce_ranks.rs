@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ringsam_collective::local_ranks::LocalRanks;
 use ringsam_collective::quic::QuicTuning;
-use ringsam_collective::transport::{Link, Transport, form_ring};
+use ringsam_collective::transport::{Link, Refusals, Transport, form_ring};
 use ringsam_collective::{RingConfig, inproc::InprocRing};
 
 use crate::allreduce::{BenchRow, BlockingRing, memcpy_gbs, run};
@@ -95,9 +95,10 @@ pub fn run_rank(
     rank: usize,
     peers: &[SocketAddr],
     transport: &Transport,
+    on_refusal: Option<Refusals>,
 ) -> Result<(Vec<BenchRow>, Option<String>), String> {
     let world = peers.len();
-    let link = Link { listen: peers[rank], next: peers[(rank + 1) % world], connect_timeout: b.timeout };
+    let link = Link { listen: peers[rank], next: peers[(rank + 1) % world], connect_timeout: b.timeout, on_refusal };
     let threads = ring_threads_for(b.ring_threads, 1);
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

@@ -45,6 +45,8 @@ pub struct QuicConfig {
     pub connect_timeout: Duration,
     /// Bulk-transfer settings.
     pub tuning: QuicTuning,
+    /// Where refused connections are reported (none: they are dropped silently).
+    pub on_refusal: Option<crate::transport::Refusals>,
 }
 
 /// The settings that decide how fast QUIC moves a ring's bulk data (each measured on loopback
@@ -320,24 +322,39 @@ pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<Qui
                     let incoming = incoming.ok_or_else(|| QuicError::Connect { what: "accepting".into(), why: "endpoint closed".into() })?;
                     // A peer without a CA-signed certificate fails inside the TLS handshake; one
                     // that stalls gets a few seconds.
+                    let peer = incoming.remote_address();
+                    let refused = |why: &str| if let Some(r) = &cfg.on_refusal { r.report(peer, why) };
                     if greeting.len() >= MAX_INCOMING {
                         incoming.refuse();
+                        refused("too many connections waiting to be greeted");
                         continue;
                     }
-                    greeting.spawn(tokio::time::timeout(Duration::from_secs(5), async move {
-                        let conn = incoming.await.ok()?;
-                        let mut rx = conn.accept_uni().await.ok()?;
-                        let mut h = [0u8; 20];
-                        rx.read_exact(&mut h).await.ok()?;
-                        // Everything but the stripe index must be what the previous rank sends.
-                        (h[..19] == want_hello[..19]).then_some((h[19] as usize, conn, rx))
-                    }));
+                    let on_refusal = cfg.on_refusal.clone();
+                    greeting.spawn(async move {
+                        let greeted = tokio::time::timeout(Duration::from_secs(5), async move {
+                            let conn = incoming.await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+                            let mut rx = conn.accept_uni().await.map_err(|e| format!("no hello stream: {e}"))?;
+                            let mut h = [0u8; 20];
+                            rx.read_exact(&mut h).await.map_err(|e| format!("no hello: {e}"))?;
+                            // Everything but the stripe index must be what the previous rank sends.
+                            if h[..19] != want_hello[..19] {
+                                return Err("a hello for another ring, rank, generation or frame size".to_string());
+                            }
+                            Ok((h[19] as usize, conn, rx))
+                        })
+                        .await
+                        .unwrap_or_else(|_| Err("no hello within 5 s".into()));
+                        if let (Err(why), Some(r)) = (&greeted, &on_refusal) {
+                            r.report(peer, why);
+                        }
+                        greeted.ok()
+                    });
                 }
                 Some(done) = greeting.join_next(), if !greeting.is_empty() => {
                     // A stripe the previous rank connects again replaces one whose connection
                     // died (its first try may have timed out after it had moved on); a live one
                     // stays.
-                    if let Ok(Ok(Some((stripe, conn, rx)))) = done
+                    if let Ok(Some((stripe, conn, rx))) = done
                         && let Some(slot) = got.get_mut(stripe)
                         && slot.as_ref().is_none_or(|(c, _)| c.close_reason().is_some())
                     {

@@ -44,6 +44,8 @@ pub struct TcpConfig {
     pub secret: Vec<u8>,
     /// How long to keep trying to form the ring.
     pub connect_timeout: Duration,
+    /// Where refused connections are reported (none: they are dropped silently).
+    pub on_refusal: Option<crate::transport::Refusals>,
 }
 
 /// Why a TCP ring could not be formed.
@@ -116,7 +118,7 @@ async fn accept_prev(listener: &TcpListener, cfg: &TcpConfig) -> Result<TcpStrea
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (mut s, _) = accepted.map_err(|source| TcpError::Io { what: "accepting the previous rank".into(), source })?;
+                let (mut s, peer) = accepted.map_err(|source| TcpError::Io { what: "accepting the previous rank".into(), source })?;
                 let _ = s.set_nodelay(true);
                 if pending.len() >= MAX_PENDING_HANDSHAKES
                     && let Some(oldest) = order.pop_front()
@@ -125,11 +127,17 @@ async fn accept_prev(listener: &TcpListener, cfg: &TcpConfig) -> Result<TcpStrea
                 }
                 let cfg = cfg.clone();
                 order.push_back(pending.spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::server(&mut s, &cfg)).await {
-                        Ok(Ok(())) => Some(s),
+                    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::server(&mut s, &cfg)).await {
+                        Ok(Ok(())) => return Some(s),
                         // A stranger or a misconfigured peer must not stop the real one joining.
-                        Ok(Err(_)) | Err(_) => None,
+                        Ok(Err(TcpError::Handshake { why, .. })) => why,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
+                    };
+                    if let Some(r) = &cfg.on_refusal {
+                        r.report(peer, &why);
                     }
+                    None
                 }));
                 order.retain(|h: &tokio::task::AbortHandle| !h.is_finished());
             }

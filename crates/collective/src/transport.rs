@@ -3,12 +3,35 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::certs::{read_certs, read_key};
 use crate::quic::{QuicConfig, QuicLinks, QuicTuning};
 use crate::tcp::TcpConfig;
 use crate::{RingConfig, RingHandle};
+
+/// Hears of every connection a listening rank refuses (the peer's address and why): a stranger,
+/// a wrong secret or certificate, a stalled handshake. The caller logs and counts them; without
+/// it, refusals would be silent and a later "ring not formed" would say nothing of them.
+#[derive(Clone)]
+pub struct Refusals(pub Arc<RefusalFn>);
+
+/// What [`Refusals`] calls: the refused peer's address, and why.
+pub type RefusalFn = dyn Fn(SocketAddr, &str) + Send + Sync;
+
+impl Refusals {
+    /// Reports one refusal.
+    pub fn report(&self, peer: SocketAddr, why: &str) {
+        (self.0)(peer, why)
+    }
+}
+
+impl std::fmt::Debug for Refusals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Refusals(..)")
+    }
+}
 
 /// How a ring authenticates and carries frames.
 #[derive(Clone, Debug)]
@@ -32,7 +55,7 @@ pub enum Transport {
 }
 
 /// Where a rank listens and whom it connects to.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Link {
     /// This rank's listen address.
     pub listen: SocketAddr,
@@ -40,15 +63,17 @@ pub struct Link {
     pub next: SocketAddr,
     /// How long to keep trying to form the ring.
     pub connect_timeout: Duration,
+    /// Where refused connections are reported.
+    pub on_refusal: Option<Refusals>,
 }
 
 /// Forms this rank's part of `ring` over `transport`. With QUIC, also returns the links' path
 /// statistics (for `--quic_stats`).
 pub async fn form_ring(transport: &Transport, ring: RingConfig, link: Link) -> Result<(RingHandle, Option<QuicLinks>), String> {
-    let Link { listen, next, connect_timeout } = link;
+    let Link { listen, next, connect_timeout, on_refusal } = link;
     match transport {
         Transport::Tcp { secret } => {
-            let cfg = TcpConfig { ring, listen, next, secret: secret.clone(), connect_timeout };
+            let cfg = TcpConfig { ring, listen, next, secret: secret.clone(), connect_timeout, on_refusal };
             Ok((crate::tcp::connect(cfg).await.map_err(|e| e.to_string())?, None))
         }
         Transport::Quic { ca, cert, key, tuning } => {
@@ -63,6 +88,7 @@ pub async fn form_ring(transport: &Transport, ring: RingConfig, link: Link) -> R
                 key: read_key(key).map_err(|e| e.to_string())?,
                 connect_timeout,
                 tuning: *tuning,
+                on_refusal,
             };
             crate::quic::connect_observed(cfg).await.map_err(|e| e.to_string())
         }

@@ -25,6 +25,7 @@ fn cfg(rank: usize, world: usize, addrs: &[SocketAddr], ca: &ClusterCa, signer: 
         key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
         connect_timeout: timeout,
         tuning: ringsam_collective::quic::QuicTuning { stream_window: 16 << 20, ..Default::default() },
+        on_refusal: None,
     }
 }
 

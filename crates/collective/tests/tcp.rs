@@ -27,6 +27,7 @@ fn cfg(rank: usize, world: usize, addrs: &[SocketAddr], secret: &[u8], timeout: 
         next: addrs[(rank + 1) % world],
         secret: secret.to_vec(),
         connect_timeout: timeout,
+        on_refusal: None,
     }
 }
 
@@ -244,4 +245,33 @@ async fn idle_strangers_cannot_keep_the_real_peer_out() {
     let (a, b) = tokio::join!(r0.allreduce(vec![1.0; 10], ReduceOp::Sum), r1.allreduce(vec![2.0; 10], ReduceOp::Sum));
     assert_eq!((a.unwrap(), b.unwrap()), (vec![3.0; 10], vec![3.0; 10]));
     drop(idle);
+}
+
+/// Issue 18: refusals were silent, and the later timeout said nothing of them. Each refused
+/// connection is reported with the peer's address and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_reported_with_the_peer_and_why() {
+    use std::sync::{Arc, Mutex};
+    let (ls, addrs) = listeners(2).await;
+    let mut it = ls.into_iter();
+    let (l0, l1) = (it.next().unwrap(), it.next().unwrap());
+    let heard: Arc<Mutex<Vec<(SocketAddr, String)>>> = Arc::default();
+    let sink = heard.clone();
+    let listening = TcpConfig {
+        on_refusal: Some(ringsam_collective::transport::Refusals(Arc::new(move |peer, why| sink.lock().unwrap().push((peer, why.into()))))),
+        ..cfg(1, 2, &addrs, SECRET, Duration::from_secs(8))
+    };
+    let rank1 = tokio::spawn(connect_with_listener(listening, l1));
+    let mut junk = TcpStream::connect(addrs[1]).await.unwrap();
+    junk.write_all(&[0xAB; handshake::HELLO_LEN]).await.unwrap();
+    let junk_addr = junk.local_addr().unwrap();
+    let mut wrong = TcpStream::connect(addrs[1]).await.unwrap();
+    let wrong_addr = wrong.local_addr().unwrap();
+    let _ = handshake::client(&mut wrong, &cfg(0, 2, &addrs, b"another-secret-of-128-bits-or-more", Duration::from_secs(5))).await;
+    let (r0, r1) = tokio::join!(connect_with_listener(cfg(0, 2, &addrs, SECRET, Duration::from_secs(8)), l0), rank1);
+    r0.unwrap();
+    r1.unwrap().unwrap();
+    let heard = heard.lock().unwrap().clone();
+    assert!(heard.iter().any(|(p, why)| *p == junk_addr && why.contains("not a ringsam hello")), "{heard:?}");
+    assert!(heard.iter().any(|(p, why)| *p == wrong_addr && why.contains("cluster secret")), "{heard:?}");
 }

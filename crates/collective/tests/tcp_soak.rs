@@ -26,6 +26,7 @@ async fn form(world: usize, timeout: Duration) -> Vec<RingHandle> {
                 next: addrs[(r + 1) % world],
                 secret: SECRET.to_vec(),
                 connect_timeout: timeout,
+                on_refusal: None,
             };
             tokio::spawn(connect_with_listener(cfg, l))
         })

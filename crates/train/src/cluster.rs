@@ -37,6 +37,8 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     /// Silence from a peer that owes data after which every pending operation fails.
     pub peer_timeout: Duration,
+    /// Where connections the rings refuse are reported (log them, count them).
+    pub on_refusal: Option<ringsam_collective::transport::Refusals>,
 }
 
 /// Which ring an exchange runs on.
@@ -168,6 +170,6 @@ async fn until_stopped<T>(work: impl std::future::Future<Output = T>, stop: &Ato
 }
 
 async fn form(cfg: &ClusterConfig, ring: RingConfig, listen: SocketAddr, next: SocketAddr) -> Result<RingHandle, String> {
-    let link = Link { listen, next, connect_timeout: cfg.connect_timeout };
+    let link = Link { listen, next, connect_timeout: cfg.connect_timeout, on_refusal: cfg.on_refusal.clone() };
     form_ring(&cfg.transport, ring, link).await.map(|(handle, _)| handle)
 }

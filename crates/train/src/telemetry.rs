@@ -75,6 +75,11 @@ fn answer(mut conn: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()>
     conn.write_all(body.as_bytes())
 }
 
+/// Counts a connection the rings refused (`ringsam_ring_refusals_total`).
+pub fn count_refusal() {
+    counter!("ringsam_ring_refusals_total").increment(1);
+}
+
 /// Exports one step (see the table in the module docs). A no-op when no recorder is installed.
 pub fn export_step(r: &StepReport, seconds: f64, images: usize, queue_depth: usize, loader_skipped: usize) {
     counter!("ringsam_steps_total").increment(1);

@@ -105,6 +105,7 @@ fn replicas_with(world: usize, group_size: Option<usize>, step_cfg: StepConfig) 
                     transport: Transport::Tcp { secret: b"data-parallel-test-secret".to_vec() },
                     connect_timeout: Duration::from_secs(20),
                     peer_timeout: Duration::from_secs(20),
+                    on_refusal: None,
                 };
                 let cluster = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 // Small buckets, so several are in flight during backward.
@@ -211,6 +212,7 @@ fn replicas_refuse_to_start_from_different_positions_and_detect_divergence() {
                     transport: Transport::Tcp { secret: b"data-parallel-test-secret".to_vec() },
                     connect_timeout: Duration::from_secs(20),
                     peer_timeout: Duration::from_secs(20),
+                    on_refusal: None,
                 };
                 let mut c = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 let params = vec![0.5f32; 100];
