@@ -472,7 +472,13 @@ impl TrainConfig {
         ];
         for (flag, v, lo, hi) in in_range {
             if !(v >= lo && v <= hi) {
-                return Err(format!("--{flag} {v} must be a number in [{lo}, {hi}]"));
+                let range = match (lo, hi) {
+                    (f64::MIN_POSITIVE, f64::MAX) => "a finite number above 0".to_string(),
+                    (lo, f64::MAX) => format!("a finite number of at least {lo}"),
+                    (f64::MIN_POSITIVE, hi) => format!("a number above 0 and at most {hi}"),
+                    (lo, hi) => format!("a number in [{lo}, {hi}]"),
+                };
+                return Err(format!("--{flag} {v} must be {range}"));
             }
         }
         let below_one = [("momentum", self.momentum), ("label_smoothing", self.label_smoothing), ("ema_decay", self.ema_decay)];
