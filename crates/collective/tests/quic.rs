@@ -152,3 +152,53 @@ async fn a_formed_ring_accepts_no_one_else() {
     let (a, b) = tokio::join!(r0.allreduce(vec![1.0; 10], ReduceOp::Sum), r1.allreduce(vec![2.0; 10], ReduceOp::Sum));
     assert_eq!((a.unwrap(), b.unwrap()), (vec![3.0; 10], vec![3.0; 10]));
 }
+
+/// Issue 18: a forming rank must bound what strangers' connections cost. 100 connections that
+/// complete TLS (the worst case: CA-signed) and then stall, never sending a hello, reach a rank
+/// waiting for its previous rank: at most `MAX_INCOMING` are greeted at once, the rest are
+/// refused (each refusal reported), and the real rank 0 still joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_are_bounded_by_count() {
+    use std::sync::{Arc, Mutex};
+    let ca = ClusterCa::generate().unwrap();
+    let addrs = free_udp_addrs(2);
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = heard.clone();
+    let rank1 = QuicConfig {
+        on_refusal: Some(ringsam_collective::transport::Refusals(Arc::new(move |_, why| sink.lock().unwrap().push(why.into())))),
+        ..cfg(1, 2, &addrs, &ca, &ca, Duration::from_secs(30))
+    };
+    let rank1 = tokio::spawn(connect(rank1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Strangers (with valid credentials, the worst case) start handshakes and vanish.
+    let (cert, key) = ca.node("stranger").unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![b"ringsam/1".to_vec()];
+    let client_cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connecting = ep.connect_with(client_cfg.clone(), addrs[1], "ringsam-peer").unwrap();
+        stalled.push((ep, connecting)); // kept alive, driven by their endpoints, never greeting
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused_for_count = heard.lock().unwrap().iter().filter(|w| w.contains("too many connections waiting")).count();
+    assert!(refused_for_count >= 100 - ringsam_collective::quic::MAX_INCOMING - 10, "only {refused_for_count} refused for the bound");
+    drop(stalled);
+    // The real rank 0 still joins once the abandoned greetings time out.
+    let rank0 = connect(cfg(0, 2, &addrs, &ca, &ca, Duration::from_secs(30))).await.unwrap();
+    let mut rank1 = rank1.await.unwrap().unwrap();
+    let mut rank0 = rank0;
+    let (a, b) = tokio::join!(rank0.allreduce(vec![1.0; 10], ReduceOp::Sum), rank1.allreduce(vec![2.0; 10], ReduceOp::Sum));
+    assert_eq!((a.unwrap(), b.unwrap()), (vec![3.0; 10], vec![3.0; 10]));
+}
