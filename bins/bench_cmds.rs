@@ -7,12 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use clap::ValueEnum;
-use ringsam_train::config::JpegDecoderName;
+use ringsam_train::config::{JpegDecoderName, MAX_TIMEOUT_SECONDS};
 
 use crate::process::{self, usage};
-
-/// The longest timeout a flag accepts: a week (an `Instant` plus much more overflows).
-pub(crate) const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
 
 /// The smallest QUIC window or buffer accepted: one full-size datagram (a zero window never
 /// lets a byte through, and the ring would only fail later as "not formed").

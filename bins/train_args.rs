@@ -43,14 +43,9 @@ pub fn resolve_train_config(args: &TrainArgs, matches: &ArgMatches) -> Result<Tr
     TrainConfig::resolve(matches, text.as_deref()).map_err(|e| usage(if text.is_some() { format!("{which}: {e}") } else { e }))
 }
 
-/// Parses and resolves training flags given as words (what `launch` passes its workers), so a
-/// mistake is reported before any worker starts. A leading `train` is accepted, as in
-/// `ringsam launch --nproc 2 -- train --dataset digits`.
+/// Parses and resolves training flags given as words (what `launch` passes its workers, after
+/// it has dropped a leading `train`), so a mistake is reported before any worker starts.
 pub fn check_train_words(words: &[String]) -> Result<TrainConfig> {
-    let words = match words.first() {
-        Some(w) if w == "train" => &words[1..],
-        _ => words,
-    };
     let cmd = TrainArgs::augment_args(clap::Command::new("train").no_binary_name(true));
     let matches = cmd.try_get_matches_from(ringsam_train::config::normalize_flag_names(words)).map_err(|e| usage(e.to_string()))?;
     let args = TrainArgs::from_arg_matches(&matches).map_err(|e| usage(e.to_string()))?;

@@ -72,7 +72,7 @@ pub struct WorkerArgs {
     pub key: Option<PathBuf>,
     /// Seconds to wait for every peer to come up and the rings to form (1 to a week).
     #[arg(long, env = "RINGSAM_CONNECT_TIMEOUT", default_value_t = 300,
-          value_parser = clap::value_parser!(u64).range(1..=crate::bench_cmds::MAX_TIMEOUT_SECONDS))]
+          value_parser = clap::value_parser!(u64).range(1..=ringsam_train::config::MAX_TIMEOUT_SECONDS))]
     pub connect_timeout: u64,
     /// Training flags, as for `ringsam train`.
     #[command(flatten)]

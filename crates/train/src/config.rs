@@ -335,7 +335,8 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 const MAX_IMAGE_SIZE: usize = 4096;
 const MAX_PREFETCH: usize = 64;
 const MAX_LOADER_WORKERS: usize = 256;
-const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+/// The longest timeout any flag accepts: a week (an `Instant` plus much more overflows).
+pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
 
 impl Default for TrainConfig {
     /// The defaults the flags declare (there is no second list of them).
