@@ -12,7 +12,7 @@ use ringsam_nn::Rng;
 use ringsam_tensor::{Device, Tensor, TensorError};
 use serde::Serialize;
 
-use ringsam_train::{SamStep, StepConfig, TrainError};
+use ringsam_train::{BatchShare, SamStep, StepConfig, TrainError};
 
 /// What to benchmark.
 #[derive(Clone, Debug)]
@@ -83,7 +83,13 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     // One model serves both variants (only ρ differs), so the benchmark holds one set of
     // activations. Both are warmed up first, then timed in alternation (SGD, SAM, SGD, ...) so that
     // a change in machine conditions during the run affects both alike.
-    let mut st = SamStep::new(&cfg.model, &model_cfg, StepConfig { rho: 0.0, weight_decay: 5e-4, ..StepConfig::default() }, None, 0)?;
+    let mut st = SamStep::new(
+        &cfg.model,
+        &model_cfg,
+        StepConfig { rho: 0.0, weight_decay: 5e-4, ..StepConfig::default() },
+        None,
+        BatchShare::alone(1),
+    )?;
     progress("warm-up steps");
     for rho in [0.0, cfg.rho] {
         st.set_rho(rho);

@@ -27,6 +27,7 @@ pub mod normalize;
 pub mod registry;
 pub mod shard_loader;
 pub mod shards;
+pub mod share;
 pub mod svhn;
 pub mod synthetic;
 pub mod verify;

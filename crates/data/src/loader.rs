@@ -12,7 +12,8 @@
 //! The epoch's order is a permutation drawn from `(seed, epoch)` only, and each batch's
 //! augmentation from `(seed, epoch, batch index)`, so the same seed gives the same batches
 //! whatever the timing, and a resumed run can start at any batch of an epoch. With several
-//! replicas, replica `rank` of `world` takes its contiguous share of every global batch.
+//! replicas, replica `rank` of `world` takes its contiguous share of every global batch: whole
+//! micro-batches ([`crate::share`]), so the batches do not depend on the world size.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use ringsam_rng::Rng;
 use crate::augment::{cutout_batch, flip_pad_crop};
 use crate::autoaugment::policies::{SubPolicy, autoaugment};
 use crate::normalize::Normalization;
+use crate::share::BatchShare;
 use crate::{Batch, DataError, Dataset};
 
 /// Random-stream ids, so permutation and augmentation draws never coincide.
@@ -59,6 +61,8 @@ pub struct LoaderConfig {
     pub rank: usize,
     /// Number of replicas.
     pub world: usize,
+    /// Micro-batches per global batch, shared among the replicas ([`crate::share`]).
+    pub units: usize,
 }
 
 impl LoaderConfig {
@@ -78,7 +82,13 @@ impl LoaderConfig {
             prefetch: 2,
             rank,
             world,
+            units: world,
         }
+    }
+
+    /// This replica's place in each global batch.
+    pub fn share(&self) -> Result<BatchShare, DataError> {
+        BatchShare::new(self.units, self.rank, self.world).map_err(DataError::Config)
     }
 
     /// Batches in one epoch of `len` examples.
@@ -98,10 +108,11 @@ pub struct Loader {
 impl Loader {
     /// Starts producing batches `start_batch..` of `epoch`.
     pub fn new(data: Arc<Dataset>, cfg: &LoaderConfig, epoch: u64, start_batch: usize) -> Result<Loader, DataError> {
-        if cfg.batch_size == 0 || cfg.world == 0 || cfg.rank >= cfg.world || !cfg.batch_size.is_multiple_of(cfg.world) {
+        cfg.share()?;
+        if cfg.batch_size == 0 || (cfg.drop_last && !cfg.batch_size.is_multiple_of(cfg.units)) {
             return Err(DataError::Config(format!(
-                "batch size {} must be positive and divisible by the {} replicas (rank {})",
-                cfg.batch_size, cfg.world, cfg.rank
+                "batch size {} must be positive and divisible by its {} micro-batches",
+                cfg.batch_size, cfg.units
             )));
         }
         if cfg.normalization.mean.len() != data.channels {
@@ -171,6 +182,7 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usiz
 
 fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: usize, tx: SyncSender<Batch>, queued: &AtomicUsize) {
     let order = epoch_order(data.len(), cfg.seed, epoch, cfg.shuffle);
+    let Ok(share) = cfg.share() else { return }; // checked by `Loader::new`
     let (h, w, c) = (data.height, data.width, data.channels);
     let mut scratch = vec![0u8; data.image_len()];
     let mut augmented = Vec::with_capacity(data.image_len());
@@ -178,8 +190,8 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
         let lo = b * cfg.batch_size;
         let hi = ((b + 1) * cfg.batch_size).min(data.len());
         // This replica's contiguous share of the global batch.
-        let share = (hi - lo).div_ceil(cfg.world);
-        let (mlo, mhi) = ((lo + cfg.rank * share).min(hi), (lo + (cfg.rank + 1) * share).min(hi));
+        let mine = share.examples(hi - lo);
+        let (mlo, mhi) = (lo + mine.start, lo + mine.end);
         let n = mhi - mlo;
         // Batch-level draws (the cutout patch, one per batch as the reference) are shared by
         // every replica's share of the batch.
@@ -240,6 +252,7 @@ mod tests {
             prefetch: 2,
             rank: 0,
             world: 1,
+            units: 1,
         }
     }
 
@@ -264,12 +277,37 @@ mod tests {
         c.cutout = None;
         c.flip_crop = false;
         let whole: Vec<Batch> = Loader::new(d.clone(), &c, 0, 0).unwrap().collect();
-        let parts: Vec<Vec<Batch>> =
-            (0..2).map(|r| Loader::new(d.clone(), &LoaderConfig { rank: r, world: 2, ..c.clone() }, 0, 0).unwrap().collect()).collect();
+        let parts: Vec<Vec<Batch>> = (0..2)
+            .map(|r| Loader::new(d.clone(), &LoaderConfig { rank: r, world: 2, units: 2, ..c.clone() }, 0, 0).unwrap().collect())
+            .collect();
         for (i, b) in whole.iter().enumerate() {
             let joined: Vec<u32> = parts[0][i].labels.iter().chain(&parts[1][i].labels).copied().collect();
             assert_eq!(joined, b.labels);
         }
+    }
+
+    #[test]
+    fn any_world_up_to_the_units_makes_the_same_batches() {
+        let d = Arc::new(synthetic(Split::Train, 48, 8, 3, 4, 1));
+        let c = LoaderConfig { units: 4, cutout: None, ..cfg(8) };
+        let whole: Vec<Batch> = Loader::new(d.clone(), &c, 1, 0).unwrap().collect();
+        for world in [2, 3, 4] {
+            let parts: Vec<Vec<Batch>> = (0..world)
+                .map(|r| Loader::new(d.clone(), &LoaderConfig { rank: r, world, ..c.clone() }, 1, 0).unwrap().collect())
+                .collect();
+            let plane = 8 * 8;
+            for (i, b) in whole.iter().enumerate() {
+                let labels: Vec<u32> = parts.iter().flat_map(|p| p[i].labels.clone()).collect();
+                assert_eq!(labels, b.labels, "world {world}, batch {i}");
+                // Channel 0 of each share is its slice of the whole batch's channel 0.
+                let mut at = 0;
+                for p in &parts {
+                    assert_eq!(&p[i].images[..p[i].n * plane], &b.images[at * plane..(at + p[i].n) * plane], "world {world}");
+                    at += p[i].n;
+                }
+            }
+        }
+        assert!(Loader::new(d, &LoaderConfig { rank: 0, world: 5, ..c }, 1, 0).is_err(), "more replicas than micro-batches");
     }
 
     #[test]
@@ -280,8 +318,9 @@ mod tests {
         assert_eq!(whole, Loader::new(d.clone(), &c, 1, 0).unwrap().collect::<Vec<_>>(), "same seed, same batches");
         let plain: Vec<Batch> = Loader::new(d.clone(), &LoaderConfig { autoaugment: None, ..c.clone() }, 1, 0).unwrap().collect();
         assert_ne!(whole, plain, "the policy changes images");
-        let parts: Vec<Vec<Batch>> =
-            (0..2).map(|r| Loader::new(d.clone(), &LoaderConfig { rank: r, world: 2, ..c.clone() }, 1, 0).unwrap().collect()).collect();
+        let parts: Vec<Vec<Batch>> = (0..2)
+            .map(|r| Loader::new(d.clone(), &LoaderConfig { rank: r, world: 2, units: 2, ..c.clone() }, 1, 0).unwrap().collect())
+            .collect();
         let plane = 8 * 8;
         for (i, b) in whole.iter().enumerate() {
             // Channel 0 of the first half of the whole batch is rank 0's channel 0.

@@ -54,6 +54,7 @@ pub enum Scope {
 pub struct Cluster {
     rank: usize,
     world: usize,
+    group: std::ops::Range<usize>, // the ranks of this replica's group (the world without groups)
     world_ring: RingHandle,
     group_ring: Option<RingHandle>,
     // Dropped last: the drivers' tasks live on it.
@@ -80,9 +81,11 @@ impl Cluster {
         let world_ring = runtime
             .block_on(until_stopped(form(cfg, ring, cfg.peers[cfg.rank], next), stop))?
             .map_err(|e| ring_err("the world ring", e))?;
+        let mut group_ranks = 0..world;
         let group_ring = match cfg.group_size {
             Some(g) if g != world => {
                 let group = group_of(cfg.rank, world, g).map_err(TrainError::Config)?;
+                group_ranks = group.members.clone();
                 let mut gr = RingConfig::new(group.position, g);
                 gr.peer_timeout = cfg.peer_timeout;
                 gr.ring_id = group.id;
@@ -104,7 +107,7 @@ impl Cluster {
             }
             _ => None,
         };
-        Ok(Cluster { rank: cfg.rank, world, world_ring, group_ring, runtime })
+        Ok(Cluster { rank: cfg.rank, world, group: group_ranks, world_ring, group_ring, runtime })
     }
 
     /// This replica's rank.
@@ -117,26 +120,24 @@ impl Cluster {
         self.world
     }
 
-    /// Starts averaging `data` over `scope`; returns at once (see the module docs).
-    pub fn submit_mean(&mut self, scope: Scope, data: Vec<f32>) -> Result<PendingAllreduce, TrainError> {
+    /// The ranks of this replica's group (`--inner_group_size`; the world without groups).
+    pub fn group_ranks(&self) -> std::ops::Range<usize> {
+        self.group.clone()
+    }
+
+    /// Starts summing `data` over `scope`; returns at once (see the module docs).
+    pub fn submit_sum(&mut self, scope: Scope, data: Vec<f32>) -> Result<PendingAllreduce, TrainError> {
         let ring = match (scope, self.group_ring.as_mut()) {
             (Scope::Group, Some(g)) => g,
             _ => &mut self.world_ring,
         };
-        ring.submit(data, ReduceOp::Mean).map_err(|e| ring_err("all-reduce", e))
+        ring.submit(data, ReduceOp::Sum).map_err(|e| ring_err("all-reduce", e))
     }
 
     /// Sums `data` over all replicas and waits for the result (bookkeeping: evaluation sums,
     /// stop votes, parameter fingerprints).
     pub fn sum(&mut self, data: Vec<f32>) -> Result<Vec<f32>, TrainError> {
         self.world_ring.submit(data, ReduceOp::Sum).and_then(PendingAllreduce::wait).map_err(|e| ring_err("all-reduce", e))
-    }
-
-    /// Averages `data` over all replicas in place and waits.
-    pub fn mean_in_place(&mut self, data: &mut [f32]) -> Result<(), TrainError> {
-        let out = self.submit_mean(Scope::World, data.to_vec())?.wait().map_err(|e| ring_err("all-reduce", e))?;
-        data.copy_from_slice(&out);
-        Ok(())
     }
 
     /// Closes both rings cleanly (frames still queued are written first).

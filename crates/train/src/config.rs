@@ -317,6 +317,11 @@ pub struct TrainConfig {
     /// --batch_size and only the summed gradient crosses the ring.
     #[arg(long, default_value_t = 1)]
     pub grad_accum_steps: usize,
+    /// Data-parallel: the most replicas this run will have. The global batch is always --max_replicas
+    /// × --grad_accum_steps micro-batches (each a batch-norm batch), spread over the replicas
+    /// alive, so the math does not depend on how many there are. Default: the world at start.
+    #[arg(long)]
+    pub max_replicas: Option<usize>,
     /// Print a progress line every this many steps when stderr is not a terminal (0: every ~30 s).
     #[arg(long, default_value_t = 0)]
     pub log_every_steps: u64,
@@ -335,6 +340,9 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 const MAX_IMAGE_SIZE: usize = 4096;
 const MAX_PREFETCH: usize = 64;
 const MAX_LOADER_WORKERS: usize = 256;
+/// Bound on `--grad_accum_steps` and `--max_replicas` (their product cuts a batch).
+pub const MAX_MICRO_BATCHES: u64 = 1 << 16;
+
 /// The longest timeout any flag accepts: a week (an `Instant` plus much more overflows).
 pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
 
@@ -437,6 +445,7 @@ impl TrainConfig {
             ("learning_rate_batch_size", self.learning_rate_batch_size),
             ("sam_m", self.sam_m),
             ("inner_group_size", self.inner_group_size),
+            ("max_replicas", self.max_replicas),
         ];
         for (flag, v) in optional_at_least_one {
             if v == Some(0) {
@@ -453,6 +462,8 @@ impl TrainConfig {
             ("loader_workers", self.loader_workers as u64, MAX_LOADER_WORKERS as u64),
             ("ring_timeout_seconds", self.ring_timeout_seconds, MAX_TIMEOUT_SECONDS),
             ("randaug_num_layers", self.randaug_num_layers as u64, 16),
+            ("grad_accum_steps", self.grad_accum_steps as u64, MAX_MICRO_BATCHES),
+            ("max_replicas", self.max_replicas.unwrap_or(1) as u64, MAX_MICRO_BATCHES),
         ];
         for (flag, v, max) in at_most {
             if v > max {

@@ -22,6 +22,7 @@ use ringsam_data::normalize::Normalization;
 use ringsam_data::registry::{SyntheticSpec, load};
 use ringsam_data::shard_loader::{LoaderStats, ShardLoader, ShardLoaderConfig};
 use ringsam_data::shards::layout::{ShardLayout, SplitShards, count_samples, open_layout};
+use ringsam_data::share::BatchShare;
 use ringsam_data::{Batch, Dataset, Split};
 
 use crate::TrainError;
@@ -258,7 +259,7 @@ impl TrainData {
 
     /// How this replica's training batches are made: the global batch, the augmentations `cfg`
     /// asks for on this dataset, the seed and this replica's place.
-    pub fn train_loader(&self, cfg: &TrainConfig, rank: usize, world: usize) -> LoaderConfig {
+    pub fn train_loader(&self, cfg: &TrainConfig, share: BatchShare) -> LoaderConfig {
         use ImageAugmentation as A;
         let name = self.name();
         LoaderConfig {
@@ -275,8 +276,9 @@ impl TrainData {
             normalization: Normalization::for_dataset(name),
             seed: cfg.run_seed,
             prefetch: cfg.prefetch,
-            rank,
-            world,
+            rank: share.rank,
+            world: share.world,
+            units: share.units,
         }
     }
 
@@ -302,7 +304,7 @@ impl TrainData {
         match self {
             TrainData::Memory { train, .. } => Ok(EpochBatches::Memory(Loader::new(train.clone(), loader, epoch, start_batch)?)),
             TrainData::Shards(s) => {
-                let local = loader.batch_size / loader.world;
+                let local = loader.share()?.examples(loader.batch_size).len();
                 let steps = self.steps_per_epoch(loader) as usize;
                 if start_batch >= steps {
                     // Resuming at the epoch's end: reading the shards to skip all of it would

@@ -7,7 +7,8 @@
 //! each bucket lying wholly above it is prepared (weight decay's L2 term added), copied out and
 //! submitted to the ring at once, so the ring works while the rest of backward runs. After
 //! backward, [`GradSync::finish`] submits what remains, waits for every bucket in submit order
-//! and writes the averages back into the buffer.
+//! and writes the sums back into the buffer (the step scaled every example by one over the
+//! examples of the whole exchange, so the sum is the mean).
 //!
 //! Every replica cuts the same buckets and submits them in the same order (the ring matches
 //! operations by their order), whatever its timing.
@@ -121,7 +122,7 @@ impl GradSync {
             let b = self.buckets[self.launched].clone();
             prepare(grads, b.clone());
             self.started.get_or_insert_with(Instant::now);
-            match self.cluster.submit_mean(self.scope, grads[b.clone()].to_vec()) {
+            match self.cluster.submit_sum(self.scope, grads[b.clone()].to_vec()) {
                 Ok(p) => self.pending.push((b, p)),
                 Err(e) => self.error = Some(e),
             }
@@ -129,7 +130,7 @@ impl GradSync {
         }
     }
 
-    /// After backward: submits the remaining buckets, waits for all and writes the averaged
+    /// After backward: submits the remaining buckets, waits for all and writes the summed
     /// gradients into `grads`.
     pub fn finish(&mut self, grads: &mut [f32], prepare: &mut dyn FnMut(&mut [f32], Range<usize>)) -> Result<ExchangeStats, TrainError> {
         let after_backward = Instant::now();

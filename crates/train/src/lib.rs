@@ -28,4 +28,5 @@ pub mod tensorboard;
 pub mod trainer;
 
 pub use error::TrainError;
+pub use ringsam_data::share::BatchShare;
 pub use step::{SamStep, StepConfig, StepReport};

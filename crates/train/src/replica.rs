@@ -8,10 +8,11 @@
 //!
 //! 1. After every step, [`vote_and_metrics`]: one small all-reduce carrying each replica's stop
 //!    request, checkpoint request, loss and error rate. Any replica asking to stop (SIGTERM on
-//!    one pod) stops them all at the same step; metrics become the means over replicas, as the
-//!    reference's `pmean` reports them.
-//! 2. Before evaluation and checkpoints, [`average_state`]: batch-norm running statistics, which
-//!    each replica accumulated on its own share of the batch, are replaced by their mean.
+//!    one pod) stops them all at the same step; metrics become the means over the global batch
+//!    (each replica weighed by its examples: shares differ when the world does not divide the
+//!    micro-batches), as the reference's `pmean` reports them.
+//! 2. Batch-norm running statistics need no agreement here: every step already averages them
+//!    over the world (`crate::step`), so every replica holds the same ones.
 //! 0. At the start, [`check_same_start`]: every replica resumed the same checkpoint at the same
 //!    position.
 //! 3. Every `check_replicas_every` steps and before each checkpoint, [`check_identical`]: a
@@ -34,19 +35,18 @@ pub struct Agreed {
     pub error_rate: f32,
 }
 
-/// Step 1 of the module docs.
-pub fn vote_and_metrics(cluster: &mut Cluster, stop: bool, save: bool, loss: f32, error_rate: f32) -> Result<Agreed, TrainError> {
-    let n = cluster.world() as f32;
-    let v = cluster.sum(vec![stop as u8 as f32, save as u8 as f32, loss, error_rate])?;
-    Ok(Agreed { stop: v[0] > 0.0, save: v[1] > 0.0, loss: v[2] / n, error_rate: v[3] / n })
-}
-
-/// Step 2 of the module docs.
-pub fn average_state(cluster: &mut Cluster, state: &mut [f32]) -> Result<(), TrainError> {
-    if state.is_empty() {
-        return Ok(());
-    }
-    cluster.mean_in_place(state)
+/// Step 1 of the module docs; `examples` is this replica's share of the batch the metrics are of.
+pub fn vote_and_metrics(
+    cluster: &mut Cluster,
+    stop: bool,
+    save: bool,
+    [loss, error_rate]: [f32; 2],
+    examples: usize,
+) -> Result<Agreed, TrainError> {
+    let n = examples as f32;
+    let v = cluster.sum(vec![stop as u8 as f32, save as u8 as f32, loss * n, error_rate * n, n])?;
+    let total = v[4].max(1.0);
+    Ok(Agreed { stop: v[0] > 0.0, save: v[1] > 0.0, loss: v[2] / total, error_rate: v[3] / total })
 }
 
 /// CRC-32C of the parameters' bytes.

@@ -30,7 +30,6 @@ const NOT_MATH: &[&str] = &[
     "first_bucket_mb",
     "overlap_comm",
     "ring_timeout_seconds",
-    "grad_accum_steps",
     "log_every_steps",
     "allow_config_change",
 ];
@@ -119,7 +118,7 @@ mod tests {
     #[test]
     fn operational_changes_and_a_longer_run_are_accepted() {
         let saved = cfg(&["--num_epochs", "3"]);
-        let now = cfg(&["--num_epochs", "5", "--grad_accum_steps", "2", "--prefetch", "8", "--loader_workers", "3"]);
+        let now = cfg(&["--num_epochs", "5", "--log_every_steps", "2", "--prefetch", "8", "--loader_workers", "3"]);
         let c = ConfigChange::between(&saved, &now);
         assert!(c.math.is_empty() && c.never.is_empty(), "{c:?}");
         assert_eq!(c.accepted.len(), 4);

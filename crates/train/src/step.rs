@@ -11,22 +11,26 @@
 //!
 //! With ρ = 0 the step is plain SGD: one pass, no ascent. With `sam_m = M` the batch is cut into
 //! chunks of `M` examples that each take their own ascent and their own batch statistics (as
-//! `N/M` devices without `sync_perturbations` would), the descent gradients are averaged, and the
-//! running statistics are the mean of the chunks' (as the reference averages devices').
+//! `N/M` devices without `sync_perturbations` would), and the descent gradients are averaged.
 //! Metrics (`loss`, `error_rate`) come from the logits of the pass whose gradient is applied —
 //! pass 2 under SAM — as the reference reports them.
 //!
-//! Gradient accumulation (`grad_accum_steps = K`): each pass runs over K micro-batches, summing
-//! their gradients (each scaled by 1/batch, so the sum is the batch mean), and only then ascends
-//! or updates; activations are held for one micro-batch. Batch-norm statistics see K
-//! micro-batches (K running-average updates per step), as in any accumulation scheme.
+//! Micro-batches ([`BatchShare`]): the global batch is `units` micro-batches (`--max_replicas ×
+//! --grad_accum_steps`), and this replica computes its share of them, whatever the world size.
+//! Each pass runs over the replica's micro-batches, summing their gradients, and only then
+//! ascends or updates; activations are held for one micro-batch. Every micro-batch is a
+//! batch-norm batch of its own, as a device is: each starts from the step's running statistics,
+//! and the step's new statistics are the mean of every micro-batch's update over the whole
+//! world (the reference averages its devices' statistics; the running average is linear, so
+//! averaging every step equals averaging once before evaluation). Without `sync_perturbations`
+//! every micro-batch also ascends on its own: m-sharpness with m = the micro-batch.
 //!
-//! Data-parallel ([`SamStep::sync`] set): each gradient is averaged over the replicas as backward
-//! produces it ([`crate::grad_sync`]) — pass 1's over the replica's group when
-//! `sync_perturbations` is on (the ascent is then the same everywhere), not at all when it is off
-//! (each replica ascends on its own batch: m-sharpness with m = the per-replica batch); pass 2's
-//! (or SGD's only gradient) always over the world, before clipping and the update, so parameters
-//! stay identical on every replica.
+//! Data-parallel ([`SamStep::sync`] set): gradients are scaled by one over the examples of the
+//! whole exchange and SUMMED over the replicas as backward produces them ([`crate::grad_sync`]),
+//! so a replica holding two micro-batches weighs twice as much as one holding one — pass 1's over
+//! the replica's group when `sync_perturbations` is on (the ascent is then the same everywhere);
+//! pass 2's (or SGD's only gradient) always over the world, before clipping and the update, so
+//! parameters stay identical on every replica. The batch-norm statistics are summed after it.
 
 use std::ops::Range;
 
@@ -43,6 +47,7 @@ use ringsam_tensor::loss::{
 use crate::TrainError;
 use crate::cluster::{Cluster, Scope};
 use crate::grad_sync::{BucketPlan, ExchangeStats, GradSync};
+use ringsam_data::share::BatchShare;
 
 /// Hyperparameters of a step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,11 +74,8 @@ pub struct StepConfig {
     pub sam_m: Option<usize>,
     /// Run seed (random draws are keyed by seed, step and layer).
     pub seed: u64,
-    /// Average the ascent gradient over the replicas (data-parallel only).
+    /// One ascent for the whole batch (false: one per micro-batch; see the module docs).
     pub sync_perturbations: bool,
-    /// Micro-batches a batch is cut into, their gradients summed before the ascent and before
-    /// the update (activations for one micro-batch only). 1: none.
-    pub grad_accum_steps: usize,
 }
 
 impl Default for StepConfig {
@@ -104,7 +106,6 @@ impl From<&crate::config::TrainConfig> for StepConfig {
             sam_m: cfg.sam_m,
             seed: cfg.run_seed,
             sync_perturbations: cfg.sync_perturbations,
-            grad_accum_steps: cfg.grad_accum_steps,
         }
     }
 }
@@ -140,15 +141,16 @@ pub struct SamStep {
     cfg: StepConfig,
     step: u64,              // steps taken so far (the global step; keys the random draws)
     sync: Option<GradSync>, // the other replicas, when data-parallel (see the module docs)
-    // Place of this replica's first example in the global batch: per-example random draws key on
-    // the global place, so any number of replicas draws what one would.
-    example_offset: u64,
-    chunk_offset: u64,          // place of the current sam_m chunk in the batch
+    // This replica's micro-batches of the global batch. Per-example random draws key on the
+    // example's place in the global batch, so any number of replicas draws what one would.
+    share: BatchShare,
+    group: Range<usize>,        // the ranks the ascent gradient is summed over
+    example_offset: u64,        // this replica's first example in the global batch (per step)
+    chunk_offset: u64,          // place of the current chunk (sam_m or micro-batch) in the batch
     decayed: Vec<Range<usize>>, // parameter ranges that take weight decay
     w_adv: Vec<f32>,            // w + e, same layout as arena.params
-    g_sum: Vec<f32>,            // descent gradients summed over sam_m chunks
-    state0: Vec<f32>,           // running statistics before the step (sam_m averaging)
-    state_sum: Vec<f32>,        // chunks' updated running statistics, summed
+    g_sum: Vec<f32>,            // descent gradients summed over chunks
+    stats: StatsMean,           // the micro-batches' batch-norm statistics, averaged
     chunk: Tensor,              // (C, M, H, W) copy of one sam_m chunk
     micro: Tensor,              // (C, n, H, W) copy of one accumulation micro-batch
     losses: Vec<f32>,           // (N,)
@@ -160,15 +162,14 @@ impl SamStep {
     /// Builds `model_name` and initialises it the reference's way (initialisation seed 0, as the
     /// reference always uses `PRNGKey(0)`; `cfg.seed` drives only the random draws of training).
     /// `cfg` comes from a validated [`crate::config::TrainConfig`] (its one place of checks).
-    /// Data-parallel, `peers` holds the rings and how gradients are cut into buckets for them, and
-    /// `example_offset` is this replica's first example in each global batch; one replica passes
-    /// `None` and 0.
+    /// Data-parallel, `peers` holds the rings and how gradients are cut into buckets for them;
+    /// `share` is this replica's part of each global batch (one replica: all `units` micro-batches).
     pub fn new(
         model_name: &str,
         model_cfg: &ModelConfig,
         cfg: StepConfig,
         peers: Option<(Cluster, BucketPlan)>,
-        example_offset: u64,
+        share: BatchShare,
     ) -> Result<Self, TrainError> {
         let model = build(model_name, model_cfg)?;
         let mut arena = Arena::new(model.layout().clone());
@@ -181,8 +182,7 @@ impl SamStep {
             opt: BaseOptimizer::new(cfg.optimizer, n),
             w_adv: vec![0.0; n],
             g_sum: Vec::new(),
-            state0: Vec::new(),
-            state_sum: Vec::new(),
+            stats: StatsMean::default(),
             chunk: Tensor::empty(),
             micro: Tensor::empty(),
             model,
@@ -190,8 +190,10 @@ impl SamStep {
             state,
             cfg,
             step: 0,
+            group: peers.as_ref().map_or(0..1, |(c, _)| c.group_ranks()),
             sync: peers.map(|(c, plan)| GradSync::new(c, n, plan)),
-            example_offset,
+            share,
+            example_offset: 0,
             chunk_offset: 0,
             decayed,
             losses: Vec::new(),
@@ -228,8 +230,9 @@ impl SamStep {
 
     /// Joins other peers (or none): new rings and this replica's new place in the global batch.
     /// Returns the rings it held, for the caller to close.
-    pub fn rejoin(&mut self, peers: Option<(Cluster, BucketPlan)>, example_offset: u64) -> Option<Cluster> {
-        self.example_offset = example_offset;
+    pub fn rejoin(&mut self, peers: Option<(Cluster, BucketPlan)>, share: BatchShare) -> Option<Cluster> {
+        self.share = share;
+        self.group = peers.as_ref().map_or(0..1, |(c, _)| c.group_ranks());
         let n = self.arena.len();
         std::mem::replace(&mut self.sync, peers.map(|(c, plan)| GradSync::new(c, n, plan))).map(|s| s.cluster)
     }
@@ -304,21 +307,29 @@ impl SamStep {
         if labels.len() != n || n == 0 {
             return Err(TrainError::Runtime(format!("batch of {n} images with {} labels", labels.len())));
         }
-        if n < self.cfg.grad_accum_steps {
-            return Err(TrainError::Runtime(format!("a batch of {n} cannot be cut into {} micro-batches", self.cfg.grad_accum_steps)));
+        let units = self.share.my_units().len();
+        if !n.is_multiple_of(units) {
+            return Err(TrainError::Runtime(format!("a batch of {n} cannot be cut into {units} micro-batches")));
         }
-        let m = self.cfg.sam_m.unwrap_or(n).min(n);
-        if m != n && self.sync.is_some() {
-            return Err(TrainError::Config(
-                "--sam_m with several replicas is not supported: omit --sam_m (with --sync_perturbations=false, m is the per-replica batch)".into(),
-            ));
-        }
-        let mut exchanges = [ExchangeStats::default(); 2];
-        let (loss, errors, ascent_norm) = if m == n {
-            self.sharpness_aware_grad(x, targets, &mut exchanges)?
-        } else {
-            self.m_sharpness_grad(x, targets, [c, n, h, w], m)?
+        let micro = n / units;
+        self.example_offset = (micro * self.share.my_units().start) as u64;
+        let chunk = match self.cfg.sam_m {
+            Some(_) if self.share.units > 1 => {
+                return Err(TrainError::Config(
+                    "--sam_m with several replicas or micro-batches is not supported: omit --sam_m (with --sync_perturbations=false, m is the micro-batch)".into(),
+                ));
+            }
+            Some(m) => Some(m.min(n)),
+            None if self.per_micro_batch_ascent() => Some(micro),
+            None => None,
         };
+        let mut exchanges = [ExchangeStats::default(); 2];
+        self.stats.begin(&self.state);
+        let (loss, errors, ascent_norm) = match chunk {
+            None => self.sharpness_aware_grad(x, targets, micro, Some(&mut exchanges))?,
+            Some(m) => self.chunked_grad(x, targets, [c, n, h, w], m, micro, &mut exchanges[1])?,
+        };
+        self.finish_stats()?;
         let grad_norm = clip_by_global_norm(&mut self.arena.grads, self.cfg.gradient_clipping);
         let clipped_norm = if self.cfg.gradient_clipping > 0.0 { grad_norm.min(self.cfg.gradient_clipping as f64) } else { grad_norm };
         self.opt.update(&mut self.arena.params, &self.arena.grads, lr);
@@ -337,69 +348,105 @@ impl SamStep {
         })
     }
 
-    /// SGD or SAM over the whole batch: leaves the gradient to apply in `arena.grads`, and the
-    /// exchanges' costs in `exchanges` ([ascent, descent]).
+    /// Whether every micro-batch takes its own ascent (see the module docs): SAM without
+    /// `sync_perturbations` when some replica holds more than one micro-batch. With one each,
+    /// pass 1 simply stays local, and pass 2 keeps its exchange overlapped with backward.
+    fn per_micro_batch_ascent(&self) -> bool {
+        self.cfg.rho > 0.0 && !self.cfg.sync_perturbations && self.share.units != self.share.world
+    }
+
+    /// SGD or SAM over the whole batch, in micro-batches of `micro`: leaves the gradient to apply
+    /// in `arena.grads`. Exchanged with the other replicas when `exchanges` is given (their costs
+    /// go there: [ascent, descent]); local otherwise (a chunk of [`SamStep::chunked_grad`]).
     /// Returns (loss, misclassified examples, pass-1 gradient norm).
     fn sharpness_aware_grad(
         &mut self,
         x: &Tensor,
         labels: Targets<'_>,
-        exchanges: &mut [ExchangeStats; 2],
+        micro: usize,
+        exchanges: Option<&mut [ExchangeStats; 2]>,
     ) -> Result<(f32, usize, f64), TrainError> {
         let (seed, step) = (self.cfg.seed, self.step);
+        let mut local = [ExchangeStats::default(); 2];
+        let shared = exchanges.is_some();
+        let exchanges = exchanges.unwrap_or(&mut local);
+        let world = shared.then_some(Scope::World);
         if self.cfg.rho == 0.0 {
-            let (loss, errors) = self.loss_and_grad(false, x, labels, Pass::train(seed, step), Some(Scope::World), &mut exchanges[1])?;
+            let (loss, errors) = self.loss_and_grad(false, x, labels, Pass::train(seed, step), world, micro, &mut exchanges[1])?;
             return Ok((loss, errors, global_norm(&self.arena.grads)));
         }
-        let ascent_scope = self.cfg.sync_perturbations.then_some(Scope::Group);
+        let ascent_scope = (shared && self.cfg.sync_perturbations).then_some(Scope::Group);
         // Pass 1 ties ShakeShake/ShakeDrop backward coefficients to the forward's (the reference's
         // `true_gradient=True`); pass 2 and plain SGD draw independent ones.
-        self.loss_and_grad(false, x, labels, Pass::train(seed, step).tied(true), ascent_scope, &mut exchanges[0])?;
+        self.loss_and_grad(false, x, labels, Pass::train(seed, step).tied(true), ascent_scope, micro, &mut exchanges[0])?;
         let norm = self.ascend();
         let pass2 = Pass::train_frozen_stats(seed, step);
-        let (loss, errors) = self.loss_and_grad(true, x, labels, pass2, Some(Scope::World), &mut exchanges[1])?;
+        let (loss, errors) = self.loss_and_grad(true, x, labels, pass2, world, micro, &mut exchanges[1])?;
         Ok((loss, errors, norm))
     }
 
-    /// m-sharpness: each chunk of `m` examples ascends on its own; descent gradients averaged.
-    fn m_sharpness_grad(
+    /// Chunks of `m` examples, each with its own ascent (m-sharpness: `--sam_m`, or one chunk per
+    /// micro-batch of `micro` without `sync_perturbations`). Their descent gradients are averaged
+    /// over the global batch and, data-parallel, summed over the world afterwards (not
+    /// overlapped with backward: every chunk's backward must be done first).
+    fn chunked_grad(
         &mut self,
         x: &Tensor,
         labels: Targets<'_>,
         [c, n, h, w]: [usize; 4],
         m: usize,
+        micro: usize,
+        exchange: &mut ExchangeStats,
     ) -> Result<(f32, usize, f64), TrainError> {
         let chunks = n.div_ceil(m);
+        let examples = micro * self.share.units; // the global batch (one replica: n)
         self.g_sum.clear();
         self.g_sum.resize(self.arena.len(), 0.0);
-        self.state0.clone_from(&self.state);
-        self.state_sum.clear();
-        self.state_sum.resize(self.state.len(), 0.0);
         let (mut loss_sum, mut errors, mut norm_sum) = (0.0f64, 0usize, 0.0f64);
         for k in 0..chunks {
             let (lo, hi) = (k * m, ((k + 1) * m).min(n));
             let mut chunk = std::mem::replace(&mut self.chunk, Tensor::empty());
             copy_examples(x, [c, n, h, w], lo, hi, &mut chunk);
-            self.state.copy_from_slice(&self.state0);
             self.chunk_offset = lo as u64;
-            let r = self.sharpness_aware_grad(&chunk, labels.slice(lo, hi), &mut [ExchangeStats::default(); 2]);
+            let r = self.sharpness_aware_grad(&chunk, labels.slice(lo, hi), hi - lo, None);
             self.chunk_offset = 0;
             self.chunk = chunk;
             let (loss, e, norm) = r?;
-            let weight = (hi - lo) as f64 / n as f64;
-            loss_sum += loss as f64 * weight;
+            loss_sum += loss as f64 * (hi - lo) as f64 / n as f64;
             errors += e;
             norm_sum += norm / chunks as f64;
+            let weight = (hi - lo) as f64 / examples as f64;
             for (s, &g) in self.g_sum.iter_mut().zip(&self.arena.grads) {
                 *s += g * weight as f32;
             }
-            for (s, &v) in self.state_sum.iter_mut().zip(&self.state) {
-                *s += v / chunks as f32;
-            }
         }
         self.arena.grads.copy_from_slice(&self.g_sum);
-        self.state.copy_from_slice(&self.state_sum);
+        if let Some(sync) = self.sync.as_mut() {
+            sync.begin(Scope::World);
+            *exchange = sync.finish(&mut self.arena.grads, &mut |_, _| {})?;
+        }
         Ok((loss_sum as f32, errors, norm_sum))
+    }
+
+    /// The step's batch-norm statistics: the mean of every micro-batch's update over the world.
+    fn finish_stats(&mut self) -> Result<(), TrainError> {
+        if self.state.is_empty() {
+            return Ok(());
+        }
+        let mut sum = std::mem::take(&mut self.stats.sum);
+        let mut count = self.stats.count as f32;
+        if let Some(sync) = self.sync.as_mut() {
+            sum.push(count);
+            sum = sync.cluster.sum(sum)?;
+            count = sum.pop().unwrap_or(0.0);
+        }
+        if count > 0.0 {
+            for (s, &v) in self.state.iter_mut().zip(&sum) {
+                *s = v / count;
+            }
+        }
+        self.stats.sum = sum;
+        Ok(())
     }
 
     /// Writes the ascent point into `w_adv` from the gradient in `arena.grads`; returns its norm.
@@ -413,10 +460,12 @@ impl SamStep {
         }
     }
 
-    /// Zeroes the gradients, then forward, loss and backward at `w` (or at `w_adv`), plus the L2
-    /// weight-decay gradient at the same point; data-parallel, the gradient is averaged over
-    /// `exchange` during backward (costs into `stats`). Returns (cross-entropy, misclassified
-    /// examples).
+    /// Zeroes the gradients, then forward, loss and backward at `w` (or at `w_adv`) over the
+    /// micro-batches of `micro` examples, plus this replica's part of the L2 weight-decay gradient
+    /// at the same point; data-parallel, the gradient is summed over `exchange` during backward
+    /// (costs into `stats`), each example weighing one over the examples of the whole exchange.
+    /// Returns (cross-entropy, misclassified examples).
+    #[allow(clippy::too_many_arguments)]
     fn loss_and_grad(
         &mut self,
         at_adv: bool,
@@ -424,34 +473,48 @@ impl SamStep {
         labels: Targets<'_>,
         pass: Pass,
         exchange: Option<Scope>,
+        micro: usize,
         stats: &mut ExchangeStats,
     ) -> Result<(f32, usize), TrainError> {
         let [c, n_total, h, wd_] = x.dims4("SamStep::loss_and_grad")?;
-        let micro = self.cfg.grad_accum_steps.max(1);
+        let micros = (n_total / micro.max(1)).max(1);
+        let examples = match exchange {
+            Some(Scope::World) => micro * self.share.units,
+            Some(Scope::Group) => self.share.examples_of(self.group.clone(), micro * self.share.units),
+            None => n_total,
+        };
+        // Loss scale per example, and this replica's part of the L2 term (1 on one replica).
+        let weights = [1.0 / examples as f32, n_total as f32 / examples as f32];
         self.arena.grads.fill(0.0);
         let (mut loss_sum, mut errors) = (0.0f64, 0usize);
-        for j in 0..micro {
-            let (lo, hi) = (j * n_total / micro, (j + 1) * n_total / micro);
+        for j in 0..micros {
+            let (lo, hi) = (j * n_total / micros, (j + 1) * n_total / micros);
             // Micro-batches other than a whole batch are copied out (C, n, H, W); one batch is used as is.
             let mut micro_x = std::mem::replace(&mut self.micro, Tensor::empty());
-            if micro > 1 {
+            if micros > 1 {
                 copy_examples(x, [c, n_total, h, wd_], lo, hi, &mut micro_x);
             }
-            let xj = if micro > 1 { &micro_x } else { x };
+            let xj = if micros > 1 { &micro_x } else { x };
             let pass = pass.starting_at(self.example_offset + self.chunk_offset + lo as u64);
-            let r = self.micro_step(at_adv, xj, labels.slice(lo, hi), &pass, n_total, j + 1 == micro, exchange, stats);
+            if pass.update_bn_stats {
+                self.stats.before(&mut self.state);
+            }
+            let r = self.micro_step(at_adv, xj, labels.slice(lo, hi), &pass, weights, j + 1 == micros, exchange, stats);
             self.micro = micro_x;
             let (loss, e) = r?;
+            if pass.update_bn_stats {
+                self.stats.after(&self.state);
+            }
             loss_sum += loss as f64 * (hi - lo) as f64 / n_total as f64;
             errors += e;
         }
         Ok((loss_sum as f32, errors))
     }
 
-    /// Forward, loss and backward of one micro-batch, adding its gradient (scaled by
-    /// `1/n_total`, so the micro-batches sum to the batch mean) into `arena.grads`. The last
-    /// micro-batch also adds the L2 term and, data-parallel, sends the gradient to the ring during
-    /// its backward: only the accumulated gradient crosses the ring.
+    /// Forward, loss and backward of one micro-batch, adding its gradient (each example scaled by
+    /// `weights[0]`) into `arena.grads`. The last micro-batch also adds the L2 term (times
+    /// `weights[1]`) and, data-parallel, sends the gradient to the ring during its backward: only
+    /// the accumulated gradient crosses the ring.
     #[allow(clippy::too_many_arguments)]
     fn micro_step(
         &mut self,
@@ -459,7 +522,7 @@ impl SamStep {
         x: &Tensor,
         targets: Targets<'_>,
         pass: &Pass,
-        n_total: usize,
+        weights: [f32; 2],
         last: bool,
         exchange: Option<Scope>,
         stats: &mut ExchangeStats,
@@ -474,7 +537,7 @@ impl SamStep {
         self.losses.resize(n, 0.0);
         self.probs.resize(n * k, 0.0);
         self.dlogits.resize(&[n, k]);
-        let (labels, ls, scale) = (targets.labels, self.cfg.label_smoothing, 1.0 / n_total as f32);
+        let (labels, ls, scale) = (targets.labels, self.cfg.label_smoothing, weights[0]);
         let loss = match targets.mix {
             None => softmax_cross_entropy_forward(&mut self.losses, &mut self.probs, logits.as_slice(), labels, ls, &sh)?,
             Some((partner, lambda)) => {
@@ -494,7 +557,7 @@ impl SamStep {
             self.model.backward(w, &mut self.arena.grads, x, &self.dlogits)?;
             return Ok((loss, errors));
         }
-        let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay };
+        let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay * weights[1] };
         let decayed = &self.decayed;
         // The L2 term joins each gradient before it leaves for the ring.
         let mut add_l2 = |g: &mut [f32], bucket: Range<usize>| {
@@ -517,6 +580,39 @@ impl SamStep {
             }
         }
         Ok((loss, errors))
+    }
+}
+
+/// The mean of the micro-batches' batch-norm statistics (see the module docs): each micro-batch
+/// starts from the step's statistics, and their updates are summed.
+#[derive(Debug, Default)]
+struct StatsMean {
+    start: Vec<f32>,
+    sum: Vec<f32>,
+    count: usize,
+}
+
+impl StatsMean {
+    /// A step starts from `state`.
+    fn begin(&mut self, state: &[f32]) {
+        self.start.clear();
+        self.start.extend_from_slice(state);
+        self.sum.clear();
+        self.sum.resize(state.len(), 0.0);
+        self.count = 0;
+    }
+
+    /// Before a micro-batch's forward: back to the step's statistics.
+    fn before(&self, state: &mut [f32]) {
+        state.copy_from_slice(&self.start);
+    }
+
+    /// After it: its update counts once.
+    fn after(&mut self, state: &[f32]) {
+        for (s, &v) in self.sum.iter_mut().zip(state) {
+            *s += v;
+        }
+        self.count += 1;
     }
 }
 

@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ringsam_data::loader::LoaderConfig;
+use ringsam_data::share::BatchShare;
 use ringsam_data::{Batch, Split};
 use ringsam_models::ModelConfig;
 use ringsam_optim::{Ema, LrSchedule, ScheduleKind};
@@ -41,7 +42,7 @@ use crate::eval::{EvalReport, EvalSums, evaluate_batches};
 use crate::grad_sync::BucketPlan;
 use crate::memory::MemoryEstimate;
 use crate::progress::{Progress, StepProgress};
-use crate::replica::{average_state, check_identical, check_same_start, vote_and_metrics};
+use crate::replica::{check_identical, check_same_start, vote_and_metrics};
 use crate::resume::ConfigChange;
 use crate::run::{RunOptions, RunSummary, StepCosts};
 use crate::step::Restore;
@@ -101,9 +102,11 @@ impl<'a> Trainer<'a> {
         log: &'a mut dyn FnMut(&str),
     ) -> Result<Self, TrainError> {
         cfg.validate().map_err(TrainError::Config)?;
-        let cfg = cfg.resolved();
+        let mut cfg = cfg.resolved();
         let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
-        check_world(&cfg, world)?;
+        // Recorded in checkpoints, so a resume with another world keeps the micro-batches.
+        cfg.max_replicas.get_or_insert(world);
+        let share = check_world(&cfg, rank, world)?;
         let stopped = |phase: &str| if opts.stop.load(Ordering::SeqCst) { Err(TrainError::Stopped(phase.into())) } else { Ok(()) };
         stopped("before opening the data")?;
         if let Some(limit) = opts.memory_limit {
@@ -127,12 +130,11 @@ impl<'a> Trainer<'a> {
         }
         let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
         let plan = BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm };
-        let offset = (rank * (cfg.batch_size / world)) as u64;
-        let st = SamStep::new(&cfg.model_name, &model_cfg, StepConfig::from(&cfg), cluster.map(|c| (c, plan)), offset)?;
+        let st = SamStep::new(&cfg.model_name, &model_cfg, StepConfig::from(&cfg), cluster.map(|c| (c, plan)), share)?;
         stopped("while building the model")?;
         let run_dir = cfg.output_dir.join(cfg.run_subdir());
         std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?;
-        let loader = data.train_loader(&cfg, rank, world);
+        let loader = data.train_loader(&cfg, share);
         let steps_per_epoch = data.steps_per_epoch(&loader);
         let schedule = schedule(&cfg, steps_per_epoch);
         let events = if rank == 0 {
@@ -292,7 +294,7 @@ impl<'a> Trainer<'a> {
             None => Agreement { stop, save },
             Some(c) => {
                 // The signal and the timer are each replica's own: vote, so all act at one step.
-                let v = vote_and_metrics(c, stop, save, r.loss, r.error_rate)?;
+                let v = vote_and_metrics(c, stop, save, [r.loss, r.error_rate], images)?;
                 (r.loss, r.error_rate) = (v.loss, v.error_rate);
                 if self.cfg.check_replicas_every > 0 && step.is_multiple_of(self.cfg.check_replicas_every) {
                     let (_, params, cluster) = self.st.state_and_cluster();
@@ -401,20 +403,16 @@ impl<'a> Trainer<'a> {
         total.report(self.data.name())
     }
 
-    /// Before an evaluation or a checkpoint: the replicas average their batch-norm statistics
-    /// (and the EMA's) and prove their parameters are still identical. Once per step: averaging
-    /// averaged statistics again would only cost a collective. A no-op on one replica.
+    /// Before an evaluation or a checkpoint: the replicas prove their parameters are still
+    /// identical (batch-norm statistics are averaged by every step). Once per step. A no-op on
+    /// one replica.
     fn agree(&mut self) -> Result<(), TrainError> {
         let step = self.st.steps();
         if self.agreed_at == Some(step) {
             return Ok(());
         }
-        let (state, params, cluster) = self.st.state_and_cluster();
+        let (_, params, cluster) = self.st.state_and_cluster();
         let Some(c) = cluster else { return Ok(()) };
-        average_state(c, state)?;
-        if let Some(e) = self.ema.as_mut() {
-            average_state(c, &mut e.state)?;
-        }
         check_identical(c, params, step)?;
         self.agreed_at = Some(step);
         Ok(())
@@ -512,21 +510,26 @@ impl EpochSums {
     }
 }
 
-/// The settings that depend on the number of replicas.
-fn check_world(cfg: &TrainConfig, world: usize) -> Result<(), TrainError> {
-    if !cfg.batch_size.is_multiple_of(world * cfg.grad_accum_steps) {
+/// The settings that depend on the number of replicas; this replica's share of each batch.
+fn check_world(cfg: &TrainConfig, rank: usize, world: usize) -> Result<BatchShare, TrainError> {
+    let max = cfg.max_replicas.unwrap_or(world);
+    if world > max {
+        return Err(TrainError::Config(format!("{world} replicas are more than --max_replicas {max}")));
+    }
+    let units = max * cfg.grad_accum_steps;
+    if !cfg.batch_size.is_multiple_of(units) {
         return Err(TrainError::Config(format!(
-            "--batch_size {} must be divisible by the {world} replicas × --grad_accum_steps {}",
+            "--batch_size {} must be divisible by --max_replicas {max} × --grad_accum_steps {} (its micro-batches)",
             cfg.batch_size, cfg.grad_accum_steps
         )));
     }
-    if world > 1 && cfg.sam_m.is_some() {
+    if units > 1 && cfg.sam_m.is_some() {
         return Err(TrainError::Config(
-            "--sam_m with several replicas is not supported: omit --sam_m (with --sync_perturbations=false, m is the per-replica batch)"
+            "--sam_m with several replicas or micro-batches is not supported: omit --sam_m (with --sync_perturbations=false, m is the micro-batch)"
                 .into(),
         ));
     }
-    Ok(())
+    BatchShare::new(units, rank, world).map_err(TrainError::Config)
 }
 
 /// The learning-rate schedule `cfg` asks for, by global step.

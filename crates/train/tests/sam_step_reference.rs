@@ -11,7 +11,7 @@ use ringsam_nn::{Pass, Rng};
 use ringsam_optim::OptimizerKind;
 use ringsam_tensor::Tensor;
 use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward};
-use ringsam_train::{SamStep, StepConfig};
+use ringsam_train::{BatchShare, SamStep, StepConfig};
 
 const MODEL: &str = "WideResnet10x1";
 
@@ -41,7 +41,7 @@ fn norm(v: &[f64]) -> f64 {
 fn check(kind: OptimizerKind, rho: f32, clip: f32) {
     let cfg =
         StepConfig { rho, weight_decay: 1e-3, label_smoothing: 0.1, gradient_clipping: clip, optimizer: kind, ..StepConfig::default() };
-    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, 0).unwrap();
+    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, BatchShare::alone(1)).unwrap();
     let (x, labels) = batch(6, 1);
     let lr = 0.05f64;
     // Independent f64 state.
@@ -108,7 +108,7 @@ fn momentum_and_rmsprop_match_f64() {
 #[test]
 fn rho_zero_is_plain_sgd_bit_for_bit() {
     let cfg = StepConfig { rho: 0.0, weight_decay: 1e-3, gradient_clipping: 0.0, ..StepConfig::default() };
-    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, 0).unwrap();
+    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, BatchShare::alone(1)).unwrap();
     let (x, labels) = batch(6, 2);
     let mut w = st.params().to_vec();
     let mut state = st.state().to_vec();
@@ -138,8 +138,14 @@ fn rho_zero_is_plain_sgd_bit_for_bit() {
 fn sam_m_chunks_change_the_step() {
     let (x, labels) = batch(8, 3);
     let run = |m: Option<usize>| {
-        let mut st =
-            SamStep::new(MODEL, &ModelConfig::default(), StepConfig { sam_m: m, rho: 0.05, ..StepConfig::default() }, None, 0).unwrap();
+        let mut st = SamStep::new(
+            MODEL,
+            &ModelConfig::default(),
+            StepConfig { sam_m: m, rho: 0.05, ..StepConfig::default() },
+            None,
+            BatchShare::alone(1),
+        )
+        .unwrap();
         st.step(&x, &labels, 0.05).unwrap();
         st.params().to_vec()
     };
@@ -156,7 +162,7 @@ fn sam_m_chunks_change_the_step() {
 fn mixup_sam_step_matches_f64() {
     let (rho, wd, ls, lambda, lr) = (0.05f64, 1e-3f64, 0.1f32, 0.7f32, 0.05f64);
     let cfg = StepConfig { rho: rho as f32, weight_decay: wd as f32, label_smoothing: ls, gradient_clipping: 0.0, ..StepConfig::default() };
-    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, 0).unwrap();
+    let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, BatchShare::alone(1)).unwrap();
     let (x, labels) = batch(6, 3);
     let partner: Vec<u32> = labels.iter().rev().copied().collect();
     let w: Vec<f64> = st.params().iter().map(|&v| v as f64).collect();
