@@ -19,6 +19,7 @@ use ringsam_collective::local_ranks::LocalRanks;
 use ringsam_collective::quic::QuicTuning;
 use ringsam_train::TrainError;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
+use ringsam_train::elastic::{ElasticConfig, train_elastic};
 use ringsam_train::run::{RunOptions, train, train_replica};
 
 use crate::process::{available_memory, cluster_secret, stop_on_signals, stopped, usage};
@@ -74,6 +75,19 @@ pub struct WorkerArgs {
     #[arg(long, env = "RINGSAM_CONNECT_TIMEOUT", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=ringsam_train::config::MAX_TIMEOUT_SECONDS))]
     pub connect_timeout: u64,
+    /// Elastic training: the fewest replicas a generation may train with. A lost peer then makes
+    /// the others re-form without it (and take it back when it returns) instead of failing;
+    /// --rank is the worker's slot and --world_size the number of slots. UDP port (ring port + 1)
+    /// carries the membership protocol. Needs RINGSAM_CLUSTER_SECRET. Default: not elastic.
+    #[arg(long, env = "RINGSAM_MIN_REPLICAS")]
+    pub min_replicas: Option<u32>,
+    /// Elastic: seconds between heartbeats; a peer silent for three is lost (0.05 to 60).
+    #[arg(long, env = "RINGSAM_HEARTBEAT_SECONDS", default_value_t = 1.0)]
+    pub heartbeat_seconds: f64,
+    /// Elastic: with fewer than --max_replicas workers present, how long re-formation waits for
+    /// more before it forms with those present (0 to 3600).
+    #[arg(long, env = "RINGSAM_RENDEZVOUS_SETTLE_SECONDS", default_value_t = 10.0)]
+    pub rendezvous_settle_seconds: f64,
     /// Training flags, as for `ringsam train`.
     #[command(flatten)]
     pub train: TrainArgs,
@@ -139,19 +153,12 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         )));
     }
     let timeout = Duration::from_secs(args.connect_timeout);
+    let transport = transport_of(args)?;
+    if let Some(min) = args.min_replicas {
+        return worker_elastic(args, &cfg, rank, min, names, transport, stop);
+    }
     let deadline = Instant::now() + timeout;
     let peers = names.iter().map(|n| resolve(n, deadline, &stop)).collect::<Result<Vec<_>>>()?;
-    let transport = if args.transport == TransportName::Tcp {
-        Transport::Tcp { secret: cluster_secret()? }
-    } else {
-        let need = |p: &Option<PathBuf>, flag: &str| p.clone().with_context(|| format!("--transport quic needs {flag}"));
-        Transport::Quic {
-            ca: need(&args.ca, "--ca")?,
-            cert: need(&args.cert, "--cert")?,
-            key: need(&args.key, "--key")?,
-            tuning: QuicTuning::default(),
-        }
-    };
     let cluster_cfg = ClusterConfig {
         rank,
         peers,
@@ -160,6 +167,7 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         connect_timeout: timeout,
         peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
         on_refusal: Some(crate::process::refusal_log(format!("rank {rank}"))),
+        generation: 0,
     };
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
     serve_metrics(&args.train, rank, &log)?;
@@ -173,6 +181,79 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         print_summary(&summary);
     }
     Ok(())
+}
+
+/// One worker of an elastic job ([`ringsam_train::elastic`]): `rank` is its slot, `names` every
+/// slot's ring address.
+fn worker_elastic(
+    args: &WorkerArgs,
+    cfg: &ringsam_train::config::TrainConfig,
+    slot: usize,
+    min: u32,
+    names: Vec<String>,
+    transport: Transport,
+    stop: std::sync::Arc<AtomicBool>,
+) -> Result<()> {
+    if !(0.05..=60.0).contains(&args.heartbeat_seconds) {
+        return Err(usage(format!("--heartbeat_seconds {} must be in [0.05, 60]", args.heartbeat_seconds)));
+    }
+    if !(0.0..=3600.0).contains(&args.rendezvous_settle_seconds) {
+        return Err(usage(format!("--rendezvous_settle_seconds {} must be in [0, 3600]", args.rendezvous_settle_seconds)));
+    }
+    if cfg.inner_group_size.is_some() {
+        return Err(usage("--inner_group_size is not supported with --min_replicas (elastic jobs)"));
+    }
+    let control_addrs = names.iter().map(|n| control_address(n)).collect::<Result<Vec<_>>>()?;
+    let listen_port = control_addrs[slot].rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(0);
+    let max = cfg.max_replicas.unwrap_or(names.len());
+    let ecfg = ElasticConfig {
+        slot: slot as u32,
+        slots: names.len() as u32,
+        min_replicas: min,
+        max_replicas: u32::try_from(max).map_err(|_| usage(format!("--max_replicas {max} is too large")))?,
+        heartbeat: Duration::from_secs_f64(args.heartbeat_seconds),
+        settle: Duration::from_secs_f64(args.rendezvous_settle_seconds),
+        control_listen: SocketAddr::from(([0, 0, 0, 0], listen_port)),
+        control_addrs,
+        ring_addrs: names,
+        secret: cluster_secret()?,
+        transport,
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+        peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
+        on_refusal: Some(crate::process::refusal_log(format!("slot {slot}"))),
+    };
+    let log = |line: &str| eprintln!("ringsam: slot {slot}: {line}");
+    serve_metrics(&args.train, slot, &log)?;
+    log(&format!("elastic worker {slot} of {}: {min} to {max} replicas", ecfg.slots));
+    let progress = slot == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let opts = RunOptions { progress, stop, memory_limit: available_memory() };
+    let summary = train_elastic(cfg, &ecfg, &opts, &mut |l| log(l))
+        .with_context(|| format!("slot {slot}: training {} on {}", cfg.model_name, cfg.dataset))?;
+    print_summary(&summary);
+    Ok(())
+}
+
+/// A slot's membership (UDP) address: its ring address's host, the ring port + 1.
+fn control_address(ring: &str) -> Result<String> {
+    let (host, port) = ring.rsplit_once(':').with_context(|| format!("peer address {ring:?} has no :port"))?;
+    let port: u16 = port.parse().with_context(|| format!("peer address {ring:?}: bad port"))?;
+    let next = port.checked_add(1).with_context(|| format!("peer address {ring:?}: the membership port {port} + 1 passes 65535"))?;
+    Ok(format!("{host}:{next}"))
+}
+
+/// The ring transport and its credentials from the flags.
+fn transport_of(args: &WorkerArgs) -> Result<Transport> {
+    Ok(if args.transport == TransportName::Tcp {
+        Transport::Tcp { secret: cluster_secret()? }
+    } else {
+        let need = |p: &Option<PathBuf>, flag: &str| p.clone().with_context(|| format!("--transport quic needs {flag}"));
+        Transport::Quic {
+            ca: need(&args.ca, "--ca")?,
+            cert: need(&args.cert, "--cert")?,
+            key: need(&args.key, "--key")?,
+            tuning: QuicTuning::default(),
+        }
+    })
 }
 
 /// Starts `--nproc` workers on loopback through [`LocalRanks`] and waits for them; SIGTERM and

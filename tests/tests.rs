@@ -4,6 +4,7 @@ mod allreduce;
 mod augment;
 mod cli;
 mod distributed;
+mod elastic;
 mod imagenet;
 mod netns;
 mod regression;

@@ -42,12 +42,28 @@ enum Request {
     },
     /// Flush every queued frame to the socket, then stop.
     Close(oneshot::Sender<()>),
+    /// Fail every pending and later operation now (a peer is known lost by other means).
+    Abort(String),
 }
 
 /// One rank's handle on a formed ring (any socket transport).
 pub struct RingHandle {
     requests: mpsc::UnboundedSender<Request>,
     next_op: u64,
+}
+
+/// Fails a ring's operations from another thread ([`RingHandle::aborter`]).
+#[derive(Clone, Debug)]
+pub struct RingAborter(mpsc::WeakUnboundedSender<Request>);
+
+impl RingAborter {
+    /// Every pending operation of the ring, and every later one, fails with `why`. Does
+    /// nothing once the ring's handle is gone.
+    pub fn abort(&self, why: &str) {
+        if let Some(tx) = self.0.upgrade() {
+            let _ = tx.send(Request::Abort(why.to_string()));
+        }
+    }
 }
 
 /// An all-reduce started by [`RingHandle::submit`], running while its caller does other work;
@@ -98,6 +114,13 @@ impl RingHandle {
         let (reply, rx) = oneshot::channel();
         self.requests.send(Request::Op { op, data: Box::new(data), reduce, reply }).map_err(|_| driver_gone())?;
         Ok(PendingAllreduce(rx, std::marker::PhantomData))
+    }
+
+    /// A handle that fails this ring's operations from elsewhere: the membership protocol's
+    /// heartbeats see a peer lost (a stopped process keeps its connections open) long before the
+    /// ring's own peer timeout, which must allow for a slow step. It does not keep the ring alive.
+    pub fn aborter(&self) -> RingAborter {
+        RingAborter(self.requests.downgrade())
     }
 
     /// Closes this rank's side cleanly: frames already queued for the next rank are written
@@ -354,6 +377,7 @@ where
                     let _ = done.send(());
                     return;
                 }
+                Some(Request::Abort(why)) => ring.handle_inbound_lost(&format!("aborted: {why}")),
                 None => return, // every handle is gone
             },
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {

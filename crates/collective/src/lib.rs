@@ -20,7 +20,7 @@ pub mod quic;
 pub mod tcp;
 pub mod transport;
 
-pub use driver::{PendingAllreduce, RingHandle};
+pub use driver::{PendingAllreduce, RingAborter, RingHandle};
 pub use ringsam_ring::{
     FrameHeader, FrameKind, Group, Loan, OpId, Rank, ReduceOp, Ring, RingConfig, RingError, RingEvent, Segments, Values, frame, group_of,
     ring, ring_neighbors, schedule,

@@ -57,6 +57,10 @@ pub struct TrainingState {
     pub model_name: String,
     /// The full configuration of the run.
     pub config: TrainConfig,
+    /// The membership generation that wrote it (0 outside elastic runs): a writer never prunes
+    /// a checkpoint of a newer generation than its own.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// Buffers a checkpoint holds.
@@ -118,6 +122,21 @@ pub fn write_atomic(
     keep: usize,
     same_run: &dyn Fn(&TrainingState) -> bool,
 ) -> Result<PathBuf, TrainError> {
+    write_fenced(run_dir, step, data, keep, same_run, &|| Ok(()))
+}
+
+/// [`write_atomic`] for a writer that may have been replaced: `fence` runs just before the
+/// rename and again before pruning, and its error (a newer generation leads the run) stops the
+/// writer before it changes anything others rely on. Checkpoints of a newer generation than
+/// `data.training.generation` are never pruned.
+pub fn write_fenced(
+    run_dir: &Path,
+    step: u64,
+    data: &CheckpointData,
+    keep: usize,
+    same_run: &dyn Fn(&TrainingState) -> bool,
+    fence: &dyn Fn() -> Result<(), TrainError>,
+) -> Result<PathBuf, TrainError> {
     let root = checkpoints_dir(run_dir);
     fs::create_dir_all(&root).map_err(|e| io_err(&root, "creating", e))?;
     let final_dir = root.join(format!("checkpoint_{step}"));
@@ -146,6 +165,7 @@ pub fn write_atomic(
     }
     write_synced(&tmp.join("MANIFEST.json"), &serde_json::to_vec_pretty(&manifest).map_err(|e| TrainError::Checkpoint(e.to_string()))?)?;
     sync_dir(&tmp)?;
+    fence()?;
     // Replacing a checkpoint of the same step: move the old one aside first, so at every moment a
     // complete checkpoint of this step exists under one of the two names.
     let aside = root.join(format!("checkpoint_{step}.old"));
@@ -156,7 +176,9 @@ pub fn write_atomic(
     fs::rename(&tmp, &final_dir).map_err(|e| io_err(&final_dir, "renaming into place", e))?;
     sync_dir(&root)?;
     let _ = fs::remove_dir_all(&aside);
-    prune(&root, step, keep, same_run);
+    fence()?;
+    let mine = data.training.generation;
+    prune(&root, step, keep, &|t: &TrainingState| same_run(t) && t.generation <= mine, mine);
     Ok(final_dir)
 }
 
@@ -177,18 +199,18 @@ fn to_safetensors(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>, T
     safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::Checkpoint(format!("serializing safetensors: {e}")))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let mut f = File::create(path).map_err(|e| io_err(path, "creating", e))?;
     f.write_all(bytes).map_err(|e| io_err(path, "writing", e))?;
     f.sync_all().map_err(|e| io_err(path, "syncing", e))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), TrainError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), TrainError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(dir, "syncing directory", e))
 }
 
 /// Step 4 of the module docs, after checkpoint `step` was written.
-fn prune(root: &Path, step: u64, keep: usize, same_run: &dyn Fn(&TrainingState) -> bool) {
+fn prune(root: &Path, step: u64, keep: usize, same_run: &dyn Fn(&TrainingState) -> bool, generation: u64) {
     for (s, kind, dir) in list_all(root) {
         let remove = match kind {
             Kind::Final if s > step => verify_files(&dir).is_ok_and(|t| same_run(&t)),
@@ -202,7 +224,11 @@ fn prune(root: &Path, step: u64, keep: usize, same_run: &dyn Fn(&TrainingState) 
     let mut kept = list(root);
     kept.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
     for (_, old) in kept.into_iter().filter(|(s, _)| *s <= step).skip(keep.max(1)) {
-        let _ = fs::remove_dir_all(old);
+        // Older steps, but perhaps a newer generation's (a replaced writer woken late): kept.
+        let newer = generation > 0 && verify_files(&old).is_ok_and(|t| t.generation > generation);
+        if !newer {
+            let _ = fs::remove_dir_all(old);
+        }
     }
 }
 
@@ -412,9 +438,28 @@ mod tests {
     }
 
     fn write_as(dir: &Path, step: u64, keep: usize, model: &str, same_run: &dyn Fn(&TrainingState) -> bool) {
+        write_in(dir, step, keep, model, same_run, 0, &|| Ok(())).unwrap();
+    }
+
+    fn write_in(
+        dir: &Path,
+        step: u64,
+        keep: usize,
+        model: &str,
+        same_run: &dyn Fn(&TrainingState) -> bool,
+        generation: u64,
+        fence: &dyn Fn() -> Result<(), TrainError>,
+    ) -> Result<PathBuf, TrainError> {
         let (layout, state_layout) = layouts();
-        let training =
-            TrainingState { format: FORMAT, step, epoch: 0, batch_in_epoch: 0, model_name: model.into(), config: TrainConfig::default() };
+        let training = TrainingState {
+            format: FORMAT,
+            step,
+            epoch: 0,
+            batch_in_epoch: 0,
+            model_name: model.into(),
+            config: TrainConfig::default(),
+            generation,
+        };
         let data = CheckpointData {
             layout: &layout,
             params: &[1.0, 2.0],
@@ -424,7 +469,29 @@ mod tests {
             ema: None,
             training: &training,
         };
-        write_atomic(dir, step, &data, keep, same_run).unwrap();
+        write_fenced(dir, step, &data, keep, same_run, fence)
+    }
+
+    /// Issue 19: a replaced writer (stopped, then woken after a newer generation took over)
+    /// neither renames nor prunes, and no writer prunes a newer generation's checkpoints.
+    #[test]
+    fn a_replaced_writer_is_fenced_and_newer_generations_are_never_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        let fence_as = |g: u64| move || crate::generation_record::fence(run, g);
+        crate::generation_record::raise(run, 2).unwrap();
+        write_in(run, 10, 1, "m", &|_| true, 2, &fence_as(2)).unwrap();
+        crate::generation_record::raise(run, 3).unwrap(); // generation 3 takes over ...
+        write_in(run, 12, 1, "m", &|_| true, 3, &fence_as(3)).unwrap();
+        // ... and the old writer wakes with step 11: fenced before the rename, nothing changed.
+        let err = write_in(run, 11, 1, "m", &|_| true, 2, &fence_as(2)).unwrap_err();
+        assert!(matches!(err, TrainError::Fenced(_)), "{err}");
+        assert_eq!(steps(run), vec![12]);
+        assert!(names(run).iter().all(|n| !n.ends_with("_11")), "{:?}", names(run));
+        // Without the fence (a writer woken between check and prune), pruning still spares the
+        // newer generation's checkpoint 12, though it is newer than step 11 and over `keep`.
+        write_in(run, 11, 1, "m", &|_| true, 2, &|| Ok(())).unwrap();
+        assert_eq!(steps(run), vec![11, 12]);
     }
 
     fn steps(dir: &Path) -> Vec<u64> {

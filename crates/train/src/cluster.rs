@@ -39,6 +39,9 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Where connections the rings refuse are reported (log them, count them).
     pub on_refusal: Option<ringsam_collective::transport::Refusals>,
+    /// The membership generation these rings belong to (0 outside elastic runs): frames and
+    /// handshakes of other generations are refused, so a stale peer cannot join or feed them.
+    pub generation: u32,
 }
 
 /// Which ring an exchange runs on.
@@ -77,6 +80,7 @@ impl Cluster {
             .map_err(|e| TrainError::Ring(format!("starting the ring's runtime: {e}")))?;
         let mut ring = RingConfig::new(cfg.rank, world);
         ring.peer_timeout = cfg.peer_timeout;
+        ring.generation = cfg.generation;
         let next = cfg.peers[(cfg.rank + 1) % world];
         let world_ring = runtime
             .block_on(until_stopped(form(cfg, ring, cfg.peers[cfg.rank], next), stop))?
@@ -89,6 +93,7 @@ impl Cluster {
                 let mut gr = RingConfig::new(group.position, g);
                 gr.peer_timeout = cfg.peer_timeout;
                 gr.ring_id = group.id;
+                gr.generation = cfg.generation;
                 let next = group.members.start + (group.position + 1) % g;
                 let bump = |a: SocketAddr| -> Result<SocketAddr, TrainError> {
                     let b = a.port().checked_add(1).map(|p| SocketAddr::new(a.ip(), p));
@@ -140,6 +145,22 @@ impl Cluster {
         self.world_ring.submit(data, ReduceOp::Sum).and_then(PendingAllreduce::wait).map_err(|e| ring_err("all-reduce", e))
     }
 
+    /// Fails this cluster's operations from another thread (see [`RingHandle::aborter`]).
+    pub fn aborter(&self) -> ClusterAborter {
+        ClusterAborter(std::iter::once(&self.world_ring).chain(&self.group_ring).map(RingHandle::aborter).collect())
+    }
+
+    /// Every replica's copy of `data` as replica `from` holds it, over the world ring. Every
+    /// replica passes a buffer of the same length (the others' contents are ignored). A sum in
+    /// which the others add −0.0: `x + (−0.0) = x` for every `x`, −0.0 and NaN included, so the
+    /// copy is bit-exact whatever the ring's order of additions.
+    pub fn broadcast(&mut self, from: usize, mut data: Vec<f32>) -> Result<Vec<f32>, TrainError> {
+        if self.rank != from {
+            data.fill(-0.0);
+        }
+        self.sum(data)
+    }
+
     /// Closes both rings cleanly (frames still queued are written first).
     pub fn close(self) {
         let Cluster { world_ring, group_ring, runtime, .. } = self;
@@ -149,6 +170,19 @@ impl Cluster {
             }
             world_ring.close().await;
         });
+    }
+}
+
+/// Fails a [`Cluster`]'s operations from another thread: a membership loss seen by heartbeats.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterAborter(Vec<ringsam_collective::RingAborter>);
+
+impl ClusterAborter {
+    /// Every pending and later operation of the cluster fails with `why`.
+    pub fn abort(&self, why: &str) {
+        for a in &self.0 {
+            a.abort(why);
+        }
     }
 }
 

@@ -39,6 +39,10 @@ pub enum TrainError {
     /// An all-reduce with the other replicas failed (a peer lost, stalled or misbehaving).
     #[error("ring: {0}")]
     Ring(String),
+    /// A newer membership generation leads the run: this worker's generation is over, and it must
+    /// not write (it rejoins instead).
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The replicas' parameters are no longer identical.
     #[error("replicas diverged: {0}")]
     Diverged(String),

@@ -325,11 +325,20 @@ impl SamStep {
         };
         let mut exchanges = [ExchangeStats::default(); 2];
         self.stats.begin(&self.state);
-        let (loss, errors, ascent_norm) = match chunk {
-            None => self.sharpness_aware_grad(x, targets, micro, Some(&mut exchanges))?,
-            Some(m) => self.chunked_grad(x, targets, [c, n, h, w], m, micro, &mut exchanges[1])?,
+        let grads = match chunk {
+            None => self.sharpness_aware_grad(x, targets, micro, Some(&mut exchanges)),
+            Some(m) => self.chunked_grad(x, targets, [c, n, h, w], m, micro, &mut exchanges[1]),
         };
-        self.finish_stats()?;
+        let (loss, errors, ascent_norm) = match grads.and_then(|r| self.finish_stats().map(|()| r)) {
+            Ok(r) => r,
+            Err(e) => {
+                // A failed step (a peer lost mid-exchange) leaves the state as it found it: the
+                // parameters are untouched until the update, and the statistics go back, so
+                // this replica holds exactly the last completed step (what recovery streams).
+                self.state.copy_from_slice(&self.stats.start);
+                return Err(e);
+            }
+        };
         let grad_norm = clip_by_global_norm(&mut self.arena.grads, self.cfg.gradient_clipping);
         let clipped_norm = if self.cfg.gradient_clipping > 0.0 { grad_norm.min(self.cfg.gradient_clipping as f64) } else { grad_norm };
         self.opt.update(&mut self.arena.params, &self.arena.grads, lr);

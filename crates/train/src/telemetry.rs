@@ -14,6 +14,11 @@
 //! | `ringsam_loader_queue_depth` | gauge | batches ready when the step started (0: starved for data) |
 //! | `ringsam_train_loss` | gauge | the last step's loss (mean over replicas) |
 //! | `ringsam_loader_skipped_total` | counter | samples the shard loader skipped (bad record, JPEG or label) |
+//! | `ringsam_ring_refusals_total` | counter | connections the rings refused |
+//! | `ringsam_membership_generation` | gauge | the elastic job's generation this worker trains in |
+//! | `ringsam_recovery_seconds` | gauge | the last generation's time from formed to ready (rings, state) |
+//! | `ringsam_redone_steps_total` | counter | steps this worker had done and lost to recoveries |
+//! | `ringsam_restarts_total` | counter | worker processes `ringsam launch` restarted |
 //!
 //! Every series carries a `rank` label. The endpoint is a minimal HTTP/1.1 responder on its own
 //! thread: it reads at most 8 KiB of any request, for at most 2 s, and answers every path with
@@ -78,6 +83,13 @@ fn answer(mut conn: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()>
 /// Counts a connection the rings refused (`ringsam_ring_refusals_total`).
 pub fn count_refusal() {
     counter!("ringsam_ring_refusals_total").increment(1);
+}
+
+/// A generation formed and recovered (elastic runs; see the table in the module docs).
+pub fn membership_changed(generation: u64, redone: u64, recovery_seconds: f64) {
+    gauge!("ringsam_membership_generation").set(generation as f64);
+    gauge!("ringsam_recovery_seconds").set(recovery_seconds);
+    counter!("ringsam_redone_steps_total").increment(redone);
 }
 
 /// Exports one step (see the table in the module docs). A no-op when no recorder is installed.

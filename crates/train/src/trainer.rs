@@ -34,7 +34,7 @@ use ringsam_models::ModelConfig;
 use ringsam_optim::{Ema, LrSchedule, ScheduleKind};
 use ringsam_tensor::Tensor;
 
-use crate::checkpoint::{CheckpointData, FORMAT, TrainingState, resume_scan, write_atomic};
+use crate::checkpoint::{CheckpointData, FORMAT, TrainingState, resume_scan, write_fenced};
 use crate::cluster::Cluster;
 use crate::config::{LrScheduleName, TrainConfig};
 use crate::data_source::TrainData;
@@ -48,6 +48,8 @@ use crate::run::{RunOptions, RunSummary, StepCosts};
 use crate::step::Restore;
 use crate::tensorboard::EventWriter;
 use crate::{SamStep, StepConfig, StepReport, TrainError};
+
+mod state_transfer;
 
 /// One replica's run (see the module docs).
 pub struct Trainer<'a> {
@@ -72,6 +74,7 @@ pub struct Trainer<'a> {
     last_eval: Option<EvalReport>,
     resumed_from: Option<PathBuf>,
     started: Instant,
+    generation: u64, // the membership generation (0 outside elastic runs)
 }
 
 /// How an epoch ended.
@@ -96,6 +99,19 @@ struct EpochSums {
 impl<'a> Trainer<'a> {
     /// Validates `cfg`, opens the data, builds the model and resumes (see the module docs).
     pub fn new(
+        cfg: &TrainConfig,
+        opts: &'a RunOptions,
+        cluster: Option<Cluster>,
+        log: &'a mut dyn FnMut(&str),
+    ) -> Result<Self, TrainError> {
+        let mut t = Self::build(cfg, opts, cluster, log)?;
+        t.resume()?;
+        Ok(t)
+    }
+
+    /// [`Trainer::new`] without the resume: the elastic runtime decides where the state comes
+    /// from once a generation has formed ([`crate::elastic`]).
+    pub(crate) fn build(
         cfg: &TrainConfig,
         opts: &'a RunOptions,
         cluster: Option<Cluster>,
@@ -128,8 +144,7 @@ impl<'a> Trainer<'a> {
             let params = ringsam_models::build(&cfg.model_name, &model_cfg)?.layout().total();
             MemoryEstimate::new(&cfg, params, data.image_values(), data.bytes_in_memory(), world).check(limit)?;
         }
-        let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
-        let plan = BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm };
+        let plan = bucket_plan(&cfg);
         let st = SamStep::new(&cfg.model_name, &model_cfg, StepConfig::from(&cfg), cluster.map(|c| (c, plan)), share)?;
         stopped("while building the model")?;
         let run_dir = cfg.output_dir.join(cfg.run_subdir());
@@ -144,8 +159,9 @@ impl<'a> Trainer<'a> {
             None
         };
         let progress = Progress::new(rank == 0, opts.progress, cfg.log_every_steps, steps_per_epoch, cfg.num_epochs, 0);
-        let mut t = Trainer {
-            ema: None,
+        let ema = (cfg.ema_decay > 0.0).then(|| Ema::new(cfg.ema_decay, Ema::REFERENCE_WARMUP, st.params(), st.state()));
+        let t = Trainer {
+            ema,
             loader,
             schedule,
             run_dir,
@@ -166,9 +182,47 @@ impl<'a> Trainer<'a> {
             cfg,
             opts,
             log,
+            generation: 0,
         };
-        t.resume()?;
         Ok(t)
+    }
+
+    /// Takes new rings (or none): this replica's rank, its share of each batch, its loader and
+    /// what rank 0 alone does change with them. The rings it held are dropped, not closed: they
+    /// belong to a generation that failed. Position and state stay.
+    pub(crate) fn attach(&mut self, cluster: Option<Cluster>, generation: u64) -> Result<(), TrainError> {
+        let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
+        let share = check_world(&self.cfg, rank, world)?;
+        self.data.check_world(world)?;
+        let plan = bucket_plan(&self.cfg);
+        drop(self.st.rejoin(cluster.map(|c| (c, plan)), share));
+        self.loader = self.data.train_loader(&self.cfg, share);
+        if rank == 0 && self.events.is_none() {
+            let writer = EventWriter::create(&self.run_dir, now(), "ringsam");
+            self.events = Some(writer.map_err(|source| TrainError::Output { path: self.run_dir.display().to_string(), source })?);
+        } else if rank != 0 {
+            self.events = None;
+        }
+        let steps_per_epoch = self.data.steps_per_epoch(&self.loader);
+        self.progress = Progress::new(rank == 0, self.opts.progress, self.cfg.log_every_steps, steps_per_epoch, self.cfg.num_epochs, 0);
+        (self.rank, self.generation, self.agreed_at) = (rank, generation, None);
+        Ok(())
+    }
+
+    /// Writes a line to the run's log.
+    pub(crate) fn log(&mut self, line: &str) {
+        (self.log)(line);
+    }
+
+    /// Steps taken.
+    pub(crate) fn steps(&self) -> u64 {
+        self.st.steps()
+    }
+
+    /// The newest valid checkpoint (or the start), as a fresh run resumes; for a generation
+    /// whose members hold no state in memory.
+    pub(crate) fn resume_from_disk(&mut self) -> Result<(), TrainError> {
+        self.resume()
     }
 
     /// Restores the newest valid checkpoint, if any, after checking its configuration; then every
@@ -228,6 +282,13 @@ impl<'a> Trainer<'a> {
 
     /// Trains to the end (or `--max_steps`), then writes the final checkpoint.
     pub fn run(mut self) -> Result<RunSummary, TrainError> {
+        self.run_to_end()?;
+        self.finish()
+    }
+
+    /// The epochs left (see the module docs), without the final checkpoint. Position and state
+    /// are consistent after any error: a step either completed (counted in both) or did not.
+    pub(crate) fn run_to_end(&mut self) -> Result<(), TrainError> {
         while self.epoch < self.cfg.num_epochs {
             match self.run_epoch()? {
                 EpochEnd::MaxSteps => break,
@@ -238,7 +299,7 @@ impl<'a> Trainer<'a> {
                 }
             }
         }
-        self.finish()
+        Ok(())
     }
 
     /// This replica's batches of the epoch in progress, from `self.batch` on.
@@ -252,7 +313,6 @@ impl<'a> Trainer<'a> {
             }
             let queued = batches.queued();
             let (r, agreed) = self.train_step(batch, queued)?;
-            self.batch += 1;
             sums.add(&r, self.schedule.lr_at(self.st.steps() - 1));
             self.show_step(&sums);
             if agreed.stop {
@@ -282,6 +342,7 @@ impl<'a> Trainer<'a> {
         let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], batch.images)?;
         let t = Instant::now();
         let mut r = self.st.step_mixed(&x, &batch.labels, batch.mix, lr as f32)?;
+        self.batch += 1; // with the step: a failure below leaves both counted
         let seconds = t.elapsed().as_secs_f64();
         self.costs.add(seconds, &r.ascent_exchange, &r.descent_exchange);
         if let Some(e) = self.ema.as_mut() {
@@ -434,6 +495,7 @@ impl<'a> Trainer<'a> {
             batch_in_epoch: self.batch as usize,
             model_name: self.cfg.model_name.clone(),
             config: self.cfg.clone(),
+            generation: self.generation,
         };
         let model = self.st.model();
         let data = CheckpointData {
@@ -447,7 +509,9 @@ impl<'a> Trainer<'a> {
         };
         let cfg = &self.cfg;
         let same_run = |saved: &TrainingState| ConfigChange::between(&saved.config, cfg).refusal(false).is_none();
-        write_atomic(&self.run_dir, step, &data, cfg.keep_checkpoints, &same_run).map(Some)
+        let (run_dir, generation) = (&self.run_dir, self.generation);
+        let fence = || if generation > 0 { crate::generation_record::fence(run_dir, generation) } else { Ok(()) };
+        write_fenced(run_dir, step, &data, cfg.keep_checkpoints, &same_run, &fence).map(Some)
     }
 
     /// The one stop path: a checkpoint at this step, the rings closed, then
@@ -467,7 +531,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// The end: the final checkpoint (unless this step has one), the cost report, the summary.
-    fn finish(mut self) -> Result<RunSummary, TrainError> {
+    pub(crate) fn finish(mut self) -> Result<RunSummary, TrainError> {
         self.progress.finish();
         let step = self.st.steps();
         if self.last_checkpoint != Some(step)
@@ -559,6 +623,12 @@ fn check_finite(r: &StepReport, step: u64) -> Result<(), TrainError> {
 
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How gradients are cut into buckets for the ring (`--first_bucket_mb`, `--bucket_mb`).
+fn bucket_plan(cfg: &TrainConfig) -> BucketPlan {
+    let mib = |m: f64| ((m * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
+    BucketPlan { first: mib(cfg.first_bucket_mb), rest: mib(cfg.bucket_mb), overlap: cfg.overlap_comm }
 }
 
 #[cfg(test)]

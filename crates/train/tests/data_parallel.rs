@@ -129,6 +129,7 @@ fn models_with(
                     connect_timeout: Duration::from_secs(20),
                     peer_timeout: Duration::from_secs(20),
                     on_refusal: None,
+                    generation: 0,
                 };
                 let cluster = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 // Small buckets, so several are in flight during backward.
@@ -236,6 +237,7 @@ fn replicas_refuse_to_start_from_different_positions_and_detect_divergence() {
                     connect_timeout: Duration::from_secs(20),
                     peer_timeout: Duration::from_secs(20),
                     on_refusal: None,
+                    generation: 0,
                 };
                 let mut c = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 let params = vec![0.5f32; 100];
