@@ -106,6 +106,14 @@ pub struct LaunchArgs {
     /// Serve each worker's Prometheus metrics on 127.0.0.1:PORT+rank.
     #[arg(long)]
     pub metrics_port: Option<u16>,
+    /// Elastic workers (see `ringsam worker --min_replicas`): a lost worker makes the others
+    /// re-form with at least this many, and takes it back when it returns.
+    #[arg(long)]
+    pub min_replicas: Option<u32>,
+    /// Elastic: start a worker that died (exit code 1 or a signal; never one refused for its
+    /// flags, code 2) again, at most this many times over the whole job. The others go on.
+    #[arg(long, default_value_t = 0, requires = "min_replicas")]
+    pub max_restarts: u32,
     /// `--` then the training flags every worker gets (as for `ringsam train`).
     #[arg(last = true)]
     pub train_args: Vec<String>,
@@ -224,6 +232,9 @@ fn worker_elastic(
     };
     let log = |line: &str| eprintln!("ringsam: slot {slot}: {line}");
     serve_metrics(&args.train, slot, &log)?;
+    if let Some(n) = std::env::var("RINGSAM_RESTARTS").ok().and_then(|v| v.parse().ok()) {
+        ringsam_train::telemetry::restarts(n); // set by `ringsam launch --max_restarts`
+    }
     log(&format!("elastic worker {slot} of {}: {min} to {max} replicas", ecfg.slots));
     let progress = slot == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let opts = RunOptions { progress, stop, memory_limit: available_memory() };
@@ -282,20 +293,34 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the ringsam binary")?;
     let (peers, world) = (ranks.peers(), args.nproc.to_string());
     let quic: Vec<Vec<String>> = (0..args.nproc).map(|r| ranks.quic_flags(r)).collect();
-    ranks
-        .spawn(&exe, false, |r, cmd| {
-            cmd.args(["worker", "--rank", &r.to_string(), "--world_size", &world, "--peers", &peers])
-                .args(["--transport", args.transport.as_str(), "--connect_timeout", "60"])
-                .args(&quic[r])
-                .env("RINGSAM_THREADS", threads.to_string());
-            if let Some(p) = args.metrics_port {
-                cmd.args(["--metrics_addr", &format!("127.0.0.1:{}", p as usize + r)]);
-            }
-            cmd.args(train_words);
-        })
-        .context("starting the workers")?;
+    let worker_args = |r: usize, restarts: u32, cmd: &mut std::process::Command| {
+        cmd.args(["worker", "--rank", &r.to_string(), "--world_size", &world, "--peers", &peers])
+            .args(["--transport", args.transport.as_str(), "--connect_timeout", "60"])
+            .args(&quic[r])
+            .env("RINGSAM_THREADS", threads.to_string())
+            .env("RINGSAM_RESTARTS", restarts.to_string());
+        if let Some(min) = args.min_replicas {
+            cmd.args(["--min_replicas", &min.to_string()]);
+        }
+        if let Some(p) = args.metrics_port {
+            cmd.args(["--metrics_addr", &format!("127.0.0.1:{}", p as usize + r)]);
+        }
+        cmd.args(train_words);
+    };
+    ranks.spawn(&exe, false, |r, cmd| worker_args(r, 0, cmd)).context("starting the workers")?;
     let stop = stop_on_signals()?;
-    let exits = ranks.wait(&stop, LAUNCH_GRACE).context("waiting for the workers")?;
+    let mut restarts = 0u32;
+    let mut restart = |r: usize, status: std::process::ExitStatus, cmd: &mut std::process::Command| {
+        let restartable = status.code() == Some(1) || std::os::unix::process::ExitStatusExt::signal(&status).is_some();
+        if !restartable || restarts >= args.max_restarts {
+            return false;
+        }
+        restarts += 1;
+        eprintln!("ringsam: launch: worker {r} ended ({status}); starting it again (restart {restarts} of {})", args.max_restarts);
+        worker_args(r, restarts, cmd);
+        true
+    };
+    let exits = ranks.wait_restarting(&stop, LAUNCH_GRACE, &mut restart).context("waiting for the workers")?;
     let stopped_by_signal = |e: &ringsam_collective::local_ranks::RankExit| e.status.code() == Some(143);
     if exits.iter().all(|e| e.status.success() || stopped_by_signal(e)) && exits.iter().any(stopped_by_signal) {
         return Err(stopped("every worker wrote its checkpoint and stopped on the forwarded signal"));

@@ -14,7 +14,19 @@ use std::time::{Duration, Instant};
 const STEPS: &str = "30";
 
 /// `TINY_TRAINING` with a batch of 48: three micro-batches of 16 (`--max_replicas` 3).
-const TRAIN: &[&str] = &["--dataset", "digits", "--batch_size", "48", "--image_level_augmentations", "none", "--sam_rho", "0.05"];
+/// Checkpoints every second too, so a whole-job restart has one to resume from.
+const TRAIN: &[&str] = &[
+    "--dataset",
+    "digits",
+    "--batch_size",
+    "48",
+    "--image_level_augmentations",
+    "none",
+    "--sam_rho",
+    "0.05",
+    "--save_progress_seconds",
+    "1",
+];
 
 struct Job {
     out: tempfile::TempDir,
@@ -176,4 +188,205 @@ fn survivors_go_on_as_two_and_end_equal_within_summation_order() {
         let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff / scale <= 1e-5, "{name}: relative difference {} after the resize", diff / scale);
     }
+}
+
+/// The pid of `launcher`'s child started as `worker --rank {rank}`.
+fn worker_pid(launcher: u32, rank: usize) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).ok()?;
+    children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()).find(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        words.windows(2).any(|w| w[0] == b"--rank" && w[1] == rank.to_string().as_bytes())
+    })
+}
+
+#[test]
+fn launch_restarts_a_killed_worker_and_the_run_ends_bitwise_as_if_nothing_happened() {
+    let _ports = crate::util::ports_lock();
+    let reference = uninterrupted("WideResnet10x1");
+    let out = tempfile::tempdir().unwrap();
+    let log_path = out.path().join("launch.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_ringsam"))
+        .args(["launch", "--nproc", "3", "--transport", "tcp", "--min_replicas", "3", "--max_restarts", "1", "--"])
+        .args(TRAIN)
+        .args(["--model_name", "WideResnet10x1", "--max_steps", STEPS, "--log_every_steps", "1"])
+        .args(["--output_dir", out.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let t0 = Instant::now();
+    while !text().contains("step 8/") {
+        assert!(t0.elapsed() < Duration::from_secs(120), "never reached step 8:\n{}", text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = worker_pid(launcher.id(), 2).expect("worker 2's pid");
+    // SAFETY: kill(2) of a child of our own child, alive a moment ago; no memory is involved.
+    unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = launcher.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(240), "launch did not finish:\n{}", text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = text();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("starting it again (restart 1 of 1)"), "{log}");
+    let got = final_model(&out.path().join("lr_0.1/wd_0.001/rho_0.05/seed_0"));
+    assert!(got == reference, "a restarted worker rejoins and the run ends bitwise equal\n{log}");
+}
+
+/// One chaos trial's outcome, for the table.
+struct Trial {
+    what: &'static str,
+    from_memory: usize,
+    from_disk: usize,
+    recovery_seconds: Vec<f64>,
+    redone: u64,
+}
+
+/// The generation lines ("generation G: …") of every slot's log, deduplicated by generation.
+fn generations(job: &Job) -> Vec<String> {
+    let mut seen = std::collections::BTreeMap::new();
+    for slot in 0..3 {
+        for line in job.text(slot).lines() {
+            if let Some(rest) = line.split("generation ").nth(1)
+                && let Some((g, _)) = rest.split_once(':')
+                && let Ok(g) = g.parse::<u64>()
+                && line.contains("replicas (slots")
+            {
+                seen.entry(g).or_insert_with(|| line.to_string());
+            }
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// Waits until some log names a generation above `above`; returns the time it took.
+fn wait_for_generation_above(job: &Job, above: usize, since: Instant) -> f64 {
+    while generations(job).len() <= above {
+        assert!(since.elapsed() < Duration::from_secs(120), "no new generation:\n{}", job.text(0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    since.elapsed().as_secs_f64()
+}
+
+/// The highest "step N/" slot 0 has logged.
+fn last_logged_step(job: &Job) -> u64 {
+    job.text(0).split("step ").filter_map(|w| w.split_once('/')?.0.parse::<u64>().ok()).max().unwrap_or(0)
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) of our own child, not yet reaped; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+/// One trial (see `chaos`): three workers of WRN-10-1 with `--min_replicas 3`, a fault chosen by
+/// `kind` at a step drawn from `seed`; the run must end bitwise equal to `reference`.
+fn chaos_trial(kind: u64, seed: u64, reference: &[(String, Vec<f32>)]) -> Trial {
+    let job = Job::new("3", "WideResnet10x1");
+    let mut children: Vec<Option<Child>> = (0..3).map(|s| Some(job.spawn(s))).collect();
+    let victim = (seed % 3) as usize;
+    wait_for_step(&job, 0, 3 + (seed / 3 % 15) as usize);
+    let before = generations(&job).len();
+    let t0 = Instant::now();
+    let mut last_step = None;
+    let what = match kind {
+        0 => {
+            // SIGKILL, back after a random pause.
+            let mut c = children[victim].take().unwrap();
+            c.kill().unwrap();
+            c.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(seed * 37 % 800));
+            children[victim] = Some(job.spawn(victim));
+            "kill -9, restart"
+        }
+        1 => {
+            // Two kills in a row: the second during the re-formation the first started.
+            let mut c = children[victim].take().unwrap();
+            c.kill().unwrap();
+            c.wait().unwrap();
+            let second = (victim + 1) % 3;
+            std::thread::sleep(Duration::from_millis(100 + seed * 13 % 300));
+            let mut d = children[second].take().unwrap();
+            d.kill().unwrap();
+            d.wait().unwrap();
+            children[victim] = Some(job.spawn(victim));
+            children[second] = Some(job.spawn(second));
+            "two kills in a row"
+        }
+        2 => {
+            // A hang, not a death: SIGSTOP for longer than three heartbeats, then SIGCONT.
+            let c = children[victim].as_ref().unwrap();
+            signal(c, libc::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(1500));
+            signal(c, libc::SIGCONT);
+            "SIGSTOP 1.5 s"
+        }
+        _ => {
+            // The whole job at once: nobody holds state, so recovery comes from disk, and the
+            // steps since the last checkpoint are redone.
+            last_step = Some(last_logged_step(&job));
+            for c in children.iter_mut() {
+                let mut c = c.take().unwrap();
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+            children = (0..3).map(|s| Some(job.spawn(s))).collect();
+            "whole job killed, restarted"
+        }
+    };
+    let seconds = wait_for_generation_above(&job, before, t0);
+    finish(children, &job);
+    let got = final_model(&job.run_dir());
+    assert!(got == reference, "trial {what} (seed {seed}) did not end bitwise equal:\n{}", generations(&job).join("\n"));
+    let lines = generations(&job);
+    let after = &lines[before..];
+    let mut redone = after.iter().filter_map(|l| l.split(" steps redone").next()?.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+    if let Some(last) = last_step {
+        let restored = after
+            .iter()
+            .find_map(|l| l.split("state from disk at step ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok());
+        redone += last - restored.expect("a disk recovery");
+    }
+    Trial {
+        what,
+        from_memory: after.iter().filter(|l| l.contains("from the memory")).count(),
+        from_disk: after.iter().filter(|l| l.contains("from disk")).count(),
+        recovery_seconds: vec![seconds],
+        redone,
+    }
+}
+
+/// Issue 19's chaos trials: `RINGSAM_CHAOS_TRIALS` of them (CI runs the default 3; the full run
+/// is `scripts/chaos.sh`), cycling through kill -9 and restart, two kills in a row, SIGSTOP, and a
+/// whole-job kill; every one must end bitwise equal to an uninterrupted run. Prints a table.
+#[test]
+fn chaos() {
+    let _ports = crate::util::ports_lock();
+    let trials: u64 = std::env::var("RINGSAM_CHAOS_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let reference = uninterrupted("WideResnet10x1");
+    let mut all = Vec::new();
+    for t in 0..trials {
+        let trial = chaos_trial(t % 4, 7 + 11 * t, &reference);
+        eprintln!("chaos trial {t}: {}: recovered in {:.2} s", trial.what, trial.recovery_seconds[0]);
+        all.push(trial);
+    }
+    let mut secs: Vec<f64> = all.iter().flat_map(|t| t.recovery_seconds.clone()).collect();
+    secs.sort_by(f64::total_cmp);
+    eprintln!("| trials | from memory | from disk | median recovery s | max recovery s | steps redone |");
+    eprintln!("| --- | --- | --- | --- | --- | --- |");
+    eprintln!(
+        "| {} | {} | {} | {:.2} | {:.2} | {} |",
+        all.len(),
+        all.iter().map(|t| t.from_memory).sum::<usize>(),
+        all.iter().map(|t| t.from_disk).sum::<usize>(),
+        secs.get(secs.len() / 2).copied().unwrap_or(0.0),
+        secs.last().copied().unwrap_or(0.0),
+        all.iter().map(|t| t.redone).sum::<u64>()
+    );
 }

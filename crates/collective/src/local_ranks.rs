@@ -8,9 +8,10 @@
 //! 2. [`LocalRanks::spawn`]: one process per rank; the caller adds each one's arguments.
 //! 3. [`LocalRanks::wait`]: waits for every rank. When `stop` is set (the caller's signal handler),
 //!    SIGTERM goes once to every rank still running, so each checkpoints and stops. When a rank
-//!    fails, the others are ended: SIGTERM, then SIGKILL after a grace period — a stopped or hung
-//!    rank must not keep the launcher waiting forever. Only processes not yet reaped are
-//!    signalled: a reaped child's pid may already belong to an unrelated process.
+//!    fails, the caller may start it again ([`Restart`]: elastic workers rejoin their job, the
+//!    others go on); otherwise the others are ended: SIGTERM, then SIGKILL after a grace period —
+//!    a stopped or hung rank must not keep the launcher waiting forever. Only processes not yet
+//!    reaped are signalled: a reaped child's pid may already belong to an unrelated process.
 //!
 //! This is process plumbing, not protocol: it reads no environment and installs no signal
 //! handler; the caller passes the executable and the stop flag.
@@ -28,9 +29,15 @@ pub struct LocalRanks {
     /// The cluster secret for TCP rings (hex; pass it as `RINGSAM_CLUSTER_SECRET`).
     pub secret: String,
     certs: Option<tempfile::TempDir>,
+    exe: PathBuf,
     children: Vec<Child>,
     stdout: Vec<Option<std::thread::JoinHandle<Vec<u8>>>>,
 }
+
+/// Asked when rank `r` failed with `status` (and no stop was requested): `true` after adding
+/// the arguments to `command` (the executable set up as [`LocalRanks::spawn`] does) to start it
+/// in the rank's place, `false` to end the job.
+pub type Restart<'a> = &'a mut dyn FnMut(usize, ExitStatus, &mut Command) -> bool;
 
 /// How a rank ended.
 #[derive(Debug)]
@@ -66,6 +73,7 @@ impl LocalRanks {
             addrs: ports.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))).collect(),
             secret: crate::tcp::fresh_secret()?,
             certs,
+            exe: PathBuf::new(),
             children: Vec::new(),
             stdout: Vec::new(),
         })
@@ -88,12 +96,9 @@ impl LocalRanks {
     /// otherwise it is inherited; the other ranks' stdout is discarded. The secret goes in
     /// `RINGSAM_CLUSTER_SECRET`.
     pub fn spawn(&mut self, exe: &Path, capture_rank0: bool, mut args: impl FnMut(usize, &mut Command)) -> std::io::Result<()> {
+        self.exe = exe.to_path_buf();
         for r in 0..self.addrs.len() {
-            let mut cmd = Command::new(exe);
-            // Each rank leads a process group of its own, so a signal reaches whatever it started
-            // too (nothing it spawned outlives it holding its output open).
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            cmd.env("RINGSAM_CLUSTER_SECRET", &self.secret);
+            let mut cmd = self.command(r);
             cmd.stdout(match (r, capture_rank0) {
                 (0, true) => Stdio::piped(),
                 (0, false) => Stdio::inherit(),
@@ -114,16 +119,40 @@ impl LocalRanks {
         Ok(())
     }
 
+    /// The executable set up as rank `r`'s process: a process group of its own, so a signal
+    /// reaches whatever it started too (nothing it spawned outlives it holding its output open),
+    /// and the cluster secret.
+    fn command(&self, r: usize) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.env("RINGSAM_CLUSTER_SECRET", &self.secret);
+        if r != 0 {
+            cmd.stdout(Stdio::null());
+        }
+        cmd
+    }
+
     /// Step 3 of the module docs. Returns every rank's exit, in rank order.
-    pub fn wait(mut self, stop: &AtomicBool, grace: Duration) -> std::io::Result<Vec<RankExit>> {
+    pub fn wait(self, stop: &AtomicBool, grace: Duration) -> std::io::Result<Vec<RankExit>> {
+        self.wait_restarting(stop, grace, &mut |_, _, _| false)
+    }
+
+    /// [`LocalRanks::wait`], asking `restart` about every rank that fails (see [`Restart`]).
+    pub fn wait_restarting(mut self, stop: &AtomicBool, grace: Duration, restart: Restart<'_>) -> std::io::Result<Vec<RankExit>> {
         let n = self.children.len();
         let mut status: Vec<Option<ExitStatus>> = vec![None; n];
         let mut ended = vec![false; n];
         let (mut forwarded, mut kill_at) = (false, None::<Instant>);
         while status.iter().any(Option::is_none) {
-            for (c, s) in self.children.iter_mut().zip(status.iter_mut()) {
-                if s.is_none() {
-                    *s = c.try_wait()?;
+            for (r, st) in status.iter_mut().enumerate() {
+                if st.is_none() {
+                    *st = self.children[r].try_wait()?;
+                }
+                let Some(s) = *st else { continue };
+                let mut cmd = self.command(r);
+                if !s.success() && !forwarded && !stop.load(Ordering::SeqCst) && restart(r, s, &mut cmd) {
+                    self.children[r] = cmd.spawn()?;
+                    *st = None;
                 }
             }
             let failed = status.iter().flatten().any(|s| !s.success());

@@ -117,7 +117,7 @@ pub fn train_elastic(
                     slots.join(","),
                     started.elapsed().as_secs_f64()
                 ));
-                crate::telemetry::membership_changed(generation, how.redone, started.elapsed().as_secs_f64());
+                crate::telemetry::membership_changed(generation, how.redone.unwrap_or(0), started.elapsed().as_secs_f64());
             }
             Err(e) if is_loss(&e) => {
                 trainer.log(&format!("generation {generation}: recovery failed ({e}); re-forming"));
@@ -224,12 +224,16 @@ fn connect(ecfg: &ElasticConfig, membership: &Membership, rank: usize, opts: &Ru
 /// How a generation got its state.
 struct Recovered {
     from: String,
-    redone: u64,
+    /// Steps this worker had completed and lost (None: it held no state, so it cannot tell).
+    redone: Option<u64>,
 }
 
 impl std::fmt::Display for Recovered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}, {} steps redone", self.from, self.redone)
+        match self.redone {
+            Some(n) => write!(f, "{}, {n} steps redone", self.from),
+            None => write!(f, "{}", self.from),
+        }
     }
 }
 
@@ -250,12 +254,12 @@ fn recover(
         StateSource::Memory { from, tag } => {
             let from_rank = membership.rank_of(*from).ok_or_else(|| TrainError::Runtime(format!("state source {from} is not a member")))?;
             trainer.take_state_from(from_rank as usize)?;
-            let redone = before.map_or(0, |b| b.saturating_sub(trainer.steps()));
+            let redone = before.map(|b| b.saturating_sub(trainer.steps()));
             Ok(Recovered { from: format!("state from the memory of {from} at step {}", tag.step), redone })
         }
         StateSource::Disk => {
             trainer.resume_from_disk()?;
-            let redone = before.map_or(0, |b| b.saturating_sub(trainer.steps()));
+            let redone = before.map(|b| b.saturating_sub(trainer.steps()));
             Ok(Recovered { from: format!("state from disk at step {}", trainer.steps()), redone })
         }
     }

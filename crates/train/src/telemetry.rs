@@ -18,7 +18,7 @@
 //! | `ringsam_membership_generation` | gauge | the elastic job's generation this worker trains in |
 //! | `ringsam_recovery_seconds` | gauge | the last generation's time from formed to ready (rings, state) |
 //! | `ringsam_redone_steps_total` | counter | steps this worker had done and lost to recoveries |
-//! | `ringsam_restarts_total` | counter | worker processes `ringsam launch` restarted |
+//! | `ringsam_restarts_total` | counter | restarts `ringsam launch` made in this job before it started this worker |
 //!
 //! Every series carries a `rank` label. The endpoint is a minimal HTTP/1.1 responder on its own
 //! thread: it reads at most 8 KiB of any request, for at most 2 s, and answers every path with
@@ -90,6 +90,11 @@ pub fn membership_changed(generation: u64, redone: u64, recovery_seconds: f64) {
     gauge!("ringsam_membership_generation").set(generation as f64);
     gauge!("ringsam_recovery_seconds").set(recovery_seconds);
     counter!("ringsam_redone_steps_total").increment(redone);
+}
+
+/// The job's restarts so far, as the launcher that started this worker counted them.
+pub fn restarts(count: u64) {
+    counter!("ringsam_restarts_total").absolute(count);
 }
 
 /// Exports one step (see the table in the module docs). A no-op when no recorder is installed.
