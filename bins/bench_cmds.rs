@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -46,6 +47,71 @@ pub(crate) enum BenchCommand {
     Loader(BenchLoaderArgs),
     /// Single-stream TCP throughput between two hosts: the line rate the ring is compared with.
     Link(BenchLinkArgs),
+    /// Elastic recovery: kill → first step of the next generation, from memory and from disk.
+    Recovery(BenchRecoveryArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub(crate) struct BenchRecoveryArgs {
+    /// Local elastic workers.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) nproc: usize,
+    /// Model (see `ringsam models`).
+    #[arg(long, visible_alias = "model", default_value = "WideResnet16x4")]
+    pub(crate) model_name: String,
+    /// Global batch (a multiple of --nproc).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Steps before the first fault; the step time is their median.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) warmup_steps: u64,
+    /// Heartbeat period in seconds (as `ringsam worker --heartbeat_seconds`).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) heartbeat_seconds: f64,
+    /// Seconds between the checkpoints the disk path resumes from.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) save_progress_seconds: u64,
+    /// Keep the workers' logs and run directory here (default: a temporary directory, removed).
+    #[arg(long)]
+    pub(crate) work_dir: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn cmd_bench_recovery(args: &BenchRecoveryArgs) -> Result<()> {
+    if args.nproc < 3 {
+        return Err(usage("--nproc must be at least 3 (two workers cannot survive a loss: a survivor is no majority)"));
+    }
+    if !(0.05..=60.0).contains(&args.heartbeat_seconds) {
+        return Err(usage(format!("--heartbeat_seconds {} must be in [0.05, 60]", args.heartbeat_seconds)));
+    }
+    let cfg = ringsam_bench::recovery::RecoveryBench {
+        exe: std::env::current_exe().context("locating the ringsam binary")?,
+        nproc: args.nproc,
+        model: args.model_name.clone(),
+        batch_size: args.batch_size,
+        warmup_steps: args.warmup_steps,
+        heartbeat_seconds: args.heartbeat_seconds,
+        save_progress_seconds: args.save_progress_seconds,
+        timeout: Duration::from_secs(600),
+        work_dir: args.work_dir.clone(),
+    };
+    let r = ringsam_bench::recovery::run(&cfg, &mut |line| eprintln!("ringsam: bench recovery: {line}")).map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{} workers of {} at batch {}, heartbeat {} s", args.nproc, args.model_name, args.batch_size, args.heartbeat_seconds);
+        println!("  step, no fault            {:>7.2} s", r.step_seconds);
+        println!(
+            "  kill one → next step      {:>7.2} s  (state from memory; {:.2} steps)",
+            r.memory_seconds,
+            r.memory_seconds / r.step_seconds
+        );
+        println!("  kill all → next step      {:>7.2} s  (state from disk, {} steps redone)", r.disk_seconds, r.disk_redone_steps);
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]

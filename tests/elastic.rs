@@ -390,3 +390,17 @@ fn chaos() {
         all.iter().map(|t| t.redone).sum::<u64>()
     );
 }
+
+#[test]
+fn bench_recovery_reports_both_paths() {
+    let _ports = crate::util::ports_lock();
+    let args = ["bench", "recovery", "--nproc", "3", "--model_name", "WideResnet10x1", "--batch_size", "48"];
+    let o = crate::util::ringsam(&[&args[..], &["--heartbeat_seconds", "0.2", "--save_progress_seconds", "1", "--json"]].concat());
+    let text = crate::util::stdout_ok(&o);
+    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    for key in ["step_seconds", "memory_seconds", "disk_seconds"] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {text}");
+    }
+    let two = crate::util::ringsam(&["bench", "recovery", "--nproc", "2"]);
+    assert_eq!(two.status.code(), Some(2), "two workers cannot survive a loss: refused as a usage error");
+}

@@ -3,7 +3,8 @@
 //! [`step`] times SGD and SAM training steps; [`allreduce`] times the ring in the style of
 //! nccl-tests, and [`allreduce_ranks`] runs it as one rank of a ring or starts every rank on this
 //! machine; [`plot`] draws its figure; [`link`] measures the line rate a path carries, which the
-//! ring's bandwidth is compared with; [`loader`] times the ImageNet loader pool. Figures measured
+//! ring's bandwidth is compared with; [`loader`] times the ImageNet loader pool; [`recovery`]
+//! times an elastic job's recovery after a loss. Figures measured
 //! with these live in docs/BENCHMARKS.md, never in code.
 #![warn(missing_docs)]
 
@@ -12,4 +13,5 @@ pub mod allreduce_ranks;
 pub mod link;
 pub mod loader;
 pub mod plot;
+pub mod recovery;
 pub mod step;

@@ -132,6 +132,24 @@ impl LocalRanks {
         cmd
     }
 
+    /// Ends rank `r` at once (SIGKILL to its process group) and reaps it: a benchmark's or a
+    /// test's fault.
+    pub fn kill(&mut self, r: usize) -> std::io::Result<ExitStatus> {
+        if self.children[r].try_wait()?.is_none() {
+            self.signal(r, libc::SIGKILL);
+        }
+        self.children[r].wait()
+    }
+
+    /// Starts rank `r` again (after [`LocalRanks::kill`] or its exit), set up as
+    /// [`LocalRanks::spawn`] does; `args` adds its arguments.
+    pub fn respawn(&mut self, r: usize, args: impl FnOnce(&mut Command)) -> std::io::Result<()> {
+        let mut cmd = self.command(r);
+        args(&mut cmd);
+        self.children[r] = cmd.spawn()?;
+        Ok(())
+    }
+
     /// Step 3 of the module docs. Returns every rank's exit, in rank order.
     pub fn wait(self, stop: &AtomicBool, grace: Duration) -> std::io::Result<Vec<RankExit>> {
         self.wait_restarting(stop, grace, &mut |_, _, _| false)

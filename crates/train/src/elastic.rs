@@ -119,7 +119,10 @@ pub fn train_elastic(
                 ));
                 crate::telemetry::membership_changed(generation, how.redone.unwrap_or(0), started.elapsed().as_secs_f64());
             }
-            Err(e) if is_loss(&e) => {
+            // A transfer whose copies disagree (`Diverged`: the replicas' fingerprints differ after
+            // it) is retried by a new generation: a member that lacked the state still lacks it
+            // and says so, and the others still hold theirs.
+            Err(e) if is_loss(&e) || matches!(e, TrainError::Diverged(_)) => {
                 trainer.log(&format!("generation {generation}: recovery failed ({e}); re-forming"));
                 control.ring_failed(generation);
                 trainer.attach(None, generation)?;
