@@ -10,6 +10,7 @@ mod process;
 mod tool_cmds;
 mod train_args;
 mod train_cmds;
+mod worker_elastic;
 
 use std::process::ExitCode;
 

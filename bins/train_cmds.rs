@@ -19,7 +19,6 @@ use ringsam_collective::local_ranks::LocalRanks;
 use ringsam_collective::quic::QuicTuning;
 use ringsam_train::TrainError;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
-use ringsam_train::elastic::{ElasticConfig, train_elastic};
 use ringsam_train::run::{RunOptions, train, train_replica};
 
 use crate::process::{available_memory, cluster_secret, stop_on_signals, stopped, usage};
@@ -163,7 +162,7 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     let timeout = Duration::from_secs(args.connect_timeout);
     let transport = transport_of(args)?;
     if let Some(min) = args.min_replicas {
-        return worker_elastic(args, &cfg, rank, min, names, transport, stop);
+        return crate::worker_elastic::worker_elastic(args, &cfg, rank, min, names, transport, stop);
     }
     let deadline = Instant::now() + timeout;
     let peers = names.iter().map(|n| resolve(n, deadline, &stop)).collect::<Result<Vec<_>>>()?;
@@ -189,67 +188,6 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         print_summary(&summary);
     }
     Ok(())
-}
-
-/// One worker of an elastic job ([`ringsam_train::elastic`]): `rank` is its slot, `names` every
-/// slot's ring address.
-fn worker_elastic(
-    args: &WorkerArgs,
-    cfg: &ringsam_train::config::TrainConfig,
-    slot: usize,
-    min: u32,
-    names: Vec<String>,
-    transport: Transport,
-    stop: std::sync::Arc<AtomicBool>,
-) -> Result<()> {
-    if !(0.05..=60.0).contains(&args.heartbeat_seconds) {
-        return Err(usage(format!("--heartbeat_seconds {} must be in [0.05, 60]", args.heartbeat_seconds)));
-    }
-    if !(0.0..=3600.0).contains(&args.rendezvous_settle_seconds) {
-        return Err(usage(format!("--rendezvous_settle_seconds {} must be in [0, 3600]", args.rendezvous_settle_seconds)));
-    }
-    if cfg.inner_group_size.is_some() {
-        return Err(usage("--inner_group_size is not supported with --min_replicas (elastic jobs)"));
-    }
-    let control_addrs = names.iter().map(|n| control_address(n)).collect::<Result<Vec<_>>>()?;
-    let listen_port = control_addrs[slot].rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(0);
-    let max = cfg.max_replicas.unwrap_or(names.len());
-    let ecfg = ElasticConfig {
-        slot: slot as u32,
-        slots: names.len() as u32,
-        min_replicas: min,
-        max_replicas: u32::try_from(max).map_err(|_| usage(format!("--max_replicas {max} is too large")))?,
-        heartbeat: Duration::from_secs_f64(args.heartbeat_seconds),
-        settle: Duration::from_secs_f64(args.rendezvous_settle_seconds),
-        control_listen: SocketAddr::from(([0, 0, 0, 0], listen_port)),
-        control_addrs,
-        ring_addrs: names,
-        secret: cluster_secret()?,
-        transport,
-        connect_timeout: Duration::from_secs(args.connect_timeout),
-        peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
-        on_refusal: Some(crate::process::refusal_log(format!("slot {slot}"))),
-    };
-    let log = |line: &str| eprintln!("ringsam: slot {slot}: {line}");
-    serve_metrics(&args.train, slot, &log)?;
-    if let Some(n) = std::env::var("RINGSAM_RESTARTS").ok().and_then(|v| v.parse().ok()) {
-        ringsam_train::telemetry::restarts(n); // set by `ringsam launch --max_restarts`
-    }
-    log(&format!("elastic worker {slot} of {}: {min} to {max} replicas", ecfg.slots));
-    let progress = slot == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let opts = RunOptions { progress, stop, memory_limit: available_memory() };
-    let summary = train_elastic(cfg, &ecfg, &opts, &mut |l| log(l))
-        .with_context(|| format!("slot {slot}: training {} on {}", cfg.model_name, cfg.dataset))?;
-    print_summary(&summary);
-    Ok(())
-}
-
-/// A slot's membership (UDP) address: its ring address's host, the ring port + 1.
-fn control_address(ring: &str) -> Result<String> {
-    let (host, port) = ring.rsplit_once(':').with_context(|| format!("peer address {ring:?} has no :port"))?;
-    let port: u16 = port.parse().with_context(|| format!("peer address {ring:?}: bad port"))?;
-    let next = port.checked_add(1).with_context(|| format!("peer address {ring:?}: the membership port {port} + 1 passes 65535"))?;
-    Ok(format!("{host}:{next}"))
 }
 
 /// The ring transport and its credentials from the flags.
@@ -358,7 +296,7 @@ pub(crate) struct EvalArgs {
     pub(crate) json: bool,
 }
 
-fn print_summary(summary: &ringsam_train::run::RunSummary) {
+pub(crate) fn print_summary(summary: &ringsam_train::run::RunSummary) {
     println!("run directory: {}", summary.run_dir.display());
     println!("steps: {}  time: {:.1} s", summary.steps, summary.seconds);
     if let (Some(err), Some(loss)) = (summary.test_error_rate, summary.test_loss) {
@@ -367,7 +305,7 @@ fn print_summary(summary: &ringsam_train::run::RunSummary) {
 }
 
 /// Starts the Prometheus endpoint when `--metrics_addr` is given.
-fn serve_metrics(args: &TrainArgs, rank: usize, log: &dyn Fn(&str)) -> Result<()> {
+pub(crate) fn serve_metrics(args: &TrainArgs, rank: usize, log: &dyn Fn(&str)) -> Result<()> {
     if let Some(addr) = args.metrics_addr {
         let bound = ringsam_train::telemetry::serve_prometheus(addr, rank)?;
         log(&format!("metrics on http://{bound}/metrics"));
