@@ -33,13 +33,14 @@ struct Job {
     peers: String,
     min: &'static str,
     model: &'static str,
+    steps: &'static str,
 }
 
 impl Job {
     fn new(min: &'static str, model: &'static str) -> Job {
         let ports: Vec<u16> = free_port_pairs(3);
         let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        Job { out: tempfile::tempdir().unwrap(), peers, min, model }
+        Job { out: tempfile::tempdir().unwrap(), peers, min, model, steps: STEPS }
     }
 
     fn log(&self, slot: usize) -> PathBuf {
@@ -55,7 +56,7 @@ impl Job {
             .args(["--connect_timeout", "30"])
             .args(TRAIN)
             .args(["--model_name", self.model])
-            .args(["--max_steps", STEPS, "--log_every_steps", "1", "--ring_timeout_seconds", "20"])
+            .args(["--max_steps", self.steps, "--log_every_steps", "1", "--ring_timeout_seconds", "20"])
             .args(["--output_dir", self.out.path().to_str().unwrap()])
             .env("RINGSAM_CLUSTER_SECRET", "an-elastic-test-cluster-secret")
             .stdout(Stdio::null())
@@ -113,9 +114,13 @@ fn wait_for_step(job: &Job, slot: usize, step: usize) {
     }
 }
 
-/// The final checkpoint's parameters and statistics, by name.
+/// The final checkpoint's parameters and statistics, by name (a run of `STEPS` steps).
 fn final_model(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(run_dir.join(format!("checkpoints/checkpoint_{STEPS}/model.safetensors"))).unwrap();
+    final_model_at(run_dir, STEPS)
+}
+
+fn final_model_at(run_dir: &Path, steps: &str) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(run_dir.join(format!("checkpoints/checkpoint_{steps}/model.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut out: Vec<(String, Vec<f32>)> = st
         .tensors()
@@ -181,13 +186,62 @@ fn survivors_go_on_as_two_and_end_equal_within_summation_order() {
     finish(start_and_kill_slot_2(&job), &job);
     let log0 = job.text(0);
     assert!(log0.contains("2 replicas (slots 0,1)"), "went on as two:\n{log0}");
-    let got = final_model(&job.run_dir());
+    assert_within_summation_order(&final_model(&job.run_dir()), &reference);
+}
+
+/// Every tensor within 1e-5 of `reference`, relative to its largest value.
+fn assert_within_summation_order(got: &[(String, Vec<f32>)], reference: &[(String, Vec<f32>)]) {
     assert_eq!(got.len(), reference.len());
-    for ((name, a), (_, b)) in got.iter().zip(&reference) {
+    for ((name, a), (_, b)) in got.iter().zip(reference) {
         let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
         let diff = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(diff / scale <= 1e-5, "{name}: relative difference {} after the resize", diff / scale);
     }
+}
+
+/// Issue 19's resize test: a worker killed (the others go on as two), later back (three again).
+///
+/// IGNORED, a known failure: about one run in five ends 1% (relative) away from the uninterrupted
+/// run instead of within 1e-5, all replicas still identical (seen with a single step at two
+/// replicas before the third rejoined; steady two- and three-replica runs of the same 300 steps
+/// differ by 5e-7, so it is not rounding). Something in taking a worker back into a running job
+/// (the growth path: the hook aborts both survivors mid-step) changes the trajectory. Run it with
+/// `cargo test --test integration elastic::three -- --ignored`; `ELASTIC_DEBUG=1` prints the logs.
+#[test]
+#[ignore = "known intermittent failure of the growth path: see the doc comment"]
+fn three_to_two_to_three_ends_equal_within_summation_order() {
+    let _ports = crate::util::ports_lock();
+    const LONG: &str = "300";
+    let reference = {
+        let job = Job { steps: LONG, ..Job::new("3", "SmallCnn") };
+        finish((0..3).map(|s| Some(job.spawn(s))).collect(), &job);
+        if std::env::var("ELASTIC_DEBUG").is_ok() {
+            for l in job.text(0).lines() {
+                eprintln!("REF {l}");
+            }
+        }
+        final_model_at(&job.run_dir(), LONG)
+    };
+    let job = Job { steps: LONG, ..Job::new("2", "SmallCnn") };
+    let mut children = start_and_kill_slot_2(&job);
+    let t0 = Instant::now();
+    while !job.text(0).contains("2 replicas (slots 0,1)") {
+        assert!(t0.elapsed() < Duration::from_secs(60), "never went on as two:\n{}", job.text(0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    children[2] = Some(job.spawn(2));
+    finish(children, &job);
+    let log0 = job.text(0);
+    let generations: Vec<&str> = log0.lines().filter(|l| l.contains("replicas (slots")).collect();
+    assert!(generations.len() >= 3 && generations.last().unwrap().contains("3 replicas (slots 0,1,2)"), "3 → 2 → 3:\n{log0}");
+    if std::env::var("ELASTIC_DEBUG").is_ok() {
+        for slot in 0..3 {
+            for l in job.text(slot).lines().filter(|l| !l.contains("/300 epoch")) {
+                eprintln!("DEBUG {l}");
+            }
+        }
+    }
+    assert_within_summation_order(&final_model_at(&job.run_dir(), LONG), &reference);
 }
 
 /// The pid of `launcher`'s child started as `worker --rank {rank}`.
