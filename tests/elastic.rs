@@ -201,7 +201,7 @@ fn assert_within_summation_order(got: &[(String, Vec<f32>)], reference: &[(Strin
 
 /// Issue 19's resize test: a worker killed (the others go on as two), later back (three again).
 ///
-/// IGNORED, a known failure: about one run in five ends 1% (relative) away from the uninterrupted
+/// IGNORED, a known failure: about one run in three ends 1% (relative) away from the uninterrupted
 /// run instead of within 1e-5, all replicas still identical (seen with a single step at two
 /// replicas before the third rejoined; steady two- and three-replica runs of the same 300 steps
 /// differ by 5e-7, so it is not rounding). Something in taking a worker back into a running job
