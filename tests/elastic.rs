@@ -201,14 +201,16 @@ fn assert_within_summation_order(got: &[(String, Vec<f32>)], reference: &[(Strin
 
 /// Issue 19's resize test: a worker killed (the others go on as two), later back (three again).
 ///
-/// IGNORED, a known failure: about one run in three ends 1% (relative) away from the uninterrupted
-/// run instead of within 1e-5, all replicas still identical (seen with a single step at two
-/// replicas before the third rejoined; steady two- and three-replica runs of the same 300 steps
-/// differ by 5e-7, so it is not rounding). Something in taking a worker back into a running job
-/// (the growth path: the hook aborts both survivors mid-step) changes the trajectory. Run it with
-/// `cargo test --test integration elastic::three -- --ignored`; `ELASTIC_DEBUG=1` prints the logs.
+/// IGNORED: its 1e-5 bound does not hold for this model over 300 steps, whatever the elastic code
+/// does. About one run in three ends ~1% (relative) from the uninterrupted run. A trace of every
+/// step's parameter and gradient norms (one failing run) shows the recovered run within 1e-9 of
+/// the reference up to step 25, then a gradient 7e-4 off at step 26 from those near-identical
+/// parameters: a ReLU unit crossing zero, which rounding alone can trigger. The same sensitivity
+/// without any elastic code: one process, learning rate 0.10000001 instead of 0.1, ends 6.6% away
+/// after 300 steps. Run it with `cargo test --test integration elastic::three -- --ignored`;
+/// `ELASTIC_DEBUG=1` prints both runs' logs.
 #[test]
-#[ignore = "known intermittent failure of the growth path: see the doc comment"]
+#[ignore = "the 1e-5 bound is beyond this model's sensitivity to rounding over 300 steps: see the doc comment"]
 fn three_to_two_to_three_ends_equal_within_summation_order() {
     let _ports = crate::util::ports_lock();
     const LONG: &str = "300";
