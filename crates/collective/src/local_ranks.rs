@@ -167,8 +167,11 @@ impl LocalRanks {
                     *st = self.children[r].try_wait()?;
                 }
                 let Some(s) = *st else { continue };
+                if s.success() || forwarded || stop.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let mut cmd = self.command(r);
-                if !s.success() && !forwarded && !stop.load(Ordering::SeqCst) && restart(r, s, &mut cmd) {
+                if restart(r, s, &mut cmd) {
                     self.children[r] = cmd.spawn()?;
                     *st = None;
                 }

@@ -72,12 +72,7 @@ impl Cluster {
         if cfg.rank >= world {
             return Err(TrainError::Config(format!("rank {} is not below the world size {world}", cfg.rank)));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("ringsam-ring")
-            .enable_all()
-            .build()
-            .map_err(|e| TrainError::Ring(format!("starting the ring's runtime: {e}")))?;
+        let runtime = one_thread_runtime("ringsam-ring")?;
         let mut ring = RingConfig::new(cfg.rank, world);
         ring.peer_timeout = cfg.peer_timeout;
         ring.generation = cfg.generation;
@@ -184,6 +179,17 @@ impl ClusterAborter {
             a.abort(why);
         }
     }
+}
+
+/// A tokio runtime with one worker thread named `name`: what a replica's rings (or its
+/// membership protocol) run on, beside the training thread.
+pub fn one_thread_runtime(name: &str) -> Result<tokio::runtime::Runtime, TrainError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Runtime(format!("starting the {name} runtime: {e}")))
 }
 
 /// A ring failure as a training error.

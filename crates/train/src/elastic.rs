@@ -31,7 +31,7 @@ use ringsam_collective::transport::Refusals;
 use ringsam_membership::{Event, Membership, MembershipConfig, Slot, StateSource, StateTag};
 
 use crate::TrainError;
-use crate::cluster::{Cluster, ClusterAborter, ClusterConfig, Transport, ring_err};
+use crate::cluster::{Cluster, ClusterAborter, ClusterConfig, Transport, one_thread_runtime, ring_err};
 use crate::config::TrainConfig;
 use crate::run::{RunOptions, RunSummary};
 use crate::trainer::Trainer;
@@ -78,12 +78,7 @@ pub fn train_elastic(
 ) -> Result<RunSummary, TrainError> {
     let cfg = elastic_train_config(cfg, ecfg)?;
     let run_dir = cfg.output_dir.join(cfg.run_subdir());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("ringsam-control")
-        .enable_all()
-        .build()
-        .map_err(|e| TrainError::Runtime(format!("starting the control runtime: {e}")))?;
+    let runtime = one_thread_runtime("ringsam-control")?;
     // The rings of the generation in progress, for the control thread to abort on a loss.
     let current: Arc<Mutex<ClusterAborter>> = Arc::default();
     let control = start_control(&runtime, ecfg, &run_dir, current.clone())?;
@@ -252,20 +247,19 @@ fn recover(
     if rank == 0 {
         crate::generation_record::raise(run_dir, membership.generation)?;
     }
-    let before = held.map(|t| t.step);
-    match source {
+    let from = match source {
         StateSource::Memory { from, tag } => {
             let from_rank = membership.rank_of(*from).ok_or_else(|| TrainError::Runtime(format!("state source {from} is not a member")))?;
             trainer.take_state_from(from_rank as usize)?;
-            let redone = before.map(|b| b.saturating_sub(trainer.steps()));
-            Ok(Recovered { from: format!("state from the memory of {from} at step {}", tag.step), redone })
+            format!("state from the memory of {from} at step {}", tag.step)
         }
         StateSource::Disk => {
-            trainer.resume_from_disk()?;
-            let redone = before.map(|b| b.saturating_sub(trainer.steps()));
-            Ok(Recovered { from: format!("state from disk at step {}", trainer.steps()), redone })
+            trainer.resume()?;
+            format!("state from disk at step {}", trainer.steps())
         }
-    }
+    };
+    let redone = held.map(|t| t.step.saturating_sub(trainer.steps()));
+    Ok(Recovered { from, redone })
 }
 
 /// Errors that mean "a peer is gone or this generation is over", not "this run is broken".

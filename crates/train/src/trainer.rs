@@ -152,20 +152,14 @@ impl<'a> Trainer<'a> {
         let loader = data.train_loader(&cfg, share);
         let steps_per_epoch = data.steps_per_epoch(&loader);
         let schedule = schedule(&cfg, steps_per_epoch);
-        let events = if rank == 0 {
-            let writer = EventWriter::create(&run_dir, now(), "ringsam");
-            Some(writer.map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?)
-        } else {
-            None
-        };
-        let progress = Progress::new(rank == 0, opts.progress, cfg.log_every_steps, steps_per_epoch, cfg.num_epochs, 0);
+        let progress = Progress::new(false, opts.progress, cfg.log_every_steps, steps_per_epoch, cfg.num_epochs, 0);
         let ema = (cfg.ema_decay > 0.0).then(|| Ema::new(cfg.ema_decay, Ema::REFERENCE_WARMUP, st.params(), st.state()));
-        let t = Trainer {
+        let mut t = Trainer {
             ema,
             loader,
             schedule,
             run_dir,
-            events,
+            events: None,
             progress,
             rank,
             epoch: 0,
@@ -184,6 +178,7 @@ impl<'a> Trainer<'a> {
             log,
             generation: 0,
         };
+        t.take_rank(rank)?;
         Ok(t)
     }
 
@@ -197,6 +192,12 @@ impl<'a> Trainer<'a> {
         let plan = bucket_plan(&self.cfg);
         drop(self.st.rejoin(cluster.map(|c| (c, plan)), share));
         self.loader = self.data.train_loader(&self.cfg, share);
+        (self.generation, self.agreed_at) = (generation, None);
+        self.take_rank(rank)
+    }
+
+    /// Becomes rank `rank`: rank 0 alone writes TensorBoard events and shows progress.
+    fn take_rank(&mut self, rank: usize) -> Result<(), TrainError> {
         if rank == 0 && self.events.is_none() {
             let writer = EventWriter::create(&self.run_dir, now(), "ringsam");
             self.events = Some(writer.map_err(|source| TrainError::Output { path: self.run_dir.display().to_string(), source })?);
@@ -205,7 +206,7 @@ impl<'a> Trainer<'a> {
         }
         let steps_per_epoch = self.data.steps_per_epoch(&self.loader);
         self.progress = Progress::new(rank == 0, self.opts.progress, self.cfg.log_every_steps, steps_per_epoch, self.cfg.num_epochs, 0);
-        (self.rank, self.generation, self.agreed_at) = (rank, generation, None);
+        self.rank = rank;
         Ok(())
     }
 
@@ -219,19 +220,14 @@ impl<'a> Trainer<'a> {
         self.st.steps()
     }
 
-    /// The newest valid checkpoint (or the start), as a fresh run resumes; for a generation
-    /// whose members hold no state in memory.
-    pub(crate) fn resume_from_disk(&mut self) -> Result<(), TrainError> {
-        self.resume()
-    }
-
     /// Restores the newest valid checkpoint, if any, after checking its configuration; then every
     /// replica proves it starts from the same place, and EMA starts (or continues).
     ///
     /// Rank 0 scans first and repairs (moves damaged checkpoints aside, recovers an interrupted
     /// rewrite); after a barrier the others scan what it left, reading only, so no two replicas
-    /// rename the same directory.
-    fn resume(&mut self) -> Result<(), TrainError> {
+    /// rename the same directory. The elastic runtime calls it for a generation whose members
+    /// hold no state in memory.
+    pub(crate) fn resume(&mut self) -> Result<(), TrainError> {
         let (cfg, run_dir) = (&self.cfg, &self.run_dir);
         let accept = |saved: &TrainingState| match ConfigChange::between(&saved.config, cfg).refusal(cfg.allow_config_change) {
             Some(why) => Err(format!("cannot resume: {why}")),
