@@ -174,7 +174,10 @@ impl Control {
     }
 
     /// The training state this process holds in memory, advertised in its next Joins (see
-    /// [`Rendezvous::set_state`]). Call after each committed step; only the latest value counts.
+    /// [`Rendezvous::set_state`]); only the latest value counts. The elastic loop calls it before
+    /// each re-formation, so a Join sent while its training thread is still failing out of a step
+    /// may carry the previous tag: a holder's state is never older than its tag, so a stale tag
+    /// can only pick a source with fewer steps (more redone), never an inconsistent one.
     pub fn set_state(&self, state: Option<StateTag>) {
         self.requests.send_modify(|r| r.state = state);
     }
