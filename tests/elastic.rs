@@ -26,6 +26,7 @@ const TRAIN: &[&str] = &[
     "0.05",
     "--save_progress_seconds",
     "1",
+    "--log_sample_ids",
 ];
 
 struct Job {
@@ -120,22 +121,29 @@ fn final_model(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn final_model_at(run_dir: &Path, steps: &str) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(run_dir.join(format!("checkpoints/checkpoint_{steps}/model.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, t)| (name, t.data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    crate::util::f32_tensors(&std::fs::read(run_dir.join(format!("checkpoints/checkpoint_{steps}/model.safetensors"))).unwrap())
 }
 
-/// Three workers of `model` from start to end, none lost.
-fn uninterrupted(model: &'static str) -> Vec<(String, Vec<f32>)> {
+/// Three workers of `model` from start to end, none lost: the final model and which examples
+/// each batch took.
+fn uninterrupted(model: &'static str) -> (Vec<(String, Vec<f32>)>, Samples) {
     let job = Job::new("3", model);
     finish((0..3).map(|s| Some(job.spawn(s))).collect(), &job);
-    final_model(&job.run_dir())
+    (final_model(&job.run_dir()), samples(&job))
+}
+
+/// Examples by (epoch, batch), as `--log_sample_ids` recorded them.
+type Samples = ringsam_train::sample_log::Taken;
+
+fn samples(job: &Job) -> Samples {
+    ringsam_train::sample_log::consumed(&job.run_dir()).unwrap()
+}
+
+/// No example repeated or skipped: every batch took exactly the reference's examples.
+fn assert_same_samples(job: &Job, reference: &Samples, what: &str) {
+    if let Some(why) = ringsam_train::sample_log::compare(&samples(job), reference) {
+        panic!("{what}: {why}\n{}", generations(job).join("\n"));
+    }
 }
 
 /// Starts the three slots and kills slot 2 with SIGKILL once slot 0 has done 8 steps.
@@ -160,7 +168,7 @@ fn finish(children: Vec<Option<Child>>, job: &Job) {
 #[test]
 fn a_killed_worker_comes_back_and_the_run_ends_bitwise_as_if_nothing_happened() {
     let _ports = crate::util::ports_lock();
-    let reference = uninterrupted("WideResnet10x1");
+    let (reference, taken) = uninterrupted("WideResnet10x1");
     let job = Job::new("3", "WideResnet10x1");
     let mut children = start_and_kill_slot_2(&job);
     std::thread::sleep(Duration::from_millis(500));
@@ -176,17 +184,19 @@ fn a_killed_worker_comes_back_and_the_run_ends_bitwise_as_if_nothing_happened() 
         .map(|((name, a), (_, b))| format!("{name}: max diff {:e}", a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))))
         .collect();
     assert!(differ.is_empty(), "same world after recovery must be bitwise equal; differ: {differ:?}\n{log0}\n--- slot 2\n{}", job.text(2));
+    assert_same_samples(&job, &taken, "kill and restart");
 }
 
 #[test]
 fn survivors_go_on_as_two_and_end_equal_within_summation_order() {
     let _ports = crate::util::ports_lock();
-    let reference = uninterrupted("SmallCnn");
+    let (reference, taken) = uninterrupted("SmallCnn");
     let job = Job::new("2", "SmallCnn");
     finish(start_and_kill_slot_2(&job), &job);
     let log0 = job.text(0);
     assert!(log0.contains("2 replicas (slots 0,1)"), "went on as two:\n{log0}");
     assert_within_summation_order(&final_model(&job.run_dir()), &reference);
+    assert_same_samples(&job, &taken, "3 → 2");
 }
 
 /// Every tensor within 1e-5 of `reference`, relative to its largest value.
@@ -259,7 +269,7 @@ fn worker_pid(launcher: u32, rank: usize) -> Option<u32> {
 #[test]
 fn launch_restarts_a_killed_worker_and_the_run_ends_bitwise_as_if_nothing_happened() {
     let _ports = crate::util::ports_lock();
-    let reference = uninterrupted("WideResnet10x1");
+    let (reference, _) = uninterrupted("WideResnet10x1");
     let out = tempfile::tempdir().unwrap();
     let log_path = out.path().join("launch.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -343,7 +353,7 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 /// One trial (see `chaos`): three workers of WRN-10-1 with `--min_replicas 3`, a fault chosen by
 /// `kind` at a step drawn from `seed`; the run must end bitwise equal to `reference`.
-fn chaos_trial(kind: u64, seed: u64, reference: &[(String, Vec<f32>)]) -> Trial {
+fn chaos_trial(kind: u64, seed: u64, (reference, taken): &(Vec<(String, Vec<f32>)>, Samples)) -> Trial {
     let job = Job::new("3", "WideResnet10x1");
     let mut children: Vec<Option<Child>> = (0..3).map(|s| Some(job.spawn(s))).collect();
     let victim = (seed % 3) as usize;
@@ -399,7 +409,8 @@ fn chaos_trial(kind: u64, seed: u64, reference: &[(String, Vec<f32>)]) -> Trial 
     let seconds = wait_for_generation_above(&job, before, t0);
     finish(children, &job);
     let got = final_model(&job.run_dir());
-    assert!(got == reference, "trial {what} (seed {seed}) did not end bitwise equal:\n{}", generations(&job).join("\n"));
+    assert!(&got == reference, "trial {what} (seed {seed}) did not end bitwise equal:\n{}", generations(&job).join("\n"));
+    assert_same_samples(&job, taken, what);
     let lines = generations(&job);
     let after = &lines[before..];
     let mut redone = after.iter().filter_map(|l| l.split(" steps redone").next()?.rsplit(' ').next()?.parse::<u64>().ok()).sum();

@@ -59,21 +59,21 @@ pub fn run(b: &LoaderBench, report: Arc<dyn Fn(String) + Send + Sync>) -> Result
     if shards.is_empty() {
         return Err(DataError::Config(format!("no shards (*.tar, *.tfrecord*) in {:?}", b.data)));
     }
+    // Where each sample starts, found before the clock starts (a run reads it from its file).
+    let offsets = shards.iter().map(|s| ringsam_data::shards::index::index_shard(s).0).collect();
     let cfg = ShardLoaderConfig {
-        shards,
-        batch_size: b.batch,
+        split: Arc::new(ringsam_data::shards::index::SplitIndex { shards, offsets }),
+        global_batch: b.batch,
+        share: ringsam_data::share::BatchShare::alone(1),
         image_size: b.image_size,
         train: true,
         num_classes: b.num_classes,
         normalization: Normalization::for_dataset("imagenet"),
         seed: 0,
         workers: b.workers,
-        shuffle_buffer: 256,
+        window_shards: 16,
         in_flight: 4 * b.batch.max(b.workers),
-        rank: 0,
-        world: 1,
-        samples: None,
-        start_sample: 0,
+        start_batch: 0,
         decoder: b.decoder,
         augment: b.augment,
         mixup_alpha: 0.0,

@@ -19,6 +19,7 @@ pub mod batch_slots;
 pub mod cifar;
 pub mod dataset;
 pub mod digits;
+pub mod epoch_order;
 pub mod error;
 pub mod fashion_mnist;
 pub mod imagenet;
@@ -32,7 +33,7 @@ pub mod svhn;
 pub mod synthetic;
 pub mod verify;
 
-pub use batch::Batch;
+pub use batch::{Batch, Mix};
 pub use dataset::{Dataset, Split};
 pub use error::DataError;
 pub use loader::{Loader, LoaderConfig};

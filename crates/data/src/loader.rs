@@ -227,7 +227,8 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
             cutout_batch(&mut images, n, c, h, w, len, &mut rng);
         }
         queued.fetch_add(1, Ordering::Relaxed); // before the send, so the taker never sees it negative
-        if tx.send(Batch { images, labels, n, c, h, w, index: b, mix: None }).is_err() {
+        let ids = order[mlo..mhi].iter().map(|&i| i as u64).collect();
+        if tx.send(Batch { images, labels, n, c, h, w, index: b, ids, mix: None }).is_err() {
             return; // the consumer is gone
         }
     }

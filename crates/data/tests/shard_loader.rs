@@ -1,12 +1,14 @@
-//! The loader actor pool: the same batches whatever the worker count, disjoint ranks, bad
-//! samples skipped and reported, a missing shard refused.
+//! The loader actor pool: the same batches whatever the worker count, the same micro-batches
+//! whatever the world size, bad samples skipped and reported, a missing shard refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ringsam_data::normalize::Normalization;
-use ringsam_data::shard_loader::{ShardLoader, ShardLoaderConfig, shards_for};
+use ringsam_data::shard_loader::{ShardLoader, ShardLoaderConfig};
+use ringsam_data::shards::index::{SplitIndex, open_or_build};
 use ringsam_data::shards::{ShardFormat, pack_folder};
+use ringsam_data::share::BatchShare;
 
 fn fixture_jpegs() -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jpeg");
@@ -32,22 +34,27 @@ fn shards(dir: &Path, format: &str, per_class: usize, extra: &[(&str, &[u8])]) -
     pack_folder(&src, &dir.join(format), ShardFormat::parse(format).unwrap(), 4, "train", 3).unwrap()
 }
 
+/// The index of packed shards (`pack_folder` wrote it beside them).
+fn index(shards: &[PathBuf]) -> Arc<SplitIndex> {
+    let dir = shards[0].parent().unwrap();
+    Arc::new(open_or_build(dir, "train", shards, 1, &|l| panic!("the index was written by pack: {l}")).unwrap())
+}
+
+/// One replica reading global batches of 3.
 fn config(shards: Vec<PathBuf>, workers: usize) -> ShardLoaderConfig {
     ShardLoaderConfig {
-        shards,
-        batch_size: 3,
+        split: index(&shards),
+        global_batch: 3,
+        share: BatchShare::alone(1),
         image_size: 16,
         train: true,
         num_classes: 3,
         normalization: Normalization::for_dataset("imagenet"),
         seed: 7,
         workers,
-        shuffle_buffer: 5,
+        window_shards: 2,
         in_flight: 8,
-        rank: 0,
-        world: 1,
-        samples: None,
-        start_sample: 0,
+        start_batch: 0,
         decoder: Default::default(),
         augment: Default::default(),
         mixup_alpha: 0.0,
@@ -74,21 +81,38 @@ fn same_batches_with_one_and_with_two_workers() {
     }
 }
 
+/// Issue 19: any world size reads the same micro-batches — the same images, crops, flips and
+/// mixup partners — so a resized run keeps its math and no sample is repeated or skipped.
 #[test]
-fn ranks_read_disjoint_shards_that_cover_the_epoch() {
+fn every_world_size_reads_the_same_micro_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let s = shards(dir.path(), "wds", 6, &[]);
-    let mut cfg = config(s.clone(), 1);
-    cfg.world = 2;
-    let r0 = shards_for(&cfg, 1, 0);
-    cfg.rank = 1;
-    let r1 = shards_for(&cfg, 1, 0);
-    assert!(r0.iter().all(|p| !r1.contains(p)));
-    let mut all: Vec<_> = r0.into_iter().chain(r1).collect();
-    all.sort();
-    let mut want = s.clone();
-    want.sort();
-    assert_eq!(all, want);
+    let s = shards(dir.path(), "tfrecord", 8, &[]); // 24 samples in 6 shards
+    let mut cfg = config(s, 2);
+    (cfg.global_batch, cfg.share, cfg.mixup_alpha) = (6, BatchShare::alone(3), 0.4); // 3 micro-batches of 2
+    let alone: Vec<_> = ShardLoader::new(&cfg, 1, quiet()).unwrap().collect();
+    assert_eq!(alone.len(), 4);
+    let plane = 3 * 16 * 16;
+    // Image i of a (C, N, H, W) batch, with its label and partner label.
+    let image = |b: &ringsam_data::Batch, i: usize| -> (Vec<f32>, u32, u32) {
+        let px: Vec<f32> = (0..3).flat_map(|c| b.images[(c * b.n + i) * plane / 3..(c * b.n + i + 1) * plane / 3].to_vec()).collect();
+        (px, b.labels[i], b.partner_labels()[i])
+    };
+    for world in [2, 3] {
+        for rank in 0..world {
+            cfg.share = BatchShare::new(3, rank, world).unwrap();
+            let mine: Vec<_> = ShardLoader::new(&cfg, 1, quiet()).unwrap().collect();
+            assert_eq!(mine.len(), 4, "world {world}: every replica takes every step");
+            let at = cfg.share.examples(6).start;
+            for (k, (b, whole)) in mine.iter().zip(&alone).enumerate() {
+                assert_eq!(b.mix, whole.mix, "one λ per global batch");
+                for i in 0..b.n {
+                    assert!(image(b, i) == image(whole, at + i), "world {world} rank {rank}: batch {k} image {i}");
+                }
+            }
+        }
+    }
+    // That each sample of the epoch comes once is `EpochOrder`'s own test (the fixture's images
+    // repeat, so it cannot be seen here).
 }
 
 #[test]
@@ -120,30 +144,38 @@ fn bad_jpegs_and_labels_are_skipped_and_reported_and_missing_shards_refused() {
     assert_eq!(batches.len(), 3, "10 samples: 3 full batches of 3, the last sample dropped");
     assert!(batches.iter().all(|b| b.n == 3 && b.labels.len() == 3 && b.labels.iter().all(|&l| l < 2)));
     assert!(stats.skipped.load(std::sync::atomic::Ordering::Relaxed) >= 3, "the bad samples of the 9 used were counted");
-    let mut missing = s.clone();
-    missing.push(dir.path().join("nope.tfrecord"));
-    let err = ShardLoader::new(&config(missing, 1), 0, quiet()).err().expect("missing shard").to_string();
+    let mut missing = config(s.clone(), 1);
+    let mut split = (*missing.split).clone();
+    split.shards.push(dir.path().join("nope.tfrecord"));
+    split.offsets.push(vec![0]);
+    missing.split = Arc::new(split);
+    let err = ShardLoader::new(&missing, 0, quiet()).err().expect("missing shard").to_string();
     assert!(err.contains("nope.tfrecord") && err.contains("not found"), "{err}");
 }
 
 #[test]
-fn a_sample_count_reads_the_shards_again_and_a_start_sample_resumes_mid_epoch() {
+fn a_start_batch_resumes_mid_epoch_and_evaluation_reads_every_sample_once() {
     let dir = tempfile::tempdir().unwrap();
     let s = shards(dir.path(), "wds", 6, &[]); // 18 samples in 5 shards
     let mut cfg = config(s.clone(), 2);
-    cfg.world = 2;
-    cfg.rank = 1;
-    // 30 samples from rank 1's ~9: three passes over other shard subsets.
-    cfg.samples = Some(30);
+    cfg.global_batch = 4;
     let all: Vec<_> = ShardLoader::new(&cfg, 4, quiet()).unwrap().collect();
-    assert_eq!(all.len(), 10);
-    assert_eq!(all.iter().map(|b| b.index).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
-    // Starting at sample 12 gives exactly batches 4.. of the same epoch.
-    cfg.start_sample = 12;
+    assert_eq!(all.iter().map(|b| b.index).collect::<Vec<_>>(), (0..4).collect::<Vec<_>>(), "18 samples: 4 whole batches");
+    // Starting at batch 2 gives exactly batches 2.. of the same epoch.
+    cfg.start_batch = 2;
     let tail: Vec<_> = ShardLoader::new(&cfg, 4, quiet()).unwrap().collect();
-    assert_eq!(tail, all[4..].to_vec());
-    cfg.start_sample = 13;
-    assert!(ShardLoader::new(&cfg, 4, quiet()).is_err(), "not at a batch boundary");
+    assert_eq!(tail, all[2..].to_vec());
+    // Evaluation over two replicas: every sample once, the last batch of 2 cut in two.
+    cfg.train = false;
+    cfg.start_batch = 0;
+    let mut seen = 0;
+    for rank in 0..2 {
+        cfg.share = BatchShare::new(2, rank, 2).unwrap();
+        let batches: Vec<_> = ShardLoader::new(&cfg, 0, quiet()).unwrap().collect();
+        assert_eq!(batches.iter().map(|b| b.n).collect::<Vec<_>>(), vec![2, 2, 2, 2, 1], "rank {rank}");
+        seen += batches.iter().map(|b| b.n).sum::<usize>();
+    }
+    assert_eq!(seen, 18);
 }
 
 #[test]
@@ -157,6 +189,7 @@ fn packing_records_shard_lengths_and_classes_as_tfds_does() {
     let layout = open_layout(&out).unwrap();
     assert_eq!(layout.train.shards, train);
     assert_eq!(layout.train.lengths, Some(vec![4, 4, 1]));
+    assert_eq!(index(&train).counts(), vec![4, 4, 1], "pack writes the sample index too");
     assert_eq!(layout.validation.known_len(), Some(9));
     assert_eq!(layout.classes, vec!["class0", "class1", "class2"]);
     // A TFDS data dir (DATASET/VERSION/) is found from its root.
@@ -193,7 +226,7 @@ fn mixup_blends_each_batch_with_its_reversal_at_one_lambda_of_at_least_half() {
     let mixed: Vec<_> = ShardLoader::new(&cfg, 1, quiet()).unwrap().collect();
     assert_eq!(mixed, ShardLoader::new(&cfg, 1, quiet()).unwrap().collect::<Vec<_>>(), "λ comes from the seed");
     for (p, m) in plain.iter().zip(&mixed) {
-        let l = m.mix.expect("every training batch is mixed");
+        let l = m.mix.expect("every training batch is mixed").lambda;
         assert!((0.5..=1.0).contains(&l), "λ = {l}");
         assert_eq!(p.labels, m.labels, "labels stay; the partner is the reversed batch");
         let plane = 16 * 16;

@@ -255,6 +255,10 @@ pub struct TrainConfig {
     /// Evaluate every this many epochs (and after the last).
     #[arg(long, default_value_t = 1)]
     pub evaluate_every: u64,
+    /// Record which examples every step takes, in `{run dir}/samples/` (one line per step and
+    /// replica): how a run that lost workers shows it repeated and skipped none.
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub log_sample_ids: bool,
     /// Also evaluate on the training set.
     #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
     pub also_eval_on_training_set: bool,

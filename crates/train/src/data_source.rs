@@ -1,16 +1,17 @@
 //! What the training loop reads: a dataset held in memory (digits, CIFAR, SVHN, Fashion-MNIST,
 //! synthetic) or a directory of shards (`imagenet`), behind one interface.
 //!
-//! Why two kinds: the small datasets fit in memory, and their loader shares every global batch
-//! out to the replicas (a replica takes its slice). ImageNet does not fit; each replica reads its
-//! own shards through the loader actor pool ([`ringsam_data::shard_loader`]) and makes its own
-//! batches. The loop sees the same thing from both: an epoch of `(C, N, H, W)` batches of this
-//! replica's share, the same number of them on every replica, and batches for evaluation.
+//! Why two kinds: the small datasets fit in memory; ImageNet does not, and is read through the
+//! loader actor pool ([`ringsam_data::shard_loader`]). Both share every global batch out to the
+//! replicas the same way (a replica takes its micro-batches of it), in an order that depends on
+//! (seed, epoch, global sample index) only, so the world size never changes which samples make a
+//! micro-batch. The loop sees the same thing from both: an epoch of `(C, N, H, W)` batches of
+//! this replica's share, the same number of them on every replica, and batches for evaluation.
 //!
 //! Epochs over shards: `steps = samples / global batch` (the reference's
-//! `num_train_examples // batch_size`); each replica delivers exactly `steps × local batch`
-//! samples, reading its shards again when they hold fewer. Resuming at batch `k` skips `k × local
-//! batch` samples undecoded.
+//! `num_train_examples // batch_size`), samples counted by the split's index
+//! ([`ringsam_data::shards::index`], built on first open). Resuming at batch `k` reads nothing
+//! before it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,7 +22,8 @@ use ringsam_data::loader::{Loader, LoaderConfig};
 use ringsam_data::normalize::Normalization;
 use ringsam_data::registry::{SyntheticSpec, load};
 use ringsam_data::shard_loader::{LoaderStats, ShardLoader, ShardLoaderConfig};
-use ringsam_data::shards::layout::{ShardLayout, SplitShards, count_samples, open_layout};
+use ringsam_data::shards::index::{SplitIndex, open_or_build};
+use ringsam_data::shards::layout::{ShardLayout, open_layout};
 use ringsam_data::share::BatchShare;
 use ringsam_data::{Batch, Dataset, Split};
 
@@ -30,6 +32,11 @@ use crate::config::{BatchAugmentation, ImageAugmentation, TrainConfig};
 
 /// Datasets read from shards rather than memory.
 pub const SHARDED: &[&str] = &["imagenet"];
+
+/// Shards whose samples are shuffled together ([`ringsam_data::epoch_order`]): 16 ImageNet
+/// shards are ~20 000 samples, more than the reference's 16-batch shuffle buffer, while each
+/// decoder reads from at most 16 files at a time.
+const WINDOW_SHARDS: usize = 16;
 
 /// The training and evaluation data of a run.
 pub enum TrainData {
@@ -49,7 +56,8 @@ pub struct ShardData {
     /// Dataset name (for normalisation and messages).
     pub name: String,
     layout: ShardLayout,
-    train_len: u64,
+    train: Arc<SplitIndex>,
+    validation: Arc<SplitIndex>,
     image_size: usize,
     workers: usize,
     decoder: JpegDecoder,
@@ -152,8 +160,9 @@ impl TrainData {
                 return Err(TrainError::Config(format!("{}: no {name} shards (file names with the word `{name}`)", layout.dir.display())));
             }
         }
-        let train_len = split_len(&layout.train, "train", log)?;
         let workers = if cfg.loader_workers == 0 { auto_loader_workers() } else { cfg.loader_workers };
+        let (train, validation) = (index_split(&layout, "train", workers, log)?, index_split(&layout, "validation", workers, log)?);
+        let train_len = train.len();
         let image_size = if cfg.image_size == 0 { ringsam_models::input_size(&cfg.model_name) } else { cfg.image_size };
         log(&format!(
             "{}: {} train shards ({train_len} samples), {} validation shards, {} classes, {image_size} px, {workers} decoder threads",
@@ -165,7 +174,8 @@ impl TrainData {
         Ok(TrainData::Shards(Box::new(ShardData {
             name: cfg.dataset.to_string(),
             layout,
-            train_len,
+            train,
+            validation,
             image_size,
             workers,
             decoder: JpegDecoder::parse(cfg.jpeg_decoder.as_str()).map_err(TrainError::Config)?,
@@ -179,23 +189,6 @@ impl TrainData {
             report: Arc::new(|line| eprintln!("ringsam: loader: {line}")),
             stats: Arc::new(LoaderStats::default()),
         })))
-    }
-
-    /// Refuses a replica count the shards cannot feed (each replica reads whole shards), before
-    /// any training rather than at the first evaluation.
-    pub fn check_world(&self, world: usize) -> Result<(), TrainError> {
-        if let TrainData::Shards(s) = self {
-            for (name, split) in [("train", &s.layout.train), ("validation", &s.layout.validation)] {
-                if split.shards.len() < world {
-                    return Err(TrainError::Config(format!(
-                        "{}: {} {name} shards cannot feed {world} replicas (each reads whole shards): pack with a smaller --shard-size",
-                        s.layout.dir.display(),
-                        split.shards.len()
-                    )));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Dataset name.
@@ -253,7 +246,7 @@ impl TrainData {
     pub fn train_len(&self) -> u64 {
         match self {
             TrainData::Memory { train, .. } => train.len() as u64,
-            TrainData::Shards(s) => s.train_len,
+            TrainData::Shards(s) => s.train.len(),
         }
     }
 
@@ -286,7 +279,7 @@ impl TrainData {
     pub fn steps_per_epoch(&self, loader: &LoaderConfig) -> u64 {
         match self {
             TrainData::Memory { train, .. } => loader.batches_per_epoch(train.len()) as u64,
-            TrainData::Shards(s) => s.train_len / loader.batch_size as u64,
+            TrainData::Shards(s) => s.train.len() / loader.batch_size as u64,
         }
     }
 
@@ -304,20 +297,17 @@ impl TrainData {
         match self {
             TrainData::Memory { train, .. } => Ok(EpochBatches::Memory(Loader::new(train.clone(), loader, epoch, start_batch)?)),
             TrainData::Shards(s) => {
-                let local = loader.share()?.examples(loader.batch_size).len();
-                let steps = self.steps_per_epoch(loader) as usize;
-                if start_batch >= steps {
-                    // Resuming at the epoch's end: reading the shards to skip all of it would
-                    // cost a pass over the data for nothing.
+                let steps = self.steps_per_epoch(loader);
+                if start_batch as u64 >= steps {
+                    // Resuming at the epoch's end: nothing of it is left.
                     return Ok(EpochBatches::Done);
                 }
                 let cfg = ShardLoaderConfig {
-                    samples: Some((steps * local) as u64),
-                    start_sample: (start_batch * local) as u64,
-                    ..s.loader_config(&s.layout.train, true, local, loader.rank, loader.world)
+                    start_batch: start_batch as u64,
+                    ..s.loader_config(&s.train, true, loader.batch_size, loader.share()?)
                 };
                 let pool = ShardLoader::with_stats(&cfg, epoch, s.report.clone(), s.stats.clone())?;
-                Ok(EpochBatches::Shards { loader: pool, left: steps.saturating_sub(start_batch) })
+                Ok(EpochBatches::Shards { loader: pool, left: (steps - start_batch as u64) as usize })
             }
         }
     }
@@ -338,8 +328,10 @@ impl TrainData {
                 Ok(Box::new(Loader::new(data.clone(), &cfg, 0, 0)?))
             }
             TrainData::Shards(s) => {
-                let shards = if split == Split::Train { &s.layout.train } else { &s.layout.validation };
-                let cfg = s.loader_config(shards, false, batch.div_ceil(world), rank, world);
+                let index = if split == Split::Train { &s.train } else { &s.validation };
+                let share = BatchShare::new(world, rank, world).map_err(TrainError::Config)?;
+                // At least one image per replica in every full batch.
+                let cfg = s.loader_config(index, false, batch.max(world), share);
                 Ok(Box::new(ShardLoader::with_stats(&cfg, 0, s.report.clone(), s.stats.clone())?))
             }
         }
@@ -347,23 +339,21 @@ impl TrainData {
 }
 
 impl ShardData {
-    fn loader_config(&self, split: &SplitShards, train: bool, batch: usize, rank: usize, world: usize) -> ShardLoaderConfig {
+    fn loader_config(&self, split: &Arc<SplitIndex>, train: bool, global_batch: usize, share: BatchShare) -> ShardLoaderConfig {
+        let local = share.examples(global_batch).len();
         ShardLoaderConfig {
-            shards: split.shards.clone(),
-            batch_size: batch,
+            split: split.clone(),
+            global_batch,
+            share,
             image_size: self.image_size,
             train,
             num_classes: self.layout.classes.len(),
             normalization: Normalization::for_dataset(&self.name),
             seed: self.seed,
             workers: self.workers,
-            // The reference shuffles 16 batches' worth (dataset_source_imagenet.py).
-            shuffle_buffer: 16 * batch,
-            in_flight: 4 * batch.max(self.workers),
-            rank,
-            world,
-            samples: None,
-            start_sample: 0,
+            window_shards: WINDOW_SHARDS,
+            in_flight: 4 * local.max(self.workers),
+            start_batch: 0,
             decoder: self.decoder,
             augment: if train { self.augment } else { Augment::None },
             mixup_alpha: if train { self.mixup_alpha } else { 0.0 },
@@ -371,25 +361,20 @@ impl ShardData {
     }
 }
 
-/// Samples in a split: from `dataset_info.json`, else by reading every shard once.
-fn split_len(split: &SplitShards, name: &str, log: &mut dyn FnMut(&str)) -> Result<u64, TrainError> {
-    if let Some(n) = split.known_len() {
-        return Ok(n);
-    }
-    log(&format!("no shard lengths for the {name} split in dataset_info.json: counting {} shards by reading them", split.shards.len()));
+/// The index of one split of `layout` (built on first open; see
+/// [`ringsam_data::shards::index`]), checked against the lengths `dataset_info.json` gives.
+fn index_split(layout: &ShardLayout, name: &str, threads: usize, log: &mut dyn FnMut(&str)) -> Result<Arc<SplitIndex>, TrainError> {
+    let split = if name == "train" { &layout.train } else { &layout.validation };
     let t = std::time::Instant::now();
-    let mut last = std::time::Instant::now();
-    let counts = count_samples(
-        &split.shards,
-        |done, total| {
-            if last.elapsed().as_secs() >= 10 {
-                eprintln!("ringsam: counted {done}/{total} shards");
-                last = std::time::Instant::now();
-            }
-        },
-        |damage| eprintln!("ringsam: loader: {damage}"),
-    )?;
-    let n = counts.iter().sum();
-    log(&format!("{name}: {n} samples ({:.1} s to count)", t.elapsed().as_secs_f64()));
-    Ok(n)
+    let index = open_or_build(&layout.dir, name, &split.shards, threads, &|line| eprintln!("ringsam: loader: {line}"))?;
+    let n = index.len();
+    if t.elapsed().as_secs() >= 1 {
+        log(&format!("{name}: {n} samples indexed in {:.1} s", t.elapsed().as_secs_f64()));
+    }
+    if let Some(listed) = split.known_len()
+        && listed != n
+    {
+        log(&format!("{name}: dataset_info.json lists {listed} samples, {n} read whole: the epoch uses those {n}"));
+    }
+    Ok(Arc::new(index))
 }

@@ -24,6 +24,7 @@ pub mod progress;
 pub mod replica;
 pub mod resume;
 pub mod run;
+pub mod sample_log;
 pub mod step;
 pub mod telemetry;
 pub mod tensorboard;

@@ -18,6 +18,7 @@ const NOT_MATH: &[&str] = &[
     "output_dir",
     "evaluate_every",
     "also_eval_on_training_set",
+    "log_sample_ids",
     "compute_top_5_error_rate",
     "save_progress_seconds",
     "checkpoint_every_epochs",

@@ -297,12 +297,17 @@ impl SamStep {
         self.step_mixed(x, labels, None, lr)
     }
 
-    /// [`SamStep::step`] on a mixup batch: with `mix = Some(λ)` image `i` is `λ·x_i + (1 −
-    /// λ)·x_{n−1−i}` and the loss is `λ·CE(labels) + (1 − λ)·CE(labels reversed)` (both SAM
-    /// passes). Error rates count against `labels`, the heavier target (λ ≥ ½).
-    pub fn step_mixed(&mut self, x: &Tensor, labels: &[u32], mix: Option<f32>, lr: f32) -> Result<StepReport, TrainError> {
-        let partner: Vec<u32> = if mix.is_some() { labels.iter().rev().copied().collect() } else { Vec::new() };
-        let targets = Targets { labels, mix: mix.map(|l| (&partner[..], l)) };
+    /// [`SamStep::step`] on a mixup batch: with `mix = Some((partners, λ))` image `i` is
+    /// `λ·x_i + (1 − λ)·x_j` for its partner `j` and the loss is `λ·CE(labels) + (1 −
+    /// λ)·CE(partners)` (both SAM passes; `partners[i]` is `j`'s label, [`Batch::partner_labels`]).
+    /// Error rates count against `labels`, the heavier target (λ ≥ ½).
+    ///
+    /// [`Batch::partner_labels`]: ringsam_data::Batch::partner_labels
+    pub fn step_mixed(&mut self, x: &Tensor, labels: &[u32], mix: Option<(&[u32], f32)>, lr: f32) -> Result<StepReport, TrainError> {
+        if mix.is_some_and(|(p, _)| p.len() != labels.len()) {
+            return Err(TrainError::Runtime(format!("{} labels with another number of mixup partners", labels.len())));
+        }
+        let targets = Targets { labels, mix };
         let [c, n, h, w] = x.dims4("SamStep::step")?;
         if labels.len() != n || n == 0 {
             return Err(TrainError::Runtime(format!("batch of {n} images with {} labels", labels.len())));

@@ -45,6 +45,7 @@ use crate::progress::{Progress, StepProgress};
 use crate::replica::{check_identical, check_same_start, vote_and_metrics};
 use crate::resume::ConfigChange;
 use crate::run::{RunOptions, RunSummary, StepCosts};
+use crate::sample_log::SampleLog;
 use crate::step::Restore;
 use crate::tensorboard::EventWriter;
 use crate::{SamStep, StepConfig, StepReport, TrainError};
@@ -75,6 +76,7 @@ pub struct Trainer<'a> {
     resumed_from: Option<PathBuf>,
     started: Instant,
     generation: u64, // the membership generation (0 outside elastic runs)
+    sample_log: Option<SampleLog>,
 }
 
 /// How an epoch ended.
@@ -129,7 +131,6 @@ impl<'a> Trainer<'a> {
             MemoryEstimate::new(&cfg, 0, 0, TrainData::planned_bytes(&cfg), world).check(limit)?;
         }
         let data = TrainData::open(&cfg, log)?;
-        data.check_world(world)?;
         stopped("while opening the data")?;
         if data.train_len() < cfg.batch_size as u64 {
             return Err(TrainError::Config(format!(
@@ -154,7 +155,9 @@ impl<'a> Trainer<'a> {
         let schedule = schedule(&cfg, steps_per_epoch);
         let progress = Progress::new(false, opts.progress, cfg.log_every_steps, steps_per_epoch, cfg.num_epochs, 0);
         let ema = (cfg.ema_decay > 0.0).then(|| Ema::new(cfg.ema_decay, Ema::REFERENCE_WARMUP, st.params(), st.state()));
+        let sample_log = if cfg.log_sample_ids { Some(SampleLog::open(&run_dir, rank)?) } else { None };
         let mut t = Trainer {
+            sample_log,
             ema,
             loader,
             schedule,
@@ -188,7 +191,6 @@ impl<'a> Trainer<'a> {
     pub(crate) fn attach(&mut self, cluster: Option<Cluster>, generation: u64) -> Result<(), TrainError> {
         let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
         let share = check_world(&self.cfg, rank, world)?;
-        self.data.check_world(world)?;
         let plan = bucket_plan(&self.cfg);
         drop(self.st.rejoin(cluster.map(|c| (c, plan)), share));
         self.loader = self.data.train_loader(&self.cfg, share);
@@ -334,10 +336,16 @@ impl<'a> Trainer<'a> {
     /// One SAM step and what the replicas agree on after it. Fails on a non-finite result.
     fn train_step(&mut self, batch: Batch, queued: usize) -> Result<(StepReport, Agreement), TrainError> {
         let lr = self.schedule.lr_at(self.st.steps());
+        if let Some(log) = self.sample_log.as_mut() {
+            // Before the step: it may count on other replicas even if it fails here.
+            log.record(self.generation, self.epoch, batch.index, self.rank, &batch.ids)?;
+        }
         let images = batch.labels.len();
+        let partners = batch.partner_labels();
+        let mix = batch.mix.map(|m| (&partners[..], m.lambda));
         let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], batch.images)?;
         let t = Instant::now();
-        let mut r = self.st.step_mixed(&x, &batch.labels, batch.mix, lr as f32)?;
+        let mut r = self.st.step_mixed(&x, &batch.labels, mix, lr as f32)?;
         self.batch += 1; // with the step: a failure below leaves both counted
         let seconds = t.elapsed().as_secs_f64();
         self.costs.add(seconds, &r.ascent_exchange, &r.descent_exchange);

@@ -184,6 +184,6 @@ fn mixup_sam_step_matches_f64() {
     g2.iter_mut().zip(&w_adv).for_each(|(g, w)| *g += wd * *w as f64);
     // Nesterov's first step: w − lr·(1 + β)·g.
     let want: Vec<f32> = w.iter().zip(&g2).map(|(w, g)| (w - lr * 1.9 * g) as f32).collect();
-    st.step_mixed(&x, &labels, Some(lambda), lr as f32).unwrap();
+    st.step_mixed(&x, &labels, Some((&partner[..], lambda)), lr as f32).unwrap();
     assert_close("parameters after one mixup SAM step", st.params(), &want, 2e-5, 1e-4);
 }

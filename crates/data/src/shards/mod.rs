@@ -9,6 +9,7 @@
 //! reported with its shard and offset; damage that loses the shard's framing (a length checksum,
 //! a tar header, a truncated file) ends that shard with an error naming the offset.
 
+pub mod index;
 pub mod layout;
 pub mod tfrecord;
 pub mod wds;
@@ -143,7 +144,8 @@ pub fn list_image_folder(dir: &Path) -> Result<ImageFolder, DataError> {
 
 /// Writes the images of folder `from` into shards of `per_shard` samples in `to`
 /// (`{prefix}-{i:05}-of-{n:05}.tar` or `.tfrecord`), in an order shuffled by `seed` so each shard
-/// mixes classes, and records the shard lengths and class names beside them ([`layout`]).
+/// mixes classes, and records the shard lengths and class names beside them ([`layout`]) with
+/// the split's sample index ([`index`]).
 /// Returns the shard paths. Each shard is written to a temporary name and renamed.
 pub fn pack_folder(
     from: &Path,
@@ -204,5 +206,8 @@ pub fn pack_folder(
     let split = layout::split_of(prefix).unwrap_or(prefix);
     let lengths: Vec<u64> = files.chunks(per_shard).map(|c| c.len() as u64).collect();
     layout::write_split_info(to, split, &lengths, &classes)?;
+    // Where each sample starts, so the loader can read any replica's share by offset.
+    let index = index::SplitIndex { offsets: out.iter().map(|s| index::index_shard(s).0).collect(), shards: out.clone() };
+    index::write_index(&index::index_path(to, split), &index)?;
     Ok(out)
 }

@@ -42,7 +42,12 @@ pub struct TfRecordReader<R> {
 impl<R: Read> TfRecordReader<R> {
     /// Reads `inner`, naming `path` in errors.
     pub fn new(inner: R, path: impl Into<PathBuf>) -> Self {
-        TfRecordReader { inner, path: path.into(), offset: 0 }
+        Self::starting_at(inner, path, 0)
+    }
+
+    /// Reads `inner`, which starts at byte `offset` of `path` (offsets in errors count from there).
+    pub fn starting_at(inner: R, path: impl Into<PathBuf>, offset: u64) -> Self {
+        TfRecordReader { inner, path: path.into(), offset }
     }
 
     /// Reads exactly `buf.len()` bytes; `Ok(false)` on a clean end of file before the first byte.

@@ -61,7 +61,12 @@ fn split_key(path: &str) -> (String, String) {
 impl<R: Read> WdsReader<R> {
     /// Reads `inner`, naming `path` in errors.
     pub fn new(inner: R, path: impl Into<PathBuf>) -> Self {
-        WdsReader { inner, path: path.into(), offset: 0, pending: None, done: false }
+        Self::starting_at(inner, path, 0)
+    }
+
+    /// Reads `inner`, which starts at byte `offset` of `path` (a sample's first member).
+    pub fn starting_at(inner: R, path: impl Into<PathBuf>, offset: u64) -> Self {
+        WdsReader { inner, path: path.into(), offset, pending: None, done: false }
     }
 
     fn fill(&mut self, buf: &mut [u8]) -> Result<usize, DataError> {
