@@ -19,7 +19,7 @@
 //! already holds (QUIC's received chunks), which the ring reduces from where they lie (two small
 //! lists per frame are allocated for them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -277,6 +277,8 @@ where
     let mut inbound_open = true;
     let mut header = Vec::with_capacity(HEADER_LEN);
     let write_timeout = ring.config().peer_timeout;
+    // Requests that arrived while a write was waiting, handled in order after it.
+    let mut deferred: VecDeque<Request> = VecDeque::new();
     loop {
         // Frames are written straight from the operations' buffers (no copy into a frame buffer).
         // While a write waits for the socket, the reader task keeps draining the inbound stream
@@ -294,9 +296,15 @@ where
             // as long as a silent peer does.
             let payload = crate::ring::le_bytes(values);
             let write = write_frame(wr, &header, &payload);
-            let written = match tokio::time::timeout(write_timeout, write).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("the next rank accepted nothing for {write_timeout:?}")),
+            // An abort (a heartbeat miss: the next rank's host is cut off, its socket buffer
+            // full) must not wait for the write timeout; other requests wait their turn.
+            let written = tokio::select! {
+                biased;
+                r = tokio::time::timeout(write_timeout, write) => match r {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("the next rank accepted nothing for {write_timeout:?}")),
+                },
+                why = next_abort(&mut reqs, &mut deferred) => Err(format!("aborted: {why}")),
             };
             match written {
                 Ok(()) => {
@@ -361,7 +369,7 @@ where
                 // Cannot happen while this function holds `frames_tx`; handled, not assumed.
                 None => { inbound_open = false; ring.handle_inbound_lost("reader stopped"); }
             },
-            req = reqs.recv() => match req {
+            req = next_request(&mut reqs, &mut deferred) => match req {
                 Some(Request::Op { op, data, reduce, reply }) => match ring.start_boxed(Instant::now(), op, data, reduce) {
                     Ok(()) => { waiters.insert(op, reply); }
                     Err(e) => { let _ = reply.send(Err(e)); }
@@ -383,6 +391,26 @@ where
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 ring.handle_timeout(Instant::now());
             }
+        }
+    }
+}
+
+/// The next request: one deferred during a write first.
+async fn next_request(reqs: &mut mpsc::UnboundedReceiver<Request>, deferred: &mut VecDeque<Request>) -> Option<Request> {
+    match deferred.pop_front() {
+        Some(r) => Some(r),
+        None => reqs.recv().await,
+    }
+}
+
+/// Waits for an abort, setting aside any other request; never returns once every handle is
+/// gone (the write then ends on its own).
+async fn next_abort(reqs: &mut mpsc::UnboundedReceiver<Request>, deferred: &mut VecDeque<Request>) -> String {
+    loop {
+        match reqs.recv().await {
+            Some(Request::Abort(why)) => return why,
+            Some(other) => deferred.push_back(other),
+            None => std::future::pending::<()>().await,
         }
     }
 }
@@ -488,6 +516,45 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// A next rank that accepts nothing (its host cut off, the socket buffer full).
+    struct Stalled;
+
+    impl AsyncWrite for Stalled {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Issue 19 (found by scripts/chaos_netns.sh): an abort read only between writes left a
+    /// worker whose next host was cut off waiting out the whole write timeout.
+    #[test]
+    fn an_abort_ends_a_write_the_next_rank_never_takes() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let ring = Ring::new(crate::RingConfig { peer_timeout: std::time::Duration::from_secs(600), ..crate::RingConfig::new(0, 2) });
+            let (_quiet_prev, rd) = tokio::io::duplex(64);
+            let mut handle = spawn(ring, Some((vec![ByteFrames(rd)], vec![Stalled])));
+            let pending = handle.submit(vec![1.0; 1024], ReduceOp::Sum).unwrap();
+            // A request made while the write waits is kept, not lost, and fails with the ring.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let later = handle.submit(vec![2.0; 8], ReduceOp::Sum).unwrap();
+            handle.aborter().abort("a heartbeat was missed");
+            let t0 = std::time::Instant::now();
+            let err = tokio::time::timeout(std::time::Duration::from_secs(5), pending.result()).await.expect("the abort ends the write");
+            assert!(err.is_err() && t0.elapsed() < std::time::Duration::from_secs(5));
+            let err = tokio::time::timeout(std::time::Duration::from_secs(5), later.result()).await.expect("the later request is answered");
+            assert!(err.is_err(), "{err:?}");
+        });
     }
 
     #[test]
