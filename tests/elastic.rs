@@ -199,6 +199,24 @@ fn survivors_go_on_as_two_and_end_equal_within_summation_order() {
     assert_same_samples(&job, &taken, "3 → 2");
 }
 
+/// A worker cut off (here: stopped) while the others finish the run must not wait forever for a
+/// generation nobody will form: back, it reads the run's finished record and leaves, exit 0.
+#[test]
+fn a_worker_left_behind_by_a_finished_run_leaves() {
+    let _ports = crate::util::ports_lock();
+    let job = Job::new("2", "SmallCnn");
+    let mut children: Vec<Option<Child>> = (0..3).map(|s| Some(job.spawn(s))).collect();
+    wait_for_step(&job, 0, 8);
+    let stopped = children[2].take().unwrap();
+    signal(&stopped, libc::SIGSTOP);
+    finish(children, &job); // the other two go on without it and finish
+    signal(&stopped, libc::SIGCONT);
+    let status = wait(stopped, Duration::from_secs(30), "the stopped worker", &job);
+    let log2 = job.text(2);
+    assert!(status.success(), "{status}\n{log2}");
+    assert!(log2.contains(&format!("finished the run at step {STEPS} while this worker was out of it")), "{log2}");
+}
+
 /// Every tensor within 1e-5 of `reference`, relative to its largest value.
 fn assert_within_summation_order(got: &[(String, Vec<f32>)], reference: &[(String, Vec<f32>)]) {
     assert_eq!(got.len(), reference.len());

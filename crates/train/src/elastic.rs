@@ -87,7 +87,17 @@ pub fn train_elastic(
     let mut lost_at: Option<Instant> = None;
     loop {
         control.set_state(held);
-        let (membership, source, rank) = wait_formed(&control, opts, &mut trainer)?;
+        let (membership, source, rank) = match wait_formed(&control, opts, &mut trainer, &run_dir)? {
+            Waited::Formed(m, source, rank) => (m, source, rank),
+            Waited::RunFinished { step, generation } => {
+                trainer.log(&format!(
+                    "generation {generation} finished the run at step {step} while this worker was out of it \
+                     (at step {}); leaving without a checkpoint",
+                    trainer.steps()
+                ));
+                return Ok(trainer.left_out(step));
+            }
+        };
         let generation = membership.generation;
         let started = Instant::now();
         let cluster = match connect(ecfg, &membership, rank, opts) {
@@ -126,7 +136,14 @@ pub fn train_elastic(
             Err(e) => return Err(e),
         }
         match trainer.run_to_end() {
-            Ok(()) => return trainer.finish(),
+            Ok(()) => {
+                let summary = trainer.finish()?;
+                if rank == 0 {
+                    // After the final checkpoint: a worker cut off now will find it and leave.
+                    crate::finished_record::write(&run_dir, summary.steps, generation)?;
+                }
+                return Ok(summary);
+            }
             Err(e) if is_loss(&e) => {
                 lost_at = Some(Instant::now());
                 held = Some(StateTag { generation, step: trainer.steps() });
@@ -177,14 +194,28 @@ fn start_control(
     Control::start(runtime.handle(), control_cfg).map_err(TrainError::Config)
 }
 
-/// Waits for a generation with this worker in it; logs the changes on the way.
-fn wait_formed(control: &Control, opts: &RunOptions, trainer: &mut Trainer<'_>) -> Result<(Membership, StateSource, usize), TrainError> {
+/// How waiting for a generation ended.
+enum Waited {
+    /// A generation with this worker in it: its membership, where its state comes from, and
+    /// this worker's rank.
+    Formed(Membership, StateSource, usize),
+    /// Others finished the run meanwhile ([`crate::finished_record`]).
+    RunFinished { step: u64, generation: u64 },
+}
+
+/// Waits for a generation with this worker in it, or for the run to be finished by others;
+/// logs the changes on the way.
+fn wait_formed(control: &Control, opts: &RunOptions, trainer: &mut Trainer<'_>, run_dir: &std::path::Path) -> Result<Waited, TrainError> {
+    let target = trainer.target_steps();
     loop {
         if opts.stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(TrainError::Stopped(format!("while re-forming at step {}", trainer.steps())));
         }
+        if let Some((step, generation)) = crate::finished_record::read(run_dir).filter(|&(step, _)| step >= target) {
+            return Ok(Waited::RunFinished { step, generation });
+        }
         match control.next_event(Duration::from_millis(200)) {
-            Some(Event::Formed { membership, source, rank }) => return Ok((membership, source, rank as usize)),
+            Some(Event::Formed { membership, source, rank }) => return Ok(Waited::Formed(membership, source, rank as usize)),
             Some(Event::Lost { slot }) => trainer.log(&format!("lost {slot}")),
             Some(Event::JoinRequested { slot }) => trainer.log(&format!("{slot} asks to join: re-forming to take it in")),
             Some(Event::Reforming { reason }) => trainer.log(&format!("re-forming: {reason}")),

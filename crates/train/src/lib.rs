@@ -17,6 +17,7 @@ pub mod data_source;
 pub mod elastic;
 pub mod error;
 pub mod eval;
+pub mod finished_record;
 pub mod generation_record;
 pub mod grad_sync;
 pub mod memory;

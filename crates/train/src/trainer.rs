@@ -535,6 +535,27 @@ impl<'a> Trainer<'a> {
     }
 
     /// The end: the final checkpoint (unless this step has one), the cost report, the summary.
+    /// The steps this run was asked for: its epochs, or `--max_steps` if fewer.
+    pub(crate) fn target_steps(&self) -> u64 {
+        let all = self.data.steps_per_epoch(&self.loader).saturating_mul(self.cfg.num_epochs);
+        self.cfg.max_steps.map_or(all, |m| m.min(all))
+    }
+
+    /// The summary of a worker that another generation finished the run without: no checkpoint
+    /// (its state is older than the run's), the run's final step.
+    pub(crate) fn left_out(self, final_step: u64) -> RunSummary {
+        self.progress.finish();
+        RunSummary {
+            run_dir: self.run_dir,
+            steps: final_step,
+            test_error_rate: None,
+            test_loss: None,
+            resumed_from: self.resumed_from,
+            seconds: self.started.elapsed().as_secs_f64(),
+            per_step: self.costs.mean(),
+        }
+    }
+
     pub(crate) fn finish(mut self) -> Result<RunSummary, TrainError> {
         self.progress.finish();
         let step = self.st.steps();
