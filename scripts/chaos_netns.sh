@@ -130,7 +130,7 @@ spawn() {
 # this job, a resize at any step from 4 to 12 ends 2e-7 to 5e-7 from the uninterrupted run after
 # 200 steps. Not larger batches to slow the steps: SmallCnn at batch 480 or 960 crosses 1e-5 after
 # 40 steps for some resize steps (a kill -9 does the same), the sensitivity tests/elastic.rs
-# describes for three_to_two_to_three.
+# describes for four_to_three_to_four.
 steps_of() { if [ "$1" = SmallCnn ]; then echo 200; else echo 80; fi; }
 
 # Steps logged so far, all slots together (only a generation's rank 0 logs them).
