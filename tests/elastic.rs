@@ -396,6 +396,28 @@ fn chaos_trial(kind: u64, seed: u64, (reference, taken): &(Vec<(String, Vec<f32>
             "kill -9, restart"
         }
         1 => {
+            // The whole job killed while a checkpoint is being written: the run must still hold
+            // one that verifies, resume from it, and end bitwise equal.
+            let checkpoints = job.run_dir().join("checkpoints");
+            let writing = || {
+                std::fs::read_dir(&checkpoints).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            };
+            let t = Instant::now();
+            while !writing() && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            last_step = Some(last_logged_step(&job));
+            for c in children.iter_mut() {
+                let mut c = c.take().unwrap();
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+            // A `.tmp` left behind says the kill landed inside the write.
+            let caught = writing();
+            children = (0..3).map(|s| Some(job.spawn(s))).collect();
+            if caught { "whole job killed inside a checkpoint write" } else { "whole job killed (just after a checkpoint write)" }
+        }
+        2 => {
             // Two kills in a row: the second during the re-formation the first started.
             let mut c = children[victim].take().unwrap();
             c.kill().unwrap();
@@ -409,7 +431,7 @@ fn chaos_trial(kind: u64, seed: u64, (reference, taken): &(Vec<(String, Vec<f32>
             children[second] = Some(job.spawn(second));
             "two kills in a row"
         }
-        2 => {
+        3 => {
             // A hang, not a death: SIGSTOP for longer than three heartbeats, then SIGCONT.
             let c = children[victim].as_ref().unwrap();
             signal(c, libc::SIGSTOP);
@@ -454,8 +476,10 @@ fn chaos_trial(kind: u64, seed: u64, (reference, taken): &(Vec<(String, Vec<f32>
 }
 
 /// Issue 19's chaos trials: `RINGSAM_CHAOS_TRIALS` of them (CI runs the default 3; the full run
-/// is `scripts/chaos.sh`), cycling through kill -9 and restart, two kills in a row, SIGSTOP, and a
-/// whole-job kill; every one must end bitwise equal to an uninterrupted run. Prints a table.
+/// is `scripts/chaos.sh`), cycling through kill -9 and restart, a whole-job kill aimed at a
+/// checkpoint write, two kills in a row, SIGSTOP, and a whole-job kill at a random step; every one
+/// must end bitwise equal to an uninterrupted run, each batch with the same examples. Prints a
+/// table.
 #[test]
 fn chaos() {
     let _ports = crate::util::ports_lock();
@@ -463,7 +487,7 @@ fn chaos() {
     let reference = uninterrupted("WideResnet10x1");
     let mut all = Vec::new();
     for t in 0..trials {
-        let trial = chaos_trial(t % 4, 7 + 11 * t, &reference);
+        let trial = chaos_trial(t % 5, 7 + 11 * t, &reference);
         eprintln!("chaos trial {t}: {}: recovered in {:.2} s", trial.what, trial.recovery_seconds[0]);
         all.push(trial);
     }
