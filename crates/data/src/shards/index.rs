@@ -97,7 +97,7 @@ pub fn open_or_build(
     log: &(dyn Fn(String) + Sync),
 ) -> Result<SplitIndex, DataError> {
     let path = index_path(dir, split);
-    let stored = match path.is_file().then(|| read_index(&path)) {
+    let mut stored = match path.is_file().then(|| read_index(&path)) {
         Some(Ok(entries)) => entries,
         Some(Err(e)) => {
             log(format!("{e}: indexing again"));
@@ -108,24 +108,24 @@ pub fn open_or_build(
     let mut offsets: Vec<Option<Vec<u64>>> = Vec::with_capacity(shards.len());
     for s in shards {
         let (name, size) = (file_name(s), file_size(s)?);
-        offsets.push(stored.iter().find(|e| e.name == name && e.size == size).map(|e| e.offsets.clone()));
+        offsets.push(stored.iter_mut().find(|e| e.name == name && e.size == size).map(|e| std::mem::take(&mut e.offsets)));
     }
     let missing: Vec<usize> = (0..shards.len()).filter(|&i| offsets[i].is_none()).collect();
-    if missing.is_empty() {
-        return Ok(SplitIndex { shards: shards.to_vec(), offsets: offsets.into_iter().map(Option::unwrap_or_default).collect() });
-    }
-    log(format!(
-        "indexing {} of {} {split} shards in {} (read once; where each sample starts)",
-        missing.len(),
-        shards.len(),
-        dir.display()
-    ));
-    let built = build(shards, &missing, threads, log);
-    for (i, o) in missing.iter().zip(built) {
-        offsets[*i] = Some(o);
+    if !missing.is_empty() {
+        log(format!(
+            "indexing {} of {} {split} shards in {} (read once; where each sample starts)",
+            missing.len(),
+            shards.len(),
+            dir.display()
+        ));
+        for (i, o) in missing.iter().zip(build(shards, &missing, threads, log)) {
+            offsets[*i] = Some(o);
+        }
     }
     let index = SplitIndex { shards: shards.to_vec(), offsets: offsets.into_iter().map(Option::unwrap_or_default).collect() };
-    if let Err(e) = write_index(&path, &index) {
+    if !missing.is_empty()
+        && let Err(e) = write_index(&path, &index)
+    {
         log(format!("cannot save the {split} index ({e}); it is kept in memory and rebuilt on the next open"));
     }
     Ok(index)

@@ -13,7 +13,8 @@
 //! highest version when there are several).
 //!
 //! Why the counts matter: an epoch is `samples / global batch` steps, and every replica must take
-//! the same number of steps; without `shardLengths` the shards are counted by reading them once.
+//! the same number of steps. The loader counts with the split's sample index ([`super::index`]),
+//! which lists only samples that read whole; `shardLengths` is checked against it.
 
 use std::path::{Path, PathBuf};
 
@@ -245,29 +246,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
-}
-
-/// Counts the samples of each shard by reading it (no decoding); `progress(done, total)` after
-/// each shard. Damage is tolerated as the loader tolerates it: a shard whose framing breaks counts
-/// the samples before the break, and `damage` hears why.
-pub fn count_samples(
-    shards: &[PathBuf],
-    mut progress: impl FnMut(usize, usize),
-    mut damage: impl FnMut(String),
-) -> Result<Vec<u64>, DataError> {
-    let mut out = Vec::with_capacity(shards.len());
-    for (i, s) in shards.iter().enumerate() {
-        let mut n = 0u64;
-        if let Err(e) = super::read_shard(s, |_, _| {
-            n += 1;
-            true
-        }) {
-            damage(format!("counting: {e}"));
-        }
-        out.push(n);
-        progress(i + 1, shards.len());
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
