@@ -70,7 +70,7 @@ pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
         }
         match cause.downcast_ref::<TrainError>() {
             Some(TrainError::Interrupted { .. } | TrainError::Stopped(_)) => return exit::STOPPED,
-            Some(TrainError::Config(_) | TrainError::Model(_)) => return exit::USAGE,
+            Some(TrainError::Config(_) | TrainError::Model(_) | TrainError::InitFrom(_)) => return exit::USAGE,
             Some(TrainError::Data(DataError::Missing { .. } | DataError::Config(_))) => return exit::USAGE,
             Some(TrainError::Tensor(TensorError::Device { .. } | TensorError::CudaNotImplemented { .. })) => return exit::USAGE,
             Some(_) => return exit::RUNTIME,

@@ -42,6 +42,8 @@ enum Command {
     /// Dataset utilities.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Convert a checkpoint made elsewhere (a published Flax EfficientNet) into a model.safetensors.
+    Convert(tool_cmds::ConvertArgs),
     /// List models with parameter counts.
     Models(tool_cmds::ModelsArgs),
     /// Make a development cluster CA and per-node certificates for QUIC rings.
@@ -92,6 +94,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Data(DataCommand::Pack(args)) => tool_cmds::cmd_data_pack(&args),
         Command::Data(DataCommand::Inspect(args)) => tool_cmds::cmd_data_inspect(&args),
         Command::Models(args) => tool_cmds::cmd_models(&args),
+        Command::Convert(args) => tool_cmds::cmd_convert(&args),
         Command::Certs(args) => tool_cmds::cmd_certs(&args),
         Command::Bench(BenchCommand::Step(args)) => bench_cmds::cmd_bench_step(&args, threads),
         Command::Bench(BenchCommand::Allreduce(args)) => bench_cmds::cmd_bench_allreduce(&args),

@@ -59,6 +59,25 @@ pub(crate) struct VerifyArgs {
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
+pub(crate) struct ConvertArgs {
+    /// The checkpoint: a Flax checkpoint (`checkpoint.tar.gz` as the SAM reference publishes
+    /// it, the `checkpoint_<step>` file, or its directory), a `.safetensors`, or a ringsam
+    /// checkpoint directory.
+    #[arg(long)]
+    pub(crate) from: PathBuf,
+    /// The `model.safetensors` to write.
+    #[arg(long)]
+    pub(crate) to: PathBuf,
+    /// The model to check it against (default: the registered model it fits).
+    #[arg(long, visible_alias = "model")]
+    pub(crate) model_name: Option<String>,
+    /// Classes of the model (default: the checkpoint's; another number keeps a fresh classifier).
+    #[arg(long)]
+    pub(crate) num_classes: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 pub(crate) struct CertsArgs {
     /// Directory to write ca.pem, node-{i}.pem and node-{i}.key into.
     #[arg(long, required_unless_present = "secret")]
@@ -208,5 +227,18 @@ pub(crate) fn cmd_certs(args: &CertsArgs) -> Result<()> {
     };
     ringsam_collective::certs::write_dev_certs(out, args.nodes).with_context(|| format!("writing certificates to {}", out.display()))?;
     println!("wrote {}/ca.pem and {} node certificates (node-N.pem, node-N.key)", out.display(), args.nodes);
+    Ok(())
+}
+
+/// `ringsam convert`: a checkpoint made elsewhere, checked and written as a ringsam model file.
+pub(crate) fn cmd_convert(args: &ConvertArgs) -> Result<()> {
+    if args.num_classes == Some(0) {
+        return Err(crate::usage("--num_classes must be at least 1"));
+    }
+    let done = ringsam_train::convert::convert(&args.from, &args.to, args.model_name.as_deref(), args.num_classes)
+        .with_context(|| format!("converting {}", args.from.display()))?;
+    for line in &done.lines {
+        println!("{line}");
+    }
     Ok(())
 }

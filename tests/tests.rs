@@ -5,6 +5,7 @@ mod augment;
 mod cli;
 mod distributed;
 mod elastic;
+mod finetune;
 mod imagenet;
 mod netns;
 mod regression;

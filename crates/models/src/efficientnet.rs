@@ -84,6 +84,9 @@ pub fn scaling(name: &str) -> Option<Scaling> {
         "efficientnet-b8" => (2.2, 3.6, 672, 0.5),
         "efficientnet-l2" => (4.3, 5.3, 800, 0.5),
         "efficientnet-l2-475" => (4.3, 5.3, 475, 0.5),
+        // Not the reference's: every kind of block at a fraction of B0's size, for tests
+        // (tests/fixtures/make_efficientnet_fixture.py builds it in Flax).
+        "efficientnet-test" => (0.1, 0.5, 64, 0.2),
         _ => return None,
     };
     Some(Scaling { width, depth, resolution, dropout })

@@ -50,6 +50,11 @@ const MODELS: &[ModelInfo] = &[
     ModelInfo { name: "efficientnet-b8", input_size: 672, summary: "EfficientNet-B8" },
     ModelInfo { name: "efficientnet-l2", input_size: 800, summary: "EfficientNet-L2 (Noisy Student)" },
     ModelInfo { name: "efficientnet-l2-475", input_size: 475, summary: "EfficientNet-L2 at 475 px (the reference's finetuning size)" },
+    ModelInfo {
+        name: "efficientnet-test",
+        input_size: 64,
+        summary: "B0's blocks at width 0.1, depth 0.5 (10 blocks, 64 px); tests and the Flax checkpoint fixture",
+    },
     ModelInfo { name: "SmallCnn", input_size: 8, summary: "two convolutions, no batch norm; data-parallel equivalence tests" },
 ];
 

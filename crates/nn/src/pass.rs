@@ -13,6 +13,9 @@ pub struct Pass {
     pub train: bool,
     /// Whether batch norm folds this pass's batch statistics into its running statistics.
     pub update_bn_stats: bool,
+    /// Batch norm normalises with its running statistics even while training (and leaves them
+    /// alone): the reference's finetuning from a pretrained checkpoint.
+    pub frozen_bn: bool,
     /// Run seed.
     pub seed: u64,
     /// Global step: with `seed` and the layer it fixes every random draw.
@@ -28,15 +31,15 @@ pub struct Pass {
 impl Pass {
     /// A training pass that updates batch-norm running statistics (SGD, or SAM's first pass).
     pub fn train(seed: u64, step: u64) -> Self {
-        Pass { train: true, update_bn_stats: true, seed, step, tied_backward: false, first_example: 0 }
+        Pass { train: true, update_bn_stats: true, frozen_bn: false, seed, step, tied_backward: false, first_example: 0 }
     }
     /// A training pass that leaves running statistics alone (SAM's second pass, gradient checks).
     pub fn train_frozen_stats(seed: u64, step: u64) -> Self {
-        Pass { train: true, update_bn_stats: false, seed, step, tied_backward: false, first_example: 0 }
+        Pass { train: true, update_bn_stats: false, frozen_bn: false, seed, step, tied_backward: false, first_example: 0 }
     }
     /// Evaluation: running statistics, no dropout.
     pub fn eval() -> Self {
-        Pass { train: false, update_bn_stats: false, seed: 0, step: 0, tied_backward: false, first_example: 0 }
+        Pass { train: false, update_bn_stats: false, frozen_bn: false, seed: 0, step: 0, tied_backward: false, first_example: 0 }
     }
     /// One uniform draw in `[0, 1)` for example `example` of this pass's batch, from stream `what`
     /// of the layer keyed `layer`: a function of (seed, step, layer, the example's place in the
@@ -50,6 +53,10 @@ impl Pass {
     /// This pass with backward coefficients tied to the forward's (or not).
     pub fn tied(self, tied_backward: bool) -> Self {
         Pass { tied_backward, ..self }
+    }
+    /// This pass with batch norm frozen to its running statistics (or not).
+    pub fn with_frozen_bn(self, frozen_bn: bool) -> Self {
+        Pass { frozen_bn, ..self }
     }
     /// This pass for a batch whose first example is `first_example` of the global batch.
     pub fn starting_at(self, first_example: u64) -> Self {

@@ -83,6 +83,7 @@ fn batchnorm_train_eval_relu_and_features() {
         (false, train(), vec![3, 4, 3, 3]),
         (true, train(), vec![3, 4, 3, 3]),
         (true, Pass::eval(), vec![3, 4, 3, 3]),
+        (false, train().with_frozen_bn(true), vec![3, 4, 3, 3]), // finetuning: running statistics
         (false, train(), vec![5, 6]),
     ] {
         let (mut p, mut s) = (ParamLayout::new(), StateLayout::new());

@@ -379,6 +379,23 @@ pub fn read_training_state(dir: &Path) -> Result<TrainingState, TrainError> {
     serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
 }
 
+/// A checkpoint's `model.safetensors`, verified with the rest of its files (what `--init_from`
+/// reads from a ringsam checkpoint, by name, into a model that may differ).
+pub fn read_model_file(dir: &Path) -> Result<Vec<u8>, TrainError> {
+    let mut files = read_verified(dir)?;
+    Ok(files.remove("model.safetensors").expect("read_verified reads model.safetensors"))
+}
+
+/// The newest finished checkpoint of a run directory, if any.
+pub fn newest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    list(&checkpoints_dir(run_dir)).into_iter().max_by_key(|(s, _)| *s).map(|(_, d)| d)
+}
+
+/// `tensors` (name, shape, values) as a safetensors file's bytes, as checkpoints write them.
+pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, &[f32])]) -> Result<Vec<u8>, TrainError> {
+    to_safetensors(tensors)
+}
+
 /// A checkpoint's files, each checked against the manifest (length and CRC-32C).
 fn read_verified(dir: &Path) -> Result<HashMap<&'static str, Vec<u8>>, TrainError> {
     let bad = |m: String| TrainError::Checkpoint(format!("{}: {m}", dir.display()));

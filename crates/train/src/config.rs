@@ -132,6 +132,19 @@ pub enum LrScheduleName {
     Constant,
 }
 
+/// `--preprocessing`: how pixels are scaled before the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Preprocessing {
+    /// `advprop` when the initial checkpoint's path contains "advprop", else `standard`.
+    Auto,
+    /// `(x/255 − mean)/std` with the dataset's constants.
+    Standard,
+    /// `x/127.5 − 1` (AdvProp EfficientNets).
+    Advprop,
+}
+
 /// `--jpeg_decoder`: the shard loader's JPEG decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -172,6 +185,29 @@ pub struct TrainConfig {
     /// Model (`ringsam models` lists them).
     #[arg(long, visible_alias = "model", default_value = "WideResnet28x10")]
     pub model_name: String,
+    /// Finetune the published checkpoint at --efficientnet_checkpoint_path (the reference's flag):
+    /// every tensor is loaded but a classifier of another number of classes, and batch norm
+    /// keeps the checkpoint's running statistics while training (--freeze_batch_norm).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub from_pretrained_checkpoint: bool,
+    /// The Flax checkpoint to finetune: the `checkpoint.tar.gz` as downloaded, the
+    /// `checkpoint_<step>` file in it, or its directory (or anything --init_from reads).
+    #[arg(long)]
+    pub efficientnet_checkpoint_path: Option<PathBuf>,
+    /// Initial weights for any model, loaded by name: a ringsam checkpoint or run directory, a
+    /// `.safetensors` (`ringsam convert` writes one), or a Flax checkpoint. The optimizer starts
+    /// fresh; a classifier of another number of classes keeps its initialisation.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    /// Batch norm normalises with its running statistics while training and leaves them as they
+    /// are (default: on with --from_pretrained_checkpoint, as the reference; off otherwise).
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub freeze_batch_norm: Option<bool>,
+    /// Input scaling: `standard` (the dataset's mean and standard deviation), `advprop` (to
+    /// [-1, 1], what AdvProp checkpoints were trained on); `auto`: advprop when the initial
+    /// checkpoint's path says "advprop".
+    #[arg(long, value_enum, default_value_t = Preprocessing::Auto)]
+    pub preprocessing: Preprocessing,
     /// Epochs.
     #[arg(long, default_value_t = 200)]
     pub num_epochs: u64,
@@ -428,6 +464,28 @@ impl TrainConfig {
         c
     }
 
+    /// Where the initial weights come from, if anywhere (`--init_from`, or the checkpoint of
+    /// `--from_pretrained_checkpoint`).
+    pub fn initial_weights(&self) -> Option<&std::path::Path> {
+        if self.from_pretrained_checkpoint { self.efficientnet_checkpoint_path.as_deref() } else { self.init_from.as_deref() }
+    }
+
+    /// Whether batch norm is frozen to its running statistics while training.
+    pub fn bn_frozen(&self) -> bool {
+        self.freeze_batch_norm.unwrap_or(self.from_pretrained_checkpoint)
+    }
+
+    /// The preprocessing `auto` resolves to.
+    pub fn preprocessing(&self) -> Preprocessing {
+        match self.preprocessing {
+            Preprocessing::Auto => {
+                let advprop = self.initial_weights().is_some_and(|p| p.to_string_lossy().to_lowercase().contains("advprop"));
+                if advprop { Preprocessing::Advprop } else { Preprocessing::Standard }
+            }
+            p => p,
+        }
+    }
+
     /// Checks every value, alone and against the others; the message names the flag to change.
     /// NaN fails every range check (each is written so that it must hold, not so that its
     /// opposite must fail).
@@ -507,7 +565,22 @@ impl TrainConfig {
         if self.grad_accum_steps > 1 && self.sam_m.is_some() {
             return Err("--grad_accum_steps cannot be combined with --sam_m (each m-sharpness chunk is one pass)".into());
         }
-        Ok(())
+        self.validate_initial_weights()
+    }
+
+    /// The reference's pair of finetuning flags, and `--init_from`, make sense only together
+    /// as the reference defines them.
+    fn validate_initial_weights(&self) -> Result<(), String> {
+        match (self.from_pretrained_checkpoint, &self.efficientnet_checkpoint_path, &self.init_from) {
+            (true, None, _) => {
+                Err("--from_pretrained_checkpoint needs --efficientnet_checkpoint_path (the checkpoint.tar.gz to finetune)".into())
+            }
+            (false, Some(_), _) => {
+                Err("--efficientnet_checkpoint_path is read only with --from_pretrained_checkpoint true (or give it as --init_from)".into())
+            }
+            (true, Some(_), Some(_)) => Err("--init_from and --from_pretrained_checkpoint both name initial weights: give one".into()),
+            _ => Ok(()),
+        }
     }
 
     /// The data settings against the dataset: which augmentations the reference's dataset class
@@ -597,6 +670,20 @@ pub fn py_float(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advprop_checkpoints_choose_their_preprocessing_and_the_flag_overrides() {
+        let cfg = |args: &[&str]| TrainConfig::from_args(["--dataset", "imagenet"].iter().chain(args), None).unwrap();
+        let advprop = ["--from_pretrained_checkpoint", "--efficientnet_checkpoint_path", "ckpts/advprop/efficientnet-b3/checkpoint.tar.gz"];
+        assert_eq!(cfg(&advprop).preprocessing(), Preprocessing::Advprop);
+        assert!(cfg(&advprop).bn_frozen());
+        assert_eq!(cfg(&[&advprop[..], &["--preprocessing", "standard"]].concat()).preprocessing(), Preprocessing::Standard);
+        assert_eq!(cfg(&["--init_from", "noisystudent/b0.safetensors"]).preprocessing(), Preprocessing::Standard);
+        assert!(!cfg(&["--init_from", "b0.safetensors"]).bn_frozen());
+        assert!(cfg(&["--init_from", "b0.safetensors", "--freeze_batch_norm"]).bn_frozen());
+        let both = TrainConfig::from_args(["--dataset", "digits", "--init_from", "a"].iter().chain(&advprop), None);
+        assert!(both.unwrap_err().contains("give one"));
+    }
 
     #[test]
     fn python_float_formatting() {

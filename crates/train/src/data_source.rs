@@ -28,7 +28,17 @@ use ringsam_data::share::BatchShare;
 use ringsam_data::{Batch, Dataset, Split};
 
 use crate::TrainError;
-use crate::config::{BatchAugmentation, ImageAugmentation, TrainConfig};
+use crate::config::{BatchAugmentation, ImageAugmentation, Preprocessing, TrainConfig};
+
+/// How a run scales pixels: the dataset's mean and standard deviation, or to [-1, 1] for
+/// AdvProp checkpoints (`--preprocessing`).
+pub fn normalization(cfg: &TrainConfig, dataset: &str) -> Normalization {
+    let standard = Normalization::for_dataset(dataset);
+    match cfg.preprocessing() {
+        Preprocessing::Advprop => Normalization { mean: vec![0.5; standard.mean.len()], std: vec![0.5; standard.std.len()] },
+        _ => standard,
+    }
+}
 
 /// Datasets read from shards rather than memory.
 pub const SHARDED: &[&str] = &["imagenet"];
@@ -46,6 +56,8 @@ pub enum TrainData {
         train: Arc<Dataset>,
         /// Evaluation split.
         test: Arc<Dataset>,
+        /// How pixels are scaled (`--preprocessing`).
+        normalization: Normalization,
     },
     /// Shards on disk (see [`ShardData`]).
     Shards(Box<ShardData>),
@@ -53,8 +65,9 @@ pub enum TrainData {
 
 /// A directory of shards and how to read it.
 pub struct ShardData {
-    /// Dataset name (for normalisation and messages).
+    /// Dataset name (for messages).
     pub name: String,
+    normalization: Normalization,
     layout: ShardLayout,
     train: Arc<SplitIndex>,
     validation: Arc<SplitIndex>,
@@ -149,7 +162,8 @@ impl TrainData {
     pub fn open(cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<TrainData, TrainError> {
         if !SHARDED.contains(&cfg.dataset.as_str()) {
             let (train, test) = load_splits(cfg)?;
-            return Ok(TrainData::Memory { train, test });
+            let normalization = normalization(cfg, &train.name);
+            return Ok(TrainData::Memory { train, test, normalization });
         }
         let dir = cfg.data_dir.as_deref().ok_or_else(|| {
             TrainError::Config(format!("dataset {} needs --data_dir (a directory of shards; see `ringsam data pack`)", cfg.dataset))
@@ -173,6 +187,7 @@ impl TrainData {
         ));
         Ok(TrainData::Shards(Box::new(ShardData {
             name: cfg.dataset.to_string(),
+            normalization: normalization(cfg, cfg.dataset.as_str()),
             layout,
             train,
             validation,
@@ -226,7 +241,7 @@ impl TrainData {
     /// Bytes the dataset holds in memory (shards are streamed: 0).
     pub fn bytes_in_memory(&self) -> u64 {
         match self {
-            TrainData::Memory { train, test } => (train.pixels.len() + test.pixels.len()) as u64,
+            TrainData::Memory { train, test, .. } => (train.pixels.len() + test.pixels.len()) as u64,
             TrainData::Shards(_) => 0,
         }
     }
@@ -255,6 +270,10 @@ impl TrainData {
     pub fn train_loader(&self, cfg: &TrainConfig, share: BatchShare) -> LoaderConfig {
         use ImageAugmentation as A;
         let name = self.name();
+        let normalization = match self {
+            TrainData::Memory { normalization, .. } => normalization.clone(),
+            TrainData::Shards(s) => s.normalization.clone(),
+        };
         LoaderConfig {
             batch_size: cfg.batch_size,
             shuffle: true,
@@ -266,7 +285,7 @@ impl TrainData {
             flip_crop: matches!(cfg.image_level_augmentations, A::Basic | A::Autoaugment),
             flip: name != "digits",
             cutout: (cfg.batch_level_augmentations == BatchAugmentation::Cutout).then_some(cfg.cutout_length),
-            normalization: Normalization::for_dataset(name),
+            normalization,
             seed: cfg.run_seed,
             prefetch: cfg.prefetch,
             rank: share.rank,
@@ -322,9 +341,9 @@ impl TrainData {
         world: usize,
     ) -> Result<Box<dyn Iterator<Item = Batch>>, TrainError> {
         match self {
-            TrainData::Memory { train, test } => {
+            TrainData::Memory { train, test, normalization } => {
                 let data = if split == Split::Train { train } else { test };
-                let cfg = LoaderConfig::evaluation(batch, Normalization::for_dataset(&data.name), rank, world);
+                let cfg = LoaderConfig::evaluation(batch, normalization.clone(), rank, world);
                 Ok(Box::new(Loader::new(data.clone(), &cfg, 0, 0)?))
             }
             TrainData::Shards(s) => {
@@ -348,7 +367,7 @@ impl ShardData {
             image_size: self.image_size,
             train,
             num_classes: self.layout.classes.len(),
-            normalization: Normalization::for_dataset(&self.name),
+            normalization: self.normalization.clone(),
             seed: self.seed,
             workers: self.workers,
             window_shards: WINDOW_SHARDS,
@@ -377,4 +396,21 @@ fn index_split(layout: &ShardLayout, name: &str, threads: usize, log: &mut dyn F
         log(&format!("{name}: dataset_info.json lists {listed} samples, {n} read whole: the epoch uses those {n}"));
     }
     Ok(Arc::new(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advprop_scales_pixels_to_minus_one_one() {
+        let cfg = TrainConfig::from_args(["--dataset", "cifar10", "--preprocessing", "advprop"], None).unwrap();
+        let n = normalization(&cfg, "cifar10");
+        let mut out = [0.0; 3];
+        n.plane(0, &[0u8, 0, 0, 255, 255, 255, 128, 128, 128], 3, &mut out);
+        assert_eq!(out[..2], [-1.0, 1.0]);
+        assert!((out[2] - 0.003_921_6).abs() < 1e-6);
+        let standard = TrainConfig::from_args(["--dataset", "cifar10"], None).unwrap();
+        assert_eq!(normalization(&standard, "cifar10"), Normalization::for_dataset("cifar10"));
+    }
 }

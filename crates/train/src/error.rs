@@ -15,6 +15,10 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// `--init_from` / `--efficientnet_checkpoint_path` names weights that cannot start this
+    /// model (unreadable, or names and shapes that do not fit): the user's input, not a fault.
+    #[error("initial weights: {0}")]
+    InitFrom(String),
     /// Data could not be loaded.
     #[error(transparent)]
     Data(#[from] ringsam_data::DataError),

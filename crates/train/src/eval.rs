@@ -28,7 +28,8 @@ pub fn evaluate_checkpoint(dir: &Path, data_dir: Option<PathBuf>, batch: usize) 
         ringsam_models::build(&cfg.model_name, &ringsam_models::ModelConfig { num_classes: test.num_classes, in_channels: test.channels })?;
     let ckpt = crate::checkpoint::load(dir, model.layout(), model.state_layout())?;
     let (params, mut state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
-    let report = evaluate(model.as_mut(), &params, &mut state, &test, batch)?;
+    let norm = crate::data_source::normalization(&cfg, &test.name);
+    let report = evaluate(model.as_mut(), &params, &mut state, &test, batch, &norm)?;
     Ok((cfg, report))
 }
 
@@ -83,30 +84,18 @@ impl EvalSums {
     }
 }
 
-/// Evaluates `model` at `params`/`state` (eval mode: running statistics) on all of `data`.
+/// Evaluates `model` at `params`/`state` (eval mode: running statistics) on all of `data`, its
+/// pixels scaled by `norm`.
 pub fn evaluate(
     model: &mut dyn Model,
     params: &[f32],
     state: &mut [f32],
     data: &Arc<Dataset>,
     batch_size: usize,
+    norm: &Normalization,
 ) -> Result<EvalReport, TrainError> {
-    evaluate_shard(model, params, state, data, batch_size, 0, 1)?.report(&data.name)
-}
-
-/// Evaluates replica `rank`'s share (of `world`) of every batch of `data`; the shares together
-/// cover the split once.
-pub fn evaluate_shard(
-    model: &mut dyn Model,
-    params: &[f32],
-    state: &mut [f32],
-    data: &Arc<Dataset>,
-    batch_size: usize,
-    rank: usize,
-    world: usize,
-) -> Result<EvalSums, TrainError> {
-    let cfg = LoaderConfig::evaluation(batch_size, Normalization::for_dataset(&data.name), rank, world);
-    evaluate_batches(model, params, state, Loader::new(data.clone(), &cfg, 0, 0)?)
+    let cfg = LoaderConfig::evaluation(batch_size, norm.clone(), 0, 1);
+    evaluate_batches(model, params, state, Loader::new(data.clone(), &cfg, 0, 0)?)?.report(&data.name)
 }
 
 /// Sums over `batches` (one replica's share of a split).

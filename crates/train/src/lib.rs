@@ -13,6 +13,7 @@
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod convert;
 pub mod data_source;
 pub mod elastic;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod eval;
 pub mod finished_record;
 pub mod generation_record;
 pub mod grad_sync;
+pub mod init_from;
 pub mod memory;
 pub mod progress;
 pub mod replica;

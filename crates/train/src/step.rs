@@ -76,6 +76,9 @@ pub struct StepConfig {
     pub seed: u64,
     /// One ascent for the whole batch (false: one per micro-batch; see the module docs).
     pub sync_perturbations: bool,
+    /// Batch norm normalises with its running statistics in training passes and leaves them
+    /// alone (finetuning a pretrained checkpoint, as the reference does).
+    pub frozen_bn: bool,
 }
 
 impl Default for StepConfig {
@@ -106,6 +109,7 @@ impl From<&crate::config::TrainConfig> for StepConfig {
             sam_m: cfg.sam_m,
             seed: cfg.run_seed,
             sync_perturbations: cfg.sync_perturbations,
+            frozen_bn: cfg.bn_frozen(),
         }
     }
 }
@@ -247,6 +251,11 @@ impl SamStep {
         self.model.as_ref()
     }
 
+    /// Starts from weights made elsewhere, matched by name ([`crate::init_from`]).
+    pub fn load_initial(&mut self, src: &crate::init_from::SourceTensors) -> Result<crate::init_from::LoadReport, TrainError> {
+        crate::init_from::load_into(src, self.model.layout(), self.model.state_layout(), &mut self.arena.params, &mut self.state)
+    }
+
     /// Parameters `w`, in the model's layout.
     pub fn params(&self) -> &[f32] {
         &self.arena.params
@@ -380,21 +389,23 @@ impl SamStep {
         micro: usize,
         exchanges: Option<&mut [ExchangeStats; 2]>,
     ) -> Result<(f32, usize, f64), TrainError> {
-        let (seed, step) = (self.cfg.seed, self.step);
+        let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
         let mut local = [ExchangeStats::default(); 2];
         let shared = exchanges.is_some();
         let exchanges = exchanges.unwrap_or(&mut local);
         let world = shared.then_some(Scope::World);
         if self.cfg.rho == 0.0 {
-            let (loss, errors) = self.loss_and_grad(false, x, labels, Pass::train(seed, step), world, micro, &mut exchanges[1])?;
+            let (loss, errors) =
+                self.loss_and_grad(false, x, labels, Pass::train(seed, step).with_frozen_bn(frozen), world, micro, &mut exchanges[1])?;
             return Ok((loss, errors, global_norm(&self.arena.grads)));
         }
         let ascent_scope = (shared && self.cfg.sync_perturbations).then_some(Scope::Group);
         // Pass 1 ties ShakeShake/ShakeDrop backward coefficients to the forward's (the reference's
         // `true_gradient=True`); pass 2 and plain SGD draw independent ones.
-        self.loss_and_grad(false, x, labels, Pass::train(seed, step).tied(true), ascent_scope, micro, &mut exchanges[0])?;
+        let pass1 = Pass::train(seed, step).tied(true).with_frozen_bn(frozen);
+        self.loss_and_grad(false, x, labels, pass1, ascent_scope, micro, &mut exchanges[0])?;
         let norm = self.ascend();
-        let pass2 = Pass::train_frozen_stats(seed, step);
+        let pass2 = Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen);
         let (loss, errors) = self.loss_and_grad(true, x, labels, pass2, world, micro, &mut exchanges[1])?;
         Ok((loss, errors, norm))
     }

@@ -258,8 +258,20 @@ impl<'a> Trainer<'a> {
             (self.epoch, self.batch) = (c.training.epoch, c.training.batch_in_epoch as u64);
             (self.log)(&format!("resumed from {} (step {}, epoch {}, batch {})", c.dir.display(), self.st.steps(), self.epoch, self.batch));
             self.last_checkpoint = Some(c.training.step);
+            if let Some(path) = self.cfg.initial_weights() {
+                (self.log)(&format!("initial weights {} not read: they start a fresh run, and this one resumes", path.display()));
+            }
             self.resumed_from = Some(c.dir);
             restored_ema = c.ema;
+        } else if let Some(path) = self.cfg.initial_weights() {
+            let src = crate::init_from::read_source(path)?;
+            let report = self.st.load_initial(&src)?;
+            for line in report.lines(&src) {
+                (self.log)(&line);
+            }
+            if self.cfg.bn_frozen() {
+                (self.log)("batch norm frozen to the loaded running statistics while training (--freeze_batch_norm)");
+            }
         }
         // Every replica must start from the same checkpoint at the same place (a run directory
         // that is not shared would otherwise pair collectives wrongly).

@@ -93,7 +93,8 @@ impl Layer for BatchNorm {
         self.buffers.out.resize(x.shape());
         let (scale, bias) = (&params[self.scale.range()], &params[self.bias.range()]);
         let BatchNormConfig { momentum, eps, relu, .. } = self.cfg;
-        if pass.train {
+        let batch_stats = pass.train && !pass.frozen_bn;
+        if batch_stats {
             batchnorm_forward_train(
                 self.buffers.out.as_mut_slice(),
                 &mut self.mean,
@@ -123,7 +124,7 @@ impl Layer for BatchNorm {
             self.mean.copy_from_slice(rm);
             self.var.copy_from_slice(rv);
         }
-        self.last_train = Some(pass.train);
+        self.last_train = Some(batch_stats);
         Ok(())
     }
 

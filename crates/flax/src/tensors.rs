@@ -1,0 +1,276 @@
+//! The decoded state dict as flat names: parameters and batch-norm statistics.
+//!
+//! Two layouts are recognised at the top level:
+//! - **`flax.nn` `(model, state)`** (the SAM reference's published EfficientNets): `"0"` is the
+//!   `Model` struct, `{"params": {...}}` nested by module; `"1"` is the batch-norm `Collection`,
+//!   a FLAT dict keyed by absolute module paths (`"/MBConvBlock_1/batch_normalization_0"`),
+//!   each holding `{"mean", "var"}`.
+//! - **linen variables**: `{"params": {...}, "batch_stats": {...}}`, both nested by module
+//!   (other top-level entries, such as a `TrainState`'s `step` or `opt_state`, are listed as
+//!   ignored).
+//!
+//! Names join module path and leaf with `/` (`Stem_0/conv2d/kernel`,
+//! `Stem_0/batch_normalization/mean`) — the reference's parameter-tree paths, which ringsam's
+//! models use as their tensor names. Arrays over 1 GiB, which Flax splits into a
+//! `__msgpack_chunked_array__` dict, are joined back here.
+
+use std::collections::BTreeMap;
+
+use crate::FlaxError;
+use crate::array::{ArrayRef, Dtype, EXT_NDARRAY, EXT_NPSCALAR};
+use crate::msgpack::Value;
+
+/// Which top-level layout a checkpoint had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `flax.nn`'s `(model, state)`.
+    ModelState,
+    /// linen's `{"params", "batch_stats"}`.
+    Variables,
+}
+
+/// A tensor, possibly reassembled from chunks (then it owns its bytes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor<'a> {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: Dtype,
+    /// The chunks, in order (one for an ordinary array).
+    pub chunks: Vec<ArrayRef<'a>>,
+}
+
+impl Tensor<'_> {
+    /// Values as f32 (`None` for integer arrays).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.shape.iter().product());
+        for c in &self.chunks {
+            out.extend(c.to_f32()?);
+        }
+        Some(out)
+    }
+}
+
+/// The checkpoint's tensors by name.
+#[derive(Debug)]
+pub struct FlaxTensors<'a> {
+    /// The layout found.
+    pub layout: Layout,
+    /// Parameters (`…/kernel`, `…/scale`).
+    pub params: BTreeMap<String, Tensor<'a>>,
+    /// Batch-norm statistics (`…/mean`, `…/var`).
+    pub state: BTreeMap<String, Tensor<'a>>,
+    /// Paths of entries that are neither (step counters, optimizer state), for the report.
+    pub ignored: Vec<String>,
+}
+
+/// Reads the tensors of a decoded checkpoint (see the module docs).
+pub fn tensors<'a>(root: &Value<'a>) -> Result<FlaxTensors<'a>, FlaxError> {
+    let top = as_map(root, "")?;
+    let get = |key: &str| top.iter().find(|(k, _)| *k == Value::Str(key)).map(|(_, v)| v);
+    let mut out = FlaxTensors { layout: Layout::ModelState, params: BTreeMap::new(), state: BTreeMap::new(), ignored: Vec::new() };
+    if let (Some(model), Some(state)) = (get("0"), get("1")) {
+        let model = as_map(model, "0")?;
+        let params = model.iter().find(|(k, _)| *k == Value::Str("params")).map(|(_, v)| v);
+        let params = params.ok_or_else(|| tree_err("0", format!("expected the flax.nn Model's \"params\", found keys {}", keys(model))))?;
+        flatten(params, "0/params", "", &mut out.params, &mut out.ignored)?;
+        for (key, stats) in as_map(state, "1")? {
+            let module = key_str(key, "1")?;
+            let name = module.trim_start_matches('/');
+            flatten(stats, &format!("1/{module}"), name, &mut out.state, &mut out.ignored)?;
+        }
+        for (k, _) in top.iter().filter(|(k, _)| *k != Value::Str("0") && *k != Value::Str("1")) {
+            out.ignored.push(key_str(k, "")?.to_string());
+        }
+        return Ok(out);
+    }
+    let Some(params) = get("params") else {
+        return Err(tree_err(
+            "",
+            format!(
+                "not a Flax model checkpoint: the top-level keys are {}; expected \"0\" and \"1\" (flax.nn's (model, state), as the SAM reference publishes) or \"params\" (linen variables)",
+                keys(top)
+            ),
+        ));
+    };
+    out.layout = Layout::Variables;
+    flatten(params, "params", "", &mut out.params, &mut out.ignored)?;
+    if let Some(stats) = get("batch_stats") {
+        flatten(stats, "batch_stats", "", &mut out.state, &mut out.ignored)?;
+    }
+    for (k, _) in top.iter().filter(|(k, _)| *k != Value::Str("params") && *k != Value::Str("batch_stats")) {
+        out.ignored.push(key_str(k, "")?.to_string());
+    }
+    Ok(out)
+}
+
+fn tree_err(path: &str, why: String) -> FlaxError {
+    FlaxError::Tree { path: if path.is_empty() { "the top level".into() } else { path.into() }, why }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() { b.to_string() } else { format!("{a}/{b}") }
+}
+
+fn keys(map: &[(Value, Value)]) -> String {
+    let names: Vec<String> = map.iter().take(8).map(|(k, _)| format!("{k:?}")).collect();
+    let more = if map.len() > 8 { format!(" and {} more", map.len() - 8) } else { String::new() };
+    format!("[{}]{more}", names.join(", "))
+}
+
+fn as_map<'v, 'a>(v: &'v Value<'a>, path: &str) -> Result<&'v [(Value<'a>, Value<'a>)], FlaxError> {
+    match v {
+        Value::Map(m) => Ok(m),
+        v => Err(tree_err(path, format!("expected a dict, found {}", v.kind()))),
+    }
+}
+
+fn key_str<'a>(k: &Value<'a>, path: &str) -> Result<&'a str, FlaxError> {
+    match k {
+        Value::Str(s) => Ok(s),
+        k => Err(tree_err(path, format!("a key must be a string (Flax state dicts have string keys), found {}", k.kind()))),
+    }
+}
+
+/// Adds every array under `v` (at file path `path`) to `out` under `name/…`.
+fn flatten<'a>(
+    v: &Value<'a>,
+    path: &str,
+    name: &str,
+    out: &mut BTreeMap<String, Tensor<'a>>,
+    ignored: &mut Vec<String>,
+) -> Result<(), FlaxError> {
+    match v {
+        Value::Ext(code, payload) if *code == EXT_NDARRAY || *code == EXT_NPSCALAR => {
+            let a = ArrayRef::from_ext(*code, payload, 0).map_err(|why| tree_err(path, why))?;
+            insert(out, path, name, Tensor { shape: a.shape.clone(), dtype: a.dtype, chunks: vec![a] })
+        }
+        Value::Map(m) if m.iter().any(|(k, _)| *k == Value::Str("__msgpack_chunked_array__")) => insert(out, path, name, unchunk(m, path)?),
+        Value::Map(m) => {
+            for (k, child) in m {
+                let key = key_str(k, path)?;
+                flatten(child, &join(path, key), &join(name, key), out, ignored)?;
+            }
+            Ok(())
+        }
+        _ => {
+            ignored.push(path.to_string());
+            Ok(())
+        }
+    }
+}
+
+fn insert<'a>(out: &mut BTreeMap<String, Tensor<'a>>, path: &str, name: &str, t: Tensor<'a>) -> Result<(), FlaxError> {
+    if out.insert(name.to_string(), t).is_some() {
+        return Err(tree_err(path, format!("a second tensor named {name}")));
+    }
+    Ok(())
+}
+
+/// `{"__msgpack_chunked_array__": true, "shape": {"0": d0, …}, "chunks": {"0": arr, …}}`.
+fn unchunk<'a>(m: &[(Value<'a>, Value<'a>)], path: &str) -> Result<Tensor<'a>, FlaxError> {
+    let field = |key: &str| {
+        m.iter()
+            .find(|(k, _)| *k == Value::Str(key))
+            .map(|(_, v)| v)
+            .ok_or_else(|| tree_err(path, format!("a chunked array without {key:?}")))
+    };
+    let numbered = |v: &'_ Value<'a>, what: &str| -> Result<Vec<Value<'a>>, FlaxError> {
+        let entries = as_map(v, &join(path, what))?;
+        (0..entries.len())
+            .map(|i| {
+                let key = i.to_string();
+                let found = entries.iter().find(|(k, _)| *k == Value::Str(&key)).map(|(_, v)| v.clone());
+                found.ok_or_else(|| tree_err(&join(path, what), format!("entry {key:?} missing from a tuple of {}", entries.len())))
+            })
+            .collect()
+    };
+    let shape = numbered(field("shape")?, "shape")?
+        .into_iter()
+        .map(|d| match d {
+            Value::Int(n) if (0..=i128::from(u32::MAX)).contains(&n) => Ok(n as usize),
+            v => Err(tree_err(&join(path, "shape"), format!("a dimension must be a non-negative integer, found {v:?}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut chunks = Vec::new();
+    for (i, c) in numbered(field("chunks")?, "chunks")?.into_iter().enumerate() {
+        let at = join(path, &format!("chunks/{i}"));
+        let Value::Ext(code, payload) = c else { return Err(tree_err(&at, format!("expected an array, found {}", c.kind()))) };
+        chunks.push(ArrayRef::from_ext(code, payload, 0).map_err(|why| tree_err(&at, why))?);
+    }
+    let dtype = chunks.first().map_or(Dtype::F32, |c| c.dtype);
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let want = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if chunks.iter().any(|c| c.dtype != dtype) || want != Some(total) {
+        return Err(tree_err(path, format!("chunks of {total} values do not make shape {shape:?} of one dtype")));
+    }
+    Ok(Tensor { shape, dtype, chunks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msgpack::decode;
+    use rmp::encode::{write_bool, write_ext_meta, write_map_len, write_str, write_uint};
+
+    /// An ndarray extension of f32 values (what `flax.serialization` writes).
+    fn f32_array(out: &mut Vec<u8>, shape: &[u64], values: &[f32]) {
+        let mut p = Vec::new();
+        rmp::encode::write_array_len(&mut p, 3).unwrap();
+        rmp::encode::write_array_len(&mut p, shape.len() as u32).unwrap();
+        shape.iter().for_each(|d| drop(write_uint(&mut p, *d)));
+        write_str(&mut p, "float32").unwrap();
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        rmp::encode::write_bin(&mut p, &data).unwrap();
+        write_ext_meta(out, p.len() as u32, 1).unwrap();
+        out.extend(p);
+    }
+
+    #[test]
+    fn chunked_arrays_are_joined_and_linen_variables_are_read() {
+        // {"params": {"w": <chunked (3,) in chunks of 2 and 1>}, "batch_stats": {"bn": {"mean": [..]}}, "step": 5}
+        let mut b = Vec::new();
+        write_map_len(&mut b, 3).unwrap();
+        write_str(&mut b, "params").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "w").unwrap();
+        write_map_len(&mut b, 3).unwrap();
+        write_str(&mut b, "__msgpack_chunked_array__").unwrap();
+        write_bool(&mut b, true).unwrap();
+        write_str(&mut b, "shape").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "0").unwrap();
+        write_uint(&mut b, 3).unwrap();
+        write_str(&mut b, "chunks").unwrap();
+        write_map_len(&mut b, 2).unwrap();
+        write_str(&mut b, "1").unwrap(); // out of order on purpose: "0", "1" are tuple indices
+        f32_array(&mut b, &[1], &[3.0]);
+        write_str(&mut b, "0").unwrap();
+        f32_array(&mut b, &[2], &[1.0, 2.0]);
+        write_str(&mut b, "batch_stats").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "bn").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "mean").unwrap();
+        f32_array(&mut b, &[1], &[0.5]);
+        write_str(&mut b, "step").unwrap();
+        write_uint(&mut b, 5).unwrap();
+        let root = decode(&b, 0).unwrap();
+        let t = tensors(&root).unwrap();
+        assert_eq!(t.layout, Layout::Variables);
+        assert_eq!(t.params["w"].shape, vec![3]);
+        assert_eq!(t.params["w"].to_f32().unwrap(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(t.state["bn/mean"].to_f32().unwrap(), vec![0.5]);
+        assert_eq!(t.ignored, vec!["step".to_string()]);
+    }
+
+    #[test]
+    fn an_unknown_top_level_says_what_it_found() {
+        let mut b = Vec::new();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "model").unwrap();
+        write_uint(&mut b, 1).unwrap();
+        let e = tensors(&decode(&b, 0).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("the top level") && e.contains("Str(\"model\")") && e.contains("\"0\" and \"1\""), "{e}");
+    }
+}
