@@ -39,6 +39,8 @@ enum Command {
     Train(Box<train_args::TrainArgs>),
     /// Evaluate a checkpoint on its dataset's test split.
     Eval(train_cmds::EvalArgs),
+    /// Top classes of JPEG images under a trained checkpoint.
+    Predict(train_cmds::PredictArgs),
     /// Dataset utilities.
     #[command(subcommand)]
     Data(DataCommand),
@@ -88,6 +90,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     match cli.command {
         Command::Train(args) => train_cmds::cmd_train(&args, sub("train")),
         Command::Eval(args) => train_cmds::cmd_eval(&args),
+        Command::Predict(args) => train_cmds::cmd_predict(&args),
         Command::Worker(args) => train_cmds::cmd_worker(&args, sub("worker")),
         Command::Launch(args) => train_cmds::cmd_launch(&args),
         Command::Data(DataCommand::Verify(args)) => tool_cmds::cmd_data_verify(&args),

@@ -296,6 +296,26 @@ pub(crate) struct EvalArgs {
     pub(crate) json: bool,
 }
 
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub(crate) struct PredictArgs {
+    /// A checkpoint directory (`…/checkpoints/checkpoint_N`).
+    #[arg(long)]
+    pub(crate) checkpoint: PathBuf,
+    /// JPEG files, or folders of them.
+    #[arg(required = true)]
+    pub(crate) images: Vec<PathBuf>,
+    /// Classes shown per image.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) top_k: usize,
+    /// Directory of the dataset's files, for class names (default: the one the run used).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Print one JSON object per image.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 pub(crate) fn print_summary(summary: &ringsam_train::run::RunSummary) {
     println!("run directory: {}", summary.run_dir.display());
     println!("steps: {}  time: {:.1} s", summary.steps, summary.seconds);
@@ -341,6 +361,28 @@ pub(crate) fn cmd_eval(args: &EvalArgs) -> Result<()> {
             100.0 * r.error_rate,
             100.0 * (1.0 - r.error_rate)
         );
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_predict(args: &PredictArgs) -> Result<()> {
+    if args.top_k == 0 {
+        return Err(crate::usage("--top_k must be at least 1"));
+    }
+    let (_, predictions) = ringsam_train::predict::predict(&args.checkpoint, &args.images, args.top_k, args.data_dir.clone())
+        .with_context(|| format!("predicting with {}", args.checkpoint.display()))?;
+    for p in predictions {
+        if args.json {
+            let top: Vec<_> = p.top.iter().map(|(c, n, prob)| serde_json::json!({"class": c, "name": n, "probability": prob})).collect();
+            println!("{}", serde_json::json!({"image": p.path, "top": top}));
+        } else {
+            let top: Vec<String> = p
+                .top
+                .iter()
+                .map(|(c, n, prob)| format!("{} {:.1}%", n.clone().unwrap_or_else(|| format!("class {c}")), 100.0 * prob))
+                .collect();
+            println!("{}: {}", p.path.display(), top.join(", "));
+        }
     }
     Ok(())
 }

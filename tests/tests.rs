@@ -10,4 +10,5 @@ mod imagenet;
 mod netns;
 mod regression;
 mod train;
+mod user_data;
 mod util;

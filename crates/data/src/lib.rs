@@ -12,6 +12,7 @@
 //! Errors name the file and the byte offset where the input stopped making sense, and say what
 //! was expected ([`DataError::Format`]).
 
+pub mod arrays;
 pub mod augment;
 pub mod autoaugment;
 pub mod batch;
@@ -22,6 +23,7 @@ pub mod digits;
 pub mod epoch_order;
 pub mod error;
 pub mod fashion_mnist;
+pub mod imagefolder;
 pub mod imagenet;
 pub mod loader;
 pub mod normalize;

@@ -24,6 +24,7 @@ use ringsam_rng::Rng;
 
 use crate::augment::{cutout_batch, flip_pad_crop};
 use crate::autoaugment::policies::{SubPolicy, autoaugment};
+use crate::imagenet::resize::resize_plane_bicubic;
 use crate::normalize::Normalization;
 use crate::share::BatchShare;
 use crate::{Batch, DataError, Dataset};
@@ -63,6 +64,9 @@ pub struct LoaderConfig {
     pub world: usize,
     /// Micro-batches per global batch, shared among the replicas ([`crate::share`]).
     pub units: usize,
+    /// Resize each normalised image bicubically to this side, last (as the reference finetunes
+    /// EfficientNets on 32-px CIFAR images at the model's resolution).
+    pub resize_to: Option<usize>,
 }
 
 impl LoaderConfig {
@@ -83,6 +87,7 @@ impl LoaderConfig {
             rank,
             world,
             units: world,
+            resize_to: None,
         }
     }
 
@@ -226,12 +231,25 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
         if let Some(len) = cfg.cutout {
             cutout_batch(&mut images, n, c, h, w, len, &mut rng);
         }
+        let (images, oh, ow) = match cfg.resize_to {
+            Some(side) if (side, side) != (h, w) => (resize_planes(&images, c * n, h, w, side), side, side),
+            _ => (images, h, w),
+        };
         queued.fetch_add(1, Ordering::Relaxed); // before the send, so the taker never sees it negative
         let ids = order[mlo..mhi].iter().map(|&i| i as u64).collect();
-        if tx.send(Batch { images, labels, n, c, h, w, index: b, ids, mix: None }).is_err() {
+        if tx.send(Batch { images, labels, n, c, h: oh, w: ow, index: b, ids, mix: None }).is_err() {
             return; // the consumer is gone
         }
     }
+}
+
+/// Each of `planes` `h × w` planes resized to `side × side`.
+fn resize_planes(images: &[f32], planes: usize, h: usize, w: usize, side: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; planes * side * side];
+    for (src, dst) in images.chunks_exact(h * w).zip(out.chunks_exact_mut(side * side)) {
+        resize_plane_bicubic(src, h, w, side, side, dst);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -254,6 +272,7 @@ mod tests {
             rank: 0,
             world: 1,
             units: 1,
+            resize_to: None,
         }
     }
 
@@ -326,6 +345,21 @@ mod tests {
         for (i, b) in whole.iter().enumerate() {
             // Channel 0 of the first half of the whole batch is rank 0's channel 0.
             assert_eq!(&b.images[..4 * plane], &parts[0][i].images[..4 * plane], "batch {i}");
+        }
+    }
+
+    #[test]
+    fn a_resized_batch_is_the_normalised_batch_resized_plane_by_plane() {
+        let d = Arc::new(synthetic(Split::Train, 16, 8, 3, 4, 0));
+        let c = LoaderConfig { cutout: None, ..cfg(8) };
+        let plain: Vec<Batch> = Loader::new(d.clone(), &c, 0, 0).unwrap().collect();
+        let resized: Vec<Batch> = Loader::new(d, &LoaderConfig { resize_to: Some(20), ..c }, 0, 0).unwrap().collect();
+        for (p, r) in plain.iter().zip(&resized) {
+            assert_eq!((r.h, r.w, r.images.len()), (20, 20, 3 * 8 * 400));
+            let mut want = vec![0.0; 400];
+            resize_plane_bicubic(&p.images[64..128], 8, 8, 20, 20, &mut want);
+            assert_eq!(&r.images[400..800], want.as_slice());
+            assert_eq!(p.labels, r.labels);
         }
     }
 

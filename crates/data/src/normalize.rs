@@ -22,7 +22,9 @@ impl Normalization {
             "fashion_mnist" => n(&[0.1307], &[0.3081]),
             // Ours: mean and standard deviation of the digits training split (see the test).
             "digits" => n(&[DIGITS_MEAN], &[DIGITS_STD]),
-            "imagenet" => n(&[0.485, 0.456, 0.406], &[0.229, 0.224, 0.225]),
+            // A user's own images (arrays, image folders) are mostly finetuned from ImageNet
+            // checkpoints: they are scaled as those were trained.
+            "imagenet" | "imagefolder" | "arrays" => n(&[0.485, 0.456, 0.406], &[0.229, 0.224, 0.225]),
             _ => n(&[0.5, 0.5, 0.5], &[0.25, 0.25, 0.25]),
         }
     }

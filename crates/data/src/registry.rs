@@ -3,11 +3,12 @@
 //! With `use_test_set` (the reference's default) training uses the whole training split and
 //! evaluation the test split. Without it, a slice of the training split is held out, as the
 //! reference does: CIFAR `train[:45000]` / `train[45000:]`, Fashion-MNIST `[:54000]` /
-//! `[54000:]`, SVHN `train[:65931] + extra` / `train[65931:]`; digits and synthetic hold out the
-//! last 10 % of their training split.
+//! `[54000:]`, SVHN `train[:65931] + extra` / `train[65931:]`; digits, synthetic and arrays hold
+//! out the last 10 % of their training split.
 
 use std::path::Path;
 
+use crate::arrays::load_arrays;
 use crate::cifar::{load_cifar10, load_cifar100};
 use crate::digits::load_digits;
 use crate::fashion_mnist::load_fashion_mnist;
@@ -16,7 +17,7 @@ use crate::synthetic::synthetic;
 use crate::{DataError, Dataset, Split};
 
 /// Dataset names this registry loads into memory (ImageNet is read from shards instead).
-pub const NAMES: &[&str] = &["digits", "cifar10", "cifar100", "fashion_mnist", "svhn", "synthetic"];
+pub const NAMES: &[&str] = &["digits", "cifar10", "cifar100", "fashion_mnist", "svhn", "synthetic", "arrays"];
 
 /// Shape of the `synthetic` dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +40,8 @@ impl Default for SyntheticSpec {
     }
 }
 
-/// Loads `split` of dataset `name` from `dir` (ignored by `digits` and `synthetic`).
+/// Loads `split` of dataset `name` from `dir` (ignored by `digits` and `synthetic`; for `arrays`
+/// the safetensors file itself).
 pub fn load(name: &str, split: Split, dir: Option<&Path>, use_test_set: bool, synth: &SyntheticSpec) -> Result<Dataset, DataError> {
     let need_dir = || {
         dir.ok_or_else(|| {
@@ -71,6 +73,8 @@ pub fn load(name: &str, split: Split, dir: Option<&Path>, use_test_set: bool, sy
             0,
         )),
         ("synthetic", false) => tenth(synthetic(Split::Train, synth.train_len, synth.size, synth.channels, synth.classes, 0)),
+        ("arrays", true) => load_arrays(need_dir()?, split),
+        ("arrays", false) => tenth(load_arrays(need_dir()?, Split::Train)?),
         ("cifar10", true) => load_cifar10(need_dir()?, split),
         ("cifar10", false) => holdout(load_cifar10(need_dir()?, Split::Train)?, 45_000),
         ("cifar100", true) => load_cifar100(need_dir()?, split),

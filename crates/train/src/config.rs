@@ -35,6 +35,12 @@ pub enum DatasetName {
     Synthetic,
     /// ImageNet shards (TFDS TFRecord or WebDataset tar).
     Imagenet,
+    /// The user's JPEGs: `--data_dir` holds `train/` and `val/` (or `test/`), one folder per
+    /// class; read as ImageNet is (packed once into shards beside them).
+    Imagefolder,
+    /// The user's arrays: `--data_dir` is a safetensors file with `train_images` (N, H, W, C),
+    /// `train_labels`, `test_images`, `test_labels`.
+    Arrays,
 }
 
 impl DatasetName {
@@ -48,7 +54,14 @@ impl DatasetName {
             DatasetName::Svhn => "svhn",
             DatasetName::Synthetic => "synthetic",
             DatasetName::Imagenet => "imagenet",
+            DatasetName::Imagefolder => "imagefolder",
+            DatasetName::Arrays => "arrays",
         }
+    }
+
+    /// Read from shards by the ImageNet pipeline (not held in memory).
+    pub fn is_sharded(self) -> bool {
+        matches!(self, DatasetName::Imagenet | DatasetName::Imagefolder)
     }
 
     /// Image-level augmentations the reference's dataset class for this dataset accepts.
@@ -57,7 +70,7 @@ impl DatasetName {
         match self {
             DatasetName::Cifar10 | DatasetName::Cifar100 => &[None, Basic, Autoaugment],
             DatasetName::Svhn => &[None, Basic, Autoaugment, AaOnly],
-            DatasetName::Imagenet => &[Basic, Autoaugment],
+            DatasetName::Imagenet | DatasetName::Imagefolder => &[Basic, Autoaugment],
             _ => &[None, Basic],
         }
     }
@@ -322,7 +335,9 @@ pub struct TrainConfig {
     /// RandAugment's magnitude (0–10 is the reference's scale; up to 30 accepted).
     #[arg(long, allow_negative_numbers = true, default_value_t = 9.0)]
     pub randaug_magnitude: f64,
-    /// Image side for synthetic and sharded data (0: the model's input size).
+    /// Image side: synthetic data is made at it, shards are cropped and resized to it, and
+    /// in-memory datasets (CIFAR, …) are resized bicubically to it (0: the model's input size for
+    /// synthetic and sharded data and for EfficientNets, the dataset's own size otherwise).
     #[arg(long, default_value_t = 0)]
     pub image_size: usize,
     /// Stop after this many global steps (smoke tests, benchmarks).
@@ -597,7 +612,7 @@ impl TrainConfig {
                 names.join(", ")
             ));
         }
-        let imagenet = self.dataset == DatasetName::Imagenet;
+        let imagenet = self.dataset.is_sharded();
         if imagenet && self.batch_level_augmentations == BatchAugmentation::Cutout {
             return Err("--batch_level_augmentations cutout: the reference applies no batch-level cutout on ImageNet".into());
         }

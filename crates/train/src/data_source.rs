@@ -40,9 +40,6 @@ pub fn normalization(cfg: &TrainConfig, dataset: &str) -> Normalization {
     }
 }
 
-/// Datasets read from shards rather than memory.
-pub const SHARDED: &[&str] = &["imagenet"];
-
 /// Shards whose samples are shuffled together ([`ringsam_data::epoch_order`]): 16 ImageNet
 /// shards are ~20 000 samples, more than the reference's 16-batch shuffle buffer, while each
 /// decoder reads from at most 16 files at a time.
@@ -58,6 +55,8 @@ pub enum TrainData {
         test: Arc<Dataset>,
         /// How pixels are scaled (`--preprocessing`).
         normalization: Normalization,
+        /// The side every image is resized to last, if any ([`memory_resize`]).
+        resize_to: Option<usize>,
     },
     /// Shards on disk (see [`ShardData`]).
     Shards(Box<ShardData>),
@@ -143,6 +142,19 @@ pub fn load_splits(cfg: &TrainConfig) -> Result<(Arc<Dataset>, Arc<Dataset>), Tr
     Ok((Arc::new(train), Arc::new(test)))
 }
 
+/// The side in-memory images are resized to, if any: `--image_size` when given, else an
+/// EfficientNet's resolution — as the reference finetunes EfficientNets on 32-px CIFAR images
+/// (its `_resize`, bicubic, after normalisation and cutout). Synthetic images are made at the
+/// size instead.
+pub fn memory_resize(cfg: &TrainConfig, height: usize, width: usize) -> Option<usize> {
+    let side = match cfg.image_size {
+        0 if cfg.model_name.starts_with("efficientnet") => ringsam_models::input_size(&cfg.model_name),
+        0 => return None,
+        s => s,
+    };
+    (cfg.dataset != crate::config::DatasetName::Synthetic && (side, side) != (height, width)).then_some(side)
+}
+
 /// The synthetic dataset's shape for `cfg` (`--image_size`, or the model's input size).
 fn synthetic_spec(cfg: &TrainConfig) -> SyntheticSpec {
     let size = if cfg.image_size == 0 { ringsam_models::input_size(&cfg.model_name) } else { cfg.image_size };
@@ -160,15 +172,30 @@ pub fn auto_loader_workers() -> usize {
 impl TrainData {
     /// Opens what `cfg` names; `log` hears about counting shards and skipped samples.
     pub fn open(cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<TrainData, TrainError> {
-        if !SHARDED.contains(&cfg.dataset.as_str()) {
+        if !cfg.dataset.is_sharded() {
             let (train, test) = load_splits(cfg)?;
             let normalization = normalization(cfg, &train.name);
-            return Ok(TrainData::Memory { train, test, normalization });
+            let resize_to = memory_resize(cfg, train.height, train.width);
+            if let Some(side) = resize_to {
+                log(&format!(
+                    "{}: {}×{} images resized bicubically to {side}×{side} (the model's input)",
+                    train.name, train.height, train.width
+                ));
+            }
+            return Ok(TrainData::Memory { train, test, normalization, resize_to });
         }
         let dir = cfg.data_dir.as_deref().ok_or_else(|| {
-            TrainError::Config(format!("dataset {} needs --data_dir (a directory of shards; see `ringsam data pack`)", cfg.dataset))
+            let what = match cfg.dataset {
+                crate::config::DatasetName::Imagefolder => "a folder holding train/ and val/ (or test/), one sub-folder of JPEGs per class",
+                _ => "a directory of shards; see `ringsam data pack`",
+            };
+            TrainError::Config(format!("dataset {} needs --data_dir ({what})", cfg.dataset))
         })?;
-        let layout = open_layout(dir)?;
+        let shards = match cfg.dataset {
+            crate::config::DatasetName::Imagefolder => ringsam_data::imagefolder::prepare(dir, log)?,
+            _ => dir.to_path_buf(),
+        };
+        let layout = open_layout(&shards)?;
         for (name, split) in [("train", &layout.train), ("validation", &layout.validation)] {
             if split.shards.is_empty() {
                 return Err(TrainError::Config(format!("{}: no {name} shards (file names with the word `{name}`)", layout.dir.display())));
@@ -233,6 +260,7 @@ impl TrainData {
     /// Values in one training image as batches hold it (channels × height × width).
     pub fn image_values(&self) -> usize {
         match self {
+            TrainData::Memory { train, resize_to: Some(side), .. } => train.channels * side * side,
             TrainData::Memory { train, .. } => train.channels * train.height * train.width,
             TrainData::Shards(s) => 3 * s.image_size * s.image_size,
         }
@@ -270,9 +298,9 @@ impl TrainData {
     pub fn train_loader(&self, cfg: &TrainConfig, share: BatchShare) -> LoaderConfig {
         use ImageAugmentation as A;
         let name = self.name();
-        let normalization = match self {
-            TrainData::Memory { normalization, .. } => normalization.clone(),
-            TrainData::Shards(s) => s.normalization.clone(),
+        let (normalization, resize_to) = match self {
+            TrainData::Memory { normalization, resize_to, .. } => (normalization.clone(), *resize_to),
+            TrainData::Shards(s) => (s.normalization.clone(), None),
         };
         LoaderConfig {
             batch_size: cfg.batch_size,
@@ -291,6 +319,7 @@ impl TrainData {
             rank: share.rank,
             world: share.world,
             units: share.units,
+            resize_to,
         }
     }
 
@@ -341,9 +370,9 @@ impl TrainData {
         world: usize,
     ) -> Result<Box<dyn Iterator<Item = Batch>>, TrainError> {
         match self {
-            TrainData::Memory { train, test, normalization } => {
+            TrainData::Memory { train, test, normalization, resize_to } => {
                 let data = if split == Split::Train { train } else { test };
-                let cfg = LoaderConfig::evaluation(batch, normalization.clone(), rank, world);
+                let cfg = LoaderConfig { resize_to: *resize_to, ..LoaderConfig::evaluation(batch, normalization.clone(), rank, world) };
                 Ok(Box::new(Loader::new(data.clone(), &cfg, 0, 0)?))
             }
             TrainData::Shards(s) => {

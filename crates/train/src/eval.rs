@@ -29,7 +29,8 @@ pub fn evaluate_checkpoint(dir: &Path, data_dir: Option<PathBuf>, batch: usize) 
     let ckpt = crate::checkpoint::load(dir, model.layout(), model.state_layout())?;
     let (params, mut state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
     let norm = crate::data_source::normalization(&cfg, &test.name);
-    let report = evaluate(model.as_mut(), &params, &mut state, &test, batch, &norm)?;
+    let resize = crate::data_source::memory_resize(&cfg, test.height, test.width);
+    let report = evaluate(model.as_mut(), &params, &mut state, &test, batch, &norm, resize)?;
     Ok((cfg, report))
 }
 
@@ -85,7 +86,7 @@ impl EvalSums {
 }
 
 /// Evaluates `model` at `params`/`state` (eval mode: running statistics) on all of `data`, its
-/// pixels scaled by `norm`.
+/// pixels scaled by `norm` and resized to `resize_to` as training saw them.
 pub fn evaluate(
     model: &mut dyn Model,
     params: &[f32],
@@ -93,8 +94,9 @@ pub fn evaluate(
     data: &Arc<Dataset>,
     batch_size: usize,
     norm: &Normalization,
+    resize_to: Option<usize>,
 ) -> Result<EvalReport, TrainError> {
-    let cfg = LoaderConfig::evaluation(batch_size, norm.clone(), 0, 1);
+    let cfg = LoaderConfig { resize_to, ..LoaderConfig::evaluation(batch_size, norm.clone(), 0, 1) };
     evaluate_batches(model, params, state, Loader::new(data.clone(), &cfg, 0, 0)?)?.report(&data.name)
 }
 

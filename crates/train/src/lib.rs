@@ -23,6 +23,7 @@ pub mod generation_record;
 pub mod grad_sync;
 pub mod init_from;
 pub mod memory;
+pub mod predict;
 pub mod progress;
 pub mod replica;
 pub mod resume;

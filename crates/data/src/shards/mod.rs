@@ -158,13 +158,42 @@ pub fn pack_folder(
     if per_shard == 0 {
         return Err(DataError::Config("--shard-size must be at least 1".into()));
     }
-    let (classes, mut files) = list_image_folder(from)?;
+    let (classes, files) = list_image_folder(from)?;
+    pack_files(from, files, &classes, to, &PackOptions { format, per_shard, prefix, seed })
+}
+
+/// How [`pack_files`] writes shards.
+#[derive(Clone, Copy, Debug)]
+pub struct PackOptions<'a> {
+    /// WebDataset tar or TFRecord.
+    pub format: ShardFormat,
+    /// Samples per shard.
+    pub per_shard: usize,
+    /// Shard name prefix (`train`, `validation`: it names the split).
+    pub prefix: &'a str,
+    /// Seed of the order the samples are written in.
+    pub seed: u64,
+}
+
+/// [`pack_folder`] for a list already made: `files` are `(path, label)` under `from` (keys are
+/// their paths relative to it), labels index `classes`.
+pub fn pack_files(
+    from: &Path,
+    mut files: Vec<(PathBuf, i64)>,
+    classes: &[String],
+    to: &Path,
+    opts: &PackOptions,
+) -> Result<Vec<PathBuf>, DataError> {
+    let PackOptions { format, per_shard, prefix, seed } = *opts;
+    if per_shard == 0 {
+        return Err(DataError::Config("--shard-size must be at least 1".into()));
+    }
     let mut rng = ringsam_rng::Rng::new(seed);
     for i in (1..files.len()).rev() {
         files.swap(i, rng.below(i as u64 + 1) as usize);
     }
     std::fs::create_dir_all(to).map_err(|e| DataError::io(to, e))?;
-    layout::check_classes(to, &classes)?; // before writing anything
+    layout::check_classes(to, classes)?; // before writing anything
     let n = files.len().div_ceil(per_shard);
     let ext = match format {
         ShardFormat::TfRecord => "tfrecord",
@@ -205,7 +234,7 @@ pub fn pack_folder(
     // The split's shard lengths and the class names, as TFDS records them (see [`layout`]).
     let split = layout::split_of(prefix).unwrap_or(prefix);
     let lengths: Vec<u64> = files.chunks(per_shard).map(|c| c.len() as u64).collect();
-    layout::write_split_info(to, split, &lengths, &classes)?;
+    layout::write_split_info(to, split, &lengths, classes)?;
     // Where each sample starts, so the loader can read any replica's share by offset.
     let index = index::SplitIndex { offsets: out.iter().map(|s| index::index_shard(s).0).collect(), shards: out.clone() };
     index::write_index(&index::index_path(to, split), &index)?;
