@@ -814,7 +814,11 @@ mod tests {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            let c = TrainConfig::from_args(Vec::<String>::new(), Some(&text)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // Finetuning configs leave the checkpoint to the command line, as their comments say.
+            let finetune = text.contains("from_pretrained_checkpoint = true");
+            let args: &[&str] = if finetune { &["--efficientnet_checkpoint_path", "checkpoint.tar.gz"] } else { &[] };
+            let c = TrainConfig::from_args(args, Some(&text)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(c.bn_frozen(), finetune, "{}", path.display());
             assert!(
                 ringsam_models::list().iter().any(|m| m.name == c.model_name),
                 "{}: model {} is not registered",
@@ -823,6 +827,6 @@ mod tests {
             );
             seen += 1;
         }
-        assert!(seen >= 7, "found only {seen} configs in {}", dir.display());
+        assert!(seen >= 14, "found only {seen} configs in {}", dir.display());
     }
 }
