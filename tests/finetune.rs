@@ -18,9 +18,8 @@ fn run_dir(out: &Path, rho: &str) -> PathBuf {
     out.join(format!("lr_0.1/wd_0.001/rho_{rho}/seed_0"))
 }
 
-/// Trains efficientnet-test on 32-px synthetic data (10 classes) for 3 steps from the fixture.
-fn finetune(out: &Path, extra: &[&str]) -> std::process::Output {
-    let ckpt = fixture();
+/// Trains efficientnet-test on 32-px synthetic data (10 classes) for `steps` steps into `out`.
+fn train_efficientnet_test(out: &Path, steps: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "train",
         "--dataset",
@@ -32,20 +31,23 @@ fn finetune(out: &Path, extra: &[&str]) -> std::process::Output {
         "--batch_size",
         "16",
         "--max_steps",
-        "3",
-        "--sam_rho",
-        "0.1",
+        steps,
         "--output_dir",
         out.to_str().unwrap(),
-        "--from_pretrained_checkpoint",
-        "true",
-        "--efficientnet_checkpoint_path",
-        ckpt.to_str().unwrap(),
         "--threads",
         "1",
     ];
     args.extend(extra);
     ringsam(&args)
+}
+
+/// [`train_efficientnet_test`] for 3 SAM steps from the fixture, as the reference finetunes.
+fn finetune(out: &Path, extra: &[&str]) -> std::process::Output {
+    let ckpt = fixture();
+    let mut args =
+        vec!["--sam_rho", "0.1", "--from_pretrained_checkpoint", "true", "--efficientnet_checkpoint_path", ckpt.to_str().unwrap()];
+    args.extend(extra);
+    train_efficientnet_test(out, "3", &args)
 }
 
 #[test]
@@ -129,4 +131,38 @@ fn the_finetuning_flags_go_together() {
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(2), "{err}");
     assert!(err.contains("does not fit this model") && err.contains("unexpected: Head_11"), "{err}");
+}
+
+#[test]
+fn a_source_without_statistics_loads_but_cannot_be_frozen() {
+    use safetensors::{Dtype, tensor::TensorView};
+    let tmp = tempfile::tempdir().unwrap();
+    let converted = tmp.path().join("b.safetensors");
+    stdout_ok(&ringsam(&["convert", "--from", fixture().to_str().unwrap(), "--to", converted.to_str().unwrap()]));
+    let params: Vec<(String, Vec<u8>, Vec<usize>)> = {
+        let bytes = std::fs::read(&converted).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensors()
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with("/mean") && !n.ends_with("/var"))
+            .map(|(n, t)| (n, t.data().to_vec(), t.shape().to_vec()))
+            .collect()
+    };
+    let views: Vec<(String, TensorView)> =
+        params.iter().map(|(n, b, shape)| (n.clone(), TensorView::new(Dtype::F32, shape.clone(), b).unwrap())).collect();
+    let only_params = tmp.path().join("params.safetensors");
+    std::fs::write(&only_params, safetensors::serialize(views, None).unwrap()).unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec!["--init_from", only_params.to_str().unwrap()];
+        args.extend(extra);
+        train_efficientnet_test(&tmp.path().join(out), "1", &args)
+    };
+    let frozen = run(&["--freeze_batch_norm"], "frozen");
+    let err = String::from_utf8_lossy(&frozen.stderr);
+    assert_eq!(frozen.status.code(), Some(2), "{err}");
+    assert!(err.contains("has no batch-norm statistics"), "{err}");
+    let free = run(&[], "free");
+    let log = String::from_utf8_lossy(&free.stderr);
+    assert!(free.status.success(), "{log}");
+    assert!(log.contains("the source has no batch-norm statistics: the model's initial ones are kept"), "{log}");
 }

@@ -3,9 +3,10 @@
 //!
 //! The file holds `train_images` and `test_images`, `(N, H, W, C)` with C = 1 or 3, either
 //! `uint8` (0–255) or `float32` (0–1, or 0–255 when any value exceeds 1); and `train_labels`,
-//! `test_labels`, `(N,)` integer class ids (any integer type, or float32 holding integers). Classes
+//! `test_labels`, `(N,)` integer class ids (any integer type or bool, or float32 holding integers). Classes
 //! are `metadata["num_classes"]` when the file says, else one more than the largest label. Both
-//! splits must share H, W and C. Pixels are kept as u8, as every in-memory dataset.
+//! splits must share H, W and C, and float images are scaled alike (×255 unless some value in the
+//! file exceeds 1). Pixels are kept as u8, as every in-memory dataset.
 
 use std::path::Path;
 
@@ -35,7 +36,13 @@ pub fn load_arrays(path: &Path, split: Split) -> Result<Dataset, DataError> {
     if labels.shape() != [n] {
         return Err(bad(format!("{prefix}_labels has shape {:?}; expected ({n},), one per image", labels.shape())));
     }
-    let pixels = pixels(&images, &format!("{prefix}_images")).map_err(&bad)?;
+    let other = tensor(&st, if split == Split::Train { "test_images" } else { "train_images" }, path)?;
+    if other.shape().get(1..) != images.shape().get(1..) {
+        return Err(bad(format!("train_images and test_images differ in (H, W, C): {:?} and {:?}", images.shape(), other.shape())));
+    }
+    // One scale for the whole file, so both splits of float images scale alike.
+    let scale = if [&images, &other].iter().any(|t| t.dtype() == Dtype::F32 && floats(t).any(|x| x > 1.0)) { 1.0 } else { 255.0 };
+    let pixels = pixels(&images, &format!("{prefix}_images"), scale).map_err(&bad)?;
     let labels = class_ids(&labels, &format!("{prefix}_labels")).map_err(&bad)?;
     let num_classes = match num_classes_of(&bytes) {
         Some(k) => k,
@@ -63,16 +70,19 @@ fn num_classes_of(bytes: &[u8]) -> Option<usize> {
     meta.metadata().as_ref()?.get("num_classes")?.parse().ok()
 }
 
-fn pixels(t: &safetensors::tensor::TensorView, name: &str) -> Result<Vec<u8>, String> {
+fn floats<'t>(t: &'t safetensors::tensor::TensorView) -> impl Iterator<Item = f32> + 't {
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// u8 pixels; float images are multiplied by `scale` (255 for [0, 1] files, 1 for [0, 255]).
+fn pixels(t: &safetensors::tensor::TensorView, name: &str, scale: f32) -> Result<Vec<u8>, String> {
     match t.dtype() {
         Dtype::U8 => Ok(t.data().to_vec()),
         Dtype::F32 => {
-            let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            if let Some(x) = v.iter().find(|x| !(0.0..=255.0).contains(*x)) {
+            if let Some(x) = floats(t).find(|x| !(0.0..=255.0).contains(x)) {
                 return Err(format!("{name} holds {x}: float images must lie in [0, 1] (or [0, 255])"));
             }
-            let scale = if v.iter().any(|&x| x > 1.0) { 1.0 } else { 255.0 };
-            Ok(v.iter().map(|&x| (x * scale).round() as u8).collect())
+            Ok(floats(t).map(|x| (x * scale).round() as u8).collect())
         }
         d => Err(format!("{name} is {d:?}; expected uint8 or float32")),
     }
@@ -81,7 +91,10 @@ fn pixels(t: &safetensors::tensor::TensorView, name: &str) -> Result<Vec<u8>, St
 fn class_ids(t: &safetensors::tensor::TensorView, name: &str) -> Result<Vec<u32>, String> {
     let d = t.data();
     let wide: Vec<i64> = match t.dtype() {
-        Dtype::U8 => d.iter().map(|&b| i64::from(b)).collect(),
+        Dtype::U8 | Dtype::BOOL => d.iter().map(|&b| i64::from(b)).collect(),
+        Dtype::I8 => d.iter().map(|&b| i64::from(b as i8)).collect(),
+        Dtype::I16 => d.chunks_exact(2).map(|b| i64::from(i16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::U64 => d.chunks_exact(8).map(|b| i64::try_from(u64::from_le_bytes(b.try_into().expect("8 bytes"))).unwrap_or(-1)).collect(),
         Dtype::I32 => d.chunks_exact(4).map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect(),
         Dtype::U32 => d.chunks_exact(4).map(|b| i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect(),
         Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
@@ -121,7 +134,7 @@ mod tests {
         write(
             &path,
             &[
-                ("train_images", Dtype::U8, vec![2, 1, 1, 1], vec![7, 9]),
+                ("train_images", Dtype::U8, vec![2, 2, 2, 1], vec![7, 9, 0, 0, 1, 2, 3, 4]),
                 ("train_labels", Dtype::I64, vec![2], labels64),
                 ("test_images", Dtype::F32, vec![1, 2, 2, 1], float),
                 ("test_labels", Dtype::U8, vec![1], vec![1]),
@@ -129,7 +142,7 @@ mod tests {
             None,
         );
         let train = load_arrays(&path, Split::Train).unwrap();
-        assert_eq!((train.pixels.clone(), train.labels.clone(), train.num_classes), (vec![7, 9], vec![2, 0], 3));
+        assert_eq!((train.pixels.clone(), train.labels.clone(), train.num_classes), (vec![7, 9, 0, 0, 1, 2, 3, 4], vec![2, 0], 3));
         let test = load_arrays(&path, Split::Test).unwrap();
         assert_eq!((test.pixels, test.height, test.width), (vec![0, 128, 255, 64], 2, 2));
     }
@@ -152,6 +165,10 @@ mod tests {
         assert!(load_arrays(&path, Split::Train).unwrap_err().to_string().contains("holds 5, but the file has 3 classes"));
         write(&path, &base(vec![0, 1])[1..], None);
         assert!(load_arrays(&path, Split::Train).unwrap_err().to_string().contains("no tensor train_images"));
+        let mut odd = base(vec![0, 1]);
+        odd[2].2 = vec![3, 1, 1, 1];
+        write(&path, &odd, None);
+        assert!(load_arrays(&path, Split::Train).unwrap_err().to_string().contains("differ in (H, W, C)"));
         std::fs::write(&path, b"not safetensors").unwrap();
         assert!(load_arrays(&path, Split::Test).unwrap_err().to_string().contains("not a safetensors file"));
     }

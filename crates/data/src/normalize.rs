@@ -29,6 +29,16 @@ impl Normalization {
         }
     }
 
+    /// These constants for images of `channels` channels: gray images of a dataset whose constants
+    /// are per colour (a user's arrays) take their means.
+    pub fn for_channels(self, channels: usize) -> Normalization {
+        if channels != 1 || self.mean.len() == 1 {
+            return self;
+        }
+        let avg = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        Normalization { mean: vec![avg(&self.mean)], std: vec![avg(&self.std)] }
+    }
+
     /// `(mean, 1/std)` for channel `c` on the u8 scale: `(v − mean)·inv` normalises a pixel `v`.
     pub fn u8_affine(&self, c: usize) -> (f32, f32) {
         (self.mean[c] * 255.0, 1.0 / (self.std[c] * 255.0))

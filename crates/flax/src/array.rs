@@ -116,13 +116,13 @@ pub struct ArrayRef<'a> {
 }
 
 impl<'a> ArrayRef<'a> {
-    /// Reads an extension payload found at byte `offset` of the file.
-    pub fn from_ext(code: i8, payload: &'a [u8], offset: usize) -> Result<ArrayRef<'a>, String> {
+    /// Reads an extension payload (errors say where inside it; the caller names the key path).
+    pub fn from_ext(code: i8, payload: &'a [u8]) -> Result<ArrayRef<'a>, String> {
         if code != EXT_NDARRAY && code != EXT_NPSCALAR {
             return Err(format!("msgpack extension type {code} is not a Flax array (1) or numpy scalar (3)"));
         }
-        let bad = |why: String| format!("array payload at byte {offset}: {why}");
-        let items = match decode(payload, offset).map_err(|e| e.to_string())? {
+        let bad = |why: String| format!("array payload: {why}");
+        let items = match decode(payload, 0).map_err(|e| format!("array payload: {e}"))? {
             Value::Array(items) if items.len() == 3 => items,
             v => return Err(bad(format!("expected [shape, dtype, bytes], found {}", v.kind()))),
         };
@@ -200,42 +200,42 @@ mod tests {
         let data: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         for spelling in ["float32", "<f4", "=f4"] {
             let p = payload(&[2], spelling, &data);
-            let a = ArrayRef::from_ext(1, &p, 0).unwrap();
+            let a = ArrayRef::from_ext(1, &p).unwrap();
             assert_eq!((a.shape.clone(), a.dtype), (vec![2], Dtype::F32));
             assert_eq!(a.to_f32().unwrap(), vec![1.5, -2.0], "{spelling}");
         }
         let big: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_be_bytes()).collect();
-        assert_eq!(ArrayRef::from_ext(1, &payload(&[2], ">f4", &big), 0).unwrap().to_f32().unwrap(), vec![1.5, -2.0]);
+        assert_eq!(ArrayRef::from_ext(1, &payload(&[2], ">f4", &big)).unwrap().to_f32().unwrap(), vec![1.5, -2.0]);
     }
 
     #[test]
     fn half_types_widen_exactly() {
         let bf: Vec<u8> = [half::bf16::from_f32(3.0), half::bf16::from_f32(-0.15625)].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(ArrayRef::from_ext(1, &payload(&[2], "bfloat16", &bf), 0).unwrap().to_f32().unwrap(), vec![3.0, -0.15625]);
+        assert_eq!(ArrayRef::from_ext(1, &payload(&[2], "bfloat16", &bf)).unwrap().to_f32().unwrap(), vec![3.0, -0.15625]);
         let h: Vec<u8> = [half::f16::from_f32(0.5), half::f16::from_f32(1024.0)].iter().flat_map(|v| v.to_le_bytes()).collect();
         for spelling in ["float16", "<f2"] {
-            assert_eq!(ArrayRef::from_ext(1, &payload(&[2], spelling, &h), 0).unwrap().to_f32().unwrap(), vec![0.5, 1024.0]);
+            assert_eq!(ArrayRef::from_ext(1, &payload(&[2], spelling, &h)).unwrap().to_f32().unwrap(), vec![0.5, 1024.0]);
         }
     }
 
     #[test]
     fn a_shape_that_disagrees_with_the_bytes_or_an_unknown_dtype_is_refused() {
-        let e = ArrayRef::from_ext(1, &payload(&[3], "float32", &[0; 8]), 40).unwrap_err();
-        assert!(e.contains("byte 40") && e.contains("needs Some(12) bytes") && e.contains("has 8"), "{e}");
-        let e = ArrayRef::from_ext(1, &payload(&[2], "<V2", &[0; 4]), 0).unwrap_err();
+        let e = ArrayRef::from_ext(1, &payload(&[3], "float32", &[0; 8])).unwrap_err();
+        assert!(e.contains("array payload") && e.contains("needs Some(12) bytes") && e.contains("has 8"), "{e}");
+        let e = ArrayRef::from_ext(1, &payload(&[2], "<V2", &[0; 4])).unwrap_err();
         assert!(e.contains("unsupported dtype \"<V2\""), "{e}");
-        assert!(ArrayRef::from_ext(2, &[], 0).unwrap_err().contains("extension type 2"));
+        assert!(ArrayRef::from_ext(2, &[]).unwrap_err().contains("extension type 2"));
         // A shape whose product overflows is refused, not wrapped.
         let mut huge = vec![0x93, 0x92, 0xce, 0xff, 0xff, 0xff, 0xff, 0xce, 0xff, 0xff, 0xff, 0xff, 0xa7];
         huge.extend(b"float32");
         huge.extend([0xc4, 0x00]);
-        assert!(ArrayRef::from_ext(1, &huge, 0).unwrap_err().contains("needs None bytes"));
+        assert!(ArrayRef::from_ext(1, &huge).unwrap_err().contains("needs None bytes"));
     }
 
     #[test]
     fn a_numpy_scalar_is_a_zero_dimensional_array() {
         let p = payload(&[], "int32", &7i32.to_le_bytes());
-        let a = ArrayRef::from_ext(3, &p, 0).unwrap();
+        let a = ArrayRef::from_ext(3, &p).unwrap();
         assert_eq!((a.shape.len(), a.len(), a.dtype), (0, 1, Dtype::Int(4)));
         assert_eq!(a.to_f32(), None);
     }

@@ -1,8 +1,8 @@
 //! A bounded msgpack decoder over bytes already in memory, borrowing strings and binaries.
 //!
 //! `rmp` classifies each marker; lengths are read here so each can be checked against the bytes
-//! left before anything is allocated: a 4-GB length in a 1-kB file is an error at its offset,
-//! not an allocation. The tree is also bounded in depth (a Flax state dict is a few levels deep)
+//! left before it is trusted: a 4-GB length in a 1-kB file is an error at its offset, not an
+//! allocation, and containers reserve at most a few items ahead of the ones really decoded. The tree is also bounded in depth (a Flax state dict is a few levels deep)
 //! and in values, so a file of nested empty arrays cannot build billions of nodes.
 
 use rmp::Marker;
@@ -13,6 +13,8 @@ use crate::FlaxError;
 pub const MAX_DEPTH: usize = 64;
 /// More values than this in one file are refused (a published L2 checkpoint has a few thousand).
 pub const MAX_VALUES: usize = 1 << 24;
+/// Items reserved ahead for an array or map; more grow the vector as they are decoded.
+const PRESIZE: usize = 1024;
 
 /// One decoded msgpack value; strings, binaries and extension payloads borrow the input.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,7 +202,9 @@ impl<'a> Decoder<'a> {
     }
 
     fn array(&mut self, n: usize, depth: usize) -> Result<Value<'a>, FlaxError> {
-        let mut items = Vec::with_capacity(n); // n <= bytes left: bounded by the file
+        // n is at most the bytes left, but a value is ~32 bytes: reserve a little and let real
+        // items grow the vector, so a lying count cannot reserve 32× the file.
+        let mut items = Vec::with_capacity(n.min(PRESIZE));
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
         }
@@ -208,7 +212,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn map(&mut self, n: usize, depth: usize) -> Result<Value<'a>, FlaxError> {
-        let mut entries = Vec::with_capacity(n);
+        let mut entries = Vec::with_capacity(n.min(PRESIZE));
         for _ in 0..n {
             let k = self.value(depth + 1)?;
             let v = self.value(depth + 1)?;

@@ -11,6 +11,9 @@ use crate::FlaxError;
 /// The largest checkpoint read (EfficientNet-L2's is about 2 GB).
 pub const MAX_CHECKPOINT_BYTES: u64 = 16 << 30;
 
+/// The most entries an archive may list (the published ones hold one checkpoint).
+const MAX_MEMBERS: usize = 10_000;
+
 /// A checkpoint's msgpack bytes and where they came from (for messages).
 pub struct CheckpointBytes {
     /// The msgpack stream.
@@ -82,8 +85,11 @@ fn from_tar_gz(path: &Path, file: File) -> Result<CheckpointBytes, FlaxError> {
     // First pass: names and sizes only (tar has no index; a second pass reads the one chosen).
     let mut members = Vec::new();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    for entry in archive.entries().map_err(|e| io("reading the tar.gz", e))? {
+    for (i, entry) in archive.entries().map_err(|e| io("reading the tar.gz", e))?.enumerate() {
         let entry = entry.map_err(|e| io("reading the tar.gz", e))?;
+        if i >= MAX_MEMBERS {
+            return Err(FlaxError::Source { path: path.into(), why: format!("more than {MAX_MEMBERS} entries: not a checkpoint archive") });
+        }
         if entry.header().entry_type().is_file() {
             let name = entry.path().map_err(|e| io("reading a member's name", e))?.to_string_lossy().into_owned();
             members.push((name, entry.header().size().map_err(|e| io("reading a member's size", e))?));

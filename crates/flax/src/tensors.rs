@@ -20,6 +20,9 @@ use crate::FlaxError;
 use crate::array::{ArrayRef, Dtype, EXT_NDARRAY, EXT_NPSCALAR};
 use crate::msgpack::Value;
 
+/// The most entries a chunked array's shape or chunk list may have (a 2-GB array is two chunks).
+const MAX_TUPLE: usize = 1 << 16;
+
 /// Which top-level layout a checkpoint had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -142,7 +145,7 @@ fn flatten<'a>(
 ) -> Result<(), FlaxError> {
     match v {
         Value::Ext(code, payload) if *code == EXT_NDARRAY || *code == EXT_NPSCALAR => {
-            let a = ArrayRef::from_ext(*code, payload, 0).map_err(|why| tree_err(path, why))?;
+            let a = ArrayRef::from_ext(*code, payload).map_err(|why| tree_err(path, why))?;
             insert(out, path, name, Tensor { shape: a.shape.clone(), dtype: a.dtype, chunks: vec![a] })
         }
         Value::Map(m) if m.iter().any(|(k, _)| *k == Value::Str("__msgpack_chunked_array__")) => insert(out, path, name, unchunk(m, path)?),
@@ -176,14 +179,22 @@ fn unchunk<'a>(m: &[(Value<'a>, Value<'a>)], path: &str) -> Result<Tensor<'a>, F
             .ok_or_else(|| tree_err(path, format!("a chunked array without {key:?}")))
     };
     let numbered = |v: &'_ Value<'a>, what: &str| -> Result<Vec<Value<'a>>, FlaxError> {
-        let entries = as_map(v, &join(path, what))?;
-        (0..entries.len())
-            .map(|i| {
-                let key = i.to_string();
-                let found = entries.iter().find(|(k, _)| *k == Value::Str(&key)).map(|(_, v)| v.clone());
-                found.ok_or_else(|| tree_err(&join(path, what), format!("entry {key:?} missing from a tuple of {}", entries.len())))
-            })
-            .collect()
+        // A tuple saved as {"0": …, "1": …}: each key parsed once into its slot.
+        let at = join(path, what);
+        let entries = as_map(v, &at)?;
+        if entries.len() > MAX_TUPLE {
+            return Err(tree_err(&at, format!("a tuple of {} entries (at most {MAX_TUPLE})", entries.len())));
+        }
+        let mut slots: Vec<Option<Value<'a>>> = vec![None; entries.len()];
+        for (k, item) in entries {
+            let key = key_str(k, &at)?;
+            let slot = key.parse::<usize>().ok().and_then(|i| slots.get_mut(i));
+            match slot {
+                Some(s @ None) => *s = Some(item.clone()),
+                _ => return Err(tree_err(&at, format!("key {key:?} is not a free index of a tuple of {}", entries.len()))),
+            }
+        }
+        Ok(slots.into_iter().map(|s| s.expect("n distinct indices below n fill n slots")).collect())
     };
     let shape = numbered(field("shape")?, "shape")?
         .into_iter()
@@ -196,7 +207,7 @@ fn unchunk<'a>(m: &[(Value<'a>, Value<'a>)], path: &str) -> Result<Tensor<'a>, F
     for (i, c) in numbered(field("chunks")?, "chunks")?.into_iter().enumerate() {
         let at = join(path, &format!("chunks/{i}"));
         let Value::Ext(code, payload) = c else { return Err(tree_err(&at, format!("expected an array, found {}", c.kind()))) };
-        chunks.push(ArrayRef::from_ext(code, payload, 0).map_err(|why| tree_err(&at, why))?);
+        chunks.push(ArrayRef::from_ext(code, payload).map_err(|why| tree_err(&at, why))?);
     }
     let dtype = chunks.first().map_or(Dtype::F32, |c| c.dtype);
     let total: usize = chunks.iter().map(|c| c.len()).sum();
@@ -226,27 +237,33 @@ mod tests {
         out.extend(p);
     }
 
+    /// `"w": {"__msgpack_chunked_array__": true, "shape": {"0": len}, "chunks": {key: [values]…}}`.
+    fn chunked_w(b: &mut Vec<u8>, len: u64, chunks: &[(&str, &[f32])]) {
+        write_str(b, "w").unwrap();
+        write_map_len(b, 3).unwrap();
+        write_str(b, "__msgpack_chunked_array__").unwrap();
+        write_bool(b, true).unwrap();
+        write_str(b, "shape").unwrap();
+        write_map_len(b, 1).unwrap();
+        write_str(b, "0").unwrap();
+        write_uint(b, len).unwrap();
+        write_str(b, "chunks").unwrap();
+        write_map_len(b, chunks.len() as u32).unwrap();
+        for (key, values) in chunks {
+            write_str(b, key).unwrap();
+            f32_array(b, &[values.len() as u64], values);
+        }
+    }
+
     #[test]
     fn chunked_arrays_are_joined_and_linen_variables_are_read() {
-        // {"params": {"w": <chunked (3,) in chunks of 2 and 1>}, "batch_stats": {"bn": {"mean": [..]}}, "step": 5}
+        // {"params": {"w": <chunked (3,)>}, "batch_stats": {"bn": {"mean": [..]}}, "step": 5}
         let mut b = Vec::new();
         write_map_len(&mut b, 3).unwrap();
         write_str(&mut b, "params").unwrap();
         write_map_len(&mut b, 1).unwrap();
-        write_str(&mut b, "w").unwrap();
-        write_map_len(&mut b, 3).unwrap();
-        write_str(&mut b, "__msgpack_chunked_array__").unwrap();
-        write_bool(&mut b, true).unwrap();
-        write_str(&mut b, "shape").unwrap();
-        write_map_len(&mut b, 1).unwrap();
-        write_str(&mut b, "0").unwrap();
-        write_uint(&mut b, 3).unwrap();
-        write_str(&mut b, "chunks").unwrap();
-        write_map_len(&mut b, 2).unwrap();
-        write_str(&mut b, "1").unwrap(); // out of order on purpose: "0", "1" are tuple indices
-        f32_array(&mut b, &[1], &[3.0]);
-        write_str(&mut b, "0").unwrap();
-        f32_array(&mut b, &[2], &[1.0, 2.0]);
+        // Out of order on purpose: "0", "1" are tuple indices, not positions.
+        chunked_w(&mut b, 3, &[("1", &[3.0]), ("0", &[1.0, 2.0])]);
         write_str(&mut b, "batch_stats").unwrap();
         write_map_len(&mut b, 1).unwrap();
         write_str(&mut b, "bn").unwrap();
@@ -262,6 +279,17 @@ mod tests {
         assert_eq!(t.params["w"].to_f32().unwrap(), vec![1.0, 2.0, 3.0]);
         assert_eq!(t.state["bn/mean"].to_f32().unwrap(), vec![0.5]);
         assert_eq!(t.ignored, vec!["step".to_string()]);
+    }
+
+    #[test]
+    fn a_chunk_list_with_a_key_out_of_range_is_refused() {
+        let mut b = Vec::new();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "params").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        chunked_w(&mut b, 1, &[("7", &[3.0])]);
+        let e = tensors(&decode(&b, 0).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("params/w/chunks") && e.contains("\"7\" is not a free index of a tuple of 1"), "{e}");
     }
 
     #[test]

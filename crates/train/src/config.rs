@@ -594,6 +594,9 @@ impl TrainConfig {
                 Err("--efficientnet_checkpoint_path is read only with --from_pretrained_checkpoint true (or give it as --init_from)".into())
             }
             (true, Some(_), Some(_)) => Err("--init_from and --from_pretrained_checkpoint both name initial weights: give one".into()),
+            _ if self.freeze_batch_norm == Some(true) && self.initial_weights().is_none() => Err(
+                "--freeze_batch_norm would freeze batch norm at its initialisation (mean 0, variance 1): give --init_from or --from_pretrained_checkpoint too".into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -698,6 +701,8 @@ mod tests {
         assert!(cfg(&["--init_from", "b0.safetensors", "--freeze_batch_norm"]).bn_frozen());
         let both = TrainConfig::from_args(["--dataset", "digits", "--init_from", "a"].iter().chain(&advprop), None);
         assert!(both.unwrap_err().contains("give one"));
+        let frozen_alone = TrainConfig::from_args(["--dataset", "digits", "--freeze_batch_norm"], None);
+        assert!(frozen_alone.unwrap_err().contains("--freeze_batch_norm would freeze batch norm at its initialisation"));
     }
 
     #[test]

@@ -30,10 +30,10 @@ use ringsam_data::{Batch, Dataset, Split};
 use crate::TrainError;
 use crate::config::{BatchAugmentation, ImageAugmentation, Preprocessing, TrainConfig};
 
-/// How a run scales pixels: the dataset's mean and standard deviation, or to [-1, 1] for
-/// AdvProp checkpoints (`--preprocessing`).
-pub fn normalization(cfg: &TrainConfig, dataset: &str) -> Normalization {
-    let standard = Normalization::for_dataset(dataset);
+/// How a run scales pixels of `channels` channels: the dataset's mean and standard deviation, or
+/// to [-1, 1] for AdvProp checkpoints (`--preprocessing`).
+pub fn normalization(cfg: &TrainConfig, dataset: &str, channels: usize) -> Normalization {
+    let standard = Normalization::for_dataset(dataset).for_channels(channels);
     match cfg.preprocessing() {
         Preprocessing::Advprop => Normalization { mean: vec![0.5; standard.mean.len()], std: vec![0.5; standard.std.len()] },
         _ => standard,
@@ -174,7 +174,7 @@ impl TrainData {
     pub fn open(cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<TrainData, TrainError> {
         if !cfg.dataset.is_sharded() {
             let (train, test) = load_splits(cfg)?;
-            let normalization = normalization(cfg, &train.name);
+            let normalization = normalization(cfg, &train.name, train.channels);
             let resize_to = memory_resize(cfg, train.height, train.width);
             if let Some(side) = resize_to {
                 log(&format!(
@@ -214,7 +214,7 @@ impl TrainData {
         ));
         Ok(TrainData::Shards(Box::new(ShardData {
             name: cfg.dataset.to_string(),
-            normalization: normalization(cfg, cfg.dataset.as_str()),
+            normalization: normalization(cfg, cfg.dataset.as_str(), 3),
             layout,
             train,
             validation,
@@ -434,12 +434,14 @@ mod tests {
     #[test]
     fn advprop_scales_pixels_to_minus_one_one() {
         let cfg = TrainConfig::from_args(["--dataset", "cifar10", "--preprocessing", "advprop"], None).unwrap();
-        let n = normalization(&cfg, "cifar10");
+        let n = normalization(&cfg, "cifar10", 3);
         let mut out = [0.0; 3];
         n.plane(0, &[0u8, 0, 0, 255, 255, 255, 128, 128, 128], 3, &mut out);
         assert_eq!(out[..2], [-1.0, 1.0]);
         assert!((out[2] - 0.003_921_6).abs() < 1e-6);
         let standard = TrainConfig::from_args(["--dataset", "cifar10"], None).unwrap();
-        assert_eq!(normalization(&standard, "cifar10"), Normalization::for_dataset("cifar10"));
+        assert_eq!(normalization(&standard, "cifar10", 3), Normalization::for_dataset("cifar10"));
+        let arrays = TrainConfig::from_args(["--dataset", "arrays"], None).unwrap();
+        assert_eq!(normalization(&arrays, "arrays", 1).mean, vec![(0.485 + 0.456 + 0.406) / 3.0]);
     }
 }

@@ -23,12 +23,18 @@ pub fn evaluate_checkpoint(dir: &Path, data_dir: Option<PathBuf>, batch: usize) 
     if data_dir.is_some() {
         cfg.data_dir = data_dir;
     }
+    if cfg.dataset.is_sharded() {
+        return Err(TrainError::Config(format!(
+            "eval reads in-memory datasets; a {} run is evaluated by training itself (--evaluate_every), and `ringsam predict` classifies its images",
+            cfg.dataset
+        )));
+    }
     let (_, test) = crate::data_source::load_splits(&cfg)?;
     let mut model =
         ringsam_models::build(&cfg.model_name, &ringsam_models::ModelConfig { num_classes: test.num_classes, in_channels: test.channels })?;
     let ckpt = crate::checkpoint::load(dir, model.layout(), model.state_layout())?;
     let (params, mut state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
-    let norm = crate::data_source::normalization(&cfg, &test.name);
+    let norm = crate::data_source::normalization(&cfg, &test.name, test.channels);
     let resize = crate::data_source::memory_resize(&cfg, test.height, test.width);
     let report = evaluate(model.as_mut(), &params, &mut state, &test, batch, &norm, resize)?;
     Ok((cfg, report))

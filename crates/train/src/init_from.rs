@@ -6,7 +6,7 @@
 //! Tensors are matched by name — ringsam's models name theirs by the reference's Flax tree, so
 //! a Flax checkpoint's paths are the names — and each is checked for shape. Like PyTorch's
 //! `load_state_dict(strict=True)`, anything missing, unexpected or of the wrong shape is an
-//! error that lists every such tensor, with one exception the reference makes too
+//! error that names them (the first six of each kind, and how many), with one exception the reference makes too
 //! (`load_model.py`, `_replace_dense_layer`): the classifier — the model's last dense layer,
 //! `Head_N/dense` on EfficientNets — keeps its fresh initialisation when the checkpoint's has
 //! another number of classes (a 1000-class ImageNet head finetuned on 10 classes). Batch-norm

@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use ringsam_data::autoaugment::Augment;
 use ringsam_data::imagenet::resize::resize_bicubic;
-use ringsam_data::imagenet::{decode_jpeg, eval_image};
+use ringsam_data::imagenet::{JpegDecoder, JpegPipeline, Workspace, decode_jpeg};
 use ringsam_models::{ModelConfig, build};
 use ringsam_nn::Pass;
 use ringsam_tensor::Tensor;
@@ -75,7 +76,7 @@ fn class_names(cfg: &TrainConfig) -> Option<Vec<String>> {
         DatasetName::Cifar10 => Some(CIFAR10.iter().map(|s| s.to_string()).collect()),
         DatasetName::Imagenet => ringsam_data::shards::layout::open_layout(dir?).ok().map(|l| l.classes),
         DatasetName::Imagefolder => {
-            ringsam_data::shards::layout::open_layout(&dir?.join(ringsam_data::imagefolder::CACHE)).ok().map(|l| l.classes)
+            ringsam_data::shards::layout::open_layout(&ringsam_data::imagefolder::pack_dir(dir?).ok()?).ok().map(|l| l.classes)
         }
         _ => None,
     }
@@ -120,8 +121,9 @@ fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, TrainError> {
 struct Preprocess {
     cfg: TrainConfig,
     channels: usize,
-    /// Sharded runs: the side of the centre crop. In-memory runs: the dataset's `(H, W)`.
+    /// Sharded runs: the side of the centre crop.
     side: Option<usize>,
+    /// In-memory runs: the dataset's `(H, W)`.
     size: (usize, usize),
 }
 
@@ -150,34 +152,37 @@ impl Preprocess {
         if len > MAX_JPEG_BYTES {
             return Err(bad(format!("{len} bytes is more than the {MAX_JPEG_BYTES}-byte limit for one JPEG")));
         }
-        let img = decode_jpeg(&std::fs::read(path).map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(format!("not a JPEG ringsam decodes: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let c = self.channels;
+        let norm = normalization(&self.cfg, self.cfg.dataset.as_str(), c);
+        if let Some(side) = self.side {
+            // The shard loader's evaluation path itself: the run's decoder, centre crop, resize.
+            let decoder = JpegDecoder::parse(self.cfg.jpeg_decoder.as_str()).map_err(TrainError::Config)?;
+            let pipeline = JpegPipeline { decoder, size: side, augment: Augment::None, normalization: norm };
+            let mut planes = vec![0.0; 3 * side * side];
+            let (r, gb) = planes.split_at_mut(side * side);
+            let (g, b) = gb.split_at_mut(side * side);
+            pipeline
+                .process(&bytes, None, &mut Workspace::default(), [r, g, b])
+                .map_err(|e| bad(format!("not a JPEG ringsam decodes: {e}")))?;
+            return Tensor::from_vec(&[3, 1, side, side], planes).map_err(TrainError::from);
+        }
+        // In-memory datasets hold u8 pixels: the whole image resized to the dataset's size and
+        // rounded as they are, then the run's normalisation and resize.
+        let img = decode_jpeg(&bytes).map_err(|e| bad(format!("not a JPEG ringsam decodes: {e}")))?;
+        let (h, w) = self.size;
+        let whole = ringsam_data::imagenet::crop::Rect { x: 0, y: 0, w: img.width, h: img.height };
         let mut hwc = Vec::new();
-        let (h, w) = match self.side {
-            Some(side) => {
-                eval_image(&img, side, &mut hwc);
-                (side, side)
-            }
-            None => {
-                let (h, w) = self.size;
-                let whole = ringsam_data::imagenet::crop::Rect { x: 0, y: 0, w: img.width, h: img.height };
-                resize_bicubic(&img.pixels, img.width, 3, whole, w, h, &mut hwc);
-                (h, w)
-            }
-        };
-        if self.channels == 1 {
+        resize_bicubic(&img.pixels, img.width, 3, whole, w, h, &mut hwc);
+        if c == 1 {
             hwc = hwc.chunks_exact(3).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect();
         }
-        let c = self.channels;
-        let norm = normalization(&self.cfg, self.cfg.dataset.as_str());
+        let pixels: Vec<u8> = hwc.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect();
         let mut planes = vec![0.0; c * h * w];
         for (ch, plane) in planes.chunks_exact_mut(h * w).enumerate() {
-            let (mean, inv) = norm.u8_affine(ch);
-            for (d, v) in plane.iter_mut().zip(hwc.iter().skip(ch).step_by(c)) {
-                *d = (v.clamp(0.0, 255.0) - mean) * inv;
-            }
+            norm.plane(ch, &pixels, c, plane);
         }
-        let (planes, h, w) = match memory_resize(&self.cfg, h, w).filter(|_| self.side.is_none()) {
+        let (planes, h, w) = match memory_resize(&self.cfg, h, w) {
             Some(s) => {
                 let mut out = vec![0.0; c * s * s];
                 for (src, dst) in planes.chunks_exact(h * w).zip(out.chunks_exact_mut(s * s)) {

@@ -33,6 +33,11 @@ const NOT_MATH: &[&str] = &[
     "ring_timeout_seconds",
     "log_every_steps",
     "allow_config_change",
+    // Initial weights are read only by a fresh run, never by a resume; what they decide for the
+    // math (AdvProp's preprocessing under `auto`) is compared resolved, below.
+    "init_from",
+    "efficientnet_checkpoint_path",
+    "from_pretrained_checkpoint",
 ];
 
 /// Settings no flag can let a resume change.
@@ -90,11 +95,16 @@ impl ConfigChange {
     }
 }
 
+/// The configuration as compared: settings that follow from others (`--preprocessing auto`,
+/// `--freeze_batch_norm` unset) resolved, so a change of what they resolve to shows.
 fn as_map(cfg: &TrainConfig) -> serde_json::Map<String, serde_json::Value> {
-    match serde_json::to_value(cfg) {
+    let mut m = match serde_json::to_value(cfg) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => unreachable!("a config serializes to an object"),
-    }
+    };
+    m.insert("preprocessing".into(), serde_json::to_value(cfg.preprocessing()).expect("an enum serializes"));
+    m.insert("freeze_batch_norm".into(), serde_json::Value::Bool(cfg.bn_frozen()));
+    m
 }
 
 #[cfg(test)]
@@ -114,6 +124,17 @@ mod tests {
             assert!(why.contains(key), "{why}");
         }
         assert_eq!(c.refusal(true), None);
+    }
+
+    #[test]
+    fn moved_initial_weights_are_accepted_unless_what_they_decide_changes() {
+        let ckpt = |path: &str| cfg(&["--from_pretrained_checkpoint", "--efficientnet_checkpoint_path", path]);
+        let moved = ConfigChange::between(&ckpt("/a/efficientnet-b0/checkpoint.tar.gz"), &ckpt("/b/b0.tar.gz"));
+        assert!(moved.math.is_empty() && moved.accepted.len() == 1, "{moved:?}");
+        let flipped = ConfigChange::between(&ckpt("/a/advprop/b0.tar.gz"), &ckpt("/a/b0.tar.gz"));
+        assert_eq!(flipped.math, vec!["preprocessing: \"advprop\" -> \"standard\"".to_string()], "{flipped:?}");
+        let no_weights = ConfigChange::between(&ckpt("/a/b0.tar.gz"), &cfg(&[]));
+        assert!(no_weights.math.iter().any(|l| l.starts_with("freeze_batch_norm: true -> false")), "{no_weights:?}");
     }
 
     #[test]

@@ -266,6 +266,13 @@ impl<'a> Trainer<'a> {
         } else if let Some(path) = self.cfg.initial_weights() {
             let src = crate::init_from::read_source(path)?;
             let report = self.st.load_initial(&src)?;
+            if self.cfg.bn_frozen() && !report.statistics_loaded {
+                return Err(TrainError::InitFrom(format!(
+                    "{} has no batch-norm statistics, and frozen batch norm would normalise with the initial mean 0 and \
+                     variance 1: give a checkpoint with them, or --freeze_batch_norm false",
+                    src.origin
+                )));
+            }
             for line in report.lines(&src) {
                 (self.log)(&line);
             }

@@ -159,7 +159,7 @@ pub fn pack_folder(
         return Err(DataError::Config("--shard-size must be at least 1".into()));
     }
     let (classes, files) = list_image_folder(from)?;
-    pack_files(from, files, &classes, to, &PackOptions { format, per_shard, prefix, seed })
+    pack_files(from, files, &classes, to, &PackOptions { format, per_shard, prefix, seed }, &mut |_| {})
 }
 
 /// How [`pack_files`] writes shards.
@@ -176,13 +176,15 @@ pub struct PackOptions<'a> {
 }
 
 /// [`pack_folder`] for a list already made: `files` are `(path, label)` under `from` (keys are
-/// their paths relative to it), labels index `classes`.
+/// their paths relative to it), labels index `classes`; `packed(n)` hears of each shard's `n`
+/// samples as it is written.
 pub fn pack_files(
     from: &Path,
     mut files: Vec<(PathBuf, i64)>,
     classes: &[String],
     to: &Path,
     opts: &PackOptions,
+    packed: &mut dyn FnMut(usize),
 ) -> Result<Vec<PathBuf>, DataError> {
     let PackOptions { format, per_shard, prefix, seed } = *opts;
     if per_shard == 0 {
@@ -230,6 +232,7 @@ pub fn pack_files(
         file.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
         out.push(path);
+        packed(chunk.len());
     }
     // The split's shard lengths and the class names, as TFDS records them (see [`layout`]).
     let split = layout::split_of(prefix).unwrap_or(prefix);
