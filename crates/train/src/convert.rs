@@ -45,17 +45,19 @@ pub fn convert(from: &Path, to: &Path, model_name: Option<&str>, num_classes: Op
     let mut state = vec![0.0; model.state_layout().total()];
     model.init(&mut params, &mut state, 0);
     let report = load_into(&src, model.layout(), model.state_layout(), &mut params, &mut state)?;
-    let named = |layout: &ringsam_nn::ParamLayout, buf: &'_ [f32]| -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        layout.entries().iter().map(|e| (e.name.clone(), e.shape.clone(), buf[e.id.range()].to_vec())).collect()
-    };
-    let mut tensors = named(model.layout(), &params);
-    tensors.extend(named(model.state_layout(), &state));
-    let views: Vec<(String, Vec<usize>, &[f32])> = tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice())).collect();
-    write_file(to, &safetensors_bytes(&views)?)?;
     let mut lines = vec![format!("model {name}: {} classes, {} input channels", cfg.num_classes, cfg.in_channels)];
     lines.extend(report.lines(&src));
+    drop(src); // a large checkpoint is held once as f32, not twice, while it is written
+    let mut views = named(model.layout(), &params);
+    views.extend(named(model.state_layout(), &state));
+    write_file(to, &safetensors_bytes(&views)?)?;
     lines.push(format!("wrote {} ({} tensors, {} values, f32)", to.display(), views.len(), params.len() + state.len()));
     Ok(Converted { model_name: name, model: cfg, report, lines })
+}
+
+/// `(name, shape, values)` of every entry of `layout` over `buf`.
+fn named<'a>(layout: &ringsam_nn::ParamLayout, buf: &'a [f32]) -> Vec<(String, Vec<usize>, &'a [f32])> {
+    layout.entries().iter().map(|e| (e.name.clone(), e.shape.clone(), &buf[e.id.range()])).collect()
 }
 
 /// Writes `bytes` to `to` through a temporary file and a rename: never half a file.

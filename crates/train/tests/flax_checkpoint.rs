@@ -216,3 +216,27 @@ fn a_truncated_file_is_an_error_with_its_offset() {
     std::fs::write(&path, b"").unwrap();
     assert!(read_source(&path).unwrap_err().to_string().contains("truncated"));
 }
+
+/// Every published checkpoint's tree (B0–B8, L2), from `jax.eval_shape` of the Flax port at the
+/// reference's widths and depths: ringsam's models have exactly its names and shapes.
+#[test]
+fn every_published_tree_is_ringsams_name_for_name_and_shape_for_shape() {
+    use md5::{Digest, Md5};
+    let text = std::fs::read_to_string(fixture_dir().join("published_trees.json")).unwrap();
+    let trees: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(trees.len(), 11);
+    for (name, want) in &trees {
+        let model = build(name, &ModelConfig { num_classes: 1000, in_channels: 3 }).unwrap();
+        let line = |kind: &str, e: &ringsam_nn::arena::ParamEntry| {
+            format!("{kind} {} {}", e.name, e.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+        };
+        let mut lines: Vec<String> = model.layout().entries().iter().map(|e| line("param", e)).collect();
+        lines.extend(model.state_layout().entries().iter().map(|e| line("state", e)));
+        lines.sort();
+        let digest: String =
+            Md5::digest(lines.iter().map(|l| format!("{l}\n")).collect::<String>()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(lines.len() as u64, want["tensors"].as_u64().unwrap(), "{name}: tensors");
+        assert_eq!(model.layout().total() as u64, want["parameters"].as_u64().unwrap(), "{name}: parameters");
+        assert_eq!(digest, want["md5"].as_str().unwrap(), "{name}: names and shapes");
+    }
+}
