@@ -1,10 +1,14 @@
 //! The decoded state dict as flat names: parameters and batch-norm statistics.
 //!
-//! Two layouts are recognised at the top level:
+//! Three layouts are recognised at the top level:
 //! - **`flax.nn` `(model, state)`** (the SAM reference's published EfficientNets): `"0"` is the
 //!   `Model` struct, `{"params": {...}}` nested by module; `"1"` is the batch-norm `Collection`,
 //!   a FLAT dict keyed by absolute module paths (`"/MBConvBlock_1/batch_normalization_0"`),
 //!   each holding `{"mean", "var"}`.
+//! - **the SAM reference's training checkpoints** (`flax_training.py`'s `save_checkpoint`):
+//!   `{"optimizer": {"target": <Model>, "state": …}, "model_state": <Collection>, "epoch"}`,
+//!   `model_state` being `{"0": <Collection>, "1": <EMA>}` when the run kept an EMA (the EMA
+//!   and the optimizer's momentum are not read: initial weights are the weights trained);
 //! - **linen variables**: `{"params": {...}, "batch_stats": {...}}`, both nested by module
 //!   (other top-level entries, such as a `TrainState`'s `step` or `opt_state`, are listed as
 //!   ignored).
@@ -30,6 +34,8 @@ pub enum Layout {
     ModelState,
     /// linen's `{"params", "batch_stats"}`.
     Variables,
+    /// The SAM reference's training checkpoints: `{"optimizer", "model_state", "epoch"}`.
+    TrainState,
 }
 
 /// A tensor, possibly reassembled from chunks (then it owns its bytes).
@@ -70,41 +76,69 @@ pub struct FlaxTensors<'a> {
 /// Reads the tensors of a decoded checkpoint (see the module docs).
 pub fn tensors<'a>(root: &Value<'a>) -> Result<FlaxTensors<'a>, FlaxError> {
     let top = as_map(root, "")?;
-    let get = |key: &str| top.iter().find(|(k, _)| *k == Value::Str(key)).map(|(_, v)| v);
     let mut out = FlaxTensors { layout: Layout::ModelState, params: BTreeMap::new(), state: BTreeMap::new(), ignored: Vec::new() };
-    if let (Some(model), Some(state)) = (get("0"), get("1")) {
-        let model = as_map(model, "0")?;
-        let params = model.iter().find(|(k, _)| *k == Value::Str("params")).map(|(_, v)| v);
-        let params = params.ok_or_else(|| tree_err("0", format!("expected the flax.nn Model's \"params\", found keys {}", keys(model))))?;
-        flatten(params, "0/params", "", &mut out.params, &mut out.ignored)?;
-        for (key, stats) in as_map(state, "1")? {
-            let module = key_str(key, "1")?;
-            let name = module.trim_start_matches('/');
-            flatten(stats, &format!("1/{module}"), name, &mut out.state, &mut out.ignored)?;
+    let used: &[&str] = if let (Some(model), Some(state)) = (get(top, "0"), get(top, "1")) {
+        model_params(model, "0", &mut out)?;
+        collection(state, "1", &mut out)?;
+        &["0", "1"]
+    } else if let Some(optimizer) = get(top, "optimizer") {
+        out.layout = Layout::TrainState;
+        let target = get(as_map(optimizer, "optimizer")?, "target");
+        model_params(
+            target.ok_or_else(|| tree_err("optimizer", "a flax.optim Optimizer without \"target\"".into()))?,
+            "optimizer/target",
+            &mut out,
+        )?;
+        if let Some(state) = get(top, "model_state") {
+            // With EMA the reference saves (state, moving averages): the state is "0".
+            let ema = as_map(state, "model_state")?.iter().any(|(k, _)| *k == Value::Str("0"));
+            match ema {
+                true => collection(get(as_map(state, "model_state")?, "0").expect("checked"), "model_state/0", &mut out)?,
+                false => collection(state, "model_state", &mut out)?,
+            }
         }
-        for (k, _) in top.iter().filter(|(k, _)| *k != Value::Str("0") && *k != Value::Str("1")) {
-            out.ignored.push(key_str(k, "")?.to_string());
+        &["optimizer", "model_state"]
+    } else if let Some(params) = get(top, "params") {
+        out.layout = Layout::Variables;
+        flatten(params, "params", "", &mut out.params, &mut out.ignored)?;
+        if let Some(stats) = get(top, "batch_stats") {
+            flatten(stats, "batch_stats", "", &mut out.state, &mut out.ignored)?;
         }
-        return Ok(out);
-    }
-    let Some(params) = get("params") else {
+        &["params", "batch_stats"]
+    } else {
         return Err(tree_err(
             "",
             format!(
-                "not a Flax model checkpoint: the top-level keys are {}; expected \"0\" and \"1\" (flax.nn's (model, state), as the SAM reference publishes) or \"params\" (linen variables)",
+                "not a Flax model checkpoint: the top-level keys are {}; expected \"0\" and \"1\" (flax.nn's (model, state), as the SAM reference publishes), \"optimizer\" (the reference's training checkpoints) or \"params\" (linen variables)",
                 keys(top)
             ),
         ));
     };
-    out.layout = Layout::Variables;
-    flatten(params, "params", "", &mut out.params, &mut out.ignored)?;
-    if let Some(stats) = get("batch_stats") {
-        flatten(stats, "batch_stats", "", &mut out.state, &mut out.ignored)?;
-    }
-    for (k, _) in top.iter().filter(|(k, _)| *k != Value::Str("params") && *k != Value::Str("batch_stats")) {
+    for (k, _) in top.iter().filter(|(k, _)| !used.iter().any(|u| *k == Value::Str(u))) {
         out.ignored.push(key_str(k, "")?.to_string());
     }
     Ok(out)
+}
+
+fn get<'v, 'a>(map: &'v [(Value<'a>, Value<'a>)], key: &str) -> Option<&'v Value<'a>> {
+    map.iter().find(|(k, _)| *k == Value::Str(key)).map(|(_, v)| v)
+}
+
+/// A model's parameters at `path`: a `flax.nn` `Model` (`{"params": …}`) or a parameter tree.
+fn model_params<'a>(v: &Value<'a>, path: &str, out: &mut FlaxTensors<'a>) -> Result<(), FlaxError> {
+    match get(as_map(v, path)?, "params") {
+        Some(params) => flatten(params, &join(path, "params"), "", &mut out.params, &mut out.ignored),
+        None => flatten(v, path, "", &mut out.params, &mut out.ignored),
+    }
+}
+
+/// A `flax.nn` `Collection` at `path`: a flat dict keyed by absolute module paths.
+fn collection<'a>(v: &Value<'a>, path: &str, out: &mut FlaxTensors<'a>) -> Result<(), FlaxError> {
+    for (key, stats) in as_map(v, path)? {
+        let module = key_str(key, path)?;
+        flatten(stats, &format!("{path}/{module}"), module.trim_start_matches('/'), &mut out.state, &mut out.ignored)?;
+    }
+    Ok(())
 }
 
 fn tree_err(path: &str, why: String) -> FlaxError {
@@ -290,6 +324,43 @@ mod tests {
         chunked_w(&mut b, 1, &[("7", &[3.0])]);
         let e = tensors(&decode(&b, 0).unwrap()).unwrap_err().to_string();
         assert!(e.contains("params/w/chunks") && e.contains("\"7\" is not a free index of a tuple of 1"), "{e}");
+    }
+
+    #[test]
+    fn the_reference_training_checkpoint_reads_its_trained_weights_and_statistics() {
+        // {"optimizer": {"target": {"params": {"w": [..]}}, "state": {"step": 3}},
+        //  "model_state": {"0": {"/bn": {"mean": [..]}}, "1": {}}, "epoch": 9}
+        let mut b = Vec::new();
+        write_map_len(&mut b, 3).unwrap();
+        write_str(&mut b, "optimizer").unwrap();
+        write_map_len(&mut b, 2).unwrap();
+        write_str(&mut b, "target").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "params").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "w").unwrap();
+        f32_array(&mut b, &[2], &[1.0, 2.0]);
+        write_str(&mut b, "state").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "step").unwrap();
+        write_uint(&mut b, 3).unwrap();
+        write_str(&mut b, "model_state").unwrap();
+        write_map_len(&mut b, 2).unwrap();
+        write_str(&mut b, "0").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "/bn").unwrap();
+        write_map_len(&mut b, 1).unwrap();
+        write_str(&mut b, "mean").unwrap();
+        f32_array(&mut b, &[1], &[0.5]);
+        write_str(&mut b, "1").unwrap();
+        write_map_len(&mut b, 0).unwrap();
+        write_str(&mut b, "epoch").unwrap();
+        write_uint(&mut b, 9).unwrap();
+        let t = tensors(&decode(&b, 0).unwrap()).unwrap();
+        assert_eq!(t.layout, Layout::TrainState);
+        assert_eq!(t.params.keys().collect::<Vec<_>>(), vec!["w"]);
+        assert_eq!(t.state["bn/mean"].to_f32().unwrap(), vec![0.5]);
+        assert_eq!(t.ignored, vec!["epoch".to_string()]);
     }
 
     #[test]
