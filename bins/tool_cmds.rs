@@ -80,14 +80,19 @@ pub(crate) struct ConvertArgs {
 #[command(rename_all = "snake_case")]
 pub(crate) struct CertsArgs {
     /// Directory to write ca.pem, node-{i}.pem and node-{i}.key into.
-    #[arg(long, required_unless_present = "secret")]
+    #[arg(long, required_unless_present_any = ["secret", "k8s_secret"])]
     pub(crate) out: Option<PathBuf>,
     /// Number of node certificates.
     #[arg(long, default_value_t = 4)]
     pub(crate) nodes: usize,
-    /// Print a fresh cluster secret for TCP rings (256 random bits as hex) instead.
+    /// Print a fresh cluster secret for TCP rings (256 random bits as hex) instead (with
+    /// --k8s-secret: add it to the Secret as `cluster-secret`).
     #[arg(long, conflicts_with = "out")]
     pub(crate) secret: bool,
+    /// Print a Kubernetes Secret of this name holding a fresh CA and the node certificates, for
+    /// `kubectl apply -f -` (nothing is written to disk).
+    #[arg(long, value_name = "NAME", conflicts_with = "out")]
+    pub(crate) k8s_secret: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -221,6 +226,15 @@ pub(crate) fn cmd_data_verify(args: &VerifyArgs) -> Result<()> {
 }
 
 pub(crate) fn cmd_certs(args: &CertsArgs) -> Result<()> {
+    if let Some(name) = &args.k8s_secret {
+        let secret = if args.secret { Some(ringsam_collective::tcp::fresh_secret()?) } else { None };
+        let yaml = ringsam_collective::k8s_secret::secret_manifest(name, args.nodes, secret.as_deref()).map_err(|e| match e {
+            ringsam_collective::k8s_secret::SecretError::Cert(_) => anyhow::Error::new(e),
+            _ => crate::usage(e.to_string()),
+        })?;
+        print!("{yaml}");
+        return Ok(());
+    }
     let Some(out) = &args.out else {
         println!("{}", ringsam_collective::tcp::fresh_secret()?);
         return Ok(());

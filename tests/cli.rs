@@ -64,3 +64,16 @@ fn cuda_device_without_cuda_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--features cuda") || err.contains("not implemented on CUDA"), "{err}");
 }
+
+#[test]
+fn certs_print_a_kubernetes_secret_and_refuse_a_bad_name() {
+    let yaml = stdout_ok(&ringsam(&["certs", "--nodes", "2", "--k8s-secret", "ringsam-certs", "--secret"]));
+    assert!(yaml.starts_with("apiVersion: v1\nkind: Secret\nmetadata:\n  name: ringsam-certs\n"), "{yaml}");
+    for key in ["ca.pem", "node-0.pem", "node-0.key", "node-1.pem", "node-1.key"] {
+        assert!(yaml.contains(&format!("\n  {key}: |\n    -----BEGIN ")), "{key} missing: {yaml}");
+    }
+    assert!(yaml.contains("\n  cluster-secret: \"") && !yaml.contains("node-2."));
+    let bad = ringsam(&["certs", "--k8s-secret", "Ringsam_Certs"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("a Secret's name is lowercase"));
+}

@@ -15,6 +15,7 @@ mod chunk_frames;
 pub mod control;
 pub mod driver;
 pub mod inproc;
+pub mod k8s_secret;
 pub mod local_ranks;
 pub mod quic;
 pub mod tcp;
