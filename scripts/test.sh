@@ -12,6 +12,9 @@
 # 4. the `unsafe` modules' tests under valgrind memcheck (scripts/memcheck.sh, ~40 s);
 # 5. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
 #    its own, created on first run), using the binary step 2 left in target/debug.
+# The container image (tests/container.rs → scripts/image_check.sh) is tested in step 1 when a
+# Docker daemon and root are present (its base image is debootstrapped once and cached); the test
+# says NOT RUN otherwise.
 # Fixtures are committed; regenerating them (tests/fixtures/make_wrn_fixture.py) is not part of
 # the test run.
 set -euo pipefail

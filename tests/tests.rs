@@ -3,6 +3,7 @@
 mod allreduce;
 mod augment;
 mod cli;
+mod container;
 mod distributed;
 mod elastic;
 mod finetune;
