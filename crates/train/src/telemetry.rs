@@ -23,9 +23,15 @@
 //! Every series carries a `rank` label. The endpoint is a minimal HTTP/1.1 responder on its own
 //! thread: it reads at most 8 KiB of any request, for at most 2 s, and answers every path with
 //! the current text; scrapers need nothing more, and nothing a client sends can grow our memory.
+//! Two paths answer Kubernetes' probes instead:
+//! - `/healthz`: 200 while the process answers (a liveness probe: a hung process is restarted);
+//! - `/readyz`: 503 until this replica has taken a step, 200 after. A replica waiting for its
+//!   peers or loading data is alive but not ready; the ring's headless Service publishes
+//!   not-ready addresses, so peers still find it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
@@ -70,14 +76,28 @@ fn answer(mut conn: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()>
             n => got += n,
         }
     }
-    handle.run_upkeep();
-    let body = handle.render();
-    write!(
-        conn,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
+    let (status, content_type, body) = match request_path(&req[..got]) {
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" if READY.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "text/plain", "not ready: no step taken yet\n".to_string()),
+        _ => {
+            handle.run_upkeep();
+            ("200 OK", "text/plain; version=0.0.4", handle.render())
+        }
+    };
+    write!(conn, "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
     conn.write_all(body.as_bytes())
+}
+
+/// Whether this replica has taken a step (`/readyz`).
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// The path of an HTTP request line (`GET /readyz HTTP/1.1`), without a query; "" if none.
+fn request_path(req: &[u8]) -> &str {
+    let line = req.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    std::str::from_utf8(path).unwrap_or_default()
 }
 
 /// Counts a connection the rings refused (`ringsam_ring_refusals_total`).
@@ -97,8 +117,10 @@ pub fn restarts(count: u64) {
     counter!("ringsam_restarts_total").absolute(count);
 }
 
-/// Exports one step (see the table in the module docs). A no-op when no recorder is installed.
+/// Exports one step (see the table in the module docs; metrics are a no-op when no recorder is
+/// installed) and marks the replica ready.
 pub fn export_step(r: &StepReport, seconds: f64, images: usize, queue_depth: usize, loader_skipped: usize) {
+    READY.store(true, Ordering::Relaxed);
     counter!("ringsam_steps_total").increment(1);
     counter!("ringsam_loader_skipped_total").absolute(loader_skipped as u64);
     gauge!("ringsam_step_seconds").set(seconds);

@@ -1,4 +1,5 @@
-//! The Prometheus endpoint serves what the loop exports, and survives a client that sends junk.
+//! The Prometheus endpoint serves what the loop exports and the probes' paths, and survives a
+//! client that sends junk.
 //! (Its own test binary: the metrics recorder is process-wide.)
 
 use std::io::{Read, Write};
@@ -29,7 +30,12 @@ fn metrics_endpoint_serves_the_step_metrics() {
         ascent_exchange: x,
         descent_exchange: ExchangeStats { bytes: 8192, ..x },
     };
+    let probe = |path: &str| get(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    assert!(probe("/healthz").starts_with("HTTP/1.1 200 OK"));
+    let not_ready = probe("/readyz");
+    assert!(not_ready.starts_with("HTTP/1.1 503") && not_ready.ends_with("no step taken yet\n"), "{not_ready}");
     export_step(&r, 0.5, 64, 2, 1);
+    assert!(probe("/readyz?verbose=1").starts_with("HTTP/1.1 200 OK"));
     export_step(&r, 0.5, 64, 2, 3); // the loader's running total of skipped samples
     // A client sending 64 KiB of junk without a blank line: the endpoint reads 8 KiB at most,
     // answers and closes (the unread rest may reset the connection), then serves the next one.
