@@ -243,8 +243,8 @@ fn produce(data: &Dataset, cfg: &LoaderConfig, epoch: u64, start: usize, total: 
     }
 }
 
-/// Each of `planes` `h × w` planes resized to `side × side`.
-fn resize_planes(images: &[f32], planes: usize, h: usize, w: usize, side: usize) -> Vec<f32> {
+/// Each of `planes` `h × w` planes resized to `side × side` (bicubic, as the reference's `_resize`).
+pub fn resize_planes(images: &[f32], planes: usize, h: usize, w: usize, side: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; planes * side * side];
     for (src, dst) in images.chunks_exact(h * w).zip(out.chunks_exact_mut(side * side)) {
         resize_plane_bicubic(src, h, w, side, side, dst);

@@ -183,7 +183,7 @@ pub fn write_fenced(
 }
 
 /// `(name, shape, values)` for every entry of `layout` over `buf`, names prefixed.
-fn named<'a>(layout: &ParamLayout, buf: &'a [f32], prefix: &str) -> Vec<(String, Vec<usize>, &'a [f32])> {
+pub(crate) fn named<'a>(layout: &ParamLayout, buf: &'a [f32], prefix: &str) -> Vec<(String, Vec<usize>, &'a [f32])> {
     layout.entries().iter().map(|e| (format!("{prefix}{}", e.name), e.shape.clone(), &buf[e.id.range()])).collect()
 }
 

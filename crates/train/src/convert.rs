@@ -12,7 +12,7 @@ use std::path::Path;
 use ringsam_models::{Model, ModelConfig, build, list};
 
 use crate::TrainError;
-use crate::checkpoint::{safetensors_bytes, sync_dir, write_synced};
+use crate::checkpoint::{named, safetensors_bytes, sync_dir, write_synced};
 use crate::init_from::{LoadReport, SourceTensors, load_into, read_source};
 
 /// What `convert` did.
@@ -48,16 +48,11 @@ pub fn convert(from: &Path, to: &Path, model_name: Option<&str>, num_classes: Op
     let mut lines = vec![format!("model {name}: {} classes, {} input channels", cfg.num_classes, cfg.in_channels)];
     lines.extend(report.lines(&src));
     drop(src); // a large checkpoint is held once as f32, not twice, while it is written
-    let mut views = named(model.layout(), &params);
-    views.extend(named(model.state_layout(), &state));
+    let mut views = named(model.layout(), &params, "");
+    views.extend(named(model.state_layout(), &state, ""));
     write_file(to, &safetensors_bytes(&views)?)?;
     lines.push(format!("wrote {} ({} tensors, {} values, f32)", to.display(), views.len(), params.len() + state.len()));
     Ok(Converted { model_name: name, model: cfg, report, lines })
-}
-
-/// `(name, shape, values)` of every entry of `layout` over `buf`.
-fn named<'a>(layout: &ringsam_nn::ParamLayout, buf: &'a [f32]) -> Vec<(String, Vec<usize>, &'a [f32])> {
-    layout.entries().iter().map(|e| (e.name.clone(), e.shape.clone(), &buf[e.id.range()])).collect()
 }
 
 /// Writes `bytes` to `to` through a temporary file and a rename: never half a file.
@@ -70,13 +65,13 @@ fn write_file(to: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 /// The classes of the source's classifier (the bias of the model's last dense layer).
-fn source_classes(model: &dyn Model, src: &SourceTensors) -> Option<usize> {
+pub(crate) fn source_classes(model: &dyn Model, src: &SourceTensors) -> Option<usize> {
     let last = model.layout().entries().last()?;
     src.tensors.get(&last.name).and_then(|t| t.shape.last().copied())
 }
 
 /// The input channels of the source's first kernel (`(k, k, C_in, C_out)`).
-fn source_channels(model: &dyn Model, src: &SourceTensors) -> Option<usize> {
+pub(crate) fn source_channels(model: &dyn Model, src: &SourceTensors) -> Option<usize> {
     let first = model.layout().entries().first()?;
     src.tensors.get(&first.name).filter(|t| t.shape.len() == 4).map(|t| t.shape[2])
 }

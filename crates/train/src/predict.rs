@@ -9,14 +9,17 @@ use std::path::{Path, PathBuf};
 use ringsam_data::autoaugment::Augment;
 use ringsam_data::imagenet::resize::resize_bicubic;
 use ringsam_data::imagenet::{JpegDecoder, JpegPipeline, Workspace, decode_jpeg};
+use ringsam_data::loader::resize_planes;
 use ringsam_models::{ModelConfig, build};
 use ringsam_nn::Pass;
 use ringsam_tensor::Tensor;
 
 use crate::TrainError;
-use crate::checkpoint::{load, read_model_file, read_training_state};
+use crate::checkpoint::{load, read_training_state};
 use crate::config::{DatasetName, TrainConfig};
+use crate::convert::{source_channels, source_classes};
 use crate::data_source::{memory_resize, normalization};
+use crate::init_from::read_source;
 
 /// The most JPEGs one call reads (a folder of a million files is a mistake, not a request).
 const MAX_IMAGES: usize = 100_000;
@@ -57,14 +60,10 @@ pub fn predict(dir: &Path, inputs: &[PathBuf], k: usize, data_dir: Option<PathBu
 /// Classes and input channels as the checkpoint's tensors have them (the classifier's bias, the
 /// first kernel), so a finetuned head of any size loads.
 fn saved_model_config(dir: &Path, model_name: &str) -> Result<ModelConfig, TrainError> {
-    let bytes = read_model_file(dir)?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+    let src = read_source(dir)?;
     let probe = build(model_name, &ModelConfig::default())?;
-    let dim = |name: Option<&String>, axis: usize| name.and_then(|n| st.tensor(n).ok()).and_then(|t| t.shape().get(axis).copied());
-    let entries = probe.layout().entries();
-    let classes = dim(entries.last().map(|e| &e.name), 0).unwrap_or(10);
-    let channels = dim(entries.first().map(|e| &e.name), 2).filter(|_| entries[0].shape.len() == 4).unwrap_or(3);
-    Ok(ModelConfig { num_classes: classes, in_channels: channels })
+    let classes = source_classes(probe.as_ref(), &src).unwrap_or(10);
+    Ok(ModelConfig { num_classes: classes, in_channels: source_channels(probe.as_ref(), &src).unwrap_or(3) })
 }
 
 /// Class names from the dataset's label file: the shards' `label.labels.txt` (ImageNet, image
@@ -183,13 +182,7 @@ impl Preprocess {
             norm.plane(ch, &pixels, c, plane);
         }
         let (planes, h, w) = match memory_resize(&self.cfg, h, w) {
-            Some(s) => {
-                let mut out = vec![0.0; c * s * s];
-                for (src, dst) in planes.chunks_exact(h * w).zip(out.chunks_exact_mut(s * s)) {
-                    ringsam_data::imagenet::resize::resize_plane_bicubic(src, h, w, s, s, dst);
-                }
-                (out, s, s)
-            }
+            Some(side) => (resize_planes(&planes, c, h, w, side), side, side),
             None => (planes, h, w),
         };
         Tensor::from_vec(&[c, 1, h, w], planes).map_err(TrainError::from)
