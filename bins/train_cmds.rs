@@ -8,17 +8,15 @@
 //! connect timeout, since peers' DNS records appear as their pods start.
 
 use std::io::IsTerminal;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args};
 use ringsam_collective::local_ranks::LocalRanks;
 use ringsam_collective::quic::QuicTuning;
-use ringsam_train::TrainError;
-use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
+use ringsam_train::cluster::{Cluster, ClusterConfig, Transport, resolve_peer};
 use ringsam_train::run::{RunOptions, train, train_replica};
 
 use crate::process::{available_memory, cluster_secret, stop_on_signals, stopped, usage};
@@ -118,20 +116,6 @@ pub struct LaunchArgs {
     pub train_args: Vec<String>,
 }
 
-/// Resolves `addr`, retrying until `deadline` (its pod, and DNS record, may not exist yet) unless
-/// `stop` is set.
-fn resolve(addr: &str, deadline: Instant, stop: &AtomicBool) -> Result<SocketAddr> {
-    loop {
-        match addr.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => return Ok(a),
-            Ok(None) => bail!("{addr}: no address"),
-            Err(e) if Instant::now() >= deadline => return Err(e).with_context(|| format!("resolving peer {addr}")),
-            Err(_) if stop.load(Ordering::SeqCst) => return Err(TrainError::Stopped(format!("while resolving peer {addr}")).into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(500)),
-        }
-    }
-}
-
 /// Runs one replica.
 pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     // Signals count from the start: a worker waiting minutes for its peers must still stop.
@@ -165,7 +149,8 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         return crate::worker_elastic::worker_elastic(args, &cfg, rank, min, names, transport, stop);
     }
     let deadline = Instant::now() + timeout;
-    let peers = names.iter().map(|n| resolve(n, deadline, &stop)).collect::<Result<Vec<_>>>()?;
+    let waiting = &mut |l: &str| eprintln!("ringsam: rank {rank}: {l}");
+    let peers = names.iter().map(|n| resolve_peer(n, deadline, &stop, waiting)).collect::<Result<Vec<_>, _>>()?;
     let cluster_cfg = ClusterConfig {
         rank,
         peers,

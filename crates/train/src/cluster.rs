@@ -11,9 +11,9 @@
 //! the same host at the next port. Transports are the collective crate's: QUIC (mutual TLS with a
 //! cluster CA) or TCP (HMAC handshake over a cluster secret).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringsam_collective::transport::{Link, form_ring};
 use ringsam_collective::{PendingAllreduce, ReduceOp, RingConfig, RingHandle, group_of};
@@ -192,6 +192,43 @@ pub fn one_thread_runtime(name: &str) -> Result<tokio::runtime::Runtime, TrainEr
         .map_err(|e| TrainError::Runtime(format!("starting the {name} runtime: {e}")))
 }
 
+/// Resolves a peer's `host:port`, waiting for its DNS record until `deadline` (or `stop`): a pod's
+/// record appears only once the pod exists, and a replaced pod's record changes. Retries back off
+/// from 100 ms to 5 s, so a thousand pods waiting for a late one do not flood the cluster's DNS.
+/// `waiting` hears once that the name does not resolve yet.
+pub fn resolve_peer(name: &str, deadline: Instant, stop: &AtomicBool, waiting: &mut dyn FnMut(&str)) -> Result<SocketAddr, TrainError> {
+    let mut pause = Duration::from_millis(100);
+    let mut told = false;
+    loop {
+        let why = match name.to_socket_addrs() {
+            Ok(mut addrs) => match addrs.next() {
+                Some(a) => return Ok(a),
+                None => "no address".to_string(),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                return Err(TrainError::Config(format!("peer address {name:?}: {e} (expected host:port)")));
+            }
+            Err(e) => e.to_string(),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ring_err("resolving a peer", format!("{name} does not resolve ({why})")));
+        }
+        if !told {
+            waiting(&format!("waiting for {name} to resolve ({why})"));
+            told = true;
+        }
+        let until = (now + pause).min(deadline);
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return Err(TrainError::Stopped(format!("while resolving peer {name}")));
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// A ring failure as a training error.
 pub fn ring_err(what: &str, e: impl std::fmt::Display) -> TrainError {
     TrainError::Ring(format!("{what}: {e}"))
@@ -213,4 +250,39 @@ async fn until_stopped<T>(work: impl std::future::Future<Output = T>, stop: &Ato
 async fn form(cfg: &ClusterConfig, ring: RingConfig, listen: SocketAddr, next: SocketAddr) -> Result<RingHandle, String> {
     let link = Link { listen, next, connect_timeout: cfg.connect_timeout, on_refusal: cfg.on_refusal.clone() };
     form_ring(&cfg.transport, ring, link).await.map(|(handle, _)| handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_resolves_at_once_or_is_waited_for_until_the_deadline() {
+        let stop = AtomicBool::new(false);
+        let mut heard = Vec::new();
+        let soon = Instant::now() + Duration::from_secs(5);
+        let a = resolve_peer("127.0.0.1:29500", soon, &stop, &mut |l| heard.push(l.to_string())).unwrap();
+        assert_eq!(a, "127.0.0.1:29500".parse().unwrap());
+        assert!(heard.is_empty());
+
+        // `.invalid` never resolves (RFC 6761): waited for, told once, then a ring error.
+        let t0 = Instant::now();
+        let e = resolve_peer("ringsam-9.nowhere.invalid:29500", t0 + Duration::from_millis(400), &stop, &mut |l| heard.push(l.to_string()))
+            .unwrap_err();
+        assert!(t0.elapsed() >= Duration::from_millis(400), "gave up early: {e}");
+        assert!(matches!(e, TrainError::Ring(ref m) if m.contains("ringsam-9.nowhere.invalid:29500")), "{e}");
+        assert_eq!(heard.len(), 1, "{heard:?}");
+    }
+
+    #[test]
+    fn a_malformed_address_is_a_configuration_error_and_a_stop_ends_the_wait() {
+        let stop = AtomicBool::new(false);
+        let later = Instant::now() + Duration::from_secs(60);
+        let e = resolve_peer("ringsam-0.ringsam", later, &stop, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, TrainError::Config(_)), "{e}");
+        stop.store(true, Ordering::SeqCst);
+        let t0 = Instant::now();
+        let e = resolve_peer("ringsam-9.nowhere.invalid:1", later, &stop, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, TrainError::Stopped(_)) && t0.elapsed() < Duration::from_secs(5), "{e}");
+    }
 }

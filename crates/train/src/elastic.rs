@@ -31,7 +31,7 @@ use ringsam_collective::transport::Refusals;
 use ringsam_membership::{Event, Membership, MembershipConfig, Slot, StateSource, StateTag};
 
 use crate::TrainError;
-use crate::cluster::{Cluster, ClusterAborter, ClusterConfig, Transport, one_thread_runtime, ring_err};
+use crate::cluster::{Cluster, ClusterAborter, ClusterConfig, Transport, one_thread_runtime, resolve_peer, ring_err};
 use crate::config::TrainConfig;
 use crate::run::{RunOptions, RunSummary};
 use crate::trainer::Trainer;
@@ -85,9 +85,10 @@ pub fn train_elastic(
     let mut trainer = Trainer::build(&cfg, opts, None, log)?;
     let mut held: Option<StateTag> = None; // the state this worker holds in memory
     let mut lost_at: Option<Instant> = None;
+    let mut failing_since: Option<Instant> = None; // rings failing to form since then
     loop {
         control.set_state(held);
-        let (membership, source, rank) = match wait_formed(&control, opts, &mut trainer, &run_dir)? {
+        let (membership, source, rank) = match wait_formed(&control, opts, &mut trainer, &run_dir, ecfg.connect_timeout)? {
             Waited::Formed(m, source, rank) => (m, source, rank),
             Waited::RunFinished { step, generation } => {
                 trainer.log(&format!(
@@ -100,10 +101,23 @@ pub fn train_elastic(
         };
         let generation = membership.generation;
         let started = Instant::now();
-        let cluster = match connect(ecfg, &membership, rank, opts) {
-            Ok(c) => c,
+        let cluster = match connect(ecfg, &membership, rank, opts, &mut |l| trainer.log(l)) {
+            Ok(c) => {
+                failing_since = None;
+                c
+            }
             Err(TrainError::Stopped(why)) => return Err(TrainError::Stopped(why)),
             Err(e) => {
+                // Rings that keep failing to form for the whole connect timeout (a peer's name
+                // never resolves, a firewall): exit, so that the pod is replaced and the operator
+                // sees why, instead of re-forming forever.
+                let since = *failing_since.get_or_insert(started);
+                if since.elapsed() >= ecfg.connect_timeout {
+                    return Err(ring_err(
+                        "forming the rings",
+                        format!("no generation formed in {} s of trying; the last failure: {e}", ecfg.connect_timeout.as_secs()),
+                    ));
+                }
                 trainer.log(&format!("generation {generation}: forming the rings failed ({e}); re-forming"));
                 control.ring_failed(generation);
                 continue;
@@ -205,11 +219,26 @@ enum Waited {
 
 /// Waits for a generation with this worker in it, or for the run to be finished by others;
 /// logs the changes on the way.
-fn wait_formed(control: &Control, opts: &RunOptions, trainer: &mut Trainer<'_>, run_dir: &std::path::Path) -> Result<Waited, TrainError> {
+/// Gives up after `timeout` without one (too few workers came: the pod exits 1 and is replaced,
+/// which also tells the operator, rather than waiting unseen forever).
+fn wait_formed(
+    control: &Control,
+    opts: &RunOptions,
+    trainer: &mut Trainer<'_>,
+    run_dir: &std::path::Path,
+    timeout: Duration,
+) -> Result<Waited, TrainError> {
     let target = trainer.target_steps();
+    let deadline = Instant::now() + timeout;
     loop {
         if opts.stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(TrainError::Stopped(format!("while re-forming at step {}", trainer.steps())));
+        }
+        if Instant::now() >= deadline {
+            return Err(ring_err(
+                "waiting for a generation",
+                format!("too few workers answered in {} s (--connect_timeout) to form one", timeout.as_secs()),
+            ));
         }
         if let Some((step, generation)) = crate::finished_record::read(run_dir).filter(|&(step, _)| step >= target) {
             return Ok(Waited::RunFinished { step, generation });
@@ -225,15 +254,18 @@ fn wait_formed(control: &Control, opts: &RunOptions, trainer: &mut Trainer<'_>, 
 }
 
 /// The generation's rings, members' addresses resolved now.
-fn connect(ecfg: &ElasticConfig, membership: &Membership, rank: usize, opts: &RunOptions) -> Result<Cluster, TrainError> {
+fn connect(
+    ecfg: &ElasticConfig,
+    membership: &Membership,
+    rank: usize,
+    opts: &RunOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<Cluster, TrainError> {
     let mut peers = Vec::new();
+    let deadline = Instant::now() + ecfg.connect_timeout;
     for slot in membership.slots() {
         let name = ecfg.ring_addrs.get(slot.0 as usize).ok_or_else(|| TrainError::Config(format!("no ring address for {slot}")))?;
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(name)
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| ring_err("resolving a member", format!("{slot} ({name}) does not resolve")))?;
-        peers.push(addr);
+        peers.push(resolve_peer(name, deadline, &opts.stop, log)?);
     }
     let generation = u32::try_from(membership.generation)
         .map_err(|_| TrainError::Runtime(format!("generation {} is past the ring's 32 bits", membership.generation)))?;
