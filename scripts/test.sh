@@ -11,10 +11,14 @@
 #    script says that they did not run;
 # 4. the `unsafe` modules' tests under valgrind memcheck (scripts/memcheck.sh, ~40 s);
 # 5. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
-#    its own, created on first run), using the binary step 2 left in target/debug.
-# The container image (tests/container.rs → scripts/image_check.sh) is tested in step 1 when a
-# Docker daemon and root are present (its base image is debootstrapped once and cached); the test
-# says NOT RUN otherwise.
+#    its own, created on first run), using the binary step 2 left in target/debug;
+# 6. k8s/ rendered with kubectl's kustomize (and Debian's kustomize v2.0.3), validated against
+#    Kubernetes 1.33's schemas and the JobSet CRD, and its pods checked against `ringsam worker`
+#    (scripts/k8s_check.sh; a venv of its own).
+# The container image and the Kubernetes Job's pods as containers (tests/container.rs →
+# scripts/image_check.sh, scripts/k8s_local.sh) are tested in step 1 when a Docker daemon and
+# root are present (the base image is debootstrapped once and cached); the tests say NOT RUN
+# otherwise.
 # Fixtures are committed; regenerating them (tests/fixtures/make_wrn_fixture.py) is not part of
 # the test run.
 set -euo pipefail
@@ -48,3 +52,4 @@ else
 fi
 ./scripts/memcheck.sh
 ./scripts/interop_check.sh target/debug/ringsam
+./scripts/k8s_check.sh target/debug/ringsam
