@@ -21,6 +21,10 @@ mirror=${RINGSAM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 [ -x "$binary" ] || { echo "local_image.sh: no binary at $binary (cargo build first)" >&2; exit 2; }
 command -v docker >/dev/null || { echo "local_image.sh: docker not found" >&2; exit 2; }
+# One build at a time (tests build images in parallel): the base and .docker-bin are shared.
+mkdir -p "$cache"
+exec 9>"$cache/local_image.lock"
+flock 9
 
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     tarball=$cache/debootstrap-bookworm-minbase.tar
