@@ -204,6 +204,32 @@ fn a_killed_worker_comes_back_and_the_run_ends_bitwise_as_if_nothing_happened() 
     assert_same_samples(&job, &taken, "kill and restart");
 }
 
+/// A drained or deleted pod: SIGTERM to one worker. It checkpoints with the others and exits 143;
+/// they go on (waiting for it, with `--min_replicas 3`) instead of stopping too, and when it comes
+/// back the run ends bitwise equal to an uninterrupted one.
+#[test]
+fn a_worker_stopped_by_sigterm_leaves_alone_and_the_run_ends_bitwise() {
+    let _ports = crate::util::ports_lock();
+    let (reference, taken) = uninterrupted("WideResnet10x1");
+    let job = Job::new("3", "WideResnet10x1");
+    let mut children: Vec<Option<Child>> = (0..3).map(|s| Some(job.spawn(s))).collect();
+    wait_for_step(&job, 0, 8);
+    let leaver = children[2].take().unwrap();
+    signal(&leaver, libc::SIGTERM);
+    let status = wait(leaver, Duration::from_secs(60), "slot 2 after SIGTERM", &job);
+    assert_eq!(status.code(), Some(143), "slot 2 exits as stopped\n{}", job.text(2));
+    assert!(job.text(2).contains("stop requested: checkpoint at step"), "{}", job.text(2));
+    std::thread::sleep(Duration::from_secs(1)); // time to stop, had they been told to
+    for (s, child) in children.iter_mut().enumerate().take(2) {
+        let still = child.as_mut().unwrap().try_wait().unwrap();
+        assert!(still.is_none(), "slot {s} stopped with slot 2: {still:?}\n{}", job.text(s));
+    }
+    children[2] = Some(job.spawn(2)); // the replacement pod
+    finish(children, &job);
+    assert!(final_model(&job.run_dir()) == reference, "bitwise equal after a SIGTERM to one worker\n{}", generations(&job).join("\n"));
+    assert_same_samples(&job, &taken, "SIGTERM to one worker");
+}
+
 #[test]
 fn survivors_go_on_as_two_and_end_equal_within_summation_order() {
     let _ports = crate::util::ports_lock();

@@ -14,7 +14,7 @@
 //!
 //! A stop request (SIGTERM / Ctrl-C, a flag the binary sets) is acted on after the step in
 //! progress: a checkpoint at that step, then [`TrainError::Interrupted`] ([`Trainer::stop`], the
-//! one stop path). A step that leaves a non-finite loss, gradient or parameter norm ends the run
+//! one stop path; in an elastic run only the replicas asked to stop leave, the others go on). A step that leaves a non-finite loss, gradient or parameter norm ends the run
 //! with [`TrainError::NonFinite`].
 //!
 //! Data-parallel: every replica runs this loop on its share of each global batch; gradients are
@@ -332,10 +332,10 @@ impl<'a> Trainer<'a> {
             let (r, agreed) = self.train_step(batch, queued)?;
             sums.add(&r, self.schedule.lr_at(self.st.steps() - 1));
             self.show_step(&sums);
-            if agreed.stop {
+            if agreed.stop && self.leaves_on_stop() {
                 return Err(self.stop());
             }
-            if agreed.save {
+            if agreed.save || agreed.stop {
                 self.checkpoint()?;
             }
             if self.cfg.max_steps.is_some_and(|m| self.st.steps() >= m) {
@@ -539,6 +539,16 @@ impl<'a> Trainer<'a> {
 
     /// The one stop path: a checkpoint at this step, the rings closed, then
     /// [`TrainError::Interrupted`] for the caller to return.
+    /// Whether this replica stops when the replicas agreed to. Outside elastic runs every replica
+    /// does (a stop anywhere ends the job, all at one step, the checkpoint at that step). In an
+    /// elastic run only the replicas asked to stop leave; the others take part in the same
+    /// checkpoint and go on, and the leavers' absence is a loss the next step sees, so they re-form
+    /// without them. A drained or deleted pod then costs its peers no restart. When every pod is
+    /// stopped, the later signals reach the others while they re-form, and the checkpoint is there.
+    fn leaves_on_stop(&self) -> bool {
+        self.generation == 0 || self.opts.stop.load(Ordering::SeqCst)
+    }
+
     fn stop(&mut self) -> TrainError {
         self.progress.abandon();
         let step = self.st.steps();
