@@ -241,6 +241,9 @@ def check_worker(where, docs, spec, tmpl, hostnames, subdomain, interface, binar
     world = int(env.get("RINGSAM_WORLD_SIZE", "0"))
     if not (world == spec.get("completions") == spec.get("parallelism")):
         fail(where, f"RINGSAM_WORLD_SIZE {world}, completions {spec.get('completions')}, parallelism {spec.get('parallelism')}: all must agree")
+    min_replicas = int(env.get("RINGSAM_MIN_REPLICAS", world))
+    if not world // 2 < min_replicas <= world:
+        fail(where, f"RINGSAM_MIN_REPLICAS {min_replicas} of {world} slots: a majority is needed to make progress")
     if spec.get("completionMode") != "Indexed" or pod.get("restartPolicy") != "Never":
         fail(where, "needs completionMode Indexed and restartPolicy Never")
     rules = spec.get("podFailurePolicy", {}).get("rules", [])

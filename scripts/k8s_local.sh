@@ -8,9 +8,12 @@
 #   2. `docker kill` of pod 1 mid-run, and a replacement under the same name with a different IP
 #      (as the Job controller does): the workers recover through the elastic path and end with
 #      the reference's final parameters, bit for bit;
-#   3. `docker stop` (SIGTERM, the pod's grace period) of every pod: each exits 143 after a
-#      checkpoint; new pods resume from it and again end with the reference's parameters;
-#   4. pod 1 given a certificate from another CA: it is refused, and both pods' logs say why.
+#   3. `docker stop` (SIGTERM, the pod's grace period) of pod 1 alone, as a node drain does: it
+#      exits 143 after a checkpoint while pod 0 goes on; its replacement rejoins, and the run
+#      ends with the reference's parameters;
+#   4. `docker stop` of every pod: each exits 143 after a checkpoint; new pods resume from it and
+#      again end with the reference's parameters;
+#   5. pod 1 given a certificate from another CA: it is refused, and both pods' logs say why.
 #
 #   scripts/k8s_local.sh [BINARY]      (default target/debug/ringsam; tests/container.rs runs it)
 #
@@ -127,7 +130,26 @@ recovered=$(docker logs ringsam-0 2>&1 | grep -E 'generation [0-9]+: 2 replicas'
 say "2. pod 1 killed and replaced (new IP ${net}21): recovered, final model bitwise equal: ok (${recovered#*: })"
 docker rm "${pods[@]}" >/dev/null
 
-# 3. SIGTERM to every pod, then new pods resume.
+# 3. SIGTERM to pod 1 alone (a drained node): it leaves after a checkpoint, pod 0 goes on.
+fresh drain && secret_dir "$work/drain/secrets"
+start 0 "${net}10" "$work/drain/volumes" "$work/drain/secrets"
+start 1 "${net}11" "$work/drain/volumes" "$work/drain/secrets"
+wait_log ringsam-0 'step 20/' 300
+docker stop -t "$(grace)" ringsam-1 >/dev/null
+code=$(docker inspect -f '{{.State.ExitCode}}' ringsam-1)
+[ "$code" = 143 ] || fail "ringsam-1: exit code $code after SIGTERM, expected 143"
+sleep 2
+[ "$(docker inspect -f '{{.State.Running}}' ringsam-0)" = true ] || fail "pod 0 stopped with the drained pod 1"
+docker rm ringsam-1 >/dev/null
+start 1 "${net}22" "$work/drain/volumes" "$work/drain/secrets"
+for p in "${pods[@]}"; do
+    [ "$(wait_exit "$p" 600)" = 0 ] || fail "$p did not succeed after the drain"
+done
+[ "$(final_model drain)" = "$reference" ] || fail "after the drain, the final model differs from the reference"
+say "3. SIGTERM to pod 1 alone (a drain): it exited 143, pod 0 went on, the new pod 1 rejoined; final model bitwise equal: ok"
+docker rm "${pods[@]}" >/dev/null
+
+# 4. SIGTERM to every pod, then new pods resume.
 fresh stop && secret_dir "$work/stop/secrets"
 start 0 "${net}10" "$work/stop/volumes" "$work/stop/secrets"
 start 1 "${net}11" "$work/stop/volumes" "$work/stop/secrets"
@@ -147,17 +169,17 @@ for p in "${pods[@]}"; do
 done
 resumed=$(docker logs ringsam-0 2>&1 | grep -E 'checkpoint' | head -1)
 [ "$(final_model stop)" = "$reference" ] || fail "after the restart, the final model differs from the reference"
-say "3. SIGTERM to every pod: exit 143 with a checkpoint; new pods resumed and ended bitwise equal: ok ($resumed)"
+say "4. SIGTERM to every pod: exit 143 with a checkpoint; new pods resumed and ended bitwise equal: ok ($resumed)"
 docker rm "${pods[@]}" >/dev/null
 
-# 4. Pod 1 with a certificate of another CA (the cluster secret right): refused, and said why.
+# 5. Pod 1 with a certificate of another CA (the cluster secret right): refused, and said why.
 fresh cert && secret_dir "$work/cert/secrets"
 secret_dir "$work/cert/other" "$(cat "$work/cert/secrets/ringsam-certs/cluster-secret")"
 start 0 "${net}10" "$work/cert/volumes" "$work/cert/secrets"
 start 1 "${net}11" "$work/cert/volumes" "$work/cert/other"
 wait_log ringsam-0 'refused' 120
 wait_log ringsam-1 'certificate' 120
-say "4. a wrong certificate is refused: ok"
+say "5. a wrong certificate is refused: ok"
 say "   pod 0: $(docker logs ringsam-0 2>&1 | grep -m1 refused)"
 say "   pod 1: $(docker logs ringsam-1 2>&1 | grep -m1 certificate)"
 say "all passed"
