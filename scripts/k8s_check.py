@@ -149,7 +149,7 @@ def check_other_commands(d, doc, binary):
     must be the subcommand's, as its help lists them."""
     for c in containers(doc):
         args = c.get("args", [])
-        if not c["image"].startswith("ringsam:") or not args or args[0] == "worker":
+        if not c["image"].startswith("ringsam:") or "command" in c or not args or args[0] == "worker":
             continue
         words = [a for a in args[: next((i for i, a in enumerate(args) if a.startswith("--")), len(args))]]
         out = subprocess.run([binary, *words, "--help"], capture_output=True, text=True)
@@ -388,7 +388,8 @@ def main():
                 if recipe and open(recipe).read() != doc["data"]["run.toml"]:
                     fail(d, f"ConfigMap run.toml differs from {recipe}")
             check_other_commands(d, doc, binary)
-            if doc["kind"] == "Job" and doc["metadata"]["name"] != "ringsam-data-pack":
+            runs_worker = any(c.get("args", [None])[0] == "worker" for c in containers(doc))
+            if doc["kind"] == "Job" and runs_worker:
                 t = doc["spec"]["template"]
                 c = check_worker(f"{d}: Job", docs, doc["spec"], t, doc["metadata"]["name"] + "-{i}", t["spec"].get("subdomain"), interface, binary)
             elif doc["kind"] == "JobSet":

@@ -3,7 +3,8 @@
 # of the real image on a Docker network, started from the rendered manifest (env, args, mounts,
 # security context, limits: scripts/k8s_pod.py), each named and aliased as the headless Service's
 # DNS name (`ringsam-0.ringsam`, …), with a host folder as the ReadWriteMany volume and the Secret
-# made by `ringsam certs --k8s-secret`. Then:
+# made by `ringsam certs --k8s-secret`; each scenario's fresh volume is prepared by the
+# extras/volume-setup Job's pod, as on storage that ignores fsGroup. Then:
 #   1. the job trains to the end (the reference);
 #   2. `docker kill` of pod 1 mid-run, and a replacement under the same name with a different IP
 #      (as the Job controller does): the workers recover through the elastic path and end with
@@ -30,7 +31,7 @@ network=ringsam-k8s-$id
 pods=(ringsam-0 ringsam-1)
 say() { echo "k8s_local: $*" >&2; }
 cleanup() {
-    docker rm -f "${pods[@]}" >/dev/null 2>&1 || true
+    docker rm -f "${pods[@]}" ringsam-volume-setup-0 >/dev/null 2>&1 || true
     docker network rm "$network" >/dev/null 2>&1 || true
     docker image rm -f "$tag" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -44,6 +45,7 @@ fail() {
 
 scripts/local_image.sh "$binary" "$tag" >/dev/null 2>"$work/build.log" || { cat "$work/build.log" >&2; fail "building the image"; }
 "${KUBECTLS[0]}" kustomize k8s/overlays/cpu-smoke >"$work/job.yaml" 2>/dev/null
+"${KUBECTLS[0]}" kustomize k8s/extras/volume-setup >"$work/setup.yaml" 2>/dev/null
 # A network whose addresses this script picks, so that a replacement pod gets a new one.
 for _ in 1 2 3 4 5; do
     net=10.213.$((RANDOM % 250)).
@@ -73,10 +75,17 @@ start() {
     "${words[@]}" >/dev/null
 }
 grace() { sed -n 's/^grace=//p' "$work/grace"; }
-# fresh NAME: a new volume folder for a scenario, writable by the pods' user.
+# fresh NAME: a new, empty volume for a scenario, root's as a new NFS export is (Docker, like
+# such storage, ignores fsGroup), prepared by the extras/volume-setup Job's pod.
 fresh() {
-    mkdir -p "$work/$1/volumes/ringsam-shared/runs" "$work/$1/volumes/ringsam-shared/data"
-    chown -R 10001:10001 "$work/$1/volumes/ringsam-shared"
+    local words
+    mkdir -p "$work/$1/volumes/ringsam-shared"
+    mapfile -d '' words < <("$K8S_PYTHON" scripts/k8s_pod.py "$work/setup.yaml" 0 --image "$tag" \
+        --network "$network" --ip "${net}30" --volumes "$work/$1/volumes" --secrets "$work/$1/secrets" 2>/dev/null)
+    "${words[@]}" >/dev/null
+    [ "$(wait_exit ringsam-volume-setup-0 60)" = 0 ] || fail "the volume-setup pod failed: $(docker logs ringsam-volume-setup-0 2>&1)"
+    docker rm ringsam-volume-setup-0 >/dev/null
+    [ "$(stat -c %u "$work/$1/volumes/ringsam-shared/runs")" = 10001 ] || fail "volume-setup did not give runs/ to uid 10001"
 }
 wait_exit() { # POD SECONDS → its exit code
     local code

@@ -13,11 +13,13 @@ last line as `grace=N`. What maps to what:
 - a persistentVolumeClaim mount with subPath → a bind mount of DIR/volumes/<claim>/<subPath>;
   a configMap → DIR/volumes/configmap-<name>/ (its keys written there); a Secret →
   DIR/secrets/<secret>/; an emptyDir → a tmpfs (memory-backed for /dev/shm: --shm-size);
-- securityContext: user and group, fsGroup as a supplementary group, capabilities dropped, no
-  privilege escalation, a read-only root filesystem; resources.limits: --cpus and --memory.
+- securityContext (the pod's, the container's over it): user and group, fsGroup as a
+  supplementary group, capabilities dropped, no privilege escalation, a read-only root
+  filesystem; resources.limits: --cpus and --memory; `command` as the entry point.
 """
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -27,10 +29,17 @@ import yaml
 INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
+def quantity(q):
+    """A Kubernetes quantity ("1.5Gi", "500m", "2") as a number."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "m": 1e-3, "": 1}
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", str(q))
+    if not m or m.group(2) not in units:
+        sys.exit(f"k8s_pod: quantity {q!r} not understood")
+    return float(m.group(1)) * units[m.group(2)]
+
+
 def quantity_bytes(q):
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
-    m = re.fullmatch(r"(\d+)([A-Za-z]*)", str(q))
-    return int(m.group(1)) * units.get(m.group(2), 1)
+    return int(quantity(q))
 
 
 def main():
@@ -51,7 +60,9 @@ def main():
     c = pod["containers"][0]
     name = f"{job['metadata']['name']}-{a.index}"
     words = ["docker", "run", "-d", "--name", name, "--hostname", name, "--network", a.network, "--ip", a.ip]
-    words += ["--network-alias", f"{name}.{pod['subdomain']}", "--pull=never"]
+    if "subdomain" in pod:
+        words += ["--network-alias", f"{name}.{pod['subdomain']}"]
+    words += ["--pull=never"]
 
     limits = c.get("resources", {}).get("limits", {})
     env = {}
@@ -67,7 +78,11 @@ def main():
             with open(os.path.join(a.secrets, ref["name"], ref["key"])) as f:
                 env[e["name"]] = f.read()
         elif src.get("resourceFieldRef", {}).get("resource") == "limits.cpu":
-            env[e["name"]] = str(max(1, -(-int(float(limits.get("cpu", "1"))) // 1)))
+            # Kubernetes rounds up to whole cores (divisor 1); without a limit it would give the
+            # node's allocatable cores: the check's pods always have a limit.
+            if "cpu" not in limits:
+                sys.exit("k8s_pod: limits.cpu referenced but not set")
+            env[e["name"]] = str(max(1, math.ceil(quantity(limits["cpu"]))))
         else:
             sys.exit(f"k8s_pod: env {e['name']}: unsupported source {src}")
     env["JOB_COMPLETION_INDEX"] = str(a.index)  # the Job controller's, in every container
@@ -105,8 +120,9 @@ def main():
 
     sec = pod.get("securityContext", {})
     csec = c.get("securityContext", {})
-    if "runAsUser" in sec:
-        words += ["--user", f"{sec['runAsUser']}:{sec.get('runAsGroup', sec['runAsUser'])}"]
+    user = csec.get("runAsUser", sec.get("runAsUser"))
+    if user is not None:
+        words += ["--user", f"{user}:{csec.get('runAsGroup', sec.get('runAsGroup', user))}"]
     if "fsGroup" in sec:
         words += ["--group-add", str(sec["fsGroup"])]
     for cap in csec.get("capabilities", {}).get("drop", []):
@@ -116,10 +132,13 @@ def main():
     if csec.get("readOnlyRootFilesystem"):
         words += ["--read-only"]
     if "cpu" in limits:
-        words += ["--cpus", str(float(limits["cpu"]))]
+        words += ["--cpus", str(quantity(limits["cpu"]))]
     if "memory" in limits:
         words += ["--memory", str(quantity_bytes(limits["memory"]))]
-    words += [a.image, *c.get("args", [])]
+    command = c.get("command", [])
+    if command:
+        words += ["--entrypoint", command[0]]
+    words += [a.image, *command[1:], *c.get("args", [])]
     sys.stdout.write("\0".join(words) + "\0")
     print(f"grace={pod.get('terminationGracePeriodSeconds', 30)}", file=sys.stderr)
 
