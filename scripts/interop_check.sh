@@ -4,11 +4,9 @@
 # Creates .venv-interop (once) from scripts/interop-requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 venv=.venv-interop
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/interop-requirements.txt
-fi
+ensure_venv "$venv" scripts/interop-requirements.txt
 bin=${1:-}
 if [ -z "$bin" ]; then
     cargo build --release --locked --bin ringsam

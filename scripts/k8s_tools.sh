@@ -22,8 +22,6 @@ if [ ${#KUBECTLS[@]} = 0 ]; then
     echo "k8s: no kubectl to render k8s/ with (apt-get install kubernetes-client)" >&2
     exit 1
 fi
-if [ ! -x .venv-k8s/bin/python ]; then
-    python3 -m venv .venv-k8s
-    .venv-k8s/bin/pip install -q --disable-pip-version-check -r scripts/k8s-requirements.txt
-fi
+source scripts/venv.sh
+ensure_venv .venv-k8s scripts/k8s-requirements.txt
 K8S_PYTHON=.venv-k8s/bin/python

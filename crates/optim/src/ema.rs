@@ -27,14 +27,20 @@ impl Ema {
 
     /// Folds in the values after step `step`.
     pub fn update(&mut self, step: u64, params: &[f32], state: &[f32]) {
-        let d = if step < self.warmup {
+        let d = self.decay_at(step);
+        for (a, &b) in self.params.iter_mut().zip(params).chain(self.state.iter_mut().zip(state)) {
+            *a = (1.0 - d) * b + d * *a;
+        }
+    }
+
+    /// The weight of the old average at `step`: 0 (a copy) before the warm-up ends, then
+    /// `min(decay, (1 + Δ)/(10 + Δ))` with Δ the steps since, as the reference ramps it.
+    pub fn decay_at(&self, step: u64) -> f32 {
+        if step < self.warmup {
             0.0
         } else {
             let delta = (step - self.warmup) as f32;
             self.decay.min((1.0 + delta) / (10.0 + delta))
-        };
-        for (a, &b) in self.params.iter_mut().zip(params).chain(self.state.iter_mut().zip(state)) {
-            *a = (1.0 - d) * b + d * *a;
         }
     }
 }

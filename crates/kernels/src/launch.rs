@@ -1,0 +1,152 @@
+//! How a kernel is launched: its shape (grid and block), its arguments, and the [`Launcher`] that
+//! runs it: cudarc on a GPU, or the emulation on the CPU (`crates/kernels-emu`).
+
+use std::marker::PhantomData;
+
+/// Threads per block of the element-wise kernels.
+pub const BLOCK: u32 = 256;
+/// Threads per block of the reductions: `REDUCE_BLOCK` in `cu/reduce.cu`, a power of two.
+pub const REDUCE_BLOCK: u32 = 256;
+/// The most blocks an element-wise launch uses; each thread loops over the rest (grid-stride), so
+/// a launch's cost does not grow with blocks that would each do a few elements.
+pub const MAX_GRID: u32 = 65_535;
+/// The most partial sums a reduction makes (its first pass's blocks): `sum_partials` adds them in
+/// one block, each thread a few.
+pub const MAX_PARTIALS: usize = 1024;
+/// Elements each reduction thread sums at least, before blocks are added.
+const REDUCE_PER_THREAD: usize = 8;
+
+/// A 1-D launch: `grid` blocks of `block` threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// Blocks.
+    pub grid: u32,
+    /// Threads per block.
+    pub block: u32,
+}
+
+impl Launch {
+    /// An element-wise kernel over `n` elements.
+    pub fn elementwise(n: usize) -> Launch {
+        Launch { grid: n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID as usize) as u32, block: BLOCK }
+    }
+
+    /// The first pass of a reduction over `n` elements: one partial sum per block.
+    pub fn reduction(n: usize) -> Launch {
+        let blocks = n.div_ceil(REDUCE_BLOCK as usize * REDUCE_PER_THREAD).clamp(1, MAX_PARTIALS);
+        Launch { grid: blocks as u32, block: REDUCE_BLOCK }
+    }
+
+    /// The second pass: one block adding the first pass's partials.
+    pub fn final_sum() -> Launch {
+        Launch { grid: 1, block: REDUCE_BLOCK }
+    }
+}
+
+/// A buffer of `T` where the launcher's kernels can reach it: a device address on a GPU, a host
+/// address under emulation. Plain data: the launcher's owner keeps the memory alive.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Buf<T> {
+    addr: u64,
+    len: usize,
+    elem: PhantomData<T>,
+}
+
+impl<T> Clone for Buf<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Buf<T> {}
+
+impl<T> Buf<T> {
+    /// `len` elements at `addr`.
+    ///
+    /// # Safety
+    /// `addr` must point to `len` valid `T`s, on the device the launcher runs on, for as long
+    /// as the `Buf` (or a copy of it) is launched with.
+    pub unsafe fn new(addr: u64, len: usize) -> Self {
+        Buf { addr, len, elem: PhantomData }
+    }
+
+    /// Its address.
+    pub fn addr(self) -> u64 {
+        self.addr
+    }
+
+    /// Its elements.
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// Elements `range` of it (a layer's parameters within the arena, a decayed range).
+    pub fn slice(self, range: std::ops::Range<usize>) -> Buf<T> {
+        assert!(range.start <= range.end && range.end <= self.len, "Buf::slice: {range:?} of {} elements", self.len);
+        Buf { addr: self.addr + (range.start * std::mem::size_of::<T>()) as u64, len: range.len(), elem: PhantomData }
+    }
+}
+
+/// One kernel argument, in the order the kernel declares its parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    /// A pointer (a [`Buf`]'s address).
+    Ptr(u64),
+    /// A `float`.
+    F32(f32),
+    /// An `unsigned long long` (element counts).
+    U64(u64),
+}
+
+impl<T> From<Buf<T>> for Arg {
+    fn from(b: Buf<T>) -> Arg {
+        Arg::Ptr(b.addr)
+    }
+}
+
+/// A kernel that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The launcher refused or failed the launch (no such kernel, a driver error).
+    #[error("kernel {kernel}: {why}")]
+    Launch {
+        /// The kernel's name.
+        kernel: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// Buffers that must be the same length are not.
+    #[error("{op}: buffers of {got} elements where {want} were expected")]
+    Length {
+        /// The operation.
+        op: &'static str,
+        /// The length found.
+        got: usize,
+        /// The length expected.
+        want: usize,
+    },
+    /// Reading a result back failed.
+    #[error("reading back {what}: {why}")]
+    Read {
+        /// What was read.
+        what: &'static str,
+        /// Why it failed.
+        why: String,
+    },
+}
+
+/// Runs kernels: the one thing that differs between a GPU and the emulation.
+pub trait Launcher {
+    /// Launches `kernel` (a name from [`crate::SOURCES`]) with `args`, in stream order.
+    fn launch(&mut self, kernel: &'static str, at: Launch, args: &[Arg]) -> Result<(), KernelError>;
+    /// Scratch for reductions: [`MAX_PARTIALS`] partial sums and one total, owned by the
+    /// launcher and reused by every reduction.
+    fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError>;
+    /// Copies `buf` to the host, after every launch before it has finished.
+    fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError>;
+}

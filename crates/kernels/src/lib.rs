@@ -1,0 +1,50 @@
+//! The CUDA engine's own kernels: their CUDA C sources, how each is launched, and the operations
+//! built from them, independent of where the buffers live.
+//!
+//! cuBLAS and cuDNN do the GEMMs and convolutions; everything else the engine does on a GPU is a
+//! kernel here, compiled at run time by NVRTC (cudarc loads it dynamically, so nothing here needs a
+//! CUDA toolkit to build). GPU time is rare for this project, so as much of the kernels as possible
+//! is checked without one:
+//! - the sources are written in a subset of CUDA C that also compiles as C++ under a small
+//!   emulation header (blocks run one after another, a block's threads as OS threads meeting at
+//!   `__syncthreads`): `crates/kernels-emu` runs them so, and its tests hold every kernel to the
+//!   CPU engine's reference (the optimizers and SAM of `ringsam-optim`);
+//! - the operations ([`flat`]) are generic over a [`Launcher`], so the host-side half (launch
+//!   shapes, argument order, the reductions' second pass, the scalars derived from them) is the
+//!   same code under emulation and on the device;
+//! - with the `cuda` feature, [`nvrtc`] compiles every source for the GPU architectures we ship
+//!   for; CI does so with NVIDIA's NVRTC library from PyPI (no GPU needed).
+//!
+//! What only a GPU can check: the launches themselves through cudarc, and cuBLAS/cuDNN.
+
+pub mod flat;
+pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
+
+pub use launch::{Arg, Buf, KernelError, Launch, Launcher};
+
+/// One CUDA C source file and the kernels it defines.
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    /// The file's name under `crates/kernels/cu/` (also NVRTC's name for the program).
+    pub file: &'static str,
+    /// Its text.
+    pub text: &'static str,
+    /// The `extern "C" __global__` functions it defines.
+    pub kernels: &'static [&'static str],
+}
+
+/// Every kernel source.
+pub const SOURCES: &[Source] = &[
+    Source {
+        file: "flat.cu",
+        text: include_str!("../cu/flat.cu"),
+        kernels: &["sam_ascent", "asam_ascent", "nesterov_update", "momentum_update", "rmsprop_update", "scale", "axpy", "ema_update"],
+    },
+    Source {
+        file: "reduce.cu",
+        text: include_str!("../cu/reduce.cu"),
+        kernels: &["sum_squares_blocks", "asam_norm_blocks", "sum_partials"],
+    },
+];
