@@ -7,6 +7,7 @@
 
 mod bench_cmds;
 mod process;
+mod selftest_cmds;
 mod tool_cmds;
 mod train_args;
 mod train_cmds;
@@ -57,6 +58,9 @@ enum Command {
     Worker(Box<train_cmds::WorkerArgs>),
     /// Train data-parallel on this machine: N local workers joined by a ring on loopback.
     Launch(train_cmds::LaunchArgs),
+    /// Check the GPU engine against the CPU engine on a GPU (the device check).
+    #[command(subcommand)]
+    Selftest(selftest_cmds::SelftestCommand),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +97,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Predict(args) => train_cmds::cmd_predict(&args),
         Command::Worker(args) => train_cmds::cmd_worker(&args, sub("worker")),
         Command::Launch(args) => train_cmds::cmd_launch(&args),
+        Command::Selftest(selftest_cmds::SelftestCommand::Kernels(args)) => selftest_cmds::cmd_selftest_kernels(&args),
         Command::Data(DataCommand::Verify(args)) => tool_cmds::cmd_data_verify(&args),
         Command::Data(DataCommand::Pack(args)) => tool_cmds::cmd_data_pack(&args),
         Command::Data(DataCommand::Inspect(args)) => tool_cmds::cmd_data_inspect(&args),

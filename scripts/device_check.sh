@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a lent GPU host (16 cores, one NVIDIA GPU, root, no network) says about ringsam, in one
-# call of the workplace's `device` tool: the CUDA probe, the engine's CPU step, the loader per core
+# call of the workplace's `device` tool: the CUDA probe, the CUDA kernels against the CPU engine
+# (`ringsam selftest kernels`, rehearsed under emulation in CI), the engine's CPU step, the loader per core
 # against Pillow with 1-8 workers, the loopback ring against Gloo with 4 ranks that each have
 # cores of their own, and the ring across 4 namespace hosts at 1 Gbit/s. Each part has its own
 # time limit and a failure moves on to the next part.
@@ -9,13 +10,13 @@
 #   cargo build --release --features cuda,turbojpeg && strip -o .device/ringsam target/release/ringsam
 #   device run: scripts/device_check.sh .device/ringsam      (carry .device)
 # The log goes to $OUT/device.log (or /tmp/device-out). A second argument picks parts (a comma
-# list of host, cuda, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
+# list of host, cuda, kernels, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
 # (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
 # in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2; NETNS_RATES the namespace part's
 # rates (default "1gbit 1gbit 4gbit 10gbit").
 set -u
 bin=${1:-.device/ringsam}
-parts=${2:-host,cuda,step,loader,ring,netns}
+parts=${2:-host,cuda,kernels,step,loader,ring,netns}
 want() { [[ ",$parts," == *",$1,"* ]]; }
 out=${OUT:-/tmp/device-out}
 mkdir -p target/release "$out"
@@ -31,13 +32,21 @@ part() { echo; echo "== $1 ($(date +%T))"; }
   python3 -c "import torch, PIL, numpy; print('torch', torch.__version__, 'Pillow', PIL.__version__)" || true
   command -v ip tc taskset || true
 
+  # The pip wheels' libraries (cuBLAS, cuDNN, NVRTC), in case they are not on the loader path.
+  libs=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/lib*.so*', recursive=True)})))" 2>/dev/null)
   if want cuda; then
-    part "cuda probe (kernels are not written yet: the probe must pass, then 'not implemented')"
+    part "cuda probe (the engine's layers are not on CUDA yet: the probe must pass, then 'not implemented')"
     timeout 60 target/release/ringsam bench step --device cuda --iters 1 2>&1 | tail -3
-    # The pip wheels' libraries (cuBLAS, cuDNN, NVRTC), in case they are not on the loader path.
-    libs=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/lib*.so*', recursive=True)})))" 2>/dev/null)
     echo "with the wheels' library folders on LD_LIBRARY_PATH:"
     LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 60 target/release/ringsam bench step --device cuda --iters 1 2>&1 | tail -3
+  fi
+
+  if want kernels; then
+    # Compiled by NVRTC for this GPU, then each against the CPU engine: element-wise bitwise,
+    # norms to 1e-12; timings at WRN-28-10's parameter count (GB/s against the GPU's memory).
+    part "CUDA kernels vs the CPU engine (ringsam selftest kernels, 36.5 M elements)"
+    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 180 \
+      target/release/ringsam selftest kernels --device cuda --elements 36500000 2>&1 | tail -12
   fi
 
   if want step; then

@@ -63,6 +63,13 @@ fn cuda_device_without_cuda_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--features cuda") || err.contains("not implemented on CUDA"), "{err}");
+    // The GPU self-test too, and it refuses the CPU.
+    for device in ["cuda", "cpu"] {
+        let out = ringsam(&["selftest", "kernels", "--device", device]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--features cuda") || err.contains("checks a GPU"), "{err}");
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! See `ringsam_kernels` for what this checks and what it cannot.
 
 use ringsam_kernels::launch::MAX_PARTIALS;
-use ringsam_kernels::{Arg, Buf, KernelError, Launch, Launcher};
+use ringsam_kernels::{Arg, Buf, KernelError, Launch, Launcher, Memory};
 
 type U64 = u64;
 
@@ -119,5 +119,27 @@ impl Launcher for Emu {
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {
         // SAFETY: a Buf of this launcher's host memory (the contract of host_buf).
         Ok(unsafe { std::slice::from_raw_parts(buf.addr() as *const f64, buf.len()) }.to_vec())
+    }
+}
+
+impl Memory for Emu {
+    type Owned = Vec<f32>;
+
+    fn upload(&mut self, host: &[f32]) -> Result<Vec<f32>, KernelError> {
+        Ok(host.to_vec())
+    }
+
+    fn download(&mut self, buf: &Vec<f32>) -> Result<Vec<f32>, KernelError> {
+        Ok(buf.clone())
+    }
+
+    fn buf(&self, buf: &Vec<f32>) -> Buf<f32> {
+        // SAFETY: the Vec's heap block, which does not move while the Vec lives unresized; the
+        // self-test keeps every buffer alive across the launches given it.
+        unsafe { host_buf(buf) }
+    }
+
+    fn finish(&mut self) -> Result<(), KernelError> {
+        Ok(()) // every emulated launch has finished when it returns
     }
 }

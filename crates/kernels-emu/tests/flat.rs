@@ -1,145 +1,97 @@
-//! The flat-buffer kernels (SAM's ascent, the base optimizers, clipping, weight decay, the EMA),
-//! run under emulation, against the CPU engine (`ringsam-optim`). Element-wise results must be
-//! the CPU's to the bit; norms, summed in double in another order, to 1e-12 relative.
+//! The flat-buffer kernels (SAM's ascent, the base optimizers, clipping, weight decay, the EMA)
+//! under emulation, held to the CPU engine by the very self-test the GPU device check runs
+//! (`ringsam_kernels::selftest`): element-wise results bitwise, norms to 1e-12.
 
 use ringsam_kernels::flat::{self, OptimizerState};
-use ringsam_kernels::{Buf, Launch};
+use ringsam_kernels::selftest;
+use ringsam_kernels::{Arg, Buf, KernelError, Launch, Launcher, Memory};
 use ringsam_kernels_emu::{Emu, host_buf};
-use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
-use ringsam_rng::Rng;
+use ringsam_optim::OptimizerKind;
 
 /// Long enough for several reduction blocks with a few elements per thread; short enough that
 /// one OS thread per emulated GPU thread stays quick.
 const N: usize = 5_003;
 
-fn normal(seed: u64, n: usize) -> Vec<f32> {
-    let mut r = Rng::new(seed);
-    (0..n).map(|_| r.normal()).collect()
+#[test]
+fn every_kernel_agrees_with_the_cpu_engine() {
+    let checks = selftest::run(&mut Emu::default(), N).unwrap();
+    let report = selftest::report(&checks);
+    assert!(checks.iter().all(selftest::Check::passed), "{report}");
+    assert_eq!(checks.len(), 7, "{report}");
+    eprintln!("{report}");
 }
 
-fn buf(v: &[f32]) -> Buf<f32> {
-    // SAFETY: every test keeps its vectors alive and untouched across its launches.
-    unsafe { host_buf(v) }
+/// A launcher that runs the momentum kernel where Nesterov's was asked for.
+struct Swapped(Emu);
+
+impl Launcher for Swapped {
+    fn launch(&mut self, kernel: &'static str, at: Launch, args: &[Arg]) -> Result<(), KernelError> {
+        self.0.launch(if kernel == "nesterov_update" { "momentum_update" } else { kernel }, at, args)
+    }
+    fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError> {
+        self.0.reduction_scratch()
+    }
+    fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {
+        self.0.read_f64(buf)
+    }
 }
 
-fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
-    let differ = got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-    assert_eq!(differ, 0, "{what}: {differ} of {} elements differ from the CPU engine's", want.len());
-}
-
-fn assert_norm(what: &str, got: f64, want: f64) {
-    assert!((got - want).abs() <= 1e-12 * want.abs(), "{what}: {got} vs the CPU's {want}");
+impl Memory for Swapped {
+    type Owned = Vec<f32>;
+    fn upload(&mut self, host: &[f32]) -> Result<Vec<f32>, KernelError> {
+        self.0.upload(host)
+    }
+    fn download(&mut self, buf: &Vec<f32>) -> Result<Vec<f32>, KernelError> {
+        self.0.download(buf)
+    }
+    fn buf(&self, buf: &Vec<f32>) -> Buf<f32> {
+        self.0.buf(buf)
+    }
+    fn finish(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
 }
 
 #[test]
-fn the_norm_and_the_sam_ascent_are_the_cpu_engines() {
-    let (w, g) = (normal(1, N), normal(2, N));
-    let (mut cpu, gpu) = (vec![0.0; N], vec![0.0; N]);
-    let want = ringsam_optim::ascent_point(&mut cpu, &w, &g, 0.05);
+fn the_selftest_catches_a_wrong_kernel() {
+    let checks = selftest::run(&mut Swapped(Emu::default()), 300).unwrap();
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.passed()).map(|c| c.name).collect();
+    assert_eq!(failed, ["Nesterov update, 3 steps"], "{}", selftest::report(&checks));
+}
+
+#[test]
+fn the_ascent_is_a_two_pass_norm_then_one_element_wise_launch() {
+    let (w, g, out) = (vec![1.0f32; N], vec![0.5f32; N], vec![0.0f32; N]);
     let mut emu = Emu::default();
-    let got = flat::ascent_point(&mut emu, buf(&gpu), buf(&w), buf(&g), 0.05).unwrap();
-    assert_norm("‖g‖", got, want);
-    // The kernel itself, given the same scale, is bitwise the CPU's formula.
-    let scale = (0.05f64 / got) as f32;
-    let formula: Vec<f32> = w.iter().zip(&g).map(|(&w, &g)| w + scale * g).collect();
-    assert_bitwise("w + ρ·g/‖g‖", &gpu, &formula);
+    // SAFETY: the vectors outlive the launches.
+    let (bw, bg, bo) = unsafe { (host_buf(&w), host_buf(&g), host_buf(&out)) };
+    flat::ascent_point(&mut emu, bo, bw, bg, 0.05).unwrap();
     assert_eq!(emu.launches.iter().map(|l| l.0).collect::<Vec<_>>(), ["sum_squares_blocks", "sum_partials", "sam_ascent"]);
     assert!(emu.launches[0].1.grid > 1, "the reduction spans several blocks: {:?}", emu.launches[0].1);
 }
 
 #[test]
-fn asam_matches_the_cpu_engine() {
-    let (w, g) = (normal(3, N), normal(4, N));
-    let (mut cpu, gpu) = (vec![0.0; N], vec![0.0; N]);
-    let want = ringsam_optim::asam_ascent_point(&mut cpu, &w, &g, 0.5, 0.01);
-    let got = flat::asam_ascent_point(&mut Emu::default(), buf(&gpu), buf(&w), buf(&g), 0.5, 0.01).unwrap();
-    assert_norm("‖T·g‖", got, want);
-    let scale = (0.5f64 / got) as f32;
-    let formula: Vec<f32> = w
-        .iter()
-        .zip(&g)
-        .map(|(&w, &g)| {
-            let t = w.abs() + 0.01;
-            w + scale * t * t * g
-        })
-        .collect();
-    assert_bitwise("ASAM ascent", &gpu, &formula);
-}
-
-#[test]
 fn a_zero_gradient_leaves_the_weights() {
-    let (w, g, out) = (normal(5, 300), vec![0.0f32; 300], vec![7.0f32; 300]);
+    let (w, g, out): (Vec<f32>, _, _) = ((0..300).map(|i| i as f32).collect(), vec![0.0f32; 300], vec![7.0f32; 300]);
     let mut emu = Emu::default();
-    assert_eq!(flat::ascent_point(&mut emu, buf(&out), buf(&w), buf(&g), 0.05).unwrap(), 0.0);
-    assert_bitwise("ascent at g = 0", &out, &w);
-    assert_eq!(flat::asam_ascent_point(&mut emu, buf(&out), buf(&w), buf(&g), 0.5, 0.01).unwrap(), 0.0);
+    // SAFETY: the vectors outlive the launches.
+    let (bw, bg, bo) = unsafe { (host_buf(&w), host_buf(&g), host_buf(&out)) };
+    assert_eq!(flat::ascent_point(&mut emu, bo, bw, bg, 0.05).unwrap(), 0.0);
+    assert_eq!(out, w);
+    assert_eq!(flat::asam_ascent_point(&mut emu, bo, bw, bg, 0.5, 0.01).unwrap(), 0.0);
 }
 
 #[test]
-fn every_base_optimizer_updates_as_the_cpu_engine() {
-    let kinds = [
-        OptimizerKind::Nesterov { beta: 0.9 },
-        OptimizerKind::Momentum { beta: 0.9 },
-        OptimizerKind::RmsProp { beta: 0.9, beta2: 0.99, eps: 1e-3 },
-    ];
-    for kind in kinds {
-        let mut cpu = BaseOptimizer::new(kind, N);
-        let gpu = BaseOptimizer::new(kind, N);
-        let (mut w_cpu, w_gpu) = (normal(6, N), normal(6, N));
-        let mut emu = Emu::default();
-        let state = OptimizerState {
-            momentum: buf(&gpu.momentum),
-            second_moment: (!gpu.second_moment.is_empty()).then(|| buf(&gpu.second_moment)),
-        };
-        for step in 0..3 {
-            let g = normal(10 + step, N);
-            cpu.update(&mut w_cpu, &g, 0.1);
-            flat::update(&mut emu, kind, buf(&w_gpu), buf(&g), state, 0.1).unwrap();
-        }
-        assert_bitwise(&format!("{kind:?}: weights"), &w_gpu, &w_cpu);
-        assert_bitwise(&format!("{kind:?}: momentum"), &gpu.momentum, &cpu.momentum);
-        assert_bitwise(&format!("{kind:?}: second moment"), &gpu.second_moment, &cpu.second_moment);
-    }
-}
-
-#[test]
-fn rmsprop_without_its_second_moment_is_refused() {
-    let (w, g, m) = (vec![0.0f32; 4], vec![0.0f32; 4], vec![0.0f32; 4]);
+fn rmsprop_without_its_second_moment_and_mismatched_lengths_are_refused() {
+    let (w, g, m, short) = (vec![0.0f32; 4], vec![0.0f32; 4], vec![0.0f32; 4], vec![0.0f32; 3]);
+    let mut emu = Emu::default();
+    // SAFETY: the vectors outlive the launches.
+    let (bw, bg, bm, bs) = unsafe { (host_buf(&w), host_buf(&g), host_buf(&m), host_buf(&short)) };
     let kind = OptimizerKind::RmsProp { beta: 0.9, beta2: 0.99, eps: 1e-3 };
-    let state = OptimizerState { momentum: buf(&m), second_moment: None };
-    assert!(flat::update(&mut Emu::default(), kind, buf(&w), buf(&g), state, 0.1).is_err());
-}
-
-#[test]
-fn clipping_weight_decay_and_the_ema_are_the_cpu_engines() {
-    let mut emu = Emu::default();
-    // Clipping: a long gradient is scaled to the threshold, a short one left.
-    for max in [1.0f32, 1e6] {
-        let (mut cpu, gpu) = (normal(20, N), normal(20, N));
-        let want = ringsam_optim::clip_by_global_norm(&mut cpu, max);
-        let got = flat::clip_by_global_norm(&mut emu, buf(&gpu), max).unwrap();
-        assert_norm("clip's norm", got, want);
-        let s = if got >= max as f64 { (max as f64 / got) as f32 } else { 1.0 };
-        let formula: Vec<f32> = normal(20, N).iter().map(|&v| if s == 1.0 { v } else { v * s }).collect();
-        assert_bitwise(&format!("clipped to {max}"), &gpu, &formula);
-    }
-    // The L2 term over decayed ranges only.
-    let w = normal(21, N);
-    let (mut cpu, gpu) = (normal(22, N), normal(22, N));
-    let ranges = [0..100, 400..N];
-    ringsam_optim::weight_decay::add_l2_gradient(&mut cpu, &w, 5e-4, &ranges);
-    flat::add_l2_gradient(&mut emu, buf(&gpu), buf(&w), 5e-4, &ranges).unwrap();
-    assert_bitwise("g + wd·w", &gpu, &cpu);
-    // The EMA, past its warm-up.
-    let (p0, p1) = (normal(23, N), normal(24, N));
-    let mut cpu = Ema::new(0.999, 2, &p0, &[]);
-    let gpu = p0.clone();
-    for (step, p) in [(1, &p1), (5, &p0)] {
-        let d = cpu.decay_at(step);
-        cpu.update(step, p, &[]);
-        flat::ema_update(&mut emu, buf(&gpu), buf(p), d).unwrap();
-    }
-    assert_bitwise("EMA", &gpu, &cpu.params);
+    let state = OptimizerState { momentum: bm, second_moment: None };
+    assert!(flat::update(&mut emu, kind, bw, bg, state, 0.1).is_err());
+    assert!(matches!(flat::axpy(&mut emu, bw, 1.0, bs), Err(KernelError::Length { got: 3, want: 4, .. })));
+    assert!(emu.launches.is_empty(), "nothing launched: {:?}", emu.launches);
 }
 
 #[test]

@@ -150,3 +150,18 @@ pub trait Launcher {
     /// Copies `buf` to the host, after every launch before it has finished.
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError>;
 }
+
+/// Memory a [`Launcher`]'s kernels can use: what the self-test ([`crate::selftest`]) needs to put
+/// data on the device and read it back, the same on a GPU and under emulation.
+pub trait Memory {
+    /// An owned buffer of floats.
+    type Owned;
+    /// Copies `host` into a new buffer.
+    fn upload(&mut self, host: &[f32]) -> Result<Self::Owned, KernelError>;
+    /// Copies `buf` back, after every launch before it.
+    fn download(&mut self, buf: &Self::Owned) -> Result<Vec<f32>, KernelError>;
+    /// `buf` as a kernel argument.
+    fn buf(&self, buf: &Self::Owned) -> Buf<f32>;
+    /// Waits for every launch so far (timing).
+    fn finish(&mut self) -> Result<(), KernelError>;
+}

@@ -17,12 +17,15 @@
 //!
 //! What only a GPU can check: the launches themselves through cudarc, and cuBLAS/cuDNN.
 
+#[cfg(feature = "cuda")]
+pub mod device;
 pub mod flat;
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+pub mod selftest;
 
-pub use launch::{Arg, Buf, KernelError, Launch, Launcher};
+pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory};
 
 /// One CUDA C source file and the kernels it defines.
 #[derive(Clone, Copy, Debug)]

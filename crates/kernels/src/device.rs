@@ -1,0 +1,140 @@
+//! The [`Launcher`] on a GPU (feature `cuda`): kernels compiled by NVRTC for the device in hand,
+//! launched through cudarc on one stream. Only a GPU runs this file; everything it is given
+//! (shapes, argument lists, the operations) is checked under emulation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
+
+use crate::launch::{Arg, Buf, KernelError, Launch, Launcher, MAX_PARTIALS, Memory};
+use crate::{SOURCES, nvrtc};
+
+/// One GPU's kernels and its stream.
+pub struct CudaLauncher {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+    partials: CudaSlice<f64>,
+    total: CudaSlice<f64>,
+}
+
+/// A float buffer on the device, owned.
+pub struct DeviceBuffer(CudaSlice<f32>);
+
+fn driver(what: &'static str) -> impl Fn(DriverError) -> KernelError {
+    move |e| KernelError::Launch { kernel: what, why: e.to_string() }
+}
+
+/// NVRTC's name for a compute capability (`compute_90` for 9.0).
+fn arch_name(major: i32, minor: i32) -> &'static str {
+    match (major, minor) {
+        (8, 0) => "compute_80",
+        (8, 6) => "compute_86",
+        (8, 9) => "compute_89",
+        (9, 0) => "compute_90",
+        (10, 0) => "compute_100",
+        (12, 0) => "compute_120",
+        // Any other: named once per process, for the life of the process.
+        _ => Box::leak(format!("compute_{major}{minor}").into_boxed_str()),
+    }
+}
+
+impl CudaLauncher {
+    /// Compiles every kernel for GPU `ordinal` and loads them.
+    pub fn new(ordinal: usize) -> Result<CudaLauncher, KernelError> {
+        let ctx = CudaContext::new(ordinal).map_err(driver("creating the CUDA context"))?;
+        // SAFETY: one stream only, and kernel arguments are raw addresses, which cudarc's
+        // per-slice events would not see anyway; stream order is the synchronization.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
+        let arch = arch_name(major, minor);
+        let mut functions = HashMap::new();
+        for source in SOURCES {
+            let ptx = nvrtc::compile(source, arch).map_err(|why| KernelError::Launch { kernel: source.file, why })?;
+            let module = ctx.load_module(ptx).map_err(driver(source.file))?;
+            for &kernel in source.kernels {
+                functions.insert(kernel, module.load_function(kernel).map_err(driver(kernel))?);
+            }
+        }
+        let partials = stream.alloc_zeros::<f64>(MAX_PARTIALS).map_err(driver("allocating reduction scratch"))?;
+        let total = stream.alloc_zeros::<f64>(1).map_err(driver("allocating reduction scratch"))?;
+        Ok(CudaLauncher { ctx, stream, functions, partials, total })
+    }
+
+    /// The device's name, for reports.
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|e| format!("(name unknown: {e})"))
+    }
+
+    fn scratch(&self, s: &CudaSlice<f64>) -> Buf<f64> {
+        let (addr, _sync) = s.device_ptr(&self.stream);
+        // SAFETY: our own scratch, alive as long as `self`.
+        unsafe { Buf::new(addr, s.len()) }
+    }
+}
+
+impl Launcher for CudaLauncher {
+    fn launch(&mut self, kernel: &'static str, at: Launch, args: &[Arg]) -> Result<(), KernelError> {
+        let f = self.functions.get(kernel).ok_or(KernelError::Launch { kernel, why: "no such kernel".into() })?;
+        // The values must outlive the builder, which keeps pointers to them.
+        let (mut ptrs, mut floats, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+        for a in args {
+            match *a {
+                Arg::Ptr(p) => ptrs.push(p),
+                Arg::F32(v) => floats.push(v),
+                Arg::U64(v) => counts.push(v),
+            }
+        }
+        let mut builder = self.stream.launch_builder(f);
+        let (mut p, mut fl, mut c) = (ptrs.iter(), floats.iter(), counts.iter());
+        for a in args {
+            match a {
+                Arg::Ptr(_) => builder.arg(p.next().expect("counted above")),
+                Arg::F32(_) => builder.arg(fl.next().expect("counted above")),
+                Arg::U64(_) => builder.arg(c.next().expect("counted above")),
+            };
+        }
+        let cfg = LaunchConfig { grid_dim: (at.grid, 1, 1), block_dim: (at.block, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the argument list is the kernel's parameter list, in order (the operations in
+        // crate::flat build it, and the emulation checks every one of them against the CPU).
+        unsafe { builder.launch(cfg) }.map(|_| ()).map_err(driver(kernel))
+    }
+
+    fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError> {
+        Ok((self.scratch(&self.partials), self.scratch(&self.total)))
+    }
+
+    fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {
+        let mut out = vec![0.0f64; buf.len()];
+        let read = |e: DriverError| KernelError::Read { what: "a reduction's total", why: e.to_string() };
+        self.stream.synchronize().map_err(read)?;
+        // SAFETY: `buf` is a live device buffer of `buf.len()` doubles (the Buf contract), and
+        // the stream has finished every launch that writes it.
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut out, buf.addr()) }.map_err(read)?;
+        Ok(out)
+    }
+}
+
+impl Memory for CudaLauncher {
+    type Owned = DeviceBuffer;
+
+    fn upload(&mut self, host: &[f32]) -> Result<DeviceBuffer, KernelError> {
+        self.stream.clone_htod(host).map(DeviceBuffer).map_err(driver("copying to the device"))
+    }
+
+    fn download(&mut self, buf: &DeviceBuffer) -> Result<Vec<f32>, KernelError> {
+        self.stream.clone_dtoh(&buf.0).map_err(|e| KernelError::Read { what: "a device buffer", why: e.to_string() })
+    }
+
+    fn buf(&self, buf: &DeviceBuffer) -> Buf<f32> {
+        let (addr, _sync) = buf.0.device_ptr(&self.stream);
+        // SAFETY: the slice's own address and length, on this launcher's device.
+        unsafe { Buf::new(addr, buf.0.len()) }
+    }
+
+    fn finish(&mut self) -> Result<(), KernelError> {
+        self.stream.synchronize().map_err(driver("waiting for the stream"))
+    }
+}
