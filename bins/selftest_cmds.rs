@@ -10,8 +10,9 @@ use crate::process::usage;
 /// `ringsam selftest …`.
 #[derive(Subcommand, Debug)]
 pub enum SelftestCommand {
-    /// The CUDA kernels (SAM's ascent, the optimizers, norms, clipping, weight decay, the EMA)
-    /// against the CPU engine: bitwise element-wise, norms to 1e-12; with device timings.
+    /// The CUDA kernels (SAM's ascent, the optimizers, norms, clipping, weight decay, the EMA,
+    /// activations, softmax cross-entropy) against the CPU engine: bitwise where the arithmetic
+    /// allows, 1e-6 where the GPU's exp rounds differently, norms to 1e-12; with device timings.
     Kernels(SelftestKernelsArgs),
 }
 
@@ -42,7 +43,8 @@ fn run_on(device: ringsam_tensor::Device, elements: usize) -> Result<()> {
     device.probe()?;
     let mut gpu = ringsam_kernels::device::CudaLauncher::new(ordinal).context("loading the kernels")?;
     eprintln!("selftest kernels: {} ({elements} elements per buffer)", gpu.device_name());
-    let checks = ringsam_kernels::selftest::run(&mut gpu, elements).context("running the checks")?;
+    let cpu = ringsam_bench::kernels::cpu_reference();
+    let checks = ringsam_kernels::selftest::run(&mut gpu, elements, &cpu).context("running the checks")?;
     print!("{}", ringsam_kernels::selftest::report(&checks));
     let failed = checks.iter().filter(|c| !c.passed()).count();
     anyhow::ensure!(failed == 0, "{failed} of {} kernel checks disagree with the CPU engine", checks.len());

@@ -4,12 +4,14 @@
 //! nccl-tests, and [`allreduce_ranks`] runs it as one rank of a ring or starts every rank on this
 //! machine; [`plot`] draws its figure; [`link`] measures the line rate a path carries, which the
 //! ring's bandwidth is compared with; [`loader`] times the ImageNet loader pool; [`recovery`]
-//! times an elastic job's recovery after a loss. Figures measured
+//! times an elastic job's recovery after a loss; [`kernels`] gives the GPU kernels' self-test its
+//! CPU reference. Figures measured
 //! with these live in docs/BENCHMARKS.md, never in code.
 #![warn(missing_docs)]
 
 pub mod allreduce;
 pub mod allreduce_ranks;
+pub mod kernels;
 pub mod link;
 pub mod loader;
 pub mod plot;

@@ -3,8 +3,9 @@
 // The subset: 1-D grids and blocks; `__global__` functions of pointers and scalars;
 // `__shared__` arrays; `__syncthreads()`; <cmath>'s float functions. No warp intrinsics, no
 // atomics, no dynamic shared memory. Emulated so:
-// - blocks run one after another; a block's threads are OS threads, so `__syncthreads()` is a
-//   real barrier (std::barrier) and a reduction's tree runs as it would on a GPU;
+// - blocks run one after another; a block's threads are OS threads (the same ones for every
+//   block), so `__syncthreads()` is a real barrier (std::barrier) and a reduction's tree runs as
+//   it would on a GPU;
 // - `__shared__` is `static`: one array shared by the block's threads (blocks never overlap);
 // - threadIdx/blockIdx are per thread, blockDim/gridDim per launch; launches are serialized, as
 //   on one stream.
@@ -37,20 +38,24 @@ void launch(void (*kernel)(Params...), unsigned grid, unsigned block, Args... ar
     std::lock_guard<std::mutex> one_at_a_time(device);
     grid_dim = dim3(grid);
     block_dim = dim3(block);
-    for (unsigned b = 0; b < grid; ++b) {
-        std::barrier<> barrier(block);
-        std::vector<std::thread> threads;
-        threads.reserve(block);
-        for (unsigned t = 0; t < block; ++t) {
-            threads.emplace_back([&, t] {
-                thread_idx = dim3(t);
+    // One OS thread per GPU thread of a block, reused for every block: each runs the kernel for
+    // block 0, meets the others, runs it for block 1, … so blocks never overlap (the `__shared__`
+    // arrays are reused) and threads are spawned once per launch, not once per block.
+    std::barrier<> barrier(block);
+    std::vector<std::thread> threads;
+    threads.reserve(block);
+    for (unsigned t = 0; t < block; ++t) {
+        threads.emplace_back([&, t] {
+            thread_idx = dim3(t);
+            block_barrier = &barrier;
+            for (unsigned b = 0; b < grid; ++b) {
                 block_idx = dim3(b);
-                block_barrier = &barrier;
                 kernel(args...);
-            });
-        }
-        for (auto& th : threads) th.join();
+                barrier.arrive_and_wait();
+            }
+        });
     }
+    for (auto& th : threads) th.join();
 }
 }  // namespace emu
 

@@ -2,6 +2,7 @@
 //! `build.rs` under `emu/cuda_emu.h`, so tests hold the GPU code to the CPU engine without a GPU.
 //! See `ringsam_kernels` for what this checks and what it cannot.
 
+use ringsam_kernels::launch::Elem;
 use ringsam_kernels::launch::MAX_PARTIALS;
 use ringsam_kernels::{Arg, Buf, KernelError, Launch, Launcher, Memory};
 
@@ -31,6 +32,34 @@ unsafe extern "C" {
     fn emu_sum_squares_blocks(grid: u32, block: u32, x: *const f32, n: U64, partials: *mut f64);
     fn emu_asam_norm_blocks(grid: u32, block: u32, w: *const f32, g: *const f32, eta: f32, n: U64, partials: *mut f64);
     fn emu_sum_partials(grid: u32, block: u32, partials: *const f64, n: U64, out: *mut f64);
+    fn emu_relu_forward(grid: u32, block: u32, out: *mut f32, inp: *const f32, n: U64);
+    fn emu_relu_backward(grid: u32, block: u32, dinp: *mut f32, dout: *const f32, out: *const f32, n: U64);
+    fn emu_sigmoid_forward(grid: u32, block: u32, out: *mut f32, inp: *const f32, n: U64);
+    fn emu_sigmoid_backward(grid: u32, block: u32, dinp: *mut f32, dout: *const f32, out: *const f32, n: U64);
+    fn emu_silu_forward(grid: u32, block: u32, out: *mut f32, inp: *const f32, n: U64);
+    fn emu_silu_backward(grid: u32, block: u32, dinp: *mut f32, dout: *const f32, inp: *const f32, n: U64);
+    fn emu_softmax_xent_forward(
+        grid: u32,
+        block: u32,
+        z: *const f32,
+        labels: *const u32,
+        eps: f32,
+        k: U64,
+        probs: *mut f32,
+        losses: *mut f32,
+        losses64: *mut f64,
+    );
+    fn emu_softmax_xent_backward(
+        grid: u32,
+        block: u32,
+        d: *mut f32,
+        probs: *const f32,
+        labels: *const u32,
+        eps: f32,
+        scale: f32,
+        k: U64,
+        nk: U64,
+    );
 }
 
 /// The emulated GPU: kernels run on host memory, in the order launched, each to completion.
@@ -106,6 +135,17 @@ impl Launcher for Emu {
                 "sum_squares_blocks" => want(3).map(|()| emu_sum_squares_blocks(g, b, ptr(a[0]), n(a[1]), ptr(a[2]))),
                 "asam_norm_blocks" => want(5).map(|()| emu_asam_norm_blocks(g, b, ptr(a[0]), ptr(a[1]), f(a[2]), n(a[3]), ptr(a[4]))),
                 "sum_partials" => want(3).map(|()| emu_sum_partials(g, b, ptr(a[0]), n(a[1]), ptr(a[2]))),
+                "relu_forward" => want(3).map(|()| emu_relu_forward(g, b, ptr(a[0]), ptr(a[1]), n(a[2]))),
+                "relu_backward" => want(4).map(|()| emu_relu_backward(g, b, ptr(a[0]), ptr(a[1]), ptr(a[2]), n(a[3]))),
+                "sigmoid_forward" => want(3).map(|()| emu_sigmoid_forward(g, b, ptr(a[0]), ptr(a[1]), n(a[2]))),
+                "sigmoid_backward" => want(4).map(|()| emu_sigmoid_backward(g, b, ptr(a[0]), ptr(a[1]), ptr(a[2]), n(a[3]))),
+                "silu_forward" => want(3).map(|()| emu_silu_forward(g, b, ptr(a[0]), ptr(a[1]), n(a[2]))),
+                "silu_backward" => want(4).map(|()| emu_silu_backward(g, b, ptr(a[0]), ptr(a[1]), ptr(a[2]), n(a[3]))),
+                "softmax_xent_forward" => want(7)
+                    .map(|()| emu_softmax_xent_forward(g, b, ptr(a[0]), ptr(a[1]), f(a[2]), n(a[3]), ptr(a[4]), ptr(a[5]), ptr(a[6]))),
+                "softmax_xent_backward" => {
+                    want(7).map(|()| emu_softmax_xent_backward(g, b, ptr(a[0]), ptr(a[1]), ptr(a[2]), f(a[3]), f(a[4]), n(a[5]), n(a[6])))
+                }
                 _ => Err(KernelError::Launch { kernel, why: "not an emulated kernel".into() }),
             }
         }
@@ -123,17 +163,17 @@ impl Launcher for Emu {
 }
 
 impl Memory for Emu {
-    type Owned = Vec<f32>;
+    type Owned<T: Elem> = Vec<T>;
 
-    fn upload(&mut self, host: &[f32]) -> Result<Vec<f32>, KernelError> {
+    fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Vec<T>, KernelError> {
         Ok(host.to_vec())
     }
 
-    fn download(&mut self, buf: &Vec<f32>) -> Result<Vec<f32>, KernelError> {
+    fn download<T: Elem>(&mut self, buf: &Vec<T>) -> Result<Vec<T>, KernelError> {
         Ok(buf.clone())
     }
 
-    fn buf(&self, buf: &Vec<f32>) -> Buf<f32> {
+    fn buf<T: Elem>(&self, buf: &Vec<T>) -> Buf<T> {
         // SAFETY: the Vec's heap block, which does not move while the Vec lives unresized; the
         // self-test keeps every buffer alive across the launches given it.
         unsafe { host_buf(buf) }

@@ -3,6 +3,7 @@
 //! (`ringsam_kernels::selftest`): element-wise results bitwise, norms to 1e-12.
 
 use ringsam_kernels::flat::{self, OptimizerState};
+use ringsam_kernels::launch::Elem;
 use ringsam_kernels::selftest;
 use ringsam_kernels::{Arg, Buf, KernelError, Launch, Launcher, Memory};
 use ringsam_kernels_emu::{Emu, host_buf};
@@ -14,10 +15,10 @@ const N: usize = 5_003;
 
 #[test]
 fn every_kernel_agrees_with_the_cpu_engine() {
-    let checks = selftest::run(&mut Emu::default(), N).unwrap();
+    let checks = selftest::run(&mut Emu::default(), N, &ringsam_bench::kernels::cpu_reference()).unwrap();
     let report = selftest::report(&checks);
     assert!(checks.iter().all(selftest::Check::passed), "{report}");
-    assert_eq!(checks.len(), 7, "{report}");
+    assert_eq!(checks.len(), 12, "{report}");
     eprintln!("{report}");
 }
 
@@ -37,14 +38,14 @@ impl Launcher for Swapped {
 }
 
 impl Memory for Swapped {
-    type Owned = Vec<f32>;
-    fn upload(&mut self, host: &[f32]) -> Result<Vec<f32>, KernelError> {
+    type Owned<T: Elem> = Vec<T>;
+    fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Vec<T>, KernelError> {
         self.0.upload(host)
     }
-    fn download(&mut self, buf: &Vec<f32>) -> Result<Vec<f32>, KernelError> {
+    fn download<T: Elem>(&mut self, buf: &Vec<T>) -> Result<Vec<T>, KernelError> {
         self.0.download(buf)
     }
-    fn buf(&self, buf: &Vec<f32>) -> Buf<f32> {
+    fn buf<T: Elem>(&self, buf: &Vec<T>) -> Buf<T> {
         self.0.buf(buf)
     }
     fn finish(&mut self) -> Result<(), KernelError> {
@@ -54,7 +55,7 @@ impl Memory for Swapped {
 
 #[test]
 fn the_selftest_catches_a_wrong_kernel() {
-    let checks = selftest::run(&mut Swapped(Emu::default()), 300).unwrap();
+    let checks = selftest::run(&mut Swapped(Emu::default()), 300, &ringsam_bench::kernels::cpu_reference()).unwrap();
     let failed: Vec<&str> = checks.iter().filter(|c| !c.passed()).map(|c| c.name).collect();
     assert_eq!(failed, ["Nesterov update, 3 steps"], "{}", selftest::report(&checks));
 }

@@ -4,11 +4,6 @@
 // CPU engine's to the bit. Plain CUDA C: it also compiles as C++ under the emulation header
 // (crates/kernels-emu), which is how CI checks it without a GPU.
 
-typedef unsigned long long u64;
-
-#define GRID_STRIDE(i, n) \
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
-
 // w_adv = w + scale·g, scale = ρ/‖g‖ (crates/optim/src/sam.rs ascent_point).
 extern "C" __global__ void sam_ascent(float* w_adv, const float* w, const float* g, float scale, u64 n) {
     GRID_STRIDE(i, n) { w_adv[i] = w[i] + scale * g[i]; }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 
-use crate::launch::{Arg, Buf, KernelError, Launch, Launcher, MAX_PARTIALS, Memory};
+use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, MAX_PARTIALS, Memory};
 use crate::{SOURCES, nvrtc};
 
 /// One GPU's kernels and its stream.
@@ -18,9 +18,6 @@ pub struct CudaLauncher {
     partials: CudaSlice<f64>,
     total: CudaSlice<f64>,
 }
-
-/// A float buffer on the device, owned.
-pub struct DeviceBuffer(CudaSlice<f32>);
 
 fn driver(what: &'static str) -> impl Fn(DriverError) -> KernelError {
     move |e| KernelError::Launch { kernel: what, why: e.to_string() }
@@ -118,20 +115,24 @@ impl Launcher for CudaLauncher {
 }
 
 impl Memory for CudaLauncher {
-    type Owned = DeviceBuffer;
+    type Owned<T: Elem> = CudaSlice<T>;
 
-    fn upload(&mut self, host: &[f32]) -> Result<DeviceBuffer, KernelError> {
-        self.stream.clone_htod(host).map(DeviceBuffer).map_err(driver("copying to the device"))
+    fn upload<T: Elem>(&mut self, host: &[T]) -> Result<CudaSlice<T>, KernelError> {
+        self.stream.clone_htod(host).map_err(driver("copying to the device"))
     }
 
-    fn download(&mut self, buf: &DeviceBuffer) -> Result<Vec<f32>, KernelError> {
-        self.stream.clone_dtoh(&buf.0).map_err(|e| KernelError::Read { what: "a device buffer", why: e.to_string() })
+    fn zeros<T: Elem>(&mut self, n: usize) -> Result<CudaSlice<T>, KernelError> {
+        self.stream.alloc_zeros(n).map_err(driver("allocating on the device"))
     }
 
-    fn buf(&self, buf: &DeviceBuffer) -> Buf<f32> {
-        let (addr, _sync) = buf.0.device_ptr(&self.stream);
+    fn download<T: Elem>(&mut self, buf: &CudaSlice<T>) -> Result<Vec<T>, KernelError> {
+        self.stream.clone_dtoh(buf).map_err(|e| KernelError::Read { what: "a device buffer", why: e.to_string() })
+    }
+
+    fn buf<T: Elem>(&self, buf: &CudaSlice<T>) -> Buf<T> {
+        let (addr, _sync) = buf.device_ptr(&self.stream);
         // SAFETY: the slice's own address and length, on this launcher's device.
-        unsafe { Buf::new(addr, buf.0.len()) }
+        unsafe { Buf::new(addr, buf.len()) }
     }
 
     fn finish(&mut self) -> Result<(), KernelError> {

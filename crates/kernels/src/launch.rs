@@ -151,17 +151,32 @@ pub trait Launcher {
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError>;
 }
 
-/// Memory a [`Launcher`]'s kernels can use: what the self-test ([`crate::selftest`]) needs to put
-/// data on the device and read it back, the same on a GPU and under emulation.
+/// What a buffer can hold: floats, doubles (sums), labels.
+#[cfg(not(feature = "cuda"))]
+pub trait Elem: Copy + Default + Send + Sync + 'static {}
+/// What a buffer can hold: floats, doubles (sums), labels.
+#[cfg(feature = "cuda")]
+pub trait Elem: Copy + Default + Send + Sync + 'static + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+impl Elem for u32 {}
+
+/// Memory a [`Launcher`]'s kernels can use: what the operations and the self-test
+/// ([`crate::selftest`]) need to put data on the device and read it back, the same on a GPU and
+/// under emulation.
 pub trait Memory {
-    /// An owned buffer of floats.
-    type Owned;
+    /// An owned buffer of `T`.
+    type Owned<T: Elem>;
     /// Copies `host` into a new buffer.
-    fn upload(&mut self, host: &[f32]) -> Result<Self::Owned, KernelError>;
+    fn upload<T: Elem>(&mut self, host: &[T]) -> Result<Self::Owned<T>, KernelError>;
+    /// A new buffer of `n` zeros.
+    fn zeros<T: Elem>(&mut self, n: usize) -> Result<Self::Owned<T>, KernelError> {
+        self.upload(&vec![T::default(); n])
+    }
     /// Copies `buf` back, after every launch before it.
-    fn download(&mut self, buf: &Self::Owned) -> Result<Vec<f32>, KernelError>;
+    fn download<T: Elem>(&mut self, buf: &Self::Owned<T>) -> Result<Vec<T>, KernelError>;
     /// `buf` as a kernel argument.
-    fn buf(&self, buf: &Self::Owned) -> Buf<f32>;
+    fn buf<T: Elem>(&self, buf: &Self::Owned<T>) -> Buf<T>;
     /// Waits for every launch so far (timing).
     fn finish(&mut self) -> Result<(), KernelError>;
 }

@@ -17,10 +17,12 @@
 //!
 //! What only a GPU can check: the launches themselves through cudarc, and cuBLAS/cuDNN.
 
+pub mod activation;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod flat;
 pub mod launch;
+pub mod loss;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod selftest;
@@ -38,16 +40,26 @@ pub struct Source {
     pub kernels: &'static [&'static str],
 }
 
-/// Every kernel source.
+/// Every kernel source. Each is compiled with `cu/common.cuh` before it.
 pub const SOURCES: &[Source] = &[
     Source {
         file: "flat.cu",
-        text: include_str!("../cu/flat.cu"),
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/flat.cu")),
         kernels: &["sam_ascent", "asam_ascent", "nesterov_update", "momentum_update", "rmsprop_update", "scale", "axpy", "ema_update"],
     },
     Source {
         file: "reduce.cu",
-        text: include_str!("../cu/reduce.cu"),
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/reduce.cu")),
         kernels: &["sum_squares_blocks", "asam_norm_blocks", "sum_partials"],
+    },
+    Source {
+        file: "activation.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/activation.cu")),
+        kernels: &["relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "silu_forward", "silu_backward"],
+    },
+    Source {
+        file: "loss.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/loss.cu")),
+        kernels: &["softmax_xent_forward", "softmax_xent_backward"],
     },
 ];

@@ -11,20 +11,48 @@ use std::time::Instant;
 
 use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
 
+use crate::activation::{self, Activation};
 use crate::flat::{self, OptimizerState};
 use crate::launch::{KernelError, Launcher, Memory};
+use crate::loss::{self, LossShape};
+
+/// The CPU engine's kernels that the device's are held to, beyond `ringsam-optim` (which this
+/// crate depends on): `ringsam-tensor` will dispatch to this crate, so it cannot be a dependency;
+/// its functions come in here (`ringsam_bench::kernels::cpu_reference`).
+pub struct CpuReference {
+    /// `out = act(inp)`.
+    pub activation_forward: fn(Activation, &mut [f32], &[f32]),
+    /// `dinp = dout·act'(kept)`.
+    pub activation_backward: fn(Activation, &mut [f32], &[f32], &[f32]),
+    /// `(losses, probs, logits, labels, smoothing, shape) -> mean loss`.
+    pub softmax_xent_forward: XentForward,
+    /// `(dlogits, probs, labels, smoothing, scale, shape)`.
+    pub softmax_xent_backward: XentBackward,
+}
+
+/// The CPU's softmax cross-entropy forward, as [`CpuReference`] takes it.
+pub type XentForward = fn(&mut [f32], &mut [f32], &[f32], &[u32], f32, LossShape) -> f32;
+/// The CPU's softmax cross-entropy backward, as [`CpuReference`] takes it.
+pub type XentBackward = fn(&mut [f32], &[f32], &[u32], f32, f32, LossShape);
+
+/// Element-wise results that use the GPU's `expf`/`exp`/`log` (2 ulp in float, not correctly
+/// rounded) may differ from the CPU's by rounding: this much, relative, per element.
+pub const TRANSCENDENTAL_TOLERANCE: f64 = 1e-6;
 
 /// One check's outcome.
 #[derive(Clone, Debug)]
 pub struct Check {
     /// The operation.
     pub name: &'static str,
-    /// Elements that differ from the CPU engine (bitwise), or 1 for a norm out of tolerance.
+    /// Elements that differ from the CPU engine beyond `tolerance`, plus 1 for a norm out of
+    /// [`NORM_TOLERANCE`].
     pub differ: usize,
     /// Elements compared.
     pub elements: usize,
-    /// Largest relative difference of a norm (0 where none is compared).
-    pub norm_rel: f64,
+    /// The relative difference allowed per element: 0 is bitwise.
+    pub tolerance: f64,
+    /// Largest relative difference seen (elements and norms).
+    pub max_rel: f64,
     /// Seconds the device took for one more run of the operation, or 0 when not timed.
     pub seconds: f64,
     /// Bytes that run reads and writes (its memory traffic, for GB/s).
@@ -56,15 +84,33 @@ fn data(seed: u64, n: usize) -> Vec<f32> {
 }
 
 fn bitwise(got: &[f32], want: &[f32]) -> usize {
-    got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count() + got.len().abs_diff(want.len())
+    within(got, want, 0.0).0
+}
+
+/// Elements beyond `tol` relative (0: bitwise), and the largest relative difference.
+fn within(got: &[f32], want: &[f32], tol: f64) -> (usize, f64) {
+    let mut worst = 0.0f64;
+    let mut differ = got.len().abs_diff(want.len());
+    for (&a, &b) in got.iter().zip(want) {
+        if a.to_bits() == b.to_bits() {
+            continue;
+        }
+        let r = rel(a as f64, b as f64);
+        worst = worst.max(if r.is_nan() { f64::INFINITY } else { r });
+        if r.is_nan() || r > tol {
+            differ += 1;
+        }
+    }
+    (differ, worst)
 }
 
 fn rel(got: f64, want: f64) -> f64 {
     if got == want { 0.0 } else { (got - want).abs() / want.abs().max(f64::MIN_POSITIVE) }
 }
 
-/// Runs every check on `n` elements.
-pub fn run<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Vec<Check>, KernelError> {
+/// Runs every check on `n` elements (the loss on `n` logits: n/10 examples of 10 classes and
+/// n/1000 of 1000).
+pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Vec<Check>, KernelError> {
     let mut checks = vec![ascent(l, n)?, asam(l, n)?];
     for kind in [
         OptimizerKind::Nesterov { beta: 0.9 },
@@ -75,6 +121,12 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Vec<Check>, Kern
     }
     checks.push(clip(l, n)?);
     checks.push(l2_and_ema(l, n)?);
+    for act in [Activation::Relu, Activation::Sigmoid, Activation::Silu] {
+        checks.push(activation(l, act, n, cpu)?);
+    }
+    for k in [10, 1000] {
+        checks.push(softmax_xent(l, (n / k).max(1), k, cpu)?);
+    }
     Ok(checks)
 }
 
@@ -99,7 +151,7 @@ fn ascent<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, KernelErro
     let norm_rel = rel(got, want);
     let differ = bitwise(&l.download(&dout)?, &formula) + usize::from(norm_rel > NORM_TOLERANCE);
     // The norm reads g; the ascent reads w and g and writes w_adv.
-    Ok(Check { name: "SAM ascent w + ρ·g/‖g‖", differ, elements: n, norm_rel, seconds, bytes: 16 * n })
+    Ok(Check { name: "SAM ascent w + ρ·g/‖g‖", differ, elements: n, tolerance: 0.0, max_rel: norm_rel, seconds, bytes: 16 * n })
 }
 
 fn asam<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, KernelError> {
@@ -119,7 +171,7 @@ fn asam<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, KernelError>
         .collect();
     let norm_rel = rel(got, want);
     let differ = bitwise(&l.download(&dout)?, &formula) + usize::from(norm_rel > NORM_TOLERANCE);
-    Ok(Check { name: "ASAM ascent", differ, elements: n, norm_rel, seconds: 0.0, bytes: 0 })
+    Ok(Check { name: "ASAM ascent", differ, elements: n, tolerance: 0.0, max_rel: norm_rel, seconds: 0.0, bytes: 0 })
 }
 
 fn update<L: Launcher + Memory>(l: &mut L, kind: OptimizerKind, n: usize) -> Result<Check, KernelError> {
@@ -150,7 +202,7 @@ fn update<L: Launcher + Memory>(l: &mut L, kind: OptimizerKind, n: usize) -> Res
         OptimizerKind::Momentum { .. } => ("momentum update, 3 steps", 20 * n),
         OptimizerKind::RmsProp { .. } => ("RMSProp update, 3 steps", 28 * n),
     };
-    Ok(Check { name, differ, elements: n, norm_rel: 0.0, seconds, bytes })
+    Ok(Check { name, differ, elements: n, tolerance: 0.0, max_rel: 0.0, seconds, bytes })
 }
 
 fn clip<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, KernelError> {
@@ -163,7 +215,7 @@ fn clip<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, KernelError>
     let formula: Vec<f32> = g.iter().map(|&v| v * s).collect();
     let norm_rel = rel(got, want);
     let differ = bitwise(&l.download(&dg)?, &formula) + usize::from(norm_rel > NORM_TOLERANCE);
-    Ok(Check { name: "clip to norm 1", differ, elements: n, norm_rel, seconds: 0.0, bytes: 0 })
+    Ok(Check { name: "clip to norm 1", differ, elements: n, tolerance: 0.0, max_rel: norm_rel, seconds: 0.0, bytes: 0 })
 }
 
 fn l2_and_ema<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, KernelError> {
@@ -183,7 +235,7 @@ fn l2_and_ema<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, Kernel
         l.finish()?;
     }
     differ += bitwise(&l.download(&davg)?, &ema.params);
-    Ok(Check { name: "L2 gradient over ranges, EMA", differ, elements: n, norm_rel: 0.0, seconds: 0.0, bytes: 0 })
+    Ok(Check { name: "L2 gradient over ranges, EMA", differ, elements: n, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
 }
 
 /// The checks as a table, one line each.
@@ -195,13 +247,58 @@ pub fn report(checks: &[Check]) -> String {
         } else {
             String::new()
         };
-        out.push_str(&format!(
-            "{:<32} {:>10} elements  {}  norm rel {:.1e}{timing}\n",
-            c.name,
-            c.elements,
-            if c.passed() { "bitwise".to_string() } else { format!("{} DIFFER", c.differ) },
-            c.norm_rel
-        ));
+        let agreement = match (c.passed(), c.tolerance) {
+            (false, _) => format!("{} DIFFER", c.differ),
+            (true, 0.0) => "bitwise".to_string(),
+            (true, t) => format!("within {t:.0e}"),
+        };
+        out.push_str(&format!("{:<34} {:>10} elements  {agreement:<12} max rel {:.1e}{timing}\n", c.name, c.elements, c.max_rel));
     }
     out
+}
+
+fn activation<L: Launcher + Memory>(l: &mut L, act: Activation, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let (x, dy) = (data(30, n).iter().map(|v| 6.0 * v).collect::<Vec<f32>>(), data(31, n));
+    let (mut y, mut dx) = (vec![0.0; n], vec![0.0; n]);
+    (cpu.activation_forward)(act, &mut y, &x);
+    let kept = if act == Activation::Silu { &x } else { &y };
+    (cpu.activation_backward)(act, &mut dx, &dy, kept);
+    let (dxin, ddy, dout, ddx) = (l.upload(&x)?, l.upload(&dy)?, l.zeros::<f32>(n)?, l.zeros::<f32>(n)?);
+    activation::forward(l, act, l.buf(&dout), l.buf(&dxin))?;
+    // The backward from the CPU's kept tensor, so that it is checked on its own.
+    let dkept = l.upload(kept)?;
+    activation::backward(l, act, l.buf(&ddx), l.buf(&ddy), l.buf(&dkept))?;
+    let tol = if act == Activation::Relu { 0.0 } else { TRANSCENDENTAL_TOLERANCE };
+    let (d1, r1) = within(&l.download(&dout)?, &y, tol);
+    let (d2, r2) = within(&l.download(&ddx)?, &dx, tol);
+    let name = match act {
+        Activation::Relu => "ReLU forward and backward",
+        Activation::Sigmoid => "sigmoid forward and backward",
+        Activation::Silu => "SiLU forward and backward",
+    };
+    Ok(Check { name, differ: d1 + d2, elements: 2 * n, tolerance: tol, max_rel: r1.max(r2), seconds: 0.0, bytes: 0 })
+}
+
+fn softmax_xent<L: Launcher + Memory>(l: &mut L, rows: usize, k: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let sh = LossShape { n: rows, k };
+    let logits: Vec<f32> = data(40 + k as u64, rows * k).iter().map(|v| 8.0 * v).collect();
+    let labels: Vec<u32> = (0..rows).map(|i| ((i * 7 + 3) % k) as u32).collect();
+    let (mut losses, mut probs, mut dlogits) = (vec![0.0; rows], vec![0.0; rows * k], vec![0.0; rows * k]);
+    let scale = 1.0 / rows as f32;
+    let want = (cpu.softmax_xent_forward)(&mut losses, &mut probs, &logits, &labels, 0.1, sh);
+    (cpu.softmax_xent_backward)(&mut dlogits, &probs, &labels, 0.1, scale, sh);
+    let (dz, dl) = (l.upload(&logits)?, l.upload(&labels)?);
+    let (dp, dlo, dlo64, ddz) = (l.zeros::<f32>(rows * k)?, l.zeros::<f32>(rows)?, l.zeros::<f64>(rows)?, l.zeros::<f32>(rows * k)?);
+    let got = loss::softmax_xent_forward(l, l.buf(&dz), l.buf(&dl), 0.1, sh, l.buf(&dp), l.buf(&dlo), l.buf(&dlo64))?;
+    // The backward from the CPU's probabilities: element-wise, so bitwise.
+    let cpu_probs = l.upload(&probs)?;
+    loss::softmax_xent_backward(l, l.buf(&ddz), l.buf(&cpu_probs), l.buf(&dl), 0.1, scale, sh)?;
+    let tol = TRANSCENDENTAL_TOLERANCE;
+    let (d1, r1) = within(&l.download(&dp)?, &probs, tol);
+    let (d2, r2) = within(&l.download(&dlo)?, &losses, tol);
+    let d3 = bitwise(&l.download(&ddz)?, &dlogits);
+    let mean_rel = rel(got as f64, want as f64);
+    let differ = d1 + d2 + d3 + usize::from(mean_rel.is_nan() || mean_rel > tol);
+    let name = if k == 10 { "softmax CE, ε 0.1, 10 classes" } else { "softmax CE, ε 0.1, 1000 classes" };
+    Ok(Check { name, differ, elements: rows * k, tolerance: tol, max_rel: r1.max(r2).max(mean_rel), seconds: 0.0, bytes: 0 })
 }

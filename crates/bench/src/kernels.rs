@@ -1,0 +1,43 @@
+//! The CPU engine's kernels as the reference the GPU kernels are held to
+//! ([`ringsam_kernels::selftest`]): `ringsam-tensor`'s functions behind the self-test's plain
+//! signatures. Used by `ringsam selftest kernels` on a GPU and by the emulated tests in CI.
+
+use ringsam_kernels::activation::Activation;
+use ringsam_kernels::loss::LossShape;
+use ringsam_kernels::selftest::CpuReference;
+use ringsam_tensor::{activation, loss};
+
+fn tensor_shape(sh: LossShape) -> loss::LossShape {
+    loss::LossShape { n: sh.n, k: sh.k }
+}
+
+/// `ringsam-tensor`'s activations and softmax cross-entropy. The self-test gives them buffers of
+/// matching lengths and labels in range, so an error here is a bug in the self-test: it panics.
+pub fn cpu_reference() -> CpuReference {
+    CpuReference {
+        activation_forward: |act, out, inp| {
+            match act {
+                Activation::Relu => activation::relu_forward(out, inp),
+                Activation::Sigmoid => activation::sigmoid_forward(out, inp),
+                Activation::Silu => activation::silu_forward(out, inp),
+            }
+            .expect("the self-test's buffers match")
+        },
+        activation_backward: |act, dinp, dout, kept| {
+            match act {
+                Activation::Relu => activation::relu_backward(dinp, dout, kept),
+                Activation::Sigmoid => activation::sigmoid_backward(dinp, dout, kept),
+                Activation::Silu => activation::silu_backward(dinp, dout, kept),
+            }
+            .expect("the self-test's buffers match")
+        },
+        softmax_xent_forward: |losses, probs, logits, labels, eps, sh| {
+            loss::softmax_cross_entropy_forward(losses, probs, logits, labels, eps, &tensor_shape(sh))
+                .expect("the self-test's buffers match")
+        },
+        softmax_xent_backward: |dlogits, probs, labels, eps, scale, sh| {
+            loss::softmax_cross_entropy_backward(dlogits, probs, labels, eps, scale, &tensor_shape(sh))
+                .expect("the self-test's buffers match")
+        },
+    }
+}

@@ -1,0 +1,33 @@
+// Put before every kernel source (crates/kernels/src/lib.rs does so for NVRTC; the emulation's
+// launchers.cpp includes it once): the types and block-level helpers the kernels share.
+
+typedef unsigned long long u64;
+
+// Threads per block of the reductions and the per-row kernels: REDUCE_BLOCK in
+// crates/kernels/src/launch.rs, a power of two.
+#define REDUCE_BLOCK 256
+
+// One grid-stride loop over n elements.
+#define GRID_STRIDE(i, n) \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
+
+// Combines every thread's `value` over the block with OP (a tree in shared memory of TYPE);
+// every thread then reads the result from `out`. Called by all threads of the block.
+#define BLOCK_REDUCE(TYPE, value, OP, out)                                   \
+    do {                                                                     \
+        __shared__ TYPE part[REDUCE_BLOCK];                                  \
+        part[threadIdx.x] = (value);                                         \
+        __syncthreads();                                                     \
+        for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {                   \
+            if (threadIdx.x < s) part[threadIdx.x] = OP(part[threadIdx.x], part[threadIdx.x + s]); \
+            __syncthreads();                                                 \
+        }                                                                    \
+        (out) = part[0];                                                     \
+        __syncthreads();                                                     \
+    } while (0)
+
+#define ADD(a, b) ((a) + (b))
+#define MAXF(a, b) fmaxf((a), (b))
+
+// The most negative finite float: the neutral start of a max.
+#define NEG_HUGE (-3.402823466e+38f)
