@@ -39,5 +39,6 @@ pub fn cpu_reference() -> CpuReference {
             loss::softmax_cross_entropy_backward(dlogits, probs, labels, eps, scale, &tensor_shape(sh))
                 .expect("the self-test's buffers match")
         },
+        dropout_mask: ringsam_nn::layers::draw_mask,
     }
 }

@@ -7,6 +7,7 @@
 #include "../../kernels/cu/reduce.cu"
 #include "../../kernels/cu/activation.cu"
 #include "../../kernels/cu/loss.cu"
+#include "../../kernels/cu/dropout.cu"
 
 #define LAUNCHER(kernel, params, ...) \
     extern "C" void emu_##kernel(unsigned grid, unsigned block, params) { emu::launch(kernel, grid, block, __VA_ARGS__); }
@@ -35,3 +36,6 @@ LAUNCHER(softmax_xent_forward,
          z, labels, eps, k, probs, losses, losses64)
 LAUNCHER(softmax_xent_backward, P(float* d, const float* probs, const unsigned* labels, float eps, float scale, u64 k, u64 nk),
          d, probs, labels, eps, scale, k, nk)
+LAUNCHER(dropout_forward, P(float* out, float* mask, const float* inp, u64 base, float rate, float keep, u64 n),
+         out, mask, inp, base, rate, keep, n)
+LAUNCHER(dropout_backward, P(float* dinp, const float* dout, const float* mask, u64 n), dinp, dout, mask, n)

@@ -32,6 +32,8 @@ unsafe extern "C" {
     fn emu_sum_squares_blocks(grid: u32, block: u32, x: *const f32, n: U64, partials: *mut f64);
     fn emu_asam_norm_blocks(grid: u32, block: u32, w: *const f32, g: *const f32, eta: f32, n: U64, partials: *mut f64);
     fn emu_sum_partials(grid: u32, block: u32, partials: *const f64, n: U64, out: *mut f64);
+    fn emu_dropout_forward(grid: u32, block: u32, out: *mut f32, mask: *mut f32, inp: *const f32, base: U64, rate: f32, keep: f32, n: U64);
+    fn emu_dropout_backward(grid: u32, block: u32, dinp: *mut f32, dout: *const f32, mask: *const f32, n: U64);
     fn emu_relu_forward(grid: u32, block: u32, out: *mut f32, inp: *const f32, n: U64);
     fn emu_relu_backward(grid: u32, block: u32, dinp: *mut f32, dout: *const f32, out: *const f32, n: U64);
     fn emu_sigmoid_forward(grid: u32, block: u32, out: *mut f32, inp: *const f32, n: U64);
@@ -135,6 +137,10 @@ impl Launcher for Emu {
                 "sum_squares_blocks" => want(3).map(|()| emu_sum_squares_blocks(g, b, ptr(a[0]), n(a[1]), ptr(a[2]))),
                 "asam_norm_blocks" => want(5).map(|()| emu_asam_norm_blocks(g, b, ptr(a[0]), ptr(a[1]), f(a[2]), n(a[3]), ptr(a[4]))),
                 "sum_partials" => want(3).map(|()| emu_sum_partials(g, b, ptr(a[0]), n(a[1]), ptr(a[2]))),
+                "dropout_forward" => {
+                    want(7).map(|()| emu_dropout_forward(g, b, ptr(a[0]), ptr(a[1]), ptr(a[2]), n(a[3]), f(a[4]), f(a[5]), n(a[6])))
+                }
+                "dropout_backward" => want(4).map(|()| emu_dropout_backward(g, b, ptr(a[0]), ptr(a[1]), ptr(a[2]), n(a[3]))),
                 "relu_forward" => want(3).map(|()| emu_relu_forward(g, b, ptr(a[0]), ptr(a[1]), n(a[2]))),
                 "relu_backward" => want(4).map(|()| emu_relu_backward(g, b, ptr(a[0]), ptr(a[1]), ptr(a[2]), n(a[3]))),
                 "sigmoid_forward" => want(3).map(|()| emu_sigmoid_forward(g, b, ptr(a[0]), ptr(a[1]), n(a[2]))),

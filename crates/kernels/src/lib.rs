@@ -20,6 +20,7 @@
 pub mod activation;
 #[cfg(feature = "cuda")]
 pub mod device;
+pub mod dropout;
 pub mod flat;
 pub mod launch;
 pub mod loss;
@@ -61,5 +62,10 @@ pub const SOURCES: &[Source] = &[
         file: "loss.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/loss.cu")),
         kernels: &["softmax_xent_forward", "softmax_xent_backward"],
+    },
+    Source {
+        file: "dropout.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/dropout.cu")),
+        kernels: &["dropout_forward", "dropout_backward"],
     },
 ];

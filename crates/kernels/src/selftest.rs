@@ -12,6 +12,7 @@ use std::time::Instant;
 use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
 
 use crate::activation::{self, Activation};
+use crate::dropout;
 use crate::flat::{self, OptimizerState};
 use crate::launch::{KernelError, Launcher, Memory};
 use crate::loss::{self, LossShape};
@@ -28,6 +29,8 @@ pub struct CpuReference {
     pub softmax_xent_forward: XentForward,
     /// `(dlogits, probs, labels, smoothing, scale, shape)`.
     pub softmax_xent_backward: XentBackward,
+    /// Dropout's mask from a stream at a rate (the layer's own `draw_mask`).
+    pub dropout_mask: fn(&mut [f32], ringsam_rng::Rng, f32),
 }
 
 /// The CPU's softmax cross-entropy forward, as [`CpuReference`] takes it.
@@ -127,6 +130,7 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     for k in [10, 1000] {
         checks.push(softmax_xent(l, (n / k).max(1), k, cpu)?);
     }
+    checks.push(dropout(l, n, cpu)?);
     Ok(checks)
 }
 
@@ -301,4 +305,27 @@ fn softmax_xent<L: Launcher + Memory>(l: &mut L, rows: usize, k: usize, cpu: &Cp
     let differ = d1 + d2 + d3 + usize::from(mean_rel.is_nan() || mean_rel > tol);
     let name = if k == 10 { "softmax CE, ε 0.1, 10 classes" } else { "softmax CE, ε 0.1, 1000 classes" };
     Ok(Check { name, differ, elements: rows * k, tolerance: tol, max_rel: r1.max(r2).max(mean_rel), seconds: 0.0, bytes: 0 })
+}
+
+fn dropout<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let (x, dy, rate) = (data(50, n), data(51, n), 0.3f32);
+    let rng = ringsam_rng::Rng::stream(7, 1234, 99); // (seed, step, the layer's key)
+    let mut mask = vec![0.0; n];
+    (cpu.dropout_mask)(&mut mask, rng.clone(), rate);
+    let y: Vec<f32> = x.iter().zip(&mask).map(|(&v, &m)| v * m).collect();
+    let dx: Vec<f32> = dy.iter().zip(&mask).map(|(&g, &m)| g * m).collect();
+    let (dxin, ddy) = (l.upload(&x)?, l.upload(&dy)?);
+    let (dout, dmask, ddx) = (l.zeros::<f32>(n)?, l.zeros::<f32>(n)?, l.zeros::<f32>(n)?);
+    dropout::forward(l, l.buf(&dout), l.buf(&dmask), l.buf(&dxin), &rng, rate)?;
+    dropout::backward(l, l.buf(&ddx), l.buf(&ddy), l.buf(&dmask))?;
+    let differ = bitwise(&l.download(&dmask)?, &mask) + bitwise(&l.download(&dout)?, &y) + bitwise(&l.download(&ddx)?, &dx);
+    Ok(Check {
+        name: "dropout 0.3: mask, forward, backward",
+        differ,
+        elements: 3 * n,
+        tolerance: 0.0,
+        max_rel: 0.0,
+        seconds: 0.0,
+        bytes: 0,
+    })
 }

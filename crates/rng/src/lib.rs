@@ -32,6 +32,19 @@ impl Rng {
         Rng::new(mix(mix(seed).wrapping_add(step)).wrapping_add(mix(layer.wrapping_add(GOLDEN))))
     }
 
+    /// The counter this stream's draws come from: draw `i` (from 0) is [`Rng::draw_at`]`(base, i)`.
+    /// A GPU kernel given the base draws any element's value without the ones before it, which is
+    /// how device dropout masks equal the CPU's (ringsam_kernels' `dropout.cu`).
+    pub fn counter_base(&self) -> u64 {
+        self.state
+    }
+
+    /// Draw `i` of the stream whose [`Rng::counter_base`] is `base`: what the `i + 1`-th
+    /// [`Rng::next_u64`] returns.
+    pub fn draw_at(base: u64, i: u64) -> u64 {
+        mix(base.wrapping_add(GOLDEN.wrapping_mul(i.wrapping_add(1))))
+    }
+
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN);
@@ -99,6 +112,15 @@ mod tests {
         assert!(a.iter().all(|&x| x == a[0]));
         assert_ne!(Rng::stream(1, 2, 3).next_u64(), Rng::stream(1, 2, 4).next_u64());
         assert_ne!(Rng::stream(1, 2, 3).next_u64(), Rng::stream(1, 3, 3).next_u64());
+    }
+
+    #[test]
+    fn any_draw_can_be_computed_from_the_counter_base() {
+        let mut r = Rng::stream(7, 11, 13);
+        let base = r.counter_base();
+        for i in 0..1000 {
+            assert_eq!(r.next_u64(), Rng::draw_at(base, i), "draw {i}");
+        }
     }
 
     #[test]

@@ -39,12 +39,8 @@ impl Layer for Dropout {
             self.buffers.out.as_mut_slice().copy_from_slice(x.as_slice());
             return Ok(());
         }
-        let mut rng = Rng::stream(pass.seed, pass.step, self.key);
-        let keep = 1.0 / (1.0 - self.rate);
         self.mask.resize(x.len(), 0.0);
-        for m in self.mask.iter_mut() {
-            *m = if rng.uniform() < self.rate { 0.0 } else { keep };
-        }
+        draw_mask(&mut self.mask, Rng::stream(pass.seed, pass.step, self.key), self.rate);
         for ((o, &v), &m) in self.buffers.out.as_mut_slice().iter_mut().zip(x.as_slice()).zip(&self.mask) {
             *o = v * m;
         }
@@ -70,5 +66,14 @@ impl Layer for Dropout {
 
     fn buffers_mut(&mut self) -> &mut Buffers {
         &mut self.buffers
+    }
+}
+
+/// Dropout's mask from `rng`: element `i` (in the tensor's order) is 0 where draw `i` is below
+/// `rate`, else `1/(1 − rate)`. The GPU's dropout kernel draws the same (ringsam_kernels).
+pub fn draw_mask(mask: &mut [f32], mut rng: Rng, rate: f32) {
+    let keep = 1.0 / (1.0 - rate);
+    for m in mask.iter_mut() {
+        *m = if rng.uniform() < rate { 0.0 } else { keep };
     }
 }

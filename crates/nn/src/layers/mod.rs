@@ -32,7 +32,7 @@ pub use batchnorm::{BatchNorm, BatchNormConfig};
 pub use buffers::Buffers;
 pub use conv::{Conv2d, Conv2dConfig, Padding};
 pub use drop_connect::DropConnect;
-pub use dropout::Dropout;
+pub use dropout::{Dropout, draw_mask};
 pub use linear::Linear;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 pub use shake::{ShakeDrop, ShakeShake};
