@@ -5,7 +5,7 @@
 use ringsam_kernels::activation::Activation;
 use ringsam_kernels::loss::LossShape;
 use ringsam_kernels::selftest::CpuReference;
-use ringsam_tensor::{activation, loss};
+use ringsam_tensor::{activation, batchnorm, loss};
 
 fn tensor_shape(sh: LossShape) -> loss::LossShape {
     loss::LossShape { n: sh.n, k: sh.k }
@@ -40,5 +40,13 @@ pub fn cpu_reference() -> CpuReference {
                 .expect("the self-test's buffers match")
         },
         dropout_mask: ringsam_nn::layers::draw_mask,
+        batchnorm_forward_train: |out, mean, var, rstd, inp, scale, bias, eps, relu, c, m| {
+            batchnorm::batchnorm_forward_train(out, mean, var, rstd, inp, scale, bias, eps, relu, &batchnorm::BnShape { c, m })
+                .expect("the self-test's buffers match")
+        },
+        batchnorm_backward: |dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, c, m| {
+            batchnorm::batchnorm_backward(dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, &batchnorm::BnShape { c, m })
+                .expect("the self-test's buffers match")
+        },
     }
 }

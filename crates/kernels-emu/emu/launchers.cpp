@@ -1,5 +1,10 @@
-// One C entry point per kernel for the Rust side (src/lib.rs): the launch shape, then the
-// kernel's own parameters. The kernels are the very files NVRTC compiles.
+// One C entry point for every kernel (src/lib.rs calls it): the kernel by name, the launch shape,
+// and the arguments as 8-byte slots in the kernel's parameter order, each unpacked to the type
+// the kernel declares. The kernels are the very files NVRTC compiles.
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
 #include "cuda_emu.h"
 
 #include "../../kernels/cu/common.cuh"
@@ -8,34 +13,70 @@
 #include "../../kernels/cu/activation.cu"
 #include "../../kernels/cu/loss.cu"
 #include "../../kernels/cu/dropout.cu"
+#include "../../kernels/cu/batchnorm.cu"
 
-#define LAUNCHER(kernel, params, ...) \
-    extern "C" void emu_##kernel(unsigned grid, unsigned block, params) { emu::launch(kernel, grid, block, __VA_ARGS__); }
-#define P(...) __VA_ARGS__
+namespace {
+// A slot as a parameter: pointers are addresses, floats their bits in the low half, integers as
+// they are.
+template <typename T>
+T from_slot(uint64_t s) {
+    if constexpr (std::is_pointer_v<T>) {
+        return reinterpret_cast<T>(static_cast<uintptr_t>(s));
+    } else if constexpr (std::is_same_v<T, float>) {
+        uint32_t bits = static_cast<uint32_t>(s);
+        float f;
+        std::memcpy(&f, &bits, sizeof f);
+        return f;
+    } else {
+        return static_cast<T>(s);
+    }
+}
 
-LAUNCHER(sam_ascent, P(float* a, const float* w, const float* g, float s, u64 n), a, w, g, s, n)
-LAUNCHER(asam_ascent, P(float* a, const float* w, const float* g, float s, float eta, u64 n), a, w, g, s, eta, n)
-LAUNCHER(nesterov_update, P(float* w, const float* g, float* m, float beta, float lr, u64 n), w, g, m, beta, lr, n)
-LAUNCHER(momentum_update, P(float* w, const float* g, float* m, float beta, float lr, u64 n), w, g, m, beta, lr, n)
-LAUNCHER(rmsprop_update, P(float* w, const float* g, float* m, float* v, float b, float b2, float eps, float lr, u64 n),
-         w, g, m, v, b, b2, eps, lr, n)
-LAUNCHER(scale, P(float* x, float s, u64 n), x, s, n)
-LAUNCHER(axpy, P(float* y, float a, const float* x, u64 n), y, a, x, n)
-LAUNCHER(ema_update, P(float* avg, const float* x, float d, u64 n), avg, x, d, n)
-LAUNCHER(sum_squares_blocks, P(const float* x, u64 n, double* partials), x, n, partials)
-LAUNCHER(asam_norm_blocks, P(const float* w, const float* g, float eta, u64 n, double* partials), w, g, eta, n, partials)
-LAUNCHER(sum_partials, P(const double* partials, u64 n, double* out), partials, n, out)
-LAUNCHER(relu_forward, P(float* out, const float* inp, u64 n), out, inp, n)
-LAUNCHER(relu_backward, P(float* dinp, const float* dout, const float* out, u64 n), dinp, dout, out, n)
-LAUNCHER(sigmoid_forward, P(float* out, const float* inp, u64 n), out, inp, n)
-LAUNCHER(sigmoid_backward, P(float* dinp, const float* dout, const float* out, u64 n), dinp, dout, out, n)
-LAUNCHER(silu_forward, P(float* out, const float* inp, u64 n), out, inp, n)
-LAUNCHER(silu_backward, P(float* dinp, const float* dout, const float* inp, u64 n), dinp, dout, inp, n)
-LAUNCHER(softmax_xent_forward,
-         P(const float* z, const unsigned* labels, float eps, u64 k, float* probs, float* losses, double* losses64),
-         z, labels, eps, k, probs, losses, losses64)
-LAUNCHER(softmax_xent_backward, P(float* d, const float* probs, const unsigned* labels, float eps, float scale, u64 k, u64 nk),
-         d, probs, labels, eps, scale, k, nk)
-LAUNCHER(dropout_forward, P(float* out, float* mask, const float* inp, u64 base, float rate, float keep, u64 n),
-         out, mask, inp, base, rate, keep, n)
-LAUNCHER(dropout_backward, P(float* dinp, const float* dout, const float* mask, u64 n), dinp, dout, mask, n)
+template <typename... P, std::size_t... I>
+void call(void (*kernel)(P...), unsigned grid, unsigned block, const uint64_t* a, std::index_sequence<I...>) {
+    emu::launch(kernel, grid, block, from_slot<P>(a[I])...);
+}
+
+struct Entry {
+    const char* name;
+    std::size_t arity;
+    void (*run)(unsigned grid, unsigned block, const uint64_t* args);
+};
+
+template <auto Kernel>
+struct Launcher;
+
+template <typename... P, void (*Kernel)(P...)>
+struct Launcher<Kernel> {
+    static constexpr std::size_t arity = sizeof...(P);
+    static void run(unsigned grid, unsigned block, const uint64_t* args) {
+        call(Kernel, grid, block, args, std::index_sequence_for<P...>{});
+    }
+};
+
+#define KERNEL(k) Entry{#k, Launcher<k>::arity, Launcher<k>::run}
+
+const Entry KERNELS[] = {
+    KERNEL(sam_ascent),           KERNEL(asam_ascent),           KERNEL(nesterov_update),
+    KERNEL(momentum_update),      KERNEL(rmsprop_update),        KERNEL(scale),
+    KERNEL(axpy),                 KERNEL(ema_update),            KERNEL(sum_squares_blocks),
+    KERNEL(asam_norm_blocks),     KERNEL(sum_partials),          KERNEL(relu_forward),
+    KERNEL(relu_backward),        KERNEL(sigmoid_forward),       KERNEL(sigmoid_backward),
+    KERNEL(silu_forward),         KERNEL(silu_backward),         KERNEL(softmax_xent_forward),
+    KERNEL(softmax_xent_backward), KERNEL(dropout_forward),      KERNEL(dropout_backward),
+    KERNEL(batchnorm_forward_train), KERNEL(batchnorm_forward_eval), KERNEL(batchnorm_backward),
+};
+}  // namespace
+
+// Runs kernel `name`; returns 0, or -1 for an unknown kernel, or the kernel's arity when `nargs`
+// is not it.
+extern "C" int64_t emu_launch(const char* name, unsigned grid, unsigned block, const uint64_t* args, std::size_t nargs) {
+    for (const Entry& e : KERNELS) {
+        if (std::strcmp(e.name, name) == 0) {
+            if (e.arity != nargs) return static_cast<int64_t>(e.arity);
+            e.run(grid, block, args);
+            return 0;
+        }
+    }
+    return -1;
+}

@@ -18,7 +18,7 @@ fn every_kernel_agrees_with_the_cpu_engine() {
     let checks = selftest::run(&mut Emu::default(), N, &ringsam_bench::kernels::cpu_reference()).unwrap();
     let report = selftest::report(&checks);
     assert!(checks.iter().all(selftest::Check::passed), "{report}");
-    assert_eq!(checks.len(), 13, "{report}");
+    assert_eq!(checks.len(), 15, "{report}");
     eprintln!("{report}");
 }
 
@@ -103,4 +103,21 @@ fn launch_shapes_cover_every_element_and_bound_the_partials() {
         let r = Launch::reduction(n);
         assert!(r.grid as usize <= ringsam_kernels::launch::MAX_PARTIALS && r.grid >= 1, "{n}: {r:?}");
     }
+}
+
+#[test]
+fn every_kernel_source_is_emulated_and_arguments_are_counted() {
+    let mut emu = Emu::default();
+    for source in ringsam_kernels::SOURCES {
+        for &kernel in source.kernels {
+            // No arguments: refused for the count (so the kernel is known), never run.
+            match emu.launch(kernel, Launch::elementwise(1), &[]) {
+                Err(KernelError::Launch { why, .. }) => assert!(why.contains("the kernel takes"), "{kernel}: {why}"),
+                other => panic!("{kernel}: {other:?}"),
+            }
+        }
+    }
+    assert!(
+        matches!(emu.launch("no_such_kernel", Launch::elementwise(1), &[]), Err(KernelError::Launch { why, .. }) if why.contains("not an emulated"))
+    );
 }

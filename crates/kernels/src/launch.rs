@@ -99,6 +99,8 @@ pub enum Arg {
     Ptr(u64),
     /// A `float`.
     F32(f32),
+    /// An `unsigned` (flags).
+    U32(u32),
     /// An `unsigned long long` (element counts).
     U64(u64),
 }

@@ -18,6 +18,7 @@
 //! What only a GPU can check: the launches themselves through cudarc, and cuBLAS/cuDNN.
 
 pub mod activation;
+pub mod batchnorm;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod dropout;
@@ -67,5 +68,10 @@ pub const SOURCES: &[Source] = &[
         file: "dropout.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/dropout.cu")),
         kernels: &["dropout_forward", "dropout_backward"],
+    },
+    Source {
+        file: "batchnorm.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/batchnorm.cu")),
+        kernels: &["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward"],
     },
 ];

@@ -12,6 +12,7 @@ use std::time::Instant;
 use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
 
 use crate::activation::{self, Activation};
+use crate::batchnorm::{self, BnLayout, BnParams, BnStats};
 use crate::dropout;
 use crate::flat::{self, OptimizerState};
 use crate::launch::{KernelError, Launcher, Memory};
@@ -31,7 +32,20 @@ pub struct CpuReference {
     pub softmax_xent_backward: XentBackward,
     /// Dropout's mask from a stream at a rate (the layer's own `draw_mask`).
     pub dropout_mask: fn(&mut [f32], ringsam_rng::Rng, f32),
+    /// Batch norm's training forward in (C, N, H, W).
+    pub batchnorm_forward_train: BnForward,
+    /// Its backward.
+    pub batchnorm_backward: BnBackward,
 }
+
+/// `(out, mean, var, rstd, inp, scale, bias, eps, relu, channels, values per channel)`.
+pub type BnForward = fn(&mut [f32], &mut [f32], &mut [f32], &mut [f32], &[f32], &[f32], &[f32], f32, bool, usize, usize);
+/// `(dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, channels, values per channel)`.
+pub type BnBackward = fn(&mut [f32], &mut [f32], &mut [f32], &[f32], &[f32], &[f32], &[f32], &[f32], &[f32], bool, usize, usize);
+
+/// Batch norm's outputs and gradients are differences of per-channel sums, summed in another
+/// order than the CPU's: this much, relative to max(|value|, 1).
+pub const BATCHNORM_TOLERANCE: f64 = 1e-5;
 
 /// The CPU's softmax cross-entropy forward, as [`CpuReference`] takes it.
 pub type XentForward = fn(&mut [f32], &mut [f32], &[f32], &[u32], f32, LossShape) -> f32;
@@ -92,13 +106,19 @@ fn bitwise(got: &[f32], want: &[f32]) -> usize {
 
 /// Elements beyond `tol` relative (0: bitwise), and the largest relative difference.
 fn within(got: &[f32], want: &[f32], tol: f64) -> (usize, f64) {
+    within_floor(got, want, tol, 0.0)
+}
+
+/// As [`within`], relative to `max(|want|, floor)`: for values near zero that are the difference
+/// of larger ones (batch norm's outputs), where an absolute bound is the meaningful one.
+fn within_floor(got: &[f32], want: &[f32], tol: f64, floor: f64) -> (usize, f64) {
     let mut worst = 0.0f64;
     let mut differ = got.len().abs_diff(want.len());
     for (&a, &b) in got.iter().zip(want) {
         if a.to_bits() == b.to_bits() {
             continue;
         }
-        let r = rel(a as f64, b as f64);
+        let r = (a as f64 - b as f64).abs() / (b as f64).abs().max(floor).max(f64::MIN_POSITIVE);
         worst = worst.max(if r.is_nan() { f64::INFINITY } else { r });
         if r.is_nan() || r > tol {
             differ += 1;
@@ -131,6 +151,9 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
         checks.push(softmax_xent(l, (n / k).max(1), k, cpu)?);
     }
     checks.push(dropout(l, n, cpu)?);
+    for nhwc in [false, true] {
+        checks.push(batchnorm(l, n, nhwc, cpu)?);
+    }
     Ok(checks)
 }
 
@@ -328,4 +351,68 @@ fn dropout<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
         seconds: 0.0,
         bytes: 0,
     })
+}
+
+/// (C, M) to (M, C) and back (`c` channels).
+fn transpose(x: &[f32], c: usize) -> Vec<f32> {
+    let m = x.len() / c;
+    (0..x.len()).map(|i| x[(i % c) * m + i / c]).collect()
+}
+
+fn untranspose(x: &[f32], c: usize) -> Vec<f32> {
+    let m = x.len() / c;
+    (0..x.len()).map(|i| x[(i % m) * c + i / m]).collect()
+}
+
+fn batchnorm<L: Launcher + Memory>(l: &mut L, n: usize, nhwc: bool, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let c = 8;
+    let m = (n / c).max(1);
+    let x: Vec<f32> = data(60, c * m).iter().enumerate().map(|(i, v)| 3.0 * v + (i / m) as f32).collect();
+    let (scale, bias, dy) = (data(61, c), data(62, c), data(63, c * m));
+    // The CPU, in (C, N, H, W).
+    let (mut y, mut mean, mut var, mut rstd) = (vec![0.0; c * m], vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+    (cpu.batchnorm_forward_train)(&mut y, &mut mean, &mut var, &mut rstd, &x, &scale, &bias, 1e-5, true, c, m);
+    let (mut dx, mut dscale, mut dbias) = (vec![0.0; c * m], vec![0.5; c], vec![0.25; c]);
+    (cpu.batchnorm_backward)(&mut dx, &mut dscale, &mut dbias, &dy, &y, &x, &mean, &rstd, &scale, true, c, m);
+    // The device, in the layout asked for: the CPU's tensors transposed there and back.
+    let lay = if nhwc { BnLayout::nhwc(c, m) } else { BnLayout::cnhw(c, m) };
+    let to = |t: &[f32]| if nhwc { transpose(t, c) } else { t.to_vec() };
+    let from = |t: Vec<f32>| if nhwc { untranspose(&t, c) } else { t };
+    let (dxin, ddy, dsc, dbi) = (l.upload(&to(&x))?, l.upload(&to(&dy))?, l.upload(&scale)?, l.upload(&bias)?);
+    let (dout, dmean, dvar, drstd) = (l.zeros::<f32>(c * m)?, l.zeros::<f32>(c)?, l.zeros::<f32>(c)?, l.zeros::<f32>(c)?);
+    let (ddx, ddscale, ddbias) = (l.zeros::<f32>(c * m)?, l.upload(&[0.5f32; 8][..c])?, l.upload(&[0.25f32; 8][..c])?);
+    let stats = BnStats { mean: l.buf(&dmean), var: l.buf(&dvar), rstd: l.buf(&drstd) };
+    let p = BnParams { scale: l.buf(&dsc), bias: l.buf(&dbi) };
+    batchnorm::forward_train(l, lay, l.buf(&dout), stats, l.buf(&dxin), p, 1e-5, true)?;
+    batchnorm::backward(
+        l,
+        lay,
+        l.buf(&ddx),
+        l.buf(&ddscale),
+        l.buf(&ddbias),
+        l.buf(&ddy),
+        l.buf(&dout),
+        l.buf(&dxin),
+        stats,
+        l.buf(&dsc),
+        true,
+    )?;
+    let tol = BATCHNORM_TOLERANCE;
+    let mut differ = 0;
+    let mut worst = 0.0f64;
+    for (got, want) in [
+        (from(l.download(&dout)?), &y),
+        (l.download(&dmean)?, &mean),
+        (l.download(&dvar)?, &var),
+        (l.download(&drstd)?, &rstd),
+        (from(l.download(&ddx)?), &dx),
+        (l.download(&ddscale)?, &dscale),
+        (l.download(&ddbias)?, &dbias),
+    ] {
+        let (d, r) = within_floor(&got, want, tol, 1.0);
+        differ += d;
+        worst = worst.max(r);
+    }
+    let name = if nhwc { "batch norm + ReLU, NHWC" } else { "batch norm + ReLU, (C, N, H, W)" };
+    Ok(Check { name, differ, elements: 2 * c * m, tolerance: tol, max_rel: worst, seconds: 0.0, bytes: 0 })
 }
