@@ -5,7 +5,7 @@
 use ringsam_kernels::activation::Activation;
 use ringsam_kernels::loss::LossShape;
 use ringsam_kernels::selftest::CpuReference;
-use ringsam_tensor::{activation, batchnorm, loss};
+use ringsam_tensor::{activation, batchnorm, loss, pool};
 
 fn tensor_shape(sh: LossShape) -> loss::LossShape {
     loss::LossShape { n: sh.n, k: sh.k }
@@ -44,9 +44,42 @@ pub fn cpu_reference() -> CpuReference {
             batchnorm::batchnorm_forward_train(out, mean, var, rstd, inp, scale, bias, eps, relu, &batchnorm::BnShape { c, m })
                 .expect("the self-test's buffers match")
         },
+        pool_same: |planes, h, w, window, stride| {
+            let s = pool::PoolShape::same(planes, h, w, window, stride).expect("the self-test's shape is valid");
+            ringsam_kernels::pool::PoolShape {
+                planes: s.planes,
+                h: s.h,
+                w: s.w,
+                r: s.r,
+                s: s.s,
+                stride: s.stride,
+                pad_h: s.pad_h,
+                pad_w: s.pad_w,
+                p: s.p,
+                q: s.q,
+            }
+        },
+        avgpool: [
+            |out, inp, sh| pool::avgpool_forward(out, inp, &cpu_pool(sh)).expect("the self-test's buffers match"),
+            |dinp, dout, sh| pool::avgpool_backward(dinp, dout, &cpu_pool(sh)).expect("the self-test's buffers match"),
+        ],
+        maxpool_forward: |out, am, inp, sh| pool::maxpool_forward(out, am, inp, &cpu_pool(sh)).expect("the self-test's buffers match"),
+        maxpool_backward: |dinp, dout, am, sh| {
+            pool::maxpool_backward(dinp, dout, am, &cpu_pool(sh)).expect("the self-test's buffers match")
+        },
+        global_avgpool: [
+            |out, inp, planes, hw| pool::global_avgpool_forward(out, inp, planes, hw).expect("the self-test's buffers match"),
+            |dinp, dout, planes, hw| pool::global_avgpool_backward(dinp, dout, planes, hw).expect("the self-test's buffers match"),
+        ],
+        add: |out, a, b| ringsam_tensor::elementwise::add_forward(out, a, b).expect("the self-test's buffers match"),
         batchnorm_backward: |dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, c, m| {
             batchnorm::batchnorm_backward(dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, &batchnorm::BnShape { c, m })
                 .expect("the self-test's buffers match")
         },
     }
+}
+
+/// The self-test's pooling shape as the CPU engine's (the same fields).
+fn cpu_pool(s: &ringsam_kernels::pool::PoolShape) -> pool::PoolShape {
+    pool::PoolShape { planes: s.planes, h: s.h, w: s.w, r: s.r, s: s.s, stride: s.stride, pad_h: s.pad_h, pad_w: s.pad_w, p: s.p, q: s.q }
 }

@@ -14,6 +14,7 @@
 #include "../../kernels/cu/loss.cu"
 #include "../../kernels/cu/dropout.cu"
 #include "../../kernels/cu/batchnorm.cu"
+#include "../../kernels/cu/pool.cu"
 
 namespace {
 // A slot as a parameter: pointers are addresses, floats their bits in the low half, integers as
@@ -65,6 +66,9 @@ const Entry KERNELS[] = {
     KERNEL(silu_forward),         KERNEL(silu_backward),         KERNEL(softmax_xent_forward),
     KERNEL(softmax_xent_backward), KERNEL(dropout_forward),      KERNEL(dropout_backward),
     KERNEL(batchnorm_forward_train), KERNEL(batchnorm_forward_eval), KERNEL(batchnorm_backward),
+    KERNEL(avgpool_forward),      KERNEL(avgpool_backward),      KERNEL(maxpool_forward),
+    KERNEL(maxpool_backward),     KERNEL(global_avgpool_forward), KERNEL(global_avgpool_backward),
+    KERNEL(add),
 };
 }  // namespace
 

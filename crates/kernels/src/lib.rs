@@ -27,6 +27,7 @@ pub mod launch;
 pub mod loss;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+pub mod pool;
 pub mod selftest;
 
 pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory};
@@ -73,5 +74,18 @@ pub const SOURCES: &[Source] = &[
         file: "batchnorm.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/batchnorm.cu")),
         kernels: &["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward"],
+    },
+    Source {
+        file: "pool.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/pool.cu")),
+        kernels: &[
+            "avgpool_forward",
+            "avgpool_backward",
+            "maxpool_forward",
+            "maxpool_backward",
+            "global_avgpool_forward",
+            "global_avgpool_backward",
+            "add",
+        ],
     },
 ];

@@ -17,6 +17,7 @@ use crate::dropout;
 use crate::flat::{self, OptimizerState};
 use crate::launch::{KernelError, Launcher, Memory};
 use crate::loss::{self, LossShape};
+use crate::pool::{self, PoolShape};
 
 /// The CPU engine's kernels that the device's are held to, beyond `ringsam-optim` (which this
 /// crate depends on): `ringsam-tensor` will dispatch to this crate, so it cannot be a dependency;
@@ -36,8 +37,24 @@ pub struct CpuReference {
     pub batchnorm_forward_train: BnForward,
     /// Its backward.
     pub batchnorm_backward: BnBackward,
+    /// The CPU's SAME pooling window: `(planes, h, w, window, stride)`.
+    pub pool_same: fn(usize, usize, usize, usize, usize) -> PoolShape,
+    /// Average pooling, forward and backward.
+    pub avgpool: [PoolFn; 2],
+    /// Max pooling forward `(out, argmax, inp, shape)`.
+    pub maxpool_forward: fn(&mut [f32], &mut [u32], &[f32], &PoolShape),
+    /// Max pooling backward `(dinp, dout, argmax, shape)`.
+    pub maxpool_backward: fn(&mut [f32], &[f32], &[u32], &PoolShape),
+    /// Global average pooling, forward and backward: `(out, inp, planes, hw)`, `(dinp, dout, planes, hw)`.
+    pub global_avgpool: [GlobalPoolFn; 2],
+    /// `out = a + b`.
+    pub add: fn(&mut [f32], &[f32], &[f32]),
 }
 
+/// `(out, inp, shape)` or `(dinp, dout, shape)`.
+pub type PoolFn = fn(&mut [f32], &[f32], &PoolShape);
+/// `(out, inp, planes, hw)` or `(dinp, dout, planes, hw)`.
+pub type GlobalPoolFn = fn(&mut [f32], &[f32], usize, usize);
 /// `(out, mean, var, rstd, inp, scale, bias, eps, relu, channels, values per channel)`.
 pub type BnForward = fn(&mut [f32], &mut [f32], &mut [f32], &mut [f32], &[f32], &[f32], &[f32], f32, bool, usize, usize);
 /// `(dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, channels, values per channel)`.
@@ -154,6 +171,8 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     for nhwc in [false, true] {
         checks.push(batchnorm(l, n, nhwc, cpu)?);
     }
+    checks.push(pools(l, n, cpu)?);
+    checks.push(global_pool_and_add(l, n, cpu)?);
     Ok(checks)
 }
 
@@ -415,4 +434,51 @@ fn batchnorm<L: Launcher + Memory>(l: &mut L, n: usize, nhwc: bool, cpu: &CpuRef
     }
     let name = if nhwc { "batch norm + ReLU, NHWC" } else { "batch norm + ReLU, (C, N, H, W)" };
     Ok(Check { name, differ, elements: 2 * c * m, tolerance: tol, max_rel: worst, seconds: 0.0, bytes: 0 })
+}
+
+fn pools<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let (h, w) = (15, 15);
+    let sh = (cpu.pool_same)((n / (h * w)).max(1), h, w, 3, 2);
+    let (x, dy) = (data(70, sh.planes * h * w), data(71, sh.planes * sh.p * sh.q));
+    let (mut y, mut dx) = (vec![0.0; dy.len()], vec![0.0; x.len()]);
+    let (mut my, mut am, mut mdx) = (vec![0.0; dy.len()], vec![0u32; dy.len()], vec![0.0; x.len()]);
+    (cpu.avgpool[0])(&mut y, &x, &sh);
+    (cpu.avgpool[1])(&mut dx, &dy, &sh);
+    (cpu.maxpool_forward)(&mut my, &mut am, &x, &sh);
+    (cpu.maxpool_backward)(&mut mdx, &dy, &am, &sh);
+    let (dxin, ddy) = (l.upload(&x)?, l.upload(&dy)?);
+    let (gy, gdx, gmy, gam, gmdx) =
+        (l.zeros::<f32>(y.len())?, l.zeros::<f32>(x.len())?, l.zeros::<f32>(y.len())?, l.zeros::<u32>(y.len())?, l.zeros::<f32>(x.len())?);
+    pool::avgpool_forward(l, l.buf(&gy), l.buf(&dxin), &sh)?;
+    pool::avgpool_backward(l, l.buf(&gdx), l.buf(&ddy), &sh)?;
+    pool::maxpool_forward(l, l.buf(&gmy), l.buf(&gam), l.buf(&dxin), &sh)?;
+    pool::maxpool_backward(l, l.buf(&gmdx), l.buf(&ddy), l.buf(&gam), &sh)?;
+    let argmax_differ = l.download(&gam)?.iter().zip(&am).filter(|(a, b)| a != b).count();
+    let differ = bitwise(&l.download(&gy)?, &y)
+        + bitwise(&l.download(&gdx)?, &dx)
+        + bitwise(&l.download(&gmy)?, &my)
+        + bitwise(&l.download(&gmdx)?, &mdx)
+        + argmax_differ;
+    let elements = 2 * (x.len() + y.len());
+    Ok(Check { name: "avg and max pool 3×3/2 SAME, fwd+bwd", differ, elements, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
+}
+
+fn global_pool_and_add<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let hw = 64;
+    let planes = (n / hw).max(1);
+    let (x, dy, b) = (data(80, planes * hw), data(81, planes), data(82, planes * hw));
+    let (mut y, mut dx, mut sum) = (vec![0.0; planes], vec![0.0; planes * hw], vec![0.0; planes * hw]);
+    (cpu.global_avgpool[0])(&mut y, &x, planes, hw);
+    (cpu.global_avgpool[1])(&mut dx, &dy, planes, hw);
+    (cpu.add)(&mut sum, &x, &b);
+    let (dxin, ddy, db) = (l.upload(&x)?, l.upload(&dy)?, l.upload(&b)?);
+    let (gy, gdx, gsum) = (l.zeros::<f32>(planes)?, l.zeros::<f32>(planes * hw)?, l.zeros::<f32>(planes * hw)?);
+    pool::global_avgpool_forward(l, l.buf(&gy), l.buf(&dxin), hw)?;
+    pool::global_avgpool_backward(l, l.buf(&gdx), l.buf(&ddy), hw)?;
+    pool::add(l, l.buf(&gsum), l.buf(&dxin), l.buf(&db))?;
+    // The forward's sum is a tree in double where the CPU's runs in order: rounding apart.
+    let (d1, r1) = within(&l.download(&gy)?, &y, TRANSCENDENTAL_TOLERANCE);
+    let differ = d1 + bitwise(&l.download(&gdx)?, &dx) + bitwise(&l.download(&gsum)?, &sum);
+    let name = "global avg pool fwd+bwd, residual add";
+    Ok(Check { name, differ, elements: planes * (1 + 2 * hw), tolerance: TRANSCENDENTAL_TOLERANCE, max_rel: r1, seconds: 0.0, bytes: 0 })
 }
