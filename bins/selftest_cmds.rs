@@ -11,7 +11,7 @@ use crate::process::usage;
 #[derive(Subcommand, Debug)]
 pub enum SelftestCommand {
     /// The CUDA kernels (SAM's ascent, the optimizers, norms, clipping, weight decay, the EMA,
-    /// activations, softmax cross-entropy, dropout's masks, batch norm, pooling) against the CPU engine: bitwise where the arithmetic
+    /// activations, softmax cross-entropy, dropout's masks, batch norm, pooling, im2col) against the CPU engine: bitwise where the arithmetic
     /// allows, 1e-6 where the GPU's exp rounds differently, norms to 1e-12; with device timings.
     Kernels(SelftestKernelsArgs),
 }

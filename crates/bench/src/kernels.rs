@@ -3,9 +3,11 @@
 //! signatures. Used by `ringsam selftest kernels` on a GPU and by the emulated tests in CI.
 
 use ringsam_kernels::activation::Activation;
+use ringsam_kernels::conv::ConvShape as KernelConv;
 use ringsam_kernels::loss::LossShape;
+use ringsam_kernels::pool::PoolShape as KernelPool;
 use ringsam_kernels::selftest::CpuReference;
-use ringsam_tensor::{activation, batchnorm, loss, pool};
+use ringsam_tensor::{activation, batchnorm, conv, im2col, loss, pool};
 
 fn tensor_shape(sh: LossShape) -> loss::LossShape {
     loss::LossShape { n: sh.n, k: sh.k }
@@ -45,19 +47,7 @@ pub fn cpu_reference() -> CpuReference {
                 .expect("the self-test's buffers match")
         },
         pool_same: |planes, h, w, window, stride| {
-            let s = pool::PoolShape::same(planes, h, w, window, stride).expect("the self-test's shape is valid");
-            ringsam_kernels::pool::PoolShape {
-                planes: s.planes,
-                h: s.h,
-                w: s.w,
-                r: s.r,
-                s: s.s,
-                stride: s.stride,
-                pad_h: s.pad_h,
-                pad_w: s.pad_w,
-                p: s.p,
-                q: s.q,
-            }
+            kernel_pool(pool::PoolShape::same(planes, h, w, window, stride).expect("the self-test's shape is valid"))
         },
         avgpool: [
             |out, inp, sh| pool::avgpool_forward(out, inp, &cpu_pool(sh)).expect("the self-test's buffers match"),
@@ -72,6 +62,13 @@ pub fn cpu_reference() -> CpuReference {
             |dinp, dout, planes, hw| pool::global_avgpool_backward(dinp, dout, planes, hw).expect("the self-test's buffers match"),
         ],
         add: |out, a, b| ringsam_tensor::elementwise::add_forward(out, a, b).expect("the self-test's buffers match"),
+        conv_same: |n, c, h, w, k, kernel, stride, groups| {
+            kernel_conv(conv::Conv2dShape::same(n, c, h, w, k, kernel, kernel, stride, groups).expect("the self-test's shape is valid"))
+        },
+        im2col: [
+            |col, inp, sh, c0| im2col::im2col(col, inp, &cpu_conv(sh), c0),
+            |dinp, col, sh, c0| im2col::col2im(dinp, col, &cpu_conv(sh), c0),
+        ],
         batchnorm_backward: |dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, c, m| {
             batchnorm::batchnorm_backward(dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, &batchnorm::BnShape { c, m })
                 .expect("the self-test's buffers match")
@@ -79,7 +76,24 @@ pub fn cpu_reference() -> CpuReference {
     }
 }
 
-/// The self-test's pooling shape as the CPU engine's (the same fields).
-fn cpu_pool(s: &ringsam_kernels::pool::PoolShape) -> pool::PoolShape {
-    pool::PoolShape { planes: s.planes, h: s.h, w: s.w, r: s.r, s: s.s, stride: s.stride, pad_h: s.pad_h, pad_w: s.pad_w, p: s.p, q: s.q }
+/// The CPU engine's pooling shape as the kernels' (the same fields) and back.
+fn kernel_pool(s: pool::PoolShape) -> KernelPool {
+    let pool::PoolShape { planes, h, w, r, s, stride, pad_h, pad_w, p, q } = s;
+    KernelPool { planes, h, w, r, s, stride, pad_h, pad_w, p, q }
+}
+
+fn cpu_pool(s: &KernelPool) -> pool::PoolShape {
+    let KernelPool { planes, h, w, r, s, stride, pad_h, pad_w, p, q } = *s;
+    pool::PoolShape { planes, h, w, r, s, stride, pad_h, pad_w, p, q }
+}
+
+/// The CPU engine's convolution shape as the kernels' and back.
+fn kernel_conv(s: conv::Conv2dShape) -> KernelConv {
+    let conv::Conv2dShape { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups } = s;
+    KernelConv { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups }
+}
+
+fn cpu_conv(s: &KernelConv) -> conv::Conv2dShape {
+    let KernelConv { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups } = *s;
+    conv::Conv2dShape { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups }
 }

@@ -15,6 +15,7 @@
 #include "../../kernels/cu/dropout.cu"
 #include "../../kernels/cu/batchnorm.cu"
 #include "../../kernels/cu/pool.cu"
+#include "../../kernels/cu/im2col.cu"
 
 namespace {
 // A slot as a parameter: pointers are addresses, floats their bits in the low half, integers as
@@ -68,7 +69,7 @@ const Entry KERNELS[] = {
     KERNEL(batchnorm_forward_train), KERNEL(batchnorm_forward_eval), KERNEL(batchnorm_backward),
     KERNEL(avgpool_forward),      KERNEL(avgpool_backward),      KERNEL(maxpool_forward),
     KERNEL(maxpool_backward),     KERNEL(global_avgpool_forward), KERNEL(global_avgpool_backward),
-    KERNEL(add),
+    KERNEL(add),                  KERNEL(im2col),                KERNEL(col2im),
 };
 }  // namespace
 

@@ -19,6 +19,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod dropout;
@@ -87,5 +88,10 @@ pub const SOURCES: &[Source] = &[
             "global_avgpool_backward",
             "add",
         ],
+    },
+    Source {
+        file: "im2col.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/im2col.cu")),
+        kernels: &["im2col", "col2im"],
     },
 ];

@@ -13,6 +13,7 @@ use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
 
 use crate::activation::{self, Activation};
 use crate::batchnorm::{self, BnLayout, BnParams, BnStats};
+use crate::conv::{self, ConvShape};
 use crate::dropout;
 use crate::flat::{self, OptimizerState};
 use crate::launch::{KernelError, Launcher, Memory};
@@ -49,7 +50,14 @@ pub struct CpuReference {
     pub global_avgpool: [GlobalPoolFn; 2],
     /// `out = a + b`.
     pub add: fn(&mut [f32], &[f32], &[f32]),
+    /// The CPU's SAME convolution shape: `(n, c, h, w, k, kernel, stride, groups)`.
+    pub conv_same: fn(usize, usize, usize, usize, usize, usize, usize, usize) -> ConvShape,
+    /// `(col, inp, shape, c0)` and `(dinp, col, shape, c0)`.
+    pub im2col: [ColFn; 2],
 }
+
+/// im2col's `(col, inp, shape, c0)` or col2im's `(dinp, col, shape, c0)`.
+pub type ColFn = fn(&mut [f32], &[f32], &ConvShape, usize);
 
 /// `(out, inp, shape)` or `(dinp, dout, shape)`.
 pub type PoolFn = fn(&mut [f32], &[f32], &PoolShape);
@@ -173,6 +181,9 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     }
     checks.push(pools(l, n, cpu)?);
     checks.push(global_pool_and_add(l, n, cpu)?);
+    for groups in [1, 4] {
+        checks.push(im2col(l, n, groups, cpu)?);
+    }
     Ok(checks)
 }
 
@@ -481,4 +492,30 @@ fn global_pool_and_add<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuRefer
     let differ = d1 + bitwise(&l.download(&gdx)?, &dx) + bitwise(&l.download(&gsum)?, &sum);
     let name = "global avg pool fwd+bwd, residual add";
     Ok(Check { name, differ, elements: planes * (1 + 2 * hw), tolerance: TRANSCENDENTAL_TOLERANCE, max_rel: r1, seconds: 0.0, bytes: 0 })
+}
+
+fn im2col<L: Launcher + Memory>(l: &mut L, n: usize, groups: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    // 3×3 stride 2 SAME on an even size: TensorFlow's asymmetric padding (0 before, 1 after).
+    let (c, h) = (4, 8);
+    let sh = (cpu.conv_same)((n / (c * h * h)).max(1), c, h, h, c, 3, 2, groups);
+    let x = data(90, sh.n * c * h * h);
+    let dinp0 = data(91, x.len());
+    let (dx, ddinp) = (l.upload(&x)?, l.upload(&dinp0)?);
+    let mut cpu_dinp = dinp0.clone();
+    let (mut differ, mut elements) = (0, 0);
+    for c0 in (0..c).step_by(c / groups) {
+        let mut col = vec![0.0; sh.col_len()];
+        (cpu.im2col[0])(&mut col, &x, &sh, c0);
+        (cpu.im2col[1])(&mut cpu_dinp, &col, &sh, c0);
+        let dcol = l.zeros::<f32>(sh.col_len())?;
+        conv::im2col(l, l.buf(&dcol), l.buf(&dx), &sh, c0)?;
+        conv::col2im(l, l.buf(&ddinp), l.buf(&dcol), &sh, c0)?;
+        differ += bitwise(&l.download(&dcol)?, &col);
+        elements += col.len();
+        l.finish()?; // `dcol` is freed at the end of this iteration
+    }
+    differ += bitwise(&l.download(&ddinp)?, &cpu_dinp);
+    elements += x.len();
+    let name = if groups == 1 { "im2col + col2im, 3×3/2 SAME" } else { "im2col + col2im, 4 groups" };
+    Ok(Check { name, differ, elements, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
 }
