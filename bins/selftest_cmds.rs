@@ -10,9 +10,10 @@ use crate::process::usage;
 /// `ringsam selftest …`.
 #[derive(Subcommand, Debug)]
 pub enum SelftestCommand {
-    /// The CUDA kernels (SAM's ascent, the optimizers, norms, clipping, weight decay, the EMA,
-    /// activations, softmax cross-entropy, dropout's masks, batch norm, pooling, im2col) against the CPU engine: bitwise where the arithmetic
-    /// allows, 1e-6 where the GPU's exp rounds differently, norms to 1e-12; with device timings.
+    /// The CUDA kernels (the optimizers and SAM, norms, activations, the loss, dropout, batch
+    /// norm, pooling, im2col, the dense bias, per-example scaling, error counts) against the CPU
+    /// engine: bitwise where the arithmetic allows, 1e-6 where the GPU's exp rounds differently,
+    /// 1e-5 for batch norm, norms to 1e-12; with device timings.
     Kernels(SelftestKernelsArgs),
 }
 

@@ -69,6 +69,9 @@ pub fn cpu_reference() -> CpuReference {
             |col, inp, sh, c0| im2col::im2col(col, inp, &cpu_conv(sh), c0),
             |dinp, col, sh, c0| im2col::col2im(dinp, col, &cpu_conv(sh), c0),
         ],
+        bias: [ringsam_nn::layers::broadcast_bias, ringsam_nn::layers::add_bias_gradient],
+        scale_examples: ringsam_nn::layers::scale_examples,
+        count_errors: ringsam_train::step::count_errors,
         batchnorm_backward: |dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, c, m| {
             batchnorm::batchnorm_backward(dinp, dscale, dbias, dout, out, inp, mean, rstd, scale, relu, &batchnorm::BnShape { c, m })
                 .expect("the self-test's buffers match")

@@ -16,6 +16,7 @@
 #include "../../kernels/cu/batchnorm.cu"
 #include "../../kernels/cu/pool.cu"
 #include "../../kernels/cu/im2col.cu"
+#include "../../kernels/cu/dense.cu"
 
 namespace {
 // A slot as a parameter: pointers are addresses, floats their bits in the low half, integers as
@@ -70,6 +71,8 @@ const Entry KERNELS[] = {
     KERNEL(avgpool_forward),      KERNEL(avgpool_backward),      KERNEL(maxpool_forward),
     KERNEL(maxpool_backward),     KERNEL(global_avgpool_forward), KERNEL(global_avgpool_backward),
     KERNEL(add),                  KERNEL(im2col),                KERNEL(col2im),
+    KERNEL(broadcast_bias),       KERNEL(add_bias_gradient),     KERNEL(scale_planes),
+    KERNEL(count_errors),
 };
 }  // namespace
 

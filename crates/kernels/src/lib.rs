@@ -20,6 +20,7 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod conv;
+pub mod dense;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod dropout;
@@ -93,5 +94,10 @@ pub const SOURCES: &[Source] = &[
         file: "im2col.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/im2col.cu")),
         kernels: &["im2col", "col2im"],
+    },
+    Source {
+        file: "dense.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/dense.cu")),
+        kernels: &["broadcast_bias", "add_bias_gradient", "scale_planes", "count_errors"],
     },
 ];

@@ -14,6 +14,7 @@ use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
 use crate::activation::{self, Activation};
 use crate::batchnorm::{self, BnLayout, BnParams, BnStats};
 use crate::conv::{self, ConvShape};
+use crate::dense;
 use crate::dropout;
 use crate::flat::{self, OptimizerState};
 use crate::launch::{KernelError, Launcher, Memory};
@@ -54,8 +55,16 @@ pub struct CpuReference {
     pub conv_same: fn(usize, usize, usize, usize, usize, usize, usize, usize) -> ConvShape,
     /// `(col, inp, shape, c0)` and `(dinp, col, shape, c0)`.
     pub im2col: [ColFn; 2],
+    /// The dense layer's bias `(out, b)` and its gradient `(db, dout)`.
+    pub bias: [BiasFn; 2],
+    /// `(out, x, coef, plane)`: example `n` of `x (C, N, H, W)` times `coef[n]`.
+    pub scale_examples: fn(&mut [f32], &[f32], &[f32], usize),
+    /// Wrong predictions `(logits, labels, classes)`.
+    pub count_errors: fn(&[f32], &[u32], usize) -> usize,
 }
 
+/// `(out, b)` or `(db, dout)`.
+pub type BiasFn = fn(&mut [f32], &[f32]);
 /// im2col's `(col, inp, shape, c0)` or col2im's `(dinp, col, shape, c0)`.
 pub type ColFn = fn(&mut [f32], &[f32], &ConvShape, usize);
 
@@ -184,6 +193,7 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     for groups in [1, 4] {
         checks.push(im2col(l, n, groups, cpu)?);
     }
+    checks.push(dense_parts(l, n, cpu)?);
     Ok(checks)
 }
 
@@ -518,4 +528,35 @@ fn im2col<L: Launcher + Memory>(l: &mut L, n: usize, groups: usize, cpu: &CpuRef
     elements += x.len();
     let name = if groups == 1 { "im2col + col2im, 3×3/2 SAME" } else { "im2col + col2im, 4 groups" };
     Ok(Check { name, differ, elements, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
+}
+
+fn dense_parts<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let k = 10;
+    let rows = (n / k).max(1);
+    let (logits, b, coef) = (data(100, rows * k), data(101, k), data(102, 4));
+    let labels: Vec<u32> = (0..rows).map(|i| ((i * 3) % k) as u32).collect();
+    // The CPU: bias, its gradient, per-example scaling over 4 examples of 5-value planes, errors.
+    let mut out = vec![0.0; rows * k];
+    (cpu.bias[0])(&mut out, &b);
+    let mut db = data(103, k);
+    (cpu.bias[1])(&mut db, &logits);
+    let x = &logits[..(rows * k / 20) * 20];
+    let mut scaled = vec![0.0; x.len()];
+    (cpu.scale_examples)(&mut scaled, x, &coef, 5);
+    let errors = (cpu.count_errors)(&logits, &labels, k);
+    // The device.
+    let (dl, db_in, dcoef, dlab, dx) = (l.upload(&logits)?, l.upload(&b)?, l.upload(&coef)?, l.upload(&labels)?, l.upload(x)?);
+    let (gout, gdb, gscaled, gwrong) =
+        (l.zeros::<f32>(rows * k)?, l.upload(&data(103, k))?, l.zeros::<f32>(x.len())?, l.zeros::<u32>(rows)?);
+    dense::broadcast_bias(l, l.buf(&gout), l.buf(&db_in))?;
+    dense::add_bias_gradient(l, l.buf(&gdb), l.buf(&dl))?;
+    dense::scale_planes(l, l.buf(&gscaled), l.buf(&dx), l.buf(&dcoef), 5)?;
+    dense::count_errors(l, l.buf(&gwrong), l.buf(&dl), l.buf(&dlab))?;
+    let got_errors: u32 = l.download(&gwrong)?.iter().sum();
+    let differ = bitwise(&l.download(&gout)?, &out)
+        + bitwise(&l.download(&gdb)?, &db)
+        + bitwise(&l.download(&gscaled)?, &scaled)
+        + usize::from(got_errors as usize != errors);
+    let elements = 2 * rows * k + k + x.len();
+    Ok(Check { name: "dense bias, scale per example, errors", differ, elements, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
 }

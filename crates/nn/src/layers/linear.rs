@@ -51,10 +51,7 @@ impl Layer for Linear {
     fn forward(&mut self, params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let n = self.batch(x)?;
         self.buffers.out.resize(&[n, self.c_out]);
-        let b = &params[self.bias.range()];
-        for row in self.buffers.out.as_mut_slice().chunks_mut(self.c_out) {
-            row.copy_from_slice(b);
-        }
+        broadcast_bias(self.buffers.out.as_mut_slice(), &params[self.bias.range()]);
         let w = MatRef::row_major(&params[self.kernel.range()], self.c_in, self.c_out);
         gemm(MatMut::row_major(self.buffers.out.as_mut_slice(), n, self.c_out), MatRef::row_major(x.as_slice(), self.c_in, n).t(), w, true)
             .in_layer(&self.name)
@@ -72,9 +69,7 @@ impl Layer for Linear {
             true,
         )
         .in_layer(&self.name)?;
-        for (db, col) in grads[self.bias.range()].iter_mut().zip(0..self.c_out) {
-            *db += (0..n).map(|i| dout.as_slice()[i * self.c_out + col] as f64).sum::<f64>() as f32;
-        }
+        add_bias_gradient(&mut grads[self.bias.range()], dout.as_slice());
         // dx (in × N) = W (in × out) · doutᵀ (out × N)
         self.buffers.dinp.resize(&[self.c_in, n]);
         let w = MatRef::row_major(&params[self.kernel.range()], self.c_in, self.c_out);
@@ -91,5 +86,21 @@ impl Layer for Linear {
 
     fn buffers_mut(&mut self) -> &mut Buffers {
         &mut self.buffers
+    }
+}
+
+/// Every row of `out` (`N × K`) set to the bias `b` (`K`), before the GEMM adds `xᵀ·W`.
+pub fn broadcast_bias(out: &mut [f32], b: &[f32]) {
+    for row in out.chunks_mut(b.len()) {
+        row.copy_from_slice(b);
+    }
+}
+
+/// `db += Σ_rows dout` (`dout` is `N × K`), each column summed in order in double.
+pub fn add_bias_gradient(db: &mut [f32], dout: &[f32]) {
+    let k = db.len();
+    let n = dout.len() / k.max(1);
+    for (col, d) in db.iter_mut().enumerate() {
+        *d += (0..n).map(|i| dout[i * k + col] as f64).sum::<f64>() as f32;
     }
 }

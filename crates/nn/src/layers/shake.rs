@@ -28,7 +28,7 @@ const BACKWARD: u64 = 2;
 const MASK: u64 = 3;
 
 /// Multiplies example `n` of `x (C, N, H, W)` by `coef[n]` into `out`.
-pub(crate) fn scale_examples(out: &mut [f32], x: &[f32], coef: &[f32], plane: usize) {
+pub fn scale_examples(out: &mut [f32], x: &[f32], coef: &[f32], plane: usize) {
     let n = coef.len();
     for (i, (o, v)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
         let c = coef[i % n];
