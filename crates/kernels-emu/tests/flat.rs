@@ -121,3 +121,20 @@ fn every_kernel_source_is_emulated_and_arguments_are_counted() {
         matches!(emu.launch("no_such_kernel", Launch::elementwise(1), &[]), Err(KernelError::Launch { why, .. }) if why.contains("not an emulated"))
     );
 }
+
+/// A GPU refuses a launch of 0 blocks: the per-channel and per-plane operations never make one.
+#[test]
+fn nothing_launches_zero_blocks() {
+    use ringsam_kernels::batchnorm::{self, BnLayout, BnParams, BnStats};
+    let (empty, one) = (Vec::<f32>::new(), vec![0.0f32; 1]);
+    let mut emu = Emu::default();
+    // SAFETY: the vectors outlive the launches.
+    let (e, o) = unsafe { (host_buf(&empty), host_buf(&one)) };
+    let stats = BnStats { mean: e, var: e, rstd: e };
+    let p = BnParams { scale: e, bias: e };
+    assert!(batchnorm::forward_train(&mut emu, BnLayout::cnhw(0, 1), e, stats, e, p, 1e-5, false).is_err());
+    ringsam_kernels::pool::global_avgpool_forward(&mut emu, e, e, 4).unwrap();
+    assert!(ringsam_kernels::pool::global_avgpool_forward(&mut emu, o, e, 4).is_err());
+    assert!(emu.launches.iter().all(|l| l.1.grid > 0), "{:?}", emu.launches);
+    assert!(emu.launches.is_empty(), "{:?}", emu.launches);
+}

@@ -18,8 +18,8 @@ typedef unsigned long long u64;
         __shared__ TYPE part[REDUCE_BLOCK];                                  \
         part[threadIdx.x] = (value);                                         \
         __syncthreads();                                                     \
-        for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {                   \
-            if (threadIdx.x < s) part[threadIdx.x] = OP(part[threadIdx.x], part[threadIdx.x + s]); \
+        for (unsigned half_ = blockDim.x / 2; half_ > 0; half_ /= 2) {       \
+            if (threadIdx.x < half_) part[threadIdx.x] = OP(part[threadIdx.x], part[threadIdx.x + half_]); \
             __syncthreads();                                                 \
         }                                                                    \
         (out) = part[0];                                                     \

@@ -35,8 +35,9 @@ impl BnLayout {
         for &p in per_channel {
             len(self.c, p)?;
         }
-        if self.m == 0 {
-            return Err(KernelError::Launch { kernel: op, why: "batch norm over an empty batch".into() });
+        if self.m == 0 || self.c == 0 {
+            // Also no launch of 0 blocks, which a GPU refuses.
+            return Err(KernelError::Launch { kernel: op, why: "batch norm over an empty batch or no channels".into() });
         }
         u32::try_from(self.c).map_err(|_| KernelError::Launch { kernel: op, why: format!("{} channels", self.c) })
     }

@@ -1,11 +1,13 @@
-//! The [`Launcher`] on a GPU (feature `cuda`): kernels compiled by NVRTC for the device in hand,
-//! launched through cudarc on one stream. Only a GPU runs this file; everything it is given
+//! The [`Launcher`] on a GPU (feature `cuda`): kernels compiled by NVRTC to cubins for the device
+//! in hand, launched through cudarc on one stream (the legacy default stream: cuBLAS and cuDNN
+//! must be given it too, or be ordered against it, since event tracking is off). Only a GPU runs this file; everything it is given
 //! (shapes, argument lists, the operations) is checked under emulation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
 
 use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, MAX_PARTIALS, Memory};
 use crate::{SOURCES, nvrtc};
@@ -23,20 +25,6 @@ fn driver(what: &'static str) -> impl Fn(DriverError) -> KernelError {
     move |e| KernelError::Launch { kernel: what, why: e.to_string() }
 }
 
-/// NVRTC's name for a compute capability (`compute_90` for 9.0).
-fn arch_name(major: i32, minor: i32) -> &'static str {
-    match (major, minor) {
-        (8, 0) => "compute_80",
-        (8, 6) => "compute_86",
-        (8, 9) => "compute_89",
-        (9, 0) => "compute_90",
-        (10, 0) => "compute_100",
-        (12, 0) => "compute_120",
-        // Any other: named once per process, for the life of the process.
-        _ => Box::leak(format!("compute_{major}{minor}").into_boxed_str()),
-    }
-}
-
 impl CudaLauncher {
     /// Compiles every kernel for GPU `ordinal` and loads them.
     pub fn new(ordinal: usize) -> Result<CudaLauncher, KernelError> {
@@ -46,11 +34,11 @@ impl CudaLauncher {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let (major, minor) = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
-        let arch = arch_name(major, minor);
+        let gpu = format!("sm_{major}{minor}");
         let mut functions = HashMap::new();
         for source in SOURCES {
-            let ptx = nvrtc::compile(source, arch).map_err(|why| KernelError::Launch { kernel: source.file, why })?;
-            let module = ctx.load_module(ptx).map_err(driver(source.file))?;
+            let cubin = nvrtc::compile_cubin(source, &gpu).map_err(|why| KernelError::Launch { kernel: source.file, why })?;
+            let module = ctx.load_module(Ptx::from_binary(cubin)).map_err(driver(source.file))?;
             for &kernel in source.kernels {
                 functions.insert(kernel, module.load_function(kernel).map_err(driver(kernel))?);
             }

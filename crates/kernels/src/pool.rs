@@ -75,6 +75,9 @@ pub fn global_avgpool_forward(l: &mut impl Launcher, out: Buf<f32>, inp: Buf<f32
     if inp.len() != out.len() * hw || hw == 0 {
         return Err(KernelError::Length { op, got: inp.len(), want: out.len() * hw });
     }
+    if out.is_empty() {
+        return Ok(()); // no planes: nothing to launch (a GPU refuses a grid of 0 blocks)
+    }
     let planes = u32::try_from(out.len()).map_err(|_| KernelError::Launch { kernel: op, why: format!("{} planes", out.len()) })?;
     l.launch(op, Launch { grid: planes, block: REDUCE_BLOCK }, &[out.into(), inp.into(), Arg::U64(hw as u64)])
 }
