@@ -11,7 +11,8 @@ use crate::process::usage;
 #[derive(Subcommand, Debug)]
 pub enum SelftestCommand {
     /// The CUDA kernels (the optimizers and SAM, norms, activations, the loss, dropout, batch
-    /// norm, pooling, im2col, the dense bias, per-example scaling, error counts) against the CPU
+    /// norm, pooling, im2col, the dense bias, per-example scaling, error counts, cuBLAS's SGEMM as
+    /// the engine will call it) against the CPU
     /// engine: bitwise where the arithmetic allows, 1e-6 where the GPU's exp rounds differently,
     /// 1e-5 for batch norm, norms to 1e-12; with device timings.
     Kernels(SelftestKernelsArgs),

@@ -66,6 +66,14 @@ impl Launcher for Emu {
         unsafe { Ok((host_buf(&self.partials), host_buf(&self.total))) }
     }
 
+    fn sgemm(&mut self, call: &ringsam_kernels::gemm::SgemmCall) -> Result<(), KernelError> {
+        self.launches.push(("sgemm", Launch { grid: 1, block: 1 }));
+        // SAFETY: the plan's matrices lie inside host Bufs (plan checks each against its
+        // buffer's length; host_buf's contract keeps them alive).
+        unsafe { ringsam_kernels::gemm::sgemm_reference(call) };
+        Ok(())
+    }
+
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {
         // SAFETY: a Buf of this launcher's host memory (the contract of host_buf).
         Ok(unsafe { std::slice::from_raw_parts(buf.addr() as *const f64, buf.len()) }.to_vec())

@@ -18,7 +18,7 @@ fn every_kernel_agrees_with_the_cpu_engine() {
     let checks = selftest::run(&mut Emu::default(), N, &ringsam_bench::kernels::cpu_reference()).unwrap();
     let report = selftest::report(&checks);
     assert!(checks.iter().all(selftest::Check::passed), "{report}");
-    assert_eq!(checks.len(), 20, "{report}");
+    assert_eq!(checks.len(), 21, "{report}");
     eprintln!("{report}");
 }
 
@@ -34,6 +34,9 @@ impl Launcher for Swapped {
     }
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {
         self.0.read_f64(buf)
+    }
+    fn sgemm(&mut self, call: &ringsam_kernels::gemm::SgemmCall) -> Result<(), KernelError> {
+        self.0.sgemm(call)
     }
 }
 

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cudarc::cublas::{CudaBlas, sys::cublasOperation_t};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
@@ -16,6 +17,7 @@ use crate::{SOURCES, nvrtc};
 pub struct CudaLauncher {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     partials: CudaSlice<f64>,
     total: CudaSlice<f64>,
@@ -45,7 +47,10 @@ impl CudaLauncher {
         }
         let partials = stream.alloc_zeros::<f64>(MAX_PARTIALS).map_err(driver("allocating reduction scratch"))?;
         let total = stream.alloc_zeros::<f64>(1).map_err(driver("allocating reduction scratch"))?;
-        Ok(CudaLauncher { ctx, stream, functions, partials, total })
+        // cuBLAS on the same stream: ordered with the kernels without events. Default math mode:
+        // FP32, no TF32 (the self-test compares against the CPU; --precision comes later).
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: e.to_string() })?;
+        Ok(CudaLauncher { ctx, stream, blas, functions, partials, total })
     }
 
     /// The device's name, for reports.
@@ -87,6 +92,35 @@ impl Launcher for CudaLauncher {
         // SAFETY: the argument list is the kernel's parameter list, in order (the operations in
         // crate::flat build it, and the emulation checks every one of them against the CPU).
         unsafe { builder.launch(cfg) }.map(|_| ()).map_err(driver(kernel))
+    }
+
+    fn sgemm(&mut self, call: &crate::gemm::SgemmCall) -> Result<(), KernelError> {
+        let int = |v: usize| {
+            i32::try_from(v).map_err(|_| KernelError::Launch { kernel: "sgemm", why: format!("dimension {v} past cuBLAS's int") })
+        };
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let (alpha, beta) = (1.0f32, call.beta);
+        // SAFETY: gemm::plan made the call from views it checked against their buffers, on this
+        // launcher's device; the handle runs on our stream.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *self.blas.handle(),
+                op(call.transa),
+                op(call.transb),
+                int(call.m)?,
+                int(call.n)?,
+                int(call.k)?,
+                &alpha,
+                call.a.0 as *const f32,
+                int(call.a.1)?,
+                call.b.0 as *const f32,
+                int(call.b.1)?,
+                &beta,
+                call.c.0 as *mut f32,
+                int(call.c.1)?,
+            )
+        }
+        .map_err(|e| KernelError::Launch { kernel: "sgemm", why: e.to_string() })
     }
 
     fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError> {

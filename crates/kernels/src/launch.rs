@@ -151,6 +151,9 @@ pub trait Launcher {
     fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError>;
     /// Copies `buf` to the host, after every launch before it has finished.
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError>;
+    /// One column-major SGEMM ([`crate::gemm::plan`] makes it from the engine's views): cuBLAS on
+    /// a GPU, BLAS's definition under emulation.
+    fn sgemm(&mut self, call: &crate::gemm::SgemmCall) -> Result<(), KernelError>;
 }
 
 /// What a buffer can hold: floats, doubles (sums), labels.

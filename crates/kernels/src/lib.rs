@@ -25,6 +25,7 @@ pub mod dense;
 pub mod device;
 pub mod dropout;
 pub mod flat;
+pub mod gemm;
 pub mod launch;
 pub mod loss;
 #[cfg(feature = "cuda")]

@@ -17,6 +17,7 @@ use crate::conv::{self, ConvShape};
 use crate::dense;
 use crate::dropout;
 use crate::flat::{self, OptimizerState};
+use crate::gemm::{self, Mat};
 use crate::launch::{KernelError, Launcher, Memory};
 use crate::loss::{self, LossShape};
 use crate::pool::{self, PoolShape};
@@ -61,7 +62,18 @@ pub struct CpuReference {
     pub scale_examples: fn(&mut [f32], &[f32], &[f32], usize),
     /// Wrong predictions `(logits, labels, classes)`.
     pub count_errors: fn(&[f32], &[u32], usize) -> usize,
+    /// The CPU's reference GEMM: `c (+)= a·b` on strided views (rows, cols, rs, cs).
+    pub gemm: GemmFn,
 }
+
+/// A view's `(rows, cols, rs, cs)`.
+pub type View = (usize, usize, usize, usize);
+/// `(c, c's view, a, a's view, b, b's view, accumulate)`.
+pub type GemmFn = fn(&mut [f32], View, &[f32], View, &[f32], View, bool);
+
+/// GEMM sums run in another order on a GPU (cuBLAS in float): this much, relative to
+/// max(|value|, 1).
+pub const GEMM_TOLERANCE: f64 = 1e-5;
 
 /// `(out, b)` or `(db, dout)`.
 pub type BiasFn = fn(&mut [f32], &[f32]);
@@ -194,6 +206,7 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
         checks.push(im2col(l, n, groups, cpu)?);
     }
     checks.push(dense_parts(l, n, cpu)?);
+    checks.push(gemms(l, n, cpu)?);
     Ok(checks)
 }
 
@@ -559,4 +572,30 @@ fn dense_parts<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) ->
         + usize::from(got_errors as usize != errors);
     let elements = 2 * rows * k + k + x.len();
     Ok(Check { name: "dense bias, scale per example, errors", differ, elements, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
+}
+
+/// Every arrangement the engine's GEMMs use: C row-major or a transposed view, A and B each
+/// row-major or transposed, overwrite and accumulate.
+fn gemms<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let (m, k, nn) = (37, 64, (n / 64).clamp(1, 300));
+    let (mut differ, mut worst, mut elements) = (0, 0.0f64, 0);
+    for case in 0..16 {
+        let (c_t, a_t, b_t, acc) = (case & 1 != 0, case & 2 != 0, case & 4 != 0, case & 8 != 0);
+        // Storage shapes: a transposed view of an (x × y) matrix is stored (y × x).
+        let view = |rows: usize, cols: usize, t: bool| if t { (rows, cols, 1, rows) } else { (rows, cols, cols, 1) };
+        let (va, vb, vc) = (view(m, k, a_t), view(k, nn, b_t), view(m, nn, c_t));
+        let (a, b, c0) = (data(110 + case, m * k), data(120 + case, k * nn), data(130 + case, m * nn));
+        let mut want = c0.clone();
+        (cpu.gemm)(&mut want, vc, &a, va, &b, vb, acc);
+        let (da, db, dc) = (l.upload(&a)?, l.upload(&b)?, l.upload(&c0)?);
+        let mat = |buf, (rows, cols, rs, cs): View| Mat { buf, rows, cols, rs, cs };
+        let call = gemm::plan(&mat(l.buf(&dc), vc), &mat(l.buf(&da), va), &mat(l.buf(&db), vb), acc)?;
+        l.sgemm(&call)?;
+        let (d, r) = within_floor(&l.download(&dc)?, &want, GEMM_TOLERANCE, 1.0);
+        differ += d;
+        worst = worst.max(r);
+        elements += want.len();
+        l.finish()?; // the buffers are freed at the end of this iteration
+    }
+    Ok(Check { name: "SGEMM, 16 arrangements", differ, elements, tolerance: GEMM_TOLERANCE, max_rel: worst, seconds: 0.0, bytes: 0 })
 }
