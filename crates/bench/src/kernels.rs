@@ -7,7 +7,7 @@ use ringsam_kernels::conv::ConvShape as KernelConv;
 use ringsam_kernels::loss::LossShape;
 use ringsam_kernels::pool::PoolShape as KernelPool;
 use ringsam_kernels::selftest::CpuReference;
-use ringsam_tensor::{MatMut, MatRef, activation, batchnorm, conv, im2col, loss, pool};
+use ringsam_tensor::{MatMut, MatRef, activation, batchnorm, conv, depthwise, im2col, loss, pool};
 
 fn tensor_shape(sh: LossShape) -> loss::LossShape {
     loss::LossShape { n: sh.n, k: sh.k }
@@ -72,6 +72,10 @@ pub fn cpu_reference() -> CpuReference {
         bias: [ringsam_nn::layers::broadcast_bias, ringsam_nn::layers::add_bias_gradient],
         scale_examples: ringsam_nn::layers::scale_examples,
         count_errors: ringsam_train::step::count_errors,
+        depthwise_forward: |out, inp, weight, sh| depthwise::depthwise_forward(out, inp, weight, &cpu_conv(sh)),
+        depthwise_backward: |dinp, dweight, dout, inp, weight, sh| {
+            depthwise::depthwise_backward(Some(dinp), dweight, dout, inp, weight, &cpu_conv(sh))
+        },
         gemm: |c, (cr, cc, crs, ccs), a, (ar, ac, ars, acs), b, (br, bc, brs, bcs), accumulate| {
             let c = MatMut { data: c, rows: cr, cols: cc, rs: crs, cs: ccs };
             let a = MatRef { data: a, rows: ar, cols: ac, rs: ars, cs: acs };

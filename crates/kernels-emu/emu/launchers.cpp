@@ -17,6 +17,7 @@
 #include "../../kernels/cu/pool.cu"
 #include "../../kernels/cu/im2col.cu"
 #include "../../kernels/cu/dense.cu"
+#include "../../kernels/cu/depthwise.cu"
 
 namespace {
 // A slot as a parameter: pointers are addresses, floats their bits in the low half, integers as
@@ -72,7 +73,8 @@ const Entry KERNELS[] = {
     KERNEL(maxpool_backward),     KERNEL(global_avgpool_forward), KERNEL(global_avgpool_backward),
     KERNEL(add),                  KERNEL(im2col),                KERNEL(col2im),
     KERNEL(broadcast_bias),       KERNEL(add_bias_gradient),     KERNEL(scale_planes),
-    KERNEL(count_errors),
+    KERNEL(count_errors),         KERNEL(depthwise_forward),     KERNEL(depthwise_backward_data),
+    KERNEL(depthwise_backward_weight),
 };
 }  // namespace
 

@@ -31,3 +31,6 @@ typedef unsigned long long u64;
 
 // The most negative finite float: the neutral start of a max.
 #define NEG_HUGE (-3.402823466e+38f)
+
+// A convolution's sizes as kernel parameters (crates/kernels/src/conv.rs ConvShape::args).
+#define CONV_SHAPE u64 n, u64 c, u64 h, u64 w, u64 r, u64 s, u64 stride, u64 pad_h, u64 pad_w, u64 p, u64 q, u64 groups

@@ -4,8 +4,6 @@
 // gathers per input value over (r, s) in the CPU's order, so no two threads write one value and
 // the sums are the CPU's, bit for bit. Both are copies and adds: bitwise.
 
-#define CONV_SHAPE u64 n, u64 c, u64 h, u64 w, u64 r, u64 s, u64 stride, u64 pad_h, u64 pad_w, u64 p, u64 q, u64 groups
-
 // col for the channel group starting at c0.
 extern "C" __global__ void im2col(float* col, const float* inp, CONV_SHAPE, u64 c0) {
     const u64 cg = c / groups, npq = n * p * q;

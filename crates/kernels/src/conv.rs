@@ -58,3 +58,56 @@ pub fn col2im(l: &mut impl Launcher, dinp: Buf<f32>, col: Buf<f32>, sh: &ConvSha
     let args: Vec<Arg> = [dinp.into(), col.into()].into_iter().chain(sh.args(c0)).collect();
     l.launch("col2im", Launch::elementwise(sh.c / sh.groups * sh.n * sh.h * sh.w), &args)
 }
+
+fn check_depthwise(sh: &ConvShape, op: &'static str, bufs: [(usize, usize); 3]) -> Result<(), KernelError> {
+    if sh.groups != sh.c || sh.k != sh.c {
+        return Err(KernelError::Launch { kernel: op, why: format!("{} groups for {} channels: not depthwise", sh.groups, sh.c) });
+    }
+    for (want, got) in bufs {
+        if want != got {
+            return Err(KernelError::Length { op, got, want });
+        }
+    }
+    Ok(())
+}
+
+impl ConvShape {
+    fn input_len(&self) -> usize {
+        self.c * self.n * self.h * self.w
+    }
+    fn output_len(&self) -> usize {
+        self.c * self.n * self.p * self.q
+    }
+}
+
+/// Depthwise convolution: `out` from `inp` and `weight` `(R, S, C)`.
+pub fn depthwise_forward(l: &mut impl Launcher, out: Buf<f32>, inp: Buf<f32>, weight: Buf<f32>, sh: &ConvShape) -> Result<(), KernelError> {
+    let op = "depthwise_forward";
+    check_depthwise(sh, op, [(sh.output_len(), out.len()), (sh.input_len(), inp.len()), (sh.r * sh.s * sh.c, weight.len())])?;
+    let args: Vec<Arg> = [out.into(), inp.into(), weight.into()].into_iter().chain(sh.args(0).into_iter().take(12)).collect();
+    l.launch(op, Launch::elementwise(out.len()), &args)
+}
+
+/// Its backward: `dinp` overwritten (when given), `dweight` accumulated.
+#[allow(clippy::too_many_arguments)] // the kernels' buffers, each named
+pub fn depthwise_backward(
+    l: &mut impl Launcher,
+    dinp: Option<Buf<f32>>,
+    dweight: Buf<f32>,
+    dout: Buf<f32>,
+    inp: Buf<f32>,
+    weight: Buf<f32>,
+    sh: &ConvShape,
+) -> Result<(), KernelError> {
+    let op = "depthwise_backward";
+    check_depthwise(sh, op, [(sh.output_len(), dout.len()), (sh.input_len(), inp.len()), (sh.r * sh.s * sh.c, weight.len())])?;
+    check_depthwise(sh, op, [(weight.len(), dweight.len()), (inp.len(), dinp.map_or(inp.len(), |d| d.len())), (0, 0)])?;
+    let shape: Vec<Arg> = sh.args(0).into_iter().take(12).collect();
+    let args: Vec<Arg> = [dweight.into(), dout.into(), inp.into()].into_iter().chain(shape.iter().copied()).collect();
+    l.launch("depthwise_backward_weight", Launch::elementwise(dweight.len()), &args)?;
+    if let Some(dinp) = dinp {
+        let args: Vec<Arg> = [dinp.into(), dout.into(), weight.into()].into_iter().chain(shape).collect();
+        l.launch("depthwise_backward_data", Launch::elementwise(dinp.len()), &args)?;
+    }
+    Ok(())
+}

@@ -101,4 +101,9 @@ pub const SOURCES: &[Source] = &[
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/dense.cu")),
         kernels: &["broadcast_bias", "add_bias_gradient", "scale_planes", "count_errors"],
     },
+    Source {
+        file: "depthwise.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/depthwise.cu")),
+        kernels: &["depthwise_forward", "depthwise_backward_data", "depthwise_backward_weight"],
+    },
 ];

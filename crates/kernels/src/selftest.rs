@@ -64,7 +64,14 @@ pub struct CpuReference {
     pub count_errors: fn(&[f32], &[u32], usize) -> usize,
     /// The CPU's reference GEMM: `c (+)= a·b` on strided views (rows, cols, rs, cs).
     pub gemm: GemmFn,
+    /// Depthwise convolution forward `(out, inp, weight, shape)`.
+    pub depthwise_forward: fn(&mut [f32], &[f32], &[f32], &ConvShape),
+    /// Its backward `(dinp, dweight, dout, inp, weight, shape)`.
+    pub depthwise_backward: DepthwiseBackward,
 }
+
+/// Depthwise convolution's backward, as [`CpuReference`] takes it.
+pub type DepthwiseBackward = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32], &ConvShape);
 
 /// A view's `(rows, cols, rs, cs)`.
 pub type View = (usize, usize, usize, usize);
@@ -207,6 +214,9 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     }
     checks.push(dense_parts(l, n, cpu)?);
     checks.push(gemms(l, n, cpu)?);
+    for stride in [1, 2] {
+        checks.push(depthwise(l, n, stride, cpu)?);
+    }
     Ok(checks)
 }
 
@@ -332,7 +342,9 @@ pub fn report(checks: &[Check]) -> String {
             (true, 0.0) => "bitwise".to_string(),
             (true, t) => format!("within {t:.0e}"),
         };
-        out.push_str(&format!("{:<34} {:>10} elements  {agreement:<12} max rel {:.1e}{timing}\n", c.name, c.elements, c.max_rel));
+        // A bitwise check that failed has no meaningful largest difference to show.
+        let rel = if c.tolerance == 0.0 && !c.passed() { String::new() } else { format!(" max rel {:.1e}", c.max_rel) };
+        out.push_str(&format!("{:<34} {:>10} elements  {agreement:<12}{rel}{timing}\n", c.name, c.elements));
     }
     out
 }
@@ -598,4 +610,22 @@ fn gemms<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Resul
         l.finish()?; // the buffers are freed at the end of this iteration
     }
     Ok(Check { name: "SGEMM, 16 arrangements", differ, elements, tolerance: GEMM_TOLERANCE, max_rel: worst, seconds: 0.0, bytes: 0 })
+}
+
+fn depthwise<L: Launcher + Memory>(l: &mut L, n: usize, stride: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    // 3×3 (stride 1) or 5×5 (stride 2, asymmetric SAME padding on an even size), EfficientNet's.
+    let (c, h, kernel) = (8, 10, if stride == 1 { 3 } else { 5 });
+    let sh = (cpu.conv_same)((n / (c * h * h)).max(1), c, h, h, c, kernel, stride, c);
+    let (x, wt) = (data(140 + stride as u64, c * sh.n * h * h), data(150 + stride as u64, kernel * kernel * c));
+    let dy = data(160 + stride as u64, c * sh.n * sh.p * sh.q);
+    let (mut y, mut dx, mut dw) = (vec![0.0; dy.len()], vec![0.0; x.len()], data(170, wt.len()));
+    (cpu.depthwise_forward)(&mut y, &x, &wt, &sh);
+    (cpu.depthwise_backward)(&mut dx, &mut dw, &dy, &x, &wt, &sh);
+    let (dxin, dwt, ddy) = (l.upload(&x)?, l.upload(&wt)?, l.upload(&dy)?);
+    let (gy, gdx, gdw) = (l.zeros::<f32>(y.len())?, l.zeros::<f32>(x.len())?, l.upload(&data(170, wt.len()))?);
+    conv::depthwise_forward(l, l.buf(&gy), l.buf(&dxin), l.buf(&dwt), &sh)?;
+    conv::depthwise_backward(l, Some(l.buf(&gdx)), l.buf(&gdw), l.buf(&ddy), l.buf(&dxin), l.buf(&dwt), &sh)?;
+    let differ = bitwise(&l.download(&gy)?, &y) + bitwise(&l.download(&gdx)?, &dx) + bitwise(&l.download(&gdw)?, &dw);
+    let name = if stride == 1 { "depthwise 3×3/1 SAME, fwd+bwd" } else { "depthwise 5×5/2 SAME, fwd+bwd" };
+    Ok(Check { name, differ, elements: y.len() + x.len() + wt.len(), tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
 }
