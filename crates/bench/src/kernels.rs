@@ -71,6 +71,7 @@ pub fn cpu_reference() -> CpuReference {
         ],
         bias: [ringsam_nn::layers::broadcast_bias, ringsam_nn::layers::add_bias_gradient],
         scale_examples: ringsam_nn::layers::scale_examples,
+        mix_examples: ringsam_nn::layers::mix_examples,
         count_errors: ringsam_train::step::count_errors,
         depthwise_forward: |out, inp, weight, sh| depthwise::depthwise_forward(out, inp, weight, &cpu_conv(sh)),
         depthwise_backward: |dinp, dweight, dout, inp, weight, sh| {

@@ -73,7 +73,7 @@ const Entry KERNELS[] = {
     KERNEL(maxpool_backward),     KERNEL(global_avgpool_forward), KERNEL(global_avgpool_backward),
     KERNEL(add),                  KERNEL(im2col),                KERNEL(col2im),
     KERNEL(broadcast_bias),       KERNEL(add_bias_gradient),     KERNEL(scale_planes),
-    KERNEL(count_errors),         KERNEL(depthwise_forward),     KERNEL(depthwise_backward_data),
+    KERNEL(count_errors),         KERNEL(mix_planes),         KERNEL(depthwise_forward),     KERNEL(depthwise_backward_data),
     KERNEL(depthwise_backward_weight),
 };
 }  // namespace

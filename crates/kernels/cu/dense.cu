@@ -23,6 +23,14 @@ extern "C" __global__ void scale_planes(float* out, const float* x, const float*
     GRID_STRIDE(i, n) { out[i] = coef[(i / hw) % ncoef] * x[i]; }
 }
 
+// Shake-Shake's mix: out = g·a + (1 − g)·b, g = coef[plane mod ncoef] (per example).
+extern "C" __global__ void mix_planes(float* out, const float* a, const float* b, const float* coef, u64 hw, u64 ncoef, u64 n) {
+    GRID_STRIDE(i, n) {
+        float g = coef[(i / hw) % ncoef];
+        out[i] = g * a[i] + (1.0f - g) * b[i];
+    }
+}
+
 // wrong[row] = 1 where the row's first largest logit is not the label, else 0.
 extern "C" __global__ void count_errors(unsigned* wrong, const float* logits, const unsigned* labels, u64 k, u64 rows) {
     GRID_STRIDE(row, rows) {

@@ -39,6 +39,19 @@ pub fn scale_planes(l: &mut impl Launcher, out: Buf<f32>, x: Buf<f32>, coef: Buf
     l.launch("scale_planes", Launch::elementwise(x.len()), &args)
 }
 
+/// Shake-Shake's mix: `out = g·a + (1 − g)·b` with `g = coef[plane mod coef.len()]` over planes
+/// of `hw` values.
+pub fn mix_planes(l: &mut impl Launcher, out: Buf<f32>, a: Buf<f32>, b: Buf<f32>, coef: Buf<f32>, hw: usize) -> Result<(), KernelError> {
+    len("mix_planes", out.len(), a.len())?;
+    len("mix_planes", out.len(), b.len())?;
+    rows_of("mix_planes", out.len(), hw)?;
+    if coef.is_empty() {
+        return Err(KernelError::Length { op: "mix_planes (coefficients)", got: 0, want: 1 });
+    }
+    let args = [out.into(), a.into(), b.into(), coef.into(), Arg::U64(hw as u64), Arg::U64(coef.len() as u64), Arg::U64(out.len() as u64)];
+    l.launch("mix_planes", Launch::elementwise(out.len()), &args)
+}
+
 /// `wrong[row]` = 1 where the row's first largest logit is not its label (logits `N × K`).
 pub fn count_errors(l: &mut impl Launcher, wrong: Buf<u32>, logits: Buf<f32>, labels: Buf<u32>) -> Result<(), KernelError> {
     len("count_errors", wrong.len(), labels.len())?;

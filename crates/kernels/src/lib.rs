@@ -99,7 +99,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "dense.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/dense.cu")),
-        kernels: &["broadcast_bias", "add_bias_gradient", "scale_planes", "count_errors"],
+        kernels: &["broadcast_bias", "add_bias_gradient", "scale_planes", "mix_planes", "count_errors"],
     },
     Source {
         file: "depthwise.cu",

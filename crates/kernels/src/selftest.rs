@@ -60,6 +60,8 @@ pub struct CpuReference {
     pub bias: [BiasFn; 2],
     /// `(out, x, coef, plane)`: example `n` of `x (C, N, H, W)` times `coef[n]`.
     pub scale_examples: fn(&mut [f32], &[f32], &[f32], usize),
+    /// `(out, a, b, coef, plane)`: Shake-Shake's mix.
+    pub mix_examples: MixFn,
     /// Wrong predictions `(logits, labels, classes)`.
     pub count_errors: fn(&[f32], &[u32], usize) -> usize,
     /// The CPU's reference GEMM: `c (+)= a·b` on strided views (rows, cols, rs, cs).
@@ -82,6 +84,8 @@ pub type GemmFn = fn(&mut [f32], View, &[f32], View, &[f32], View, bool);
 /// max(|value|, 1).
 pub const GEMM_TOLERANCE: f64 = 1e-5;
 
+/// `(out, a, b, coef, plane)`.
+pub type MixFn = fn(&mut [f32], &[f32], &[f32], &[f32], usize);
 /// `(out, b)` or `(db, dout)`.
 pub type BiasFn = fn(&mut [f32], &[f32]);
 /// im2col's `(col, inp, shape, c0)` or col2im's `(dinp, col, shape, c0)`.
@@ -569,6 +573,9 @@ fn dense_parts<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) ->
     let mut scaled = vec![0.0; x.len()];
     (cpu.scale_examples)(&mut scaled, x, &coef, 5);
     let errors = (cpu.count_errors)(&logits, &labels, k);
+    let other: Vec<f32> = x.iter().map(|v| 0.5 - v).collect();
+    let mut mixed = vec![0.0; x.len()];
+    (cpu.mix_examples)(&mut mixed, x, &other, &coef, 5);
     // The device.
     let (dl, db_in, dcoef, dlab, dx) = (l.upload(&logits)?, l.upload(&b)?, l.upload(&coef)?, l.upload(&labels)?, l.upload(x)?);
     let (gout, gdb, gscaled, gwrong) =
@@ -577,13 +584,16 @@ fn dense_parts<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) ->
     dense::add_bias_gradient(l, l.buf(&gdb), l.buf(&dl))?;
     dense::scale_planes(l, l.buf(&gscaled), l.buf(&dx), l.buf(&dcoef), 5)?;
     dense::count_errors(l, l.buf(&gwrong), l.buf(&dl), l.buf(&dlab))?;
+    let (dother, gmixed) = (l.upload(&other)?, l.zeros::<f32>(x.len())?);
+    dense::mix_planes(l, l.buf(&gmixed), l.buf(&dx), l.buf(&dother), l.buf(&dcoef), 5)?;
     let got_errors: u32 = l.download(&gwrong)?.iter().sum();
     let differ = bitwise(&l.download(&gout)?, &out)
         + bitwise(&l.download(&gdb)?, &db)
         + bitwise(&l.download(&gscaled)?, &scaled)
+        + bitwise(&l.download(&gmixed)?, &mixed)
         + usize::from(got_errors as usize != errors);
-    let elements = 2 * rows * k + k + x.len();
-    Ok(Check { name: "dense bias, scale per example, errors", differ, elements, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
+    let elements = 2 * rows * k + k + 2 * x.len();
+    Ok(Check { name: "dense bias, scale/mix per example, errors", differ, elements, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
 }
 
 /// Every arrangement the engine's GEMMs use: C row-major or a transposed view, A and B each

@@ -35,7 +35,7 @@ pub use drop_connect::DropConnect;
 pub use dropout::{Dropout, draw_mask};
 pub use linear::{Linear, add_bias_gradient, broadcast_bias};
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
-pub use shake::{ShakeDrop, ShakeShake, scale_examples};
+pub use shake::{ShakeDrop, ShakeShake, mix_examples, scale_examples};
 pub use shortcut::PoolPadShortcut;
 pub use squeeze_excite::SqueezeExcite;
 pub use subsample::ShiftSubsample;

@@ -36,6 +36,15 @@ pub fn scale_examples(out: &mut [f32], x: &[f32], coef: &[f32], plane: usize) {
     }
 }
 
+/// Shake-Shake's mix: example `n` of `out (C, N, H, W)` is `g·a + (1 − g)·b` with `g = coef[n]`.
+pub fn mix_examples(out: &mut [f32], a: &[f32], b: &[f32], coef: &[f32], plane: usize) {
+    let n = coef.len();
+    for (i, ((o, a), b)) in out.chunks_mut(plane).zip(a.chunks(plane)).zip(b.chunks(plane)).enumerate() {
+        let g = coef[i % n];
+        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = g * a + (1.0 - g) * b);
+    }
+}
+
 /// The backward of a layer that scaled each example of `x` by `coef` (ShakeDrop, drop-connect):
 /// `dinput = coef · dout`, example by example; a plain copy when `coef` is empty (the layer was
 /// the identity).
@@ -96,12 +105,7 @@ impl ShakeShake {
             self.backward = vec![0.5; n];
         }
         self.out.resize(a.shape());
-        let plane = a.shape()[2] * a.shape()[3];
-        let (o, av, bv) = (self.out.as_mut_slice(), a.as_slice(), b.as_slice());
-        for (i, ((o, a), b)) in o.chunks_mut(plane).zip(av.chunks(plane)).zip(bv.chunks(plane)).enumerate() {
-            let g = self.forward[i % n];
-            o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = g * a + (1.0 - g) * b);
-        }
+        mix_examples(self.out.as_mut_slice(), a.as_slice(), b.as_slice(), &self.forward, a.shape()[2] * a.shape()[3]);
         Ok(())
     }
 
