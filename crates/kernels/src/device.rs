@@ -68,24 +68,13 @@ impl CudaLauncher {
 impl Launcher for CudaLauncher {
     fn launch(&mut self, kernel: &'static str, at: Launch, args: &[Arg]) -> Result<(), KernelError> {
         let f = self.functions.get(kernel).ok_or(KernelError::Launch { kernel, why: "no such kernel".into() })?;
-        // The values must outlive the builder, which keeps pointers to them.
-        let (mut ptrs, mut floats, mut flags, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for a in args {
-            match *a {
-                Arg::Ptr(p) => ptrs.push(p),
-                Arg::F32(v) => floats.push(v),
-                Arg::U32(v) => flags.push(v),
-                Arg::U64(v) => counts.push(v),
-            }
-        }
+        // The builder keeps pointers to the values: `args` outlives it.
         let mut builder = self.stream.launch_builder(f);
-        let (mut p, mut fl, mut u, mut c) = (ptrs.iter(), floats.iter(), flags.iter(), counts.iter());
         for a in args {
             match a {
-                Arg::Ptr(_) => builder.arg(p.next().expect("counted above")),
-                Arg::F32(_) => builder.arg(fl.next().expect("counted above")),
-                Arg::U32(_) => builder.arg(u.next().expect("counted above")),
-                Arg::U64(_) => builder.arg(c.next().expect("counted above")),
+                Arg::Ptr(p) | Arg::U64(p) => builder.arg(p),
+                Arg::F32(v) => builder.arg(v),
+                Arg::U32(v) => builder.arg(v),
             };
         }
         let cfg = LaunchConfig { grid_dim: (at.grid, 1, 1), block_dim: (at.block, 1, 1), shared_mem_bytes: 0 };

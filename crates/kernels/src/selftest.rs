@@ -143,18 +143,10 @@ impl Check {
 /// Norms may differ by double rounding in another order of summation.
 pub const NORM_TOLERANCE: f64 = 1e-12;
 
-/// Deterministic test data (a splitmix64 stream mapped to [-1, 1)).
+/// Deterministic test data in [-1, 1) (the project's own SplitMix64 streams).
 fn data(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut rng = ringsam_rng::Rng::new(seed);
+    (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
 }
 
 fn bitwise(got: &[f32], want: &[f32]) -> usize {
