@@ -169,7 +169,10 @@ for p in "${pods[@]}"; do
     code=$(docker inspect -f '{{.State.ExitCode}}' "$p")
     [ "$code" = 143 ] || fail "$p: exit code $code after SIGTERM, expected 143"
 done
-docker logs ringsam-0 2>&1 | grep -q 'checkpoint at step' || fail "no checkpoint on SIGTERM"
+# The pod signalled first writes (or votes) the checkpoint; the other may get its signal while
+# re-forming after the first has left, and then has nothing newer to write.
+docker logs ringsam-0 2>&1 | grep -q 'checkpoint at step' || docker logs ringsam-1 2>&1 | grep -q 'checkpoint at step' \
+    || fail "no checkpoint on SIGTERM"
 docker rm "${pods[@]}" >/dev/null
 start 0 "${net}12" "$work/stop/volumes" "$work/stop/secrets"
 start 1 "${net}13" "$work/stop/volumes" "$work/stop/secrets"
