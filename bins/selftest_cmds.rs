@@ -12,9 +12,9 @@ use crate::process::usage;
 pub enum SelftestCommand {
     /// The CUDA kernels (the optimizers and SAM, norms, activations, the loss, dropout, batch
     /// norm, pooling, im2col, the dense bias, per-example scaling, error counts, cuBLAS's SGEMM as
-    /// the engine will call it) against the CPU
-    /// engine: bitwise where the arithmetic allows, 1e-6 where the GPU's exp rounds differently,
-    /// 1e-5 for batch norm, norms to 1e-12; with device timings.
+    /// the engine calls it, convolutions through GEMM, the dense layer, the caching allocator)
+    /// against the CPU engine: bitwise where the arithmetic allows, 1e-6 where the GPU's exp
+    /// rounds differently, 1e-5 for batch norm and GEMMs, norms to 1e-12; with device timings.
     Kernels(SelftestKernelsArgs),
 }
 
@@ -46,7 +46,9 @@ fn run_on(device: ringsam_tensor::Device, elements: usize) -> Result<()> {
     let mut gpu = ringsam_kernels::device::CudaLauncher::new(ordinal).context("loading the kernels")?;
     eprintln!("selftest kernels: {} ({elements} elements per buffer)", gpu.device_name());
     let cpu = ringsam_bench::kernels::cpu_reference();
-    let checks = ringsam_kernels::selftest::run(&mut gpu, elements, &cpu).context("running the checks")?;
+    let mut checks = ringsam_kernels::selftest::run(&mut gpu, elements, &cpu).context("running the checks")?;
+    let memory = ringsam_kernels::DeviceMemory::new(gpu.memory());
+    checks.push(ringsam_kernels::selftest::memory(&memory, elements).context("checking device memory")?);
     print!("{}", ringsam_kernels::selftest::report(&checks));
     let failed = checks.iter().filter(|c| !c.passed()).count();
     anyhow::ensure!(failed == 0, "{failed} of {} kernel checks disagree with the CPU engine", checks.len());

@@ -77,6 +77,10 @@ pub fn cpu_reference() -> CpuReference {
         depthwise_backward: |dinp, dweight, dout, inp, weight, sh| {
             depthwise::depthwise_backward(Some(dinp), dweight, dout, inp, weight, &cpu_conv(sh))
         },
+        conv_forward: |out, inp, weight, sh| conv::conv2d_forward_ref(out, inp, weight, &cpu_conv(sh)).expect("the self-test's shape fits"),
+        conv_backward: |dinp, dweight, dout, inp, weight, sh| {
+            conv::conv2d_backward_ref(dinp, dweight, dout, inp, weight, &cpu_conv(sh)).expect("the self-test's shape fits")
+        },
         gemm: |c, (cr, cc, crs, ccs), a, (ar, ac, ars, acs), b, (br, bc, brs, bcs), accumulate| {
             let c = MatMut { data: c, rows: cr, cols: cc, rs: crs, cs: ccs };
             let a = MatRef { data: a, rows: ar, cols: ac, rs: ars, cs: acs };

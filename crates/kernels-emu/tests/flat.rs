@@ -18,8 +18,15 @@ fn every_kernel_agrees_with_the_cpu_engine() {
     let checks = selftest::run(&mut Emu::default(), N, &ringsam_bench::kernels::cpu_reference()).unwrap();
     let report = selftest::report(&checks);
     assert!(checks.iter().all(selftest::Check::passed), "{report}");
-    assert_eq!(checks.len(), 23, "{report}");
+    assert_eq!(checks.len(), 28, "{report}");
     eprintln!("{report}");
+}
+
+#[test]
+fn the_device_memory_check_passes_on_host_memory() {
+    let mem = ringsam_kernels::DeviceMemory::new(ringsam_kernels::HostMemory::new());
+    let check = selftest::memory(&mem, N).unwrap();
+    assert!(check.passed(), "{}", selftest::report(&[check]));
 }
 
 /// A launcher that runs the momentum kernel where Nesterov's was asked for.

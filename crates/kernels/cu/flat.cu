@@ -54,6 +54,12 @@ extern "C" __global__ void scale(float* x, float s, u64 n) {
     GRID_STRIDE(i, n) { x[i] = x[i] * s; }
 }
 
+// x = v (zeroing an accumulator that a device's memset cannot reach from an operation: col2im's
+// input gradient, a gradient arena).
+extern "C" __global__ void fill(float* x, float v, u64 n) {
+    GRID_STRIDE(i, n) { x[i] = v; }
+}
+
 // y += a·x (the L2 term of the gradient: g += wd·w over the decayed ranges).
 extern "C" __global__ void axpy(float* y, float a, const float* x, u64 n) {
     GRID_STRIDE(i, n) { y[i] = y[i] + a * x[i]; }

@@ -1,6 +1,7 @@
-//! The dense layer's bias, per-plane scaling and error counting on device buffers (see
-//! `cu/dense.cu`).
+//! The dense layer (its GEMMs and bias), per-plane scaling and error counting on device buffers
+//! (see `cu/dense.cu`).
 
+use crate::gemm::{Mat, plan};
 use crate::launch::{Arg, Buf, KernelError, Launch, Launcher};
 
 fn len(op: &'static str, want: usize, got: usize) -> Result<(), KernelError> {
@@ -26,6 +27,60 @@ pub fn add_bias_gradient(l: &mut impl Launcher, db: Buf<f32>, dout: Buf<f32>) ->
     let rows = rows_of("add_bias_gradient", dout.len(), db.len())?;
     let args = [db.into(), dout.into(), Arg::U64(rows as u64), Arg::U64(db.len() as u64)];
     l.launch("add_bias_gradient", Launch::elementwise(db.len()), &args)
+}
+
+/// The dense layer's sizes: features `(C, N)` in, logits `(N, K)` out, kernel `(C, K)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseShape {
+    /// Input features.
+    pub c: usize,
+    /// Examples.
+    pub n: usize,
+    /// Outputs.
+    pub k: usize,
+}
+
+impl DenseShape {
+    fn check(&self, op: &'static str, bufs: &[(usize, usize)]) -> Result<(), KernelError> {
+        bufs.iter().try_for_each(|&(got, want)| len(op, want, got))
+    }
+}
+
+/// `out (N × K) = xᵀ·W + b`, as the CPU's `Linear` computes it (bias first, then the GEMM adds).
+pub fn dense_forward(
+    l: &mut impl Launcher,
+    out: Buf<f32>,
+    x: Buf<f32>,
+    w: Buf<f32>,
+    b: Buf<f32>,
+    sh: DenseShape,
+) -> Result<(), KernelError> {
+    let DenseShape { c, n, k } = sh;
+    sh.check("dense_forward", &[(out.len(), n * k), (x.len(), c * n), (w.len(), c * k), (b.len(), k)])?;
+    broadcast_bias(l, out, b)?;
+    let call = plan(&Mat::row_major(out, n, k), &Mat::row_major(x, c, n).t(), &Mat::row_major(w, c, k), true)?;
+    l.sgemm(&call)
+}
+
+/// Its backward: `dw += x·dout`, `db += Σ_rows dout`, `dx = W·doutᵀ` (overwritten).
+#[allow(clippy::too_many_arguments)] // the layer's buffers, each named
+pub fn dense_backward(
+    l: &mut impl Launcher,
+    dx: Buf<f32>,
+    dw: Buf<f32>,
+    db: Buf<f32>,
+    dout: Buf<f32>,
+    x: Buf<f32>,
+    w: Buf<f32>,
+    sh: DenseShape,
+) -> Result<(), KernelError> {
+    let DenseShape { c, n, k } = sh;
+    let lens = [(dx.len(), c * n), (dw.len(), c * k), (db.len(), k), (dout.len(), n * k), (x.len(), c * n), (w.len(), c * k)];
+    sh.check("dense_backward", &lens)?;
+    let g = Mat::row_major(dout, n, k);
+    l.sgemm(&plan(&Mat::row_major(dw, c, k), &Mat::row_major(x, c, n), &g, true)?)?;
+    add_bias_gradient(l, db, dout)?;
+    l.sgemm(&plan(&Mat::row_major(dx, c, n), &Mat::row_major(w, c, k), &g.t(), false)?)
 }
 
 /// `out = coef[plane mod coef.len()]·x` over planes of `hw` values.

@@ -53,6 +53,11 @@ impl CudaLauncher {
         Ok(CudaLauncher { ctx, stream, blas, functions, partials, total })
     }
 
+    /// The GPU's memory, for a [`crate::DeviceMemory`] whose buffers these kernels use.
+    pub fn memory(&self) -> crate::device_memory::CudaMemory {
+        crate::device_memory::CudaMemory::new(self.ctx.clone())
+    }
+
     /// The device's name, for reports.
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_else(|e| format!("(name unknown: {e})"))

@@ -98,6 +98,11 @@ pub fn scale(l: &mut impl Launcher, x: Buf<f32>, s: f32) -> Result<(), KernelErr
     l.launch("scale", Launch::elementwise(x.len()), &[x.into(), Arg::F32(s), Arg::U64(x.len() as u64)])
 }
 
+/// `x = v` everywhere.
+pub fn fill(l: &mut impl Launcher, x: Buf<f32>, v: f32) -> Result<(), KernelError> {
+    l.launch("fill", Launch::elementwise(x.len()), &[x.into(), Arg::F32(v), Arg::U64(x.len() as u64)])
+}
+
 /// `y += a·x`.
 pub fn axpy(l: &mut impl Launcher, y: Buf<f32>, a: f32, x: Buf<f32>) -> Result<(), KernelError> {
     same_len("axpy", y.len(), &[x.len()])?;

@@ -132,6 +132,18 @@ pub enum KernelError {
         /// The length expected.
         want: usize,
     },
+    /// The device could not give a buffer, even after the cache gave its blocks back.
+    #[error("allocating {bytes} bytes on the device ({in_use} in use, {cached} cached before the request): {why}")]
+    Alloc {
+        /// Bytes asked for.
+        bytes: usize,
+        /// Bytes held by live buffers.
+        in_use: usize,
+        /// Bytes the cache held and gave back before the last try.
+        cached: usize,
+        /// What the device said.
+        why: String,
+    },
     /// Reading a result back failed.
     #[error("reading back {what}: {why}")]
     Read {
@@ -157,14 +169,26 @@ pub trait Launcher {
 }
 
 /// What a buffer can hold: floats, doubles (sums), labels.
+///
+/// # Safety
+/// Plain old data: no padding, and every bit pattern is a value, so buffers copy as bytes.
 #[cfg(not(feature = "cuda"))]
-pub trait Elem: Copy + Default + Send + Sync + 'static {}
+pub unsafe trait Elem: Copy + Default + Send + Sync + 'static {}
 /// What a buffer can hold: floats, doubles (sums), labels.
+///
+/// # Safety
+/// Plain old data: no padding, and every bit pattern is a value, so buffers copy as bytes.
 #[cfg(feature = "cuda")]
-pub trait Elem: Copy + Default + Send + Sync + 'static + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits {}
-impl Elem for f32 {}
-impl Elem for f64 {}
-impl Elem for u32 {}
+pub unsafe trait Elem:
+    Copy + Default + Send + Sync + 'static + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits
+{
+}
+// SAFETY: primitive numbers: no padding, every bit pattern valid.
+unsafe impl Elem for f32 {}
+// SAFETY: as above.
+unsafe impl Elem for f64 {}
+// SAFETY: as above.
+unsafe impl Elem for u32 {}
 
 /// Memory a [`Launcher`]'s kernels can use: what the operations and the self-test
 /// ([`crate::selftest`]) need to put data on the device and read it back, the same on a GPU and

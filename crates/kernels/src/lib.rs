@@ -18,21 +18,29 @@
 //! What only a GPU can check: the launches themselves through cudarc, and cuBLAS/cuDNN.
 
 pub mod activation;
+pub mod alloc;
 pub mod batchnorm;
 pub mod conv;
+pub mod conv_gemm;
 pub mod dense;
 #[cfg(feature = "cuda")]
 pub mod device;
+#[cfg(feature = "cuda")]
+pub mod device_memory;
 pub mod dropout;
 pub mod flat;
 pub mod gemm;
+pub mod host_memory;
 pub mod launch;
 pub mod loss;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod pool;
 pub mod selftest;
+mod selftest_ops;
 
+pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, RawMemory};
+pub use host_memory::HostMemory;
 pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory};
 
 /// One CUDA C source file and the kernels it defines.
@@ -51,7 +59,17 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "flat.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/flat.cu")),
-        kernels: &["sam_ascent", "asam_ascent", "nesterov_update", "momentum_update", "rmsprop_update", "scale", "axpy", "ema_update"],
+        kernels: &[
+            "sam_ascent",
+            "asam_ascent",
+            "nesterov_update",
+            "momentum_update",
+            "rmsprop_update",
+            "scale",
+            "fill",
+            "axpy",
+            "ema_update",
+        ],
     },
     Source {
         file: "reduce.cu",

@@ -69,11 +69,16 @@ pub struct CpuReference {
     /// Depthwise convolution forward `(out, inp, weight, shape)`.
     pub depthwise_forward: fn(&mut [f32], &[f32], &[f32], &ConvShape),
     /// Its backward `(dinp, dweight, dout, inp, weight, shape)`.
-    pub depthwise_backward: DepthwiseBackward,
+    pub depthwise_backward: ConvBackward,
+    /// The CPU's reference convolution (the sum written out, in double): `(out, inp, weight, shape)`.
+    pub conv_forward: fn(&mut [f32], &[f32], &[f32], &ConvShape),
+    /// Its backward: `dinp` overwritten, `dweight` accumulated.
+    pub conv_backward: ConvBackward,
 }
 
-/// Depthwise convolution's backward, as [`CpuReference`] takes it.
-pub type DepthwiseBackward = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32], &ConvShape);
+/// A convolution's backward `(dinp, dweight, dout, inp, weight, shape)`, as [`CpuReference`]
+/// takes it.
+pub type ConvBackward = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32], &ConvShape);
 
 /// A view's `(rows, cols, rs, cs)`.
 pub type View = (usize, usize, usize, usize);
@@ -144,7 +149,7 @@ impl Check {
 pub const NORM_TOLERANCE: f64 = 1e-12;
 
 /// Deterministic test data in [-1, 1) (the project's own SplitMix64 streams).
-fn data(seed: u64, n: usize) -> Vec<f32> {
+pub(crate) fn data(seed: u64, n: usize) -> Vec<f32> {
     let mut rng = ringsam_rng::Rng::new(seed);
     (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect()
 }
@@ -160,7 +165,7 @@ fn within(got: &[f32], want: &[f32], tol: f64) -> (usize, f64) {
 
 /// As [`within`], relative to `max(|want|, floor)`: for values near zero that are the difference
 /// of larger ones (batch norm's outputs), where an absolute bound is the meaningful one.
-fn within_floor(got: &[f32], want: &[f32], tol: f64, floor: f64) -> (usize, f64) {
+pub(crate) fn within_floor(got: &[f32], want: &[f32], tol: f64, floor: f64) -> (usize, f64) {
     let mut worst = 0.0f64;
     let mut differ = got.len().abs_diff(want.len());
     for (&a, &b) in got.iter().zip(want) {
@@ -213,6 +218,8 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     for stride in [1, 2] {
         checks.push(depthwise(l, n, stride, cpu)?);
     }
+    checks.extend(crate::selftest_ops::convs(l, n, cpu)?);
+    checks.push(crate::selftest_ops::dense_layer(l, n, cpu)?);
     Ok(checks)
 }
 
@@ -322,6 +329,37 @@ fn l2_and_ema<L: Launcher + Memory>(l: &mut L, n: usize) -> Result<Check, Kernel
     }
     differ += bitwise(&l.download(&davg)?, &ema.params);
     Ok(Check { name: "L2 gradient over ranges, EMA", differ, elements: n, tolerance: 0.0, max_rel: 0.0, seconds: 0.0, bytes: 0 })
+}
+
+/// The caching allocator on the device's own memory: values round-trip, a reused block is zeroed
+/// on request, and a repeated pattern of requests allocates nothing new after its first round.
+pub fn memory(mem: &crate::DeviceMemory, n: usize) -> Result<Check, KernelError> {
+    let values = data(400, n);
+    let before = mem.stats();
+    let round = |mem: &crate::DeviceMemory| -> Result<usize, KernelError> {
+        let v = mem.upload(&values)?;
+        let mut differ = bitwise(&v.download()?, &values);
+        drop(v);
+        let z = mem.zeros::<f32>(n)?; // the block just dropped, holding `values`
+        differ += z.download()?.iter().filter(|&&x| x != 0.0).count();
+        let small: Vec<_> = (1..8).map(|i| mem.alloc::<f32>(i * 1000)).collect::<Result<_, _>>()?;
+        drop(small);
+        Ok(differ)
+    };
+    let mut differ = round(mem)?;
+    let first = mem.stats();
+    for _ in 0..3 {
+        differ += round(mem)?;
+    }
+    let later = mem.stats();
+    differ += usize::from(later.device_allocs != first.device_allocs) + usize::from(first.device_allocs == before.device_allocs);
+    let seconds = {
+        let t = Instant::now();
+        round(mem)?;
+        t.elapsed().as_secs_f64()
+    };
+    let name = "device memory: copies, zeroing, cache reuse";
+    Ok(Check { name, differ, elements: 2 * n, tolerance: 0.0, max_rel: 0.0, seconds, bytes: 12 * n })
 }
 
 /// The checks as a table, one line each.

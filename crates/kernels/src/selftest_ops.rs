@@ -1,0 +1,94 @@
+//! The self-test's checks of composed operations (several launches and GEMMs each): the
+//! convolution through im2col and GEMM, and the dense layer. They are held to the CPU engine's
+//! reference formulas (double accumulation), within [`GEMM_TOLERANCE`] of max(|value|, 1).
+
+use crate::conv::ConvShape;
+use crate::conv_gemm;
+use crate::dense::{self, DenseShape};
+use crate::launch::{KernelError, Launcher, Memory};
+use crate::selftest::{Check, CpuReference, GEMM_TOLERANCE, data, within_floor};
+
+/// The convolutions the zoo has beyond depthwise: `(name, c, k, kernel, stride, groups)`.
+const CONVS: [(&str, usize, usize, usize, usize, usize); 4] = [
+    ("conv 3×3/1 SAME via GEMM, fwd+bwd", 8, 12, 3, 1, 1),
+    ("conv 3×3/2 SAME (pad 0,1), fwd+bwd", 8, 12, 3, 2, 1),
+    ("conv 1×1/1 (no im2col), fwd+bwd", 16, 8, 1, 1, 1),
+    ("conv 1×1/2 + 3×3 in 2 groups", 8, 8, 1, 2, 1),
+];
+
+/// Every case of [`CONVS`] (the last also runs a grouped 3×3), forward and both gradients.
+pub(crate) fn convs<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Vec<Check>, KernelError> {
+    let h = 10;
+    let mut checks = Vec::new();
+    for (i, &(name, c, k, kernel, stride, groups)) in CONVS.iter().enumerate() {
+        let batch = (n / (c * h * h)).clamp(1, 64);
+        let mut shapes = vec![(cpu.conv_same)(batch, c, h, h, k, kernel, stride, groups)];
+        if i == CONVS.len() - 1 {
+            shapes.push((cpu.conv_same)(batch, c, h, h, k, 3, 1, 2));
+        }
+        let (mut differ, mut worst, mut elements) = (0, 0.0f64, 0);
+        for (j, sh) in shapes.iter().enumerate() {
+            let (d, w, e) = conv(l, sh, 200 + 10 * (i + j) as u64, cpu)?;
+            differ += d;
+            worst = worst.max(w);
+            elements += e;
+        }
+        checks.push(Check { name, differ, elements, tolerance: GEMM_TOLERANCE, max_rel: worst, seconds: 0.0, bytes: 0 });
+    }
+    Ok(checks)
+}
+
+/// One convolution against the CPU's reference: (values beyond tolerance, worst, values compared).
+fn conv<L: Launcher + Memory>(l: &mut L, sh: &ConvShape, seed: u64, cpu: &CpuReference) -> Result<(usize, f64, usize), KernelError> {
+    let (x, wt, dy) = (data(seed, sh.n * sh.c * sh.h * sh.w), data(seed + 1, sh.weight_len()), data(seed + 2, sh.out_len()));
+    let dw0 = data(seed + 3, wt.len()); // the kernel gradient accumulates onto this
+    let (mut y, mut dx, mut dw) = (vec![0.0; dy.len()], vec![0.0; x.len()], dw0.clone());
+    (cpu.conv_forward)(&mut y, &x, &wt, sh);
+    (cpu.conv_backward)(&mut dx, &mut dw, &dy, &x, &wt, sh);
+    let (gx, gwt, gdy) = (l.upload(&x)?, l.upload(&wt)?, l.upload(&dy)?);
+    // Outputs start as garbage (NaN), as a reused block would: the operations must overwrite.
+    let (gy, gdx, gdw) = (l.upload(&vec![f32::NAN; y.len()])?, l.upload(&vec![f32::NAN; x.len()])?, l.upload(&dw0)?);
+    let col = l.zeros::<f32>(sh.scratch_len())?;
+    conv_gemm::forward(l, l.buf(&gy), l.buf(&gx), l.buf(&gwt), l.buf(&col), sh)?;
+    conv_gemm::backward(l, Some(l.buf(&gdx)), l.buf(&gdw), l.buf(&gdy), l.buf(&gx), l.buf(&gwt), l.buf(&col), sh)?;
+    let mut differ = 0;
+    let mut worst = 0.0f64;
+    for (got, want) in [(l.download(&gy)?, &y), (l.download(&gdx)?, &dx), (l.download(&gdw)?, &dw)] {
+        let (d, w) = within_floor(&got, want, GEMM_TOLERANCE, 1.0);
+        differ += d;
+        worst = worst.max(w);
+    }
+    l.finish()?; // the buffers are freed on return
+    Ok((differ, worst, y.len() + x.len() + wt.len()))
+}
+
+/// The dense layer, forward and backward, against the CPU's bias and reference GEMM.
+pub(crate) fn dense_layer<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+    let (c, k) = (64, 10);
+    let sh = DenseShape { c, n: (n / c).clamp(1, 256), k };
+    let rows = sh.n;
+    let (x, w, b, dy) = (data(300, c * rows), data(301, c * k), data(302, k), data(303, rows * k));
+    let (dw0, db0) = (data(304, c * k), data(305, k));
+    let view = |r: usize, cols: usize| (r, cols, cols, 1);
+    let x_t = (rows, c, 1, rows); // x (C × N) read as its transpose
+    let mut y = vec![0.0; rows * k];
+    (cpu.bias[0])(&mut y, &b);
+    (cpu.gemm)(&mut y, view(rows, k), &x, x_t, &w, view(c, k), true);
+    let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![0.0; c * rows]);
+    (cpu.gemm)(&mut dw, view(c, k), &x, view(c, rows), &dy, view(rows, k), true);
+    (cpu.bias[1])(&mut db, &dy);
+    (cpu.gemm)(&mut dx, view(c, rows), &w, view(c, k), &dy, (k, rows, 1, k), false);
+    let (gx, gw, gb, gdy) = (l.upload(&x)?, l.upload(&w)?, l.upload(&b)?, l.upload(&dy)?);
+    let (gy, gdx) = (l.upload(&vec![f32::NAN; y.len()])?, l.upload(&vec![f32::NAN; dx.len()])?);
+    let (gdw, gdb) = (l.upload(&dw0)?, l.upload(&db0)?);
+    dense::dense_forward(l, l.buf(&gy), l.buf(&gx), l.buf(&gw), l.buf(&gb), sh)?;
+    dense::dense_backward(l, l.buf(&gdx), l.buf(&gdw), l.buf(&gdb), l.buf(&gdy), l.buf(&gx), l.buf(&gw), sh)?;
+    let (mut differ, mut worst) = (0, 0.0f64);
+    for (got, want) in [(l.download(&gy)?, &y), (l.download(&gdx)?, &dx), (l.download(&gdw)?, &dw), (l.download(&gdb)?, &db)] {
+        let (d, r) = within_floor(&got, want, GEMM_TOLERANCE, 1.0);
+        differ += d;
+        worst = worst.max(r);
+    }
+    let elements = y.len() + dx.len() + dw.len() + db.len();
+    Ok(Check { name: "dense layer, fwd+bwd", differ, elements, tolerance: GEMM_TOLERANCE, max_rel: worst, seconds: 0.0, bytes: 0 })
+}
