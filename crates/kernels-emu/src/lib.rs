@@ -2,9 +2,17 @@
 //! `build.rs` under `emu/cuda_emu.h`, so tests hold the GPU code to the CPU engine without a GPU.
 //! See `ringsam_kernels` for what this checks and what it cannot.
 
+use std::sync::Arc;
+
 use ringsam_kernels::launch::Elem;
 use ringsam_kernels::launch::MAX_PARTIALS;
-use ringsam_kernels::{Arg, Buf, KernelError, Launch, Launcher, Memory};
+use ringsam_kernels::{Arg, Buf, DeviceMemory, Gpu, HostMemory, KernelError, Launch, Launcher, Memory};
+
+/// An emulated device for the engine's tensors: the kernels as C++ over host memory behind the
+/// caching allocator, exactly what a GPU's tensors hold except where the memory is.
+pub fn emulated_gpu() -> Arc<Gpu> {
+    Gpu::new("emulated GPU", Emu::default(), DeviceMemory::new(HostMemory::new()))
+}
 
 unsafe extern "C" {
     /// `emu/launchers.cpp`: runs kernel `name` with `nargs` argument slots; 0, or -1 for an

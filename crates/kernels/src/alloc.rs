@@ -69,6 +69,11 @@ pub trait RawMemory: Send {
     /// # Safety
     /// `addr` starts at least `dst.len()` allocated bytes.
     unsafe fn read(&mut self, addr: u64, dst: &mut [u8]) -> Result<(), KernelError>;
+    /// Copies `bytes` bytes from `src` to `dst` on the device, in stream order.
+    ///
+    /// # Safety
+    /// Both start at least `bytes` allocated bytes, and the ranges do not overlap.
+    unsafe fn copy(&mut self, dst: u64, src: u64, bytes: usize) -> Result<(), KernelError>;
     /// Sets `bytes` bytes at `addr` to zero, in stream order.
     ///
     /// # Safety
@@ -277,6 +282,16 @@ impl<T: Elem> DeviceVec<T> {
             unsafe { lock(&self.pool).raw.read(self.addr, as_bytes_mut(&mut host)) }?;
         }
         Ok(host)
+    }
+
+    /// A new buffer holding a copy of this one, copied on the device.
+    pub fn duplicate(&self) -> Result<DeviceVec<T>, KernelError> {
+        let copy = DeviceMemory { pool: self.pool.clone() }.alloc::<T>(self.len)?;
+        if self.len > 0 {
+            // SAFETY: two distinct live blocks of `bytes()` bytes each.
+            unsafe { lock(&self.pool).raw.copy(copy.addr, self.addr, self.bytes()) }?;
+        }
+        Ok(copy)
     }
 
     /// Sets every value to zero, in stream order.

@@ -62,6 +62,12 @@ impl RawMemory for CudaMemory {
         unsafe { result::memcpy_dtoh_sync(dst, addr) }.map_err(copy_error("a device buffer"))
     }
 
+    unsafe fn copy(&mut self, dst: u64, src: u64, bytes: usize) -> Result<(), KernelError> {
+        self.bind("a copy on the device")?;
+        // SAFETY: the caller's contract: two allocated, disjoint ranges on this device.
+        unsafe { result::memcpy_dtod_sync(dst, src, bytes) }.map_err(copy_error("a copy on the device"))
+    }
+
     unsafe fn zero(&mut self, addr: u64, bytes: usize) -> Result<(), KernelError> {
         self.bind("zeroing a device buffer")?;
         // SAFETY: the caller's contract: `bytes` bytes allocated at `addr`.

@@ -74,6 +74,12 @@ impl RawMemory for HostMemory {
         Ok(())
     }
 
+    unsafe fn copy(&mut self, dst: u64, src: u64, bytes: usize) -> Result<(), KernelError> {
+        // SAFETY: the caller's contract: two allocated, disjoint ranges.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
     unsafe fn zero(&mut self, addr: u64, bytes: usize) -> Result<(), KernelError> {
         // SAFETY: the caller's contract.
         unsafe { std::ptr::write_bytes(addr as *mut u8, 0, bytes) };

@@ -30,6 +30,7 @@ pub mod device_memory;
 pub mod dropout;
 pub mod flat;
 pub mod gemm;
+pub mod gpu;
 pub mod host_memory;
 pub mod launch;
 pub mod loss;
@@ -40,6 +41,7 @@ pub mod selftest;
 mod selftest_ops;
 
 pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, RawMemory};
+pub use gpu::Gpu;
 pub use host_memory::HostMemory;
 pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory};
 

@@ -54,6 +54,8 @@ fn values_round_trip_and_zeros_are_zero() {
     let z = mem.zeros::<f32>(1234).unwrap();
     assert_eq!(mem.stats().reuses, 1);
     assert!(z.download().unwrap().iter().all(|&x| x == 0.0));
+    let dup = z.duplicate().unwrap();
+    assert_eq!(dup.download().unwrap(), vec![0.0; 1234]);
     let mut w = mem.alloc::<u32>(3).unwrap();
     assert!(matches!(w.write(&[1, 2]), Err(KernelError::Length { got: 2, want: 3, .. })));
     w.write(&[1, 2, 3]).unwrap();

@@ -31,6 +31,26 @@ pub enum TensorError {
         /// Why it cannot be used.
         why: String,
     },
+    /// Operands in places an operation cannot combine (a device tensor where host memory is
+    /// read, tensors on two devices).
+    #[error("{op}: {why}")]
+    Placement {
+        /// The operation.
+        op: &'static str,
+        /// What is where.
+        why: String,
+    },
+    /// A device operation failed (a launch, an allocation, a copy).
+    #[error("{op} on {device}: {source}")]
+    Kernel {
+        /// The operation.
+        op: &'static str,
+        /// The device's name.
+        device: String,
+        /// What the device said.
+        #[source]
+        source: ringsam_kernels::KernelError,
+    },
     /// The CUDA device exists but this operation has no CUDA kernel yet.
     #[error("{op}: not implemented on CUDA yet (use --device cpu)")]
     CudaNotImplemented {
