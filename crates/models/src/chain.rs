@@ -53,7 +53,7 @@ impl Chain {
     }
 
     /// Runs every layer, each on the previous one's output; the first on `x`.
-    pub(crate) fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    pub(crate) fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         for i in 0..self.layers.len() {
             let (before, rest) = self.layers.split_at_mut(i);
             let input = before.last().map_or(x, |l| l.output());
@@ -71,11 +71,11 @@ impl Chain {
     /// and freeing buffers as the module docs say.
     pub(crate) fn backward(
         &mut self,
-        params: &[f32],
-        grads: &mut [f32],
+        params: &Tensor,
+        grads: &mut Tensor,
         x: &Tensor,
         dout: &Tensor,
-        ready: &mut dyn FnMut(&mut [f32], usize),
+        ready: &mut dyn FnMut(&mut Tensor, usize),
     ) -> Result<(), NnError> {
         for i in (0..self.layers.len()).rev() {
             let (before, from_here) = self.layers.split_at_mut(i);

@@ -166,7 +166,7 @@ impl Layer for MbConv {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         let h = match &mut self.expand {
             Some((conv, norm, act)) => {
                 conv.forward(params, state, x, pass)?;
@@ -198,7 +198,7 @@ impl Layer for MbConv {
     }
 
     /// Mirror of `forward`.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let dy = match &mut self.skip {
             Some(dc) => {
                 dc.backward(params, grads, self.bn_project.output(), dout)?;

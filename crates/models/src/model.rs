@@ -35,10 +35,10 @@ pub trait Model: Send {
     /// Fills parameters and state with the reference's initialisation (see [`crate::init`]).
     fn init(&self, params: &mut [f32], state: &mut [f32], seed: u64);
     /// Runs the network on `x (C, N, H, W)`; returns logits `(N, num_classes)`.
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError>;
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError>;
     /// Backward from `dlogits (N, num_classes)`: adds parameter gradients into `grads`. Must follow
     /// a `forward` on the same `params` and `x`.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError>;
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dlogits: &Tensor) -> Result<(), NnError>;
     /// [`Model::backward`], calling `ready(grads, offset)` each time every gradient at index
     /// `>= offset` is final. Backward walks the layers from last to first and the buffer lies in
     /// declaration order, so `offset` only falls; a data-parallel caller sends those gradients to
@@ -46,11 +46,11 @@ pub trait Model: Send {
     /// The default reports everything at once, after the whole backward.
     fn backward_notify(
         &mut self,
-        params: &[f32],
-        grads: &mut [f32],
+        params: &Tensor,
+        grads: &mut Tensor,
         x: &Tensor,
         dlogits: &Tensor,
-        ready: &mut dyn FnMut(&mut [f32], usize),
+        ready: &mut dyn FnMut(&mut Tensor, usize),
     ) -> Result<(), NnError> {
         self.backward(params, grads, x, dlogits)?;
         ready(grads, 0);

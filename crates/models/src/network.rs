@@ -55,7 +55,7 @@ impl Model for Network {
         (self.init)(&self.layout, params, &self.state_layout, state, seed);
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<&Tensor, NnError> {
         check_buffers(&self.layout, &self.state_layout, params.len(), state.len())?;
         self.stem.forward(params, state, x, pass)?;
         self.body.forward(params, state, self.stem.output(), pass)?;
@@ -63,18 +63,18 @@ impl Model for Network {
         Ok(self.head.output())
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dlogits: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dlogits: &Tensor) -> Result<(), NnError> {
         self.backward_notify(params, grads, x, dlogits, &mut |_, _| {})
     }
 
     /// Mirror of `forward`; each chain reports its gradients as they become final.
     fn backward_notify(
         &mut self,
-        params: &[f32],
-        grads: &mut [f32],
+        params: &Tensor,
+        grads: &mut Tensor,
         x: &Tensor,
         dlogits: &Tensor,
-        ready: &mut dyn FnMut(&mut [f32], usize),
+        ready: &mut dyn FnMut(&mut Tensor, usize),
     ) -> Result<(), NnError> {
         check_backward_buffers(&self.layout, &self.state_layout, params, grads)?;
         self.head.backward(params, grads, self.body.output(), dlogits, ready)?;

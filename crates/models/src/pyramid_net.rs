@@ -86,7 +86,7 @@ impl Layer for Bottleneck {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.bn_1_pre.forward(params, state, x, pass)?;
         self.contract.forward(params, state, self.bn_1_pre.output(), pass)?;
         self.bn_1_post.forward(params, state, self.contract.output(), pass)?;
@@ -100,7 +100,7 @@ impl Layer for Bottleneck {
     }
 
     /// Mirror of `forward`.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         self.shake_drop.backward(params, grads, self.bn_3.output(), dout)?;
         self.bn_3.backward(params, grads, self.expand.output(), self.shake_drop.dinput())?;
         self.expand.backward(params, grads, self.bn_2.output(), self.bn_3.dinput())?;

@@ -123,8 +123,8 @@ fn pair(s: &str) -> Option<(usize, usize)> {
 /// model in evaluation mode.
 pub fn forward_gflops(model: &mut dyn Model, side: usize) -> Result<f64, ringsam_nn::NnError> {
     let cfg = model.config();
-    let params = vec![0.0; model.layout().total()];
-    let mut state = vec![0.0; model.state_layout().total()];
+    let params = ringsam_tensor::Tensor::from(vec![0.0; model.layout().total()]);
+    let mut state = ringsam_tensor::Tensor::from(vec![0.0; model.state_layout().total()]);
     let x = ringsam_tensor::Tensor::from_vec(&[cfg.in_channels, 1, side, side], vec![0.0; cfg.in_channels * side * side])
         .map_err(|source| ringsam_nn::NnError::Kernel { layer: "input".into(), source })?;
     model.forward(&params, &mut state, &x, &ringsam_nn::Pass::eval())?;

@@ -89,7 +89,7 @@ impl Layer for Bottleneck {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.conv_0.forward(params, state, x, pass)?;
         self.bn_1.forward(params, state, self.conv_0.output(), pass)?;
         self.conv_2.forward(params, state, self.bn_1.output(), pass)?;
@@ -109,7 +109,7 @@ impl Layer for Bottleneck {
     }
 
     /// Mirror of `forward`: the final ReLU, the main path backwards, then the shortcut.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         self.relu.backward(params, grads, &self.sum, dout)?;
         let dsum = self.relu.dinput();
         self.bn_5.backward(params, grads, self.conv_4.output(), dsum)?;

@@ -48,14 +48,14 @@ impl Branch {
         }
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.conv_1.forward(params, state, x, pass)?;
         self.bn_1.forward(params, state, self.conv_1.output(), pass)?;
         self.conv_2.forward(params, state, self.bn_1.output(), pass)?;
         self.bn_2.forward(params, state, self.conv_2.output(), pass)
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         self.bn_2.backward(params, grads, self.conv_2.output(), dout)?;
         self.conv_2.backward(params, grads, self.bn_1.output(), self.bn_2.dinput())?;
         self.bn_1.backward(params, grads, self.conv_1.output(), self.conv_2.dinput())?;
@@ -107,7 +107,7 @@ impl Shortcut {
         }
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.path_1.forward(params, state, x, pass)?;
         self.conv_h1.forward(params, state, self.path_1.output(), pass)?;
         self.path_2.forward(params, state, x, pass)?;
@@ -122,7 +122,7 @@ impl Shortcut {
         self.bn_residual.forward(params, state, &self.merged, pass)
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         self.bn_residual.backward(params, grads, &self.merged, dout)?;
         let d = self.bn_residual.dinput();
         let split = self.conv_h1.output().len();
@@ -181,7 +181,7 @@ impl Layer for ShakeShakeBlock {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.relu.forward(params, state, x, pass)?;
         self.a.forward(params, state, self.relu.output(), pass)?;
         self.b.forward(params, state, self.relu.output(), pass)?;
@@ -197,7 +197,7 @@ impl Layer for ShakeShakeBlock {
     }
 
     /// Mirror of `forward`: the mix, branch b, branch a, the ReLU they share, then the shortcut.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         self.shake.backward(dout)?;
         self.b.backward(params, grads, self.relu.output(), self.shake.db())?;
         self.a.backward(params, grads, self.relu.output(), self.shake.da())?;

@@ -46,21 +46,21 @@ mod tests {
     use crate::Model;
 
     /// `Σ logits·v` in f64 (v = the `dl` below), the scalar whose gradient backward computes.
-    fn objective(m: &mut Network, params: &[f32], x: &Tensor, v: &[f32]) -> f64 {
-        let out = m.forward(params, &mut [], x, &Pass::train(0, 0)).unwrap();
+    fn objective(m: &mut Network, params: &Tensor, x: &Tensor, v: &[f32]) -> f64 {
+        let out = m.forward(params, &mut Tensor::empty(), x, &Pass::train(0, 0)).unwrap();
         out.as_slice().iter().zip(v).map(|(&o, &v)| o as f64 * v as f64).sum()
     }
 
     #[test]
     fn gradients_match_finite_differences_and_ready_marks_fall_to_zero() {
         let mut m = new(ModelConfig { num_classes: 3, in_channels: 2 }).unwrap();
-        let mut params = vec![0.0; m.layout().total()];
+        let mut params = Tensor::from(vec![0.0; m.layout().total()]);
         m.init(&mut params, &mut [], 1);
         let x = Tensor::from_vec(&[2, 3, 6, 6], (0..216).map(|i| (i as f32 * 0.37).sin()).collect()).unwrap();
         let v = [0.1, -0.2, 0.1, 0.3, 0.0, -0.3, -0.1, 0.2, -0.1];
         let dl = Tensor::from_vec(&[3, 3], v.to_vec()).unwrap();
-        m.forward(&params, &mut [], &x, &Pass::train(0, 0)).unwrap();
-        let mut full = vec![0.0; params.len()];
+        m.forward(&params, &mut Tensor::empty(), &x, &Pass::train(0, 0)).unwrap();
+        let mut full = Tensor::from(vec![0.0; params.len()]);
         m.backward(&params, &mut full, &x, &dl).unwrap();
         // Central differences on an even sample of every tensor (tolerances as the layer checks).
         // A ReLU whose input crosses 0 inside ±eps makes the estimate meaningless; such points
@@ -86,9 +86,9 @@ mod tests {
         }
         assert!(skipped * 10 <= checked, "{skipped} kinks against {checked} checked values");
         // The ready marks only fall, end at 0, and each marks gradients already final.
-        m.forward(&params, &mut [], &x, &Pass::train(0, 0)).unwrap();
+        m.forward(&params, &mut Tensor::empty(), &x, &Pass::train(0, 0)).unwrap();
         let mut marks = Vec::new();
-        let mut g = vec![0.0; params.len()];
+        let mut g = Tensor::from(vec![0.0; params.len()]);
         m.backward_notify(&params, &mut g, &x, &dl, &mut |g, at| marks.push((at, g[at..].to_vec()))).unwrap();
         assert_eq!(marks.last().unwrap().0, 0);
         assert!(marks.windows(2).all(|w| w[0].0 > w[1].0), "{:?}", marks.iter().map(|m| m.0).collect::<Vec<_>>());

@@ -61,7 +61,7 @@ impl Layer for WideResnetBlock {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.init_bn.forward(params, state, x, pass)?;
         let a = self.init_bn.output();
         self.conv1.forward(params, state, a, pass)?;
@@ -79,7 +79,7 @@ impl Layer for WideResnetBlock {
     }
 
     /// Mirror of `forward`: conv2, bn_2, conv1, then the shortcut joins before (or after) init_bn.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         self.conv2.backward(params, grads, self.bn_2.output(), dout)?;
         self.bn_2.backward(params, grads, self.conv1.output(), self.conv2.dinput())?;
         self.conv1.backward(params, grads, self.init_bn.output(), self.bn_2.dinput())?;

@@ -149,7 +149,7 @@ fn one_image(name: &str, side: usize) {
     assert_eq!(logits.shape(), &[1, 1000]);
     assert!(logits.as_slice().iter().all(|v| v.is_finite()), "{name}");
     let dl = Tensor::from_vec(&[1, 1000], (0..1000).map(|i| if i == 3 { -1.0 } else { 0.001 }).collect()).unwrap();
-    let mut g = vec![0.0; params.len()];
+    let mut g = Tensor::from(vec![0.0; params.len()]);
     m.backward(&params, &mut g, &x, &dl).unwrap();
     assert!(g.iter().all(|v| v.is_finite()), "{name}");
     let first = &m.layout().entries()[0];

@@ -50,13 +50,13 @@ fn unknown_and_invalid_names_are_errors() {
 #[test]
 fn wrong_input_is_an_error_naming_the_layer() {
     let mut m = build("WideResnet10x1", &ModelConfig::default()).unwrap();
-    let mut params = vec![0.0; m.layout().total()];
-    let mut state = vec![0.0; m.state_layout().total()];
+    let mut params = Tensor::from(vec![0.0; m.layout().total()]);
+    let mut state = Tensor::from(vec![0.0; m.state_layout().total()]);
     m.init(&mut params, &mut state, 0);
     let x = Tensor::zeros(&[1, 2, 8, 8], Default::default()).unwrap(); // 1 channel, model wants 3
     let err = m.forward(&params, &mut state, &x, &Pass::eval()).unwrap_err().to_string();
     assert!(err.contains("init_conv") && err.contains("(3, N, H, W)"), "{err}");
-    let err = m.forward(&params[1..], &mut state, &x, &Pass::eval()).unwrap_err().to_string();
+    let err = m.forward(&Tensor::from(params[1..].to_vec()), &mut state, &x, &Pass::eval()).unwrap_err().to_string();
     assert!(err.contains("parameter buffer"), "{err}");
 }
 

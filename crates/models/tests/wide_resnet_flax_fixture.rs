@@ -74,12 +74,13 @@ fn wrn16x2_matches_flax_reference() {
     let labels: Vec<u32> = tensor(&st, "labels").1.iter().map(|&l| l as u32).collect();
 
     // Eval mode with the fixture's running statistics.
-    let mut state = state0.clone();
+    let params = Tensor::from(params);
+    let mut state = Tensor::from(state0.clone());
     let logits = model.forward(&params, &mut state, &x, &Pass::eval()).unwrap().as_slice().to_vec();
     assert_close("logits_eval", &logits, &tensor(&st, "logits_eval").1, 1e-4, 1e-4);
 
     // Train mode: batch statistics, running statistics updated.
-    let mut state = state0.clone();
+    let mut state = Tensor::from(state0.clone());
     let logits = model.forward(&params, &mut state, &x, &Pass::train(0, 0)).unwrap().as_slice().to_vec();
     assert_close("logits_train", &logits, &tensor(&st, "logits_train").1, 1e-4, 1e-4);
     for e in state_layout.entries() {
@@ -101,7 +102,7 @@ fn wrn16x2_matches_flax_reference() {
     let mut dlogits = vec![0.0; n * k];
     softmax_cross_entropy_backward(&mut dlogits, &probs, &labels, 0.1, 1.0 / n as f32, &sh).unwrap();
     let dlogits = Tensor::from_vec(&[n, k], dlogits).unwrap();
-    let mut grads = vec![0.0; layout.total()];
+    let mut grads = Tensor::from(vec![0.0; layout.total()]);
     model.backward(&params, &mut grads, &x, &dlogits).unwrap();
     for e in layout.entries() {
         assert_close(&format!("grads/{}", e.name), &grads[e.id.range()], &tensor(&st, &format!("grads/{}", e.name)).1, 2e-5, 2e-3);

@@ -9,6 +9,7 @@
 //! Why one buffer: the global gradient norm is one reduction, SAM's `w + e` one axpy, the optimizer
 //! one fused pass, and the all-reduce sends gradient buckets without per-tensor copies.
 
+use ringsam_tensor::Tensor;
 use std::ops::Range;
 
 /// Where one parameter lives in the flat buffer.
@@ -99,17 +100,17 @@ impl ParamLayout {
 pub struct Arena {
     /// The table.
     pub layout: ParamLayout,
-    /// Parameter values, `layout.total()` of them.
-    pub params: Vec<f32>,
+    /// Parameter values, `layout.total()` of them (a 1-D tensor: what the layers take).
+    pub params: Tensor,
     /// Gradients, same layout.
-    pub grads: Vec<f32>,
+    pub grads: Tensor,
 }
 
 impl Arena {
     /// Zero-filled parameters and gradients for `layout`.
     pub fn new(layout: ParamLayout) -> Self {
         let n = layout.total();
-        Arena { layout, params: vec![0.0; n], grads: vec![0.0; n] }
+        Arena { layout, params: Tensor::from(vec![0.0; n]), grads: Tensor::from(vec![0.0; n]) }
     }
 
     /// Sets all gradients to zero (backward passes accumulate).

@@ -51,7 +51,7 @@ pub struct GradCheckReport {
 /// tolerance.
 pub fn check_layer(
     layer: &mut dyn Layer,
-    params: &mut [f32],
+    params: &[f32],
     state: &mut [f32],
     x: &Tensor,
     pass: &Pass,
@@ -60,17 +60,19 @@ pub fn check_layer(
     let err = |e: NnError| e.to_string();
     let state0 = state.to_vec();
     let mut x = x.clone();
+    // The layer takes its arena as tensors; `params` is perturbed in `p` and left as it was.
+    let (mut p, mut st) = (Tensor::from(params.to_vec()), Tensor::from(state0.clone()));
 
-    layer.forward(params, state, &x, pass).map_err(err)?;
+    layer.forward(&p, &mut st, &x, pass).map_err(err)?;
     let mut rng = Rng::new(0x6AAD_C4EC);
     let v: Vec<f32> = (0..layer.output().len()).map(|_| rng.uniform_in(-1.0, 1.0)).collect();
     let dout = Tensor::from_vec(layer.output().shape(), v.clone()).map_err(|e| e.to_string())?;
-    let mut grads = vec![0.0; params.len()];
-    layer.backward(params, &mut grads, &x, &dout).map_err(err)?;
-    let dx = layer.dinput().as_slice().to_vec();
+    let mut grads = Tensor::from(vec![0.0; params.len()]);
+    layer.backward(&p, &mut grads, &x, &dout).map_err(err)?;
+    let (grads, dx) = (grads.as_slice().to_vec(), layer.dinput().as_slice().to_vec());
 
-    let loss = |layer: &mut dyn Layer, params: &[f32], state: &mut [f32], x: &Tensor| -> Result<f64, String> {
-        state.copy_from_slice(&state0);
+    let loss = |layer: &mut dyn Layer, params: &Tensor, state: &mut Tensor, x: &Tensor| -> Result<f64, String> {
+        state.as_mut_slice().copy_from_slice(&state0);
         layer.forward(params, state, x, pass).map_err(err)?;
         Ok(layer.output().as_slice().iter().zip(&v).map(|(&o, &w)| o as f64 * w as f64).sum())
     };
@@ -90,20 +92,20 @@ pub fn check_layer(
 
     for i in sample(params.len(), cfg.max_per_buffer) {
         let orig = params[i];
-        params[i] = orig + cfg.eps;
-        let lp = loss(layer, params, state, &x)?;
-        params[i] = orig - cfg.eps;
-        let lm = loss(layer, params, state, &x)?;
-        params[i] = orig;
+        p.as_mut_slice()[i] = orig + cfg.eps;
+        let lp = loss(layer, &p, &mut st, &x)?;
+        p.as_mut_slice()[i] = orig - cfg.eps;
+        let lm = loss(layer, &p, &mut st, &x)?;
+        p.as_mut_slice()[i] = orig;
         compare("param", i, grads[i], (lp - lm) / (2.0 * cfg.eps as f64), &mut report);
     }
     if !dx.is_empty() {
         for i in sample(x.len(), cfg.max_per_buffer) {
             let orig = x.as_slice()[i];
             x.as_mut_slice()[i] = orig + cfg.eps;
-            let lp = loss(layer, params, state, &x)?;
+            let lp = loss(layer, &p, &mut st, &x)?;
             x.as_mut_slice()[i] = orig - cfg.eps;
-            let lm = loss(layer, params, state, &x)?;
+            let lm = loss(layer, &p, &mut st, &x)?;
             x.as_mut_slice()[i] = orig;
             compare("input", i, dx[i], (lp - lm) / (2.0 * cfg.eps as f64), &mut report);
         }

@@ -42,7 +42,7 @@ fn run(layer: &mut dyn Layer, layout: &ParamLayout, state: &StateLayout, x: &Ten
         }
     }
     let cfg = GradCheckConfig::default();
-    match check_layer(layer, &mut params, &mut st, x, &pass, &cfg) {
+    match check_layer(layer, &params, &mut st, x, &pass, &cfg) {
         Ok(r) => assert!(r.checked > 0, "{}: nothing checked", layer.name()),
         Err(e) => panic!("{e}"),
     }
@@ -131,14 +131,15 @@ fn pool_pad_shortcut() {
 fn shape_errors_name_the_layer() {
     let mut p = ParamLayout::new();
     let mut conv = Conv2d::new(&mut p, "WideResnetGroup_0/WideResnetBlock_0/conv1", Conv2dConfig::same(16, 32, 3, 1));
-    let params = vec![0.0; p.total()];
-    let err = conv.forward(&params, &mut [], &Tensor::zeros(&[8, 2, 4, 4], Default::default()).unwrap(), &train()).unwrap_err();
+    let params = Tensor::from(vec![0.0; p.total()]);
+    let err =
+        conv.forward(&params, &mut Tensor::empty(), &Tensor::zeros(&[8, 2, 4, 4], Default::default()).unwrap(), &train()).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("WideResnetGroup_0/WideResnetBlock_0/conv1") && msg.contains("(16, N, H, W)") && msg.contains("[8, 2, 4, 4]"),
         "{msg}"
     );
-    let err = conv.backward(&params, &mut vec![0.0; p.total()], &Tensor::empty(), &Tensor::empty()).unwrap_err();
+    let err = conv.backward(&params, &mut Tensor::from(vec![0.0; p.total()]), &Tensor::empty(), &Tensor::empty()).unwrap_err();
     assert!(err.to_string().contains("backward called before forward"), "{err}");
 }
 
@@ -167,14 +168,14 @@ impl Layer for Halves {
     fn name(&self) -> &str {
         self.0.name()
     }
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), ringsam_nn::NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), ringsam_nn::NnError> {
         let [c, n, h, w] = [x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]];
         let half = c / 2 * n * h * w;
         self.1 = Tensor::from_vec(&[c / 2, n, h, w], x.as_slice()[..half].to_vec()).unwrap();
         self.2 = Tensor::from_vec(&[c / 2, n, h, w], x.as_slice()[half..].to_vec()).unwrap();
         self.0.forward(&self.1, &self.2, pass)
     }
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), ringsam_nn::NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), ringsam_nn::NnError> {
         self.0.backward(dout)?;
         let mut d = self.0.da().as_slice().to_vec();
         d.extend_from_slice(self.0.db().as_slice());
@@ -222,16 +223,16 @@ fn shake_draws_are_tied_in_pass_one_and_independent_in_pass_two() {
     assert!(ss.coefficients().0.iter().all(|&g| g == 0.5));
 
     let mut sd = ShakeDrop::new("BottleneckShakeDrop_3/shake_drop", 0.5);
-    let mut nothing = [];
-    sd.forward(&[], &mut nothing, &x, &first).unwrap();
+    let mut nothing = Tensor::empty();
+    sd.forward(&Tensor::empty(), &mut nothing, &x, &first).unwrap();
     let (f1, b1) = (sd.coefficients().0.to_vec(), sd.coefficients().1.to_vec());
     assert_eq!(f1, b1);
     assert!(f1.iter().all(|&c| (-1.0..=1.0).contains(&c)));
-    sd.forward(&[], &mut nothing, &x, &second).unwrap();
+    sd.forward(&Tensor::empty(), &mut nothing, &x, &second).unwrap();
     assert_eq!(sd.coefficients().0, &f1[..]);
     assert!(sd.coefficients().1.iter().all(|&c| (0.0..=1.0).contains(&c)));
     assert_ne!(sd.coefficients().1, &f1[..]);
-    sd.forward(&[], &mut nothing, &x, &Pass::eval()).unwrap();
+    sd.forward(&Tensor::empty(), &mut nothing, &x, &Pass::eval()).unwrap();
     assert!(sd.output().as_slice().iter().zip(x.as_slice()).all(|(o, v)| *o == 0.5 * v), "evaluation scales by p");
 }
 
@@ -241,7 +242,7 @@ fn shake_drop_survival_rate_is_p() {
     // mask is 1) for a fraction p of them.
     let x = separated(&[1, 4000, 1, 1], 10);
     let mut sd = ShakeDrop::new("BottleneckShakeDrop_7/shake_drop", 0.8);
-    sd.forward(&[], &mut [], &x, &Pass::train_frozen_stats(1, 2)).unwrap();
+    sd.forward(&Tensor::empty(), &mut Tensor::empty(), &x, &Pass::train_frozen_stats(1, 2)).unwrap();
     let kept = sd.coefficients().0.iter().zip(sd.coefficients().1).filter(|&(&f, &b)| f == 1.0 && b == 1.0).count();
     let rate = kept as f64 / 4000.0;
     assert!((rate - 0.8).abs() < 0.03, "survival rate {rate}");
@@ -271,10 +272,10 @@ fn drop_connect() {
     run(&mut dc, &ParamLayout::new(), &StateLayout::new(), &separated(&[3, 6, 2, 2], 14), train());
     // Whole examples are dropped or scaled by 1/(1 − rate); evaluation is the identity.
     let x = separated(&[2, 400, 1, 1], 15);
-    dc.forward(&[], &mut [], &x, &train()).unwrap();
+    dc.forward(&Tensor::empty(), &mut Tensor::empty(), &x, &train()).unwrap();
     let kept = dc.coefficients().iter().filter(|&&c| c > 0.0).count() as f64 / 400.0;
     assert!((kept - 0.7).abs() < 0.07, "kept {kept}");
     assert!(dc.coefficients().iter().all(|&c| c == 0.0 || (c - 1.0 / 0.7).abs() < 1e-6));
-    dc.forward(&[], &mut [], &x, &Pass::eval()).unwrap();
+    dc.forward(&Tensor::empty(), &mut Tensor::empty(), &x, &Pass::eval()).unwrap();
     assert_eq!(dc.output().as_slice(), x.as_slice());
 }

@@ -153,6 +153,14 @@ impl Tensor {
         }
     }
 
+    /// The host storage, mutably, or an error naming `op` for a device tensor.
+    pub fn host_slice_mut(&mut self, op: &'static str) -> Result<&mut [f32], TensorError> {
+        match &mut self.storage {
+            Storage::Host(v) => Ok(v.as_slice_mut().expect("host tensors are always standard-layout")),
+            Storage::Device { gpu, .. } => Err(TensorError::Placement { op, why: on_device(gpu, "the host storage") }),
+        }
+    }
+
     /// A device tensor's storage as a kernel argument (None on the host).
     pub fn device_buf(&self) -> Option<Buf<f32>> {
         match &self.storage {
@@ -235,6 +243,46 @@ impl Tensor {
             None => self.to_host(),
             Some(gpu) => self.to_gpu(gpu),
         }
+    }
+}
+
+/// A host tensor reads as its values, so the CPU engine's arena (parameters, gradients,
+/// statistics) indexes and slices like the `Vec<f32>` it is. Like [`Tensor::as_slice`] this panics
+/// on a device tensor: device code takes [`Tensor::device_buf`] and CPU code holds host tensors.
+impl std::ops::Deref for Tensor {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for Tensor {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.as_mut_slice()
+    }
+}
+
+/// A host tensor's values in order (as a `Vec`'s; panics on a device tensor, as `Deref` does).
+impl<'a> IntoIterator for &'a Tensor {
+    type Item = &'a f32;
+    type IntoIter = std::slice::Iter<'a, f32>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Tensor {
+    type Item = &'a mut f32;
+    type IntoIter = std::slice::IterMut<'a, f32>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_mut_slice().iter_mut()
+    }
+}
+
+/// A 1-D host tensor: a parameter arena, its gradients, batch-norm statistics.
+impl From<Vec<f32>> for Tensor {
+    fn from(values: Vec<f32>) -> Self {
+        Tensor { shape: vec![values.len()], storage: Storage::Host(ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).expect("1-d")) }
     }
 }
 

@@ -33,7 +33,8 @@ pub fn evaluate_checkpoint(dir: &Path, data_dir: Option<PathBuf>, batch: usize) 
     let mut model =
         ringsam_models::build(&cfg.model_name, &ringsam_models::ModelConfig { num_classes: test.num_classes, in_channels: test.channels })?;
     let ckpt = crate::checkpoint::load(dir, model.layout(), model.state_layout())?;
-    let (params, mut state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
+    let (params, state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
+    let (params, mut state) = (Tensor::from(params), Tensor::from(state));
     let norm = crate::data_source::normalization(&cfg, &test.name, test.channels);
     let resize = crate::data_source::memory_resize(&cfg, test.height, test.width);
     let report = evaluate(model.as_mut(), &params, &mut state, &test, batch, &norm, resize)?;
@@ -95,8 +96,8 @@ impl EvalSums {
 /// pixels scaled by `norm` and resized to `resize_to` as training saw them.
 pub fn evaluate(
     model: &mut dyn Model,
-    params: &[f32],
-    state: &mut [f32],
+    params: &Tensor,
+    state: &mut Tensor,
     data: &Arc<Dataset>,
     batch_size: usize,
     norm: &Normalization,
@@ -109,8 +110,8 @@ pub fn evaluate(
 /// Sums over `batches` (one replica's share of a split).
 pub fn evaluate_batches(
     model: &mut dyn Model,
-    params: &[f32],
-    state: &mut [f32],
+    params: &Tensor,
+    state: &mut Tensor,
     batches: impl Iterator<Item = Batch>,
 ) -> Result<EvalSums, TrainError> {
     let (mut loss_sum, mut errors, mut top5_errors, mut n_total) = (0.0f64, 0usize, 0usize, 0usize);

@@ -45,7 +45,8 @@ pub fn predict(dir: &Path, inputs: &[PathBuf], k: usize, data_dir: Option<PathBu
     let model_cfg = saved_model_config(dir, &cfg.model_name)?;
     let mut model = build(&cfg.model_name, &model_cfg)?;
     let ckpt = load(dir, model.layout(), model.state_layout())?;
-    let (params, mut state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
+    let (params, state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
+    let (params, mut state) = (Tensor::from(params), Tensor::from(state));
     let names = class_names(&cfg);
     let shape = Preprocess::for_run(&cfg, model_cfg.in_channels)?;
     let mut out = Vec::new();

@@ -140,7 +140,7 @@ pub struct StepReport {
 pub struct SamStep {
     model: Box<dyn Model>,
     arena: Arena,       // parameters w and their gradients, (P,) each
-    state: Vec<f32>,    // batch-norm running statistics
+    state: Tensor,      // batch-norm running statistics
     opt: BaseOptimizer, // base optimizer and its state
     cfg: StepConfig,
     step: u64,              // steps taken so far (the global step; keys the random draws)
@@ -152,7 +152,7 @@ pub struct SamStep {
     example_offset: u64,        // this replica's first example in the global batch (per step)
     chunk_offset: u64,          // place of the current chunk (sam_m or micro-batch) in the batch
     decayed: Vec<Range<usize>>, // parameter ranges that take weight decay
-    w_adv: Vec<f32>,            // w + e, same layout as arena.params
+    w_adv: Tensor,              // w + e, same layout as arena.params
     g_sum: Vec<f32>,            // descent gradients summed over chunks
     stats: StatsMean,           // the micro-batches' batch-norm statistics, averaged
     chunk: Tensor,              // (C, M, H, W) copy of one sam_m chunk
@@ -177,14 +177,14 @@ impl SamStep {
     ) -> Result<Self, TrainError> {
         let model = build(model_name, model_cfg)?;
         let mut arena = Arena::new(model.layout().clone());
-        let mut state = vec![0.0; model.state_layout().total()];
+        let mut state = Tensor::from(vec![0.0; model.state_layout().total()]);
         model.init(&mut arena.params, &mut state, 0);
         let decayed =
             arena.layout.entries().iter().filter(|e| !cfg.no_weight_decay_on_bn || e.shape.len() > 1).map(|e| e.id.range()).collect();
         let n = arena.len();
         Ok(SamStep {
             opt: BaseOptimizer::new(cfg.optimizer, n),
-            w_adv: vec![0.0; n],
+            w_adv: Tensor::from(vec![0.0; n]),
             g_sum: Vec::new(),
             stats: StatsMean::default(),
             chunk: Tensor::empty(),
@@ -282,7 +282,7 @@ impl SamStep {
     }
 
     /// The model with weights and statistics to evaluate: `self`'s own, or `other`'s (the EMA's).
-    pub fn eval_parts<'a>(&'a mut self, other: Option<(&'a [f32], &'a mut [f32])>) -> (&'a mut dyn Model, &'a [f32], &'a mut [f32]) {
+    pub fn eval_parts<'a>(&'a mut self, other: Option<(&'a Tensor, &'a mut Tensor)>) -> (&'a mut dyn Model, &'a Tensor, &'a mut Tensor) {
         match other {
             Some((p, s)) => (self.model.as_mut(), p, s),
             None => (self.model.as_mut(), &self.arena.params, &mut self.state),
@@ -552,7 +552,7 @@ impl SamStep {
         exchange: Option<Scope>,
         stats: &mut ExchangeStats,
     ) -> Result<(f32, usize), TrainError> {
-        let w: &[f32] = if at_adv { &self.w_adv } else { &self.arena.params };
+        let w: &Tensor = if at_adv { &self.w_adv } else { &self.arena.params };
         let logits = self.model.forward(w, &mut self.state, x, pass)?;
         let [n, k] = match *logits.shape() {
             [n, k] => [n, k],

@@ -474,11 +474,12 @@ impl<'a> Trainer<'a> {
     fn evaluate(&mut self, split: Split) -> Result<EvalReport, TrainError> {
         let world = self.loader.world;
         let batches = self.data.eval_batches(split, self.cfg.batch_size, self.rank, world)?;
-        let ema = match (split, self.ema.as_mut()) {
-            (Split::Test, Some(e)) => Some((&e.params[..], &mut e.state[..])),
+        // The EMA's weights as the model takes them (a copy per evaluation: cheap beside one).
+        let mut ema = match (split, self.ema.as_ref()) {
+            (Split::Test, Some(e)) => Some((Tensor::from(e.params.clone()), Tensor::from(e.state.clone()))),
             _ => None,
         };
-        let (model, params, state) = self.st.eval_parts(ema);
+        let (model, params, state) = self.st.eval_parts(ema.as_mut().map(|(p, s)| (&*p, s)));
         let mine = evaluate_batches(model, params, state, batches)?;
         let total = match self.st.cluster() {
             Some(c) => EvalSums::from_slice(&c.sum(mine.to_vec())?),

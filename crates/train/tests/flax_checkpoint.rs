@@ -55,7 +55,7 @@ fn loaded(src: &SourceTensors, classes: usize) -> (Box<dyn ringsam_models::Model
 fn the_published_layout_loads_and_its_logits_match_flax() {
     let src = read_source(&archive()).unwrap();
     assert_eq!(src.kind, "Flax checkpoint");
-    let (mut model, _, params, mut state) = loaded(&src, 1000);
+    let (mut model, _, params, state) = loaded(&src, 1000);
     let bytes = std::fs::read(fixture_dir().join("logits.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (shape, nhwc) = f32s(&st, "input");
@@ -67,6 +67,7 @@ fn the_published_layout_loads_and_its_logits_match_flax() {
         cnhw[((ch * n + b) * h + y) * w + x] = *v;
     }
     let x = Tensor::from_vec(&[c, n, h, w], cnhw).unwrap();
+    let (params, mut state) = (Tensor::from(params), Tensor::from(state));
     let got = model.forward(&params, &mut state, &x, &Pass::eval()).unwrap().as_slice().to_vec();
     let (_, want) = f32s(&st, "logits");
     assert_eq!(got.len(), want.len());

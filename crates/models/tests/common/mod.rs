@@ -13,8 +13,8 @@ use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_backward, softmax_cr
 /// first and the last loss.
 pub fn memorise(name: &str, n: usize, side: usize, classes: usize, steps: u64, factor: f32) -> (f32, f32) {
     let mut m = build(name, &ModelConfig { num_classes: classes, in_channels: 3 }).unwrap();
-    let mut params = vec![0.0; m.layout().total()];
-    let mut state = vec![0.0; m.state_layout().total()];
+    let mut params = Tensor::from(vec![0.0; m.layout().total()]);
+    let mut state = Tensor::from(vec![0.0; m.state_layout().total()]);
     m.init(&mut params, &mut state, 0);
     let mut rng = Rng::new(42);
     let x = Tensor::from_vec(&[3, n, side, side], (0..3 * n * side * side).map(|_| rng.normal()).collect()).unwrap();
@@ -22,7 +22,7 @@ pub fn memorise(name: &str, n: usize, side: usize, classes: usize, steps: u64, f
     let sh = LossShape { n, k: classes };
     let (mut losses, mut probs) = (vec![0.0; n], vec![0.0; n * classes]);
     let mut dlogits = Tensor::zeros(&[n, classes], Default::default()).unwrap();
-    let (mut grads, mut momentum) = (vec![0.0; params.len()], vec![0.0; params.len()]);
+    let (mut grads, mut momentum) = (Tensor::from(vec![0.0; params.len()]), vec![0.0; params.len()]);
     let (mut first, mut last) = (None, f32::NAN);
     for step in 0..steps {
         let logits = m.forward(&params, &mut state, &x, &Pass::train(0, step)).unwrap();
@@ -43,17 +43,17 @@ pub fn memorise(name: &str, n: usize, side: usize, classes: usize, steps: u64, f
     (first.unwrap(), last)
 }
 
-pub fn init(name: &str, classes: usize) -> (Box<dyn Model>, Vec<f32>, Vec<f32>) {
+pub fn init(name: &str, classes: usize) -> (Box<dyn Model>, Tensor, Tensor) {
     let m = build(name, &ModelConfig { num_classes: classes, in_channels: 3 }).unwrap();
-    let mut params = vec![0.0; m.layout().total()];
-    let mut state = vec![0.0; m.state_layout().total()];
+    let mut params = Tensor::from(vec![0.0; m.layout().total()]);
+    let mut state = Tensor::from(vec![0.0; m.state_layout().total()]);
     m.init(&mut params, &mut state, 0);
     (m, params, state)
 }
 
 /// `Σ logits·v` in f64, the scalar whose gradient backward computes from `dlogits = v`.
-fn objective(m: &mut dyn Model, params: &[f32], state: &[f32], x: &Tensor, v: &[f32], pass: &Pass) -> f64 {
-    let mut st = state.to_vec(); // frozen statistics: nothing is written, but forward takes &mut
+fn objective(m: &mut dyn Model, params: &Tensor, state: &[f32], x: &Tensor, v: &[f32], pass: &Pass) -> f64 {
+    let mut st = Tensor::from(state.to_vec()); // frozen statistics: nothing is written, but forward takes &mut
     let out = m.forward(params, &mut st, x, pass).unwrap();
     out.as_slice().iter().zip(v).map(|(&o, &v)| o as f64 * v as f64).sum()
 }
@@ -73,7 +73,7 @@ pub fn check_gradients(name: &str, pass: Pass, side: usize, eps: f32) -> Result<
     };
     let v: Vec<f32> = (0..12).map(|_| (rng.normal() as f64 / rms) as f32).collect();
     let dl = Tensor::from_vec(&[4, 3], v.clone()).unwrap();
-    let mut g = vec![0.0; params.len()];
+    let mut g = Tensor::from(vec![0.0; params.len()]);
     m.backward(&params, &mut g, &x, &dl).unwrap();
     let (mut agreed, mut kinks) = (0, 0);
     let centre = objective(m.as_mut(), &params, &state, &x, &v, &pass);

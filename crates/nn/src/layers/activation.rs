@@ -38,7 +38,7 @@ impl Layer for Activation {
         &self.name
     }
 
-    fn forward(&mut self, _params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         self.buffers.out.resize(x.shape());
         let (o, i) = (self.buffers.out.as_mut_slice(), x.as_slice());
         match self.kind {
@@ -49,7 +49,7 @@ impl Layer for Activation {
         .in_layer(&self.name)
     }
 
-    fn backward(&mut self, _params: &[f32], _grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _params: &Tensor, _grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.buffers.out)?;
         self.buffers.dinp.resize(x.shape());
         let (d, g) = (self.buffers.dinp.as_mut_slice(), dout.as_slice());

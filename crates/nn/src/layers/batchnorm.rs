@@ -3,7 +3,7 @@
 use ringsam_tensor::Tensor;
 use ringsam_tensor::batchnorm::{BnShape, batchnorm_backward, batchnorm_backward_eval, batchnorm_forward_eval, batchnorm_forward_train};
 
-use super::{Buffers, Layer, expect_same, shape_error};
+use super::{Buffers, Layer, expect_same, host, host_mut, shape_error};
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass, StateLayout};
 
@@ -88,7 +88,9 @@ impl Layer for BatchNorm {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
+        let state = host_mut(&self.name, state)?;
         let sh = self.shape(x)?;
         self.buffers.out.resize(x.shape());
         let (scale, bias) = (&params[self.scale.range()], &params[self.bias.range()]);
@@ -128,7 +130,9 @@ impl Layer for BatchNorm {
         Ok(())
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         let train = self.last_train.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
         let sh = self.shape(x)?;
         expect_same(&self.name, dout, &self.buffers.out)?;

@@ -3,7 +3,7 @@
 use ringsam_tensor::Tensor;
 use ringsam_tensor::conv::{Conv2dShape, conv2d_backward, conv2d_forward};
 
-use super::{Buffers, Layer, expect_image, expect_same};
+use super::{Buffers, Layer, expect_image, expect_same, host, host_mut};
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass, Workspace};
 
@@ -112,7 +112,8 @@ impl Layer for Conv2d {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
         let [_, n, h, w] = expect_image(&self.name, x, self.cfg.c_in)?;
         let sh = self.plan(n, h, w)?;
         self.buffers.out.resize(&[sh.k, sh.n, sh.p, sh.q]);
@@ -122,7 +123,9 @@ impl Layer for Conv2d {
         Ok(())
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         let sh = self.shape.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
         expect_same(&self.name, dout, &self.buffers.out)?;
         let dinp = if self.cfg.input_grad {

@@ -38,7 +38,7 @@ impl Layer for DropConnect {
         &self.name
     }
 
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         let n = match *x.shape() {
             [_, n, _, _] if n > 0 => n,
             _ => return Err(shape_error(&self.name, "(C, N, H, W)".into(), x)),
@@ -55,7 +55,7 @@ impl Layer for DropConnect {
         Ok(())
     }
 
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         scale_examples_backward(&self.name, &mut self.buffers, x, dout, &self.coef)
     }
 

@@ -32,7 +32,7 @@ impl Layer for Dropout {
         &self.name
     }
 
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.buffers.out.resize(x.shape());
         if !pass.train || self.rate == 0.0 {
             self.mask.clear();
@@ -47,7 +47,7 @@ impl Layer for Dropout {
         Ok(())
     }
 
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.buffers.out)?;
         self.buffers.dinp.resize(x.shape());
         if self.mask.is_empty() {

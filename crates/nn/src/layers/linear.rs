@@ -7,7 +7,7 @@
 use ringsam_tensor::Tensor;
 use ringsam_tensor::gemm::{MatMut, MatRef, gemm};
 
-use super::{Buffers, Layer, expect_same, shape_error};
+use super::{Buffers, Layer, expect_same, host, host_mut, shape_error};
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass};
 
@@ -48,7 +48,8 @@ impl Layer for Linear {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], _state: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
         let n = self.batch(x)?;
         self.buffers.out.resize(&[n, self.c_out]);
         broadcast_bias(self.buffers.out.as_mut_slice(), &params[self.bias.range()]);
@@ -57,7 +58,9 @@ impl Layer for Linear {
             .in_layer(&self.name)
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         let n = self.batch(x)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
         let g = MatRef::row_major(dout.as_slice(), n, self.c_out);

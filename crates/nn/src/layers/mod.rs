@@ -48,9 +48,9 @@ pub trait Layer {
     /// The layer's Flax path.
     fn name(&self) -> &str;
     /// Computes `output()` from `x`. `state` is the model's state buffer (batch-norm statistics).
-    fn forward(&mut self, params: &[f32], state: &mut [f32], x: &Tensor, pass: &Pass) -> Result<(), NnError>;
+    fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError>;
     /// Given `dout = ∂L/∂output`, adds `∂L/∂params` into `grads` and writes `∂L/∂x` into `dinput()`.
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError>;
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError>;
     /// The layer's output and input-gradient buffers, which the methods below read.
     fn buffers(&self) -> &Buffers;
     /// The same buffers, to free the input gradient.
@@ -87,6 +87,17 @@ pub(crate) fn expect_image(layer: &str, x: &Tensor, channels: usize) -> Result<[
         [c, n, h, w] if c == channels && n > 0 && h > 0 && w > 0 => Ok([c, n, h, w]),
         _ => Err(shape_error(layer, format!("({channels}, N, H, W)"), x)),
     }
+}
+
+/// The values of `t` (parameters, gradients or statistics) for a layer's CPU path, or an error
+/// naming the layer when `t` is on a device.
+pub(crate) fn host<'a>(layer: &str, t: &'a Tensor) -> Result<&'a [f32], NnError> {
+    t.host_slice("the CPU path").map_err(|source| NnError::Kernel { layer: layer.to_string(), source })
+}
+
+/// [`host`], mutably.
+pub(crate) fn host_mut<'a>(layer: &str, t: &'a mut Tensor) -> Result<&'a mut [f32], NnError> {
+    t.host_slice_mut("the CPU path").map_err(|source| NnError::Kernel { layer: layer.to_string(), source })
 }
 
 /// Checks that `dout` has the shape of the layer's output.

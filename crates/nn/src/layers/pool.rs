@@ -46,7 +46,7 @@ impl Layer for AvgPool2d {
     fn name(&self) -> &str {
         &self.name
     }
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         let sh = PoolShape::valid(c * n, h, w, self.window, self.stride).in_layer(&self.name)?;
         self.buffers.out.resize(&[c, n, sh.p, sh.q]);
@@ -54,7 +54,7 @@ impl Layer for AvgPool2d {
         self.shape = Some(sh);
         Ok(())
     }
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let sh = window_backward(&self.name, self.shape, &mut self.buffers, x, dout)?;
         avgpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), &sh).in_layer(&self.name)
     }
@@ -90,7 +90,7 @@ impl Layer for MaxPool2d {
     fn name(&self) -> &str {
         &self.name
     }
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         let sh = PoolShape::same(c * n, h, w, self.window, self.stride).in_layer(&self.name)?;
         self.argmax.resize(sh.output_len(), 0);
@@ -99,7 +99,7 @@ impl Layer for MaxPool2d {
         self.shape = Some(sh);
         Ok(())
     }
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let sh = window_backward(&self.name, self.shape, &mut self.buffers, x, dout)?;
         maxpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), &self.argmax, &sh).in_layer(&self.name)
     }
@@ -131,12 +131,12 @@ impl Layer for GlobalAvgPool {
     fn name(&self) -> &str {
         &self.name
     }
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         self.buffers.out.resize(&[c, n]);
         global_avgpool_forward(self.buffers.out.as_mut_slice(), x.as_slice(), c * n, h * w).in_layer(&self.name)
     }
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
         self.buffers.dinp.resize(x.shape());

@@ -44,7 +44,7 @@ impl Layer for PoolPadShortcut {
         &self.name
     }
 
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = expect_image(&self.name, x, self.c_in)?;
         let src = if self.stride > 1 {
             let sh = PoolShape::valid(c * n, h, w, self.stride, self.stride).in_layer(&self.name)?;
@@ -61,7 +61,7 @@ impl Layer for PoolPadShortcut {
         channel_pad_forward(self.buffers.out.as_mut_slice(), src.as_slice(), self.c_in, self.c_out, n * p * q).in_layer(&self.name)
     }
 
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.buffers.out)?;
         let [_, n, p, q] = self.buffers.out.dims4("shortcut").in_layer(&self.name)?;
         self.buffers.dinp.resize(x.shape());

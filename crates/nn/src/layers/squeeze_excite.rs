@@ -13,7 +13,7 @@
 
 use ringsam_tensor::Tensor;
 
-use super::{Buffers, Layer, expect_image, expect_same};
+use super::{Buffers, Layer, expect_image, expect_same, host, host_mut};
 use crate::{NnError, ParamId, ParamLayout, Pass};
 
 fn sigmoid(v: f32) -> f32 {
@@ -63,7 +63,8 @@ impl Layer for SqueezeExcite {
         &self.name
     }
 
-    fn forward(&mut self, params: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, params: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (r, hw) = (self.reduced, h * w);
         let (w1, b1, w2, b2) = (&params[self.w1.range()], &params[self.b1.range()], &params[self.w2.range()], &params[self.b2.range()]);
@@ -98,7 +99,9 @@ impl Layer for SqueezeExcite {
         Ok(())
     }
 
-    fn backward(&mut self, params: &[f32], grads: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (r, hw) = (self.reduced, h * w);

@@ -39,7 +39,7 @@ impl Layer for ShiftSubsample {
         &self.name
     }
 
-    fn forward(&mut self, _p: &[f32], _s: &mut [f32], x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
+    fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (p, q) = (self.out_side(h), self.out_side(w));
         self.buffers.out.resize(&[c, n, p, q]);
@@ -55,7 +55,7 @@ impl Layer for ShiftSubsample {
         Ok(())
     }
 
-    fn backward(&mut self, _p: &[f32], _g: &mut [f32], x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
+    fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.buffers.out)?;
         let [_, _, h, w] = expect_image(&self.name, x, self.channels)?;
         let (p, q) = (self.out_side(h), self.out_side(w));
