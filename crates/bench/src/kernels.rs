@@ -94,24 +94,18 @@ pub fn cpu_reference() -> CpuReference {
     }
 }
 
-/// The CPU engine's pooling shape as the kernels' (the same fields) and back.
 fn kernel_pool(s: pool::PoolShape) -> KernelPool {
-    let pool::PoolShape { planes, h, w, r, s, stride, pad_h, pad_w, p, q } = s;
-    KernelPool { planes, h, w, r, s, stride, pad_h, pad_w, p, q }
+    s.into()
 }
 
 fn cpu_pool(s: &KernelPool) -> pool::PoolShape {
-    let KernelPool { planes, h, w, r, s, stride, pad_h, pad_w, p, q } = *s;
-    pool::PoolShape { planes, h, w, r, s, stride, pad_h, pad_w, p, q }
+    s.into()
 }
 
-/// The CPU engine's convolution shape as the kernels' and back.
 fn kernel_conv(s: conv::Conv2dShape) -> KernelConv {
-    let conv::Conv2dShape { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups } = s;
-    KernelConv { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups }
+    s.into()
 }
 
 fn cpu_conv(s: &KernelConv) -> conv::Conv2dShape {
-    let KernelConv { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups } = *s;
-    conv::Conv2dShape { n, c, h, w, k, r, s, stride, pad_h, pad_w, p, q, groups }
+    s.into()
 }

@@ -60,6 +60,11 @@ extern "C" __global__ void fill(float* x, float v, u64 n) {
     GRID_STRIDE(i, n) { x[i] = v; }
 }
 
+// dst = src (a shortcut's zero-padded channels, a gradient passed through).
+extern "C" __global__ void copy(float* dst, const float* src, u64 n) {
+    GRID_STRIDE(i, n) { dst[i] = src[i]; }
+}
+
 // y += a·x (the L2 term of the gradient: g += wd·w over the decayed ranges).
 extern "C" __global__ void axpy(float* y, float a, const float* x, u64 n) {
     GRID_STRIDE(i, n) { y[i] = y[i] + a * x[i]; }

@@ -103,6 +103,12 @@ pub fn fill(l: &mut impl Launcher, x: Buf<f32>, v: f32) -> Result<(), KernelErro
     l.launch("fill", Launch::elementwise(x.len()), &[x.into(), Arg::F32(v), Arg::U64(x.len() as u64)])
 }
 
+/// `dst = src`.
+pub fn copy(l: &mut impl Launcher, dst: Buf<f32>, src: Buf<f32>) -> Result<(), KernelError> {
+    same_len("copy", dst.len(), &[src.len()])?;
+    l.launch("copy", Launch::elementwise(dst.len()), &[dst.into(), src.into(), Arg::U64(dst.len() as u64)])
+}
+
 /// `y += a·x`.
 pub fn axpy(l: &mut impl Launcher, y: Buf<f32>, a: f32, x: Buf<f32>) -> Result<(), KernelError> {
     same_len("axpy", y.len(), &[x.len()])?;

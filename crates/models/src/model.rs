@@ -78,8 +78,8 @@ pub(crate) fn check_buffers(layout: &ParamLayout, state_layout: &StateLayout, pa
 pub(crate) fn check_backward_buffers(
     layout: &ParamLayout,
     state_layout: &StateLayout,
-    params: &[f32],
-    grads: &[f32],
+    params: &Tensor,
+    grads: &Tensor,
 ) -> Result<(), NnError> {
     check_buffers(layout, state_layout, params.len(), state_layout.total())?;
     if grads.len() != params.len() {

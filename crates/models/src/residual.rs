@@ -1,11 +1,16 @@
 //! The sums where a residual block's paths meet, forward and backward.
 
 use ringsam_nn::NnError;
+use ringsam_nn::device::OnDevice;
 use ringsam_tensor::Tensor;
 use ringsam_tensor::elementwise::add_forward;
 
-/// `out = a + b`, `out` taking `a`'s shape. `layer` is named if the lengths differ.
+/// `out = a + b`, `out` taking `a`'s shape (and place). `layer` is named if the lengths differ.
 pub(crate) fn sum_into(out: &mut Tensor, a: &Tensor, b: &Tensor, layer: &str) -> Result<(), NnError> {
+    if let Some(dev) = OnDevice::of(layer, a) {
+        let (o, a_buf, b_buf) = (dev.place(out, a.shape(), a)?, dev.buf(a)?, dev.buf(b)?);
+        return dev.run(|l| ringsam_kernels::pool::add(l, o, a_buf, b_buf));
+    }
     out.resize(a.shape());
     add_forward(out.as_mut_slice(), a.as_slice(), b.as_slice()).map_err(|source| NnError::Kernel { layer: layer.to_string(), source })
 }

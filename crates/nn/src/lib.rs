@@ -17,6 +17,7 @@
 //! forward (see `ringsam-models`).
 
 pub mod arena;
+pub mod device;
 pub mod error;
 pub mod gradcheck;
 pub mod init;

@@ -6,13 +6,16 @@
 //! memory by the number of convolutions (6 GB for WRN-28-10).
 //!
 //! The buffer sits behind a mutex only so that models stay `Send`; a model's layers never contend
-//! for it (a replica runs its layers sequentially).
+//! for it (a replica runs its layers sequentially). A model on a device keeps its scratch there
+//! ([`Workspace::lock_device`]), one buffer for the same reason.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A shared, growable `f32` scratch buffer. Cloning shares the same buffer.
+use ringsam_tensor::Tensor;
+
+/// A shared, growable `f32` scratch buffer, on the host and on the device. Cloning shares both.
 #[derive(Clone, Debug, Default)]
-pub struct Workspace(Arc<Mutex<Vec<f32>>>);
+pub struct Workspace(Arc<Mutex<Vec<f32>>>, Arc<Mutex<Tensor>>);
 
 impl Workspace {
     /// An empty workspace; it grows on first use.
@@ -24,6 +27,11 @@ impl Workspace {
     pub fn lock(&self) -> MutexGuard<'_, Vec<f32>> {
         // Scratch contents carry no invariant, so a panic elsewhere while holding it is harmless.
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The device's scratch: a tensor the device path grows to the largest size asked of it.
+    pub fn lock_device(&self) -> MutexGuard<'_, Tensor> {
+        self.1.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Current capacity in values (for memory reports).

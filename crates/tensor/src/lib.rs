@@ -27,6 +27,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 pub mod device;
+mod device_shapes;
 pub mod elementwise;
 pub mod error;
 pub mod gemm;

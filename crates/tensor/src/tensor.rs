@@ -286,6 +286,13 @@ impl From<Vec<f32>> for Tensor {
     }
 }
 
+/// The empty host tensor.
+impl Default for Tensor {
+    fn default() -> Self {
+        Tensor::empty()
+    }
+}
+
 /// Host tensors clone as data does. Cloning a device tensor copies it on the device and panics if
 /// the device cannot (out of memory): engine code uses [`Tensor::try_clone`].
 impl Clone for Tensor {

@@ -1,9 +1,12 @@
 //! Batch normalization (optionally fused with the following ReLU), with running statistics.
 
-use ringsam_tensor::Tensor;
+use ringsam_kernels::batchnorm::{self as device, BnLayout, BnParams, BnStats};
+use ringsam_kernels::flat::{copy, ema_update};
 use ringsam_tensor::batchnorm::{BnShape, batchnorm_backward, batchnorm_backward_eval, batchnorm_forward_eval, batchnorm_forward_train};
+use ringsam_tensor::{Tensor, TensorError};
 
 use super::{Buffers, Layer, expect_same, host, host_mut, shape_error};
+use crate::device::OnDevice;
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass, StateLayout};
 
@@ -38,9 +41,10 @@ pub struct BatchNorm {
     running_mean: ParamId,
     running_var: ParamId,
     last_train: Option<bool>,
-    mean: Vec<f32>, // (C,) batch mean of the last training forward
-    var: Vec<f32>,  // (C,) biased batch variance
-    rstd: Vec<f32>, // (C,) 1/sqrt(var + eps)
+    mean: Vec<f32>,    // (C,) batch mean of the last training forward
+    var: Vec<f32>,     // (C,) biased batch variance
+    rstd: Vec<f32>,    // (C,) 1/sqrt(var + eps)
+    on_device: Tensor, // mean, var and rstd, (3·C,), when the layer runs on a device
     buffers: Buffers,
 }
 
@@ -59,6 +63,7 @@ impl BatchNorm {
             mean: vec![0.0; c],
             var: vec![0.0; c],
             rstd: vec![0.0; c],
+            on_device: Tensor::empty(),
             buffers: Buffers::default(),
         }
     }
@@ -89,13 +94,39 @@ impl Layer for BatchNorm {
     }
 
     fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
-        let state = host_mut(&self.name, state)?;
         let sh = self.shape(x)?;
-        self.buffers.out.resize(x.shape());
-        let (scale, bias) = (&params[self.scale.range()], &params[self.bias.range()]);
         let BatchNormConfig { momentum, eps, relu, .. } = self.cfg;
         let batch_stats = pass.train && !pass.frozen_bn;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (lay, c) = (BnLayout::cnhw(sh.c, sh.m), sh.c);
+            let (out, inp) = (dev.place(&mut self.buffers.out, x.shape(), x)?, dev.buf(x)?);
+            let all = dev.scratch(&mut self.on_device, 3 * c, x)?;
+            let stats = BnStats { mean: all.slice(0..c), var: all.slice(c..2 * c), rstd: all.slice(2 * c..3 * c) };
+            let p = dev.buf(params)?;
+            let p = BnParams { scale: p.slice(self.scale.range()), bias: p.slice(self.bias.range()) };
+            let st = dev.buf(state)?;
+            let (rm, rv) = (st.slice(self.running_mean.range()), st.slice(self.running_var.range()));
+            dev.run(|l| {
+                if !batch_stats {
+                    // Backward in eval mode needs the running statistics as they were here.
+                    device::forward_eval(l, lay, out, inp, p, rm, rv, eps, relu)?;
+                    copy(l, stats.mean, rm)?;
+                    return copy(l, stats.var, rv);
+                }
+                device::forward_train(l, lay, out, stats, inp, p, eps, relu)?;
+                if pass.update_bn_stats {
+                    ema_update(l, rm, stats.mean, momentum)?;
+                    ema_update(l, rv, stats.var, momentum)?;
+                }
+                Ok(())
+            })?;
+            self.last_train = Some(batch_stats);
+            return Ok(());
+        }
+        let params = host(&self.name, params)?;
+        let state = host_mut(&self.name, state)?;
+        self.buffers.out.resize(x.shape());
+        let (scale, bias) = (&params[self.scale.range()], &params[self.bias.range()]);
         if batch_stats {
             batchnorm_forward_train(
                 self.buffers.out.as_mut_slice(),
@@ -131,11 +162,25 @@ impl Layer for BatchNorm {
     }
 
     fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
-        let grads = host_mut(&self.name, grads)?;
         let train = self.last_train.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
         let sh = self.shape(x)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            if !train {
+                let op = "batch norm's backward with frozen statistics (finetuning)";
+                return Err(NnError::Kernel { layer: self.name.clone(), source: TensorError::CudaNotImplemented { op } });
+            }
+            let (lay, c) = (BnLayout::cnhw(sh.c, sh.m), sh.c);
+            let all = dev.buf(&self.on_device)?;
+            let stats = BnStats { mean: all.slice(0..c), var: all.slice(c..2 * c), rstd: all.slice(2 * c..3 * c) };
+            let (g, scale) = (dev.buf(grads)?, dev.buf(params)?.slice(self.scale.range()));
+            let (dscale, dbias) = (g.slice(self.scale.range()), g.slice(self.bias.range()));
+            let (dy, y, inp) = (dev.buf(dout)?, dev.buf(&self.buffers.out)?, dev.buf(x)?);
+            let dinp = dev.place(&mut self.buffers.dinp, x.shape(), x)?;
+            return dev.run(|l| device::backward(l, lay, dinp, dscale, dbias, dy, y, inp, stats, scale, self.cfg.relu));
+        }
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         self.buffers.dinp.resize(x.shape());
         let scale = &params[self.scale.range()];
         // scale and bias are adjacent in the arena (declared one after the other).

@@ -1,9 +1,12 @@
 //! Convolution layer (no bias, as every conv in the reference's CIFAR models).
 
+use ringsam_kernels::conv::ConvShape;
+use ringsam_kernels::conv_gemm;
 use ringsam_tensor::Tensor;
 use ringsam_tensor::conv::{Conv2dShape, conv2d_backward, conv2d_forward};
 
 use super::{Buffers, Layer, expect_image, expect_same, host, host_mut};
+use crate::device::OnDevice;
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass, Workspace};
 
@@ -113,21 +116,37 @@ impl Layer for Conv2d {
     }
 
     fn forward(&mut self, params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
         let [_, n, h, w] = expect_image(&self.name, x, self.cfg.c_in)?;
         let sh = self.plan(n, h, w)?;
-        self.buffers.out.resize(&[sh.k, sh.n, sh.p, sh.q]);
-        conv2d_forward(self.buffers.out.as_mut_slice(), x.as_slice(), &params[self.kernel.range()], &mut self.col.lock(), &sh)
-            .in_layer(&self.name)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let ks = ConvShape::from(sh);
+            let out = dev.place(&mut self.buffers.out, &[sh.k, sh.n, sh.p, sh.q], x)?;
+            let (inp, kernel) = (dev.buf(x)?, dev.buf(params)?.slice(self.kernel.range()));
+            let col = dev.scratch(&mut self.col.lock_device(), ks.scratch_len(), x)?;
+            dev.run(|l| conv_gemm::forward(l, out, inp, kernel, col, &ks))?;
+        } else {
+            let params = host(&self.name, params)?;
+            self.buffers.out.resize(&[sh.k, sh.n, sh.p, sh.q]);
+            conv2d_forward(self.buffers.out.as_mut_slice(), x.as_slice(), &params[self.kernel.range()], &mut self.col.lock(), &sh)
+                .in_layer(&self.name)?;
+        }
         self.shape = Some(sh);
         Ok(())
     }
 
     fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
-        let grads = host_mut(&self.name, grads)?;
         let sh = self.shape.ok_or_else(|| NnError::NoForward { layer: self.name.clone() })?;
         expect_same(&self.name, dout, &self.buffers.out)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let ks = ConvShape::from(sh);
+            let dinp = if self.cfg.input_grad { Some(dev.place(&mut self.buffers.dinp, x.shape(), x)?) } else { None };
+            let (dy, inp) = (dev.buf(dout)?, dev.buf(x)?);
+            let (kernel, dkernel) = (dev.buf(params)?.slice(self.kernel.range()), dev.buf(grads)?.slice(self.kernel.range()));
+            let col = dev.scratch(&mut self.col.lock_device(), ks.scratch_len(), x)?;
+            return dev.run(|l| conv_gemm::backward(l, dinp, dkernel, dy, inp, kernel, col, &ks));
+        }
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         let dinp = if self.cfg.input_grad {
             self.buffers.dinp.resize(x.shape());
             Some(self.buffers.dinp.as_mut_slice())

@@ -4,10 +4,12 @@
 //! the output is example-major because the loss reads one row per example. Both are strided views
 //! of the same GEMM, so neither needs a transpose copy.
 
+use ringsam_kernels::dense::{DenseShape, dense_backward, dense_forward};
 use ringsam_tensor::Tensor;
 use ringsam_tensor::gemm::{MatMut, MatRef, gemm};
 
 use super::{Buffers, Layer, expect_same, host, host_mut, shape_error};
+use crate::device::OnDevice;
 use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass};
 
@@ -49,8 +51,13 @@ impl Layer for Linear {
     }
 
     fn forward(&mut self, params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
         let n = self.batch(x)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let sh = DenseShape { c: self.c_in, n, k: self.c_out };
+            let (out, inp, p) = (dev.place(&mut self.buffers.out, &[n, self.c_out], x)?, dev.buf(x)?, dev.buf(params)?);
+            return dev.run(|l| dense_forward(l, out, inp, p.slice(self.kernel.range()), p.slice(self.bias.range()), sh));
+        }
+        let params = host(&self.name, params)?;
         self.buffers.out.resize(&[n, self.c_out]);
         broadcast_bias(self.buffers.out.as_mut_slice(), &params[self.bias.range()]);
         let w = MatRef::row_major(&params[self.kernel.range()], self.c_in, self.c_out);
@@ -59,10 +66,17 @@ impl Layer for Linear {
     }
 
     fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
-        let grads = host_mut(&self.name, grads)?;
         let n = self.batch(x)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let sh = DenseShape { c: self.c_in, n, k: self.c_out };
+            let (p, g, dy, inp) = (dev.buf(params)?, dev.buf(grads)?, dev.buf(dout)?, dev.buf(x)?);
+            let (dw, db) = (g.slice(self.kernel.range()), g.slice(self.bias.range()));
+            let dx = dev.place(&mut self.buffers.dinp, &[self.c_in, n], x)?;
+            return dev.run(|l| dense_backward(l, dx, dw, db, dy, inp, p.slice(self.kernel.range()), sh));
+        }
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         let g = MatRef::row_major(dout.as_slice(), n, self.c_out);
         // dW (in × out) += x (in × N) · dout (N × out)
         gemm(

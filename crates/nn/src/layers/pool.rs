@@ -1,11 +1,13 @@
 //! Pooling layers: average, max (with padding, for the ResNet stem) and global average.
 
+use ringsam_kernels::pool as device;
 use ringsam_tensor::Tensor;
 use ringsam_tensor::pool::{
     PoolShape, avgpool_backward, avgpool_forward, global_avgpool_backward, global_avgpool_forward, maxpool_backward, maxpool_forward,
 };
 
 use super::{Buffers, Layer, expect_same, shape_error};
+use crate::device::OnDevice;
 use crate::error::KernelContext;
 use crate::{NnError, Pass};
 
@@ -133,12 +135,20 @@ impl Layer for GlobalAvgPool {
     }
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (out, inp) = (dev.place(&mut self.buffers.out, &[c, n], x)?, dev.buf(x)?);
+            return dev.run(|l| device::global_avgpool_forward(l, out, inp, h * w));
+        }
         self.buffers.out.resize(&[c, n]);
         global_avgpool_forward(self.buffers.out.as_mut_slice(), x.as_slice(), c * n, h * w).in_layer(&self.name)
     }
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (dinp, dy) = (dev.place(&mut self.buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
+            return dev.run(|l| device::global_avgpool_backward(l, dinp, dy, h * w));
+        }
         self.buffers.dinp.resize(x.shape());
         global_avgpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), c * n, h * w).in_layer(&self.name)
     }

@@ -1,11 +1,14 @@
 //! The parameter-free shortcut of WideResNet (and PyramidNet): when a block changes width,
 //! `avg_pool(x, stride, stride)` then zero channels appended (reference `_output_add`).
 
+use ringsam_kernels::flat::{copy, fill};
+use ringsam_kernels::pool as device;
 use ringsam_tensor::Tensor;
 use ringsam_tensor::pad::{channel_pad_backward, channel_pad_forward};
 use ringsam_tensor::pool::{PoolShape, avgpool_backward, avgpool_forward};
 
 use super::{Buffers, Layer, expect_image, expect_same};
+use crate::device::OnDevice;
 use crate::error::KernelContext;
 use crate::{NnError, Pass};
 
@@ -46,6 +49,25 @@ impl Layer for PoolPadShortcut {
 
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = expect_image(&self.name, x, self.c_in)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let inp = dev.buf(x)?;
+            self.pool =
+                (self.stride > 1).then(|| PoolShape::valid(c * n, h, w, self.stride, self.stride)).transpose().in_layer(&self.name)?;
+            let (src, p, q) = match self.pool {
+                Some(sh) => {
+                    let pooled = dev.place(&mut self.pooled, &[c, n, sh.p, sh.q], x)?;
+                    dev.run(|l| device::avgpool_forward(l, pooled, inp, &sh.into()))?;
+                    (pooled, sh.p, sh.q)
+                }
+                None => (inp, h, w),
+            };
+            let out = dev.place(&mut self.buffers.out, &[self.c_out, n, p, q], x)?;
+            let kept = self.c_in * n * p * q;
+            return dev.run(|l| {
+                copy(l, out.slice(0..kept), src)?;
+                fill(l, out.slice(kept..out.len()), 0.0)
+            });
+        }
         let src = if self.stride > 1 {
             let sh = PoolShape::valid(c * n, h, w, self.stride, self.stride).in_layer(&self.name)?;
             self.pooled.resize(&[c, n, sh.p, sh.q]);
@@ -64,6 +86,20 @@ impl Layer for PoolPadShortcut {
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.buffers.out)?;
         let [_, n, p, q] = self.buffers.out.dims4("shortcut").in_layer(&self.name)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let kept = dev.buf(dout)?.slice(0..self.c_in * n * p * q);
+            let dinp = dev.place(&mut self.buffers.dinp, x.shape(), x)?;
+            return match self.pool {
+                Some(sh) => {
+                    let dpooled = dev.place(&mut self.dpooled, &[self.c_in, n, p, q], x)?;
+                    dev.run(|l| {
+                        copy(l, dpooled, kept)?;
+                        device::avgpool_backward(l, dinp, dpooled, &sh.into())
+                    })
+                }
+                None => dev.run(|l| copy(l, dinp, kept)),
+            };
+        }
         self.buffers.dinp.resize(x.shape());
         match self.pool {
             Some(sh) => {
