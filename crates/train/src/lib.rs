@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod data_source;
+pub mod device_step;
 pub mod elastic;
 pub mod error;
 pub mod eval;

@@ -1,0 +1,234 @@
+//! The SAM step with the model, its arena and the optimizer state on a device: [`SamStep`]'s
+//! arithmetic for one replica holding its whole batch (no micro-batches, no `--sam_m`, no mixup,
+//! no exchange: those stay on [`SamStep`] until the device step takes them over).
+//!
+//! Per step, as [`SamStep`] does it (docs/SAM.md): pass 1 at `w` (gradient zeroed, forward,
+//! softmax cross-entropy with label smoothing, backward, the L2 term), the ascent `w_adv = w +
+//! ρ·g/‖g‖` (ASAM's when asked), pass 2 at `w_adv` with batch-norm statistics frozen, clipping, the
+//! base optimizer's update of `w`. Every operation is a launch on the device; what crosses back
+//! to the host are the scalars the report needs (the losses' mean, the norms, the errors).
+//!
+//! [`SamStep`]: crate::step::SamStep
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ringsam_kernels::flat::{self, OptimizerState};
+use ringsam_kernels::loss::{LossShape, softmax_xent_backward, softmax_xent_forward};
+use ringsam_kernels::{DeviceVec, Gpu, KernelError, Launcher};
+use ringsam_models::{Model, ModelConfig, build};
+use ringsam_nn::Pass;
+use ringsam_optim::OptimizerKind;
+use ringsam_tensor::{Tensor, TensorError};
+
+use crate::TrainError;
+use crate::step::{StepConfig, StepReport};
+
+/// One replica's model, parameters, gradients and optimizer state on `gpu`.
+pub struct DeviceStep {
+    model: Box<dyn Model>,
+    gpu: Arc<Gpu>,
+    cfg: StepConfig,
+    step: u64,
+    params: Tensor,                 // w
+    w_adv: Tensor,                  // w + e
+    grads: Tensor,                  // the gradient of the pass just run
+    state: Tensor,                  // batch-norm running statistics
+    momentum: DeviceVec<f32>,       // the optimizer's first moment
+    second: Option<DeviceVec<f32>>, // RMSProp's second moment
+    decayed: Vec<Range<usize>>,     // parameter ranges that take weight decay
+    x: Tensor,                      // the batch, copied to the device
+    labels: Option<DeviceVec<u32>>,
+    probs: Tensor,  // (N, K)
+    losses: Tensor, // (N,)
+    losses64: Option<DeviceVec<f64>>,
+    wrong: Option<DeviceVec<u32>>,
+    dlogits: Tensor, // (N, K)
+}
+
+fn device_error<'a>(gpu: &'a Gpu, op: &'static str) -> impl Fn(KernelError) -> TrainError + 'a {
+    move |source| TrainError::Tensor(TensorError::Kernel { op, device: gpu.name().to_string(), source })
+}
+
+impl DeviceStep {
+    /// Builds `model_name`, initialises it as [`crate::step::SamStep::new`] does (seed 0), and
+    /// puts it on `gpu`.
+    pub fn new(model_name: &str, model_cfg: &ModelConfig, cfg: StepConfig, gpu: &Arc<Gpu>) -> Result<Self, TrainError> {
+        if cfg.sam_m.is_some() {
+            return Err(TrainError::Config("--sam_m is not on the device step yet".into()));
+        }
+        let model = build(model_name, model_cfg)?;
+        let (mut p, mut s) = (vec![0.0; model.layout().total()], vec![0.0; model.state_layout().total()]);
+        model.init(&mut p, &mut s, 0);
+        let decayed =
+            model.layout().entries().iter().filter(|e| !cfg.no_weight_decay_on_bn || e.shape.len() > 1).map(|e| e.id.range()).collect();
+        let n = p.len();
+        let mem = gpu.memory();
+        let err = device_error(gpu, "DeviceStep::new");
+        let second =
+            matches!(cfg.optimizer, OptimizerKind::RmsProp { .. }).then(|| mem.upload(&vec![1.0f32; n])).transpose().map_err(&err)?;
+        Ok(DeviceStep {
+            params: Tensor::from(p).to_gpu(gpu)?,
+            w_adv: Tensor::zeros_on(&[n], gpu)?,
+            grads: Tensor::zeros_on(&[n], gpu)?,
+            state: Tensor::from(s).to_gpu(gpu)?,
+            momentum: mem.zeros(n).map_err(&err)?,
+            second,
+            model,
+            gpu: gpu.clone(),
+            cfg,
+            step: 0,
+            decayed,
+            x: Tensor::empty(),
+            labels: None,
+            probs: Tensor::empty(),
+            losses: Tensor::empty(),
+            losses64: None,
+            wrong: None,
+            dlogits: Tensor::empty(),
+        })
+    }
+
+    /// Parameters `w`, copied to the host.
+    pub fn params(&self) -> Result<Vec<f32>, TrainError> {
+        Ok(self.params.to_host()?.as_slice().to_vec())
+    }
+
+    /// Batch-norm statistics, copied to the host.
+    pub fn state(&self) -> Result<Vec<f32>, TrainError> {
+        Ok(self.state.to_host()?.as_slice().to_vec())
+    }
+
+    /// What the device's allocator has done (peak memory for `bench step`).
+    pub fn memory(&self) -> ringsam_kernels::MemoryStats {
+        self.gpu.memory().stats()
+    }
+
+    /// One step on batch `x (C, N, H, W)` (on the host or already on the device) with `labels`.
+    pub fn step(&mut self, x: &Tensor, labels: &[u32], lr: f32) -> Result<StepReport, TrainError> {
+        let [_, n, _, _] = x.dims4("DeviceStep::step")?;
+        if labels.len() != n || n == 0 {
+            return Err(TrainError::Runtime(format!("batch of {n} images with {} labels", labels.len())));
+        }
+        self.load_batch(x, labels)?;
+        let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
+        let (loss, errors, ascent_norm) = if self.cfg.rho == 0.0 {
+            let (loss, errors) = self.loss_and_grad(false, Pass::train(seed, step).with_frozen_bn(frozen))?;
+            (loss, errors, self.launch(|l, s| flat::global_norm(l, s.grads_buf()))?)
+        } else {
+            self.loss_and_grad(false, Pass::train(seed, step).tied(true).with_frozen_bn(frozen))?;
+            let norm = self.launch(|l, s| s.ascend(l))?;
+            let (loss, errors) = self.loss_and_grad(true, Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen))?;
+            (loss, errors, norm)
+        };
+        let clip = self.cfg.gradient_clipping;
+        let grad_norm = self.launch(|l, s| flat::clip_by_global_norm(l, s.grads_buf(), clip))?;
+        self.launch(|l, s| {
+            let state = OptimizerState { momentum: s.momentum.buf(), second_moment: s.second.as_ref().map(DeviceVec::buf) };
+            flat::update(l, s.cfg.optimizer, s.params_buf(), s.grads_buf(), state, lr)?;
+            if s.cfg.decoupled_weight_decay && s.cfg.weight_decay > 0.0 {
+                // w −= lr·wd·w over the decayed ranges (ringsam_optim::weight_decay::decay_decoupled).
+                let w = s.params_buf();
+                for r in &s.decayed {
+                    flat::scale(l, w.slice(r.clone()), 1.0 - lr * s.cfg.weight_decay)?;
+                }
+            }
+            Ok(())
+        })?;
+        self.step += 1;
+        Ok(StepReport {
+            loss,
+            error_rate: errors as f32 / n as f32,
+            grad_norm: if clip > 0.0 { grad_norm.min(clip as f64) } else { grad_norm },
+            ascent_grad_norm: ascent_norm,
+            param_norm: self.launch(|l, s| flat::global_norm(l, s.params_buf()))?,
+            ascent_exchange: Default::default(),
+            descent_exchange: Default::default(),
+        })
+    }
+
+    /// The batch on the device, and the buffers sized for it.
+    fn load_batch(&mut self, x: &Tensor, labels: &[u32]) -> Result<(), TrainError> {
+        let k = self.model.config().num_classes;
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= k) {
+            return Err(TrainError::Runtime(format!("label {bad} of a model with {k} classes")));
+        }
+        self.x = x.to_gpu(&self.gpu)?;
+        let n = labels.len();
+        let mem = self.gpu.memory();
+        let err = device_error(&self.gpu, "DeviceStep::step");
+        if self.labels.as_ref().is_none_or(|b| b.len() != n) {
+            self.labels = Some(mem.alloc(n).map_err(&err)?);
+            self.losses64 = Some(mem.alloc(n).map_err(&err)?);
+            self.wrong = Some(mem.alloc(n).map_err(&err)?);
+        }
+        self.labels.as_mut().expect("just placed").write(labels).map_err(&err)?;
+        for (t, shape) in [(&mut self.probs, vec![n, k]), (&mut self.losses, vec![n]), (&mut self.dlogits, vec![n, k])] {
+            t.place_like(&shape, &self.x)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroed gradient, forward at `w` (or `w_adv`), the loss, backward and the L2 term at the
+    /// same point: (mean cross-entropy, misclassified examples).
+    fn loss_and_grad(&mut self, at_adv: bool, pass: Pass) -> Result<(f32, usize), TrainError> {
+        self.launch(|l, s| flat::fill(l, s.grads_buf(), 0.0))?;
+        let w = if at_adv { &self.w_adv } else { &self.params };
+        let logits = self.model.forward(w, &mut self.state, &self.x, &pass)?;
+        let [n, k] = match *logits.shape() {
+            [n, k] => [n, k],
+            ref s => return Err(TrainError::Runtime(format!("model returned logits of shape {s:?}"))),
+        };
+        let logits = logits.device_buf().ok_or_else(|| TrainError::Runtime("the model's logits left the device".into()))?;
+        let bufs = |t: &Tensor| t.device_buf().expect("placed on the device by load_batch");
+        let (probs, losses, dlogits) = (bufs(&self.probs), bufs(&self.losses), bufs(&self.dlogits));
+        let (labels, losses64, wrong) =
+            (self.labels_buf(), self.losses64.as_ref().expect("placed").buf(), self.wrong.as_ref().expect("placed").buf());
+        let (ls, sh) = (self.cfg.label_smoothing, LossShape { n, k });
+        let mut launcher = self.gpu.launcher();
+        let err = device_error(&self.gpu, "the loss");
+        let l: &mut Box<dyn Launcher + Send> = &mut launcher;
+        let loss = softmax_xent_forward(l, logits, labels, ls, sh, probs, losses, losses64).map_err(&err)?;
+        ringsam_kernels::dense::count_errors(l, wrong, logits, labels).map_err(&err)?;
+        softmax_xent_backward(l, dlogits, probs, labels, ls, 1.0 / n as f32, sh).map_err(&err)?;
+        drop(launcher);
+        let errors = self.wrong.as_ref().expect("placed").download().map_err(&err)?.iter().filter(|&&w| w != 0).count();
+        let w = if at_adv { &self.w_adv } else { &self.params };
+        self.model.backward(w, &mut self.grads, &self.x, &self.dlogits)?;
+        let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay };
+        if wd > 0.0 {
+            let w = if at_adv { self.w_adv.device_buf() } else { self.params.device_buf() }.expect("on the device");
+            self.launch(|l, s| flat::add_l2_gradient(l, s.grads_buf(), w, wd, &s.decayed))?;
+        }
+        Ok((loss, errors))
+    }
+
+    /// `w_adv = w + ρ·g/‖g‖` (or ASAM's); returns ‖g‖.
+    fn ascend(&self, l: &mut Box<dyn Launcher + Send>) -> Result<f64, KernelError> {
+        let (w_adv, w, g) = (self.w_adv.device_buf().expect("on the device"), self.params_buf(), self.grads_buf());
+        if self.cfg.adaptive {
+            flat::asam_ascent_point(l, w_adv, w, g, self.cfg.rho, self.cfg.asam_eta)?;
+            flat::global_norm(l, g)
+        } else {
+            flat::ascent_point(l, w_adv, w, g, self.cfg.rho)
+        }
+    }
+
+    fn params_buf(&self) -> ringsam_kernels::Buf<f32> {
+        self.params.device_buf().expect("the device step's parameters live on the device")
+    }
+
+    fn grads_buf(&self) -> ringsam_kernels::Buf<f32> {
+        self.grads.device_buf().expect("the device step's gradients live on the device")
+    }
+
+    fn labels_buf(&self) -> ringsam_kernels::Buf<u32> {
+        self.labels.as_ref().expect("placed by load_batch").buf()
+    }
+
+    /// Runs `op` with the launcher and this step's buffers.
+    fn launch<T>(&self, op: impl FnOnce(&mut Box<dyn Launcher + Send>, &Self) -> Result<T, KernelError>) -> Result<T, TrainError> {
+        let mut launcher = self.gpu.launcher();
+        op(&mut launcher, self).map_err(device_error(&self.gpu, "the SAM step"))
+    }
+}
