@@ -98,6 +98,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Worker(args) => train_cmds::cmd_worker(&args, sub("worker")),
         Command::Launch(args) => train_cmds::cmd_launch(&args),
         Command::Selftest(selftest_cmds::SelftestCommand::Kernels(args)) => selftest_cmds::cmd_selftest_kernels(&args),
+        Command::Selftest(selftest_cmds::SelftestCommand::Engine(args)) => selftest_cmds::cmd_selftest_engine(&args),
         Command::Data(DataCommand::Verify(args)) => tool_cmds::cmd_data_verify(&args),
         Command::Data(DataCommand::Pack(args)) => tool_cmds::cmd_data_pack(&args),
         Command::Data(DataCommand::Inspect(args)) => tool_cmds::cmd_data_inspect(&args),

@@ -16,6 +16,58 @@ pub enum SelftestCommand {
     /// against the CPU engine: bitwise where the arithmetic allows, 1e-6 where the GPU's exp
     /// rounds differently, 1e-5 for batch norm and GEMMs, norms to 1e-12; with device timings.
     Kernels(SelftestKernelsArgs),
+    /// The engine on a GPU against the CPU engine: whole models' training passes (logits, every
+    /// gradient, batch-norm statistics) and the SAM step, within 1e-4 of max(|value|, 1), TF32 off.
+    Engine(SelftestEngineArgs),
+}
+
+/// `ringsam selftest engine`.
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
+pub struct SelftestEngineArgs {
+    /// The GPU: cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// full: WideResnet16x2 at 32×32, batch 32, 3 SAM steps (the device check's); quick: what CI
+    /// runs under emulation.
+    #[arg(long, default_value = "full", value_parser = ["full", "quick"])]
+    pub size: String,
+}
+
+/// Runs the engine self-test; fails (exit 1) when a check disagrees with the CPU engine.
+pub fn cmd_selftest_engine(args: &SelftestEngineArgs) -> Result<()> {
+    let device: ringsam_tensor::Device = args.device.parse().map_err(|e| usage(format!("--device: {e}")))?;
+    let size = if args.size == "quick" { ringsam_bench::engine::EngineSize::QUICK } else { ringsam_bench::engine::EngineSize::FULL };
+    engine_on(device, size)
+}
+
+#[cfg(feature = "cuda")]
+fn engine_on(device: ringsam_tensor::Device, size: ringsam_bench::engine::EngineSize) -> Result<()> {
+    use anyhow::Context;
+    let ringsam_tensor::Device::Cuda(ordinal) = device else {
+        return Err(usage("selftest engine checks a GPU: give --device cuda or cuda:N"));
+    };
+    device.probe()?;
+    let gpu = ringsam_kernels::Gpu::cuda(ordinal).context("loading the kernels")?;
+    eprintln!("selftest engine: {} ({size:?})", gpu.name());
+    let checks = ringsam_bench::engine::run(&gpu, size).map_err(anyhow::Error::msg)?;
+    print!("{}", ringsam_bench::engine::report(&checks));
+    let m = gpu.memory().stats();
+    println!(
+        "device memory: peak in use {:.1} MB, peak reserved {:.1} MB, {} device allocations",
+        m.peak_in_use as f64 / 1e6,
+        m.peak_reserved as f64 / 1e6,
+        m.device_allocs
+    );
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    anyhow::ensure!(failed == 0, "{failed} of {} engine checks disagree with the CPU engine", checks.len());
+    println!("selftest engine: all {} checks agree with the CPU engine", checks.len());
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn engine_on(_device: ringsam_tensor::Device, _size: ringsam_bench::engine::EngineSize) -> Result<()> {
+    Err(usage("selftest engine needs a GPU: this ringsam was built without --features cuda"))
 }
 
 /// `ringsam selftest kernels`.

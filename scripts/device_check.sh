@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a lent GPU host (16 cores, one NVIDIA GPU, root, no network) says about ringsam, in one
 # call of the workplace's `device` tool: the CUDA probe, the CUDA kernels against the CPU engine
-# (`ringsam selftest kernels`, rehearsed under emulation in CI), the engine's CPU step, the loader per core
+# (`ringsam selftest kernels`, rehearsed under emulation in CI), whole models and the SAM step on
+# the GPU against the CPU engine (`ringsam selftest engine`, likewise), the engine's CPU step, the loader per core
 # against Pillow with 1-8 workers, the loopback ring against Gloo with 4 ranks that each have
 # cores of their own, and the ring across 4 namespace hosts at 1 Gbit/s. Each part has its own
 # time limit and a failure moves on to the next part.
@@ -10,13 +11,13 @@
 #   cargo build --release --features cuda,turbojpeg && strip -o .device/ringsam target/release/ringsam
 #   device run: scripts/device_check.sh .device/ringsam      (carry .device)
 # The log goes to $OUT/device.log (or /tmp/device-out). A second argument picks parts (a comma
-# list of host, cuda, kernels, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
+# list of host, cuda, kernels, engine, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
 # (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
 # in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2; NETNS_RATES the namespace part's
 # rates (default "1gbit 1gbit 4gbit 10gbit").
 set -u
 bin=${1:-.device/ringsam}
-parts=${2:-host,cuda,kernels,step,loader,ring,netns}
+parts=${2:-host,cuda,kernels,engine,step,loader,ring,netns}
 want() { [[ ",$parts," == *",$1,"* ]]; }
 out=${OUT:-/tmp/device-out}
 mkdir -p target/release "$out"
@@ -46,7 +47,16 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     # norms to 1e-12; timings at WRN-28-10's parameter count (GB/s against the GPU's memory).
     part "CUDA kernels vs the CPU engine (ringsam selftest kernels, 36.5 M elements)"
     LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 180 \
-      target/release/ringsam selftest kernels --device cuda --elements 36500000 2>&1 | tail -12
+      target/release/ringsam selftest kernels --device cuda --elements 36500000 2>&1 | tail -36
+  fi
+
+  if want engine; then
+    # Whole models on the GPU (the caching allocator, the layers' device paths, GEMMs through
+    # cuBLAS with TF32 off) and the SAM step, each against the CPU engine within 1e-4; rehearsed
+    # under emulation in CI at the quick size (crates/bench/tests/engine_check.rs).
+    part "the engine on CUDA vs the CPU engine (ringsam selftest engine: WRN-16-2, 32x32, batch 32)"
+    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 240 \
+      target/release/ringsam selftest engine --device cuda 2>&1 | tail -8
   fi
 
   if want step; then

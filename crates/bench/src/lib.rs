@@ -5,12 +5,13 @@
 //! machine; [`plot`] draws its figure; [`link`] measures the line rate a path carries, which the
 //! ring's bandwidth is compared with; [`loader`] times the ImageNet loader pool; [`recovery`]
 //! times an elastic job's recovery after a loss; [`kernels`] gives the GPU kernels' self-test its
-//! CPU reference. Figures measured
+//! CPU reference; [`engine`] holds whole models and the SAM step on a device to the CPU's. Figures measured
 //! with these live in docs/BENCHMARKS.md, never in code.
 #![warn(missing_docs)]
 
 pub mod allreduce;
 pub mod allreduce_ranks;
+pub mod engine;
 pub mod kernels;
 pub mod link;
 pub mod loader;

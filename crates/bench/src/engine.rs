@@ -1,0 +1,185 @@
+//! The engine on a device against the engine on the CPU, whole models at a time: the device
+//! check's `engine` part (`ringsam selftest engine --device cuda`) and, at [`EngineSize::QUICK`],
+//! a CI test on the emulated device (`crates/bench/tests/engine_check.rs`), so what a GPU runs
+//! has run before.
+//!
+//! Checks: for each model, one training pass (logits, every parameter gradient, the batch-norm
+//! statistics, the ready marks the ring's buckets follow); then the step ([`DeviceStep`] against
+//! [`SamStep`]: parameters, statistics, losses and norms after a few steps, error rates equal) as
+//! SAM, SGD and ASAM with RMSProp and decoupled weight decay. GEMMs and batch-norm sums run in another order on a device, so values are compared
+//! within [`ENGINE_TOLERANCE`] of max(|value|, 1), the CPU's being the reference; the GPU runs
+//! with TF32 off (cuBLAS's default math mode).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringsam_data::share::BatchShare;
+use ringsam_kernels::Gpu;
+use ringsam_models::{ModelConfig, build};
+use ringsam_nn::{Pass, Rng};
+use ringsam_optim::OptimizerKind;
+use ringsam_tensor::Tensor;
+use ringsam_train::device_step::DeviceStep;
+use ringsam_train::step::{SamStep, StepConfig};
+
+/// How far a device's result may be from the CPU's, relative to max(|value|, 1).
+pub const ENGINE_TOLERANCE: f64 = 1e-4;
+
+/// What the check runs on.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineSize {
+    /// The WideResNet checked (the SAM step's model too).
+    pub wide_resnet: &'static str,
+    /// Image side.
+    pub side: usize,
+    /// Batch.
+    pub batch: usize,
+    /// SAM steps compared.
+    pub steps: u64,
+}
+
+impl EngineSize {
+    /// Small enough for the emulated device in CI.
+    pub const QUICK: EngineSize = EngineSize { wide_resnet: "WideResnet10x1", side: 8, batch: 4, steps: 1 };
+    /// The device check's: the WRN-16-2, CIFAR-sized.
+    pub const FULL: EngineSize = EngineSize { wide_resnet: "WideResnet16x2", side: 32, batch: 32, steps: 3 };
+}
+
+/// One check's outcome.
+#[derive(Clone, Debug)]
+pub struct EngineCheck {
+    /// What was compared.
+    pub name: String,
+    /// The largest relative difference from the CPU.
+    pub worst: f64,
+    /// Whether everything else (ready marks, error rates, placement) agreed.
+    pub agreed: bool,
+    /// Seconds the device took.
+    pub seconds: f64,
+}
+
+impl EngineCheck {
+    /// Within tolerance and agreeing.
+    pub fn passed(&self) -> bool {
+        self.agreed && self.worst <= ENGINE_TOLERANCE
+    }
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+fn worst(got: &[f32], want: &[f32]) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    got.iter()
+        .zip(want)
+        .map(|(&a, &b)| (a - b).abs() as f64 / (b.abs() as f64).max(1.0))
+        .fold(0.0, |m, r| if r.is_nan() { f64::INFINITY } else { m.max(r) })
+}
+
+/// Every check on `gpu` at `size`.
+pub fn run(gpu: &Arc<Gpu>, size: EngineSize) -> Result<Vec<EngineCheck>, String> {
+    let mut checks = Vec::new();
+    for (model, channels) in [(size.wide_resnet, 3), ("SmallCnn", 1)] {
+        checks.push(training_pass(gpu, model, channels, size).map_err(|e| format!("{model}: {e}"))?);
+    }
+    for (label, cfg) in step_configs() {
+        checks.push(sam_steps(gpu, size, label, cfg).map_err(|e| format!("the SAM step ({label}): {e}"))?);
+    }
+    Ok(checks)
+}
+
+type Outcome = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>);
+
+/// One training pass of `model` on the CPU and on `gpu`.
+fn training_pass(gpu: &Arc<Gpu>, model: &str, channels: usize, size: EngineSize) -> Result<EngineCheck, Box<dyn std::error::Error>> {
+    let mut m = build(model, &ModelConfig { num_classes: 10, in_channels: channels })?;
+    let (mut p, mut s) = (vec![0.0; m.layout().total()], vec![0.0; m.state_layout().total()]);
+    m.init(&mut p, &mut s, 0);
+    let (n, side) = (size.batch, size.side);
+    let x = Tensor::from_vec(&[channels, n, side, side], values(channels * n * side * side, 1))?;
+    let dl = Tensor::from_vec(&[n, 10], values(n * 10, 2).iter().map(|v| v * 0.1).collect())?;
+    let pass = Pass::train(3, 5);
+    let mut run = |params: Tensor, mut state: Tensor, x: &Tensor, dl: &Tensor| -> Result<Outcome, Box<dyn std::error::Error>> {
+        let logits = m.forward(&params, &mut state, x, &pass)?.to_host()?.as_slice().to_vec();
+        let mut grads = params.try_clone()?; // non-zero: backward accumulates
+        let mut marks = Vec::new();
+        m.backward_notify(&params, &mut grads, x, dl, &mut |_, at| marks.push(at))?;
+        Ok((logits, grads.to_host()?.as_slice().to_vec(), state.to_host()?.as_slice().to_vec(), marks))
+    };
+    let cpu = run(Tensor::from(p.clone()), Tensor::from(s.clone()), &x, &dl)?;
+    let on = |t: &Tensor| t.to_gpu(gpu);
+    let (pd, sd, xd, dld) = (on(&Tensor::from(p))?, on(&Tensor::from(s))?, on(&x)?, on(&dl)?);
+    let t = Instant::now();
+    let dev = run(pd, sd, &xd, &dld)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let r = worst(&dev.0, &cpu.0).max(worst(&dev.1, &cpu.1)).max(worst(&dev.2, &cpu.2));
+    let name = format!("{model} training pass, batch {n} at {side}×{side}: logits, {} gradients, {} statistics", cpu.1.len(), cpu.2.len());
+    Ok(EngineCheck { name, worst: r, agreed: dev.3 == cpu.3, seconds })
+}
+
+/// The steps compared: SAM as the reference runs it, plain SGD, and ASAM with the other
+/// optimizer and decoupled weight decay.
+fn step_configs() -> [(&'static str, StepConfig); 3] {
+    let sam = StepConfig { rho: 0.05, weight_decay: 5e-4, gradient_clipping: 1.0, label_smoothing: 0.1, ..StepConfig::default() };
+    let rmsprop = OptimizerKind::RmsProp { beta: 0.9, beta2: 0.9, eps: 1e-3 };
+    [
+        ("SAM ρ 0.05, wd, clip, ε 0.1", sam),
+        ("SGD, momentum", StepConfig { rho: 0.0, optimizer: OptimizerKind::Momentum { beta: 0.9 }, ..StepConfig::default() }),
+        (
+            "ASAM ρ 0.5, RMSProp, decoupled wd",
+            StepConfig {
+                rho: 0.5,
+                adaptive: true,
+                decoupled_weight_decay: true,
+                weight_decay: 0.1,
+                optimizer: rmsprop,
+                ..StepConfig::default()
+            },
+        ),
+    ]
+}
+
+/// [`DeviceStep`] against [`SamStep`] under `cfg`.
+fn sam_steps(gpu: &Arc<Gpu>, size: EngineSize, label: &str, cfg: StepConfig) -> Result<EngineCheck, Box<dyn std::error::Error>> {
+    let model = ModelConfig::default();
+    let mut cpu = SamStep::new(size.wide_resnet, &model, cfg, None, BatchShare::alone(1))?;
+    let mut dev = DeviceStep::new(size.wide_resnet, &model, cfg, gpu)?;
+    let (mut r, mut agreed, mut seconds) = (0.0f64, true, 0.0);
+    for step in 0..size.steps {
+        let (n, side) = (size.batch, size.side);
+        let x = Tensor::from_vec(&[3, n, side, side], values(3 * n * side * side, 10 + step))?;
+        let labels: Vec<u32> = (0..n).map(|i| ((i as u64 * 7 + step) % 10) as u32).collect();
+        let a = cpu.step(&x, &labels, 0.1)?;
+        let t = Instant::now();
+        let b = dev.step(&x, &labels, 0.1)?;
+        seconds += t.elapsed().as_secs_f64();
+        agreed &= a.error_rate == b.error_rate;
+        let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-30);
+        for (x, y) in [
+            (b.loss as f64, a.loss as f64),
+            (b.grad_norm, a.grad_norm),
+            (b.ascent_grad_norm, a.ascent_grad_norm),
+            (b.param_norm, a.param_norm),
+        ] {
+            r = r.max(rel(x, y));
+        }
+    }
+    r = r.max(worst(&dev.params()?, cpu.params())).max(worst(&dev.state()?, cpu.state()));
+    let name = format!("{} step ×{} ({label}) vs the CPU's", size.wide_resnet, size.steps);
+    Ok(EngineCheck { name, worst: r, agreed, seconds: seconds / size.steps as f64 })
+}
+
+/// The checks as a table, one line each.
+pub fn report(checks: &[EngineCheck]) -> String {
+    checks
+        .iter()
+        .map(|c| {
+            let verdict = if c.passed() { "ok" } else { "DIFFERS" };
+            format!("{:<8} max rel {:.1e} (≤ {ENGINE_TOLERANCE:.0e})  {:>9.3} ms  {}\n", verdict, c.worst, c.seconds * 1e3, c.name)
+        })
+        .collect()
+}
