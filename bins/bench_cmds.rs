@@ -307,6 +307,9 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         );
         println!("  SAM step  {:>9.1} ms  {:>8.1} images/s", report.sam_ms, report.sam_images_per_s);
         println!("  SAM/SGD   {:>9.2}x   forward {:.2} GMAC per step", report.sam_over_sgd, report.forward_gmacs);
+        if let (Some(peak), Some(reserved)) = (report.peak_memory_mb, report.peak_reserved_mb) {
+            println!("  {} memory: peak {peak:.1} MB in use, {reserved:.1} MB reserved", report.device);
+        }
     }
     Ok(())
 }

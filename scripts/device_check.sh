@@ -36,10 +36,15 @@ part() { echo; echo "== $1 ($(date +%T))"; }
   # The pip wheels' libraries (cuBLAS, cuDNN, NVRTC), in case they are not on the loader path.
   libs=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/lib*.so*', recursive=True)})))" 2>/dev/null)
   if want cuda; then
-    part "cuda probe (the engine's layers are not on CUDA yet: the probe must pass, then 'not implemented')"
-    timeout 60 target/release/ringsam bench step --device cuda --iters 1 2>&1 | tail -3
+    # The probe, then the device step timed (WRN-28-10 at CIFAR size, the issue's first model;
+    # convolutions are still im2col + cuBLAS FP32, not cuDNN: a baseline to improve on).
+    part "cuda: bench step --device cuda (WRN-28-10 batch 128 at 32x32, ResNet-50 batch 256 at 224x224)"
+    timeout 60 target/release/ringsam bench step --device cuda --iters 1 --batch_size 8 --image_size 32 --model_name WideResnet16x2 2>&1 | tail -3
     echo "with the wheels' library folders on LD_LIBRARY_PATH:"
-    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 60 target/release/ringsam bench step --device cuda --iters 1 2>&1 | tail -3
+    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 180 \
+      target/release/ringsam bench step --device cuda --iters 3 --batch_size 128 --image_size 32 --model_name WideResnet28x10 2>&1 | tail -6
+    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 240 \
+      target/release/ringsam bench step --device cuda --iters 3 --batch_size 256 --image_size 224 --num_classes 1000 --model_name Resnet50 2>&1 | tail -6
   fi
 
   if want kernels; then
@@ -57,6 +62,10 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     part "the engine on CUDA vs the CPU engine (ringsam selftest engine: WRN-16-2, 32x32, batch 32)"
     LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 240 \
       target/release/ringsam selftest engine --device cuda 2>&1 | tail -8
+    # The baseline for the cuda part's bench step: PyTorch eager, cuDNN benchmark mode,
+    # channels_last, TF32, the same two models and the same SAM step.
+    part "PyTorch baseline (benches/torch_step_baseline.py: WRN-28-10 batch 128, ResNet-50 batch 256)"
+    timeout 240 python3 benches/torch_step_baseline.py --models WideResnet28x10:128:32,Resnet50:256:224 --iters 3 2>&1 | tail -3
   fi
 
   if want step; then

@@ -3,7 +3,7 @@
 //! a CI test on the emulated device (`crates/bench/tests/engine_check.rs`), so what a GPU runs
 //! has run before.
 //!
-//! Checks: for each model, one training pass (logits, every parameter gradient, the batch-norm
+//! Checks: for each model (a WideResNet, SmallCnn, Resnet14: ResNet-50's blocks), one training pass (logits, every parameter gradient, the batch-norm
 //! statistics, the ready marks the ring's buckets follow); then the step ([`DeviceStep`] against
 //! [`SamStep`]: parameters, statistics, losses and norms after a few steps, error rates equal) as
 //! SAM, SGD and ASAM with RMSProp and decoupled weight decay. GEMMs and batch-norm sums run in another order on a device, so values are compared
@@ -36,13 +36,17 @@ pub struct EngineSize {
     pub batch: usize,
     /// SAM steps compared.
     pub steps: u64,
+    /// Image side for Resnet14 (its stem divides by 4 before the first block); None skips it:
+    /// its 8 M parameters and 2048-channel batch norms take ~110 s under emulation, so CI holds
+    /// its layers to the CPU one by one instead (crates/nn/tests/device_layers.rs).
+    pub resnet_side: Option<usize>,
 }
 
 impl EngineSize {
     /// Small enough for the emulated device in CI.
-    pub const QUICK: EngineSize = EngineSize { wide_resnet: "WideResnet10x1", side: 8, batch: 4, steps: 1 };
+    pub const QUICK: EngineSize = EngineSize { wide_resnet: "WideResnet10x1", side: 8, batch: 4, steps: 1, resnet_side: None };
     /// The device check's: the WRN-16-2, CIFAR-sized.
-    pub const FULL: EngineSize = EngineSize { wide_resnet: "WideResnet16x2", side: 32, batch: 32, steps: 3 };
+    pub const FULL: EngineSize = EngineSize { wide_resnet: "WideResnet16x2", side: 32, batch: 32, steps: 3, resnet_side: Some(64) };
 }
 
 /// One check's outcome.
@@ -83,8 +87,10 @@ fn worst(got: &[f32], want: &[f32]) -> f64 {
 /// Every check on `gpu` at `size`.
 pub fn run(gpu: &Arc<Gpu>, size: EngineSize) -> Result<Vec<EngineCheck>, String> {
     let mut checks = Vec::new();
-    for (model, channels) in [(size.wide_resnet, 3), ("SmallCnn", 1)] {
-        checks.push(training_pass(gpu, model, channels, size).map_err(|e| format!("{model}: {e}"))?);
+    let resnet = size.resnet_side.map(|side| ("Resnet14", 3, side));
+    for (model, channels, side) in [(size.wide_resnet, 3, size.side), ("SmallCnn", 1, size.side)].into_iter().chain(resnet) {
+        let at = EngineSize { side, ..size };
+        checks.push(training_pass(gpu, model, channels, at).map_err(|e| format!("{model}: {e}"))?);
     }
     for (label, cfg) in step_configs() {
         checks.push(sam_steps(gpu, size, label, cfg).map_err(|e| format!("the SAM step ({label}): {e}"))?);

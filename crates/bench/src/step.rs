@@ -3,15 +3,21 @@
 //! Each variant gets one untimed warm-up step (it sizes every buffer), then `iters` timed steps,
 //! SGD and SAM alternating; the report gives medians. Both variants run in the same process on the
 //! same thread pool, interleaved, so their ratio is meaningful; absolute numbers depend on the
-//! machine.
+//! machine. On a GPU (`--device cuda`) the step is the device's ([`DeviceStep`]) and the report
+//! adds the caching allocator's peak memory; a model with a layer not yet on the device is refused
+//! naming that layer.
 
 use std::time::Instant;
 
 use ringsam_models::ModelConfig;
 use ringsam_nn::Rng;
-use ringsam_tensor::{Device, Tensor, TensorError};
+#[cfg(feature = "cuda")]
+use ringsam_tensor::TensorError;
+use ringsam_tensor::{Device, Tensor};
 use serde::Serialize;
 
+use ringsam_train::device_step::DeviceStep;
+use ringsam_train::step::StepReport;
 use ringsam_train::{BatchShare, SamStep, StepConfig, TrainError};
 
 /// What to benchmark.
@@ -63,6 +69,69 @@ pub struct BenchStepReport {
     pub sgd_samples_ms: Vec<f64>,
     /// Each timed SAM step, ms.
     pub sam_samples_ms: Vec<f64>,
+    /// Where it ran.
+    pub device: String,
+    /// On a device: the most memory its buffers held at once (the caching allocator's peak in
+    /// use), MB.
+    pub peak_memory_mb: Option<f64>,
+    /// On a device: the most it took from the device (in use plus cached), MB.
+    pub peak_reserved_mb: Option<f64>,
+}
+
+/// The step timed: the CPU engine's or a device's.
+enum Stepper {
+    Cpu(Box<SamStep>),
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // made only for a CUDA device
+    Device(Box<DeviceStep>),
+}
+
+impl Stepper {
+    fn new(cfg: &BenchStepConfig, model: &ModelConfig, step: StepConfig) -> Result<Stepper, TrainError> {
+        match cfg.device {
+            Device::Cpu => Ok(Stepper::Cpu(Box::new(SamStep::new(&cfg.model, model, step, None, BatchShare::alone(1))?))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => {
+                let gpu = ringsam_kernels::Gpu::cuda(ordinal).map_err(|source| TensorError::Kernel {
+                    op: "loading the kernels",
+                    device: cfg.device.to_string(),
+                    source,
+                })?;
+                Ok(Stepper::Device(Box::new(DeviceStep::new(&cfg.model, model, step, &gpu)?)))
+            }
+        }
+    }
+
+    fn set_rho(&mut self, rho: f32) {
+        match self {
+            Stepper::Cpu(s) => s.set_rho(rho),
+            Stepper::Device(s) => s.set_rho(rho),
+        }
+    }
+
+    fn step(&mut self, x: &Tensor, labels: &[u32]) -> Result<StepReport, TrainError> {
+        match self {
+            Stepper::Cpu(s) => s.step(x, labels, 0.01),
+            Stepper::Device(s) => s.step(x, labels, 0.01),
+        }
+    }
+
+    fn model(&self) -> &dyn ringsam_models::Model {
+        match self {
+            Stepper::Cpu(s) => s.model(),
+            Stepper::Device(s) => s.model(),
+        }
+    }
+
+    /// Peak in use and peak reserved, MB (a device's).
+    fn memory(&self) -> (Option<f64>, Option<f64>) {
+        match self {
+            Stepper::Cpu(_) => (None, None),
+            Stepper::Device(s) => {
+                let m = s.memory();
+                (Some(m.peak_in_use as f64 / 1e6), Some(m.peak_reserved as f64 / 1e6))
+            }
+        }
+    }
 }
 
 /// Runs the benchmark; `progress` is called with a line before each phase.
@@ -71,9 +140,6 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         return Err(TrainError::Config("batch, iters and image size must be positive".into()));
     }
     cfg.device.probe()?;
-    if cfg.device != Device::Cpu {
-        return Err(TensorError::CudaNotImplemented { op: "the training step" }.into());
-    }
     let model_cfg = ModelConfig { num_classes: cfg.num_classes, in_channels: 3 };
     let mut rng = Rng::new(1);
     let (n, s) = (cfg.batch, cfg.image_size);
@@ -83,17 +149,11 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     // One model serves both variants (only ρ differs), so the benchmark holds one set of
     // activations. Both are warmed up first, then timed in alternation (SGD, SAM, SGD, ...) so that
     // a change in machine conditions during the run affects both alike.
-    let mut st = SamStep::new(
-        &cfg.model,
-        &model_cfg,
-        StepConfig { rho: 0.0, weight_decay: 5e-4, ..StepConfig::default() },
-        None,
-        BatchShare::alone(1),
-    )?;
+    let mut st = Stepper::new(cfg, &model_cfg, StepConfig { rho: 0.0, weight_decay: 5e-4, ..StepConfig::default() })?;
     progress("warm-up steps");
     for rho in [0.0, cfg.rho] {
         st.set_rho(rho);
-        st.step(&x, &labels, 0.01)?;
+        st.step(&x, &labels)?;
     }
     let (mut sgd, mut sam) = (Vec::with_capacity(cfg.iters), Vec::with_capacity(cfg.iters));
     let mut macs = (0, 0);
@@ -102,7 +162,7 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         for (rho, samples) in [(0.0, &mut sgd), (cfg.rho, &mut sam)] {
             st.set_rho(rho);
             let t = Instant::now();
-            st.step(&x, &labels, 0.01)?;
+            st.step(&x, &labels)?; // on a device, it ends reading the step's scalars: all done
             samples.push(t.elapsed().as_secs_f64() * 1e3);
             if rho == 0.0 {
                 macs = (st.model().last_forward_macs(), st.model().last_backward_macs());
@@ -126,6 +186,9 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         sgd_gflops_per_s: step_flops / (sgd_ms / 1e3) / 1e9,
         sgd_samples_ms: sgd,
         sam_samples_ms: sam,
+        device: cfg.device.to_string(),
+        peak_memory_mb: st.memory().0,
+        peak_reserved_mb: st.memory().1,
     })
 }
 

@@ -10,7 +10,7 @@
 //!   block `i` has consumed it — so a deep network holds one block's backward buffers at a time.
 
 use ringsam_nn::{Layer, NnError, Pass};
-use ringsam_tensor::Tensor;
+use ringsam_tensor::{Tensor, TensorError};
 
 use crate::layer_factory::LayerFactory;
 
@@ -57,6 +57,10 @@ impl Chain {
         for i in 0..self.layers.len() {
             let (before, rest) = self.layers.split_at_mut(i);
             let input = before.last().map_or(x, |l| l.output());
+            if input.gpu().is_some() && !rest[0].on_device() {
+                let source = TensorError::CudaNotImplemented { op: "its device path" };
+                return Err(NnError::Kernel { layer: rest[0].name().to_string(), source });
+            }
             rest[0].forward(params, state, input, pass)?;
         }
         Ok(())

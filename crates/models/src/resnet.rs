@@ -89,6 +89,10 @@ impl Layer for Bottleneck {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.conv_0.forward(params, state, x, pass)?;
         self.bn_1.forward(params, state, self.conv_0.output(), pass)?;

@@ -61,6 +61,10 @@ impl Layer for WideResnetBlock {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.init_bn.forward(params, state, x, pass)?;
         let a = self.init_bn.output();

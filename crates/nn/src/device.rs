@@ -8,7 +8,8 @@
 
 use std::sync::{Arc, MutexGuard};
 
-use ringsam_kernels::{Buf, Gpu, KernelError, Launcher};
+use ringsam_kernels::launch::Elem;
+use ringsam_kernels::{Buf, DeviceVec, Gpu, KernelError, Launcher};
 use ringsam_tensor::{Tensor, TensorError};
 
 use crate::NnError;
@@ -51,6 +52,23 @@ impl<'a> OnDevice<'a> {
             self.place(t, &[n], like)?;
         }
         Ok(self.buf(t)?.slice(0..n))
+    }
+
+    /// A buffer of `len` values on this device that the layer keeps (max pooling's argmax).
+    pub fn alloc<T: Elem>(&self, len: usize) -> Result<DeviceVec<T>, NnError> {
+        let source = |source| TensorError::Kernel { op: "allocating", device: self.gpu.name().to_string(), source };
+        self.gpu.memory().alloc(len).map_err(|e| self.error(source(e)))
+    }
+
+    /// `v` if it is a buffer of `len` values on this device, else a new one (contents unspecified).
+    pub fn keep<T: Elem>(&self, v: &mut Option<DeviceVec<T>>, len: usize) -> Result<Buf<T>, NnError> {
+        // A DeviceVec does not say which device it is on; the layer's stays on the device of its
+        // first device forward, which a model never changes.
+        if v.as_ref().is_none_or(|b| b.len() != len) {
+            *v = None; // free first: the cache may hand the block straight back
+            *v = Some(self.alloc(len)?);
+        }
+        Ok(v.as_ref().expect("just placed").buf())
     }
 
     /// Runs `op` with the device's launcher.

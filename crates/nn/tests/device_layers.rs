@@ -5,7 +5,8 @@
 
 use ringsam_kernels_emu::emulated_gpu;
 use ringsam_nn::layers::{
-    Activation, ActivationKind, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, GlobalAvgPool, Linear, PoolPadShortcut,
+    Activation, ActivationKind, AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, GlobalAvgPool, Linear, MaxPool2d,
+    PoolPadShortcut,
 };
 use ringsam_nn::{Layer, ParamLayout, Pass, Rng, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
@@ -118,12 +119,16 @@ fn batch_norm_agrees_in_training_and_evaluation() {
 }
 
 #[test]
-fn dense_pool_and_shortcut_agree() {
+fn dense_pools_and_shortcut_agree() {
     let mut layout = ParamLayout::new();
     let mut dense = Linear::new(&mut layout, "Dense_0", 12, 10);
     assert!(compare(&mut dense, &layout, &StateLayout::new(), &[12, 5], train()) <= SUMS);
     let mut gap = GlobalAvgPool::new("pool");
     assert!(compare(&mut gap, &ParamLayout::new(), &StateLayout::new(), &[6, 3, 4, 4], train()) <= 1e-6);
+    let mut max = MaxPool2d::new("max_pool", 3, 2);
+    assert_eq!(compare(&mut max, &ParamLayout::new(), &StateLayout::new(), &[3, 2, 8, 8], train()), 0.0, "max pool");
+    let mut avg = AvgPool2d::new("avg_pool", 2, 2);
+    assert_eq!(compare(&mut avg, &ParamLayout::new(), &StateLayout::new(), &[3, 2, 8, 8], train()), 0.0, "avg pool");
     for stride in [1, 2] {
         let mut sc = PoolPadShortcut::new("shortcut", 4, 7, stride);
         assert_eq!(compare(&mut sc, &ParamLayout::new(), &StateLayout::new(), &[4, 3, 6, 6], train()), 0.0, "stride {stride}");

@@ -89,6 +89,16 @@ impl DeviceStep {
         })
     }
 
+    /// Sets ρ (benchmarks time SGD and SAM on one model).
+    pub fn set_rho(&mut self, rho: f32) {
+        self.cfg.rho = rho;
+    }
+
+    /// The network.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
     /// Parameters `w`, copied to the host.
     pub fn params(&self) -> Result<Vec<f32>, TrainError> {
         Ok(self.params.to_host()?.as_slice().to_vec())

@@ -37,7 +37,7 @@ impl Activation {
 
 impl ActivationKind {
     /// The same activation among the device's kernels.
-    fn on_device(self) -> device::Activation {
+    fn for_device(self) -> device::Activation {
         match self {
             ActivationKind::Relu => device::Activation::Relu,
             ActivationKind::Silu => device::Activation::Silu,
@@ -51,10 +51,14 @@ impl Layer for Activation {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, _params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         if let Some(dev) = OnDevice::of(&self.name, x) {
             let (out, inp) = (dev.place(&mut self.buffers.out, x.shape(), x)?, dev.buf(x)?);
-            return dev.run(|l| device::forward(l, self.kind.on_device(), out, inp));
+            return dev.run(|l| device::forward(l, self.kind.for_device(), out, inp));
         }
         self.buffers.out.resize(x.shape());
         let (o, i) = (self.buffers.out.as_mut_slice(), x.as_slice());
@@ -72,7 +76,7 @@ impl Layer for Activation {
             // What the CPU keeps for each: the output for ReLU and sigmoid, the input for SiLU.
             let kept = if self.kind == ActivationKind::Silu { dev.buf(x)? } else { dev.buf(&self.buffers.out)? };
             let (dinp, dy) = (dev.place(&mut self.buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
-            return dev.run(|l| device::backward(l, self.kind.on_device(), dinp, dy, kept));
+            return dev.run(|l| device::backward(l, self.kind.for_device(), dinp, dy, kept));
         }
         self.buffers.dinp.resize(x.shape());
         let (d, g) = (self.buffers.dinp.as_mut_slice(), dout.as_slice());

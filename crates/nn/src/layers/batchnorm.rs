@@ -93,6 +93,10 @@ impl Layer for BatchNorm {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         let sh = self.shape(x)?;
         let BatchNormConfig { momentum, eps, relu, .. } = self.cfg;

@@ -115,6 +115,10 @@ impl Layer for Conv2d {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [_, n, h, w] = expect_image(&self.name, x, self.cfg.c_in)?;
         let sh = self.plan(n, h, w)?;

@@ -50,6 +50,10 @@ impl Layer for Linear {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, _state: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let n = self.batch(x)?;
         if let Some(dev) = OnDevice::of(&self.name, x) {

@@ -69,6 +69,12 @@ pub trait Layer {
     fn release_dinput(&mut self) {
         self.buffers_mut().release_dinput()
     }
+    /// Whether the layer runs where its input is when that is a device (see `crate::device`).
+    /// Layers without a device path say no, and a chain refuses to give them a device tensor,
+    /// naming the layer, rather than let their CPU path meet device memory.
+    fn on_device(&self) -> bool {
+        false
+    }
     /// Multiply-adds of the last forward, for GFLOP/s reports: layers that multiply by weights
     /// (convolutions, dense, squeeze-excitation) count them; the rest report 0.
     fn last_macs(&self) -> usize {

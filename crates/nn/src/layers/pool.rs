@@ -1,5 +1,6 @@
 //! Pooling layers: average, max (with padding, for the ResNet stem) and global average.
 
+use ringsam_kernels::DeviceVec;
 use ringsam_kernels::pool as device;
 use ringsam_tensor::Tensor;
 use ringsam_tensor::pool::{
@@ -18,12 +19,11 @@ fn image_dims(name: &str, x: &Tensor) -> Result<[usize; 4], NnError> {
     }
 }
 
-/// How a windowed pool's backward starts: the last forward's window, `dout` checked against the
-/// output, and the input gradient sized like `x`.
-fn window_backward(name: &str, window: Option<PoolShape>, buffers: &mut Buffers, x: &Tensor, dout: &Tensor) -> Result<PoolShape, NnError> {
+/// How a windowed pool's backward starts: the last forward's window, and `dout` checked against
+/// the output.
+fn window_backward(name: &str, window: Option<PoolShape>, buffers: &Buffers, dout: &Tensor) -> Result<PoolShape, NnError> {
     let sh = window.ok_or_else(|| NnError::NoForward { layer: name.to_string() })?;
     expect_same(name, dout, &buffers.out)?;
-    buffers.dinp.resize(x.shape());
     Ok(sh)
 }
 
@@ -51,14 +51,26 @@ impl Layer for AvgPool2d {
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         let sh = PoolShape::valid(c * n, h, w, self.window, self.stride).in_layer(&self.name)?;
-        self.buffers.out.resize(&[c, n, sh.p, sh.q]);
-        avgpool_forward(self.buffers.out.as_mut_slice(), x.as_slice(), &sh).in_layer(&self.name)?;
         self.shape = Some(sh);
-        Ok(())
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (out, inp) = (dev.place(&mut self.buffers.out, &[c, n, sh.p, sh.q], x)?, dev.buf(x)?);
+            return dev.run(|l| device::avgpool_forward(l, out, inp, &sh.into()));
+        }
+        self.buffers.out.resize(&[c, n, sh.p, sh.q]);
+        avgpool_forward(self.buffers.out.as_mut_slice(), x.as_slice(), &sh).in_layer(&self.name)
     }
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let sh = window_backward(&self.name, self.shape, &mut self.buffers, x, dout)?;
+        let sh = window_backward(&self.name, self.shape, &self.buffers, dout)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (dinp, dy) = (dev.place(&mut self.buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
+            return dev.run(|l| device::avgpool_backward(l, dinp, dy, &sh.into()));
+        }
+        self.buffers.dinp.resize(x.shape());
         avgpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), &sh).in_layer(&self.name)
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
 
     fn buffers(&self) -> &Buffers {
@@ -77,14 +89,23 @@ pub struct MaxPool2d {
     window: usize,
     stride: usize,
     shape: Option<PoolShape>,
-    argmax: Vec<u32>, // (C·N·P·Q,) winning input index within its plane
+    argmax: Vec<u32>,                         // (C·N·P·Q,) winning input index within its plane
+    argmax_on_device: Option<DeviceVec<u32>>, // the same, when the layer runs on a device
     buffers: Buffers,
 }
 
 impl MaxPool2d {
     /// A `window × window` SAME max pool with the given stride.
     pub fn new(name: &str, window: usize, stride: usize) -> Self {
-        MaxPool2d { name: name.to_string(), window, stride, shape: None, argmax: Vec::new(), buffers: Buffers::default() }
+        MaxPool2d {
+            name: name.to_string(),
+            window,
+            stride,
+            shape: None,
+            argmax: Vec::new(),
+            argmax_on_device: None,
+            buffers: Buffers::default(),
+        }
     }
 }
 
@@ -95,15 +116,29 @@ impl Layer for MaxPool2d {
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;
         let sh = PoolShape::same(c * n, h, w, self.window, self.stride).in_layer(&self.name)?;
+        self.shape = Some(sh);
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let argmax = dev.keep(&mut self.argmax_on_device, sh.output_len())?;
+            let (out, inp) = (dev.place(&mut self.buffers.out, &[c, n, sh.p, sh.q], x)?, dev.buf(x)?);
+            return dev.run(|l| device::maxpool_forward(l, out, argmax, inp, &sh.into()));
+        }
         self.argmax.resize(sh.output_len(), 0);
         self.buffers.out.resize(&[c, n, sh.p, sh.q]);
-        maxpool_forward(self.buffers.out.as_mut_slice(), &mut self.argmax, x.as_slice(), &sh).in_layer(&self.name)?;
-        self.shape = Some(sh);
-        Ok(())
+        maxpool_forward(self.buffers.out.as_mut_slice(), &mut self.argmax, x.as_slice(), &sh).in_layer(&self.name)
     }
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let sh = window_backward(&self.name, self.shape, &mut self.buffers, x, dout)?;
+        let sh = window_backward(&self.name, self.shape, &self.buffers, dout)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let argmax = dev.keep(&mut self.argmax_on_device, sh.output_len())?;
+            let (dinp, dy) = (dev.place(&mut self.buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
+            return dev.run(|l| device::maxpool_backward(l, dinp, dy, argmax, &sh.into()));
+        }
+        self.buffers.dinp.resize(x.shape());
         maxpool_backward(self.buffers.dinp.as_mut_slice(), dout.as_slice(), &self.argmax, &sh).in_layer(&self.name)
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
 
     fn buffers(&self) -> &Buffers {
@@ -132,6 +167,10 @@ impl GlobalAvgPool {
 impl Layer for GlobalAvgPool {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = image_dims(&self.name, x)?;

@@ -47,6 +47,10 @@ impl Layer for PoolPadShortcut {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = expect_image(&self.name, x, self.c_in)?;
         if let Some(dev) = OnDevice::of(&self.name, x) {
