@@ -86,6 +86,10 @@ impl Layer for Bottleneck {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         self.bn_1_pre.forward(params, state, x, pass)?;
         self.contract.forward(params, state, self.bn_1_pre.output(), pass)?;

@@ -5,8 +5,8 @@
 
 use ringsam_kernels_emu::emulated_gpu;
 use ringsam_nn::layers::{
-    Activation, ActivationKind, AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, GlobalAvgPool, Linear, MaxPool2d,
-    PoolPadShortcut,
+    Activation, ActivationKind, AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool, Linear,
+    MaxPool2d, PoolPadShortcut, ShakeDrop,
 };
 use ringsam_nn::{Layer, ParamLayout, Pass, Rng, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
@@ -132,6 +132,19 @@ fn dense_pools_and_shortcut_agree() {
     for stride in [1, 2] {
         let mut sc = PoolPadShortcut::new("shortcut", 4, 7, stride);
         assert_eq!(compare(&mut sc, &ParamLayout::new(), &StateLayout::new(), &[4, 3, 6, 6], train()), 0.0, "stride {stride}");
+    }
+}
+
+#[test]
+fn random_layers_draw_the_cpus_values_on_the_device() {
+    let none = (ParamLayout::new(), StateLayout::new());
+    for pass in [train(), train().tied(true), Pass::train_frozen_stats(7, 4), Pass::eval()] {
+        let mut dropout = Dropout::new("dropout", 0.3);
+        assert_eq!(compare(&mut dropout, &none.0, &none.1, &[3, 4, 5, 5], pass), 0.0, "dropout {pass:?}");
+        let mut shake_drop = ShakeDrop::new("shake_drop", 0.7);
+        assert_eq!(compare(&mut shake_drop, &none.0, &none.1, &[3, 16, 2, 2], pass), 0.0, "ShakeDrop {pass:?}");
+        let mut drop_connect = DropConnect::new("drop_connect", 0.4);
+        assert_eq!(compare(&mut drop_connect, &none.0, &none.1, &[3, 16, 2, 2], pass), 0.0, "drop-connect {pass:?}");
     }
 }
 

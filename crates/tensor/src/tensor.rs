@@ -207,6 +207,16 @@ impl Tensor {
         Ok(())
     }
 
+    /// Copies `values` (as many as the tensor has) into it, wherever it is.
+    pub fn write_from(&mut self, values: &[f32]) -> Result<(), TensorError> {
+        crate::check_len("Tensor::write_from", "values", values.len(), self.len())?;
+        match &mut self.storage {
+            Storage::Host(a) => a.as_slice_mut().expect("host tensors are always standard-layout").copy_from_slice(values),
+            Storage::Device { data, gpu } => data.write(values).map_err(device_error(gpu, "Tensor::write_from"))?,
+        }
+        Ok(())
+    }
+
     /// A copy on the host.
     pub fn to_host(&self) -> Result<Tensor, TensorError> {
         match &self.storage {

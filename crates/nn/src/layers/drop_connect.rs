@@ -6,7 +6,7 @@
 
 use ringsam_tensor::Tensor;
 
-use super::shake::{scale_examples, scale_examples_backward};
+use super::shake::{scale_examples_backward, scale_examples_forward};
 use super::{Buffers, Layer, name_key, shape_error};
 use crate::{NnError, Pass};
 
@@ -16,7 +16,8 @@ pub struct DropConnect {
     name: String,
     key: u64,
     rate: f32,
-    coef: Vec<f32>, // per example: 0 or 1/(1 − rate); empty after an evaluation pass
+    coef: Vec<f32>,    // per example: 0 or 1/(1 − rate); empty after an evaluation pass
+    on_device: Tensor, // the same, when the layer runs on a device
     buffers: Buffers,
 }
 
@@ -24,7 +25,14 @@ impl DropConnect {
     /// Drops a whole example's branch with probability `rate` (0 ≤ rate < 1).
     pub fn new(name: &str, rate: f32) -> Self {
         assert!((0.0..1.0).contains(&rate), "drop-connect {name}: rate {rate} outside [0, 1)");
-        DropConnect { name: name.to_string(), key: name_key(name), rate, coef: Vec::new(), buffers: Buffers::default() }
+        DropConnect {
+            name: name.to_string(),
+            key: name_key(name),
+            rate,
+            coef: Vec::new(),
+            on_device: Tensor::empty(),
+            buffers: Buffers::default(),
+        }
     }
 
     /// The last training forward's per-example scales.
@@ -43,20 +51,20 @@ impl Layer for DropConnect {
             [_, n, _, _] if n > 0 => n,
             _ => return Err(shape_error(&self.name, "(C, N, H, W)".into(), x)),
         };
-        self.buffers.out.resize(x.shape());
-        if !pass.train || self.rate == 0.0 {
-            self.coef.clear();
-            self.buffers.out.as_mut_slice().copy_from_slice(x.as_slice());
-            return Ok(());
+        self.coef.clear();
+        if pass.train && self.rate > 0.0 {
+            let keep = 1.0 - self.rate;
+            self.coef = (0..n as u64).map(|i| if pass.example_draw(self.key, 4, i) < keep { 1.0 / keep } else { 0.0 }).collect();
         }
-        let keep = 1.0 - self.rate;
-        self.coef = (0..n as u64).map(|i| if pass.example_draw(self.key, 4, i) < keep { 1.0 / keep } else { 0.0 }).collect();
-        scale_examples(self.buffers.out.as_mut_slice(), x.as_slice(), &self.coef, x.shape()[2] * x.shape()[3]);
-        Ok(())
+        scale_examples_forward(&self.name, &mut self.buffers, &mut self.on_device, x, &self.coef)
     }
 
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        scale_examples_backward(&self.name, &mut self.buffers, x, dout, &self.coef)
+        scale_examples_backward(&self.name, &mut self.buffers, &mut self.on_device, x, dout, &self.coef)
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
 
     fn buffers(&self) -> &Buffers {

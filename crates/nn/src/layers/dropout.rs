@@ -4,9 +4,12 @@
 //! should see the same mask (docs/SAM.md, "Random draws"). The reference does not (its hardware RNG ignores the key); we
 //! choose determinism and say so.
 
+use ringsam_kernels::dropout as device;
+use ringsam_kernels::flat::copy;
 use ringsam_tensor::Tensor;
 
 use super::{Buffers, Layer, expect_same, name_key};
+use crate::device::OnDevice;
 use crate::{NnError, Pass, Rng};
 
 /// Inverted dropout: kept values are scaled by `1/(1 − rate)` so evaluation is the identity.
@@ -15,7 +18,8 @@ pub struct Dropout {
     name: String,
     rate: f32,
     key: u64,
-    mask: Vec<f32>, // same length as the input: 0 or 1/(1 − rate); empty after an eval pass
+    mask: Vec<f32>,         // same length as the input: 0 or 1/(1 − rate); empty after an eval pass
+    mask_on_device: Tensor, // the same on a device (empty after an eval pass)
     buffers: Buffers,
 }
 
@@ -23,7 +27,14 @@ impl Dropout {
     /// Drops each value with probability `rate` (0 ≤ rate < 1).
     pub fn new(name: &str, rate: f32) -> Self {
         assert!((0.0..1.0).contains(&rate), "dropout rate {rate} must be in [0, 1)");
-        Dropout { name: name.to_string(), rate, key: name_key(name), mask: Vec::new(), buffers: Buffers::default() }
+        Dropout {
+            name: name.to_string(),
+            rate,
+            key: name_key(name),
+            mask: Vec::new(),
+            mask_on_device: Tensor::empty(),
+            buffers: Buffers::default(),
+        }
     }
 }
 
@@ -32,7 +43,22 @@ impl Layer for Dropout {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (out, inp) = (dev.place(&mut self.buffers.out, x.shape(), x)?, dev.buf(x)?);
+            if !pass.train || self.rate == 0.0 {
+                self.mask_on_device = Tensor::empty();
+                return dev.run(|l| copy(l, out, inp));
+            }
+            // The CPU layer's mask, each thread drawing its element's value of the same stream.
+            let mask = dev.place(&mut self.mask_on_device, x.shape(), x)?;
+            let rng = Rng::stream(pass.seed, pass.step, self.key);
+            return dev.run(|l| device::forward(l, out, mask, inp, &rng, self.rate));
+        }
         self.buffers.out.resize(x.shape());
         if !pass.train || self.rate == 0.0 {
             self.mask.clear();
@@ -49,6 +75,14 @@ impl Layer for Dropout {
 
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.buffers.out)?;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (dinp, dy) = (dev.place(&mut self.buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
+            if self.mask_on_device.is_empty() {
+                return dev.run(|l| copy(l, dinp, dy));
+            }
+            let mask = dev.buf(&self.mask_on_device)?;
+            return dev.run(|l| device::backward(l, dinp, dy, mask));
+        }
         self.buffers.dinp.resize(x.shape());
         if self.mask.is_empty() {
             self.buffers.dinp.as_mut_slice().copy_from_slice(dout.as_slice());

@@ -14,9 +14,12 @@
 //! draws what one would. (The reference's Bernoulli ignores its key — a hardware-RNG patch — so
 //! its masks differ between passes; ringsam does not reproduce that; docs/SAM.md, "Random draws".)
 
+use ringsam_kernels::dense::scale_planes;
+use ringsam_kernels::flat::copy;
 use ringsam_tensor::Tensor;
 
 use super::{Buffers, Layer, expect_same, name_key, shape_error};
+use crate::device::OnDevice;
 use crate::{NnError, Pass};
 
 fn draw(pass: &Pass, key: u64, what: u64, example: u64) -> f32 {
@@ -45,11 +48,54 @@ pub fn mix_examples(out: &mut [f32], a: &[f32], b: &[f32], coef: &[f32], plane: 
     }
 }
 
+/// The forward of a layer that scales each example of `x` by `coef` (ShakeDrop, drop-connect),
+/// on the host or where `x` is (`coef_dev` holds the coefficients there); a copy when `coef` is
+/// empty (the layer is the identity).
+pub(crate) fn scale_examples_forward(
+    layer: &str,
+    buffers: &mut Buffers,
+    coef_dev: &mut Tensor,
+    x: &Tensor,
+    coef: &[f32],
+) -> Result<(), NnError> {
+    let plane = x.shape()[2] * x.shape()[3];
+    if let Some(dev) = OnDevice::of(layer, x) {
+        let (out, inp) = (dev.place(&mut buffers.out, x.shape(), x)?, dev.buf(x)?);
+        if coef.is_empty() {
+            return dev.run(|l| copy(l, out, inp));
+        }
+        let c = dev.upload(coef_dev, coef, x)?;
+        return dev.run(|l| scale_planes(l, out, inp, c, plane));
+    }
+    buffers.out.resize(x.shape());
+    if coef.is_empty() {
+        buffers.out.as_mut_slice().copy_from_slice(x.as_slice());
+    } else {
+        scale_examples(buffers.out.as_mut_slice(), x.as_slice(), coef, plane);
+    }
+    Ok(())
+}
+
 /// The backward of a layer that scaled each example of `x` by `coef` (ShakeDrop, drop-connect):
 /// `dinput = coef · dout`, example by example; a plain copy when `coef` is empty (the layer was
 /// the identity).
-pub(crate) fn scale_examples_backward(layer: &str, buffers: &mut Buffers, x: &Tensor, dout: &Tensor, coef: &[f32]) -> Result<(), NnError> {
+pub(crate) fn scale_examples_backward(
+    layer: &str,
+    buffers: &mut Buffers,
+    coef_dev: &mut Tensor,
+    x: &Tensor,
+    dout: &Tensor,
+    coef: &[f32],
+) -> Result<(), NnError> {
     expect_same(layer, dout, &buffers.out)?;
+    if let Some(dev) = OnDevice::of(layer, x) {
+        let (dinp, dy) = (dev.place(&mut buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
+        if coef.is_empty() {
+            return dev.run(|l| copy(l, dinp, dy));
+        }
+        let c = dev.upload(coef_dev, coef, x)?;
+        return dev.run(|l| scale_planes(l, dinp, dy, c, x.shape()[2] * x.shape()[3]));
+    }
     buffers.dinp.resize(x.shape());
     if coef.is_empty() {
         buffers.dinp.as_mut_slice().copy_from_slice(dout.as_slice());
@@ -153,6 +199,7 @@ pub struct ShakeDrop {
     survival: f32,      // p: the chance the branch passes unchanged
     forward: Vec<f32>,  // per example: m + α − m·α (p in evaluation)
     backward: Vec<f32>, // per example: m + β − m·β
+    on_device: Tensor,  // the coefficients in use, when the layer runs on a device
     buffers: Buffers,
 }
 
@@ -166,6 +213,7 @@ impl ShakeDrop {
             survival,
             forward: Vec::new(),
             backward: Vec::new(),
+            on_device: Tensor::empty(),
             buffers: Buffers::default(),
         }
     }
@@ -210,12 +258,14 @@ impl Layer for ShakeDrop {
             self.forward = vec![self.survival; n];
             self.backward = self.forward.clone();
         }
-        self.buffers.out.resize(x.shape());
-        scale_examples(self.buffers.out.as_mut_slice(), x.as_slice(), &self.forward, x.shape()[2] * x.shape()[3]);
-        Ok(())
+        scale_examples_forward(&self.name, &mut self.buffers, &mut self.on_device, x, &self.forward)
     }
 
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        scale_examples_backward(&self.name, &mut self.buffers, x, dout, &self.backward)
+        scale_examples_backward(&self.name, &mut self.buffers, &mut self.on_device, x, dout, &self.backward)
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
 }
