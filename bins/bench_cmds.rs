@@ -265,6 +265,10 @@ pub(crate) struct BenchStepArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
+    /// A GPU's GEMMs: fp32, or tf32 (tensor cores; the default on a GPU, as PyTorch's for
+    /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
+    #[arg(long)]
+    pub(crate) precision: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -279,6 +283,11 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         iters: args.iters,
         rho: args.rho,
         device: args.device.parse().context("--device")?,
+        precision: match &args.precision {
+            Some(p) => p.parse().map_err(|e| usage(format!("--precision {e}")))?,
+            None if args.device == "cpu" => ringsam_kernels::Precision::Fp32,
+            None => ringsam_kernels::Precision::Tf32,
+        },
     };
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let report = ringsam_bench::step::run(&cfg, |line| {
@@ -294,12 +303,14 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "model {} batch {} image {}x{} threads {threads} gemm {}",
+            "model {} batch {} image {}x{} on {} ({}) threads {threads} gemm {}",
             report.model,
             report.batch,
             report.image_size,
             report.image_size,
-            ringsam_tensor::gemm::backend_name()
+            report.device,
+            report.precision,
+            if report.device == "cpu" { ringsam_tensor::gemm::backend_name() } else { "cuBLAS" }
         );
         println!(
             "  SGD step  {:>9.1} ms  {:>8.1} images/s  {:>6.1} GFLOP/s",

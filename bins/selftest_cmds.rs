@@ -48,7 +48,7 @@ fn engine_on(device: ringsam_tensor::Device, size: ringsam_bench::engine::Engine
         return Err(usage("selftest engine checks a GPU: give --device cuda or cuda:N"));
     };
     device.probe()?;
-    let gpu = ringsam_kernels::Gpu::cuda(ordinal).context("loading the kernels")?;
+    let gpu = ringsam_kernels::Gpu::cuda(ordinal, ringsam_kernels::Precision::Fp32).context("loading the kernels")?;
     eprintln!("selftest engine: {} ({size:?})", gpu.name());
     let checks = ringsam_bench::engine::run(&gpu, size).map_err(anyhow::Error::msg)?;
     print!("{}", ringsam_bench::engine::report(&checks));
@@ -95,7 +95,7 @@ fn run_on(device: ringsam_tensor::Device, elements: usize) -> Result<()> {
         return Err(usage("selftest kernels checks a GPU: give --device cuda or cuda:N"));
     };
     device.probe()?;
-    let mut gpu = ringsam_kernels::device::CudaLauncher::new(ordinal).context("loading the kernels")?;
+    let mut gpu = ringsam_kernels::device::CudaLauncher::new(ordinal, ringsam_kernels::Precision::Fp32).context("loading the kernels")?;
     eprintln!("selftest kernels: {} ({elements} elements per buffer)", gpu.device_name());
     let cpu = ringsam_bench::kernels::cpu_reference();
     let mut checks = ringsam_kernels::selftest::run(&mut gpu, elements, &cpu).context("running the checks")?;

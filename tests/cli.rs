@@ -63,13 +63,23 @@ fn cuda_device_without_cuda_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--features cuda") || err.contains("not implemented on CUDA"), "{err}");
-    // The GPU self-test too, and it refuses the CPU.
-    for device in ["cuda", "cpu"] {
-        let out = ringsam(&["selftest", "kernels", "--device", device]);
+    // The GPU self-tests too, and they refuse the CPU.
+    for (what, device) in [("kernels", "cuda"), ("kernels", "cpu"), ("engine", "cuda"), ("engine", "cpu")] {
+        let out = ringsam(&["selftest", what, "--device", device]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("--features cuda") || err.contains("checks a GPU"), "{err}");
     }
+}
+
+#[test]
+fn a_precision_the_cpu_engine_does_not_have_is_refused() {
+    let out = ringsam(&["bench", "step", "--precision", "tf32", "--iters", "1", "--batch", "2", "--image_size", "8"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--precision tf32: the CPU engine computes in fp32"));
+    let out = ringsam(&["bench", "step", "--precision", "bf16", "--iters", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bf16 (autocast with FP32 master weights) is not built yet"));
 }
 
 #[test]

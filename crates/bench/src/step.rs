@@ -37,6 +37,8 @@ pub struct BenchStepConfig {
     pub rho: f32,
     /// Where to run.
     pub device: Device,
+    /// A device's GEMMs (the CPU engine is FP32).
+    pub precision: ringsam_kernels::Precision,
 }
 
 /// Medians of one benchmark run (the `--json` object).
@@ -71,6 +73,8 @@ pub struct BenchStepReport {
     pub sam_samples_ms: Vec<f64>,
     /// Where it ran.
     pub device: String,
+    /// In which precision its GEMMs ran.
+    pub precision: String,
     /// On a device: the most memory its buffers held at once (the caching allocator's peak in
     /// use), MB.
     pub peak_memory_mb: Option<f64>,
@@ -91,7 +95,7 @@ impl Stepper {
             Device::Cpu => Ok(Stepper::Cpu(Box::new(SamStep::new(&cfg.model, model, step, None, BatchShare::alone(1))?))),
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => {
-                let gpu = ringsam_kernels::Gpu::cuda(ordinal).map_err(|source| TensorError::Kernel {
+                let gpu = ringsam_kernels::Gpu::cuda(ordinal, cfg.precision).map_err(|source| TensorError::Kernel {
                     op: "loading the kernels",
                     device: cfg.device.to_string(),
                     source,
@@ -140,6 +144,9 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         return Err(TrainError::Config("batch, iters and image size must be positive".into()));
     }
     cfg.device.probe()?;
+    if cfg.device == Device::Cpu && cfg.precision != ringsam_kernels::Precision::Fp32 {
+        return Err(TrainError::Config(format!("--precision {}: the CPU engine computes in fp32", cfg.precision)));
+    }
     let model_cfg = ModelConfig { num_classes: cfg.num_classes, in_channels: 3 };
     let mut rng = Rng::new(1);
     let (n, s) = (cfg.batch, cfg.image_size);
@@ -187,6 +194,7 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         sgd_samples_ms: sgd,
         sam_samples_ms: sam,
         device: cfg.device.to_string(),
+        precision: cfg.precision.to_string(),
         peak_memory_mb: st.memory().0,
         peak_reserved_mb: st.memory().1,
     })

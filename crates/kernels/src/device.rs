@@ -28,8 +28,8 @@ fn driver(what: &'static str) -> impl Fn(DriverError) -> KernelError {
 }
 
 impl CudaLauncher {
-    /// Compiles every kernel for GPU `ordinal` and loads them.
-    pub fn new(ordinal: usize) -> Result<CudaLauncher, KernelError> {
+    /// Compiles every kernel for GPU `ordinal` and loads them; GEMMs in `precision`.
+    pub fn new(ordinal: usize, precision: crate::Precision) -> Result<CudaLauncher, KernelError> {
         let ctx = CudaContext::new(ordinal).map_err(driver("creating the CUDA context"))?;
         // SAFETY: one stream only, and kernel arguments are raw addresses, which cudarc's
         // per-slice events would not see anyway; stream order is the synchronization.
@@ -47,9 +47,16 @@ impl CudaLauncher {
         }
         let partials = stream.alloc_zeros::<f64>(MAX_PARTIALS).map_err(driver("allocating reduction scratch"))?;
         let total = stream.alloc_zeros::<f64>(1).map_err(driver("allocating reduction scratch"))?;
-        // cuBLAS on the same stream: ordered with the kernels without events. Default math mode:
-        // FP32, no TF32 (the self-test compares against the CPU; --precision comes later).
+        // cuBLAS on the same stream: ordered with the kernels without events. Its default math
+        // mode is FP32 (what the self-tests compare); TF32 lets it use tensor cores.
         let blas = CudaBlas::new(stream.clone()).map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: e.to_string() })?;
+        if precision == crate::Precision::Tf32 {
+            use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+            // SAFETY: our live handle; setting its math mode touches nothing else.
+            unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) }
+                .result()
+                .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("TF32 math mode: {e}") })?;
+        }
         Ok(CudaLauncher { ctx, stream, blas, functions, partials, total })
     }
 

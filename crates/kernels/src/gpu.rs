@@ -25,11 +25,12 @@ impl Gpu {
         Arc::new(Gpu { name: name.into(), launcher: Mutex::new(Box::new(launcher)), memory })
     }
 
-    /// GPU `ordinal`: its kernels compiled and loaded, its memory behind the caching allocator.
+    /// GPU `ordinal`: its kernels compiled and loaded, its GEMMs in `precision`, its memory behind
+    /// the caching allocator.
     #[cfg(feature = "cuda")]
-    pub fn cuda(ordinal: usize) -> Result<Arc<Gpu>, KernelError> {
-        let launcher = crate::device::CudaLauncher::new(ordinal)?;
-        let name = format!("cuda:{ordinal} ({})", launcher.device_name());
+    pub fn cuda(ordinal: usize, precision: crate::Precision) -> Result<Arc<Gpu>, KernelError> {
+        let launcher = crate::device::CudaLauncher::new(ordinal, precision)?;
+        let name = format!("cuda:{ordinal} ({}, {precision})", launcher.device_name());
         let memory = DeviceMemory::new(launcher.memory());
         Ok(Gpu::new(name, launcher, memory))
     }

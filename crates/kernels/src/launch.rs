@@ -16,6 +16,39 @@ pub const MAX_PARTIALS: usize = 1024;
 /// Elements each reduction thread sums at least, before blocks are added.
 const REDUCE_PER_THREAD: usize = 8;
 
+/// How a device's GEMMs compute (cuBLAS's math mode); the element-wise kernels and every
+/// reduction are FP32 (and double) either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// IEEE single precision: what the CPU engine computes, and what the self-tests compare.
+    #[default]
+    Fp32,
+    /// TF32 tensor cores for the GEMMs (10-bit mantissa products, FP32 sums), PyTorch's
+    /// default for convolutions: training's default on a GPU.
+    Tf32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Err("bf16 (autocast with FP32 master weights) is not built yet: use fp32 or tf32".into()),
+            _ => Err(format!("{s:?}: expected fp32 or tf32")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+        })
+    }
+}
+
 /// A 1-D launch: `grid` blocks of `block` threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {
@@ -208,4 +241,17 @@ pub trait Memory {
     fn buf<T: Elem>(&self, buf: &Self::Owned<T>) -> Buf<T>;
     /// Waits for every launch so far (timing).
     fn finish(&mut self) -> Result<(), KernelError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+
+    #[test]
+    fn precisions_parse_and_bf16_is_refused_as_not_built() {
+        assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
+        assert_eq!("tf32".parse::<Precision>().map(|p| p.to_string()), Ok("tf32".to_string()));
+        assert!("bf16".parse::<Precision>().unwrap_err().contains("not built yet"));
+        assert!("fp16".parse::<Precision>().unwrap_err().contains("expected fp32 or tf32"));
+    }
 }

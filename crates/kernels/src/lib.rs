@@ -43,7 +43,7 @@ mod selftest_ops;
 pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, RawMemory};
 pub use gpu::Gpu;
 pub use host_memory::HostMemory;
-pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory};
+pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory, Precision};
 
 /// One CUDA C source file and the kernels it defines.
 #[derive(Clone, Copy, Debug)]
