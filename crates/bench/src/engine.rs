@@ -3,8 +3,8 @@
 //! a CI test on the emulated device (`crates/bench/tests/engine_check.rs`), so what a GPU runs
 //! has run before.
 //!
-//! Checks: for each model (a WideResNet, a PyramidNet with ShakeDrop, SmallCnn, Resnet14:
-//! ResNet-50's blocks), one training pass (logits, every parameter gradient, the batch-norm
+//! Checks: for each model (a WideResNet, a PyramidNet with ShakeDrop, a Shake-Shake net, SmallCnn,
+//! Resnet14: ResNet-50's blocks), one training pass (logits, every parameter gradient, the batch-norm
 //! statistics, the ready marks the ring's buckets follow); then the step ([`DeviceStep`] against
 //! [`SamStep`]: parameters, statistics, losses and norms after a few steps, error rates equal) as
 //! SAM, SGD and ASAM with RMSProp and decoupled weight decay. GEMMs and batch-norm sums run in another order on a device, so values are compared
@@ -33,6 +33,8 @@ pub struct EngineSize {
     pub wide_resnet: &'static str,
     /// The PyramidNet checked (ShakeDrop).
     pub pyramid_net: &'static str,
+    /// The Shake-Shake net checked.
+    pub shake_shake: &'static str,
     /// Image side.
     pub side: usize,
     /// Batch.
@@ -47,12 +49,20 @@ pub struct EngineSize {
 
 impl EngineSize {
     /// Small enough for the emulated device in CI.
-    pub const QUICK: EngineSize =
-        EngineSize { wide_resnet: "WideResnet10x1", pyramid_net: "Pyramid_ShakeDrop_11x8", side: 8, batch: 4, steps: 1, resnet_side: None };
+    pub const QUICK: EngineSize = EngineSize {
+        wide_resnet: "WideResnet10x1",
+        pyramid_net: "Pyramid_ShakeDrop_11x8",
+        shake_shake: "ShakeShake_1x1",
+        side: 8,
+        batch: 4,
+        steps: 1,
+        resnet_side: None,
+    };
     /// The device check's: the WRN-16-2, CIFAR-sized.
     pub const FULL: EngineSize = EngineSize {
         wide_resnet: "WideResnet16x2",
         pyramid_net: "Pyramid_ShakeDrop_20x48",
+        shake_shake: "ShakeShake_2x2",
         side: 32,
         batch: 32,
         steps: 3,
@@ -99,7 +109,8 @@ fn worst(got: &[f32], want: &[f32]) -> f64 {
 pub fn run(gpu: &Arc<Gpu>, size: EngineSize) -> Result<Vec<EngineCheck>, String> {
     let mut checks = Vec::new();
     let resnet = size.resnet_side.map(|side| ("Resnet14", 3, side));
-    let models = [(size.wide_resnet, 3, size.side), (size.pyramid_net, 3, size.side), ("SmallCnn", 1, size.side)];
+    let models =
+        [(size.wide_resnet, 3, size.side), (size.pyramid_net, 3, size.side), (size.shake_shake, 3, size.side), ("SmallCnn", 1, size.side)];
     for (model, channels, side) in models.into_iter().chain(resnet) {
         let at = EngineSize { side, ..size };
         checks.push(training_pass(gpu, model, channels, at).map_err(|e| format!("{model}: {e}"))?);

@@ -75,7 +75,7 @@ const Entry KERNELS[] = {
     KERNEL(add),                  KERNEL(im2col),                KERNEL(col2im),
     KERNEL(broadcast_bias),       KERNEL(add_bias_gradient),     KERNEL(scale_planes),
     KERNEL(count_errors),         KERNEL(mix_planes),         KERNEL(depthwise_forward),     KERNEL(depthwise_backward_data),
-    KERNEL(depthwise_backward_weight),
+    KERNEL(depthwise_backward_weight), KERNEL(shift_subsample_forward), KERNEL(shift_subsample_backward),
 };
 }  // namespace
 

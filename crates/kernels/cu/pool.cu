@@ -109,3 +109,24 @@ extern "C" __global__ void global_avgpool_backward(float* dinp, const float* dou
 extern "C" __global__ void add(float* out, const float* a, const float* b, u64 n) {
     GRID_STRIDE(i, n) { out[i] = a[i] + b[i]; }
 }
+
+// Shake-Shake's shortcut paths (crates/nn/src/layers/subsample.rs): out[i, j] = x[i·stride + o,
+// j·stride + o] per plane, 0 where that falls outside; one thread per output value.
+extern "C" __global__ void shift_subsample_forward(float* out, const float* inp, u64 planes, u64 h, u64 w, u64 stride, u64 o,
+                                                  u64 p, u64 q) {
+    GRID_STRIDE(i, planes * p * q) {
+        u64 plane = i / (p * q), y = i / q % p * stride + o, x = i % q * stride + o;
+        out[i] = (y < h && x < w) ? inp[plane * h * w + y * w + x] : 0.0f;
+    }
+}
+
+// Its backward, gathered per input value: the output that read it, or 0.
+extern "C" __global__ void shift_subsample_backward(float* dinp, const float* dout, u64 planes, u64 h, u64 w, u64 stride,
+                                                   u64 o, u64 p, u64 q) {
+    GRID_STRIDE(i, planes * h * w) {
+        u64 plane = i / (h * w), y = i / w % h, x = i % w;
+        bool hit = y >= o && x >= o && (y - o) % stride == 0 && (x - o) % stride == 0 && (y - o) / stride < p &&
+                   (x - o) / stride < q;
+        dinp[i] = hit ? dout[plane * p * q + (y - o) / stride * q + (x - o) / stride] : 0.0f;
+    }
+}

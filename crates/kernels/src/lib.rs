@@ -109,6 +109,8 @@ pub const SOURCES: &[Source] = &[
             "global_avgpool_forward",
             "global_avgpool_backward",
             "add",
+            "shift_subsample_forward",
+            "shift_subsample_backward",
         ],
     },
     Source {

@@ -99,3 +99,53 @@ pub fn add(l: &mut impl Launcher, out: Buf<f32>, a: Buf<f32>, b: Buf<f32>) -> Re
     }
     l.launch("add", Launch::elementwise(out.len()), &[out.into(), a.into(), b.into(), Arg::U64(out.len() as u64)])
 }
+
+/// Shake-Shake's shortcut path: every `stride`-th value of each `h × w` plane from (`o`, `o`), 0
+/// past the edge; `out` holds `planes` planes of `p × q`.
+#[allow(clippy::too_many_arguments)] // the kernel's sizes, each named
+pub fn shift_subsample_forward(
+    l: &mut impl Launcher,
+    out: Buf<f32>,
+    inp: Buf<f32>,
+    [planes, h, w]: [usize; 3],
+    stride: usize,
+    o: usize,
+    [p, q]: [usize; 2],
+) -> Result<(), KernelError> {
+    subsample("shift_subsample_forward", l, [out, inp], [planes, h, w], stride, o, [p, q], out.len())
+}
+
+/// Its backward: each input value's gradient is the output's that read it, or 0.
+#[allow(clippy::too_many_arguments)] // the kernel's sizes, each named
+pub fn shift_subsample_backward(
+    l: &mut impl Launcher,
+    dinp: Buf<f32>,
+    dout: Buf<f32>,
+    [planes, h, w]: [usize; 3],
+    stride: usize,
+    o: usize,
+    [p, q]: [usize; 2],
+) -> Result<(), KernelError> {
+    subsample("shift_subsample_backward", l, [dinp, dout], [planes, h, w], stride, o, [p, q], dinp.len())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn subsample(
+    op: &'static str,
+    l: &mut impl Launcher,
+    [written, read]: [Buf<f32>; 2],
+    [planes, h, w]: [usize; 3],
+    stride: usize,
+    o: usize,
+    [p, q]: [usize; 2],
+    n: usize,
+) -> Result<(), KernelError> {
+    let (big, small) = (planes * h * w, planes * p * q);
+    let (want_written, want_read) = if op.ends_with("forward") { (small, big) } else { (big, small) };
+    if written.len() != want_written || read.len() != want_read || stride == 0 {
+        return Err(KernelError::Length { op, got: written.len(), want: want_written });
+    }
+    let sizes = [planes, h, w, stride, o, p, q].map(|v| Arg::U64(v as u64));
+    let args: Vec<Arg> = [written.into(), read.into()].into_iter().chain(sizes).collect();
+    l.launch(op, Launch::elementwise(n), &args)
+}

@@ -16,6 +16,8 @@
 //! ReLU after the sum. BN momentum 0.9, eps 1e-5 (docs/SAM.md). Parameter paths follow
 //! the Flax-linen names of the reference's modules, as WideResNet's do.
 
+use ringsam_kernels::flat::copy;
+use ringsam_nn::device::OnDevice;
 use ringsam_nn::layers::{
     Activation, ActivationKind, BatchNorm, BatchNormConfig, Buffers, Conv2d, Conv2dConfig, ShakeShake, ShiftSubsample,
 };
@@ -115,10 +117,19 @@ impl Shortcut {
         // (C, N, H, W): concatenating channels is concatenating the buffers.
         let (h1, h2) = (self.conv_h1.output(), self.conv_h2.output());
         let s = h1.shape();
-        self.merged.resize(&[s[0] + h2.shape()[0], s[1], s[2], s[3]]);
+        let shape = [s[0] + h2.shape()[0], s[1], s[2], s[3]];
         let split = h1.len();
-        self.merged.as_mut_slice()[..split].copy_from_slice(h1.as_slice());
-        self.merged.as_mut_slice()[split..].copy_from_slice(h2.as_slice());
+        if let Some(dev) = OnDevice::of(self.conv_h1.name(), h1) {
+            let (m, a, b) = (dev.place(&mut self.merged, &shape, h1)?, dev.buf(h1)?, dev.buf(h2)?);
+            dev.run(|l| {
+                copy(l, m.slice(0..split), a)?;
+                copy(l, m.slice(split..m.len()), b)
+            })?;
+        } else {
+            self.merged.resize(&shape);
+            self.merged.as_mut_slice()[..split].copy_from_slice(h1.as_slice());
+            self.merged.as_mut_slice()[split..].copy_from_slice(h2.as_slice());
+        }
         self.bn_residual.forward(params, state, &self.merged, pass)
     }
 
@@ -129,8 +140,13 @@ impl Shortcut {
         for (half, (range, shape)) in
             self.dhalf.iter_mut().zip([(0..split, self.conv_h1.output().shape()), (split..d.len(), self.conv_h2.output().shape())])
         {
-            half.resize(shape);
-            half.as_mut_slice().copy_from_slice(&d.as_slice()[range]);
+            if let Some(dev) = OnDevice::of(self.conv_h1.name(), d) {
+                let (h, all) = (dev.place(half, shape, d)?, dev.buf(d)?);
+                dev.run(|l| copy(l, h, all.slice(range)))?;
+            } else {
+                half.resize(shape);
+                half.as_mut_slice().copy_from_slice(&d.as_slice()[range]);
+            }
         }
         self.conv_h1.backward(params, grads, self.path_1.output(), &self.dhalf[0])?;
         self.path_1.backward(params, grads, x, self.conv_h1.dinput())?;
@@ -179,6 +195,10 @@ impl ShakeShakeBlock {
 impl Layer for ShakeShakeBlock {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn on_device(&self) -> bool {
+        true
     }
 
     fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {

@@ -6,7 +6,7 @@
 use ringsam_kernels_emu::emulated_gpu;
 use ringsam_nn::layers::{
     Activation, ActivationKind, AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool, Linear,
-    MaxPool2d, PoolPadShortcut, ShakeDrop,
+    MaxPool2d, PoolPadShortcut, ShakeDrop, ShiftSubsample,
 };
 use ringsam_nn::{Layer, ParamLayout, Pass, Rng, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
@@ -119,7 +119,7 @@ fn batch_norm_agrees_in_training_and_evaluation() {
 }
 
 #[test]
-fn dense_pools_and_shortcut_agree() {
+fn dense_pools_and_shortcuts_agree() {
     let mut layout = ParamLayout::new();
     let mut dense = Linear::new(&mut layout, "Dense_0", 12, 10);
     assert!(compare(&mut dense, &layout, &StateLayout::new(), &[12, 5], train()) <= SUMS);
@@ -129,6 +129,10 @@ fn dense_pools_and_shortcut_agree() {
     assert_eq!(compare(&mut max, &ParamLayout::new(), &StateLayout::new(), &[3, 2, 8, 8], train()), 0.0, "max pool");
     let mut avg = AvgPool2d::new("avg_pool", 2, 2);
     assert_eq!(compare(&mut avg, &ParamLayout::new(), &StateLayout::new(), &[3, 2, 8, 8], train()), 0.0, "avg pool");
+    for (stride, offset) in [(2, 0), (2, 1), (1, 1)] {
+        let mut path = ShiftSubsample::new("path", 3, stride, offset);
+        assert_eq!(compare(&mut path, &ParamLayout::new(), &StateLayout::new(), &[3, 2, 7, 6], train()), 0.0, "{stride} {offset}");
+    }
     for stride in [1, 2] {
         let mut sc = PoolPadShortcut::new("shortcut", 4, 7, stride);
         assert_eq!(compare(&mut sc, &ParamLayout::new(), &StateLayout::new(), &[4, 3, 6, 6], train()), 0.0, "stride {stride}");

@@ -14,7 +14,7 @@
 //! draws what one would. (The reference's Bernoulli ignores its key — a hardware-RNG patch — so
 //! its masks differ between passes; ringsam does not reproduce that; docs/SAM.md, "Random draws".)
 
-use ringsam_kernels::dense::scale_planes;
+use ringsam_kernels::dense::{mix_planes, scale_planes};
 use ringsam_kernels::flat::copy;
 use ringsam_tensor::Tensor;
 
@@ -112,6 +112,7 @@ pub struct ShakeShake {
     key: u64,
     forward: Vec<f32>,  // per example: g (0.5 in evaluation)
     backward: Vec<f32>, // per example: h
+    on_device: Tensor,  // the coefficients in use, when the mix runs on a device
     out: Tensor,
     da: Tensor,
     db: Tensor,
@@ -125,6 +126,7 @@ impl ShakeShake {
             key: name_key(name),
             forward: Vec::new(),
             backward: Vec::new(),
+            on_device: Tensor::empty(),
             out: Tensor::empty(),
             da: Tensor::empty(),
             db: Tensor::empty(),
@@ -150,8 +152,14 @@ impl ShakeShake {
             self.forward = vec![0.5; n];
             self.backward = vec![0.5; n];
         }
+        let plane = a.shape()[2] * a.shape()[3];
+        if let Some(dev) = OnDevice::of(&self.name, a) {
+            let (out, ab, bb) = (dev.place(&mut self.out, a.shape(), a)?, dev.buf(a)?, dev.buf(b)?);
+            let g = dev.upload(&mut self.on_device, &self.forward, a)?;
+            return dev.run(|l| mix_planes(l, out, ab, bb, g, plane));
+        }
         self.out.resize(a.shape());
-        mix_examples(self.out.as_mut_slice(), a.as_slice(), b.as_slice(), &self.forward, a.shape()[2] * a.shape()[3]);
+        mix_examples(self.out.as_mut_slice(), a.as_slice(), b.as_slice(), &self.forward, plane);
         Ok(())
     }
 
@@ -160,6 +168,16 @@ impl ShakeShake {
         expect_same(&self.name, dout, &self.out)?;
         let plane = dout.shape()[2] * dout.shape()[3];
         let one_minus: Vec<f32> = self.backward.iter().map(|h| 1.0 - h).collect();
+        if let Some(dev) = OnDevice::of(&self.name, dout) {
+            let n = self.backward.len();
+            let both: Vec<f32> = self.backward.iter().chain(&one_minus).copied().collect();
+            let coef = dev.upload(&mut self.on_device, &both, dout)?;
+            let (da, db, dy) = (dev.place(&mut self.da, dout.shape(), dout)?, dev.place(&mut self.db, dout.shape(), dout)?, dev.buf(dout)?);
+            return dev.run(|l| {
+                scale_planes(l, da, dy, coef.slice(0..n), plane)?;
+                scale_planes(l, db, dy, coef.slice(n..2 * n), plane)
+            });
+        }
         self.da.resize(dout.shape());
         self.db.resize(dout.shape());
         scale_examples(self.da.as_mut_slice(), dout.as_slice(), &self.backward, plane);

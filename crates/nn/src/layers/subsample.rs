@@ -7,9 +7,11 @@
 //! Both come to `y[i, j] = x[i·s + o, j·s + o]` with offset `o` of 0 or 1, and zero where that
 //! falls outside the image. Output side: `(H − 1)/s + 1`.
 
+use ringsam_kernels::pool::{shift_subsample_backward, shift_subsample_forward};
 use ringsam_tensor::Tensor;
 
 use super::{Buffers, Layer, expect_image, expect_same};
+use crate::device::OnDevice;
 use crate::{NnError, Pass};
 
 /// See the module docs.
@@ -39,11 +41,19 @@ impl Layer for ShiftSubsample {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, _p: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (p, q) = (self.out_side(h), self.out_side(w));
-        self.buffers.out.resize(&[c, n, p, q]);
         let (s, o) = (self.stride, self.offset);
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (out, inp) = (dev.place(&mut self.buffers.out, &[c, n, p, q], x)?, dev.buf(x)?);
+            return dev.run(|l| shift_subsample_forward(l, out, inp, [c * n, h, w], s, o, [p, q]));
+        }
+        self.buffers.out.resize(&[c, n, p, q]);
         for (dst, src) in self.buffers.out.as_mut_slice().chunks_mut(p * q).zip(x.as_slice().chunks(h * w)) {
             for i in 0..p {
                 for j in 0..q {
@@ -57,8 +67,13 @@ impl Layer for ShiftSubsample {
 
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.buffers.out)?;
-        let [_, _, h, w] = expect_image(&self.name, x, self.channels)?;
+        let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (p, q) = (self.out_side(h), self.out_side(w));
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let (dinp, dy) = (dev.place(&mut self.buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
+            let (s, o) = (self.stride, self.offset);
+            return dev.run(|l| shift_subsample_backward(l, dinp, dy, [c * n, h, w], s, o, [p, q]));
+        }
         self.buffers.dinp.resize(x.shape());
         self.buffers.dinp.as_mut_slice().fill(0.0);
         let (s, o) = (self.stride, self.offset);
