@@ -150,14 +150,15 @@ fn training_pass(gpu: &Arc<Gpu>, model: &str, channels: usize, size: EngineSize)
     Ok(EngineCheck { name, worst: r, agreed: dev.3 == cpu.3, seconds })
 }
 
-/// The steps compared: SAM as the reference runs it, plain SGD, and ASAM with the other
-/// optimizer and decoupled weight decay.
-fn step_configs() -> [(&'static str, StepConfig); 3] {
+/// The steps compared: SAM as the reference runs it, plain SGD, SAM finetuning (batch norm
+/// frozen to its running statistics), and ASAM with the other optimizer and decoupled weight decay.
+fn step_configs() -> [(&'static str, StepConfig); 4] {
     let sam = StepConfig { rho: 0.05, weight_decay: 5e-4, gradient_clipping: 1.0, label_smoothing: 0.1, ..StepConfig::default() };
     let rmsprop = OptimizerKind::RmsProp { beta: 0.9, beta2: 0.9, eps: 1e-3 };
     [
         ("SAM ρ 0.05, wd, clip, ε 0.1", sam),
         ("SGD, momentum", StepConfig { rho: 0.0, optimizer: OptimizerKind::Momentum { beta: 0.9 }, ..StepConfig::default() }),
+        ("SAM, batch norm frozen (finetuning)", StepConfig { frozen_bn: true, ..sam }),
         (
             "ASAM ρ 0.5, RMSProp, decoupled wd",
             StepConfig {

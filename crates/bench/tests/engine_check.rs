@@ -10,7 +10,7 @@ fn models_and_the_sam_step_on_the_emulated_device_agree_with_the_cpu() {
     let checks = engine::run(&emulated_gpu(), EngineSize::QUICK).unwrap();
     let report = engine::report(&checks);
     eprintln!("{report}");
-    assert_eq!(checks.len(), 7, "{report}");
+    assert_eq!(checks.len(), 8, "{report}");
     assert!(checks.iter().all(engine::EngineCheck::passed), "{report}");
 }
 

@@ -69,7 +69,7 @@ const Entry KERNELS[] = {
     KERNEL(relu_backward),        KERNEL(sigmoid_forward),       KERNEL(sigmoid_backward),
     KERNEL(silu_forward),         KERNEL(silu_backward),         KERNEL(softmax_xent_forward),
     KERNEL(softmax_xent_backward), KERNEL(dropout_forward),      KERNEL(dropout_backward),
-    KERNEL(batchnorm_forward_train), KERNEL(batchnorm_forward_eval), KERNEL(batchnorm_backward),
+    KERNEL(batchnorm_forward_train), KERNEL(batchnorm_forward_eval), KERNEL(batchnorm_backward),      KERNEL(batchnorm_backward_eval),
     KERNEL(avgpool_forward),      KERNEL(avgpool_backward),      KERNEL(maxpool_forward),
     KERNEL(maxpool_backward),     KERNEL(global_avgpool_forward), KERNEL(global_avgpool_backward),
     KERNEL(add),                  KERNEL(im2col),                KERNEL(col2im),

@@ -83,3 +83,29 @@ extern "C" __global__ void batchnorm_backward(float* dinp, float* dscale, float*
         AT(dinp, c, j) = k * (g - mean_g) - kx * (AT(inp, c, j) - mu);
     }
 }
+
+// The backward of the evaluation forward (frozen statistics: finetuning): the running statistics
+// are constants, so per value dinp = g·scale·rs, and dscale += Σ g·(x − μ)·rs, dbias += Σ g
+// (crates/tensor/src/batchnorm.rs batchnorm_backward_eval, each product in its order; the sums in
+// double as a tree). `mean` and `var` are the running statistics the forward used.
+extern "C" __global__ void batchnorm_backward_eval(float* dinp, float* dscale, float* dbias, const float* dout,
+                                                   const float* out, const float* inp, const float* mean,
+                                                   const float* var, const float* scale, float eps, unsigned relu,
+                                                   u64 m, u64 cstride, u64 estride) {
+    const unsigned c = blockIdx.x;
+    const float mu = mean[c], rs = 1.0f / sqrtf(var[c] + eps);
+    double sg = 0.0, sgx = 0.0;
+    for (u64 j = threadIdx.x; j < m; j += blockDim.x) {
+        float g = (relu && AT(out, c, j) <= 0.0f) ? 0.0f : AT(dout, c, j);
+        sg += (double)g;
+        sgx += (double)(g * (AT(inp, c, j) - mu) * rs);
+        AT(dinp, c, j) = g * scale[c] * rs;
+    }
+    double sum_g, sum_gx;
+    BLOCK_REDUCE(double, sg, ADD, sum_g);
+    BLOCK_REDUCE(double, sgx, ADD, sum_gx);
+    if (threadIdx.x == 0) {
+        dscale[c] += (float)sum_gx;
+        dbias[c] += (float)sum_g;
+    }
+}

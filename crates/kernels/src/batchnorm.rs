@@ -141,3 +141,23 @@ pub fn backward(
         [dinp.into(), dscale.into(), dbias.into(), dout.into(), out.into(), inp.into(), stats.mean.into(), stats.rstd.into(), scale.into()];
     per_channel(l, op, lay, grid, &args, &[Arg::U32(relu as u32)])
 }
+
+/// Backward of [`forward_eval`] (frozen statistics: finetuning): `dinp` written, `dscale`/`dbias`
+/// accumulated; `mean` and `var` are the running statistics the forward used.
+#[allow(clippy::too_many_arguments)] // the kernel's buffers, each named
+pub fn backward_eval(
+    l: &mut impl Launcher,
+    lay: BnLayout,
+    [dinp, dscale, dbias]: [Buf<f32>; 3],
+    [dout, out, inp]: [Buf<f32>; 3],
+    [mean, var]: [Buf<f32>; 2],
+    scale: Buf<f32>,
+    eps: f32,
+    relu: bool,
+) -> Result<(), KernelError> {
+    let op = "batchnorm_backward_eval";
+    let grid =
+        lay.check(op, &[dinp.len(), dout.len(), out.len(), inp.len()], &[dscale.len(), dbias.len(), mean.len(), var.len(), scale.len()])?;
+    let args = [dinp.into(), dscale.into(), dbias.into(), dout.into(), out.into(), inp.into(), mean.into(), var.into(), scale.into()];
+    per_channel(l, op, lay, grid, &args, &[Arg::F32(eps), Arg::U32(relu as u32)])
+}

@@ -96,7 +96,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "batchnorm.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/batchnorm.cu")),
-        kernels: &["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward"],
+        kernels: &["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "batchnorm_backward_eval"],
     },
     Source {
         file: "pool.cu",

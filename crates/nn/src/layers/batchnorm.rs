@@ -2,8 +2,8 @@
 
 use ringsam_kernels::batchnorm::{self as device, BnLayout, BnParams, BnStats};
 use ringsam_kernels::flat::{copy, ema_update};
+use ringsam_tensor::Tensor;
 use ringsam_tensor::batchnorm::{BnShape, batchnorm_backward, batchnorm_backward_eval, batchnorm_forward_eval, batchnorm_forward_train};
-use ringsam_tensor::{Tensor, TensorError};
 
 use super::{Buffers, Layer, expect_same, host, host_mut, shape_error};
 use crate::device::OnDevice;
@@ -170,10 +170,6 @@ impl Layer for BatchNorm {
         let sh = self.shape(x)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
         if let Some(dev) = OnDevice::of(&self.name, x) {
-            if !train {
-                let op = "batch norm's backward with frozen statistics (finetuning)";
-                return Err(NnError::Kernel { layer: self.name.clone(), source: TensorError::CudaNotImplemented { op } });
-            }
             let (lay, c) = (BnLayout::cnhw(sh.c, sh.m), sh.c);
             let all = dev.buf(&self.on_device)?;
             let stats = BnStats { mean: all.slice(0..c), var: all.slice(c..2 * c), rstd: all.slice(2 * c..3 * c) };
@@ -181,7 +177,15 @@ impl Layer for BatchNorm {
             let (dscale, dbias) = (g.slice(self.scale.range()), g.slice(self.bias.range()));
             let (dy, y, inp) = (dev.buf(dout)?, dev.buf(&self.buffers.out)?, dev.buf(x)?);
             let dinp = dev.place(&mut self.buffers.dinp, x.shape(), x)?;
-            return dev.run(|l| device::backward(l, lay, dinp, dscale, dbias, dy, y, inp, stats, scale, self.cfg.relu));
+            let (eps, relu) = (self.cfg.eps, self.cfg.relu);
+            return dev.run(|l| {
+                if train {
+                    device::backward(l, lay, dinp, dscale, dbias, dy, y, inp, stats, scale, relu)
+                } else {
+                    // The forward kept the running statistics it used in `mean` and `var`.
+                    device::backward_eval(l, lay, [dinp, dscale, dbias], [dy, y, inp], [stats.mean, stats.var], scale, eps, relu)
+                }
+            });
         }
         let params = host(&self.name, params)?;
         let grads = host_mut(&self.name, grads)?;
