@@ -7,8 +7,9 @@
 # 2. the CUDA feature must compile on a machine with no GPU and no CUDA toolkit (cudarc loads
 #    CUDA at run time). Built with the test profile, so it reuses step 1's compiled dependencies.
 #    Every CUDA kernel is compiled to PTX by NVRTC (scripts/nvrtc_check.sh: NVIDIA's library from
-#    PyPI in .venv-cuda; no GPU); step 1 already ran the kernels under emulation
-#    (crates/kernels-emu) against the CPU engine;
+#    PyPI in .venv-cuda; no GPU); step 1 already ran the kernels, the layers, whole models and the
+#    SAM step under emulation (crates/kernels-emu) against the CPU engine; the GPU-only tests
+#    (crates/bench/tests/cuda_device.rs) run and, without a GPU, print what they skipped;
 # 3. the optional libjpeg-turbo decoder (feature `turbojpeg`, built from its bundled source): its
 #    tests need cmake and nasm, installed with apt-get when missing and possible; otherwise the
 #    script says that they did not run;
@@ -48,6 +49,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features cuda -- -D warnings
 cargo test --workspace --locked
 cargo build --workspace --locked --profile test --features cuda
+# The GPU-only tests, compiled with CUDA support; without a GPU each says what it skipped.
+cargo test -p ringsam-bench --locked --features cuda --test cuda_device -- --nocapture
 ./scripts/nvrtc_check.sh
 if command -v cmake >/dev/null 2>&1 && command -v nasm >/dev/null 2>&1; then
     cargo test -p ringsam-data --locked --features turbojpeg
