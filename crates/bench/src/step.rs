@@ -178,6 +178,7 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     }
     let (macs, backward_macs) = macs;
     let (sgd_ms, sam_ms) = (median(&sgd), median(&sam));
+    let (peak_memory_mb, peak_reserved_mb) = st.memory();
     let step_flops = 2.0 * (macs + backward_macs) as f64;
     Ok(BenchStepReport {
         model: cfg.model.clone(),
@@ -195,8 +196,8 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         sam_samples_ms: sam,
         device: cfg.device.to_string(),
         precision: cfg.precision.to_string(),
-        peak_memory_mb: st.memory().0,
-        peak_reserved_mb: st.memory().1,
+        peak_memory_mb,
+        peak_reserved_mb,
     })
 }
 

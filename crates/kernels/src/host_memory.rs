@@ -28,11 +28,6 @@ impl HostMemory {
     pub fn with_capacity(bytes: usize) -> Self {
         HostMemory { blocks: HashMap::new(), capacity: Some(bytes), used: 0 }
     }
-
-    /// Bytes allocated and not freed.
-    pub fn used(&self) -> usize {
-        self.used
-    }
 }
 
 // SAFETY: the blocks are plain heap memory owned by this value; no thread-bound state.

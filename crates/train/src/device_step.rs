@@ -22,7 +22,7 @@ use ringsam_optim::OptimizerKind;
 use ringsam_tensor::{Tensor, TensorError};
 
 use crate::TrainError;
-use crate::step::{StepConfig, StepReport};
+use crate::step::{StepConfig, StepReport, decayed_ranges};
 
 /// One replica's model, parameters, gradients and optimizer state on `gpu`.
 pub struct DeviceStep {
@@ -60,8 +60,7 @@ impl DeviceStep {
         let model = build(model_name, model_cfg)?;
         let (mut p, mut s) = (vec![0.0; model.layout().total()], vec![0.0; model.state_layout().total()]);
         model.init(&mut p, &mut s, 0);
-        let decayed =
-            model.layout().entries().iter().filter(|e| !cfg.no_weight_decay_on_bn || e.shape.len() > 1).map(|e| e.id.range()).collect();
+        let decayed = decayed_ranges(model.layout(), &cfg);
         let n = p.len();
         let mem = gpu.memory();
         let err = device_error(gpu, "DeviceStep::new");

@@ -179,8 +179,7 @@ impl SamStep {
         let mut arena = Arena::new(model.layout().clone());
         let mut state = Tensor::from(vec![0.0; model.state_layout().total()]);
         model.init(&mut arena.params, &mut state, 0);
-        let decayed =
-            arena.layout.entries().iter().filter(|e| !cfg.no_weight_decay_on_bn || e.shape.len() > 1).map(|e| e.id.range()).collect();
+        let decayed = decayed_ranges(&arena.layout, &cfg);
         let n = arena.len();
         Ok(SamStep {
             opt: BaseOptimizer::new(cfg.optimizer, n),
@@ -675,6 +674,12 @@ pub fn count_errors(logits: &[f32], labels: &[u32], k: usize) -> usize {
             best != l as usize
         })
         .count()
+}
+
+/// The parameter ranges that take weight decay: all, or only tensors of more than one dimension
+/// (the reference's `no_weight_decay_on_bn`). The CPU and the device steps share it.
+pub(crate) fn decayed_ranges(layout: &ringsam_nn::ParamLayout, cfg: &StepConfig) -> Vec<Range<usize>> {
+    layout.entries().iter().filter(|e| !cfg.no_weight_decay_on_bn || e.shape.len() > 1).map(|e| e.id.range()).collect()
 }
 
 /// A checkpoint's state for [`SamStep::restore`].
