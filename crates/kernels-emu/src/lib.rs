@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ringsam_kernels::launch::Elem;
 use ringsam_kernels::launch::MAX_PARTIALS;
-use ringsam_kernels::{Arg, Buf, DeviceMemory, Gpu, HostMemory, KernelError, Launch, Launcher, Memory};
+use ringsam_kernels::{Arg, Buf, DeviceMemory, Gpu, HostMemory, KernelError, KernelTimes, Launch, Launcher, Memory};
 
 /// An emulated device for the engine's tensors: the kernels as C++ over host memory behind the
 /// caching allocator, exactly what a GPU's tensors hold except where the memory is.
@@ -26,11 +26,25 @@ pub struct Emu {
     total: Vec<f64>,
     /// Launches so far, by kernel name (tests check what an operation launched).
     pub launches: Vec<(&'static str, Launch)>,
+    /// While profiling: each launch timed on the host's clock (emulated launches are
+    /// synchronous, so that is its whole time).
+    profile: Option<KernelTimes>,
 }
 
 impl Default for Emu {
     fn default() -> Self {
-        Emu { partials: vec![0.0; MAX_PARTIALS], total: vec![0.0], launches: Vec::new() }
+        Emu { partials: vec![0.0; MAX_PARTIALS], total: vec![0.0], launches: Vec::new(), profile: None }
+    }
+}
+
+impl Emu {
+    fn timed<T>(&mut self, name: impl FnOnce() -> String, flops: f64, run: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let out = run();
+        if let Some(p) = &mut self.profile {
+            p.add(&name(), started.elapsed().as_secs_f64(), flops);
+        }
+        out
     }
 }
 
@@ -62,7 +76,9 @@ impl Launcher for Emu {
         // SAFETY: the Bufs' contract (host_buf): live host memory of the stated lengths; the
         // kernels stay within the counts the operations check against the Bufs. The C side
         // checks the argument count against the kernel's own parameter list.
-        match unsafe { emu_launch(name.as_ptr(), at.grid, at.block, slots.as_ptr(), slots.len()) } {
+        let code =
+            self.timed(|| kernel.to_string(), 0.0, || unsafe { emu_launch(name.as_ptr(), at.grid, at.block, slots.as_ptr(), slots.len()) });
+        match code {
             0 => Ok(()),
             -1 => Err(KernelError::Launch { kernel, why: "not an emulated kernel".into() }),
             arity => Err(KernelError::Launch { kernel, why: format!("{} arguments, the kernel takes {arity}", args.len()) }),
@@ -76,10 +92,19 @@ impl Launcher for Emu {
 
     fn sgemm(&mut self, call: &ringsam_kernels::gemm::SgemmCall) -> Result<(), KernelError> {
         self.launches.push(("sgemm", Launch { grid: 1, block: 1 }));
+        let name = || KernelTimes::gemm_name(call.m, call.n, call.k, call.transa, call.transb);
         // SAFETY: the plan's matrices lie inside host Bufs (plan checks each against its
         // buffer's length; host_buf's contract keeps them alive).
-        unsafe { ringsam_kernels::gemm::sgemm_reference(call) };
+        self.timed(name, 2.0 * (call.m * call.n * call.k) as f64, || unsafe { ringsam_kernels::gemm::sgemm_reference(call) });
         Ok(())
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| self.profile.take().unwrap_or_default());
+    }
+
+    fn take_profile(&mut self) -> Result<KernelTimes, KernelError> {
+        Ok(self.profile.as_mut().map(std::mem::take).unwrap_or_default())
     }
 
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {

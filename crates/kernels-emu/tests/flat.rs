@@ -45,6 +45,12 @@ impl Launcher for Swapped {
     fn sgemm(&mut self, call: &ringsam_kernels::gemm::SgemmCall) -> Result<(), KernelError> {
         self.0.sgemm(call)
     }
+    fn set_profiling(&mut self, on: bool) {
+        self.0.set_profiling(on)
+    }
+    fn take_profile(&mut self) -> Result<ringsam_kernels::KernelTimes, KernelError> {
+        self.0.take_profile()
+    }
 }
 
 impl Memory for Swapped {

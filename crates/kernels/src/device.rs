@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::cublas::{CudaBlas, sys::cublasOperation_t};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
 use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, MAX_PARTIALS, Memory};
+use crate::profile::KernelTimes;
 use crate::{SOURCES, nvrtc};
 
 /// One GPU's kernels and its stream.
@@ -21,6 +23,17 @@ pub struct CudaLauncher {
     functions: HashMap<&'static str, CudaFunction>,
     partials: CudaSlice<f64>,
     total: CudaSlice<f64>,
+    /// While profiling: each launch between two events (read when the profile is taken, so
+    /// that timing adds no synchronisation).
+    profile: Option<Vec<Timed>>,
+}
+
+/// A launch between two events.
+struct Timed {
+    name: String,
+    flops: f64,
+    start: CudaEvent,
+    end: CudaEvent,
 }
 
 fn driver(what: &'static str) -> impl Fn(DriverError) -> KernelError {
@@ -57,7 +70,7 @@ impl CudaLauncher {
                 .result()
                 .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("TF32 math mode: {e}") })?;
         }
-        Ok(CudaLauncher { ctx, stream, blas, functions, partials, total })
+        Ok(CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None })
     }
 
     /// The GPU's memory, for a [`crate::DeviceMemory`] whose buffers these kernels use.
@@ -68,6 +81,24 @@ impl CudaLauncher {
     /// The device's name, for reports.
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_else(|e| format!("(name unknown: {e})"))
+    }
+
+    /// An event recorded now, when profiling (else none).
+    fn mark(&self) -> Result<Option<CudaEvent>, KernelError> {
+        match self.profile {
+            Some(_) => {
+                self.stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map(Some).map_err(driver("recording a profiling event"))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Records the launch that began at `start` (from [`CudaLauncher::mark`]) as ending now.
+    fn timed(&mut self, start: Option<CudaEvent>, name: impl FnOnce() -> String, flops: f64) -> Result<(), KernelError> {
+        if let (Some(start), Some(end)) = (start, self.mark()?) {
+            self.profile.get_or_insert_default().push(Timed { name: name(), flops, start, end });
+        }
+        Ok(())
     }
 
     fn scratch(&self, s: &CudaSlice<f64>) -> Buf<f64> {
@@ -90,9 +121,12 @@ impl Launcher for CudaLauncher {
             };
         }
         let cfg = LaunchConfig { grid_dim: (at.grid, 1, 1), block_dim: (at.block, 1, 1), shared_mem_bytes: 0 };
+        let start = self.mark()?;
         // SAFETY: the argument list is the kernel's parameter list, in order (the operations in
         // crate::flat build it, and the emulation checks every one of them against the CPU).
-        unsafe { builder.launch(cfg) }.map(|_| ()).map_err(driver(kernel))
+        unsafe { builder.launch(cfg) }.map_err(driver(kernel))?;
+        drop(builder);
+        self.timed(start, || kernel.to_string(), 0.0)
     }
 
     fn sgemm(&mut self, call: &crate::gemm::SgemmCall) -> Result<(), KernelError> {
@@ -101,6 +135,7 @@ impl Launcher for CudaLauncher {
         };
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let (alpha, beta) = (1.0f32, call.beta);
+        let start = self.mark()?;
         // SAFETY: gemm::plan made the call from views it checked against their buffers, on this
         // launcher's device; the handle runs on our stream.
         unsafe {
@@ -121,7 +156,27 @@ impl Launcher for CudaLauncher {
                 int(call.c.1)?,
             )
         }
-        .map_err(|e| KernelError::Launch { kernel: "sgemm", why: e.to_string() })
+        .map_err(|e| KernelError::Launch { kernel: "sgemm", why: e.to_string() })?;
+        let name = || KernelTimes::gemm_name(call.m, call.n, call.k, call.transa, call.transb);
+        self.timed(start, name, 2.0 * call.m as f64 * call.n as f64 * call.k as f64)
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        if !on {
+            self.profile = None;
+        } else if self.profile.is_none() {
+            self.profile = Some(Vec::new());
+        }
+    }
+
+    fn take_profile(&mut self) -> Result<KernelTimes, KernelError> {
+        let mut times = KernelTimes::default();
+        let read = |e: DriverError| KernelError::Read { what: "a profiling event", why: e.to_string() };
+        self.stream.synchronize().map_err(read)?;
+        for t in self.profile.as_mut().map(std::mem::take).unwrap_or_default() {
+            times.add(&t.name, f64::from(t.start.elapsed_ms(&t.end).map_err(read)?) / 1e3, t.flops);
+        }
+        Ok(times)
     }
 
     fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError> {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::alloc::DeviceMemory;
 use crate::gemm::SgemmCall;
 use crate::launch::{Arg, Buf, KernelError, Launch, Launcher};
+use crate::profile::KernelTimes;
 
 /// A device: a launcher and the memory its kernels use.
 pub struct Gpu {
@@ -76,5 +77,11 @@ impl Launcher for Box<dyn Launcher + Send> {
     }
     fn sgemm(&mut self, call: &SgemmCall) -> Result<(), KernelError> {
         (**self).sgemm(call)
+    }
+    fn set_profiling(&mut self, on: bool) {
+        (**self).set_profiling(on)
+    }
+    fn take_profile(&mut self) -> Result<KernelTimes, KernelError> {
+        (**self).take_profile()
     }
 }

@@ -199,6 +199,11 @@ pub trait Launcher {
     /// One column-major SGEMM ([`crate::gemm::plan`] makes it from the engine's views): cuBLAS on
     /// a GPU, BLAS's definition under emulation.
     fn sgemm(&mut self, call: &crate::gemm::SgemmCall) -> Result<(), KernelError>;
+    /// Starts (or stops) timing each launch and GEMM: see [`crate::profile`].
+    fn set_profiling(&mut self, on: bool);
+    /// The launches timed since profiling started, by name (waiting for them to finish); the
+    /// record starts again empty.
+    fn take_profile(&mut self) -> Result<crate::profile::KernelTimes, KernelError>;
 }
 
 /// What a buffer can hold: floats, doubles (sums), labels.

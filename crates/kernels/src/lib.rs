@@ -37,6 +37,7 @@ pub mod loss;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod pool;
+pub mod profile;
 pub mod selftest;
 mod selftest_ops;
 
@@ -44,6 +45,7 @@ pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, RawMemory};
 pub use gpu::Gpu;
 pub use host_memory::HostMemory;
 pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory, Precision};
+pub use profile::{KernelTime, KernelTimes};
 
 /// One CUDA C source file and the kernels it defines.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +71,7 @@ pub const SOURCES: &[Source] = &[
             "rmsprop_update",
             "scale",
             "fill",
+            "copy",
             "axpy",
             "ema_update",
         ],
