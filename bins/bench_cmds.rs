@@ -269,6 +269,10 @@ pub(crate) struct BenchStepArgs {
     /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
     #[arg(long)]
     pub(crate) precision: Option<String>,
+    /// After the timed steps, profile one SGD and one SAM step on the device: time in each
+    /// kernel and GEMM shape (CUDA events), their share of the wall time, GEMMs' TFLOP/s.
+    #[arg(long)]
+    pub(crate) profile: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -288,6 +292,7 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
             None if args.device == "cpu" => ringsam_kernels::Precision::Fp32,
             None => ringsam_kernels::Precision::Tf32,
         },
+        profile: args.profile,
     };
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let report = ringsam_bench::step::run(&cfg, |line| {
@@ -320,6 +325,9 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         println!("  SAM/SGD   {:>9.2}x   forward {:.2} GMAC per step", report.sam_over_sgd, report.forward_gmacs);
         if let (Some(peak), Some(reserved)) = (report.peak_memory_mb, report.peak_reserved_mb) {
             println!("  {} memory: peak {peak:.1} MB in use, {reserved:.1} MB reserved", report.device);
+        }
+        for (kind, table) in ["SGD", "SAM"].iter().zip(report.profile.iter().flatten()) {
+            println!("  profiled {kind} step:\n{table}");
         }
     }
     Ok(())

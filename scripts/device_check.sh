@@ -35,37 +35,45 @@ part() { echo; echo "== $1 ($(date +%T))"; }
 
   # The pip wheels' libraries (cuBLAS, cuDNN, NVRTC), in case they are not on the loader path.
   libs=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + '/nvidia/**/lib*.so*', recursive=True)})))" 2>/dev/null)
+  lib_path="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   if want cuda; then
-    # The probe, then the device step timed (WRN-28-10 at CIFAR size, the issue's first model;
-    # convolutions are still im2col + cuBLAS FP32, not cuDNN: a baseline to improve on).
-    part "cuda: bench step --device cuda (WRN-28-10 batch 128 at 32x32, ResNet-50 batch 256 at 224x224)"
-    timeout 60 target/release/ringsam bench step --device cuda --iters 1 --batch_size 8 --image_size 32 --model_name WideResnet16x2 2>&1 | tail -3
-    echo "with the wheels' library folders on LD_LIBRARY_PATH:"
-    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 180 \
-      target/release/ringsam bench step --device cuda --iters 3 --batch_size 128 --image_size 32 --model_name WideResnet28x10 2>&1 | tail -6
-    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 240 \
-      target/release/ringsam bench step --device cuda --iters 3 --batch_size 256 --image_size 224 --num_classes 1000 --model_name Resnet50 2>&1 | tail -6
+    # The probe: the driver, cuBLAS and NVRTC found (with the wheels' folders on the loader
+    # path), a tiny step run.
+    part "cuda: the probe (bench step --device cuda, WRN-16-2 batch 8)"
+    LD_LIBRARY_PATH="$lib_path" timeout 60 target/release/ringsam bench step --device cuda --iters 1 \
+      --batch_size 8 --image_size 32 --model_name WideResnet16x2 2>&1 | tail -4
   fi
 
   if want kernels; then
     # Compiled by NVRTC for this GPU, then each against the CPU engine: element-wise bitwise,
     # norms to 1e-12; timings at WRN-28-10's parameter count (GB/s against the GPU's memory).
     part "CUDA kernels vs the CPU engine (ringsam selftest kernels, 36.5 M elements)"
-    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 180 \
-      target/release/ringsam selftest kernels --device cuda --elements 36500000 2>&1 | tail -36
+    LD_LIBRARY_PATH="$lib_path" timeout 90 \
+      target/release/ringsam selftest kernels --device cuda --elements 36500000 2>&1 | tail -40
   fi
 
   if want engine; then
-    # Whole models on the GPU (the caching allocator, the layers' device paths, GEMMs through
+    # 1. Whole models on the GPU (the caching allocator, the layers' device paths, GEMMs through
     # cuBLAS with TF32 off) and the SAM step, each against the CPU engine within 1e-4; rehearsed
     # under emulation in CI at the quick size (crates/bench/tests/engine_check.rs).
-    part "the engine on CUDA vs the CPU engine (ringsam selftest engine: WRN-16-2, 32x32, batch 32)"
-    LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 240 \
-      target/release/ringsam selftest engine --device cuda 2>&1 | tail -8
-    # The baseline for the cuda part's bench step: PyTorch eager, cuDNN benchmark mode,
-    # channels_last, TF32, the same two models and the same SAM step.
-    part "PyTorch baseline (benches/torch_step_baseline.py: WRN-28-10 batch 128, ResNet-50 batch 256)"
-    timeout 240 python3 benches/torch_step_baseline.py --models WideResnet28x10:128:32,Resnet50:256:224 --iters 3 2>&1 | tail -3
+    part "engine 1: the engine on CUDA vs the CPU engine (ringsam selftest engine --size full)"
+    LD_LIBRARY_PATH="$lib_path" timeout 150 \
+      target/release/ringsam selftest engine --device cuda --size full 2>&1 | tail -24
+    # 2. The step timed, SGD and SAM, TF32, beside PyTorch eager (cuDNN benchmark mode,
+    # channels_last, TF32, the same two models and the same SAM step). nvidia-smi samples the
+    # GPU's utilisation once a second meanwhile (dmon.log).
+    part "engine 2: bench step --device cuda (WRN-28-10 batch 128 at 32, ResNet-50 batch 256 at 224)"
+    (nvidia-smi dmon -s um -d 1 > "$out/dmon.log" 2>&1 &)
+    for spec in WideResnet28x10:128:32:10 Resnet50:256:224:1000; do
+      IFS=: read -r model batch side classes <<< "$spec"
+      LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
+        --device cuda --iters 3 --model_name "$model" --batch_size "$batch" --image_size "$side" \
+        --num_classes "$classes" --profile 2>&1 | tail -64
+    done
+    part "engine 2: PyTorch baseline (benches/torch_step_baseline.py, the same two models)"
+    timeout 150 python3 benches/torch_step_baseline.py --models WideResnet28x10:128:32,Resnet50:256:224 \
+      --iters 3 2>&1 | tail -3
+    pkill -f "nvidia-smi dmon" || true
   fi
 
   if want step; then

@@ -11,9 +11,7 @@ use std::time::Instant;
 
 use ringsam_models::ModelConfig;
 use ringsam_nn::Rng;
-#[cfg(feature = "cuda")]
-use ringsam_tensor::TensorError;
-use ringsam_tensor::{Device, Tensor};
+use ringsam_tensor::{Device, Tensor, TensorError};
 use serde::Serialize;
 
 use ringsam_train::device_step::DeviceStep;
@@ -39,6 +37,9 @@ pub struct BenchStepConfig {
     pub device: Device,
     /// A device's GEMMs (the CPU engine is FP32).
     pub precision: ringsam_kernels::Precision,
+    /// After the timed steps, one more of each kind with every launch timed on the device
+    /// ([`ringsam_kernels::profile`]): where the step's time goes.
+    pub profile: bool,
 }
 
 /// Medians of one benchmark run (the `--json` object).
@@ -80,6 +81,8 @@ pub struct BenchStepReport {
     pub peak_memory_mb: Option<f64>,
     /// On a device: the most it took from the device (in use plus cached), MB.
     pub peak_reserved_mb: Option<f64>,
+    /// With `profile`: the profiled SGD step's and SAM step's kernel tables.
+    pub profile: Option<[String; 2]>,
 }
 
 /// The step timed: the CPU engine's or a device's.
@@ -126,6 +129,13 @@ impl Stepper {
         }
     }
 
+    fn profile(&mut self, x: &Tensor, labels: &[u32], rho: f32) -> Result<[String; 2], TrainError> {
+        match self {
+            Stepper::Device(s) => profile_steps(s, x, labels, rho),
+            Stepper::Cpu(_) => Err(TrainError::Config(PROFILE_ON_CPU.into())),
+        }
+    }
+
     /// Peak in use and peak reserved, MB (a device's).
     fn memory(&self) -> (Option<f64>, Option<f64>) {
         match self {
@@ -138,12 +148,37 @@ impl Stepper {
     }
 }
 
+const PROFILE_ON_CPU: &str = "--profile times a device's kernels; on the CPU, use perf";
+
+/// One SGD step and one SAM step (radius `rho`) of `s` with every launch timed on its device:
+/// each one's table of kernels ([`ringsam_kernels::KernelTimes::table`]).
+pub fn profile_steps(s: &mut DeviceStep, x: &Tensor, labels: &[u32], rho: f32) -> Result<[String; 2], TrainError> {
+    let gpu = s.gpu().clone();
+    let err = |source| TrainError::Tensor(TensorError::Kernel { op: "profiling", device: gpu.name().to_string(), source });
+    let mut tables = [String::new(), String::new()];
+    for (table, rho) in tables.iter_mut().zip([0.0, rho]) {
+        s.set_rho(rho);
+        gpu.launcher().set_profiling(true);
+        let t = Instant::now();
+        let stepped = s.step(x, labels, 0.01);
+        let wall = t.elapsed().as_secs_f64();
+        let times = gpu.launcher().take_profile();
+        gpu.launcher().set_profiling(false);
+        stepped?;
+        *table = times.map_err(err)?.table(wall, 25);
+    }
+    Ok(tables)
+}
+
 /// Runs the benchmark; `progress` is called with a line before each phase.
 pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<BenchStepReport, TrainError> {
     if cfg.batch == 0 || cfg.iters == 0 || cfg.image_size == 0 {
         return Err(TrainError::Config("batch, iters and image size must be positive".into()));
     }
     cfg.device.probe()?;
+    if cfg.device == Device::Cpu && cfg.profile {
+        return Err(TrainError::Config(PROFILE_ON_CPU.into()));
+    }
     if cfg.device == Device::Cpu && cfg.precision != ringsam_kernels::Precision::Fp32 {
         return Err(TrainError::Config(format!("--precision {}: the CPU engine computes in fp32", cfg.precision)));
     }
@@ -179,6 +214,12 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     let (macs, backward_macs) = macs;
     let (sgd_ms, sam_ms) = (median(&sgd), median(&sam));
     let (peak_memory_mb, peak_reserved_mb) = st.memory();
+    let profile = if cfg.profile {
+        progress("profiled steps (SGD, then SAM)");
+        Some(st.profile(&x, &labels, cfg.rho)?)
+    } else {
+        None
+    };
     let step_flops = 2.0 * (macs + backward_macs) as f64;
     Ok(BenchStepReport {
         model: cfg.model.clone(),
@@ -198,6 +239,7 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         precision: cfg.precision.to_string(),
         peak_memory_mb,
         peak_reserved_mb,
+        profile,
     })
 }
 

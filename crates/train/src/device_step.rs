@@ -113,6 +113,11 @@ impl DeviceStep {
         self.gpu.memory().stats()
     }
 
+    /// The device it runs on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
     /// One step on batch `x (C, N, H, W)` (on the host or already on the device) with `labels`.
     pub fn step(&mut self, x: &Tensor, labels: &[u32], lr: f32) -> Result<StepReport, TrainError> {
         let [_, n, _, _] = x.dims4("DeviceStep::step")?;
