@@ -287,11 +287,7 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         iters: args.iters,
         rho: args.rho,
         device: args.device.parse().context("--device")?,
-        precision: match &args.precision {
-            Some(p) => p.parse().map_err(|e| usage(format!("--precision {e}")))?,
-            None if args.device == "cpu" => ringsam_kernels::Precision::Fp32,
-            None => ringsam_kernels::Precision::Tf32,
-        },
+        precision: crate::train_args::precision_for(&args.device, args.precision.as_deref())?,
         profile: args.profile,
     };
     let show_progress = std::io::stderr().is_terminal() && !args.json;

@@ -23,9 +23,60 @@ pub struct TrainArgs {
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9100).
     #[arg(long, env = "RINGSAM_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the step runs: cpu, cuda or cuda:N (a build with `--features cuda`). Not part of
+    /// the run's configuration: a run resumes on another device. The GPU step refuses, by flag,
+    /// what it does not do yet (several replicas, --grad_accum_steps, --sam_m, EMA, mixup).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+    /// A GPU's GEMMs: fp32, or tf32 (tensor cores; the default on a GPU, as PyTorch's for
+    /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
+    #[arg(long, value_name = "PRECISION")]
+    pub precision: Option<String>,
     /// The run's configuration.
     #[command(flatten)]
     pub run: TrainConfig,
+}
+
+impl TrainArgs {
+    /// The device `--device` names, opened (its kernels compiled): `None` for the CPU. A missing
+    /// library or GPU is one clear error.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] // the CPU is the only device then
+    pub fn open_device(&self, log: &dyn Fn(&str)) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
+        let device: ringsam_tensor::Device = self.device.parse().map_err(|e| usage(format!("--device: {e}")))?;
+        let precision = precision_for(&self.device, self.precision.as_deref())?;
+        device.probe()?;
+        match device {
+            ringsam_tensor::Device::Cpu => Ok(None),
+            #[cfg(feature = "cuda")]
+            ringsam_tensor::Device::Cuda(ordinal) => {
+                log(&format!("compiling the kernels for cuda:{ordinal}"));
+                let gpu = ringsam_kernels::Gpu::cuda(ordinal, precision).with_context(|| format!("opening cuda:{ordinal}"))?;
+                Ok(Some(gpu))
+            }
+        }
+    }
+
+    /// Refuses `--device` other than the CPU where `what` does not take it yet.
+    pub fn cpu_only(&self, what: &str) -> Result<()> {
+        if self.device != "cpu" {
+            return Err(usage(format!("--device {}: {what} runs on the CPU only so far", self.device)));
+        }
+        Ok(())
+    }
+}
+
+/// `--precision` for `--device`: a GPU's defaults to tf32; the CPU computes in fp32 only.
+pub fn precision_for(device: &str, precision: Option<&str>) -> Result<ringsam_kernels::Precision> {
+    use ringsam_kernels::Precision;
+    let p = match precision {
+        Some(p) => p.parse().map_err(|e| usage(format!("--precision {e}")))?,
+        None if device == "cpu" => Precision::Fp32,
+        None => Precision::Tf32,
+    };
+    if device == "cpu" && p != Precision::Fp32 {
+        return Err(usage(format!("--precision {p}: the CPU engine computes in fp32")));
+    }
+    Ok(p)
 }
 
 /// The run configuration: defaults, then `--config` (or, with neither `--config` nor

@@ -120,6 +120,7 @@ pub struct LaunchArgs {
 pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     // Signals count from the start: a worker waiting minutes for its peers must still stop.
     let stop = stop_on_signals()?;
+    args.train.cpu_only("a data-parallel worker")?;
     let cfg = resolve_train_config(&args.train, matches)?;
     let rank = match args.rank {
         Some(r) => r,
@@ -166,7 +167,7 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     log(&format!("joining a ring of {world} at {}", cluster_cfg.peers[rank]));
     let cluster = Cluster::connect(&cluster_cfg, &stop).with_context(|| format!("rank {rank}: forming the ring"))?;
     let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let opts = RunOptions { progress, stop, memory_limit: available_memory() };
+    let opts = RunOptions { progress, stop, memory_limit: available_memory(), gpu: None };
     let summary = train_replica(&cfg, &opts, Some(cluster), &mut |l| log(l))
         .with_context(|| format!("rank {rank}: training {} on {}", cfg.model_name, cfg.dataset))?;
     if rank == 0 {
@@ -321,7 +322,8 @@ pub(crate) fn serve_metrics(args: &TrainArgs, rank: usize, log: &dyn Fn(&str)) -
 pub(crate) fn cmd_train(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
     let cfg = resolve_train_config(args, matches)?;
     serve_metrics(args, 0, &|l| eprintln!("ringsam: {l}"))?;
-    let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()?, memory_limit: available_memory() };
+    let gpu = args.open_device(&|line| eprintln!("ringsam: {line}"))?;
+    let opts = RunOptions { progress: std::io::stderr().is_terminal(), stop: stop_on_signals()?, memory_limit: available_memory(), gpu };
     let summary = train(&cfg, &opts, &mut |line| eprintln!("ringsam: {line}"))
         .with_context(|| format!("training {} on {}", cfg.model_name, cfg.dataset))?;
     print_summary(&summary);

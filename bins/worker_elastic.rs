@@ -60,7 +60,7 @@ pub(crate) fn worker_elastic(
     }
     log(&format!("elastic worker {slot} of {}: {min} to {max} replicas", ecfg.slots));
     let progress = slot == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let opts = RunOptions { progress, stop, memory_limit: available_memory() };
+    let opts = RunOptions { progress, stop, memory_limit: available_memory(), gpu: None };
     let summary = train_elastic(cfg, &ecfg, &opts, &mut |l| log(l))
         .with_context(|| format!("slot {slot}: training {} on {}", cfg.model_name, cfg.dataset))?;
     print_summary(&summary);

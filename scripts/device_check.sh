@@ -74,6 +74,16 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     timeout 150 python3 benches/torch_step_baseline.py --models WideResnet28x10:128:32,Resnet50:256:224 \
       --iters 3 2>&1 | tail -3
     pkill -f "nvidia-smi dmon" || true
+    # 3. Training on the GPU through the trainer: 200 steps on synthetic data (loss going down
+    # is in the log lines), the GPU's utilisation sampled meanwhile (dmon_train.log).
+    part "engine 3: 200 steps of train --device cuda (WRN-16-4, synthetic 32x32, batch 128, SAM)"
+    (nvidia-smi dmon -s u -d 1 > "$out/dmon_train.log" 2>&1 &)
+    LD_LIBRARY_PATH="$lib_path" timeout "${TRAIN_TIMEOUT:-150}" target/release/ringsam train --device cuda \
+      --dataset synthetic --model_name WideResnet16x4 --batch_size 128 --num_epochs 100 --max_steps 200 \
+      --sam_rho 0.05 --log_every_steps 20 --output_dir /tmp/gpu-train 2>&1 | tail -30
+    pkill -f "nvidia-smi dmon" || true
+    awk '$1 == 0 && $2 > 0 { s += $2; n++ } END { if (n) printf "GPU busy (sm %%) over %d busy seconds: mean %.0f\n", n, s / n }' \
+      "$out/dmon_train.log"
   fi
 
   if want step; then

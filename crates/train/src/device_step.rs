@@ -108,6 +108,53 @@ impl DeviceStep {
         Ok(self.state.to_host()?.as_slice().to_vec())
     }
 
+    /// Takes `w`, the batch-norm statistics, the optimizer's buffers (by name, as
+    /// [`ringsam_optim::BaseOptimizer::state`] names them) and the step count from the host: the
+    /// CPU step's initialisation, a checkpoint, or weights loaded from elsewhere.
+    pub fn upload(&mut self, params: &[f32], state: &[f32], optim: &[(&str, &[f32])], step: u64) -> Result<(), TrainError> {
+        let err = device_error(&self.gpu, "DeviceStep::upload");
+        self.params.write_from(params)?;
+        self.state.write_from(state)?;
+        for (name, host) in optim {
+            match (*name, &mut self.second) {
+                ("momentum", _) => self.momentum.write(host).map_err(&err)?,
+                ("second_moment", Some(second)) => second.write(host).map_err(&err)?,
+                _ => return Err(TrainError::Checkpoint(format!("no optimizer buffer {name} on the device step"))),
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// Copies `w`, the statistics and the optimizer's buffers into the host's (the inverse of
+    /// [`DeviceStep::upload`]), for checkpoints.
+    pub fn download_into(&self, params: &mut [f32], state: &mut [f32], optim: Vec<(&str, &mut Vec<f32>)>) -> Result<(), TrainError> {
+        let err = device_error(&self.gpu, "DeviceStep::download_into");
+        let copy = |host: &mut [f32], device: Vec<f32>| {
+            if host.len() != device.len() {
+                return Err(TrainError::Runtime(format!("{} values on the device for {} on the host", device.len(), host.len())));
+            }
+            host.copy_from_slice(&device);
+            Ok(())
+        };
+        copy(params, self.params()?)?;
+        copy(state, self.state()?)?;
+        for (name, host) in optim {
+            let device = match (name, &self.second) {
+                ("momentum", _) => &self.momentum,
+                ("second_moment", Some(second)) => second,
+                _ => return Err(TrainError::Checkpoint(format!("no optimizer buffer {name} on the device step"))),
+            };
+            copy(host, device.download().map_err(&err)?)?;
+        }
+        Ok(())
+    }
+
+    /// The model with its weights and statistics on the device, to evaluate.
+    pub fn eval_parts(&mut self) -> (&mut dyn Model, &Tensor, &mut Tensor) {
+        (self.model.as_mut(), &self.params, &mut self.state)
+    }
+
     /// What the device's allocator has done (peak memory for `bench step`).
     pub fn memory(&self) -> ringsam_kernels::MemoryStats {
         self.gpu.memory().stats()

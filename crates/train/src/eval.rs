@@ -120,8 +120,18 @@ pub fn evaluate_batches(
         if b.n == 0 {
             continue; // a share of a short last batch can be empty
         }
-        let x = Tensor::from_vec(&[b.c, b.n, b.h, b.w], b.images)?;
+        let mut x = Tensor::from_vec(&[b.c, b.n, b.h, b.w], b.images)?;
+        if let Some(gpu) = params.gpu() {
+            x = x.to_gpu(gpu)?; // the model evaluates where its weights are
+        }
         let logits = model.forward(params, state, &x, &Pass::eval())?;
+        let on_host;
+        let logits = if logits.is_host() {
+            logits
+        } else {
+            on_host = logits.to_host()?;
+            &on_host
+        };
         let k = logits.shape()[1];
         losses.resize(b.n, 0.0);
         probs.resize(b.n * k, 0.0);

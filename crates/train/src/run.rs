@@ -20,6 +20,8 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Bytes this run may use (the binary's reading of the host and container); `None`: no check.
     pub memory_limit: Option<u64>,
+    /// Where the step runs: `None` the CPU engine, else this device ([`crate::step::SamStep::to_device`]).
+    pub gpu: Option<Arc<ringsam_kernels::Gpu>>,
 }
 
 /// What a finished run reports.

@@ -33,7 +33,9 @@
 //! parameters stay identical on every replica. The batch-norm statistics are summed after it.
 
 use std::ops::Range;
+use std::sync::Arc;
 
+use ringsam_kernels::Gpu;
 use ringsam_models::{Model, ModelConfig, build};
 use ringsam_nn::{Arena, Pass};
 use ringsam_optim::weight_decay::{add_l2_gradient, decay_decoupled};
@@ -46,6 +48,7 @@ use ringsam_tensor::loss::{
 
 use crate::TrainError;
 use crate::cluster::{Cluster, Scope};
+use crate::device_step::DeviceStep;
 use crate::grad_sync::{BucketPlan, ExchangeStats, GradSync};
 use ringsam_data::share::BatchShare;
 
@@ -160,6 +163,10 @@ pub struct SamStep {
     losses: Vec<f32>,           // (N,)
     probs: Vec<f32>,            // (N, K)
     dlogits: Tensor,            // (N, K)
+    // On a GPU ([`SamStep::to_device`]): the step runs there, and the host's w, statistics and
+    // optimizer buffers are a copy refreshed by [`SamStep::sync_host`] (`host_stale` until then).
+    device: Option<Box<DeviceStep>>,
+    host_stale: bool,
 }
 
 impl SamStep {
@@ -202,7 +209,57 @@ impl SamStep {
             losses: Vec::new(),
             probs: Vec::new(),
             dlogits: Tensor::empty(),
+            device: None,
+            host_stale: false,
         })
+    }
+
+    /// Moves the step to `gpu` ([`DeviceStep`]): the model's state as it is now goes there, and
+    /// every later step runs there. What the device step does not do yet is refused here, by
+    /// name, rather than run differently.
+    pub fn to_device(&mut self, model_name: &str, gpu: &Arc<Gpu>) -> Result<(), TrainError> {
+        let refuse = |what: &str| Err(TrainError::Config(format!("{what} is not on the GPU step yet: train it with --device cpu")));
+        if self.sync.is_some() {
+            return refuse("data-parallel training (several replicas)");
+        }
+        if self.share.units > 1 {
+            return refuse("--grad_accum_steps above 1");
+        }
+        if self.cfg.sam_m.is_some() {
+            return refuse("--sam_m");
+        }
+        let mut d = DeviceStep::new(model_name, &self.model.config(), self.cfg, gpu)?;
+        d.upload(&self.arena.params, &self.state, &self.opt.state(), self.step)?;
+        self.device = Some(Box::new(d));
+        Ok(())
+    }
+
+    /// The device the step runs on, if not the CPU.
+    pub fn gpu(&self) -> Option<&Arc<Gpu>> {
+        self.device.as_ref().map(|d| d.gpu())
+    }
+
+    /// Makes the host's w, statistics and optimizer buffers the device's (a no-op on the CPU):
+    /// before a checkpoint or anything else that reads them.
+    pub fn sync_host(&mut self) -> Result<(), TrainError> {
+        if let (Some(d), true) = (&self.device, self.host_stale) {
+            d.download_into(&mut self.arena.params, &mut self.state, self.opt.state_mut())?;
+            self.host_stale = false;
+        }
+        Ok(())
+    }
+
+    /// After the host's copy changed (a checkpoint or weights loaded): the device takes it.
+    fn upload_host(&mut self) -> Result<(), TrainError> {
+        if let Some(d) = &mut self.device {
+            d.upload(&self.arena.params, &self.state, &self.opt.state(), self.step)?;
+            self.host_stale = false;
+        }
+        Ok(())
+    }
+
+    fn assert_host_fresh(&self, what: &str) {
+        assert!(!self.host_stale, "SamStep::{what} read the host's copy of a GPU step's state without SamStep::sync_host");
     }
 
     /// Takes over a checkpoint's state: parameters, batch-norm statistics, optimizer buffers (by
@@ -228,7 +285,7 @@ impl SamStep {
         self.arena.params.copy_from_slice(saved.params);
         self.state.copy_from_slice(saved.state);
         self.step = saved.step;
-        Ok(())
+        self.upload_host()
     }
 
     /// Joins other peers (or none): new rings and this replica's new place in the global batch.
@@ -252,21 +309,29 @@ impl SamStep {
 
     /// Starts from weights made elsewhere, matched by name ([`crate::init_from`]).
     pub fn load_initial(&mut self, src: &crate::init_from::SourceTensors) -> Result<crate::init_from::LoadReport, TrainError> {
-        crate::init_from::load_into(src, self.model.layout(), self.model.state_layout(), &mut self.arena.params, &mut self.state)
+        self.sync_host()?;
+        let report =
+            crate::init_from::load_into(src, self.model.layout(), self.model.state_layout(), &mut self.arena.params, &mut self.state)?;
+        self.upload_host()?;
+        Ok(report)
     }
 
-    /// Parameters `w`, in the model's layout.
+    /// Parameters `w`, in the model's layout. On a GPU, after [`SamStep::sync_host`].
     pub fn params(&self) -> &[f32] {
+        self.assert_host_fresh("params");
         &self.arena.params
     }
 
-    /// Batch-norm running statistics, in the model's state layout.
+    /// Batch-norm running statistics, in the model's state layout. On a GPU, after
+    /// [`SamStep::sync_host`].
     pub fn state(&self) -> &[f32] {
+        self.assert_host_fresh("state");
         &self.state
     }
 
-    /// Named optimizer buffers, in the parameter layout.
+    /// Named optimizer buffers, in the parameter layout. On a GPU, after [`SamStep::sync_host`].
     pub fn optim_state(&self) -> Vec<(&'static str, &[f32])> {
+        self.assert_host_fresh("optim_state");
         self.opt.state()
     }
 
@@ -280,11 +345,13 @@ impl SamStep {
         self.sync.as_mut().map(|s| &mut s.cluster)
     }
 
-    /// The model with weights and statistics to evaluate: `self`'s own, or `other`'s (the EMA's).
+    /// The model with weights and statistics to evaluate: `self`'s own (on its device), or
+    /// `other`'s (the EMA's, on the host).
     pub fn eval_parts<'a>(&'a mut self, other: Option<(&'a Tensor, &'a mut Tensor)>) -> (&'a mut dyn Model, &'a Tensor, &'a mut Tensor) {
-        match other {
-            Some((p, s)) => (self.model.as_mut(), p, s),
-            None => (self.model.as_mut(), &self.arena.params, &mut self.state),
+        match (other, &mut self.device) {
+            (Some((p, s)), _) => (self.model.as_mut(), p, s),
+            (None, Some(d)) => d.eval_parts(),
+            (None, None) => (self.model.as_mut(), &self.arena.params, &mut self.state),
         }
     }
 
@@ -314,6 +381,14 @@ impl SamStep {
     pub fn step_mixed(&mut self, x: &Tensor, labels: &[u32], mix: Option<(&[u32], f32)>, lr: f32) -> Result<StepReport, TrainError> {
         if mix.is_some_and(|(p, _)| p.len() != labels.len()) {
             return Err(TrainError::Runtime(format!("{} labels with another number of mixup partners", labels.len())));
+        }
+        if let Some(d) = &mut self.device {
+            if mix.is_some() {
+                return Err(TrainError::Config("mixup is not on the GPU step yet: train it with --device cpu".into()));
+            }
+            let report = d.step(x, labels, lr)?;
+            (self.step, self.host_stale) = (self.step + 1, true);
+            return Ok(report);
         }
         let targets = Targets { labels, mix };
         let [c, n, h, w] = x.dims4("SamStep::step")?;

@@ -146,7 +146,12 @@ impl<'a> Trainer<'a> {
             MemoryEstimate::new(&cfg, params, data.image_values(), data.bytes_in_memory(), world).check(limit)?;
         }
         let plan = bucket_plan(&cfg);
-        let st = SamStep::new(&cfg.model_name, &model_cfg, StepConfig::from(&cfg), cluster.map(|c| (c, plan)), share)?;
+        let mut st = SamStep::new(&cfg.model_name, &model_cfg, StepConfig::from(&cfg), cluster.map(|c| (c, plan)), share)?;
+        if let Some(gpu) = &opts.gpu {
+            refuse_on_gpu(&cfg)?;
+            st.to_device(&cfg.model_name, gpu)?;
+            log(&format!("the step runs on {}", gpu.name()));
+        }
         stopped("while building the model")?;
         let run_dir = cfg.output_dir.join(cfg.run_subdir());
         std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Output { path: run_dir.display().to_string(), source })?;
@@ -191,6 +196,9 @@ impl<'a> Trainer<'a> {
     pub(crate) fn attach(&mut self, cluster: Option<Cluster>, generation: u64) -> Result<(), TrainError> {
         let (rank, world) = cluster.as_ref().map_or((0, 1), |c| (c.rank(), c.world()));
         let share = check_world(&self.cfg, rank, world)?;
+        if self.st.gpu().is_some() && world > 1 {
+            return Err(TrainError::Config("data-parallel training (several replicas) is not on the GPU step yet".into()));
+        }
         let plan = bucket_plan(&self.cfg);
         drop(self.st.rejoin(cluster.map(|c| (c, plan)), share));
         self.loader = self.data.train_loader(&self.cfg, share);
@@ -506,6 +514,7 @@ impl<'a> Trainer<'a> {
     /// Writes a checkpoint at the current step and position (rank 0; every replica agrees first).
     fn checkpoint(&mut self) -> Result<Option<PathBuf>, TrainError> {
         self.agree()?;
+        self.st.sync_host()?; // a GPU step's state, copied back
         let step = self.st.steps();
         self.last_save = Instant::now();
         self.last_checkpoint = Some(step);
@@ -630,6 +639,16 @@ impl EpochSums {
 }
 
 /// The settings that depend on the number of replicas; this replica's share of each batch.
+/// What the GPU step does not do yet ([`SamStep::to_device`] refuses the rest): refused by flag,
+/// rather than run differently.
+fn refuse_on_gpu(cfg: &TrainConfig) -> Result<(), TrainError> {
+    let unsupported = [("--ema_decay", cfg.ema_decay > 0.0), ("--imagenet_mixup_alpha", cfg.imagenet_mixup_alpha > 0.0)];
+    match unsupported.iter().find(|(_, on)| *on) {
+        Some((flag, _)) => Err(TrainError::Config(format!("{flag} is not on the GPU step yet: train it with --device cpu"))),
+        None => Ok(()),
+    }
+}
+
 fn check_world(cfg: &TrainConfig, rank: usize, world: usize) -> Result<BatchShare, TrainError> {
     let max = cfg.max_replicas.unwrap_or(world);
     if world > max {

@@ -1,0 +1,83 @@
+//! `ringsam train --device cuda` as the trainer runs it, on the emulated device: a run of one
+//! epoch of a tiny dataset must follow the CPU run (same data order, same draws; only the
+//! order of float sums differs), its checkpoint must hold the device's state, its evaluation
+//! must run on the device, and what the GPU step does not do yet must be refused by flag.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use ringsam_train::TrainError;
+use ringsam_train::checkpoint::{load, newest_checkpoint};
+use ringsam_train::config::TrainConfig;
+use ringsam_train::run::{RunOptions, RunSummary, train};
+
+/// 64 training and 32 test images, 8×8 grey, of 10 classes (the class a bright column): a
+/// dataset small enough for the emulated device (it runs each block's threads as the host's).
+fn tiny_arrays(dir: &std::path::Path) -> std::path::PathBuf {
+    use safetensors::{Dtype, tensor::TensorView};
+    let split = |n: usize, salt: usize| {
+        let labels: Vec<u8> = (0..n).map(|i| ((i * 7 + salt) % 10) as u8).collect();
+        let pixels: Vec<u8> =
+            (0..n * 64).map(|p| if p % 8 == labels[p / 64] as usize % 8 { 200 } else { ((p * 37 + salt) % 50) as u8 }).collect();
+        (pixels, labels)
+    };
+    let ((train_x, train_y), (test_x, test_y)) = (split(64, 0), split(32, 3));
+    let views = vec![
+        ("train_images", TensorView::new(Dtype::U8, vec![64, 8, 8, 1], &train_x).unwrap()),
+        ("train_labels", TensorView::new(Dtype::U8, vec![64], &train_y).unwrap()),
+        ("test_images", TensorView::new(Dtype::U8, vec![32, 8, 8, 1], &test_x).unwrap()),
+        ("test_labels", TensorView::new(Dtype::U8, vec![32], &test_y).unwrap()),
+    ];
+    let meta = std::collections::HashMap::from([("num_classes".to_string(), "10".to_string())]);
+    let path = dir.join("tiny.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    path
+}
+
+fn config(out: &std::path::Path, extra: &[&str]) -> TrainConfig {
+    let data = tiny_arrays(out);
+    let mut args = vec!["--dataset", "arrays", "--data_dir", data.to_str().unwrap(), "--model_name", "SmallCnn"];
+    args.extend(["--batch_size", "32", "--num_epochs", "1", "--image_level_augmentations", "none", "--sam_rho", "0.05"]);
+    args.extend(["--output_dir", out.to_str().unwrap()]);
+    args.extend(extra);
+    TrainConfig::from_args(args, None).unwrap()
+}
+fn run(cfg: &TrainConfig, gpu: Option<Arc<ringsam_kernels::Gpu>>) -> Result<(RunSummary, Vec<String>), TrainError> {
+    let opts = RunOptions { progress: false, stop: Arc::new(AtomicBool::new(false)), memory_limit: None, gpu };
+    let mut lines = Vec::new();
+    let summary = train(cfg, &opts, &mut |l| lines.push(l.to_string()))?;
+    Ok((summary, lines))
+}
+
+fn final_params(cfg: &TrainConfig, summary: &RunSummary) -> Vec<f32> {
+    let model = ringsam_models::build(&cfg.model_name, &ringsam_models::ModelConfig { num_classes: 10, in_channels: 1 }).unwrap();
+    let dir = newest_checkpoint(&summary.run_dir).expect("a final checkpoint");
+    load(&dir, model.layout(), model.state_layout()).unwrap().params
+}
+
+#[test]
+fn an_epoch_on_the_emulated_device_follows_the_cpu_run_and_checkpoints_its_state() {
+    let (cpu_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (cpu_cfg, dev_cfg) = (config(cpu_dir.path(), &[]), config(dev_dir.path(), &[]));
+    let (cpu, _) = run(&cpu_cfg, None).unwrap();
+    let (dev, lines) = run(&dev_cfg, Some(ringsam_kernels_emu::emulated_gpu())).unwrap();
+    assert!(lines.iter().any(|l| l.starts_with("the step runs on emulated")), "{lines:?}");
+    assert_eq!(dev.steps, cpu.steps);
+    let (want, got) = (final_params(&cpu_cfg, &cpu), final_params(&dev_cfg, &dev));
+    let worst = got.iter().zip(&want).map(|(&a, &b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "parameters after {} steps differ by {worst:e}", dev.steps);
+    let (l_cpu, l_dev) = (cpu.test_loss.unwrap(), dev.test_loss.unwrap());
+    assert!((l_cpu - l_dev).abs() < 1e-4 * l_cpu.max(1.0), "test loss {l_dev} on the device, {l_cpu} on the CPU");
+}
+
+#[test]
+fn what_the_gpu_step_does_not_do_yet_is_refused_by_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flags, named) in [(&["--ema_decay", "0.999"][..], "--ema_decay"), (&["--grad_accum_steps", "2"][..], "--grad_accum_steps")] {
+        let cfg = config(dir.path(), flags);
+        match run(&cfg, Some(ringsam_kernels_emu::emulated_gpu())) {
+            Err(TrainError::Config(why)) => assert!(why.contains(named) && why.contains("--device cpu"), "{why}"),
+            other => panic!("{flags:?} on the device: {:?}", other.map(|(s, _)| s.steps)),
+        }
+    }
+}
