@@ -18,6 +18,7 @@
 #include "../../kernels/cu/im2col.cu"
 #include "../../kernels/cu/dense.cu"
 #include "../../kernels/cu/depthwise.cu"
+#include "../../kernels/cu/se.cu"
 
 namespace {
 // A slot as a parameter: pointers are addresses, floats their bits in the low half, integers as
@@ -76,6 +77,8 @@ const Entry KERNELS[] = {
     KERNEL(broadcast_bias),       KERNEL(add_bias_gradient),     KERNEL(scale_planes),
     KERNEL(count_errors),         KERNEL(mix_planes),         KERNEL(depthwise_forward),     KERNEL(depthwise_backward_data),
     KERNEL(depthwise_backward_weight), KERNEL(shift_subsample_forward), KERNEL(shift_subsample_backward),
+    KERNEL(add_row_bias),         KERNEL(add_row_sums),          KERNEL(plane_dot),
+    KERNEL(se_input_backward),
 };
 }  // namespace
 

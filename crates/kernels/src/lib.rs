@@ -40,6 +40,7 @@ pub mod pool;
 pub mod profile;
 pub mod selftest;
 mod selftest_ops;
+pub mod squeeze_excite;
 
 pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, RawMemory};
 pub use gpu::Gpu;
@@ -130,5 +131,10 @@ pub const SOURCES: &[Source] = &[
         file: "depthwise.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/depthwise.cu")),
         kernels: &["depthwise_forward", "depthwise_backward_data", "depthwise_backward_weight"],
+    },
+    Source {
+        file: "se.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/se.cu")),
+        kernels: &["add_row_bias", "add_row_sums", "plane_dot", "se_input_backward"],
     },
 ];

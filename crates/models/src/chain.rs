@@ -144,3 +144,45 @@ impl ChainBuilder<'_> {
         self.chain.reports.iter().any(Option::is_some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ringsam_nn::layers::Buffers;
+
+    use super::*;
+
+    /// A layer with no device path (every layer of the zoo has one now; a new one may not).
+    #[derive(Default)]
+    struct HostOnly(Buffers);
+
+    impl Layer for HostOnly {
+        fn name(&self) -> &str {
+            "HostOnly_0"
+        }
+        fn forward(&mut self, _: &Tensor, _: &mut Tensor, _: &Tensor, _: &Pass) -> Result<(), NnError> {
+            Ok(())
+        }
+        fn backward(&mut self, _: &Tensor, _: &mut Tensor, _: &Tensor, _: &Tensor) -> Result<(), NnError> {
+            Ok(())
+        }
+        fn buffers(&self) -> &Buffers {
+            &self.0
+        }
+        fn buffers_mut(&mut self) -> &mut Buffers {
+            &mut self.0
+        }
+    }
+
+    #[test]
+    fn a_layer_without_a_device_path_is_refused_by_name_on_a_device() {
+        let mut factory = LayerFactory::default();
+        let mut chain = Chain::sequential(&mut factory).then(|_| HostOnly::default()).build();
+        let gpu = ringsam_kernels_emu::emulated_gpu();
+        let (p, mut s) = (Tensor::zeros_on(&[1], &gpu).unwrap(), Tensor::zeros_on(&[1], &gpu).unwrap());
+        let x = Tensor::zeros_on(&[1, 1, 2, 2], &gpu).unwrap();
+        let err = chain.forward(&p, &mut s, &x, &Pass::eval()).unwrap_err().to_string();
+        assert!(err.contains("layer HostOnly_0") && err.contains("not implemented on CUDA yet"), "{err}");
+        let host = Tensor::from_vec(&[1, 1, 2, 2], vec![0.0; 4]).unwrap();
+        chain.forward(&Tensor::from(vec![0.0]), &mut Tensor::from(vec![0.0]), &host, &Pass::eval()).unwrap();
+    }
+}

@@ -26,12 +26,12 @@ use ringsam_nn::layers::{
 };
 use ringsam_nn::{Layer, NnError, Pass};
 use ringsam_tensor::Tensor;
-use ringsam_tensor::elementwise::add_forward;
 
 use crate::chain::Chain;
 use crate::init::init_efficientnet;
 use crate::layer_factory::LayerFactory;
 use crate::network::Network;
+use crate::residual::{copy_into, sum_into};
 use crate::{ModelConfig, ModelError};
 
 /// One stage of the base network: kernel, repeats, input and output filters, expansion, stride.
@@ -166,6 +166,10 @@ impl Layer for MbConv {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, state: &mut Tensor, x: &Tensor, pass: &Pass) -> Result<(), NnError> {
         let h = match &mut self.expand {
             Some((conv, norm, act)) => {
@@ -183,17 +187,12 @@ impl Layer for MbConv {
         self.project.forward(params, state, self.se.output(), pass)?;
         self.bn_project.forward(params, state, self.project.output(), pass)?;
         let y = self.bn_project.output();
-        self.buffers.out.resize(y.shape());
         match &mut self.skip {
             Some(dc) => {
                 dc.forward(params, state, y, pass)?;
-                add_forward(self.buffers.out.as_mut_slice(), dc.output().as_slice(), x.as_slice())
-                    .map_err(|source| NnError::Kernel { layer: self.project.name().to_string(), source })
+                sum_into(&mut self.buffers.out, dc.output(), x, self.project.name())
             }
-            None => {
-                self.buffers.out.as_mut_slice().copy_from_slice(y.as_slice());
-                Ok(())
-            }
+            None => copy_into(&mut self.buffers.out, y, self.project.name()),
         }
     }
 
@@ -224,12 +223,10 @@ impl Layer for MbConv {
                 self.depthwise.dinput()
             }
         };
-        self.buffers.dinp.resize(x.shape());
         if self.skip.is_some() {
-            add_forward(self.buffers.dinp.as_mut_slice(), dh.as_slice(), dout.as_slice())
-                .map_err(|source| NnError::Kernel { layer: self.project.name().to_string(), source })?;
+            sum_into(&mut self.buffers.dinp, dh, dout, self.project.name())?;
         } else {
-            self.buffers.dinp.as_mut_slice().copy_from_slice(dh.as_slice());
+            copy_into(&mut self.buffers.dinp, dh, self.project.name())?;
         }
         // Only the block's input gradient is needed from here on.
         let mut inner: Vec<&mut dyn Layer> =

@@ -6,7 +6,7 @@
 use ringsam_kernels_emu::emulated_gpu;
 use ringsam_nn::layers::{
     Activation, ActivationKind, AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool, Linear,
-    MaxPool2d, PoolPadShortcut, ShakeDrop, ShiftSubsample,
+    MaxPool2d, PoolPadShortcut, ShakeDrop, ShiftSubsample, SqueezeExcite,
 };
 use ringsam_nn::{Layer, ParamLayout, Pass, Rng, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
@@ -105,6 +105,17 @@ fn batch_norm_agrees_in_training_finetuning_and_evaluation() {
         let mut bn = BatchNorm::new(&mut layout, &mut state, "bn", BatchNormConfig::cifar(5, relu));
         let r = compare(&mut bn, &layout, &state, &[5, 4, 6, 6], pass);
         assert!(r <= SUMS, "relu {relu}: {r:e}");
+    }
+}
+
+#[test]
+fn squeeze_excite_agrees_within_sum_order() {
+    // EfficientNet's: C channels squeezed to R, planes from 1×1 (B0's last stage at 32×32) up.
+    for (c, r, n, side) in [(8, 2, 3, 5), (16, 4, 2, 1), (6, 1, 4, 3)] {
+        let mut layout = ParamLayout::new();
+        let mut se = SqueezeExcite::new(&mut layout, "SqueezeExcite_0", c, r);
+        let w = compare(&mut se, &layout, &StateLayout::new(), &[c, n, side, side], train());
+        assert!(w <= SUMS, "C {c} R {r} N {n} {side}×{side}: {w:e}");
     }
 }
 

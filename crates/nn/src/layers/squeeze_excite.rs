@@ -11,9 +11,12 @@
 //! `ds = W₁·dz`, and `dx = dy·g + ds/(H·W)`; kernel and bias gradients are the usual outer
 //! products and sums over the batch.
 
+use ringsam_kernels::Buf;
+use ringsam_kernels::squeeze_excite::{self as se, SeParams, SeSaved, SeScratch, SeShape};
 use ringsam_tensor::Tensor;
 
 use super::{Buffers, Layer, expect_image, expect_same, host, host_mut};
+use crate::device::OnDevice;
 use crate::{NnError, ParamId, ParamLayout, Pass};
 
 fn sigmoid(v: f32) -> f32 {
@@ -34,7 +37,21 @@ pub struct SqueezeExcite {
     z: Vec<f32>, // (R, N)
     a: Vec<f32>, // (R, N)
     g: Vec<f32>, // (C, N) gates
+    on_gpu: OnGpu,
+    examples: usize, // N of the last forward (for the MAC count)
     buffers: Buffers,
+}
+
+/// The same maps on a device ([`se::SeSaved`]), and the backward's scratch.
+#[derive(Debug, Default)]
+struct OnGpu {
+    s: Tensor,
+    z: Tensor,
+    a: Tensor,
+    g: Tensor,
+    dg: Tensor,
+    da: Tensor,
+    ds: Tensor,
 }
 
 impl SqueezeExcite {
@@ -53,8 +70,19 @@ impl SqueezeExcite {
             z: Vec::new(),
             a: Vec::new(),
             g: Vec::new(),
+            on_gpu: OnGpu::default(),
+            examples: 0,
             buffers: Buffers::default(),
         }
+    }
+
+    fn params_of(&self, p: Buf<f32>) -> SeParams {
+        SeParams { w1: p.slice(self.w1.range()), b1: p.slice(self.b1.range()), w2: p.slice(self.w2.range()), b2: p.slice(self.b2.range()) }
+    }
+
+    fn saved(&self, dev: &OnDevice) -> Result<SeSaved, NnError> {
+        let t = &self.on_gpu;
+        Ok(SeSaved { s: dev.buf(&t.s)?, z: dev.buf(&t.z)?, a: dev.buf(&t.a)?, g: dev.buf(&t.g)? })
     }
 }
 
@@ -63,10 +91,24 @@ impl Layer for SqueezeExcite {
         &self.name
     }
 
+    fn on_device(&self) -> bool {
+        true
+    }
+
     fn forward(&mut self, params: &Tensor, _s: &mut Tensor, x: &Tensor, _pass: &Pass) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (r, hw) = (self.reduced, h * w);
+        self.examples = n;
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let t = &mut self.on_gpu;
+            for (map, len) in [(&mut t.s, c * n), (&mut t.z, r * n), (&mut t.a, r * n), (&mut t.g, c * n)] {
+                dev.place(map, &[len], x)?;
+            }
+            let (out, inp, p) = (dev.place(&mut self.buffers.out, x.shape(), x)?, dev.buf(x)?, dev.buf(params)?);
+            let (p, keep, sh) = (self.params_of(p), self.saved(&dev)?, SeShape { c, r, n, hw });
+            return dev.run(|l| se::forward(l, out, inp, &p, &keep, sh));
+        }
+        let params = host(&self.name, params)?;
         let (w1, b1, w2, b2) = (&params[self.w1.range()], &params[self.b1.range()], &params[self.w2.range()], &params[self.b2.range()]);
         self.s = x.as_slice().chunks(hw).map(|p| p.iter().sum::<f32>() / hw as f32).collect();
         self.z = vec![0.0; r * n];
@@ -100,11 +142,23 @@ impl Layer for SqueezeExcite {
     }
 
     fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        let params = host(&self.name, params)?;
-        let grads = host_mut(&self.name, grads)?;
         expect_same(&self.name, dout, &self.buffers.out)?;
         let [c, n, h, w] = expect_image(&self.name, x, self.channels)?;
         let (r, hw) = (self.reduced, h * w);
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            let t = &mut self.on_gpu;
+            let tmp = SeScratch {
+                dg: dev.place(&mut t.dg, &[c * n], x)?,
+                da: dev.place(&mut t.da, &[r * n], x)?,
+                ds: dev.place(&mut t.ds, &[c * n], x)?,
+            };
+            let dinp = dev.place(&mut self.buffers.dinp, x.shape(), x)?;
+            let (p, g) = (self.params_of(dev.buf(params)?), self.params_of(dev.buf(grads)?));
+            let (dy, inp, saved, sh) = (dev.buf(dout)?, dev.buf(x)?, self.saved(&dev)?, SeShape { c, r, n, hw });
+            return dev.run(|l| se::backward(l, dinp, &g, dy, inp, &p, &saved, &tmp, sh));
+        }
+        let params = host(&self.name, params)?;
+        let grads = host_mut(&self.name, grads)?;
         // dg and de, per (channel, example).
         let de: Vec<f32> = dout
             .as_slice()
@@ -172,7 +226,7 @@ impl Layer for SqueezeExcite {
 
     /// The two 1×1 convolutions.
     fn last_macs(&self) -> usize {
-        2 * self.channels * self.reduced * (self.s.len() / self.channels.max(1))
+        2 * self.channels * self.reduced * self.examples
     }
 
     fn buffers(&self) -> &Buffers {
