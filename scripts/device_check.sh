@@ -14,7 +14,8 @@
 # list of host, cuda, kernels, engine, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
 # (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
 # in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2; NETNS_RATES the namespace part's
-# rates (default "1gbit 1gbit 4gbit 10gbit").
+# rates (default "1gbit 1gbit 4gbit 10gbit"); EXTRA_STEP_MODELS more name:batch:side:classes for
+# the engine part's bench step (e.g. efficientnet-b0:128:224:1000).
 set -u
 bin=${1:-.device/ringsam}
 parts=${2:-host,cuda,kernels,engine,step,loader,ring,netns}
@@ -64,7 +65,7 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     # GPU's utilisation once a second meanwhile (dmon.log).
     part "engine 2: bench step --device cuda (WRN-28-10 batch 128 at 32, ResNet-50 batch 256 at 224)"
     (nvidia-smi dmon -s um -d 1 > "$out/dmon.log" 2>&1 &)
-    for spec in WideResnet28x10:128:32:10 Resnet50:256:224:1000; do
+    for spec in WideResnet28x10:128:32:10 Resnet50:256:224:1000 ${EXTRA_STEP_MODELS:-}; do
       IFS=: read -r model batch side classes <<< "$spec"
       LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
         --device cuda --iters 3 --model_name "$model" --batch_size "$batch" --image_size "$side" \

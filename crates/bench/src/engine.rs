@@ -7,10 +7,14 @@
 //! EfficientNet with batch norm frozen, SmallCnn, Resnet14: ResNet-50's blocks), one training pass (logits, every parameter gradient, the batch-norm
 //! statistics, the ready marks the ring's buckets follow); then the step ([`DeviceStep`] against
 //! [`SamStep`]: parameters, statistics, losses and norms after a few steps, error rates equal) as
-//! SAM, SGD and ASAM with RMSProp and decoupled weight decay. GEMMs and batch-norm sums run in another order on a device, so values are compared
-//! within [`ENGINE_TOLERANCE`] of max(|value|, 1), the CPU's being the reference; the GPU runs
-//! with TF32 off (cuBLAS's default math mode).
+//! SAM, SGD and ASAM with RMSProp and decoupled weight decay. GEMMs and batch-norm sums run in
+//! another order on a device, so values are compared relative to max(|value|, 1), the CPU's
+//! being the reference, within [`ENGINE_TOLERANCE`] or, where the computation amplifies rounding
+//! more than that, [`SPREAD_FACTOR`] times what the CPU's own result moves by when its weights
+//! move by one ulp ([`EngineCheck::spread`], measured in the same check). The GPU runs with TF32
+//! off (cuBLAS's default math mode).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,10 +25,14 @@ use ringsam_nn::{Pass, Rng};
 use ringsam_optim::OptimizerKind;
 use ringsam_tensor::Tensor;
 use ringsam_train::device_step::DeviceStep;
-use ringsam_train::step::{SamStep, StepConfig};
+use ringsam_train::step::{Restore, SamStep, StepConfig, StepReport};
 
-/// How far a device's result may be from the CPU's, relative to max(|value|, 1).
+/// How far a device's result may be from the CPU's, relative to max(|value|, 1), at least.
 pub const ENGINE_TOLERANCE: f64 = 1e-4;
+
+/// Where the computation itself amplifies rounding, how many times the CPU's own spread (see
+/// [`EngineCheck::spread`]) the device may differ by.
+pub const SPREAD_FACTOR: f64 = 10.0;
 
 /// What the check runs on.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +89,11 @@ pub struct EngineCheck {
     pub name: String,
     /// The largest relative difference from the CPU.
     pub worst: f64,
+    /// The same measure between two CPU runs whose weights differ by one ulp (every third
+    /// weight times 1 + 2⁻²³): how much this computation amplifies rounding. A device sums in
+    /// another order, so it can differ by as much; three SAM steps of WRN-16-2 at lr 0.1 from
+    /// its initialisation move by ~5e-3 on the CPU alone (measured), one training pass by ~1e-6.
+    pub spread: f64,
     /// Whether everything else (ready marks, error rates, placement) agreed.
     pub agreed: bool,
     /// Seconds the device took.
@@ -88,10 +101,21 @@ pub struct EngineCheck {
 }
 
 impl EngineCheck {
+    /// The difference allowed: [`ENGINE_TOLERANCE`], or [`SPREAD_FACTOR`] times the CPU's own
+    /// spread where that is larger.
+    pub fn tolerance(&self) -> f64 {
+        ENGINE_TOLERANCE.max(SPREAD_FACTOR * self.spread)
+    }
+
     /// Within tolerance and agreeing.
     pub fn passed(&self) -> bool {
-        self.agreed && self.worst <= ENGINE_TOLERANCE
+        self.agreed && self.worst <= self.tolerance()
     }
+}
+
+/// `p` with every third value moved by one ulp (relative 2⁻²³).
+fn nudged(p: &[f32]) -> Vec<f32> {
+    p.iter().enumerate().map(|(i, &v)| if i % 3 == 0 { v * (1.0 + f32::EPSILON) } else { v }).collect()
 }
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -160,16 +184,18 @@ fn training_pass(
         Ok((logits, grads.to_host()?.as_slice().to_vec(), state.to_host()?.as_slice().to_vec(), marks))
     };
     let cpu = run(Tensor::from(p.clone()), Tensor::from(s.clone()), &x, &dl)?;
+    let moved = run(Tensor::from(nudged(&p)), Tensor::from(s.clone()), &x, &dl)?;
     let on = |t: &Tensor| t.to_gpu(gpu);
     let (pd, sd, xd, dld) = (on(&Tensor::from(p))?, on(&Tensor::from(s))?, on(&x)?, on(&dl)?);
     let t = Instant::now();
     let dev = run(pd, sd, &xd, &dld)?;
     let seconds = t.elapsed().as_secs_f64();
-    let r = worst(&dev.0, &cpu.0).max(worst(&dev.1, &cpu.1)).max(worst(&dev.2, &cpu.2));
+    let differ = |a: &Outcome| worst(&a.0, &cpu.0).max(worst(&a.1, &cpu.1)).max(worst(&a.2, &cpu.2));
+    let (r, spread) = (differ(&dev), differ(&moved));
     let frozen = if frozen_bn { " (batch norm frozen)" } else { "" };
     let name =
         format!("{model} training pass{frozen}, batch {n} at {side}×{side}: logits, {} gradients, {} statistics", cpu.1.len(), cpu.2.len());
-    Ok(EngineCheck { name, worst: r, agreed: dev.3 == cpu.3, seconds })
+    Ok(EngineCheck { name, worst: r, spread, agreed: dev.3 == cpu.3, seconds })
 }
 
 /// The steps compared: SAM as the reference runs it, plain SGD, SAM finetuning (batch norm
@@ -199,30 +225,33 @@ fn step_configs() -> [(&'static str, StepConfig); 4] {
 fn sam_steps(gpu: &Arc<Gpu>, size: EngineSize, label: &str, cfg: StepConfig) -> Result<EngineCheck, Box<dyn std::error::Error>> {
     let model = ModelConfig::default();
     let mut cpu = SamStep::new(size.wide_resnet, &model, cfg, None, BatchShare::alone(1))?;
+    let mut moved = SamStep::new(size.wide_resnet, &model, cfg, None, BatchShare::alone(1))?;
+    let optim: HashMap<String, Vec<f32>> = cpu.optim_state().into_iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+    moved.restore(Restore { params: &nudged(cpu.params()), state: cpu.state(), optim: &optim, step: 0 })?;
     let mut dev = DeviceStep::new(size.wide_resnet, &model, cfg, gpu)?;
-    let (mut r, mut agreed, mut seconds) = (0.0f64, true, 0.0);
+    let (mut r, mut spread, mut agreed, mut seconds) = (0.0f64, 0.0f64, true, 0.0);
+    let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-30);
+    let differ = |b: &StepReport, a: &StepReport| {
+        [(b.loss as f64, a.loss as f64), (b.grad_norm, a.grad_norm), (b.ascent_grad_norm, a.ascent_grad_norm), (b.param_norm, a.param_norm)]
+            .into_iter()
+            .fold(0.0f64, |m, (x, y)| m.max(rel(x, y)))
+    };
     for step in 0..size.steps {
         let (n, side) = (size.batch, size.side);
         let x = Tensor::from_vec(&[3, n, side, side], values(3 * n * side * side, 10 + step))?;
         let labels: Vec<u32> = (0..n).map(|i| ((i as u64 * 7 + step) % 10) as u32).collect();
         let a = cpu.step(&x, &labels, 0.1)?;
+        let m = moved.step(&x, &labels, 0.1)?;
         let t = Instant::now();
         let b = dev.step(&x, &labels, 0.1)?;
         seconds += t.elapsed().as_secs_f64();
         agreed &= a.error_rate == b.error_rate;
-        let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-30);
-        for (x, y) in [
-            (b.loss as f64, a.loss as f64),
-            (b.grad_norm, a.grad_norm),
-            (b.ascent_grad_norm, a.ascent_grad_norm),
-            (b.param_norm, a.param_norm),
-        ] {
-            r = r.max(rel(x, y));
-        }
+        (r, spread) = (r.max(differ(&b, &a)), spread.max(differ(&m, &a)));
     }
     r = r.max(worst(&dev.params()?, cpu.params())).max(worst(&dev.state()?, cpu.state()));
+    spread = spread.max(worst(moved.params(), cpu.params())).max(worst(moved.state(), cpu.state()));
     let name = format!("{} step ×{} ({label}) vs the CPU's", size.wide_resnet, size.steps);
-    Ok(EngineCheck { name, worst: r, agreed, seconds: seconds / size.steps as f64 })
+    Ok(EngineCheck { name, worst: r, spread, agreed, seconds: seconds / size.steps as f64 })
 }
 
 /// The checks as a table, one line each.
@@ -231,7 +260,8 @@ pub fn report(checks: &[EngineCheck]) -> String {
         .iter()
         .map(|c| {
             let verdict = if c.passed() { "ok" } else { "DIFFERS" };
-            format!("{:<8} max rel {:.1e} (≤ {ENGINE_TOLERANCE:.0e})  {:>9.3} ms  {}\n", verdict, c.worst, c.seconds * 1e3, c.name)
+            let (worst, tol, spread, ms) = (c.worst, c.tolerance(), c.spread, c.seconds * 1e3);
+            format!("{verdict:<8} max rel {worst:.1e} (≤ {tol:.0e}; CPU's 1-ulp spread {spread:.1e})  {ms:>9.3} ms  {}\n", c.name)
         })
         .collect()
 }
