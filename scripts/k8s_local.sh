@@ -92,9 +92,14 @@ wait_exit() { # POD SECONDS → its exit code
     code=$(timeout "$2" docker wait "$1" 2>/dev/null) || fail "$1 did not end within $2 s"
     echo "$code"
 }
+# Whether POD's log has PATTERN. Not `grep -q`: under pipefail, grep leaving at the first match
+# can kill `docker logs` with SIGPIPE and fail the pipeline although the line is there.
+logged() { # POD PATTERN
+    docker logs "$1" 2>&1 | grep -- "$2" >/dev/null
+}
 wait_log() { # POD PATTERN SECONDS
     local t=0
-    until docker logs "$1" 2>&1 | grep -q -- "$2"; do
+    until logged "$1" "$2"; do
         sleep 0.5
         t=$((t + 1))
         [ $t -lt $(($3 * 2)) ] || fail "$1 never logged /$2/"
@@ -116,7 +121,7 @@ start 1 "${net}11" "$work/ref/volumes" "$work/ref/secrets"
 for p in "${pods[@]}"; do
     [ "$(wait_exit "$p" 600)" = 0 ] || fail "$p did not succeed"
 done
-docker logs ringsam-0 2>&1 | grep -q 'test accuracy' || fail "pod 0 printed no test accuracy"
+logged ringsam-0 'test accuracy' || fail "pod 0 printed no test accuracy"
 reference=$(final_model ref)
 say "1. the job trained to the end: ok (final model sha256 ${reference:0:16}…)"
 docker rm "${pods[@]}" >/dev/null
@@ -171,7 +176,7 @@ for p in "${pods[@]}"; do
 done
 # The pod signalled first writes (or votes) the checkpoint; the other may get its signal while
 # re-forming after the first has left, and then has nothing newer to write.
-docker logs ringsam-0 2>&1 | grep -q 'checkpoint at step' || docker logs ringsam-1 2>&1 | grep -q 'checkpoint at step' \
+logged ringsam-0 'checkpoint at step' || logged ringsam-1 'checkpoint at step' \
     || fail "no checkpoint on SIGTERM"
 docker rm "${pods[@]}" >/dev/null
 start 0 "${net}12" "$work/stop/volumes" "$work/stop/secrets"
