@@ -78,7 +78,9 @@ const Entry KERNELS[] = {
     KERNEL(count_errors),         KERNEL(mix_planes),         KERNEL(depthwise_forward),     KERNEL(depthwise_backward_data),
     KERNEL(depthwise_backward_weight), KERNEL(shift_subsample_forward), KERNEL(shift_subsample_backward),
     KERNEL(add_row_bias),         KERNEL(add_row_sums),          KERNEL(plane_dot),
-    KERNEL(se_input_backward),
+    KERNEL(se_input_backward),    KERNEL(bn_part_sums),          KERNEL(bn_part_stats),
+    KERNEL(bn_part_apply),        KERNEL(bn_part_grad_sums),     KERNEL(bn_part_grad_stats),
+    KERNEL(bn_part_grad_apply),
 };
 }  // namespace
 

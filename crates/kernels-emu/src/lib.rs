@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ringsam_kernels::launch::Elem;
-use ringsam_kernels::launch::MAX_PARTIALS;
+use ringsam_kernels::launch::SCRATCH_DOUBLES;
 use ringsam_kernels::{Arg, Buf, DeviceMemory, Gpu, HostMemory, KernelError, KernelTimes, Launch, Launcher, Memory};
 
 /// An emulated device for the engine's tensors: the kernels as C++ over host memory behind the
@@ -33,7 +33,7 @@ pub struct Emu {
 
 impl Default for Emu {
     fn default() -> Self {
-        Emu { partials: vec![0.0; MAX_PARTIALS], total: vec![0.0], launches: Vec::new(), profile: None }
+        Emu { partials: vec![0.0; SCRATCH_DOUBLES], total: vec![0.0], launches: Vec::new(), profile: None }
     }
 }
 

@@ -4,38 +4,54 @@
 // gathers per input value over (r, s) in the CPU's order, so no two threads write one value and
 // the sums are the CPU's, bit for bit. Both are copies and adds: bitwise.
 
+// Index arithmetic is 32-bit (conv.rs refuses sizes past u32): on a GPU a 64-bit division is a
+// long software routine and these kernels are mostly index arithmetic (on an H200, im2col with
+// 64-bit indices took 44 % of a WRN-28-10 step). The loop index stays u64.
+
 // col for the channel group starting at c0.
 extern "C" __global__ void im2col(float* col, const float* inp, CONV_SHAPE, u64 c0) {
-    const u64 cg = c / groups, npq = n * p * q;
+    const unsigned cg = (unsigned)(c / groups), S = (unsigned)s, P = (unsigned)p, Q = (unsigned)q;
+    const unsigned H = (unsigned)h, W = (unsigned)w, N = (unsigned)n, st = (unsigned)stride;
+    const unsigned pq = P * Q, npq = N * pq;
     GRID_STRIDE(i, r * s * cg * npq) {
-        u64 row = i / npq, j = i % npq;
-        u64 ci = row % cg, ks = row / cg % s, kr = row / (cg * s);
-        u64 ni = j / (p * q), pi = j / q % p, qi = j % q;
-        long long ih = (long long)(pi * stride + kr) - (long long)pad_h;
-        long long iw = (long long)(qi * stride + ks) - (long long)pad_w;
-        bool inside = ih >= 0 && ih < (long long)h && iw >= 0 && iw < (long long)w;
-        col[i] = inside ? inp[(((c0 + ci) * n + ni) * h + (u64)ih) * w + (u64)iw] : 0.0f;
+        const unsigned ii = (unsigned)i;
+        const unsigned row = ii / npq, j = ii - row * npq;
+        const unsigned ci = row % cg, tap = row / cg, ks = tap % S, kr = tap / S;
+        const unsigned ni = j / pq, pqj = j - ni * pq, pi = pqj / Q, qi = pqj - pi * Q;
+        const int ih = (int)(pi * st + kr) - (int)pad_h;
+        const int iw = (int)(qi * st + ks) - (int)pad_w;
+        const bool inside = ih >= 0 && ih < (int)H && iw >= 0 && iw < (int)W;
+        col[i] = inside ? inp[((((unsigned)c0 + ci) * N + ni) * H + (unsigned)ih) * W + (unsigned)iw] : 0.0f;
     }
+}
+
+// The output index a tap of stride `st` reached input offset `off` from, or P (none).
+__device__ static inline unsigned tap_source(int off, unsigned st, unsigned P) {
+    if (off < 0) return P;
+    const unsigned o = (unsigned)off, src = st == 1 ? o : o / st;
+    return src * st == o && src < P ? src : P;
 }
 
 // dinp (the group's channels) += the col values that came from each input value.
 extern "C" __global__ void col2im(float* dinp, const float* col, CONV_SHAPE, u64 c0) {
-    const u64 cg = c / groups, npq = n * p * q;
-    GRID_STRIDE(i, cg * n * h * w) {
-        u64 ci = i / (n * h * w), ni = i / (h * w) % n, ih = i / w % h, iw = i % w;
-        float acc = dinp[c0 * n * h * w + i];
-        for (u64 kr = 0; kr < r; ++kr) {
-            long long ph = (long long)(ih + pad_h) - (long long)kr;  // = pi·stride
-            if (ph < 0 || ph % (long long)stride != 0 || (u64)ph / stride >= p) continue;
-            u64 pi = (u64)ph / stride;
-            for (u64 ks = 0; ks < s; ++ks) {
-                long long qw = (long long)(iw + pad_w) - (long long)ks;
-                if (qw < 0 || qw % (long long)stride != 0 || (u64)qw / stride >= q) continue;
-                u64 qi = (u64)qw / stride;
-                u64 row = (kr * s + ks) * cg + ci;
-                acc += col[row * npq + (ni * p + pi) * q + qi];
+    const unsigned cg = (unsigned)(c / groups), R = (unsigned)r, S = (unsigned)s, P = (unsigned)p, Q = (unsigned)q;
+    const unsigned H = (unsigned)h, W = (unsigned)w, N = (unsigned)n, st = (unsigned)stride;
+    const unsigned hw = H * W, nhw = N * hw, npq = N * P * Q, base = (unsigned)c0 * nhw;
+    GRID_STRIDE(i, (u64)cg * nhw) {
+        const unsigned ii = (unsigned)i;
+        const unsigned ci = ii / nhw, rem = ii - ci * nhw, ni = rem / hw, pix = rem - ni * hw;
+        const unsigned ih = pix / W, iw = pix - ih * W;
+        float acc = dinp[base + ii];
+        for (unsigned kr = 0; kr < R; ++kr) {
+            const unsigned pi = tap_source((int)(ih + (unsigned)pad_h) - (int)kr, st, P);
+            if (pi == P) continue;
+            for (unsigned ks = 0; ks < S; ++ks) {
+                const unsigned qi = tap_source((int)(iw + (unsigned)pad_w) - (int)ks, st, Q);
+                if (qi == Q) continue;
+                const unsigned row = (kr * S + ks) * cg + ci;
+                acc += col[row * npq + (ni * P + pi) * Q + qi];
             }
         }
-        dinp[c0 * n * h * w + i] = acc;
+        dinp[base + ii] = acc;
     }
 }

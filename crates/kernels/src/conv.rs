@@ -41,6 +41,11 @@ impl ConvShape {
         if self.groups == 0 || !self.c.is_multiple_of(self.groups) || c0 + self.c / self.groups > self.c {
             return Err(KernelError::Launch { kernel: op, why: format!("group at channel {c0} of {} in {} groups", self.c, self.groups) });
         }
+        // The kernels index in 32 bits (cu/im2col.cu says why).
+        let largest = col.max(inp).max(self.n * self.k * self.p * self.q);
+        if largest > u32::MAX as usize {
+            return Err(KernelError::Launch { kernel: op, why: format!("{largest} values: past 32-bit indexing (use a smaller batch)") });
+        }
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
-use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, MAX_PARTIALS, Memory};
+use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, Memory, SCRATCH_DOUBLES};
 use crate::profile::KernelTimes;
 use crate::{SOURCES, nvrtc};
 
@@ -58,7 +58,7 @@ impl CudaLauncher {
                 functions.insert(kernel, module.load_function(kernel).map_err(driver(kernel))?);
             }
         }
-        let partials = stream.alloc_zeros::<f64>(MAX_PARTIALS).map_err(driver("allocating reduction scratch"))?;
+        let partials = stream.alloc_zeros::<f64>(SCRATCH_DOUBLES).map_err(driver("allocating reduction scratch"))?;
         let total = stream.alloc_zeros::<f64>(1).map_err(driver("allocating reduction scratch"))?;
         // cuBLAS on the same stream: ordered with the kernels without events. Its default math
         // mode is FP32 (what the self-tests compare); TF32 lets it use tensor cores.

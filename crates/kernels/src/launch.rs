@@ -13,6 +13,10 @@ pub const MAX_GRID: u32 = 65_535;
 /// The most partial sums a reduction makes (its first pass's blocks): `sum_partials` adds them in
 /// one block, each thread a few.
 pub const MAX_PARTIALS: usize = 1024;
+
+/// Doubles of a launcher's reduction scratch: the norms use [`MAX_PARTIALS`] of them, the split
+/// batch norm (`batchnorm.rs`) up to all.
+pub const SCRATCH_DOUBLES: usize = 1 << 16;
 /// Elements each reduction thread sums at least, before blocks are added.
 const REDUCE_PER_THREAD: usize = 8;
 
@@ -191,7 +195,7 @@ pub enum KernelError {
 pub trait Launcher {
     /// Launches `kernel` (a name from [`crate::SOURCES`]) with `args`, in stream order.
     fn launch(&mut self, kernel: &'static str, at: Launch, args: &[Arg]) -> Result<(), KernelError>;
-    /// Scratch for reductions: [`MAX_PARTIALS`] partial sums and one total, owned by the
+    /// Scratch for reductions: [`SCRATCH_DOUBLES`] partial sums and one total, owned by the
     /// launcher and reused by every reduction.
     fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError>;
     /// Copies `buf` to the host, after every launch before it has finished.

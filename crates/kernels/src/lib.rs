@@ -100,7 +100,18 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "batchnorm.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/batchnorm.cu")),
-        kernels: &["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "batchnorm_backward_eval"],
+        kernels: &[
+            "batchnorm_forward_train",
+            "batchnorm_forward_eval",
+            "batchnorm_backward",
+            "batchnorm_backward_eval",
+            "bn_part_sums",
+            "bn_part_stats",
+            "bn_part_apply",
+            "bn_part_grad_sums",
+            "bn_part_grad_stats",
+            "bn_part_grad_apply",
+        ],
     },
     Source {
         file: "pool.cu",

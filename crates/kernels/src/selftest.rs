@@ -224,8 +224,10 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
         checks.push(softmax_xent(l, (n / k).max(1), k, cpu)?);
     }
     checks.push(dropout(l, n, cpu)?);
-    for nhwc in [false, true] {
-        checks.push(batchnorm(l, n, nhwc, cpu)?);
+    // Each layout with the blocks per channel the size calls for (one, or split when long:
+    // split on a GPU's sizes, one under emulation's), then split in three (uneven chunks).
+    for (nhwc, parts) in [(false, None), (true, None), (false, Some(3)), (true, Some(3))] {
+        checks.push(batchnorm(l, n, nhwc, parts, cpu)?);
     }
     checks.push(pools(l, n, cpu)?);
     checks.push(global_pool_and_add(l, n, cpu)?);
@@ -484,9 +486,17 @@ fn untranspose(x: &[f32], c: usize) -> Vec<f32> {
     (0..x.len()).map(|i| x[(i % m) * c + i / m]).collect()
 }
 
-fn batchnorm<L: Launcher + Memory>(l: &mut L, n: usize, nhwc: bool, cpu: &CpuReference) -> Result<Check, KernelError> {
+fn batchnorm<L: Launcher + Memory>(
+    l: &mut L,
+    n: usize,
+    nhwc: bool,
+    parts: Option<usize>,
+    cpu: &CpuReference,
+) -> Result<Check, KernelError> {
     let c = 8;
     let m = (n / c).max(1);
+    let lay = if nhwc { BnLayout::nhwc(c, m) } else { BnLayout::cnhw(c, m) };
+    let parts = parts.unwrap_or_else(|| batchnorm::split_parts(lay));
     let x: Vec<f32> = data(60, c * m).iter().enumerate().map(|(i, v)| 3.0 * v + (i / m) as f32).collect();
     let (scale, bias, dy) = (data(61, c), data(62, c), data(63, c * m));
     // The CPU, in (C, N, H, W).
@@ -495,7 +505,6 @@ fn batchnorm<L: Launcher + Memory>(l: &mut L, n: usize, nhwc: bool, cpu: &CpuRef
     let (mut dx, mut dscale, mut dbias) = (vec![0.0; c * m], vec![0.5; c], vec![0.25; c]);
     (cpu.batchnorm_backward)(&mut dx, &mut dscale, &mut dbias, &dy, &y, &x, &mean, &rstd, &scale, true, c, m);
     // The device, in the layout asked for: the CPU's tensors transposed there and back.
-    let lay = if nhwc { BnLayout::nhwc(c, m) } else { BnLayout::cnhw(c, m) };
     let to = |t: &[f32]| if nhwc { transpose(t, c) } else { t.to_vec() };
     let from = |t: Vec<f32>| if nhwc { untranspose(&t, c) } else { t };
     let (dxin, ddy, dsc, dbi) = (l.upload(&to(&x))?, l.upload(&to(&dy))?, l.upload(&scale)?, l.upload(&bias)?);
@@ -503,20 +512,9 @@ fn batchnorm<L: Launcher + Memory>(l: &mut L, n: usize, nhwc: bool, cpu: &CpuRef
     let (ddx, ddscale, ddbias) = (l.zeros::<f32>(c * m)?, l.upload(&[0.5f32; 8][..c])?, l.upload(&[0.25f32; 8][..c])?);
     let stats = BnStats { mean: l.buf(&dmean), var: l.buf(&dvar), rstd: l.buf(&drstd) };
     let p = BnParams { scale: l.buf(&dsc), bias: l.buf(&dbi) };
-    batchnorm::forward_train(l, lay, l.buf(&dout), stats, l.buf(&dxin), p, 1e-5, true)?;
-    batchnorm::backward(
-        l,
-        lay,
-        l.buf(&ddx),
-        l.buf(&ddscale),
-        l.buf(&ddbias),
-        l.buf(&ddy),
-        l.buf(&dout),
-        l.buf(&dxin),
-        stats,
-        l.buf(&dsc),
-        true,
-    )?;
+    batchnorm::forward_train_in(l, parts, lay, l.buf(&dout), stats, l.buf(&dxin), p, 1e-5, true)?;
+    let grads = [l.buf(&ddx), l.buf(&ddscale), l.buf(&ddbias)];
+    batchnorm::backward_in(l, parts, lay, grads, [l.buf(&ddy), l.buf(&dout), l.buf(&dxin)], stats, l.buf(&dsc), true)?;
     let tol = BATCHNORM_TOLERANCE;
     let mut differ = 0;
     let mut worst = 0.0f64;
@@ -533,7 +531,12 @@ fn batchnorm<L: Launcher + Memory>(l: &mut L, n: usize, nhwc: bool, cpu: &CpuRef
         differ += d;
         worst = worst.max(r);
     }
-    let name = if nhwc { "batch norm + ReLU, NHWC" } else { "batch norm + ReLU, (C, N, H, W)" };
+    let name = match (nhwc, parts) {
+        (false, 1) => "batch norm + ReLU, (C, N, H, W)",
+        (true, 1) => "batch norm + ReLU, NHWC",
+        (false, _) => "batch norm + ReLU split, (C, N, H, W)",
+        (true, _) => "batch norm + ReLU split, NHWC",
+    };
     Ok(Check { name, differ, elements: 2 * c * m, tolerance: tol, max_rel: worst, seconds: 0.0, bytes: 0 })
 }
 
