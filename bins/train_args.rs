@@ -38,22 +38,9 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The device `--device` names, opened (its kernels compiled): `None` for the CPU. A missing
-    /// library or GPU is one clear error.
-    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] // the CPU is the only device then
+    /// The device `--device` names, opened: see [`open_device`].
     pub fn open_device(&self, log: &dyn Fn(&str)) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
-        let device: ringsam_tensor::Device = self.device.parse().map_err(|e| usage(format!("--device: {e}")))?;
-        let precision = precision_for(&self.device, self.precision.as_deref())?;
-        device.probe()?;
-        match device {
-            ringsam_tensor::Device::Cpu => Ok(None),
-            #[cfg(feature = "cuda")]
-            ringsam_tensor::Device::Cuda(ordinal) => {
-                log(&format!("compiling the kernels for cuda:{ordinal}"));
-                let gpu = ringsam_kernels::Gpu::cuda(ordinal, precision).with_context(|| format!("opening cuda:{ordinal}"))?;
-                Ok(Some(gpu))
-            }
-        }
+        open_device(&self.device, self.precision.as_deref(), log)
     }
 
     /// Refuses `--device` other than the CPU where `what` does not take it yet.
@@ -62,6 +49,24 @@ impl TrainArgs {
             return Err(usage(format!("--device {}: {what} runs on the CPU only so far", self.device)));
         }
         Ok(())
+    }
+}
+
+/// `--device` (with `--precision`) opened, its kernels compiled: `None` for the CPU. A missing
+/// library or GPU is one clear error.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))] // the CPU is the only device then
+pub fn open_device(device: &str, precision: Option<&str>, log: &dyn Fn(&str)) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
+    let parsed: ringsam_tensor::Device = device.parse().map_err(|e| usage(format!("--device: {e}")))?;
+    let precision = precision_for(device, precision)?;
+    parsed.probe()?;
+    match parsed {
+        ringsam_tensor::Device::Cpu => Ok(None),
+        #[cfg(feature = "cuda")]
+        ringsam_tensor::Device::Cuda(ordinal) => {
+            log(&format!("compiling the kernels for cuda:{ordinal}"));
+            let gpu = ringsam_kernels::Gpu::cuda(ordinal, precision).with_context(|| format!("opening cuda:{ordinal}"))?;
+            Ok(Some(gpu))
+        }
     }
 }
 

@@ -277,6 +277,12 @@ pub(crate) struct EvalArgs {
     /// Evaluation batch size.
     #[arg(long, default_value_t = 128)]
     pub(crate) batch_size: usize,
+    /// Where the model runs: cpu, cuda or cuda:N (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub(crate) device: String,
+    /// A GPU's GEMMs: fp32, or tf32 (the default on a GPU).
+    #[arg(long, value_name = "PRECISION")]
+    pub(crate) precision: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
@@ -331,7 +337,8 @@ pub(crate) fn cmd_train(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 pub(crate) fn cmd_eval(args: &EvalArgs) -> Result<()> {
-    let (cfg, r) = ringsam_train::eval::evaluate_checkpoint(&args.checkpoint, args.data_dir.clone(), args.batch_size)
+    let gpu = crate::train_args::open_device(&args.device, args.precision.as_deref(), &|line| eprintln!("ringsam: {line}"))?;
+    let (cfg, r) = ringsam_train::eval::evaluate_checkpoint(&args.checkpoint, args.data_dir.clone(), args.batch_size, gpu.as_ref())
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     if args.json {
         println!(

@@ -16,9 +16,14 @@ use crate::config::TrainConfig;
 use crate::step::count_errors;
 
 /// Evaluates the checkpoint in `dir` on its run's test split (on `data_dir` when given, else the
-/// run's), with the EMA weights when the checkpoint has them, as training evaluated it. Returns
-/// the run's configuration with the report.
-pub fn evaluate_checkpoint(dir: &Path, data_dir: Option<PathBuf>, batch: usize) -> Result<(TrainConfig, EvalReport), TrainError> {
+/// run's), with the EMA weights when the checkpoint has them, as training evaluated it; on `gpu`
+/// when given. Returns the run's configuration with the report.
+pub fn evaluate_checkpoint(
+    dir: &Path,
+    data_dir: Option<PathBuf>,
+    batch: usize,
+    gpu: Option<&Arc<ringsam_kernels::Gpu>>,
+) -> Result<(TrainConfig, EvalReport), TrainError> {
     let mut cfg = crate::checkpoint::read_training_state(dir)?.config;
     if data_dir.is_some() {
         cfg.data_dir = data_dir;
@@ -34,7 +39,10 @@ pub fn evaluate_checkpoint(dir: &Path, data_dir: Option<PathBuf>, batch: usize) 
         ringsam_models::build(&cfg.model_name, &ringsam_models::ModelConfig { num_classes: test.num_classes, in_channels: test.channels })?;
     let ckpt = crate::checkpoint::load(dir, model.layout(), model.state_layout())?;
     let (params, state) = ckpt.ema.unwrap_or((ckpt.params, ckpt.state));
-    let (params, mut state) = (Tensor::from(params), Tensor::from(state));
+    let (mut params, mut state) = (Tensor::from(params), Tensor::from(state));
+    if let Some(gpu) = gpu {
+        (params, state) = (params.to_gpu(gpu)?, state.to_gpu(gpu)?); // the batches follow them
+    }
     let norm = crate::data_source::normalization(&cfg, &test.name, test.channels);
     let resize = crate::data_source::memory_resize(&cfg, test.height, test.width);
     let report = evaluate(model.as_mut(), &params, &mut state, &test, batch, &norm, resize)?;

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use ringsam_train::TrainError;
 use ringsam_train::checkpoint::{load, newest_checkpoint};
 use ringsam_train::config::TrainConfig;
+use ringsam_train::eval::evaluate_checkpoint;
 use ringsam_train::run::{RunOptions, RunSummary, train};
 
 /// 64 training and 32 test images, 8×8 grey, of 10 classes (the class a bright column): a
@@ -68,6 +69,13 @@ fn an_epoch_on_the_emulated_device_follows_the_cpu_run_and_checkpoints_its_state
     assert!(worst < 1e-4, "parameters after {} steps differ by {worst:e}", dev.steps);
     let (l_cpu, l_dev) = (cpu.test_loss.unwrap(), dev.test_loss.unwrap());
     assert!((l_cpu - l_dev).abs() < 1e-4 * l_cpu.max(1.0), "test loss {l_dev} on the device, {l_cpu} on the CPU");
+    // `ringsam eval --device`: the CPU run's checkpoint evaluated on the device as on the CPU.
+    let dir = newest_checkpoint(&cpu.run_dir).unwrap();
+    let (_, on_cpu) = evaluate_checkpoint(&dir, None, 16, None).unwrap();
+    let (_, on_dev) = evaluate_checkpoint(&dir, None, 16, Some(&ringsam_kernels_emu::emulated_gpu())).unwrap();
+    assert_eq!((on_dev.examples, on_dev.error_rate), (on_cpu.examples, on_cpu.error_rate));
+    assert!((on_dev.loss - on_cpu.loss).abs() < 1e-5 * on_cpu.loss.max(1.0), "{on_dev:?} vs {on_cpu:?}");
+    assert!((on_cpu.loss - l_cpu).abs() < 1e-5 * l_cpu.max(1.0), "the evaluation training ran: {l_cpu}, now {}", on_cpu.loss);
 }
 
 #[test]
