@@ -11,14 +11,14 @@
 #   cargo build --release --features cuda,turbojpeg && strip -o .device/ringsam target/release/ringsam
 #   device run: scripts/device_check.sh .device/ringsam      (carry .device)
 # The log goes to $OUT/device.log (or /tmp/device-out). A second argument picks parts (a comma
-# list of host, cuda, kernels, engine, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
+# list of host, cuda, kernels, engine, resume, step, loader, ring, netns; default all); RING_THREADS and QUIC_STRIPES
 # (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
 # in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2; NETNS_RATES the namespace part's
 # rates (default "1gbit 1gbit 4gbit 10gbit"); EXTRA_STEP_MODELS more name:batch:side:classes for
 # the engine part's bench step (e.g. efficientnet-b0:128:224:1000).
 set -u
 bin=${1:-.device/ringsam}
-parts=${2:-host,cuda,kernels,engine,step,loader,ring,netns}
+parts=${2:-host,cuda,kernels,engine,resume,step,loader,ring,netns}
 want() { [[ ",$parts," == *",$1,"* ]]; }
 out=${OUT:-/tmp/device-out}
 mkdir -p target/release "$out"
@@ -85,6 +85,21 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     pkill -f "nvidia-smi dmon" || true
     awk '$1 == 0 && $2 > 0 { s += $2; n++ } END { if (n) printf "GPU busy (sm %%) over %d busy seconds: mean %.0f\n", n, s / n }' \
       "$out/dmon_train.log"
+  fi
+
+  if want resume; then
+    # The trainer's state through a GPU and back: 40 steps, a resume to 64 (the checkpoint goes
+    # up to the device), then that checkpoint evaluated on the GPU and on the CPU.
+    part "resume: train --device cuda to 40 steps, resume to 64, eval on cuda and cpu"
+    run=(--dataset synthetic --model_name WideResnet16x4 --batch_size 128 --num_epochs 100 --sam_rho 0.05 \
+      --log_every_steps 16 --output_dir /tmp/gpu-resume)
+    LD_LIBRARY_PATH="$lib_path" timeout 60 target/release/ringsam train --device cuda "${run[@]}" --max_steps 40 2>&1 | tail -2
+    LD_LIBRARY_PATH="$lib_path" timeout 60 target/release/ringsam train --device cuda "${run[@]}" --max_steps 64 2>&1 \
+      | grep -E "resum|epoch 3:|final" | tail -4
+    ckpt=$(ls -d /tmp/gpu-resume/*/*/*/*/checkpoints/checkpoint_64)
+    for device in cuda cpu; do
+      LD_LIBRARY_PATH="$lib_path" timeout 120 target/release/ringsam eval --checkpoint "$ckpt" --device "$device" 2>&1 | tail -1
+    done
   fi
 
   if want step; then
