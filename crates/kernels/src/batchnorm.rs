@@ -84,8 +84,14 @@ pub struct BnParams {
 pub fn split_parts(lay: BnLayout) -> usize {
     let c = lay.c.max(1);
     let want = (1024 / c).max(1).min(lay.m / 4096);
-    let fits = SCRATCH_DOUBLES.saturating_sub(4 * c) / (2 * c);
+    let fits = SCRATCH_DOUBLES.saturating_sub(scratch_need(c, 0, 2)) / (2 * c); // the backward's, the larger
     want.min(fits).max(1)
+}
+
+/// Doubles of scratch the split kernels use: `sums_per_block` per block (1 forward, 2 backward),
+/// then three per channel (the mean and two coefficients forward, three coefficients backward).
+fn scratch_need(c: usize, parts: usize, sums_per_block: usize) -> usize {
+    sums_per_block * c * parts + 3 * c
 }
 
 /// Training forward: `out = [relu]((x − mean)·rstd·γ + β)`, batch statistics into `stats`.
@@ -145,18 +151,17 @@ pub fn forward_train_in(
     l.launch("bn_part_apply", Launch::elementwise(lay.c * lay.m), &args)
 }
 
-/// The launcher's scratch for the split kernels (`per_value` partial sums per block, then the
-/// per-channel doubles), and the number of blocks; refuses what 32-bit channel arithmetic or
-/// the scratch cannot hold.
+/// The launcher's scratch for the split kernels ([`scratch_need`]), and the number of blocks;
+/// refuses what 32-bit channel arithmetic or the scratch cannot hold.
 fn split_scratch(
     l: &mut impl Launcher,
     op: &'static str,
     lay: BnLayout,
     parts: usize,
-    per_value: usize,
+    sums_per_block: usize,
 ) -> Result<(Buf<f64>, u32), KernelError> {
     let (scratch, _) = l.reduction_scratch()?;
-    let need = per_value * lay.c * parts + 3 * lay.c + lay.c;
+    let need = scratch_need(lay.c, parts, sums_per_block);
     let why = if lay.c * lay.m > u32::MAX as usize {
         Some(format!("{} values: past 32-bit indexing", lay.c * lay.m))
     } else if need > scratch.len() {
