@@ -236,6 +236,11 @@ pub(crate) struct BenchAllreduceArgs {
     /// --rank); docs/BENCHMARKS.md has what each count measured.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]
     pub(crate) ring_threads: u64,
+    /// Add CPU columns to the table: CPU time (user + sys) per operation summed over every
+    /// rank this command started (one rank's own with --rank), and that per byte of the buffer.
+    /// JSON rows always carry it (cpu_s, cpu_ranks).
+    #[arg(long)]
+    pub(crate) cpu: bool,
     /// Print one JSON object per size.
     #[arg(long)]
     pub(crate) json: bool,
@@ -412,6 +417,7 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
         quic_cc: args.quic_cc.clone(),
         quic_stats: args.quic_stats,
         ring_threads: args.ring_threads,
+        show_cpu: args.cpu,
     };
     // Every local rank holds its buffer and a reference copy of the largest size (launcher mode:
     // all of them on this machine); refuse what cannot fit rather than abort mid-run.
@@ -454,7 +460,9 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
             use std::io::Write as _;
             let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
         }
-        return if rank == 0 { report_allreduce(args, &bench, &rows) } else { Ok(()) };
+        // Rank 0 reports; with --json every rank prints its rows, for its CPU time (the local
+        // launcher adds them up).
+        return if rank == 0 || args.json { report_allreduce(args, &bench, &rows) } else { Ok(()) };
     }
     // Launcher mode: every transport in turn, all ranks on this machine.
     let exe = std::env::current_exe().context("locating the ringsam binary")?;

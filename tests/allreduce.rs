@@ -28,13 +28,20 @@ fn tcp_bench_with_local_processes_reports_correct_rows() {
         assert_eq!(r["nproc"], 3);
         assert_eq!(r["ok"], true, "{r}");
         assert!(r["busbw_gbs"].as_f64().unwrap() > 0.0);
+        // Every rank's CPU time, added up by the launcher.
+        assert_eq!(r["cpu_ranks"], 3, "{r}");
+        assert!(r["cpu_s"].as_f64().unwrap() >= 0.0, "{r}");
     }
+    assert!(rows[6]["cpu_s"].as_f64().unwrap() > 0.0, "no CPU time measured for 400 KB: {}", rows[6]);
 }
 
 #[test]
 fn inproc_bench_table() {
     let out = stdout_ok(&ringsam(&["bench", "allreduce", "--nproc", "2", "--transport", "inproc", "--sizes", "1K..4K", "--iters", "1"]));
     assert!(out.contains("busbw") && out.lines().filter(|l| l.trim_end().ends_with("yes")).count() == 3, "{out}");
+    let out =
+        stdout_ok(&ringsam(&["bench", "allreduce", "--nproc", "2", "--transport", "inproc", "--sizes", "64K", "--iters", "1", "--cpu"]));
+    assert!(out.contains("ns/B") && out.lines().any(|l| l.contains(" yes ") && l.trim_end().ends_with(" 2")), "{out}");
 }
 
 #[test]

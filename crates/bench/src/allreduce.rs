@@ -5,6 +5,11 @@
 //! traffic each rank's link actually carries in a ring, comparable across world sizes. Every
 //! result is checked: rank `r` contributes `(r + 1)·(i mod 13)` at index `i`, so the exact sum is
 //! `n(n + 1)/2 · (i mod 13)` — small integers, exact in f32 in any order.
+//!
+//! CPU: each rank also measures its process's CPU time (user + sys, every thread) over the timed
+//! operations alone. On a host where ranks share cores, wall time mostly says how the cores were
+//! shared; CPU time per byte says what a transport costs, and is what QUIC is compared with TCP
+//! and Gloo on (docs/BENCHMARKS.md, "CPU per byte").
 
 use std::time::Instant;
 
@@ -74,6 +79,31 @@ pub struct BenchRow {
     pub busbw_gbs: f64,
     /// Every value of every timed result was exact.
     pub ok: bool,
+    /// CPU seconds (user + sys, all threads) per timed operation, summed over `cpu_ranks` ranks.
+    #[serde(default)]
+    pub cpu_s: f64,
+    /// How many ranks' CPU `cpu_s` covers: 1 for a rank alone, all of them where the launcher
+    /// gathered every rank's figure.
+    #[serde(default)]
+    pub cpu_ranks: usize,
+}
+
+impl BenchRow {
+    /// CPU nanoseconds per byte of the buffer, over the ranks measured: the transport's cost.
+    pub fn cpu_ns_per_byte(&self) -> f64 {
+        if self.bytes == 0 { 0.0 } else { self.cpu_s * 1e9 / self.bytes as f64 }
+    }
+}
+
+/// This process's CPU time so far (user + sys of all its threads), in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write to; the clock id is a constant Linux and macOS have.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return 0.0;
+    }
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
 /// `"64K"` → 65536; K, M, G are powers of 1024; a plain number is bytes.
@@ -143,7 +173,7 @@ pub fn run(
         let mut parts: Vec<Vec<f32>> = pattern.chunks(per).map(<[f32]>::to_vec).collect();
         parts = ar.allreduce_parts(parts, ReduceOp::Sum)?; // warm-up
         let mut ok = matches(&parts);
-        let mut elapsed = 0.0f64;
+        let (mut elapsed, mut cpu) = (0.0f64, 0.0f64);
         for _ in 0..iters {
             for (p, src) in parts.iter_mut().zip(pattern.chunks(per)) {
                 p.copy_from_slice(src);
@@ -151,8 +181,9 @@ pub fn run(
             // A one-value all-reduce lines the ranks up, so no rank's clock starts while another
             // is still refilling its buffer.
             ar.allreduce(vec![0.0], ReduceOp::Sum)?;
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), process_cpu_seconds());
             parts = ar.allreduce_parts(parts, ReduceOp::Sum)?;
+            cpu += process_cpu_seconds() - c;
             elapsed += t.elapsed().as_secs_f64();
             ok &= matches(&parts);
         }
@@ -167,6 +198,8 @@ pub fn run(
             algbw_gbs: algbw,
             busbw_gbs: algbw * 2.0 * (world as f64 - 1.0) / world as f64,
             ok,
+            cpu_s: cpu / iters.max(1) as f64,
+            cpu_ranks: 1,
         });
     }
     Ok(rows)

@@ -37,6 +37,8 @@ pub struct AllreduceBench {
     pub quic_stats: bool,
     /// Ring threads per rank (0: the host's cores per local rank, 1 to 4).
     pub ring_threads: u64,
+    /// The table shows CPU time per operation and per byte.
+    pub show_cpu: bool,
 }
 
 impl AllreduceBench {
@@ -146,10 +148,25 @@ pub fn run_local(b: &AllreduceBench, transport: &str, nproc: usize, exe: &Path, 
     if !failed.is_empty() {
         return Err(format!("{transport}: rank(s) {failed:?} failed (see their messages above)"));
     }
-    String::from_utf8_lossy(&exits[0].stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).map_err(|e| format!("rank 0 printed {line:?}: {e}")))
-        .collect()
+    // Rank 0's rows, with every rank's CPU time added up.
+    let mut per_rank = Vec::with_capacity(nproc);
+    for (r, exit) in exits.iter().enumerate() {
+        let rows: Vec<BenchRow> = String::from_utf8_lossy(&exit.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).map_err(|e| format!("rank {r} printed {line:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        per_rank.push(rows);
+    }
+    let mut rows = per_rank.first().cloned().unwrap_or_default();
+    for (i, row) in rows.iter_mut().enumerate() {
+        let cpus: Vec<f64> = per_rank.iter().filter_map(|rank_rows| rank_rows.get(i).map(|r| r.cpu_s)).collect();
+        if cpus.len() != nproc {
+            return Err(format!("{transport}: only {} of {nproc} ranks reported size {}", cpus.len(), row.bytes));
+        }
+        row.cpu_s = cpus.iter().sum();
+        row.cpu_ranks = nproc;
+    }
+    Ok(rows)
 }
 
 fn run_inproc(b: &AllreduceBench, nproc: usize) -> Result<Vec<BenchRow>, String> {
@@ -167,7 +184,10 @@ fn run_inproc(b: &AllreduceBench, nproc: usize) -> Result<Vec<BenchRow>, String>
         let rows = h.join().map_err(|_| "a rank thread panicked".to_string())?.map_err(|e| format!("all-reduce: {e}"))?;
         first.get_or_insert(rows);
     }
-    Ok(first.unwrap_or_default())
+    // The ranks are threads of this process: each one's process CPU time already covers them all.
+    let mut rows = first.unwrap_or_default();
+    rows.iter_mut().for_each(|r| r.cpu_ranks = nproc);
+    Ok(rows)
 }
 
 /// The nccl-tests style table of `rows`, with busbw against a single-thread memcpy of the largest
@@ -179,13 +199,20 @@ pub fn table(b: &AllreduceBench, rows: &[BenchRow]) -> String {
         "# ringsam all-reduce: chunk {} values, {} iterations per size; single-thread memcpy of {largest} bytes: {memcpy:.2} GB/s\n",
         b.chunk, b.iters
     );
+    if b.show_cpu {
+        out += "# cpu(ms): CPU time (user + sys) per operation, summed over the ranks counted; ns/B: that per byte of the buffer\n";
+    }
     out += &format!(
-        "{:>8} {:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>8} {:>6}\n",
+        "{:>8} {:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>8} {:>6}",
         "transport", "nproc", "size(B)", "count", "time(us)", "algbw", "busbw", "/memcpy", "ok"
     );
+    if b.show_cpu {
+        out += &format!(" {:>10} {:>8} {:>6}", "cpu(ms)", "ns/B", "ranks");
+    }
+    out += "\n";
     for r in rows {
         out += &format!(
-            "{:>8} {:>6} {:>12} {:>12} {:>12.1} {:>10.3} {:>10.3} {:>8.3} {:>6}\n",
+            "{:>8} {:>6} {:>12} {:>12} {:>12.1} {:>10.3} {:>10.3} {:>8.3} {:>6}",
             r.transport,
             r.nproc,
             r.bytes,
@@ -196,6 +223,10 @@ pub fn table(b: &AllreduceBench, rows: &[BenchRow]) -> String {
             r.busbw_gbs / memcpy,
             if r.ok { "yes" } else { "WRONG" }
         );
+        if b.show_cpu {
+            out += &format!(" {:>10.2} {:>8.3} {:>6}", r.cpu_s * 1e3, r.cpu_ns_per_byte(), r.cpu_ranks);
+        }
+        out += "\n";
     }
     out
 }

@@ -92,15 +92,15 @@ impl LocalRanks {
     }
 
     /// Step 2: starts `exe` once per rank; `args(rank, &mut command)` adds that rank's arguments.
-    /// With `capture_rank0`, rank 0's stdout is collected (returned by [`LocalRanks::wait`]),
-    /// otherwise it is inherited; the other ranks' stdout is discarded. The secret goes in
+    /// With `capture`, every rank's stdout is collected (returned by [`LocalRanks::wait`]);
+    /// otherwise rank 0's is inherited and the others' discarded. The secret goes in
     /// `RINGSAM_CLUSTER_SECRET`.
-    pub fn spawn(&mut self, exe: &Path, capture_rank0: bool, mut args: impl FnMut(usize, &mut Command)) -> std::io::Result<()> {
+    pub fn spawn(&mut self, exe: &Path, capture: bool, mut args: impl FnMut(usize, &mut Command)) -> std::io::Result<()> {
         self.exe = exe.to_path_buf();
         for r in 0..self.addrs.len() {
             let mut cmd = self.command(r);
-            cmd.stdout(match (r, capture_rank0) {
-                (0, true) => Stdio::piped(),
+            cmd.stdout(match (r, capture) {
+                (_, true) => Stdio::piped(),
                 (0, false) => Stdio::inherit(),
                 _ => Stdio::null(),
             });
