@@ -216,6 +216,12 @@ pub(crate) struct BenchAllreduceArgs {
     /// Ask QUIC peers to acknowledge every N packets (default: QUIC's every second packet).
     #[arg(long)]
     pub(crate) quic_ack_every: Option<u32>,
+    /// The library that runs QUIC's TLS cipher: aws-lc-rs or ring (docs/BENCHMARKS.md, "Cipher").
+    #[arg(long, default_value = "aws-lc-rs", value_parser = ringsam_collective::quic::CryptoLib::parse)]
+    pub(crate) quic_crypto: ringsam_collective::quic::CryptoLib,
+    /// The TLS 1.3 cipher suite QUIC offers first: aes-128-gcm, aes-256-gcm or chacha20-poly1305.
+    #[arg(long, default_value = "aes-128-gcm", value_parser = ringsam_collective::quic::Cipher::parse)]
+    pub(crate) quic_cipher: ringsam_collective::quic::Cipher,
     /// Print each rank's QUIC path statistics (RTT, congestion window, losses) at the end.
     #[arg(long)]
     pub(crate) quic_stats: bool,
@@ -413,6 +419,8 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
             congestion: Congestion::parse(&args.quic_cc).map_err(|e| usage(format!("--quic_cc: {e}")))?,
             ack_every: args.quic_ack_every,
             stripes: args.quic_stripes as usize,
+            crypto: args.quic_crypto,
+            cipher: args.quic_cipher,
         },
         quic_cc: args.quic_cc.clone(),
         quic_stats: args.quic_stats,
