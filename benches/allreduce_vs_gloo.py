@@ -14,7 +14,8 @@ missing; `--gloo torch` runs torch.distributed's Gloo backend instead
 (benches/gloo_allreduce_baseline.py, Debian's python3-torch).
 
 More ringsam variants in the same rounds: `--variant LABEL:TRANSPORT:FLAGS`, e.g.
-`--variant "quic-4s:quic:--quic_stripes 4"` (repeatable).
+`--variant "quic-4s:quic:--quic_stripes 4"` (repeatable); `--base-ringsam PATH` adds TCP and QUIC
+rows of another build (the one before a change), so a change is judged within one run.
 """
 import argparse
 import json
@@ -57,9 +58,9 @@ def gloo_rows(a, exe):
     return {r["transport"]: r for r in map(json.loads, out.strip().splitlines())}
 
 
-def ringsam_row(a, transport, flags):
+def ringsam_row(a, transport, flags, exe=None):
     out = subprocess.run(
-        [a.ringsam, "bench", "allreduce", "--nproc", str(a.nproc), "--transport", transport, "--sizes", a.size, "--iters",
+        [exe or a.ringsam, "bench", "allreduce", "--nproc", str(a.nproc), "--transport", transport, "--sizes", a.size, "--iters",
          str(a.iters), "--json"] + flags, check=True, capture_output=True, text=True).stdout
     row = json.loads(out.strip().splitlines()[-1])
     assert row["transport"] == transport and row["ok"] and row["cpu_ranks"] == a.nproc, out
@@ -85,13 +86,16 @@ def main():
     ap.add_argument("--ringsam", default=os.path.join(ROOT, "target", "release", "ringsam"))
     ap.add_argument("--ring-threads", default="1", help="ringsam's --ring_threads for the tcp and quic rows")
     ap.add_argument("--variant", action="append", default=[], help="LABEL:TRANSPORT:FLAGS, another ringsam row")
+    ap.add_argument("--base-ringsam", help="another ringsam build: its tcp and quic rows too (tcp@base, quic@base)")
     a = ap.parse_args()
     exe = build_gloo_cpp() if a.gloo == "cpp" else None
     base = ["--ring_threads", a.ring_threads]
-    variants = [("tcp", "tcp", base), ("quic", "quic", base)]
+    variants = [("tcp", "tcp", base, None), ("quic", "quic", base, None)]
+    if a.base_ringsam:
+        variants += [("tcp@base", "tcp", base, a.base_ringsam), ("quic@base", "quic", base, a.base_ringsam)]
     for v in a.variant:
         label, transport, flags = v.split(":", 2)
-        variants.append((label, transport, base + shlex.split(flags)))
+        variants.append((label, transport, base + shlex.split(flags), None))
     rows = {}
     for r in range(a.rounds):
         # Alternate which side goes first, so neither always runs on a machine just warmed up.
@@ -104,8 +108,8 @@ def main():
                     assert row["ok"], f"{label}: wrong results"
                     rows.setdefault(label, []).append(row)
             else:
-                _, transport, flags = next(v for v in variants if v[0] == name)
-                rows.setdefault(name, []).append(ringsam_row(a, transport, flags))
+                _, transport, flags, build = next(v for v in variants if v[0] == name)
+                rows.setdefault(name, []).append(ringsam_row(a, transport, flags, build))
         print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]['busbw_gbs']:.3f}" for k, v in rows.items()), flush=True)
     busbw = {k: statistics.median(x["busbw_gbs"] for x in v) for k, v in rows.items()}
     cpu = {k: statistics.median(ns_per_byte(x) for x in v) for k, v in rows.items()}

@@ -140,7 +140,7 @@ impl RingHandle {
 pub(crate) fn spawn<R, W>(ring: Ring, links: Option<(Vec<R>, Vec<W>)>) -> RingHandle
 where
     R: FrameSource,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: FrameSink,
 {
     let (requests, reqs_rx) = mpsc::unbounded_channel();
     tokio::spawn(drive(ring, links, reqs_rx));
@@ -248,9 +248,10 @@ enum Inbound {
 async fn drive<R, W>(mut ring: Ring, links: Option<(Vec<R>, Vec<W>)>, mut reqs: mpsc::UnboundedReceiver<Request>)
 where
     R: FrameSource,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: FrameSink,
 {
     ring.set_lending(R::PLACES);
+    ring.set_staging(W::TAKES_OWNED);
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
     // Payload buffers travel back to the readers, so steady state allocates nothing per frame.
     let shared: Arc<Shared> = Default::default();
@@ -274,6 +275,9 @@ where
     // as closed; a reader that ends sends `Finished` or `Closed` first, so the channel never
     // reads as closed while the driver runs.
     let mut waiters: HashMap<OpId, oneshot::Sender<Result<Storage, RingError>>> = HashMap::new();
+    // All-gather values received in pieces, kept to be sent on as they are (by the op, step and
+    // chunk of the frame that sends them on), where the writer takes buffers without a copy.
+    let mut forwards: HashMap<(u64, u32, u32), Vec<bytes::Bytes>> = HashMap::new();
     let mut inbound_open = true;
     let mut header = Vec::with_capacity(HEADER_LEN);
     let write_timeout = ring.config().peer_timeout;
@@ -283,7 +287,7 @@ where
         // Frames are written straight from the operations' buffers (no copy into a frame buffer).
         // While a write waits for the socket, the reader task keeps draining the inbound stream
         // into its channel, so ranks that all write at once cannot deadlock.
-        while let Some((h, values)) = ring.peek_send() {
+        while let Some((h, _)) = ring.peek_send() {
             let Some(writers) = outbound.as_mut() else {
                 ring.pop_send(); // a ring of one, or a lost link: nothing can go out
                 continue;
@@ -292,19 +296,14 @@ where
             let wr = &mut writers[(h.op.wrapping_add(h.chunk as u64) % stripes) as usize];
             header.clear();
             h.encode(&mut header);
-            // A next rank that stops reading (stalled, partitioned) must not hang us: a write gets
-            // as long as a silent peer does.
-            let payload = crate::ring::le_bytes(values);
-            let write = write_frame(wr, &header, &payload);
-            // An abort (a heartbeat miss: the next rank's host is cut off, its socket buffer
-            // full) must not wait for the write timeout; other requests wait their turn.
-            let written = tokio::select! {
-                biased;
-                r = tokio::time::timeout(write_timeout, write) => match r {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("the next rank accepted nothing for {write_timeout:?}")),
-                },
-                why = next_abort(&mut reqs, &mut deferred) => Err(format!("aborted: {why}")),
+            let written = if let Some(sum) = ring.take_staged() {
+                guarded(wr.write_owned(&header, sum), write_timeout, &mut reqs, &mut deferred).await
+            } else if let Some(pieces) = forwards.remove(&(h.op, h.step, h.chunk)) {
+                guarded(wr.write_pieces(&header, pieces), write_timeout, &mut reqs, &mut deferred).await
+            } else {
+                let (_, values) = ring.peek_send().expect("peeked above");
+                let payload = crate::ring::le_bytes(values);
+                guarded(write_frame(wr, &header, &payload), write_timeout, &mut reqs, &mut deferred).await
             };
             match written {
                 Ok(()) => {
@@ -328,6 +327,7 @@ where
                 }
                 RingEvent::OpFailed(op, err) => {
                     shared.placements.lock().expect("never poisoned").retain(|k, _| k.2 != op.0);
+                    forwards.retain(|k, _| k.0 != op.0);
                     if let Some(w) = waiters.remove(&op) {
                         let _ = w.send(Err(err));
                     }
@@ -357,8 +357,11 @@ where
                 }
                 Some(Inbound::Frame(h, Payload::Placed(loan))) => ring.finish_placement(Instant::now(), h, loan),
                 Some(Inbound::Frame(h, Payload::Pieces(pieces))) => {
+                    let forward = W::TAKES_OWNED && ring.forwards_as_received(&h);
                     let parts: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
-                    let _ = ring.handle_frame_parts(Instant::now(), h, &parts);
+                    if ring.handle_frame_parts(Instant::now(), h, &parts).is_ok() && forward {
+                        forwards.insert((h.op, h.step + 1, h.chunk), pieces);
+                    }
                 }
                 Some(Inbound::Finished) => {
                     stripes_open = stripes_open.saturating_sub(1);
@@ -394,6 +397,45 @@ where
         }
     }
 }
+
+/// A write to the next rank, given as long as a silent peer gets: a next rank that stops reading
+/// (stalled, partitioned) must not hang us. An abort (a heartbeat miss: the next rank's host is
+/// cut off, its socket buffer full) ends it at once; other requests wait their turn.
+async fn guarded(
+    write: impl Future<Output = std::io::Result<()>>,
+    timeout: std::time::Duration,
+    reqs: &mut mpsc::UnboundedReceiver<Request>,
+    deferred: &mut VecDeque<Request>,
+) -> Result<(), String> {
+    tokio::select! {
+        biased;
+        r = tokio::time::timeout(timeout, write) => match r {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the next rank accepted nothing for {timeout:?}")),
+        },
+        why = next_abort(reqs, deferred) => Err(format!("aborted: {why}")),
+    }
+}
+
+/// One outbound stream, as the driver writes frames to it.
+pub(crate) trait FrameSink: AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Whether [`FrameSink::write_owned`] keeps the payload it is given instead of copying it:
+    /// the ring then stages its intermediate reduce-scatter sums in buffers of their own
+    /// ([`Ring::set_staging`]), which such a stream sends without a copy.
+    const TAKES_OWNED: bool = false;
+
+    /// Writes a frame whose payload (f32 values, sent little-endian) is the stream's to keep.
+    fn write_owned(&mut self, header: &[u8], payload: Vec<f32>) -> impl Future<Output = std::io::Result<()>> + Send {
+        async move { write_frame(self, header, &crate::ring::le_bytes(&payload)).await }
+    }
+
+    /// Writes a frame whose payload is `pieces` in order, the stream's to keep.
+    fn write_pieces(&mut self, header: &[u8], pieces: Vec<bytes::Bytes>) -> impl Future<Output = std::io::Result<()>> + Send {
+        async move { write_frame(self, header, &pieces.concat()).await }
+    }
+}
+
+impl FrameSink for tokio::net::tcp::OwnedWriteHalf {}
 
 /// The next request: one deferred during a write first.
 async fn next_request(reqs: &mut mpsc::UnboundedReceiver<Request>, deferred: &mut VecDeque<Request>) -> Option<Request> {
@@ -518,8 +560,12 @@ mod tests {
         }
     }
 
+    impl FrameSink for Trickle {}
+
     /// A next rank that accepts nothing (its host cut off, the socket buffer full).
     struct Stalled;
+
+    impl FrameSink for Stalled {}
 
     impl AsyncWrite for Stalled {
         fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {

@@ -13,6 +13,13 @@
 //! loan ([`Ring::set_lending`], [`Ring::take_lendable`]): all-gather values, which are plain
 //! copies, read into the operation's buffer instead of copied there (see `op_buffer`).
 //!
+//! A driver whose writer takes buffers it is given without copying them (quinn's
+//! `write_chunks`) may have the ring stage sums in buffers of their own ([`Ring::set_staging`]):
+//! an intermediate reduce-scatter step computes `mine + received` into a new buffer that goes
+//! straight to the writer ([`Ring::take_staged`]), and the operation's own copy of that partial
+//! sum is never written (no rank reads it again; its all-gather value overwrites it). One pass
+//! instead of adding in place and then copying into the transport.
+//!
 //! [`Ring::start`] begins an operation at any time; several may be in flight, matched by [`OpId`].
 //!
 //! # Failure
@@ -176,6 +183,11 @@ pub struct Ring {
     lendable: VecDeque<(u64, usize, usize)>,
     /// Whether to offer chunks at all ([`Ring::set_lending`]).
     lending: bool,
+    /// Payloads of queued sends computed into buffers of their own, by (op, step, chunk)
+    /// ([`Ring::set_staging`]).
+    staged: HashMap<(u64, usize, usize), Vec<f32>>,
+    /// Whether to stage sums ([`Ring::set_staging`]).
+    staging: bool,
     events: VecDeque<RingEvent>,
     done: HashMap<u64, Box<dyn Values>>,
     last_heard: Option<Instant>,
@@ -194,6 +206,8 @@ impl Ring {
             sendq: VecDeque::new(),
             lendable: VecDeque::new(),
             lending: false,
+            staged: HashMap::new(),
+            staging: false,
             events: VecDeque::new(),
             done: HashMap::new(),
             last_heard: None,
@@ -348,6 +362,24 @@ impl Ring {
             Err(why) => return self.violation(prev, why),
         };
         let op = self.ops.get_mut(&h.op).expect("checked above");
+        // An intermediate reduce-scatter sum only goes on to the next rank: staged, it is written
+        // once, into the buffer the transport takes, and this rank's partial sum stays as it was.
+        if self.staging && step + 2 < n {
+            // SAFETY: no loan overlaps `range` (checked above).
+            let mine = unsafe { op.data.range(range) };
+            let mut sum = Vec::with_capacity(values);
+            let mut at = 0;
+            for part in parts {
+                let piece = &mine[at..at + part.len() / 4];
+                at += piece.len();
+                sum.extend(piece.iter().zip(part.chunks_exact(4)).map(|(m, b)| m + f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            }
+            op.received += 1;
+            op.seen.insert((step, chunk));
+            self.staged.insert((h.op, step + 1, chunk), sum);
+            self.sendq.push_back((h.op, step + 1, chunk));
+            return Ok(()); // never an operation's last frame: its all-gather follows
+        }
         // SAFETY: no loan overlaps `range` (checked above).
         let dst = unsafe { op.data.range_mut(range) };
         let mut at = 0;
@@ -429,6 +461,7 @@ impl Ring {
         }
         self.sendq.retain(|(op, _, _)| self.ops.contains_key(op));
         self.lendable.retain(|(op, _, _)| self.ops.contains_key(op));
+        self.staged.retain(|(op, _, _), _| self.ops.contains_key(op));
     }
 
     /// The transport lost the stream *from* the previous rank (it closed, crashed, or sent
@@ -477,17 +510,42 @@ impl Ring {
     }
 
     /// The next frame for the next rank without copying it: its header and the values of its
-    /// payload, borrowed from the operation's buffer. A driver that can write straight from this
-    /// borrow (the socket drivers) saves a copy of every byte; it must then call
-    /// [`Ring::pop_send`] before anything else touches the ring.
+    /// payload, borrowed from the operation's buffer or from its staged sum
+    /// ([`Ring::set_staging`]). A driver that can write straight from this borrow (the socket
+    /// drivers) saves a copy of every byte; it must then call [`Ring::pop_send`] before anything
+    /// else touches the ring (it may move a staged sum out first: [`Ring::take_staged`]).
     pub fn peek_send(&self) -> Option<(FrameHeader, &[f32])> {
         let &(op_id, step, chunk) = self.sendq.front()?;
         let op = self.ops.get(&op_id).expect("queued sends belong to pending operations (failures drop theirs)");
         let range = op.seg.chunk_range(op.seg.send_segment(self.cfg.rank, step), chunk);
         let header = self.header(op_id, step, chunk, range.len());
+        if let Some(sum) = self.staged.get(&(op_id, step, chunk)) {
+            return Some((header, sum));
+        }
         // SAFETY: a queued send's range is never lent (`take_lendable` skips ranges with queued
         // sends, and while a range is lent nothing queues a send of it).
         Some((header, unsafe { op.data.range(range) }))
+    }
+
+    /// Moves out the staged sum that is the payload of the frame [`Ring::peek_send`] shows (`None`
+    /// when that frame is not staged); [`Ring::pop_send`] follows once it is written.
+    pub fn take_staged(&mut self) -> Option<Vec<f32>> {
+        let key = *self.sendq.front()?;
+        self.staged.remove(&key)
+    }
+
+    /// Whether `h`, handled now, is an all-gather value this rank sends on exactly as it arrived
+    /// (an operation in flight, not its last step): a driver that still holds the frame's bytes
+    /// may send those when [`Ring::peek_send`] shows that frame, instead of the operation's copy.
+    pub fn forwards_as_received(&self, h: &FrameHeader) -> bool {
+        let (n, step) = (self.cfg.world, h.step as usize);
+        self.ops.contains_key(&h.op) && step + 1 >= n && step + 1 < 2 * (n - 1)
+    }
+
+    /// Stage intermediate reduce-scatter sums in buffers of their own from now on (see the module
+    /// docs); off by default, for drivers that copy what they send anyway.
+    pub fn set_staging(&mut self, on: bool) {
+        self.staging = on;
     }
 
     /// The header of this ring's frame for chunk `chunk` of step `step` of operation `op`,
@@ -507,6 +565,7 @@ impl Ring {
     /// Marks the frame returned by [`Ring::peek_send`] as sent.
     pub fn pop_send(&mut self) {
         let Some((op_id, step, chunk)) = self.sendq.pop_front() else { return };
+        self.staged.remove(&(op_id, step, chunk));
         let r = self.cfg.rank;
         if self.lending
             && let Some(op) = self.ops.get(&op_id)

@@ -41,6 +41,9 @@ struct RingSim {
     loans: Vec<HashMap<PlaceKey, Loan>>,
     placed: usize,
     cancelled: usize,
+    /// Move staged sums out before writing them (as the QUIC driver does), and how many were.
+    take_staged: bool,
+    staged_sent: usize,
 }
 
 impl RingSim {
@@ -67,7 +70,52 @@ impl RingSim {
             loans: (0..world).map(|_| HashMap::new()).collect(),
             placed: 0,
             cancelled: 0,
+            take_staged: false,
+            staged_sent: 0,
         }
+    }
+
+    /// `ops` operations on `inputs(world, len)` (times op + 1), rank 0 starting them only after
+    /// `steps_before` steps of the others' frames (so it meets early frames); every rank's
+    /// results, rank by rank, op by op.
+    fn run_late_start(&mut self, len: usize, ops: u64, reduce: ReduceOp, steps_before: usize) -> Vec<Vec<f32>> {
+        let world = self.rings.len();
+        let data = inputs(world, len);
+        let scaled = |r: usize, op: u64| data[r].iter().map(|v| v * (op + 1) as f32).collect::<Vec<f32>>();
+        for op in 0..ops {
+            for r in 1..world {
+                self.rings[r].start(self.time, OpId(op), scaled(r, op), reduce).unwrap();
+            }
+        }
+        for _ in 0..steps_before {
+            self.step();
+            self.time += Duration::from_micros(60);
+        }
+        for op in 0..ops {
+            self.rings[0].start(self.time, OpId(op), scaled(0, op), reduce).unwrap();
+        }
+        self.drive();
+        (0..world)
+            .flat_map(|r| (0..ops).map(move |op| (r, op)))
+            .map(|(r, op)| self.rings[r].take_result(OpId(op)).unwrap_or_else(|| panic!("rank {r} op {op}: {:?}", self.events[r])))
+            .collect()
+    }
+
+    /// Rank `r`'s next frame into `buf`, a staged sum moved out of the ring when `take_staged`;
+    /// false when nothing is queued.
+    fn next_send(&mut self, r: usize, buf: &mut Vec<u8>) -> bool {
+        if self.take_staged
+            && let Some((h, _)) = self.rings[r].peek_send()
+            && let Some(sum) = self.rings[r].take_staged()
+        {
+            buf.clear();
+            h.encode(buf);
+            buf.extend(sum.iter().flat_map(|v| v.to_le_bytes()));
+            self.rings[r].pop_send();
+            self.staged_sent += 1;
+            return true;
+        }
+        self.rings[r].poll_send(buf).is_some()
     }
 
     fn next_random(&mut self) -> u64 {
@@ -98,8 +146,7 @@ impl RingSim {
         let n = self.rings.len();
         for r in 0..n {
             let mut buf = Vec::new();
-            while let Some(to) = self.rings[r].poll_send(&mut buf) {
-                assert_eq!(to, (r + 1) % n);
+            while self.next_send(r, &mut buf) {
                 while let Some((h, loan)) = self.rings[r].take_lendable() {
                     assert!(self.loans[r].insert(place_key(&h), loan).is_none(), "lent twice: {h:?}");
                 }
@@ -292,24 +339,9 @@ fn striped_and_reordered_links_give_the_in_order_results() {
 #[test]
 fn bodies_in_pieces_give_the_results_of_whole_bodies() {
     let run = |cut: Option<bool>, reduce: ReduceOp| -> Vec<Vec<f32>> {
-        let (world, len, ops) = (4, 517, 3u64);
-        let mut sim = RingSim::new(world, 29);
+        let mut sim = RingSim::new(4, 29);
         sim.cut_bodies = cut;
-        let data = inputs(world, len);
-        for op in 0..ops {
-            for (r, d) in data.iter().enumerate().skip(1) {
-                sim.rings[r].start(sim.time, OpId(op), d.iter().map(|v| v * (op + 1) as f32).collect(), reduce).unwrap();
-            }
-        }
-        for _ in 0..4 {
-            sim.step();
-            sim.time += Duration::from_micros(60);
-        }
-        for op in 0..ops {
-            sim.rings[0].start(sim.time, OpId(op), data[0].iter().map(|v| v * (op + 1) as f32).collect(), reduce).unwrap();
-        }
-        sim.drive();
-        (0..world).flat_map(|r| (0..ops).map(|op| sim.rings[r].take_result(OpId(op)).expect("finished")).collect::<Vec<_>>()).collect()
+        sim.run_late_start(517, 3, reduce, 4)
     };
     for reduce in [ReduceOp::Sum, ReduceOp::Mean] {
         let whole = run(None, reduce);
@@ -329,32 +361,11 @@ fn bodies_in_pieces_give_the_results_of_whole_bodies() {
 #[test]
 fn received_into_lent_chunks_gives_the_usual_results() {
     let run = |world: usize, len: usize, place: bool, cancel_one_in: u64, seed: u64| -> (Vec<Vec<f32>>, usize, usize) {
-        let ops = 3u64;
         let mut sim = RingSim::new(world, 13);
         (sim.place, sim.cancel_one_in, sim.seed, sim.stripes) = (place, cancel_one_in, seed, 3);
         sim.rings.iter_mut().for_each(|r| r.set_lending(place));
         sim.jitter = Duration::from_micros(300);
-        let data = inputs(world, len);
-        for op in 0..ops {
-            for (r, d) in data.iter().enumerate().skip(1) {
-                sim.rings[r].start(sim.time, OpId(op), d.iter().map(|v| v * (op + 1) as f32).collect(), ReduceOp::Sum).unwrap();
-            }
-        }
-        for _ in 0..3 {
-            sim.step();
-            sim.time += Duration::from_micros(60);
-        }
-        for op in 0..ops {
-            sim.rings[0].start(sim.time, OpId(op), data[0].iter().map(|v| v * (op + 1) as f32).collect(), ReduceOp::Sum).unwrap();
-        }
-        sim.drive();
-        let out = (0..world)
-            .flat_map(|r| {
-                (0..ops)
-                    .map(|op| sim.rings[r].take_result(OpId(op)).unwrap_or_else(|| panic!("rank {r} op {op}: {:?}", sim.events[r])))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let out = sim.run_late_start(len, 3, ReduceOp::Sum, 3);
         assert!(sim.loans.iter().all(HashMap::is_empty) || !place, "loans left over");
         (out, sim.placed, sim.cancelled)
     };
@@ -373,6 +384,45 @@ fn received_into_lent_chunks_gives_the_usual_results() {
                     if world > 2 && len >= 97 {
                         assert!(n_placed > 10, "world {world} len {len}: only {n_placed} frames received into loans");
                         assert!(cancel_one_in == 0 || n_cancelled > 0, "world {world} len {len}: no loan handed back");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Intermediate reduce-scatter sums staged in buffers of their own (the QUIC driver's path),
+/// moved out or copied by `poll_send`, over striped links with jitter, bodies in pieces and
+/// operations started out of step: bitwise the results of sums made in place.
+#[test]
+fn staged_sums_give_the_results_of_sums_in_place() {
+    let run = |world: usize, len: usize, staging: Option<bool>, reduce: ReduceOp, seed: u64| -> (Vec<Vec<f32>>, usize) {
+        let mut sim = RingSim::new(world, 11);
+        (sim.seed, sim.stripes, sim.cut_bodies) = (seed, 2, Some(true));
+        sim.jitter = Duration::from_micros(300);
+        sim.take_staged = staging == Some(true);
+        sim.rings.iter_mut().for_each(|r| r.set_staging(staging.is_some()));
+        let out = sim.run_late_start(len, 3, reduce, 3);
+        (out, sim.staged_sent)
+    };
+    for world in 2..=6 {
+        for len in [world, 97, 1000] {
+            for reduce in [ReduceOp::Sum, ReduceOp::Mean] {
+                let (in_place, _) = run(world, len, None, reduce, 1);
+                for (staging, seed) in [(Some(true), 1), (Some(true), 2), (Some(false), 3)] {
+                    let (staged, sent) = run(world, len, staging, reduce, seed);
+                    for (a, b) in staged.iter().zip(&in_place) {
+                        assert!(
+                            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "world {world} len {len} {staging:?}: results differ"
+                        );
+                    }
+                    // Worlds of 3 and more have intermediate reduce-scatter steps.
+                    if staging == Some(true) && world > 2 && len >= 97 {
+                        assert!(sent > 10, "world {world} len {len}: only {sent} staged sums sent");
+                    }
+                    if world == 2 {
+                        assert_eq!(sent, 0, "a world of 2 has no intermediate sums");
                     }
                 }
             }
