@@ -529,16 +529,26 @@ impl crate::driver::FrameSink for QuicSend {
     const TAKES_OWNED: bool = true;
 
     async fn write_owned(&mut self, header: &[u8], payload: Vec<f32>) -> std::io::Result<()> {
-        let mut chunks = [bytes::Bytes::copy_from_slice(header), le_payload(payload)];
+        let mut chunks = vec![bytes::Bytes::copy_from_slice(header)];
+        cut_into_pieces(le_payload(payload), &mut chunks);
         self.stream.write_all_chunks(&mut chunks).await.map_err(std::io::Error::other)
     }
 
     /// An all-gather value sent on in the pieces it arrived in (slices of quinn's receive
     /// buffers, which stay alive until these are acknowledged).
-    async fn write_pieces(&mut self, header: &[u8], mut pieces: Vec<bytes::Bytes>) -> std::io::Result<()> {
-        pieces.insert(0, bytes::Bytes::copy_from_slice(header));
-        self.stream.write_all_chunks(&mut pieces).await.map_err(std::io::Error::other)
+    async fn write_pieces(&mut self, header: &[u8], pieces: Vec<bytes::Bytes>) -> std::io::Result<()> {
+        let mut chunks = vec![bytes::Bytes::copy_from_slice(header)];
+        pieces.into_iter().for_each(|p| cut_into_pieces(p, &mut chunks));
+        self.stream.write_all_chunks(&mut chunks).await.map_err(std::io::Error::other)
     }
+}
+
+/// `bytes` as slices of at most [`WRITE_PIECE`] bytes (no copy), appended to `out`.
+fn cut_into_pieces(mut bytes: bytes::Bytes, out: &mut Vec<bytes::Bytes>) {
+    while bytes.len() > WRITE_PIECE {
+        out.push(bytes.split_to(WRITE_PIECE));
+    }
+    out.push(bytes);
 }
 
 /// `values` as little-endian bytes quinn can own: the vector itself on little-endian machines.
