@@ -208,11 +208,63 @@ pub const LOOPBACK_MTU: u16 = 65000;
 /// quinn's MTU for paths it knows nothing about (Ethernet 1500 less IPv6 and UDP headers).
 pub const DEFAULT_MTU: u16 = 1452;
 
-/// quinn batches up to 10 datagrams in one segmentation-offload (GSO) send but does not cap the
-/// batch at the kernel's 64 KiB limit: above this MTU such batches fail and are silently lost.
-/// Measured here: with MTU discovery allowed up to 9000 the probes were all lost and black-hole
-/// detection pinned the MTU at 1200. Larger MTUs therefore send one datagram per call.
-const MAX_GSO_MTU: u16 = 6500;
+/// The most bytes one segmentation-offload (GSO) send may carry: a UDP datagram's 64 KiB limit,
+/// less headers. quinn batches up to 10 datagrams in one GSO send but does not cap the batch at
+/// this limit: above an MTU of 6500 its batches failed and were silently lost (measured here:
+/// with MTU discovery allowed up to 9000 the probes were all lost and black-hole detection pinned
+/// the MTU at 1200). [`CappedGso`] caps the batch instead.
+const MAX_GSO_BYTES: usize = 65000;
+
+/// quinn's UDP socket with its GSO batches capped at [`MAX_GSO_BYTES`] for datagrams of up to
+/// `mtu` bytes, so that every MTU keeps offload: on a 9000-byte network, a 4 Gbit/s netns ring
+/// with GSO off (MTU 8952, one datagram a call) reached 0.51–0.53 of the line, the same network at
+/// MTU 6500 with GSO 0.60–0.75 (docs/BENCHMARKS.md, "The ring on shaped links").
+#[derive(Debug)]
+struct CappedGso {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    max_segments: usize,
+}
+
+impl CappedGso {
+    fn new(inner: Arc<dyn quinn::AsyncUdpSocket>, mtu: u16) -> CappedGso {
+        CappedGso { inner, max_segments: (MAX_GSO_BYTES / mtu.max(1) as usize).max(1) }
+    }
+}
+
+impl quinn::AsyncUdpSocket for CappedGso {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.max_segments)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
 
 /// The MTU-discovery upper bound for `cfg` (see [`QuicConfig::max_mtu`]).
 pub fn max_mtu(cfg: &QuicConfig) -> u16 {
@@ -300,7 +352,7 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     let mtu_bound = max_mtu(cfg);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(mtu_bound);
-    transport.mtu_discovery_config(Some(mtu)).enable_segmentation_offload(mtu_bound <= MAX_GSO_MTU);
+    transport.mtu_discovery_config(Some(mtu)).enable_segmentation_offload(true);
     let transport = Arc::new(transport);
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server).map_err(cfg_err)?));
     server_cfg.transport_config(transport.clone());
@@ -321,7 +373,8 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Config("no async runtime for QUIC".into()))?;
     let mut ep_cfg = quinn::EndpointConfig::default();
     ep_cfg.max_udp_payload_size(mtu_bound.max(DEFAULT_MTU)).map_err(cfg_err)?;
-    let mut ep = Endpoint::new(ep_cfg, Some(server_cfg), socket, runtime).map_err(bind_err)?;
+    let socket = Arc::new(CappedGso::new(runtime.wrap_udp_socket(socket).map_err(bind_err)?, mtu_bound));
+    let mut ep = Endpoint::new_with_abstract_socket(ep_cfg, Some(server_cfg), socket, runtime).map_err(bind_err)?;
     ep.set_default_client_config(client_cfg);
     Ok(ep)
 }
@@ -616,6 +669,24 @@ mod tests {
                 assert_eq!(sorted, theirs);
             }
         }
+    }
+
+    /// A GSO batch never exceeds what one UDP send carries, at any MTU; loopback's 65000-byte
+    /// datagrams go one per call.
+    #[test]
+    fn gso_batches_stay_within_one_udp_send() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = rt.enter();
+        let runtime = quinn::default_runtime().unwrap();
+        for mtu in [1200u16, 1452, 6500, 8952, 65000] {
+            let sock = runtime.wrap_udp_socket(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+            let kernel = sock.max_transmit_segments();
+            let capped = CappedGso::new(sock, mtu);
+            let n = quinn::AsyncUdpSocket::max_transmit_segments(&capped);
+            assert!(n >= 1 && n <= kernel && n * mtu as usize <= MAX_GSO_BYTES, "mtu {mtu}: {n} segments (kernel {kernel})");
+        }
+        let sock = runtime.wrap_udp_socket(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        assert_eq!(quinn::AsyncUdpSocket::max_transmit_segments(&CappedGso::new(sock, 65000)), 1);
     }
 
     #[test]
