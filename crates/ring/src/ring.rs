@@ -362,44 +362,21 @@ impl Ring {
             Err(why) => return self.violation(prev, why),
         };
         let op = self.ops.get_mut(&h.op).expect("checked above");
-        // An intermediate reduce-scatter sum only goes on to the next rank: staged, it is written
-        // once, into the buffer the transport takes, and this rank's partial sum stays as it was.
         if self.staging && step + 2 < n {
+            // An intermediate reduce-scatter sum only goes on to the next rank: staged, it is
+            // written once, into the buffer the transport takes, and this rank's partial sum
+            // stays as it was.
             // SAFETY: no loan overlaps `range` (checked above).
             let mine = unsafe { op.data.range(range) };
-            let mut sum = Vec::with_capacity(values);
-            let mut at = 0;
-            for part in parts {
-                let piece = &mine[at..at + part.len() / 4];
-                at += piece.len();
-                sum.extend(piece.iter().zip(part.chunks_exact(4)).map(|(m, b)| m + f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            self.staged.insert((h.op, step + 1, chunk), sum_of(mine, parts));
+        } else {
+            // SAFETY: no loan overlaps `range` (checked above).
+            let dst = unsafe { op.data.range_mut(range) };
+            take_into(dst, parts, step < n - 1);
+            if step == n - 2 && op.reduce == ReduceOp::Mean {
+                let inv = 1.0 / n as f32;
+                dst.iter_mut().for_each(|d| *d *= inv);
             }
-            op.received += 1;
-            op.seen.insert((step, chunk));
-            self.staged.insert((h.op, step + 1, chunk), sum);
-            self.sendq.push_back((h.op, step + 1, chunk));
-            return Ok(()); // never an operation's last frame: its all-gather follows
-        }
-        // SAFETY: no loan overlaps `range` (checked above).
-        let dst = unsafe { op.data.range_mut(range) };
-        let mut at = 0;
-        for part in parts {
-            let piece = &mut dst[at..at + part.len() / 4];
-            at += piece.len();
-            let incoming = part.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            if step < n - 1 {
-                for (d, v) in piece.iter_mut().zip(incoming) {
-                    *d += v;
-                }
-            } else {
-                for (d, v) in piece.iter_mut().zip(incoming) {
-                    *d = v;
-                }
-            }
-        }
-        if step == n - 2 && op.reduce == ReduceOp::Mean {
-            let inv = 1.0 / n as f32;
-            dst.iter_mut().for_each(|d| *d *= inv);
         }
         op.received += 1;
         op.seen.insert((step, chunk));
@@ -694,6 +671,35 @@ pub fn le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
     #[cfg(not(target_endian = "little"))]
     {
         std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+/// `mine + received`, `received` being little-endian f32s in pieces of whole values covering
+/// `mine` in order.
+fn sum_of(mine: &[f32], received: &[&[u8]]) -> Vec<f32> {
+    let mut sum = Vec::with_capacity(mine.len());
+    let mut at = 0;
+    for part in received {
+        let piece = &mine[at..at + part.len() / 4];
+        at += piece.len();
+        sum.extend(piece.iter().zip(part.chunks_exact(4)).map(|(m, b)| m + f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    }
+    sum
+}
+
+/// Adds (`add`) or copies the little-endian f32s in `received`, pieces of whole values covering
+/// `dst` in order, into `dst`.
+fn take_into(dst: &mut [f32], received: &[&[u8]], add: bool) {
+    let mut at = 0;
+    for part in received {
+        let piece = &mut dst[at..at + part.len() / 4];
+        at += piece.len();
+        let incoming = part.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        if add {
+            piece.iter_mut().zip(incoming).for_each(|(d, v)| *d += v);
+        } else {
+            piece.iter_mut().zip(incoming).for_each(|(d, v)| *d = v);
+        }
     }
 }
 
