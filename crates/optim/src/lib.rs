@@ -6,11 +6,13 @@
 //!
 //! Files: [`sam`] (ascent point, SAM and ASAM), [`base`] (Nesterov / momentum / RMSProp),
 //! [`schedule`] (learning-rate schedules, pure functions of the step), [`clip`] (global-norm
-//! clipping), [`ema`] (weight averaging), [`weight_decay`] (L2-in-loss and decoupled), [`norm`].
+//! clipping), [`ema`] (weight averaging), [`weight_decay`] (L2-in-loss and decoupled), [`norm`],
+//! [`looksam`] (LookSAM's reused direction).
 
 pub mod base;
 pub mod clip;
 pub mod ema;
+pub mod looksam;
 pub mod norm;
 pub mod sam;
 pub mod schedule;
