@@ -25,6 +25,7 @@ pub mod error;
 pub mod fashion_mnist;
 pub mod imagefolder;
 pub mod imagenet;
+pub mod label_noise;
 pub mod loader;
 pub mod normalize;
 pub mod registry;
