@@ -284,9 +284,33 @@ pub(crate) struct BenchStepArgs {
     /// kernel and GEMM shape (CUDA events), their share of the wall time, GEMMs' TFLOP/s.
     #[arg(long)]
     pub(crate) profile: bool,
+    /// Cheaper SAM schedules timed per step beside SGD and SAM, comma-separated:
+    /// `sam_every:K`, `looksam:K` (α 0.7), or `none` (default on a GPU: sam_every:2,sam_every:5).
+    #[arg(long, default_value = "sam_every:2,sam_every:5,looksam:5")]
+    pub(crate) cheaper: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `--cheaper`'s list (see its help).
+fn parse_cheaper(list: &str) -> Result<Vec<ringsam_train::cheap_sam::SamSchedule>> {
+    use ringsam_train::cheap_sam::SamSchedule;
+    if list == "none" {
+        return Ok(Vec::new());
+    }
+    list.split(',')
+        .map(|item| {
+            let bad = || usage(format!("--cheaper {item}: expected sam_every:K or looksam:K with K from 2 to 1000"));
+            let (kind, k) = item.split_once(':').ok_or_else(bad)?;
+            let k: u64 = k.parse().ok().filter(|&k| (2..=1000).contains(&k)).ok_or_else(bad)?;
+            match kind {
+                "sam_every" => Ok(SamSchedule::Every(k)),
+                "looksam" => Ok(SamSchedule::LookSam { k, alpha: 0.7 }),
+                _ => Err(bad()),
+            }
+        })
+        .collect()
 }
 
 pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
@@ -300,6 +324,16 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         device: args.device.parse().context("--device")?,
         precision: crate::train_args::precision_for(&args.device, args.precision.as_deref())?,
         profile: args.profile,
+        cheaper: {
+            let given = parse_cheaper(&args.cheaper)?;
+            let on_gpu = args.device != "cpu";
+            let defaulted = args.cheaper == "sam_every:2,sam_every:5,looksam:5";
+            // LookSAM is not on the device step yet: left out of the default list there.
+            given
+                .into_iter()
+                .filter(|s| !(on_gpu && defaulted && matches!(s, ringsam_train::cheap_sam::SamSchedule::LookSam { .. })))
+                .collect()
+        },
     };
     let show_progress = std::io::stderr().is_terminal() && !args.json;
     let report = ringsam_bench::step::run(&cfg, |line| {
@@ -330,6 +364,9 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         );
         println!("  SAM step  {:>9.1} ms  {:>8.1} images/s", report.sam_ms, report.sam_images_per_s);
         println!("  SAM/SGD   {:>9.2}x   forward {:.2} GMAC per step", report.sam_over_sgd, report.forward_gmacs);
+        for c in &report.cheaper {
+            println!("  {:<14} {:>9.1} ms per step  {:.2}x SGD  {:.2}x SAM", c.variant, c.ms_per_step, c.over_sgd, c.over_sam);
+        }
         if let (Some(peak), Some(reserved)) = (report.peak_memory_mb, report.peak_reserved_mb) {
             println!("  {} memory: peak {peak:.1} MB in use, {reserved:.1} MB reserved", report.device);
         }

@@ -6,6 +6,7 @@
 //! `process.rs`). No training, benchmarking or launching logic lives here: the crates own it.
 
 mod bench_cmds;
+mod experiment_cmds;
 mod process;
 mod selftest_cmds;
 mod tool_cmds;
@@ -40,6 +41,9 @@ enum Command {
     Train(Box<train_args::TrainArgs>),
     /// Evaluate a checkpoint on its dataset's test split.
     Eval(train_cmds::EvalArgs),
+    /// Sharpness of a checkpoint: the loss Hessian's top eigenvalues and the m-sharpness on a
+    /// fixed training batch.
+    Sharpness(train_cmds::SharpnessArgs),
     /// Top classes of JPEG images under a trained checkpoint.
     Predict(train_cmds::PredictArgs),
     /// Dataset utilities.
@@ -58,6 +62,9 @@ enum Command {
     Worker(Box<train_cmds::WorkerArgs>),
     /// Train data-parallel on this machine: N local workers joined by a ring on loopback.
     Launch(train_cmds::LaunchArgs),
+    /// Grids of training runs compared: the label-noise experiment, cheaper SAM.
+    #[command(subcommand)]
+    Experiment(experiment_cmds::ExperimentCommand),
     /// Check the GPU engine against the CPU engine on a GPU (the device check).
     #[command(subcommand)]
     Selftest(selftest_cmds::SelftestCommand),
@@ -95,6 +102,8 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Train(args) => train_cmds::cmd_train(&args, sub("train")),
         Command::Eval(args) => train_cmds::cmd_eval(&args),
         Command::Predict(args) => train_cmds::cmd_predict(&args),
+        Command::Sharpness(args) => train_cmds::cmd_sharpness(&args),
+        Command::Experiment(command) => experiment_cmds::cmd_experiment(command),
         Command::Worker(args) => train_cmds::cmd_worker(&args, sub("worker")),
         Command::Launch(args) => train_cmds::cmd_launch(&args),
         Command::Selftest(selftest_cmds::SelftestCommand::Kernels(args)) => selftest_cmds::cmd_selftest_kernels(&args),

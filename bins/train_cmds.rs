@@ -290,6 +290,21 @@ pub(crate) struct EvalArgs {
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
+pub(crate) struct SharpnessArgs {
+    /// A checkpoint directory (`…/checkpoints/checkpoint_N`).
+    #[arg(long)]
+    pub(crate) checkpoint: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// `ringsam train` flags over the run's configuration, after the others: the
+    /// `--sharpness_*` settings (batch, eigs, iters, tol, m, rho), `--data_dir`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "TRAIN_FLAGS")]
+    pub(crate) train_flags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 pub(crate) struct PredictArgs {
     /// A checkpoint directory (`…/checkpoints/checkpoint_N`).
     #[arg(long)]
@@ -355,6 +370,21 @@ pub(crate) fn cmd_eval(args: &EvalArgs) -> Result<()> {
             100.0 * r.error_rate,
             100.0 * (1.0 - r.error_rate)
         );
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_sharpness(args: &SharpnessArgs) -> Result<()> {
+    let mut log = |line: &str| eprintln!("ringsam: {line}");
+    let (cfg, r) = ringsam_train::sharpness::of_checkpoint(&args.checkpoint, &args.train_flags, &mut log)
+        .with_context(|| format!("measuring the sharpness of {}", args.checkpoint.display()))?;
+    if args.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["checkpoint"] = serde_json::json!(args.checkpoint);
+        v["lambda_ratio"] = serde_json::json!(r.ratio());
+        println!("{v}");
+    } else {
+        println!("{} on {}: {}", cfg.model_name, cfg.dataset, r.describe());
     }
     Ok(())
 }

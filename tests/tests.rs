@@ -6,6 +6,7 @@ mod cli;
 mod container;
 mod distributed;
 mod elastic;
+mod experiment;
 mod finetune;
 mod imagenet;
 mod netns;

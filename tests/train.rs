@@ -136,3 +136,25 @@ fn resume_respects_max_steps_and_refuses_a_different_run() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("batch_size: 64 -> 32") && err.contains("another --output_dir"), "{err}");
 }
+
+/// LookSAM's reused direction is training state: a run stopped between two SAM steps and resumed
+/// from its checkpoint ends with the bytes of a run that never stopped (a resume that lost the
+/// direction would take SGD steps where the other adds it).
+#[test]
+fn looksam_resumed_between_sam_steps_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, stopped) = (tmp.path().join("straight"), tmp.path().join("stopped"));
+    fn run(steps: &str, out: &Path) -> std::process::Output {
+        let look = ["--looksam_k", "3", "--num_epochs", "3", "--checkpoint_every_epochs", "0", "--max_steps", steps];
+        ringsam(&args(&look, out.to_str().unwrap()))
+    }
+    stdout_ok(&run("8", &straight));
+    stdout_ok(&run("4", &stopped));
+    let o = run("8", &stopped);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(stdout_ok(&o).contains("steps: 8") && err.contains("checkpoint_4"), "{err}");
+    let file = |out: &Path, name: &str| std::fs::read(run_dir(out).join("checkpoints/checkpoint_8").join(name)).unwrap();
+    assert!(file(&straight, "model.safetensors") == file(&stopped, "model.safetensors"), "the resumed run's weights differ");
+    let optim = file(&stopped, "optim.safetensors");
+    assert!(optim == file(&straight, "optim.safetensors") && optim.windows(17).any(|w| w == b"looksam_direction"));
+}

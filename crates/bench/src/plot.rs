@@ -12,9 +12,14 @@ use crate::allreduce::BenchRow;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
+/// Makes the embedded font plotters' `sans-serif` (every figure of ringsam's draws with it).
+pub fn use_embedded_font() -> Result<(), String> {
+    register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| "cannot load the embedded font".to_string())
+}
+
 /// Writes a PNG of busbw (GB/s) against message size (log scale) for every transport in `rows`.
 pub fn busbw_png(path: &Path, rows: &[BenchRow]) -> Result<(), String> {
-    register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| "cannot load the embedded font".to_string())?;
+    use_embedded_font()?;
     let rows: Vec<&BenchRow> = rows.iter().filter(|r| r.bytes > 0).collect();
     if rows.is_empty() {
         return Err("no rows to plot".into());

@@ -1,7 +1,11 @@
-//! `ringsam bench step`: time SGD and SAM steps of a model on synthetic data.
+//! `ringsam bench step`: time SGD and SAM steps of a model on synthetic data, and the cheaper
+//! SAM schedules (`--sam_every`, LookSAM) per step.
 //!
 //! Each variant gets one untimed warm-up step (it sizes every buffer), then `iters` timed steps,
-//! SGD and SAM alternating; the report gives medians. Both variants run in the same process on the
+//! SGD and SAM alternating; the report gives medians. A cheaper schedule is timed over whole
+//! cycles of its period (one SAM step and the one-pass steps between, whatever the phase: the
+//! cycle is that many consecutive global steps), one cycle per iteration after a warm-up cycle,
+//! and reported per step. Both variants run in the same process on the
 //! same thread pool, interleaved, so their ratio is meaningful; absolute numbers depend on the
 //! machine. On a GPU (`--device cuda`) the step is the device's ([`DeviceStep`]) and the report
 //! adds the caching allocator's peak memory; a model with a layer not yet on the device is refused
@@ -14,6 +18,7 @@ use ringsam_nn::Rng;
 use ringsam_tensor::{Device, Tensor, TensorError};
 use serde::Serialize;
 
+use ringsam_train::cheap_sam::SamSchedule;
 use ringsam_train::device_step::DeviceStep;
 use ringsam_train::step::StepReport;
 use ringsam_train::{BatchShare, SamStep, StepConfig, TrainError};
@@ -40,6 +45,25 @@ pub struct BenchStepConfig {
     /// After the timed steps, one more of each kind with every launch timed on the device
     /// ([`ringsam_kernels::profile`]): where the step's time goes.
     pub profile: bool,
+    /// Cheaper SAM schedules to time beside SGD and SAM.
+    pub cheaper: Vec<SamSchedule>,
+}
+
+/// One cheaper schedule's cost (medians over its timed cycles).
+#[derive(Clone, Debug, Serialize)]
+pub struct CheaperCost {
+    /// `sam_every_5`, `looksam_5`, ….
+    pub variant: String,
+    /// Steps per cycle.
+    pub period: u64,
+    /// Median time per step over a cycle, milliseconds.
+    pub ms_per_step: f64,
+    /// `ms_per_step / sgd_ms`.
+    pub over_sgd: f64,
+    /// `ms_per_step / sam_ms`.
+    pub over_sam: f64,
+    /// Each timed cycle's time per step, ms.
+    pub samples_ms: Vec<f64>,
 }
 
 /// Medians of one benchmark run (the `--json` object).
@@ -83,6 +107,8 @@ pub struct BenchStepReport {
     pub peak_reserved_mb: Option<f64>,
     /// With `profile`: the profiled SGD step's and SAM step's kernel tables.
     pub profile: Option<[String; 2]>,
+    /// The cheaper schedules, per step.
+    pub cheaper: Vec<CheaperCost>,
 }
 
 /// The step timed: the CPU engine's or a device's.
@@ -112,6 +138,16 @@ impl Stepper {
         match self {
             Stepper::Cpu(s) => s.set_rho(rho),
             Stepper::Device(s) => s.set_rho(rho),
+        }
+    }
+
+    fn set_schedule(&mut self, schedule: SamSchedule) -> Result<(), TrainError> {
+        match self {
+            Stepper::Cpu(s) => {
+                s.set_schedule(schedule);
+                Ok(())
+            }
+            Stepper::Device(s) => s.set_schedule(schedule),
         }
     }
 
@@ -213,6 +249,7 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
     }
     let (macs, backward_macs) = macs;
     let (sgd_ms, sam_ms) = (median(&sgd), median(&sam));
+    let cheaper = time_cheaper(&mut st, cfg, &x, &labels, [sgd_ms, sam_ms], &mut progress)?;
     let (peak_memory_mb, peak_reserved_mb) = st.memory();
     let profile = if cfg.profile {
         progress("profiled steps (SGD, then SAM)");
@@ -240,7 +277,55 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         peak_memory_mb,
         peak_reserved_mb,
         profile,
+        cheaper,
     })
+}
+
+/// Times each cheaper schedule over whole cycles (see the module docs), alternating them.
+fn time_cheaper(
+    st: &mut Stepper,
+    cfg: &BenchStepConfig,
+    x: &Tensor,
+    labels: &[u32],
+    [sgd_ms, sam_ms]: [f64; 2],
+    progress: &mut impl FnMut(&str),
+) -> Result<Vec<CheaperCost>, TrainError> {
+    let cycle = |st: &mut Stepper, schedule: SamSchedule| -> Result<f64, TrainError> {
+        st.set_schedule(schedule)?;
+        let t = Instant::now();
+        for _ in 0..schedule.period() {
+            st.step(x, labels)?;
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e3 / schedule.period() as f64)
+    };
+    st.set_rho(cfg.rho);
+    let mut samples = vec![Vec::with_capacity(cfg.iters); cfg.cheaper.len()];
+    for i in 0..=cfg.iters {
+        for (schedule, times) in cfg.cheaper.iter().zip(&mut samples) {
+            progress(&format!("cycle {i}/{} of {}", cfg.iters, schedule.label()));
+            let ms = cycle(st, *schedule)?;
+            if i > 0 {
+                times.push(ms); // cycle 0 warms up (LookSAM's buffers, its first direction)
+            }
+        }
+    }
+    st.set_schedule(SamSchedule::Every(1))?;
+    Ok(cfg
+        .cheaper
+        .iter()
+        .zip(samples)
+        .map(|(s, times)| {
+            let ms = median(&times);
+            CheaperCost {
+                variant: s.label(),
+                period: s.period(),
+                ms_per_step: ms,
+                over_sgd: ms / sgd_ms,
+                over_sam: ms / sam_ms,
+                samples_ms: times,
+            }
+        })
+        .collect())
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -3,7 +3,8 @@
 //! Layout: `run_dir/checkpoints/checkpoint_{step}/` holding
 //! - `model.safetensors`: parameters and batch-norm state, each under the reference's Flax path
 //!   (`…/conv1/kernel`, `…/init_bn/mean`), plus `ema/<path>` when EMA is on;
-//! - `optim.safetensors`: optimizer state, `momentum/<path>` (and `second_moment/<path>`);
+//! - `optim.safetensors`: optimizer state, `momentum/<path>` (and `second_moment/<path>`, and
+//!   LookSAM's `looksam_direction/<path>`);
 //! - `state.json`: step, epoch, data cursor, config;
 //! - `MANIFEST.json`: byte length and CRC-32C of each file above.
 //!
@@ -360,7 +361,7 @@ pub fn load(dir: &Path, layout: &ParamLayout, state_layout: &ParamLayout) -> Res
     };
     let optim_st = SafeTensors::deserialize(&files["optim.safetensors"]).map_err(|e| bad(format!("optim.safetensors: {e}")))?;
     let mut optim = HashMap::new();
-    for buf in ["momentum", "second_moment"] {
+    for buf in ["momentum", "second_moment", crate::cheap_sam::DIRECTION_BUFFER] {
         if optim_st.names().iter().any(|n| n.starts_with(&format!("{buf}/"))) {
             optim.insert(
                 buf.to_string(),

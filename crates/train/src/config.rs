@@ -301,6 +301,47 @@ pub struct TrainConfig {
     /// Average the ascent gradient within groups of this many consecutive replicas.
     #[arg(long)]
     pub inner_group_size: Option<usize>,
+    /// Cheaper SAM: the SAM step on every K-th step (the global step a multiple of K), plain SGD
+    /// (one pass) on the others.
+    #[arg(long, default_value_t = 1)]
+    pub sam_every: u64,
+    /// LookSAM (Liu et al. 2022): the SAM step on every K-th step; the steps between take one pass
+    /// and add the last SAM step's gradient component orthogonal to its SGD gradient.
+    #[arg(long)]
+    pub looksam_k: Option<u64>,
+    /// LookSAM's α: the reused component's norm relative to the step's gradient norm.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.7)]
+    pub looksam_alpha: f32,
+    /// Symmetric label noise: each training label is replaced, with this probability, by a class
+    /// drawn uniformly (a fixed draw from --run_seed and the example's index; test labels stay
+    /// clean). In-memory datasets only.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub label_noise: f64,
+    /// Every this many steps, log the loss Hessian's top eigenvalues and the m-sharpness on a
+    /// fixed training batch to TensorBoard (`sharpness/…`; 0: off). Costs up to
+    /// 2 × (--sharpness_eigs + 2) × --sharpness_iters gradient evaluations each time.
+    #[arg(long, default_value_t = 0)]
+    pub log_sharpness_every: u64,
+    /// Sharpness diagnostics: examples of the fixed batch (the training split's first, not
+    /// augmented; batch norm in training mode, its statistics left alone).
+    #[arg(long, default_value_t = 256)]
+    pub sharpness_batch: usize,
+    /// Sharpness diagnostics: Hessian eigenvalues estimated (subspace iteration; λ1/λ5 needs 5).
+    #[arg(long, default_value_t = 5)]
+    pub sharpness_eigs: usize,
+    /// Sharpness diagnostics: most iterations of the subspace (power) iteration.
+    #[arg(long, default_value_t = 20)]
+    pub sharpness_iters: usize,
+    /// Sharpness diagnostics: the iteration stops when no eigenvalue estimate moves by more than
+    /// this fraction of λ1.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-3)]
+    pub sharpness_tol: f64,
+    /// Sharpness diagnostics: m of the m-sharpness (examples per ascent).
+    #[arg(long, default_value_t = 32)]
+    pub sharpness_m: usize,
+    /// Sharpness diagnostics: ρ of the m-sharpness.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.05)]
+    pub sharpness_rho: f32,
     /// Evaluate every this many epochs (and after the last).
     #[arg(long, default_value_t = 1)]
     pub evaluate_every: u64,
@@ -397,6 +438,11 @@ const MAX_PREFETCH: usize = 64;
 const MAX_LOADER_WORKERS: usize = 256;
 /// Bound on `--grad_accum_steps` and `--max_replicas` (their product cuts a batch).
 pub const MAX_MICRO_BATCHES: u64 = 1 << 16;
+
+/// Bound on `--sam_every` and `--looksam_k`.
+const MAX_SAM_PERIOD: u64 = 1 << 20;
+/// Bound on `--sharpness_batch` (its activations are held at once).
+const MAX_SHARPNESS_BATCH: u64 = 1 << 16;
 
 /// The longest timeout any flag accepts: a week (an `Instant` plus much more overflows).
 pub const MAX_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
@@ -512,6 +558,11 @@ impl TrainConfig {
             ("grad_accum_steps", self.grad_accum_steps as u64),
             ("ring_timeout_seconds", self.ring_timeout_seconds),
             ("prefetch", self.prefetch as u64),
+            ("sam_every", self.sam_every),
+            ("sharpness_batch", self.sharpness_batch as u64),
+            ("sharpness_eigs", self.sharpness_eigs as u64),
+            ("sharpness_iters", self.sharpness_iters as u64),
+            ("sharpness_m", self.sharpness_m as u64),
         ];
         for (flag, v) in at_least_one {
             if v == 0 {
@@ -541,6 +592,11 @@ impl TrainConfig {
             ("randaug_num_layers", self.randaug_num_layers as u64, 16),
             ("grad_accum_steps", self.grad_accum_steps as u64, MAX_MICRO_BATCHES),
             ("max_replicas", self.max_replicas.unwrap_or(1) as u64, MAX_MICRO_BATCHES),
+            ("sam_every", self.sam_every, MAX_SAM_PERIOD),
+            ("looksam_k", self.looksam_k.unwrap_or(2), MAX_SAM_PERIOD),
+            ("sharpness_batch", self.sharpness_batch as u64, MAX_SHARPNESS_BATCH),
+            ("sharpness_eigs", self.sharpness_eigs as u64, 64),
+            ("sharpness_iters", self.sharpness_iters as u64, 10_000),
         ];
         for (flag, v, max) in at_most {
             if v > max {
@@ -558,6 +614,10 @@ impl TrainConfig {
             ("randaug_magnitude", self.randaug_magnitude, 0.0, 30.0),
             ("bucket_mb", self.bucket_mb, f64::MIN_POSITIVE, 4096.0),
             ("first_bucket_mb", self.first_bucket_mb, f64::MIN_POSITIVE, 4096.0),
+            ("looksam_alpha", self.looksam_alpha as f64, 0.0, f64::MAX),
+            ("label_noise", self.label_noise, 0.0, 1.0),
+            ("sharpness_tol", self.sharpness_tol, f64::MIN_POSITIVE, 1.0),
+            ("sharpness_rho", self.sharpness_rho as f64, f64::MIN_POSITIVE, f64::MAX),
         ];
         for (flag, v, lo, hi) in in_range {
             if !(v >= lo && v <= hi) {
@@ -580,7 +640,37 @@ impl TrainConfig {
         if self.grad_accum_steps > 1 && self.sam_m.is_some() {
             return Err("--grad_accum_steps cannot be combined with --sam_m (each m-sharpness chunk is one pass)".into());
         }
+        self.validate_cheaper_sam()?;
+        if self.log_sharpness_every > 0 && self.sharpness_m > self.sharpness_batch {
+            return Err(format!("--sharpness_m {} is larger than --sharpness_batch {}", self.sharpness_m, self.sharpness_batch));
+        }
         self.validate_initial_weights()
+    }
+
+    /// `--sam_every` and LookSAM pick which steps take SAM's two passes: they need SAM, and one of
+    /// them at a time; LookSAM's one reused direction needs one ascent over the whole batch.
+    fn validate_cheaper_sam(&self) -> Result<(), String> {
+        let flag = match (self.sam_every > 1, self.looksam_k) {
+            (true, Some(_)) => return Err("--sam_every and --looksam_k each choose the SAM steps: give one".into()),
+            (_, Some(k)) if k < 2 => return Err(format!("--looksam_k {k} is SAM on every step: omit --looksam_k, or give 2 or more")),
+            (_, Some(_)) => "--looksam_k",
+            (true, None) => "--sam_every",
+            (false, None) => return Ok(()),
+        };
+        if self.sam_rho == 0.0 {
+            return Err(format!("{flag} chooses which steps take SAM, and --sam_rho is 0 (every step is SGD): give --sam_rho"));
+        }
+        if flag == "--looksam_k" {
+            if self.sam_m.is_some() {
+                return Err("--looksam_k reuses one direction for the whole batch: omit --sam_m".into());
+            }
+            if !self.sync_perturbations || self.inner_group_size.is_some() {
+                return Err("--looksam_k reuses one direction for the whole global batch: it needs --sync_perturbations true \
+                            and no --inner_group_size"
+                    .into());
+            }
+        }
+        Ok(())
     }
 
     /// The reference's pair of finetuning flags, and `--init_from`, make sense only together
@@ -621,6 +711,9 @@ impl TrainConfig {
         }
         if !imagenet && self.imagenet_mixup_alpha > 0.0 {
             return Err(format!("--imagenet_mixup_alpha: mixup is the reference's ImageNet option; dataset {} takes none", self.dataset));
+        }
+        if imagenet && self.label_noise > 0.0 {
+            return Err(format!("--label_noise: dataset {} is read from shards; label noise is for the in-memory datasets", self.dataset));
         }
         if !imagenet && self.jpeg_decoder != JpegDecoderName::Zune {
             return Err(format!(
@@ -800,6 +893,20 @@ mod tests {
             (&["--image_size", "100000"], "--image_size"),
             (&["--ring_timeout_seconds", "18446744073709551615"], "--ring_timeout_seconds"),
             (&["--sam_m", "0"], "--sam_m"),
+            (&["--sam_every", "0"], "--sam_every"),
+            (&["--sam_every", "2"], "--sam_rho"),
+            (&["--looksam_k", "5"], "--sam_rho"),
+            (&["--looksam_k", "1", "--sam_rho", "0.05"], "--looksam_k"),
+            (&["--looksam_k", "5", "--sam_every", "2", "--sam_rho", "0.05"], "give one"),
+            (&["--looksam_k", "5", "--sam_rho", "0.05", "--sam_m", "8"], "--sam_m"),
+            (&["--looksam_k", "5", "--sam_rho", "0.05", "--sync_perturbations", "false"], "--sync_perturbations"),
+            (&["--looksam_alpha", "-1"], "--looksam_alpha"),
+            (&["--label_noise", "1.5"], "--label_noise"),
+            (&["--label_noise", "0.2", "--dataset", "imagenet"], "--label_noise"),
+            (&["--sharpness_eigs", "0"], "--sharpness_eigs"),
+            (&["--sharpness_batch", "100000000"], "--sharpness_batch"),
+            (&["--sharpness_tol", "0"], "--sharpness_tol"),
+            (&["--log_sharpness_every", "5", "--sharpness_m", "64", "--sharpness_batch", "32"], "--sharpness_m"),
             (&["--jpeg_decoder", "turbo", "--dataset", "cifar10"], "--jpeg_decoder"),
             (&["--batch_level_augmentations", "mixup"], "batch_level_augmentations"),
             (&["--dataset", "imagenet", "--image_level_augmentations", "none"], "--image_level_augmentations"),

@@ -173,9 +173,20 @@ impl TrainData {
     /// Opens what `cfg` names; `log` hears about counting shards and skipped samples.
     pub fn open(cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<TrainData, TrainError> {
         if !cfg.dataset.is_sharded() {
-            let (train, test) = load_splits(cfg)?;
+            let (mut train, test) = load_splits(cfg)?;
             let normalization = normalization(cfg, &train.name, train.channels);
             let resize_to = memory_resize(cfg, train.height, train.width);
+            if cfg.label_noise > 0.0 {
+                let t = Arc::make_mut(&mut train);
+                let wrong = ringsam_data::label_noise::corrupt(&mut t.labels, t.num_classes, cfg.label_noise, cfg.run_seed);
+                log(&format!(
+                    "{}: label noise {}: {wrong} of {} training labels wrong (seed {}); test labels clean",
+                    train.name,
+                    cfg.label_noise,
+                    train.len(),
+                    cfg.run_seed
+                ));
+            }
             if let Some(side) = resize_to {
                 log(&format!(
                     "{}: {}×{} images resized bicubically to {side}×{side} (the model's input)",

@@ -57,6 +57,9 @@ impl DeviceStep {
         if cfg.sam_m.is_some() {
             return Err(TrainError::Config("--sam_m is not on the device step yet".into()));
         }
+        if matches!(cfg.schedule, crate::cheap_sam::SamSchedule::LookSam { .. }) {
+            return Err(TrainError::Config("LookSAM (--looksam_k) is not on the device step yet".into()));
+        }
         let model = build(model_name, model_cfg)?;
         let (mut p, mut s) = (vec![0.0; model.layout().total()], vec![0.0; model.state_layout().total()]);
         model.init(&mut p, &mut s, 0);
@@ -91,6 +94,15 @@ impl DeviceStep {
     /// Sets ρ (benchmarks time SGD and SAM on one model).
     pub fn set_rho(&mut self, rho: f32) {
         self.cfg.rho = rho;
+    }
+
+    /// Sets which steps take SAM's two passes (benchmarks); LookSAM is refused, as by [`DeviceStep::new`].
+    pub fn set_schedule(&mut self, schedule: crate::cheap_sam::SamSchedule) -> Result<(), TrainError> {
+        if matches!(schedule, crate::cheap_sam::SamSchedule::LookSam { .. }) {
+            return Err(TrainError::Config("LookSAM (--looksam_k) is not on the device step yet".into()));
+        }
+        self.cfg.schedule = schedule;
+        Ok(())
     }
 
     /// The network.
@@ -173,7 +185,8 @@ impl DeviceStep {
         }
         self.load_batch(x, labels)?;
         let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
-        let (loss, errors, ascent_norm) = if self.cfg.rho == 0.0 {
+        // ρ = 0, or a step `--sam_every` leaves to SGD: one pass.
+        let (loss, errors, ascent_norm) = if self.cfg.rho == 0.0 || !self.cfg.schedule.sam_at(self.step) {
             let (loss, errors) = self.loss_and_grad(false, Pass::train(seed, step).with_frozen_bn(frozen))?;
             (loss, errors, self.launch(|l, s| flat::global_norm(l, s.grads_buf()))?)
         } else {

@@ -10,6 +10,7 @@
 //! stop votes, metrics, batch-norm statistics, parameter fingerprints), [`telemetry`]
 //! (Prometheus metrics).
 
+pub mod cheap_sam;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod replica;
 pub mod resume;
 pub mod run;
 pub mod sample_log;
+pub mod sharpness;
 pub mod step;
 pub mod telemetry;
 pub mod tensorboard;

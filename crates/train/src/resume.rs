@@ -33,6 +33,13 @@ const NOT_MATH: &[&str] = &[
     "ring_timeout_seconds",
     "log_every_steps",
     "allow_config_change",
+    "log_sharpness_every",
+    "sharpness_batch",
+    "sharpness_eigs",
+    "sharpness_iters",
+    "sharpness_tol",
+    "sharpness_m",
+    "sharpness_rho",
     // Initial weights are read only by a fresh run, never by a resume; what they decide for the
     // math (AdvProp's preprocessing under `auto`) is compared resolved, below.
     "init_from",

@@ -9,7 +9,9 @@
 //!    `w_adv`); its batch-norm statistics are discarded;
 //! 4. `g'` is clipped by global norm and the base optimizer updates `w` (never `w_adv`).
 //!
-//! With ρ = 0 the step is plain SGD: one pass, no ascent. With `sam_m = M` the batch is cut into
+//! With ρ = 0 the step is plain SGD: one pass, no ascent. So is every step that `--sam_every` or
+//! LookSAM leaves out of its schedule; LookSAM adds its reused direction to that step's gradient
+//! after the exchange ([`crate::cheap_sam`]). With `sam_m = M` the batch is cut into
 //! chunks of `M` examples that each take their own ascent and their own batch statistics (as
 //! `N/M` devices without `sync_perturbations` would), and the descent gradients are averaged.
 //! Metrics (`loss`, `error_rate`) come from the logits of the pass whose gradient is applied —
@@ -47,6 +49,7 @@ use ringsam_tensor::loss::{
 };
 
 use crate::TrainError;
+use crate::cheap_sam::{DIRECTION_BUFFER, ReusedDirection, SamSchedule};
 use crate::cluster::{Cluster, Scope};
 use crate::device_step::DeviceStep;
 use crate::grad_sync::{BucketPlan, ExchangeStats, GradSync};
@@ -82,6 +85,8 @@ pub struct StepConfig {
     /// Batch norm normalises with its running statistics in training passes and leaves them
     /// alone (finetuning a pretrained checkpoint, as the reference does).
     pub frozen_bn: bool,
+    /// Which steps take SAM's two passes (`--sam_every`, LookSAM; [`crate::cheap_sam`]).
+    pub schedule: SamSchedule,
 }
 
 impl Default for StepConfig {
@@ -113,6 +118,7 @@ impl From<&crate::config::TrainConfig> for StepConfig {
             seed: cfg.run_seed,
             sync_perturbations: cfg.sync_perturbations,
             frozen_bn: cfg.bn_frozen(),
+            schedule: SamSchedule::from_config(cfg),
         }
     }
 }
@@ -151,18 +157,20 @@ pub struct SamStep {
     // This replica's micro-batches of the global batch. Per-example random draws key on the
     // example's place in the global batch, so any number of replicas draws what one would.
     share: BatchShare,
-    group: Range<usize>,        // the ranks the ascent gradient is summed over
-    example_offset: u64,        // this replica's first example in the global batch (per step)
-    chunk_offset: u64,          // place of the current chunk (sam_m or micro-batch) in the batch
-    decayed: Vec<Range<usize>>, // parameter ranges that take weight decay
-    w_adv: Tensor,              // w + e, same layout as arena.params
-    g_sum: Vec<f32>,            // descent gradients summed over chunks
-    stats: StatsMean,           // the micro-batches' batch-norm statistics, averaged
-    chunk: Tensor,              // (C, M, H, W) copy of one sam_m chunk
-    micro: Tensor,              // (C, n, H, W) copy of one accumulation micro-batch
-    losses: Vec<f32>,           // (N,)
-    probs: Vec<f32>,            // (N, K)
-    dlogits: Tensor,            // (N, K)
+    group: Range<usize>,            // the ranks the ascent gradient is summed over
+    example_offset: u64,            // this replica's first example in the global batch (per step)
+    chunk_offset: u64,              // place of the current chunk (sam_m or micro-batch) in the batch
+    decayed: Vec<Range<usize>>,     // parameter ranges that take weight decay
+    w_adv: Tensor,                  // w + e, same layout as arena.params
+    g_sum: Vec<f32>,                // descent gradients summed over chunks
+    stats: StatsMean,               // the micro-batches' batch-norm statistics, averaged
+    chunk: Tensor,                  // (C, M, H, W) copy of one sam_m chunk
+    micro: Tensor,                  // (C, n, H, W) copy of one accumulation micro-batch
+    losses: Vec<f32>,               // (N,)
+    probs: Vec<f32>,                // (N, K)
+    dlogits: Tensor,                // (N, K)
+    sam_now: bool,                  // this step takes SAM's two passes
+    reuse: Option<ReusedDirection>, // LookSAM's direction ([`crate::cheap_sam`])
     // On a GPU ([`SamStep::to_device`]): the step runs there, and the host's w, statistics and
     // optimizer buffers are a copy refreshed by [`SamStep::sync_host`] (`host_stale` until then).
     device: Option<Box<DeviceStep>>,
@@ -209,6 +217,11 @@ impl SamStep {
             losses: Vec::new(),
             probs: Vec::new(),
             dlogits: Tensor::empty(),
+            sam_now: false,
+            reuse: match cfg.schedule {
+                SamSchedule::LookSam { alpha, .. } => Some(ReusedDirection::new(alpha, n)),
+                SamSchedule::Every(_) => None,
+            },
             device: None,
             host_stale: false,
         })
@@ -227,6 +240,9 @@ impl SamStep {
         }
         if self.cfg.sam_m.is_some() {
             return refuse("--sam_m");
+        }
+        if self.looksam().is_some() {
+            return refuse("LookSAM (--looksam_k)");
         }
         let mut d = DeviceStep::new(model_name, &self.model.config(), self.cfg, gpu)?;
         d.upload(&self.arena.params, &self.state, &self.opt.state(), self.step)?;
@@ -282,6 +298,18 @@ impl SamStep {
                 }
             }
         }
+        if let (Some(r), true) = (self.reuse.as_mut(), matches!(self.cfg.schedule, SamSchedule::LookSam { .. })) {
+            match saved.optim(DIRECTION_BUFFER) {
+                Some(d) if d.len() != self.arena.params.len() => {
+                    return Err(TrainError::Checkpoint(format!(
+                        "{DIRECTION_BUFFER} of {} values, the model has {}",
+                        d.len(),
+                        self.arena.params.len()
+                    )));
+                }
+                d => r.restore(d),
+            }
+        }
         self.arena.params.copy_from_slice(saved.params);
         self.state.copy_from_slice(saved.state);
         self.step = saved.step;
@@ -300,6 +328,37 @@ impl SamStep {
     /// Sets ρ (benchmarks time SGD and SAM on one model).
     pub fn set_rho(&mut self, rho: f32) {
         self.cfg.rho = rho;
+    }
+
+    /// Sets which steps take SAM's two passes (benchmarks time the cheaper variants on one model,
+    /// in alternation). LookSAM's direction, once made, is kept while another schedule runs.
+    pub fn set_schedule(&mut self, schedule: SamSchedule) {
+        self.cfg.schedule = schedule;
+        if let SamSchedule::LookSam { alpha, .. } = schedule {
+            let n = self.arena.len();
+            self.reuse.get_or_insert_with(|| ReusedDirection::new(alpha, n)).set_alpha(alpha);
+        }
+    }
+
+    /// LookSAM's direction, when the schedule is LookSAM's.
+    fn looksam(&self) -> Option<&ReusedDirection> {
+        self.reuse.as_ref().filter(|_| matches!(self.cfg.schedule, SamSchedule::LookSam { .. }))
+    }
+
+    /// Sharpness diagnostics at the current weights on the batch `x`, `labels`
+    /// ([`crate::sharpness`]); the random draws are the current step's. On the CPU only.
+    pub fn sharpness(
+        &mut self,
+        x: &Tensor,
+        labels: &[u32],
+        cfg: &crate::sharpness::SharpnessConfig,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<crate::sharpness::SharpnessReport, TrainError> {
+        if self.device.is_some() {
+            return Err(TrainError::Config("sharpness diagnostics are not on the GPU step yet: run them with --device cpu".into()));
+        }
+        let mut loss = crate::sharpness::BatchLoss::new(self.model.as_mut(), &self.state, cfg.seed, self.step, cfg.frozen_bn);
+        crate::sharpness::measure(&mut loss, &self.arena.params, x, labels, cfg, progress)
     }
 
     /// The network.
@@ -329,10 +388,15 @@ impl SamStep {
         &self.state
     }
 
-    /// Named optimizer buffers, in the parameter layout. On a GPU, after [`SamStep::sync_host`].
+    /// Named optimizer buffers, in the parameter layout, with LookSAM's direction when it is on.
+    /// On a GPU, after [`SamStep::sync_host`].
     pub fn optim_state(&self) -> Vec<(&'static str, &[f32])> {
         self.assert_host_fresh("optim_state");
-        self.opt.state()
+        let mut bufs = self.opt.state();
+        if let Some(r) = self.looksam() {
+            bufs.push((DIRECTION_BUFFER, r.direction()));
+        }
+        bufs
     }
 
     /// Steps taken (the global step).
@@ -401,7 +465,9 @@ impl SamStep {
         }
         let micro = n / units;
         self.example_offset = (micro * self.share.my_units().start) as u64;
+        self.sam_now = self.cfg.rho > 0.0 && self.cfg.schedule.sam_at(self.step);
         let chunk = match self.cfg.sam_m {
+            _ if !self.sam_now => None, // an SGD step is one pass over the whole batch
             Some(_) if self.share.units > 1 => {
                 return Err(TrainError::Config(
                     "--sam_m with several replicas or micro-batches is not supported: omit --sam_m (with --sync_perturbations=false, m is the micro-batch)".into(),
@@ -449,7 +515,7 @@ impl SamStep {
     /// `sync_perturbations` when some replica holds more than one micro-batch. With one each,
     /// pass 1 simply stays local, and pass 2 keeps its exchange overlapped with backward.
     fn per_micro_batch_ascent(&self) -> bool {
-        self.cfg.rho > 0.0 && !self.cfg.sync_perturbations && self.share.units != self.share.world
+        self.sam_now && !self.cfg.sync_perturbations && self.share.units != self.share.world
     }
 
     /// SGD or SAM over the whole batch, in micro-batches of `micro`: leaves the gradient to apply
@@ -468,19 +534,32 @@ impl SamStep {
         let shared = exchanges.is_some();
         let exchanges = exchanges.unwrap_or(&mut local);
         let world = shared.then_some(Scope::World);
-        if self.cfg.rho == 0.0 {
+        // LookSAM's direction is the whole batch's (one ascent, averaged over the world), never
+        // a chunk's (validation keeps LookSAM away from chunks).
+        let keep = shared && self.looksam().is_some();
+        if !self.sam_now {
             let (loss, errors) =
                 self.loss_and_grad(false, x, labels, Pass::train(seed, step).with_frozen_bn(frozen), world, micro, &mut exchanges[1])?;
-            return Ok((loss, errors, global_norm(&self.arena.grads)));
+            let norm = match self.reuse.as_ref().filter(|_| keep) {
+                Some(r) => r.add_to(&mut self.arena.grads),
+                None => global_norm(&self.arena.grads),
+            };
+            return Ok((loss, errors, norm));
         }
         let ascent_scope = (shared && self.cfg.sync_perturbations).then_some(Scope::Group);
         // Pass 1 ties ShakeShake/ShakeDrop backward coefficients to the forward's (the reference's
         // `true_gradient=True`); pass 2 and plain SGD draw independent ones.
         let pass1 = Pass::train(seed, step).tied(true).with_frozen_bn(frozen);
         self.loss_and_grad(false, x, labels, pass1, ascent_scope, micro, &mut exchanges[0])?;
+        if let (true, Some(r)) = (keep, self.reuse.as_mut()) {
+            r.remember_ascent(&self.arena.grads);
+        }
         let norm = self.ascend();
         let pass2 = Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen);
         let (loss, errors) = self.loss_and_grad(true, x, labels, pass2, world, micro, &mut exchanges[1])?;
+        if let (true, Some(r)) = (keep, self.reuse.as_mut()) {
+            r.keep_from(&self.arena.grads);
+        }
         Ok((loss, errors, norm))
     }
 
@@ -716,7 +795,7 @@ impl StatsMean {
 }
 
 /// Copies examples `lo..hi` of `x (C, N, H, W)` into `out (C, hi−lo, H, W)`.
-fn copy_examples(x: &Tensor, [c, n, h, w]: [usize; 4], lo: usize, hi: usize, out: &mut Tensor) {
+pub(crate) fn copy_examples(x: &Tensor, [c, n, h, w]: [usize; 4], lo: usize, hi: usize, out: &mut Tensor) {
     let hw = h * w;
     out.resize(&[c, hi - lo, h, w]);
     for ch in 0..c {

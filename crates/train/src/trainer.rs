@@ -77,6 +77,7 @@ pub struct Trainer<'a> {
     started: Instant,
     generation: u64, // the membership generation (0 outside elastic runs)
     sample_log: Option<SampleLog>,
+    sharpness_batch: Option<(Tensor, Vec<u32>)>, // `--log_sharpness_every`'s, read at first use
 }
 
 /// How an epoch ended.
@@ -163,6 +164,7 @@ impl<'a> Trainer<'a> {
         let sample_log = if cfg.log_sample_ids { Some(SampleLog::open(&run_dir, rank)?) } else { None };
         let mut t = Trainer {
             sample_log,
+            sharpness_batch: None,
             ema,
             loader,
             schedule,
@@ -346,6 +348,7 @@ impl<'a> Trainer<'a> {
             if agreed.save || agreed.stop {
                 self.checkpoint()?;
             }
+            self.sharpness_if_due()?;
             if self.cfg.max_steps.is_some_and(|m| self.st.steps() >= m) {
                 return Ok(EpochEnd::MaxSteps);
             }
@@ -430,6 +433,36 @@ impl<'a> Trainer<'a> {
         ];
         let path = self.run_dir.display().to_string();
         events.scalars(self.st.steps(), now(), &scalars).map_err(|source| TrainError::Output { path, source })
+    }
+
+    /// Every `--log_sharpness_every` steps: the sharpness diagnostics on the fixed batch
+    /// ([`crate::sharpness`]). Every replica computes them (they hold the same weights, and none
+    /// waits at the next exchange while another measures); rank 0 writes and logs them.
+    fn sharpness_if_due(&mut self) -> Result<(), TrainError> {
+        let every = self.cfg.log_sharpness_every;
+        if every == 0 || !self.st.steps().is_multiple_of(every) {
+            return Ok(());
+        }
+        if self.sharpness_batch.is_none() {
+            let batch = self.data.eval_batches(Split::Train, self.cfg.sharpness_batch, 0, 1)?.next();
+            let b = batch.ok_or_else(|| TrainError::Runtime("sharpness: the training split is empty".into()))?;
+            self.sharpness_batch = Some((Tensor::from_vec(&[b.c, b.n, b.h, b.w], b.images)?, b.labels));
+        }
+        let (x, labels) = self.sharpness_batch.as_ref().expect("read above");
+        let cfg = crate::sharpness::SharpnessConfig::from(&self.cfg);
+        let r = self.st.sharpness(x, labels, &cfg, &mut |_| {})?;
+        if self.rank != 0 {
+            return Ok(());
+        }
+        if let Some(events) = self.events.as_mut() {
+            let scalars = r.scalars();
+            let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let path = self.run_dir.display().to_string();
+            events.scalars(self.st.steps(), now(), &refs).map_err(|source| TrainError::Output { path, source })?;
+        }
+        let line = format!("step {}: {}", self.st.steps(), r.describe());
+        self.progress.println(&line, self.log);
+        Ok(())
     }
 
     /// At an epoch's end: every `checkpoint_every_epochs` epochs, and after the last.
@@ -642,7 +675,11 @@ impl EpochSums {
 /// What the GPU step does not do yet ([`SamStep::to_device`] refuses the rest): refused by flag,
 /// rather than run differently.
 fn refuse_on_gpu(cfg: &TrainConfig) -> Result<(), TrainError> {
-    let unsupported = [("--ema_decay", cfg.ema_decay > 0.0), ("--imagenet_mixup_alpha", cfg.imagenet_mixup_alpha > 0.0)];
+    let unsupported = [
+        ("--ema_decay", cfg.ema_decay > 0.0),
+        ("--imagenet_mixup_alpha", cfg.imagenet_mixup_alpha > 0.0),
+        ("--log_sharpness_every", cfg.log_sharpness_every > 0),
+    ];
     match unsupported.iter().find(|(_, on)| *on) {
         Some((flag, _)) => Err(TrainError::Config(format!("{flag} is not on the GPU step yet: train it with --device cpu"))),
         None => Ok(()),

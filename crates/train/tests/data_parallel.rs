@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ringsam_models::ModelConfig;
 use ringsam_tensor::Tensor;
+use ringsam_train::cheap_sam::SamSchedule;
 use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
 use ringsam_train::grad_sync::BucketPlan;
 use ringsam_train::{BatchShare, SamStep, StepConfig};
@@ -141,7 +142,7 @@ fn models_with(
                     let (x, y) = batch(&images, &labels, s * GLOBAL + mine.start, s * GLOBAL + mine.end);
                     let r = st.step(&x, &y, 0.1).unwrap();
                     assert!(r.descent_exchange.bytes > 0);
-                    let synced_ascent = step_cfg.sync_perturbations && step_cfg.rho > 0.0;
+                    let synced_ascent = step_cfg.sync_perturbations && step_cfg.rho > 0.0 && step_cfg.schedule.sam_at(s as u64);
                     assert_eq!(r.ascent_exchange.bytes > 0, synced_ascent);
                 }
                 st.close();
@@ -219,6 +220,30 @@ fn gradient_accumulation_matches_the_whole_batch_alone_and_across_replicas() {
     assert_eq!(two[0], two[1]);
     let d = max_diff(&one, &two[0]);
     assert!(d <= TOLERANCE, "2 replicas × 2 micro-batches drifted {d} from one batch of 64 (tolerance {TOLERANCE})");
+}
+
+/// `--sam_every` and LookSAM data-parallel: the SAM steps exchange both gradients, the steps
+/// between one, and LookSAM's direction (from world-averaged gradients) is every replica's.
+#[test]
+fn cheaper_sam_replicas_follow_one_replica() {
+    let _ports = ports_lock();
+    let sam = single_replica(None);
+    let mut finals = Vec::new();
+    for schedule in [SamSchedule::Every(3), SamSchedule::LookSam { k: 3, alpha: 0.7 }] {
+        let cfg = StepConfig { schedule, ..step_config(true) };
+        let one = single_replica_with(cfg);
+        let four = replicas_with(4, None, cfg, 4);
+        for p in &four[1..] {
+            assert_eq!(p, &four[0], "{schedule:?}: replicas must hold identical parameters");
+        }
+        let d = max_diff(&one, &four[0]);
+        assert!(d <= TOLERANCE, "{schedule:?}: 4 × 16 drifted {d} from 1 × 64 (tolerance {TOLERANCE})");
+        let d = max_diff(&sam, &one);
+        assert!(d > 100.0 * TOLERANCE, "{schedule:?} should differ from SAM on every step (max diff {d})");
+        finals.push(one);
+    }
+    let d = max_diff(&finals[0], &finals[1]);
+    assert!(d > 100.0 * TOLERANCE, "LookSAM's reused direction should change the steps between (max diff {d})");
 }
 
 #[test]

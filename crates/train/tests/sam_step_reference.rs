@@ -11,6 +11,7 @@ use ringsam_nn::{Pass, Rng};
 use ringsam_optim::OptimizerKind;
 use ringsam_tensor::Tensor;
 use ringsam_tensor::loss::{LossShape, softmax_cross_entropy_backward, softmax_cross_entropy_forward};
+use ringsam_train::cheap_sam::SamSchedule;
 use ringsam_train::{BatchShare, SamStep, StepConfig};
 
 const MODEL: &str = "WideResnet10x1";
@@ -41,8 +42,21 @@ fn norm(v: &[f64]) -> f64 {
 }
 
 fn check(kind: OptimizerKind, rho: f32, clip: f32) {
-    let cfg =
-        StepConfig { rho, weight_decay: 1e-3, label_smoothing: 0.1, gradient_clipping: clip, optimizer: kind, ..StepConfig::default() };
+    check_schedule(kind, rho, clip, SamSchedule::Every(1), 3);
+}
+
+/// `steps` steps of the schedule against the f64 recomputation. LookSAM's reused direction is
+/// recomputed in the paper's form, `g_s − ‖g_s‖·cos θ·g/‖g‖`.
+fn check_schedule(kind: OptimizerKind, rho: f32, clip: f32, schedule: SamSchedule, steps: u64) {
+    let cfg = StepConfig {
+        rho,
+        weight_decay: 1e-3,
+        label_smoothing: 0.1,
+        gradient_clipping: clip,
+        optimizer: kind,
+        schedule,
+        ..StepConfig::default()
+    };
     let mut st = SamStep::new(MODEL, &ModelConfig::default(), cfg, None, BatchShare::alone(1)).unwrap();
     let (x, labels) = batch(6, 1);
     let lr = 0.05f64;
@@ -51,16 +65,23 @@ fn check(kind: OptimizerKind, rho: f32, clip: f32) {
     let mut m = vec![0.0f64; w.len()];
     let mut v2 = vec![1.0f64; w.len()];
     let mut state = st.state().to_vec();
-    for step in 0..3u64 {
+    let mut g_v = vec![0.0f64; w.len()];
+    for step in 0..steps {
         let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
         let mut g = grad(&w32, &mut state, &x, &labels, 0.1, Pass::train(0, step));
         g.iter_mut().zip(&w).for_each(|(g, w)| *g += 1e-3 * w);
-        if rho > 0.0 {
+        if rho > 0.0 && schedule.sam_at(step) {
             let n = norm(&g);
             let w_adv: Vec<f32> = w.iter().zip(&g).map(|(w, g)| (w + rho as f64 * g / n) as f32).collect();
             let mut frozen = state.clone();
-            g = grad(&w_adv, &mut frozen, &x, &labels, 0.1, Pass::train_frozen_stats(0, step));
-            g.iter_mut().zip(&w_adv).for_each(|(g, w)| *g += 1e-3 * *w as f64);
+            let mut g_s = grad(&w_adv, &mut frozen, &x, &labels, 0.1, Pass::train_frozen_stats(0, step));
+            g_s.iter_mut().zip(&w_adv).for_each(|(g, w)| *g += 1e-3 * *w as f64);
+            let cos = g_s.iter().zip(&g).map(|(a, b)| a * b).sum::<f64>() / (norm(&g_s) * n);
+            g_v = g_s.iter().zip(&g).map(|(s, g)| s - norm(&g_s) * cos * g / n).collect();
+            g = g_s;
+        } else if let SamSchedule::LookSam { alpha, .. } = schedule {
+            let scale = alpha as f64 * norm(&g) / norm(&g_v);
+            g.iter_mut().zip(&g_v).for_each(|(g, v)| *g += scale * v);
         }
         let n = norm(&g);
         if clip > 0.0 && n >= clip as f64 {
@@ -86,7 +107,7 @@ fn check(kind: OptimizerKind, rho: f32, clip: f32) {
         st.step(&x, &labels, lr as f32).unwrap();
     }
     let want: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-    assert_close(&format!("{kind:?} rho {rho} clip {clip}: parameters after 3 steps"), st.params(), &want, 2e-5, 1e-4);
+    assert_close(&format!("{kind:?} rho {rho} clip {clip} {schedule:?}: parameters after {steps} steps"), st.params(), &want, 2e-5, 1e-4);
     assert_close("running statistics (pass 1 only)", st.state(), &state, 1e-5, 1e-4);
 }
 
@@ -104,6 +125,17 @@ fn sam_with_clipping_matches_f64() {
 fn momentum_and_rmsprop_match_f64() {
     check(OptimizerKind::Momentum { beta: 0.9 }, 0.05, 0.0);
     check(OptimizerKind::RmsProp { beta: 0.9, beta2: 0.9, eps: 1e-3 }, 0.0, 0.0);
+}
+
+#[test]
+fn sam_every_k_matches_f64() {
+    check_schedule(OptimizerKind::Nesterov { beta: 0.9 }, 0.05, 0.0, SamSchedule::Every(2), 5);
+}
+
+#[test]
+fn looksam_matches_f64() {
+    check_schedule(OptimizerKind::Nesterov { beta: 0.9 }, 0.05, 0.0, SamSchedule::LookSam { k: 3, alpha: 0.7 }, 6);
+    check_schedule(OptimizerKind::Momentum { beta: 0.9 }, 0.05, 0.5, SamSchedule::LookSam { k: 2, alpha: 1.5 }, 4);
 }
 
 /// ρ = 0 is plain SGD, bit for bit: one pass, the same gradient, the same update.
