@@ -39,10 +39,10 @@ part() { echo; echo "== $1 ($(date +%T))"; }
   lib_path="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   if want cuda; then
     # The probe: the driver, cuBLAS and NVRTC found (with the wheels' folders on the loader
-    # path), a tiny step run.
-    part "cuda: the probe (bench step --device cuda, WRN-16-2 batch 8)"
+    # path), a tiny step run, and --sam_every's cycles on the device step (LookSAM is CPU-only).
+    part "cuda: the probe (bench step --device cuda, WRN-16-2 batch 8, with sam_every:2,5)"
     LD_LIBRARY_PATH="$lib_path" timeout 60 target/release/ringsam bench step --device cuda --iters 1 \
-      --batch_size 8 --image_size 32 --model_name WideResnet16x2 2>&1 | tail -4
+      --batch_size 8 --image_size 32 --model_name WideResnet16x2 2>&1 | tail -6
   fi
 
   if want kernels; then
@@ -69,7 +69,7 @@ part() { echo; echo "== $1 ($(date +%T))"; }
       IFS=: read -r model batch side classes <<< "$spec"
       LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
         --device cuda --iters 3 --model_name "$model" --batch_size "$batch" --image_size "$side" \
-        --num_classes "$classes" --profile 2>&1 | tail -64
+        --num_classes "$classes" --cheaper none --profile 2>&1 | tail -64
     done
     part "engine 2: PyTorch baseline (benches/torch_step_baseline.py, the same two models)"
     timeout 150 python3 benches/torch_step_baseline.py --models WideResnet28x10:128:32,Resnet50:256:224 \
@@ -104,7 +104,7 @@ part() { echo; echo "== $1 ($(date +%T))"; }
 
   if want step; then
     part "engine step on the CPU (WRN-16-4, batch 64, all cores)"
-    timeout 120 target/release/ringsam bench step --device cpu --iters 3 2>&1 | tail -6
+    timeout 120 target/release/ringsam bench step --device cpu --iters 3 --cheaper none 2>&1 | tail -6
   fi
 
   if want loader; then
