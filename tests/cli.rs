@@ -38,6 +38,17 @@ fn bench_step_json_reports_medians() {
     for key in ["sgd_ms", "sam_ms", "sgd_images_per_s", "sam_images_per_s", "sgd_gflops_per_s"] {
         assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {}", r[key]);
     }
+    // The cheaper schedules, each timed over 2 whole cycles.
+    let cheaper = r["cheaper"].as_array().unwrap();
+    let names: Vec<&str> = cheaper.iter().map(|c| c["variant"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sam_every_2", "sam_every_5", "looksam_5"]);
+    for c in cheaper {
+        assert_eq!(c["samples_ms"].as_array().unwrap().len(), 2);
+        assert!(c["ms_per_step"].as_f64().unwrap() > 0.0 && c["over_sam"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let out = ringsam(&["bench", "step", "--cheaper", "sam_every:1", "--iters", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cheaper sam_every:1"));
     assert_eq!(r["sgd_samples_ms"].as_array().unwrap().len(), 2);
 }
 
