@@ -41,6 +41,10 @@ pub(crate) struct ExperimentArgs {
     /// (default: runs/label-noise or runs/cheap-sam).
     #[arg(long)]
     pub(crate) output_dir: Option<PathBuf>,
+    /// Also measure every cell's final weights as `ringsam sharpness` does (the train flags'
+    /// --sharpness_* settings): λ1, λ1/λ5 and m-sharpness in the table and sharpness.png.
+    #[arg(long)]
+    pub(crate) sharpness: bool,
     /// `ringsam train` flags for every cell (with no --dataset and no --config, the quickstart
     /// on the bundled digits); the SAM-family methods use its --sam_rho.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "TRAIN_FLAGS")]
@@ -59,6 +63,10 @@ fn take_own_flags(args: &mut ExperimentArgs) -> Result<()> {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (w.clone(), None),
         };
+        if name == "--sharpness" && inline.is_none() {
+            args.sharpness = true;
+            continue;
+        }
         if !OWN_FLAGS.contains(&name.as_str()) {
             rest.push(w);
             continue;
@@ -111,8 +119,8 @@ pub(crate) fn cmd_experiment(command: ExperimentCommand) -> Result<()> {
         return Err(usage("--sam_rho is 0: the SAM-family methods need the run's ρ (give --sam_rho)"));
     }
     let gpu = train_args.open_device(&|line| eprintln!("ringsam: {line}"))?;
-    let exp =
-        Experiment { kind, methods, noises, seeds: args.seeds, rho: base.sam_rho, dir: args.output_dir.unwrap_or_else(|| dir.into()) };
+    let dir = args.output_dir.unwrap_or_else(|| dir.into());
+    let exp = Experiment { kind, methods, noises, seeds: args.seeds, rho: base.sam_rho, dir, sharpness: args.sharpness };
     let opts = ringsam_train::run::RunOptions {
         progress: std::io::stderr().is_terminal(),
         stop: stop_on_signals()?,
@@ -123,5 +131,8 @@ pub(crate) fn cmd_experiment(command: ExperimentCommand) -> Result<()> {
         .with_context(|| format!("experiment in {}", exp.dir.display()))?;
     print!("{}", out.table);
     println!("cells: {}  results: {}  figure: {}", out.results.len(), out.csv.display(), out.figure.display());
+    if let Some(f) = out.sharpness_figure {
+        println!("sharpness figure: {}", f.display());
+    }
     Ok(())
 }

@@ -20,6 +20,7 @@ fn experiment(kind: &str, own: &[&str], out: &Path) -> std::process::Output {
 fn label_noise_runs_every_cell_once_and_writes_its_table_csv_and_figure() {
     let tmp = tempfile::tempdir().unwrap();
     let own = ["--noise", "0,0.5", "--methods", "sgd,looksam:2", "--seeds", "2"];
+    let sharp = ["--sharpness", "--sharpness_batch", "8", "--sharpness_m", "4", "--sharpness_eigs", "1", "--sharpness_iters", "1"];
     let o = experiment("label-noise", &own, tmp.path());
     let text = stdout_ok(&o);
     assert!(text.contains("noise 0.5") && text.contains("looksam_2") && text.contains("cells: 8"), "{text}");
@@ -35,6 +36,15 @@ fn label_noise_runs_every_cell_once_and_writes_its_table_csv_and_figure() {
     let err = String::from_utf8_lossy(&again.stderr);
     assert_eq!(err.matches("done before").count(), 8, "{err}");
     assert_eq!(std::fs::read_to_string(tmp.path().join("results.csv")).unwrap(), csv);
+    // --sharpness later measures the finished cells' final weights, once.
+    let with: Vec<&str> = own.iter().chain(&sharp).copied().collect();
+    let text = stdout_ok(&experiment("label-noise", &with, tmp.path()));
+    assert!(text.contains("Hessian λ1") && text.contains("sharpness figure"), "{text}");
+    assert!(std::fs::read(tmp.path().join("sharpness.png")).unwrap().starts_with(b"\x89PNG"));
+    let csv = std::fs::read_to_string(tmp.path().join("results.csv")).unwrap();
+    assert!(csv.lines().skip(1).all(|l| l.split(',').nth(8).is_some_and(|v| !v.is_empty())), "every cell measured: {csv}");
+    let err = String::from_utf8_lossy(&experiment("label-noise", &with, tmp.path()).stderr).to_string();
+    assert!(!err.contains("measuring"), "{err}");
 }
 
 #[test]

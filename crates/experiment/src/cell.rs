@@ -47,6 +47,21 @@ pub struct CellResult {
     pub ms_per_step: f64,
     /// The cell's run directory.
     pub run_dir: PathBuf,
+    /// With `--sharpness`: the final weights' Hessian λ1, λ1/λ5 and m-sharpness
+    /// ([`ringsam_train::sharpness`]).
+    #[serde(default)]
+    pub sharpness: Option<FinalSharpness>,
+}
+
+/// The sharpness of a cell's final weights.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinalSharpness {
+    /// The Hessian's largest eigenvalue.
+    pub lambda_1: f64,
+    /// λ1 / λ5 (None when λ5 is not positive).
+    pub lambda_ratio: Option<f64>,
+    /// The m-sharpness at the run's `--sharpness_m` and `--sharpness_rho`.
+    pub m_sharpness: f64,
 }
 
 impl Cell {

@@ -26,7 +26,7 @@ use ringsam_train::TrainError;
 use ringsam_train::config::TrainConfig;
 use ringsam_train::run::RunOptions;
 
-use crate::cell::{Cell, CellResult};
+use crate::cell::{Cell, CellResult, FinalSharpness};
 use crate::method::Method;
 
 /// Which experiment (what its figure shows).
@@ -53,6 +53,10 @@ pub struct Experiment {
     pub rho: f32,
     /// The experiment's directory (one sub-directory per cell).
     pub dir: PathBuf,
+    /// Also measure each cell's final sharpness (λ1, λ1/λ5, m-sharpness; the `--sharpness_*`
+    /// settings of the base configuration), for the table, `results.csv` and (label noise)
+    /// `sharpness.png`. Cells finished without it are measured from their final checkpoint.
+    pub sharpness: bool,
 }
 
 /// What [`run`] produced.
@@ -66,6 +70,9 @@ pub struct Outcome {
     pub csv: PathBuf,
     /// The figure.
     pub figure: PathBuf,
+    /// With `sharpness`, for the label-noise experiment: λ1 and the m-sharpness against label
+    /// noise (cheap-sam's table has them).
+    pub sharpness_figure: Option<PathBuf>,
 }
 
 impl Experiment {
@@ -91,13 +98,19 @@ pub fn run(exp: &Experiment, base: &TrainConfig, opts: &RunOptions, progress: &m
     let (mut results, mut trained) = (Vec::new(), 0usize);
     for (i, (cell, cfg)) in cells.iter().zip(&configs).enumerate() {
         let at = format!("cell {}/{} ({})", i + 1, cells.len(), cell.describe());
-        if let Some(r) = cell.finished(&exp.dir) {
+        if let Some(mut r) = cell.finished(&exp.dir) {
             progress(&format!("{at}: done before, test accuracy {:.2}%", 100.0 * r.test_accuracy));
+            if exp.sharpness && r.sharpness.is_none() {
+                progress(&format!("{at}: measuring the final weights' sharpness"));
+                let last = r.run_dir.join("checkpoints").join(format!("checkpoint_{}", r.steps));
+                r.sharpness = Some(final_sharpness(&last, cfg, &mut cell_log(cfg)?)?);
+                cell.record(&exp.dir, &r)?;
+            }
             results.push(r);
             continue;
         }
         progress(&format!("{at}: training{}", eta(started, trained, cells.len() - i)));
-        let r = run_cell(cell, cfg, opts)?;
+        let r = run_cell(cell, cfg, opts, exp.sharpness)?;
         trained += 1;
         progress(&format!("{at}: test accuracy {:.2}% ({} steps, {:.1} ms/step)", 100.0 * r.test_accuracy, r.steps, r.ms_per_step));
         cell.record(&exp.dir, &r)?;
@@ -115,8 +128,8 @@ fn eta(started: Instant, trained: usize, left: usize) -> String {
     format!(" — about {:.0} min {:02.0} s left", (s / 60.0).floor(), s % 60.0)
 }
 
-/// Trains one cell, its log into `{cell}/train.log`.
-fn run_cell(cell: &Cell, cfg: &TrainConfig, opts: &RunOptions) -> Result<CellResult, TrainError> {
+/// A writer of lines to the cell's `train.log` (appended to).
+fn cell_log(cfg: &TrainConfig) -> Result<impl FnMut(&str), TrainError> {
     std::fs::create_dir_all(&cfg.output_dir).map_err(|source| TrainError::Output { path: cfg.output_dir.display().to_string(), source })?;
     let log_path = cfg.output_dir.join("train.log");
     let mut file = std::fs::OpenOptions::new()
@@ -124,17 +137,22 @@ fn run_cell(cell: &Cell, cfg: &TrainConfig, opts: &RunOptions) -> Result<CellRes
         .append(true)
         .open(&log_path)
         .map_err(|source| TrainError::Output { path: log_path.display().to_string(), source })?;
-    let mut log = |line: &str| {
+    Ok(move |line: &str| {
         use std::io::Write;
         let _ = writeln!(file, "{line}"); // the log is a convenience: a full disk shows in the run's own writes
-    };
+    })
+}
+
+/// Trains one cell, its log into `{cell}/train.log`.
+fn run_cell(cell: &Cell, cfg: &TrainConfig, opts: &RunOptions, sharpness: bool) -> Result<CellResult, TrainError> {
+    let mut log = cell_log(cfg)?;
     let summary = ringsam_train::run::train(cfg, opts, &mut log)?;
+    let last = summary.run_dir.join("checkpoints").join(format!("checkpoint_{}", summary.steps));
     let (err, loss) = match (summary.test_error_rate, summary.test_loss) {
         (Some(e), Some(l)) => (e, l),
         // No evaluation after the last step (--max_steps ended the run, or it had ended before
         // this session): its final checkpoint, evaluated as training evaluates.
         _ => {
-            let last = summary.run_dir.join("checkpoints").join(format!("checkpoint_{}", summary.steps));
             let (_, r) = ringsam_train::eval::evaluate_checkpoint(&last, None, cfg.batch_size, opts.gpu.as_ref())?;
             log(&format!("evaluated {}: test error {:.4}", last.display(), r.error_rate));
             (r.error_rate, r.loss)
@@ -150,7 +168,17 @@ fn run_cell(cell: &Cell, cfg: &TrainConfig, opts: &RunOptions) -> Result<CellRes
         passes_per_step: cell.method.passes_per_step(),
         ms_per_step: 1e3 * summary.per_step.seconds,
         run_dir: summary.run_dir,
+        sharpness: if sharpness { Some(final_sharpness(&last, cfg, &mut log)?) } else { None },
     })
+}
+
+/// λ1, λ1/λ5 and the m-sharpness of the checkpoint `dir`, as `ringsam sharpness` measures them
+/// with `cfg`'s `--sharpness_*` settings (this session's, not those the cell was trained with).
+fn final_sharpness(dir: &std::path::Path, cfg: &TrainConfig, log: &mut dyn FnMut(&str)) -> Result<FinalSharpness, TrainError> {
+    let flags = ringsam_train::sharpness::settings_as_flags(cfg);
+    let (_, r) = ringsam_train::sharpness::of_checkpoint(dir, &flags, log)?;
+    log(&r.describe());
+    Ok(FinalSharpness { lambda_1: r.eigenvalues[0], lambda_ratio: r.ratio(), m_sharpness: r.m_sharpness })
 }
 
 /// The table, `results.csv` and the figure.
@@ -172,5 +200,13 @@ fn finish(exp: &Experiment, results: Vec<CellResult>) -> Result<Outcome, TrainEr
         }
     };
     drawn.map_err(|e| TrainError::Runtime(format!("drawing {}: {e}", figure.display())))?;
-    Ok(Outcome { results, table, csv, figure })
+    let sharpness_figure = if groups.iter().all(|g| g.lambda_1.is_some()) && exp.sharpness && exp.kind == Kind::LabelNoise {
+        let f = exp.dir.join("sharpness.png");
+        let title = format!("Sharpness of the final weights against label noise ({seeds}, ± 1 sd)");
+        plot::sharpness_vs_noise(&f, &groups, &title).map_err(|e| TrainError::Runtime(format!("drawing {}: {e}", f.display())))?;
+        Some(f)
+    } else {
+        None
+    };
+    Ok(Outcome { results, table, csv, figure, sharpness_figure })
 }

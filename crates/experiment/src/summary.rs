@@ -20,6 +20,18 @@ pub struct Group {
     pub passes_per_step: f64,
     /// Mean step time, ms.
     pub ms_per_step: f64,
+    /// Mean and standard deviation of the final Hessian λ1, when every seed measured it.
+    pub lambda_1: Option<(f64, f64)>,
+    /// The same for the m-sharpness.
+    pub m_sharpness: Option<(f64, f64)>,
+}
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
 }
 
 /// Groups `results` by (method, noise), in the order they first appear.
@@ -33,11 +45,22 @@ pub fn groups(results: &[CellResult]) -> Vec<Group> {
     keys.into_iter()
         .map(|(method, noise)| {
             let rs: Vec<&CellResult> = results.iter().filter(|r| r.method == method && r.noise == noise).collect();
-            let n = rs.len() as f64;
-            let mean = rs.iter().map(|r| r.test_accuracy).sum::<f64>() / n;
-            let var = if rs.len() > 1 { rs.iter().map(|r| (r.test_accuracy - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-            let ms = rs.iter().map(|r| r.ms_per_step).sum::<f64>() / n;
-            Group { method, noise, mean, std: var.sqrt(), runs: rs.len(), passes_per_step: rs[0].passes_per_step, ms_per_step: ms }
+            let (mean, std) = mean_std(&rs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>());
+            let ms = mean_std(&rs.iter().map(|r| r.ms_per_step).collect::<Vec<_>>()).0;
+            let measured: Option<Vec<_>> = rs.iter().map(|r| r.sharpness).collect();
+            let lambda_1 = measured.as_ref().map(|m| mean_std(&m.iter().map(|s| s.lambda_1).collect::<Vec<_>>()));
+            let m_sharpness = measured.as_ref().map(|m| mean_std(&m.iter().map(|s| s.m_sharpness).collect::<Vec<_>>()));
+            Group {
+                method,
+                noise,
+                mean,
+                std,
+                runs: rs.len(),
+                passes_per_step: rs[0].passes_per_step,
+                ms_per_step: ms,
+                lambda_1,
+                m_sharpness,
+            }
         })
         .collect()
 }
@@ -61,6 +84,7 @@ pub fn table(groups: &[Group]) -> String {
         out += &format!(" {:>15}", format!("noise {n}"));
     }
     out += &format!(" {:>12} {:>10}\n", "passes/step", "ms/step");
+    let sharp = groups.iter().all(|g| g.lambda_1.is_some());
     for m in methods {
         out += &format!("{m:<14}");
         let mine: Vec<&Group> = groups.iter().filter(|g| g.method == m).collect();
@@ -73,15 +97,26 @@ pub fn table(groups: &[Group]) -> String {
         let ms = mine.iter().map(|g| g.ms_per_step).sum::<f64>() / mine.len() as f64;
         out += &format!(" {:>12.2} {:>10.1}\n", mine[0].passes_per_step, ms);
     }
+    if sharp {
+        out += "\nsharpness of the final weights (mean over seeds): Hessian λ1 / m-sharpness\n";
+        for g in groups {
+            let (l, m) = (g.lambda_1.unwrap_or_default(), g.m_sharpness.unwrap_or_default());
+            out += &format!("{:<14} noise {:<5} λ1 {:>8.3} ± {:<7.3} m-sharpness {:.5} ± {:.5}\n", g.method, g.noise, l.0, l.1, m.0, m.1);
+        }
+    }
     out
 }
 
 /// Every cell, one line each, with a header.
 pub fn csv(results: &[CellResult]) -> String {
-    let mut out = String::from("method,noise,seed,test_accuracy,test_loss,steps,passes_per_step,ms_per_step,run_dir\n");
+    let mut out = String::from(
+        "method,noise,seed,test_accuracy,test_loss,steps,passes_per_step,ms_per_step,lambda_1,lambda_1_over_5,m_sharpness,run_dir\n",
+    );
     for r in results {
+        let s = r.sharpness;
+        let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
         out += &format!(
-            "{},{},{},{:.6},{:.6},{},{},{:.3},{}\n",
+            "{},{},{},{:.6},{:.6},{},{},{:.3},{},{},{},{}\n",
             r.method,
             r.noise,
             r.seed,
@@ -90,6 +125,9 @@ pub fn csv(results: &[CellResult]) -> String {
             r.steps,
             r.passes_per_step,
             r.ms_per_step,
+            cell(s.map(|s| s.lambda_1)),
+            cell(s.and_then(|s| s.lambda_ratio)),
+            cell(s.map(|s| s.m_sharpness)),
             r.run_dir.display()
         );
     }
@@ -111,6 +149,7 @@ mod tests {
             passes_per_step: 1.0,
             ms_per_step: 5.0,
             run_dir: "x".into(),
+            sharpness: None,
         }
     }
 

@@ -275,6 +275,20 @@ pub fn m_sharpness(loss: &mut BatchLoss<'_>, w: &[f32], x: &Tensor, labels: &[u3
     Ok(sum / chunks as f64)
 }
 
+/// `cfg`'s `--sharpness_*` settings as flags, for [`of_checkpoint`] (to measure a checkpoint as
+/// another run's settings say).
+pub fn settings_as_flags(cfg: &TrainConfig) -> Vec<String> {
+    let pairs = [
+        ("--sharpness_batch", cfg.sharpness_batch.to_string()),
+        ("--sharpness_eigs", cfg.sharpness_eigs.to_string()),
+        ("--sharpness_iters", cfg.sharpness_iters.to_string()),
+        ("--sharpness_tol", cfg.sharpness_tol.to_string()),
+        ("--sharpness_m", cfg.sharpness_m.to_string()),
+        ("--sharpness_rho", cfg.sharpness_rho.to_string()),
+    ];
+    pairs.into_iter().flat_map(|(k, v)| [k.to_string(), v]).collect()
+}
+
 /// The diagnostics of the checkpoint in `dir`, on the first `--sharpness_batch` examples of its
 /// run's training split (labels as that run trained on them), with the random draws of the step
 /// it was written at. `flags` are `ringsam train` flags laid over the run's configuration (the
