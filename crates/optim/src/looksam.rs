@@ -13,38 +13,51 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 16;
 
-/// Writes `g_s − (g_s·g/‖g‖²)·g` into `g_v`; returns `‖g_v‖`. A zero `g` leaves `g_v = g_s`.
+/// The kept part is taken as none when its norm is below this fraction of `‖g_s‖`: `g_s` was
+/// parallel to `g` up to f32 rounding, and scaling rounding noise up to `α‖g‖` would add noise.
+pub const PARALLEL: f64 = 1e-6;
+
+/// Writes `g_s − (g_s·g/‖g‖²)·g` into `g_v`; returns `‖g_v‖`, or 0 when that is below
+/// [`PARALLEL`]`·‖g_s‖`. A zero `g` leaves `g_v = g_s`. Sums are in chunk order (replicas
+/// agree to the bit; [`crate::norm::ordered_sum`]).
 pub fn orthogonal_part(g_v: &mut [f32], g_s: &[f32], g: &[f32]) -> f64 {
     assert!(g_v.len() == g.len() && g_s.len() == g.len(), "orthogonal_part: buffers of different layouts");
-    let (dot, gg) = g_s
+    let partials: Vec<[f64; 3]> = g_s
         .par_chunks(CHUNK)
         .zip(g.par_chunks(CHUNK))
-        .map(|(s, g)| s.iter().zip(g).fold((0.0f64, 0.0f64), |(d, n), (&s, &g)| (d + s as f64 * g as f64, n + g as f64 * g as f64)))
-        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        .map(|(s, g)| {
+            s.iter().zip(g).fold([0.0f64; 3], |[d, n, ss], (&s, &g)| {
+                let (s, g) = (s as f64, g as f64);
+                [d + s * g, n + g * g, ss + s * s]
+            })
+        })
+        .collect();
+    let [dot, gg, ss] = partials.iter().fold([0.0f64; 3], |a, p| [a[0] + p[0], a[1] + p[1], a[2] + p[2]]);
     let c = if gg > 0.0 { (dot / gg) as f32 } else { 0.0 };
-    g_v.par_chunks_mut(CHUNK)
-        .zip(g_s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-        .map(|(v, (s, g))| {
+    let norm =
+        crate::norm::ordered_sum(g_v.par_chunks_mut(CHUNK).zip(g_s.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).map(|(v, (s, g))| {
             let mut sq = 0.0f64;
             for ((v, &s), &g) in v.iter_mut().zip(s).zip(g) {
                 *v = s - c * g;
                 sq += *v as f64 * *v as f64;
             }
             sq
-        })
-        .sum::<f64>()
-        .sqrt()
+        }))
+        .sqrt();
+    if norm <= PARALLEL * ss.sqrt() { 0.0 } else { norm }
 }
 
-/// Adds `alpha·(‖g‖/‖g_v‖)·g_v` to `g`; `g_v_norm` is `‖g_v‖`. A zero `g_v` (none yet, or `g_s`
-/// parallel to `g`) adds nothing. Returns `‖g‖` before the addition.
+/// Adds `alpha·(‖g‖/‖g_v‖)·g_v` to `g`; `g_v_norm` is `‖g_v‖`. A zero `g_v_norm` (no direction
+/// yet, or `g_s` parallel to `g`) adds nothing, and so does a scale that is not finite. Returns
+/// `‖g‖` before the addition.
 pub fn add_reused(g: &mut [f32], g_v: &[f32], g_v_norm: f64, alpha: f32) -> f64 {
     assert!(g_v.len() == g.len(), "add_reused: buffers of different layouts");
     let g_norm = crate::global_norm(g);
-    if g_v_norm <= 0.0 || alpha == 0.0 {
+    let s = alpha as f64 * g_norm / g_v_norm;
+    if g_v_norm <= 0.0 || alpha == 0.0 || !(s as f32).is_finite() {
         return g_norm;
     }
-    let s = (alpha as f64 * g_norm / g_v_norm) as f32;
+    let s = s as f32;
     g.par_chunks_mut(CHUNK).zip(g_v.par_chunks(CHUNK)).for_each(|(g, v)| {
         for (g, &v) in g.iter_mut().zip(v) {
             *g += s * v;
@@ -87,6 +100,17 @@ mod tests {
         let before = g.clone();
         add_reused(&mut g, &[0.0; 3], 0.0, 0.7);
         assert_eq!(g, before, "a zero direction adds nothing");
+    }
+
+    #[test]
+    fn a_g_s_parallel_to_g_up_to_rounding_keeps_nothing() {
+        let g: Vec<f32> = (0..5000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g_s: Vec<f32> = g.iter().map(|&x| x * 3.0).collect();
+        let mut g_v = vec![0.0; 5000];
+        assert_eq!(orthogonal_part(&mut g_v, &g_s, &g), 0.0);
+        let mut h = g.clone();
+        add_reused(&mut h, &g_v, 0.0, 0.7);
+        assert_eq!(h, g);
     }
 
     #[test]

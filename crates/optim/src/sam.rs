@@ -30,12 +30,12 @@ pub fn ascent_point(w_adv: &mut [f32], w: &[f32], g: &[f32], rho: f32) -> f64 {
 /// ASAM: writes `w + ρ·T²g/‖Tg‖` with `T = |w| + eta` into `w_adv`; returns `‖Tg‖`.
 pub fn asam_ascent_point(w_adv: &mut [f32], w: &[f32], g: &[f32], rho: f32, eta: f32) -> f64 {
     assert!(w_adv.len() == w.len() && g.len() == w.len(), "asam_ascent_point: buffers of different layouts");
-    let tg_norm = w
-        .par_chunks(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .map(|(w, g)| w.iter().zip(g).map(|(&w, &g)| ((w.abs() + eta) as f64 * g as f64).powi(2)).sum::<f64>())
-        .sum::<f64>()
-        .sqrt();
+    let tg_norm = crate::norm::ordered_sum(
+        w.par_chunks(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .map(|(w, g)| w.iter().zip(g).map(|(&w, &g)| ((w.abs() + eta) as f64 * g as f64).powi(2)).sum::<f64>()),
+    )
+    .sqrt();
     let scale = if tg_norm > 0.0 { (rho as f64 / tg_norm) as f32 } else { 0.0 };
     w_adv.par_chunks_mut(CHUNK).zip(w.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(a, (w, g))| {
         for ((a, &w), &g) in a.iter_mut().zip(w).zip(g) {

@@ -101,6 +101,9 @@ impl ReusedDirection {
     /// part of `g_s` orthogonal to the remembered `g`.
     pub fn keep_from(&mut self, g_s: &[f32]) {
         self.norm = orthogonal_part(&mut self.direction, g_s, &self.ascent);
+        if self.norm == 0.0 {
+            self.direction.fill(0.0); // parallel up to rounding: none kept, and none saved
+        }
     }
 
     /// A one-pass step: adds `α·(‖g‖/‖g_v‖)·g_v` to its gradient `g`; returns `‖g‖` before.
