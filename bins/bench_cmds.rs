@@ -328,11 +328,12 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
             let given = parse_cheaper(&args.cheaper)?;
             let on_gpu = args.device != "cpu";
             let defaulted = args.cheaper == "sam_every:2,sam_every:5,looksam:5";
+            let looksam = |s: &ringsam_train::cheap_sam::SamSchedule| matches!(s, ringsam_train::cheap_sam::SamSchedule::LookSam { .. });
+            if on_gpu && !defaulted && given.iter().any(looksam) {
+                return Err(usage(format!("--cheaper: LookSAM is not on the device step yet (--device {})", args.device)));
+            }
             // LookSAM is not on the device step yet: left out of the default list there.
-            given
-                .into_iter()
-                .filter(|s| !(on_gpu && defaulted && matches!(s, ringsam_train::cheap_sam::SamSchedule::LookSam { .. })))
-                .collect()
+            given.into_iter().filter(|s| !(on_gpu && looksam(s))).collect()
         },
     };
     let show_progress = std::io::stderr().is_terminal() && !args.json;

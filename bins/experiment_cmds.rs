@@ -118,6 +118,14 @@ pub(crate) fn cmd_experiment(command: ExperimentCommand) -> Result<()> {
     if base.sam_rho == 0.0 && methods.iter().any(|m| *m != Method::Sgd) {
         return Err(usage("--sam_rho is 0: the SAM-family methods need the run's ρ (give --sam_rho)"));
     }
+    if train_args.device != "cpu" && methods.iter().any(|m| matches!(m, Method::LookSam(_))) {
+        return Err(usage(format!("--methods: LookSAM is not on the GPU step yet (--device {}): leave it out", train_args.device)));
+    }
+    let mut sorted = noises.clone();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(usage("--noise lists a level twice"));
+    }
     let gpu = train_args.open_device(&|line| eprintln!("ringsam: {line}"))?;
     let dir = args.output_dir.unwrap_or_else(|| dir.into());
     let exp = Experiment { kind, methods, noises, seeds: args.seeds, rho: base.sam_rho, dir, sharpness: args.sharpness };

@@ -56,6 +56,12 @@ fn cheap_sam_defaults_to_its_five_methods_and_refuses_rho_zero() {
         assert!(text.contains(m), "{m}: {text}");
     }
     assert!(tmp.path().join("cheap_sam.png").exists());
+    // The same directory with settings that change the math: refused, not taken as its own.
+    let o = experiment("cheap-sam", &["--seeds", "1", "--learning_rate", "0.05"], tmp.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("of another experiment") && err.contains("learning_rate"), "{err}");
+    let o = experiment("label-noise", &["--noise", "0.2,0.2"], &tmp.path().join("twice"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("twice"));
     let o = experiment("cheap-sam", &["--sam_rho", "0"], &tmp.path().join("zero"));
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     let o = experiment("cheap-sam", &["--methods", "sam,adam"], &tmp.path().join("bad"));

@@ -143,10 +143,7 @@ impl Stepper {
 
     fn set_schedule(&mut self, schedule: SamSchedule) -> Result<(), TrainError> {
         match self {
-            Stepper::Cpu(s) => {
-                s.set_schedule(schedule);
-                Ok(())
-            }
+            Stepper::Cpu(s) => s.set_schedule(schedule),
             Stepper::Device(s) => s.set_schedule(schedule),
         }
     }

@@ -43,14 +43,18 @@ pub struct CellResult {
     pub steps: u64,
     /// Forward-backward passes per step, on average.
     pub passes_per_step: f64,
-    /// Mean wall time of a training step in the cell's last session, milliseconds.
-    pub ms_per_step: f64,
+    /// Mean wall time of a training step in the session that finished the cell, milliseconds
+    /// (None when that session trained no step: the run had ended before it).
+    pub ms_per_step: Option<f64>,
     /// The cell's run directory.
     pub run_dir: PathBuf,
     /// With `--sharpness`: the final weights' Hessian λ1, λ1/λ5 and m-sharpness
     /// ([`ringsam_train::sharpness`]).
     #[serde(default)]
     pub sharpness: Option<FinalSharpness>,
+    /// The configuration the cell trained with: a later experiment in the same directory whose
+    /// settings change the math does not take this result as its own.
+    pub config: TrainConfig,
 }
 
 /// The sharpness of a cell's final weights.
@@ -58,7 +62,8 @@ pub struct CellResult {
 pub struct FinalSharpness {
     /// The Hessian's largest eigenvalue.
     pub lambda_1: f64,
-    /// λ1 / λ5 (None when λ5 is not positive).
+    /// λ1 / λk with k = `--sharpness_eigs` (5 by default: the paper's λ1/λ5); None when λk is
+    /// not positive.
     pub lambda_ratio: Option<f64>,
     /// The m-sharpness at the run's `--sharpness_m` and `--sharpness_rho`.
     pub m_sharpness: f64,
@@ -84,10 +89,17 @@ impl Cell {
         format!("{}, noise {}, seed {}", self.method.label(), self.noise, self.seed)
     }
 
-    /// The finished cell's result, if it has one that reads.
-    pub fn finished(&self, experiment: &Path) -> Option<CellResult> {
-        let text = std::fs::read(self.dir(experiment).join("result.json")).ok()?;
-        serde_json::from_slice(&text).ok()
+    /// The finished cell's result, if it has one that reads; an error when it was trained with
+    /// settings that change the math from `cfg`'s (another experiment in this directory).
+    pub fn finished(&self, experiment: &Path, cfg: &TrainConfig) -> Result<Option<CellResult>, TrainError> {
+        let path = self.dir(experiment).join("result.json");
+        let Some(r) = std::fs::read(&path).ok().and_then(|text| serde_json::from_slice::<CellResult>(&text).ok()) else {
+            return Ok(None);
+        };
+        match ringsam_train::resume::ConfigChange::between(&r.config, cfg).refusal(false) {
+            None => Ok(Some(r)),
+            Some(why) => Err(TrainError::Config(format!("{} holds cell {} of another experiment: {why}", path.display(), self.describe()))),
+        }
     }
 
     /// Records the cell as finished (a temporary file renamed, so a crash leaves none or all).

@@ -79,7 +79,7 @@ impl Experiment {
     /// The cells, seed by seed (so an early stop still covers every method and noise).
     pub fn cells(&self, base: &TrainConfig) -> Vec<Cell> {
         let mut v = Vec::new();
-        for seed in base.run_seed..base.run_seed + self.seeds {
+        for seed in base.run_seed..base.run_seed.saturating_add(self.seeds) {
             for &noise in &self.noises {
                 v.extend(self.methods.iter().map(|&method| Cell { method, noise, seed }));
             }
@@ -98,7 +98,7 @@ pub fn run(exp: &Experiment, base: &TrainConfig, opts: &RunOptions, progress: &m
     let (mut results, mut trained) = (Vec::new(), 0usize);
     for (i, (cell, cfg)) in cells.iter().zip(&configs).enumerate() {
         let at = format!("cell {}/{} ({})", i + 1, cells.len(), cell.describe());
-        if let Some(mut r) = cell.finished(&exp.dir) {
+        if let Some(mut r) = cell.finished(&exp.dir, cfg)? {
             progress(&format!("{at}: done before, test accuracy {:.2}%", 100.0 * r.test_accuracy));
             if exp.sharpness && r.sharpness.is_none() {
                 progress(&format!("{at}: measuring the final weights' sharpness"));
@@ -112,7 +112,8 @@ pub fn run(exp: &Experiment, base: &TrainConfig, opts: &RunOptions, progress: &m
         progress(&format!("{at}: training{}", eta(started, trained, cells.len() - i)));
         let r = run_cell(cell, cfg, opts, exp.sharpness)?;
         trained += 1;
-        progress(&format!("{at}: test accuracy {:.2}% ({} steps, {:.1} ms/step)", 100.0 * r.test_accuracy, r.steps, r.ms_per_step));
+        let ms = r.ms_per_step.map_or(String::new(), |ms| format!(", {ms:.1} ms/step"));
+        progress(&format!("{at}: test accuracy {:.2}% ({} steps{ms})", 100.0 * r.test_accuracy, r.steps));
         cell.record(&exp.dir, &r)?;
         results.push(r);
     }
@@ -166,8 +167,9 @@ fn run_cell(cell: &Cell, cfg: &TrainConfig, opts: &RunOptions, sharpness: bool) 
         test_loss: loss,
         steps: summary.steps,
         passes_per_step: cell.method.passes_per_step(),
-        ms_per_step: 1e3 * summary.per_step.seconds,
+        ms_per_step: (summary.per_step.steps > 0).then_some(1e3 * summary.per_step.seconds),
         run_dir: summary.run_dir,
+        config: cfg.clone(),
         sharpness: if sharpness { Some(final_sharpness(&last, cfg, &mut log)?) } else { None },
     })
 }

@@ -25,9 +25,9 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// The accuracy range of `groups` with their error bars, in %, padded.
-fn accuracy_range(groups: &[Group]) -> std::ops::Range<f64> {
-    let lo = groups.iter().map(|g| 100.0 * (g.mean - g.std)).fold(f64::INFINITY, f64::min);
-    let hi = groups.iter().map(|g| 100.0 * (g.mean + g.std)).fold(f64::NEG_INFINITY, f64::max);
+fn accuracy_range<'a>(groups: impl Iterator<Item = &'a Group> + Clone) -> std::ops::Range<f64> {
+    let lo = groups.clone().map(|g| 100.0 * (g.mean - g.std)).fold(f64::INFINITY, f64::min);
+    let hi = groups.map(|g| 100.0 * (g.mean + g.std)).fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.1).max(0.5);
     (lo - pad).max(0.0)..(hi + pad).min(100.0)
 }
@@ -53,7 +53,7 @@ pub fn accuracy_vs_noise(path: &Path, groups: &[Group], title: &str) -> Res {
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.03..nmax + 0.03, accuracy_range(groups))
+        .build_cartesian_2d(-0.03..nmax + 0.03, accuracy_range(groups.iter()))
         .map_err(err)?;
     chart.configure_mesh().x_desc("label noise (fraction of training labels redrawn)").y_desc("test accuracy (%)").draw().map_err(err)?;
     for (i, m) in methods(groups).into_iter().enumerate() {
@@ -86,19 +86,24 @@ pub fn accuracy_vs_cost(path: &Path, groups: &[Group], title: &str) -> Res {
     ringsam_bench::plot::use_embedded_font()?;
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let (lo, hi) = groups.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), g| (lo.min(g.ms_per_step), hi.max(g.ms_per_step)));
+    let groups: Vec<&Group> = groups.iter().filter(|g| g.ms_per_step.is_some()).collect(); // untimed: no point
+    if groups.is_empty() {
+        return Err("no cell timed its steps".into());
+    }
+    let ms = |g: &Group| g.ms_per_step.unwrap_or_default();
+    let (lo, hi) = groups.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), g| (lo.min(ms(g)), hi.max(ms(g))));
     let pad = ((hi - lo) * 0.15).max(1.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(60)
-        .build_cartesian_2d((lo - pad).max(0.0)..hi + pad, accuracy_range(groups))
+        .build_cartesian_2d((lo - pad).max(0.0)..hi + pad, accuracy_range(groups.iter().copied()))
         .map_err(err)?;
     chart.configure_mesh().x_desc("time per training step (ms)").y_desc("test accuracy (%)").draw().map_err(err)?;
     for (i, g) in groups.iter().enumerate() {
         let color = line_color(i);
-        let (x, y) = (g.ms_per_step, 100.0 * g.mean);
+        let (x, y) = (ms(g), 100.0 * g.mean);
         let bar = ErrorBar::new_vertical(x, 100.0 * (g.mean - g.std), y, 100.0 * (g.mean + g.std), color.filled(), 8);
         chart
             .draw_series([bar])

@@ -18,8 +18,8 @@ pub struct Group {
     pub runs: usize,
     /// Passes per step.
     pub passes_per_step: f64,
-    /// Mean step time, ms.
-    pub ms_per_step: f64,
+    /// Mean step time over the seeds that measured one, ms.
+    pub ms_per_step: Option<f64>,
     /// Mean and standard deviation of the final Hessian λ1, when every seed measured it.
     pub lambda_1: Option<(f64, f64)>,
     /// The same for the m-sharpness.
@@ -46,7 +46,8 @@ pub fn groups(results: &[CellResult]) -> Vec<Group> {
         .map(|(method, noise)| {
             let rs: Vec<&CellResult> = results.iter().filter(|r| r.method == method && r.noise == noise).collect();
             let (mean, std) = mean_std(&rs.iter().map(|r| r.test_accuracy).collect::<Vec<_>>());
-            let ms = mean_std(&rs.iter().map(|r| r.ms_per_step).collect::<Vec<_>>()).0;
+            let timed: Vec<f64> = rs.iter().filter_map(|r| r.ms_per_step).collect();
+            let ms = (!timed.is_empty()).then(|| mean_std(&timed).0);
             let measured: Option<Vec<_>> = rs.iter().map(|r| r.sharpness).collect();
             let lambda_1 = measured.as_ref().map(|m| mean_std(&m.iter().map(|s| s.lambda_1).collect::<Vec<_>>()));
             let m_sharpness = measured.as_ref().map(|m| mean_std(&m.iter().map(|s| s.m_sharpness).collect::<Vec<_>>()));
@@ -94,8 +95,9 @@ pub fn table(groups: &[Group]) -> String {
                 None => format!(" {:>15}", "-"),
             };
         }
-        let ms = mine.iter().map(|g| g.ms_per_step).sum::<f64>() / mine.len() as f64;
-        out += &format!(" {:>12.2} {:>10.1}\n", mine[0].passes_per_step, ms);
+        let timed: Vec<f64> = mine.iter().filter_map(|g| g.ms_per_step).collect();
+        let ms = if timed.is_empty() { "-".to_string() } else { format!("{:.1}", timed.iter().sum::<f64>() / timed.len() as f64) };
+        out += &format!(" {:>12.2} {:>10}\n", mine[0].passes_per_step, ms);
     }
     if sharp {
         out += "\nsharpness of the final weights (mean over seeds): Hessian λ1 / m-sharpness\n";
@@ -110,13 +112,13 @@ pub fn table(groups: &[Group]) -> String {
 /// Every cell, one line each, with a header.
 pub fn csv(results: &[CellResult]) -> String {
     let mut out = String::from(
-        "method,noise,seed,test_accuracy,test_loss,steps,passes_per_step,ms_per_step,lambda_1,lambda_1_over_5,m_sharpness,run_dir\n",
+        "method,noise,seed,test_accuracy,test_loss,steps,passes_per_step,ms_per_step,lambda_1,lambda_1_over_k,m_sharpness,run_dir\n",
     );
     for r in results {
         let s = r.sharpness;
         let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
         out += &format!(
-            "{},{},{},{:.6},{:.6},{},{},{:.3},{},{},{},{}\n",
+            "{},{},{},{:.6},{:.6},{},{},{},{},{},{},{}\n",
             r.method,
             r.noise,
             r.seed,
@@ -124,7 +126,7 @@ pub fn csv(results: &[CellResult]) -> String {
             r.test_loss,
             r.steps,
             r.passes_per_step,
-            r.ms_per_step,
+            r.ms_per_step.map_or(String::new(), |ms| format!("{ms:.3}")),
             cell(s.map(|s| s.lambda_1)),
             cell(s.and_then(|s| s.lambda_ratio)),
             cell(s.map(|s| s.m_sharpness)),
@@ -147,9 +149,10 @@ mod tests {
             test_loss: 1.0,
             steps: 10,
             passes_per_step: 1.0,
-            ms_per_step: 5.0,
+            ms_per_step: Some(5.0),
             run_dir: "x".into(),
             sharpness: None,
+            config: ringsam_train::config::TrainConfig::default(),
         }
     }
 

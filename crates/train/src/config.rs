@@ -641,7 +641,7 @@ impl TrainConfig {
             return Err("--grad_accum_steps cannot be combined with --sam_m (each m-sharpness chunk is one pass)".into());
         }
         self.validate_cheaper_sam()?;
-        if self.log_sharpness_every > 0 && self.sharpness_m > self.sharpness_batch {
+        if self.sharpness_m > self.sharpness_batch {
             return Err(format!("--sharpness_m {} is larger than --sharpness_batch {}", self.sharpness_m, self.sharpness_batch));
         }
         self.validate_initial_weights()
@@ -654,6 +654,9 @@ impl TrainConfig {
             (true, Some(_)) => return Err("--sam_every and --looksam_k each choose the SAM steps: give one".into()),
             (_, Some(k)) if k < 2 => return Err(format!("--looksam_k {k} is SAM on every step: omit --looksam_k, or give 2 or more")),
             (_, Some(_)) => "--looksam_k",
+            (_, None) if self.looksam_alpha != TrainConfig::default().looksam_alpha => {
+                return Err("--looksam_alpha is LookSAM's: give --looksam_k too".into());
+            }
             (true, None) => "--sam_every",
             (false, None) => return Ok(()),
         };
@@ -906,7 +909,8 @@ mod tests {
             (&["--sharpness_eigs", "0"], "--sharpness_eigs"),
             (&["--sharpness_batch", "100000000"], "--sharpness_batch"),
             (&["--sharpness_tol", "0"], "--sharpness_tol"),
-            (&["--log_sharpness_every", "5", "--sharpness_m", "64", "--sharpness_batch", "32"], "--sharpness_m"),
+            (&["--sharpness_m", "64", "--sharpness_batch", "32"], "--sharpness_m"),
+            (&["--looksam_alpha", "0.5", "--sam_rho", "0.05"], "--looksam_k"),
             (&["--jpeg_decoder", "turbo", "--dataset", "cifar10"], "--jpeg_decoder"),
             (&["--batch_level_augmentations", "mixup"], "batch_level_augmentations"),
             (&["--dataset", "imagenet", "--image_level_augmentations", "none"], "--image_level_augmentations"),

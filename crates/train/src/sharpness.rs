@@ -206,6 +206,9 @@ pub fn measure(
     if labels.len() != n || n == 0 {
         return Err(TrainError::Runtime(format!("sharpness: a batch of {n} images with {} labels", labels.len())));
     }
+    if cfg.m > n {
+        return Err(TrainError::Config(format!("--sharpness_m {} is larger than the batch of {n} (the training split's size?)", cfg.m)));
+    }
     let at_loss = loss.eval(&Tensor::from(w.to_vec()), x, labels, None)?;
     progress("Hessian eigenvalues");
     let eig = hessian_eigenvalues(w, cfg, |at, g| loss.eval(at, x, labels, Some(g)).map(|_| ()))?;

@@ -331,13 +331,18 @@ impl SamStep {
     }
 
     /// Sets which steps take SAM's two passes (benchmarks time the cheaper variants on one model,
-    /// in alternation). LookSAM's direction, once made, is kept while another schedule runs.
-    pub fn set_schedule(&mut self, schedule: SamSchedule) {
+    /// in alternation). LookSAM's direction, once made, is kept while another schedule runs. On a
+    /// GPU the device step takes the schedule (and refuses LookSAM).
+    pub fn set_schedule(&mut self, schedule: SamSchedule) -> Result<(), TrainError> {
+        if let Some(d) = self.device.as_mut() {
+            d.set_schedule(schedule)?;
+        }
         self.cfg.schedule = schedule;
         if let SamSchedule::LookSam { alpha, .. } = schedule {
             let n = self.arena.len();
             self.reuse.get_or_insert_with(|| ReusedDirection::new(alpha, n)).set_alpha(alpha);
         }
+        Ok(())
     }
 
     /// LookSAM's direction, when the schedule is LookSAM's.

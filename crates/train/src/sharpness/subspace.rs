@@ -64,7 +64,7 @@ pub fn top_eigenvalues<E>(
         }
         let t: Vec<f64> = (0..k * k).map(|ij| dot(&v[ij / k], &w[ij % k])).collect();
         let (values, vectors) = symmetric_eigen(&t, k);
-        let scale = values.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(f64::MIN_POSITIVE);
+        let scale = values[0].abs().max(f64::MIN_POSITIVE); // λ1's magnitude
         let previous = history.last().map_or(&[][..], Vec::as_slice);
         let moved = previous.iter().zip(&values).take(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         let converged = previous.len() == want && moved <= tol * scale;
