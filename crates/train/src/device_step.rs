@@ -46,6 +46,16 @@ pub struct DeviceStep {
     dlogits: Tensor, // (N, K)
 }
 
+/// LookSAM is not on the device step yet: refused by name rather than run as plain SAM.
+fn refuse_looksam(schedule: crate::cheap_sam::SamSchedule) -> Result<(), TrainError> {
+    match schedule {
+        crate::cheap_sam::SamSchedule::LookSam { .. } => {
+            Err(TrainError::Config("LookSAM (--looksam_k) is not on the device step yet".into()))
+        }
+        crate::cheap_sam::SamSchedule::Every(_) => Ok(()),
+    }
+}
+
 fn device_error<'a>(gpu: &'a Gpu, op: &'static str) -> impl Fn(KernelError) -> TrainError + 'a {
     move |source| TrainError::Tensor(TensorError::Kernel { op, device: gpu.name().to_string(), source })
 }
@@ -57,9 +67,7 @@ impl DeviceStep {
         if cfg.sam_m.is_some() {
             return Err(TrainError::Config("--sam_m is not on the device step yet".into()));
         }
-        if matches!(cfg.schedule, crate::cheap_sam::SamSchedule::LookSam { .. }) {
-            return Err(TrainError::Config("LookSAM (--looksam_k) is not on the device step yet".into()));
-        }
+        refuse_looksam(cfg.schedule)?;
         let model = build(model_name, model_cfg)?;
         let (mut p, mut s) = (vec![0.0; model.layout().total()], vec![0.0; model.state_layout().total()]);
         model.init(&mut p, &mut s, 0);
@@ -98,9 +106,7 @@ impl DeviceStep {
 
     /// Sets which steps take SAM's two passes (benchmarks); LookSAM is refused, as by [`DeviceStep::new`].
     pub fn set_schedule(&mut self, schedule: crate::cheap_sam::SamSchedule) -> Result<(), TrainError> {
-        if matches!(schedule, crate::cheap_sam::SamSchedule::LookSam { .. }) {
-            return Err(TrainError::Config("LookSAM (--looksam_k) is not on the device step yet".into()));
-        }
+        refuse_looksam(schedule)?;
         self.cfg.schedule = schedule;
         Ok(())
     }

@@ -454,15 +454,19 @@ impl<'a> Trainer<'a> {
         if self.rank != 0 {
             return Ok(());
         }
-        if let Some(events) = self.events.as_mut() {
-            let scalars = r.scalars();
-            let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            let path = self.run_dir.display().to_string();
-            events.scalars(self.st.steps(), now(), &refs).map_err(|source| TrainError::Output { path, source })?;
-        }
+        self.write_scalars(&r.scalars())?;
         let line = format!("step {}: {}", self.st.steps(), r.describe());
         self.progress.println(&line, self.log);
         Ok(())
+    }
+
+    /// Named scalars at the current step into the TensorBoard events (rank 0 has them; a no-op
+    /// elsewhere).
+    fn write_scalars(&mut self, scalars: &[(String, f64)]) -> Result<(), TrainError> {
+        let Some(events) = self.events.as_mut() else { return Ok(()) };
+        let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let path = self.run_dir.display().to_string();
+        events.scalars(self.st.steps(), now(), &refs).map_err(|source| TrainError::Output { path, source })
     }
 
     /// At an epoch's end: every `checkpoint_every_epochs` epochs, and after the last.
@@ -491,11 +495,7 @@ impl<'a> Trainer<'a> {
             scalars.push(("eval_on_train_loss".into(), t.loss));
             scalars.push(("eval_on_train_error_rate".into(), t.error_rate));
         }
-        if let Some(events) = self.events.as_mut() {
-            let refs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            let path = self.run_dir.display().to_string();
-            events.scalars(self.st.steps(), now(), &refs).map_err(|source| TrainError::Output { path, source })?;
-        }
+        self.write_scalars(&scalars)?;
         if self.rank == 0 {
             let line = format!(
                 "epoch {}: {prefix} loss {:.4}, {prefix} error {:.2}% ({} examples)",
