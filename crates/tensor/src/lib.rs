@@ -35,6 +35,7 @@ pub mod im2col;
 pub mod loss;
 pub mod pad;
 pub mod pool;
+mod spare;
 pub mod tensor;
 pub mod threads;
 

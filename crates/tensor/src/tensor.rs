@@ -182,9 +182,28 @@ impl Tensor {
             Storage::Host(a) => a.into_raw_vec_and_offset().0,
             Storage::Device { .. } => Vec::new(),
         };
-        v.resize(n, 0.0);
+        if v.capacity() < n
+            && let Some(kept) = crate::spare::take(n)
+        {
+            crate::spare::give(std::mem::replace(&mut v, kept));
+        }
+        if v.len() >= n {
+            v.truncate(n);
+        } else {
+            v.resize(n, 0.0);
+        }
         self.storage = Storage::Host(ArrayD::from_shape_vec(IxDyn(shape), v).expect("length was just set to the product of the shape"));
         self.shape = shape.to_vec();
+    }
+
+    /// Gives the storage up and leaves the tensor empty: a host tensor's storage is kept for a
+    /// later [`Tensor::resize`] to reuse (see [`crate::spare`]), a device tensor's goes back to
+    /// its allocator.
+    pub fn release(&mut self) {
+        if let Storage::Host(a) = std::mem::replace(&mut self.storage, Storage::Host(ArrayD::zeros(IxDyn(&[0])))) {
+            crate::spare::give(a.into_raw_vec_and_offset().0);
+        }
+        self.shape = vec![0];
     }
 
     /// Gives the tensor `shape`, its storage where `like`'s is (the host, or `like`'s device),

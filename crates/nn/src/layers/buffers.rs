@@ -34,6 +34,6 @@ impl Buffers {
 
     /// Frees the input gradient (see [`super::Layer::release_dinput`]).
     pub fn release_dinput(&mut self) {
-        self.dinp = Tensor::empty();
+        self.dinp.release();
     }
 }

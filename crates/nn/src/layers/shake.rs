@@ -205,7 +205,8 @@ impl ShakeShake {
     /// Frees the branch gradients once both branches have consumed them (see
     /// [`Layer::release_dinput`]).
     pub fn release(&mut self) {
-        (self.da, self.db) = (Tensor::empty(), Tensor::empty());
+        self.da.release();
+        self.db.release();
     }
 }
 
