@@ -1,6 +1,7 @@
 //! Every layer with a device path, on the emulated device against the same layer on the CPU:
 //! output, input gradient, parameter gradients (accumulated onto non-zero values) and running
-//! statistics. Element-wise layers agree to the bit; GEMMs and batch norm's per-channel sums run
+//! statistics. Element-wise layers agree to the bit (swish and sigmoid within the rounding of the
+//! CPU's vectorised exp); GEMMs and batch norm's per-channel sums run
 //! in another order, so they agree within 1e-5 of max(|value|, 1) — the device check's bounds.
 
 use ringsam_kernels_emu::emulated_gpu;
@@ -72,12 +73,16 @@ fn train() -> Pass {
     Pass::train(7, 3)
 }
 
+/// The CPU's swish and sigmoid use its vectorised `exp` (within 2 ulp), the device the C
+/// library's `expf`: they agree within a few ulp. ReLU is exact on both.
+const EXP_ULPS: f64 = 1e-6;
+
 #[test]
-fn activations_are_bitwise() {
-    for kind in [ActivationKind::Relu, ActivationKind::Silu, ActivationKind::Sigmoid] {
+fn activations_agree_to_the_bit_or_within_exp_rounding() {
+    for (kind, bound) in [(ActivationKind::Relu, 0.0), (ActivationKind::Silu, EXP_ULPS), (ActivationKind::Sigmoid, EXP_ULPS)] {
         let mut a = Activation::new("act", kind);
         let r = compare(&mut a, &ParamLayout::new(), &StateLayout::new(), &[3, 4, 5, 5], train());
-        assert_eq!(r, 0.0, "{kind:?}");
+        assert!(r <= bound, "{kind:?}: {r:e}");
     }
 }
 

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use crate::simd::{Vector, madd, sum_lanes, sum_lanes_zip};
 use crate::{TensorError, check_len};
 
 /// Sizes of a batch-norm call.
@@ -59,18 +60,7 @@ pub fn batchnorm_forward_train(
         .zip(inp.par_chunks(sh.m))
         .zip(mean.par_iter_mut().zip(var.par_iter_mut()).zip(rstd.par_iter_mut()))
         .enumerate()
-        .for_each(|(c, ((y, x), ((mu, va), rs)))| {
-            let m = sum_lanes(x, |v| v) / sh.m as f64;
-            let mf = m as f32;
-            let v = sum_lanes(x, |v| (v - mf) * (v - mf)) / sh.m as f64;
-            let r = 1.0 / (v + eps as f64).sqrt();
-            *mu = m as f32;
-            *va = v as f32;
-            *rs = r as f32;
-            let a = (r * scale[c] as f64) as f32;
-            let b = (bias[c] as f64 - m * r * scale[c] as f64) as f32;
-            affine(y, x, a, b, relu);
-        });
+        .for_each(|(c, ((y, x), ((mu, va), rs)))| [*mu, *va, *rs] = train_channel(y, x, scale[c], bias[c], eps, relu));
     Ok(())
 }
 
@@ -104,18 +94,36 @@ pub fn batchnorm_forward_eval(
     Ok(())
 }
 
-#[inline]
-fn affine(y: &mut [f32], x: &[f32], a: f32, b: f32, relu: bool) {
+/// One channel of the training forward: its statistics, then the affine map. Returns
+/// `[mean, biased variance, rstd]`.
+#[inline(always)]
+fn train_channel_body<V: Vector>(y: &mut [f32], x: &[f32], scale: f32, bias: f32, eps: f32, relu: bool) -> [f32; 3] {
+    let m = x.len() as f64;
+    let mean = sum_lanes::<V>(x, |v| v) / m;
+    let mf = mean as f32;
+    let var = sum_lanes::<V>(x, |v| (v - mf) * (v - mf)) / m;
+    let r = 1.0 / (var + eps as f64).sqrt();
+    let a = (r * scale as f64) as f32;
+    let b = (bias as f64 - mean * r * scale as f64) as f32;
+    affine_body::<V>(y, x, a, b, relu);
+    [mean as f32, var as f32, r as f32]
+}
+crate::simd::multiversion!(fn train_channel(y: &mut [f32], x: &[f32], scale: f32, bias: f32, eps: f32, relu: bool) -> [f32; 3] => train_channel_body);
+
+/// `y = [relu](x·a + b)`.
+#[inline(always)]
+fn affine_body<V: Vector>(y: &mut [f32], x: &[f32], a: f32, b: f32, relu: bool) {
     if relu {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = (v * a + b).max(0.0);
+            *o = madd::<V>(v, a, b).max(0.0);
         }
     } else {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = v * a + b;
+            *o = madd::<V>(v, a, b);
         }
     }
 }
+crate::simd::multiversion!(fn affine(y: &mut [f32], x: &[f32], a: f32, b: f32, relu: bool) => affine_body);
 
 /// Backward of [`batchnorm_forward_train`]. `dinp` is overwritten; `dscale`, `dbias` accumulate.
 /// With `relu`, `out` (the forward output) masks `dout` — `out > 0` exactly where the ReLU passed.
@@ -148,29 +156,9 @@ pub fn batchnorm_backward(
         .zip(dscale.par_iter_mut().zip(dbias.par_iter_mut()))
         .enumerate()
         .for_each(|(c, ((dx, ((dy, y), x)), (ds, db)))| {
-            let (mu, rs) = (mean[c], rstd[c]);
-            // dx first holds the incoming gradient, masked by the ReLU when fused.
-            if relu {
-                for ((d, &g), &o) in dx.iter_mut().zip(dy).zip(y) {
-                    *d = if o > 0.0 { g } else { 0.0 };
-                }
-            } else {
-                dx.copy_from_slice(dy);
-            }
-            // Σ g and Σ g·x̂ = rstd·(Σ g·x − μ·Σ g)
-            let sum_g = sum_lanes(dx, |g| g);
-            let sum_gx = sum_lanes_zip(dx, x, |g, v| g * (v - mu));
-            let sum_g_xhat = sum_gx * rs as f64;
-            *ds += sum_g_xhat as f32;
-            *db += sum_g as f32;
-            // dx = scale·rstd·(g − mean(g) − x̂·mean(g·x̂)), as one affine map of (g, x).
-            let k = scale[c] * rs;
-            let mean_g = (sum_g / sh.m as f64) as f32;
-            let mean_gxhat = (sum_g_xhat / sh.m as f64) as f32;
-            let kx = k * rs * mean_gxhat; // coefficient of (x − μ)
-            for (d, &v) in dx.iter_mut().zip(x) {
-                *d = k * (*d - mean_g) - kx * (v - mu);
-            }
+            let [dscale_c, dbias_c] = backward_channel(dx, dy, y, x, (mean[c], rstd[c]), scale[c], relu, false);
+            *ds += dscale_c;
+            *db += dbias_c;
         });
     Ok(())
 }
@@ -215,52 +203,66 @@ pub fn batchnorm_backward_eval(
         .enumerate()
         .for_each(|(c, ((dx, ((dy, y), x)), (ds, db)))| {
             let rs = 1.0 / (running_var[c] + eps).sqrt();
-            let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
-            for i in 0..sh.m {
-                let g = if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
-                sdy += g as f64;
-                sdyx += (g * (x[i] - running_mean[c]) * rs) as f64;
-                dx[i] = g * scale[c] * rs;
-            }
-            *ds += sdyx as f32;
-            *db += sdy as f32;
+            let [dscale_c, dbias_c] = backward_channel(dx, dy, y, x, (running_mean[c], rs), scale[c], relu, true);
+            *ds += dscale_c;
+            *db += dbias_c;
         });
     Ok(())
 }
 
-/// Σ f(x) with eight f32 accumulators per block of 1024 values (so the loop vectorizes) and f64
-/// across blocks (so a channel of 10⁵ values keeps its precision).
-#[inline]
-fn sum_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut total = 0.0f64;
-    for block in x.chunks(1024) {
-        let mut lanes = [0.0f32; 8];
-        let mut it = block.chunks_exact(8);
-        for c in &mut it {
-            for l in 0..8 {
-                lanes[l] += f(c[l]);
-            }
+/// The incoming gradient `g` — `dy`, masked by the ReLU when fused (`y > 0` exactly where it
+/// passed) — and its sums `Σ g` and `Σ g·x̂ = rstd·Σ g·(x − μ)`. With the ReLU, `g` is written
+/// to `dx`; without, it is `dy` itself, read in place (no copy).
+#[inline(always)]
+fn gradient_sums<V: Vector>(dx: &mut [f32], dy: &[f32], y: &[f32], x: &[f32], mu: f32, rs: f32, relu: bool) -> (f64, f64) {
+    if relu {
+        for ((d, &g), &o) in dx.iter_mut().zip(dy).zip(y) {
+            *d = if o > 0.0 { g } else { 0.0 };
         }
-        let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
-        total += lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
     }
-    total
+    let g: &[f32] = if relu { dx } else { dy };
+    (sum_lanes::<V>(g, |g| g), sum_lanes_zip::<V>(g, x, |g, v| g * (v - mu)) * rs as f64)
 }
 
-/// Σ f(a, b) over two equal-length slices, accumulated like [`sum_lanes`].
-#[inline]
-fn sum_lanes_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut total = 0.0f64;
-    for (ba, bb) in a.chunks(1024).zip(b.chunks(1024)) {
-        let mut lanes = [0.0f32; 8];
-        let (mut ia, mut ib) = (ba.chunks_exact(8), bb.chunks_exact(8));
-        for (ca, cb) in (&mut ia).zip(&mut ib) {
-            for l in 0..8 {
-                lanes[l] += f(ca[l], cb[l]);
-            }
-        }
-        let tail: f32 = ia.remainder().iter().zip(ib.remainder()).map(|(&x, &y)| f(x, y)).sum();
-        total += lanes.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
+/// `dx = f(g, x)` for the `g` of [`gradient_sums`].
+#[inline(always)]
+fn map_gradient(dx: &mut [f32], dy: &[f32], x: &[f32], relu: bool, f: impl Fn(f32, f32) -> f32) {
+    if relu {
+        dx.iter_mut().zip(x).for_each(|(d, &v)| *d = f(*d, v));
+    } else {
+        dx.iter_mut().zip(dy.iter().zip(x)).for_each(|(d, (&g, &v))| *d = f(g, v));
     }
-    total
 }
+
+/// One channel's backward; returns `[dscale, dbias]`. With batch statistics,
+/// `dx = scale·rstd·(g − mean(g) − x̂·mean(g·x̂))`; with `frozen` statistics (constants),
+/// `dx = g·scale·rstd`. `(mu, rs)` are the statistics the forward normalised with.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_channel_body<V: Vector>(
+    dx: &mut [f32],
+    dy: &[f32],
+    y: &[f32],
+    x: &[f32],
+    (mu, rs): (f32, f32),
+    scale: f32,
+    relu: bool,
+    frozen: bool,
+) -> [f32; 2] {
+    let (sum_g, sum_g_xhat) = gradient_sums::<V>(dx, dy, y, x, mu, rs, relu);
+    let k = scale * rs;
+    if frozen {
+        map_gradient(dx, dy, x, relu, |g, _| g * k);
+    } else {
+        // One affine map of (g, x).
+        let m = x.len() as f64;
+        let mean_g = (sum_g / m) as f32;
+        let kx = k * rs * (sum_g_xhat / m) as f32; // coefficient of (x − μ)
+        map_gradient(dx, dy, x, relu, |g, v| k * (g - mean_g) - kx * (v - mu));
+    }
+    [sum_g_xhat as f32, sum_g as f32]
+}
+crate::simd::multiversion!(
+    #[allow(clippy::too_many_arguments)]
+    fn backward_channel(dx: &mut [f32], dy: &[f32], y: &[f32], x: &[f32], stats: (f32, f32), scale: f32, relu: bool, frozen: bool) -> [f32; 2] => backward_channel_body
+);

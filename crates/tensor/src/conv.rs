@@ -350,16 +350,21 @@ mod tests {
     #[test]
     fn conv_matches_reference() {
         let cases = [
-            Conv2dShape::same(2, 3, 8, 8, 4, 3, 3, 1, 1).unwrap(),      // 3x3 stride 1
-            Conv2dShape::same(2, 4, 8, 8, 6, 3, 3, 2, 1).unwrap(),      // 3x3 stride 2, SAME (0 before, 1 after)
-            Conv2dShape::same(2, 4, 7, 9, 5, 3, 3, 2, 1).unwrap(),      // odd sizes
-            Conv2dShape::same(3, 6, 5, 5, 4, 1, 1, 1, 1).unwrap(),      // 1x1 pointwise
-            Conv2dShape::same(2, 6, 8, 8, 4, 1, 1, 2, 1).unwrap(),      // 1x1 stride 2 (projection shortcut)
-            Conv2dShape::same(2, 6, 6, 6, 4, 3, 3, 1, 2).unwrap(),      // grouped
-            Conv2dShape::same(2, 5, 9, 9, 5, 3, 3, 1, 5).unwrap(),      // depthwise 3x3
-            Conv2dShape::same(2, 5, 9, 9, 5, 5, 5, 2, 5).unwrap(),      // depthwise 5x5 stride 2
-            Conv2dShape::padded(2, 3, 9, 9, 4, 7, 7, 2, 3, 1).unwrap(), // ResNet stem 7x7/2, pad 3
-            Conv2dShape::padded(1, 2, 4, 4, 3, 3, 3, 1, 0, 1).unwrap(), // VALID
+            Conv2dShape::same(2, 3, 8, 8, 4, 3, 3, 1, 1).unwrap(),        // 3x3 stride 1
+            Conv2dShape::same(2, 4, 8, 8, 6, 3, 3, 2, 1).unwrap(),        // 3x3 stride 2, SAME (0 before, 1 after)
+            Conv2dShape::same(2, 4, 7, 9, 5, 3, 3, 2, 1).unwrap(),        // odd sizes
+            Conv2dShape::same(3, 6, 5, 5, 4, 1, 1, 1, 1).unwrap(),        // 1x1 pointwise
+            Conv2dShape::same(2, 6, 8, 8, 4, 1, 1, 2, 1).unwrap(),        // 1x1 stride 2 (projection shortcut)
+            Conv2dShape::same(2, 6, 6, 6, 4, 3, 3, 1, 2).unwrap(),        // grouped
+            Conv2dShape::same(2, 5, 9, 9, 5, 3, 3, 1, 5).unwrap(),        // depthwise 3x3
+            Conv2dShape::same(2, 5, 9, 9, 5, 5, 5, 2, 5).unwrap(),        // depthwise 5x5 stride 2
+            Conv2dShape::same(2, 3, 40, 36, 3, 3, 3, 2, 3).unwrap(),      // depthwise, two lane blocks per row
+            Conv2dShape::same(3, 2, 20, 33, 2, 5, 5, 1, 2).unwrap(),      // depthwise 5x5, a partial third block
+            Conv2dShape::same(1, 4, 7, 7, 4, 7, 7, 1, 4).unwrap(),        // depthwise 7x7 on a 7x7 image
+            Conv2dShape::padded(2, 3, 11, 10, 3, 3, 3, 3, 1, 3).unwrap(), // depthwise stride 3, explicit padding
+            Conv2dShape::padded(2, 2, 9, 9, 2, 3, 3, 2, 0, 2).unwrap(),   // depthwise VALID (last row unread)
+            Conv2dShape::padded(2, 3, 9, 9, 4, 7, 7, 2, 3, 1).unwrap(),   // ResNet stem 7x7/2, pad 3
+            Conv2dShape::padded(1, 2, 4, 4, 3, 3, 3, 1, 0, 1).unwrap(),   // VALID
         ];
         for sh in cases {
             let inp = fill(sh.input_len(), 1);

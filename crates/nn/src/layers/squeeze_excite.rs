@@ -14,9 +14,11 @@
 use ringsam_kernels::Buf;
 use ringsam_kernels::squeeze_excite::{self as se, SeParams, SeSaved, SeScratch, SeShape};
 use ringsam_tensor::Tensor;
+use ringsam_tensor::planes::{plane_affine, plane_dots, plane_means};
 
 use super::{Buffers, Layer, expect_image, expect_same, host, host_mut};
 use crate::device::OnDevice;
+use crate::error::KernelContext;
 use crate::{NnError, ParamId, ParamLayout, Pass};
 
 fn sigmoid(v: f32) -> f32 {
@@ -110,7 +112,8 @@ impl Layer for SqueezeExcite {
         }
         let params = host(&self.name, params)?;
         let (w1, b1, w2, b2) = (&params[self.w1.range()], &params[self.b1.range()], &params[self.w2.range()], &params[self.b2.range()]);
-        self.s = x.as_slice().chunks(hw).map(|p| p.iter().sum::<f32>() / hw as f32).collect();
+        self.s.resize(c * n, 0.0);
+        plane_means(&mut self.s, x.as_slice(), hw).in_layer(&self.name)?;
         self.z = vec![0.0; r * n];
         for ci in 0..c {
             for ri in 0..r {
@@ -135,10 +138,7 @@ impl Layer for SqueezeExcite {
         }
         self.g = e.iter().enumerate().map(|(i, &v)| sigmoid(v + b2[i / n])).collect();
         self.buffers.out.resize(x.shape());
-        for ((o, xv), &g) in self.buffers.out.as_mut_slice().chunks_mut(hw).zip(x.as_slice().chunks(hw)).zip(&self.g) {
-            o.iter_mut().zip(xv).for_each(|(o, &v)| *o = v * g);
-        }
-        Ok(())
+        plane_affine(self.buffers.out.as_mut_slice(), x.as_slice(), &self.g, &[], hw).in_layer(&self.name)
     }
 
     fn backward(&mut self, params: &Tensor, grads: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
@@ -160,13 +160,9 @@ impl Layer for SqueezeExcite {
         let params = host(&self.name, params)?;
         let grads = host_mut(&self.name, grads)?;
         // dg and de, per (channel, example).
-        let de: Vec<f32> = dout
-            .as_slice()
-            .chunks(hw)
-            .zip(x.as_slice().chunks(hw))
-            .zip(&self.g)
-            .map(|((d, xv), &g)| d.iter().zip(xv).map(|(&d, &v)| d * v).sum::<f32>() * g * (1.0 - g))
-            .collect();
+        let mut de = vec![0.0f32; c * n];
+        plane_dots(&mut de, dout.as_slice(), x.as_slice(), hw).in_layer(&self.name)?;
+        de.iter_mut().zip(&self.g).for_each(|(d, &g)| *d *= g * (1.0 - g));
         let (w1, w2) = (&params[self.w1.range()], &params[self.w2.range()]);
         let mut da = vec![0.0f32; r * n];
         for ri in 0..r {
@@ -216,12 +212,9 @@ impl Layer for SqueezeExcite {
             grads[gb1.start + ri] += dz[ri * n..(ri + 1) * n].iter().sum::<f32>();
         }
         // dx = dy·g + ds/(H·W).
+        ds.iter_mut().for_each(|v| *v /= hw as f32);
         self.buffers.dinp.resize(x.shape());
-        for (((dx, d), &g), &dsv) in self.buffers.dinp.as_mut_slice().chunks_mut(hw).zip(dout.as_slice().chunks(hw)).zip(&self.g).zip(&ds) {
-            let add = dsv / hw as f32;
-            dx.iter_mut().zip(d).for_each(|(o, &d)| *o = d * g + add);
-        }
-        Ok(())
+        plane_affine(self.buffers.dinp.as_mut_slice(), dout.as_slice(), &self.g, &ds, hw).in_layer(&self.name)
     }
 
     /// The two 1×1 convolutions.
