@@ -280,8 +280,9 @@ pub(crate) struct BenchStepArgs {
     /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
     #[arg(long)]
     pub(crate) precision: Option<String>,
-    /// After the timed steps, profile one SGD and one SAM step on the device: time in each
-    /// kernel and GEMM shape (CUDA events), their share of the wall time, GEMMs' TFLOP/s.
+    /// After the timed steps, profile one SGD and one SAM step: on a device, time in each kernel
+    /// and GEMM shape (CUDA events); on the CPU, wall time in each kernel by layer kind and pass;
+    /// their share of the step's wall time, and rates in TFLOP/s where counted.
     #[arg(long)]
     pub(crate) profile: bool,
     /// Cheaper SAM schedules timed per step beside SGD and SAM, comma-separated:

@@ -49,32 +49,32 @@ pub(crate) fn map3(op: &'static str, out: &mut [f32], a: &[f32], b: &[f32], f: i
 
 /// `out = max(x, 0)`.
 pub fn relu_forward(out: &mut [f32], inp: &[f32]) -> Result<(), TensorError> {
-    map2("relu_forward", out, inp, |x| x.max(0.0))
+    crate::profile::timed("relu forward", 0.0, || map2("relu_forward", out, inp, |x| x.max(0.0)))
 }
 
 /// `dinp = dout · [out > 0]`.
 pub fn relu_backward(dinp: &mut [f32], dout: &[f32], out: &[f32]) -> Result<(), TensorError> {
-    map3("relu_backward", dinp, dout, out, |g, y| if y > 0.0 { g } else { 0.0 })
+    crate::profile::timed("relu backward", 0.0, || map3("relu_backward", dinp, dout, out, |g, y| if y > 0.0 { g } else { 0.0 }))
 }
 
 /// `out = 1 / (1 + e^−x)`.
 pub fn sigmoid_forward(out: &mut [f32], inp: &[f32]) -> Result<(), TensorError> {
-    chunked2("sigmoid_forward", out, inp, sigmoid_chunk)
+    crate::profile::timed("sigmoid forward", 0.0, || chunked2("sigmoid_forward", out, inp, sigmoid_chunk))
 }
 
 /// `dinp = dout · out · (1 − out)`.
 pub fn sigmoid_backward(dinp: &mut [f32], dout: &[f32], out: &[f32]) -> Result<(), TensorError> {
-    map3("sigmoid_backward", dinp, dout, out, |g, y| g * y * (1.0 - y))
+    crate::profile::timed("sigmoid backward", 0.0, || map3("sigmoid_backward", dinp, dout, out, |g, y| g * y * (1.0 - y)))
 }
 
 /// `out = x · sigmoid(x)` (swish with β = 1, as EfficientNet uses).
 pub fn silu_forward(out: &mut [f32], inp: &[f32]) -> Result<(), TensorError> {
-    chunked2("silu_forward", out, inp, silu_chunk)
+    crate::profile::timed("swish forward", 0.0, || chunked2("silu_forward", out, inp, silu_chunk))
 }
 
 /// `dinp = dout · σ(x)·(1 + x·(1 − σ(x)))`.
 pub fn silu_backward(dinp: &mut [f32], dout: &[f32], inp: &[f32]) -> Result<(), TensorError> {
-    chunked3("silu_backward", dinp, dout, inp, silu_grad_chunk)
+    crate::profile::timed("swish backward", 0.0, || chunked3("silu_backward", dinp, dout, inp, silu_grad_chunk))
 }
 
 // The transcendental ones, per chunk, on the vectorisable exp ([`crate::exp`]).

@@ -48,20 +48,22 @@ pub fn batchnorm_forward_train(
     relu: bool,
     sh: &BnShape,
 ) -> Result<(), TensorError> {
-    let op = "batchnorm_forward_train";
-    check(
-        op,
-        sh,
-        inp.len(),
-        out.len(),
-        &[("mean", mean.len()), ("var", var.len()), ("rstd", rstd.len()), ("scale", scale.len()), ("bias", bias.len())],
-    )?;
-    out.par_chunks_mut(sh.m)
-        .zip(inp.par_chunks(sh.m))
-        .zip(mean.par_iter_mut().zip(var.par_iter_mut()).zip(rstd.par_iter_mut()))
-        .enumerate()
-        .for_each(|(c, ((y, x), ((mu, va), rs)))| [*mu, *va, *rs] = train_channel(y, x, scale[c], bias[c], eps, relu));
-    Ok(())
+    crate::profile::timed("batch norm forward", 0.0, || {
+        let op = "batchnorm_forward_train";
+        check(
+            op,
+            sh,
+            inp.len(),
+            out.len(),
+            &[("mean", mean.len()), ("var", var.len()), ("rstd", rstd.len()), ("scale", scale.len()), ("bias", bias.len())],
+        )?;
+        out.par_chunks_mut(sh.m)
+            .zip(inp.par_chunks(sh.m))
+            .zip(mean.par_iter_mut().zip(var.par_iter_mut()).zip(rstd.par_iter_mut()))
+            .enumerate()
+            .for_each(|(c, ((y, x), ((mu, va), rs)))| [*mu, *va, *rs] = train_channel(y, x, scale[c], bias[c], eps, relu));
+        Ok(())
+    })
 }
 
 /// Eval-mode forward with running statistics: `out = [relu]((x − mean)/sqrt(var + eps)·scale + bias)`.
@@ -77,21 +79,23 @@ pub fn batchnorm_forward_eval(
     relu: bool,
     sh: &BnShape,
 ) -> Result<(), TensorError> {
-    let op = "batchnorm_forward_eval";
-    check(
-        op,
-        sh,
-        inp.len(),
-        out.len(),
-        &[("scale", scale.len()), ("bias", bias.len()), ("running mean", running_mean.len()), ("running var", running_var.len())],
-    )?;
-    out.par_chunks_mut(sh.m).zip(inp.par_chunks(sh.m)).enumerate().for_each(|(c, (y, x))| {
-        let r = 1.0 / (running_var[c] as f64 + eps as f64).sqrt();
-        let a = (r * scale[c] as f64) as f32;
-        let b = (bias[c] as f64 - running_mean[c] as f64 * r * scale[c] as f64) as f32;
-        affine(y, x, a, b, relu);
-    });
-    Ok(())
+    crate::profile::timed("batch norm forward (running statistics)", 0.0, || {
+        let op = "batchnorm_forward_eval";
+        check(
+            op,
+            sh,
+            inp.len(),
+            out.len(),
+            &[("scale", scale.len()), ("bias", bias.len()), ("running mean", running_mean.len()), ("running var", running_var.len())],
+        )?;
+        out.par_chunks_mut(sh.m).zip(inp.par_chunks(sh.m)).enumerate().for_each(|(c, (y, x))| {
+            let r = 1.0 / (running_var[c] as f64 + eps as f64).sqrt();
+            let a = (r * scale[c] as f64) as f32;
+            let b = (bias[c] as f64 - running_mean[c] as f64 * r * scale[c] as f64) as f32;
+            affine(y, x, a, b, relu);
+        });
+        Ok(())
+    })
 }
 
 /// One channel of the training forward: its statistics, then the affine map. Returns
@@ -141,26 +145,21 @@ pub fn batchnorm_backward(
     relu: bool,
     sh: &BnShape,
 ) -> Result<(), TensorError> {
-    let op = "batchnorm_backward";
-    check(
-        op,
-        sh,
-        inp.len(),
-        dinp.len(),
-        &[("mean", mean.len()), ("rstd", rstd.len()), ("scale", scale.len()), ("dscale", dscale.len()), ("dbias", dbias.len())],
-    )?;
-    check_len(op, "output gradient", dout.len(), sh.c * sh.m)?;
-    check_len(op, "output", out.len(), sh.c * sh.m)?;
-    dinp.par_chunks_mut(sh.m)
-        .zip(dout.par_chunks(sh.m).zip(out.par_chunks(sh.m)).zip(inp.par_chunks(sh.m)))
-        .zip(dscale.par_iter_mut().zip(dbias.par_iter_mut()))
-        .enumerate()
-        .for_each(|(c, ((dx, ((dy, y), x)), (ds, db)))| {
-            let [dscale_c, dbias_c] = backward_channel(dx, dy, y, x, (mean[c], rstd[c]), scale[c], relu, false);
-            *ds += dscale_c;
-            *db += dbias_c;
-        });
-    Ok(())
+    crate::profile::timed("batch norm backward", 0.0, || {
+        let op = "batchnorm_backward";
+        check(
+            op,
+            sh,
+            inp.len(),
+            dinp.len(),
+            &[("mean", mean.len()), ("rstd", rstd.len()), ("scale", scale.len()), ("dscale", dscale.len()), ("dbias", dbias.len())],
+        )?;
+        check_len(op, "output gradient", dout.len(), sh.c * sh.m)?;
+        check_len(op, "output", out.len(), sh.c * sh.m)?;
+        let grads = Grads { dinp, dscale, dbias };
+        backward_channels(grads, [dout, out, inp], |c| (mean[c], rstd[c]), scale, relu, false, sh);
+        Ok(())
+    })
 }
 
 /// Backward of [`batchnorm_forward_eval`] (frozen statistics, as when finetuning): the statistics
@@ -181,33 +180,59 @@ pub fn batchnorm_backward_eval(
     relu: bool,
     sh: &BnShape,
 ) -> Result<(), TensorError> {
-    let op = "batchnorm_backward_eval";
-    check(
-        op,
-        sh,
-        inp.len(),
-        dinp.len(),
-        &[
-            ("running mean", running_mean.len()),
-            ("running var", running_var.len()),
-            ("scale", scale.len()),
-            ("dscale", dscale.len()),
-            ("dbias", dbias.len()),
-        ],
-    )?;
-    check_len(op, "output gradient", dout.len(), sh.c * sh.m)?;
-    check_len(op, "output", out.len(), sh.c * sh.m)?;
-    dinp.par_chunks_mut(sh.m)
+    crate::profile::timed("batch norm backward (frozen statistics)", 0.0, || {
+        let op = "batchnorm_backward_eval";
+        check(
+            op,
+            sh,
+            inp.len(),
+            dinp.len(),
+            &[
+                ("running mean", running_mean.len()),
+                ("running var", running_var.len()),
+                ("scale", scale.len()),
+                ("dscale", dscale.len()),
+                ("dbias", dbias.len()),
+            ],
+        )?;
+        check_len(op, "output gradient", dout.len(), sh.c * sh.m)?;
+        check_len(op, "output", out.len(), sh.c * sh.m)?;
+        let grads = Grads { dinp, dscale, dbias };
+        let stats = |c: usize| (running_mean[c], 1.0 / (running_var[c] + eps).sqrt());
+        backward_channels(grads, [dout, out, inp], stats, scale, relu, true, sh);
+        Ok(())
+    })
+}
+
+/// What a backward writes: the input gradient (overwritten), the scale and bias gradients
+/// (accumulated).
+struct Grads<'a> {
+    dinp: &'a mut [f32],
+    dscale: &'a mut [f32],
+    dbias: &'a mut [f32],
+}
+
+/// Both backwards, channel by channel in parallel: `stats(c)` gives channel `c`'s `(mean, rstd)`
+/// as the forward normalised with them.
+fn backward_channels(
+    g: Grads,
+    [dout, out, inp]: [&[f32]; 3],
+    stats: impl Fn(usize) -> (f32, f32) + Sync,
+    scale: &[f32],
+    relu: bool,
+    frozen: bool,
+    sh: &BnShape,
+) {
+    g.dinp
+        .par_chunks_mut(sh.m)
         .zip(dout.par_chunks(sh.m).zip(out.par_chunks(sh.m)).zip(inp.par_chunks(sh.m)))
-        .zip(dscale.par_iter_mut().zip(dbias.par_iter_mut()))
+        .zip(g.dscale.par_iter_mut().zip(g.dbias.par_iter_mut()))
         .enumerate()
         .for_each(|(c, ((dx, ((dy, y), x)), (ds, db)))| {
-            let rs = 1.0 / (running_var[c] + eps).sqrt();
-            let [dscale_c, dbias_c] = backward_channel(dx, dy, y, x, (running_mean[c], rs), scale[c], relu, true);
+            let [dscale_c, dbias_c] = backward_channel(dx, dy, y, x, stats(c), scale[c], relu, frozen);
             *ds += dscale_c;
             *db += dbias_c;
         });
-    Ok(())
 }
 
 /// The incoming gradient `g` — `dy`, masked by the ReLU when fused (`y > 0` exactly where it

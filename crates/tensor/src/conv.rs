@@ -159,28 +159,30 @@ fn check_shapes(sh: &Conv2dShape, inp: usize, weight: usize, out: usize) -> Resu
 /// `out (K,N,P,Q) = conv(inp (C,N,H,W), weight (R,S,C/g,K))`. `col` is scratch the caller keeps
 /// between calls so no step allocates.
 pub fn conv2d_forward(out: &mut [f32], inp: &[f32], weight: &[f32], col: &mut Vec<f32>, sh: &Conv2dShape) -> Result<(), TensorError> {
-    check_shapes(sh, inp.len(), weight.len(), out.len())?;
-    if sh.is_depthwise() {
-        depthwise::depthwise_forward(out, inp, weight, sh);
-        return Ok(());
-    }
-    let (cg, kg, npq, rsc) = group_dims(sh);
-    for g in 0..sh.groups {
-        let b = if sh.is_pointwise() {
-            &inp[g * cg * npq..(g + 1) * cg * npq]
-        } else {
-            col.resize(sh.col_len(), 0.0);
-            im2col(col, inp, sh, g * cg);
-            &col[..]
-        };
-        gemm(
-            MatMut::row_major(&mut out[g * kg * npq..(g + 1) * kg * npq], kg, npq),
-            weight_group(weight, sh, g, rsc, kg).t(),
-            MatRef::row_major(b, rsc, npq),
-            false,
-        )?;
-    }
-    Ok(())
+    crate::profile::timed(conv_label(sh, false), 2.0 * sh.macs() as f64, || {
+        check_shapes(sh, inp.len(), weight.len(), out.len())?;
+        if sh.is_depthwise() {
+            depthwise::depthwise_forward(out, inp, weight, sh);
+            return Ok(());
+        }
+        let (cg, kg, npq, rsc) = group_dims(sh);
+        for g in 0..sh.groups {
+            let b = if sh.is_pointwise() {
+                &inp[g * cg * npq..(g + 1) * cg * npq]
+            } else {
+                col.resize(sh.col_len(), 0.0);
+                im2col(col, inp, sh, g * cg);
+                &col[..]
+            };
+            gemm(
+                MatMut::row_major(&mut out[g * kg * npq..(g + 1) * kg * npq], kg, npq),
+                weight_group(weight, sh, g, rsc, kg).t(),
+                MatRef::row_major(b, rsc, npq),
+                false,
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// Backward of [`conv2d_forward`]: `dweight += ∂L/∂W`; `dinp = ∂L/∂x` (overwritten) when given.
@@ -195,43 +197,57 @@ pub fn conv2d_backward(
     col: &mut Vec<f32>,
     sh: &Conv2dShape,
 ) -> Result<(), TensorError> {
-    check_shapes(sh, inp.len(), weight.len(), dout.len())?;
-    check_len("conv2d_backward", "kernel gradient", dweight.len(), sh.weight_len())?;
-    if let Some(d) = &dinp {
-        check_len("conv2d_backward", "input gradient", d.len(), sh.input_len())?;
-    }
-    if sh.is_depthwise() {
-        depthwise::depthwise_backward(dinp, dweight, dout, inp, weight, sh);
-        return Ok(());
-    }
-    let (cg, kg, npq, rsc) = group_dims(sh);
-    let mut dinp = dinp;
-    // col2im accumulates; the pointwise path writes its GEMM result directly.
-    if let Some(d) = dinp.as_deref_mut().filter(|_| !sh.is_pointwise()) {
-        d.fill(0.0);
-    }
-    for g in 0..sh.groups {
-        let dout_g = MatRef::row_major(&dout[g * kg * npq..(g + 1) * kg * npq], kg, npq);
-        // dW_g += col_g · dout_gᵀ
-        let dw = MatMut { data: &mut dweight[g * kg..], rows: rsc, cols: kg, rs: sh.k, cs: 1 };
-        if sh.is_pointwise() {
-            gemm(dw, MatRef::row_major(&inp[g * cg * npq..(g + 1) * cg * npq], rsc, npq), dout_g.t(), true)?;
-        } else {
-            col.resize(sh.col_len(), 0.0);
-            im2col(col, inp, sh, g * cg);
-            gemm(dw, MatRef::row_major(col, rsc, npq), dout_g.t(), true)?;
+    crate::profile::timed(conv_label(sh, true), if dinp.is_some() { 4.0 } else { 2.0 } * sh.macs() as f64, || {
+        check_shapes(sh, inp.len(), weight.len(), dout.len())?;
+        check_len("conv2d_backward", "kernel gradient", dweight.len(), sh.weight_len())?;
+        if let Some(d) = &dinp {
+            check_len("conv2d_backward", "input gradient", d.len(), sh.input_len())?;
         }
-        let Some(d) = dinp.as_deref_mut() else { continue };
-        let wg = weight_group(weight, sh, g, rsc, kg);
-        if sh.is_pointwise() {
-            // dinp_g (Cg × NPQ) = W_g · dout_g, written in place: no col2im needed.
-            gemm(MatMut::row_major(&mut d[g * cg * npq..(g + 1) * cg * npq], rsc, npq), wg, dout_g, false)?;
-        } else {
-            gemm(MatMut::row_major(col, rsc, npq), wg, dout_g, false)?;
-            col2im(d, col, sh, g * cg);
+        if sh.is_depthwise() {
+            depthwise::depthwise_backward(dinp, dweight, dout, inp, weight, sh);
+            return Ok(());
         }
+        let (cg, kg, npq, rsc) = group_dims(sh);
+        let mut dinp = dinp;
+        // col2im accumulates; the pointwise path writes its GEMM result directly.
+        if let Some(d) = dinp.as_deref_mut().filter(|_| !sh.is_pointwise()) {
+            d.fill(0.0);
+        }
+        for g in 0..sh.groups {
+            let dout_g = MatRef::row_major(&dout[g * kg * npq..(g + 1) * kg * npq], kg, npq);
+            // dW_g += col_g · dout_gᵀ
+            let dw = MatMut { data: &mut dweight[g * kg..], rows: rsc, cols: kg, rs: sh.k, cs: 1 };
+            if sh.is_pointwise() {
+                gemm(dw, MatRef::row_major(&inp[g * cg * npq..(g + 1) * cg * npq], rsc, npq), dout_g.t(), true)?;
+            } else {
+                col.resize(sh.col_len(), 0.0);
+                im2col(col, inp, sh, g * cg);
+                gemm(dw, MatRef::row_major(col, rsc, npq), dout_g.t(), true)?;
+            }
+            let Some(d) = dinp.as_deref_mut() else { continue };
+            let wg = weight_group(weight, sh, g, rsc, kg);
+            if sh.is_pointwise() {
+                // dinp_g (Cg × NPQ) = W_g · dout_g, written in place: no col2im needed.
+                gemm(MatMut::row_major(&mut d[g * cg * npq..(g + 1) * cg * npq], rsc, npq), wg, dout_g, false)?;
+            } else {
+                gemm(MatMut::row_major(col, rsc, npq), wg, dout_g, false)?;
+                col2im(d, col, sh, g * cg);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The profile's name for a convolution's forward or backward ([`crate::profile`]).
+fn conv_label(sh: &Conv2dShape, backward: bool) -> &'static str {
+    match (sh.is_depthwise(), sh.is_pointwise(), backward) {
+        (true, _, false) => "depthwise conv forward",
+        (true, _, true) => "depthwise conv backward",
+        (false, true, false) => "1×1 conv forward (GEMM)",
+        (false, true, true) => "1×1 conv backward (GEMMs)",
+        (false, false, false) => "conv forward (im2col, GEMM)",
+        (false, false, true) => "conv backward (im2col, GEMMs, col2im)",
     }
-    Ok(())
 }
 
 /// (input channels per group, output channels per group, N·P·Q, R·S·Cg)

@@ -5,7 +5,7 @@ use crate::activation::{map2 as elementwise_map, map3 as elementwise_zip};
 
 /// `out = a + b`.
 pub fn add_forward(out: &mut [f32], a: &[f32], b: &[f32]) -> Result<(), TensorError> {
-    elementwise_zip("add_forward", out, a, b, |x, y| x + y)
+    crate::profile::timed("add (residual sums)", 0.0, || elementwise_zip("add_forward", out, a, b, |x, y| x + y))
 }
 
 /// `out = alpha · a`.

@@ -37,6 +37,7 @@ pub mod loss;
 pub mod pad;
 pub mod planes;
 pub mod pool;
+pub mod profile;
 pub mod simd;
 mod spare;
 pub mod tensor;

@@ -46,9 +46,13 @@ pub fn softmax_cross_entropy_backward(
     scale: f32,
     sh: &LossShape,
 ) -> Result<(), TensorError> {
-    let op = "softmax_cross_entropy_backward";
-    check_labels(op, labels, sh)?;
-    backward_with(op, dlogits, probs, scale, sh, |i, j| smoothed(labels[i], j, smoothing, sh.k))
+    crate::profile::timed("softmax cross-entropy", 0.0, || {
+        crate::profile::timed("softmax cross-entropy", 0.0, || {
+            let op = "softmax_cross_entropy_backward";
+            check_labels(op, labels, sh)?;
+            backward_with(op, dlogits, probs, scale, sh, |i, j| smoothed(labels[i], j, smoothing, sh.k))
+        })
+    })
 }
 
 /// Mixup's targets: example `i`'s target is `λ·t(labels[i]) + (1 − λ)·t(partner[i])`, each
@@ -88,10 +92,14 @@ pub fn softmax_cross_entropy_mixed_backward(
     scale: f32,
     sh: &LossShape,
 ) -> Result<(), TensorError> {
-    let op = "softmax_cross_entropy_mixed_backward";
-    check_labels(op, labels, sh)?;
-    check_labels(op, mix.partner, sh)?;
-    backward_with(op, dlogits, probs, scale, sh, |i, j| mixed(labels, mix, i, j, smoothing, sh.k))
+    crate::profile::timed("softmax cross-entropy", 0.0, || {
+        crate::profile::timed("softmax cross-entropy", 0.0, || {
+            let op = "softmax_cross_entropy_mixed_backward";
+            check_labels(op, labels, sh)?;
+            check_labels(op, mix.partner, sh)?;
+            backward_with(op, dlogits, probs, scale, sh, |i, j| mixed(labels, mix, i, j, smoothing, sh.k))
+        })
+    })
 }
 
 /// The smoothed one-hot target of class `label` at class `j`.

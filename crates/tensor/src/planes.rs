@@ -44,10 +44,12 @@ crate::simd::multiversion!(fn means_group(out: &mut [f32], x: &[f32], hw: usize)
 
 /// `out[i]` = the mean of plane `i` of `x`.
 pub fn plane_means(out: &mut [f32], x: &[f32], hw: usize) -> Result<(), TensorError> {
-    check("plane_means", out.len(), hw, &[("input", x.len())], &[])?;
-    let k = planes_per_task(hw);
-    out.par_chunks_mut(k).zip(x.par_chunks(k * hw)).for_each(|(o, x)| means_group(o, x, hw));
-    Ok(())
+    crate::profile::timed("squeeze-excite: plane means", 0.0, || {
+        check("plane_means", out.len(), hw, &[("input", x.len())], &[])?;
+        let k = planes_per_task(hw);
+        out.par_chunks_mut(k).zip(x.par_chunks(k * hw)).for_each(|(o, x)| means_group(o, x, hw));
+        Ok(())
+    })
 }
 
 #[inline(always)]
@@ -60,10 +62,12 @@ crate::simd::multiversion!(fn dots_group(out: &mut [f32], a: &[f32], b: &[f32], 
 
 /// `out[i]` = Σ `a·b` over plane `i`.
 pub fn plane_dots(out: &mut [f32], a: &[f32], b: &[f32], hw: usize) -> Result<(), TensorError> {
-    check("plane_dots", out.len(), hw, &[("first input", a.len()), ("second input", b.len())], &[])?;
-    let k = planes_per_task(hw);
-    out.par_chunks_mut(k).zip(a.par_chunks(k * hw).zip(b.par_chunks(k * hw))).for_each(|(o, (a, b))| dots_group(o, a, b, hw));
-    Ok(())
+    crate::profile::timed("squeeze-excite: plane dots", 0.0, || {
+        check("plane_dots", out.len(), hw, &[("first input", a.len()), ("second input", b.len())], &[])?;
+        let k = planes_per_task(hw);
+        out.par_chunks_mut(k).zip(a.par_chunks(k * hw).zip(b.par_chunks(k * hw))).for_each(|(o, (a, b))| dots_group(o, a, b, hw));
+        Ok(())
+    })
 }
 
 #[inline(always)]
@@ -76,21 +80,23 @@ crate::simd::multiversion!(fn affine_group(out: &mut [f32], x: &[f32], scale: &[
 
 /// `out = x · scale[i] + shift[i]` on each plane `i`; an empty `shift` means zero.
 pub fn plane_affine(out: &mut [f32], x: &[f32], scale: &[f32], shift: &[f32], hw: usize) -> Result<(), TensorError> {
-    let planes = scale.len();
-    let zeros;
-    let shift = if shift.is_empty() {
-        zeros = vec![0.0; planes];
-        &zeros[..]
-    } else {
-        shift
-    };
-    check("plane_affine", planes, hw, &[("input", x.len()), ("output", out.len())], &[("shift", shift.len())])?;
-    let k = planes_per_task(hw);
-    out.par_chunks_mut(k * hw)
-        .zip(x.par_chunks(k * hw))
-        .zip(scale.par_chunks(k).zip(shift.par_chunks(k)))
-        .for_each(|((o, x), (a, b))| affine_group(o, x, a, b, hw));
-    Ok(())
+    crate::profile::timed("squeeze-excite: plane scales", 0.0, || {
+        let planes = scale.len();
+        let zeros;
+        let shift = if shift.is_empty() {
+            zeros = vec![0.0; planes];
+            &zeros[..]
+        } else {
+            shift
+        };
+        check("plane_affine", planes, hw, &[("input", x.len()), ("output", out.len())], &[("shift", shift.len())])?;
+        let k = planes_per_task(hw);
+        out.par_chunks_mut(k * hw)
+            .zip(x.par_chunks(k * hw))
+            .zip(scale.par_chunks(k).zip(shift.par_chunks(k)))
+            .for_each(|((o, x), (a, b))| affine_group(o, x, a, b, hw));
+        Ok(())
+    })
 }
 
 #[cfg(test)]

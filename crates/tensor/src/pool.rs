@@ -90,103 +90,119 @@ fn check(op: &'static str, sh: &PoolShape, inp: usize, out: usize) -> Result<(),
 
 /// Average pooling.
 pub fn avgpool_forward(out: &mut [f32], inp: &[f32], sh: &PoolShape) -> Result<(), TensorError> {
-    check("avgpool_forward", sh, inp.len(), out.len())?;
-    let inv = 1.0 / (sh.r * sh.s) as f32;
-    out.par_chunks_mut(sh.p * sh.q).zip(inp.par_chunks(sh.h * sh.w)).for_each(|(o, x)| {
-        for p in 0..sh.p {
-            for q in 0..sh.q {
-                let (hr, wr) = sh.window(p, q);
-                let mut acc = 0.0;
-                for ih in hr {
-                    for iw in wr.clone() {
-                        acc += x[ih * sh.w + iw];
+    crate::profile::timed("average pool forward", 0.0, || {
+        check("avgpool_forward", sh, inp.len(), out.len())?;
+        let inv = 1.0 / (sh.r * sh.s) as f32;
+        out.par_chunks_mut(sh.p * sh.q).zip(inp.par_chunks(sh.h * sh.w)).for_each(|(o, x)| {
+            for p in 0..sh.p {
+                for q in 0..sh.q {
+                    let (hr, wr) = sh.window(p, q);
+                    let mut acc = 0.0;
+                    for ih in hr {
+                        for iw in wr.clone() {
+                            acc += x[ih * sh.w + iw];
+                        }
                     }
+                    o[p * sh.q + q] = acc * inv;
                 }
-                o[p * sh.q + q] = acc * inv;
             }
-        }
-    });
-    Ok(())
+        });
+        Ok(())
+    })
 }
 
 /// Backward of [`avgpool_forward`]; `dinp` is overwritten.
 pub fn avgpool_backward(dinp: &mut [f32], dout: &[f32], sh: &PoolShape) -> Result<(), TensorError> {
-    check("avgpool_backward", sh, dinp.len(), dout.len())?;
-    let inv = 1.0 / (sh.r * sh.s) as f32;
-    dinp.par_chunks_mut(sh.h * sh.w).zip(dout.par_chunks(sh.p * sh.q)).for_each(|(dx, g)| {
-        dx.fill(0.0);
-        for p in 0..sh.p {
-            for q in 0..sh.q {
-                let (hr, wr) = sh.window(p, q);
-                let v = g[p * sh.q + q] * inv;
-                for ih in hr {
-                    for iw in wr.clone() {
-                        dx[ih * sh.w + iw] += v;
+    crate::profile::timed("average pool backward", 0.0, || {
+        check("avgpool_backward", sh, dinp.len(), dout.len())?;
+        let inv = 1.0 / (sh.r * sh.s) as f32;
+        dinp.par_chunks_mut(sh.h * sh.w).zip(dout.par_chunks(sh.p * sh.q)).for_each(|(dx, g)| {
+            dx.fill(0.0);
+            for p in 0..sh.p {
+                for q in 0..sh.q {
+                    let (hr, wr) = sh.window(p, q);
+                    let v = g[p * sh.q + q] * inv;
+                    for ih in hr {
+                        for iw in wr.clone() {
+                            dx[ih * sh.w + iw] += v;
+                        }
                     }
                 }
             }
-        }
-    });
-    Ok(())
+        });
+        Ok(())
+    })
 }
 
 /// Max pooling; `argmax` receives, per output, the index of the winning input in its plane.
 pub fn maxpool_forward(out: &mut [f32], argmax: &mut [u32], inp: &[f32], sh: &PoolShape) -> Result<(), TensorError> {
-    check("maxpool_forward", sh, inp.len(), out.len())?;
-    check_len("maxpool_forward", "argmax", argmax.len(), sh.output_len())?;
-    out.par_chunks_mut(sh.p * sh.q).zip(argmax.par_chunks_mut(sh.p * sh.q)).zip(inp.par_chunks(sh.h * sh.w)).for_each(|((o, am), x)| {
-        for p in 0..sh.p {
-            for q in 0..sh.q {
-                let (hr, wr) = sh.window(p, q);
-                let (mut best, mut at) = (f32::NEG_INFINITY, (hr.start * sh.w + wr.start) as u32);
-                for ih in hr {
-                    for iw in wr.clone() {
-                        let v = x[ih * sh.w + iw];
-                        if v > best {
-                            best = v;
-                            at = (ih * sh.w + iw) as u32;
+    crate::profile::timed("max pool forward", 0.0, || {
+        check("maxpool_forward", sh, inp.len(), out.len())?;
+        check_len("maxpool_forward", "argmax", argmax.len(), sh.output_len())?;
+        out.par_chunks_mut(sh.p * sh.q).zip(argmax.par_chunks_mut(sh.p * sh.q)).zip(inp.par_chunks(sh.h * sh.w)).for_each(
+            |((o, am), x)| {
+                for p in 0..sh.p {
+                    for q in 0..sh.q {
+                        let (hr, wr) = sh.window(p, q);
+                        let (mut best, mut at) = (f32::NEG_INFINITY, (hr.start * sh.w + wr.start) as u32);
+                        for ih in hr {
+                            for iw in wr.clone() {
+                                let v = x[ih * sh.w + iw];
+                                if v > best {
+                                    best = v;
+                                    at = (ih * sh.w + iw) as u32;
+                                }
+                            }
                         }
+                        o[p * sh.q + q] = best;
+                        am[p * sh.q + q] = at;
                     }
                 }
-                o[p * sh.q + q] = best;
-                am[p * sh.q + q] = at;
-            }
-        }
-    });
-    Ok(())
+            },
+        );
+        Ok(())
+    })
 }
 
 /// Backward of [`maxpool_forward`]: each output's gradient goes to its winning input. `dinp` is
 /// overwritten.
 pub fn maxpool_backward(dinp: &mut [f32], dout: &[f32], argmax: &[u32], sh: &PoolShape) -> Result<(), TensorError> {
-    check("maxpool_backward", sh, dinp.len(), dout.len())?;
-    check_len("maxpool_backward", "argmax", argmax.len(), sh.output_len())?;
-    let plane = sh.h * sh.w;
-    dinp.par_chunks_mut(plane).zip(dout.par_chunks(sh.p * sh.q).zip(argmax.par_chunks(sh.p * sh.q))).for_each(|(dx, (g, am))| {
-        dx.fill(0.0);
-        for (v, &i) in g.iter().zip(am) {
-            // argmax came from our own forward and is < plane; `get_mut` keeps a bad caller from panicking.
-            if let Some(d) = dx.get_mut(i as usize) {
-                *d += v;
+    crate::profile::timed("max pool backward", 0.0, || {
+        check("maxpool_backward", sh, dinp.len(), dout.len())?;
+        check_len("maxpool_backward", "argmax", argmax.len(), sh.output_len())?;
+        let plane = sh.h * sh.w;
+        dinp.par_chunks_mut(plane).zip(dout.par_chunks(sh.p * sh.q).zip(argmax.par_chunks(sh.p * sh.q))).for_each(|(dx, (g, am))| {
+            dx.fill(0.0);
+            for (v, &i) in g.iter().zip(am) {
+                // argmax came from our own forward and is < plane; `get_mut` keeps a bad caller from panicking.
+                if let Some(d) = dx.get_mut(i as usize) {
+                    *d += v;
+                }
             }
-        }
-    });
-    Ok(())
+        });
+        Ok(())
+    })
 }
 
 /// Global average pooling: `(C, N, H, W)` → `(C, N)`, the mean of each plane.
 pub fn global_avgpool_forward(out: &mut [f32], inp: &[f32], planes: usize, hw: usize) -> Result<(), TensorError> {
-    check_len("global_avgpool_forward", "input", inp.len(), planes * hw)?;
-    check_len("global_avgpool_forward", "output", out.len(), planes)?;
-    out.par_iter_mut().zip(inp.par_chunks(hw.max(1))).for_each(|(o, x)| *o = (x.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32);
-    Ok(())
+    crate::profile::timed("global average pool forward", 0.0, || {
+        check_len("global_avgpool_forward", "input", inp.len(), planes * hw)?;
+        check_len("global_avgpool_forward", "output", out.len(), planes)?;
+        out.par_iter_mut()
+            .zip(inp.par_chunks(hw.max(1)))
+            .for_each(|(o, x)| *o = (x.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32);
+        Ok(())
+    })
 }
 
 /// Backward of [`global_avgpool_forward`]; `dinp` is overwritten.
 pub fn global_avgpool_backward(dinp: &mut [f32], dout: &[f32], planes: usize, hw: usize) -> Result<(), TensorError> {
-    check_len("global_avgpool_backward", "input gradient", dinp.len(), planes * hw)?;
-    check_len("global_avgpool_backward", "output gradient", dout.len(), planes)?;
-    let inv = 1.0 / hw as f32;
-    dinp.par_chunks_mut(hw.max(1)).zip(dout.par_iter()).for_each(|(dx, &g)| dx.fill(g * inv));
-    Ok(())
+    crate::profile::timed("global average pool backward", 0.0, || {
+        check_len("global_avgpool_backward", "input gradient", dinp.len(), planes * hw)?;
+        check_len("global_avgpool_backward", "output gradient", dout.len(), planes)?;
+        let inv = 1.0 / hw as f32;
+        dinp.par_chunks_mut(hw.max(1)).zip(dout.par_iter()).for_each(|(dx, &g)| dx.fill(g * inv));
+        Ok(())
+    })
 }
