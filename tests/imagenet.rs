@@ -137,10 +137,12 @@ fn tfrecord_shards_train_a_whole_epoch_and_evaluate_on_two_replicas() {
     assert!(err.contains("epoch 1: test loss") && err.contains("(64 examples)"), "{err}");
 
     // Issue 19: one replica computing both micro-batches reads the same examples, batch by
-    // batch, and ends where two replicas do up to the order of float sums. Over 4 steps: this
-    // ResNet's max-pools and ReLUs turn rounding into discrete changes later (measured: within a
-    // tenth of the bound up to step 5, 100 times over it at step 8).
-    let flags = ["--log_sample_ids", "--max_steps", "4"];
+    // batch, and ends where two replicas do up to the order of float sums. Over 3 steps: this
+    // ResNet's max-pools and ReLUs turn rounding into discrete changes later, at a step that
+    // moves whenever a kernel's rounding does (measured: within a tenth of the bound up to step
+    // 5, 100 times over it at step 8; after the vectorised batch norm of issue 26, within 0.025
+    // of it up to step 3, 36 times over at step 4).
+    let flags = ["--log_sample_ids", "--max_steps", "3"];
     let (two, one) = (tmp.path().join("two"), tmp.path().join("one"));
     let mut args = vec!["launch", "--nproc", "2", "--transport", "tcp", "--"];
     let train = train_args(data.to_str().unwrap(), two.to_str().unwrap(), "32", &flags);
@@ -150,9 +152,9 @@ fn tfrecord_shards_train_a_whole_epoch_and_evaluate_on_two_replicas() {
     stdout_ok(&ringsam(&train_args(data.to_str().unwrap(), one.to_str().unwrap(), "32", &alone)));
     let run_dir = |o: &Path| o.join("lr_0.05/wd_0.001/rho_0.05/seed_0");
     let taken = consumed(&run_dir(&two));
-    assert_eq!(taken.len(), 4);
+    assert_eq!(taken.len(), 3);
     assert_eq!(ringsam_train::sample_log::compare(&consumed(&run_dir(&one)), &taken), None);
-    let (a, b) = (crate::util::f32_tensors(&final_weights(&two, 4)), crate::util::f32_tensors(&final_weights(&one, 4)));
+    let (a, b) = (crate::util::f32_tensors(&final_weights(&two, 3)), crate::util::f32_tensors(&final_weights(&one, 3)));
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         // Relative to the tensor's largest value, with a floor: a bias whose gradient is zero up
         // to rounding (one before a batch norm) holds noise of 1e-10, where relative means nothing.
