@@ -9,14 +9,18 @@ Models, as ringsam defines them (crates/models, after google-research/sam):
   dense. TensorFlow's SAME padding (a stride-2 3x3 pads 0 before, 1 after).
 - Resnet50: v1 with bottlenecks (1x1, 3x3 with the stride, 1x1 with 4x the width), projection
   shortcuts (1x1 conv + BN) where the shape changes, a 7x7/2 stem and a 3x3/2 max pool.
+- efficientnet-b0 ... b7: torchvision's EfficientNet (the same stages, widths, depths,
+  squeeze-excite, swish and stochastic depth as ringsam's, which follows the SAM reference; it
+  pads symmetrically where ringsam pads as TensorFlow does, which costs the same).
 
 SGD step: forward, cross-entropy, backward, Nesterov momentum with weight decay. SAM step (Foret et
 al.; the reference's order): pass 1's gradient g, w + rho*g/||g|| (global norm), pass 2 with
 batch-norm statistics left alone (momentum 0, as davda54/sam does), back to w, the update.
 
 Prints one JSON object per model: images/s of each step and peak memory (torch.cuda.
-max_memory_allocated, and reserved). On a machine without CUDA it runs on the CPU (a rehearsal:
-`--device cpu --models WideResnet10x1 --batch 4 --iters 1`).
+max_memory_allocated, and reserved). On a machine without CUDA it runs on the CPU, on `--threads`
+threads (oneDNN), in the memory format `--memory_format` (on CPU `auto` tries both for a step
+and keeps the faster); benches/cpu_step_vs_torch.py runs it beside `ringsam bench step` there.
 """
 
 import argparse
@@ -27,6 +31,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+EFFICIENTNETS = {f"efficientnet-b{i}" for i in range(8)}
 
 
 class SameConv(nn.Conv2d):
@@ -119,6 +125,10 @@ def build(name, classes):
         return WideResNet(int(d), int(k), classes)
     if name == "Resnet50":
         return ResNet50(classes)
+    if name in EFFICIENTNETS:
+        import torchvision
+
+        return getattr(torchvision.models, name.replace("-", "_"))(num_classes=classes)
     raise SystemExit(f"unknown model {name}")
 
 
@@ -154,18 +164,14 @@ def sam_step(model, opt, x, y, rho):
     opt.step()
 
 
-def measure(name, batch, side, iters, device, rho):
-    model = build(name, 1000 if name == "Resnet50" else 10).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(batch, 3, side, side, device=device).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def time_steps(model, opt, x, y, iters, rho, sync):
+    """Medians of `iters` SGD and SAM steps, alternating, after one warm-up step of each."""
     times = {"sgd": [], "sam": []}
     steps = {"sgd": lambda: sgd_step(model, opt, x, y), "sam": lambda: sam_step(model, opt, x, y, rho)}
     for run in steps.values():  # warm-up: cuDNN's benchmark mode picks its algorithms here
         run()
     sync()
-    if device.type == "cuda":
+    if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(iters):
         for kind, run in steps.items():
@@ -174,17 +180,57 @@ def measure(name, batch, side, iters, device, rho):
             run()
             sync()
             times[kind].append(time.perf_counter() - t)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}, times
+
+
+def setup(name, batch, side, classes, device, fmt):
+    model = build(name, classes).to(device).to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x = torch.randn(batch, 3, side, side, device=device).to(memory_format=fmt)
+    y = torch.randint(0, classes, (batch,), device=device)
+    return model, opt, x, y
+
+
+def faster_format(name, batch, side, classes, device, rho):
+    """On CPU oneDNN's speed depends on the layout: one SGD step in each, keep the faster."""
+    best = None
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model, opt, x, y = setup(name, batch, side, classes, device, fmt)
+        sgd_step(model, opt, x, y)  # warm-up
+        t = time.perf_counter()
+        sgd_step(model, opt, x, y)
+        t = time.perf_counter() - t
+        if best is None or t < best[1]:
+            best = (fmt, t)
+    return best[0]
+
+
+FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def measure(name, batch, side, classes, iters, device, rho, fmt_name):
+    if fmt_name == "auto":
+        fmt = torch.channels_last if device.type == "cuda" else faster_format(name, batch, side, classes, device, rho)
+    else:
+        fmt = FORMATS[fmt_name]
+    model, opt, x, y = setup(name, batch, side, classes, device, fmt)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    med, times = time_steps(model, opt, x, y, iters, rho, sync)
     out = {
         "framework": f"pytorch {torch.__version__}",
         "device": str(device),
+        "threads": torch.get_num_threads(),
+        "memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
         "model": name,
         "batch": batch,
         "image_size": side,
+        "num_classes": classes,
         "sgd_ms": med["sgd"] * 1e3,
         "sam_ms": med["sam"] * 1e3,
         "sgd_images_per_s": batch / med["sgd"],
         "sam_images_per_s": batch / med["sam"],
+        "sgd_samples_ms": [t * 1e3 for t in times["sgd"]],
+        "sam_samples_ms": [t * 1e3 for t in times["sam"]],
     }
     if device.type == "cuda":
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 1e6
@@ -192,20 +238,34 @@ def measure(name, batch, side, iters, device, rho):
     return out
 
 
+def parse_spec(spec):
+    """name:batch:side[:classes]; classes default to 1000 for the ImageNet models, 10 otherwise."""
+    parts = spec.split(":")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"--models: {spec!r} is not name:batch:side[:classes]")
+    name, batch, side = parts[0], int(parts[1]), int(parts[2])
+    classes = int(parts[3]) if len(parts) == 4 else (1000 if name == "Resnet50" or name in EFFICIENTNETS else 10)
+    return name, batch, side, classes
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="WideResnet28x10:128:32,Resnet50:256:224", help="name:batch:side, comma-separated")
+    ap.add_argument("--models", default="WideResnet28x10:128:32,Resnet50:256:224", help="name:batch:side[:classes], comma-separated")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--rho", type=float, default=0.05)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); default: PyTorch's")
+    ap.add_argument("--memory_format", choices=["auto", *FORMATS], default="auto")
     args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     device = torch.device(args.device)
     for spec in args.models.split(","):
-        name, batch, side = spec.split(":")
-        print(json.dumps(measure(name, int(batch), int(side), args.iters, device, args.rho)), flush=True)
+        name, batch, side, classes = parse_spec(spec)
+        print(json.dumps(measure(name, batch, side, classes, args.iters, device, args.rho, args.memory_format)), flush=True)
 
 
 if __name__ == "__main__":
