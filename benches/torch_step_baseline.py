@@ -191,7 +191,7 @@ def setup(name, batch, side, classes, device, fmt):
     return model, opt, x, y
 
 
-def faster_format(name, batch, side, classes, device, rho):
+def faster_format(name, batch, side, classes, device):
     """On CPU oneDNN's speed depends on the layout: one SGD step in each, keep the faster."""
     best = None
     for fmt in (torch.contiguous_format, torch.channels_last):
@@ -210,7 +210,7 @@ FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 
 def measure(name, batch, side, classes, iters, device, rho, fmt_name):
     if fmt_name == "auto":
-        fmt = torch.channels_last if device.type == "cuda" else faster_format(name, batch, side, classes, device, rho)
+        fmt = torch.channels_last if device.type == "cuda" else faster_format(name, batch, side, classes, device)
     else:
         fmt = FORMATS[fmt_name]
     model, opt, x, y = setup(name, batch, side, classes, device, fmt)

@@ -103,7 +103,8 @@ pub fn depthwise_backward(dinp: Option<&mut [f32]>, dweight: &mut [f32], dout: &
     // One channel: its tap gradients (summed in f64 from the lanes), and its input gradient.
     let channel = |c: usize, mut dx: Option<&mut [f32]>, dy: &[f32], x: &[f32]| -> Vec<f64> {
         let w = taps(weight, sh, c);
-        let turned: Vec<f32> = w.iter().rev().copied().collect();
+        // The kernel turned by 180° for the stride-1 input gradient ([`as_forward`]), if needed.
+        let turned: Vec<f32> = if dx.is_some() && transposed.is_some() { w.iter().rev().copied().collect() } else { Vec::new() };
         let mut acc: Vec<Lanes> = vec![[0.0; LANES]; w.len()];
         with_scratch(g.len(), if dx.is_some() { dxp_len } else { 0 }, g.q_blocks, |s| {
             for (n, (dy, x)) in dy.chunks_exact(img_out).zip(x.chunks_exact(img_in)).enumerate() {
