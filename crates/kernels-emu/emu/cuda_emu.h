@@ -1,7 +1,7 @@
 // Runs kernels written in ringsam's CUDA C subset as plain C++ on the CPU (tests only).
 //
 // The subset: 1-D grids and blocks; `__global__` functions of pointers and scalars;
-// `__shared__` arrays; `__syncthreads()`; <cmath>'s float functions. No warp intrinsics, no
+// `__shared__` arrays; `__syncthreads()`; <cmath>'s float functions; `#pragma unroll` (ignored). No warp intrinsics, no
 // atomics, no dynamic shared memory. Emulated so:
 // - blocks run one after another; a block's threads are OS threads (the same ones for every
 //   block), so `__syncthreads()` is a real barrier (std::barrier) and a reduction's tree runs as

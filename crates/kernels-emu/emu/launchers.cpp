@@ -76,7 +76,7 @@ const Entry KERNELS[] = {
     KERNEL(add),                  KERNEL(im2col),                KERNEL(col2im),
     KERNEL(broadcast_bias),       KERNEL(add_bias_gradient),     KERNEL(scale_planes),
     KERNEL(count_errors),         KERNEL(mix_planes),         KERNEL(depthwise_forward),     KERNEL(depthwise_backward_data),
-    KERNEL(depthwise_backward_weight), KERNEL(shift_subsample_forward), KERNEL(shift_subsample_backward),
+    KERNEL(depthwise_backward_weight), KERNEL(depthwise_weight_parts), KERNEL(depthwise_weight_add), KERNEL(shift_subsample_forward), KERNEL(shift_subsample_backward),
     KERNEL(add_row_bias),         KERNEL(add_row_sums),          KERNEL(plane_dot),
     KERNEL(se_input_backward),    KERNEL(bn_part_sums),          KERNEL(bn_part_stats),
     KERNEL(bn_part_apply),        KERNEL(bn_part_grad_sums),     KERNEL(bn_part_grad_stats),

@@ -141,7 +141,13 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "depthwise.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/depthwise.cu")),
-        kernels: &["depthwise_forward", "depthwise_backward_data", "depthwise_backward_weight"],
+        kernels: &[
+            "depthwise_forward",
+            "depthwise_backward_data",
+            "depthwise_backward_weight",
+            "depthwise_weight_parts",
+            "depthwise_weight_add",
+        ],
     },
     Source {
         file: "se.cu",

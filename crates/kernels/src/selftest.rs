@@ -13,7 +13,7 @@ use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
 
 use crate::activation::{self, Activation};
 use crate::batchnorm::{self, BnLayout, BnParams, BnStats};
-use crate::conv::{self, ConvShape};
+use crate::conv::{self, ConvShape, DepthwiseWeightSum};
 use crate::dense;
 use crate::dropout;
 use crate::flat::{self, OptimizerState};
@@ -236,8 +236,10 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     }
     checks.push(dense_parts(l, n, cpu)?);
     checks.push(gemms(l, n, cpu)?);
-    for stride in [1, 2] {
-        checks.push(depthwise(l, n, stride, cpu)?);
+    // The weight gradient as the size calls for it (blocks, one part each under emulation's
+    // sizes, split on a GPU's), then forced into three parts, and the reference per-tap form.
+    for (stride, sum) in [(1, None), (2, None), (1, Some(DepthwiseWeightSum::Blocks(3))), (2, Some(DepthwiseWeightSum::PerTap))] {
+        checks.push(depthwise(l, n, stride, sum, cpu)?);
     }
     checks.extend(crate::selftest_ops::convs(l, n, cpu)?);
     checks.push(crate::selftest_ops::dense_layer(l, n, cpu)?);
@@ -676,7 +678,13 @@ fn gemms<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Resul
     Ok(Check { name: "SGEMM, 16 arrangements", differ, elements, tolerance: GEMM_TOLERANCE, max_rel: worst, seconds: 0.0, bytes: 0 })
 }
 
-fn depthwise<L: Launcher + Memory>(l: &mut L, n: usize, stride: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+fn depthwise<L: Launcher + Memory>(
+    l: &mut L,
+    n: usize,
+    stride: usize,
+    sum: Option<DepthwiseWeightSum>,
+    cpu: &CpuReference,
+) -> Result<Check, KernelError> {
     // 3×3 (stride 1) or 5×5 (stride 2, asymmetric SAME padding on an even size), EfficientNet's.
     let (c, h, kernel) = (8, 10, if stride == 1 { 3 } else { 5 });
     let sh = (cpu.conv_same)((n / (c * h * h)).max(1), c, h, h, c, kernel, stride, c);
@@ -688,7 +696,8 @@ fn depthwise<L: Launcher + Memory>(l: &mut L, n: usize, stride: usize, cpu: &Cpu
     let (dxin, dwt, ddy) = (l.upload(&x)?, l.upload(&wt)?, l.upload(&dy)?);
     let (gy, gdx, gdw) = (l.zeros::<f32>(y.len())?, l.zeros::<f32>(x.len())?, l.upload(&data(170, wt.len()))?);
     conv::depthwise_forward(l, l.buf(&gy), l.buf(&dxin), l.buf(&dwt), &sh)?;
-    conv::depthwise_backward(l, Some(l.buf(&gdx)), l.buf(&gdw), l.buf(&ddy), l.buf(&dxin), l.buf(&dwt), &sh)?;
+    let sum = sum.unwrap_or(DepthwiseWeightSum::for_shape(&sh));
+    conv::depthwise_backward_in(l, sum, Some(l.buf(&gdx)), l.buf(&gdw), l.buf(&ddy), l.buf(&dxin), l.buf(&dwt), &sh)?;
     // The CPU engine's depthwise kernels are vectorised (sixteen outputs, or one tap's sixteen
     // lanes of sums, at a time): the same sums in another order, relative to max(|value|, 1).
     let (mut differ, mut worst) = (0, 0.0f64);
@@ -697,7 +706,14 @@ fn depthwise<L: Launcher + Memory>(l: &mut L, n: usize, stride: usize, cpu: &Cpu
         differ += d;
         worst = worst.max(r);
     }
-    let name = if stride == 1 { "depthwise 3×3/1 SAME, fwd+bwd" } else { "depthwise 5×5/2 SAME, fwd+bwd" };
+    let name = match (stride, sum) {
+        (1, DepthwiseWeightSum::Blocks(1)) => "depthwise 3×3/1 SAME, fwd+bwd, weight sum in 1 block",
+        (1, DepthwiseWeightSum::Blocks(_)) => "depthwise 3×3/1 SAME, fwd+bwd, weight sum in blocks",
+        (1, DepthwiseWeightSum::PerTap) => "depthwise 3×3/1 SAME, fwd+bwd, weight sum per tap",
+        (_, DepthwiseWeightSum::Blocks(1)) => "depthwise 5×5/2 SAME, fwd+bwd, weight sum in 1 block",
+        (_, DepthwiseWeightSum::Blocks(_)) => "depthwise 5×5/2 SAME, fwd+bwd, weight sum in blocks",
+        (_, DepthwiseWeightSum::PerTap) => "depthwise 5×5/2 SAME, fwd+bwd, weight sum per tap",
+    };
     let elements = y.len() + x.len() + wt.len();
     Ok(Check { name, differ, elements, tolerance: GEMM_TOLERANCE, max_rel: worst, seconds: 0.0, bytes: 0 })
 }
