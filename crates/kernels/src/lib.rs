@@ -28,6 +28,7 @@ pub mod device;
 #[cfg(feature = "cuda")]
 pub mod device_memory;
 pub mod dropout;
+pub mod examples;
 pub mod flat;
 pub mod gemm;
 pub mod gpu;
@@ -148,6 +149,11 @@ pub const SOURCES: &[Source] = &[
             "depthwise_weight_parts",
             "depthwise_weight_add",
         ],
+    },
+    Source {
+        file: "examples.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/examples.cu")),
+        kernels: &["example_coefficients"],
     },
     Source {
         file: "se.cu",

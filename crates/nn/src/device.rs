@@ -54,15 +54,6 @@ impl<'a> OnDevice<'a> {
         Ok(self.buf(t)?.slice(0..n))
     }
 
-    /// `values` copied into `t` on this device (placed for them first): per-example coefficients
-    /// drawn on the host. The copy waits for the launches before it (one stream), a cost the
-    /// device draws of dropout's masks do not have.
-    pub fn upload(&self, t: &mut Tensor, values: &[f32], like: &Tensor) -> Result<Buf<f32>, NnError> {
-        self.place(t, &[values.len()], like)?;
-        t.write_from(values).map_err(|e| self.error(e))?;
-        self.buf(t)
-    }
-
     /// A buffer of `len` values on this device that the layer keeps (max pooling's argmax).
     pub fn alloc<T: Elem>(&self, len: usize) -> Result<DeviceVec<T>, NnError> {
         let source = |source| TensorError::Kernel { op: "allocating", device: self.gpu.name().to_string(), source };

@@ -7,7 +7,7 @@
 use ringsam_kernels_emu::emulated_gpu;
 use ringsam_nn::layers::{
     Activation, ActivationKind, AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool, Linear,
-    MaxPool2d, PoolPadShortcut, ShakeDrop, ShiftSubsample, SqueezeExcite,
+    MaxPool2d, PoolPadShortcut, ShakeDrop, ShakeShake, ShiftSubsample, SqueezeExcite,
 };
 use ringsam_nn::{Layer, ParamLayout, Pass, Rng, StateLayout, Workspace};
 use ringsam_tensor::Tensor;
@@ -148,13 +148,35 @@ fn dense_pools_and_shortcuts_agree() {
 #[test]
 fn random_layers_draw_the_cpus_values_on_the_device() {
     let none = (ParamLayout::new(), StateLayout::new());
-    for pass in [train(), train().tied(true), Pass::train_frozen_stats(7, 4), Pass::eval()] {
+    for pass in [train(), train().tied(true), train().starting_at(40), Pass::train_frozen_stats(7, 4), Pass::eval()] {
         let mut dropout = Dropout::new("dropout", 0.3);
         assert_eq!(compare(&mut dropout, &none.0, &none.1, &[3, 4, 5, 5], pass), 0.0, "dropout {pass:?}");
         let mut shake_drop = ShakeDrop::new("shake_drop", 0.7);
         assert_eq!(compare(&mut shake_drop, &none.0, &none.1, &[3, 16, 2, 2], pass), 0.0, "ShakeDrop {pass:?}");
         let mut drop_connect = DropConnect::new("drop_connect", 0.4);
         assert_eq!(compare(&mut drop_connect, &none.0, &none.1, &[3, 16, 2, 2], pass), 0.0, "drop-connect {pass:?}");
+    }
+}
+
+/// Shake-Shake's mix draws its coefficients on the device too (two inputs: not a `Layer`).
+#[test]
+fn shake_shake_mixes_with_the_cpus_coefficients_on_the_device() {
+    let shape = [3, 16, 2, 2];
+    let n: usize = shape.iter().product();
+    let host = [values(n, 5), values(n, 6), values(n, 7)].map(|v| Tensor::from_vec(&shape, v).unwrap());
+    let gpu = emulated_gpu();
+    let device = host.clone().map(|t| t.to_gpu(&gpu).unwrap());
+    for pass in [train(), train().tied(true), train().starting_at(40), Pass::eval()] {
+        let mut results = Vec::new();
+        for [a, b, dy] in [&host, &device] {
+            let mut mix = ShakeShake::new("shake_shake");
+            mix.forward(a, b, &pass).unwrap();
+            mix.backward(dy).unwrap();
+            results.push([mix.output(), mix.da(), mix.db()].map(|t| t.to_host().unwrap()));
+        }
+        for (cpu, dev) in results[0].iter().zip(&results[1]) {
+            assert_eq!(worst(dev, cpu), 0.0, "Shake-Shake {pass:?}");
+        }
     }
 }
 

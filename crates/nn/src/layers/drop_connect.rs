@@ -4,10 +4,12 @@
 //! ([`Pass::example_draw`]): SAM's two passes drop the same examples, replicas draw what one
 //! replica would. (The reference's hardware-RNG Bernoulli is neither; docs/SAM.md, "Random draws".)
 
+use ringsam_kernels::examples::ExampleCoefficients;
 use ringsam_tensor::Tensor;
 
-use super::shake::{scale_examples_backward, scale_examples_forward};
+use super::shake::{ExampleScale, draw_on_device, scale_examples_backward, scale_examples_forward};
 use super::{Buffers, Layer, name_key, shape_error};
+use crate::device::OnDevice;
 use crate::{NnError, Pass};
 
 /// See the module docs.
@@ -16,8 +18,9 @@ pub struct DropConnect {
     name: String,
     key: u64,
     rate: f32,
-    coef: Vec<f32>,    // per example: 0 or 1/(1 − rate); empty after an evaluation pass
+    coef: Vec<f32>,    // per example: 0 or 1/(1 − rate), on the host; empty after an evaluation pass
     on_device: Tensor, // the same, when the layer runs on a device
+    scaled: bool,      // whether the last forward scaled examples (a training pass) or copied
     buffers: Buffers,
 }
 
@@ -31,13 +34,20 @@ impl DropConnect {
             rate,
             coef: Vec::new(),
             on_device: Tensor::empty(),
+            scaled: false,
             buffers: Buffers::default(),
         }
     }
 
-    /// The last training forward's per-example scales.
+    /// The last training forward's per-example scales (on the host; a device pass keeps them
+    /// there, and this is empty).
     pub fn coefficients(&self) -> &[f32] {
         &self.coef
+    }
+
+    /// What the last forward applied: its coefficients, where they were drawn, or the identity.
+    fn scale<'a>(scaled: bool, coef: &'a [f32], on_device: &'a Tensor, n: usize) -> ExampleScale<'a> {
+        if scaled { ExampleScale::Drawn { host: coef, device: on_device, at: 0..n } } else { ExampleScale::Identity }
     }
 }
 
@@ -52,15 +62,20 @@ impl Layer for DropConnect {
             _ => return Err(shape_error(&self.name, "(C, N, H, W)".into(), x)),
         };
         self.coef.clear();
-        if pass.train && self.rate > 0.0 {
-            let keep = 1.0 - self.rate;
+        self.scaled = pass.train && self.rate > 0.0;
+        let keep = 1.0 - self.rate;
+        if let Some(dev) = OnDevice::of(&self.name, x).filter(|_| self.scaled) {
+            draw_on_device(&dev, &mut self.on_device, ExampleCoefficients::DropConnect { keep }, pass, self.key, n, x)?;
+        } else if self.scaled {
             self.coef = (0..n as u64).map(|i| if pass.example_draw(self.key, 4, i) < keep { 1.0 / keep } else { 0.0 }).collect();
         }
-        scale_examples_forward(&self.name, &mut self.buffers, &mut self.on_device, x, &self.coef)
+        let scale = Self::scale(self.scaled, &self.coef, &self.on_device, n);
+        scale_examples_forward(&self.name, &mut self.buffers, x, scale)
     }
 
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        scale_examples_backward(&self.name, &mut self.buffers, &mut self.on_device, x, dout, &self.coef)
+        let scale = Self::scale(self.scaled, &self.coef, &self.on_device, x.shape()[1]);
+        scale_examples_backward(&self.name, &mut self.buffers, x, dout, scale)
     }
 
     fn on_device(&self) -> bool {

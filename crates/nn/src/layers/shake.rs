@@ -14,8 +14,11 @@
 //! draws what one would. (The reference's Bernoulli ignores its key — a hardware-RNG patch — so
 //! its masks differ between passes; ringsam does not reproduce that; docs/SAM.md, "Random draws".)
 
+use std::ops::Range;
+
 use ringsam_kernels::dense::{mix_planes, scale_planes};
-use ringsam_kernels::flat::copy;
+use ringsam_kernels::examples::{self, ExampleCoefficients, ExampleDraws};
+use ringsam_kernels::flat::{copy, fill};
 use ringsam_tensor::Tensor;
 
 use super::{Buffers, Layer, expect_same, name_key, shape_error};
@@ -48,59 +51,82 @@ pub fn mix_examples(out: &mut [f32], a: &[f32], b: &[f32], coef: &[f32], plane: 
     }
 }
 
-/// The forward of a layer that scales each example of `x` by `coef` (ShakeDrop, drop-connect),
-/// on the host or where `x` is (`coef_dev` holds the coefficients there); a copy when `coef` is
-/// empty (the layer is the identity).
-pub(crate) fn scale_examples_forward(
-    layer: &str,
-    buffers: &mut Buffers,
-    coef_dev: &mut Tensor,
-    x: &Tensor,
-    coef: &[f32],
+/// The scale a pass applies to each example: none (the layer is the identity), or coefficients
+/// drawn where the layer runs: `host` on the CPU, values `at` of `device` on a device.
+pub(crate) enum ExampleScale<'a> {
+    Identity,
+    Drawn { host: &'a [f32], device: &'a Tensor, at: Range<usize> },
+}
+
+/// A training pass's coefficients of `what` for `n` examples drawn on `dev` into `device`
+/// (bitwise the host's draws: `ringsam_kernels::examples`).
+pub(crate) fn draw_on_device(
+    dev: &OnDevice,
+    device: &mut Tensor,
+    what: ExampleCoefficients,
+    pass: &Pass,
+    key: u64,
+    n: usize,
+    like: &Tensor,
 ) -> Result<(), NnError> {
+    let out = dev.place(device, &[what.per_example() * n], like)?;
+    let at = ExampleDraws { seed: pass.seed, step: pass.step, key, first_example: pass.first_example, tied: pass.tied_backward };
+    dev.run(|l| examples::draw(l, out, n, what, at))
+}
+
+/// Evaluation's coefficients on `dev`: `len` copies of `value` in `device`.
+fn fill_on_device(dev: &OnDevice, device: &mut Tensor, len: usize, value: f32, like: &Tensor) -> Result<(), NnError> {
+    let out = dev.place(device, &[len], like)?;
+    dev.run(|l| fill(l, out, value))
+}
+
+/// The forward of a layer that scales each example of `x` (ShakeDrop, drop-connect), on the
+/// host or where `x` is.
+pub(crate) fn scale_examples_forward(layer: &str, buffers: &mut Buffers, x: &Tensor, scale: ExampleScale) -> Result<(), NnError> {
     let plane = x.shape()[2] * x.shape()[3];
     if let Some(dev) = OnDevice::of(layer, x) {
         let (out, inp) = (dev.place(&mut buffers.out, x.shape(), x)?, dev.buf(x)?);
-        if coef.is_empty() {
-            return dev.run(|l| copy(l, out, inp));
-        }
-        let c = dev.upload(coef_dev, coef, x)?;
-        return dev.run(|l| scale_planes(l, out, inp, c, plane));
+        return match scale {
+            ExampleScale::Identity => dev.run(|l| copy(l, out, inp)),
+            ExampleScale::Drawn { device, at, .. } => {
+                let c = dev.buf(device)?.slice(at);
+                dev.run(|l| scale_planes(l, out, inp, c, plane))
+            }
+        };
     }
     buffers.out.resize(x.shape());
-    if coef.is_empty() {
-        buffers.out.as_mut_slice().copy_from_slice(x.as_slice());
-    } else {
-        scale_examples(buffers.out.as_mut_slice(), x.as_slice(), coef, plane);
+    match scale {
+        ExampleScale::Identity => buffers.out.as_mut_slice().copy_from_slice(x.as_slice()),
+        ExampleScale::Drawn { host, .. } => scale_examples(buffers.out.as_mut_slice(), x.as_slice(), host, plane),
     }
     Ok(())
 }
 
-/// The backward of a layer that scaled each example of `x` by `coef` (ShakeDrop, drop-connect):
-/// `dinput = coef · dout`, example by example; a plain copy when `coef` is empty (the layer was
-/// the identity).
+/// The backward of a layer that scaled each example of `x` (ShakeDrop, drop-connect):
+/// `dinput = coef · dout`, example by example, or a plain copy for the identity.
 pub(crate) fn scale_examples_backward(
     layer: &str,
     buffers: &mut Buffers,
-    coef_dev: &mut Tensor,
     x: &Tensor,
     dout: &Tensor,
-    coef: &[f32],
+    scale: ExampleScale,
 ) -> Result<(), NnError> {
     expect_same(layer, dout, &buffers.out)?;
+    let plane = x.shape()[2] * x.shape()[3];
     if let Some(dev) = OnDevice::of(layer, x) {
         let (dinp, dy) = (dev.place(&mut buffers.dinp, x.shape(), x)?, dev.buf(dout)?);
-        if coef.is_empty() {
-            return dev.run(|l| copy(l, dinp, dy));
-        }
-        let c = dev.upload(coef_dev, coef, x)?;
-        return dev.run(|l| scale_planes(l, dinp, dy, c, x.shape()[2] * x.shape()[3]));
+        return match scale {
+            ExampleScale::Identity => dev.run(|l| copy(l, dinp, dy)),
+            ExampleScale::Drawn { device, at, .. } => {
+                let c = dev.buf(device)?.slice(at);
+                dev.run(|l| scale_planes(l, dinp, dy, c, plane))
+            }
+        };
     }
     buffers.dinp.resize(x.shape());
-    if coef.is_empty() {
-        buffers.dinp.as_mut_slice().copy_from_slice(dout.as_slice());
-    } else {
-        scale_examples(buffers.dinp.as_mut_slice(), dout.as_slice(), coef, x.shape()[2] * x.shape()[3]);
+    match scale {
+        ExampleScale::Identity => buffers.dinp.as_mut_slice().copy_from_slice(dout.as_slice()),
+        ExampleScale::Drawn { host, .. } => scale_examples(buffers.dinp.as_mut_slice(), dout.as_slice(), host, plane),
     }
     Ok(())
 }
@@ -110,9 +136,9 @@ pub(crate) fn scale_examples_backward(
 pub struct ShakeShake {
     name: String,
     key: u64,
-    forward: Vec<f32>,  // per example: g (0.5 in evaluation)
-    backward: Vec<f32>, // per example: h
-    on_device: Tensor,  // the coefficients in use, when the mix runs on a device
+    forward: Vec<f32>,  // per example: g (0.5 in evaluation), on the host
+    backward: Vec<f32>, // per example: h, on the host
+    on_device: Tensor,  // on a device instead: g, h, 1 − h
     out: Tensor,
     da: Tensor,
     db: Tensor,
@@ -144,6 +170,19 @@ impl ShakeShake {
             [_, n, _, _] if a.shape() == b.shape() && n > 0 => n,
             _ => return Err(shape_error(&self.name, format!("branch b's shape {:?}, (C, N, H, W)", b.shape()), a)),
         };
+        let plane = a.shape()[2] * a.shape()[3];
+        if let Some(dev) = OnDevice::of(&self.name, a) {
+            self.forward.clear();
+            self.backward.clear();
+            if pass.train {
+                draw_on_device(&dev, &mut self.on_device, ExampleCoefficients::ShakeMix, pass, self.key, n, a)?;
+            } else {
+                fill_on_device(&dev, &mut self.on_device, 3 * n, 0.5, a)?;
+            }
+            let (out, ab, bb) = (dev.place(&mut self.out, a.shape(), a)?, dev.buf(a)?, dev.buf(b)?);
+            let g = dev.buf(&self.on_device)?.slice(0..n);
+            return dev.run(|l| mix_planes(l, out, ab, bb, g, plane));
+        }
         if pass.train {
             self.forward = (0..n as u64).map(|i| draw(pass, self.key, FORWARD, i)).collect();
             self.backward =
@@ -151,12 +190,6 @@ impl ShakeShake {
         } else {
             self.forward = vec![0.5; n];
             self.backward = vec![0.5; n];
-        }
-        let plane = a.shape()[2] * a.shape()[3];
-        if let Some(dev) = OnDevice::of(&self.name, a) {
-            let (out, ab, bb) = (dev.place(&mut self.out, a.shape(), a)?, dev.buf(a)?, dev.buf(b)?);
-            let g = dev.upload(&mut self.on_device, &self.forward, a)?;
-            return dev.run(|l| mix_planes(l, out, ab, bb, g, plane));
         }
         self.out.resize(a.shape());
         mix_examples(self.out.as_mut_slice(), a.as_slice(), b.as_slice(), &self.forward, plane);
@@ -167,17 +200,17 @@ impl ShakeShake {
     pub fn backward(&mut self, dout: &Tensor) -> Result<(), NnError> {
         expect_same(&self.name, dout, &self.out)?;
         let plane = dout.shape()[2] * dout.shape()[3];
-        let one_minus: Vec<f32> = self.backward.iter().map(|h| 1.0 - h).collect();
         if let Some(dev) = OnDevice::of(&self.name, dout) {
-            let n = self.backward.len();
-            let both: Vec<f32> = self.backward.iter().chain(&one_minus).copied().collect();
-            let coef = dev.upload(&mut self.on_device, &both, dout)?;
+            // The forward left g, h and 1 − h there, n values each.
+            let n = dout.shape()[1];
+            let coef = dev.buf(&self.on_device)?;
             let (da, db, dy) = (dev.place(&mut self.da, dout.shape(), dout)?, dev.place(&mut self.db, dout.shape(), dout)?, dev.buf(dout)?);
             return dev.run(|l| {
-                scale_planes(l, da, dy, coef.slice(0..n), plane)?;
-                scale_planes(l, db, dy, coef.slice(n..2 * n), plane)
+                scale_planes(l, da, dy, coef.slice(n..2 * n), plane)?;
+                scale_planes(l, db, dy, coef.slice(2 * n..3 * n), plane)
             });
         }
+        let one_minus: Vec<f32> = self.backward.iter().map(|h| 1.0 - h).collect();
         self.da.resize(dout.shape());
         self.db.resize(dout.shape());
         scale_examples(self.da.as_mut_slice(), dout.as_slice(), &self.backward, plane);
@@ -197,7 +230,8 @@ impl ShakeShake {
     pub fn db(&self) -> &Tensor {
         &self.db
     }
-    /// The last forward's per-example coefficients `g`, and the backward's `h`.
+    /// The last forward's per-example coefficients `g`, and the backward's `h` (a pass on the
+    /// host; on a device they stay there, and these are empty).
     pub fn coefficients(&self) -> (&[f32], &[f32]) {
         (&self.forward, &self.backward)
     }
@@ -216,9 +250,9 @@ pub struct ShakeDrop {
     name: String,
     key: u64,
     survival: f32,      // p: the chance the branch passes unchanged
-    forward: Vec<f32>,  // per example: m + α − m·α (p in evaluation)
-    backward: Vec<f32>, // per example: m + β − m·β
-    on_device: Tensor,  // the coefficients in use, when the layer runs on a device
+    forward: Vec<f32>,  // per example: m + α − m·α (p in evaluation), on the host
+    backward: Vec<f32>, // per example: m + β − m·β, on the host
+    on_device: Tensor,  // on a device instead: the forward's, then the backward's
     buffers: Buffers,
 }
 
@@ -237,7 +271,8 @@ impl ShakeDrop {
         }
     }
 
-    /// The last forward's per-example coefficients, and the backward's.
+    /// The last forward's per-example coefficients, and the backward's (a pass on the host; on a
+    /// device they stay there, and these are empty).
     pub fn coefficients(&self) -> (&[f32], &[f32]) {
         (&self.forward, &self.backward)
     }
@@ -261,7 +296,16 @@ impl Layer for ShakeDrop {
             [_, n, _, _] if n > 0 => n,
             _ => return Err(shape_error(&self.name, "(C, N, H, W)".into(), x)),
         };
-        if pass.train {
+        if let Some(dev) = OnDevice::of(&self.name, x) {
+            self.forward.clear();
+            self.backward.clear();
+            if pass.train {
+                let what = ExampleCoefficients::ShakeDrop { survival: self.survival };
+                draw_on_device(&dev, &mut self.on_device, what, pass, self.key, n, x)?;
+            } else {
+                fill_on_device(&dev, &mut self.on_device, 2 * n, self.survival, x)?;
+            }
+        } else if pass.train {
             let (mut fwd, mut bwd) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for i in 0..n as u64 {
                 let kept = draw(pass, self.key, MASK, i) < self.survival;
@@ -277,11 +321,14 @@ impl Layer for ShakeDrop {
             self.forward = vec![self.survival; n];
             self.backward = self.forward.clone();
         }
-        scale_examples_forward(&self.name, &mut self.buffers, &mut self.on_device, x, &self.forward)
+        let scale = ExampleScale::Drawn { host: &self.forward, device: &self.on_device, at: 0..n };
+        scale_examples_forward(&self.name, &mut self.buffers, x, scale)
     }
 
     fn backward(&mut self, _p: &Tensor, _g: &mut Tensor, x: &Tensor, dout: &Tensor) -> Result<(), NnError> {
-        scale_examples_backward(&self.name, &mut self.buffers, &mut self.on_device, x, dout, &self.backward)
+        let n = x.shape()[1];
+        let scale = ExampleScale::Drawn { host: &self.backward, device: &self.on_device, at: n..2 * n };
+        scale_examples_backward(&self.name, &mut self.buffers, x, dout, scale)
     }
 
     fn on_device(&self) -> bool {
