@@ -64,7 +64,7 @@ struct Launcher<Kernel> {
 
 const Entry KERNELS[] = {
     KERNEL(sam_ascent),           KERNEL(asam_ascent),           KERNEL(nesterov_update),
-    KERNEL(momentum_update),      KERNEL(rmsprop_update),        KERNEL(scale),
+    KERNEL(momentum_update),      KERNEL(rmsprop_update),        KERNEL(scale),  KERNEL(clip_to_norm),  KERNEL(count_flags),
     KERNEL(fill),                 KERNEL(copy),
     KERNEL(axpy),                 KERNEL(ema_update),            KERNEL(sum_squares_blocks),
     KERNEL(asam_norm_blocks),     KERNEL(sum_partials),          KERNEL(relu_forward),

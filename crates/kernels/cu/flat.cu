@@ -4,13 +4,23 @@
 // CPU engine's to the bit. Plain CUDA C: it also compiles as C++ under the emulation header
 // (crates/kernels-emu), which is how CI checks it without a GPU.
 
+// ρ/‖v‖ from ‖v‖² on the device (0 for a zero vector), in double then float, as the CPU
+// engine's `(rho as f64 / norm) as f32`: the host never reads the norm mid-step.
+__device__ static inline float scale_to(const double* norm_sq, float target) {
+    const double norm = sqrt(*norm_sq);
+    return norm > 0.0 ? (float)((double)target / norm) : 0.0f;
+}
+
 // w_adv = w + scale·g, scale = ρ/‖g‖ (crates/optim/src/sam.rs ascent_point).
-extern "C" __global__ void sam_ascent(float* w_adv, const float* w, const float* g, float scale, u64 n) {
+extern "C" __global__ void sam_ascent(float* w_adv, const float* w, const float* g, const double* norm_sq, float rho, u64 n) {
+    const float scale = scale_to(norm_sq, rho);
     GRID_STRIDE(i, n) { w_adv[i] = w[i] + scale * g[i]; }
 }
 
-// ASAM: w_adv = w + scale·t·t·g with t = |w| + η (asam_ascent_point).
-extern "C" __global__ void asam_ascent(float* w_adv, const float* w, const float* g, float scale, float eta, u64 n) {
+// ASAM: w_adv = w + scale·t·t·g with t = |w| + η and scale = ρ/‖t·g‖ (asam_ascent_point).
+extern "C" __global__ void asam_ascent(float* w_adv, const float* w, const float* g, const double* tg_norm_sq, float rho,
+                                       float eta, u64 n) {
+    const float scale = scale_to(tg_norm_sq, rho);
     GRID_STRIDE(i, n) {
         float t = fabsf(w[i]) + eta;
         w_adv[i] = w[i] + scale * t * t * g[i];
@@ -51,6 +61,15 @@ extern "C" __global__ void rmsprop_update(float* w, const float* g, float* m, fl
 
 // x *= s (gradient clipping, decoupled weight decay).
 extern "C" __global__ void scale(float* x, float s, u64 n) {
+    GRID_STRIDE(i, n) { x[i] = x[i] * s; }
+}
+
+// Clipping (clip_by_global_norm): x = x·(max/‖x‖) when ‖x‖ ≥ max > 0, the norm from ‖x‖² on the
+// device; otherwise x is left as it is.
+extern "C" __global__ void clip_to_norm(float* x, const double* norm_sq, float max_norm, u64 n) {
+    const double norm = sqrt(*norm_sq);
+    if (!(max_norm > 0.0f && norm >= (double)max_norm && norm > 0.0)) return;
+    const float s = scale_to(norm_sq, max_norm);
     GRID_STRIDE(i, n) { x[i] = x[i] * s; }
 }
 

@@ -37,3 +37,12 @@ extern "C" __global__ void sum_partials(const double* partials, u64 n, double* o
     BLOCK_REDUCE(double, acc, ADD, total);
     if (threadIdx.x == 0) out[0] = total;
 }
+
+// out[0] = the number of non-zero flags (a count of misclassified examples), in one block.
+extern "C" __global__ void count_flags(const unsigned* flags, u64 n, double* out) {
+    double acc = 0.0;
+    for (u64 i = threadIdx.x; i < n; i += blockDim.x) acc += flags[i] != 0 ? 1.0 : 0.0;
+    double total;
+    BLOCK_REDUCE(double, acc, ADD, total);
+    if (threadIdx.x == 0) out[0] = total;
+}

@@ -24,6 +24,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::launch::{Buf, Elem, KernelError};
+pub use crate::pinned::PinnedVec;
 
 /// Largest class counted in 512-byte steps.
 const SMALL_LIMIT: usize = 1 << 20;
@@ -79,6 +80,22 @@ pub trait RawMemory: Send {
     /// # Safety
     /// `addr` starts at least `bytes` allocated bytes.
     unsafe fn zero(&mut self, addr: u64, bytes: usize) -> Result<(), KernelError>;
+    /// `bytes` bytes of host memory the device copies from directly (page-locked on a GPU), for
+    /// [`RawMemory::write_async`].
+    fn alloc_pinned(&mut self, bytes: usize) -> Result<u64, RawAllocError>;
+    /// Gives pinned memory back.
+    ///
+    /// # Safety
+    /// `addr` came from `alloc_pinned`, and no copy from it is pending (`synchronize` since).
+    unsafe fn free_pinned(&mut self, addr: u64);
+    /// Copies `src` (pinned memory) to `addr` in stream order, returning before the copy is done.
+    ///
+    /// # Safety
+    /// `addr` starts at least `src.len()` allocated bytes; `src` lies in memory from
+    /// `alloc_pinned` and is neither written nor freed until `synchronize` has returned.
+    unsafe fn write_async(&mut self, addr: u64, src: &[u8]) -> Result<(), KernelError>;
+    /// Waits until every copy and launch so far has finished.
+    fn synchronize(&mut self) -> Result<(), KernelError>;
 }
 
 /// What the allocator has done, for `bench step`'s memory report and the tests.
@@ -102,8 +119,8 @@ pub struct MemoryStats {
 
 /// The cache and the device behind it; buffers hold it through an `Arc` and give their block back
 /// when dropped.
-struct Pool {
-    raw: Box<dyn RawMemory>,
+pub(crate) struct Pool {
+    pub(crate) raw: Box<dyn RawMemory>,
     free: BTreeMap<usize, Vec<u64>>,
     stats: MemoryStats,
 }
@@ -172,7 +189,7 @@ impl Drop for Pool {
     }
 }
 
-fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+pub(crate) fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
     // The pool's updates cannot panic halfway (no allocation or callback between their steps).
     pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -216,6 +233,11 @@ impl DeviceMemory {
         let mut v = self.alloc(host.len())?;
         v.write(host)?;
         Ok(v)
+    }
+
+    /// A pinned host buffer of `len` values ([`PinnedVec`]): what batches are copied in from.
+    pub fn pinned<T: Elem>(&self, len: usize) -> Result<PinnedVec<T>, KernelError> {
+        PinnedVec::new(self.pool.clone(), len)
     }
 
     /// What the allocator has done so far.
@@ -274,6 +296,22 @@ impl<T: Elem> DeviceVec<T> {
         unsafe { lock(&self.pool).raw.write(self.addr, as_bytes(host)) }
     }
 
+    /// Copies `src` (of the buffer's length) in, in stream order, without waiting for the copy:
+    /// the host goes on launching while it runs. `src` stays unwritable until it has finished
+    /// ([`PinnedVec::host_mut`] waits).
+    pub fn write_async(&mut self, src: &mut PinnedVec<T>) -> Result<(), KernelError> {
+        if src.len() != self.len {
+            return Err(KernelError::Length { op: "DeviceVec::write_async", got: src.len(), want: self.len });
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        src.mark_pending();
+        // SAFETY: the block holds `len` values; `src` is pinned memory of the same length, and
+        // marked pending, so it is neither written nor freed before a `synchronize`.
+        unsafe { lock(&self.pool).raw.write_async(self.addr, as_bytes(src.as_slice())) }
+    }
+
     /// Copies the values out, after every launch before this call.
     pub fn download(&self) -> Result<Vec<T>, KernelError> {
         let mut host = vec![T::default(); self.len];
@@ -318,7 +356,7 @@ impl<T: Elem> std::fmt::Debug for DeviceVec<T> {
     }
 }
 
-fn as_bytes<T: Elem>(v: &[T]) -> &[u8] {
+pub(crate) fn as_bytes<T: Elem>(v: &[T]) -> &[u8] {
     // SAFETY: Elem is plain old data without padding (its safety contract).
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }

@@ -115,3 +115,16 @@ pub fn count_errors(l: &mut impl Launcher, wrong: Buf<u32>, logits: Buf<f32>, la
     let args = [wrong.into(), logits.into(), labels.into(), Arg::U64(k as u64), Arg::U64(wrong.len() as u64)];
     l.launch("count_errors", Launch::elementwise(wrong.len()), &args)
 }
+
+/// [`count_errors`], and their number into `count[0]` (a double) on the device.
+pub fn count_errors_into(
+    l: &mut impl Launcher,
+    wrong: Buf<u32>,
+    logits: Buf<f32>,
+    labels: Buf<u32>,
+    count: Buf<f64>,
+) -> Result<(), KernelError> {
+    count_errors(l, wrong, logits, labels)?;
+    len("count_errors (count)", 1, count.len().min(1))?;
+    l.launch("count_flags", Launch::final_sum(), &[wrong.into(), Arg::U64(wrong.len() as u64), count.into()])
+}

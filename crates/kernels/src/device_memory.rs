@@ -73,4 +73,35 @@ impl RawMemory for CudaMemory {
         // SAFETY: the caller's contract: `bytes` bytes allocated at `addr`.
         unsafe { result::memset_d8_sync(addr, 0, bytes) }.map_err(copy_error("zeroing a device buffer"))
     }
+
+    fn alloc_pinned(&mut self, bytes: usize) -> Result<u64, RawAllocError> {
+        self.ctx.bind_to_thread().map_err(|e| RawAllocError::Driver(e.to_string()))?;
+        // SAFETY: a plain page-locked allocation in the bound context (no flags: portable to
+        // this context only, which is the one copying).
+        match unsafe { result::malloc_host(bytes, 0) } {
+            Ok(ptr) => Ok(ptr as u64),
+            Err(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => Err(RawAllocError::OutOfMemory),
+            Err(e) => Err(RawAllocError::Driver(e.to_string())),
+        }
+    }
+
+    unsafe fn free_pinned(&mut self, addr: u64) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: the caller's contract: from `alloc_pinned`, no copy pending.
+            let _ = unsafe { result::free_host(addr as *mut std::ffi::c_void) };
+        }
+    }
+
+    unsafe fn write_async(&mut self, addr: u64, src: &[u8]) -> Result<(), KernelError> {
+        self.bind("a copy to the device")?;
+        // The legacy default stream (null), the one the launcher uses: the copy is ordered after
+        // every launch before it and before every launch after it.
+        // SAFETY: the caller's contract: `src` is pinned and left alone until `synchronize`.
+        unsafe { result::memcpy_htod_async(addr, src, std::ptr::null_mut()) }.map_err(copy_error("a copy to the device"))
+    }
+
+    fn synchronize(&mut self) -> Result<(), KernelError> {
+        self.bind("waiting for the device")?;
+        result::ctx::synchronize().map_err(copy_error("waiting for the device"))
+    }
 }

@@ -15,20 +15,36 @@ fn same_len(op: &'static str, want: usize, bufs: &[usize]) -> Result<(), KernelE
     }
 }
 
-/// Runs a reduction's two passes (`first` writes one partial per block) and returns the total.
-fn reduce(l: &mut impl Launcher, first: &'static str, n: usize, inputs: &[Arg]) -> Result<f64, KernelError> {
-    let (partials, total) = l.reduction_scratch()?;
+/// Runs a reduction's two passes (`first` writes one partial per block), the total into `out[0]`
+/// on the device: nothing waits for it.
+fn reduce_into(l: &mut impl Launcher, first: &'static str, n: usize, inputs: &[Arg], out: Buf<f64>) -> Result<(), KernelError> {
+    if out.is_empty() {
+        return Err(KernelError::Length { op: first, got: 0, want: 1 });
+    }
+    let (partials, _) = l.reduction_scratch()?;
     let at = Launch::reduction(n);
     let mut args = inputs.to_vec();
     args.extend([Arg::U64(n as u64), partials.into()]);
     l.launch(first, at, &args)?;
-    l.launch("sum_partials", Launch::final_sum(), &[partials.into(), Arg::U64(at.grid as u64), total.into()])?;
+    l.launch("sum_partials", Launch::final_sum(), &[partials.into(), Arg::U64(at.grid as u64), out.into()])
+}
+
+/// Runs `op` with the launcher's one-double scratch total as its output, then reads the total
+/// (the host waits for the stream): the form the self-test and one-off callers use.
+fn read_back<L: Launcher>(l: &mut L, op: impl FnOnce(&mut L, Buf<f64>) -> Result<(), KernelError>) -> Result<f64, KernelError> {
+    let (_, total) = l.reduction_scratch()?;
+    op(l, total)?;
     Ok(l.read_f64(total)?[0])
+}
+
+/// Σ x², in double, into `out[0]`.
+pub fn sum_squares_into(l: &mut impl Launcher, x: Buf<f32>, out: Buf<f64>) -> Result<(), KernelError> {
+    reduce_into(l, "sum_squares_blocks", x.len(), &[x.into()], out)
 }
 
 /// Σ x², in double.
 pub fn sum_squares(l: &mut impl Launcher, x: Buf<f32>) -> Result<f64, KernelError> {
-    reduce(l, "sum_squares_blocks", x.len(), &[x.into()])
+    read_back(l, |l, out| sum_squares_into(l, x, out))
 }
 
 /// ‖x‖₂ (ringsam_optim::global_norm).
@@ -36,24 +52,44 @@ pub fn global_norm(l: &mut impl Launcher, x: Buf<f32>) -> Result<f64, KernelErro
     Ok(sum_squares(l, x)?.sqrt())
 }
 
-/// `w_adv = w + ρ·g/‖g‖`; returns ‖g‖ (ringsam_optim::ascent_point).
-pub fn ascent_point(l: &mut impl Launcher, w_adv: Buf<f32>, w: Buf<f32>, g: Buf<f32>, rho: f32) -> Result<f64, KernelError> {
+/// `w_adv = w + ρ·g/‖g‖`, with ‖g‖² left in `norm_sq[0]` and read there by the ascent's kernel,
+/// so the host does not wait between SAM's passes (ringsam_optim::ascent_point).
+pub fn ascent_point_into(
+    l: &mut impl Launcher,
+    w_adv: Buf<f32>,
+    w: Buf<f32>,
+    g: Buf<f32>,
+    rho: f32,
+    norm_sq: Buf<f64>,
+) -> Result<(), KernelError> {
     same_len("ascent_point", w.len(), &[w_adv.len(), g.len()])?;
-    let norm = global_norm(l, g)?;
-    let scale = if norm > 0.0 { (rho as f64 / norm) as f32 } else { 0.0 };
+    sum_squares_into(l, g, norm_sq)?;
     let n = Arg::U64(w.len() as u64);
-    l.launch("sam_ascent", Launch::elementwise(w.len()), &[w_adv.into(), w.into(), g.into(), Arg::F32(scale), n])?;
-    Ok(norm)
+    l.launch("sam_ascent", Launch::elementwise(w.len()), &[w_adv.into(), w.into(), g.into(), norm_sq.into(), Arg::F32(rho), n])
 }
 
-/// ASAM's ascent; returns ‖T·g‖ with T = |w| + η (ringsam_optim::asam_ascent_point).
-pub fn asam_ascent_point(l: &mut impl Launcher, w_adv: Buf<f32>, w: Buf<f32>, g: Buf<f32>, rho: f32, eta: f32) -> Result<f64, KernelError> {
+/// [`ascent_point_into`], returning ‖g‖.
+pub fn ascent_point(l: &mut impl Launcher, w_adv: Buf<f32>, w: Buf<f32>, g: Buf<f32>, rho: f32) -> Result<f64, KernelError> {
+    Ok(read_back(l, |l, out| ascent_point_into(l, w_adv, w, g, rho, out))?.sqrt())
+}
+
+/// ASAM's ascent, ‖T·g‖² (T = |w| + η) left in `tg_norm_sq[0]` (ringsam_optim::asam_ascent_point).
+pub fn asam_ascent_point_into(
+    l: &mut impl Launcher,
+    [w_adv, w, g]: [Buf<f32>; 3],
+    rho: f32,
+    eta: f32,
+    tg_norm_sq: Buf<f64>,
+) -> Result<(), KernelError> {
     same_len("asam_ascent_point", w.len(), &[w_adv.len(), g.len()])?;
-    let norm = reduce(l, "asam_norm_blocks", w.len(), &[w.into(), g.into(), Arg::F32(eta)])?.sqrt();
-    let scale = if norm > 0.0 { (rho as f64 / norm) as f32 } else { 0.0 };
-    let n = Arg::U64(w.len() as u64);
-    l.launch("asam_ascent", Launch::elementwise(w.len()), &[w_adv.into(), w.into(), g.into(), Arg::F32(scale), Arg::F32(eta), n])?;
-    Ok(norm)
+    reduce_into(l, "asam_norm_blocks", w.len(), &[w.into(), g.into(), Arg::F32(eta)], tg_norm_sq)?;
+    let (n, rho, eta) = (Arg::U64(w.len() as u64), Arg::F32(rho), Arg::F32(eta));
+    l.launch("asam_ascent", Launch::elementwise(w.len()), &[w_adv.into(), w.into(), g.into(), tg_norm_sq.into(), rho, eta, n])
+}
+
+/// [`asam_ascent_point_into`], returning ‖T·g‖.
+pub fn asam_ascent_point(l: &mut impl Launcher, w_adv: Buf<f32>, w: Buf<f32>, g: Buf<f32>, rho: f32, eta: f32) -> Result<f64, KernelError> {
+    Ok(read_back(l, |l, out| asam_ascent_point_into(l, [w_adv, w, g], rho, eta, out))?.sqrt())
 }
 
 /// The optimizer's state on the device: momentum, and RMSProp's second moment.
@@ -115,14 +151,20 @@ pub fn axpy(l: &mut impl Launcher, y: Buf<f32>, a: f32, x: Buf<f32>) -> Result<(
     l.launch("axpy", Launch::elementwise(y.len()), &[y.into(), Arg::F32(a), x.into(), Arg::U64(y.len() as u64)])
 }
 
-/// Scales `g` to norm `max_norm` when it is longer; returns its norm before
-/// (ringsam_optim::clip_by_global_norm).
-pub fn clip_by_global_norm(l: &mut impl Launcher, g: Buf<f32>, max_norm: f32) -> Result<f64, KernelError> {
-    let norm = global_norm(l, g)?;
-    if max_norm > 0.0 && norm >= max_norm as f64 && norm > 0.0 {
-        scale(l, g, (max_norm as f64 / norm) as f32)?;
+/// Scales `g` to norm `max_norm` when it is longer (`max_norm > 0`), deciding on the device
+/// from ‖g‖², which it leaves in `norm_sq[0]` (ringsam_optim::clip_by_global_norm).
+pub fn clip_by_global_norm_into(l: &mut impl Launcher, g: Buf<f32>, max_norm: f32, norm_sq: Buf<f64>) -> Result<(), KernelError> {
+    sum_squares_into(l, g, norm_sq)?;
+    if max_norm > 0.0 {
+        let args = [g.into(), norm_sq.into(), Arg::F32(max_norm), Arg::U64(g.len() as u64)];
+        l.launch("clip_to_norm", Launch::elementwise(g.len()), &args)?;
     }
-    Ok(norm)
+    Ok(())
+}
+
+/// [`clip_by_global_norm_into`], returning the norm before.
+pub fn clip_by_global_norm(l: &mut impl Launcher, g: Buf<f32>, max_norm: f32) -> Result<f64, KernelError> {
+    Ok(read_back(l, |l, out| clip_by_global_norm_into(l, g, max_norm, out))?.sqrt())
 }
 
 /// `g += wd·w` over each decayed range (ringsam_optim::add_l2_gradient).

@@ -14,6 +14,7 @@ const ALIGN: usize = 256;
 #[derive(Debug, Default)]
 pub struct HostMemory {
     blocks: HashMap<u64, Layout>,
+    pinned: HashMap<u64, Layout>,
     capacity: Option<usize>,
     used: usize,
 }
@@ -26,7 +27,7 @@ impl HostMemory {
 
     /// A device of `bytes` bytes: allocations past it are refused as out of memory.
     pub fn with_capacity(bytes: usize) -> Self {
-        HostMemory { blocks: HashMap::new(), capacity: Some(bytes), used: 0 }
+        HostMemory { blocks: HashMap::new(), pinned: HashMap::new(), capacity: Some(bytes), used: 0 }
     }
 }
 
@@ -80,11 +81,41 @@ impl RawMemory for HostMemory {
         unsafe { std::ptr::write_bytes(addr as *mut u8, 0, bytes) };
         Ok(())
     }
+
+    fn alloc_pinned(&mut self, bytes: usize) -> Result<u64, RawAllocError> {
+        // Host memory is what the emulation copies from anyway; pinned blocks do not count
+        // against the device's capacity (they are the host's).
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| RawAllocError::Driver(e.to_string()))?;
+        // SAFETY: a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            return Err(RawAllocError::OutOfMemory);
+        }
+        self.pinned.insert(ptr as u64, layout);
+        Ok(ptr as u64)
+    }
+
+    unsafe fn free_pinned(&mut self, addr: u64) {
+        if let Some(layout) = self.pinned.remove(&addr) {
+            // SAFETY: allocated by `alloc_pinned` with this layout, removed from the map once.
+            unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
+        }
+    }
+
+    unsafe fn write_async(&mut self, addr: u64, src: &[u8]) -> Result<(), KernelError> {
+        // Done at once: the emulation's stream has always finished.
+        // SAFETY: the caller's contract, as `write`'s.
+        unsafe { self.write(addr, src) }
+    }
+
+    fn synchronize(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
 }
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
-        for (addr, layout) in self.blocks.drain() {
+        for (addr, layout) in self.blocks.drain().chain(self.pinned.drain()) {
             // SAFETY: each block was allocated with its layout and is freed once, here.
             unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
         }

@@ -37,13 +37,14 @@ pub mod launch;
 pub mod loss;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+pub mod pinned;
 pub mod pool;
 pub mod profile;
 pub mod selftest;
 mod selftest_ops;
 pub mod squeeze_excite;
 
-pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, RawMemory};
+pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, PinnedVec, RawMemory};
 pub use gpu::Gpu;
 pub use host_memory::HostMemory;
 pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory, Precision};
@@ -72,6 +73,7 @@ pub const SOURCES: &[Source] = &[
             "momentum_update",
             "rmsprop_update",
             "scale",
+            "clip_to_norm",
             "fill",
             "copy",
             "axpy",
@@ -81,7 +83,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "reduce.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/reduce.cu")),
-        kernels: &["sum_squares_blocks", "asam_norm_blocks", "sum_partials"],
+        kernels: &["sum_squares_blocks", "asam_norm_blocks", "sum_partials", "count_flags"],
     },
     Source {
         file: "activation.cu",

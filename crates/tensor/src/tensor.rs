@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
-use ringsam_kernels::{Buf, DeviceVec, Gpu};
+use ringsam_kernels::{Buf, DeviceVec, Gpu, PinnedVec};
 
 use crate::{Device, TensorError};
 
@@ -232,6 +232,17 @@ impl Tensor {
         match &mut self.storage {
             Storage::Host(a) => a.as_slice_mut().expect("host tensors are always standard-layout").copy_from_slice(values),
             Storage::Device { data, gpu } => data.write(values).map_err(device_error(gpu, "Tensor::write_from"))?,
+        }
+        Ok(())
+    }
+
+    /// Queues a copy of `src` (as many values as the tensor has) into this device tensor without
+    /// waiting for it ([`ringsam_kernels::DeviceVec::write_async`]); a host tensor copies at once.
+    pub fn write_async_from(&mut self, src: &mut PinnedVec<f32>) -> Result<(), TensorError> {
+        crate::check_len("Tensor::write_async_from", "values", src.len(), self.len())?;
+        match &mut self.storage {
+            Storage::Host(a) => a.as_slice_mut().expect("host tensors are always standard-layout").copy_from_slice(src.as_slice()),
+            Storage::Device { data, gpu } => data.write_async(src).map_err(device_error(gpu, "Tensor::write_async_from"))?,
         }
         Ok(())
     }

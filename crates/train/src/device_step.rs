@@ -5,17 +5,22 @@
 //! Per step, as [`SamStep`] does it (docs/SAM.md): pass 1 at `w` (gradient zeroed, forward,
 //! softmax cross-entropy with label smoothing, backward, the L2 term), the ascent `w_adv = w +
 //! ρ·g/‖g‖` (ASAM's when asked), pass 2 at `w_adv` with batch-norm statistics frozen, clipping, the
-//! base optimizer's update of `w`. Every operation is a launch on the device; what crosses back
-//! to the host are the scalars the report needs (the losses' mean, the norms, the errors).
+//! base optimizer's update of `w`. Every operation is a launch on the device, in one stream:
+//! the batch comes in from pinned host memory by an asynchronous copy, the ascent and clipping
+//! read their norms on the device, and the scalars the report needs (the loss, the errors, the
+//! norms) wait in a small device buffer until the host reads them together, once, at the end
+//! of the step: the only time the host waits for the device.
 //!
 //! [`SamStep`]: crate::step::SamStep
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use ringsam_kernels::flat::{self, OptimizerState};
-use ringsam_kernels::loss::{LossShape, softmax_xent_backward, softmax_xent_forward};
-use ringsam_kernels::{DeviceVec, Gpu, KernelError, Launcher};
+use ringsam_kernels::loss::{LossShape, softmax_xent_backward, softmax_xent_forward_into};
+use ringsam_kernels::{DeviceVec, Gpu, KernelError, Launcher, PinnedVec};
 use ringsam_models::{Model, ModelConfig, build};
 use ringsam_nn::Pass;
 use ringsam_optim::OptimizerKind;
@@ -23,6 +28,40 @@ use ringsam_tensor::{Tensor, TensorError};
 
 use crate::TrainError;
 use crate::step::{StepConfig, StepReport, decayed_ranges};
+
+/// The step's scalars: the kernels leave them in `DeviceStep::scalars`, one double each, and the
+/// host reads them together once at the end of the step, never between its launches.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// Σ of the last pass's per-example losses.
+    Loss,
+    /// The last pass's misclassified examples.
+    Errors,
+    /// ‖g‖² at the ascent (the first pass's gradient; the only one under SGD).
+    AscentNormSq,
+    /// ASAM's ‖T·g‖², which its ascent reads.
+    AsamNormSq,
+    /// ‖g‖² of the gradient the update takes, before clipping.
+    GradNormSq,
+    /// ‖w‖² after the update.
+    ParamNormSq,
+}
+
+/// Slots in `DeviceStep::scalars`.
+const SLOTS: usize = Slot::ParamNormSq as usize + 1;
+
+/// The pinned host buffers a batch and its labels are copied in from.
+struct Staging {
+    x: PinnedVec<f32>,
+    labels: PinnedVec<u32>,
+}
+
+/// `dst = src` by the host's cores: a batch is ~150 MB at ImageNet sizes, past one core's copy
+/// rate.
+fn copy_in_parallel(dst: &mut [f32], src: &[f32]) {
+    const CHUNK: usize = 1 << 18; // 1 MiB of floats per task
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+}
 
 /// One replica's model, parameters, gradients and optimizer state on `gpu`.
 pub struct DeviceStep {
@@ -39,8 +78,10 @@ pub struct DeviceStep {
     decayed: Vec<Range<usize>>,     // parameter ranges that take weight decay
     x: Tensor,                      // the batch, copied to the device
     labels: Option<DeviceVec<u32>>,
-    probs: Tensor,  // (N, K)
-    losses: Tensor, // (N,)
+    staged: Option<Staging>, // the pinned buffers the batch is copied in from
+    scalars: DeviceVec<f64>, // the step's scalars (Slot), read once per step
+    probs: Tensor,           // (N, K)
+    losses: Tensor,          // (N,)
     losses64: Option<DeviceVec<f64>>,
     wrong: Option<DeviceVec<u32>>,
     dlogits: Tensor, // (N, K)
@@ -91,6 +132,8 @@ impl DeviceStep {
             decayed,
             x: Tensor::empty(),
             labels: None,
+            staged: None,
+            scalars: mem.zeros(SLOTS).map_err(&err)?,
             probs: Tensor::empty(),
             losses: Tensor::empty(),
             losses64: None,
@@ -192,17 +235,16 @@ impl DeviceStep {
         self.load_batch(x, labels)?;
         let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
         // ρ = 0, or a step `--sam_every` leaves to SGD: one pass.
-        let (loss, errors, ascent_norm) = if self.cfg.rho == 0.0 || !self.cfg.schedule.sam_at(self.step) {
-            let (loss, errors) = self.loss_and_grad(false, Pass::train(seed, step).with_frozen_bn(frozen))?;
-            (loss, errors, self.launch(|l, s| flat::global_norm(l, s.grads_buf()))?)
+        if self.cfg.rho == 0.0 || !self.cfg.schedule.sam_at(self.step) {
+            self.loss_and_grad(false, Pass::train(seed, step).with_frozen_bn(frozen))?;
+            self.launch(|l, s| flat::sum_squares_into(l, s.grads_buf(), s.slot(Slot::AscentNormSq)))?;
         } else {
             self.loss_and_grad(false, Pass::train(seed, step).tied(true).with_frozen_bn(frozen))?;
-            let norm = self.launch(|l, s| s.ascend(l))?;
-            let (loss, errors) = self.loss_and_grad(true, Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen))?;
-            (loss, errors, norm)
-        };
+            self.launch(|l, s| s.ascend(l))?;
+            self.loss_and_grad(true, Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen))?;
+        }
         let clip = self.cfg.gradient_clipping;
-        let grad_norm = self.launch(|l, s| flat::clip_by_global_norm(l, s.grads_buf(), clip))?;
+        self.launch(|l, s| flat::clip_by_global_norm_into(l, s.grads_buf(), clip, s.slot(Slot::GradNormSq)))?;
         self.launch(|l, s| {
             let state = OptimizerState { momentum: s.momentum.buf(), second_moment: s.second.as_ref().map(DeviceVec::buf) };
             flat::update(l, s.cfg.optimizer, s.params_buf(), s.grads_buf(), state, lr)?;
@@ -213,15 +255,18 @@ impl DeviceStep {
                     flat::scale(l, w.slice(r.clone()), 1.0 - lr * s.cfg.weight_decay)?;
                 }
             }
-            Ok(())
+            flat::sum_squares_into(l, s.params_buf(), s.slot(Slot::ParamNormSq))
         })?;
+        // The step's one wait: every scalar the report needs, read together at its end.
+        let v = self.launch(|l, s| l.read_f64(s.scalars.buf()))?;
         self.step += 1;
+        let grad_norm = v[Slot::GradNormSq as usize].sqrt();
         Ok(StepReport {
-            loss,
-            error_rate: errors as f32 / n as f32,
+            loss: (v[Slot::Loss as usize] / n as f64) as f32,
+            error_rate: v[Slot::Errors as usize] as f32 / n as f32,
             grad_norm: if clip > 0.0 { grad_norm.min(clip as f64) } else { grad_norm },
-            ascent_grad_norm: ascent_norm,
-            param_norm: self.launch(|l, s| flat::global_norm(l, s.params_buf()))?,
+            ascent_grad_norm: v[Slot::AscentNormSq as usize].sqrt(),
+            param_norm: v[Slot::ParamNormSq as usize].sqrt(),
             ascent_exchange: Default::default(),
             descent_exchange: Default::default(),
         })
@@ -233,7 +278,6 @@ impl DeviceStep {
         if let Some(&bad) = labels.iter().find(|&&l| l as usize >= k) {
             return Err(TrainError::Runtime(format!("label {bad} of a model with {k} classes")));
         }
-        self.x = x.to_gpu(&self.gpu)?;
         let n = labels.len();
         let mem = self.gpu.memory();
         let err = device_error(&self.gpu, "DeviceStep::step");
@@ -242,7 +286,22 @@ impl DeviceStep {
             self.losses64 = Some(mem.alloc(n).map_err(&err)?);
             self.wrong = Some(mem.alloc(n).map_err(&err)?);
         }
-        self.labels.as_mut().expect("just placed").write(labels).map_err(&err)?;
+        if self.staged.as_ref().is_none_or(|s| s.x.len() != x.len() || s.labels.len() != n) {
+            self.staged = None; // free the old pinned memory first
+            self.staged = Some(Staging { x: mem.pinned(x.len()).map_err(&err)?, labels: mem.pinned(n).map_err(&err)? });
+        }
+        let staged = self.staged.as_mut().expect("just placed");
+        if x.gpu().is_some() {
+            self.x = x.to_gpu(&self.gpu)?; // already on a device: copied there
+        } else {
+            // Into pinned memory on the host's cores, then one asynchronous copy: the host goes
+            // on launching the step while it runs (docs/ARCHITECTURE.md, "Tensors on a device").
+            copy_in_parallel(staged.x.host_mut().map_err(&err)?, x.host_slice("DeviceStep::step")?);
+            self.x.place_like(x.shape(), &self.params)?;
+            self.x.write_async_from(&mut staged.x)?;
+        }
+        staged.labels.host_mut().map_err(&err)?.copy_from_slice(labels);
+        self.labels.as_mut().expect("just placed").write_async(&mut staged.labels).map_err(&err)?;
         for (t, shape) in [(&mut self.probs, vec![n, k]), (&mut self.losses, vec![n]), (&mut self.dlogits, vec![n, k])] {
             t.place_like(&shape, &self.x)?;
         }
@@ -250,8 +309,8 @@ impl DeviceStep {
     }
 
     /// Zeroed gradient, forward at `w` (or `w_adv`), the loss, backward and the L2 term at the
-    /// same point: (mean cross-entropy, misclassified examples).
-    fn loss_and_grad(&mut self, at_adv: bool, pass: Pass) -> Result<(f32, usize), TrainError> {
+    /// same point; the loss's sum and the misclassified examples left in their slots.
+    fn loss_and_grad(&mut self, at_adv: bool, pass: Pass) -> Result<(), TrainError> {
         self.launch(|l, s| flat::fill(l, s.grads_buf(), 0.0))?;
         let w = if at_adv { &self.w_adv } else { &self.params };
         let logits = self.model.forward(w, &mut self.state, &self.x, &pass)?;
@@ -265,14 +324,12 @@ impl DeviceStep {
         let (labels, losses64, wrong) =
             (self.labels_buf(), self.losses64.as_ref().expect("placed").buf(), self.wrong.as_ref().expect("placed").buf());
         let (ls, sh) = (self.cfg.label_smoothing, LossShape { n, k });
-        let mut launcher = self.gpu.launcher();
-        let err = device_error(&self.gpu, "the loss");
-        let l: &mut Box<dyn Launcher + Send> = &mut launcher;
-        let loss = softmax_xent_forward(l, logits, labels, ls, sh, probs, losses, losses64).map_err(&err)?;
-        ringsam_kernels::dense::count_errors(l, wrong, logits, labels).map_err(&err)?;
-        softmax_xent_backward(l, dlogits, probs, labels, ls, 1.0 / n as f32, sh).map_err(&err)?;
-        drop(launcher);
-        let errors = self.wrong.as_ref().expect("placed").download().map_err(&err)?.iter().filter(|&&w| w != 0).count();
+        let (loss_sum, errors) = (self.slot(Slot::Loss), self.slot(Slot::Errors));
+        self.launch(|l, _| {
+            softmax_xent_forward_into(l, logits, labels, ls, sh, [probs, losses], losses64, loss_sum)?;
+            ringsam_kernels::dense::count_errors_into(l, wrong, logits, labels, errors)?;
+            softmax_xent_backward(l, dlogits, probs, labels, ls, 1.0 / n as f32, sh)
+        })?;
         let w = if at_adv { &self.w_adv } else { &self.params };
         self.model.backward(w, &mut self.grads, &self.x, &self.dlogits)?;
         let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay };
@@ -280,18 +337,23 @@ impl DeviceStep {
             let w = if at_adv { self.w_adv.device_buf() } else { self.params.device_buf() }.expect("on the device");
             self.launch(|l, s| flat::add_l2_gradient(l, s.grads_buf(), w, wd, &s.decayed))?;
         }
-        Ok((loss, errors))
+        Ok(())
     }
 
-    /// `w_adv = w + ρ·g/‖g‖` (or ASAM's); returns ‖g‖.
-    fn ascend(&self, l: &mut Box<dyn Launcher + Send>) -> Result<f64, KernelError> {
+    /// `w_adv = w + ρ·g/‖g‖` (or ASAM's), ‖g‖² left in its slot.
+    fn ascend(&self, l: &mut Box<dyn Launcher + Send>) -> Result<(), KernelError> {
         let (w_adv, w, g) = (self.w_adv.device_buf().expect("on the device"), self.params_buf(), self.grads_buf());
         if self.cfg.adaptive {
-            flat::asam_ascent_point(l, w_adv, w, g, self.cfg.rho, self.cfg.asam_eta)?;
-            flat::global_norm(l, g)
+            flat::asam_ascent_point_into(l, [w_adv, w, g], self.cfg.rho, self.cfg.asam_eta, self.slot(Slot::AsamNormSq))?;
+            flat::sum_squares_into(l, g, self.slot(Slot::AscentNormSq))
         } else {
-            flat::ascent_point(l, w_adv, w, g, self.cfg.rho)
+            flat::ascent_point_into(l, w_adv, w, g, self.cfg.rho, self.slot(Slot::AscentNormSq))
         }
+    }
+
+    fn slot(&self, which: Slot) -> ringsam_kernels::Buf<f64> {
+        let i = which as usize;
+        self.scalars.buf().slice(i..i + 1)
     }
 
     fn params_buf(&self) -> ringsam_kernels::Buf<f32> {
