@@ -280,6 +280,9 @@ pub(crate) struct BenchStepArgs {
     /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
     #[arg(long)]
     pub(crate) precision: Option<String>,
+    /// A GPU's convolutions: cudnn (the default where cuDNN loads) or gemm (im2col and cuBLAS).
+    #[arg(long, value_name = "IMPL")]
+    pub(crate) conv_impl: Option<String>,
     /// After the timed steps, profile one SGD and one SAM step: on a device, time in each kernel
     /// and GEMM shape (CUDA events); on the CPU, wall time in each kernel by layer kind and pass;
     /// their share of the step's wall time, and rates in TFLOP/s where counted.
@@ -315,6 +318,8 @@ fn parse_cheaper(list: &str) -> Result<Vec<ringsam_train::cheap_sam::SamSchedule
 }
 
 pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
+    // The flag's value first: a misspelt choice is named before the device is looked at.
+    let conv_impl = crate::train_args::conv_impl_for(&args.device, args.conv_impl.as_deref())?;
     let cfg = ringsam_bench::step::BenchStepConfig {
         model: args.model_name.clone(),
         batch: args.batch_size,
@@ -324,6 +329,7 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         rho: args.rho,
         device: args.device.parse().context("--device")?,
         precision: crate::train_args::precision_for(&args.device, args.precision.as_deref())?,
+        conv_impl,
         profile: args.profile,
         cheaper: {
             let given = parse_cheaper(&args.cheaper)?;
@@ -351,15 +357,19 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "model {} batch {} image {}x{} on {} ({}) threads {threads} gemm {}",
+            "model {} batch {} image {}x{} on {} ({}) threads {threads} gemm {} conv {}",
             report.model,
             report.batch,
             report.image_size,
             report.image_size,
             report.device,
             report.precision,
-            if report.device == "cpu" { ringsam_tensor::gemm::backend_name() } else { "cuBLAS" }
+            if report.device == "cpu" { ringsam_tensor::gemm::backend_name() } else { "cuBLAS" },
+            report.conv
         );
+        for refused in &report.conv_refused {
+            println!("  by im2col, refused by the library: {refused}");
+        }
         println!(
             "  SGD step  {:>9.1} ms  {:>8.1} images/s  {:>6.1} GFLOP/s",
             report.sgd_ms, report.sgd_images_per_s, report.sgd_gflops_per_s

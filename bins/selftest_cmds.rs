@@ -32,26 +32,41 @@ pub struct SelftestEngineArgs {
     /// runs under emulation.
     #[arg(long, default_value = "full", value_parser = ["full", "quick"])]
     pub size: String,
+    /// The GPU's convolutions: cudnn (the default where cuDNN loads) or gemm (im2col and
+    /// cuBLAS).
+    #[arg(long, value_name = "IMPL")]
+    pub conv_impl: Option<String>,
 }
 
 /// Runs the engine self-test; fails (exit 1) when a check disagrees with the CPU engine.
 pub fn cmd_selftest_engine(args: &SelftestEngineArgs) -> Result<()> {
     let device: ringsam_tensor::Device = args.device.parse().map_err(|e| usage(format!("--device: {e}")))?;
     let size = if args.size == "quick" { ringsam_bench::engine::EngineSize::QUICK } else { ringsam_bench::engine::EngineSize::FULL };
-    engine_on(device, size)
+    let conv_impl = crate::train_args::conv_impl_for(&args.device, args.conv_impl.as_deref())?;
+    engine_on(device, size, conv_impl)
 }
 
 #[cfg(feature = "cuda")]
-fn engine_on(device: ringsam_tensor::Device, size: ringsam_bench::engine::EngineSize) -> Result<()> {
+fn engine_on(
+    device: ringsam_tensor::Device,
+    size: ringsam_bench::engine::EngineSize,
+    conv_impl: Option<ringsam_kernels::conv_library::ConvImpl>,
+) -> Result<()> {
     use anyhow::Context;
     let ringsam_tensor::Device::Cuda(ordinal) = device else {
         return Err(usage("selftest engine checks a GPU: give --device cuda or cuda:N"));
     };
     device.probe()?;
     let gpu = ringsam_kernels::Gpu::cuda(ordinal, ringsam_kernels::Precision::Fp32).context("loading the kernels")?;
-    eprintln!("selftest engine: {} ({size:?})", gpu.name());
+    if let Some(imp) = conv_impl {
+        gpu.launcher().set_conv_impl(imp).with_context(|| format!("--conv_impl {imp}"))?;
+    }
+    eprintln!("selftest engine: {} ({size:?}), convolutions {}", gpu.name(), gpu.launcher().conv_impl());
     let checks = ringsam_bench::engine::run(&gpu, size).map_err(anyhow::Error::msg)?;
     print!("{}", ringsam_bench::engine::report(&checks));
+    for refused in gpu.launcher().library_refusals() {
+        println!("by im2col, refused by the convolution library: {refused}");
+    }
     let m = gpu.memory().stats();
     println!(
         "device memory: peak in use {:.1} MB, peak reserved {:.1} MB, {} device allocations",
@@ -66,7 +81,11 @@ fn engine_on(device: ringsam_tensor::Device, size: ringsam_bench::engine::Engine
 }
 
 #[cfg(not(feature = "cuda"))]
-fn engine_on(_device: ringsam_tensor::Device, _size: ringsam_bench::engine::EngineSize) -> Result<()> {
+fn engine_on(
+    _device: ringsam_tensor::Device,
+    _size: ringsam_bench::engine::EngineSize,
+    _conv_impl: Option<ringsam_kernels::conv_library::ConvImpl>,
+) -> Result<()> {
     Err(usage("selftest engine needs a GPU: this ringsam was built without --features cuda"))
 }
 
@@ -102,6 +121,9 @@ fn run_on(device: ringsam_tensor::Device, elements: usize) -> Result<()> {
     let memory = ringsam_kernels::DeviceMemory::new(gpu.memory());
     checks.push(ringsam_kernels::selftest::memory(&memory, elements).context("checking device memory")?);
     print!("{}", ringsam_kernels::selftest::report(&checks));
+    for refused in ringsam_kernels::Launcher::library_refusals(&gpu) {
+        println!("refused by the convolution library: {refused}");
+    }
     let failed = checks.iter().filter(|c| !c.passed()).count();
     anyhow::ensure!(failed == 0, "{failed} of {} kernel checks disagree with the CPU engine", checks.len());
     println!("selftest kernels: all {} checks agree with the CPU engine", checks.len());

@@ -32,6 +32,10 @@ pub struct TrainArgs {
     /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
     #[arg(long, value_name = "PRECISION")]
     pub precision: Option<String>,
+    /// A GPU's convolutions: cudnn (the default where cuDNN loads; shapes it cannot express,
+    /// and depthwise ones, use the engine's kernels) or gemm (im2col and cuBLAS, the reference).
+    #[arg(long, value_name = "IMPL")]
+    pub conv_impl: Option<String>,
     /// The run's configuration.
     #[command(flatten)]
     pub run: TrainConfig,
@@ -40,7 +44,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The device `--device` names, opened: see [`open_device`].
     pub fn open_device(&self, log: &dyn Fn(&str)) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
-        open_device(&self.device, self.precision.as_deref(), log)
+        open_device(&self.device, self.precision.as_deref(), self.conv_impl.as_deref(), log)
     }
 
     /// Refuses `--device` other than the CPU where `what` does not take it yet.
@@ -52,12 +56,18 @@ impl TrainArgs {
     }
 }
 
-/// `--device` (with `--precision`) opened, its kernels compiled: `None` for the CPU. A missing
-/// library or GPU is one clear error.
+/// `--device` (with `--precision` and `--conv_impl`) opened, its kernels compiled: `None` for
+/// the CPU. A missing library or GPU is one clear error.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] // the CPU is the only device then
-pub fn open_device(device: &str, precision: Option<&str>, log: &dyn Fn(&str)) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
+pub fn open_device(
+    device: &str,
+    precision: Option<&str>,
+    conv_impl: Option<&str>,
+    log: &dyn Fn(&str),
+) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
     let parsed: ringsam_tensor::Device = device.parse().map_err(|e| usage(format!("--device: {e}")))?;
     let precision = precision_for(device, precision)?;
+    let conv_impl = conv_impl_for(device, conv_impl)?;
     parsed.probe()?;
     match parsed {
         ringsam_tensor::Device::Cpu => Ok(None),
@@ -65,9 +75,23 @@ pub fn open_device(device: &str, precision: Option<&str>, log: &dyn Fn(&str)) ->
         ringsam_tensor::Device::Cuda(ordinal) => {
             log(&format!("compiling the kernels for cuda:{ordinal}"));
             let gpu = ringsam_kernels::Gpu::cuda(ordinal, precision).with_context(|| format!("opening cuda:{ordinal}"))?;
+            if let Some(imp) = conv_impl {
+                gpu.launcher().set_conv_impl(imp).with_context(|| format!("--conv_impl {imp}"))?;
+            }
+            log(&format!("convolutions on cuda:{ordinal}: {}", gpu.launcher().conv_impl()));
             Ok(Some(gpu))
         }
     }
+}
+
+/// `--conv_impl` for `--device`: none given keeps the device's default; the CPU has one.
+pub fn conv_impl_for(device: &str, conv_impl: Option<&str>) -> Result<Option<ringsam_kernels::conv_library::ConvImpl>> {
+    let Some(given) = conv_impl else { return Ok(None) };
+    let parsed = given.parse().map_err(|e| usage(format!("--conv_impl: {e}")))?;
+    if device == "cpu" {
+        return Err(usage(format!("--conv_impl {given}: the CPU engine's convolutions are its own (give it with --device cuda)")));
+    }
+    Ok(Some(parsed))
 }
 
 /// `--precision` for `--device`: a GPU's defaults to tf32; the CPU computes in fp32 only.

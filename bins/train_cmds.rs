@@ -283,6 +283,9 @@ pub(crate) struct EvalArgs {
     /// A GPU's GEMMs: fp32, or tf32 (the default on a GPU).
     #[arg(long, value_name = "PRECISION")]
     pub(crate) precision: Option<String>,
+    /// A GPU's convolutions: cudnn (the default where cuDNN loads) or gemm (im2col and cuBLAS).
+    #[arg(long, value_name = "IMPL")]
+    pub(crate) conv_impl: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
@@ -352,7 +355,9 @@ pub(crate) fn cmd_train(args: &TrainArgs, matches: &ArgMatches) -> Result<()> {
 }
 
 pub(crate) fn cmd_eval(args: &EvalArgs) -> Result<()> {
-    let gpu = crate::train_args::open_device(&args.device, args.precision.as_deref(), &|line| eprintln!("ringsam: {line}"))?;
+    let gpu = crate::train_args::open_device(&args.device, args.precision.as_deref(), args.conv_impl.as_deref(), &|line| {
+        eprintln!("ringsam: {line}")
+    })?;
     let (cfg, r) = ringsam_train::eval::evaluate_checkpoint(&args.checkpoint, args.data_dir.clone(), args.batch_size, gpu.as_ref())
         .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     if args.json {

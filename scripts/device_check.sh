@@ -15,7 +15,7 @@
 # (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
 # in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2; NETNS_RATES the namespace part's
 # rates (default "1gbit 1gbit 4gbit 10gbit"); EXTRA_STEP_MODELS more name:batch:side:classes for
-# the engine part's bench step (e.g. efficientnet-b0:128:224:1000).
+# the engine part's bench step (e.g. efficientnet-b3:64:300:1000).
 set -u
 bin=${1:-.device/ringsam}
 parts=${2:-host,cuda,kernels,engine,resume,step,loader,ring,netns}
@@ -57,20 +57,32 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     # 1. Whole models on the GPU (the caching allocator, the layers' device paths, GEMMs through
     # cuBLAS with TF32 off) and the SAM step, each against the CPU engine within 1e-4; rehearsed
     # under emulation in CI at the quick size (crates/bench/tests/engine_check.rs).
+    # Convolutions by cuDNN (the default); if that fails, the same check by im2col and cuBLAS
+    # (--conv_impl gemm) so that the rest of the engine is still checked.
     part "engine 1: the engine on CUDA vs the CPU engine (ringsam selftest engine --size full)"
     LD_LIBRARY_PATH="$lib_path" timeout 150 \
       target/release/ringsam selftest engine --device cuda --size full 2>&1 | tail -24
+    if [ "${PIPESTATUS[0]}" != 0 ]; then
+      part "engine 1b: the same with --conv_impl gemm"
+      LD_LIBRARY_PATH="$lib_path" timeout 150 \
+        target/release/ringsam selftest engine --device cuda --size full --conv_impl gemm 2>&1 | tail -24
+    fi
     # 2. The step timed, SGD and SAM, TF32, beside PyTorch eager (cuDNN benchmark mode,
     # channels_last, TF32, the same two models and the same SAM step). nvidia-smi samples the
     # GPU's utilisation once a second meanwhile (dmon.log).
     part "engine 2: bench step --device cuda (WRN-28-10 batch 128 at 32, ResNet-50 batch 256 at 224)"
     (nvidia-smi dmon -s um -d 1 > "$out/dmon.log" 2>&1 &)
-    for spec in WideResnet28x10:128:32:10 Resnet50:256:224:1000 ${EXTRA_STEP_MODELS:-}; do
+    # EfficientNet-B0 times the depthwise kernels; WRN-28-10 again by im2col (--conv_impl gemm)
+    # is the convolution's before/after in the same call.
+    for spec in WideResnet28x10:128:32:10 Resnet50:256:224:1000 efficientnet-b0:128:224:1000 ${EXTRA_STEP_MODELS:-}; do
       IFS=: read -r model batch side classes <<< "$spec"
       LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
         --device cuda --iters 3 --model_name "$model" --batch_size "$batch" --image_size "$side" \
         --num_classes "$classes" --cheaper none --profile 2>&1 | tail -64
     done
+    LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
+      --device cuda --iters 3 --model_name WideResnet28x10 --batch_size 128 --image_size 32 \
+      --num_classes 10 --cheaper none --conv_impl gemm 2>&1 | tail -6
     part "engine 2: PyTorch baseline (benches/torch_step_baseline.py, the same two models)"
     timeout 150 python3 benches/torch_step_baseline.py --models WideResnet28x10:128:32,Resnet50:256:224 \
       --iters 3 2>&1 | tail -3

@@ -94,6 +94,20 @@ fn a_precision_the_cpu_engine_does_not_have_is_refused() {
 }
 
 #[test]
+fn a_convolution_choice_is_for_a_gpu_and_must_be_known() {
+    for args in [&["bench", "step", "--conv_impl", "cudnn"][..], &["train", "--conv_impl", "gemm"]] {
+        let out = ringsam(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("the CPU engine's convolutions are its own"), "{args:?}: {err}");
+    }
+    let out = ringsam(&["bench", "step", "--device", "cuda", "--conv_impl", "winograd"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown convolution implementation \"winograd\": expected gemm or cudnn"), "{err}");
+}
+
+#[test]
 fn certs_print_a_kubernetes_secret_and_refuse_a_bad_name() {
     let yaml = stdout_ok(&ringsam(&["certs", "--nodes", "2", "--k8s-secret", "ringsam-certs", "--secret"]));
     assert!(yaml.starts_with("apiVersion: v1\nkind: Secret\nmetadata:\n  name: ringsam-certs\n"), "{yaml}");

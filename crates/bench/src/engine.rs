@@ -161,8 +161,9 @@ pub fn run(gpu: &Arc<Gpu>, size: EngineSize) -> Result<Vec<EngineCheck>, String>
 
 type Outcome = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>);
 
-/// One training pass of `model` on the CPU and on `gpu`.
-fn training_pass(
+/// One training pass of `model` on the CPU and on `gpu` (logits, every gradient, the statistics
+/// and the ready marks compared).
+pub fn training_pass(
     gpu: &Arc<Gpu>,
     model: &str,
     channels: usize,

@@ -42,6 +42,8 @@ pub struct BenchStepConfig {
     pub device: Device,
     /// A device's GEMMs (the CPU engine is FP32).
     pub precision: ringsam_kernels::Precision,
+    /// A device's convolutions, when not its default.
+    pub conv_impl: Option<ringsam_kernels::conv_library::ConvImpl>,
     /// After the timed steps, one more of each kind with every launch timed on the device
     /// ([`ringsam_kernels::profile`]) or every kernel call timed on the CPU
     /// ([`ringsam_tensor::profile`]): where the step's time goes.
@@ -101,6 +103,11 @@ pub struct BenchStepReport {
     pub device: String,
     /// In which precision its GEMMs ran.
     pub precision: String,
+    /// How its convolutions ran: the CPU engine's, or a device's (`gemm`: im2col and cuBLAS;
+    /// `cudnn`).
+    pub conv: String,
+    /// The convolution shapes the device's library refused, with the reason (they ran by im2col).
+    pub conv_refused: Vec<String>,
     /// On a device: the most memory its buffers held at once (the caching allocator's peak in
     /// use), MB.
     pub peak_memory_mb: Option<f64>,
@@ -130,6 +137,13 @@ impl Stepper {
                     device: cfg.device.to_string(),
                     source,
                 })?;
+                if let Some(imp) = cfg.conv_impl {
+                    gpu.launcher().set_conv_impl(imp).map_err(|source| TensorError::Kernel {
+                        op: "choosing the convolutions",
+                        device: cfg.device.to_string(),
+                        source,
+                    })?;
+                }
                 Ok(Stepper::Device(Box::new(DeviceStep::new(&cfg.model, model, step, &gpu)?)))
             }
         }
@@ -177,6 +191,17 @@ impl Stepper {
             Stepper::Device(s) => {
                 let m = s.memory();
                 (Some(m.peak_in_use as f64 / 1e6), Some(m.peak_reserved as f64 / 1e6))
+            }
+        }
+    }
+
+    /// How its convolutions ran, and the shapes the device's library refused (run by im2col).
+    fn conv(&self) -> (String, Vec<String>) {
+        match self {
+            Stepper::Cpu(_) => ("engine".into(), Vec::new()),
+            Stepper::Device(s) => {
+                let l = s.gpu().launcher();
+                (l.conv_impl().to_string(), l.library_refusals())
             }
         }
     }
@@ -284,6 +309,8 @@ pub fn run(cfg: &BenchStepConfig, mut progress: impl FnMut(&str)) -> Result<Benc
         sam_samples_ms: sam,
         device: cfg.device.to_string(),
         precision: cfg.precision.to_string(),
+        conv: st.conv().0,
+        conv_refused: st.conv().1,
         peak_memory_mb,
         peak_reserved_mb,
         profile,

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use ringsam_kernels::conv_library::{self, ConvCall, ConvImpl};
 use ringsam_kernels::launch::Elem;
 use ringsam_kernels::launch::SCRATCH_DOUBLES;
 use ringsam_kernels::{Arg, Buf, DeviceMemory, Gpu, HostMemory, KernelError, KernelTimes, Launch, Launcher, Memory};
@@ -29,11 +30,14 @@ pub struct Emu {
     /// While profiling: each launch timed on the host's clock (emulated launches are
     /// synchronous, so that is its whole time).
     profile: Option<KernelTimes>,
+    /// The convolution the layers run: im2col unless set; the library is the host reference
+    /// (`ringsam_kernels::conv_library::conv_reference`).
+    conv: ConvImpl,
 }
 
 impl Default for Emu {
     fn default() -> Self {
-        Emu { partials: vec![0.0; SCRATCH_DOUBLES], total: vec![0.0], launches: Vec::new(), profile: None }
+        Emu { partials: vec![0.0; SCRATCH_DOUBLES], total: vec![0.0], launches: Vec::new(), profile: None, conv: ConvImpl::Gemm }
     }
 }
 
@@ -96,6 +100,27 @@ impl Launcher for Emu {
         // SAFETY: the plan's matrices lie inside host Bufs (plan checks each against its
         // buffer's length; host_buf's contract keeps them alive).
         self.timed(name, 2.0 * (call.m * call.n * call.k) as f64, || unsafe { ringsam_kernels::gemm::sgemm_reference(call) });
+        Ok(())
+    }
+
+    fn library_conv(&mut self, call: &ConvCall) -> Result<(), KernelError> {
+        self.launches.push(("library_conv", Launch { grid: 1, block: 1 }));
+        let name = || format!("library conv {:?}", call.op);
+        // SAFETY: the call's buffers are host Bufs of their stated lengths (host_buf's contract),
+        // and an operation's output never overlaps its inputs.
+        self.timed(name, 0.0, || unsafe { conv_library::conv_reference(call) })
+    }
+
+    fn library_takes(&mut self, sh: &ringsam_kernels::conv::ConvShape) -> bool {
+        sh.library_fits() // the host reference computes every shape the library fits
+    }
+
+    fn conv_impl(&self) -> ConvImpl {
+        self.conv
+    }
+
+    fn set_conv_impl(&mut self, imp: ConvImpl) -> Result<(), KernelError> {
+        self.conv = imp;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ fn every_kernel_agrees_with_the_cpu_engine() {
     let checks = selftest::run(&mut Emu::default(), N, &ringsam_bench::kernels::cpu_reference()).unwrap();
     let report = selftest::report(&checks);
     assert!(checks.iter().all(selftest::Check::passed), "{report}");
-    assert_eq!(checks.len(), 32, "{report}");
+    assert_eq!(checks.len(), 36, "{report}");
     eprintln!("{report}");
 }
 

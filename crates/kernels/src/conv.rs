@@ -5,7 +5,7 @@ use crate::launch::{Arg, Buf, KernelError, Launch, Launcher, REDUCE_BLOCK, SCRAT
 
 /// A convolution's sizes: the CPU engine's `Conv2dShape`, field for field (made from it:
 /// `ringsam_bench::kernels`); `pad_h`/`pad_w` are the top and left padding (SAME pads more after).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(missing_docs)]
 pub struct ConvShape {
     pub n: usize,

@@ -8,12 +8,14 @@
 //!             dcol_g (RSCg × NPQ) = W_g · dout_g          then col2im into dinp
 //! ```
 //!
-//! This is the engine's reference convolution on a GPU and its path under emulation; cuDNN's
-//! convolutions are to replace it where they measure faster. The GEMMs are the same views as the
+//! This is the engine's reference convolution on a GPU and its path under emulation; where the
+//! launcher runs its library's convolutions ([`crate::conv_library`], cuDNN) and the shape fits
+//! them, [`forward`] and [`backward`] hand the convolution over. The GEMMs are the same views as the
 //! CPU's, planned by [`crate::gemm::plan`], so the results differ from the CPU's only by the order
 //! of each dot product's additions.
 
 use crate::conv::{ConvShape, col2im, depthwise_backward, depthwise_forward, im2col};
+use crate::conv_library::{self, ConvImpl};
 use crate::flat::fill;
 use crate::gemm::{Mat, plan};
 use crate::launch::{Buf, KernelError, Launcher};
@@ -52,7 +54,19 @@ impl ConvShape {
     }
 }
 
-fn check(op: &'static str, sh: &ConvShape, bufs: &[(usize, usize)], col: usize) -> Result<(), KernelError> {
+/// Whether `l` runs convolutions of shape `sh` by its library: set to, and taking the shape.
+fn by_library(l: &mut impl Launcher, sh: &ConvShape) -> bool {
+    l.conv_impl() == ConvImpl::Library && l.library_takes(sh)
+}
+
+/// Scratch a convolution of shape `sh` takes on `l`: the column matrix by im2col (none for
+/// pointwise and depthwise convolutions), the transposed weights and their gradient by the
+/// library.
+pub fn scratch_need(l: &mut impl Launcher, sh: &ConvShape) -> usize {
+    if by_library(l, sh) { sh.library_scratch_len() } else { sh.scratch_len() }
+}
+
+fn check(op: &'static str, sh: &ConvShape, bufs: &[(usize, usize)], need: usize, col: usize) -> Result<(), KernelError> {
     if sh.groups == 0 || !sh.c.is_multiple_of(sh.groups) || !sh.k.is_multiple_of(sh.groups) {
         return Err(KernelError::Launch { kernel: op, why: format!("{} groups for {} → {} channels", sh.groups, sh.c, sh.k) });
     }
@@ -61,8 +75,8 @@ fn check(op: &'static str, sh: &ConvShape, bufs: &[(usize, usize)], col: usize) 
             return Err(KernelError::Length { op, got, want });
         }
     }
-    if col < sh.scratch_len() {
-        return Err(KernelError::Length { op, got: col, want: sh.scratch_len() });
+    if col < need {
+        return Err(KernelError::Length { op, got: col, want: need });
     }
     Ok(())
 }
@@ -99,7 +113,12 @@ pub fn forward(
     sh: &ConvShape,
 ) -> Result<(), KernelError> {
     let input_len = sh.n * sh.c * sh.h * sh.w;
-    check("conv_forward", sh, &[(out.len(), sh.out_len()), (inp.len(), input_len), (weight.len(), sh.weight_len())], col.len())?;
+    let library = by_library(l, sh);
+    let need = scratch_need(l, sh);
+    check("conv_forward", sh, &[(out.len(), sh.out_len()), (inp.len(), input_len), (weight.len(), sh.weight_len())], need, col.len())?;
+    if library {
+        return conv_library::forward(l, out, inp, weight, col, sh);
+    }
     if sh.is_depthwise() {
         return depthwise_forward(l, out, inp, weight, sh);
     }
@@ -132,7 +151,12 @@ pub fn backward(
         (dweight.len(), sh.weight_len()),
         (dinp.map_or(input_len, |d| d.len()), input_len),
     ];
-    check("conv_backward", sh, &lens, col.len())?;
+    let library = by_library(l, sh);
+    let need = scratch_need(l, sh);
+    check("conv_backward", sh, &lens, need, col.len())?;
+    if library {
+        return conv_library::backward(l, dinp, dweight, dout, inp, weight, col, sh);
+    }
     if sh.is_depthwise() {
         return depthwise_backward(l, dinp, dweight, dout, inp, weight, sh);
     }

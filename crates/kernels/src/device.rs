@@ -11,6 +11,8 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
+use crate::conv_library::{ConvCall, ConvImpl};
+use crate::cudnn_conv::CudnnConvs;
 use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, Memory, SCRATCH_DOUBLES};
 use crate::profile::KernelTimes;
 use crate::{SOURCES, nvrtc};
@@ -26,6 +28,9 @@ pub struct CudaLauncher {
     /// While profiling: each launch between two events (read when the profile is taken, so
     /// that timing adds no synchronisation).
     profile: Option<Vec<Timed>>,
+    /// cuDNN's convolutions, or why there are none (the layers then use im2col and cuBLAS).
+    dnn: Result<CudnnConvs, String>,
+    conv: ConvImpl,
 }
 
 /// A launch between two events.
@@ -70,7 +75,10 @@ impl CudaLauncher {
                 .result()
                 .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("TF32 math mode: {e}") })?;
         }
-        Ok(CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None })
+        // cuDNN for the convolutions it fits, by default; without it, im2col and cuBLAS.
+        let dnn = CudnnConvs::new(precision == crate::Precision::Tf32).map_err(|e| e.to_string());
+        let conv = if dnn.is_ok() { ConvImpl::Library } else { ConvImpl::Gemm };
+        Ok(CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None, dnn, conv })
     }
 
     /// The GPU's memory, for a [`crate::DeviceMemory`] whose buffers these kernels use.
@@ -181,6 +189,41 @@ impl Launcher for CudaLauncher {
 
     fn reduction_scratch(&mut self) -> Result<(Buf<f64>, Buf<f64>), KernelError> {
         Ok((self.scratch(&self.partials), self.scratch(&self.total)))
+    }
+
+    fn library_conv(&mut self, call: &ConvCall) -> Result<(), KernelError> {
+        // cuDNN runs in the context current on the calling thread (a kernel launch binds it; a
+        // step's first library call may come before any).
+        self.ctx.bind_to_thread().map_err(driver("binding the CUDA context"))?;
+        let start = self.mark()?;
+        let dnn = self.dnn.as_mut().map_err(|why| KernelError::Launch { kernel: "library convolution", why: why.clone() })?;
+        dnn.run(&self.stream, call)?;
+        let sh = call.shape;
+        let flops = 2.0 * (sh.k * sh.n * sh.p * sh.q) as f64 * (sh.r * sh.s * sh.c / sh.groups) as f64;
+        self.timed(start, || format!("cuDNN conv {:?} {}x{} {}->{} /{}", call.op, sh.r, sh.s, sh.c, sh.k, sh.stride), flops)
+    }
+
+    fn library_takes(&mut self, sh: &crate::conv::ConvShape) -> bool {
+        sh.library_fits() && self.ctx.bind_to_thread().is_ok() && self.dnn.as_mut().is_ok_and(|dnn| dnn.takes(sh))
+    }
+
+    fn library_refusals(&self) -> Vec<String> {
+        match &self.dnn {
+            Ok(dnn) => dnn.refusals(),
+            Err(why) => vec![format!("cuDNN did not load: {why}")],
+        }
+    }
+
+    fn conv_impl(&self) -> ConvImpl {
+        self.conv
+    }
+
+    fn set_conv_impl(&mut self, imp: ConvImpl) -> Result<(), KernelError> {
+        if let (ConvImpl::Library, Err(why)) = (imp, &self.dnn) {
+            return Err(KernelError::Launch { kernel: "library convolution", why: why.clone() });
+        }
+        self.conv = imp;
+        Ok(())
     }
 
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {

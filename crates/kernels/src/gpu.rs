@@ -84,4 +84,19 @@ impl Launcher for Box<dyn Launcher + Send> {
     fn take_profile(&mut self) -> Result<KernelTimes, KernelError> {
         (**self).take_profile()
     }
+    fn library_conv(&mut self, call: &crate::conv_library::ConvCall) -> Result<(), KernelError> {
+        (**self).library_conv(call)
+    }
+    fn library_takes(&mut self, sh: &crate::conv::ConvShape) -> bool {
+        (**self).library_takes(sh)
+    }
+    fn library_refusals(&self) -> Vec<String> {
+        (**self).library_refusals()
+    }
+    fn conv_impl(&self) -> crate::conv_library::ConvImpl {
+        (**self).conv_impl()
+    }
+    fn set_conv_impl(&mut self, imp: crate::conv_library::ConvImpl) -> Result<(), KernelError> {
+        (**self).set_conv_impl(imp)
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::marker::PhantomData;
 
+use crate::conv_library::{ConvCall, ConvImpl};
+
 /// Threads per block of the element-wise kernels.
 pub const BLOCK: u32 = 256;
 /// Threads per block of the reductions: `REDUCE_BLOCK` in `cu/reduce.cu`, a power of two.
@@ -208,6 +210,36 @@ pub trait Launcher {
     /// The launches timed since profiling started, by name (waiting for them to finish); the
     /// record starts again empty.
     fn take_profile(&mut self) -> Result<crate::profile::KernelTimes, KernelError>;
+    /// One convolution by the device's library ([`crate::conv_library`]); a launcher without one
+    /// refuses.
+    fn library_conv(&mut self, call: &ConvCall) -> Result<(), KernelError> {
+        let _ = call;
+        Err(KernelError::Launch { kernel: "library convolution", why: "this device has no convolution library".into() })
+    }
+    /// Whether the library takes convolutions of shape `sh` (one it fits): on a GPU, whether cuDNN
+    /// has a plan for each of its three operations, asked once per shape; a shape it refuses runs
+    /// by im2col instead.
+    fn library_takes(&mut self, sh: &crate::conv::ConvShape) -> bool {
+        let _ = sh;
+        false
+    }
+    /// The shapes the library refused so far, each with the reason (they ran by im2col).
+    fn library_refusals(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The convolution the layers run ([`ConvImpl::Gemm`] unless set).
+    fn conv_impl(&self) -> ConvImpl {
+        ConvImpl::Gemm
+    }
+    /// Chooses the convolution; refuses the library where there is none.
+    fn set_conv_impl(&mut self, imp: ConvImpl) -> Result<(), KernelError> {
+        match imp {
+            ConvImpl::Gemm => Ok(()),
+            ConvImpl::Library => {
+                Err(KernelError::Launch { kernel: "library convolution", why: "this device has no convolution library".into() })
+            }
+        }
+    }
 }
 
 /// What a buffer can hold: floats, doubles (sums), labels.

@@ -22,6 +22,9 @@ pub mod alloc;
 pub mod batchnorm;
 pub mod conv;
 pub mod conv_gemm;
+pub mod conv_library;
+#[cfg(feature = "cuda")]
+mod cudnn_conv;
 pub mod dense;
 #[cfg(feature = "cuda")]
 pub mod device;
@@ -151,6 +154,11 @@ pub const SOURCES: &[Source] = &[
             "depthwise_weight_parts",
             "depthwise_weight_add",
         ],
+    },
+    Source {
+        file: "weights.cu",
+        text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/weights.cu")),
+        kernels: &["hwio_to_kcrs", "kcrs_add_to_hwio"],
     },
     Source {
         file: "examples.cu",

@@ -14,6 +14,7 @@ use ringsam_optim::{BaseOptimizer, Ema, OptimizerKind};
 use crate::activation::{self, Activation};
 use crate::batchnorm::{self, BnLayout, BnParams, BnStats};
 use crate::conv::{self, ConvShape, DepthwiseWeightSum};
+use crate::conv_library::ConvImpl;
 use crate::dense;
 use crate::dropout;
 use crate::flat::{self, OptimizerState};
@@ -241,7 +242,20 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
     for (stride, sum) in [(1, None), (2, None), (1, Some(DepthwiseWeightSum::Blocks(3))), (2, Some(DepthwiseWeightSum::PerTap))] {
         checks.push(depthwise(l, n, stride, sum, cpu)?);
     }
-    checks.extend(crate::selftest_ops::convs(l, n, cpu)?);
+    // By im2col and GEMM, then by the device's convolution library where it has one (cuDNN;
+    // the host reference under emulation), then back to what was set.
+    let set = l.conv_impl();
+    let mut both = || -> Result<Vec<Check>, KernelError> {
+        l.set_conv_impl(ConvImpl::Gemm)?;
+        let mut convs = crate::selftest_ops::convs(l, n, cpu)?;
+        if l.set_conv_impl(ConvImpl::Library).is_ok() {
+            convs.extend(crate::selftest_ops::convs(l, n, cpu)?);
+        }
+        Ok(convs)
+    };
+    let convs = both();
+    l.set_conv_impl(set)?;
+    checks.extend(convs?);
     checks.push(crate::selftest_ops::dense_layer(l, n, cpu)?);
     Ok(checks)
 }

@@ -4,6 +4,7 @@
 //! CPU's vectorised exp); GEMMs and batch norm's per-channel sums run
 //! in another order, so they agree within 1e-5 of max(|value|, 1) — the device check's bounds.
 
+use ringsam_kernels::conv_library::ConvImpl;
 use ringsam_kernels_emu::emulated_gpu;
 use ringsam_nn::layers::{
     Activation, ActivationKind, AvgPool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, DropConnect, Dropout, GlobalAvgPool, Linear,
@@ -52,6 +53,11 @@ fn run(layer: &mut dyn Layer, params: &Tensor, state: &Tensor, x: &Tensor, dy_se
 /// Runs `layer` on the CPU, then on the emulated device, and returns the worst difference of
 /// the four results.
 fn compare(layer: &mut dyn Layer, layout: &ParamLayout, state: &StateLayout, x_shape: &[usize], pass: Pass) -> f64 {
+    compare_by(ConvImpl::Gemm, layer, layout, state, x_shape, pass)
+}
+
+/// [`compare`] with the device's convolutions by `imp`.
+fn compare_by(imp: ConvImpl, layer: &mut dyn Layer, layout: &ParamLayout, state: &StateLayout, x_shape: &[usize], pass: Pass) -> f64 {
     let mut params = values(layout.total(), 1);
     for e in layout.entries().iter().filter(|e| e.name.ends_with("/scale")) {
         params[e.id.range()].iter_mut().for_each(|v| *v += 1.5); // batch-norm scales away from 0
@@ -64,6 +70,7 @@ fn compare(layer: &mut dyn Layer, layout: &ParamLayout, state: &StateLayout, x_s
     let x = Tensor::from_vec(x_shape, values(x_shape.iter().product(), 3)).unwrap();
     let cpu = run(layer, &params, &stats, &x, 4, pass);
     let gpu = emulated_gpu();
+    gpu.launcher().set_conv_impl(imp).unwrap();
     let dev = run(layer, &params.to_gpu(&gpu).unwrap(), &stats.to_gpu(&gpu).unwrap(), &x.to_gpu(&gpu).unwrap(), 4, pass);
     assert!(layer.output().gpu().is_some(), "{}: the output stayed on the host", layer.name());
     cpu.0.iter().zip(&dev.0).map(|(c, d)| worst(d, c)).fold(0.0, f64::max)
@@ -96,8 +103,12 @@ fn convolutions_agree_within_sum_order() {
         let mut layout = ParamLayout::new();
         let cfg = Conv2dConfig { groups, ..Conv2dConfig::same(c_in, c_out, kernel, stride) };
         let mut conv = Conv2d::with_workspace(&mut layout, "conv", cfg, &Workspace::new());
-        let r = compare(&mut conv, &layout, &StateLayout::new(), &[c_in, 3, 8, 8], train());
-        assert!(r <= SUMS, "conv {c_in}→{c_out} {kernel}×{kernel}/{stride} in {groups} groups: {r:e}");
+        // By im2col and GEMM, and by the convolution library where the shape fits it (the host
+        // reference under emulation: the weight transposes, the accumulation, the groups).
+        for imp in [ConvImpl::Gemm, ConvImpl::Library] {
+            let r = compare_by(imp, &mut conv, &layout, &StateLayout::new(), &[c_in, 3, 8, 8], train());
+            assert!(r <= SUMS, "conv {c_in}→{c_out} {kernel}×{kernel}/{stride} in {groups} groups by {imp}: {r:e}");
+        }
     }
 }
 

@@ -126,7 +126,7 @@ impl Layer for Conv2d {
             let ks = ConvShape::from(sh);
             let out = dev.place(&mut self.buffers.out, &[sh.k, sh.n, sh.p, sh.q], x)?;
             let (inp, kernel) = (dev.buf(x)?, dev.buf(params)?.slice(self.kernel.range()));
-            let col = dev.scratch(&mut self.col.lock_device(), ks.scratch_len(), x)?;
+            let col = dev.scratch(&mut self.col.lock_device(), dev.run(|l| Ok(conv_gemm::scratch_need(l, &ks)))?, x)?;
             dev.run(|l| conv_gemm::forward(l, out, inp, kernel, col, &ks))?;
         } else {
             let params = host(&self.name, params)?;
@@ -146,7 +146,7 @@ impl Layer for Conv2d {
             let dinp = if self.cfg.input_grad { Some(dev.place(&mut self.buffers.dinp, x.shape(), x)?) } else { None };
             let (dy, inp) = (dev.buf(dout)?, dev.buf(x)?);
             let (kernel, dkernel) = (dev.buf(params)?.slice(self.kernel.range()), dev.buf(grads)?.slice(self.kernel.range()));
-            let col = dev.scratch(&mut self.col.lock_device(), ks.scratch_len(), x)?;
+            let col = dev.scratch(&mut self.col.lock_device(), dev.run(|l| Ok(conv_gemm::scratch_need(l, &ks)))?, x)?;
             return dev.run(|l| conv_gemm::backward(l, dinp, dkernel, dy, inp, kernel, col, &ks));
         }
         let params = host(&self.name, params)?;

@@ -1,0 +1,312 @@
+//! cuDNN's convolutions for the [`crate::device::CudaLauncher`] ([`crate::conv_library`] says
+//! what they replace and which shapes they take). Per (operation, shape) a plan is made once and
+//! kept: the four descriptors (activations as strided `(C, N, H, W)`, filters KCRS), the
+//! algorithm cuDNN's heuristics rank first among the deterministic ones that run, and its
+//! workspace size. The workspace is one device buffer the launcher grows to the largest plan's.
+//! Only a GPU runs this file; under emulation the host reference stands in for it.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cudnn::result::{self as dnn, CudnnError};
+use cudarc::cudnn::sys;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use crate::conv::ConvShape;
+use crate::conv_library::{ConvCall, ConvOp};
+use crate::launch::KernelError;
+
+/// The most algorithms asked of the heuristics per plan.
+const CANDIDATES: usize = 8;
+
+fn dnn_error(what: &'static str) -> impl Fn(CudnnError) -> KernelError {
+    move |e| KernelError::Launch { kernel: what, why: format!("cuDNN: {e:?}") }
+}
+
+fn int(v: usize, what: &'static str) -> Result<i32, KernelError> {
+    i32::try_from(v).map_err(|_| KernelError::Launch { kernel: what, why: format!("{v} past cuDNN's int") })
+}
+
+/// A tensor descriptor: `(C, N, H, W)` memory as cuDNN's `(N, C, H, W)` with strides.
+struct Tensor(sys::cudnnTensorDescriptor_t);
+
+impl Tensor {
+    fn cnhw(n: usize, c: usize, h: usize, w: usize) -> Result<Tensor, KernelError> {
+        let what = "cuDNN tensor descriptor";
+        let desc = Tensor(dnn::create_tensor_descriptor().map_err(dnn_error(what))?);
+        let dims = [int(n, what)?, int(c, what)?, int(h, what)?, int(w, what)?];
+        let strides = [int(h * w, what)?, int(n * h * w, what)?, int(w, what)?, 1];
+        // SAFETY: a descriptor just created, owned by `desc`.
+        unsafe { dnn::set_tensor4d_descriptor_ex(desc.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, dims, strides) }
+            .map_err(dnn_error(what))?;
+        Ok(desc)
+    }
+}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        // SAFETY: created by us, destroyed once.
+        let _ = unsafe { dnn::destroy_tensor_descriptor(self.0) };
+    }
+}
+
+/// A KCRS filter descriptor (cuDNN's NCHW filter format: the one every algorithm takes beside
+/// activations whose W varies fastest).
+struct Filter(sys::cudnnFilterDescriptor_t);
+
+impl Drop for Filter {
+    fn drop(&mut self) {
+        // SAFETY: created by us, destroyed once.
+        let _ = unsafe { dnn::destroy_filter_descriptor(self.0) };
+    }
+}
+
+/// A convolution descriptor: cross-correlation, symmetric padding, groups, the math mode.
+struct Conv(sys::cudnnConvolutionDescriptor_t);
+
+impl Drop for Conv {
+    fn drop(&mut self) {
+        // SAFETY: created by us, destroyed once.
+        let _ = unsafe { dnn::destroy_convolution_descriptor(self.0) };
+    }
+}
+
+enum Algo {
+    Forward(sys::cudnnConvolutionFwdAlgo_t),
+    Data(sys::cudnnConvolutionBwdDataAlgo_t),
+    Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+struct Plan {
+    x: Tensor,
+    w: Filter,
+    conv: Conv,
+    y: Tensor,
+    algo: Algo,
+    workspace: usize,
+}
+
+/// The launcher's cuDNN: its handle on the launcher's stream, the plans, the shapes it refused
+/// (and why), the workspace.
+pub(crate) struct CudnnConvs {
+    handle: sys::cudnnHandle_t,
+    math: sys::cudnnMathType_t,
+    plans: HashMap<(ConvOp, ConvShape), Plan>,
+    refused: HashMap<ConvShape, String>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+// SAFETY: the handle is used only through `&mut self`, by the launcher's thread at a time.
+unsafe impl Send for CudnnConvs {}
+
+impl CudnnConvs {
+    /// A handle on the legacy default stream (the launcher's); `tf32` lets cuDNN use TF32
+    /// tensor cores (its default math), else FP32 FMAs only.
+    pub(crate) fn new(tf32: bool) -> Result<CudnnConvs, KernelError> {
+        let handle = dnn::create_handle().map_err(dnn_error("creating the cuDNN handle"))?;
+        // SAFETY: a handle just created; null is the legacy default stream.
+        unsafe { dnn::set_stream(handle, std::ptr::null_mut()) }.map_err(dnn_error("cuDNN's stream"))?;
+        let math = if tf32 { sys::cudnnMathType_t::CUDNN_DEFAULT_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
+        Ok(CudnnConvs { handle, math, plans: HashMap::new(), refused: HashMap::new(), workspace: None })
+    }
+
+    /// Whether cuDNN plans all three operations of `sh` (asked once per shape): a shape it
+    /// refuses (no deterministic algorithm for this layout, say) runs by im2col instead, and
+    /// the reason is kept for [`CudnnConvs::refusals`].
+    pub(crate) fn takes(&mut self, sh: &ConvShape) -> bool {
+        if self.refused.contains_key(sh) {
+            return false;
+        }
+        for op in [ConvOp::Forward, ConvOp::BackwardData, ConvOp::BackwardFilter] {
+            if self.plans.contains_key(&(op, *sh)) {
+                continue;
+            }
+            match self.plan(op, sh) {
+                Ok(plan) => {
+                    self.plans.insert((op, *sh), plan);
+                }
+                Err(e) => {
+                    self.refused.insert(*sh, format!("{op:?}: {e}"));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The shapes cuDNN refused, with the reason.
+    pub(crate) fn refusals(&self) -> Vec<String> {
+        self.refused.iter().map(|(sh, why)| format!("{sh:?}: {why}")).collect()
+    }
+
+    /// Runs `call` on the stream, making its plan the first time its shape comes.
+    pub(crate) fn run(&mut self, stream: &Arc<CudaStream>, call: &ConvCall) -> Result<(), KernelError> {
+        let key = (call.op, call.shape);
+        if !self.plans.contains_key(&key) {
+            let plan = self.plan(call.op, &call.shape)?;
+            self.plans.insert(key, plan);
+        }
+        let need = self.plans[&key].workspace;
+        if self.workspace.as_ref().is_none_or(|w| w.len() < need) {
+            self.workspace = None; // free first
+            let grown =
+                stream.alloc_zeros::<u8>(need.max(1)).map_err(|e| KernelError::Launch { kernel: "cuDNN workspace", why: e.to_string() })?;
+            self.workspace = Some(grown);
+        }
+        let ws = self.workspace.as_ref().expect("just placed");
+        let (ws_addr, _sync) = ws.device_ptr(stream);
+        let plan = &self.plans[&key];
+        let (one, zero) = (1.0f32, 0.0f32);
+        let (alpha, beta) = (&one as *const f32 as *const c_void, &zero as *const f32 as *const c_void);
+        let ptr = |b: crate::launch::Buf<f32>| b.addr() as *mut c_void;
+        let ws_ptr = ws_addr as *mut c_void;
+        // SAFETY: the plan's descriptors describe the call's buffers (ConvShape::check_call ran
+        // in the caller, conv_library); the workspace holds at least the plan's bytes; all on
+        // this launcher's context and stream.
+        let done = unsafe {
+            match plan.algo {
+                Algo::Forward(a) => dnn::convolution_forward(
+                    self.handle,
+                    alpha,
+                    plan.x.0,
+                    ptr(call.x),
+                    plan.w.0,
+                    ptr(call.w),
+                    plan.conv.0,
+                    a,
+                    ws_ptr,
+                    plan.workspace,
+                    beta,
+                    plan.y.0,
+                    ptr(call.y),
+                ),
+                Algo::Data(a) => dnn::convolution_backward_data(
+                    self.handle,
+                    alpha,
+                    plan.w.0,
+                    ptr(call.w),
+                    plan.y.0,
+                    ptr(call.y),
+                    plan.conv.0,
+                    a,
+                    ws_ptr,
+                    plan.workspace,
+                    beta,
+                    plan.x.0,
+                    ptr(call.x),
+                ),
+                Algo::Filter(a) => dnn::convolution_backward_filter(
+                    self.handle,
+                    alpha,
+                    plan.x.0,
+                    ptr(call.x),
+                    plan.y.0,
+                    ptr(call.y),
+                    plan.conv.0,
+                    a,
+                    ws_ptr,
+                    plan.workspace,
+                    beta,
+                    plan.w.0,
+                    ptr(call.w),
+                ),
+            }
+        };
+        done.map_err(dnn_error("a cuDNN convolution"))
+    }
+
+    fn plan(&self, op: ConvOp, sh: &ConvShape) -> Result<Plan, KernelError> {
+        let what = "cuDNN convolution plan";
+        let x = Tensor::cnhw(sh.n, sh.c, sh.h, sh.w)?;
+        let y = Tensor::cnhw(sh.n, sh.k, sh.p, sh.q)?;
+        let w = Filter(dnn::create_filter_descriptor().map_err(dnn_error(what))?);
+        let dims = [int(sh.k, what)?, int(sh.c / sh.groups, what)?, int(sh.r, what)?, int(sh.s, what)?];
+        let conv = Conv(dnn::create_convolution_descriptor().map_err(dnn_error(what))?);
+        let (pad_h, pad_w, stride) = (int(sh.pad_h, what)?, int(sh.pad_w, what)?, int(sh.stride, what)?);
+        // SAFETY: descriptors just created, owned by the wrappers.
+        unsafe {
+            dnn::set_filter4d_descriptor(w.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, dims)
+                .map_err(dnn_error(what))?;
+            let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+            dnn::set_convolution2d_descriptor(conv.0, pad_h, pad_w, stride, stride, 1, 1, mode, sys::cudnnDataType_t::CUDNN_DATA_FLOAT)
+                .map_err(dnn_error(what))?;
+            dnn::set_convolution_group_count(conv.0, int(sh.groups, what)?).map_err(dnn_error(what))?;
+            dnn::set_convolution_math_type(conv.0, self.math).map_err(dnn_error(what))?;
+        }
+        let (algo, workspace) = self.choose(op, &x, &w, &conv, &y)?;
+        Ok(Plan { x, w, conv, y, algo, workspace })
+    }
+
+    /// The heuristics' first deterministic algorithm that runs, and its workspace.
+    fn choose(&self, op: ConvOp, x: &Tensor, w: &Filter, conv: &Conv, y: &Tensor) -> Result<(Algo, usize), KernelError> {
+        let what = "choosing a cuDNN algorithm";
+        let mut found = 0i32;
+        let ok = |status: sys::cudnnStatus_t, det: sys::cudnnDeterminism_t| {
+            status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && det == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+        };
+        let none = || KernelError::Launch { kernel: what, why: format!("no deterministic {op:?} algorithm for this shape") };
+        // SAFETY: valid descriptors; each perf array holds CANDIDATES entries, of which cuDNN
+        // writes `found`; zeroed entries are plain data.
+        unsafe {
+            match op {
+                ConvOp::Forward => {
+                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>(); CANDIDATES];
+                    dnn::get_convolution_forward_algorithm(
+                        self.handle,
+                        x.0,
+                        w.0,
+                        conv.0,
+                        y.0,
+                        CANDIDATES as i32,
+                        &mut found,
+                        perf.as_mut_ptr(),
+                    )
+                    .map_err(dnn_error(what))?;
+                    let p = perf[..found.max(0) as usize].iter().find(|p| ok(p.status, p.determinism)).ok_or_else(none)?;
+                    Ok((Algo::Forward(p.algo), p.memory))
+                }
+                ConvOp::BackwardData => {
+                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(); CANDIDATES];
+                    dnn::get_convolution_backward_data_algorithm(
+                        self.handle,
+                        w.0,
+                        y.0,
+                        conv.0,
+                        x.0,
+                        CANDIDATES as i32,
+                        &mut found,
+                        perf.as_mut_ptr(),
+                    )
+                    .map_err(dnn_error(what))?;
+                    let p = perf[..found.max(0) as usize].iter().find(|p| ok(p.status, p.determinism)).ok_or_else(none)?;
+                    Ok((Algo::Data(p.algo), p.memory))
+                }
+                ConvOp::BackwardFilter => {
+                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(); CANDIDATES];
+                    dnn::get_convolution_backward_filter_algorithm(
+                        self.handle,
+                        x.0,
+                        y.0,
+                        conv.0,
+                        w.0,
+                        CANDIDATES as i32,
+                        &mut found,
+                        perf.as_mut_ptr(),
+                    )
+                    .map_err(dnn_error(what))?;
+                    let p = perf[..found.max(0) as usize].iter().find(|p| ok(p.status, p.determinism)).ok_or_else(none)?;
+                    Ok((Algo::Filter(p.algo), p.memory))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CudnnConvs {
+    fn drop(&mut self) {
+        self.plans.clear(); // descriptors before the handle
+        // SAFETY: created by us, destroyed once, no call in flight on it from the host.
+        let _ = unsafe { dnn::destroy_handle(self.handle) };
+    }
+}
