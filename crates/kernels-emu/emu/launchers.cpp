@@ -82,7 +82,7 @@ const Entry KERNELS[] = {
     KERNEL(add_row_bias),         KERNEL(add_row_sums),          KERNEL(plane_dot),
     KERNEL(se_input_backward),    KERNEL(bn_part_sums),          KERNEL(bn_part_stats),
     KERNEL(bn_part_apply),        KERNEL(bn_part_grad_sums),     KERNEL(bn_part_grad_stats),
-    KERNEL(bn_part_grad_apply),   KERNEL(example_coefficients), KERNEL(hwio_to_kcrs), KERNEL(kcrs_add_to_hwio),
+    KERNEL(bn_part_grad_apply),   KERNEL(example_coefficients), KERNEL(hwio_to_kcrs), KERNEL(kcrs_add_to_hwio), KERNEL(cnhw_to_nchw),
 };
 }  // namespace
 

@@ -61,8 +61,9 @@ pub enum ConvOp {
     BackwardFilter,
 }
 
-/// One library convolution: `x` `(C, N, H, W)`, `w` KCRS `(K, C/groups, R, S)`, `y`
-/// `(K, N, P, Q)`; the operation's output is overwritten.
+/// One library convolution: `x` `(C, N, H, W)`, `w` KCRS `(K, C/groups, R, S)`; `y` is the
+/// output `(K, N, P, Q)` forward, and the output gradient packed `(N, K, P, Q)` backward (cuDNN's
+/// backward algorithms take it so only). The operation's output is overwritten.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvCall {
     /// What it computes.
@@ -89,9 +90,10 @@ impl ConvShape {
             && out(self.w, self.pad_w, self.s) == Some(self.q)
     }
 
-    /// Scratch the library path takes: the transposed weights and their gradient.
+    /// Scratch the library path takes: the transposed weights, their gradient, and the output
+    /// gradient packed `(N, K, P, Q)`.
     pub fn library_scratch_len(&self) -> usize {
-        2 * self.weight_len()
+        2 * self.weight_len() + self.out_len()
     }
 
     fn check_call(&self, call: &ConvCall) -> Result<(), KernelError> {
@@ -129,7 +131,10 @@ pub unsafe fn conv_reference(call: &ConvCall) -> Result<(), KernelError> {
         ((p * sh.stride + r) as isize - sh.pad_h as isize, (q * sh.stride + s) as isize - sh.pad_w as isize)
     };
     let w_at = |k: usize, r: usize, s: usize, c: usize| ((k * cg + c) * sh.r + r) * sh.s + s;
-    let y_at = |k: usize, n: usize, p: usize, q: usize| ((k * sh.n + n) * sh.p + p) * sh.q + q;
+    let y_at = |k: usize, n: usize, p: usize, q: usize| match call.op {
+        ConvOp::Forward => ((k * sh.n + n) * sh.p + p) * sh.q + q,
+        ConvOp::BackwardData | ConvOp::BackwardFilter => ((n * sh.k + k) * sh.p + p) * sh.q + q,
+    };
     // One pass over every (output, tap, input channel) product, each added in double to the
     // value the operation computes.
     let out_len = match call.op {
@@ -185,12 +190,21 @@ fn add_from_kcrs(l: &mut impl Launcher, hwio: Buf<f32>, kcrs: Buf<f32>, sh: &Con
     l.launch("kcrs_add_to_hwio", Launch::elementwise(hwio.len()), &args)
 }
 
-fn scratch_halves(scratch: Buf<f32>, sh: &ConvShape) -> Result<(Buf<f32>, Buf<f32>), KernelError> {
-    let n = sh.weight_len();
-    if scratch.len() < 2 * n {
-        return Err(KernelError::Length { op: "library convolution (scratch)", got: scratch.len(), want: 2 * n });
+/// The scratch's parts: the KCRS weights, their gradient, the packed output gradient.
+fn scratch_parts(scratch: Buf<f32>, sh: &ConvShape) -> Result<[Buf<f32>; 3], KernelError> {
+    let (w, y) = (sh.weight_len(), sh.out_len());
+    if scratch.len() < sh.library_scratch_len() {
+        return Err(KernelError::Length { op: "library convolution (scratch)", got: scratch.len(), want: sh.library_scratch_len() });
     }
-    Ok((scratch.slice(0..n), scratch.slice(n..2 * n)))
+    Ok([scratch.slice(0..w), scratch.slice(w..2 * w), scratch.slice(2 * w..2 * w + y)])
+}
+
+/// `nchw` = `cnhw` with its first two axes swapped: the output gradient as cuDNN's backward
+/// algorithms take it.
+fn to_nchw(l: &mut impl Launcher, nchw: Buf<f32>, cnhw: Buf<f32>, sh: &ConvShape) -> Result<(), KernelError> {
+    let dims = [sh.k, sh.n, sh.p * sh.q].map(|v| Arg::U64(v as u64));
+    let args: Vec<Arg> = [nchw.into(), cnhw.into()].into_iter().chain(dims).collect();
+    l.launch("cnhw_to_nchw", Launch::elementwise(cnhw.len()), &args)
 }
 
 /// `out = conv(inp, weight)` by the library (`weight` HWIO); `scratch` holds at least
@@ -203,7 +217,7 @@ pub fn forward(
     scratch: Buf<f32>,
     sh: &ConvShape,
 ) -> Result<(), KernelError> {
-    let (w, _) = scratch_halves(scratch, sh)?;
+    let [w, _, _] = scratch_parts(scratch, sh)?;
     to_kcrs(l, w, weight, sh)?;
     l.library_conv(&ConvCall { op: ConvOp::Forward, shape: *sh, x: inp, w, y: out })
 }
@@ -221,12 +235,16 @@ pub fn backward(
     scratch: Buf<f32>,
     sh: &ConvShape,
 ) -> Result<(), KernelError> {
-    let (w, dw) = scratch_halves(scratch, sh)?;
-    l.library_conv(&ConvCall { op: ConvOp::BackwardFilter, shape: *sh, x: inp, w: dw, y: dout })?;
+    let [w, dw, dy] = scratch_parts(scratch, sh)?;
+    if dout.len() != sh.out_len() {
+        return Err(KernelError::Length { op: "library convolution", got: dout.len(), want: sh.out_len() });
+    }
+    to_nchw(l, dy, dout, sh)?;
+    l.library_conv(&ConvCall { op: ConvOp::BackwardFilter, shape: *sh, x: inp, w: dw, y: dy })?;
     add_from_kcrs(l, dweight, dw, sh)?;
     if let Some(dinp) = dinp {
         to_kcrs(l, w, weight, sh)?;
-        l.library_conv(&ConvCall { op: ConvOp::BackwardData, shape: *sh, x: dinp, w, y: dout })?;
+        l.library_conv(&ConvCall { op: ConvOp::BackwardData, shape: *sh, x: dinp, w, y: dy })?;
     }
     Ok(())
 }

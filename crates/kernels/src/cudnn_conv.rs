@@ -11,14 +11,11 @@ use std::sync::Arc;
 
 use cudarc::cudnn::result::{self as dnn, CudnnError};
 use cudarc::cudnn::sys;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 
 use crate::conv::ConvShape;
 use crate::conv_library::{ConvCall, ConvOp};
 use crate::launch::KernelError;
-
-/// The most algorithms asked of the heuristics per plan.
-const CANDIDATES: usize = 8;
 
 fn dnn_error(what: &'static str) -> impl Fn(CudnnError) -> KernelError {
     move |e| KernelError::Launch { kernel: what, why: format!("cuDNN: {e:?}") }
@@ -37,6 +34,20 @@ impl Tensor {
         let desc = Tensor(dnn::create_tensor_descriptor().map_err(dnn_error(what))?);
         let dims = [int(n, what)?, int(c, what)?, int(h, what)?, int(w, what)?];
         let strides = [int(h * w, what)?, int(n * h * w, what)?, int(w, what)?, 1];
+        // SAFETY: a descriptor just created, owned by `desc`.
+        unsafe { dnn::set_tensor4d_descriptor_ex(desc.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, dims, strides) }
+            .map_err(dnn_error(what))?;
+        Ok(desc)
+    }
+}
+
+impl Tensor {
+    /// Packed `(N, C, H, W)`: what cuDNN's backward algorithms take for the output gradient.
+    fn nchw(n: usize, c: usize, h: usize, w: usize) -> Result<Tensor, KernelError> {
+        let what = "cuDNN tensor descriptor";
+        let desc = Tensor(dnn::create_tensor_descriptor().map_err(dnn_error(what))?);
+        let dims = [int(n, what)?, int(c, what)?, int(h, what)?, int(w, what)?];
+        let strides = [int(c * h * w, what)?, int(h * w, what)?, int(w, what)?, 1];
         // SAFETY: a descriptor just created, owned by `desc`.
         unsafe { dnn::set_tensor4d_descriptor_ex(desc.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, dims, strides) }
             .map_err(dnn_error(what))?;
@@ -90,6 +101,7 @@ struct Plan {
 /// The launcher's cuDNN: its handle on the launcher's stream, the plans, the shapes it refused
 /// (and why), the workspace.
 pub(crate) struct CudnnConvs {
+    ctx: Arc<CudaContext>,
     handle: sys::cudnnHandle_t,
     math: sys::cudnnMathType_t,
     plans: HashMap<(ConvOp, ConvShape), Plan>,
@@ -103,12 +115,13 @@ unsafe impl Send for CudnnConvs {}
 impl CudnnConvs {
     /// A handle on the legacy default stream (the launcher's); `tf32` lets cuDNN use TF32
     /// tensor cores (its default math), else FP32 FMAs only.
-    pub(crate) fn new(tf32: bool) -> Result<CudnnConvs, KernelError> {
+    pub(crate) fn new(ctx: Arc<CudaContext>, tf32: bool) -> Result<CudnnConvs, KernelError> {
+        ctx.bind_to_thread().map_err(|e| KernelError::Launch { kernel: "creating the cuDNN handle", why: e.to_string() })?;
         let handle = dnn::create_handle().map_err(dnn_error("creating the cuDNN handle"))?;
         // SAFETY: a handle just created; null is the legacy default stream.
         unsafe { dnn::set_stream(handle, std::ptr::null_mut()) }.map_err(dnn_error("cuDNN's stream"))?;
         let math = if tf32 { sys::cudnnMathType_t::CUDNN_DEFAULT_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
-        Ok(CudnnConvs { handle, math, plans: HashMap::new(), refused: HashMap::new(), workspace: None })
+        Ok(CudnnConvs { ctx, handle, math, plans: HashMap::new(), refused: HashMap::new(), workspace: None })
     }
 
     /// Whether cuDNN plans all three operations of `sh` (asked once per shape): a shape it
@@ -219,7 +232,11 @@ impl CudnnConvs {
     fn plan(&self, op: ConvOp, sh: &ConvShape) -> Result<Plan, KernelError> {
         let what = "cuDNN convolution plan";
         let x = Tensor::cnhw(sh.n, sh.c, sh.h, sh.w)?;
-        let y = Tensor::cnhw(sh.n, sh.k, sh.p, sh.q)?;
+        // The output as the engine keeps it; its gradient packed, as conv_library hands it over.
+        let y = match op {
+            ConvOp::Forward => Tensor::cnhw(sh.n, sh.k, sh.p, sh.q)?,
+            ConvOp::BackwardData | ConvOp::BackwardFilter => Tensor::nchw(sh.n, sh.k, sh.p, sh.q)?,
+        };
         let w = Filter(dnn::create_filter_descriptor().map_err(dnn_error(what))?);
         let dims = [int(sh.k, what)?, int(sh.c / sh.groups, what)?, int(sh.r, what)?, int(sh.s, what)?];
         let conv = Conv(dnn::create_convolution_descriptor().map_err(dnn_error(what))?);
@@ -234,79 +251,120 @@ impl CudnnConvs {
             dnn::set_convolution_group_count(conv.0, int(sh.groups, what)?).map_err(dnn_error(what))?;
             dnn::set_convolution_math_type(conv.0, self.math).map_err(dnn_error(what))?;
         }
-        let (algo, workspace) = self.choose(op, &x, &w, &conv, &y)?;
+        let (algo, math, workspace) = self.choose(op, &x, &w, &conv, &y)?;
+        // The math type the heuristics paired with the algorithm, or another kernel may run.
+        // SAFETY: our live descriptor.
+        unsafe { dnn::set_convolution_math_type(conv.0, math) }.map_err(dnn_error(what))?;
         Ok(Plan { x, w, conv, y, algo, workspace })
     }
 
-    /// The heuristics' first deterministic algorithm that runs, and its workspace.
-    fn choose(&self, op: ConvOp, x: &Tensor, w: &Filter, conv: &Conv, y: &Tensor) -> Result<(Algo, usize), KernelError> {
+    /// The heuristics' first candidate that is deterministic, in the math mode asked for (FMA
+    /// only when TF32 is off), and whose workspace cuDNN sizes for these descriptors (the query
+    /// says NOT_SUPPORTED where a ranked algorithm would fail at run time); its math type and
+    /// workspace (the larger of the two sizes cuDNN gives).
+    fn choose(
+        &self,
+        op: ConvOp,
+        x: &Tensor,
+        w: &Filter,
+        conv: &Conv,
+        y: &Tensor,
+    ) -> Result<(Algo, sys::cudnnMathType_t, usize), KernelError> {
         let what = "choosing a cuDNN algorithm";
-        let mut found = 0i32;
-        let ok = |status: sys::cudnnStatus_t, det: sys::cudnnDeterminism_t| {
-            status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && det == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
-        };
-        let none = || KernelError::Launch { kernel: what, why: format!("no deterministic {op:?} algorithm for this shape") };
-        // SAFETY: valid descriptors; each perf array holds CANDIDATES entries, of which cuDNN
-        // writes `found`; zeroed entries are plain data.
-        unsafe {
-            match op {
-                ConvOp::Forward => {
-                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>(); CANDIDATES];
-                    dnn::get_convolution_forward_algorithm(
-                        self.handle,
-                        x.0,
-                        w.0,
-                        conv.0,
-                        y.0,
-                        CANDIDATES as i32,
-                        &mut found,
-                        perf.as_mut_ptr(),
-                    )
+        let strict = self.math == sys::cudnnMathType_t::CUDNN_FMA_MATH;
+        let none = || KernelError::Launch { kernel: what, why: format!("no deterministic {op:?} algorithm runs for this shape") };
+        let (h, conv) = (self.handle, conv.0);
+        // SAFETY (every block below): valid descriptors and handle; each perf vector holds the
+        // count cuDNN gives as its maximum, of which it writes `found`.
+        match op {
+            ConvOp::Forward => {
+                let mut perf = candidates(h, sys::cudnnGetConvolutionForwardAlgorithmMaxCount)?;
+                let mut found = 0;
+                let n = perf.len() as i32;
+                unsafe { dnn::get_convolution_forward_algorithm(h, x.0, w.0, conv, y.0, n, &mut found, perf.as_mut_ptr()) }
                     .map_err(dnn_error(what))?;
-                    let p = perf[..found.max(0) as usize].iter().find(|p| ok(p.status, p.determinism)).ok_or_else(none)?;
-                    Ok((Algo::Forward(p.algo), p.memory))
-                }
-                ConvOp::BackwardData => {
-                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(); CANDIDATES];
-                    dnn::get_convolution_backward_data_algorithm(
-                        self.handle,
-                        w.0,
-                        y.0,
-                        conv.0,
-                        x.0,
-                        CANDIDATES as i32,
-                        &mut found,
-                        perf.as_mut_ptr(),
-                    )
+                let size = |p: &sys::cudnnConvolutionFwdAlgoPerf_t| unsafe {
+                    dnn::get_convolution_forward_workspace_size(h, x.0, w.0, conv, y.0, p.algo)
+                };
+                let (p, bytes) = pick(&perf[..found.max(0) as usize], strict, size).ok_or_else(none)?;
+                Ok((Algo::Forward(p.algo), p.mathType, bytes))
+            }
+            ConvOp::BackwardData => {
+                let mut perf = candidates(h, sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount)?;
+                let mut found = 0;
+                let n = perf.len() as i32;
+                unsafe { dnn::get_convolution_backward_data_algorithm(h, w.0, y.0, conv, x.0, n, &mut found, perf.as_mut_ptr()) }
                     .map_err(dnn_error(what))?;
-                    let p = perf[..found.max(0) as usize].iter().find(|p| ok(p.status, p.determinism)).ok_or_else(none)?;
-                    Ok((Algo::Data(p.algo), p.memory))
-                }
-                ConvOp::BackwardFilter => {
-                    let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(); CANDIDATES];
-                    dnn::get_convolution_backward_filter_algorithm(
-                        self.handle,
-                        x.0,
-                        y.0,
-                        conv.0,
-                        w.0,
-                        CANDIDATES as i32,
-                        &mut found,
-                        perf.as_mut_ptr(),
-                    )
+                let size = |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| unsafe {
+                    dnn::get_convolution_backward_data_workspace_size(h, w.0, y.0, conv, x.0, p.algo)
+                };
+                let (p, bytes) = pick(&perf[..found.max(0) as usize], strict, size).ok_or_else(none)?;
+                Ok((Algo::Data(p.algo), p.mathType, bytes))
+            }
+            ConvOp::BackwardFilter => {
+                let mut perf = candidates(h, sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount)?;
+                let mut found = 0;
+                let n = perf.len() as i32;
+                unsafe { dnn::get_convolution_backward_filter_algorithm(h, x.0, y.0, conv, w.0, n, &mut found, perf.as_mut_ptr()) }
                     .map_err(dnn_error(what))?;
-                    let p = perf[..found.max(0) as usize].iter().find(|p| ok(p.status, p.determinism)).ok_or_else(none)?;
-                    Ok((Algo::Filter(p.algo), p.memory))
-                }
+                let size = |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| unsafe {
+                    dnn::get_convolution_backward_filter_workspace_size(h, x.0, y.0, conv, w.0, p.algo)
+                };
+                let (p, bytes) = pick(&perf[..found.max(0) as usize], strict, size).ok_or_else(none)?;
+                Ok((Algo::Filter(p.algo), p.mathType, bytes))
             }
         }
     }
 }
 
+/// What the three kinds of cuDNN's ranked candidates share.
+trait Candidate: Copy {
+    fn usable(&self, strict: bool) -> bool;
+    fn memory(&self) -> usize;
+}
+
+macro_rules! candidate {
+    ($($t:ty),*) => {$(
+        impl Candidate for $t {
+            fn usable(&self, strict: bool) -> bool {
+                self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
+                    && self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+                    && (!strict || self.mathType == sys::cudnnMathType_t::CUDNN_FMA_MATH)
+            }
+            fn memory(&self) -> usize {
+                self.memory
+            }
+        }
+    )*};
+}
+candidate!(sys::cudnnConvolutionFwdAlgoPerf_t, sys::cudnnConvolutionBwdDataAlgoPerf_t, sys::cudnnConvolutionBwdFilterAlgoPerf_t);
+
+/// Room for as many candidates as cuDNN ranks for one operation (`max_count` is its
+/// `cudnnGet*AlgorithmMaxCount`), zeroed.
+fn candidates<P: Candidate>(
+    handle: sys::cudnnHandle_t,
+    max_count: unsafe fn(sys::cudnnHandle_t, *mut std::ffi::c_int) -> sys::cudnnStatus_t,
+) -> Result<Vec<P>, KernelError> {
+    let mut count = 0;
+    // SAFETY: a live handle and a place for the count.
+    unsafe { max_count(handle, &mut count) }.result().map_err(dnn_error("counting cuDNN's algorithms"))?;
+    // SAFETY: the perf structs are plain data (enums whose zero is a valid variant, numbers).
+    Ok(vec![unsafe { std::mem::zeroed::<P>() }; count.clamp(1, 64) as usize])
+}
+
+/// The first usable candidate whose workspace cuDNN sizes, with the larger of the two sizes.
+fn pick<P: Candidate>(ranked: &[P], strict: bool, size: impl Fn(&P) -> Result<usize, CudnnError>) -> Option<(P, usize)> {
+    ranked.iter().filter(|p| p.usable(strict)).find_map(|p| size(p).ok().map(|bytes| (*p, bytes.max(p.memory()))))
+}
+
 impl Drop for CudnnConvs {
     fn drop(&mut self) {
         self.plans.clear(); // descriptors before the handle
-        // SAFETY: created by us, destroyed once, no call in flight on it from the host.
-        let _ = unsafe { dnn::destroy_handle(self.handle) };
+        self.workspace = None;
+        // The handle goes in its context (this struct holds it, so it is still alive).
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: created by us, destroyed once, no call in flight on it from the host.
+            let _ = unsafe { dnn::destroy_handle(self.handle) };
+        }
     }
 }

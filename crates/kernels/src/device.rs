@@ -76,7 +76,7 @@ impl CudaLauncher {
                 .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("TF32 math mode: {e}") })?;
         }
         // cuDNN for the convolutions it fits, by default; without it, im2col and cuBLAS.
-        let dnn = CudnnConvs::new(precision == crate::Precision::Tf32).map_err(|e| e.to_string());
+        let dnn = CudnnConvs::new(ctx.clone(), precision == crate::Precision::Tf32).map_err(|e| e.to_string());
         let conv = if dnn.is_ok() { ConvImpl::Library } else { ConvImpl::Gemm };
         Ok(CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None, dnn, conv })
     }

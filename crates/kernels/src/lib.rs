@@ -158,7 +158,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "weights.cu",
         text: concat!(include_str!("../cu/common.cuh"), include_str!("../cu/weights.cu")),
-        kernels: &["hwio_to_kcrs", "kcrs_add_to_hwio"],
+        kernels: &["hwio_to_kcrs", "kcrs_add_to_hwio", "cnhw_to_nchw"],
     },
     Source {
         file: "examples.cu",
