@@ -49,6 +49,9 @@ pub(crate) enum BenchCommand {
     Link(BenchLinkArgs),
     /// Elastic recovery: kill → first step of the next generation, from memory and from disk.
     Recovery(BenchRecoveryArgs),
+    /// cuDNN's convolutions on the zoo's heavy shapes in the engine's layout and in NCHW and
+    /// NHWC (a GPU; the device layout's measurement).
+    Conv(crate::bench_conv::BenchConvArgs),
 }
 
 #[derive(Args, Debug)]

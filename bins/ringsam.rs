@@ -6,6 +6,7 @@
 //! `process.rs`). No training, benchmarking or launching logic lives here: the crates own it.
 
 mod bench_cmds;
+mod bench_conv;
 mod experiment_cmds;
 mod process;
 mod selftest_cmds;
@@ -119,5 +120,6 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Bench(BenchCommand::Loader(args)) => bench_cmds::cmd_bench_loader(&args),
         Command::Bench(BenchCommand::Link(args)) => bench_cmds::cmd_bench_link(&args),
         Command::Bench(BenchCommand::Recovery(args)) => bench_cmds::cmd_bench_recovery(&args),
+        Command::Bench(BenchCommand::Conv(args)) => bench_conv::cmd_bench_conv(&args),
     }
 }

@@ -72,6 +72,10 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     # GPU's utilisation once a second meanwhile (dmon.log).
     part "engine 2: bench step --device cuda (WRN-28-10 batch 128 at 32, ResNet-50 batch 256 at 224)"
     (nvidia-smi dmon -s um -d 1 > "$out/dmon.log" 2>&1 &)
+    # cuDNN's convolutions by layout: the engine's strided (C, N, H, W) against NCHW and NHWC,
+    # the measurement the device layout waits on.
+    part "engine 2: cuDNN by layout (ringsam bench conv)"
+    LD_LIBRARY_PATH="$lib_path" timeout 120 target/release/ringsam bench conv --device cuda 2>&1 | tail -20
     # EfficientNet-B0 times the depthwise kernels; WRN-28-10 again by im2col (--conv_impl gemm)
     # is the convolution's before/after in the same call.
     for spec in WideResnet28x10:128:32:10 Resnet50:256:224:1000 efficientnet-b0:128:224:1000 ${EXTRA_STEP_MODELS:-}; do

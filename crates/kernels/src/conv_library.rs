@@ -78,6 +78,29 @@ pub struct ConvCall {
     pub y: Buf<f32>,
 }
 
+/// How a library call's tensors lie in memory. The engine's is the only one the layers use; the
+/// others are for timing cuDNN in the layouts it is tuned for (`ringsam bench conv`), the
+/// measurement that decides whether the device should keep its activations another way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvLayouts {
+    /// Activations `(C, N, H, W)`, filters KCRS, the output gradient packed `(N, K, P, Q)`.
+    Engine,
+    /// Everything packed `(N, C, H, W)`, filters KCRS: PyTorch's default.
+    Nchw,
+    /// Everything `(N, H, W, C)`, filters KRSC: PyTorch's channels_last, tensor cores' layout.
+    Nhwc,
+}
+
+impl std::fmt::Display for ConvLayouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConvLayouts::Engine => "CNHW (engine)",
+            ConvLayouts::Nchw => "NCHW",
+            ConvLayouts::Nhwc => "NHWC",
+        })
+    }
+}
+
 impl ConvShape {
     /// Whether the library computes this convolution as the engine defines it: not depthwise,
     /// and padding the same on both sides reproduces its output size (TensorFlow's SAME padding

@@ -14,7 +14,7 @@ use cudarc::cudnn::sys;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 
 use crate::conv::ConvShape;
-use crate::conv_library::{ConvCall, ConvOp};
+use crate::conv_library::{ConvCall, ConvLayouts, ConvOp};
 use crate::launch::KernelError;
 
 fn dnn_error(what: &'static str) -> impl Fn(CudnnError) -> KernelError {
@@ -25,15 +25,31 @@ fn int(v: usize, what: &'static str) -> Result<i32, KernelError> {
     i32::try_from(v).map_err(|_| KernelError::Launch { kernel: what, why: format!("{v} past cuDNN's int") })
 }
 
-/// A tensor descriptor: `(C, N, H, W)` memory as cuDNN's `(N, C, H, W)` with strides.
+/// A tensor descriptor: cuDNN's `(N, C, H, W)` with the strides of the memory's order.
 struct Tensor(sys::cudnnTensorDescriptor_t);
 
+/// Where the axes of an activation lie.
+#[derive(Clone, Copy)]
+enum Order {
+    /// The engine's `(C, N, H, W)`.
+    Cnhw,
+    /// Packed `(N, C, H, W)`.
+    Nchw,
+    /// `(N, H, W, C)`.
+    Nhwc,
+}
+
 impl Tensor {
-    fn cnhw(n: usize, c: usize, h: usize, w: usize) -> Result<Tensor, KernelError> {
+    fn new(order: Order, n: usize, c: usize, h: usize, w: usize) -> Result<Tensor, KernelError> {
         let what = "cuDNN tensor descriptor";
         let desc = Tensor(dnn::create_tensor_descriptor().map_err(dnn_error(what))?);
         let dims = [int(n, what)?, int(c, what)?, int(h, what)?, int(w, what)?];
-        let strides = [int(h * w, what)?, int(n * h * w, what)?, int(w, what)?, 1];
+        let strides = match order {
+            Order::Cnhw => [h * w, n * h * w, w, 1],
+            Order::Nchw => [c * h * w, h * w, w, 1],
+            Order::Nhwc => [h * w * c, 1, w * c, c],
+        };
+        let strides = [int(strides[0], what)?, int(strides[1], what)?, int(strides[2], what)?, int(strides[3], what)?];
         // SAFETY: a descriptor just created, owned by `desc`.
         unsafe { dnn::set_tensor4d_descriptor_ex(desc.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, dims, strides) }
             .map_err(dnn_error(what))?;
@@ -41,17 +57,15 @@ impl Tensor {
     }
 }
 
-impl Tensor {
-    /// Packed `(N, C, H, W)`: what cuDNN's backward algorithms take for the output gradient.
-    fn nchw(n: usize, c: usize, h: usize, w: usize) -> Result<Tensor, KernelError> {
-        let what = "cuDNN tensor descriptor";
-        let desc = Tensor(dnn::create_tensor_descriptor().map_err(dnn_error(what))?);
-        let dims = [int(n, what)?, int(c, what)?, int(h, what)?, int(w, what)?];
-        let strides = [int(c * h * w, what)?, int(h * w, what)?, int(w, what)?, 1];
-        // SAFETY: a descriptor just created, owned by `desc`.
-        unsafe { dnn::set_tensor4d_descriptor_ex(desc.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, dims, strides) }
-            .map_err(dnn_error(what))?;
-        Ok(desc)
+/// The orders of a call's input, output (or output gradient) and the filter's format.
+fn orders(op: ConvOp, layouts: ConvLayouts) -> (Order, Order, sys::cudnnTensorFormat_t) {
+    let kcrs = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+    match (layouts, op) {
+        // The output as the engine keeps it; its gradient packed, as conv_library hands it over.
+        (ConvLayouts::Engine, ConvOp::Forward) => (Order::Cnhw, Order::Cnhw, kcrs),
+        (ConvLayouts::Engine, _) => (Order::Cnhw, Order::Nchw, kcrs),
+        (ConvLayouts::Nchw, _) => (Order::Nchw, Order::Nchw, kcrs),
+        (ConvLayouts::Nhwc, _) => (Order::Nhwc, Order::Nhwc, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC),
     }
 }
 
@@ -104,7 +118,7 @@ pub(crate) struct CudnnConvs {
     ctx: Arc<CudaContext>,
     handle: sys::cudnnHandle_t,
     math: sys::cudnnMathType_t,
-    plans: HashMap<(ConvOp, ConvShape), Plan>,
+    plans: HashMap<(ConvOp, ConvShape, ConvLayouts), Plan>,
     refused: HashMap<ConvShape, String>,
     workspace: Option<CudaSlice<u8>>,
 }
@@ -132,12 +146,12 @@ impl CudnnConvs {
             return false;
         }
         for op in [ConvOp::Forward, ConvOp::BackwardData, ConvOp::BackwardFilter] {
-            if self.plans.contains_key(&(op, *sh)) {
+            if self.plans.contains_key(&(op, *sh, ConvLayouts::Engine)) {
                 continue;
             }
-            match self.plan(op, sh) {
+            match self.plan(op, sh, ConvLayouts::Engine) {
                 Ok(plan) => {
-                    self.plans.insert((op, *sh), plan);
+                    self.plans.insert((op, *sh, ConvLayouts::Engine), plan);
                 }
                 Err(e) => {
                     self.refused.insert(*sh, format!("{op:?}: {e}"));
@@ -153,11 +167,12 @@ impl CudnnConvs {
         self.refused.iter().map(|(sh, why)| format!("{sh:?}: {why}")).collect()
     }
 
-    /// Runs `call` on the stream, making its plan the first time its shape comes.
-    pub(crate) fn run(&mut self, stream: &Arc<CudaStream>, call: &ConvCall) -> Result<(), KernelError> {
-        let key = (call.op, call.shape);
+    /// Runs `call` (its tensors in `layouts`) on the stream, making its plan the first time its
+    /// shape comes.
+    pub(crate) fn run(&mut self, stream: &Arc<CudaStream>, call: &ConvCall, layouts: ConvLayouts) -> Result<(), KernelError> {
+        let key = (call.op, call.shape, layouts);
         if !self.plans.contains_key(&key) {
-            let plan = self.plan(call.op, &call.shape)?;
+            let plan = self.plan(call.op, &call.shape, layouts)?;
             self.plans.insert(key, plan);
         }
         let need = self.plans[&key].workspace;
@@ -229,22 +244,18 @@ impl CudnnConvs {
         done.map_err(dnn_error("a cuDNN convolution"))
     }
 
-    fn plan(&self, op: ConvOp, sh: &ConvShape) -> Result<Plan, KernelError> {
+    fn plan(&self, op: ConvOp, sh: &ConvShape, layouts: ConvLayouts) -> Result<Plan, KernelError> {
         let what = "cuDNN convolution plan";
-        let x = Tensor::cnhw(sh.n, sh.c, sh.h, sh.w)?;
-        // The output as the engine keeps it; its gradient packed, as conv_library hands it over.
-        let y = match op {
-            ConvOp::Forward => Tensor::cnhw(sh.n, sh.k, sh.p, sh.q)?,
-            ConvOp::BackwardData | ConvOp::BackwardFilter => Tensor::nchw(sh.n, sh.k, sh.p, sh.q)?,
-        };
+        let (x_order, y_order, filter_format) = orders(op, layouts);
+        let x = Tensor::new(x_order, sh.n, sh.c, sh.h, sh.w)?;
+        let y = Tensor::new(y_order, sh.n, sh.k, sh.p, sh.q)?;
         let w = Filter(dnn::create_filter_descriptor().map_err(dnn_error(what))?);
         let dims = [int(sh.k, what)?, int(sh.c / sh.groups, what)?, int(sh.r, what)?, int(sh.s, what)?];
         let conv = Conv(dnn::create_convolution_descriptor().map_err(dnn_error(what))?);
         let (pad_h, pad_w, stride) = (int(sh.pad_h, what)?, int(sh.pad_w, what)?, int(sh.stride, what)?);
         // SAFETY: descriptors just created, owned by the wrappers.
         unsafe {
-            dnn::set_filter4d_descriptor(w.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, dims)
-                .map_err(dnn_error(what))?;
+            dnn::set_filter4d_descriptor(w.0, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, filter_format, dims).map_err(dnn_error(what))?;
             let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
             dnn::set_convolution2d_descriptor(conv.0, pad_h, pad_w, stride, stride, 1, 1, mode, sys::cudnnDataType_t::CUDNN_DATA_FLOAT)
                 .map_err(dnn_error(what))?;

@@ -11,7 +11,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
-use crate::conv_library::{ConvCall, ConvImpl};
+use crate::conv_library::{ConvCall, ConvImpl, ConvLayouts};
 use crate::cudnn_conv::CudnnConvs;
 use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, Memory, SCRATCH_DOUBLES};
 use crate::profile::KernelTimes;
@@ -84,6 +84,24 @@ impl CudaLauncher {
     /// The GPU's memory, for a [`crate::DeviceMemory`] whose buffers these kernels use.
     pub fn memory(&self) -> crate::device_memory::CudaMemory {
         crate::device_memory::CudaMemory::new(self.ctx.clone())
+    }
+
+    /// Seconds per call of `call` by cuDNN with its tensors in `layouts` (the buffers sized
+    /// for them; their values do not matter): one call to warm up, then `iters` between two
+    /// events. For `ringsam bench conv`, which measures the layout question.
+    pub fn time_library_conv(&mut self, call: &ConvCall, layouts: ConvLayouts, iters: usize) -> Result<f64, KernelError> {
+        self.ctx.bind_to_thread().map_err(driver("binding the CUDA context"))?;
+        let dnn = self.dnn.as_mut().map_err(|why| KernelError::Launch { kernel: "library convolution", why: why.clone() })?;
+        dnn.run(&self.stream, call, layouts)?;
+        let event = |s: &CudaStream| s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver("recording a timing event"));
+        let start = event(&self.stream)?;
+        for _ in 0..iters {
+            dnn.run(&self.stream, call, layouts)?;
+        }
+        let end = event(&self.stream)?;
+        self.stream.synchronize().map_err(driver("waiting for the stream"))?;
+        let ms = start.elapsed_ms(&end).map_err(driver("reading a timing event"))?;
+        Ok(f64::from(ms) / 1e3 / iters.max(1) as f64)
     }
 
     /// The device's name, for reports.
@@ -197,7 +215,7 @@ impl Launcher for CudaLauncher {
         self.ctx.bind_to_thread().map_err(driver("binding the CUDA context"))?;
         let start = self.mark()?;
         let dnn = self.dnn.as_mut().map_err(|why| KernelError::Launch { kernel: "library convolution", why: why.clone() })?;
-        dnn.run(&self.stream, call)?;
+        dnn.run(&self.stream, call, ConvLayouts::Engine)?;
         let sh = call.shape;
         let flops = 2.0 * (sh.k * sh.n * sh.p * sh.q) as f64 * (sh.r * sh.s * sh.c / sh.groups) as f64;
         self.timed(start, || format!("cuDNN conv {:?} {}x{} {}->{} /{}", call.op, sh.r, sh.s, sh.c, sh.k, sh.stride), flops)
