@@ -283,7 +283,8 @@ pub(crate) struct BenchStepArgs {
     /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
     #[arg(long)]
     pub(crate) precision: Option<String>,
-    /// A GPU's convolutions: cudnn (the default where cuDNN loads) or gemm (im2col and cuBLAS).
+    /// A GPU's convolutions: gemm (im2col and cuBLAS; the default, checked on a GPU) or cudnn
+    /// (not yet run on a GPU).
     #[arg(long, value_name = "IMPL")]
     pub(crate) conv_impl: Option<String>,
     /// After the timed steps, profile one SGD and one SAM step: on a device, time in each kernel

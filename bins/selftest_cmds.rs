@@ -32,8 +32,8 @@ pub struct SelftestEngineArgs {
     /// runs under emulation.
     #[arg(long, default_value = "full", value_parser = ["full", "quick"])]
     pub size: String,
-    /// The GPU's convolutions: cudnn (the default where cuDNN loads) or gemm (im2col and
-    /// cuBLAS).
+    /// The GPU's convolutions: gemm (im2col and cuBLAS; the default, checked on a GPU) or cudnn
+    /// (not yet run on a GPU).
     #[arg(long, value_name = "IMPL")]
     pub conv_impl: Option<String>,
 }

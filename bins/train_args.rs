@@ -32,8 +32,9 @@ pub struct TrainArgs {
     /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
     #[arg(long, value_name = "PRECISION")]
     pub precision: Option<String>,
-    /// A GPU's convolutions: cudnn (the default where cuDNN loads; shapes it cannot express,
-    /// and depthwise ones, use the engine's kernels) or gemm (im2col and cuBLAS, the reference).
+    /// A GPU's convolutions: gemm (im2col and cuBLAS; the default, checked on a GPU) or cudnn
+    /// (shapes it cannot express, and depthwise ones, keep the engine's kernels; not yet run on a
+    /// GPU, and the default once the device check has held it to the CPU engine).
     #[arg(long, value_name = "IMPL")]
     pub conv_impl: Option<String>,
     /// The run's configuration.

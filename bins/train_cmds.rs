@@ -283,7 +283,8 @@ pub(crate) struct EvalArgs {
     /// A GPU's GEMMs: fp32, or tf32 (the default on a GPU).
     #[arg(long, value_name = "PRECISION")]
     pub(crate) precision: Option<String>,
-    /// A GPU's convolutions: cudnn (the default where cuDNN loads) or gemm (im2col and cuBLAS).
+    /// A GPU's convolutions: gemm (im2col and cuBLAS; the default, checked on a GPU) or cudnn
+    /// (not yet run on a GPU).
     #[arg(long, value_name = "IMPL")]
     pub(crate) conv_impl: Option<String>,
     /// Print one JSON object.

@@ -15,7 +15,8 @@
 # (default "1" each) are the ring's threads per rank and QUIC connections per neighbour compared
 # in the ring part, e.g. RING_THREADS=1,2,4 QUIC_STRIPES=1,2; NETNS_RATES the namespace part's
 # rates (default "1gbit 1gbit 4gbit 10gbit"); EXTRA_STEP_MODELS more name:batch:side:classes for
-# the engine part's bench step (e.g. efficientnet-b3:64:300:1000).
+# the engine part's bench step (e.g. efficientnet-b3:64:300:1000); CONV_IMPL the convolutions
+# its bench steps and training use (default cudnn; gemm if the cuDNN engine check failed).
 set -u
 bin=${1:-.device/ringsam}
 parts=${2:-host,cuda,kernels,engine,resume,step,loader,ring,netns}
@@ -57,11 +58,11 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     # 1. Whole models on the GPU (the caching allocator, the layers' device paths, GEMMs through
     # cuBLAS with TF32 off) and the SAM step, each against the CPU engine within 1e-4; rehearsed
     # under emulation in CI at the quick size (crates/bench/tests/engine_check.rs).
-    # Convolutions by cuDNN (the default); if that fails, the same check by im2col and cuBLAS
-    # (--conv_impl gemm) so that the rest of the engine is still checked.
-    part "engine 1: the engine on CUDA vs the CPU engine (ringsam selftest engine --size full)"
+    # Convolutions by cuDNN (--conv_impl cudnn, not the default until this passes); if that
+    # fails, the same check by im2col and cuBLAS (the default) so the rest is still checked.
+    part "engine 1: the engine on CUDA vs the CPU engine (ringsam selftest engine --size full --conv_impl cudnn)"
     LD_LIBRARY_PATH="$lib_path" timeout 150 \
-      target/release/ringsam selftest engine --device cuda --size full 2>&1 | tail -24
+      target/release/ringsam selftest engine --device cuda --size full --conv_impl cudnn 2>&1 | tail -24
     if [ "${PIPESTATUS[0]}" != 0 ]; then
       part "engine 1b: the same with --conv_impl gemm"
       LD_LIBRARY_PATH="$lib_path" timeout 150 \
@@ -76,13 +77,13 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     # the measurement the device layout waits on.
     part "engine 2: cuDNN by layout (ringsam bench conv)"
     LD_LIBRARY_PATH="$lib_path" timeout 120 target/release/ringsam bench conv --device cuda 2>&1 | tail -20
-    # EfficientNet-B0 times the depthwise kernels; WRN-28-10 again by im2col (--conv_impl gemm)
-    # is the convolution's before/after in the same call.
+    # By cuDNN (CONV_IMPL, default cudnn); EfficientNet-B0 times the depthwise kernels; WRN-28-10
+    # again by im2col (--conv_impl gemm) is the convolution's before/after in the same call.
     for spec in WideResnet28x10:128:32:10 Resnet50:256:224:1000 efficientnet-b0:128:224:1000 ${EXTRA_STEP_MODELS:-}; do
       IFS=: read -r model batch side classes <<< "$spec"
       LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
         --device cuda --iters 3 --model_name "$model" --batch_size "$batch" --image_size "$side" \
-        --num_classes "$classes" --cheaper none --profile 2>&1 | tail -64
+        --num_classes "$classes" --cheaper none --conv_impl "${CONV_IMPL:-cudnn}" --profile 2>&1 | tail -64
     done
     LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
       --device cuda --iters 3 --model_name WideResnet28x10 --batch_size 128 --image_size 32 \
@@ -97,7 +98,7 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     (nvidia-smi dmon -s u -d 1 > "$out/dmon_train.log" 2>&1 &)
     LD_LIBRARY_PATH="$lib_path" timeout "${TRAIN_TIMEOUT:-150}" target/release/ringsam train --device cuda \
       --dataset synthetic --model_name WideResnet16x4 --batch_size 128 --num_epochs 100 --max_steps 200 \
-      --sam_rho 0.05 --log_every_steps 20 --output_dir /tmp/gpu-train 2>&1 | tail -30
+      --sam_rho 0.05 --log_every_steps 20 --conv_impl "${CONV_IMPL:-cudnn}" --output_dir /tmp/gpu-train 2>&1 | tail -30
     pkill -f "nvidia-smi dmon" || true
     awk '$1 == 0 && $2 > 0 { s += $2; n++ } END { if (n) printf "GPU busy (sm %%) over %d busy seconds: mean %.0f\n", n, s / n }' \
       "$out/dmon_train.log"

@@ -180,7 +180,8 @@ fn depthwise_weight_blocks(
     let (partials, _) = l.reduction_scratch()?;
     let why = if sh.r > DW_MAX_SIDE || sh.s > DW_MAX_SIDE {
         Some(format!("a {}×{} kernel: the block form takes up to {DW_MAX_SIDE}×{DW_MAX_SIDE}", sh.r, sh.s))
-    } else if sh.input_len().max(sh.output_len()) > u32::MAX as usize {
+    } else if sh.input_len().max(sh.output_len()) > u32::MAX as usize - (1 << 20) {
+        // (With room for a chunk's rounding and a thread's last stride past the end.)
         Some(format!("{} values: past 32-bit indexing", sh.input_len().max(sh.output_len())))
     } else if parts > 1 && sh.c * parts * taps > partials.len() {
         Some(format!("{} channels in {parts} parts need {} doubles of scratch, there are {}", sh.c, sh.c * parts * taps, partials.len()))

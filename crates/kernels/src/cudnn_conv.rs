@@ -241,7 +241,10 @@ impl CudnnConvs {
                 ),
             }
         };
-        done.map_err(dnn_error("a cuDNN convolution"))
+        done.map_err(|e| KernelError::Launch {
+            kernel: "a cuDNN convolution",
+            why: format!("{:?} of {:?} ({layouts}): cuDNN {e:?}", call.op, call.shape),
+        })
     }
 
     fn plan(&self, op: ConvOp, sh: &ConvShape, layouts: ConvLayouts) -> Result<Plan, KernelError> {
@@ -338,8 +341,11 @@ macro_rules! candidate {
     ($($t:ty),*) => {$(
         impl Candidate for $t {
             fn usable(&self, strict: bool) -> bool {
+                // Never a math type that may convert FP32 data to FP16 (`--precision` promises
+                // TF32 at least); FMA only when TF32 is off.
                 self.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
                     && self.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+                    && self.mathType != sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
                     && (!strict || self.mathType == sys::cudnnMathType_t::CUDNN_FMA_MATH)
             }
             fn memory(&self) -> usize {

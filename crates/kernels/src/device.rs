@@ -75,9 +75,10 @@ impl CudaLauncher {
                 .result()
                 .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("TF32 math mode: {e}") })?;
         }
-        // cuDNN for the convolutions it fits, by default; without it, im2col and cuBLAS.
+        // cuDNN loaded for `--conv_impl cudnn`; the default stays im2col and cuBLAS, the path a
+        // GPU has checked, until the device check has held cuDNN's to the CPU engine.
         let dnn = CudnnConvs::new(ctx.clone(), precision == crate::Precision::Tf32).map_err(|e| e.to_string());
-        let conv = if dnn.is_ok() { ConvImpl::Library } else { ConvImpl::Gemm };
+        let conv = ConvImpl::Gemm;
         Ok(CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None, dnn, conv })
     }
 
@@ -246,7 +247,7 @@ impl Launcher for CudaLauncher {
 
     fn read_f64(&mut self, buf: Buf<f64>) -> Result<Vec<f64>, KernelError> {
         let mut out = vec![0.0f64; buf.len()];
-        let read = |e: DriverError| KernelError::Read { what: "a reduction's total", why: e.to_string() };
+        let read = |e: DriverError| KernelError::Read { what: "device scalars (a reduction's total, a step's report)", why: e.to_string() };
         self.stream.synchronize().map_err(read)?;
         // SAFETY: `buf` is a live device buffer of `buf.len()` doubles (the Buf contract), and
         // the stream has finished every launch that writes it.

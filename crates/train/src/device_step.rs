@@ -50,10 +50,17 @@ enum Slot {
 /// Slots in `DeviceStep::scalars`.
 const SLOTS: usize = Slot::ParamNormSq as usize + 1;
 
-/// The pinned host buffers a batch and its labels are copied in from.
-struct Staging {
-    x: PinnedVec<f32>,
-    labels: PinnedVec<u32>,
+/// `slot`'s pinned buffer, (re)made with `len` values when it has another length.
+fn pinned<'a, T: ringsam_kernels::launch::Elem>(
+    slot: &'a mut Option<PinnedVec<T>>,
+    len: usize,
+    mem: &ringsam_kernels::DeviceMemory,
+) -> Result<&'a mut PinnedVec<T>, KernelError> {
+    if slot.as_ref().is_none_or(|p| p.len() != len) {
+        *slot = None; // free the old one first
+        *slot = Some(mem.pinned(len)?);
+    }
+    Ok(slot.as_mut().expect("just placed"))
 }
 
 /// `dst = src` by the host's cores: a batch is ~150 MB at ImageNet sizes, past one core's copy
@@ -78,10 +85,11 @@ pub struct DeviceStep {
     decayed: Vec<Range<usize>>,     // parameter ranges that take weight decay
     x: Tensor,                      // the batch, copied to the device
     labels: Option<DeviceVec<u32>>,
-    staged: Option<Staging>, // the pinned buffers the batch is copied in from
-    scalars: DeviceVec<f64>, // the step's scalars (Slot), read once per step
-    probs: Tensor,           // (N, K)
-    losses: Tensor,          // (N,)
+    staged_x: Option<PinnedVec<f32>>,      // the pinned buffer a host batch is copied in from
+    staged_labels: Option<PinnedVec<u32>>, // and its labels
+    scalars: DeviceVec<f64>,               // the step's scalars (Slot), read once per step
+    probs: Tensor,                         // (N, K)
+    losses: Tensor,                        // (N,)
     losses64: Option<DeviceVec<f64>>,
     wrong: Option<DeviceVec<u32>>,
     dlogits: Tensor, // (N, K)
@@ -132,7 +140,8 @@ impl DeviceStep {
             decayed,
             x: Tensor::empty(),
             labels: None,
-            staged: None,
+            staged_x: None,
+            staged_labels: None,
             scalars: mem.zeros(SLOTS).map_err(&err)?,
             probs: Tensor::empty(),
             losses: Tensor::empty(),
@@ -286,22 +295,22 @@ impl DeviceStep {
             self.losses64 = Some(mem.alloc(n).map_err(&err)?);
             self.wrong = Some(mem.alloc(n).map_err(&err)?);
         }
-        if self.staged.as_ref().is_none_or(|s| s.x.len() != x.len() || s.labels.len() != n) {
-            self.staged = None; // free the old pinned memory first
-            self.staged = Some(Staging { x: mem.pinned(x.len()).map_err(&err)?, labels: mem.pinned(n).map_err(&err)? });
-        }
-        let staged = self.staged.as_mut().expect("just placed");
+        // Both pinned buffers are filled before either copy is queued: filling one whose copy
+        // is still marked pending waits for the device, which would then wait for the other's.
+        let staged_labels = pinned(&mut self.staged_labels, n, mem).map_err(&err)?;
+        staged_labels.host_mut().map_err(&err)?.copy_from_slice(labels);
         if x.gpu().is_some() {
             self.x = x.to_gpu(&self.gpu)?; // already on a device: copied there
         } else {
             // Into pinned memory on the host's cores, then one asynchronous copy: the host goes
             // on launching the step while it runs (docs/ARCHITECTURE.md, "Tensors on a device").
-            copy_in_parallel(staged.x.host_mut().map_err(&err)?, x.host_slice("DeviceStep::step")?);
+            let staged_x = pinned(&mut self.staged_x, x.len(), mem).map_err(&err)?;
+            copy_in_parallel(staged_x.host_mut().map_err(&err)?, x.host_slice("DeviceStep::step")?);
             self.x.place_like(x.shape(), &self.params)?;
-            self.x.write_async_from(&mut staged.x)?;
+            self.x.write_async_from(staged_x)?;
         }
-        staged.labels.host_mut().map_err(&err)?.copy_from_slice(labels);
-        self.labels.as_mut().expect("just placed").write_async(&mut staged.labels).map_err(&err)?;
+        let staged_labels = self.staged_labels.as_mut().expect("placed above");
+        self.labels.as_mut().expect("just placed").write_async(staged_labels).map_err(&err)?;
         for (t, shape) in [(&mut self.probs, vec![n, k]), (&mut self.losses, vec![n]), (&mut self.dlogits, vec![n, k])] {
             t.place_like(&shape, &self.x)?;
         }
