@@ -63,7 +63,11 @@ fn by_library(l: &mut impl Launcher, sh: &ConvShape) -> bool {
 /// pointwise and depthwise convolutions), the transposed weights and their gradient by the
 /// library.
 pub fn scratch_need(l: &mut impl Launcher, sh: &ConvShape) -> usize {
-    if by_library(l, sh) { sh.library_scratch_len() } else { sh.scratch_len() }
+    scratch_by(sh, by_library(l, sh))
+}
+
+fn scratch_by(sh: &ConvShape, library: bool) -> usize {
+    if library { sh.library_scratch_len() } else { sh.scratch_len() }
 }
 
 fn check(op: &'static str, sh: &ConvShape, bufs: &[(usize, usize)], need: usize, col: usize) -> Result<(), KernelError> {
@@ -114,7 +118,7 @@ pub fn forward(
 ) -> Result<(), KernelError> {
     let input_len = sh.n * sh.c * sh.h * sh.w;
     let library = by_library(l, sh);
-    let need = scratch_need(l, sh);
+    let need = scratch_by(sh, library);
     check("conv_forward", sh, &[(out.len(), sh.out_len()), (inp.len(), input_len), (weight.len(), sh.weight_len())], need, col.len())?;
     if library {
         return conv_library::forward(l, out, inp, weight, col, sh);
@@ -152,7 +156,7 @@ pub fn backward(
         (dinp.map_or(input_len, |d| d.len()), input_len),
     ];
     let library = by_library(l, sh);
-    let need = scratch_need(l, sh);
+    let need = scratch_by(sh, library);
     check("conv_backward", sh, &lens, need, col.len())?;
     if library {
         return conv_library::backward(l, dinp, dweight, dout, inp, weight, col, sh);

@@ -119,7 +119,8 @@ impl ConvShape {
         2 * self.weight_len() + self.out_len()
     }
 
-    fn check_call(&self, call: &ConvCall) -> Result<(), KernelError> {
+    /// Refuses a call whose buffers are not this shape's, or a shape the library does not fit.
+    pub fn check_call(&self, call: &ConvCall) -> Result<(), KernelError> {
         let lens = [(call.x.len(), self.n * self.c * self.h * self.w), (call.w.len(), self.weight_len()), (call.y.len(), self.out_len())];
         for (got, want) in lens {
             if got != want {

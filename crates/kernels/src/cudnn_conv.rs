@@ -170,6 +170,7 @@ impl CudnnConvs {
     /// Runs `call` (its tensors in `layouts`) on the stream, making its plan the first time its
     /// shape comes.
     pub(crate) fn run(&mut self, stream: &Arc<CudaStream>, call: &ConvCall, layouts: ConvLayouts) -> Result<(), KernelError> {
+        call.shape.check_call(call)?;
         let key = (call.op, call.shape, layouts);
         if !self.plans.contains_key(&key) {
             let plan = self.plan(call.op, &call.shape, layouts)?;
@@ -190,7 +191,7 @@ impl CudnnConvs {
         let ptr = |b: crate::launch::Buf<f32>| b.addr() as *mut c_void;
         let ws_ptr = ws_addr as *mut c_void;
         // SAFETY: the plan's descriptors describe the call's buffers (ConvShape::check_call ran
-        // in the caller, conv_library); the workspace holds at least the plan's bytes; all on
+        // above); the workspace holds at least the plan's bytes; all on
         // this launcher's context and stream.
         let done = unsafe {
             match plan.algo {
@@ -288,43 +289,37 @@ impl CudnnConvs {
         let strict = self.math == sys::cudnnMathType_t::CUDNN_FMA_MATH;
         let none = || KernelError::Launch { kernel: what, why: format!("no deterministic {op:?} algorithm runs for this shape") };
         let (h, conv) = (self.handle, conv.0);
-        // SAFETY (every block below): valid descriptors and handle; each perf vector holds the
-        // count cuDNN gives as its maximum, of which it writes `found`.
+        // SAFETY (every closure below): valid descriptors and handle; `ranked` gives each
+        // ranking room for `n` candidates and reads the `found` it writes.
         match op {
             ConvOp::Forward => {
-                let mut perf = candidates(h, sys::cudnnGetConvolutionForwardAlgorithmMaxCount)?;
-                let mut found = 0;
-                let n = perf.len() as i32;
-                unsafe { dnn::get_convolution_forward_algorithm(h, x.0, w.0, conv, y.0, n, &mut found, perf.as_mut_ptr()) }
-                    .map_err(dnn_error(what))?;
+                let rank =
+                    |n, found: &mut i32, perf| unsafe { dnn::get_convolution_forward_algorithm(h, x.0, w.0, conv, y.0, n, found, perf) };
                 let size = |p: &sys::cudnnConvolutionFwdAlgoPerf_t| unsafe {
                     dnn::get_convolution_forward_workspace_size(h, x.0, w.0, conv, y.0, p.algo)
                 };
-                let (p, bytes) = pick(&perf[..found.max(0) as usize], strict, size).ok_or_else(none)?;
+                let (p, bytes) = ranked(h, sys::cudnnGetConvolutionForwardAlgorithmMaxCount, rank, size, strict)?.ok_or_else(none)?;
                 Ok((Algo::Forward(p.algo), p.mathType, bytes))
             }
             ConvOp::BackwardData => {
-                let mut perf = candidates(h, sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount)?;
-                let mut found = 0;
-                let n = perf.len() as i32;
-                unsafe { dnn::get_convolution_backward_data_algorithm(h, w.0, y.0, conv, x.0, n, &mut found, perf.as_mut_ptr()) }
-                    .map_err(dnn_error(what))?;
+                let rank = |n, found: &mut i32, perf| unsafe {
+                    dnn::get_convolution_backward_data_algorithm(h, w.0, y.0, conv, x.0, n, found, perf)
+                };
                 let size = |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| unsafe {
                     dnn::get_convolution_backward_data_workspace_size(h, w.0, y.0, conv, x.0, p.algo)
                 };
-                let (p, bytes) = pick(&perf[..found.max(0) as usize], strict, size).ok_or_else(none)?;
+                let (p, bytes) = ranked(h, sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount, rank, size, strict)?.ok_or_else(none)?;
                 Ok((Algo::Data(p.algo), p.mathType, bytes))
             }
             ConvOp::BackwardFilter => {
-                let mut perf = candidates(h, sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount)?;
-                let mut found = 0;
-                let n = perf.len() as i32;
-                unsafe { dnn::get_convolution_backward_filter_algorithm(h, x.0, y.0, conv, w.0, n, &mut found, perf.as_mut_ptr()) }
-                    .map_err(dnn_error(what))?;
+                let rank = |n, found: &mut i32, perf| unsafe {
+                    dnn::get_convolution_backward_filter_algorithm(h, x.0, y.0, conv, w.0, n, found, perf)
+                };
                 let size = |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| unsafe {
                     dnn::get_convolution_backward_filter_workspace_size(h, x.0, y.0, conv, w.0, p.algo)
                 };
-                let (p, bytes) = pick(&perf[..found.max(0) as usize], strict, size).ok_or_else(none)?;
+                let (p, bytes) =
+                    ranked(h, sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount, rank, size, strict)?.ok_or_else(none)?;
                 Ok((Algo::Filter(p.algo), p.mathType, bytes))
             }
         }
@@ -356,22 +351,26 @@ macro_rules! candidate {
 }
 candidate!(sys::cudnnConvolutionFwdAlgoPerf_t, sys::cudnnConvolutionBwdDataAlgoPerf_t, sys::cudnnConvolutionBwdFilterAlgoPerf_t);
 
-/// Room for as many candidates as cuDNN ranks for one operation (`max_count` is its
-/// `cudnnGet*AlgorithmMaxCount`), zeroed.
-fn candidates<P: Candidate>(
+/// One operation's ranking (`rank(room, &mut found, out)`, room for as many candidates as
+/// `max_count`, its `cudnnGet*AlgorithmMaxCount`, says), then its first usable candidate whose
+/// workspace cuDNN sizes (`size`), with the larger of the two sizes; None when none is.
+fn ranked<P: Candidate>(
     handle: sys::cudnnHandle_t,
     max_count: unsafe fn(sys::cudnnHandle_t, *mut std::ffi::c_int) -> sys::cudnnStatus_t,
-) -> Result<Vec<P>, KernelError> {
+    rank: impl FnOnce(i32, &mut i32, *mut P) -> Result<(), CudnnError>,
+    size: impl Fn(&P) -> Result<usize, CudnnError>,
+    strict: bool,
+) -> Result<Option<(P, usize)>, KernelError> {
+    let what = "choosing a cuDNN algorithm";
     let mut count = 0;
     // SAFETY: a live handle and a place for the count.
-    unsafe { max_count(handle, &mut count) }.result().map_err(dnn_error("counting cuDNN's algorithms"))?;
+    unsafe { max_count(handle, &mut count) }.result().map_err(dnn_error(what))?;
     // SAFETY: the perf structs are plain data (enums whose zero is a valid variant, numbers).
-    Ok(vec![unsafe { std::mem::zeroed::<P>() }; count.clamp(1, 64) as usize])
-}
-
-/// The first usable candidate whose workspace cuDNN sizes, with the larger of the two sizes.
-fn pick<P: Candidate>(ranked: &[P], strict: bool, size: impl Fn(&P) -> Result<usize, CudnnError>) -> Option<(P, usize)> {
-    ranked.iter().filter(|p| p.usable(strict)).find_map(|p| size(p).ok().map(|bytes| (*p, bytes.max(p.memory()))))
+    let mut perf = vec![unsafe { std::mem::zeroed::<P>() }; count.clamp(1, 64) as usize];
+    let mut found = 0;
+    rank(perf.len() as i32, &mut found, perf.as_mut_ptr()).map_err(dnn_error(what))?;
+    let ranked = &perf[..(found.max(0) as usize).min(perf.len())];
+    Ok(ranked.iter().filter(|p| p.usable(strict)).find_map(|p| size(p).ok().map(|bytes| (*p, bytes.max(p.memory())))))
 }
 
 impl Drop for CudnnConvs {
