@@ -74,6 +74,18 @@ impl<T: Elem> PinnedVec<T> {
         self.pending = true;
     }
 
+    /// Records that every copy from the buffer has finished, so that the next write need not
+    /// wait for the device: for a caller that waited for the whole stream after queueing them
+    /// (the SAM step reads its report so), when writing the buffer again must not wait for
+    /// work queued since (the step after it).
+    ///
+    /// # Safety
+    /// The device must have finished every copy queued from this buffer: the caller waited for
+    /// the stream (or the device) after the last [`crate::DeviceVec::write_async`] from it.
+    pub unsafe fn assume_copied(&mut self) {
+        self.pending = false;
+    }
+
     /// Whether a copy from the buffer may still be running.
     pub fn is_pending(&self) -> bool {
         self.pending

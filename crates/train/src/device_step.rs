@@ -11,6 +11,11 @@
 //! norms) wait in a small device buffer until the host reads them together, once, at the end
 //! of the step: the only time the host waits for the device.
 //!
+//! A step is staged, launched and finished ([`DeviceStep::stage`], [`DeviceStep::launch`],
+//! [`DeviceStep::finish`]): the trainer stages batch i + 1 while step i runs, so the host's copy
+//! of it into pinned memory, and the wait for the loader, overlap the device's work
+//! (docs/ARCHITECTURE.md, "Tensors on a device").
+//!
 //! [`SamStep`]: crate::step::SamStep
 
 use std::ops::Range;
@@ -70,6 +75,31 @@ fn copy_in_parallel(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
+/// Pinned host buffers for two batches: the next batch is copied into one by the host's cores
+/// while the step before it still has its copy from the other pending or running.
+#[derive(Default)]
+struct PinnedSlots {
+    x: [Option<PinnedVec<f32>>; 2],
+    labels: [Option<PinnedVec<u32>>; 2],
+    /// The slot the next batch goes to.
+    next: usize,
+}
+
+/// The next step's batch: its labels in a pinned slot, its images there too or already on the
+/// device.
+struct Staged {
+    slot: usize,
+    shape: Vec<usize>,
+    on_device: Option<Tensor>,
+}
+
+/// A step whose launches are queued and whose report is not read yet.
+struct Launched {
+    n: usize,
+    clip: f32,
+    slot: usize,
+}
+
 /// One replica's model, parameters, gradients and optimizer state on `gpu`.
 pub struct DeviceStep {
     model: Box<dyn Model>,
@@ -85,11 +115,12 @@ pub struct DeviceStep {
     decayed: Vec<Range<usize>>,     // parameter ranges that take weight decay
     x: Tensor,                      // the batch, copied to the device
     labels: Option<DeviceVec<u32>>,
-    staged_x: Option<PinnedVec<f32>>,      // the pinned buffer a host batch is copied in from
-    staged_labels: Option<PinnedVec<u32>>, // and its labels
-    scalars: DeviceVec<f64>,               // the step's scalars (Slot), read once per step
-    probs: Tensor,                         // (N, K)
-    losses: Tensor,                        // (N,)
+    pinned: PinnedSlots,        // where batches are staged on the host
+    staged: Option<Staged>,     // the next step's batch, staged
+    launched: Option<Launched>, // the step launched and not yet read
+    scalars: DeviceVec<f64>,    // the step's scalars (Slot), read once per step
+    probs: Tensor,              // (N, K)
+    losses: Tensor,             // (N,)
     losses64: Option<DeviceVec<f64>>,
     wrong: Option<DeviceVec<u32>>,
     dlogits: Tensor, // (N, K)
@@ -140,8 +171,9 @@ impl DeviceStep {
             decayed,
             x: Tensor::empty(),
             labels: None,
-            staged_x: None,
-            staged_labels: None,
+            pinned: PinnedSlots::default(),
+            staged: None,
+            launched: None,
             scalars: mem.zeros(SLOTS).map_err(&err)?,
             probs: Tensor::empty(),
             losses: Tensor::empty(),
@@ -235,26 +267,72 @@ impl DeviceStep {
         &self.gpu
     }
 
-    /// One step on batch `x (C, N, H, W)` (on the host or already on the device) with `labels`.
+    /// One step on batch `x (C, N, H, W)` (on the host or already on the device) with `labels`:
+    /// [`DeviceStep::stage`], [`DeviceStep::launch`] and [`DeviceStep::finish`] in a row.
     pub fn step(&mut self, x: &Tensor, labels: &[u32], lr: f32) -> Result<StepReport, TrainError> {
-        let [_, n, _, _] = x.dims4("DeviceStep::step")?;
+        self.stage(x, labels)?;
+        self.launch(lr)?;
+        self.finish()
+    }
+
+    /// Hands over the next step's batch: copied now, by the host's cores, into a pinned slot
+    /// (or on the device already: copied there). A trainer stages batch i + 1 between
+    /// [`DeviceStep::launch`] and [`DeviceStep::finish`] of step i, so that the copy runs while
+    /// the device computes. A batch staged and never launched is replaced.
+    pub fn stage(&mut self, x: &Tensor, labels: &[u32]) -> Result<(), TrainError> {
+        let [_, n, _, _] = x.dims4("DeviceStep::stage")?;
         if labels.len() != n || n == 0 {
             return Err(TrainError::Runtime(format!("batch of {n} images with {} labels", labels.len())));
         }
-        self.load_batch(x, labels)?;
+        let k = self.model.config().num_classes;
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= k) {
+            return Err(TrainError::Runtime(format!("label {bad} of a model with {k} classes")));
+        }
+        let slot = match self.staged.take() {
+            Some(replaced) => replaced.slot,
+            None => {
+                let slot = self.pinned.next;
+                self.pinned.next = 1 - slot;
+                slot
+            }
+        };
+        let mem = self.gpu.memory();
+        let err = device_error(&self.gpu, "DeviceStep::stage");
+        pinned(&mut self.pinned.labels[slot], n, mem).map_err(&err)?.host_mut().map_err(&err)?.copy_from_slice(labels);
+        let on_device = match x.gpu() {
+            Some(_) => Some(x.to_gpu(&self.gpu)?),
+            None => {
+                let staged_x = pinned(&mut self.pinned.x[slot], x.len(), mem).map_err(&err)?;
+                copy_in_parallel(staged_x.host_mut().map_err(&err)?, x.host_slice("DeviceStep::stage")?);
+                None
+            }
+        };
+        self.staged = Some(Staged { slot, shape: x.shape().to_vec(), on_device });
+        Ok(())
+    }
+
+    /// Starts the step on the staged batch: queues its copies to the device, both passes and
+    /// the update, and returns without waiting for any of them.
+    pub fn launch(&mut self, lr: f32) -> Result<(), TrainError> {
+        if self.launched.is_some() {
+            return Err(TrainError::Runtime("a device step launched before the one before it was finished".into()));
+        }
+        let staged = self.staged.take().ok_or_else(|| TrainError::Runtime("a device step launched with no batch staged".into()))?;
+        let (slot, n) = (staged.slot, staged.shape[1]);
+        self.load_batch(staged)?;
         let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
         // ρ = 0, or a step `--sam_every` leaves to SGD: one pass.
         if self.cfg.rho == 0.0 || !self.cfg.schedule.sam_at(self.step) {
             self.loss_and_grad(false, Pass::train(seed, step).with_frozen_bn(frozen))?;
-            self.launch(|l, s| flat::sum_squares_into(l, s.grads_buf(), s.slot(Slot::AscentNormSq)))?;
+            self.launch_with(|l, s| flat::sum_squares_into(l, s.grads_buf(), s.slot(Slot::AscentNormSq)))?;
         } else {
             self.loss_and_grad(false, Pass::train(seed, step).tied(true).with_frozen_bn(frozen))?;
-            self.launch(|l, s| s.ascend(l))?;
+            self.launch_with(|l, s| s.ascend(l))?;
             self.loss_and_grad(true, Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen))?;
         }
         let clip = self.cfg.gradient_clipping;
-        self.launch(|l, s| flat::clip_by_global_norm_into(l, s.grads_buf(), clip, s.slot(Slot::GradNormSq)))?;
-        self.launch(|l, s| {
+        self.launch_with(|l, s| flat::clip_by_global_norm_into(l, s.grads_buf(), clip, s.slot(Slot::GradNormSq)))?;
+        self.launch_with(|l, s| {
             let state = OptimizerState { momentum: s.momentum.buf(), second_moment: s.second.as_ref().map(DeviceVec::buf) };
             flat::update(l, s.cfg.optimizer, s.params_buf(), s.grads_buf(), state, lr)?;
             if s.cfg.decoupled_weight_decay && s.cfg.weight_decay > 0.0 {
@@ -266,8 +344,24 @@ impl DeviceStep {
             }
             flat::sum_squares_into(l, s.params_buf(), s.slot(Slot::ParamNormSq))
         })?;
-        // The step's one wait: every scalar the report needs, read together at its end.
-        let v = self.launch(|l, s| l.read_f64(s.scalars.buf()))?;
+        self.launched = Some(Launched { n, clip, slot });
+        Ok(())
+    }
+
+    /// Waits for the launched step and reads its report: the step's one wait, every scalar
+    /// the report needs read together.
+    pub fn finish(&mut self) -> Result<StepReport, TrainError> {
+        let Launched { n, clip, slot } =
+            self.launched.take().ok_or_else(|| TrainError::Runtime("a device step finished that was not launched".into()))?;
+        let v = self.launch_with(|l, s| l.read_f64(s.scalars.buf()))?;
+        for x in self.pinned.x[slot].iter_mut() {
+            // SAFETY: reading the scalars waited for the stream, after the step's batch copy.
+            unsafe { x.assume_copied() };
+        }
+        for labels in self.pinned.labels[slot].iter_mut() {
+            // SAFETY: as above.
+            unsafe { labels.assume_copied() };
+        }
         self.step += 1;
         let grad_norm = v[Slot::GradNormSq as usize].sqrt();
         Ok(StepReport {
@@ -281,35 +375,27 @@ impl DeviceStep {
         })
     }
 
-    /// The batch on the device, and the buffers sized for it.
-    fn load_batch(&mut self, x: &Tensor, labels: &[u32]) -> Result<(), TrainError> {
-        let k = self.model.config().num_classes;
-        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= k) {
-            return Err(TrainError::Runtime(format!("label {bad} of a model with {k} classes")));
-        }
-        let n = labels.len();
+    /// The staged batch on the device (its copies queued), and the buffers sized for it.
+    fn load_batch(&mut self, staged: Staged) -> Result<(), TrainError> {
+        let Staged { slot, shape, on_device } = staged;
+        let (n, k) = (shape[1], self.model.config().num_classes);
         let mem = self.gpu.memory();
-        let err = device_error(&self.gpu, "DeviceStep::step");
+        let err = device_error(&self.gpu, "DeviceStep::launch");
         if self.labels.as_ref().is_none_or(|b| b.len() != n) {
             self.labels = Some(mem.alloc(n).map_err(&err)?);
             self.losses64 = Some(mem.alloc(n).map_err(&err)?);
             self.wrong = Some(mem.alloc(n).map_err(&err)?);
         }
-        // Both pinned buffers are filled before either copy is queued: filling one whose copy
-        // is still marked pending waits for the device, which would then wait for the other's.
-        let staged_labels = pinned(&mut self.staged_labels, n, mem).map_err(&err)?;
-        staged_labels.host_mut().map_err(&err)?.copy_from_slice(labels);
-        if x.gpu().is_some() {
-            self.x = x.to_gpu(&self.gpu)?; // already on a device: copied there
-        } else {
-            // Into pinned memory on the host's cores, then one asynchronous copy: the host goes
-            // on launching the step while it runs (docs/ARCHITECTURE.md, "Tensors on a device").
-            let staged_x = pinned(&mut self.staged_x, x.len(), mem).map_err(&err)?;
-            copy_in_parallel(staged_x.host_mut().map_err(&err)?, x.host_slice("DeviceStep::step")?);
-            self.x.place_like(x.shape(), &self.params)?;
-            self.x.write_async_from(staged_x)?;
+        match on_device {
+            Some(x) => self.x = x,
+            None => {
+                // One asynchronous copy from the pinned slot: the host goes on launching the
+                // step while it runs (docs/ARCHITECTURE.md, "Tensors on a device").
+                self.x.place_like(&shape, &self.params)?;
+                self.x.write_async_from(self.pinned.x[slot].as_mut().expect("filled by stage"))?;
+            }
         }
-        let staged_labels = self.staged_labels.as_mut().expect("placed above");
+        let staged_labels = self.pinned.labels[slot].as_mut().expect("filled by stage");
         self.labels.as_mut().expect("just placed").write_async(staged_labels).map_err(&err)?;
         for (t, shape) in [(&mut self.probs, vec![n, k]), (&mut self.losses, vec![n]), (&mut self.dlogits, vec![n, k])] {
             t.place_like(&shape, &self.x)?;
@@ -320,7 +406,7 @@ impl DeviceStep {
     /// Zeroed gradient, forward at `w` (or `w_adv`), the loss, backward and the L2 term at the
     /// same point; the loss's sum and the misclassified examples left in their slots.
     fn loss_and_grad(&mut self, at_adv: bool, pass: Pass) -> Result<(), TrainError> {
-        self.launch(|l, s| flat::fill(l, s.grads_buf(), 0.0))?;
+        self.launch_with(|l, s| flat::fill(l, s.grads_buf(), 0.0))?;
         let w = if at_adv { &self.w_adv } else { &self.params };
         let logits = self.model.forward(w, &mut self.state, &self.x, &pass)?;
         let [n, k] = match *logits.shape() {
@@ -334,7 +420,7 @@ impl DeviceStep {
             (self.labels_buf(), self.losses64.as_ref().expect("placed").buf(), self.wrong.as_ref().expect("placed").buf());
         let (ls, sh) = (self.cfg.label_smoothing, LossShape { n, k });
         let (loss_sum, errors) = (self.slot(Slot::Loss), self.slot(Slot::Errors));
-        self.launch(|l, _| {
+        self.launch_with(|l, _| {
             softmax_xent_forward_into(l, logits, labels, ls, sh, [probs, losses], losses64, loss_sum)?;
             ringsam_kernels::dense::count_errors_into(l, wrong, logits, labels, errors)?;
             softmax_xent_backward(l, dlogits, probs, labels, ls, 1.0 / n as f32, sh)
@@ -344,7 +430,7 @@ impl DeviceStep {
         let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay };
         if wd > 0.0 {
             let w = if at_adv { self.w_adv.device_buf() } else { self.params.device_buf() }.expect("on the device");
-            self.launch(|l, s| flat::add_l2_gradient(l, s.grads_buf(), w, wd, &s.decayed))?;
+            self.launch_with(|l, s| flat::add_l2_gradient(l, s.grads_buf(), w, wd, &s.decayed))?;
         }
         Ok(())
     }
@@ -378,7 +464,7 @@ impl DeviceStep {
     }
 
     /// Runs `op` with the launcher and this step's buffers.
-    fn launch<T>(&self, op: impl FnOnce(&mut Box<dyn Launcher + Send>, &Self) -> Result<T, KernelError>) -> Result<T, TrainError> {
+    fn launch_with<T>(&self, op: impl FnOnce(&mut Box<dyn Launcher + Send>, &Self) -> Result<T, KernelError>) -> Result<T, TrainError> {
         let mut launcher = self.gpu.launcher();
         op(&mut launcher, self).map_err(device_error(&self.gpu, "the SAM step"))
     }

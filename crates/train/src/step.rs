@@ -55,6 +55,13 @@ use crate::device_step::DeviceStep;
 use crate::grad_sync::{BucketPlan, ExchangeStats, GradSync};
 use ringsam_data::share::BatchShare;
 
+mod pipeline;
+
+/// Mixup on a GPU: refused by name.
+fn mixup_on_gpu() -> TrainError {
+    TrainError::Config("mixup is not on the GPU step yet: train it with --device cpu".into())
+}
+
 /// Hyperparameters of a step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepConfig {
@@ -175,6 +182,8 @@ pub struct SamStep {
     // optimizer buffers are a copy refreshed by [`SamStep::sync_host`] (`host_stale` until then).
     device: Option<Box<DeviceStep>>,
     host_stale: bool,
+    staged: Option<pipeline::Staged>,     // the next step's batch ([`SamStep::stage`])
+    launched: Option<pipeline::Launched>, // the step launched and not finished
 }
 
 impl SamStep {
@@ -224,6 +233,8 @@ impl SamStep {
             },
             device: None,
             host_stale: false,
+            staged: None,
+            launched: None,
         })
     }
 
@@ -453,7 +464,7 @@ impl SamStep {
         }
         if let Some(d) = &mut self.device {
             if mix.is_some() {
-                return Err(TrainError::Config("mixup is not on the GPU step yet: train it with --device cpu".into()));
+                return Err(mixup_on_gpu());
             }
             let report = d.step(x, labels, lr)?;
             (self.step, self.host_stale) = (self.step + 1, true);

@@ -329,17 +329,26 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// This replica's batches of the epoch in progress, from `self.batch` on.
+    /// This replica's batches of the epoch in progress, from `self.batch` on. Each batch is
+    /// staged one step ahead: the next is fetched and handed to the step while a device computes
+    /// the one before it ([`SamStep::stage`]).
     fn run_epoch(&mut self) -> Result<EpochEnd, TrainError> {
         self.progress.start_epoch(self.epoch, self.batch);
         let mut sums = EpochSums::default();
         let mut batches = self.data.epoch(&self.loader, self.epoch, self.batch as usize)?;
-        while let Some(batch) = batches.next() {
+        let mut next = batches.next();
+        if let Some(b) = next.as_mut() {
+            stage(&mut self.st, b)?;
+        }
+        while let Some(batch) = next.take() {
             if self.cfg.max_steps.is_some_and(|m| self.st.steps() >= m) {
                 return Ok(EpochEnd::MaxSteps); // a resumed run already at the limit
             }
             let queued = batches.queued();
-            let (r, agreed) = self.train_step(batch, queued)?;
+            let (r, agreed) = self.train_step(&batch, queued, || {
+                next = batches.next();
+                next.as_mut()
+            })?;
             sums.add(&r, self.schedule.lr_at(self.st.steps() - 1));
             self.show_step(&sums);
             if agreed.stop && self.leaves_on_stop() {
@@ -363,21 +372,32 @@ impl<'a> Trainer<'a> {
         Ok(EpochEnd::Complete)
     }
 
-    /// One SAM step and what the replicas agree on after it. Fails on a non-finite result.
-    fn train_step(&mut self, batch: Batch, queued: usize) -> Result<(StepReport, Agreement), TrainError> {
+    /// One SAM step on `batch` (staged already) and what the replicas agree on after it; while
+    /// it runs, `fetch_next` gives the next batch, which is staged. Fails on a non-finite result.
+    fn train_step<'b>(
+        &mut self,
+        batch: &Batch,
+        queued: usize,
+        fetch_next: impl FnOnce() -> Option<&'b mut Batch>,
+    ) -> Result<(StepReport, Agreement), TrainError> {
         let lr = self.schedule.lr_at(self.st.steps());
         if let Some(log) = self.sample_log.as_mut() {
             // Before the step: it may count on other replicas even if it fails here.
             log.record(self.generation, self.epoch, batch.index, self.rank, &batch.ids)?;
         }
         let images = batch.labels.len();
-        let partners = batch.partner_labels();
-        let mix = batch.mix.map(|m| (&partners[..], m.lambda));
-        let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], batch.images)?;
         let t = Instant::now();
-        let mut r = self.st.step_mixed(&x, &batch.labels, mix, lr as f32)?;
+        self.st.launch(lr as f32)?;
+        // The loader's wait is its own (the queue depth reports it), not the step's.
+        let fetching = Instant::now();
+        let next = fetch_next();
+        let waited = fetching.elapsed();
+        if let Some(b) = next {
+            stage(&mut self.st, b)?;
+        }
+        let mut r = self.st.finish()?;
         self.batch += 1; // with the step: a failure below leaves both counted
-        let seconds = t.elapsed().as_secs_f64();
+        let seconds = t.elapsed().saturating_sub(waited).as_secs_f64();
         self.costs.add(seconds, &r.ascent_exchange, &r.descent_exchange);
         if let Some(e) = self.ema.as_mut() {
             e.update(self.st.steps(), self.st.params(), self.st.state());
@@ -674,6 +694,14 @@ impl EpochSums {
 /// The settings that depend on the number of replicas; this replica's share of each batch.
 /// What the GPU step does not do yet ([`SamStep::to_device`] refuses the rest): refused by flag,
 /// rather than run differently.
+/// Hands `batch` to the step as its next: its images move (no copy on the CPU), its labels and
+/// mixup partners are copied.
+fn stage(st: &mut SamStep, batch: &mut Batch) -> Result<(), TrainError> {
+    let x = Tensor::from_vec(&[batch.c, batch.n, batch.h, batch.w], std::mem::take(&mut batch.images))?;
+    let mix = batch.mix.map(|m| (batch.partner_labels(), m.lambda));
+    st.stage(x, batch.labels.clone(), mix)
+}
+
 fn refuse_on_gpu(cfg: &TrainConfig) -> Result<(), TrainError> {
     let unsupported = [
         ("--ema_decay", cfg.ema_decay > 0.0),

@@ -89,3 +89,48 @@ fn what_the_gpu_step_does_not_do_yet_is_refused_by_flag() {
         }
     }
 }
+
+/// The trainer's order on a device (step i launched, batch i + 1 staged into the other pinned
+/// slot, step i finished) gives bitwise what steps taken one at a time give; a batch staged
+/// twice is replaced; calls out of order are refused by name.
+#[test]
+fn a_batch_staged_while_a_step_runs_changes_nothing() {
+    use ringsam_tensor::Tensor;
+    use ringsam_train::device_step::DeviceStep;
+    use ringsam_train::step::StepConfig;
+    let gpu = ringsam_kernels_emu::emulated_gpu();
+    let model = ringsam_models::ModelConfig { num_classes: 10, in_channels: 1 };
+    let cfg = StepConfig { rho: 0.05, ..StepConfig::default() };
+    let batch = |i: usize| {
+        let x: Vec<f32> = (0..4 * 64).map(|p| ((p * 31 + i * 17) % 23) as f32 / 23.0 - 0.5).collect();
+        (Tensor::from_vec(&[1, 4, 8, 8], x).unwrap(), (0..4).map(|e| ((e * 3 + i) % 10) as u32).collect::<Vec<u32>>())
+    };
+    let batches: Vec<_> = (0..4).map(batch).collect();
+    let mut alone = DeviceStep::new("SmallCnn", &model, cfg, &gpu).unwrap();
+    let want: Vec<f32> = batches.iter().map(|(x, l)| alone.step(x, l, 0.1).unwrap().loss).collect();
+
+    let mut piped = DeviceStep::new("SmallCnn", &model, cfg, &gpu).unwrap();
+    piped.stage(&batches[3].0, &batches[3].1).unwrap(); // replaced by the next line's
+    piped.stage(&batches[0].0, &batches[0].1).unwrap();
+    let mut got = Vec::new();
+    for i in 0..4 {
+        piped.launch(0.1).unwrap();
+        if let Some((x, l)) = batches.get(i + 1) {
+            piped.stage(x, l).unwrap();
+        }
+        got.push(piped.finish().unwrap().loss);
+    }
+    assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    assert!(piped.params().unwrap().iter().zip(&alone.params().unwrap()).all(|(a, b)| a.to_bits() == b.to_bits()));
+
+    let refused = |r: Result<(), TrainError>, what: &str| {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(what), "{e}");
+    };
+    refused(piped.launch(0.1), "no batch staged");
+    refused(piped.finish().map(drop), "not launched");
+    piped.stage(&batches[0].0, &batches[0].1).unwrap();
+    piped.launch(0.1).unwrap();
+    refused(piped.launch(0.1), "before the one before it was finished");
+    piped.finish().unwrap();
+}
