@@ -279,8 +279,9 @@ pub(crate) struct BenchStepArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
-    /// A GPU's GEMMs: fp32, or tf32 (tensor cores; the default on a GPU, as PyTorch's for
-    /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
+    /// A GPU's GEMMs and im2col convolutions: fp32; tf32 (tensor cores; the default on a GPU,
+    /// as PyTorch's for convolutions); or bf16 (operands rounded to BF16, FP32 sums, tensors kept
+    /// in FP32; with --conv_impl gemm). The CPU engine computes in fp32.
     #[arg(long)]
     pub(crate) precision: Option<String>,
     /// A GPU's convolutions: gemm (im2col and cuBLAS; the default, checked on a GPU) or cudnn
@@ -323,7 +324,7 @@ fn parse_cheaper(list: &str) -> Result<Vec<ringsam_train::cheap_sam::SamSchedule
 
 pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()> {
     // The flag's value first: a misspelt choice is named before the device is looked at.
-    let conv_impl = crate::train_args::conv_impl_for(&args.device, args.conv_impl.as_deref())?;
+    let (precision, conv_impl) = crate::train_args::gpu_choices(&args.device, args.precision.as_deref(), args.conv_impl.as_deref())?;
     let cfg = ringsam_bench::step::BenchStepConfig {
         model: args.model_name.clone(),
         batch: args.batch_size,
@@ -332,7 +333,7 @@ pub(crate) fn cmd_bench_step(args: &BenchStepArgs, threads: usize) -> Result<()>
         iters: args.iters,
         rho: args.rho,
         device: args.device.parse().context("--device")?,
-        precision: crate::train_args::precision_for(&args.device, args.precision.as_deref())?,
+        precision,
         conv_impl,
         profile: args.profile,
         cheaper: {

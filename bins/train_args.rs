@@ -28,8 +28,9 @@ pub struct TrainArgs {
     /// what it does not do yet (several replicas, --grad_accum_steps, --sam_m, EMA, mixup).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
-    /// A GPU's GEMMs: fp32, or tf32 (tensor cores; the default on a GPU, as PyTorch's for
-    /// convolutions). The CPU engine computes in fp32. bf16 autocast is not built yet.
+    /// A GPU's GEMMs and im2col convolutions: fp32; tf32 (tensor cores; the default on a GPU,
+    /// as PyTorch's for convolutions); or bf16 (operands rounded to BF16, FP32 sums, tensors kept
+    /// in FP32; with --conv_impl gemm). The CPU engine computes in fp32.
     #[arg(long, value_name = "PRECISION")]
     pub precision: Option<String>,
     /// A GPU's convolutions: gemm (im2col and cuBLAS; the default, checked on a GPU) or cudnn
@@ -66,9 +67,9 @@ pub fn open_device(
     conv_impl: Option<&str>,
     log: &dyn Fn(&str),
 ) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
+    // The flags first: a pair that cannot go together is named whatever the build has.
+    let (precision, conv_impl) = gpu_choices(device, precision, conv_impl)?;
     let parsed: ringsam_tensor::Device = device.parse().map_err(|e| usage(format!("--device: {e}")))?;
-    let precision = precision_for(device, precision)?;
-    let conv_impl = conv_impl_for(device, conv_impl)?;
     parsed.probe()?;
     match parsed {
         ringsam_tensor::Device::Cpu => Ok(None),
@@ -83,6 +84,21 @@ pub fn open_device(
             Ok(Some(gpu))
         }
     }
+}
+
+/// `--precision` and `--conv_impl` for `--device`, checked against each other (cuDNN's
+/// convolutions do not take BF16: [`ringsam_kernels::conv_library::check_precision`]).
+pub fn gpu_choices(
+    device: &str,
+    precision: Option<&str>,
+    conv_impl: Option<&str>,
+) -> Result<(ringsam_kernels::Precision, Option<ringsam_kernels::conv_library::ConvImpl>)> {
+    let (p, imp) = (precision_for(device, precision)?, conv_impl_for(device, conv_impl)?);
+    if let Some(imp) = imp {
+        ringsam_kernels::conv_library::check_precision(imp, p)
+            .map_err(|e| usage(format!("--precision {p} with --conv_impl {imp}: {e}")))?;
+    }
+    Ok((p, imp))
 }
 
 /// `--conv_impl` for `--device`: none given keeps the device's default; the CPU has one.

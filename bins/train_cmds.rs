@@ -280,7 +280,7 @@ pub(crate) struct EvalArgs {
     /// Where the model runs: cpu, cuda or cuda:N (a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub(crate) device: String,
-    /// A GPU's GEMMs: fp32, or tf32 (the default on a GPU).
+    /// A GPU's GEMMs and im2col convolutions: fp32, tf32 (the default on a GPU) or bf16.
     #[arg(long, value_name = "PRECISION")]
     pub(crate) precision: Option<String>,
     /// A GPU's convolutions: gemm (im2col and cuBLAS; the default, checked on a GPU) or cudnn

@@ -56,7 +56,8 @@ part() { echo; echo "== $1 ($(date +%T))"; }
 
   if want engine; then
     # 1. Whole models on the GPU (the caching allocator, the layers' device paths, GEMMs through
-    # cuBLAS with TF32 off) and the SAM step, each against the CPU engine within 1e-4; rehearsed
+    # cuBLAS with TF32 off) and the SAM step, each against the CPU engine within 1e-4, and one
+    # pass with BF16 products against BF16's rounding of the CPU's; rehearsed
     # under emulation in CI at the quick size (crates/bench/tests/engine_check.rs).
     # Convolutions by cuDNN (--conv_impl cudnn, not the default until this passes); if that
     # fails, the same check by im2col and cuBLAS (the default) so the rest is still checked.
@@ -88,6 +89,10 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
       --device cuda --iters 3 --model_name WideResnet28x10 --batch_size 128 --image_size 32 \
       --num_classes 10 --cheaper none --conv_impl gemm 2>&1 | tail -6
+    # BF16 products (--precision bf16: im2col convolutions, cuDNN refuses FP32 tensors in BF16).
+    LD_LIBRARY_PATH="$lib_path" timeout "${STEP_TIMEOUT:-90}" target/release/ringsam bench step \
+      --device cuda --iters 3 --model_name Resnet50 --batch_size 256 --image_size 224 \
+      --num_classes 1000 --cheaper none --conv_impl gemm --precision bf16 2>&1 | tail -6
     part "engine 2: PyTorch baseline (benches/torch_step_baseline.py, the same two models)"
     timeout 150 python3 benches/torch_step_baseline.py --models WideResnet28x10:128:32,Resnet50:256:224 \
       --iters 3 2>&1 | tail -3

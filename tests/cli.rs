@@ -90,7 +90,22 @@ fn a_precision_the_cpu_engine_does_not_have_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--precision tf32: the CPU engine computes in fp32"));
     let out = ringsam(&["bench", "step", "--precision", "bf16", "--iters", "1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bf16 (autocast with FP32 master weights) is not built yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--precision bf16: the CPU engine computes in fp32"));
+    let out = ringsam(&["bench", "step", "--precision", "fp16", "--iters", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected fp32, tf32 or bf16"));
+}
+
+/// cuDNN's convolutions take BF16 only as BF16 tensors: the pair is refused before any device
+/// is opened (so here, without a GPU, too).
+#[test]
+fn bf16_with_cudnn_convolutions_is_refused_by_name() {
+    for cmd in [&["bench", "step"][..], &["train"]] {
+        let out = ringsam(&[cmd, &["--device", "cuda", "--precision", "bf16", "--conv_impl", "cudnn"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("--precision bf16 with --conv_impl cudnn: ") && err.contains("use --conv_impl gemm"), "{cmd:?}: {err}");
+    }
 }
 
 #[test]

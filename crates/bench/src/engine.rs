@@ -12,14 +12,17 @@
 //! being the reference, within [`ENGINE_TOLERANCE`] or, where the computation amplifies rounding
 //! more than that, [`SPREAD_FACTOR`] times what the CPU's own result moves by when its weights
 //! move by one ulp ([`EngineCheck::spread`], measured in the same check). The GPU runs with TF32
-//! off (cuBLAS's default math mode).
+//! off (cuBLAS's default math mode). One more pass runs with BF16 products
+//! ([`Precision::Bf16`]), held to what BF16's rounding moves the CPU's result by ([`Spread::Bf16`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ringsam_data::share::BatchShare;
-use ringsam_kernels::Gpu;
+use ringsam_kernels::conv_library::ConvImpl;
+use ringsam_kernels::gemm::round_to_bf16;
+use ringsam_kernels::{Gpu, Precision};
 use ringsam_models::{ModelConfig, build};
 use ringsam_nn::{Pass, Rng};
 use ringsam_optim::OptimizerKind;
@@ -93,8 +96,12 @@ pub struct EngineCheck {
     /// weight times 1 + 2⁻²³): how much this computation amplifies rounding. A device sums in
     /// another order, so it can differ by as much; three SAM steps of WRN-16-2 at lr 0.1 from
     /// its initialisation move by ~5e-3 on the CPU alone (measured), one training pass by ~1e-6.
+    /// Under [`Spread::Bf16`], between the CPU's run and one on weights and input rounded to BF16.
     pub spread: f64,
-    /// Whether everything else (ready marks, error rates, placement) agreed.
+    /// What `spread` perturbed.
+    pub perturbed: Spread,
+    /// Whether everything else (ready marks, error rates, placement) agreed; under BF16, also
+    /// that the device's result moved by more than FP32's rounding would.
     pub agreed: bool,
     /// Seconds the device took.
     pub seconds: f64,
@@ -111,6 +118,18 @@ impl EngineCheck {
     pub fn passed(&self) -> bool {
         self.agreed && self.worst <= self.tolerance()
     }
+}
+
+/// What the CPU's own spread ([`EngineCheck::spread`]) perturbs: the rounding the device's result
+/// is measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spread {
+    /// Every third weight by one ulp: FP32's rounding, for a device computing in FP32.
+    Ulp,
+    /// The weights and the input rounded to BF16: for a device whose GEMMs take BF16 operands
+    /// ([`Precision::Bf16`]), which must then also differ from the CPU by more than
+    /// [`ENGINE_TOLERANCE`] (else it did not round).
+    Bf16,
 }
 
 /// `p` with every third value moved by one ulp (relative 2⁻²³).
@@ -151,12 +170,34 @@ pub fn run(gpu: &Arc<Gpu>, size: EngineSize) -> Result<Vec<EngineCheck>, String>
         // efficientnet-test's gradients by ~6e-3 at 16×16. With batch norm frozen (finetuning,
         // its main use) they move by ~2e-7; the other models check training-mode batch norm.
         let frozen_bn = model == size.efficient_net;
-        checks.push(training_pass(gpu, model, channels, at, frozen_bn).map_err(|e| format!("{model}: {e}"))?);
+        checks.push(training_pass(gpu, model, channels, at, frozen_bn, Spread::Ulp).map_err(|e| format!("{model}: {e}"))?);
     }
+    checks.push(bf16_pass(gpu, size)?);
     for (label, cfg) in step_configs() {
         checks.push(sam_steps(gpu, size, label, cfg).map_err(|e| format!("the SAM step ({label}): {e}"))?);
     }
     Ok(checks)
+}
+
+/// The WideResNet's training pass with BF16 products in every GEMM (so in every im2col
+/// convolution), batch norm frozen: in training mode at the quick size, BF16's rounding of the
+/// weights and input alone moves the CPU's gradients by ~0.3 (it divides by the deviations of 256
+/// values), frozen by ~2e-2 (measured), which leaves room to see a wrong result. The device's
+/// precision and convolution are set back afterwards.
+fn bf16_pass(gpu: &Arc<Gpu>, size: EngineSize) -> Result<EngineCheck, String> {
+    let (precision, conv) = {
+        let l = gpu.launcher(); // one guard: a second in the same expression would deadlock
+        (l.precision(), l.conv_impl())
+    };
+    let set = |p: Precision, c: ConvImpl| -> Result<(), String> {
+        let mut l = gpu.launcher();
+        l.set_conv_impl(c).and_then(|()| l.set_precision(p)).map_err(|e| format!("BF16 products: {e}"))
+    };
+    set(Precision::Bf16, ConvImpl::Gemm)?;
+    let check = training_pass(gpu, size.wide_resnet, 3, size, true, Spread::Bf16).map_err(|e| format!("BF16 products: {e}"));
+    set(Precision::Fp32, conv)?; // the library refuses BF16: leave it first
+    set(precision, conv)?;
+    check
 }
 
 type Outcome = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<usize>);
@@ -169,6 +210,7 @@ pub fn training_pass(
     channels: usize,
     size: EngineSize,
     frozen_bn: bool,
+    spread: Spread,
 ) -> Result<EngineCheck, Box<dyn std::error::Error>> {
     let mut m = build(model, &ModelConfig { num_classes: 10, in_channels: channels })?;
     let (mut p, mut s) = (vec![0.0; m.layout().total()], vec![0.0; m.state_layout().total()]);
@@ -185,18 +227,29 @@ pub fn training_pass(
         Ok((logits, grads.to_host()?.as_slice().to_vec(), state.to_host()?.as_slice().to_vec(), marks))
     };
     let cpu = run(Tensor::from(p.clone()), Tensor::from(s.clone()), &x, &dl)?;
-    let moved = run(Tensor::from(nudged(&p)), Tensor::from(s.clone()), &x, &dl)?;
+    let moved = match spread {
+        Spread::Ulp => run(Tensor::from(nudged(&p)), Tensor::from(s.clone()), &x, &dl)?,
+        Spread::Bf16 => {
+            let xb = Tensor::from_vec(x.shape(), x.as_slice().iter().map(|&v| round_to_bf16(v)).collect())?;
+            run(Tensor::from(p.iter().map(|&v| round_to_bf16(v)).collect::<Vec<_>>()), Tensor::from(s.clone()), &xb, &dl)?
+        }
+    };
     let on = |t: &Tensor| t.to_gpu(gpu);
     let (pd, sd, xd, dld) = (on(&Tensor::from(p))?, on(&Tensor::from(s))?, on(&x)?, on(&dl)?);
     let t = Instant::now();
     let dev = run(pd, sd, &xd, &dld)?;
     let seconds = t.elapsed().as_secs_f64();
     let differ = |a: &Outcome| worst(&a.0, &cpu.0).max(worst(&a.1, &cpu.1)).max(worst(&a.2, &cpu.2));
-    let (r, spread) = (differ(&dev), differ(&moved));
+    let (r, moved_by) = (differ(&dev), differ(&moved));
     let frozen = if frozen_bn { " (batch norm frozen)" } else { "" };
-    let name =
-        format!("{model} training pass{frozen}, batch {n} at {side}×{side}: logits, {} gradients, {} statistics", cpu.1.len(), cpu.2.len());
-    Ok(EngineCheck { name, worst: r, spread, agreed: dev.3 == cpu.3, seconds })
+    let bf16 = if spread == Spread::Bf16 { ", BF16 products" } else { "" };
+    let name = format!(
+        "{model} training pass{frozen}{bf16}, batch {n} at {side}×{side}: logits, {} gradients, {} statistics",
+        cpu.1.len(),
+        cpu.2.len()
+    );
+    let rounded = spread == Spread::Ulp || r > ENGINE_TOLERANCE;
+    Ok(EngineCheck { name, worst: r, spread: moved_by, perturbed: spread, agreed: dev.3 == cpu.3 && rounded, seconds })
 }
 
 /// The steps compared: SAM as the reference runs it, plain SGD, SAM finetuning (batch norm
@@ -252,7 +305,7 @@ fn sam_steps(gpu: &Arc<Gpu>, size: EngineSize, label: &str, cfg: StepConfig) -> 
     r = r.max(worst(&dev.params()?, cpu.params())).max(worst(&dev.state()?, cpu.state()));
     spread = spread.max(worst(moved.params(), cpu.params())).max(worst(moved.state(), cpu.state()));
     let name = format!("{} step ×{} ({label}) vs the CPU's", size.wide_resnet, size.steps);
-    Ok(EngineCheck { name, worst: r, spread, agreed, seconds: seconds / size.steps as f64 })
+    Ok(EngineCheck { name, worst: r, spread, perturbed: Spread::Ulp, agreed, seconds: seconds / size.steps as f64 })
 }
 
 /// The checks as a table, one line each.
@@ -262,7 +315,8 @@ pub fn report(checks: &[EngineCheck]) -> String {
         .map(|c| {
             let verdict = if c.passed() { "ok" } else { "DIFFERS" };
             let (worst, tol, spread, ms) = (c.worst, c.tolerance(), c.spread, c.seconds * 1e3);
-            format!("{verdict:<8} max rel {worst:.1e} (≤ {tol:.0e}; CPU's 1-ulp spread {spread:.1e})  {ms:>9.3} ms  {}\n", c.name)
+            let by = if c.perturbed == Spread::Bf16 { "BF16" } else { "1-ulp" };
+            format!("{verdict:<8} max rel {worst:.1e} (≤ {tol:.0e}; CPU's {by} spread {spread:.1e})  {ms:>9.3} ms  {}\n", c.name)
         })
         .collect()
 }

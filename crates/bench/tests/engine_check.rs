@@ -11,19 +11,22 @@ fn models_and_the_sam_step_on_the_emulated_device_agree_with_the_cpu() {
     let checks = engine::run(&emulated_gpu(), EngineSize::QUICK).unwrap();
     let report = engine::report(&checks);
     eprintln!("{report}");
-    assert_eq!(checks.len(), 9, "{report}");
+    assert_eq!(checks.len(), 10, "{report}");
     assert!(checks.iter().all(engine::EngineCheck::passed), "{report}");
 }
 
-/// A whole model with its convolutions by the library (the host reference under emulation):
+/// Whole models with their convolutions by the library (the host reference under emulation):
 /// WideResNet mixes shapes the library fits with stride-2 ones it does not (asymmetric SAME
-/// padding), all sharing one scratch buffer.
+/// padding), all sharing one scratch buffer; EfficientNet's stride-1 depthwise convolutions go
+/// to it as grouped ones, its stride-2 ones stay on the depthwise kernels.
 #[test]
-fn a_model_with_library_convolutions_agrees_with_the_cpu() {
+fn models_with_library_convolutions_agree_with_the_cpu() {
     let gpu = emulated_gpu();
     gpu.launcher().set_conv_impl(ConvImpl::Library).unwrap();
-    let check = engine::training_pass(&gpu, EngineSize::QUICK.wide_resnet, 3, EngineSize::QUICK, false).unwrap();
-    let report = engine::report(std::slice::from_ref(&check));
+    let size = EngineSize::QUICK;
+    let checks = [(size.wide_resnet, false), (size.efficient_net, true)]
+        .map(|(model, frozen_bn)| engine::training_pass(&gpu, model, 3, size, frozen_bn, engine::Spread::Ulp).unwrap());
+    let report = engine::report(&checks);
     eprintln!("{report}");
-    assert!(check.passed(), "{report}");
+    assert!(checks.iter().all(engine::EngineCheck::passed), "{report}");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ringsam_kernels::conv_library::{self, ConvCall, ConvImpl};
 use ringsam_kernels::launch::Elem;
 use ringsam_kernels::launch::SCRATCH_DOUBLES;
-use ringsam_kernels::{Arg, Buf, DeviceMemory, Gpu, HostMemory, KernelError, KernelTimes, Launch, Launcher, Memory};
+use ringsam_kernels::{Arg, Buf, DeviceMemory, Gpu, HostMemory, KernelError, KernelTimes, Launch, Launcher, Memory, Precision};
 
 /// An emulated device for the engine's tensors: the kernels as C++ over host memory behind the
 /// caching allocator, exactly what a GPU's tensors hold except where the memory is.
@@ -33,11 +33,20 @@ pub struct Emu {
     /// The convolution the layers run: im2col unless set; the library is the host reference
     /// (`ringsam_kernels::conv_library::conv_reference`).
     conv: ConvImpl,
+    /// How the GEMMs' operands are taken: FP32, or rounded to BF16 as cuBLAS's BF16 mode does.
+    precision: Precision,
 }
 
 impl Default for Emu {
     fn default() -> Self {
-        Emu { partials: vec![0.0; SCRATCH_DOUBLES], total: vec![0.0], launches: Vec::new(), profile: None, conv: ConvImpl::Gemm }
+        Emu {
+            partials: vec![0.0; SCRATCH_DOUBLES],
+            total: vec![0.0],
+            launches: Vec::new(),
+            profile: None,
+            conv: ConvImpl::Gemm,
+            precision: Precision::Fp32,
+        }
     }
 }
 
@@ -99,7 +108,8 @@ impl Launcher for Emu {
         let name = || KernelTimes::gemm_name(call.m, call.n, call.k, call.transa, call.transb);
         // SAFETY: the plan's matrices lie inside host Bufs (plan checks each against its
         // buffer's length; host_buf's contract keeps them alive).
-        self.timed(name, 2.0 * (call.m * call.n * call.k) as f64, || unsafe { ringsam_kernels::gemm::sgemm_reference(call) });
+        let products = self.precision;
+        self.timed(name, 2.0 * (call.m * call.n * call.k) as f64, || unsafe { ringsam_kernels::gemm::sgemm_reference(call, products) });
         Ok(())
     }
 
@@ -120,7 +130,22 @@ impl Launcher for Emu {
     }
 
     fn set_conv_impl(&mut self, imp: ConvImpl) -> Result<(), KernelError> {
+        conv_library::check_precision(imp, self.precision)?;
         self.conv = imp;
+        Ok(())
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// FP32 and BF16 products are modelled; TF32's rounding is cuBLAS's own, and refused.
+    fn set_precision(&mut self, p: Precision) -> Result<(), KernelError> {
+        if p == Precision::Tf32 {
+            return Err(KernelError::Launch { kernel: "sgemm", why: "the emulated device does not model TF32".into() });
+        }
+        conv_library::check_precision(self.conv, p)?;
+        self.precision = p;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ fn every_kernel_agrees_with_the_cpu_engine() {
     let checks = selftest::run(&mut Emu::default(), N, &ringsam_bench::kernels::cpu_reference()).unwrap();
     let report = selftest::report(&checks);
     assert!(checks.iter().all(selftest::Check::passed), "{report}");
-    assert_eq!(checks.len(), 36, "{report}");
+    assert_eq!(checks.len(), 39, "{report}");
     eprintln!("{report}");
 }
 
@@ -153,4 +153,26 @@ fn nothing_launches_zero_blocks() {
     assert!(ringsam_kernels::pool::global_avgpool_forward(&mut emu, o, e, 4).is_err());
     assert!(emu.launches.iter().all(|l| l.1.grid > 0), "{:?}", emu.launches);
     assert!(emu.launches.is_empty(), "{:?}", emu.launches);
+}
+
+/// With the library chosen, a stride-1 depthwise convolution goes to it as a grouped one; a
+/// stride-2 SAME one on an even size (padding only after) keeps the depthwise kernels.
+#[test]
+fn depthwise_convolutions_go_to_the_library_where_its_padding_fits() {
+    use ringsam_kernels::conv_gemm;
+    use ringsam_kernels::conv_library::ConvImpl;
+    let conv_same = ringsam_bench::kernels::cpu_reference().conv_same;
+    for (stride, want) in [(1, "library_conv"), (2, "depthwise_forward")] {
+        let sh = conv_same(2, 4, 8, 8, 4, 3, stride, 4);
+        let mut emu = Emu::default();
+        emu.set_conv_impl(ConvImpl::Library).unwrap();
+        let col = vec![0.0f32; conv_gemm::scratch_need(&mut emu, &sh)];
+        let (x, w, y) = (vec![1.0f32; 2 * 4 * 8 * 8], vec![0.5f32; sh.weight_len()], vec![0.0f32; sh.out_len()]);
+        // SAFETY: host vectors of the shape's lengths, alive across the call.
+        let bufs = unsafe { (host_buf(&y), host_buf(&x), host_buf(&w), host_buf(&col)) };
+        conv_gemm::forward(&mut emu, bufs.0, bufs.1, bufs.2, bufs.3, &sh).unwrap();
+        let names: Vec<&str> = emu.launches.iter().map(|l| l.0).collect();
+        assert!(names.contains(&want), "stride {stride}: {names:?}");
+        assert!(y.iter().all(|&v| v > 0.0), "stride {stride}: every output has an input tap");
+    }
 }

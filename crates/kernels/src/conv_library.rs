@@ -8,17 +8,18 @@
 //! cuDNN takes KCRS, so a pass transposes the weights into scratch (`cu/weights.cu`) and adds
 //! the filter gradient back transposed. Both are small beside the convolutions.
 //!
-//! What the library cannot express runs by im2col ([`ConvShape::library_fits`]):
-//! - depthwise convolutions, which have their own kernels;
-//! - TensorFlow's SAME padding where it is asymmetric (a stride-2 3×3 on an even size pads one
-//!   row after and none before): cuDNN pads both sides alike.
+//! Depthwise convolutions go to the library as grouped convolutions (one group per channel; the
+//! HWIO kernel `(R, S, 1, C)` is transposed to KCRS `(C, 1, R, S)` as any other). What the library
+//! cannot express runs by the engine's own kernels ([`ConvShape::library_fits`]): TensorFlow's
+//! SAME padding where it is asymmetric (a stride-2 3×3 on an even size pads one row after and
+//! none before; cuDNN pads both sides alike) runs by im2col, or by the depthwise kernels.
 //!
 //! Under emulation, [`conv_reference`] computes a call on the host: the tests hold the
 //! transposes, the accumulation and the groups to the CPU engine; only a GPU checks cuDNN
 //! itself (the device check's kernel self-test and engine check).
 
 use crate::conv::ConvShape;
-use crate::launch::{Arg, Buf, KernelError, Launch, Launcher};
+use crate::launch::{Arg, Buf, KernelError, Launch, Launcher, Precision};
 
 /// Which convolution a device runs for the layers the library fits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -26,7 +27,8 @@ pub enum ConvImpl {
     /// im2col and one GEMM per group: the reference, and the path of every launcher.
     #[default]
     Gemm,
-    /// The device's library (cuDNN): a GPU's default.
+    /// The device's library (cuDNN): opt-in (`--conv_impl cudnn`) until a GPU's device check
+    /// has held it to the CPU engine.
     Library,
 }
 
@@ -47,6 +49,20 @@ impl std::fmt::Display for ConvImpl {
             ConvImpl::Gemm => "gemm",
             ConvImpl::Library => "cudnn",
         })
+    }
+}
+
+/// Whether convolutions by `imp` can run in `precision`. The library is given the engine's FP32
+/// tensors, which cuDNN computes in FP32 or TF32 only: its BF16 convolutions take BF16 tensors,
+/// which the engine does not keep. BF16 runs convolutions by im2col and the BF16 GEMM instead.
+pub fn check_precision(imp: ConvImpl, precision: Precision) -> Result<(), KernelError> {
+    match (imp, precision) {
+        (ConvImpl::Library, Precision::Bf16) => Err(KernelError::Launch {
+            kernel: "library convolution",
+            why: "cuDNN's BF16 convolutions need BF16 tensors, which the engine does not keep: use --conv_impl gemm with --precision bf16"
+                .into(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -102,15 +118,12 @@ impl std::fmt::Display for ConvLayouts {
 }
 
 impl ConvShape {
-    /// Whether the library computes this convolution as the engine defines it: not depthwise,
-    /// and padding the same on both sides reproduces its output size (TensorFlow's SAME padding
-    /// puts the odd row after).
+    /// Whether the library computes this convolution as the engine defines it: padding the same
+    /// on both sides reproduces its output size (TensorFlow's SAME padding puts the odd row
+    /// after). Depthwise convolutions fit as grouped ones.
     pub fn library_fits(&self) -> bool {
         let out = |size: usize, pad: usize, k: usize| (size + 2 * pad).checked_sub(k).map(|v| v / self.stride + 1);
-        !self.is_depthwise()
-            && self.stride > 0
-            && out(self.h, self.pad_h, self.r) == Some(self.p)
-            && out(self.w, self.pad_w, self.s) == Some(self.q)
+        self.stride > 0 && out(self.h, self.pad_h, self.r) == Some(self.p) && out(self.w, self.pad_w, self.s) == Some(self.q)
     }
 
     /// Scratch the library path takes: the transposed weights, their gradient, and the output

@@ -13,7 +13,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::conv_library::{ConvCall, ConvImpl, ConvLayouts};
 use crate::cudnn_conv::CudnnConvs;
-use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, Memory, SCRATCH_DOUBLES};
+use crate::launch::{Arg, Buf, Elem, KernelError, Launch, Launcher, Memory, Precision, SCRATCH_DOUBLES};
 use crate::profile::KernelTimes;
 use crate::{SOURCES, nvrtc};
 
@@ -31,6 +31,7 @@ pub struct CudaLauncher {
     /// cuDNN's convolutions, or why there are none (the layers then use im2col and cuBLAS).
     dnn: Result<CudnnConvs, String>,
     conv: ConvImpl,
+    precision: Precision,
 }
 
 /// A launch between two events.
@@ -47,7 +48,7 @@ fn driver(what: &'static str) -> impl Fn(DriverError) -> KernelError {
 
 impl CudaLauncher {
     /// Compiles every kernel for GPU `ordinal` and loads them; GEMMs in `precision`.
-    pub fn new(ordinal: usize, precision: crate::Precision) -> Result<CudaLauncher, KernelError> {
+    pub fn new(ordinal: usize, precision: Precision) -> Result<CudaLauncher, KernelError> {
         let ctx = CudaContext::new(ordinal).map_err(driver("creating the CUDA context"))?;
         // SAFETY: one stream only, and kernel arguments are raw addresses, which cudarc's
         // per-slice events would not see anyway; stream order is the synchronization.
@@ -65,21 +66,25 @@ impl CudaLauncher {
         }
         let partials = stream.alloc_zeros::<f64>(SCRATCH_DOUBLES).map_err(driver("allocating reduction scratch"))?;
         let total = stream.alloc_zeros::<f64>(1).map_err(driver("allocating reduction scratch"))?;
-        // cuBLAS on the same stream: ordered with the kernels without events. Its default math
-        // mode is FP32 (what the self-tests compare); TF32 lets it use tensor cores.
+        // cuBLAS on the same stream: ordered with the kernels without events.
         let blas = CudaBlas::new(stream.clone()).map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: e.to_string() })?;
-        if precision == crate::Precision::Tf32 {
-            use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
-            // SAFETY: our live handle; setting its math mode touches nothing else.
-            unsafe { cublasSetMathMode(*blas.handle(), cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH) }
-                .result()
-                .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("TF32 math mode: {e}") })?;
-        }
         // cuDNN loaded for `--conv_impl cudnn`; the default stays im2col and cuBLAS, the path a
         // GPU has checked, until the device check has held cuDNN's to the CPU engine.
-        let dnn = CudnnConvs::new(ctx.clone(), precision == crate::Precision::Tf32).map_err(|e| e.to_string());
-        let conv = ConvImpl::Gemm;
-        Ok(CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None, dnn, conv })
+        let dnn = CudnnConvs::new(ctx.clone(), precision == Precision::Tf32).map_err(|e| e.to_string());
+        let launcher = CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None, dnn, conv: ConvImpl::Gemm, precision };
+        launcher.set_blas_math(precision)?;
+        Ok(launcher)
+    }
+
+    /// cuBLAS's math mode for `precision`: its default (FP32, what the self-tests compare), or
+    /// TF32 tensor cores. BF16 is not a mode but a compute type, given per call (`cublas_gemm`).
+    fn set_blas_math(&self, precision: Precision) -> Result<(), KernelError> {
+        use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+        let mode = if precision == Precision::Tf32 { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
+        // SAFETY: our live handle; setting its math mode touches nothing else.
+        unsafe { cublasSetMathMode(*self.blas.handle(), mode) }
+            .result()
+            .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("math mode for {precision}: {e}") })
     }
 
     /// The GPU's memory, for a [`crate::DeviceMemory`] whose buffers these kernels use.
@@ -91,13 +96,21 @@ impl CudaLauncher {
     /// for them; their values do not matter): one call to warm up, then `iters` between two
     /// events. For `ringsam bench conv`, which measures the layout question.
     pub fn time_library_conv(&mut self, call: &ConvCall, layouts: ConvLayouts, iters: usize) -> Result<f64, KernelError> {
+        self.time_ops(iters, |me| {
+            let dnn = me.dnn.as_mut().map_err(|why| KernelError::Launch { kernel: "library convolution", why: why.clone() })?;
+            dnn.run(&me.stream, call, layouts)
+        })
+    }
+
+    /// Seconds per call of `op` (cuDNN, or the engine's own kernels launched on this launcher):
+    /// one call to warm up, then `iters` between two events.
+    pub fn time_ops(&mut self, iters: usize, mut op: impl FnMut(&mut Self) -> Result<(), KernelError>) -> Result<f64, KernelError> {
         self.ctx.bind_to_thread().map_err(driver("binding the CUDA context"))?;
-        let dnn = self.dnn.as_mut().map_err(|why| KernelError::Launch { kernel: "library convolution", why: why.clone() })?;
-        dnn.run(&self.stream, call, layouts)?;
+        op(self)?;
         let event = |s: &CudaStream| s.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver("recording a timing event"));
         let start = event(&self.stream)?;
         for _ in 0..iters {
-            dnn.run(&self.stream, call, layouts)?;
+            op(self)?;
         }
         let end = event(&self.stream)?;
         self.stream.synchronize().map_err(driver("waiting for the stream"))?;
@@ -126,6 +139,51 @@ impl CudaLauncher {
             self.profile.get_or_insert_default().push(Timed { name: name(), flops, start, end });
         }
         Ok(())
+    }
+
+    /// One GEMM by cuBLAS in the launcher's precision: SGEMM (its math mode giving FP32 or TF32),
+    /// or under BF16 `GemmEx` on the same FP32 matrices with the compute type that rounds the
+    /// operands to BF16 and sums in FP32.
+    fn cublas_gemm(&self, call: &crate::gemm::SgemmCall) -> Result<(), String> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        let int = |v: usize| i32::try_from(v).map_err(|_| format!("dimension {v} past cuBLAS's int"));
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let (m, n, k, lda, ldb, ldc) = (int(call.m)?, int(call.n)?, int(call.k)?, int(call.a.1)?, int(call.b.1)?, int(call.c.1)?);
+        let (alpha, beta) = (1.0f32, call.beta);
+        let (a, b, c) = (call.a.0 as *const f32, call.b.0 as *const f32, call.c.0 as *mut f32);
+        let handle = *self.blas.handle();
+        let (ta, tb) = (op(call.transa), op(call.transb));
+        // SAFETY: gemm::plan made the call from views it checked against their buffers, on this
+        // launcher's device; the handle runs on our stream.
+        let done = unsafe {
+            if self.precision == Precision::Bf16 {
+                let f32_ = cudaDataType::CUDA_R_32F;
+                cudarc::cublas::result::gemm_ex(
+                    handle,
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    (&alpha as *const f32).cast(),
+                    a.cast(),
+                    f32_,
+                    lda,
+                    b.cast(),
+                    f32_,
+                    ldb,
+                    (&beta as *const f32).cast(),
+                    c.cast(),
+                    f32_,
+                    ldc,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            } else {
+                cudarc::cublas::result::sgemm(handle, ta, tb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc)
+            }
+        };
+        done.map_err(|e| e.to_string())
     }
 
     fn scratch(&self, s: &CudaSlice<f64>) -> Buf<f64> {
@@ -157,33 +215,8 @@ impl Launcher for CudaLauncher {
     }
 
     fn sgemm(&mut self, call: &crate::gemm::SgemmCall) -> Result<(), KernelError> {
-        let int = |v: usize| {
-            i32::try_from(v).map_err(|_| KernelError::Launch { kernel: "sgemm", why: format!("dimension {v} past cuBLAS's int") })
-        };
-        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let (alpha, beta) = (1.0f32, call.beta);
         let start = self.mark()?;
-        // SAFETY: gemm::plan made the call from views it checked against their buffers, on this
-        // launcher's device; the handle runs on our stream.
-        unsafe {
-            cudarc::cublas::result::sgemm(
-                *self.blas.handle(),
-                op(call.transa),
-                op(call.transb),
-                int(call.m)?,
-                int(call.n)?,
-                int(call.k)?,
-                &alpha,
-                call.a.0 as *const f32,
-                int(call.a.1)?,
-                call.b.0 as *const f32,
-                int(call.b.1)?,
-                &beta,
-                call.c.0 as *mut f32,
-                int(call.c.1)?,
-            )
-        }
-        .map_err(|e| KernelError::Launch { kernel: "sgemm", why: e.to_string() })?;
+        self.cublas_gemm(call).map_err(|why| KernelError::Launch { kernel: "sgemm", why })?;
         let name = || KernelTimes::gemm_name(call.m, call.n, call.k, call.transa, call.transb);
         self.timed(start, name, 2.0 * call.m as f64 * call.n as f64 * call.k as f64)
     }
@@ -241,7 +274,23 @@ impl Launcher for CudaLauncher {
         if let (ConvImpl::Library, Err(why)) = (imp, &self.dnn) {
             return Err(KernelError::Launch { kernel: "library convolution", why: why.clone() });
         }
+        crate::conv_library::check_precision(imp, self.precision)?;
         self.conv = imp;
+        Ok(())
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn set_precision(&mut self, p: Precision) -> Result<(), KernelError> {
+        crate::conv_library::check_precision(self.conv, p)?;
+        self.set_blas_math(p)?;
+        if (p == Precision::Tf32) != (self.precision == Precision::Tf32) && self.dnn.is_ok() {
+            // cuDNN's plans were chosen in the old math mode: start them again in the new one.
+            self.dnn = CudnnConvs::new(self.ctx.clone(), p == Precision::Tf32).map_err(|e| e.to_string());
+        }
+        self.precision = p;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! GEMM through [`sgemm_reference`] (BLAS's definition of SGEMM, which the emulation runs in
 //! cuBLAS's place); only the cuBLAS call itself needs a GPU.
 
-use crate::launch::{Buf, KernelError};
+use crate::launch::{Buf, KernelError, Precision};
 
 /// A matrix on the device: `rows × cols`, element `(i, j)` at `i·rs + j·cs` (one stride 1), as
 /// the CPU engine's `MatRef`/`MatMut` describe theirs.
@@ -124,16 +124,30 @@ pub fn plan(c: &Mat, a: &Mat, b: &Mat, accumulate: bool) -> Result<SgemmCall, Ke
     }
 }
 
+/// `x` rounded to the nearest BF16 (ties to even), as an `f32`: the top 16 bits of its pattern.
+/// Products of two such values are exact in FP32 (8 + 8 mantissa bits).
+pub fn round_to_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let bits = x.to_bits();
+    let halfway_up = 0x7fff + ((bits >> 16) & 1); // a tie rounds to the even upper half
+    f32::from_bits(bits.wrapping_add(halfway_up) & 0xffff_0000)
+}
+
 /// BLAS's SGEMM by its definition, on host memory at the call's addresses: what the emulation
-/// runs where a GPU runs cuBLAS. Sums in double (the CPU reference GEMM's precision).
+/// runs where a GPU runs cuBLAS. Sums in double (the CPU reference GEMM's precision); with
+/// `products` [`Precision::Bf16`] each operand is first rounded to BF16 ([`round_to_bf16`]), as
+/// cuBLAS's `COMPUTE_32F_FAST_16BF` does. TF32's rounding is cuBLAS's own and is not modelled.
 ///
 /// # Safety
 /// The call's addresses must be host memory holding the matrices it describes.
-pub unsafe fn sgemm_reference(call: &SgemmCall) {
+pub unsafe fn sgemm_reference(call: &SgemmCall, products: Precision) {
+    let operand: fn(f32) -> f32 = if products == Precision::Bf16 { round_to_bf16 } else { |v| v };
     let at = |(addr, ld): (u64, usize), trans: bool, i: usize, j: usize| {
         let idx = if trans { j + i * ld } else { i + j * ld };
         // SAFETY: the caller's contract: the matrices are there.
-        unsafe { *(addr as *const f32).add(idx) }
+        operand(unsafe { *(addr as *const f32).add(idx) })
     };
     for j in 0..call.n {
         for i in 0..call.m {
@@ -144,6 +158,30 @@ pub unsafe fn sgemm_reference(call: &SgemmCall) {
             // SAFETY: as above, for C.
             let dst = unsafe { &mut *(call.c.0 as *mut f32).add(i + j * call.c.1) };
             *dst = if call.beta == 0.0 { acc as f32 } else { (*dst as f64 + acc) as f32 };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_to_bf16;
+
+    /// Held to the `half` crate's conversion (round to nearest, ties to even) over a spread of
+    /// bit patterns, and to hand-made ties.
+    #[test]
+    fn bf16_rounding_is_to_nearest_with_ties_to_even() {
+        let one_ulp = 2f32.powi(-7); // BF16's spacing at 1
+        assert_eq!(round_to_bf16(1.0 + one_ulp / 2.0), 1.0, "a tie rounds down to the even 1.0");
+        assert_eq!(round_to_bf16(1.0 + 1.5 * one_ulp), 1.0 + 2.0 * one_ulp, "a tie rounds up to the even pattern");
+        assert_eq!(round_to_bf16(1.0 + one_ulp / 2.0 + 2f32.powi(-20)), 1.0 + one_ulp, "past the tie rounds up");
+        assert_eq!(round_to_bf16(f32::MAX), f32::INFINITY);
+        assert!(round_to_bf16(f32::NAN).is_nan());
+        let mut bits = 0x9e37_79b9u32;
+        for _ in 0..200_000 {
+            bits = bits.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+            let x = f32::from_bits(bits);
+            let want = half::bf16::from_f32(x).to_f32();
+            assert!(x.is_nan() || round_to_bf16(x).to_bits() == want.to_bits(), "{x:e} ({bits:#x}): {} vs {want}", round_to_bf16(x));
         }
     }
 }

@@ -99,4 +99,10 @@ impl Launcher for Box<dyn Launcher + Send> {
     fn set_conv_impl(&mut self, imp: crate::conv_library::ConvImpl) -> Result<(), KernelError> {
         (**self).set_conv_impl(imp)
     }
+    fn precision(&self) -> crate::Precision {
+        (**self).precision()
+    }
+    fn set_precision(&mut self, p: crate::Precision) -> Result<(), KernelError> {
+        (**self).set_precision(p)
+    }
 }

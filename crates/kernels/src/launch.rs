@@ -22,8 +22,8 @@ pub const SCRATCH_DOUBLES: usize = 1 << 16;
 /// Elements each reduction thread sums at least, before blocks are added.
 const REDUCE_PER_THREAD: usize = 8;
 
-/// How a device's GEMMs compute (cuBLAS's math mode); the element-wise kernels and every
-/// reduction are FP32 (and double) either way.
+/// How a device's GEMMs (and so its im2col convolutions) compute; the element-wise kernels and
+/// every reduction are FP32 (and double) either way, and every tensor is stored in FP32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// IEEE single precision: what the CPU engine computes, and what the self-tests compare.
@@ -32,6 +32,11 @@ pub enum Precision {
     /// TF32 tensor cores for the GEMMs (10-bit mantissa products, FP32 sums), PyTorch's
     /// default for convolutions: training's default on a GPU.
     Tf32,
+    /// BF16 tensor cores for the GEMMs: each operand rounded to BF16 (8-bit mantissa, to
+    /// nearest), products summed in FP32 into an FP32 result (cuBLAS's `COMPUTE_32F_FAST_16BF`).
+    /// Autocast's arithmetic with FP32 master weights and reductions, but not its memory: the
+    /// activations stay FP32 (docs/ARCHITECTURE.md, "Precision").
+    Bf16,
 }
 
 impl std::str::FromStr for Precision {
@@ -40,8 +45,8 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "tf32" => Ok(Precision::Tf32),
-            "bf16" => Err("bf16 (autocast with FP32 master weights) is not built yet: use fp32 or tf32".into()),
-            _ => Err(format!("{s:?}: expected fp32 or tf32")),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("{s:?}: expected fp32, tf32 or bf16")),
         }
     }
 }
@@ -51,6 +56,7 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Precision::Fp32 => "fp32",
             Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
         })
     }
 }
@@ -231,6 +237,18 @@ pub trait Launcher {
     fn conv_impl(&self) -> ConvImpl {
         ConvImpl::Gemm
     }
+    /// How the GEMMs compute now ([`Precision::Fp32`] unless set).
+    fn precision(&self) -> Precision {
+        Precision::Fp32
+    }
+    /// Sets how the GEMMs compute; a launcher refuses what it cannot compute (and BF16 with the
+    /// library's convolutions, [`crate::conv_library::check_precision`]).
+    fn set_precision(&mut self, p: Precision) -> Result<(), KernelError> {
+        match p {
+            Precision::Fp32 => Ok(()),
+            _ => Err(KernelError::Launch { kernel: "sgemm", why: format!("this device computes its GEMMs in fp32 only, not {p}") }),
+        }
+    }
     /// Chooses the convolution; refuses the library where there is none.
     fn set_conv_impl(&mut self, imp: ConvImpl) -> Result<(), KernelError> {
         match imp {
@@ -289,10 +307,11 @@ mod tests {
     use super::Precision;
 
     #[test]
-    fn precisions_parse_and_bf16_is_refused_as_not_built() {
-        assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
-        assert_eq!("tf32".parse::<Precision>().map(|p| p.to_string()), Ok("tf32".to_string()));
-        assert!("bf16".parse::<Precision>().unwrap_err().contains("not built yet"));
-        assert!("fp16".parse::<Precision>().unwrap_err().contains("expected fp32 or tf32"));
+    fn precisions_parse_and_print_as_given() {
+        for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+            assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
+        }
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("fp16".parse::<Precision>().unwrap_err().contains("expected fp32, tf32 or bf16"));
     }
 }

@@ -19,7 +19,7 @@ use crate::dense;
 use crate::dropout;
 use crate::flat::{self, OptimizerState};
 use crate::gemm::{self, Mat};
-use crate::launch::{KernelError, Launcher, Memory};
+use crate::launch::{KernelError, Launcher, Memory, Precision};
 use crate::loss::{self, LossShape};
 use crate::pool::{self, PoolShape};
 
@@ -89,6 +89,11 @@ pub type GemmFn = fn(&mut [f32], View, &[f32], View, &[f32], View, bool);
 /// GEMM sums run in another order on a GPU (cuBLAS in float): this much, relative to the sum of
 /// the terms' magnitudes (see [`within_bound`]).
 pub const GEMM_TOLERANCE: f64 = 1e-5;
+
+/// A GEMM with BF16 products against the CPU's on the same operands rounded to BF16 (whose
+/// products are exact in FP32): only the sums' order differs, but cuBLAS may sum in smaller
+/// blocks. FP32 operands left unrounded, or truncated, differ by ~1e-2 (2⁻⁹ per operand).
+pub const BF16_GEMM_TOLERANCE: f64 = 1e-4;
 
 /// `(out, a, b, coef, plane)`.
 pub type MixFn = fn(&mut [f32], &[f32], &[f32], &[f32], usize);
@@ -236,7 +241,14 @@ pub fn run<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Res
         checks.push(im2col(l, n, groups, cpu)?);
     }
     checks.push(dense_parts(l, n, cpu)?);
-    checks.push(gemms(l, n, cpu)?);
+    checks.push(gemms(l, n, Precision::Fp32, cpu)?);
+    // BF16 products where the device has them (every GPU; modelled under emulation).
+    let set = l.precision();
+    if l.set_precision(Precision::Bf16).is_ok() {
+        let bf16 = gemms(l, n, Precision::Bf16, cpu);
+        l.set_precision(set)?;
+        checks.push(bf16?);
+    }
     // The weight gradient as the size calls for it (blocks, one part each under emulation's
     // sizes, split on a GPU's), then forced into three parts, and the reference per-tap form.
     for (stride, sum) in [(1, None), (2, None), (1, Some(DepthwiseWeightSum::Blocks(3))), (2, Some(DepthwiseWeightSum::PerTap))] {
@@ -667,10 +679,13 @@ fn dense_parts<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) ->
 }
 
 /// Every arrangement the engine's GEMMs use: C row-major or a transposed view, A and B each
-/// row-major or transposed, overwrite and accumulate.
-fn gemms<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Result<Check, KernelError> {
+/// row-major or transposed, overwrite and accumulate; `products` the launcher's precision now
+/// (FP32, or BF16: the CPU then multiplies the operands rounded to BF16).
+fn gemms<L: Launcher + Memory>(l: &mut L, n: usize, products: Precision, cpu: &CpuReference) -> Result<Check, KernelError> {
     let (m, k, nn) = (37, 64, (n / 64).clamp(1, 300));
     let (mut differ, mut worst, mut elements) = (0, 0.0f64, 0);
+    let rounded = |v: Vec<f32>| if products == Precision::Bf16 { v.into_iter().map(gemm::round_to_bf16).collect() } else { v };
+    let tolerance = if products == Precision::Bf16 { BF16_GEMM_TOLERANCE } else { GEMM_TOLERANCE };
     for case in 0..16 {
         let (c_t, a_t, b_t, acc) = (case & 1 != 0, case & 2 != 0, case & 4 != 0, case & 8 != 0);
         // Storage shapes: a transposed view of an (x × y) matrix is stored (y × x).
@@ -678,18 +693,19 @@ fn gemms<L: Launcher + Memory>(l: &mut L, n: usize, cpu: &CpuReference) -> Resul
         let (va, vb, vc) = (view(m, k, a_t), view(k, nn, b_t), view(m, nn, c_t));
         let (a, b, c0) = (data(110 + case, m * k), data(120 + case, k * nn), data(130 + case, m * nn));
         let mut want = c0.clone();
-        (cpu.gemm)(&mut want, vc, &a, va, &b, vb, acc);
+        (cpu.gemm)(&mut want, vc, &rounded(a.clone()), va, &rounded(b.clone()), vb, acc);
         let (da, db, dc) = (l.upload(&a)?, l.upload(&b)?, l.upload(&c0)?);
         let mat = |buf, (rows, cols, rs, cs): View| Mat { buf, rows, cols, rs, cs };
         let call = gemm::plan(&mat(l.buf(&dc), vc), &mat(l.buf(&da), va), &mat(l.buf(&db), vb), acc)?;
         l.sgemm(&call)?;
-        let (d, r) = within_floor(&l.download(&dc)?, &want, GEMM_TOLERANCE, 1.0);
+        let (d, r) = within_floor(&l.download(&dc)?, &want, tolerance, 1.0);
         differ += d;
         worst = worst.max(r);
         elements += want.len();
         l.finish()?; // the buffers are freed at the end of this iteration
     }
-    Ok(Check { name: "SGEMM, 16 arrangements", differ, elements, tolerance: GEMM_TOLERANCE, max_rel: worst, seconds: 0.0, bytes: 0 })
+    let name = if products == Precision::Bf16 { "GEMM with BF16 products, 16 arrangements" } else { "SGEMM, 16 arrangements" };
+    Ok(Check { name, differ, elements, tolerance, max_rel: worst, seconds: 0.0, bytes: 0 })
 }
 
 fn depthwise<L: Launcher + Memory>(

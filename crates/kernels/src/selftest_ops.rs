@@ -11,10 +11,12 @@ use crate::dense::{self, DenseShape};
 use crate::launch::{KernelError, Launcher, Memory};
 use crate::selftest::{Check, CpuReference, GEMM_TOLERANCE, data, within_bound};
 
-/// The convolutions the zoo has beyond depthwise: `(name by GEMM, name by the library, c, k,
-/// kernel, stride, groups)`. The stride-2 3×3 (SAME padding one row after) is not one the
-/// library fits: it runs by GEMM either way.
-const CONVS: [(&str, &str, usize, usize, usize, usize, usize); 4] = [
+/// The convolutions the zoo has: `(name by GEMM, name by the library, c, k, kernel, stride,
+/// groups)`. The stride-2 3×3 (SAME padding one row after) is not one the library fits: it runs
+/// by GEMM either way. The depthwise one runs by the depthwise kernels (checked on their own in
+/// `selftest::depthwise` too) or by the library as a grouped convolution.
+const CONVS: [(&str, &str, usize, usize, usize, usize, usize); 5] = [
+    ("depthwise 3×3/1 by its kernels, fwd+bwd", "depthwise 3×3/1 via library (8 groups), fwd+bwd", 8, 8, 3, 1, 8),
     ("conv 3×3/1 SAME via GEMM, fwd+bwd", "conv 3×3/1 SAME via library, fwd+bwd", 8, 12, 3, 1, 1),
     ("conv 3×3/2 SAME (pad 0,1), fwd+bwd", "conv 3×3/2 SAME (pad 0,1), library's fallback", 8, 12, 3, 2, 1),
     ("conv 1×1/1 (no im2col), fwd+bwd", "conv 1×1/1 via library, fwd+bwd", 16, 8, 1, 1, 1),
