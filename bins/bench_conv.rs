@@ -46,8 +46,9 @@ const SHAPES: [Timed; 7] = [
 pub(crate) fn cmd_bench_conv(args: &BenchConvArgs) -> Result<()> {
     let device: ringsam_tensor::Device = args.device.parse().map_err(|e| usage(format!("--device: {e}")))?;
     let precision = crate::train_args::precision_for(&args.device, args.precision.as_deref())?;
-    ringsam_kernels::conv_library::check_precision(ringsam_kernels::conv_library::ConvImpl::Library, precision)
-        .map_err(|e| usage(format!("--precision {precision}: {e}")))?;
+    if precision == ringsam_kernels::Precision::Bf16 {
+        return Err(usage("--precision bf16: bench conv times cuDNN, which computes FP32 tensors in fp32 or tf32 only"));
+    }
     if args.iters == 0 {
         return Err(usage("--iters 0: nothing would be timed"));
     }

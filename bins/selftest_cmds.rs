@@ -118,7 +118,7 @@ fn run_on(device: ringsam_tensor::Device, elements: usize) -> Result<()> {
     eprintln!("selftest kernels: {} ({elements} elements per buffer)", gpu.device_name());
     let cpu = ringsam_bench::kernels::cpu_reference();
     let mut checks = ringsam_kernels::selftest::run(&mut gpu, elements, &cpu).context("running the checks")?;
-    let memory = ringsam_kernels::DeviceMemory::new(gpu.memory());
+    let memory = gpu.memory(); // the caching allocator (it holds only cuDNN's workspace so far)
     checks.push(ringsam_kernels::selftest::memory(&memory, elements).context("checking device memory")?);
     print!("{}", ringsam_kernels::selftest::report(&checks));
     for refused in ringsam_kernels::Launcher::library_refusals(&gpu) {

@@ -184,19 +184,20 @@ pub fn run(gpu: &Arc<Gpu>, size: EngineSize) -> Result<Vec<EngineCheck>, String>
 /// weights and input alone moves the CPU's gradients by ~0.3 (it divides by the deviations of 256
 /// values), frozen by ~2e-2 (measured), which leaves room to see a wrong result. The device's
 /// precision and convolution are set back afterwards.
-fn bf16_pass(gpu: &Arc<Gpu>, size: EngineSize) -> Result<EngineCheck, String> {
+pub fn bf16_pass(gpu: &Arc<Gpu>, size: EngineSize) -> Result<EngineCheck, String> {
     let (precision, conv) = {
         let l = gpu.launcher(); // one guard: a second in the same expression would deadlock
         (l.precision(), l.conv_impl())
     };
-    let set = |p: Precision, c: ConvImpl| -> Result<(), String> {
+    let err = |e: ringsam_kernels::KernelError| format!("BF16 products: {e}");
+    // The library refuses BF16: leave it first, and take it back last.
+    {
         let mut l = gpu.launcher();
-        l.set_conv_impl(c).and_then(|()| l.set_precision(p)).map_err(|e| format!("BF16 products: {e}"))
-    };
-    set(Precision::Bf16, ConvImpl::Gemm)?;
+        l.set_conv_impl(ConvImpl::Gemm).and_then(|()| l.set_precision(Precision::Bf16)).map_err(err)?;
+    }
     let check = training_pass(gpu, size.wide_resnet, 3, size, true, Spread::Bf16).map_err(|e| format!("BF16 products: {e}"));
-    set(Precision::Fp32, conv)?; // the library refuses BF16: leave it first
-    set(precision, conv)?;
+    let mut l = gpu.launcher();
+    l.set_precision(precision).and_then(|()| l.set_conv_impl(conv)).map_err(err)?;
     check
 }
 

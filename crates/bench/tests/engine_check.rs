@@ -15,18 +15,29 @@ fn models_and_the_sam_step_on_the_emulated_device_agree_with_the_cpu() {
     assert!(checks.iter().all(engine::EngineCheck::passed), "{report}");
 }
 
-/// Whole models with their convolutions by the library (the host reference under emulation):
+/// A whole model with its convolutions by the library (the host reference under emulation):
 /// WideResNet mixes shapes the library fits with stride-2 ones it does not (asymmetric SAME
-/// padding), all sharing one scratch buffer; EfficientNet's stride-1 depthwise convolutions go
-/// to it as grouped ones, its stride-2 ones stay on the depthwise kernels.
+/// padding), all sharing one scratch buffer. (EfficientNet's depthwise convolutions by the
+/// library agreed within 5.2e-8 too, but its pass costs ~35 s here: the kernel self-test's
+/// depthwise case and `flat.rs`'s dispatch test keep that path checked in CI.)
 #[test]
-fn models_with_library_convolutions_agree_with_the_cpu() {
+fn a_model_with_library_convolutions_agrees_with_the_cpu() {
     let gpu = emulated_gpu();
     gpu.launcher().set_conv_impl(ConvImpl::Library).unwrap();
-    let size = EngineSize::QUICK;
-    let checks = [(size.wide_resnet, false), (size.efficient_net, true)]
-        .map(|(model, frozen_bn)| engine::training_pass(&gpu, model, 3, size, frozen_bn, engine::Spread::Ulp).unwrap());
-    let report = engine::report(&checks);
+    let check = engine::training_pass(&gpu, EngineSize::QUICK.wide_resnet, 3, EngineSize::QUICK, false, engine::Spread::Ulp).unwrap();
+    let report = engine::report(std::slice::from_ref(&check));
     eprintln!("{report}");
-    assert!(checks.iter().all(engine::EngineCheck::passed), "{report}");
+    assert!(check.passed(), "{report}");
+}
+
+/// The BF16 pass leaves the device as it found it, library convolutions included: the library
+/// refuses BF16, so precision must be set back before the convolution.
+#[test]
+fn the_bf16_pass_sets_the_device_back() {
+    let gpu = emulated_gpu();
+    gpu.launcher().set_conv_impl(ConvImpl::Library).unwrap();
+    let check = engine::bf16_pass(&gpu, EngineSize::QUICK).unwrap();
+    assert!(check.passed(), "{}", engine::report(std::slice::from_ref(&check)));
+    let l = gpu.launcher();
+    assert_eq!((l.conv_impl(), l.precision()), (ConvImpl::Library, ringsam_kernels::Precision::Fp32));
 }

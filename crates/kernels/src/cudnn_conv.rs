@@ -2,7 +2,8 @@
 //! what they replace and which shapes they take). Per (operation, shape) a plan is made once and
 //! kept: the four descriptors (activations as strided `(C, N, H, W)`, filters KCRS), the
 //! algorithm cuDNN's heuristics rank first among the deterministic ones that run, and its
-//! workspace size. The workspace is one device buffer the launcher grows to the largest plan's.
+//! workspace size. The workspace is one buffer from the device's caching allocator, grown to the
+//! largest plan's.
 //! Only a GPU runs this file; under emulation the host reference stands in for it.
 
 use std::collections::HashMap;
@@ -11,8 +12,9 @@ use std::sync::Arc;
 
 use cudarc::cudnn::result::{self as dnn, CudnnError};
 use cudarc::cudnn::sys;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::CudaContext;
 
+use crate::alloc::{DeviceMemory, DeviceVec};
 use crate::conv::ConvShape;
 use crate::conv_library::{ConvCall, ConvLayouts, ConvOp};
 use crate::launch::KernelError;
@@ -120,7 +122,10 @@ pub(crate) struct CudnnConvs {
     math: sys::cudnnMathType_t,
     plans: HashMap<(ConvOp, ConvShape, ConvLayouts), Plan>,
     refused: HashMap<ConvShape, String>,
-    workspace: Option<CudaSlice<u8>>,
+    /// The workspace, from the device's caching allocator (so `bench step`'s peak counts it),
+    /// in doubles for cuDNN's alignment.
+    workspace: Option<DeviceVec<f64>>,
+    memory: DeviceMemory,
 }
 
 // SAFETY: the handle is used only through `&mut self`, by the launcher's thread at a time.
@@ -128,14 +133,14 @@ unsafe impl Send for CudnnConvs {}
 
 impl CudnnConvs {
     /// A handle on the legacy default stream (the launcher's); `tf32` lets cuDNN use TF32
-    /// tensor cores (its default math), else FP32 FMAs only.
-    pub(crate) fn new(ctx: Arc<CudaContext>, tf32: bool) -> Result<CudnnConvs, KernelError> {
+    /// tensor cores (its default math), else FP32 FMAs only; the workspace from `memory`.
+    pub(crate) fn new(ctx: Arc<CudaContext>, tf32: bool, memory: DeviceMemory) -> Result<CudnnConvs, KernelError> {
         ctx.bind_to_thread().map_err(|e| KernelError::Launch { kernel: "creating the cuDNN handle", why: e.to_string() })?;
         let handle = dnn::create_handle().map_err(dnn_error("creating the cuDNN handle"))?;
         // SAFETY: a handle just created; null is the legacy default stream.
         unsafe { dnn::set_stream(handle, std::ptr::null_mut()) }.map_err(dnn_error("cuDNN's stream"))?;
         let math = if tf32 { sys::cudnnMathType_t::CUDNN_DEFAULT_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
-        Ok(CudnnConvs { ctx, handle, math, plans: HashMap::new(), refused: HashMap::new(), workspace: None })
+        Ok(CudnnConvs { ctx, handle, math, plans: HashMap::new(), refused: HashMap::new(), workspace: None, memory })
     }
 
     /// Whether cuDNN plans all three operations of `sh` (asked once per shape): a shape it
@@ -167,24 +172,21 @@ impl CudnnConvs {
         self.refused.iter().map(|(sh, why)| format!("{sh:?}: {why}")).collect()
     }
 
-    /// Runs `call` (its tensors in `layouts`) on the stream, making its plan the first time its
+    /// Runs `call` (its tensors in `layouts`) on the handle's stream, making its plan the first time its
     /// shape comes.
-    pub(crate) fn run(&mut self, stream: &Arc<CudaStream>, call: &ConvCall, layouts: ConvLayouts) -> Result<(), KernelError> {
+    pub(crate) fn run(&mut self, call: &ConvCall, layouts: ConvLayouts) -> Result<(), KernelError> {
         call.shape.check_call(call)?;
         let key = (call.op, call.shape, layouts);
         if !self.plans.contains_key(&key) {
             let plan = self.plan(call.op, &call.shape, layouts)?;
             self.plans.insert(key, plan);
         }
-        let need = self.plans[&key].workspace;
+        let need = self.plans[&key].workspace.div_ceil(size_of::<f64>()).max(1);
         if self.workspace.as_ref().is_none_or(|w| w.len() < need) {
-            self.workspace = None; // free first
-            let grown =
-                stream.alloc_zeros::<u8>(need.max(1)).map_err(|e| KernelError::Launch { kernel: "cuDNN workspace", why: e.to_string() })?;
-            self.workspace = Some(grown);
+            self.workspace = None; // back to the cache first: one stream, so reuse is ordered
+            self.workspace = Some(self.memory.alloc::<f64>(need)?);
         }
-        let ws = self.workspace.as_ref().expect("just placed");
-        let (ws_addr, _sync) = ws.device_ptr(stream);
+        let ws_addr = self.workspace.as_ref().expect("just placed").buf().addr();
         let plan = &self.plans[&key];
         let (one, zero) = (1.0f32, 0.0f32);
         let (alpha, beta) = (&one as *const f32 as *const c_void, &zero as *const f32 as *const c_void);

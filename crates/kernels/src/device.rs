@@ -32,6 +32,10 @@ pub struct CudaLauncher {
     dnn: Result<CudnnConvs, String>,
     conv: ConvImpl,
     precision: Precision,
+    /// The caching allocator: the tensors' memory and cuDNN's workspace.
+    memory: crate::DeviceMemory,
+    /// The compute capability's major version (BF16 tensor cores from 8).
+    major: i32,
 }
 
 /// A launch between two events.
@@ -70,10 +74,38 @@ impl CudaLauncher {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: e.to_string() })?;
         // cuDNN loaded for `--conv_impl cudnn`; the default stays im2col and cuBLAS, the path a
         // GPU has checked, until the device check has held cuDNN's to the CPU engine.
-        let dnn = CudnnConvs::new(ctx.clone(), precision == Precision::Tf32).map_err(|e| e.to_string());
-        let launcher = CudaLauncher { ctx, stream, blas, functions, partials, total, profile: None, dnn, conv: ConvImpl::Gemm, precision };
+        // One caching allocator for the tensors and cuDNN's workspace ([`CudaLauncher::memory`]).
+        let memory = crate::DeviceMemory::new(crate::device_memory::CudaMemory::new(ctx.clone()));
+        let dnn = CudnnConvs::new(ctx.clone(), precision == Precision::Tf32, memory.clone()).map_err(|e| e.to_string());
+        let mut launcher = CudaLauncher {
+            ctx,
+            stream,
+            blas,
+            functions,
+            partials,
+            total,
+            profile: None,
+            dnn,
+            conv: ConvImpl::Gemm,
+            precision: Precision::Fp32,
+            memory,
+            major,
+        };
+        // cuDNN was made in this precision's math mode above; cuBLAS takes it here.
+        launcher.check_precision(precision)?;
         launcher.set_blas_math(precision)?;
+        launcher.precision = precision;
         Ok(launcher)
+    }
+
+    /// Refuses a precision this GPU has no tensor cores for: BF16 needs compute capability 8.0
+    /// (Ampere) or newer; TF32 too, but cuBLAS falls back to FP32 for it by itself.
+    fn check_precision(&self, precision: Precision) -> Result<(), KernelError> {
+        if precision == Precision::Bf16 && self.major < 8 {
+            let why = format!("BF16 GEMMs need compute capability 8.0 or newer; this GPU is {}.x", self.major);
+            return Err(KernelError::Launch { kernel: "sgemm", why });
+        }
+        Ok(())
     }
 
     /// cuBLAS's math mode for `precision`: its default (FP32, what the self-tests compare), or
@@ -87,9 +119,10 @@ impl CudaLauncher {
             .map_err(|e| KernelError::Launch { kernel: "cuBLAS", why: format!("math mode for {precision}: {e}") })
     }
 
-    /// The GPU's memory, for a [`crate::DeviceMemory`] whose buffers these kernels use.
-    pub fn memory(&self) -> crate::device_memory::CudaMemory {
-        crate::device_memory::CudaMemory::new(self.ctx.clone())
+    /// The GPU's caching allocator: the tensors' memory, which cuDNN's workspace comes from too
+    /// (so peak memory counts it).
+    pub fn memory(&self) -> crate::DeviceMemory {
+        self.memory.clone()
     }
 
     /// Seconds per call of `call` by cuDNN with its tensors in `layouts` (the buffers sized
@@ -98,7 +131,7 @@ impl CudaLauncher {
     pub fn time_library_conv(&mut self, call: &ConvCall, layouts: ConvLayouts, iters: usize) -> Result<f64, KernelError> {
         self.time_ops(iters, |me| {
             let dnn = me.dnn.as_mut().map_err(|why| KernelError::Launch { kernel: "library convolution", why: why.clone() })?;
-            dnn.run(&me.stream, call, layouts)
+            dnn.run(call, layouts)
         })
     }
 
@@ -249,7 +282,7 @@ impl Launcher for CudaLauncher {
         self.ctx.bind_to_thread().map_err(driver("binding the CUDA context"))?;
         let start = self.mark()?;
         let dnn = self.dnn.as_mut().map_err(|why| KernelError::Launch { kernel: "library convolution", why: why.clone() })?;
-        dnn.run(&self.stream, call, ConvLayouts::Engine)?;
+        dnn.run(call, ConvLayouts::Engine)?;
         let sh = call.shape;
         let flops = 2.0 * (sh.k * sh.n * sh.p * sh.q) as f64 * (sh.r * sh.s * sh.c / sh.groups) as f64;
         self.timed(start, || format!("cuDNN conv {:?} {}x{} {}->{} /{}", call.op, sh.r, sh.s, sh.c, sh.k, sh.stride), flops)
@@ -285,11 +318,13 @@ impl Launcher for CudaLauncher {
 
     fn set_precision(&mut self, p: Precision) -> Result<(), KernelError> {
         crate::conv_library::check_precision(self.conv, p)?;
-        self.set_blas_math(p)?;
+        self.check_precision(p)?;
         if (p == Precision::Tf32) != (self.precision == Precision::Tf32) && self.dnn.is_ok() {
-            // cuDNN's plans were chosen in the old math mode: start them again in the new one.
-            self.dnn = CudnnConvs::new(self.ctx.clone(), p == Precision::Tf32).map_err(|e| e.to_string());
+            // cuDNN's plans were chosen in the old math mode: start them again in the new one
+            // (a failure leaves everything as it was).
+            self.dnn = Ok(CudnnConvs::new(self.ctx.clone(), p == Precision::Tf32, self.memory.clone())?);
         }
+        self.set_blas_math(p)?;
         self.precision = p;
         Ok(())
     }

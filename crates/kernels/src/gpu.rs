@@ -32,7 +32,7 @@ impl Gpu {
     pub fn cuda(ordinal: usize, precision: crate::Precision) -> Result<Arc<Gpu>, KernelError> {
         let launcher = crate::device::CudaLauncher::new(ordinal, precision)?;
         let name = format!("cuda:{ordinal} ({}, {precision})", launcher.device_name());
-        let memory = DeviceMemory::new(launcher.memory());
+        let memory = launcher.memory();
         Ok(Gpu::new(name, launcher, memory))
     }
 

@@ -280,6 +280,7 @@ impl DeviceStep {
     /// [`DeviceStep::launch`] and [`DeviceStep::finish`] of step i, so that the copy runs while
     /// the device computes. A batch staged and never launched is replaced.
     pub fn stage(&mut self, x: &Tensor, labels: &[u32]) -> Result<(), TrainError> {
+        let replaced = self.staged.take(); // a refusal below leaves nothing staged
         let [_, n, _, _] = x.dims4("DeviceStep::stage")?;
         if labels.len() != n || n == 0 {
             return Err(TrainError::Runtime(format!("batch of {n} images with {} labels", labels.len())));
@@ -288,7 +289,7 @@ impl DeviceStep {
         if let Some(&bad) = labels.iter().find(|&&l| l as usize >= k) {
             return Err(TrainError::Runtime(format!("label {bad} of a model with {k} classes")));
         }
-        let slot = match self.staged.take() {
+        let slot = match replaced {
             Some(replaced) => replaced.slot,
             None => {
                 let slot = self.pinned.next;

@@ -466,6 +466,7 @@ impl SamStep {
             if mix.is_some() {
                 return Err(mixup_on_gpu());
             }
+            self.staged = None; // the device step stages this batch in its place
             let report = d.step(x, labels, lr)?;
             (self.step, self.host_stale) = (self.step + 1, true);
             return Ok(report);

@@ -345,8 +345,10 @@ impl<'a> Trainer<'a> {
                 return Ok(EpochEnd::MaxSteps); // a resumed run already at the limit
             }
             let queued = batches.queued();
+            // The last step `--max_steps` allows fetches nothing after it.
+            let last = self.cfg.max_steps.is_some_and(|m| self.st.steps() + 1 >= m);
             let (r, agreed) = self.train_step(&batch, queued, || {
-                next = batches.next();
+                next = if last { None } else { batches.next() };
                 next.as_mut()
             })?;
             sums.add(&r, self.schedule.lr_at(self.st.steps() - 1));
@@ -392,11 +394,10 @@ impl<'a> Trainer<'a> {
         let fetching = Instant::now();
         let next = fetch_next();
         let waited = fetching.elapsed();
-        if let Some(b) = next {
-            stage(&mut self.st, b)?;
-        }
+        let staged = next.map(|b| stage(&mut self.st, b)).transpose();
         let mut r = self.st.finish()?;
         self.batch += 1; // with the step: a failure below leaves both counted
+        staged?; // after the step is finished and counted, so that it stands whole
         let seconds = t.elapsed().saturating_sub(waited).as_secs_f64();
         self.costs.add(seconds, &r.ascent_exchange, &r.descent_exchange);
         if let Some(e) = self.ema.as_mut() {
@@ -692,8 +693,6 @@ impl EpochSums {
 }
 
 /// The settings that depend on the number of replicas; this replica's share of each batch.
-/// What the GPU step does not do yet ([`SamStep::to_device`] refuses the rest): refused by flag,
-/// rather than run differently.
 /// Hands `batch` to the step as its next: its images move (no copy on the CPU), its labels and
 /// mixup partners are copied.
 fn stage(st: &mut SamStep, batch: &mut Batch) -> Result<(), TrainError> {
@@ -702,6 +701,8 @@ fn stage(st: &mut SamStep, batch: &mut Batch) -> Result<(), TrainError> {
     st.stage(x, batch.labels.clone(), mix)
 }
 
+/// What the GPU step does not do yet ([`SamStep::to_device`] refuses the rest): refused by flag,
+/// rather than run differently.
 fn refuse_on_gpu(cfg: &TrainConfig) -> Result<(), TrainError> {
     let unsupported = [
         ("--ema_decay", cfg.ema_decay > 0.0),
