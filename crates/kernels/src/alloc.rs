@@ -96,6 +96,41 @@ pub trait RawMemory: Send {
     unsafe fn write_async(&mut self, addr: u64, src: &[u8]) -> Result<(), KernelError>;
     /// Waits until every copy and launch so far has finished.
     fn synchronize(&mut self) -> Result<(), KernelError>;
+    /// Copies `dst.len()` bytes at `addr` into `dst` (pinned memory) once every launch and copy
+    /// queued so far has finished, on a side stream that later launches do not wait for (a GPU's
+    /// backward goes on while a gradient bucket leaves), and returns before the copy is done.
+    /// The default copies at once: right for a device whose stream has always finished.
+    ///
+    /// # Safety
+    /// `addr` starts at least `dst.len()` allocated bytes; `dst` lies in memory from
+    /// `alloc_pinned` and is neither read, written nor freed until the returned handle says the
+    /// copy is done.
+    unsafe fn read_async(&mut self, addr: u64, dst: &mut [u8]) -> Result<Box<dyn CopyDone>, KernelError> {
+        // SAFETY: the caller's contract, as `read`'s.
+        unsafe { self.read(addr, dst) }?;
+        Ok(Box::new(Finished))
+    }
+}
+
+/// A copy [`RawMemory::read_async`] started.
+pub trait CopyDone: Send {
+    /// Whether it has finished, without waiting.
+    fn is_done(&mut self) -> Result<bool, KernelError>;
+    /// Waits until it has finished.
+    fn wait(&mut self) -> Result<(), KernelError>;
+}
+
+/// A copy that finished before its handle was made.
+struct Finished;
+
+impl CopyDone for Finished {
+    fn is_done(&mut self) -> Result<bool, KernelError> {
+        Ok(true)
+    }
+
+    fn wait(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
 }
 
 /// What the allocator has done, for `bench step`'s memory report and the tests.
@@ -240,6 +275,40 @@ impl DeviceMemory {
         PinnedVec::new(self.pool.clone(), len)
     }
 
+    /// Starts copying the device values at `src` into `dst` (pinned, of the same length) after
+    /// everything queued so far, on a side stream that later launches do not wait for
+    /// ([`RawMemory::read_async`]); `dst` comes back, filled, from [`PendingRead::wait`]. The
+    /// caller queues nothing that writes `src` before that wait (the values read would be
+    /// undefined; host memory is safe either way, as `dst` is held until then).
+    pub fn read_async<T: Elem>(&self, src: Buf<T>, mut dst: PinnedVec<T>) -> Result<PendingRead<T>, KernelError> {
+        if src.len() != dst.len() {
+            return Err(KernelError::Length { op: "DeviceMemory::read_async", got: dst.len(), want: src.len() });
+        }
+        let bytes = src.len() * size_of::<T>();
+        // SAFETY: `src` is a live device buffer of `bytes` bytes (the Buf contract); `dst` is
+        // pinned memory of the same size, held by the PendingRead until the copy is done.
+        let done = unsafe {
+            let dst_bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), bytes);
+            lock(&self.pool).raw.read_async(src.addr(), dst_bytes)
+        }?;
+        Ok(PendingRead { dst: Some(dst), done })
+    }
+
+    /// Copies `src` (pinned, of `dst`'s length) into the device values at `dst`, in stream order,
+    /// without waiting: [`DeviceVec::write_async`] for part of a buffer.
+    pub fn write_async_to<T: Elem>(&self, dst: Buf<T>, src: &mut PinnedVec<T>) -> Result<(), KernelError> {
+        if src.len() != dst.len() {
+            return Err(KernelError::Length { op: "DeviceMemory::write_async_to", got: src.len(), want: dst.len() });
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        src.mark_pending();
+        // SAFETY: `dst` is a live device buffer (the Buf contract); `src` is pinned memory of
+        // its length, marked pending, so neither written nor freed before a `synchronize`.
+        unsafe { lock(&self.pool).raw.write_async(dst.addr(), as_bytes(src.as_slice())) }
+    }
+
     /// What the allocator has done so far.
     pub fn stats(&self) -> MemoryStats {
         lock(&self.pool).stats
@@ -249,6 +318,41 @@ impl DeviceMemory {
     /// itself when the device is full).
     pub fn release_cached(&self) {
         lock(&self.pool).release_cached();
+    }
+}
+
+/// A copy from the device into pinned memory, running ([`DeviceMemory::read_async`]). Dropped
+/// unwaited, it waits: the pinned buffer is not freed under the copy.
+pub struct PendingRead<T: Elem> {
+    dst: Option<PinnedVec<T>>, // taken by `wait`
+    done: Box<dyn CopyDone>,
+}
+
+impl<T: Elem> PendingRead<T> {
+    /// Whether the values are in, without waiting.
+    pub fn is_done(&mut self) -> Result<bool, KernelError> {
+        self.done.is_done()
+    }
+
+    /// Waits for the copy; the pinned buffer comes back holding the values.
+    pub fn wait(mut self) -> Result<PinnedVec<T>, KernelError> {
+        self.done.wait()?;
+        let mut dst = self.dst.take().expect("taken only here");
+        // SAFETY: the read was queued after every copy from `dst` before it (it waits for the
+        // stream they run on), so now that it is done, so are they.
+        unsafe { dst.assume_copied() };
+        Ok(dst)
+    }
+}
+
+impl<T: Elem> Drop for PendingRead<T> {
+    fn drop(&mut self) {
+        if let Some(dst) = self.dst.take()
+            && self.done.wait().is_err()
+        {
+            // The copy may still be writing it: leaked rather than freed under it.
+            std::mem::forget(dst);
+        }
     }
 }
 

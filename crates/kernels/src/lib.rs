@@ -47,7 +47,7 @@ pub mod selftest;
 mod selftest_ops;
 pub mod squeeze_excite;
 
-pub use alloc::{DeviceMemory, DeviceVec, MemoryStats, PinnedVec, RawMemory};
+pub use alloc::{CopyDone, DeviceMemory, DeviceVec, MemoryStats, PendingRead, PinnedVec, RawMemory};
 pub use gpu::Gpu;
 pub use host_memory::HostMemory;
 pub use launch::{Arg, Buf, KernelError, Launch, Launcher, Memory, Precision};

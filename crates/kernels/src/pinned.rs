@@ -69,6 +69,11 @@ impl<T: Elem> PinnedVec<T> {
         Ok(unsafe { std::slice::from_raw_parts_mut(self.addr as *mut T, self.len) })
     }
 
+    /// Where the values are, for a copy into them ([`crate::DeviceMemory::read_async`]).
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut T {
+        self.addr as *mut T
+    }
+
     /// A copy from the buffer was queued ([`crate::DeviceVec::write_async`]).
     pub(crate) fn mark_pending(&mut self) {
         self.pending = true;

@@ -1,19 +1,52 @@
 //! Pinned host buffers and asynchronous copies, over host memory with a device whose copies stay
 //! "in flight" until it is waited for: a write into a buffer a copy still reads must wait first,
-//! and values arrive intact.
+//! a read from the device sees every copy queued before it, and values arrive intact.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ringsam_kernels::alloc::RawAllocError;
-use ringsam_kernels::{DeviceMemory, HostMemory, KernelError, RawMemory};
+use ringsam_kernels::{CopyDone, DeviceMemory, HostMemory, KernelError, RawMemory};
+
+/// (destination, source, bytes) of each copy in flight, by address (all of it host memory here).
+type Queue = Arc<Mutex<Vec<(usize, usize, usize)>>>;
+
+/// Lands the first `n` copies queued, in order.
+fn land(queue: &Queue, n: usize) {
+    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+    let n = n.min(q.len());
+    for (dst, src, bytes) in q.drain(..n) {
+        // SAFETY: queued by write_async or read_async, whose contracts keep both ranges alive
+        // until the copy is waited for.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+    }
+}
+
+/// A read queued behind `ahead` other copies: waiting lands them and it.
+struct DeferredRead {
+    queue: Queue,
+    dst: usize,
+}
+
+impl CopyDone for DeferredRead {
+    fn is_done(&mut self) -> Result<bool, KernelError> {
+        Ok(!self.queue.lock().unwrap().iter().any(|&(dst, _, _)| dst == self.dst))
+    }
+    fn wait(&mut self) -> Result<(), KernelError> {
+        let at = self.queue.lock().unwrap().iter().position(|&(dst, _, _)| dst == self.dst);
+        if let Some(i) = at {
+            land(&self.queue, i + 1);
+        }
+        Ok(())
+    }
+}
 
 /// Host memory whose asynchronous copies land only at the next `synchronize` (as a GPU's may),
 /// counting the waits and the pinned blocks alive.
 #[derive(Default)]
 struct Deferred {
     host: HostMemory,
-    queued: Vec<(u64, usize, usize)>, // (destination, source address, bytes)
+    queued: Queue, // copies not landed yet, in stream order
     waits: Arc<AtomicUsize>,
     pinned_alive: Arc<AtomicUsize>,
     log: Arc<Mutex<Vec<&'static str>>>,
@@ -44,22 +77,25 @@ impl RawMemory for Deferred {
         self.host.alloc_pinned(bytes)
     }
     unsafe fn free_pinned(&mut self, addr: u64) {
-        assert!(self.queued.iter().all(|&(_, src, _)| src as u64 != addr), "pinned memory freed under a pending copy");
+        let busy = self.queued.lock().unwrap().iter().any(|&(dst, src, _)| dst as u64 == addr || src as u64 == addr);
+        assert!(!busy, "pinned memory freed under a pending copy");
         self.pinned_alive.fetch_sub(1, Ordering::SeqCst);
         unsafe { self.host.free_pinned(addr) }
     }
     unsafe fn write_async(&mut self, addr: u64, src: &[u8]) -> Result<(), KernelError> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).push("copy queued");
-        self.queued.push((addr, src.as_ptr() as usize, src.len()));
+        self.queued.lock().unwrap().push((addr as usize, src.as_ptr() as usize, src.len()));
         Ok(())
+    }
+    unsafe fn read_async(&mut self, addr: u64, dst: &mut [u8]) -> Result<Box<dyn CopyDone>, KernelError> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push("read queued");
+        self.queued.lock().unwrap().push((dst.as_mut_ptr() as usize, addr as usize, dst.len()));
+        Ok(Box::new(DeferredRead { queue: self.queued.clone(), dst: dst.as_mut_ptr() as usize }))
     }
     fn synchronize(&mut self) -> Result<(), KernelError> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).push("wait");
         self.waits.fetch_add(1, Ordering::SeqCst);
-        for (dst, src, bytes) in self.queued.drain(..) {
-            // SAFETY: queued by write_async, whose contract keeps both ranges alive until now.
-            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
-        }
+        land(&self.queued, usize::MAX);
         Ok(())
     }
 }
@@ -110,4 +146,39 @@ fn a_copy_of_the_wrong_length_is_refused_and_nothing_is_queued() {
     assert!(log.lock().unwrap().is_empty());
     let empty = mem.pinned::<f32>(0).unwrap();
     assert!(empty.is_empty() && empty.as_slice().is_empty());
+}
+
+#[test]
+fn a_read_to_pinned_memory_sees_the_copies_queued_before_it_and_lands_when_waited_for() {
+    let raw = Deferred::default();
+    let waits = raw.waits.clone();
+    let mem = DeviceMemory::new(raw);
+    let dev = mem.zeros::<f32>(8).unwrap();
+    let mut staged = mem.pinned::<f32>(3).unwrap();
+    staged.host_mut().unwrap().copy_from_slice(&[1.0, 2.0, 3.0]);
+    // Into part of the buffer (a bucket's results going back), then read that part out.
+    mem.write_async_to(dev.buf().slice(4..7), &mut staged).unwrap();
+    let mut bucket = mem.pinned::<f32>(4).unwrap();
+    bucket.host_mut().unwrap().fill(-1.0);
+    let mut pending = mem.read_async(dev.buf().slice(3..7), bucket).unwrap();
+    assert!(!pending.is_done().unwrap(), "the read is queued behind the write");
+    let bucket = pending.wait().unwrap();
+    assert_eq!(bucket.as_slice(), [0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(waits.load(Ordering::SeqCst), 0, "waiting for a read does not wait for the whole device");
+    // The bucket goes back to the device, and the next read into it lands after that copy has
+    // read it: waiting for the read settles the bucket without waiting for the device.
+    let mut bucket = bucket;
+    mem.write_async_to(dev.buf().slice(0..4), &mut bucket).unwrap();
+    assert!(bucket.is_pending());
+    let bucket = mem.read_async(dev.buf().slice(4..8), bucket).unwrap().wait().unwrap();
+    assert!(!bucket.is_pending());
+    assert_eq!(bucket.as_slice(), [1.0, 2.0, 3.0, 0.0]);
+    assert_eq!(waits.load(Ordering::SeqCst), 0);
+    assert_eq!(dev.download().unwrap(), [0.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 0.0]);
+    // Lengths must match.
+    let short = mem.pinned::<f32>(2).unwrap();
+    let err = mem.read_async(dev.buf().slice(0..3), short).err().expect("a read of another length");
+    assert!(matches!(err, KernelError::Length { got: 2, want: 3, .. }), "{err}");
+    let err = mem.write_async_to(dev.buf().slice(0..2), &mut staged).unwrap_err();
+    assert!(matches!(err, KernelError::Length { got: 3, want: 2, .. }), "{err}");
 }
