@@ -298,7 +298,7 @@ fn sam_steps(gpu: &Arc<Gpu>, size: EngineSize, label: &str, cfg: StepConfig) -> 
         let a = cpu.step(&x, &labels, 0.1)?;
         let m = moved.step(&x, &labels, 0.1)?;
         let t = Instant::now();
-        let b = dev.step(&x, &labels, 0.1)?;
+        let b = dev.step(&x, &labels, 0.1, None)?;
         seconds += t.elapsed().as_secs_f64();
         agreed &= a.error_rate == b.error_rate;
         (r, spread) = (r.max(differ(&b, &a)), spread.max(differ(&m, &a)));

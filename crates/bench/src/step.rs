@@ -166,7 +166,7 @@ impl Stepper {
     fn step(&mut self, x: &Tensor, labels: &[u32]) -> Result<StepReport, TrainError> {
         match self {
             Stepper::Cpu(s) => s.step(x, labels, 0.01),
-            Stepper::Device(s) => s.step(x, labels, 0.01),
+            Stepper::Device(s) => s.step(x, labels, 0.01, None),
         }
     }
 
@@ -234,7 +234,7 @@ pub fn profile_steps(s: &mut DeviceStep, x: &Tensor, labels: &[u32], rho: f32) -
         s.set_rho(rho);
         gpu.launcher().set_profiling(true);
         let t = Instant::now();
-        let stepped = s.step(x, labels, 0.01);
+        let stepped = s.step(x, labels, 0.01, None);
         let wall = t.elapsed().as_secs_f64();
         let times = gpu.launcher().take_profile();
         gpu.launcher().set_profiling(false);

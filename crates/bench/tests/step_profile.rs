@@ -23,7 +23,7 @@ fn a_profiled_step_names_its_kernels_and_gemms_and_compares_them_with_the_wall()
     assert!(sam.contains("sam_ascent"), "the SAM step's own kernel:\n{sam}");
     assert!(!sgd.contains("sam_ascent"), "no ascent in an SGD step:\n{sgd}");
     // Profiling is off again afterwards: nothing more is recorded.
-    let _ = st.step(&x, &[1, 2], 0.01).unwrap();
+    let _ = st.step(&x, &[1, 2], 0.01, None).unwrap();
     assert!(gpu.launcher().take_profile().unwrap().by_name.is_empty());
 }
 

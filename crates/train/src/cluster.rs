@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ringsam_collective::transport::{Link, form_ring};
-use ringsam_collective::{PendingAllreduce, ReduceOp, RingConfig, RingHandle, group_of};
+use ringsam_collective::{PendingAllreduce, ReduceOp, RingConfig, RingHandle, Values, group_of};
 
 use crate::TrainError;
 
@@ -125,13 +125,14 @@ impl Cluster {
         self.group.clone()
     }
 
-    /// Starts summing `data` over `scope`; returns at once (see the module docs).
-    pub fn submit_sum(&mut self, scope: Scope, data: Vec<f32>) -> Result<PendingAllreduce, TrainError> {
+    /// Starts summing `data` over `scope`; returns at once (see the module docs). The sum comes
+    /// back in `data`'s own storage (a `Vec`, or pinned memory a device copies from).
+    pub fn submit_sum<V: Values>(&mut self, scope: Scope, data: V) -> Result<PendingAllreduce<V>, TrainError> {
         let ring = match (scope, self.group_ring.as_mut()) {
             (Scope::Group, Some(g)) => g,
             _ => &mut self.world_ring,
         };
-        ring.submit(data, ReduceOp::Sum).map_err(|e| ring_err("all-reduce", e))
+        ring.submit_values(data, ReduceOp::Sum).map_err(|e| ring_err("all-reduce", e))
     }
 
     /// Sums `data` over all replicas and waits for the result (bookkeeping: evaluation sums,

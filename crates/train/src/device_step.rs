@@ -1,6 +1,7 @@
 //! The SAM step with the model, its arena and the optimizer state on a device: [`SamStep`]'s
-//! arithmetic for one replica holding its whole batch (no micro-batches, no `--sam_m`, no mixup,
-//! no exchange: those stay on [`SamStep`] until the device step takes them over).
+//! arithmetic, micro-batches and data-parallel exchange included (no `--sam_m`, no mixup, no
+//! LookSAM, no ascent per micro-batch: those stay on [`SamStep`] until the device step takes
+//! them over).
 //!
 //! Per step, as [`SamStep`] does it (docs/SAM.md): pass 1 at `w` (gradient zeroed, forward,
 //! softmax cross-entropy with label smoothing, backward, the L2 term), the ascent `w_adv = w +
@@ -14,7 +15,16 @@
 //! A step is staged, launched and finished ([`DeviceStep::stage`], [`DeviceStep::launch`],
 //! [`DeviceStep::finish`]): the trainer stages batch i + 1 while step i runs, so the host's copy
 //! of it into pinned memory, and the wait for the loader, overlap the device's work
-//! (docs/ARCHITECTURE.md, "Tensors on a device").
+//! (docs/ARCHITECTURE.md, "Tensors on a device"). `launch` queues as much of the step as needs
+//! no wait: all of it on one replica; data-parallel, up to the first exchange, whose result the
+//! next launches need. `finish` queues the rest, waiting for the ring where it must.
+//!
+//! Micro-batches and replicas ([`crate::step`]'s module docs have the arithmetic): each pass runs
+//! over this replica's micro-batches (copied out of the batch on the device), summing their
+//! gradients, each example weighing one over the examples of the whole exchange; data-parallel,
+//! the last micro-batch's backward sends the sum to the ring bucket by bucket, straight from
+//! device memory ([`crate::device_grad_sync`]). Every micro-batch is a batch-norm batch of its
+//! own, and the step's statistics are the mean of every micro-batch's over the world.
 //!
 //! [`SamStep`]: crate::step::SamStep
 
@@ -24,7 +34,6 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use ringsam_kernels::flat::{self, OptimizerState};
-use ringsam_kernels::loss::{LossShape, softmax_xent_backward, softmax_xent_forward_into};
 use ringsam_kernels::{DeviceVec, Gpu, KernelError, Launcher, PinnedVec};
 use ringsam_models::{Model, ModelConfig, build};
 use ringsam_nn::Pass;
@@ -32,28 +41,32 @@ use ringsam_optim::OptimizerKind;
 use ringsam_tensor::{Tensor, TensorError};
 
 use crate::TrainError;
+use crate::cluster::{Cluster, Scope};
+use crate::device_grad_sync::DeviceGradSync;
+use crate::grad_sync::{BucketPlan, ExchangeStats};
 use crate::step::{StepConfig, StepReport, decayed_ranges};
+use ringsam_data::share::BatchShare;
+
+mod passes;
 
 /// The step's scalars: the kernels leave them in `DeviceStep::scalars`, one double each, and the
-/// host reads them together once at the end of the step, never between its launches.
+/// host reads them together once at the end of the step, never between its launches. First
+/// these squared norms, then two per micro-batch ([`DeviceStep::micro_slots`]): Σ of the last
+/// pass's per-example losses, and its misclassified examples.
 #[derive(Clone, Copy)]
-enum Slot {
-    /// Σ of the last pass's per-example losses.
-    Loss,
-    /// The last pass's misclassified examples.
-    Errors,
+enum SquaredNorm {
     /// ‖g‖² at the ascent (the first pass's gradient; the only one under SGD).
-    AscentNormSq,
+    Ascent,
     /// ASAM's ‖T·g‖², which its ascent reads.
-    AsamNormSq,
+    AsamScaled,
     /// ‖g‖² of the gradient the update takes, before clipping.
-    GradNormSq,
+    Grad,
     /// ‖w‖² after the update.
-    ParamNormSq,
+    Params,
 }
 
 /// Slots in `DeviceStep::scalars`.
-const SLOTS: usize = Slot::ParamNormSq as usize + 1;
+const SLOTS: usize = SquaredNorm::Params as usize + 1;
 
 /// `slot`'s pinned buffer, (re)made with `len` values when it has another length.
 fn pinned<'a, T: ringsam_kernels::launch::Elem>(
@@ -96,8 +109,30 @@ struct Staged {
 /// A step whose launches are queued and whose report is not read yet.
 struct Launched {
     n: usize,
+    /// Examples per micro-batch.
+    micro: usize,
     clip: f32,
+    lr: f32,
     slot: usize,
+    phase: Phase,
+    /// The gradient just computed is being exchanged (its buckets leaving during backward).
+    exchanging: bool,
+    /// The L2 term's coefficient for the buckets still to leave, and whether at `w_adv`.
+    l2: (f32, bool),
+    exchanges: [ExchangeStats; 2],
+    /// SAM's two passes (false: SGD's one, whose gradient's norm is also the ascent's slot).
+    sam: bool,
+}
+
+/// How far a launched step is queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Pass 1 (SAM's ascent gradient) is queued.
+    AscentGrad,
+    /// The gradient the update takes is queued (pass 2, or SGD's only pass).
+    Grad,
+    /// All of the step is queued.
+    Updated,
 }
 
 /// One replica's model, parameters, gradients and optimizer state on `gpu`.
@@ -118,12 +153,19 @@ pub struct DeviceStep {
     pinned: PinnedSlots,        // where batches are staged on the host
     staged: Option<Staged>,     // the next step's batch, staged
     launched: Option<Launched>, // the step launched and not yet read
-    scalars: DeviceVec<f64>,    // the step's scalars (Slot), read once per step
+    scalars: DeviceVec<f64>,    // the step's scalars (SquaredNorm, then micro_slots), read once per step
     probs: Tensor,              // (N, K)
     losses: Tensor,             // (N,)
     losses64: Option<DeviceVec<f64>>,
     wrong: Option<DeviceVec<u32>>,
-    dlogits: Tensor, // (N, K)
+    dlogits: Tensor, // (n, K)
+    micro_x: Tensor, // one micro-batch's images, copied out of `x`
+    // This replica's micro-batches of the global batch, the ranks its ascent gradient is summed
+    // over, and its exchange when data-parallel ([`DeviceStep::set_peers`]).
+    share: BatchShare,
+    group: Range<usize>,
+    exchange: Option<DeviceGradSync>,
+    stats: passes::StatsMean,
 }
 
 /// LookSAM is not on the device step yet: refused by name rather than run as plain SAM.
@@ -174,13 +216,27 @@ impl DeviceStep {
             pinned: PinnedSlots::default(),
             staged: None,
             launched: None,
-            scalars: mem.zeros(SLOTS).map_err(&err)?,
+            scalars: mem.zeros(SLOTS + 2).map_err(&err)?,
             probs: Tensor::empty(),
             losses: Tensor::empty(),
             losses64: None,
             wrong: None,
             dlogits: Tensor::empty(),
+            micro_x: Tensor::empty(),
+            share: BatchShare::alone(1),
+            group: 0..1,
+            exchange: None,
+            stats: passes::StatsMean::default(),
         })
+    }
+
+    /// This replica's part of each global batch (`share`), the ranks its ascent gradient is
+    /// summed over (`group`) and, data-parallel, how its gradient is cut into buckets (`plan`):
+    /// later launches are given the rings. Set on one replica too, for micro-batches.
+    pub fn set_peers(&mut self, share: BatchShare, group: Range<usize>, plan: Option<BucketPlan>) {
+        let n = self.params.len();
+        (self.share, self.group) = (share, group);
+        self.exchange = plan.map(|plan| DeviceGradSync::new(n, plan));
     }
 
     /// Sets ρ (benchmarks time SGD and SAM on one model).
@@ -268,11 +324,12 @@ impl DeviceStep {
     }
 
     /// One step on batch `x (C, N, H, W)` (on the host or already on the device) with `labels`:
-    /// [`DeviceStep::stage`], [`DeviceStep::launch`] and [`DeviceStep::finish`] in a row.
-    pub fn step(&mut self, x: &Tensor, labels: &[u32], lr: f32) -> Result<StepReport, TrainError> {
+    /// [`DeviceStep::stage`], [`DeviceStep::launch`] and [`DeviceStep::finish`] in a row, on the
+    /// rings of `peers` when data-parallel.
+    pub fn step(&mut self, x: &Tensor, labels: &[u32], lr: f32, mut peers: Option<&mut Cluster>) -> Result<StepReport, TrainError> {
         self.stage(x, labels)?;
-        self.launch(lr)?;
-        self.finish()
+        self.launch(lr, peers.as_deref_mut())?;
+        self.finish(peers)
     }
 
     /// Hands over the next step's batch: copied now, by the host's cores, into a pinned slot
@@ -312,48 +369,50 @@ impl DeviceStep {
         Ok(())
     }
 
-    /// Starts the step on the staged batch: queues its copies to the device, both passes and
-    /// the update, and returns without waiting for any of them.
-    pub fn launch(&mut self, lr: f32) -> Result<(), TrainError> {
+    /// Starts the step on the staged batch: queues its copies to the device and as much of the
+    /// step as needs no wait (see the module docs), and returns without waiting for any of it.
+    /// Data-parallel, `peers` holds the rings (the same ones [`DeviceStep::finish`] is given).
+    pub fn launch(&mut self, lr: f32, mut peers: Option<&mut Cluster>) -> Result<(), TrainError> {
         if self.launched.is_some() {
             return Err(TrainError::Runtime("a device step launched before the one before it was finished".into()));
         }
-        let staged = self.staged.take().ok_or_else(|| TrainError::Runtime("a device step launched with no batch staged".into()))?;
-        let (slot, n) = (staged.slot, staged.shape[1]);
-        self.load_batch(staged)?;
-        let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
-        // ρ = 0, or a step `--sam_every` leaves to SGD: one pass.
-        if self.cfg.rho == 0.0 || !self.cfg.schedule.sam_at(self.step) {
-            self.loss_and_grad(false, Pass::train(seed, step).with_frozen_bn(frozen))?;
-            self.launch_with(|l, s| flat::sum_squares_into(l, s.grads_buf(), s.slot(Slot::AscentNormSq)))?;
-        } else {
-            self.loss_and_grad(false, Pass::train(seed, step).tied(true).with_frozen_bn(frozen))?;
-            self.launch_with(|l, s| s.ascend(l))?;
-            self.loss_and_grad(true, Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen))?;
+        if self.exchange.is_some() && peers.is_none() {
+            return Err(TrainError::Runtime("a data-parallel device step launched without its rings".into()));
         }
+        let staged = self.staged.take().ok_or_else(|| TrainError::Runtime("a device step launched with no batch staged".into()))?;
+        let (slot, n, units) = (staged.slot, staged.shape[1], self.share.my_units().len());
+        if !n.is_multiple_of(units) {
+            return Err(TrainError::Runtime(format!("a batch of {n} cannot be cut into {units} micro-batches")));
+        }
+        self.load_batch(staged, n / units)?;
+        let sam = self.cfg.rho > 0.0 && self.cfg.schedule.sam_at(self.step);
+        let phase = if sam { Phase::AscentGrad } else { Phase::Grad };
         let clip = self.cfg.gradient_clipping;
-        self.launch_with(|l, s| flat::clip_by_global_norm_into(l, s.grads_buf(), clip, s.slot(Slot::GradNormSq)))?;
-        self.launch_with(|l, s| {
-            let state = OptimizerState { momentum: s.momentum.buf(), second_moment: s.second.as_ref().map(DeviceVec::buf) };
-            flat::update(l, s.cfg.optimizer, s.params_buf(), s.grads_buf(), state, lr)?;
-            if s.cfg.decoupled_weight_decay && s.cfg.weight_decay > 0.0 {
-                // w −= lr·wd·w over the decayed ranges (ringsam_optim::weight_decay::decay_decoupled).
-                let w = s.params_buf();
-                for r in &s.decayed {
-                    flat::scale(l, w.slice(r.clone()), 1.0 - lr * s.cfg.weight_decay)?;
-                }
+        let exchanges = Default::default();
+        self.launched = Some(Launched { n, micro: n / units, clip, lr, slot, phase, exchanging: false, l2: (0.0, false), exchanges, sam });
+        let queued = self.begin_stats().and_then(|()| {
+            let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
+            if sam {
+                // Pass 1 ties ShakeShake/ShakeDrop backward coefficients to the forward's.
+                let scope = (self.exchange.is_some() && self.cfg.sync_perturbations).then_some(Scope::Group);
+                self.run_pass(false, Pass::train(seed, step).tied(true).with_frozen_bn(frozen), scope, peers.as_deref_mut())
+            } else {
+                // ρ = 0, or a step `--sam_every` leaves to SGD: one pass.
+                let scope = self.exchange.is_some().then_some(Scope::World);
+                self.run_pass(false, Pass::train(seed, step).with_frozen_bn(frozen), scope, peers.as_deref_mut())
             }
-            flat::sum_squares_into(l, s.params_buf(), s.slot(Slot::ParamNormSq))
-        })?;
-        self.launched = Some(Launched { n, clip, slot });
-        Ok(())
+        });
+        queued.and_then(|()| self.advance(peers, false)).inspect_err(|_| self.abandon())
     }
 
-    /// Waits for the launched step and reads its report: the step's one wait, every scalar
-    /// the report needs read together.
-    pub fn finish(&mut self) -> Result<StepReport, TrainError> {
-        let Launched { n, clip, slot } =
-            self.launched.take().ok_or_else(|| TrainError::Runtime("a device step finished that was not launched".into()))?;
+    /// Queues the rest of the launched step, waiting for the ring where it must, then waits for
+    /// the step and reads its report: every scalar the report needs, read together.
+    pub fn finish(&mut self, peers: Option<&mut Cluster>) -> Result<StepReport, TrainError> {
+        if self.launched.is_none() {
+            return Err(TrainError::Runtime("a device step finished that was not launched".into()));
+        }
+        self.advance(peers, true).inspect_err(|_| self.abandon())?;
+        let Launched { n, micro, clip, slot, exchanges, .. } = self.launched.take().expect("checked above");
         let v = self.launch_with(|l, s| l.read_f64(s.scalars.buf()))?;
         for x in self.pinned.x[slot].iter_mut() {
             // SAFETY: reading the scalars waited for the stream, after the step's batch copy.
@@ -364,28 +423,103 @@ impl DeviceStep {
             unsafe { labels.assume_copied() };
         }
         self.step += 1;
-        let grad_norm = v[Slot::GradNormSq as usize].sqrt();
+        let micros = n / micro;
+        let loss: f64 = (0..micros).map(|j| v[SLOTS + 2 * j]).sum();
+        let errors: f64 = (0..micros).map(|j| v[SLOTS + 2 * j + 1]).sum();
+        let grad_norm = v[SquaredNorm::Grad as usize].sqrt();
         Ok(StepReport {
-            loss: (v[Slot::Loss as usize] / n as f64) as f32,
-            error_rate: v[Slot::Errors as usize] as f32 / n as f32,
+            loss: (loss / n as f64) as f32,
+            error_rate: errors as f32 / n as f32,
             grad_norm: if clip > 0.0 { grad_norm.min(clip as f64) } else { grad_norm },
-            ascent_grad_norm: v[Slot::AscentNormSq as usize].sqrt(),
-            param_norm: v[Slot::ParamNormSq as usize].sqrt(),
-            ascent_exchange: Default::default(),
-            descent_exchange: Default::default(),
+            ascent_grad_norm: v[SquaredNorm::Ascent as usize].sqrt(),
+            param_norm: v[SquaredNorm::Params as usize].sqrt(),
+            ascent_exchange: exchanges[0],
+            descent_exchange: exchanges[1],
         })
     }
 
-    /// The staged batch on the device (its copies queued), and the buffers sized for it.
-    fn load_batch(&mut self, staged: Staged) -> Result<(), TrainError> {
+    /// Queues the launched step's next phases; stops before a wait for the ring unless `wait`.
+    fn advance(&mut self, mut peers: Option<&mut Cluster>, wait: bool) -> Result<(), TrainError> {
+        loop {
+            let l = self.launched.as_ref().expect("a launched step");
+            let must_wait = l.exchanging || (l.phase == Phase::Grad && self.stats.exchanged());
+            if must_wait && !wait {
+                return Ok(());
+            }
+            let (phase, sam) = (l.phase, l.sam);
+            match phase {
+                Phase::AscentGrad => {
+                    self.launched.as_mut().expect("launched").exchanges[0] = self.finish_exchange(peers.as_deref_mut())?;
+                    self.launch_with(|l, s| s.ascend(l))?;
+                    let (seed, step, frozen) = (self.cfg.seed, self.step, self.cfg.frozen_bn);
+                    let scope = self.exchange.is_some().then_some(Scope::World);
+                    self.run_pass(true, Pass::train_frozen_stats(seed, step).with_frozen_bn(frozen), scope, peers.as_deref_mut())?;
+                    self.launched.as_mut().expect("launched").phase = Phase::Grad;
+                }
+                Phase::Grad => {
+                    self.launched.as_mut().expect("launched").exchanges[1] = self.finish_exchange(peers.as_deref_mut())?;
+                    if !sam {
+                        // SGD's one gradient is also the one the report calls the ascent's.
+                        self.launch_with(|l, s| flat::sum_squares_into(l, s.grads_buf(), s.slot(SquaredNorm::Ascent)))?;
+                    }
+                    self.finish_stats(peers.as_deref_mut())?;
+                    self.update()?;
+                    self.launched.as_mut().expect("launched").phase = Phase::Updated;
+                }
+                Phase::Updated => return Ok(()),
+            }
+        }
+    }
+
+    /// Clipping and the base optimizer's update of `w`, with the norms the report needs.
+    fn update(&mut self) -> Result<(), TrainError> {
+        let (clip, lr) = self.launched.as_ref().map(|l| (l.clip, l.lr)).expect("a launched step");
+        self.launch_with(|l, s| flat::clip_by_global_norm_into(l, s.grads_buf(), clip, s.slot(SquaredNorm::Grad)))?;
+        self.launch_with(|l, s| {
+            let state = OptimizerState { momentum: s.momentum.buf(), second_moment: s.second.as_ref().map(DeviceVec::buf) };
+            flat::update(l, s.cfg.optimizer, s.params_buf(), s.grads_buf(), state, lr)?;
+            if s.cfg.decoupled_weight_decay && s.cfg.weight_decay > 0.0 {
+                // w −= lr·wd·w over the decayed ranges (ringsam_optim::weight_decay::decay_decoupled).
+                let w = s.params_buf();
+                for r in &s.decayed {
+                    flat::scale(l, w.slice(r.clone()), 1.0 - lr * s.cfg.weight_decay)?;
+                }
+            }
+            flat::sum_squares_into(l, s.params_buf(), s.slot(SquaredNorm::Params))
+        })
+    }
+
+    /// After a failed step: the statistics as the step found them (the parameters are untouched
+    /// until the update, which needs no ring), nothing in flight, nothing launched. The replica
+    /// holds the last completed step, which recovery streams to the others.
+    fn abandon(&mut self) {
+        if let Some(x) = self.exchange.as_mut() {
+            x.begin(Scope::World); // drops the copies and sums in flight
+        }
+        self.stats.abandon();
+        if let Some(start) = self.stats.start_buf() {
+            let _ = self.launch_with(|l, s| flat::copy(l, s.state.device_buf().expect("on the device"), start));
+        }
+        self.launched = None;
+    }
+
+    /// The staged batch on the device (its copies queued), and the buffers sized for micro-batches
+    /// of `micro` examples.
+    fn load_batch(&mut self, staged: Staged, micro: usize) -> Result<(), TrainError> {
         let Staged { slot, shape, on_device } = staged;
         let (n, k) = (shape[1], self.model.config().num_classes);
         let mem = self.gpu.memory();
         let err = device_error(&self.gpu, "DeviceStep::launch");
         if self.labels.as_ref().is_none_or(|b| b.len() != n) {
             self.labels = Some(mem.alloc(n).map_err(&err)?);
-            self.losses64 = Some(mem.alloc(n).map_err(&err)?);
-            self.wrong = Some(mem.alloc(n).map_err(&err)?);
+        }
+        if self.wrong.as_ref().is_none_or(|b| b.len() != micro) {
+            self.losses64 = Some(mem.alloc(micro).map_err(&err)?);
+            self.wrong = Some(mem.alloc(micro).map_err(&err)?);
+        }
+        let slots = SLOTS + 2 * (n / micro);
+        if self.scalars.len() != slots {
+            self.scalars = mem.zeros(slots).map_err(&err)?;
         }
         match on_device {
             Some(x) => self.x = x,
@@ -398,62 +532,40 @@ impl DeviceStep {
         }
         let staged_labels = self.pinned.labels[slot].as_mut().expect("filled by stage");
         self.labels.as_mut().expect("just placed").write_async(staged_labels).map_err(&err)?;
-        for (t, shape) in [(&mut self.probs, vec![n, k]), (&mut self.losses, vec![n]), (&mut self.dlogits, vec![n, k])] {
+        for (t, shape) in [(&mut self.probs, vec![micro, k]), (&mut self.losses, vec![micro]), (&mut self.dlogits, vec![micro, k])] {
             t.place_like(&shape, &self.x)?;
         }
         Ok(())
     }
 
-    /// Zeroed gradient, forward at `w` (or `w_adv`), the loss, backward and the L2 term at the
-    /// same point; the loss's sum and the misclassified examples left in their slots.
-    fn loss_and_grad(&mut self, at_adv: bool, pass: Pass) -> Result<(), TrainError> {
-        self.launch_with(|l, s| flat::fill(l, s.grads_buf(), 0.0))?;
-        let w = if at_adv { &self.w_adv } else { &self.params };
-        let logits = self.model.forward(w, &mut self.state, &self.x, &pass)?;
-        let [n, k] = match *logits.shape() {
-            [n, k] => [n, k],
-            ref s => return Err(TrainError::Runtime(format!("model returned logits of shape {s:?}"))),
-        };
-        let logits = logits.device_buf().ok_or_else(|| TrainError::Runtime("the model's logits left the device".into()))?;
-        let bufs = |t: &Tensor| t.device_buf().expect("placed on the device by load_batch");
-        let (probs, losses, dlogits) = (bufs(&self.probs), bufs(&self.losses), bufs(&self.dlogits));
-        let (labels, losses64, wrong) =
-            (self.labels_buf(), self.losses64.as_ref().expect("placed").buf(), self.wrong.as_ref().expect("placed").buf());
-        let (ls, sh) = (self.cfg.label_smoothing, LossShape { n, k });
-        let (loss_sum, errors) = (self.slot(Slot::Loss), self.slot(Slot::Errors));
-        self.launch_with(|l, _| {
-            softmax_xent_forward_into(l, logits, labels, ls, sh, [probs, losses], losses64, loss_sum)?;
-            ringsam_kernels::dense::count_errors_into(l, wrong, logits, labels, errors)?;
-            softmax_xent_backward(l, dlogits, probs, labels, ls, 1.0 / n as f32, sh)
-        })?;
-        let w = if at_adv { &self.w_adv } else { &self.params };
-        self.model.backward(w, &mut self.grads, &self.x, &self.dlogits)?;
-        let wd = if self.cfg.decoupled_weight_decay { 0.0 } else { self.cfg.weight_decay };
-        if wd > 0.0 {
-            let w = if at_adv { self.w_adv.device_buf() } else { self.params.device_buf() }.expect("on the device");
-            self.launch_with(|l, s| flat::add_l2_gradient(l, s.grads_buf(), w, wd, &s.decayed))?;
-        }
-        Ok(())
+    /// Micro-batch `j`'s two scalars: Σ of its per-example losses and its misclassified examples.
+    fn micro_slots(&self, j: usize) -> [ringsam_kernels::Buf<f64>; 2] {
+        let i = SLOTS + 2 * j;
+        [self.scalars.buf().slice(i..i + 1), self.scalars.buf().slice(i + 1..i + 2)]
     }
 
     /// `w_adv = w + ρ·g/‖g‖` (or ASAM's), ‖g‖² left in its slot.
     fn ascend(&self, l: &mut Box<dyn Launcher + Send>) -> Result<(), KernelError> {
         let (w_adv, w, g) = (self.w_adv.device_buf().expect("on the device"), self.params_buf(), self.grads_buf());
         if self.cfg.adaptive {
-            flat::asam_ascent_point_into(l, [w_adv, w, g], self.cfg.rho, self.cfg.asam_eta, self.slot(Slot::AsamNormSq))?;
-            flat::sum_squares_into(l, g, self.slot(Slot::AscentNormSq))
+            flat::asam_ascent_point_into(l, [w_adv, w, g], self.cfg.rho, self.cfg.asam_eta, self.slot(SquaredNorm::AsamScaled))?;
+            flat::sum_squares_into(l, g, self.slot(SquaredNorm::Ascent))
         } else {
-            flat::ascent_point_into(l, w_adv, w, g, self.cfg.rho, self.slot(Slot::AscentNormSq))
+            flat::ascent_point_into(l, w_adv, w, g, self.cfg.rho, self.slot(SquaredNorm::Ascent))
         }
     }
 
-    fn slot(&self, which: Slot) -> ringsam_kernels::Buf<f64> {
+    fn slot(&self, which: SquaredNorm) -> ringsam_kernels::Buf<f64> {
         let i = which as usize;
         self.scalars.buf().slice(i..i + 1)
     }
 
     fn params_buf(&self) -> ringsam_kernels::Buf<f32> {
         self.params.device_buf().expect("the device step's parameters live on the device")
+    }
+
+    fn state_buf(&self) -> ringsam_kernels::Buf<f32> {
+        self.state.device_buf().expect("the device step's statistics live on the device")
     }
 
     fn grads_buf(&self) -> ringsam_kernels::Buf<f32> {

@@ -94,6 +94,11 @@ impl GradSync {
         }
     }
 
+    /// How the gradient is cut into buckets.
+    pub fn plan(&self) -> BucketPlan {
+        self.plan
+    }
+
     /// Starts an exchange over `scope`; call before backward.
     pub fn begin(&mut self, scope: Scope) {
         self.scope = scope;

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod data_source;
+pub mod device_grad_sync;
 pub mod device_step;
 pub mod elastic;
 pub mod error;

@@ -243,11 +243,8 @@ impl SamStep {
     /// name, rather than run differently.
     pub fn to_device(&mut self, model_name: &str, gpu: &Arc<Gpu>) -> Result<(), TrainError> {
         let refuse = |what: &str| Err(TrainError::Config(format!("{what} is not on the GPU step yet: train it with --device cpu")));
-        if self.sync.is_some() {
-            return refuse("data-parallel training (several replicas)");
-        }
-        if self.share.units > 1 {
-            return refuse("--grad_accum_steps above 1");
+        if self.cfg.rho > 0.0 && !self.cfg.sync_perturbations && self.share.units != self.share.world {
+            return refuse("--sync_perturbations=false with several micro-batches per replica (an ascent for each)");
         }
         if self.cfg.sam_m.is_some() {
             return refuse("--sam_m");
@@ -256,6 +253,7 @@ impl SamStep {
             return refuse("LookSAM (--looksam_k)");
         }
         let mut d = DeviceStep::new(model_name, &self.model.config(), self.cfg, gpu)?;
+        d.set_peers(self.share, self.group.clone(), self.sync.as_ref().map(GradSync::plan));
         d.upload(&self.arena.params, &self.state, &self.opt.state(), self.step)?;
         self.device = Some(Box::new(d));
         Ok(())
@@ -333,6 +331,9 @@ impl SamStep {
         self.share = share;
         self.group = peers.as_ref().map_or(0..1, |(c, _)| c.group_ranks());
         let n = self.arena.len();
+        if let Some(d) = self.device.as_mut() {
+            d.set_peers(share, self.group.clone(), peers.as_ref().map(|(_, plan)| *plan));
+        }
         std::mem::replace(&mut self.sync, peers.map(|(c, plan)| GradSync::new(c, n, plan))).map(|s| s.cluster)
     }
 
@@ -435,9 +436,11 @@ impl SamStep {
         }
     }
 
-    /// The statistics (to average across replicas) and the rings, borrowed together.
-    pub fn state_and_cluster(&mut self) -> (&mut [f32], &[f32], Option<&mut Cluster>) {
-        (&mut self.state, &self.arena.params, self.sync.as_mut().map(|s| &mut s.cluster))
+    /// The parameters and the rings, borrowed together (on a GPU, the host's copy refreshed
+    /// first): to compare fingerprints across replicas.
+    pub fn params_and_cluster(&mut self) -> Result<(&[f32], Option<&mut Cluster>), TrainError> {
+        self.sync_host()?;
+        Ok((&self.arena.params, self.sync.as_mut().map(|s| &mut s.cluster)))
     }
 
     /// Closes the rings (the end of a data-parallel run).
@@ -467,7 +470,7 @@ impl SamStep {
                 return Err(mixup_on_gpu());
             }
             self.staged = None; // the device step stages this batch in its place
-            let report = d.step(x, labels, lr)?;
+            let report = d.step(x, labels, lr, self.sync.as_mut().map(|s| &mut s.cluster))?;
             (self.step, self.host_stale) = (self.step + 1, true);
             return Ok(report);
         }

@@ -293,7 +293,7 @@ impl<'a> Trainer<'a> {
         // Every replica must start from the same checkpoint at the same place (a run directory
         // that is not shared would otherwise pair collectives wrongly).
         let position = [self.st.steps(), self.epoch, self.batch];
-        let (_, params, cluster) = self.st.state_and_cluster();
+        let (params, cluster) = self.st.params_and_cluster()?;
         if let Some(c) = cluster {
             check_same_start(c, params, position)?;
         }
@@ -413,7 +413,7 @@ impl<'a> Trainer<'a> {
                 let v = vote_and_metrics(c, stop, save, [r.loss, r.error_rate], images)?;
                 (r.loss, r.error_rate) = (v.loss, v.error_rate);
                 if self.cfg.check_replicas_every > 0 && step.is_multiple_of(self.cfg.check_replicas_every) {
-                    let (_, params, cluster) = self.st.state_and_cluster();
+                    let (params, cluster) = self.st.params_and_cluster()?;
                     check_identical(cluster.expect("data-parallel here"), params, step)?;
                 }
                 Agreement { stop: v.stop, save: v.save }
@@ -558,7 +558,7 @@ impl<'a> Trainer<'a> {
         if self.agreed_at == Some(step) {
             return Ok(());
         }
-        let (_, params, cluster) = self.st.state_and_cluster();
+        let (params, cluster) = self.st.params_and_cluster()?;
         let Some(c) = cluster else { return Ok(()) };
         check_identical(c, params, step)?;
         self.agreed_at = Some(step);

@@ -68,12 +68,21 @@ fn single_replica_in(cfg: StepConfig, units: usize) -> Vec<f32> {
 
 /// [`single_replica_in`] for any model and number of steps; parameters and statistics.
 fn single_model_in(model: &str, cfg: StepConfig, units: usize, steps: usize) -> (Vec<f32>, Vec<f32>) {
+    single_model_on(model, cfg, units, steps, false)
+}
+
+/// [`single_model_in`], on an emulated GPU when `on_gpu`.
+fn single_model_on(model: &str, cfg: StepConfig, units: usize, steps: usize, on_gpu: bool) -> (Vec<f32>, Vec<f32>) {
     let (images, labels) = data();
     let mut st = SamStep::new(model, &model_cfg(), cfg, None, BatchShare::alone(units)).unwrap();
+    if on_gpu {
+        st.to_device(model, &ringsam_kernels_emu::emulated_gpu()).unwrap();
+    }
     for s in 0..steps {
         let (x, y) = batch(&images, &labels, s * GLOBAL, (s + 1) * GLOBAL);
         st.step(&x, &y, 0.1).unwrap();
     }
+    st.sync_host().unwrap();
     (st.params().to_vec(), st.state().to_vec())
 }
 
@@ -104,17 +113,19 @@ fn replicas(world: usize, sync_perturbations: bool, group_size: Option<usize>) -
 
 /// `world` replicas sharing each global batch as `units` micro-batches ([`BatchShare`]).
 fn replicas_with(world: usize, group_size: Option<usize>, step_cfg: StepConfig, units: usize) -> Vec<Vec<f32>> {
-    models_with("SmallCnn", world, group_size, step_cfg, units, STEPS).into_iter().map(|(p, _)| p).collect()
+    models_on("SmallCnn", world, group_size, step_cfg, units, STEPS, false).into_iter().map(|(p, _)| p).collect()
 }
 
-/// [`replicas_with`] for any model and number of steps; each replica's parameters and statistics.
-fn models_with(
+/// [`replicas_with`] for any model and number of steps, every replica's step on its own
+/// emulated GPU when `on_gpu`; each replica's parameters and statistics.
+fn models_on(
     model: &'static str,
     world: usize,
     group_size: Option<usize>,
     step_cfg: StepConfig,
     units: usize,
     steps: usize,
+    on_gpu: bool,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let peers = free_addrs(world);
     let handles: Vec<_> = (0..world)
@@ -137,6 +148,9 @@ fn models_with(
                 let plan = BucketPlan { first: 700, rest: 1500, overlap: true };
                 let share = BatchShare::new(units, rank, world).unwrap();
                 let mut st = SamStep::new(model, &model_cfg(), step_cfg, Some((cluster, plan)), share).unwrap();
+                if on_gpu {
+                    st.to_device(model, &ringsam_kernels_emu::emulated_gpu()).unwrap();
+                }
                 let mine = share.examples(GLOBAL);
                 for s in 0..steps {
                     let (x, y) = batch(&images, &labels, s * GLOBAL + mine.start, s * GLOBAL + mine.end);
@@ -146,6 +160,7 @@ fn models_with(
                     assert_eq!(r.ascent_exchange.bytes > 0, synced_ascent);
                 }
                 st.close();
+                st.sync_host().unwrap();
                 (st.params().to_vec(), st.state().to_vec())
             })
         })
@@ -320,7 +335,7 @@ fn batch_norm_statistics_do_not_depend_on_the_world() {
     const BN_STEPS: usize = 3;
     let (params, state) = single_model_in("WideResnet10x1", step_config(true), 4, BN_STEPS);
     for world in [2, 3] {
-        let some = models_with("WideResnet10x1", world, None, step_config(true), 4, BN_STEPS);
+        let some = models_on("WideResnet10x1", world, None, step_config(true), 4, BN_STEPS, false);
         for (p, s) in &some[1..] {
             assert_eq!((p, s), (&some[0].0, &some[0].1), "world {world}: replicas must hold identical parameters and statistics");
         }
@@ -333,3 +348,57 @@ fn batch_norm_statistics_do_not_depend_on_the_world() {
 /// Batch norm's reductions add summation-order differences of their own (measured: 1.2e-7 on the
 /// parameters, 2.4e-7 on the statistics).
 const BN_TOLERANCE: f32 = 1e-6;
+
+/// Replicas on GPUs (emulated here) exchange both SAM gradients straight from device memory
+/// (crate::device_grad_sync): 4 × 16 must hold identical parameters and follow 1 × 64 on one
+/// device; both follow the CPU within the emulated kernels' summation-order spread.
+#[test]
+fn replicas_on_emulated_gpus_follow_one_replica_of_the_whole_batch() {
+    let _ports = ports_lock();
+    const STEPS_ON_GPU: usize = 6;
+    let one_gpu = single_model_on("SmallCnn", step_config(true), 1, STEPS_ON_GPU, true).0;
+    let four = models_on("SmallCnn", 4, None, step_config(true), 4, STEPS_ON_GPU, true);
+    for (r, (p, _)) in four.iter().enumerate() {
+        assert_eq!(p, &four[0].0, "replica {r} differs from replica 0 on the device");
+    }
+    let d = max_diff(&one_gpu, &four[0].0);
+    eprintln!("4 emulated GPUs × 16 against 1 × 64: {d:e}");
+    assert!(d <= TOLERANCE, "4 × 16 on devices drifted {d} from 1 × 64 on one (tolerance {TOLERANCE})");
+    let cpu = single_model_in("SmallCnn", step_config(true), 1, STEPS_ON_GPU).0;
+    let d = max_diff(&cpu, &four[0].0);
+    eprintln!("4 emulated GPUs × 16 against the CPU's 1 × 64: {d:e}");
+    assert!(d <= DEVICE_TOLERANCE, "4 × 16 on devices drifted {d} from the CPU (tolerance {DEVICE_TOLERANCE})");
+    // Unsynchronised ascents, one micro-batch per replica: each ascends alone (m = 16).
+    let unsynced = StepConfig { sync_perturbations: false, ..step_config(true) };
+    let m16 = single_model_in("SmallCnn", StepConfig { sam_m: Some(16), ..step_config(true) }, 1, STEPS_ON_GPU).0;
+    let apart = models_on("SmallCnn", 4, None, unsynced, 4, STEPS_ON_GPU, true);
+    let d = max_diff(&m16, &apart[0].0);
+    assert!(d <= DEVICE_TOLERANCE, "unsynchronised on devices drifted {d} from sam_m = 16 (tolerance {DEVICE_TOLERANCE})");
+    let d = max_diff(&apart[0].0, &four[0].0);
+    assert!(d > 100.0 * TOLERANCE, "unsynchronised ascents should differ from synchronised ones (max diff {d})");
+}
+
+/// The device check in miniature: replicas with batch norm (each micro-batch its own
+/// batch-norm batch, statistics averaged over the world every step), on emulated GPUs, equal
+/// one device computing the same micro-batches one after the other (`--grad_accum_steps`), and
+/// both equal the CPU's.
+#[test]
+fn batch_norm_replicas_on_emulated_gpus_equal_accumulated_micro_batches() {
+    let _ports = ports_lock();
+    const BN_STEPS: usize = 2;
+    let (p_cpu, s_cpu) = single_model_in("WideResnet10x1", step_config(true), 2, BN_STEPS);
+    let (p_acc, s_acc) = single_model_on("WideResnet10x1", step_config(true), 2, BN_STEPS, true);
+    let two = models_on("WideResnet10x1", 2, None, step_config(true), 2, BN_STEPS, true);
+    assert_eq!(two[0], two[1], "replicas must hold identical parameters and statistics");
+    let (dp, ds) = (max_diff(&p_acc, &two[0].0), max_diff(&s_acc, &two[0].1));
+    eprintln!("2 emulated GPUs against 1 with 2 micro-batches: parameters {dp:e}, statistics {ds:e}");
+    assert!(dp <= BN_TOLERANCE && ds <= BN_TOLERANCE, "drifted {dp} (parameters), {ds} (statistics)");
+    let (dp, ds) = (max_diff(&p_cpu, &p_acc), max_diff(&s_cpu, &s_acc));
+    eprintln!("1 emulated GPU with 2 micro-batches against the CPU: parameters {dp:e}, statistics {ds:e}");
+    assert!(dp <= DEVICE_TOLERANCE && ds <= DEVICE_TOLERANCE, "drifted {dp} (parameters), {ds} (statistics) from the CPU");
+    let (p_one, _) = single_model_on("WideResnet10x1", step_config(true), 1, BN_STEPS, true);
+    assert!(max_diff(&p_one, &p_acc) > 100.0 * BN_TOLERANCE, "two batch-norm batches should differ from one");
+}
+
+/// The emulated device's kernels sum in another order than the CPU engine's.
+const DEVICE_TOLERANCE: f32 = 1e-4;

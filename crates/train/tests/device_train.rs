@@ -1,7 +1,8 @@
 //! `ringsam train --device cuda` as the trainer runs it, on the emulated device: a run of one
 //! epoch of a tiny dataset must follow the CPU run (same data order, same draws; only the
-//! order of float sums differs), its checkpoint must hold the device's state, its evaluation
-//! must run on the device, and what the GPU step does not do yet must be refused by flag.
+//! order of float sums differs), alone or as two replicas on two devices, its checkpoint must
+//! hold the device's state, its evaluation must run on the device, and what the GPU step does
+//! not do yet must be refused by flag.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,7 +11,7 @@ use ringsam_train::TrainError;
 use ringsam_train::checkpoint::{load, newest_checkpoint};
 use ringsam_train::config::TrainConfig;
 use ringsam_train::eval::evaluate_checkpoint;
-use ringsam_train::run::{RunOptions, RunSummary, train};
+use ringsam_train::run::{RunOptions, RunSummary};
 
 /// 64 training and 32 test images, 8×8 grey, of 10 classes (the class a bright column): a
 /// dataset small enough for the emulated device (it runs each block's threads as the host's).
@@ -44,9 +45,17 @@ fn config(out: &std::path::Path, extra: &[&str]) -> TrainConfig {
     TrainConfig::from_args(args, None).unwrap()
 }
 fn run(cfg: &TrainConfig, gpu: Option<Arc<ringsam_kernels::Gpu>>) -> Result<(RunSummary, Vec<String>), TrainError> {
+    run_replica(cfg, gpu, None)
+}
+
+fn run_replica(
+    cfg: &TrainConfig,
+    gpu: Option<Arc<ringsam_kernels::Gpu>>,
+    cluster: Option<ringsam_train::cluster::Cluster>,
+) -> Result<(RunSummary, Vec<String>), TrainError> {
     let opts = RunOptions { progress: false, stop: Arc::new(AtomicBool::new(false)), memory_limit: None, gpu };
     let mut lines = Vec::new();
-    let summary = train(cfg, &opts, &mut |l| lines.push(l.to_string()))?;
+    let summary = ringsam_train::run::train_replica(cfg, &opts, cluster, &mut |l| lines.push(l.to_string()))?;
     Ok((summary, lines))
 }
 
@@ -81,7 +90,8 @@ fn an_epoch_on_the_emulated_device_follows_the_cpu_run_and_checkpoints_its_state
 #[test]
 fn what_the_gpu_step_does_not_do_yet_is_refused_by_flag() {
     let dir = tempfile::tempdir().unwrap();
-    for (flags, named) in [(&["--ema_decay", "0.999"][..], "--ema_decay"), (&["--grad_accum_steps", "2"][..], "--grad_accum_steps")] {
+    let one_ascent_each = &["--grad_accum_steps", "2", "--sync_perturbations", "false"][..];
+    for (flags, named) in [(&["--ema_decay", "0.999"][..], "--ema_decay"), (one_ascent_each, "--sync_perturbations=false")] {
         let cfg = config(dir.path(), flags);
         match run(&cfg, Some(ringsam_kernels_emu::emulated_gpu())) {
             Err(TrainError::Config(why)) => assert!(why.contains(named) && why.contains("--device cpu"), "{why}"),
@@ -107,18 +117,18 @@ fn a_batch_staged_while_a_step_runs_changes_nothing() {
     };
     let batches: Vec<_> = (0..4).map(batch).collect();
     let mut alone = DeviceStep::new("SmallCnn", &model, cfg, &gpu).unwrap();
-    let want: Vec<f32> = batches.iter().map(|(x, l)| alone.step(x, l, 0.1).unwrap().loss).collect();
+    let want: Vec<f32> = batches.iter().map(|(x, l)| alone.step(x, l, 0.1, None).unwrap().loss).collect();
 
     let mut piped = DeviceStep::new("SmallCnn", &model, cfg, &gpu).unwrap();
     piped.stage(&batches[3].0, &batches[3].1).unwrap(); // replaced by the next line's
     piped.stage(&batches[0].0, &batches[0].1).unwrap();
     let mut got = Vec::new();
     for i in 0..4 {
-        piped.launch(0.1).unwrap();
+        piped.launch(0.1, None).unwrap();
         if let Some((x, l)) = batches.get(i + 1) {
             piped.stage(x, l).unwrap();
         }
-        got.push(piped.finish().unwrap().loss);
+        got.push(piped.finish(None).unwrap().loss);
     }
     assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     assert!(piped.params().unwrap().iter().zip(&alone.params().unwrap()).all(|(a, b)| a.to_bits() == b.to_bits()));
@@ -127,10 +137,54 @@ fn a_batch_staged_while_a_step_runs_changes_nothing() {
         let e = r.unwrap_err().to_string();
         assert!(e.contains(what), "{e}");
     };
-    refused(piped.launch(0.1), "no batch staged");
-    refused(piped.finish().map(drop), "not launched");
+    refused(piped.launch(0.1, None), "no batch staged");
+    refused(piped.finish(None).map(drop), "not launched");
     piped.stage(&batches[0].0, &batches[0].1).unwrap();
-    piped.launch(0.1).unwrap();
-    refused(piped.launch(0.1), "before the one before it was finished");
-    piped.finish().unwrap();
+    piped.launch(0.1, None).unwrap();
+    refused(piped.launch(0.1, None), "before the one before it was finished");
+    piped.finish(None).unwrap();
+}
+
+/// Two replicas, each on its own emulated device, joined by a TCP ring: the trainer's
+/// data-parallel loop on devices (both SAM gradients leave device memory bucket by bucket, the
+/// replicas vote, compare fingerprints and evaluate) follows one CPU replica of the whole batch.
+#[test]
+fn two_replicas_on_emulated_devices_train_as_one_cpu_replica() {
+    use ringsam_train::cluster::{Cluster, ClusterConfig, Transport};
+    let (cpu_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cpu_cfg = config(cpu_dir.path(), &[]);
+    let (cpu, _) = run(&cpu_cfg, None).unwrap();
+    let dev_cfg = config(dev_dir.path(), &["--check_replicas_every", "1"]);
+    let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let peers: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    drop(listeners);
+    let replicas: Vec<_> = (0..2)
+        .map(|rank| {
+            let (cfg, peers) = (dev_cfg.clone(), peers.clone());
+            std::thread::spawn(move || {
+                let ring = ClusterConfig {
+                    rank,
+                    peers,
+                    group_size: None,
+                    transport: Transport::Tcp { secret: b"device-train-test-secret".to_vec() },
+                    connect_timeout: std::time::Duration::from_secs(20),
+                    peer_timeout: std::time::Duration::from_secs(20),
+                    on_refusal: None,
+                    generation: 0,
+                };
+                let cluster = Cluster::connect(&ring, &AtomicBool::new(false)).unwrap();
+                run_replica(&cfg, Some(ringsam_kernels_emu::emulated_gpu()), Some(cluster))
+            })
+        })
+        .collect();
+    let results: Vec<_> = replicas.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+    let (dev, lines) = &results[0];
+    assert_eq!(dev.steps, cpu.steps);
+    assert!(lines.iter().any(|l| l.starts_with("the step runs on emulated")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("descent exchange")), "{lines:?}");
+    let (want, got) = (final_params(&cpu_cfg, &cpu), final_params(&dev_cfg, dev));
+    let worst = got.iter().zip(&want).map(|(&a, &b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "two device replicas' parameters after {} steps differ by {worst:e} from one CPU replica's", dev.steps);
+    let (l_cpu, l_dev) = (cpu.test_loss.unwrap(), dev.test_loss.unwrap());
+    assert!((l_cpu - l_dev).abs() < 1e-4 * l_cpu.max(1.0), "test loss {l_dev} on two devices, {l_cpu} on the CPU");
 }

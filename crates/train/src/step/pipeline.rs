@@ -58,7 +58,8 @@ impl SamStep {
         self.launched = Some(match self.staged.take() {
             None => return Err(out_of_order("a step launched with no batch staged")),
             Some(Staged::Device) => {
-                self.device.as_mut().ok_or_else(|| out_of_order("a batch staged on a device the step left"))?.launch(lr)?;
+                let peers = self.sync.as_mut().map(|s| &mut s.cluster);
+                self.device.as_mut().ok_or_else(|| out_of_order("a batch staged on a device the step left"))?.launch(lr, peers)?;
                 Launched::Device
             }
             Some(Staged::Host { x, labels, mix }) => {
@@ -75,7 +76,9 @@ impl SamStep {
             None => Err(out_of_order("a step finished that was not launched")),
             Some(Launched::Host(report)) => Ok(report),
             Some(Launched::Device) => {
-                let report = self.device.as_mut().ok_or_else(|| out_of_order("a step launched on a device the step left"))?.finish()?;
+                let peers = self.sync.as_mut().map(|s| &mut s.cluster);
+                let report =
+                    self.device.as_mut().ok_or_else(|| out_of_order("a step launched on a device the step left"))?.finish(peers)?;
                 (self.step, self.host_stale) = (self.step + 1, true);
                 Ok(report)
             }

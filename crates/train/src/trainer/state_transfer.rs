@@ -11,7 +11,7 @@ impl Trainer<'_> {
     /// ([`crate::cluster::Cluster::broadcast`]: bit-exact): parameters, statistics, optimizer buffers, the EMA
     /// and the position in the data. Then they prove they hold the same.
     pub(crate) fn take_state_from(&mut self, from: usize) -> Result<(), TrainError> {
-        let packed = pack_state(self);
+        let packed = pack_state(self)?;
         let len = packed.len();
         let Some(c) = self.st.cluster() else { return Ok(()) };
         let got = c.broadcast(from, packed)?;
@@ -20,7 +20,7 @@ impl Trainer<'_> {
         }
         unpack_state(self, &got)?;
         let position = [self.st.steps(), self.epoch, self.batch];
-        let (_, params, cluster) = self.st.state_and_cluster();
+        let (params, cluster) = self.st.params_and_cluster()?;
         if let Some(c) = cluster {
             check_same_start(c, params, position)?;
         }
@@ -38,8 +38,10 @@ fn f32s_to_u64(v: &[f32]) -> u64 {
 }
 
 /// The training state as one flat buffer, in an order every replica of a run shares: parameters,
-/// statistics, optimizer buffers by name, the EMA's, and (step, epoch, batch).
-fn pack_state(t: &mut Trainer<'_>) -> Vec<f32> {
+/// statistics, optimizer buffers by name, the EMA's, and (step, epoch, batch). On a GPU, the
+/// device's state, copied back first.
+fn pack_state(t: &mut Trainer<'_>) -> Result<Vec<f32>, TrainError> {
+    t.st.sync_host()?;
     let mut out = Vec::new();
     out.extend_from_slice(t.st.params());
     out.extend_from_slice(t.st.state());
@@ -53,7 +55,7 @@ fn pack_state(t: &mut Trainer<'_>) -> Vec<f32> {
     for v in [t.st.steps(), t.epoch, t.batch] {
         out.extend(u64_to_f32s(v));
     }
-    out
+    Ok(out)
 }
 
 /// Takes back what [`pack_state`] made (lengths checked by the caller).
