@@ -14,6 +14,7 @@ mod tool_cmds;
 mod train_args;
 mod train_cmds;
 mod worker_elastic;
+mod worker_local;
 
 use std::process::ExitCode;
 

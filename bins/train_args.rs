@@ -48,14 +48,6 @@ impl TrainArgs {
     pub fn open_device(&self, log: &dyn Fn(&str)) -> Result<Option<std::sync::Arc<ringsam_kernels::Gpu>>> {
         open_device(&self.device, self.precision.as_deref(), self.conv_impl.as_deref(), log)
     }
-
-    /// Refuses `--device` other than the CPU where `what` does not take it yet.
-    pub fn cpu_only(&self, what: &str) -> Result<()> {
-        if self.device != "cpu" {
-            return Err(usage(format!("--device {}: {what} runs on the CPU only so far", self.device)));
-        }
-        Ok(())
-    }
 }
 
 /// `--device` (with `--precision` and `--conv_impl`) opened, its kernels compiled: `None` for

@@ -85,10 +85,19 @@ pub struct WorkerArgs {
     /// more before it forms with those present (0 to 3600).
     #[arg(long, env = "RINGSAM_RENDEZVOUS_SETTLE_SECONDS", default_value_t = 10.0)]
     pub rendezvous_settle_seconds: f64,
+    /// Replicas this worker runs (a pod owning its node's GPUs): with `--device cuda`, replica i
+    /// on cuda:i. They are ranks rank·N … rank·N + N − 1 of a job of world_size·N replicas, and
+    /// replica i listens on its peer address's port + 2i. Not with --min_replicas yet.
+    #[arg(long, env = "RINGSAM_LOCAL_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_LOCAL_REPLICAS))]
+    pub local_replicas: u32,
     /// Training flags, as for `ringsam train`.
     #[command(flatten)]
     pub train: TrainArgs,
 }
+
+/// The most replicas one worker runs (GPUs of one node, with room to spare).
+const MAX_LOCAL_REPLICAS: i64 = 64;
 
 /// `ringsam launch`.
 #[derive(Args, Debug)]
@@ -97,6 +106,10 @@ pub struct LaunchArgs {
     /// Local worker processes (replicas).
     #[arg(long, default_value_t = 2)]
     pub nproc: usize,
+    /// One worker per GPU of this host instead, worker r on cuda:r: `all` (every GPU the driver
+    /// sees) or a count (needs a `--features cuda` build).
+    #[arg(long, conflicts_with = "nproc")]
+    pub gpus: Option<String>,
     /// quic or tcp.
     #[arg(long, value_enum, default_value_t = TransportName::Quic)]
     pub transport: TransportName,
@@ -116,42 +129,83 @@ pub struct LaunchArgs {
     pub train_args: Vec<String>,
 }
 
-/// Runs one replica.
+/// Runs one replica, or `--local_replicas` of them (one per GPU of the node).
 pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     // Signals count from the start: a worker waiting minutes for its peers must still stop.
     let stop = stop_on_signals()?;
-    args.train.cpu_only("a data-parallel worker")?;
     let cfg = resolve_train_config(&args.train, matches)?;
-    let rank = match args.rank {
+    let pod = match args.rank {
         Some(r) => r,
         None => std::env::var("JOB_COMPLETION_INDEX")
             .ok()
             .and_then(|v| v.parse().ok())
             .context("no --rank, RINGSAM_RANK or JOB_COMPLETION_INDEX")?,
     };
-    let world = args.world_size;
-    if world == 0 || rank >= world {
-        return Err(usage(format!("rank {rank} must be below --world_size {world}")));
+    let pods = args.world_size;
+    if pods == 0 || pod >= pods {
+        return Err(usage(format!("rank {pod} must be below --world_size {pods}")));
     }
+    let local = args.local_replicas as usize;
+    // The devices before the ring: a wrong --device shows at once, and the peers wait for
+    // nobody's kernels to compile.
+    let gpus = crate::worker_local::open_devices(&args.train, pod, local)?;
     let names: Vec<String> = match &args.peer_pattern {
-        Some(p) if p.contains("{i}") => (0..world).map(|i| p.replace("{i}", &i.to_string())).collect(),
+        Some(p) if p.contains("{i}") => (0..pods).map(|i| p.replace("{i}", &i.to_string())).collect(),
         Some(p) => return Err(usage(format!("--peer_pattern {p:?} has no {{i}} for the rank"))),
         None => args.peers.clone(),
     };
-    if names.len() != world {
+    if names.len() != pods {
         return Err(usage(format!(
-            "{} peer addresses for --world_size {world} (give --peers in rank order or --peer_pattern)",
+            "{} peer addresses for --world_size {pods} (give --peers in rank order or --peer_pattern)",
             names.len()
         )));
     }
-    let timeout = Duration::from_secs(args.connect_timeout);
     let transport = transport_of(args)?;
+    let options = |rank: usize, gpu| {
+        let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        RunOptions { progress, stop: stop.clone(), memory_limit: available_memory(), gpu }
+    };
     if let Some(min) = args.min_replicas {
-        return crate::worker_elastic::worker_elastic(args, &cfg, rank, min, names, transport, stop);
+        if local > 1 {
+            return Err(usage("--local_replicas with --min_replicas: an elastic worker runs one replica so far"));
+        }
+        let gpu = gpus.into_iter().next().flatten();
+        return crate::worker_elastic::worker_elastic(args, &cfg, pod, min, names, transport, options(pod, gpu));
     }
+    let (names, cfg) = (crate::worker_local::replica_addresses(&names, local)?, &cfg);
+    std::thread::scope(|s| {
+        let replicas: Vec<_> = gpus
+            .into_iter()
+            .enumerate()
+            .map(|(i, gpu)| {
+                let (rank, names, transport) = (pod * local + i, &names, transport.clone());
+                let opts = options(rank, gpu);
+                std::thread::Builder::new()
+                    .name(format!("replica-{rank}"))
+                    .spawn_scoped(s, move || run_replica(args, cfg, names, rank, transport, opts, i == 0))
+            })
+            .collect::<Result<_, _>>()?;
+        // Every replica joined before the first failure is reported.
+        let results: Vec<Result<()>> =
+            replicas.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's thread panicked")))).collect();
+        results.into_iter().collect()
+    })
+}
+
+/// One replica of the job at `rank`, its ring at `names[rank]`; the pod's first serves metrics.
+fn run_replica(
+    args: &WorkerArgs,
+    cfg: &ringsam_train::config::TrainConfig,
+    names: &[String],
+    rank: usize,
+    transport: Transport,
+    opts: RunOptions,
+    serves_metrics: bool,
+) -> Result<()> {
+    let timeout = Duration::from_secs(args.connect_timeout);
     let deadline = Instant::now() + timeout;
     let waiting = &mut |l: &str| eprintln!("ringsam: rank {rank}: {l}");
-    let peers = names.iter().map(|n| resolve_peer(n, deadline, &stop, waiting)).collect::<Result<Vec<_>, _>>()?;
+    let peers = names.iter().map(|n| resolve_peer(n, deadline, &opts.stop, waiting)).collect::<Result<Vec<_>, _>>()?;
     let cluster_cfg = ClusterConfig {
         rank,
         peers,
@@ -163,12 +217,12 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         generation: 0,
     };
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
-    serve_metrics(&args.train, rank, &log)?;
-    log(&format!("joining a ring of {world} at {}", cluster_cfg.peers[rank]));
-    let cluster = Cluster::connect(&cluster_cfg, &stop).with_context(|| format!("rank {rank}: forming the ring"))?;
-    let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let opts = RunOptions { progress, stop, memory_limit: available_memory(), gpu: None };
-    let summary = train_replica(&cfg, &opts, Some(cluster), &mut |l| log(l))
+    if serves_metrics {
+        serve_metrics(&args.train, rank, &log)?;
+    }
+    log(&format!("joining a ring of {} at {}", names.len(), cluster_cfg.peers[rank]));
+    let cluster = Cluster::connect(&cluster_cfg, &opts.stop).with_context(|| format!("rank {rank}: forming the ring"))?;
+    let summary = train_replica(cfg, &opts, Some(cluster), &mut |l| log(l))
         .with_context(|| format!("rank {rank}: training {} on {}", cfg.model_name, cfg.dataset))?;
     if rank == 0 {
         print_summary(&summary);
@@ -191,32 +245,58 @@ fn transport_of(args: &WorkerArgs) -> Result<Transport> {
     })
 }
 
+/// `--gpus`: how many workers, one per GPU (`all`: every GPU the driver sees). The workers'
+/// `--device` is launch's to give, so the training flags may not hold one.
+fn gpus_of(gpus: Option<&str>, train_words: &[String]) -> Result<Option<usize>> {
+    let Some(given) = gpus else { return Ok(None) };
+    if train_words.iter().any(|w| w == "--device" || w.starts_with("--device=")) {
+        return Err(usage(format!("--gpus {given} gives worker r --device cuda:r: leave --device out of the training flags")));
+    }
+    let wanted = match given {
+        "all" => None,
+        n => Some(n.parse::<usize>().map_err(|_| usage(format!("--gpus {n}: expected all or a number of GPUs")))?),
+    };
+    let have = ringsam_tensor::Device::cuda_count().map_err(|e| usage(format!("--gpus {given}: {e}")))?;
+    match wanted.unwrap_or(have) {
+        0 => Err(usage(format!("--gpus {given}: no GPU to run a worker on"))),
+        n if n > have => Err(usage(format!("--gpus {n}: this host has {have} GPU(s)"))),
+        n => Ok(Some(n)),
+    }
+}
+
 /// Starts `--nproc` workers on loopback through [`LocalRanks`] and waits for them; SIGTERM and
 /// SIGINT are forwarded, so each worker checkpoints and stops. The workers' flags are checked
 /// first, so a mistake is reported before anything starts. When a worker fails, the others are
 /// ended (TERM, then KILL after a grace period) and launch fails naming it; when every worker
 /// stopped on the forwarded signal, launch exits with the stop code.
 pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
-    if args.nproc == 0 {
-        return Err(usage("--nproc must be at least 1"));
-    }
-    if let Some(p) = args.metrics_port
-        && (p as usize).checked_add(args.nproc - 1).is_none_or(|last| last > u16::MAX as usize)
-    {
-        return Err(usage(format!("--metrics_port {p}: ports {p}..{p}+{} pass 65535", args.nproc - 1)));
-    }
     let train_words = match args.train_args.first() {
         Some(w) if w == "train" => &args.train_args[1..],
         _ => &args.train_args[..],
     };
+    let gpus = gpus_of(args.gpus.as_deref(), train_words)?;
+    let nproc = gpus.unwrap_or(args.nproc);
+    if nproc == 0 {
+        return Err(usage("--nproc must be at least 1"));
+    }
+    if let Some(p) = args.metrics_port
+        && (p as usize).checked_add(nproc - 1).is_none_or(|last| last > u16::MAX as usize)
+    {
+        return Err(usage(format!("--metrics_port {p}: ports {p}..{p}+{} pass 65535", nproc - 1)));
+    }
     check_train_words(train_words).context("the training flags after --")?;
-    let mut ranks = LocalRanks::prepare(args.nproc, args.transport == TransportName::Quic).context("preparing the local workers")?;
-    // The machine's cores, split among the workers.
+    let mut ranks = LocalRanks::prepare(nproc, args.transport == TransportName::Quic).context("preparing the local workers")?;
+    // The machine's cores, split among the workers (each splits its share between its loaders
+    // and its step's host work, and logs how).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / args.nproc).max(1);
+    let threads = (cores / nproc).max(1);
+    match gpus {
+        Some(n) => eprintln!("ringsam: {n} workers, one per GPU (cuda:0..cuda:{}), {threads} CPU threads each", n - 1),
+        None => eprintln!("ringsam: {nproc} workers, {threads} CPU threads each"),
+    }
     let exe = std::env::current_exe().context("locating the ringsam binary")?;
-    let (peers, world) = (ranks.peers(), args.nproc.to_string());
-    let quic: Vec<Vec<String>> = (0..args.nproc).map(|r| ranks.quic_flags(r)).collect();
+    let (peers, world) = (ranks.peers(), nproc.to_string());
+    let quic: Vec<Vec<String>> = (0..nproc).map(|r| ranks.quic_flags(r)).collect();
     let worker_args = |r: usize, restarts: u32, cmd: &mut std::process::Command| {
         cmd.args(["worker", "--rank", &r.to_string(), "--world_size", &world, "--peers", &peers])
             .args(["--transport", args.transport.as_str(), "--connect_timeout", "60"])
@@ -228,6 +308,9 @@ pub fn cmd_launch(args: &LaunchArgs) -> Result<()> {
         }
         if let Some(p) = args.metrics_port {
             cmd.args(["--metrics_addr", &format!("127.0.0.1:{}", p as usize + r)]);
+        }
+        if gpus.is_some() {
+            cmd.args(["--device", &format!("cuda:{r}")]);
         }
         cmd.args(train_words);
     };

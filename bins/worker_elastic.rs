@@ -3,7 +3,6 @@
 //! at the worker's ring port + 1.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,7 +10,7 @@ use ringsam_train::cluster::Transport;
 use ringsam_train::elastic::{ElasticConfig, train_elastic};
 use ringsam_train::run::RunOptions;
 
-use crate::process::{available_memory, cluster_secret, usage};
+use crate::process::{cluster_secret, usage};
 use crate::train_cmds::{WorkerArgs, print_summary, serve_metrics};
 
 /// One worker of an elastic job ([`ringsam_train::elastic`]): `rank` is its slot, `names` every
@@ -23,7 +22,7 @@ pub(crate) fn worker_elastic(
     min: u32,
     names: Vec<String>,
     transport: Transport,
-    stop: std::sync::Arc<AtomicBool>,
+    opts: RunOptions,
 ) -> Result<()> {
     if !(0.05..=60.0).contains(&args.heartbeat_seconds) {
         return Err(usage(format!("--heartbeat_seconds {} must be in [0.05, 60]", args.heartbeat_seconds)));
@@ -59,8 +58,6 @@ pub(crate) fn worker_elastic(
         ringsam_train::telemetry::restarts(n); // set by `ringsam launch --max_restarts`
     }
     log(&format!("elastic worker {slot} of {}: {min} to {max} replicas", ecfg.slots));
-    let progress = slot == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let opts = RunOptions { progress, stop, memory_limit: available_memory(), gpu: None };
     let summary = train_elastic(cfg, &ecfg, &opts, &mut |l| log(l))
         .with_context(|| format!("slot {slot}: training {} on {}", cfg.model_name, cfg.dataset))?;
     print_summary(&summary);

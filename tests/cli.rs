@@ -84,6 +84,22 @@ fn cuda_device_without_cuda_is_a_clear_error() {
 }
 
 #[test]
+fn workers_per_gpu_are_refused_clearly_without_cuda_or_with_a_device_of_their_own() {
+    let refused = |args: &[&str], says: &[&str]| {
+        let out = ringsam(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(says.iter().all(|s| err.contains(s)), "{args:?} should say {says:?}: {err}");
+    };
+    refused(&["launch", "--gpus", "2", "--", "train", "--max_steps", "1"], &["--gpus 2", "--features cuda"]);
+    refused(&["launch", "--gpus", "all", "--", "train", "--device", "cuda:1"], &["leave --device out"]);
+    refused(&["launch", "--gpus", "two", "--", "train"], &["expected all or a number"]);
+    refused(&["launch", "--gpus", "2", "--nproc", "3", "--", "train"], &["--nproc"]);
+    // A worker opens its device before it joins the ring: the mistake shows at once.
+    refused(&["worker", "--rank", "0", "--world_size", "1", "--peers", "127.0.0.1:9", "--device", "cuda"], &["--features cuda"]);
+}
+
+#[test]
 fn a_precision_the_cpu_engine_does_not_have_is_refused() {
     let out = ringsam(&["bench", "step", "--precision", "tf32", "--iters", "1", "--batch", "2", "--image_size", "8"]);
     assert_eq!(out.status.code(), Some(2));

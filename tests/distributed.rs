@@ -84,3 +84,32 @@ fn a_killed_replica_fails_the_survivor_within_the_ring_timeout() {
     let o = ringsam(&["eval", "--checkpoint", first.to_str().unwrap()]);
     assert!(stdout_ok(&o).contains("accuracy"));
 }
+
+#[test]
+fn one_worker_with_two_local_replicas_trains_as_two_workers() {
+    // `worker --local_replicas 2` (a pod owning its node's GPUs; here on the CPU) runs ranks 0 and
+    // 1 as threads on ports P and P + 2: the same job as `launch --nproc 2`, to the bit.
+    let _ports = crate::util::ports_lock();
+    let steps = ["--max_steps", "6", "--num_epochs", "1"];
+    let (two, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut args = vec!["launch", "--nproc", "2", "--transport", "tcp", "--"];
+    args.extend_from_slice(TRAIN);
+    args.extend_from_slice(&steps);
+    args.extend_from_slice(&["--output_dir", two.path().to_str().unwrap()]);
+    assert!(stdout_ok(&ringsam(&args)).contains("steps: 6"));
+    let port = free_port();
+    let o = Command::new(env!("CARGO_BIN_EXE_ringsam"))
+        .args(["--threads", "1", "worker", "--rank", "0", "--world_size", "1", "--local_replicas", "2"])
+        .args(["--peers", &format!("127.0.0.1:{port}"), "--transport", "tcp"])
+        .args(TRAIN)
+        .args(steps)
+        .args(["--output_dir", one.path().to_str().unwrap()])
+        .env("RINGSAM_CLUSTER_SECRET", "a-test-cluster-secret-of-some-length")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(stdout_ok(&o).contains("steps: 6"), "{err}");
+    assert!(err.contains("rank 1: joining a ring of 2") && err.contains(&format!("127.0.0.1:{}", port + 2)), "{err}");
+    let model = |dir: &Path| std::fs::read(run_dir(dir).join("checkpoints/checkpoint_6/model.safetensors")).unwrap();
+    assert!(model(two.path()) == model(one.path()), "two local replicas and two workers wrote different parameters");
+}

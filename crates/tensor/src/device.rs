@@ -63,6 +63,16 @@ fn cuda_device(_ordinal: usize) -> Result<Device, String> {
 }
 
 impl Device {
+    /// The CUDA GPUs this host has (`ringsam launch --gpus all`); an error says what is missing
+    /// (a build without CUDA, a library, the driver).
+    pub fn cuda_count() -> Result<usize, TensorError> {
+        let err = |why: String| TensorError::Device { name: "cuda".into(), why };
+        #[cfg(feature = "cuda")]
+        return cuda_probe::count().map_err(err);
+        #[cfg(not(feature = "cuda"))]
+        return Err(err(cuda_device(0).expect_err("no CUDA in this build")));
+    }
+
     /// Checks that the device can be used at all, before any kernel touches it.
     ///
     /// For CUDA this loads the driver, cuBLAS, cuDNN and NVRTC libraries one by one and reports the
@@ -89,6 +99,15 @@ mod cuda_probe {
     type LibraryCheck = (&'static str, fn() -> bool);
 
     pub(super) fn probe(ordinal: usize) -> Result<(), String> {
+        let count = count()?;
+        if ordinal >= count {
+            return Err(format!("GPU ordinal {ordinal} does not exist ({count} GPU(s) visible)"));
+        }
+        Ok(())
+    }
+
+    /// The GPUs the driver sees, once every library loads.
+    pub(super) fn count() -> Result<usize, String> {
         // SAFETY: `is_culib_present` only tries to dlopen the library; it calls nothing in it.
         let libs: [LibraryCheck; 4] = [
             ("the CUDA driver (libcuda.so)", || unsafe { cudarc::driver::sys::is_culib_present() }),
@@ -103,9 +122,6 @@ mod cuda_probe {
         }
         cudarc::driver::result::init().map_err(|e| format!("cuInit failed: {e}"))?;
         let count = cudarc::driver::result::device::get_count().map_err(|e| format!("counting GPUs: {e}"))?;
-        if ordinal as i32 >= count {
-            return Err(format!("GPU ordinal {ordinal} does not exist ({count} GPU(s) visible)"));
-        }
-        Ok(())
+        Ok(count.max(0) as usize)
     }
 }

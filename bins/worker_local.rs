@@ -1,0 +1,66 @@
+//! A worker running several replicas (`ringsam worker --local_replicas N`): a pod that owns its
+//! node's GPUs runs one replica actor per GPU, each a thread with its own device, its own loader
+//! pool and its own rings. The job's ranks are pod-major (pod p's replicas are ranks p·N …
+//! p·N + N − 1), so a ring visits a node's GPUs one after another and crosses between nodes
+//! once per node. Local replicas still meet over loopback sockets; a reduction within the node
+//! before the ring is not built yet (docs/ARCHITECTURE.md, "Replicas on GPUs").
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::process::usage;
+use crate::train_args::{TrainArgs, open_device};
+
+/// Each local replica's device, opened: with `--device cuda`, replica i on cuda:i; on the CPU,
+/// all of them there. A device named by ordinal fits one replica only.
+pub(crate) fn open_devices(train: &TrainArgs, pod: usize, local: usize) -> Result<Vec<Option<Arc<ringsam_kernels::Gpu>>>> {
+    let device = train.device.as_str();
+    if local > 1 && device.starts_with("cuda:") {
+        return Err(usage(format!("--device {device} with --local_replicas {local}: give --device cuda (replica i runs on cuda:i)")));
+    }
+    (0..local)
+        .map(|i| {
+            let name = if device == "cuda" && local > 1 { format!("cuda:{i}") } else { device.to_string() };
+            let rank = pod * local + i;
+            open_device(&name, train.precision.as_deref(), train.conv_impl.as_deref(), &|l| eprintln!("ringsam: rank {rank}: {l}"))
+        })
+        .collect()
+}
+
+/// The job's ring addresses, rank-major, from one address per pod: replica i of a pod listens on
+/// the pod's port + 2i (the group ring, when there is one, on the port after that).
+pub(crate) fn replica_addresses(pods: &[String], local: usize) -> Result<Vec<String>> {
+    if local == 1 {
+        return Ok(pods.to_vec());
+    }
+    let mut out = Vec::with_capacity(pods.len() * local);
+    for addr in pods {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| usage(format!("peer {addr:?}: expected host:port")))?;
+        for i in 0..local {
+            let p = (port as usize + 2 * i < u16::MAX as usize)
+                .then_some(port as usize + 2 * i)
+                .ok_or_else(|| usage(format!("peer {addr}: {local} local replicas need ports up to {} ", port as usize + 2 * local - 1)))?;
+            out.push(format!("{host}:{p}"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_replicas_take_every_other_port_pod_by_pod() {
+        let pods = ["a.svc:29500".to_string(), "[::1]:7000".to_string()];
+        let got = replica_addresses(&pods, 3).unwrap();
+        assert_eq!(got, ["a.svc:29500", "a.svc:29502", "a.svc:29504", "[::1]:7000", "[::1]:7002", "[::1]:7004"]);
+        assert_eq!(replica_addresses(&pods, 1).unwrap(), pods);
+        assert!(replica_addresses(&["h:65530".into()], 4).unwrap_err().to_string().contains("ports up to"));
+        assert!(replica_addresses(&["nohost".into()], 2).unwrap_err().to_string().contains("host:port"));
+    }
+}
