@@ -184,7 +184,9 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
                     .name(format!("replica-{rank}"))
                     .spawn_scoped(s, move || run_replica(args, cfg, names, rank, transport, opts, i == 0))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            // The replicas already started stop waiting for the one that did not.
+            .inspect_err(|_| stop.store(true, std::sync::atomic::Ordering::SeqCst))?;
         // Every replica joined before the first failure is reported.
         let results: Vec<Result<()>> =
             replicas.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's thread panicked")))).collect();
@@ -192,7 +194,8 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     })
 }
 
-/// One replica of the job at `rank`, its ring at `names[rank]`; the pod's first serves metrics.
+/// One replica of the job at `rank`, its ring at `names[rank]`; the pod's first serves metrics,
+/// of its own steps only.
 fn run_replica(
     args: &WorkerArgs,
     cfg: &ringsam_train::config::TrainConfig,
@@ -217,8 +220,9 @@ fn run_replica(
         generation: 0,
     };
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
-    if serves_metrics {
-        serve_metrics(&args.train, rank, &log)?;
+    match serves_metrics {
+        true => serve_metrics(&args.train, rank, &log)?,
+        false => ringsam_train::telemetry::quiet_this_thread(),
     }
     log(&format!("joining a ring of {} at {}", names.len(), cluster_cfg.peers[rank]));
     let cluster = Cluster::connect(&cluster_cfg, &opts.stop).with_context(|| format!("rank {rank}: forming the ring"))?;

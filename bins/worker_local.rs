@@ -43,7 +43,7 @@ pub(crate) fn replica_addresses(pods: &[String], local: usize) -> Result<Vec<Str
         for i in 0..local {
             let p = (port as usize + 2 * i < u16::MAX as usize)
                 .then_some(port as usize + 2 * i)
-                .ok_or_else(|| usage(format!("peer {addr}: {local} local replicas need ports up to {} ", port as usize + 2 * local - 1)))?;
+                .ok_or_else(|| usage(format!("peer {addr}: {local} local replicas need ports up to {}", port as usize + 2 * local - 1)))?;
             out.push(format!("{host}:{p}"));
         }
     }

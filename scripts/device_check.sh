@@ -134,6 +134,7 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     part "replicas: 2 on one GPU (batch 64 each) vs 1 with --grad_accum_steps 2 (WRN-16-4, 20 steps, fp32)"
     run=(--dataset synthetic --model_name WideResnet16x4 --batch_size 128 --num_epochs 100 --max_steps 20 \
       --learning_rate 0.001 --sam_rho 0.05 --log_every_steps 10 --precision fp32 --conv_impl gemm)
+    rm -rf /tmp/gpu-rep1 /tmp/gpu-rep2  # a rerun on a warm machine must not resume the last one
     LD_LIBRARY_PATH="$lib_path" timeout 120 target/release/ringsam train --device cuda --grad_accum_steps 2 \
       "${run[@]}" --output_dir /tmp/gpu-rep1 2>&1 | grep -E "images/s|steps:" | tail -3
     LD_LIBRARY_PATH="$lib_path" timeout 180 target/release/ringsam launch --nproc 2 -- train --device cuda:0 \
@@ -141,7 +142,10 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     python3 - /tmp/gpu-rep1 /tmp/gpu-rep2 <<'PY'
 import array, glob, json, struct, sys
 def tensors(run):
-    path = glob.glob(run + "/*/*/*/*/checkpoints/checkpoint_20/model.safetensors")[0]
+    found = glob.glob(run + "/*/*/*/*/checkpoints/checkpoint_20/model.safetensors")
+    if not found:
+        sys.exit(f"FAIL: no checkpoint_20 under {run} (the run above failed)")
+    path = found[0]
     raw = open(path, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
     head = json.loads(raw[8:8 + n])

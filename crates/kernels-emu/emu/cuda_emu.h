@@ -57,7 +57,7 @@ inline std::vector<std::unique_ptr<char[]>> stacks;
 // the stack pointer in *from_sp, and resumes the stack at to_sp (popping its registers).
 extern "C" void emu_switch(void** from_sp, void* to_sp);
 asm(R"(
-    .text
+    .pushsection .text
     .globl emu_switch
     .type emu_switch, @function
 emu_switch:
@@ -77,6 +77,7 @@ emu_switch:
     popq %rbp
     ret
     .size emu_switch, .-emu_switch
+    .popsection
 )");
 
 struct Fiber {

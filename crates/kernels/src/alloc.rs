@@ -15,9 +15,12 @@
 //! - when the device refuses an allocation, every cached block is given back to it and the request
 //!   is tried once more; if that fails too, the error says what was asked for, what is in use and
 //!   what had been cached;
-//! - one stream: a block dropped on the host may be handed out again at once, because its next use
-//!   is a launch on the same stream, ordered after every launch that used it before (PyTorch needs
-//!   `record_stream` only for blocks shared across streams).
+//! - one stream for kernels and copies to the device: a block dropped on the host may be handed
+//!   out again at once, because its next use is a launch on the same stream, ordered after every
+//!   launch that used it before (PyTorch needs `record_stream` only for blocks shared across
+//!   streams). The one exception, [`DeviceMemory::read_async`]'s side stream, is the caller's to
+//!   wait for before the block it reads is written or dropped (a gradient bucket's copy out:
+//!   the step waits for every one before anything writes the gradient again).
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -208,8 +211,9 @@ impl Pool {
     fn release_cached(&mut self) {
         for (class, addrs) in std::mem::take(&mut self.free) {
             for addr in addrs {
-                // SAFETY: a cached block: allocated here, held by no buffer; one stream, so any
-                // launch that used it was enqueued before this call.
+                // SAFETY: a cached block: allocated here, held by no buffer; any launch that used
+                // it was enqueued before this call, and any side-stream read of it waited for
+                // (see the module docs).
                 unsafe { self.raw.free(addr) };
                 self.stats.reserved -= class;
             }
@@ -284,6 +288,9 @@ impl DeviceMemory {
         if src.len() != dst.len() {
             return Err(KernelError::Length { op: "DeviceMemory::read_async", got: dst.len(), want: src.len() });
         }
+        if src.is_empty() {
+            return Ok(PendingRead { dst: Some(dst), done: Box::new(Finished) });
+        }
         let bytes = src.len() * size_of::<T>();
         // SAFETY: `src` is a live device buffer of `bytes` bytes (the Buf contract); `dst` is
         // pinned memory of the same size, held by the PendingRead until the copy is done.
@@ -347,11 +354,13 @@ impl<T: Elem> PendingRead<T> {
 
 impl<T: Elem> Drop for PendingRead<T> {
     fn drop(&mut self) {
-        if let Some(dst) = self.dst.take()
-            && self.done.wait().is_err()
-        {
-            // The copy may still be writing it: leaked rather than freed under it.
-            std::mem::forget(dst);
+        if let Some(mut dst) = self.dst.take() {
+            match self.done.wait() {
+                // SAFETY: as in `wait`: the copies from `dst` ran before this one.
+                Ok(()) => unsafe { dst.assume_copied() },
+                // The copy may still be writing it: leaked rather than freed under it.
+                Err(_) => std::mem::forget(dst),
+            }
         }
     }
 }

@@ -138,10 +138,16 @@ impl RawMemory for CudaMemory {
             result::stream::wait_event(side, queued.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT).map_err(copy_error(WHAT))?;
             result::memcpy_dtoh_async(dst, addr, side).map_err(copy_error(WHAT))?;
         }
-        let done = Event::new(self.ctx.clone(), flags)?;
-        // SAFETY: as above.
-        unsafe { result::event::record(done.0, side) }.map_err(copy_error(WHAT))?;
-        Ok(Box::new(done))
+        // The end's event blocks the waiting thread instead of spinning a core the ring needs.
+        let done = Event::new(self.ctx.clone(), sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC)
+            // SAFETY: as above.
+            .and_then(|done| unsafe { result::event::record(done.0, side) }.map(|()| done).map_err(copy_error(WHAT)));
+        if done.is_err() {
+            // The copy is queued: `dst` must outlive it, and the caller frees it on an error.
+            // SAFETY: our live stream.
+            unsafe { result::stream::synchronize(side) }.map_err(copy_error(WHAT))?;
+        }
+        Ok(Box::new(done?))
     }
 }
 

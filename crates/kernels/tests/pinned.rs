@@ -175,6 +175,9 @@ fn a_read_to_pinned_memory_sees_the_copies_queued_before_it_and_lands_when_waite
     assert_eq!(bucket.as_slice(), [1.0, 2.0, 3.0, 0.0]);
     assert_eq!(waits.load(Ordering::SeqCst), 0);
     assert_eq!(dev.download().unwrap(), [0.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 0.0]);
+    // Nothing to read is read at once (a zero-length pinned buffer has no memory to copy into).
+    let empty = mem.read_async(dev.buf().slice(0..0), mem.pinned::<f32>(0).unwrap()).unwrap().wait().unwrap();
+    assert!(empty.is_empty());
     // Lengths must match.
     let short = mem.pinned::<f32>(2).unwrap();
     let err = mem.read_async(dev.buf().slice(0..3), short).err().expect("a read of another length");

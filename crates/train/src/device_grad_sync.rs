@@ -136,7 +136,8 @@ impl DeviceGradSync {
         prepare: &mut dyn FnMut(Range<usize>) -> Result<(), TrainError>,
         cluster: &mut Cluster,
     ) {
-        if !self.plan.overlap {
+        // After an error nothing more is queued or submitted (the ring pairs operations by order).
+        if !self.plan.overlap || self.error.is_some() {
             return;
         }
         if let Err(e) = self.read_out_while(mem, grads, prepare, |b| b.start >= offset).and_then(|()| self.submit_landed(cluster, false)) {

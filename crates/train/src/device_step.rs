@@ -10,7 +10,9 @@
 //! the batch comes in from pinned host memory by an asynchronous copy, the ascent and clipping
 //! read their norms on the device, and the scalars the report needs (the loss, the errors, the
 //! norms) wait in a small device buffer until the host reads them together, once, at the end
-//! of the step: the only time the host waits for the device.
+//! of the step: on one replica, the only time the host waits for the device. (Data-parallel,
+//! gradient buckets also leave on a side stream, and the host waits for each: see
+//! [`crate::device_grad_sync`].)
 //!
 //! A step is staged, launched and finished ([`DeviceStep::stage`], [`DeviceStep::launch`],
 //! [`DeviceStep::finish`]): the trainer stages batch i + 1 while step i runs, so the host's copy
@@ -386,6 +388,14 @@ impl DeviceStep {
         }
         self.load_batch(staged, n / units)?;
         let sam = self.cfg.rho > 0.0 && self.cfg.schedule.sam_at(self.step);
+        if sam && !self.cfg.sync_perturbations && self.share.units != self.share.world {
+            // SamStep::to_device refuses it too; an elastic generation of another size can
+            // bring it about later.
+            return Err(TrainError::Config(format!(
+                "--sync_perturbations=false with {} micro-batches over {} replicas (an ascent for each) is not on the GPU step yet",
+                self.share.units, self.share.world
+            )));
+        }
         let phase = if sam { Phase::AscentGrad } else { Phase::Grad };
         let clip = self.cfg.gradient_clipping;
         let exchanges = Default::default();

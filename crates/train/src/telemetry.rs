@@ -117,9 +117,23 @@ pub fn restarts(count: u64) {
     counter!("ringsam_restarts_total").absolute(count);
 }
 
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The steps trained on this thread are not exported: a worker running several replicas
+/// (`--local_replicas`) has one recorder, labelled with its first replica's rank, and exports
+/// that replica's steps only.
+pub fn quiet_this_thread() {
+    QUIET.with(|q| q.set(true));
+}
+
 /// Exports one step (see the table in the module docs; metrics are a no-op when no recorder is
 /// installed) and marks the replica ready.
 pub fn export_step(r: &StepReport, seconds: f64, images: usize, queue_depth: usize, loader_skipped: usize) {
+    if QUIET.with(std::cell::Cell::get) {
+        return;
+    }
     READY.store(true, Ordering::Relaxed);
     counter!("ringsam_steps_total").increment(1);
     counter!("ringsam_loader_skipped_total").absolute(loader_skipped as u64);

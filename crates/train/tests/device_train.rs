@@ -143,6 +143,17 @@ fn a_batch_staged_while_a_step_runs_changes_nothing() {
     piped.launch(0.1, None).unwrap();
     refused(piped.launch(0.1, None), "before the one before it was finished");
     piped.finish(None).unwrap();
+    // An ascent per micro-batch (unsynchronised, two micro-batches on one replica, as an elastic
+    // generation of another size can bring about after the step was built) is refused at launch.
+    let unsynced = StepConfig { sync_perturbations: false, ..cfg };
+    let mut apart = DeviceStep::new("SmallCnn", &model, unsynced, &gpu).unwrap();
+    apart.set_peers(ringsam_train::BatchShare::alone(2), 0..1, None);
+    apart.stage(&batches[0].0, &batches[0].1).unwrap();
+    refused(apart.launch(0.1, None), "--sync_perturbations=false with 2 micro-batches over 1 replicas");
+    // A data-parallel step needs its rings.
+    apart.set_peers(ringsam_train::BatchShare::alone(1), 0..1, Some(ringsam_train::grad_sync::BucketPlan::default()));
+    apart.stage(&batches[0].0, &batches[0].1).unwrap();
+    refused(apart.launch(0.1, None), "without its rings");
 }
 
 /// Two replicas, each on its own emulated device, joined by a TCP ring: the trainer's
