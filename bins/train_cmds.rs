@@ -87,7 +87,7 @@ pub struct WorkerArgs {
     pub rendezvous_settle_seconds: f64,
     /// Replicas this worker runs (a pod owning its node's GPUs): with `--device cuda`, replica i
     /// on cuda:i. They are ranks rank·N … rank·N + N − 1 of a job of world_size·N replicas, and
-    /// replica i listens on its peer address's port + 2i. Not with --min_replicas yet.
+    /// replica i listens on its peer address's port + 2i (elastic: each is a slot of its own).
     #[arg(long, env = "RINGSAM_LOCAL_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=MAX_LOCAL_REPLICAS))]
     pub local_replicas: u32,
@@ -161,41 +161,22 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         )));
     }
     let transport = transport_of(args)?;
-    let options = |rank: usize, gpu| {
-        let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        RunOptions { progress, stop: stop.clone(), memory_limit: available_memory(), gpu }
-    };
-    if let Some(min) = args.min_replicas {
-        if local > 1 {
-            return Err(usage("--local_replicas with --min_replicas: an elastic worker runs one replica so far"));
-        }
-        let gpu = gpus.into_iter().next().flatten();
-        return crate::worker_elastic::worker_elastic(args, &cfg, pod, min, names, transport, options(pod, gpu));
-    }
+    // One metrics endpoint per process, labelled with its first replica's rank.
+    serve_metrics(&args.train, pod * local, &|l| eprintln!("ringsam: rank {}: {l}", pod * local))?;
     let (names, cfg) = (crate::worker_local::replica_addresses(&names, local)?, &cfg);
-    std::thread::scope(|s| {
-        let replicas: Vec<_> = gpus
-            .into_iter()
-            .enumerate()
-            .map(|(i, gpu)| {
-                let (rank, names, transport) = (pod * local + i, &names, transport.clone());
-                let opts = options(rank, gpu);
-                std::thread::Builder::new()
-                    .name(format!("replica-{rank}"))
-                    .spawn_scoped(s, move || run_replica(args, cfg, names, rank, transport, opts, i == 0))
-            })
-            .collect::<Result<_, _>>()
-            // The replicas already started stop waiting for the one that did not.
-            .inspect_err(|_| stop.store(true, std::sync::atomic::Ordering::SeqCst))?;
-        // Every replica joined before the first failure is reported.
-        let results: Vec<Result<()>> =
-            replicas.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's thread panicked")))).collect();
-        results.into_iter().collect()
+    crate::worker_local::run_each(gpus, &stop, |i, gpu| {
+        let rank = pod * local + i;
+        let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let opts = RunOptions { progress, stop: stop.clone(), memory_limit: available_memory(), gpu };
+        match args.min_replicas {
+            // Each local replica is a slot of its own.
+            Some(min) => crate::worker_elastic::worker_elastic(args, cfg, rank, min, names.clone(), transport.clone(), opts),
+            None => run_replica(args, cfg, &names, rank, transport.clone(), opts),
+        }
     })
 }
 
-/// One replica of the job at `rank`, its ring at `names[rank]`; the pod's first serves metrics,
-/// of its own steps only.
+/// One replica of the job at `rank`, its ring at `names[rank]`.
 fn run_replica(
     args: &WorkerArgs,
     cfg: &ringsam_train::config::TrainConfig,
@@ -203,7 +184,6 @@ fn run_replica(
     rank: usize,
     transport: Transport,
     opts: RunOptions,
-    serves_metrics: bool,
 ) -> Result<()> {
     let timeout = Duration::from_secs(args.connect_timeout);
     let deadline = Instant::now() + timeout;
@@ -220,10 +200,6 @@ fn run_replica(
         generation: 0,
     };
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
-    match serves_metrics {
-        true => serve_metrics(&args.train, rank, &log)?,
-        false => ringsam_train::telemetry::quiet_this_thread(),
-    }
     log(&format!("joining a ring of {} at {}", names.len(), cluster_cfg.peers[rank]));
     let cluster = Cluster::connect(&cluster_cfg, &opts.stop).with_context(|| format!("rank {rank}: forming the ring"))?;
     let summary = train_replica(cfg, &opts, Some(cluster), &mut |l| log(l))

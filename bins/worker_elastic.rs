@@ -11,7 +11,7 @@ use ringsam_train::elastic::{ElasticConfig, train_elastic};
 use ringsam_train::run::RunOptions;
 
 use crate::process::{cluster_secret, usage};
-use crate::train_cmds::{WorkerArgs, print_summary, serve_metrics};
+use crate::train_cmds::{WorkerArgs, print_summary};
 
 /// One worker of an elastic job ([`ringsam_train::elastic`]): `rank` is its slot, `names` every
 /// slot's ring address.
@@ -53,7 +53,6 @@ pub(crate) fn worker_elastic(
         on_refusal: Some(crate::process::refusal_log(format!("slot {slot}"))),
     };
     let log = |line: &str| eprintln!("ringsam: slot {slot}: {line}");
-    serve_metrics(&args.train, slot, &log)?;
     if let Some(n) = std::env::var("RINGSAM_RESTARTS").ok().and_then(|v| v.parse().ok()) {
         ringsam_train::telemetry::restarts(n); // set by `ringsam launch --max_restarts`
     }

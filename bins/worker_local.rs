@@ -1,11 +1,14 @@
 //! A worker running several replicas (`ringsam worker --local_replicas N`): a pod that owns its
 //! node's GPUs runs one replica actor per GPU, each a thread with its own device, its own loader
-//! pool and its own rings. The job's ranks are pod-major (pod p's replicas are ranks p·N …
-//! p·N + N − 1), so a ring visits a node's GPUs one after another and crosses between nodes
-//! once per node. Local replicas still meet over loopback sockets; a reduction within the node
-//! before the ring is not built yet (docs/ARCHITECTURE.md, "Replicas on GPUs").
+//! pool and its own rings (in an elastic job, each its own slot). The job's ranks are pod-major
+//! (pod p's replicas are ranks p·N … p·N + N − 1), so a ring visits a node's GPUs one after
+//! another and crosses between nodes once per node. Local replicas still meet over loopback
+//! sockets; a reduction within the node before the ring is not built yet (docs/ARCHITECTURE.md,
+//! "Replicas on GPUs"). The process has one metrics recorder: its first replica exports its
+//! steps, the others do not ([`ringsam_train::telemetry::quiet_this_thread`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 
@@ -26,6 +29,37 @@ pub(crate) fn open_devices(train: &TrainArgs, pod: usize, local: usize) -> Resul
             open_device(&name, train.precision.as_deref(), train.conv_impl.as_deref(), &|l| eprintln!("ringsam: rank {rank}: {l}"))
         })
         .collect()
+}
+
+/// Runs `replica(i, its device)` for each local replica, each on a thread of its own (one
+/// replica: on this one), and reports the first failure once every replica has ended.
+pub(crate) fn run_each<F>(gpus: Vec<Option<Arc<ringsam_kernels::Gpu>>>, stop: &AtomicBool, replica: F) -> Result<()>
+where
+    F: Fn(usize, Option<Arc<ringsam_kernels::Gpu>>) -> Result<()> + Sync,
+{
+    if gpus.len() == 1 {
+        return replica(0, gpus.into_iter().next().flatten());
+    }
+    let replica = &replica;
+    std::thread::scope(|s| {
+        let threads: Vec<_> = gpus
+            .into_iter()
+            .enumerate()
+            .map(|(i, gpu)| {
+                std::thread::Builder::new().name(format!("replica-{i}")).spawn_scoped(s, move || {
+                    if i > 0 {
+                        ringsam_train::telemetry::quiet_this_thread();
+                    }
+                    replica(i, gpu)
+                })
+            })
+            .collect::<Result<_, _>>()
+            // The replicas already started stop waiting for the one that did not.
+            .inspect_err(|_| stop.store(true, Ordering::SeqCst))?;
+        let results: Vec<Result<()>> =
+            threads.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's thread panicked")))).collect();
+        results.into_iter().collect()
+    })
 }
 
 /// The job's ring addresses, rank-major, from one address per pod: replica i of a pod listens on

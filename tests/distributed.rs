@@ -97,19 +97,29 @@ fn one_worker_with_two_local_replicas_trains_as_two_workers() {
     args.extend_from_slice(&steps);
     args.extend_from_slice(&["--output_dir", two.path().to_str().unwrap()]);
     assert!(stdout_ok(&ringsam(&args)).contains("steps: 6"));
-    let port = free_port();
-    let o = Command::new(env!("CARGO_BIN_EXE_ringsam"))
-        .args(["--threads", "1", "worker", "--rank", "0", "--world_size", "1", "--local_replicas", "2"])
-        .args(["--peers", &format!("127.0.0.1:{port}"), "--transport", "tcp"])
-        .args(TRAIN)
-        .args(steps)
-        .args(["--output_dir", one.path().to_str().unwrap()])
-        .env("RINGSAM_CLUSTER_SECRET", "a-test-cluster-secret-of-some-length")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(stdout_ok(&o).contains("steps: 6"), "{err}");
+    let local_worker = |out: &Path, elastic: &[&str]| {
+        let port = free_port();
+        let o = Command::new(env!("CARGO_BIN_EXE_ringsam"))
+            .args(["--threads", "1", "worker", "--rank", "0", "--world_size", "1", "--local_replicas", "2"])
+            .args(["--peers", &format!("127.0.0.1:{port}"), "--transport", "tcp"])
+            .args(elastic)
+            .args(TRAIN)
+            .args(steps)
+            .args(["--output_dir", out.to_str().unwrap()])
+            .env("RINGSAM_CLUSTER_SECRET", "a-test-cluster-secret-of-some-length")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(stdout_ok(&o).contains("steps: 6"), "{err}");
+        (port, err)
+    };
+    let (port, err) = local_worker(one.path(), &[]);
     assert!(err.contains("rank 1: joining a ring of 2") && err.contains(&format!("127.0.0.1:{}", port + 2)), "{err}");
     let model = |dir: &Path| std::fs::read(run_dir(dir).join("checkpoints/checkpoint_6/model.safetensors")).unwrap();
     assert!(model(two.path()) == model(one.path()), "two local replicas and two workers wrote different parameters");
+    // Elastic: each local replica is a slot of its own (membership on port + 2i + 1).
+    let elastic = tempfile::tempdir().unwrap();
+    let (_, err) = local_worker(elastic.path(), &["--min_replicas", "2"]);
+    assert!(err.contains("elastic worker 1 of 2"), "{err}");
+    assert!(model(two.path()) == model(elastic.path()), "an elastic pod of two local replicas trained differently");
 }

@@ -107,6 +107,9 @@ pub fn count_refusal() {
 
 /// A generation formed and recovered (elastic runs; see the table in the module docs).
 pub fn membership_changed(generation: u64, redone: u64, recovery_seconds: f64) {
+    if QUIET.with(std::cell::Cell::get) {
+        return;
+    }
     gauge!("ringsam_membership_generation").set(generation as f64);
     gauge!("ringsam_recovery_seconds").set(recovery_seconds);
     counter!("ringsam_redone_steps_total").increment(redone);
