@@ -74,8 +74,10 @@ pub struct WorkerArgs {
     pub connect_timeout: u64,
     /// Elastic training: the fewest replicas a generation may train with. A lost peer then makes
     /// the others re-form without it (and take it back when it returns) instead of failing;
-    /// --rank is the worker's slot and --world_size the number of slots. UDP port (ring port + 1)
-    /// carries the membership protocol. Needs RINGSAM_CLUSTER_SECRET. Default: not elastic.
+    /// --rank is the worker's slot and --world_size the number of slots (with --local_replicas N:
+    /// world_size·N slots, replica i being slot rank·N + i; --min_replicas and --max_replicas count
+    /// slots). UDP port (ring port + 1) carries the membership protocol. Needs
+    /// RINGSAM_CLUSTER_SECRET. Default: not elastic.
     #[arg(long, env = "RINGSAM_MIN_REPLICAS")]
     pub min_replicas: Option<u32>,
     /// Elastic: seconds between heartbeats; a peer silent for three is lost (0.05 to 60).
@@ -164,7 +166,7 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     // One metrics endpoint per process, labelled with its first replica's rank.
     serve_metrics(&args.train, pod * local, &|l| eprintln!("ringsam: rank {}: {l}", pod * local))?;
     let (names, cfg) = (crate::worker_local::replica_addresses(&names, local)?, &cfg);
-    crate::worker_local::run_each(gpus, &stop, |i, gpu| {
+    crate::worker_local::run_each(gpus, pod * local, &stop, |i, gpu| {
         let rank = pod * local + i;
         let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let opts = RunOptions { progress, stop: stop.clone(), memory_limit: available_memory(), gpu };

@@ -31,9 +31,11 @@ pub(crate) fn open_devices(train: &TrainArgs, pod: usize, local: usize) -> Resul
         .collect()
 }
 
-/// Runs `replica(i, its device)` for each local replica, each on a thread of its own (one
-/// replica: on this one), and reports the first failure once every replica has ended.
-pub(crate) fn run_each<F>(gpus: Vec<Option<Arc<ringsam_kernels::Gpu>>>, stop: &AtomicBool, replica: F) -> Result<()>
+/// Runs `replica(i, its device)` for each local replica (ranks `first_rank + i`), each on a
+/// thread of its own (one replica: on this one). Each failure is logged with its rank as it
+/// happens (the first in time is often the cause of the others' ring errors); the first by rank
+/// is returned once every replica has ended.
+pub(crate) fn run_each<F>(gpus: Vec<Option<Arc<ringsam_kernels::Gpu>>>, first_rank: usize, stop: &AtomicBool, replica: F) -> Result<()>
 where
     F: Fn(usize, Option<Arc<ringsam_kernels::Gpu>>) -> Result<()> + Sync,
 {
@@ -46,18 +48,26 @@ where
             .into_iter()
             .enumerate()
             .map(|(i, gpu)| {
-                std::thread::Builder::new().name(format!("replica-{i}")).spawn_scoped(s, move || {
+                let rank = first_rank + i;
+                std::thread::Builder::new().name(format!("replica-{rank}")).spawn_scoped(s, move || {
                     if i > 0 {
                         ringsam_train::telemetry::quiet_this_thread();
                     }
-                    replica(i, gpu)
+                    let result = replica(i, gpu);
+                    if let Err(e) = &result {
+                        eprintln!("ringsam: rank {rank}: failed: {e:#}");
+                    }
+                    result
                 })
             })
             .collect::<Result<_, _>>()
             // The replicas already started stop waiting for the one that did not.
             .inspect_err(|_| stop.store(true, Ordering::SeqCst))?;
-        let results: Vec<Result<()>> =
-            threads.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's thread panicked")))).collect();
+        let results: Vec<Result<()>> = threads
+            .into_iter()
+            .zip(first_rank..)
+            .map(|(h, rank)| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("rank {rank}'s thread panicked"))))
+            .collect();
         results.into_iter().collect()
     })
 }

@@ -297,8 +297,16 @@ impl DeviceMemory {
         let done = unsafe {
             let dst_bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), bytes);
             lock(&self.pool).raw.read_async(src.addr(), dst_bytes)
-        }?;
-        Ok(PendingRead { dst: Some(dst), done })
+        };
+        match done {
+            Ok(done) => Ok(PendingRead { dst: Some(dst), done }),
+            Err(e) => {
+                // The copy may have been queued before the failure: `dst` is leaked rather than
+                // freed under it (a driver error, not a path a run takes).
+                std::mem::forget(dst);
+                Err(e)
+            }
+        }
     }
 
     /// Copies `src` (pinned, of `dst`'s length) into the device values at `dst`, in stream order,

@@ -138,16 +138,20 @@ impl RawMemory for CudaMemory {
             result::stream::wait_event(side, queued.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT).map_err(copy_error(WHAT))?;
             result::memcpy_dtoh_async(dst, addr, side).map_err(copy_error(WHAT))?;
         }
-        // The end's event blocks the waiting thread instead of spinning a core the ring needs.
-        let done = Event::new(self.ctx.clone(), sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC)
+        // The end's event blocks the waiting thread instead of spinning a core the ring needs,
+        // and keeps no time.
+        let done = Event::blocking(self.ctx.clone())
             // SAFETY: as above.
             .and_then(|done| unsafe { result::event::record(done.0, side) }.map(|()| done).map_err(copy_error(WHAT)));
-        if done.is_err() {
-            // The copy is queued: `dst` must outlive it, and the caller frees it on an error.
-            // SAFETY: our live stream.
-            unsafe { result::stream::synchronize(side) }.map_err(copy_error(WHAT))?;
+        match done {
+            Ok(done) => Ok(Box::new(done)),
+            Err(e) => {
+                // The copy is queued: wait for it (the caller also keeps `dst` on any error).
+                // SAFETY: our live stream.
+                let _ = unsafe { result::stream::synchronize(side) };
+                Err(e)
+            }
         }
-        Ok(Box::new(done?))
     }
 }
 
@@ -170,6 +174,17 @@ impl Event {
     fn new(ctx: Arc<CudaContext>, flags: sys::CUevent_flags) -> Result<Self, KernelError> {
         let e = result::event::create(flags).map_err(copy_error("an event"))?;
         Ok(Event(e, ctx))
+    }
+
+    /// An event whose waiters sleep rather than spin, without timing (cudarc's flag type holds
+    /// one flag, so the driver is called directly with both).
+    fn blocking(ctx: Arc<CudaContext>) -> Result<Self, KernelError> {
+        let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32 | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        let mut e = std::mem::MaybeUninit::uninit();
+        // SAFETY: a plain event creation in the bound context, into our out-pointer.
+        unsafe { sys::cuEventCreate(e.as_mut_ptr(), flags).result() }.map_err(copy_error("an event"))?;
+        // SAFETY: initialised by the successful call.
+        Ok(Event(unsafe { e.assume_init() }, ctx))
     }
 }
 

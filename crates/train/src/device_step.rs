@@ -381,21 +381,21 @@ impl DeviceStep {
         if self.exchange.is_some() && peers.is_none() {
             return Err(TrainError::Runtime("a data-parallel device step launched without its rings".into()));
         }
+        let sam = self.cfg.rho > 0.0 && self.cfg.schedule.sam_at(self.step);
+        if sam && !self.cfg.sync_perturbations && self.share.units != self.share.world {
+            // SamStep::to_device refuses it too; an elastic generation of another size can
+            // bring it about later. Refused before the staged batch is taken.
+            return Err(TrainError::Config(format!(
+                "--sync_perturbations=false with {} micro-batches over {} replicas (an ascent for each) is not on the GPU step yet",
+                self.share.units, self.share.world
+            )));
+        }
         let staged = self.staged.take().ok_or_else(|| TrainError::Runtime("a device step launched with no batch staged".into()))?;
         let (slot, n, units) = (staged.slot, staged.shape[1], self.share.my_units().len());
         if !n.is_multiple_of(units) {
             return Err(TrainError::Runtime(format!("a batch of {n} cannot be cut into {units} micro-batches")));
         }
         self.load_batch(staged, n / units)?;
-        let sam = self.cfg.rho > 0.0 && self.cfg.schedule.sam_at(self.step);
-        if sam && !self.cfg.sync_perturbations && self.share.units != self.share.world {
-            // SamStep::to_device refuses it too; an elastic generation of another size can
-            // bring it about later.
-            return Err(TrainError::Config(format!(
-                "--sync_perturbations=false with {} micro-batches over {} replicas (an ascent for each) is not on the GPU step yet",
-                self.share.units, self.share.world
-            )));
-        }
         let phase = if sam { Phase::AscentGrad } else { Phase::Grad };
         let clip = self.cfg.gradient_clipping;
         let exchanges = Default::default();
