@@ -7,6 +7,7 @@ use ringsam_kernels::flat;
 use ringsam_kernels::loss::{LossShape, softmax_xent_backward, softmax_xent_forward_into};
 use ringsam_kernels::{Buf, DeviceVec, Gpu, PendingRead, PinnedVec};
 use ringsam_nn::Pass;
+use ringsam_tensor::Tensor;
 
 use super::{DeviceStep, device_error};
 use crate::TrainError;
@@ -66,6 +67,17 @@ fn l2_term<'a>(
         let mut l = gpu.launcher();
         flat::add_l2_gradient(&mut *l, g, w, wd, &parts).map_err(device_error(gpu, "the L2 term"))
     }
+}
+
+/// The point a pass runs at (`w`, or `w_adv` for SAM's second pass) and its input (the batch,
+/// or the micro-batch copied out of it when there are several).
+fn point_and_input<'a>(
+    at_adv: bool,
+    [w, w_adv]: [&'a Tensor; 2],
+    [x, micro_x]: [&'a Tensor; 2],
+    micros: usize,
+) -> (&'a Tensor, &'a Tensor) {
+    (if at_adv { w_adv } else { w }, if micros > 1 { micro_x } else { x })
 }
 
 impl DeviceStep {
@@ -141,7 +153,7 @@ impl DeviceStep {
             match (j + 1 == micros, scope, peers.as_deref_mut()) {
                 (true, Some(scope), Some(cluster)) if self.exchange.is_some() => self.backward_exchanged(at_adv, scope, wd, cluster)?,
                 (last, ..) => {
-                    let (w, xj) = (if at_adv { &self.w_adv } else { &self.params }, if micros > 1 { &self.micro_x } else { &self.x });
+                    let (w, xj) = point_and_input(at_adv, [&self.params, &self.w_adv], [&self.x, &self.micro_x], micros);
                     self.model.backward(w, &mut self.grads, xj, &self.dlogits)?;
                     if last {
                         let g = self.grads_buf();
@@ -176,14 +188,14 @@ impl DeviceStep {
     /// the logits) and its errors into its slots.
     fn forward_and_loss(&mut self, at_adv: bool, pass: &Pass, j: usize, scale: f32) -> Result<(), TrainError> {
         let (n, micro) = self.batch_shape();
-        let (w, xj) = (if at_adv { &self.w_adv } else { &self.params }, if n > micro { &self.micro_x } else { &self.x });
+        let (w, xj) = point_and_input(at_adv, [&self.params, &self.w_adv], [&self.x, &self.micro_x], n / micro);
         let logits = self.model.forward(w, &mut self.state, xj, pass)?;
         let [rows, k] = match *logits.shape() {
             [rows, k] if rows == micro => [rows, k],
             ref s => return Err(TrainError::Runtime(format!("model returned logits of shape {s:?} for {micro} examples"))),
         };
         let logits = logits.device_buf().ok_or_else(|| TrainError::Runtime("the model's logits left the device".into()))?;
-        let bufs = |t: &ringsam_tensor::Tensor| t.device_buf().expect("placed on the device by load_batch");
+        let bufs = |t: &Tensor| t.device_buf().expect("placed on the device by load_batch");
         let (probs, losses, dlogits) = (bufs(&self.probs), bufs(&self.losses), bufs(&self.dlogits));
         let labels = self.labels_buf().slice(j * micro..(j + 1) * micro);
         let (losses64, wrong) = (self.losses64.as_ref().expect("placed").buf(), self.wrong.as_ref().expect("placed").buf());
@@ -198,10 +210,10 @@ impl DeviceStep {
 
     /// The last micro-batch's backward, its buckets leaving for the ring as they are queued.
     fn backward_exchanged(&mut self, at_adv: bool, scope: Scope, wd: f32, cluster: &mut Cluster) -> Result<(), TrainError> {
-        let micros = { self.batch_shape().0 / self.batch_shape().1 };
+        let (n, micro) = self.batch_shape();
         let g = self.grads_buf();
         let DeviceStep { model, params, w_adv, grads, x, micro_x, dlogits, exchange, gpu, decayed, .. } = self;
-        let (w, xj) = (if at_adv { &*w_adv } else { &*params }, if micros > 1 { &*micro_x } else { &*x });
+        let (w, xj) = point_and_input(at_adv, [params, w_adv], [x, micro_x], n / micro);
         let sync = exchange.as_mut().expect("data-parallel");
         sync.begin(scope);
         let mut prepare = l2_term(gpu, [g, w.device_buf().expect("on the device")], wd, decayed);
