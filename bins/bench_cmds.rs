@@ -25,6 +25,9 @@ pub(crate) enum BenchTransport {
     Quic,
     /// In-process channels between threads (no sockets).
     Inproc,
+    /// The socket transports' driver with in-memory pipes between threads: how a worker's local
+    /// replicas meet.
+    Pipe,
 }
 
 impl BenchTransport {
@@ -33,6 +36,7 @@ impl BenchTransport {
             BenchTransport::Tcp => "tcp",
             BenchTransport::Quic => "quic",
             BenchTransport::Inproc => "inproc",
+            BenchTransport::Pipe => "pipe",
         }
     }
 }
@@ -166,10 +170,10 @@ pub(crate) struct BenchLoaderArgs {
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
 pub(crate) struct BenchAllreduceArgs {
-    /// Ranks: local processes (tcp) or threads (inproc) started by this command.
+    /// Ranks: local processes (tcp, quic) or threads (inproc, pipe) started by this command.
     #[arg(long, default_value_t = 4)]
     pub(crate) nproc: usize,
-    /// tcp, quic or inproc, or a comma list to compare them in one run.
+    /// tcp, quic, inproc or pipe, or a comma list to compare them in one run.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp")]
     pub(crate) transport: Vec<BenchTransport>,
     /// Sizes in bytes: LOW..HIGH (doubling) or a comma list; K, M, G are powers of 1024.
@@ -497,7 +501,7 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
     // Rank mode: this process is one rank of a ring; rank 0 reports.
     if let Some(rank) = args.rank {
         let [name] = transports[..] else { return Err(usage("--rank takes exactly one --transport (tcp or quic)")) };
-        if rank >= args.peers.len() || name == "inproc" {
+        if rank >= args.peers.len() || !matches!(name, "tcp" | "quic") {
             return Err(usage(format!(
                 "--rank {rank} needs --transport tcp or quic and --peers listing every rank's address (rank indexes it)"
             )));

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgMatches, Args};
 use ringsam_collective::local_ranks::LocalRanks;
 use ringsam_collective::quic::QuicTuning;
-use ringsam_train::cluster::{Cluster, ClusterConfig, Transport, resolve_peer};
+use ringsam_train::cluster::{Cluster, ClusterConfig, Colocated, Transport, resolve_peer};
 use ringsam_train::run::{RunOptions, train, train_replica};
 
 use crate::process::{available_memory, cluster_secret, stop_on_signals, stopped, usage};
@@ -166,14 +166,17 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     // One metrics endpoint per process, labelled with its first replica's rank.
     serve_metrics(&args.train, pod * local, &|l| eprintln!("ringsam: rank {}: {l}", pod * local))?;
     let (names, cfg) = (crate::worker_local::replica_addresses(&names, local)?, &cfg);
+    let colocated = crate::worker_local::colocated(names.len(), pod, local);
     crate::worker_local::run_each(gpus, pod * local, &stop, |i, gpu| {
         let rank = pod * local + i;
         let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let opts = RunOptions { progress, stop: stop.clone(), memory_limit: available_memory(), gpu };
         match args.min_replicas {
             // Each local replica is a slot of its own.
-            Some(min) => crate::worker_elastic::worker_elastic(args, cfg, rank, min, names.clone(), transport.clone(), opts),
-            None => run_replica(args, cfg, &names, rank, transport.clone(), opts),
+            Some(min) => {
+                crate::worker_elastic::worker_elastic(args, cfg, rank, min, names.clone(), (transport.clone(), colocated.clone()), opts)
+            }
+            None => run_replica(args, cfg, &names, rank, (transport.clone(), colocated.clone()), opts),
         }
     })
 }
@@ -184,7 +187,7 @@ fn run_replica(
     cfg: &ringsam_train::config::TrainConfig,
     names: &[String],
     rank: usize,
-    transport: Transport,
+    (transport, colocated): (Transport, Option<Colocated>),
     opts: RunOptions,
 ) -> Result<()> {
     let timeout = Duration::from_secs(args.connect_timeout);
@@ -200,9 +203,11 @@ fn run_replica(
         peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
         on_refusal: Some(crate::process::refusal_log(format!("rank {rank}"))),
         generation: 0,
+        colocated,
     };
     let log = |line: &str| eprintln!("ringsam: rank {rank}: {line}");
-    log(&format!("joining a ring of {} at {}", names.len(), cluster_cfg.peers[rank]));
+    let pipes = crate::worker_local::pipes_note(cluster_cfg.colocated.as_ref());
+    log(&format!("joining a ring of {} at {}{pipes}", names.len(), cluster_cfg.peers[rank]));
     let cluster = Cluster::connect(&cluster_cfg, &opts.stop).with_context(|| format!("rank {rank}: forming the ring"))?;
     let summary = train_replica(cfg, &opts, Some(cluster), &mut |l| log(l))
         .with_context(|| format!("rank {rank}: training {} on {}", cfg.model_name, cfg.dataset))?;

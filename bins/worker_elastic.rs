@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ringsam_train::cluster::Transport;
+use ringsam_train::cluster::{Colocated, Transport};
 use ringsam_train::elastic::{ElasticConfig, train_elastic};
 use ringsam_train::run::RunOptions;
 
@@ -21,7 +21,7 @@ pub(crate) fn worker_elastic(
     slot: usize,
     min: u32,
     names: Vec<String>,
-    transport: Transport,
+    (transport, colocated): (Transport, Option<Colocated>),
     opts: RunOptions,
 ) -> Result<()> {
     if !(0.05..=60.0).contains(&args.heartbeat_seconds) {
@@ -51,6 +51,7 @@ pub(crate) fn worker_elastic(
         connect_timeout: Duration::from_secs(args.connect_timeout),
         peer_timeout: Duration::from_secs(cfg.ring_timeout_seconds),
         on_refusal: Some(crate::process::refusal_log(format!("slot {slot}"))),
+        colocated,
     };
     let log = |line: &str| eprintln!("ringsam: slot {slot}: {line}");
     if let Some(n) = std::env::var("RINGSAM_RESTARTS").ok().and_then(|v| v.parse().ok()) {

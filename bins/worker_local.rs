@@ -2,15 +2,18 @@
 //! node's GPUs runs one replica actor per GPU, each a thread with its own device, its own loader
 //! pool and its own rings (in an elastic job, each its own slot). The job's ranks are pod-major
 //! (pod p's replicas are ranks p·N … p·N + N − 1), so a ring visits a node's GPUs one after
-//! another and crosses between nodes once per node. Local replicas still meet over loopback
-//! sockets; a reduction within the node before the ring is not built yet (docs/ARCHITECTURE.md,
-//! "Replicas on GPUs"). The process has one metrics recorder: its first replica exports its
-//! steps, the others do not ([`ringsam_train::telemetry::quiet_this_thread`]).
+//! another and crosses between nodes once per node. Local replicas meet over in-memory pipes,
+//! not loopback sockets ([`colocated`]; why not a reduction within the node first:
+//! `ringsam_collective::local_link`). The process has one metrics recorder: its first replica
+//! exports its steps, the others do not ([`ringsam_train::telemetry::quiet_this_thread`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+
+use ringsam_collective::local_link::LocalLinks;
+use ringsam_train::cluster::Colocated;
 
 use crate::process::usage;
 use crate::train_args::{TrainArgs, open_device};
@@ -70,6 +73,19 @@ where
             .collect();
         results.into_iter().collect()
     })
+}
+
+/// Which of the job's `ranks` (or elastic slots, numbered alike) live in pod `pod`'s process, and
+/// the mailboxes their pipes meet at; none for a single replica (nothing to meet).
+pub(crate) fn colocated(ranks: usize, pod: usize, local: usize) -> Option<Colocated> {
+    (local > 1).then(|| Colocated { links: LocalLinks::new(), here: (0..ranks).map(|r| r / local == pod).collect() })
+}
+
+/// What the log says of a replica's pipes: which ranks of the ring meet in this process.
+pub(crate) fn pipes_note(colocated: Option<&Colocated>) -> String {
+    let Some(c) = colocated else { return String::new() };
+    let here: Vec<String> = c.here.iter().enumerate().filter(|(_, h)| **h).map(|(r, _)| r.to_string()).collect();
+    format!(" (ranks {} meet over in-process pipes)", here.join(", "))
 }
 
 /// The job's ring addresses, rank-major, from one address per pod: replica i of a pod listens on

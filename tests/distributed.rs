@@ -114,7 +114,10 @@ fn one_worker_with_two_local_replicas_trains_as_two_workers() {
         (port, err)
     };
     let (port, err) = local_worker(one.path(), &[]);
-    assert!(err.contains("rank 1: joining a ring of 2") && err.contains(&format!("127.0.0.1:{}", port + 2)), "{err}");
+    assert!(
+        err.contains(&format!("rank 1: joining a ring of 2 at 127.0.0.1:{} (ranks 0, 1 meet over in-process pipes)", port + 2)),
+        "{err}"
+    );
     let model = |dir: &Path| std::fs::read(run_dir(dir).join("checkpoints/checkpoint_6/model.safetensors")).unwrap();
     assert!(model(two.path()) == model(one.path()), "two local replicas and two workers wrote different parameters");
     // Elastic: each local replica is a slot of its own (membership on port + 2i + 1).
@@ -122,4 +125,39 @@ fn one_worker_with_two_local_replicas_trains_as_two_workers() {
     let (_, err) = local_worker(elastic.path(), &["--min_replicas", "2"]);
     assert!(err.contains("elastic worker 1 of 2"), "{err}");
     assert!(model(two.path()) == model(elastic.path()), "an elastic pod of two local replicas trained differently");
+}
+
+#[test]
+fn two_pods_of_two_local_replicas_train_as_four_workers() {
+    // Ranks 0 and 1 in one process, 2 and 3 in another: pipes within each, TCP between them
+    // (1 → 2 and 3 → 0). The same job as `launch --nproc 4`, to the bit.
+    let _ports = crate::util::ports_lock();
+    let steps = ["--max_steps", "4", "--num_epochs", "1"];
+    let (four, pods) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut args = vec!["launch", "--nproc", "4", "--transport", "tcp", "--"];
+    args.extend_from_slice(TRAIN);
+    args.extend_from_slice(&steps);
+    args.extend_from_slice(&["--output_dir", four.path().to_str().unwrap()]);
+    assert!(stdout_ok(&ringsam(&args)).contains("steps: 4"));
+    let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let pod = |p: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ringsam"))
+            .args(["--threads", "1", "worker", "--rank", p, "--world_size", "2", "--local_replicas", "2"])
+            .args(["--peers", &peers, "--transport", "tcp"])
+            .args(TRAIN)
+            .args(steps)
+            .args(["--output_dir", pods.path().to_str().unwrap()])
+            .env("RINGSAM_CLUSTER_SECRET", "a-test-cluster-secret-of-some-length")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (pod("0"), pod("1"));
+    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success() && err.contains("(ranks 2, 3 meet over in-process pipes)"), "{err}");
+    assert!(stdout_ok(&first).contains("steps: 4"));
+    let model = |dir: &Path| std::fs::read(run_dir(dir).join("checkpoints/checkpoint_4/model.safetensors")).unwrap();
+    assert!(model(four.path()) == model(pods.path()), "two pods of two local replicas and four workers wrote different parameters");
 }

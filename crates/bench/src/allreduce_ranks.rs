@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use ringsam_collective::local_link::{InProcess, LocalLinks};
 use ringsam_collective::local_ranks::LocalRanks;
 use ringsam_collective::quic::QuicTuning;
 use ringsam_collective::transport::{Link, Refusals, Transport, form_ring};
@@ -104,8 +105,24 @@ pub fn run_rank(
     on_refusal: Option<Refusals>,
 ) -> Result<(Vec<BenchRow>, Option<String>), String> {
     let world = peers.len();
-    let link = Link { listen: peers[rank], next: peers[(rank + 1) % world], connect_timeout: b.timeout, on_refusal };
-    let threads = ring_threads_for(b.ring_threads, 1);
+    let link = Link { listen: peers[rank], next: peers[(rank + 1) % world], connect_timeout: b.timeout, on_refusal, in_process: None };
+    let name = match transport {
+        Transport::Tcp { .. } => "tcp",
+        Transport::Quic { .. } => "quic",
+    };
+    run_ring_rank(b, rank, world, transport, link, name, ring_threads_for(b.ring_threads, 1))
+}
+
+/// [`run_rank`] over `link`, on a runtime of `threads` threads, its rows labelled `name`.
+fn run_ring_rank(
+    b: &AllreduceBench,
+    rank: usize,
+    world: usize,
+    transport: &Transport,
+    link: Link,
+    name: &str,
+    threads: usize,
+) -> Result<(Vec<BenchRow>, Option<String>), String> {
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -114,10 +131,6 @@ pub fn run_rank(
     .map_err(|e| format!("starting the async runtime: {e}"))?;
     let (ring, links) =
         runtime.block_on(form_ring(transport, b.ring(rank, world), link)).map_err(|e| format!("rank {rank}: forming the ring: {e}"))?;
-    let name = match transport {
-        Transport::Tcp { .. } => "tcp",
-        Transport::Quic { .. } => "quic",
-    };
     let mut ar = BlockingRing { runtime, ring };
     let rows = run(&mut ar, rank, world, name, &b.sizes, b.iters, b.inflight).map_err(|e| format!("rank {rank}: all-reduce: {e}"))?;
     let BlockingRing { runtime, ring } = ar;
@@ -130,11 +143,14 @@ pub fn run_rank(
 }
 
 /// Runs `nproc` ranks on this machine and returns rank 0's rows: threads joined by in-process
-/// channels for `inproc`, else processes of `exe` (`ringsam`) started through [`LocalRanks`],
+/// channels for `inproc`, threads of the socket transports' driver joined by in-memory pipes for
+/// `pipe` (how a worker's local replicas meet), else processes of `exe` (`ringsam`) started through [`LocalRanks`],
 /// each running `bench allreduce --rank r`. `stop` ends them early (the caller's signal flag).
 pub fn run_local(b: &AllreduceBench, transport: &str, nproc: usize, exe: &Path, stop: &AtomicBool) -> Result<Vec<BenchRow>, String> {
-    if transport == "inproc" {
-        return run_inproc(b, nproc);
+    match transport {
+        "inproc" => return run_inproc(b, nproc),
+        "pipe" => return run_pipes(b, nproc),
+        _ => {}
     }
     let mut ranks = LocalRanks::prepare(nproc, transport == "quic").map_err(|e| format!("preparing local ranks: {e}"))?;
     let (peers, flags) = (ranks.peers(), b.rank_flags(nproc));
@@ -192,6 +208,32 @@ fn run_inproc(b: &AllreduceBench, nproc: usize) -> Result<Vec<BenchRow>, String>
     let mut rows = first.unwrap_or_default();
     rows.iter_mut().for_each(|r| r.cpu_ranks = nproc);
     Ok(rows)
+}
+
+/// Every rank a thread of this process with a runtime of its own (as a worker's local replicas
+/// are), every link a pipe ([`ringsam_collective::local_link`]).
+fn run_pipes(b: &AllreduceBench, nproc: usize) -> Result<Vec<BenchRow>, String> {
+    let links = LocalLinks::new();
+    // Checked though never sent: a TCP ring needs a secret. Nothing listens, so no address is used.
+    let secret = ringsam_collective::tcp::fresh_secret().map_err(|e| format!("drawing a secret: {e}"))?;
+    let transport = Transport::Tcp { secret: secret.into_bytes() };
+    let unused = SocketAddr::from(([127, 0, 0, 1], 0));
+    let threads = ring_threads_for(b.ring_threads, nproc);
+    let rows = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..nproc)
+            .map(|r| {
+                let in_process = Some(InProcess { links: links.clone(), prev: true, next: true });
+                let link = Link { listen: unused, next: unused, connect_timeout: b.timeout, on_refusal: None, in_process };
+                let transport = &transport;
+                s.spawn(move || run_ring_rank(b, r, nproc, transport, link, "pipe", threads))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().map_err(|_| "a rank thread panicked".to_string())?).collect::<Result<Vec<_>, String>>()
+    })?;
+    // The ranks are threads of this process: each one's process CPU time already covers them all.
+    let mut first = rows.into_iter().next().map(|(rows, _)| rows).unwrap_or_default();
+    first.iter_mut().for_each(|r| r.cpu_ranks = nproc);
+    Ok(first)
 }
 
 /// The nccl-tests style table of `rows`, with busbw against a single-thread memcpy of the largest

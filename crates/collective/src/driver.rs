@@ -192,8 +192,11 @@ impl Shared {
 /// One inbound stream of frames, read by its own reader task.
 pub(crate) trait FrameSource: Send + 'static {
     /// Whether the source receives into lent chunks ([`Payload::Placed`]); the driver only lends
-    /// to sources that do.
-    const PLACES: bool = false;
+    /// to sources that do. A method, not a constant: a link's kind can be chosen at run time
+    /// ([`crate::either_link`]).
+    fn places(&self) -> bool {
+        false
+    }
 
     /// The next frame, its header checked against `max` (payload bytes) before anything is
     /// allocated for it; `Ok(None)` when the stream ended cleanly between frames. After an error
@@ -206,7 +209,9 @@ pub(crate) trait FrameSource: Send + 'static {
 pub(crate) struct ByteFrames<R>(pub R);
 
 impl<R: AsyncRead + Unpin + Send + 'static> FrameSource for ByteFrames<R> {
-    const PLACES: bool = true;
+    fn places(&self) -> bool {
+        true
+    }
 
     async fn next_frame(&mut self, max: u32, shared: &Shared) -> Result<Option<(FrameHeader, Payload)>, String> {
         let rd = &mut self.0;
@@ -250,8 +255,10 @@ where
     R: FrameSource,
     W: FrameSink,
 {
-    ring.set_lending(R::PLACES);
-    ring.set_staging(W::TAKES_OWNED);
+    let places = links.as_ref().is_some_and(|(readers, _)| readers.iter().all(FrameSource::places));
+    let takes_owned = links.as_ref().is_some_and(|(_, writers)| writers.iter().all(FrameSink::takes_owned));
+    ring.set_lending(places);
+    ring.set_staging(takes_owned);
     let (frames_tx, mut frames_rx) = mpsc::unbounded_channel::<Inbound>();
     // Payload buffers travel back to the readers, so steady state allocates nothing per frame.
     let shared: Arc<Shared> = Default::default();
@@ -263,7 +270,9 @@ where
     // running would keep its connection, and queue frames nobody reads.
     let mut readers_running = Readers(Vec::new());
     if let Some((readers, writers)) = links {
-        debug_assert!(!readers.is_empty() && readers.len() == writers.len(), "stripes: {} in, {} out", readers.len(), writers.len());
+        // The two sides may differ in stripes: one side can be an in-process pipe, the other a
+        // striped QUIC link.
+        debug_assert!(!readers.is_empty() && !writers.is_empty(), "stripes: {} in, {} out", readers.len(), writers.len());
         let max = ring.config().max_payload();
         stripes_open = readers.len();
         for rd in readers {
@@ -357,7 +366,7 @@ where
                 }
                 Some(Inbound::Frame(h, Payload::Placed(loan))) => ring.finish_placement(Instant::now(), h, loan),
                 Some(Inbound::Frame(h, Payload::Pieces(pieces))) => {
-                    let forward = W::TAKES_OWNED && ring.forwards_as_received(&h);
+                    let forward = takes_owned && ring.forwards_as_received(&h);
                     let parts: Vec<&[u8]> = pieces.iter().map(|b| &b[..]).collect();
                     if ring.handle_frame_parts(Instant::now(), h, &parts).is_ok() && forward {
                         forwards.insert((h.op, h.step + 1, h.chunk), pieces);
@@ -422,7 +431,9 @@ pub(crate) trait FrameSink: AsyncWrite + Unpin + Send + Sized + 'static {
     /// Whether [`FrameSink::write_owned`] keeps the payload it is given instead of copying it:
     /// the ring then stages its intermediate reduce-scatter sums in buffers of their own
     /// ([`Ring::set_staging`]), which such a stream sends without a copy.
-    const TAKES_OWNED: bool = false;
+    fn takes_owned(&self) -> bool {
+        false
+    }
 
     /// Writes a frame whose payload (f32 values, sent little-endian) is the stream's to keep.
     fn write_owned(&mut self, header: &[u8], payload: Vec<f32>) -> impl Future<Output = std::io::Result<()>> + Send {

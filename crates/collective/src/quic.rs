@@ -24,7 +24,9 @@ use tokio::io::AsyncWrite;
 
 use crate::certs::PEER_NAME;
 use crate::chunk_frames::{ChunkFrames, ChunkSource};
-use crate::driver::{self, RingHandle};
+use crate::driver::{self, ByteFrames, RingHandle};
+use crate::either_link::Either;
+use crate::local_link::{InProcess, PipeReader, PipeWriter};
 use crate::{Ring, RingConfig};
 
 /// How a rank joins a QUIC ring.
@@ -306,8 +308,10 @@ fn crypto_provider(lib: CryptoLib, first: Cipher) -> rustls::crypto::CryptoProvi
     p
 }
 
-/// Builds the endpoint: mutual TLS 1.3 against the cluster CA, bulk-transfer windows.
-fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
+/// Builds the endpoint: mutual TLS 1.3 against the cluster CA, bulk-transfer windows. With
+/// `accepts`, it listens at `cfg.listen` for the previous rank; without (the previous rank's link
+/// is a pipe), it only connects out.
+fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
     let provider = Arc::new(crypto_provider(cfg.tuning.crypto, cfg.tuning.cipher));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cfg.ca.clone()).map_err(cfg_err)?;
@@ -361,8 +365,11 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     server_cfg.max_incoming(MAX_INCOMING).incoming_buffer_size(64 << 10).incoming_buffer_size_total(MAX_INCOMING as u64 * (64 << 10));
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).map_err(cfg_err)?));
     client_cfg.transport_config(transport);
-    let bind_err = |e: std::io::Error| QuicError::Connect { what: format!("binding UDP {}", cfg.listen), why: e.to_string() };
-    let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind_err)?;
+    // An endpoint that only connects out binds any free port, as a client does.
+    let any = SocketAddr::new(if cfg.next.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() }, 0);
+    let bind = if accepts { cfg.listen } else { any };
+    let bind_err = |e: std::io::Error| QuicError::Connect { what: format!("binding UDP {bind}"), why: e.to_string() };
+    let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
     // The default UDP receive buffer (~208 KiB on Linux) overflows when a burst of a ring step
     // arrives while the process is busy reducing: measured here, thousands of datagrams dropped
     // per benchmark run (RcvbufErrors), and every drop shrinks the congestion window. Ask for
@@ -374,7 +381,7 @@ fn endpoint(cfg: &QuicConfig) -> Result<Endpoint, QuicError> {
     let mut ep_cfg = quinn::EndpointConfig::default();
     ep_cfg.max_udp_payload_size(mtu_bound.max(DEFAULT_MTU)).map_err(cfg_err)?;
     let socket = Arc::new(CappedGso::new(runtime.wrap_udp_socket(socket).map_err(bind_err)?, mtu_bound));
-    let mut ep = Endpoint::new_with_abstract_socket(ep_cfg, Some(server_cfg), socket, runtime).map_err(bind_err)?;
+    let mut ep = Endpoint::new_with_abstract_socket(ep_cfg, accepts.then_some(server_cfg), socket, runtime).map_err(bind_err)?;
     ep.set_default_client_config(client_cfg);
     Ok(ep)
 }
@@ -435,108 +442,162 @@ fn stripe_summary(c: &Connection) -> String {
 
 /// [`connect`], also returning the connections.
 pub async fn connect_observed(cfg: QuicConfig) -> Result<(RingHandle, Option<QuicLinks>), QuicError> {
+    connect_beside(cfg, None).await
+}
+
+/// Either kind of inbound stream, and of outbound.
+type Inbound = Either<ByteFrames<PipeReader>, ChunkFrames<QuicRecv>>;
+type Outbound = Either<PipeWriter, QuicSend>;
+
+/// [`connect_observed`], meeting the neighbours that live in this process over pipes
+/// ([`crate::local_link`]); no endpoint is opened when both are.
+pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Result<(RingHandle, Option<QuicLinks>), QuicError> {
     let ring = Ring::new(cfg.ring);
     if cfg.ring.world == 1 {
-        return Ok((driver::spawn::<ChunkFrames<QuicRecv>, QuicSend>(ring, None), None));
+        return Ok((driver::spawn::<Inbound, Outbound>(ring, None), None));
     }
     let stripes = cfg.tuning.stripes;
     if !(1..=MAX_STRIPES).contains(&stripes) {
         return Err(QuicError::Config(format!("{stripes} stripes: 1 to {MAX_STRIPES} connections per neighbour")));
     }
-    let ep = endpoint(&cfg)?;
-    let (prev, _) = crate::schedule::ring_neighbors(cfg.ring.rank, cfg.ring.world);
-    let mut want_hello = hello(&cfg.ring, stripes, 0);
-    want_hello[4..8].copy_from_slice(&(prev as u32).to_le_bytes());
+    let (pipe_in, pipe_out) = (local.filter(|l| l.prev), local.filter(|l| l.next));
+    let ep = if pipe_in.is_some() && pipe_out.is_some() { None } else { Some(endpoint(&cfg, pipe_in.is_none())?) };
     let accept = async {
-        let mut got: Vec<Option<(Connection, RecvStream)>> = (0..stripes).map(|_| None).collect();
-        // Each incoming connection is greeted in a task of its own, so one that stalls delays no
-        // one; `max_incoming` above bounds how many wait to be accepted at all.
-        let mut greeting = tokio::task::JoinSet::new();
-        while got.iter().any(Option::is_none) {
-            tokio::select! {
-                incoming = ep.accept() => {
-                    let incoming = incoming.ok_or_else(|| QuicError::Connect { what: "accepting".into(), why: "endpoint closed".into() })?;
-                    // A peer without a CA-signed certificate fails inside the TLS handshake; one
-                    // that stalls gets a few seconds.
-                    let peer = incoming.remote_address();
-                    let refused = |why: &str| if let Some(r) = &cfg.on_refusal { r.report(peer, why) };
-                    if greeting.len() >= MAX_INCOMING {
-                        incoming.refuse();
-                        refused("too many connections waiting to be greeted");
-                        continue;
-                    }
-                    let on_refusal = cfg.on_refusal.clone();
-                    greeting.spawn(async move {
-                        let greeted = tokio::time::timeout(Duration::from_secs(5), async move {
-                            let conn = incoming.await.map_err(|e| format!("TLS handshake failed: {e}"))?;
-                            let mut rx = conn.accept_uni().await.map_err(|e| format!("no hello stream: {e}"))?;
-                            let mut h = [0u8; 20];
-                            rx.read_exact(&mut h).await.map_err(|e| format!("no hello: {e}"))?;
-                            // Everything but the stripe index must be what the previous rank sends.
-                            if h[..19] != want_hello[..19] {
-                                return Err("a hello for another ring, rank, generation or frame size".to_string());
-                            }
-                            Ok((h[19] as usize, conn, rx))
-                        })
-                        .await
-                        .unwrap_or_else(|_| Err("no hello within 5 s".into()));
-                        if let (Err(why), Some(r)) = (&greeted, &on_refusal) {
-                            r.report(peer, why);
-                        }
-                        greeted.ok()
-                    });
-                }
-                Some(done) = greeting.join_next(), if !greeting.is_empty() => {
-                    // A stripe the previous rank connects again replaces one whose connection
-                    // died (its first try may have timed out after it had moved on); a live one
-                    // stays.
-                    if let Ok(Some((stripe, conn, rx))) = done
-                        && let Some(slot) = got.get_mut(stripe)
-                        && slot.as_ref().is_none_or(|(c, _)| c.close_reason().is_some())
-                    {
-                        *slot = Some((conn, rx));
-                    }
-                }
-            }
+        match (pipe_in, &ep) {
+            (Some(l), _) => l
+                .links
+                .receive_from_prev(&cfg.ring)
+                .await
+                .map(Either::Pipe)
+                .map_err(|why| QuicError::Connect { what: "taking the previous rank's pipe, in this process".into(), why }),
+            (None, Some(ep)) => accept_stripes(ep, &cfg).await.map(Either::Net),
+            (None, None) => unreachable!("an endpoint is opened unless both neighbours are in this process"),
         }
-        greeting.abort_all();
-        Ok::<_, QuicError>(got.into_iter().flatten().collect::<Vec<_>>())
     };
     let connect = async {
-        let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-        let mut out = Vec::with_capacity(stripes);
-        while out.len() < stripes {
-            let stripe = out.len();
-            let attempt = async {
-                let conn = ep.connect(cfg.next, PEER_NAME).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
-                let mut tx = conn.open_uni().await.map_err(|e| e.to_string())?;
-                tx.write_all(&hello(&cfg.ring, stripes, stripe)).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((conn, tx))
-            };
-            match attempt.await {
-                Ok(c) => out.push(c),
-                Err(why) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => {
-                    return Err(QuicError::Connect { what: format!("connecting to the next rank at {}", cfg.next), why });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // not up yet
-            }
+        match (pipe_out, &ep) {
+            (Some(l), _) => Ok(Either::Pipe(l.links.send_to_next(&cfg.ring))),
+            (None, Some(ep)) => connect_stripes(ep, &cfg).await.map(Either::Net),
+            (None, None) => unreachable!("an endpoint is opened unless both neighbours are in this process"),
         }
-        Ok(out)
     };
     let (inbound, outbound) = tokio::time::timeout(cfg.connect_timeout, async { tokio::try_join!(accept, connect) })
         .await
         .map_err(|_| QuicError::Timeout(cfg.connect_timeout))??;
     // Formed: this endpoint accepts no one else (strangers' Initials are refused at once and cost
     // nothing). A re-formation opens a new endpoint, and with it a new window for a replacement.
-    ep.set_server_config(None);
-    let links = QuicLinks {
-        inbound: inbound.iter().map(|(c, _)| c.clone()).collect(),
-        outbound: outbound.iter().map(|(c, _)| c.clone()).collect(),
+    if let Some(ep) = &ep {
+        ep.set_server_config(None);
+    }
+    let links = QuicLinks { inbound: connections(&inbound), outbound: connections(&outbound) };
+    let recv: Vec<Inbound> = match inbound {
+        Either::Pipe(p) => vec![Either::Pipe(ByteFrames(p))],
+        Either::Net(v) => v
+            .into_iter()
+            .map(|(conn, stream)| Either::Net(ChunkFrames::new(QuicRecv { stream, _conn: conn, _endpoint: ep.clone().expect("opened") })))
+            .collect(),
     };
-    let recv =
-        inbound.into_iter().map(|(conn, stream)| ChunkFrames::new(QuicRecv { stream, _conn: conn, _endpoint: ep.clone() })).collect();
-    let send = outbound.into_iter().map(|(conn, stream)| QuicSend { stream, stopped: None, _conn: conn, _endpoint: ep.clone() }).collect();
+    let send: Vec<Outbound> = match outbound {
+        Either::Pipe(p) => vec![Either::Pipe(p)],
+        Either::Net(v) => v
+            .into_iter()
+            .map(|(conn, stream)| Either::Net(QuicSend { stream, stopped: None, _conn: conn, _endpoint: ep.clone().expect("opened") }))
+            .collect(),
+    };
     Ok((driver::spawn(ring, Some((recv, send))), Some(links)))
+}
+
+/// A side's QUIC connections (none for a pipe).
+fn connections<P, S>(side: &Either<P, Vec<(Connection, S)>>) -> Vec<Connection> {
+    match side {
+        Either::Pipe(_) => Vec::new(),
+        Either::Net(v) => v.iter().map(|(c, _)| c.clone()).collect(),
+    }
+}
+
+/// Accepts the previous rank's stripes, each greeted with the hello it must send.
+async fn accept_stripes(ep: &Endpoint, cfg: &QuicConfig) -> Result<Vec<(Connection, RecvStream)>, QuicError> {
+    let stripes = cfg.tuning.stripes;
+    let (prev, _) = crate::schedule::ring_neighbors(cfg.ring.rank, cfg.ring.world);
+    let mut want_hello = hello(&cfg.ring, stripes, 0);
+    want_hello[4..8].copy_from_slice(&(prev as u32).to_le_bytes());
+    let mut got: Vec<Option<(Connection, RecvStream)>> = (0..stripes).map(|_| None).collect();
+    // Each incoming connection is greeted in a task of its own, so one that stalls delays no
+    // one; `max_incoming` above bounds how many wait to be accepted at all.
+    let mut greeting = tokio::task::JoinSet::new();
+    while got.iter().any(Option::is_none) {
+        tokio::select! {
+            incoming = ep.accept() => {
+                let incoming = incoming.ok_or_else(|| QuicError::Connect { what: "accepting".into(), why: "endpoint closed".into() })?;
+                // A peer without a CA-signed certificate fails inside the TLS handshake; one
+                // that stalls gets a few seconds.
+                let peer = incoming.remote_address();
+                let refused = |why: &str| if let Some(r) = &cfg.on_refusal { r.report(peer, why) };
+                if greeting.len() >= MAX_INCOMING {
+                    incoming.refuse();
+                    refused("too many connections waiting to be greeted");
+                    continue;
+                }
+                let on_refusal = cfg.on_refusal.clone();
+                greeting.spawn(async move {
+                    let greeted = tokio::time::timeout(Duration::from_secs(5), async move {
+                        let conn = incoming.await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+                        let mut rx = conn.accept_uni().await.map_err(|e| format!("no hello stream: {e}"))?;
+                        let mut h = [0u8; 20];
+                        rx.read_exact(&mut h).await.map_err(|e| format!("no hello: {e}"))?;
+                        // Everything but the stripe index must be what the previous rank sends.
+                        if h[..19] != want_hello[..19] {
+                            return Err("a hello for another ring, rank, generation or frame size".to_string());
+                        }
+                        Ok((h[19] as usize, conn, rx))
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err("no hello within 5 s".into()));
+                    if let (Err(why), Some(r)) = (&greeted, &on_refusal) {
+                        r.report(peer, why);
+                    }
+                    greeted.ok()
+                });
+            }
+            Some(done) = greeting.join_next(), if !greeting.is_empty() => {
+                // A stripe the previous rank connects again replaces one whose connection
+                // died (its first try may have timed out after it had moved on); a live one
+                // stays.
+                if let Ok(Some((stripe, conn, rx))) = done
+                    && let Some(slot) = got.get_mut(stripe)
+                    && slot.as_ref().is_none_or(|(c, _)| c.close_reason().is_some())
+                {
+                    *slot = Some((conn, rx));
+                }
+            }
+        }
+    }
+    greeting.abort_all();
+    Ok(got.into_iter().flatten().collect::<Vec<_>>())
+}
+
+/// Connects to the next rank once per stripe, retrying until it listens or the timeout passes.
+async fn connect_stripes(ep: &Endpoint, cfg: &QuicConfig) -> Result<Vec<(Connection, SendStream)>, QuicError> {
+    let stripes = cfg.tuning.stripes;
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+    let mut out = Vec::with_capacity(stripes);
+    while out.len() < stripes {
+        let stripe = out.len();
+        let attempt = async {
+            let conn = ep.connect(cfg.next, PEER_NAME).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+            let mut tx = conn.open_uni().await.map_err(|e| e.to_string())?;
+            tx.write_all(&hello(&cfg.ring, stripes, stripe)).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((conn, tx))
+        };
+        match attempt.await {
+            Ok(c) => out.push(c),
+            Err(why) if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline => {
+                return Err(QuicError::Connect { what: format!("connecting to the next rank at {}", cfg.next), why });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // not up yet
+        }
+    }
+    Ok(out)
 }
 
 /// The inbound stream, keeping its connection and endpoint alive.
@@ -579,7 +640,9 @@ const WRITE_PIECE: usize = 64 << 10;
 /// once acknowledged), so a staged sum goes out with no copy into quinn's own buffers: that copy
 /// was 11 % of a loopback all-reduce's CPU (docs/BENCHMARKS.md, "CPU per byte").
 impl crate::driver::FrameSink for QuicSend {
-    const TAKES_OWNED: bool = true;
+    fn takes_owned(&self) -> bool {
+        true
+    }
 
     async fn write_owned(&mut self, header: &[u8], payload: Vec<f32>) -> std::io::Result<()> {
         let mut chunks = vec![bytes::Bytes::copy_from_slice(header)];

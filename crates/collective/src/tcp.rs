@@ -27,6 +27,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::driver::{self, RingHandle};
+use crate::either_link::Either;
+use crate::local_link::{InProcess, PipeReader, PipeWriter};
 use crate::{Ring, RingConfig};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -78,30 +80,58 @@ pub enum TcpError {
 
 /// Forms the ring: listen, accept the previous rank, connect to the next, authenticate both.
 pub async fn connect(cfg: TcpConfig) -> Result<RingHandle, TcpError> {
-    let listener =
-        TcpListener::bind(cfg.listen).await.map_err(|source| TcpError::Io { what: format!("listening on {}", cfg.listen), source })?;
-    connect_with_listener(cfg, listener).await
+    connect_beside(cfg, None).await
+}
+
+/// [`connect`], meeting the neighbours that live in this process over pipes
+/// ([`crate::local_link`]); nothing listens when the previous rank is one of them.
+pub async fn connect_beside(cfg: TcpConfig, local: Option<&InProcess>) -> Result<RingHandle, TcpError> {
+    let listener = if cfg.ring.world == 1 || local.is_some_and(|l| l.prev) {
+        None
+    } else {
+        Some(TcpListener::bind(cfg.listen).await.map_err(|source| TcpError::Io { what: format!("listening on {}", cfg.listen), source })?)
+    };
+    form(cfg, listener, local).await
 }
 
 /// Like [`connect`] on a listener the caller already bound (tests bind port 0).
 pub async fn connect_with_listener(cfg: TcpConfig, listener: TcpListener) -> Result<RingHandle, TcpError> {
+    form(cfg, Some(listener), None).await
+}
+
+/// Either kind of inbound stream, and of outbound.
+type Inbound = Either<PipeReader, tokio::net::tcp::OwnedReadHalf>;
+type Outbound = Either<PipeWriter, tokio::net::tcp::OwnedWriteHalf>;
+
+async fn form(cfg: TcpConfig, listener: Option<TcpListener>, local: Option<&InProcess>) -> Result<RingHandle, TcpError> {
     check_secret(&cfg.secret).map_err(TcpError::Config)?;
     let ring = Ring::new(cfg.ring);
     if cfg.ring.world == 1 {
-        return Ok(driver::spawn::<driver::ByteFrames<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf>(ring, None));
+        return Ok(driver::spawn::<driver::ByteFrames<Inbound>, Outbound>(ring, None));
     }
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
-    let accept = accept_prev(&listener, &cfg);
-    let connect = connect_next(&cfg, deadline);
-    let (inbound, outbound) = tokio::time::timeout_at(deadline, async { tokio::try_join!(accept, connect) }).await.map_err(|_| {
-        TcpError::Timeout(
-            cfg.connect_timeout,
-            format!("rank {} could not authenticate both neighbours (next: {})", cfg.ring.rank, cfg.next),
-        )
-    })??;
-    let (rd, _) = inbound.into_split();
-    let (_, wr) = outbound.into_split();
-    Ok(driver::spawn(ring, Some((vec![driver::ByteFrames(rd)], vec![wr]))))
+    let accept = async {
+        if let Some(l) = local.filter(|l| l.prev) {
+            let pipe = l.links.receive_from_prev(&cfg.ring).await;
+            return pipe.map(Either::Pipe).map_err(|why| TcpError::Handshake { peer: "the previous rank, in this process".into(), why });
+        }
+        let listener = listener.as_ref().ok_or_else(|| TcpError::Config("no listener for the previous rank".into()))?;
+        Ok(Either::Net(accept_prev(listener, &cfg).await?.into_split().0))
+    };
+    let connect = async {
+        match local.filter(|l| l.next) {
+            Some(l) => Ok(Either::Pipe(l.links.send_to_next(&cfg.ring))),
+            None => Ok(Either::Net(connect_next(&cfg, deadline).await?.into_split().1)),
+        }
+    };
+    let (inbound, outbound): (Inbound, Outbound) =
+        tokio::time::timeout_at(deadline, async { tokio::try_join!(accept, connect) }).await.map_err(|_| {
+            TcpError::Timeout(
+                cfg.connect_timeout,
+                format!("rank {} could not authenticate both neighbours (next: {})", cfg.ring.rank, cfg.next),
+            )
+        })??;
+    Ok(driver::spawn(ring, Some((vec![driver::ByteFrames(inbound)], vec![outbound]))))
 }
 
 /// Handshakes a listening rank runs at once. Each connection gets its own task, so a stranger

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::certs::{read_certs, read_key};
+use crate::local_link::InProcess;
 use crate::quic::{QuicConfig, QuicLinks, QuicTuning};
 use crate::tcp::TcpConfig;
 use crate::{RingConfig, RingHandle};
@@ -65,16 +66,18 @@ pub struct Link {
     pub connect_timeout: Duration,
     /// Where refused connections are reported.
     pub on_refusal: Option<Refusals>,
+    /// Which neighbours live in this process, met over pipes instead of sockets (None: neither).
+    pub in_process: Option<InProcess>,
 }
 
 /// Forms this rank's part of `ring` over `transport`. With QUIC, also returns the links' path
 /// statistics (for `--quic_stats`).
 pub async fn form_ring(transport: &Transport, ring: RingConfig, link: Link) -> Result<(RingHandle, Option<QuicLinks>), String> {
-    let Link { listen, next, connect_timeout, on_refusal } = link;
+    let Link { listen, next, connect_timeout, on_refusal, in_process } = link;
     match transport {
         Transport::Tcp { secret } => {
             let cfg = TcpConfig { ring, listen, next, secret: secret.clone(), connect_timeout, on_refusal };
-            Ok((crate::tcp::connect(cfg).await.map_err(|e| e.to_string())?, None))
+            Ok((crate::tcp::connect_beside(cfg, in_process.as_ref()).await.map_err(|e| e.to_string())?, None))
         }
         Transport::Quic { ca, cert, key, tuning } => {
             let ca_cert =
@@ -90,7 +93,7 @@ pub async fn form_ring(transport: &Transport, ring: RingConfig, link: Link) -> R
                 tuning: *tuning,
                 on_refusal,
             };
-            crate::quic::connect_observed(cfg).await.map_err(|e| e.to_string())
+            crate::quic::connect_beside(cfg, in_process.as_ref()).await.map_err(|e| e.to_string())
         }
     }
 }

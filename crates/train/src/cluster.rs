@@ -8,13 +8,15 @@
 //! blocks the training thread until the result is in.
 //!
 //! Addresses: `peers[r]` is where rank `r` listens for the world ring; the group ring listens on
-//! the same host at the next port. Transports are the collective crate's: QUIC (mutual TLS with a
+//! the same host at the next port. Neighbours in this process ([`Colocated`]) are met over
+//! in-memory pipes instead: nothing listens for them. Transports are the collective crate's: QUIC (mutual TLS with a
 //! cluster CA) or TCP (HMAC handshake over a cluster secret).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ringsam_collective::local_link::{InProcess, LocalLinks};
 use ringsam_collective::transport::{Link, form_ring};
 use ringsam_collective::{PendingAllreduce, ReduceOp, RingConfig, RingHandle, Values, group_of};
 
@@ -42,6 +44,27 @@ pub struct ClusterConfig {
     /// The membership generation these rings belong to (0 outside elastic runs): frames and
     /// handshakes of other generations are refused, so a stale peer cannot join or feed them.
     pub generation: u32,
+    /// The ranks that live in this process, met over pipes (None: every link is a socket).
+    pub colocated: Option<Colocated>,
+}
+
+/// A worker's local replicas ([`ringsam_collective::local_link`]): a link between two of them is
+/// an in-memory pipe, not a loopback socket. Every replica of the process gets the same one.
+#[derive(Clone, Debug)]
+pub struct Colocated {
+    /// The mailboxes where their pipes meet.
+    pub links: std::sync::Arc<LocalLinks>,
+    /// By rank: whether that rank lives in this process.
+    pub here: Vec<bool>,
+}
+
+impl Colocated {
+    /// Which neighbours of the rank at `position` of a ring over `members` (ranks) live here.
+    fn neighbours(&self, members: std::ops::Range<usize>, position: usize) -> InProcess {
+        let n = members.len();
+        let here = |p: usize| self.here.get(members.start + p).copied().unwrap_or(false);
+        InProcess { links: self.links.clone(), prev: here((position + n - 1) % n), next: here((position + 1) % n) }
+    }
 }
 
 /// Which ring an exchange runs on.
@@ -76,9 +99,13 @@ impl Cluster {
         let mut ring = RingConfig::new(cfg.rank, world);
         ring.peer_timeout = cfg.peer_timeout;
         ring.generation = cfg.generation;
+        if let Some(c) = cfg.colocated.as_ref().filter(|c| c.here.len() != world) {
+            return Err(TrainError::Config(format!("{} ranks marked in this process or not, for a world of {world}", c.here.len())));
+        }
         let next = cfg.peers[(cfg.rank + 1) % world];
+        let beside = cfg.colocated.as_ref().map(|c| c.neighbours(0..world, cfg.rank));
         let world_ring = runtime
-            .block_on(until_stopped(form(cfg, ring, cfg.peers[cfg.rank], next), stop))?
+            .block_on(until_stopped(form(cfg, ring, cfg.peers[cfg.rank], next, beside), stop))?
             .map_err(|e| ring_err("the world ring", e))?;
         let mut group_ranks = 0..world;
         let group_ring = match cfg.group_size {
@@ -100,8 +127,9 @@ impl Cluster {
                     }
                 };
                 let (listen, to) = (bump(cfg.peers[cfg.rank])?, bump(cfg.peers[next])?);
+                let beside = cfg.colocated.as_ref().map(|c| c.neighbours(group.members.clone(), group.position));
                 let h = runtime
-                    .block_on(until_stopped(form(cfg, gr, listen, to), stop))?
+                    .block_on(until_stopped(form(cfg, gr, listen, to, beside), stop))?
                     .map_err(|e| ring_err(&format!("group ring {}", group.id), e))?;
                 Some(h)
             }
@@ -248,8 +276,14 @@ async fn until_stopped<T>(work: impl std::future::Future<Output = T>, stop: &Ato
     }
 }
 
-async fn form(cfg: &ClusterConfig, ring: RingConfig, listen: SocketAddr, next: SocketAddr) -> Result<RingHandle, String> {
-    let link = Link { listen, next, connect_timeout: cfg.connect_timeout, on_refusal: cfg.on_refusal.clone() };
+async fn form(
+    cfg: &ClusterConfig,
+    ring: RingConfig,
+    listen: SocketAddr,
+    next: SocketAddr,
+    in_process: Option<InProcess>,
+) -> Result<RingHandle, String> {
+    let link = Link { listen, next, connect_timeout: cfg.connect_timeout, on_refusal: cfg.on_refusal.clone(), in_process };
     form_ring(&cfg.transport, ring, link).await.map(|(handle, _)| handle)
 }
 

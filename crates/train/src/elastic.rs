@@ -31,7 +31,7 @@ use ringsam_collective::transport::Refusals;
 use ringsam_membership::{Event, Membership, MembershipConfig, Slot, StateSource, StateTag};
 
 use crate::TrainError;
-use crate::cluster::{Cluster, ClusterAborter, ClusterConfig, Transport, one_thread_runtime, resolve_peer, ring_err};
+use crate::cluster::{Cluster, ClusterAborter, ClusterConfig, Colocated, Transport, one_thread_runtime, resolve_peer, ring_err};
 use crate::config::TrainConfig;
 use crate::run::{RunOptions, RunSummary};
 use crate::trainer::Trainer;
@@ -67,6 +67,9 @@ pub struct ElasticConfig {
     pub peer_timeout: Duration,
     /// Where refused ring connections are reported.
     pub on_refusal: Option<Refusals>,
+    /// The slots that live in this process (a worker's local replicas), indexed by slot, not by
+    /// rank: each generation's rings meet those of them that are members over pipes.
+    pub colocated: Option<Colocated>,
 }
 
 /// Trains `cfg` as one worker of an elastic job (see the module docs).
@@ -278,6 +281,11 @@ fn connect(
         peer_timeout: ecfg.peer_timeout,
         on_refusal: ecfg.on_refusal.clone(),
         generation,
+        // By slot → by this generation's rank (the members, in rank order).
+        colocated: ecfg.colocated.as_ref().map(|c| Colocated {
+            links: c.links.clone(),
+            here: membership.slots().map(|s| c.here.get(s.0 as usize).copied().unwrap_or(false)).collect(),
+        }),
     };
     Cluster::connect(&cfg, &opts.stop)
 }

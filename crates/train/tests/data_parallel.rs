@@ -142,6 +142,7 @@ fn models_on(
                     peer_timeout: Duration::from_secs(20),
                     on_refusal: None,
                     generation: 0,
+                    colocated: None,
                 };
                 let cluster = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 // Small buckets, so several are in flight during backward.
@@ -278,6 +279,7 @@ fn replicas_refuse_to_start_from_different_positions_and_detect_divergence() {
                     peer_timeout: Duration::from_secs(20),
                     on_refusal: None,
                     generation: 0,
+                    colocated: None,
                 };
                 let mut c = Cluster::connect(&cfg, &std::sync::atomic::AtomicBool::new(false)).unwrap();
                 let params = vec![0.5f32; 100];

@@ -182,6 +182,7 @@ fn two_replicas_on_emulated_devices_train_as_one_cpu_replica() {
                     peer_timeout: std::time::Duration::from_secs(20),
                     on_refusal: None,
                     generation: 0,
+                    colocated: None,
                 };
                 let cluster = Cluster::connect(&ring, &AtomicBool::new(false)).unwrap();
                 run_replica(&cfg, Some(ringsam_kernels_emu::emulated_gpu()), Some(cluster))

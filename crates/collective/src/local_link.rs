@@ -1,0 +1,151 @@
+//! Links between ranks that live in one process (a worker's local replicas, one per GPU): an
+//! in-memory pipe instead of a loopback socket.
+//!
+//! Why a pipe and not a reduction within the host: in a ring whose ranks are numbered host by
+//! host, each host has one link in and one out, and that link carries 2(P−1)/P of a bucket per
+//! all-reduce — what a hierarchical reduction's leader would send between hosts too (2(H−1)/H).
+//! So the bytes on the wire are the same; what loopback costs is the CPU of two socket copies and
+//! the system calls per hop, which an in-memory pipe does without (docs/BENCHMARKS.md, "Local
+//! replicas"). Keeping one ring also keeps one code path for groups, generations and failures.
+//!
+//! How two ranks meet: both know, from the caller, which of their neighbours live in this
+//! process ([`InProcess`]). The sender makes a pipe and leaves its reading end in a mailbox of
+//! the shared [`LocalLinks`], under the receiver's ring, generation and rank; the receiver waits
+//! there for it. No secret or certificate is involved: both ends are this process's memory. The
+//! frames on the pipe are the ring's usual frames, read by the same reader as a socket's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{ReadHalf, SimplexStream, WriteHalf};
+use tokio::sync::Notify;
+
+use crate::RingConfig;
+
+/// Bytes a pipe holds before its writer waits: two of the default 1 MiB chunks and their headers,
+/// so a writer can put the next frame in while the reader reduces the last.
+const PIPE_BYTES: usize = 2 * (1 << 20) + 64;
+
+/// The reading end of an in-process link.
+pub(crate) type PipeReader = ReadHalf<SimplexStream>;
+/// The writing end of an in-process link.
+pub(crate) type PipeWriter = WriteHalf<SimplexStream>;
+
+/// Which ring, generation and rank a mailbox is for.
+type Address = (u16, u32, usize);
+
+/// A pipe left for its receiver, with what the sender believed of the ring: a receiver that
+/// believes otherwise has been configured differently, and refuses it.
+struct Delivery {
+    world: usize,
+    chunk: usize,
+    pipe: PipeReader,
+}
+
+/// The mailboxes where a process's ranks leave each other's pipes. One per process (or per
+/// test): every rank of this process that forms a ring is given the same one.
+#[derive(Default)]
+pub struct LocalLinks {
+    mailboxes: Mutex<HashMap<Address, Delivery>>,
+    delivered: Notify,
+}
+
+impl std::fmt::Debug for LocalLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalLinks(..)")
+    }
+}
+
+/// A rank's neighbours in this process: its link from the previous rank and to the next one are
+/// pipes where these say so, sockets otherwise.
+#[derive(Clone, Debug)]
+pub struct InProcess {
+    /// The mailboxes shared by this process's ranks.
+    pub links: Arc<LocalLinks>,
+    /// The previous rank lives in this process.
+    pub prev: bool,
+    /// The next rank lives in this process.
+    pub next: bool,
+}
+
+/// Written as any byte stream is: a frame copied into the pipe, read out by the next rank's reader
+/// into the chunk lent for it (no system call, no socket buffer).
+impl crate::driver::FrameSink for PipeWriter {}
+
+impl LocalLinks {
+    /// Empty mailboxes, to share between this process's ranks.
+    pub fn new() -> Arc<LocalLinks> {
+        Arc::default()
+    }
+
+    /// Makes the link from `ring`'s rank to the next one: the pipe's reading end goes into the
+    /// next rank's mailbox (replacing one a failed earlier try left there), its writing end is
+    /// returned.
+    pub(crate) fn send_to_next(&self, ring: &RingConfig) -> PipeWriter {
+        let (reader, writer) = tokio::io::simplex(PIPE_BYTES);
+        let next = (ring.rank + 1) % ring.world;
+        let delivery = Delivery { world: ring.world, chunk: ring.chunk, pipe: reader };
+        self.mailboxes.lock().expect("never poisoned").insert((ring.ring_id, ring.generation, next), delivery);
+        self.delivered.notify_waiters();
+        writer
+    }
+
+    /// Waits for the previous rank's pipe to `ring`'s rank. The caller bounds the wait.
+    pub(crate) async fn receive_from_prev(&self, ring: &RingConfig) -> Result<PipeReader, String> {
+        let address = (ring.ring_id, ring.generation, ring.rank);
+        loop {
+            // Registered before looking, so a delivery between the look and the wait is not missed.
+            let delivered = self.delivered.notified();
+            if let Some(d) = self.mailboxes.lock().expect("never poisoned").remove(&address) {
+                if (d.world, d.chunk) != (ring.world, ring.chunk) {
+                    return Err(format!(
+                        "the previous rank in this process formed a ring of {} with {}-value chunks; this rank expects {} and {}",
+                        d.world, d.chunk, ring.world, ring.chunk
+                    ));
+                }
+                return Ok(d.pipe);
+            }
+            delivered.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_pipe_reaches_the_next_rank_whichever_side_comes_first() {
+        let links = LocalLinks::new();
+        let (r0, r1) = (RingConfig::new(0, 2), RingConfig::new(1, 2));
+        // Receiver first: it waits for the delivery.
+        let waiting = tokio::spawn({
+            let links = links.clone();
+            async move { links.receive_from_prev(&r1).await }
+        });
+        tokio::task::yield_now().await;
+        let mut w = links.send_to_next(&r0);
+        w.write_all(b"frame").await.unwrap();
+        let mut got = [0u8; 5];
+        waiting.await.unwrap().unwrap().read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"frame");
+        // Sender first: the pipe waits in the mailbox.
+        let _w = links.send_to_next(&r1);
+        assert!(links.receive_from_prev(&r0).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn other_rings_and_generations_have_their_own_mailboxes_and_a_mismatch_is_refused() {
+        let links = LocalLinks::new();
+        let stale = RingConfig { generation: 3, ..RingConfig::new(0, 2) };
+        let _w = links.send_to_next(&stale);
+        let now = RingConfig { generation: 4, ..RingConfig::new(1, 2) };
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), links.receive_from_prev(&now)).await;
+        assert!(wait.is_err(), "a pipe of generation 3 reached generation 4");
+
+        let _w = links.send_to_next(&RingConfig { chunk: 7, ..RingConfig::new(0, 2) });
+        let e = links.receive_from_prev(&RingConfig::new(1, 2)).await.unwrap_err();
+        assert!(e.contains("7-value chunks"), "{e}");
+    }
+}
