@@ -333,8 +333,14 @@ fn any_world_up_to_max_replicas_follows_the_same_trajectory() {
 fn batch_norm_statistics_do_not_depend_on_the_world() {
     // WRN-10-1 has batch norm: each of the 4 micro-batches is a batch-norm batch, and every step
     // averages their running statistics over the world, so 1, 2 or 3 replicas agree.
+    // One step: it averages the statistics completely (running statistics feed nothing in
+    // training passes), and later steps would test ReLU kinks instead. A pre-activation within
+    // rounding of zero flips its mask when the summation order changes: on an AMD EPYC host
+    // (AVX2) one such flip in step 2 — one of 64 bias gradients of a fused batch norm and ReLU,
+    // the micro-batch's loss equal to 1e-7 — moved world 2's parameters 1.2e-3 from world 1's
+    // after step 2 and 4.8e-3 after step 3, while every step-1 state agreed within 6e-8.
     let _ports = ports_lock();
-    const BN_STEPS: usize = 3;
+    const BN_STEPS: usize = 1;
     let (params, state) = single_model_in("WideResnet10x1", step_config(true), 4, BN_STEPS);
     for world in [2, 3] {
         let some = models_on("WideResnet10x1", world, None, step_config(true), 4, BN_STEPS, false);
