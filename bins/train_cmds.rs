@@ -89,7 +89,10 @@ pub struct WorkerArgs {
     pub rendezvous_settle_seconds: f64,
     /// Replicas this worker runs (a pod owning its node's GPUs): with `--device cuda`, replica i
     /// on cuda:i. They are ranks rank·N … rank·N + N − 1 of a job of world_size·N replicas, and
-    /// replica i listens on its peer address's port + 2i (elastic: each is a slot of its own).
+    /// replica i's ring address is its peer address's port + 2i (elastic: each is a slot of its
+    /// own). They meet each other over in-process pipes: a replica listens at its address only
+    /// when its previous rank is in another process (replica 0, or the first of this pod's
+    /// replicas in an elastic generation).
     #[arg(long, env = "RINGSAM_LOCAL_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=MAX_LOCAL_REPLICAS))]
     pub local_replicas: u32,
@@ -166,19 +169,24 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     // One metrics endpoint per process, labelled with its first replica's rank.
     serve_metrics(&args.train, pod * local, &|l| eprintln!("ringsam: rank {}: {l}", pod * local))?;
     let (names, cfg) = (crate::worker_local::replica_addresses(&names, local)?, &cfg);
-    let colocated = crate::worker_local::colocated(names.len(), pod, local);
+    let links = RingLinks { transport, colocated: crate::worker_local::colocated(names.len(), pod, local) };
     crate::worker_local::run_each(gpus, pod * local, &stop, |i, gpu| {
         let rank = pod * local + i;
         let progress = rank == 0 && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let opts = RunOptions { progress, stop: stop.clone(), memory_limit: available_memory(), gpu };
         match args.min_replicas {
             // Each local replica is a slot of its own.
-            Some(min) => {
-                crate::worker_elastic::worker_elastic(args, cfg, rank, min, names.clone(), (transport.clone(), colocated.clone()), opts)
-            }
-            None => run_replica(args, cfg, &names, rank, (transport.clone(), colocated.clone()), opts),
+            Some(min) => crate::worker_elastic::worker_elastic(args, cfg, rank, min, names.clone(), links.clone(), opts),
+            None => run_replica(args, cfg, &names, rank, links.clone(), opts),
         }
     })
+}
+
+/// How a replica reaches the others: the transport, and which ranks share its process.
+#[derive(Clone)]
+pub(crate) struct RingLinks {
+    pub(crate) transport: Transport,
+    pub(crate) colocated: Option<Colocated>,
 }
 
 /// One replica of the job at `rank`, its ring at `names[rank]`.
@@ -187,7 +195,7 @@ fn run_replica(
     cfg: &ringsam_train::config::TrainConfig,
     names: &[String],
     rank: usize,
-    (transport, colocated): (Transport, Option<Colocated>),
+    RingLinks { transport, colocated }: RingLinks,
     opts: RunOptions,
 ) -> Result<()> {
     let timeout = Duration::from_secs(args.connect_timeout);

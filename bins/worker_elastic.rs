@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ringsam_train::cluster::{Colocated, Transport};
 use ringsam_train::elastic::{ElasticConfig, train_elastic};
 use ringsam_train::run::RunOptions;
 
 use crate::process::{cluster_secret, usage};
-use crate::train_cmds::{WorkerArgs, print_summary};
+use crate::train_cmds::{RingLinks, WorkerArgs, print_summary};
 
 /// One worker of an elastic job ([`ringsam_train::elastic`]): `rank` is its slot, `names` every
 /// slot's ring address.
@@ -21,7 +20,7 @@ pub(crate) fn worker_elastic(
     slot: usize,
     min: u32,
     names: Vec<String>,
-    (transport, colocated): (Transport, Option<Colocated>),
+    RingLinks { transport, colocated }: RingLinks,
     opts: RunOptions,
 ) -> Result<()> {
     if !(0.05..=60.0).contains(&args.heartbeat_seconds) {

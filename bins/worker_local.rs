@@ -115,6 +115,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pods_replicas_are_the_ranks_it_meets_over_pipes() {
+        let c = colocated(6, 1, 3).unwrap();
+        assert_eq!(c.here, [false, false, false, true, true, true]);
+        assert_eq!(pipes_note(Some(&c)), " (ranks 3, 4, 5 meet over in-process pipes)");
+        assert!(colocated(4, 0, 1).is_none(), "one replica has no one to meet in its process");
+    }
+
+    #[test]
     fn local_replicas_take_every_other_port_pod_by_pod() {
         let pods = ["a.svc:29500".to_string(), "[::1]:7000".to_string()];
         let got = replica_addresses(&pods, 3).unwrap();

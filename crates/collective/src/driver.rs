@@ -134,9 +134,9 @@ impl RingHandle {
     }
 }
 
-/// Starts the driver tasks for `ring` over `links` (`None` for a ring of one; otherwise as many
-/// inbound as outbound streams, at least one) on the current tokio runtime, and returns the
-/// handle callers use.
+/// Starts the driver tasks for `ring` over `links` (`None` for a ring of one; otherwise at least
+/// one inbound and one outbound stream: as many each way, or one on a side that is a pipe) on the
+/// current tokio runtime, and returns the handle callers use.
 pub(crate) fn spawn<R, W>(ring: Ring, links: Option<(Vec<R>, Vec<W>)>) -> RingHandle
 where
     R: FrameSource,
@@ -272,7 +272,8 @@ where
     if let Some((readers, writers)) = links {
         // The two sides may differ in stripes: one side can be an in-process pipe, the other a
         // striped QUIC link.
-        debug_assert!(!readers.is_empty() && !writers.is_empty(), "stripes: {} in, {} out", readers.len(), writers.len());
+        let (ins, outs) = (readers.len(), writers.len());
+        debug_assert!(ins > 0 && outs > 0 && (ins == outs || ins == 1 || outs == 1), "stripes: {ins} in, {outs} out");
         let max = ring.config().max_payload();
         stripes_open = readers.len();
         for rd in readers {

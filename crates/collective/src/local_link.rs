@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{ReadHalf, SimplexStream, WriteHalf};
+use tokio::io::DuplexStream;
 use tokio::sync::Notify;
 
 use crate::RingConfig;
@@ -26,10 +26,14 @@ use crate::RingConfig;
 /// so a writer can put the next frame in while the reader reduces the last.
 const PIPE_BYTES: usize = 2 * (1 << 20) + 64;
 
-/// The reading end of an in-process link.
-pub(crate) type PipeReader = ReadHalf<SimplexStream>;
-/// The writing end of an in-process link.
-pub(crate) type PipeWriter = WriteHalf<SimplexStream>;
+/// The reading end of an in-process link: one end of a duplex pipe, only read. A duplex end,
+/// not a simplex half, because dropping it closes the link: a rank that ends for any reason
+/// (its handle dropped, a failed write, a failed formation) gives its next rank an end of
+/// stream and its previous rank a broken pipe at once, as a socket's close does, not a silence
+/// that only the peer timeout ends.
+pub(crate) type PipeReader = DuplexStream;
+/// The writing end of an in-process link: the other end, only written.
+pub(crate) type PipeWriter = DuplexStream;
 
 /// Which ring, generation and rank a mailbox is for.
 type Address = (u16, u32, usize);
@@ -79,13 +83,15 @@ impl LocalLinks {
     }
 
     /// Makes the link from `ring`'s rank to the next one: the pipe's reading end goes into the
-    /// next rank's mailbox (replacing one a failed earlier try left there), its writing end is
-    /// returned.
+    /// next rank's mailbox, its writing end is returned.
     pub(crate) fn send_to_next(&self, ring: &RingConfig) -> PipeWriter {
-        let (reader, writer) = tokio::io::simplex(PIPE_BYTES);
+        let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
         let next = (ring.rank + 1) % ring.world;
         let delivery = Delivery { world: ring.world, chunk: ring.chunk, pipe: reader };
-        self.mailboxes.lock().expect("never poisoned").insert((ring.ring_id, ring.generation, next), delivery);
+        let mut mailboxes = self.mailboxes.lock().expect("never poisoned");
+        drop_older_generations(&mut mailboxes, ring);
+        mailboxes.insert((ring.ring_id, ring.generation, next), delivery);
+        drop(mailboxes);
         self.delivered.notify_waiters();
         writer
     }
@@ -96,7 +102,12 @@ impl LocalLinks {
         loop {
             // Registered before looking, so a delivery between the look and the wait is not missed.
             let delivered = self.delivered.notified();
-            if let Some(d) = self.mailboxes.lock().expect("never poisoned").remove(&address) {
+            let taken = {
+                let mut mailboxes = self.mailboxes.lock().expect("never poisoned");
+                drop_older_generations(&mut mailboxes, ring);
+                mailboxes.remove(&address)
+            };
+            if let Some(d) = taken {
                 if (d.world, d.chunk) != (ring.world, ring.chunk) {
                     return Err(format!(
                         "the previous rank in this process formed a ring of {} with {}-value chunks; this rank expects {} and {}",
@@ -108,6 +119,13 @@ impl LocalLinks {
             delivered.await;
         }
     }
+}
+
+/// Pipes of `ring`'s earlier generations that no one took (their receiver failed first, or the
+/// job re-formed before it looked): dropped, so their writers see a broken pipe and their buffers
+/// are freed. Generations only grow, so no later formation would ever take or replace them.
+fn drop_older_generations(mailboxes: &mut HashMap<Address, Delivery>, ring: &RingConfig) {
+    mailboxes.retain(|&(id, generation, _), _| id != ring.ring_id || generation >= ring.generation);
 }
 
 #[cfg(test)]
@@ -125,6 +143,7 @@ mod tests {
             async move { links.receive_from_prev(&r1).await }
         });
         tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the receiver should be waiting for the pipe");
         let mut w = links.send_to_next(&r0);
         w.write_all(b"frame").await.unwrap();
         let mut got = [0u8; 5];
@@ -144,8 +163,38 @@ mod tests {
         let wait = tokio::time::timeout(std::time::Duration::from_millis(50), links.receive_from_prev(&now)).await;
         assert!(wait.is_err(), "a pipe of generation 3 reached generation 4");
 
+        // Another ring (a group ring, id 1) has a mailbox of its own.
+        let _w = links.send_to_next(&RingConfig { ring_id: 1, generation: 4, ..RingConfig::new(0, 2) });
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), links.receive_from_prev(&now)).await;
+        assert!(wait.is_err(), "a pipe of ring 1 reached ring 0");
+
         let _w = links.send_to_next(&RingConfig { chunk: 7, ..RingConfig::new(0, 2) });
         let e = links.receive_from_prev(&RingConfig::new(1, 2)).await.unwrap_err();
         assert!(e.contains("7-value chunks"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_pipe_left_by_an_earlier_generation_is_dropped_and_its_writer_told() {
+        let links = LocalLinks::new();
+        let mut stale = links.send_to_next(&RingConfig { generation: 1, ..RingConfig::new(0, 2) });
+        let _w = links.send_to_next(&RingConfig { generation: 2, ..RingConfig::new(0, 2) });
+        assert!(links.mailboxes.lock().unwrap().len() == 1, "generation 1's pipe is still held");
+        let e = stale.write_all(b"frame").await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_end_closes_the_link() {
+        let links = LocalLinks::new();
+        let mut w = links.send_to_next(&RingConfig::new(0, 2));
+        let mut r = links.receive_from_prev(&RingConfig::new(1, 2)).await.unwrap();
+        w.write_all(b"last").await.unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last", "the reader drains what was written, then sees the end");
+        let mut w = links.send_to_next(&RingConfig::new(1, 2));
+        drop(links.receive_from_prev(&RingConfig::new(0, 2)).await.unwrap());
+        assert_eq!(w.write_all(b"x").await.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
     }
 }

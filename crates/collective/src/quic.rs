@@ -3,7 +3,9 @@
 //! connect, and cannot be connected to).
 //!
 //! Each rank runs one endpoint: it accepts connections from its previous rank and opens them to
-//! its next (one each way, or [`QuicTuning::stripes`]); frames flow on one unidirectional stream
+//! its next (one each way, or [`QuicTuning::stripes`]). A neighbour in the same process is met
+//! over a pipe instead ([`crate::local_link`]): the endpoint then only connects out, or is not
+//! opened at all when both are. Over QUIC, frames flow on one unidirectional stream
 //! per connection, driven by [`crate::driver`] as over TCP, except that frames are read as quinn
 //! holds them ([`crate::chunk_frames`]). Flow-control windows are the caller's (quinn's 1.25 MB
 //! default is tuned for 100 Mbit/s × 100 ms), and MTU discovery may
@@ -365,9 +367,9 @@ fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
     server_cfg.max_incoming(MAX_INCOMING).incoming_buffer_size(64 << 10).incoming_buffer_size_total(MAX_INCOMING as u64 * (64 << 10));
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).map_err(cfg_err)?));
     client_cfg.transport_config(transport);
-    // An endpoint that only connects out binds any free port, as a client does.
-    let any = SocketAddr::new(if cfg.next.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() }, 0);
-    let bind = if accepts { cfg.listen } else { any };
+    // An endpoint that only connects out binds any free port of the listen address, as a client
+    // does: its datagrams still leave from the interface the peers know.
+    let bind = if accepts { cfg.listen } else { SocketAddr::new(cfg.listen.ip(), 0) };
     let bind_err = |e: std::io::Error| QuicError::Connect { what: format!("binding UDP {bind}"), why: e.to_string() };
     let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
     // The default UDP receive buffer (~208 KiB on Linux) overflows when a burst of a ring step

@@ -1,7 +1,9 @@
 //! The TCP driver: the ring over tokio TCP streams, authenticated by a shared cluster secret.
 //!
 //! Each rank listens on its own address, accepts one connection from the previous rank (frames
-//! flow in) and connects to the next rank (frames flow out). Before any frame, each connection runs
+//! flow in) and connects to the next rank (frames flow out); a neighbour in the same process is
+//! met over a pipe instead ([`crate::local_link`]), and a rank whose previous rank is one listens
+//! on nothing. Before any frame, each connection runs
 //! a mutual HMAC-SHA256 challenge-response ([`handshake`]): both sides prove they hold the secret,
 //! each proof is bound to a nonce the *other* side just drew, so a recorded handshake cannot be
 //! replayed, and the ranks, generation, ring id and maximum frame size are checked to match. The
@@ -126,9 +128,11 @@ async fn form(cfg: TcpConfig, listener: Option<TcpListener>, local: Option<&InPr
     };
     let (inbound, outbound): (Inbound, Outbound) =
         tokio::time::timeout_at(deadline, async { tokio::try_join!(accept, connect) }).await.map_err(|_| {
+            let prev = if local.is_some_and(|l| l.prev) { "in this process".to_string() } else { format!("listening on {}", cfg.listen) };
+            let next = if local.is_some_and(|l| l.next) { "in this process".to_string() } else { cfg.next.to_string() };
             TcpError::Timeout(
                 cfg.connect_timeout,
-                format!("rank {} could not authenticate both neighbours (next: {})", cfg.ring.rank, cfg.next),
+                format!("rank {} could not meet both neighbours (previous: {prev}; next: {next})", cfg.ring.rank),
             )
         })??;
     Ok(driver::spawn(ring, Some((vec![driver::ByteFrames(inbound)], vec![outbound]))))

@@ -292,6 +292,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn neighbours_in_this_process_follow_the_ring_or_the_group() {
+        let c = Colocated { links: LocalLinks::new(), here: vec![false, true, true, false] };
+        let sides = |members: std::ops::Range<usize>, position: usize| {
+            let n = c.neighbours(members, position);
+            (n.prev, n.next)
+        };
+        // The world ring 0 → 1 → 2 → 3 → 0: ranks 1 and 2 share this process.
+        assert_eq!(
+            [sides(0..4, 0), sides(0..4, 1), sides(0..4, 2), sides(0..4, 3)],
+            [(false, true), (false, true), (true, false), (true, false)]
+        );
+        // Group rings of 2 (ranks 0-1 and 2-3): within a group, prev and next are the other member.
+        assert_eq!(
+            [sides(0..2, 0), sides(0..2, 1), sides(2..4, 0), sides(2..4, 1)],
+            [(true, true), (false, false), (false, false), (true, true)]
+        );
+    }
+
+    #[test]
     fn a_peer_resolves_at_once_or_is_waited_for_until_the_deadline() {
         let stop = AtomicBool::new(false);
         let mut heard = Vec::new();
