@@ -138,7 +138,7 @@ pub struct LaunchArgs {
 pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
     // Signals count from the start: a worker waiting minutes for its peers must still stop.
     let stop = stop_on_signals()?;
-    let cfg = resolve_train_config(&args.train, matches)?;
+    let mut cfg = resolve_train_config(&args.train, matches)?;
     let pod = match args.rank {
         Some(r) => r,
         None => std::env::var("JOB_COMPLETION_INDEX")
@@ -151,6 +151,16 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         return Err(usage(format!("rank {pod} must be below --world_size {pods}")));
     }
     let local = args.local_replicas as usize;
+    if local > 1 && cfg.loader_workers == 0 {
+        // The node's decoders are split among its replicas (each would take a quarter of the
+        // cores); the engine's pool is the process's, shared by all of them.
+        cfg.loader_workers = (ringsam_train::data_source::auto_loader_workers() / local).max(1);
+        eprintln!(
+            "ringsam: {local} local replicas: {} decoder threads each, the engine's {} threads shared",
+            cfg.loader_workers,
+            ringsam_tensor::threads::current()
+        );
+    }
     // The devices before the ring: a wrong --device shows at once, and the peers wait for
     // nobody's kernels to compile.
     let gpus = crate::worker_local::open_devices(&args.train, pod, local)?;

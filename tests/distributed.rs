@@ -118,6 +118,7 @@ fn one_worker_with_two_local_replicas_trains_as_two_workers() {
         err.contains(&format!("rank 1: joining a ring of 2 at 127.0.0.1:{} (ranks 0, 1 meet over in-process pipes)", port + 2)),
         "{err}"
     );
+    assert!(err.contains("2 local replicas: 1 decoder threads each, the engine's 1 threads shared"), "{err}");
     let model = |dir: &Path| std::fs::read(run_dir(dir).join("checkpoints/checkpoint_6/model.safetensors")).unwrap();
     assert!(model(two.path()) == model(one.path()), "two local replicas and two workers wrote different parameters");
     // Elastic: each local replica is a slot of its own (membership on port + 2i + 1).
