@@ -241,9 +241,20 @@ def check_worker(where, docs, spec, tmpl, hostnames, subdomain, interface, binar
     world = int(env.get("RINGSAM_WORLD_SIZE", "0"))
     if not (world == spec.get("completions") == spec.get("parallelism")):
         fail(where, f"RINGSAM_WORLD_SIZE {world}, completions {spec.get('completions')}, parallelism {spec.get('parallelism')}: all must agree")
-    min_replicas = int(env.get("RINGSAM_MIN_REPLICAS", world))
-    if not world // 2 < min_replicas <= world:
-        fail(where, f"RINGSAM_MIN_REPLICAS {min_replicas} of {world} slots: a majority is needed to make progress")
+    # A pod with --local_replicas N runs N replicas, each an elastic slot of its own.
+    local = int(flag_values(args).get("--local_replicas", env.get("RINGSAM_LOCAL_REPLICAS", 1)))
+    gpus = int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+    if gpus and (local != gpus or flag_values(args).get("--device") != "cuda"):
+        fail(where, f"{gpus} GPUs per pod: give --local_replicas {gpus} --device cuda (one replica per GPU), not {local}")
+    slots = world * local
+    min_replicas = int(env.get("RINGSAM_MIN_REPLICAS", slots))
+    if not slots // 2 < min_replicas <= slots:
+        fail(where, f"RINGSAM_MIN_REPLICAS {min_replicas} of {slots} slots: a majority is needed to make progress")
+    max_replicas = flag_values(args).get("--max_replicas")
+    if max_replicas is not None and int(max_replicas) > slots:
+        fail(where, f"--max_replicas {max_replicas}: the job has only {slots} slots ({world} pods x {local} replicas)")
+    if flag_values(args).get("--device", "cpu").startswith("cuda") and not gpus:
+        fail(where, "--device cuda on a pod that requests no nvidia.com/gpu")
     if spec.get("completionMode") != "Indexed" or pod.get("restartPolicy") != "Never":
         fail(where, "needs completionMode Indexed and restartPolicy Never")
     rules = spec.get("podFailurePolicy", {}).get("rules", [])
@@ -267,9 +278,13 @@ def check_worker(where, docs, spec, tmpl, hostnames, subdomain, interface, binar
         fail(where, f"RINGSAM_PEER_PATTERN {pattern!r}: the pods are {hostnames}.{subdomain}")
     metrics_port = int(env.get("RINGSAM_METRICS_ADDR", ":0").rsplit(":", 1)[1])
     quic = env.get("RINGSAM_TRANSPORT", "quic") == "quic"
-    listens = {(port, "UDP" if quic else "TCP"), (metrics_port, "TCP")}
+    # Replica i's ring address is port + 2i: the pod's first replica in a generation listens
+    # there (the others meet over in-process pipes). Each elastic slot has its membership port,
+    # replica i's at port + 2i + 1.
+    listens = {(metrics_port, "TCP")}
+    listens.update((port + 2 * i, "UDP" if quic else "TCP") for i in range(local))
     if "RINGSAM_MIN_REPLICAS" in env:
-        listens.add((port + 1, "UDP"))  # the membership protocol
+        listens.update((port + 2 * i + 1, "UDP") for i in range(local))
     exposed = {(p["containerPort"], p.get("protocol", "TCP")) for p in c.get("ports", [])}
     for p in sorted(listens - exposed):
         fail(where, f"the worker listens on {p[0]}/{p[1]}, which the container does not declare")
@@ -357,7 +372,10 @@ def binary_accepts(where, docs, c, binary):
         for k, v in env_values(c, 0).items():
             env[k] = "0123456789abcdef0123456789abcdef" if isinstance(v, tuple) else local(v)
         env.update({"RINGSAM_CONNECT_TIMEOUT": "1", "RINGSAM_METRICS_ADDR": "127.0.0.1:0", "RINGSAM_THREADS": "1"})
-        args = [local(a) for a in c["args"]] + ["--max_steps", "1"]
+        # The device is not part of the run's configuration: a GPU pod's command is checked on
+        # the CPU (this binary may have no CUDA, and this host no GPU), everything else as it is.
+        args = ["cpu" if a.startswith("cuda") and i and c["args"][i - 1] == "--device" else local(a) for i, a in enumerate(c["args"])]
+        args += ["--max_steps", "1"]
         out = subprocess.run([binary, *args], env=env, capture_output=True, text=True, timeout=120)
         # Data the operator puts on the volume is not here: a refusal that names it (the
         # dataset or the published checkpoint) means the flags and the TOML were accepted.
