@@ -25,7 +25,7 @@ pub struct TrainArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the step runs: cpu, cuda or cuda:N (a build with `--features cuda`). Not part of
     /// the run's configuration: a run resumes on another device. The GPU step refuses, by flag,
-    /// what it does not do yet (several replicas, --grad_accum_steps, --sam_m, EMA, mixup).
+    /// what it does not do yet (--sam_m, LookSAM, EMA, mixup, an ascent per micro-batch).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
     /// A GPU's GEMMs and im2col convolutions: fp32; tf32 (tensor cores; the default on a GPU,

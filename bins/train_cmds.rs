@@ -156,7 +156,7 @@ pub fn cmd_worker(args: &WorkerArgs, matches: &clap::ArgMatches) -> Result<()> {
         // cores); the engine's pool is the process's, shared by all of them.
         cfg.loader_workers = (ringsam_train::data_source::auto_loader_workers() / local).max(1);
         eprintln!(
-            "ringsam: {local} local replicas: {} decoder threads each, the engine's {} threads shared",
+            "ringsam: {local} local replicas: {} decoder thread(s) each, the engine's {} thread(s) shared",
             cfg.loader_workers,
             ringsam_tensor::threads::current()
         );

@@ -18,6 +18,17 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free port P whose P + 2 — the second local replica's ring address — this test holds: a
+/// replica that listened there instead of taking its pipe would fail to bind it.
+fn port_with_replica_1_held() -> (u16, std::net::TcpListener) {
+    loop {
+        let p = free_port();
+        if let Some(held) = p.checked_add(2).and_then(|q| std::net::TcpListener::bind(("127.0.0.1", q)).ok()) {
+            return (p, held);
+        }
+    }
+}
+
 #[test]
 fn launch_two_quic_replicas_writes_one_run() {
     let _ports = crate::util::ports_lock();
@@ -88,7 +99,8 @@ fn a_killed_replica_fails_the_survivor_within_the_ring_timeout() {
 #[test]
 fn one_worker_with_two_local_replicas_trains_as_two_workers() {
     // `worker --local_replicas 2` (a pod owning its node's GPUs; here on the CPU) runs ranks 0 and
-    // 1 as threads on ports P and P + 2: the same job as `launch --nproc 2`, to the bit.
+    // 1 as threads, their ring addresses P and P + 2, joined by pipes: the same job as
+    // `launch --nproc 2`, to the bit.
     let _ports = crate::util::ports_lock();
     let steps = ["--max_steps", "6", "--num_epochs", "1"];
     let (two, one) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -98,7 +110,7 @@ fn one_worker_with_two_local_replicas_trains_as_two_workers() {
     args.extend_from_slice(&["--output_dir", two.path().to_str().unwrap()]);
     assert!(stdout_ok(&ringsam(&args)).contains("steps: 6"));
     let local_worker = |out: &Path, elastic: &[&str]| {
-        let port = free_port();
+        let (port, _held) = port_with_replica_1_held();
         let o = Command::new(env!("CARGO_BIN_EXE_ringsam"))
             .args(["--threads", "1", "worker", "--rank", "0", "--world_size", "1", "--local_replicas", "2"])
             .args(["--peers", &format!("127.0.0.1:{port}"), "--transport", "tcp"])
@@ -118,7 +130,7 @@ fn one_worker_with_two_local_replicas_trains_as_two_workers() {
         err.contains(&format!("rank 1: joining a ring of 2 at 127.0.0.1:{} (ranks 0, 1 meet over in-process pipes)", port + 2)),
         "{err}"
     );
-    assert!(err.contains("2 local replicas: 1 decoder threads each, the engine's 1 threads shared"), "{err}");
+    assert!(err.contains("2 local replicas: ") && err.contains(" decoder thread(s) each, the engine's 1 thread(s) shared"), "{err}");
     let model = |dir: &Path| std::fs::read(run_dir(dir).join("checkpoints/checkpoint_6/model.safetensors")).unwrap();
     assert!(model(two.path()) == model(one.path()), "two local replicas and two workers wrote different parameters");
     // Elastic: each local replica is a slot of its own (membership on port + 2i + 1).
@@ -140,7 +152,8 @@ fn two_pods_of_two_local_replicas_train_as_four_workers() {
     args.extend_from_slice(&steps);
     args.extend_from_slice(&["--output_dir", four.path().to_str().unwrap()]);
     assert!(stdout_ok(&ringsam(&args)).contains("steps: 4"));
-    let peers = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let ((a, _held_a), (b, _held_b)) = (port_with_replica_1_held(), port_with_replica_1_held());
+    let peers = format!("127.0.0.1:{a},127.0.0.1:{b}");
     let pod = |p: &str| {
         Command::new(env!("CARGO_BIN_EXE_ringsam"))
             .args(["--threads", "1", "worker", "--rank", p, "--world_size", "2", "--local_replicas", "2"])

@@ -1,6 +1,7 @@
-//! The async driver shared by the socket transports (TCP, QUIC): it owns a [`Ring`] and moves
-//! frames between it and the inbound and outbound byte streams — one each, or several
-//! ("stripes", as NCCL stripes sockets) when one connection's per-packet work is what bounds it.
+//! The async driver shared by the socket transports (TCP, QUIC) and the in-process pipes between
+//! their ranks ([`crate::local_link`]): it owns a [`Ring`] and moves frames between it and the
+//! inbound and outbound streams — one each, or several ("stripes", as NCCL stripes sockets) when
+//! one connection's per-packet work is what bounds it.
 //!
 //! Striping: a frame goes out on stripe `(operation + chunk) mod stripes`, which spreads the
 //! chunks of a segment, and consecutive one-chunk operations (buckets), over the stripes. The

@@ -4,8 +4,9 @@
 //! that does no I/O and reads no clock (re-exported here with its types). This crate holds the
 //! thin loops that drive it over real links: [`inproc`] channels, [`tcp`] with an HMAC
 //! handshake, [`quic`] with mutual TLS against a cluster CA ([`certs`]), all through one
-//! [`driver`], which also takes in-memory pipes between ranks of one process ([`local_link`]). It also drives `ringsam-membership`'s rendezvous over authenticated UDP
-//! ([`control`]): who is in the job, and at which generation.
+//! [`driver`], which also takes in-memory pipes between ranks of one process ([`local_link`]).
+//! It also drives `ringsam-membership`'s rendezvous over authenticated UDP ([`control`]): who is
+//! in the job, and at which generation.
 //!
 //! What it is not: it knows nothing of models or tensors; it moves flat `f32` buffers.
 #![warn(missing_docs)]

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::DuplexStream;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::RingConfig;
 
@@ -39,11 +39,13 @@ pub(crate) type PipeWriter = DuplexStream;
 type Address = (u16, u32, usize);
 
 /// A pipe left for its receiver, with what the sender believed of the ring: a receiver that
-/// believes otherwise has been configured differently, and refuses it.
+/// believes otherwise has been configured differently, and refuses it. The sender hears back
+/// either way, so a link counts as formed only once both ends hold it, as a socket's does.
 struct Delivery {
     world: usize,
     chunk: usize,
     pipe: PipeReader,
+    taken: oneshot::Sender<Result<(), String>>,
 }
 
 /// The mailboxes where a process's ranks leave each other's pipes. One per process (or per
@@ -83,17 +85,30 @@ impl LocalLinks {
     }
 
     /// Makes the link from `ring`'s rank to the next one: the pipe's reading end goes into the
-    /// next rank's mailbox, its writing end is returned.
-    pub(crate) fn send_to_next(&self, ring: &RingConfig) -> PipeWriter {
+    /// next rank's mailbox, and once the next rank has taken it, its writing end is returned. The
+    /// caller bounds the wait (a next rank that never forms never takes it).
+    pub(crate) async fn send_to_next(&self, ring: &RingConfig) -> Result<PipeWriter, String> {
         let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
+        let (taken, heard) = oneshot::channel();
         let next = (ring.rank + 1) % ring.world;
-        let delivery = Delivery { world: ring.world, chunk: ring.chunk, pipe: reader };
-        let mut mailboxes = self.mailboxes.lock().expect("never poisoned");
-        drop_older_generations(&mut mailboxes, ring);
-        mailboxes.insert((ring.ring_id, ring.generation, next), delivery);
-        drop(mailboxes);
+        {
+            let mut mailboxes = self.mailboxes.lock().expect("never poisoned");
+            drop_older_generations(&mut mailboxes, ring);
+            let address = (ring.ring_id, ring.generation, next);
+            if mailboxes.contains_key(&address) {
+                return Err(format!(
+                    "rank {next} of ring {} (generation {}) already has a pipe waiting: two ranks of this process take it for their next",
+                    ring.ring_id, ring.generation
+                ));
+            }
+            mailboxes.insert(address, Delivery { world: ring.world, chunk: ring.chunk, pipe: reader, taken });
+        }
         self.delivered.notify_waiters();
-        writer
+        match heard.await {
+            Ok(Ok(())) => Ok(writer),
+            Ok(Err(why)) => Err(why),
+            Err(_) => Err("the next rank, in this process, formed a later generation instead".into()),
+        }
     }
 
     /// Waits for the previous rank's pipe to `ring`'s rank. The caller bounds the wait.
@@ -109,11 +124,14 @@ impl LocalLinks {
             };
             if let Some(d) = taken {
                 if (d.world, d.chunk) != (ring.world, ring.chunk) {
-                    return Err(format!(
+                    let why = format!(
                         "the previous rank in this process formed a ring of {} with {}-value chunks; this rank expects {} and {}",
                         d.world, d.chunk, ring.world, ring.chunk
-                    ));
+                    );
+                    let _ = d.taken.send(Err(why.clone()));
+                    return Err(why);
                 }
+                let _ = d.taken.send(Ok(()));
                 return Ok(d.pipe);
             }
             delivered.await;
@@ -131,7 +149,14 @@ fn drop_older_generations(mailboxes: &mut HashMap<Address, Delivery>, ring: &Rin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `ring`'s rank sending to its next, in a task of its own (it waits to be taken).
+    fn send(links: &Arc<LocalLinks>, ring: RingConfig) -> tokio::task::JoinHandle<Result<PipeWriter, String>> {
+        let links = links.clone();
+        tokio::spawn(async move { links.send_to_next(&ring).await })
+    }
 
     #[tokio::test]
     async fn a_pipe_reaches_the_next_rank_whichever_side_comes_first() {
@@ -144,57 +169,64 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "the receiver should be waiting for the pipe");
-        let mut w = links.send_to_next(&r0);
+        let mut w = links.send_to_next(&r0).await.unwrap();
         w.write_all(b"frame").await.unwrap();
         let mut got = [0u8; 5];
         waiting.await.unwrap().unwrap().read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"frame");
-        // Sender first: the pipe waits in the mailbox.
-        let _w = links.send_to_next(&r1);
+        // Sender first: the pipe waits in the mailbox, and the sender until it is taken.
+        let sending = send(&links, r1);
+        tokio::task::yield_now().await;
+        assert!(!sending.is_finished(), "the sender should wait until its pipe is taken");
         assert!(links.receive_from_prev(&r0).await.is_ok());
+        assert!(sending.await.unwrap().is_ok());
     }
 
     #[tokio::test]
     async fn other_rings_and_generations_have_their_own_mailboxes_and_a_mismatch_is_refused() {
         let links = LocalLinks::new();
-        let stale = RingConfig { generation: 3, ..RingConfig::new(0, 2) };
-        let _w = links.send_to_next(&stale);
+        let stale = send(&links, RingConfig { generation: 3, ..RingConfig::new(0, 2) });
+        tokio::task::yield_now().await;
         let now = RingConfig { generation: 4, ..RingConfig::new(1, 2) };
-        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), links.receive_from_prev(&now)).await;
+        let wait = tokio::time::timeout(Duration::from_millis(50), links.receive_from_prev(&now)).await;
         assert!(wait.is_err(), "a pipe of generation 3 reached generation 4");
-
+        let e = stale.await.unwrap().unwrap_err();
+        assert!(e.contains("later generation"), "the stale sender should hear its pipe was dropped: {e}");
         // Another ring (a group ring, id 1) has a mailbox of its own.
-        let _w = links.send_to_next(&RingConfig { ring_id: 1, generation: 4, ..RingConfig::new(0, 2) });
-        let wait = tokio::time::timeout(std::time::Duration::from_millis(50), links.receive_from_prev(&now)).await;
+        let _other = send(&links, RingConfig { ring_id: 1, generation: 4, ..RingConfig::new(0, 2) });
+        tokio::task::yield_now().await;
+        let wait = tokio::time::timeout(Duration::from_millis(50), links.receive_from_prev(&now)).await;
         assert!(wait.is_err(), "a pipe of ring 1 reached ring 0");
 
-        let _w = links.send_to_next(&RingConfig { chunk: 7, ..RingConfig::new(0, 2) });
+        let mismatched = send(&links, RingConfig { chunk: 7, ..RingConfig::new(0, 2) });
         let e = links.receive_from_prev(&RingConfig::new(1, 2)).await.unwrap_err();
         assert!(e.contains("7-value chunks"), "{e}");
+        assert!(mismatched.await.unwrap().unwrap_err().contains("7-value chunks"), "the sender hears the refusal too");
     }
 
     #[tokio::test]
-    async fn a_pipe_left_by_an_earlier_generation_is_dropped_and_its_writer_told() {
+    async fn two_senders_to_one_rank_are_refused() {
         let links = LocalLinks::new();
-        let mut stale = links.send_to_next(&RingConfig { generation: 1, ..RingConfig::new(0, 2) });
-        let _w = links.send_to_next(&RingConfig { generation: 2, ..RingConfig::new(0, 2) });
-        assert!(links.mailboxes.lock().unwrap().len() == 1, "generation 1's pipe is still held");
-        let e = stale.write_all(b"frame").await.unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+        let _first = send(&links, RingConfig::new(0, 3));
+        tokio::task::yield_now().await;
+        let e = links.send_to_next(&RingConfig::new(0, 3)).await.unwrap_err();
+        assert!(e.contains("already has a pipe waiting"), "{e}");
     }
 
     #[tokio::test]
     async fn a_dropped_end_closes_the_link() {
         let links = LocalLinks::new();
-        let mut w = links.send_to_next(&RingConfig::new(0, 2));
+        let sending = send(&links, RingConfig::new(0, 2));
         let mut r = links.receive_from_prev(&RingConfig::new(1, 2)).await.unwrap();
+        let mut w = sending.await.unwrap().unwrap();
         w.write_all(b"last").await.unwrap();
         drop(w);
         let mut got = Vec::new();
         r.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"last", "the reader drains what was written, then sees the end");
-        let mut w = links.send_to_next(&RingConfig::new(1, 2));
+        let sending = send(&links, RingConfig::new(1, 2));
         drop(links.receive_from_prev(&RingConfig::new(0, 2)).await.unwrap());
+        let mut w = sending.await.unwrap().unwrap();
         assert_eq!(w.write_all(b"x").await.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
     }
 }

@@ -478,7 +478,12 @@ pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Resul
     };
     let connect = async {
         match (pipe_out, &ep) {
-            (Some(l), _) => Ok(Either::Pipe(l.links.send_to_next(&cfg.ring))),
+            (Some(l), _) => l
+                .links
+                .send_to_next(&cfg.ring)
+                .await
+                .map(Either::Pipe)
+                .map_err(|why| QuicError::Connect { what: "handing the next rank its pipe, in this process".into(), why }),
             (None, Some(ep)) => connect_stripes(ep, &cfg).await.map(Either::Net),
             (None, None) => unreachable!("an endpoint is opened unless both neighbours are in this process"),
         }

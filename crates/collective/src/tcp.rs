@@ -122,7 +122,12 @@ async fn form(cfg: TcpConfig, listener: Option<TcpListener>, local: Option<&InPr
     };
     let connect = async {
         match local.filter(|l| l.next) {
-            Some(l) => Ok(Either::Pipe(l.links.send_to_next(&cfg.ring))),
+            Some(l) => l
+                .links
+                .send_to_next(&cfg.ring)
+                .await
+                .map(Either::Pipe)
+                .map_err(|why| TcpError::Handshake { peer: "the next rank, in this process".into(), why }),
             None => Ok(Either::Net(connect_next(&cfg, deadline).await?.into_split().1)),
         }
     };

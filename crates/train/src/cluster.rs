@@ -9,8 +9,8 @@
 //!
 //! Addresses: `peers[r]` is where rank `r` listens for the world ring; the group ring listens on
 //! the same host at the next port. Neighbours in this process ([`Colocated`]) are met over
-//! in-memory pipes instead: nothing listens for them. Transports are the collective crate's: QUIC (mutual TLS with a
-//! cluster CA) or TCP (HMAC handshake over a cluster secret).
+//! in-memory pipes instead: nothing listens for them. Transports are the collective crate's:
+//! QUIC (mutual TLS with a cluster CA) or TCP (HMAC handshake over a cluster secret).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
