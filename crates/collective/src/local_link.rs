@@ -95,7 +95,8 @@ impl LocalLinks {
             let mut mailboxes = self.mailboxes.lock().expect("never poisoned");
             drop_older_generations(&mut mailboxes, ring);
             let address = (ring.ring_id, ring.generation, next);
-            if mailboxes.contains_key(&address) {
+            // A pipe whose sender gave up (its formation timed out) may be replaced; a live one not.
+            if mailboxes.get(&address).is_some_and(|d| !d.taken.is_closed()) {
                 return Err(format!(
                     "rank {next} of ring {} (generation {}) already has a pipe waiting: two ranks of this process take it for their next",
                     ring.ring_id, ring.generation
@@ -122,7 +123,8 @@ impl LocalLinks {
                 drop_older_generations(&mut mailboxes, ring);
                 mailboxes.remove(&address)
             };
-            if let Some(d) = taken {
+            // A pipe whose sender gave up has no writer left: wait for a live one instead.
+            if let Some(d) = taken.filter(|d| !d.taken.is_closed()) {
                 if (d.world, d.chunk) != (ring.world, ring.chunk) {
                     let why = format!(
                         "the previous rank in this process formed a ring of {} with {}-value chunks; this rank expects {} and {}",
@@ -211,6 +213,20 @@ mod tests {
         tokio::task::yield_now().await;
         let e = links.send_to_next(&RingConfig::new(0, 3)).await.unwrap_err();
         assert!(e.contains("already has a pipe waiting"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_pipe_whose_sender_gave_up_is_replaced_and_never_taken() {
+        let links = LocalLinks::new();
+        let gave_up = send(&links, RingConfig::new(0, 2));
+        tokio::task::yield_now().await;
+        gave_up.abort(); // its formation timed out
+        let _ = gave_up.await;
+        let wait = tokio::time::timeout(Duration::from_millis(50), links.receive_from_prev(&RingConfig::new(1, 2))).await;
+        assert!(wait.is_err(), "the receiver took a pipe nobody writes");
+        let retry = send(&links, RingConfig::new(0, 2));
+        assert!(links.receive_from_prev(&RingConfig::new(1, 2)).await.is_ok());
+        assert!(retry.await.unwrap().is_ok(), "a retry replaces the abandoned pipe");
     }
 
     #[tokio::test]
