@@ -88,7 +88,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "RINGSAM_RENDEZVOUS_SETTLE_SECONDS", default_value_t = 10.0)]
     pub rendezvous_settle_seconds: f64,
     /// Replicas this worker runs (a pod owning its node's GPUs): with `--device cuda`, replica i
-    /// on cuda:i. They are ranks rank·N … rank·N + N − 1 of a job of world_size·N replicas, and
+    /// on cuda:i (with `--device cuda:K`, all of them share cuda:K). They are ranks rank·N … rank·N + N − 1 of a job of world_size·N replicas, and
     /// replica i's ring address is its peer address's port + 2i (elastic: each is a slot of its
     /// own). They meet each other over in-process pipes: a replica listens at its address only
     /// when its previous rank is in another process (replica 0, or the first of this pod's

@@ -18,12 +18,13 @@ use ringsam_train::cluster::Colocated;
 use crate::process::usage;
 use crate::train_args::{TrainArgs, open_device};
 
-/// Each local replica's device, opened: with `--device cuda`, replica i on cuda:i; on the CPU,
-/// all of them there. A device named by ordinal fits one replica only.
+/// Each local replica's device, opened: with `--device cuda`, replica i on cuda:i; with a device
+/// named by ordinal (`cuda:K`), all of them on it, sharing one GPU (how a one-GPU host checks
+/// local replicas: `scripts/device_check.sh replicas`); on the CPU, all of them there.
 pub(crate) fn open_devices(train: &TrainArgs, pod: usize, local: usize) -> Result<Vec<Option<Arc<ringsam_kernels::Gpu>>>> {
     let device = train.device.as_str();
     if local > 1 && device.starts_with("cuda:") {
-        return Err(usage(format!("--device {device} with --local_replicas {local}: give --device cuda (replica i runs on cuda:i)")));
+        eprintln!("ringsam: {local} local replicas share {device} (give --device cuda for one GPU each)");
     }
     (0..local)
         .map(|i| {

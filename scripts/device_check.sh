@@ -131,15 +131,20 @@ part() { echo; echo "== $1 ($(date +%T))"; }
     # the exchange's exposed time per step (rank 0's "per step" line). At learning rate 0.001:
     # from initialisation at 0.1 the CPU engine itself carries a rounding difference of 3e-8
     # after one step to 3e-2 after 20 (WRN-10-1, this comparison on the CPU); at 0.001, 3e-5.
+    # Two ways to run the 2 replicas: two processes over loopback QUIC (`launch`), and one worker
+    # whose local replicas meet over in-process pipes (`worker --local_replicas 2`, both on cuda:0).
     part "replicas: 2 on one GPU (batch 64 each) vs 1 with --grad_accum_steps 2 (WRN-16-4, 20 steps, fp32)"
     run=(--dataset synthetic --model_name WideResnet16x4 --batch_size 128 --num_epochs 100 --max_steps 20 \
       --learning_rate 0.001 --sam_rho 0.05 --log_every_steps 10 --precision fp32 --conv_impl gemm)
-    rm -rf /tmp/gpu-rep1 /tmp/gpu-rep2  # a rerun on a warm machine must not resume the last one
+    rm -rf /tmp/gpu-rep1 /tmp/gpu-rep2 /tmp/gpu-rep3  # a rerun on a warm machine must not resume the last one
     LD_LIBRARY_PATH="$lib_path" timeout 120 target/release/ringsam train --device cuda --grad_accum_steps 2 \
       "${run[@]}" --output_dir /tmp/gpu-rep1 2>&1 | grep -E "images/s|steps:" | tail -3
     LD_LIBRARY_PATH="$lib_path" timeout 180 target/release/ringsam launch --nproc 2 -- train --device cuda:0 \
       "${run[@]}" --output_dir /tmp/gpu-rep2 2>&1 | grep -E "images/s|per step|steps:" | tail -5
-    python3 - /tmp/gpu-rep1 /tmp/gpu-rep2 <<'PY'
+    RINGSAM_CLUSTER_SECRET=device-check-pipes-secret LD_LIBRARY_PATH="$lib_path" timeout 180 target/release/ringsam \
+      worker --rank 0 --world_size 1 --local_replicas 2 --peers 127.0.0.1:29650 --transport tcp --device cuda:0 \
+      "${run[@]}" --output_dir /tmp/gpu-rep3 2>&1 | grep -E "images/s|per step|steps:|pipes" | tail -6
+    python3 - /tmp/gpu-rep1 /tmp/gpu-rep2 /tmp/gpu-rep3 <<'PY'
 import array, glob, json, struct, sys
 def tensors(run):
     found = glob.glob(run + "/*/*/*/*/checkpoints/checkpoint_20/model.safetensors")
@@ -151,10 +156,12 @@ def tensors(run):
     head = json.loads(raw[8:8 + n])
     return {k: array.array("f", raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]])
             for k, v in head.items() if k != "__metadata__"}
-a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-worst = max(abs(x - y) / max(abs(x), 1.0) for k in a for x, y in zip(a[k], b[k]))
-print(f"2 replicas x 64 vs 1 x 128 (2 micro-batches): max relative difference {worst:.3e} over {len(a)} tensors "
-      f"({'PASS' if worst <= 1e-4 else 'FAIL'}: bound 1e-4)")
+a = tensors(sys.argv[1])
+for how, run in (("2 processes (launch, QUIC)", sys.argv[2]), ("2 local replicas (pipes)", sys.argv[3])):
+    b = tensors(run)
+    worst = max(abs(x - y) / max(abs(x), 1.0) for k in a for x, y in zip(a[k], b[k]))
+    print(f"{how} x 64 vs 1 x 128 (2 micro-batches): max relative difference {worst:.3e} over {len(a)} tensors "
+          f"({'PASS' if worst <= 1e-4 else 'FAIL'}: bound 1e-4)")
 PY
   fi
 

@@ -150,3 +150,31 @@ fn certs_print_a_kubernetes_secret_and_refuse_a_bad_name() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("a Secret's name is lowercase"));
 }
+
+#[test]
+fn local_replicas_may_share_one_gpu_named_by_ordinal() {
+    // `--device cuda:0` puts every local replica on that GPU (how a one-GPU host checks local
+    // replicas); here the device then fails to open (no CUDA in this build, or no GPU), after
+    // the worker has said how the replicas are placed.
+    let o = ringsam(&[
+        "worker",
+        "--rank",
+        "0",
+        "--world_size",
+        "1",
+        "--local_replicas",
+        "2",
+        "--peers",
+        "127.0.0.1:1",
+        "--device",
+        "cuda:0",
+        "--dataset",
+        "digits",
+        "--model_name",
+        "WideResnet10x1",
+        "--max_steps",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("2 local replicas share cuda:0"), "{err}");
+}
