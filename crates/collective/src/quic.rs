@@ -472,8 +472,7 @@ pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Resul
                 .await
                 .map(Either::Pipe)
                 .map_err(|why| QuicError::Connect { what: "taking the previous rank's pipe, in this process".into(), why }),
-            (None, Some(ep)) => accept_stripes(ep, &cfg).await.map(Either::Net),
-            (None, None) => unreachable!("an endpoint is opened unless both neighbours are in this process"),
+            (None, ep) => accept_stripes(opened(ep)?, &cfg).await.map(Either::Net),
         }
     };
     let connect = async {
@@ -484,8 +483,7 @@ pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Resul
                 .await
                 .map(Either::Pipe)
                 .map_err(|why| QuicError::Connect { what: "handing the next rank its pipe, in this process".into(), why }),
-            (None, Some(ep)) => connect_stripes(ep, &cfg).await.map(Either::Net),
-            (None, None) => unreachable!("an endpoint is opened unless both neighbours are in this process"),
+            (None, ep) => connect_stripes(opened(ep)?, &cfg).await.map(Either::Net),
         }
     };
     let (inbound, outbound) = tokio::time::timeout(cfg.connect_timeout, async { tokio::try_join!(accept, connect) })
@@ -512,6 +510,11 @@ pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Resul
             .collect(),
     };
     Ok((driver::spawn(ring, Some((recv, send))), Some(links)))
+}
+
+/// The endpoint a socket side uses: opened unless both neighbours are in this process.
+fn opened(ep: &Option<Endpoint>) -> Result<&Endpoint, QuicError> {
+    ep.as_ref().ok_or_else(|| QuicError::Config("no endpoint for a neighbour over the network".into()))
 }
 
 /// A side's QUIC connections (none for a pipe).
