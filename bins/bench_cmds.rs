@@ -51,6 +51,8 @@ pub(crate) enum BenchCommand {
     Loader(BenchLoaderArgs),
     /// Single-stream TCP throughput between two hosts: the line rate the ring is compared with.
     Link(BenchLinkArgs),
+    /// One core sealing and opening QUIC packets with each TLS library and cipher suite.
+    Cipher(BenchCipherArgs),
     /// Elastic recovery: kill → first step of the next generation, from memory and from disk.
     Recovery(BenchRecoveryArgs),
     /// cuDNN's convolutions on the zoo's heavy shapes in the engine's layout and in NCHW and
@@ -140,6 +142,20 @@ pub(crate) struct BenchLinkArgs {
 
 #[derive(Args, Debug)]
 #[command(rename_all = "snake_case")]
+pub(crate) struct BenchCipherArgs {
+    /// Payload bytes per packet: 65000 is a loopback ring's, 1452 an Ethernet path's.
+    #[arg(long, default_value_t = 65000, value_parser = clap::value_parser!(u32).range(64..=65000))]
+    pub(crate) packet: u32,
+    /// MiB to seal and open per library and suite (at least one pass over the 64 MiB of packets).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub(crate) mib: u64,
+    /// Print one JSON object per row.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(rename_all = "snake_case")]
 pub(crate) struct BenchLoaderArgs {
     /// A directory of shards (*.tar, *.tfrecord*), or shard files.
     #[arg(long, required = true, num_args = 1..)]
@@ -223,8 +239,9 @@ pub(crate) struct BenchAllreduceArgs {
     /// Ask QUIC peers to acknowledge every N packets (default: QUIC's every second packet).
     #[arg(long)]
     pub(crate) quic_ack_every: Option<u32>,
-    /// The library that runs QUIC's TLS cipher: aws-lc-rs or ring (docs/BENCHMARKS.md, "Cipher").
-    #[arg(long, default_value = "aws-lc-rs", value_parser = ringsam_collective::quic::CryptoLib::parse)]
+    /// The library that runs QUIC's TLS cipher: auto (the one with the wider AES-GCM on this CPU;
+    /// `bench cipher` measures both), aws-lc-rs or ring (docs/BENCHMARKS.md, "Cipher").
+    #[arg(long, default_value = "auto", value_parser = ringsam_collective::quic::CryptoLib::parse)]
     pub(crate) quic_crypto: ringsam_collective::quic::CryptoLib,
     /// The TLS 1.3 cipher suite QUIC offers first: aes-128-gcm, aes-256-gcm or chacha20-poly1305.
     #[arg(long, default_value = "aes-128-gcm", value_parser = ringsam_collective::quic::Cipher::parse)]
@@ -445,6 +462,42 @@ pub(crate) fn cmd_bench_link(args: &BenchLinkArgs) -> Result<()> {
         );
     } else {
         println!("{} bytes in {:.3} s: {:.3} Gbit/s ({:.4} GB/s)", report.bytes, report.seconds, report.gbit_s(), report.gbyte_s());
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_bench_cipher(args: &BenchCipherArgs) -> Result<()> {
+    use ringsam_collective::quic_crypto::{AesFeatures, Cipher, CryptoLib};
+    let cpu = AesFeatures::here();
+    let auto = CryptoLib::fastest_for(cpu);
+    if !args.json {
+        println!(
+            "# one core, {} MiB in {}-byte packets; this CPU: {}; --quic_crypto auto picks {}",
+            args.mib,
+            args.packet,
+            cpu.describe(),
+            auto.name()
+        );
+        println!("{:>10} {:>18} {:>12} {:>12} {:>16}", "library", "cipher", "seal GB/s", "open GB/s", "seal+open ns/B");
+    }
+    for cipher in Cipher::ALL {
+        for lib in [CryptoLib::AwsLc, CryptoLib::Ring] {
+            let row = ringsam_bench::cipher::measure(lib, cipher, args.packet as usize, args.mib << 20).map_err(anyhow::Error::msg)?;
+            if args.json {
+                let fields = serde_json::json!({"library": lib.name(), "cipher": cipher.name(), "packet": row.packet,
+                    "seal_gb_s": row.seal_gb_s, "open_gb_s": row.open_gb_s, "ns_per_byte": row.ns_per_byte(), "auto": lib == auto});
+                println!("{fields}");
+            } else {
+                println!(
+                    "{:>10} {:>18} {:>12.2} {:>12.2} {:>16.3}",
+                    lib.name(),
+                    cipher.name(),
+                    row.seal_gb_s,
+                    row.open_gb_s,
+                    row.ns_per_byte()
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -120,6 +120,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Bench(BenchCommand::Allreduce(args)) => bench_cmds::cmd_bench_allreduce(&args),
         Command::Bench(BenchCommand::Loader(args)) => bench_cmds::cmd_bench_loader(&args),
         Command::Bench(BenchCommand::Link(args)) => bench_cmds::cmd_bench_link(&args),
+        Command::Bench(BenchCommand::Cipher(args)) => bench_cmds::cmd_bench_cipher(&args),
         Command::Bench(BenchCommand::Recovery(args)) => bench_cmds::cmd_bench_recovery(&args),
         Command::Bench(BenchCommand::Conv(args)) => bench_conv::cmd_bench_conv(&args),
     }

@@ -178,3 +178,20 @@ fn local_replicas_may_share_one_gpu_named_by_ordinal() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("2 local replicas share cuda:0"), "{err}");
 }
+
+#[test]
+fn bench_cipher_measures_every_library_and_suite() {
+    let out = stdout_ok(&ringsam(&["bench", "cipher", "--packet", "1452", "--mib", "1", "--json"]));
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6, "{out}");
+    for cipher in ["aes-128-gcm", "aes-256-gcm", "chacha20-poly1305"] {
+        let of: Vec<_> = rows.iter().filter(|r| r["cipher"] == cipher).collect();
+        let libs: Vec<_> = of.iter().map(|r| r["library"].as_str().unwrap()).collect();
+        assert_eq!(libs, ["aws-lc-rs", "ring"], "{out}");
+        assert_eq!(of.iter().filter(|r| r["auto"] == true).count(), 1, "auto picks one library: {out}");
+        assert!(of.iter().all(|r| r["seal_gb_s"].as_f64().unwrap() > 0.0 && r["open_gb_s"].as_f64().unwrap() > 0.0), "{out}");
+    }
+    let out = ringsam(&["bench", "cipher", "--packet", "65001"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--packet"));
+}

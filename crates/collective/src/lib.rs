@@ -21,6 +21,7 @@ pub mod k8s_secret;
 pub mod local_link;
 pub mod local_ranks;
 pub mod quic;
+pub mod quic_crypto;
 pub mod tcp;
 pub mod transport;
 

@@ -29,6 +29,8 @@ use crate::chunk_frames::{ChunkFrames, ChunkSource};
 use crate::driver::{self, ByteFrames, RingHandle};
 use crate::either_link::Either;
 use crate::local_link::{InProcess, PipeReader, PipeWriter};
+use crate::quic_crypto::crypto_provider;
+pub use crate::quic_crypto::{Cipher, CryptoLib};
 use crate::{Ring, RingConfig};
 
 /// How a rank joins a QUIC ring.
@@ -80,7 +82,8 @@ pub struct QuicTuning {
     /// encrypts and decrypts a connection's packets on one task, so one connection uses one core
     /// for its crypto however many the runtime has; stripes spread it.
     pub stripes: usize,
-    /// The library that runs TLS's cipher.
+    /// The library that runs TLS's cipher (default: the one with the wider AES-GCM on this CPU,
+    /// [`CryptoLib::fastest_here`]).
     pub crypto: CryptoLib,
     /// The cipher suite offered first (the client's order decides).
     pub cipher: Cipher,
@@ -96,85 +99,8 @@ impl Default for QuicTuning {
             congestion: Congestion::Cubic,
             ack_every: None,
             stripes: 1,
-            crypto: CryptoLib::AwsLc,
+            crypto: CryptoLib::fastest_here(),
             cipher: Cipher::Aes128Gcm,
-        }
-    }
-}
-
-/// The libraries rustls can run TLS's ciphers with. Every byte a ring moves is sealed once and
-/// opened once per hop, so the AEAD's speed is a large share of QUIC's CPU per byte.
-///
-/// Why aws-lc-rs by default: its AES-GCM uses 512-bit VAES/VPCLMULQDQ where the CPU has them and
-/// ring's stops at 256-bit. Measured on this project's 2-core VM (Xeon with AVX-512 VAES), sealing
-/// 64000-byte packets on one core: AES-128-GCM 14.7 GB/s vs ring's 9.4 (1.56×); both libraries
-/// run ChaCha20-Poly1305 at about 1.9 GB/s (docs/BENCHMARKS.md, "Cipher").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CryptoLib {
-    /// aws-lc-rs (AWS's fork of BoringSSL).
-    #[default]
-    AwsLc,
-    /// ring.
-    Ring,
-}
-
-impl CryptoLib {
-    /// From a flag value.
-    pub fn parse(s: &str) -> Result<CryptoLib, String> {
-        match s {
-            "aws-lc-rs" => Ok(CryptoLib::AwsLc),
-            "ring" => Ok(CryptoLib::Ring),
-            other => Err(format!("crypto library {other:?}: expected aws-lc-rs or ring")),
-        }
-    }
-
-    /// The flag value.
-    pub fn name(self) -> &'static str {
-        match self {
-            CryptoLib::AwsLc => "aws-lc-rs",
-            CryptoLib::Ring => "ring",
-        }
-    }
-}
-
-/// TLS 1.3's cipher suites, as the one a ring offers first.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Cipher {
-    /// AES-128-GCM: 10 AES rounds to AES-256's 14, still 128-bit secure; QUIC's Initial
-    /// packets use it too.
-    #[default]
-    Aes128Gcm,
-    /// AES-256-GCM (rustls's own first choice).
-    Aes256Gcm,
-    /// ChaCha20-Poly1305: the fast one on CPUs without AES instructions.
-    Chacha20Poly1305,
-}
-
-impl Cipher {
-    /// From a flag value.
-    pub fn parse(s: &str) -> Result<Cipher, String> {
-        match s {
-            "aes-128-gcm" => Ok(Cipher::Aes128Gcm),
-            "aes-256-gcm" => Ok(Cipher::Aes256Gcm),
-            "chacha20-poly1305" => Ok(Cipher::Chacha20Poly1305),
-            other => Err(format!("cipher {other:?}: expected aes-128-gcm, aes-256-gcm or chacha20-poly1305")),
-        }
-    }
-
-    /// The flag value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Cipher::Aes128Gcm => "aes-128-gcm",
-            Cipher::Aes256Gcm => "aes-256-gcm",
-            Cipher::Chacha20Poly1305 => "chacha20-poly1305",
-        }
-    }
-
-    fn suite(self) -> rustls::CipherSuite {
-        match self {
-            Cipher::Aes128Gcm => rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
-            Cipher::Aes256Gcm => rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
-            Cipher::Chacha20Poly1305 => rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
         }
     }
 }
@@ -296,18 +222,6 @@ pub enum QuicError {
 
 fn cfg_err(e: impl std::fmt::Display) -> QuicError {
     QuicError::Config(e.to_string())
-}
-
-/// `lib`'s TLS provider with `first` offered first, every other suite kept after it. Measured
-/// on loopback: docs/BENCHMARKS.md, "Cipher".
-fn crypto_provider(lib: CryptoLib, first: Cipher) -> rustls::crypto::CryptoProvider {
-    let mut p = match lib {
-        CryptoLib::AwsLc => rustls::crypto::aws_lc_rs::default_provider(),
-        CryptoLib::Ring => rustls::crypto::ring::default_provider(),
-    };
-    // A stable sort on "is not `first`" moves it to the front and keeps the rest in order.
-    p.cipher_suites.sort_by_key(|s| s.suite() != first.suite());
-    p
 }
 
 /// Builds the endpoint: mutual TLS 1.3 against the cluster CA, bulk-transfer windows. With
@@ -725,25 +639,6 @@ impl AsyncWrite for QuicSend {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_chosen_cipher_is_offered_first_and_nothing_is_dropped() {
-        for lib in [CryptoLib::AwsLc, CryptoLib::Ring] {
-            for cipher in [Cipher::Aes128Gcm, Cipher::Aes256Gcm, Cipher::Chacha20Poly1305] {
-                let ours: Vec<_> = crypto_provider(lib, cipher).cipher_suites.iter().map(|s| s.suite()).collect();
-                assert_eq!(ours[0], cipher.suite(), "{lib:?} {cipher:?}");
-                let all = match lib {
-                    CryptoLib::AwsLc => rustls::crypto::aws_lc_rs::default_provider(),
-                    CryptoLib::Ring => rustls::crypto::ring::default_provider(),
-                };
-                let mut theirs: Vec<_> = all.cipher_suites.iter().map(|s| s.suite()).collect();
-                let mut sorted = ours.clone();
-                theirs.sort_by_key(|s| u16::from(*s));
-                sorted.sort_by_key(|s| u16::from(*s));
-                assert_eq!(sorted, theirs);
-            }
-        }
-    }
-
     /// A GSO batch never exceeds what one UDP send carries, at any MTU; loopback's 65000-byte
     /// datagrams go one per call.
     #[test]
@@ -759,17 +654,5 @@ mod tests {
             // At 65000 this leaves exactly one segment.
             assert!(n >= 1 && n <= kernel && n * mtu as usize <= MAX_GSO_BYTES, "mtu {mtu}: {n} segments (kernel {kernel})");
         }
-    }
-
-    #[test]
-    fn flag_values_round_trip() {
-        for lib in [CryptoLib::AwsLc, CryptoLib::Ring] {
-            assert_eq!(CryptoLib::parse(lib.name()), Ok(lib));
-        }
-        for c in [Cipher::Aes128Gcm, Cipher::Aes256Gcm, Cipher::Chacha20Poly1305] {
-            assert_eq!(Cipher::parse(c.name()), Ok(c));
-        }
-        assert!(Cipher::parse("aes").unwrap_err().contains("expected aes-128-gcm"));
-        assert!(CryptoLib::parse("openssl").is_err());
     }
 }
