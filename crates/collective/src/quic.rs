@@ -224,10 +224,22 @@ fn cfg_err(e: impl std::fmt::Display) -> QuicError {
     QuicError::Config(e.to_string())
 }
 
-/// Builds the endpoint: mutual TLS 1.3 against the cluster CA, bulk-transfer windows. With
-/// `accepts`, it listens at `cfg.listen` for the previous rank; without (the previous rank's link
-/// is a pipe), it only connects out.
-fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
+/// The quinn configurations a rank's endpoint runs with: mutual TLS 1.3 against the cluster CA,
+/// bulk-transfer windows, the MTU bound. Public so that a benchmark can drive `quinn-proto` with
+/// exactly what the ring uses (`benches/quinn_proto_floor.rs`).
+pub struct QuinnConfigs {
+    /// For accepting the previous rank.
+    pub server: quinn::ServerConfig,
+    /// For connecting to the next rank.
+    pub client: quinn::ClientConfig,
+    /// The endpoint's own (the largest UDP payload it accepts).
+    pub endpoint: quinn::EndpointConfig,
+    /// MTU discovery's upper bound ([`max_mtu`]).
+    pub mtu_bound: u16,
+}
+
+/// Builds [`QuinnConfigs`] for `cfg`.
+pub fn quinn_configs(cfg: &QuicConfig) -> Result<QuinnConfigs, QuicError> {
     let provider = Arc::new(crypto_provider(cfg.tuning.crypto, cfg.tuning.cipher));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cfg.ca.clone()).map_err(cfg_err)?;
@@ -281,6 +293,16 @@ fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
     server_cfg.max_incoming(MAX_INCOMING).incoming_buffer_size(64 << 10).incoming_buffer_size_total(MAX_INCOMING as u64 * (64 << 10));
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client).map_err(cfg_err)?));
     client_cfg.transport_config(transport);
+    let mut ep_cfg = quinn::EndpointConfig::default();
+    ep_cfg.max_udp_payload_size(mtu_bound.max(DEFAULT_MTU)).map_err(cfg_err)?;
+    Ok(QuinnConfigs { server: server_cfg, client: client_cfg, endpoint: ep_cfg, mtu_bound })
+}
+
+/// Builds the endpoint with [`quinn_configs`]. With `accepts`, it listens at `cfg.listen` for the
+/// previous rank; without (the previous rank's link is a pipe), it only connects out.
+fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
+    let QuinnConfigs { server: server_cfg, client: client_cfg, endpoint: ep_cfg, mtu_bound } = quinn_configs(cfg)?;
+    let t = cfg.tuning;
     // An endpoint that only connects out binds any free port of the listen address, as a client
     // does: its datagrams still leave from the interface the peers know.
     let bind = if accepts { cfg.listen } else { SocketAddr::new(cfg.listen.ip(), 0) };
@@ -294,8 +316,6 @@ fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
     let _ = sock.set_recv_buffer_size(t.udp_buffer);
     let _ = sock.set_send_buffer_size(t.udp_buffer);
     let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Config("no async runtime for QUIC".into()))?;
-    let mut ep_cfg = quinn::EndpointConfig::default();
-    ep_cfg.max_udp_payload_size(mtu_bound.max(DEFAULT_MTU)).map_err(cfg_err)?;
     let socket = Arc::new(CappedGso::new(runtime.wrap_udp_socket(socket).map_err(bind_err)?, mtu_bound));
     let mut ep = Endpoint::new_with_abstract_socket(ep_cfg, accepts.then_some(server_cfg), socket, runtime).map_err(bind_err)?;
     ep.set_default_client_config(client_cfg);
