@@ -19,8 +19,8 @@ import statistics
 
 DATAGRAM = 65000
 TCP_WRITE = 1 << 20
-CREDIT_EVERY = 16
 WINDOW = 64
+STALL_S = 30  # a lost datagram or a dead peer ends the run instead of hanging it
 
 
 def cpu_s():
@@ -32,8 +32,10 @@ def tcp_receiver(port_q, total, out_q):
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
+    srv.settimeout(STALL_S)
     port_q.put(srv.getsockname()[1])
     conn, _ = srv.accept()
+    conn.settimeout(STALL_S)
     buf = bytearray(TCP_WRITE)
     view = memoryview(buf)
     t0, got = cpu_s(), 0
@@ -46,7 +48,7 @@ def tcp_receiver(port_q, total, out_q):
 
 
 def tcp_sender(port, total, out_q):
-    s = socket.create_connection(("127.0.0.1", port))
+    s = socket.create_connection(("127.0.0.1", port), timeout=STALL_S)
     chunk = memoryview(bytearray(TCP_WRITE))
     t0, sent = cpu_s(), 0
     while sent < total:
@@ -57,12 +59,25 @@ def tcp_sender(port, total, out_q):
     s.close()
 
 
+def udp_window(sock):
+    """Datagrams that may be in flight: what the receive buffer the kernel granted holds, with
+    room to spare (it may be capped well below what was asked for, by net.core.rmem_max)."""
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    window = min(WINDOW, int(granted / 1.25) // (DATAGRAM + 1024))
+    if window < 2:
+        raise SystemExit(f"a UDP receive buffer of {granted} bytes holds under 2 datagrams of {DATAGRAM}: "
+                         "raise net.core.rmem_max")
+    return window
+
+
 def udp_receiver(port_q, total, out_q):
     data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     data.bind(("127.0.0.1", 0))
-    credit = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    port_q.put(data.getsockname()[1])
+    data.settimeout(STALL_S)
+    window = udp_window(data)
+    credit_every = max(1, window // 4)
+    port_q.put((data.getsockname()[1], window, credit_every))
     buf = bytearray(DATAGRAM)
     t0, got, count = cpu_s(), 0, 0
     while got < total:
@@ -71,36 +86,24 @@ def udp_receiver(port_q, total, out_q):
             raise SystemExit(f"a datagram of {n} bytes, expected {DATAGRAM}")
         got += n
         count += 1
-        if count % CREDIT_EVERY == 0:
-            credit.sendto(b"c", credit_addr_for(addr))
+        if count % credit_every == 0:
+            data.sendto(b"c", addr)  # credit goes back on the same socket pair
     out_q.put(cpu_s() - t0)
 
 
-def credit_addr_for(sender):
-    # The sender binds its credit socket to the port after its data socket's.
-    return (sender[0], sender[1] + 1)
-
-
-def udp_sender(port, total, out_q):
+def udp_sender(dest_info, total, out_q):
+    port, window, credit_every = dest_info
     data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     data.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-    credit = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for _ in range(100):
-        data.bind(("127.0.0.1", 0))
-        try:
-            credit.bind(("127.0.0.1", data.getsockname()[1] + 1))
-            break
-        except OSError:
-            data.close()
-            data = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            data.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    data.bind(("127.0.0.1", 0))
+    data.settimeout(STALL_S)
     chunk = memoryview(bytearray(DATAGRAM))
     dest = ("127.0.0.1", port)
-    t0, sent, granted = cpu_s(), 0, WINDOW
+    t0, sent, granted = cpu_s(), 0, window
     while sent < total:
         while granted == 0:
-            credit.recv(16)
-            granted += CREDIT_EVERY
+            data.recv(16)
+            granted += credit_every
         data.sendto(chunk, dest)
         sent += DATAGRAM
         granted -= 1
@@ -111,15 +114,15 @@ def one(kind, total):
     ctx = mp.get_context("fork")
     port_q, out_q = ctx.Queue(), ctx.Queue()
     recv, send = (tcp_receiver, tcp_sender) if kind == "tcp" else (udp_receiver, udp_sender)
-    r = ctx.Process(target=recv, args=(port_q, total, out_q))
+    r = ctx.Process(target=recv, args=(port_q, total, out_q), daemon=True)
     r.start()
-    port = port_q.get(timeout=30)
-    s = ctx.Process(target=send, args=(port, total, out_q))
+    dest = port_q.get(timeout=STALL_S)
+    s = ctx.Process(target=send, args=(dest, total, out_q), daemon=True)
     s.start()
-    s.join(600)
-    r.join(600)
+    s.join()
+    r.join()
     if r.exitcode != 0 or s.exitcode != 0:
-        raise SystemExit(f"{kind}: sender exit {s.exitcode}, receiver exit {r.exitcode}")
+        raise SystemExit(f"{kind}: sender exit {s.exitcode}, receiver exit {r.exitcode} (a socket timed out after {STALL_S} s, or a datagram was lost)")
     return (out_q.get() + out_q.get()) * 1e9 / total
 
 
@@ -129,9 +132,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of TCP then UDP")
     a = ap.parse_args()
     if not 0 < a.gib <= 64:
-        raise SystemExit(f"--gib {a.gib}: expected more than 0 and at most 64")
+        ap.error(f"--gib {a.gib}: expected more than 0 and at most 64")
+    if a.rounds < 1:
+        ap.error(f"--rounds {a.rounds}: expected at least 1")
     # Whole datagrams; the TCP sender's last write is the remainder of a 1 MiB one.
-    total = max(int(a.gib * (1 << 30)) // DATAGRAM, CREDIT_EVERY) * DATAGRAM
+    total = max(int(a.gib * (1 << 30)) // DATAGRAM, WINDOW) * DATAGRAM
     rows = {"tcp": [], "udp": []}
     for i in range(a.rounds):
         for kind in ("tcp", "udp"):

@@ -245,6 +245,9 @@ pub fn table(b: &AllreduceBench, rows: &[BenchRow]) -> String {
         "# ringsam all-reduce: chunk {} values, {} iterations per size; single-thread memcpy of {largest} bytes: {memcpy:.2} GB/s\n",
         b.chunk, b.iters
     );
+    if rows.iter().any(|r| r.transport == "quic") {
+        out += &format!("# QUIC: {} offered first, sealed by {}\n", b.quic.cipher.name(), b.quic.crypto.name());
+    }
     if b.show_cpu {
         out += "# cpu(ms): CPU time (user + sys) per operation, summed over the ranks counted; ns/B: that per byte of the buffer\n";
     }

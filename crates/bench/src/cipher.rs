@@ -23,7 +23,7 @@ pub struct CipherRow {
     pub lib: CryptoLib,
     /// The suite.
     pub cipher: Cipher,
-    /// Payload bytes per packet.
+    /// Bytes sealed per packet.
     pub packet: usize,
     /// Bytes sealed per second of CPU (10⁹).
     pub seal_gb_s: f64,
@@ -38,7 +38,8 @@ impl CipherRow {
     }
 }
 
-fn thread_cpu_s() -> f64 {
+/// This thread's CPU time so far (user + sys), in seconds.
+pub fn thread_cpu_s() -> f64 {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the kernel knows.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
@@ -48,10 +49,11 @@ fn thread_cpu_s() -> f64 {
 
 /// Seals and opens at least `bytes` of `packet`-byte packets with `lib`'s `cipher`, in whole
 /// passes over the working set (so at least one).
-/// Errors if `packet` is outside 64..=65000 or an opened packet differs from what was sealed.
+/// `packet` is the bytes sealed per packet. Errors if it is outside 16..=65000 or an opened
+/// packet differs from what was sealed.
 pub fn measure(lib: CryptoLib, cipher: Cipher, packet: usize, bytes: u64) -> Result<CipherRow, String> {
-    if !(64..=65000).contains(&packet) {
-        return Err(format!("packet of {packet} bytes: expected 64 to 65000 (a UDP datagram's payload)"));
+    if !(16..=65000).contains(&packet) {
+        return Err(format!("{packet} bytes sealed per packet: expected 16 to 65000 (within one UDP datagram)"));
     }
     let (seal, open) = packet_keys(lib, cipher);
     let slot = packet + TAG;
@@ -106,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_packet_no_datagram_carries_is_refused() {
-        assert!(measure(CryptoLib::Ring, Cipher::Aes128Gcm, 65001, 1).unwrap_err().contains("expected 64 to 65000"));
+        assert!(measure(CryptoLib::Ring, Cipher::Aes128Gcm, 65001, 1).unwrap_err().contains("expected 16 to 65000"));
         assert!(measure(CryptoLib::Ring, Cipher::Aes128Gcm, 10, 1).is_err());
     }
 }
