@@ -9,9 +9,9 @@
 //! buffer, tokio's hand-offs and the kernel come on top in a real ring. The datagrams move between
 //! the endpoints without a copy (the transmit buffer becomes the received `BytesMut`), and the
 //! receiver takes the stream's chunks without copying them, as the ring does. Time is this
-//! thread's CPU time over the second of two transfers; when an iteration moves nothing the
-//! thread sleeps until the next timer, so waiting is not counted (the first lets MTU discovery and the
-//! congestion window settle).
+//! thread's CPU time over the second of two transfers (the first lets MTU discovery and the
+//! congestion window settle); when an iteration moves nothing the thread sleeps until the next
+//! timer, so waiting is not counted.
 //!
 //! Run: `cargo bench --bench quinn_proto_floor [-- --mib 256]`. Figures: docs/BENCHMARKS.md,
 //! "What any QUIC ring pays".
@@ -100,7 +100,7 @@ fn wait_for_timers(client: &mut Peer, server: &mut Peer) {
 
 /// Sends `total` bytes client → server on one stream; returns (CPU seconds, final MTU).
 fn transfer(client: &mut Peer, server: &mut Peer, total: usize, payload: &Bytes, batch: usize) -> (f64, u16) {
-    let t0 = ringsam_bench::cipher::thread_cpu_s();
+    let t0 = ringsam_bench::allreduce::thread_cpu_seconds();
     let (mut sent, mut received, mut send_id, mut recv_id): (usize, usize, Option<StreamId>, Option<StreamId>) = (0, 0, None, None);
     let mut scratch = Vec::new();
     let mut connected = client.conn.as_ref().is_some_and(|(_, c)| !c.is_handshaking());
@@ -158,7 +158,7 @@ fn transfer(client: &mut Peer, server: &mut Peer, total: usize, payload: &Bytes,
     if let Some(id) = send_id {
         let _ = client.conn.as_mut().unwrap().1.send_stream(id).finish();
     }
-    (ringsam_bench::cipher::thread_cpu_s() - t0, mtu)
+    (ringsam_bench::allreduce::thread_cpu_seconds() - t0, mtu)
 }
 
 fn run(mtu: u16, crypto: CryptoLib, total: usize) -> (f64, u16) {
@@ -201,10 +201,8 @@ fn main() {
         for crypto in [CryptoLib::Ring, CryptoLib::AwsLc] {
             let (cpu, got_mtu) = run(mtu, crypto, total);
             let ns = cpu * 1e9 / total as f64;
-            // Sealed per packet: the UDP payload less the short header (1 + 8-byte connection id +
-            // up to 4 bytes of packet number) and the 16-byte tag.
-            let aead =
-                ringsam_bench::cipher::measure(crypto, Cipher::Aes128Gcm, got_mtu as usize - 29, 64 << 20).expect("AEAD").ns_per_byte();
+            let sealed = ringsam_bench::cipher::sealed_bytes(got_mtu as usize);
+            let aead = ringsam_bench::cipher::measure(crypto, Cipher::Aes128Gcm, sealed, 64 << 20).expect("AEAD").ns_per_byte();
             println!("{:>10} {:>10} {:>8} {:>12.3} {:>8.3} {:>8.3}", crypto.name(), mtu, got_mtu, ns, aead, ns - aead);
         }
     }

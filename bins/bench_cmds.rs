@@ -467,12 +467,6 @@ pub(crate) fn cmd_bench_link(args: &BenchLinkArgs) -> Result<()> {
     Ok(())
 }
 
-/// The bytes QUIC seals in a `udp_payload`-byte 1-RTT packet: less the short header (1 byte,
-/// quinn's 8-byte connection id, up to 4 bytes of packet number) and the 16-byte tag.
-fn sealed_bytes(udp_payload: usize) -> usize {
-    udp_payload - 29
-}
-
 pub(crate) fn cmd_bench_cipher(args: &BenchCipherArgs) -> Result<()> {
     use ringsam_collective::quic_crypto::{AesFeatures, Cipher, CryptoLib};
     let cpu = AesFeatures::here();
@@ -489,8 +483,9 @@ pub(crate) fn cmd_bench_cipher(args: &BenchCipherArgs) -> Result<()> {
     }
     for cipher in Cipher::ALL {
         for lib in [CryptoLib::AwsLc, CryptoLib::Ring] {
-            let row = ringsam_bench::cipher::measure(lib, cipher, sealed_bytes(args.packet as usize), args.mib << 20)
-                .map_err(anyhow::Error::msg)?;
+            let row =
+                ringsam_bench::cipher::measure(lib, cipher, ringsam_bench::cipher::sealed_bytes(args.packet as usize), args.mib << 20)
+                    .map_err(anyhow::Error::msg)?;
             if args.json {
                 let fields = serde_json::json!({"library": lib.name(), "cipher": cipher.name(), "packet": args.packet, "sealed": row.packet,
                     "seal_gb_s": row.seal_gb_s, "open_gb_s": row.open_gb_s, "ns_per_byte": row.ns_per_byte(), "auto": lib == auto,

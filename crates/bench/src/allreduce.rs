@@ -97,13 +97,20 @@ impl BenchRow {
 
 /// This process's CPU time so far (user + sys of all its threads), in seconds.
 pub fn process_cpu_seconds() -> f64 {
+    cpu_clock_seconds(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap_or(0.0)
+}
+
+/// This thread's CPU time so far (user + sys), in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    cpu_clock_seconds(libc::CLOCK_THREAD_CPUTIME_ID).expect("CLOCK_THREAD_CPUTIME_ID is always available on Linux")
+}
+
+fn cpu_clock_seconds(clock: libc::clockid_t) -> Option<f64> {
     let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid timespec to write to; the clock id is a constant Linux and macOS have.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    if rc != 0 {
-        return 0.0;
-    }
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    // SAFETY: `t` is a valid timespec to write to; the clock ids passed are constants Linux and
+    // macOS have.
+    let rc = unsafe { libc::clock_gettime(clock, &mut t) };
+    (rc == 0).then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
 }
 
 /// `"64K"` → 65536; K, M, G are powers of 1024; a plain number is bytes.

@@ -7,6 +7,7 @@
 //! sharing the core does not inflate. Every pass's opened packets are checked against what was
 //! sealed, outside the timing.
 
+use crate::allreduce::thread_cpu_seconds;
 use ringsam_collective::quic_crypto::{Cipher, CryptoLib, packet_keys};
 
 /// Bytes of packets the passes walk through.
@@ -38,19 +39,18 @@ impl CipherRow {
     }
 }
 
-/// This thread's CPU time so far (user + sys), in seconds.
-pub fn thread_cpu_s() -> f64 {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `t` is a valid, writable timespec; the clock id is a constant the kernel knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is always available on Linux");
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+/// QUIC's bytes around what a 1-RTT packet seals: the short header (1 byte, quinn's 8-byte
+/// connection id, up to 4 bytes of packet number) and the 16-byte tag.
+pub const HEADER_AND_TAG: usize = 29;
+
+/// The bytes sealed in a 1-RTT packet of `udp_payload` bytes.
+pub fn sealed_bytes(udp_payload: usize) -> usize {
+    udp_payload.saturating_sub(HEADER_AND_TAG)
 }
 
-/// Seals and opens at least `bytes` of `packet`-byte packets with `lib`'s `cipher`, in whole
-/// passes over the working set (so at least one).
-/// `packet` is the bytes sealed per packet. Errors if it is outside 16..=65000 or an opened
-/// packet differs from what was sealed.
+/// Seals and opens at least `bytes` of packets that each seal `packet` bytes, with `lib`'s
+/// `cipher`, in whole passes over the working set (so at least one). Errors if `packet` is
+/// outside 16..=65000 or an opened packet differs from what was sealed.
 pub fn measure(lib: CryptoLib, cipher: Cipher, packet: usize, bytes: u64) -> Result<CipherRow, String> {
     if !(16..=65000).contains(&packet) {
         return Err(format!("{packet} bytes sealed per packet: expected 16 to 65000 (within one UDP datagram)"));
@@ -64,19 +64,19 @@ pub fn measure(lib: CryptoLib, cipher: Cipher, packet: usize, bytes: u64) -> Res
     let (mut seal_s, mut open_s, mut pn) = (0.0, 0.0, 0u64);
     for _ in 0..passes {
         let first_pn = pn;
-        let t = thread_cpu_s();
+        let t = thread_cpu_seconds();
         for s in set.chunks_exact_mut(slot) {
             let (payload, tag) = s.split_at_mut(packet);
             let sealed = seal.encrypt_in_place(pn, &HEADER, payload).map_err(|e| format!("sealing: {e}"))?;
             tag.copy_from_slice(sealed.as_ref());
             pn += 1;
         }
-        seal_s += thread_cpu_s() - t;
-        let t = thread_cpu_s();
+        seal_s += thread_cpu_seconds() - t;
+        let t = thread_cpu_seconds();
         for (i, s) in set.chunks_exact_mut(slot).enumerate() {
             open.decrypt_in_place(first_pn + i as u64, &HEADER, s).map_err(|e| format!("opening packet {i}: {e}"))?;
         }
-        open_s += thread_cpu_s() - t;
+        open_s += thread_cpu_seconds() - t;
         check_opened(&set, slot, packet, pattern)?;
     }
     let total = (passes * (slots * packet) as u64) as f64;

@@ -2,8 +2,8 @@
 //!
 //! [`step`] times SGD and SAM training steps; [`allreduce`] times the ring in the style of
 //! nccl-tests, and [`allreduce_ranks`] runs it as one rank of a ring or starts every rank on this
-//! machine; [`plot`] draws its figure;
-//! [`cipher`] times the AEAD that QUIC seals every packet with; [`link`] measures the line rate a path carries, which the
+//! machine; [`plot`] draws its figure; [`cipher`] times the AEAD that QUIC seals every packet
+//! with; [`link`] measures the line rate a path carries, which the
 //! ring's bandwidth is compared with; [`loader`] times the ImageNet loader pool; [`recovery`]
 //! times an elastic job's recovery after a loss; [`kernels`] gives the GPU kernels' self-test its
 //! CPU reference; [`engine`] holds whole models and the SAM step on a device to the CPU's. Figures measured
