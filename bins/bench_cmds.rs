@@ -247,6 +247,11 @@ pub(crate) struct BenchAllreduceArgs {
     /// The TLS 1.3 cipher suite QUIC offers first: aes-128-gcm, aes-256-gcm or chacha20-poly1305.
     #[arg(long, default_value = "aes-128-gcm", value_parser = ringsam_collective::quic::Cipher::parse)]
     pub(crate) quic_cipher: ringsam_collective::quic::Cipher,
+    /// What drives QUIC's connections: direct (a thread per neighbour over quinn-proto, handing
+    /// the ring whole frames; Linux only, the default there) or quinn (its async endpoint and
+    /// connection tasks).
+    #[arg(long, default_value_t = ringsam_collective::quic::QuicDriver::default(), value_parser = ringsam_collective::quic::QuicDriver::parse)]
+    pub(crate) quic_driver: ringsam_collective::quic::QuicDriver,
     /// Print each rank's QUIC path statistics (RTT, congestion window, losses) at the end.
     #[arg(long)]
     pub(crate) quic_stats: bool,
@@ -536,6 +541,7 @@ pub(crate) fn cmd_bench_allreduce(args: &BenchAllreduceArgs) -> Result<()> {
             stripes: args.quic_stripes as usize,
             crypto: args.quic_crypto,
             cipher: args.quic_cipher,
+            driver: args.quic_driver,
         },
         quic_cc: args.quic_cc.clone(),
         quic_stats: args.quic_stats,

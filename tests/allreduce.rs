@@ -56,32 +56,42 @@ fn without_a_secret_there_is_no_ring() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no cluster secret"));
 }
 
-/// A rank killed in the middle of an operation: the survivors exit with an error, no hang.
+/// A rank killed in the middle of an operation: the survivors exit with an error, no hang. Over
+/// TCP, and over QUIC (the direct driver, the default: a killed rank sends no close, so its
+/// neighbours learn from silence and from the survivors' own closes).
 #[test]
 fn killing_a_rank_mid_operation_fails_the_others_quickly() {
+    let certs = tempfile::tempdir().unwrap();
+    stdout_ok(&ringsam(&["certs", "--out", certs.path().to_str().unwrap(), "--nodes", "3"]));
+    for transport in ["tcp", "quic"] {
+        kill_a_rank_mid_operation(transport, certs.path());
+    }
+}
+
+fn kill_a_rank_mid_operation(transport: &str, certs: &std::path::Path) {
     let _ports = crate::util::ports_lock();
-    let ports: Vec<String> =
-        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()).collect();
+    let ports: Vec<String> = (0..3)
+        .map(|_| match transport {
+            "tcp" => std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string(),
+            _ => std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string(),
+        })
+        .collect();
     let peers = ports.join(",");
     let mut kids: Vec<_> = (0..3)
         .map(|r| {
+            let file = |f: String| certs.join(f).to_str().unwrap().to_string();
+            let quic_files = [
+                "--ca".into(),
+                file("ca.pem".into()),
+                "--cert".into(),
+                file(format!("node-{r}.pem")),
+                "--key".into(),
+                file(format!("node-{r}.key")),
+            ];
             Command::new(env!("CARGO_BIN_EXE_ringsam"))
-                .args([
-                    "bench",
-                    "allreduce",
-                    "--transport",
-                    "tcp",
-                    "--sizes",
-                    "64M",
-                    "--iters",
-                    "50",
-                    "--timeout",
-                    "5",
-                    "--rank",
-                    &r.to_string(),
-                    "--peers",
-                    &peers,
-                ])
+                .args(["bench", "allreduce", "--transport", transport])
+                .args(if transport == "quic" { &quic_files[..] } else { &[] })
+                .args(["--sizes", "64M", "--iters", "50", "--timeout", "5", "--rank", &r.to_string(), "--peers", &peers])
                 .env("RINGSAM_CLUSTER_SECRET", "a-test-secret-of-some-length")
                 .env("RINGSAM_THREADS", "1")
                 .stdout(Stdio::null())
@@ -97,13 +107,14 @@ fn killing_a_rank_mid_operation_fails_the_others_quickly() {
         let o = k.wait_with_output().unwrap();
         if r != 1 {
             // A lost peer is a runtime failure (exit code 1: retrying may help), not a usage error.
-            assert_eq!(o.status.code(), Some(1), "rank {r}: {}", String::from_utf8_lossy(&o.stderr));
+            assert_eq!(o.status.code(), Some(1), "{transport} rank {r}: {}", String::from_utf8_lossy(&o.stderr));
             let err = String::from_utf8_lossy(&o.stderr);
             // Mid-operation the link drops; on a slow machine the ring may not have formed yet.
-            assert!(err.contains("down") || err.contains("sent nothing") || err.contains("not formed"), "rank {r}: {err}");
+            let why = ["down", "sent nothing", "not formed", "lost"];
+            assert!(why.iter().any(|w| err.contains(w)), "{transport} rank {r}: {err}");
         }
     }
-    assert!(t0.elapsed() < Duration::from_secs(10), "survivors took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(10), "{transport}: survivors took {:?}", t0.elapsed());
 }
 
 #[test]

@@ -74,6 +74,8 @@ impl AllreduceBench {
             self.quic.crypto.name().into(),
             "--quic_cipher".into(),
             self.quic.cipher.name().into(),
+            "--quic_driver".into(),
+            self.quic.driver.name().into(),
             "--ring_threads".into(),
             ring_threads_for(self.ring_threads, ranks_here).to_string(),
             "--json".into(),

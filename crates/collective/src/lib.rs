@@ -22,6 +22,8 @@ pub mod local_link;
 pub mod local_ranks;
 pub mod quic;
 pub mod quic_crypto;
+#[cfg(target_os = "linux")]
+mod quic_direct;
 pub mod tcp;
 pub mod transport;
 

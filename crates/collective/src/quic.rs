@@ -87,6 +87,53 @@ pub struct QuicTuning {
     pub crypto: CryptoLib,
     /// The cipher suite offered first (the client's order decides).
     pub cipher: Cipher,
+    /// What drives the connections: quinn's async layer, or link threads of ours over
+    /// quinn-proto ([`crate::quic_direct`]).
+    pub driver: QuicDriver,
+}
+
+/// What drives a rank's QUIC connections (the wire is the same either way, so ranks with
+/// different drivers can be neighbours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuicDriver {
+    /// quinn's endpoint and connection tasks on the ring's tokio runtime.
+    Quinn,
+    /// One thread per neighbour over quinn-proto, handing the ring whole frames (Linux only).
+    Direct,
+}
+
+/// Direct where it runs (Linux): as fast as quinn with 65000-byte datagrams, 1.3-1.45x quinn's
+/// busbw where the path's MTU is Ethernet's (docs/BENCHMARKS.md, "The direct QUIC driver").
+impl Default for QuicDriver {
+    fn default() -> Self {
+        if cfg!(target_os = "linux") { QuicDriver::Direct } else { QuicDriver::Quinn }
+    }
+}
+
+impl std::fmt::Display for QuicDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl QuicDriver {
+    /// From a flag value.
+    pub fn parse(s: &str) -> Result<QuicDriver, String> {
+        match s {
+            "quinn" => Ok(QuicDriver::Quinn),
+            "direct" if cfg!(target_os = "linux") => Ok(QuicDriver::Direct),
+            "direct" => Err("the direct QUIC driver needs Linux (eventfd, ppoll); use quinn".into()),
+            other => Err(format!("QUIC driver {other:?}: expected quinn or direct")),
+        }
+    }
+
+    /// The flag value.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuicDriver::Quinn => "quinn",
+            QuicDriver::Direct => "direct",
+        }
+    }
 }
 
 impl Default for QuicTuning {
@@ -101,6 +148,7 @@ impl Default for QuicTuning {
             stripes: 1,
             crypto: CryptoLib::fastest_here(),
             cipher: Cipher::Aes128Gcm,
+            driver: QuicDriver::default(),
         }
     }
 }
@@ -157,7 +205,7 @@ struct CappedGso {
 
 impl CappedGso {
     fn new(inner: Arc<dyn quinn::AsyncUdpSocket>, mtu: u16) -> CappedGso {
-        CappedGso { inner, max_segments: (MAX_GSO_BYTES / mtu.max(1) as usize).max(1) }
+        CappedGso { inner, max_segments: max_gso_segments(mtu) }
     }
 }
 
@@ -194,6 +242,11 @@ impl quinn::AsyncUdpSocket for CappedGso {
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
     }
+}
+
+/// Datagrams of up to `mtu` bytes one GSO send may carry (at most [`MAX_GSO_BYTES`] in all).
+pub(crate) fn max_gso_segments(mtu: u16) -> usize {
+    (MAX_GSO_BYTES / mtu.max(1) as usize).max(1)
 }
 
 /// The MTU-discovery upper bound for `cfg` (see [`QuicConfig::max_mtu`]).
@@ -307,14 +360,7 @@ fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
     // does: its datagrams still leave from the interface the peers know.
     let bind = if accepts { cfg.listen } else { SocketAddr::new(cfg.listen.ip(), 0) };
     let bind_err = |e: std::io::Error| QuicError::Connect { what: format!("binding UDP {bind}"), why: e.to_string() };
-    let socket = std::net::UdpSocket::bind(bind).map_err(bind_err)?;
-    // The default UDP receive buffer (~208 KiB on Linux) overflows when a burst of a ring step
-    // arrives while the process is busy reducing: measured here, thousands of datagrams dropped
-    // per benchmark run (RcvbufErrors), and every drop shrinks the congestion window. Ask for
-    // `udp_buffer` bytes each way (the OS caps it at net.core.rmem_max / wmem_max).
-    let sock = socket2::SockRef::from(&socket);
-    let _ = sock.set_recv_buffer_size(t.udp_buffer);
-    let _ = sock.set_send_buffer_size(t.udp_buffer);
+    let socket = bind_udp(bind, t.udp_buffer)?;
     let runtime = quinn::default_runtime().ok_or_else(|| QuicError::Config("no async runtime for QUIC".into()))?;
     let socket = Arc::new(CappedGso::new(runtime.wrap_udp_socket(socket).map_err(bind_err)?, mtu_bound));
     let mut ep = Endpoint::new_with_abstract_socket(ep_cfg, accepts.then_some(server_cfg), socket, runtime).map_err(bind_err)?;
@@ -322,9 +368,23 @@ fn endpoint(cfg: &QuicConfig, accepts: bool) -> Result<Endpoint, QuicError> {
     Ok(ep)
 }
 
+/// A UDP socket bound at `addr`, asking the OS for `buffer` bytes each way.
+pub(crate) fn bind_udp(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket, QuicError> {
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|e| QuicError::Connect { what: format!("binding UDP {addr}"), why: e.to_string() })?;
+    // The default UDP receive buffer (~208 KiB on Linux) overflows when a burst of a ring step
+    // arrives while the process is busy reducing: measured here, thousands of datagrams dropped
+    // per benchmark run (RcvbufErrors), and every drop shrinks the congestion window. Ask for
+    // `buffer` bytes each way (the OS caps it at net.core.rmem_max / wmem_max).
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(buffer);
+    let _ = sock.set_send_buffer_size(buffer);
+    Ok(socket)
+}
+
 /// The application hello on each stream: which rank, generation and ring this is, how many
 /// stripes the link has and which one this stream is.
-fn hello(cfg: &RingConfig, stripes: usize, stripe: usize) -> [u8; 20] {
+pub(crate) fn hello(cfg: &RingConfig, stripes: usize, stripe: usize) -> [u8; 20] {
     let mut h = [0u8; 20];
     h[..4].copy_from_slice(b"RSQH");
     h[4..8].copy_from_slice(&(cfg.rank as u32).to_le_bytes());
@@ -344,13 +404,21 @@ pub async fn connect(cfg: QuicConfig) -> Result<RingHandle, QuicError> {
     Ok(connect_observed(cfg).await?.0)
 }
 
-/// A rank's connections, for their statistics (RTT, congestion window, losses).
+/// A rank's connections to the next rank, for their statistics (RTT, congestion window, losses).
 #[derive(Clone, Debug)]
 pub struct QuicLinks {
-    /// From the previous rank, one per stripe.
-    pub inbound: Vec<Connection>,
-    /// To the next rank, one per stripe.
-    pub outbound: Vec<Connection>,
+    /// One per stripe.
+    pub outbound: Vec<LinkStats>,
+}
+
+/// Where one connection's statistics are read.
+#[derive(Clone, Debug)]
+pub enum LinkStats {
+    /// A quinn connection, asked directly.
+    Quinn(Connection),
+    /// A link thread's connection ([`crate::quic_direct`]), as the thread last copied them (at
+    /// most 10 ms old while data flows).
+    Direct(Arc<std::sync::Mutex<Option<quinn::ConnectionStats>>>),
 }
 
 impl QuicLinks {
@@ -361,8 +429,14 @@ impl QuicLinks {
     }
 }
 
-fn stripe_summary(c: &Connection) -> String {
-    let s = c.stats();
+fn stripe_summary(c: &LinkStats) -> String {
+    let s = match c {
+        LinkStats::Quinn(c) => c.stats(),
+        LinkStats::Direct(s) => match *s.lock().expect("never poisoned") {
+            Some(s) => s,
+            None => return "no statistics yet".into(),
+        },
+    };
     format!(
         "rtt {:?}, cwnd {} B, mtu {} B, datagrams sent {}, lost {} ({} bytes), congestion events {}, acks received {}",
         s.path.rtt,
@@ -388,10 +462,18 @@ type Outbound = Either<PipeWriter, QuicSend>;
 /// [`connect_observed`], meeting the neighbours that live in this process over pipes
 /// ([`crate::local_link`]); no endpoint is opened when both are.
 pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Result<(RingHandle, Option<QuicLinks>), QuicError> {
-    let ring = Ring::new(cfg.ring);
     if cfg.ring.world == 1 {
-        return Ok((driver::spawn::<Inbound, Outbound>(ring, None), None));
+        return Ok((driver::spawn::<Inbound, Outbound>(Ring::new(cfg.ring), None), None));
     }
+    #[cfg(target_os = "linux")]
+    if cfg.tuning.driver == QuicDriver::Direct {
+        return crate::quic_direct::connect_beside(cfg, local).await;
+    }
+    #[cfg(not(target_os = "linux"))]
+    if cfg.tuning.driver == QuicDriver::Direct {
+        return Err(QuicError::Config("the direct QUIC driver needs Linux".into()));
+    }
+    let ring = Ring::new(cfg.ring);
     let stripes = cfg.tuning.stripes;
     if !(1..=MAX_STRIPES).contains(&stripes) {
         return Err(QuicError::Config(format!("{stripes} stripes: 1 to {MAX_STRIPES} connections per neighbour")));
@@ -428,7 +510,7 @@ pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Resul
     if let Some(ep) = &ep {
         ep.set_server_config(None);
     }
-    let links = QuicLinks { inbound: connections(&inbound), outbound: connections(&outbound) };
+    let links = QuicLinks { outbound: connections(&outbound).into_iter().map(LinkStats::Quinn).collect() };
     let recv: Vec<Inbound> = match inbound {
         Either::Pipe(p) => vec![Either::Pipe(ByteFrames(p))],
         Either::Net(v) => v
@@ -562,7 +644,7 @@ type Stopped = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
 /// How long a closing rank waits for the next rank to acknowledge its last frames. The next rank
 /// reads continuously, so this is normally milliseconds; the bound only matters when it is gone.
-const CLOSE_ACK_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// The outbound stream. Shutting it down finishes the stream and then waits (at most
 /// [`CLOSE_ACK_WAIT`]) until the next rank has acknowledged all of it: closing earlier would drop
@@ -612,7 +694,7 @@ fn cut_into_pieces(mut bytes: bytes::Bytes, out: &mut Vec<bytes::Bytes>) {
 }
 
 /// `values` as little-endian bytes quinn can own: the vector itself on little-endian machines.
-fn le_payload(values: Vec<f32>) -> bytes::Bytes {
+pub(crate) fn le_payload(values: Vec<f32>) -> bytes::Bytes {
     #[cfg(target_endian = "little")]
     {
         /// Owns the values and shows them as their bytes.

@@ -113,18 +113,22 @@ async fn a_ring_all_in_one_process_opens_no_socket() {
     all_reduce_mixed_sizes(rings).await;
 }
 
+/// Both QUIC drivers: quinn's with stripes, the direct one (which has none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipes_and_striped_quic_links_in_one_ring() {
+async fn pipes_and_quic_links_in_one_ring() {
+    use ringsam_collective::quic::QuicDriver;
     let dir = tempfile::tempdir().unwrap();
     ringsam_collective::certs::write_dev_certs(dir.path(), 1).unwrap();
-    let quic = Transport::Quic {
-        ca: dir.path().join("ca.pem"),
-        cert: dir.path().join("node-0.pem"),
-        key: dir.path().join("node-0.key"),
-        tuning: QuicTuning { stripes: 2, ..Default::default() },
-    };
-    // 0 → 1 → 2 pipes, 2 → 3 QUIC (2 stripes), 3 → 0 QUIC: a pipe on one side, stripes on the other.
-    all_reduce_mixed_sizes(form(&quic, &[0, 0, 0, 1], Duration::from_secs(10)).await).await;
+    for (driver, stripes) in [(QuicDriver::Quinn, 2), (QuicDriver::Direct, 1)] {
+        let quic = Transport::Quic {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("node-0.pem"),
+            key: dir.path().join("node-0.key"),
+            tuning: QuicTuning { stripes, driver, ..Default::default() },
+        };
+        // 0 → 1 → 2 pipes, 2 → 3 QUIC, 3 → 0 QUIC: a pipe on one side, QUIC on the other.
+        all_reduce_mixed_sizes(form(&quic, &[0, 0, 0, 1], Duration::from_secs(10)).await).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,11 +39,12 @@ async fn form(cfgs: Vec<QuicConfig>) -> Vec<ringsam_collective::RingHandle> {
     rings
 }
 
-/// Also: ranks whose TLS runs on different libraries and offers different ciphers first still
-/// form one ring (each link negotiates a suite both sides have).
+/// Also: ranks whose TLS runs on different libraries and offers different ciphers first, and
+/// whose connections different drivers run, still form one ring (each link negotiates a suite
+/// both sides have; the wire is the same for both drivers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_ranks_all_reduce_over_quic_with_mutual_tls() {
-    use ringsam_collective::quic::{Cipher, CryptoLib};
+    use ringsam_collective::quic::{Cipher, CryptoLib, QuicDriver};
     let ca = ClusterCa::generate().unwrap();
     let world = 3;
     let addrs = free_udp_addrs(world);
@@ -51,6 +52,9 @@ async fn three_ranks_all_reduce_over_quic_with_mutual_tls() {
         let mut c = cfg(r, world, &addrs, &ca, &ca, Duration::from_secs(10));
         (c.tuning.crypto, c.tuning.cipher) =
             [(CryptoLib::AwsLc, Cipher::Aes128Gcm), (CryptoLib::Ring, Cipher::Chacha20Poly1305), (CryptoLib::AwsLc, Cipher::Aes256Gcm)][r];
+        if r == 1 {
+            c.tuning.driver = QuicDriver::Quinn;
+        }
         c
     };
     let rings = form((0..world).map(mixed).collect()).await;
@@ -76,14 +80,18 @@ async fn three_ranks_all_reduce_over_quic_with_mutual_tls() {
 /// Chunks striped over several connections per neighbour: exact results with many operations
 /// in flight at once (the case where a stripe could let an all-gather value overtake its
 /// reduce-scatter sum if the striping rule were wrong), and a mismatched stripe count refused.
+/// Stripes are quinn's (the direct driver refuses them: its two threads already split a rank's
+/// crypto).
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn striped_links_give_exact_results_with_operations_in_flight() {
+    use ringsam_collective::quic::QuicDriver;
     let ca = ClusterCa::generate().unwrap();
     let world = 3;
     let addrs = free_udp_addrs(world);
     let striped = |r: usize| {
         let mut c = cfg(r, world, &addrs, &ca, &ca, Duration::from_secs(10));
         c.tuning.stripes = 3;
+        c.tuning.driver = QuicDriver::Quinn;
         c
     };
     let rings = form((0..world).map(striped).collect()).await;
@@ -124,9 +132,16 @@ async fn striped_links_give_exact_results_with_operations_in_flight() {
     let t = Duration::from_millis(1500);
     let mut two = cfg(0, 2, &addrs, &ca, &ca, t);
     two.tuning.stripes = 2;
+    two.tuning.driver = QuicDriver::Quinn;
     let a = tokio::spawn(connect(two));
     let b = tokio::spawn(connect(cfg(1, 2, &addrs, &ca, &ca, t)));
     assert!(a.await.unwrap().is_err() && b.await.unwrap().is_err(), "stripe counts 2 and 1 must not form a ring");
+
+    // The direct driver says so instead of forming a ring without stripes.
+    let mut direct = cfg(0, 2, &free_udp_addrs(2), &ca, &ca, t);
+    (direct.tuning.stripes, direct.tuning.driver) = (2, QuicDriver::Direct);
+    let err = connect(direct).await.err().expect("stripes refused").to_string();
+    assert!(err.contains("--quic_stripes 1"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,253 @@
+//! One quinn-proto endpoint, its UDP socket and its connections, driven by a link thread: what
+//! quinn's async `Endpoint` and `Connection` tasks do, in one loop and without their hand-offs.
+//! Received datagrams go to quinn-proto in the buffers the kernel filled (no copy); transmits go
+//! out with segmentation offload (GSO) in batches of at most one UDP send.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use quinn_proto::{Connection, ConnectionHandle, DatagramEvent, Endpoint, EndpointConfig, ServerConfig, Transmit};
+use quinn_udp::{RecvMeta, UdpSocketState};
+
+use crate::quic::MAX_INCOMING;
+use crate::transport::Refusals;
+
+/// The room a receive slot must have: the largest UDP payload, or a GRO batch of smaller ones.
+const MAX_RECEIVE: usize = 64 << 10;
+
+/// Each receive slot's arena: datagrams are cut from its front as they arrive, densely, and a
+/// fresh arena replaces it once less than [`MAX_RECEIVE`] is left. Densely, because quinn-proto
+/// keeps slices of received datagrams (stream data the ring reads in place), and a slice keeps
+/// its whole buffer alive: one 64 KiB buffer per 1452-byte datagram would pin 45 times the
+/// data, and zeroing it cost more than receiving it.
+const ARENA: usize = 256 << 10;
+
+/// A link thread's endpoint.
+pub(crate) struct Node {
+    pub(crate) ep: Endpoint,
+    pub(crate) conns: HashMap<ConnectionHandle, Connection>,
+    pub(crate) socket: std::net::UdpSocket,
+    udp: UdpSocketState,
+    /// Receive slots, one per datagram (or GRO batch) a `recvmmsg` call may return.
+    bufs: Vec<BytesMut>,
+    meta: Vec<RecvMeta>,
+    tx: Vec<u8>,
+    scratch: Vec<u8>,
+    max_segments: usize,
+    /// A transmit the socket had no room for, sent before anything else.
+    pub(crate) blocked: Option<(Vec<u8>, Transmit)>,
+    /// Whether new connections are accepted (a listening node, until its ring forms).
+    pub(crate) admit: bool,
+    /// Connections accepted and not yet greeted, counted by the caller.
+    pub(crate) waiting: usize,
+    /// Connections accepted since the caller last looked.
+    pub(crate) accepted: Vec<ConnectionHandle>,
+    refusals: Option<Refusals>,
+}
+
+impl Node {
+    /// A node on `socket` (already bound, buffers sized), listening with `server`.
+    pub(crate) fn new(
+        socket: std::net::UdpSocket,
+        endpoint: EndpointConfig,
+        server: Option<ServerConfig>,
+        mtu_bound: u16,
+        recv_slots: usize,
+        refusals: Option<Refusals>,
+    ) -> std::io::Result<Node> {
+        socket.set_nonblocking(true)?;
+        let udp = UdpSocketState::new((&socket).into())?;
+        let max_segments = udp.max_gso_segments().min(crate::quic::max_gso_segments(mtu_bound));
+        let batch = quinn_udp::BATCH_SIZE.min(recv_slots).max(1);
+        let admit = server.is_some();
+        Ok(Node {
+            ep: Endpoint::new(Arc::new(endpoint), server.map(Arc::new), true, None),
+            conns: HashMap::new(),
+            socket,
+            udp,
+            bufs: (0..batch).map(|_| BytesMut::zeroed(ARENA)).collect(),
+            meta: vec![RecvMeta::default(); batch],
+            tx: Vec::new(),
+            scratch: Vec::new(),
+            max_segments,
+            blocked: None,
+            admit,
+            waiting: 0,
+            accepted: Vec::new(),
+            refusals,
+        })
+    }
+
+    pub(crate) fn refused(&self, peer: SocketAddr, why: &str) {
+        if let Some(r) = &self.refusals {
+            r.report(peer, why);
+        }
+    }
+
+    /// Reads the datagrams waiting on the socket into quinn-proto; whether any came. A batch
+    /// that does not fill every buffer emptied the socket: asking again would be a system call
+    /// that finds nothing (what arrives meanwhile waits for the next turn of the loop).
+    pub(crate) fn receive(&mut self, now: Instant) -> std::io::Result<bool> {
+        let mut any = false;
+        loop {
+            let n = {
+                let mut slices: Vec<IoSliceMut<'_>> = self.bufs.iter_mut().map(|b| IoSliceMut::new(&mut b[..])).collect();
+                match self.udp.recv((&self.socket).into(), &mut slices, &mut self.meta) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(any),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            any = true;
+            for i in 0..n {
+                let m = self.meta[i];
+                // What the kernel filled goes to quinn-proto as it is (no copy).
+                let len = m.len.min(self.bufs[i].len());
+                let mut data = self.bufs[i].split_to(len);
+                if self.bufs[i].len() < MAX_RECEIVE {
+                    self.bufs[i] = BytesMut::zeroed(ARENA);
+                }
+                let stride = m.stride.max(1);
+                while !data.is_empty() {
+                    let datagram = data.split_to(stride.min(data.len()));
+                    self.dispatch(now, m.addr, m.dst_ip, m.ecn.map(proto_ecn), datagram);
+                }
+            }
+            if n < self.bufs.len() {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        dst: Option<std::net::IpAddr>,
+        ecn: Option<quinn_proto::EcnCodepoint>,
+        d: BytesMut,
+    ) {
+        self.scratch.clear();
+        match self.ep.handle(now, from, dst, ecn, d, &mut self.scratch) {
+            Some(DatagramEvent::ConnectionEvent(ch, ev)) => {
+                if let Some(c) = self.conns.get_mut(&ch) {
+                    c.handle_event(ev);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                let peer = incoming.remote_address();
+                if !self.admit || self.waiting + self.accepted.len() >= MAX_INCOMING {
+                    let t = self.ep.refuse(incoming, &mut self.scratch);
+                    self.send_once(&t);
+                    self.refused(peer, if self.admit { "too many connections waiting to be greeted" } else { "the ring has formed" });
+                    return;
+                }
+                match self.ep.accept(incoming, now, &mut self.scratch, None) {
+                    Ok((ch, conn)) => {
+                        self.conns.insert(ch, conn);
+                        self.accepted.push(ch);
+                    }
+                    Err(e) => {
+                        if let Some(t) = e.response {
+                            self.send_once(&t);
+                        }
+                        self.refused(peer, &format!("accepting: {}", e.cause));
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(t)) => self.send_once(&t),
+            None => {}
+        }
+    }
+
+    /// Sends a stateless response from `scratch` once: UDP may lose it anyway, and the peer retries.
+    fn send_once(&mut self, t: &Transmit) {
+        let _ = self.udp.send((&self.socket).into(), &udp_transmit(t, &self.scratch));
+    }
+
+    /// Timers due, and each connection's bookkeeping with the endpoint.
+    pub(crate) fn service(&mut self, now: Instant) {
+        for (ch, conn) in self.conns.iter_mut() {
+            if conn.poll_timeout().is_some_and(|t| t <= now) {
+                conn.handle_timeout(now);
+            }
+            while let Some(ev) = conn.poll_endpoint_events() {
+                if let Some(back) = self.ep.handle_event(*ch, ev) {
+                    conn.handle_event(back);
+                }
+            }
+        }
+    }
+
+    /// Forgets connections that are fully closed (their events were read by the caller).
+    pub(crate) fn reap(&mut self) {
+        self.conns.retain(|_, c| !c.is_drained());
+    }
+
+    /// Sends everything the connections have to send; whether anything went. Stops at a full
+    /// socket, keeping the transmit for the next call.
+    pub(crate) fn transmit(&mut self, now: Instant) -> bool {
+        let Node { conns, udp, socket, tx, blocked, max_segments, .. } = self;
+        if let Some((buf, t)) = blocked.take()
+            && !try_send(udp, socket, &buf, &t)
+        {
+            *blocked = Some((buf, t));
+            return false;
+        }
+        let mut sent = false;
+        for conn in conns.values_mut() {
+            loop {
+                tx.clear();
+                let Some(t) = conn.poll_transmit(now, *max_segments, tx) else { break };
+                if !try_send(udp, socket, tx, &t) {
+                    *blocked = Some((std::mem::take(tx), t));
+                    return true;
+                }
+                sent = true;
+            }
+        }
+        sent
+    }
+
+    /// The earliest connection timer.
+    pub(crate) fn next_timer(&mut self) -> Option<Instant> {
+        self.conns.values_mut().filter_map(|c| c.poll_timeout()).min()
+    }
+}
+
+/// Sends `t` from `buf`; false when the socket is full (any other error is quinn-udp's to log:
+/// UDP is lossy and QUIC retransmits).
+fn try_send(udp: &UdpSocketState, socket: &std::net::UdpSocket, buf: &[u8], t: &Transmit) -> bool {
+    !matches!(udp.send(socket.into(), &udp_transmit(t, buf)), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+fn udp_transmit<'a>(t: &Transmit, buf: &'a [u8]) -> quinn_udp::Transmit<'a> {
+    quinn_udp::Transmit {
+        destination: t.destination,
+        ecn: t.ecn.map(udp_ecn),
+        contents: &buf[..t.size],
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    }
+}
+
+fn proto_ecn(e: quinn_udp::EcnCodepoint) -> quinn_proto::EcnCodepoint {
+    match e {
+        quinn_udp::EcnCodepoint::Ect0 => quinn_proto::EcnCodepoint::Ect0,
+        quinn_udp::EcnCodepoint::Ect1 => quinn_proto::EcnCodepoint::Ect1,
+        quinn_udp::EcnCodepoint::Ce => quinn_proto::EcnCodepoint::Ce,
+    }
+}
+
+fn udp_ecn(e: quinn_proto::EcnCodepoint) -> quinn_udp::EcnCodepoint {
+    match e {
+        quinn_proto::EcnCodepoint::Ect0 => quinn_udp::EcnCodepoint::Ect0,
+        quinn_proto::EcnCodepoint::Ect1 => quinn_udp::EcnCodepoint::Ect1,
+        quinn_proto::EcnCodepoint::Ce => quinn_udp::EcnCodepoint::Ce,
+    }
+}
