@@ -23,8 +23,45 @@ const MAX_RECEIVE: usize = 64 << 10;
 /// fresh arena replaces it once less than [`MAX_RECEIVE`] is left. Densely, because quinn-proto
 /// keeps slices of received datagrams (stream data the ring reads in place), and a slice keeps
 /// its whole buffer alive: one 64 KiB buffer per 1452-byte datagram would pin 45 times the
-/// data, and zeroing it cost more than receiving it.
+/// data, and zeroing it cost more than receiving it. Used-up arenas are kept ([`Arenas`]) and
+/// taken again once quinn-proto and the ring have dropped every slice of them.
 const ARENA: usize = 256 << 10;
+
+/// Used-up arenas, oldest first, waiting for their slices to be dropped.
+const RETIRED: usize = 64;
+
+/// Where receive slots get their arenas.
+#[derive(Default)]
+struct Arenas {
+    retired: std::collections::VecDeque<BytesMut>,
+}
+
+impl Arenas {
+    /// A whole arena: the oldest retired one if nothing holds a slice of it any more, else a new
+    /// one.
+    fn take(&mut self) -> BytesMut {
+        if let Some(mut a) = self.retired.pop_front() {
+            if a.try_reclaim(ARENA) {
+                // SAFETY: `a` is the sole owner of an allocation made by `BytesMut::zeroed(ARENA)`
+                // (only such arenas are retired) and reclaimed from its start; every one of those
+                // ARENA bytes was initialized then, and since only overwritten.
+                unsafe { a.set_len(ARENA) };
+                return a;
+            }
+            self.retired.push_front(a);
+        }
+        BytesMut::zeroed(ARENA)
+    }
+
+    /// Keeps a used-up arena (`a` is what is left of it: less than a datagram) for reuse.
+    fn retire(&mut self, mut a: BytesMut) {
+        a.clear();
+        if self.retired.len() == RETIRED {
+            self.retired.pop_front();
+        }
+        self.retired.push_back(a);
+    }
+}
 
 /// A link thread's endpoint.
 pub(crate) struct Node {
@@ -34,6 +71,7 @@ pub(crate) struct Node {
     udp: UdpSocketState,
     /// Receive slots, one per datagram (or GRO batch) a `recvmmsg` call may return.
     bufs: Vec<BytesMut>,
+    arenas: Arenas,
     meta: Vec<RecvMeta>,
     tx: Vec<u8>,
     scratch: Vec<u8>,
@@ -70,6 +108,7 @@ impl Node {
             socket,
             udp,
             bufs: (0..batch).map(|_| BytesMut::zeroed(ARENA)).collect(),
+            arenas: Arenas::default(),
             meta: vec![RecvMeta::default(); batch],
             tx: Vec::new(),
             scratch: Vec::new(),
@@ -110,7 +149,8 @@ impl Node {
                 let len = m.len.min(self.bufs[i].len());
                 let mut data = self.bufs[i].split_to(len);
                 if self.bufs[i].len() < MAX_RECEIVE {
-                    self.bufs[i] = BytesMut::zeroed(ARENA);
+                    let fresh = self.arenas.take();
+                    self.arenas.retire(std::mem::replace(&mut self.bufs[i], fresh));
                 }
                 let stride = m.stride.max(1);
                 while !data.is_empty() {
@@ -249,5 +289,29 @@ fn udp_ecn(e: quinn_proto::EcnCodepoint) -> quinn_udp::EcnCodepoint {
         quinn_proto::EcnCodepoint::Ect0 => quinn_udp::EcnCodepoint::Ect0,
         quinn_proto::EcnCodepoint::Ect1 => quinn_udp::EcnCodepoint::Ect1,
         quinn_proto::EcnCodepoint::Ce => quinn_udp::EcnCodepoint::Ce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An arena comes back whole once every slice cut from it is dropped, and not before.
+    #[test]
+    fn a_used_up_arena_is_reused_once_its_slices_are_dropped() {
+        let mut arenas = Arenas::default();
+        let mut a = arenas.take();
+        let start = a.as_ptr();
+        a[..4].copy_from_slice(b"data");
+        let held = a.split_to(ARENA - 1000).freeze();
+        arenas.retire(a);
+        let other = arenas.take();
+        assert_ne!(other.as_ptr(), start, "an arena still holding a slice was handed out");
+        arenas.retire(other);
+        drop(held);
+        // The first retired arena is free now; the second still is too (nothing holds it).
+        let again = arenas.take();
+        assert_eq!((again.as_ptr(), again.len()), (start, ARENA));
+        assert_eq!(&again[..4], b"data", "reused as it was, not zeroed again");
     }
 }
