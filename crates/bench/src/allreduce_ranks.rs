@@ -248,7 +248,12 @@ pub fn table(b: &AllreduceBench, rows: &[BenchRow]) -> String {
         b.chunk, b.iters
     );
     if rows.iter().any(|r| r.transport == "quic") {
-        out += &format!("# QUIC: {} offered first, sealed by {}\n", b.quic.cipher.name(), b.quic.crypto.name());
+        out += &format!(
+            "# QUIC: {} driver, {} offered first, sealed by {}\n",
+            b.quic.driver.name(),
+            b.quic.cipher.name(),
+            b.quic.crypto.name()
+        );
     }
     if b.show_cpu {
         out += "# cpu(ms): CPU time (user + sys) per operation, summed over the ranks counted; ns/B: that per byte of the buffer\n";

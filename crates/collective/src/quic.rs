@@ -1,6 +1,8 @@
-//! The QUIC driver: the ring over quinn, every rank authenticated by TLS 1.3 with certificates
-//! from the cluster CA, in both directions (a rank without a CA-signed certificate cannot
-//! connect, and cannot be connected to).
+//! The ring over QUIC: every rank authenticated by TLS 1.3 with certificates from the cluster
+//! CA, in both directions (a rank without a CA-signed certificate cannot connect, and cannot be
+//! connected to). This module holds the configuration both drivers use ([`quinn_configs`]), the
+//! choice between them ([`QuicDriver`]; the direct one is `crate::quic_direct`), and quinn's
+//! driver, described below.
 //!
 //! Each rank runs one endpoint: it accepts connections from its previous rank and opens them to
 //! its next (one each way, or [`QuicTuning::stripes`]). A neighbour in the same process is met
@@ -88,7 +90,7 @@ pub struct QuicTuning {
     /// The cipher suite offered first (the client's order decides).
     pub cipher: Cipher,
     /// What drives the connections: quinn's async layer, or link threads of ours over
-    /// quinn-proto ([`crate::quic_direct`]).
+    /// quinn-proto (`crate::quic_direct`).
     pub driver: QuicDriver,
 }
 
@@ -102,7 +104,7 @@ pub enum QuicDriver {
     Direct,
 }
 
-/// Direct where it runs (Linux): as fast as quinn with 65000-byte datagrams, 1.3-1.45x quinn's
+/// Direct where it runs (Linux): as fast as quinn with 65000-byte datagrams, 1.3-1.6x quinn's
 /// busbw where the path's MTU is Ethernet's (docs/BENCHMARKS.md, "The direct QUIC driver").
 impl Default for QuicDriver {
     fn default() -> Self {
@@ -416,7 +418,7 @@ pub struct QuicLinks {
 pub enum LinkStats {
     /// A quinn connection, asked directly.
     Quinn(Connection),
-    /// A link thread's connection ([`crate::quic_direct`]), as the thread last copied them (at
+    /// A link thread's connection (`crate::quic_direct`), as the thread last copied them (at
     /// most 10 ms old while data flows).
     Direct(Arc<std::sync::Mutex<Option<quinn::ConnectionStats>>>),
 }
