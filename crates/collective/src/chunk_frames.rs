@@ -5,10 +5,11 @@
 //! Why: reading a QUIC stream into a buffer of our own copies every byte once more after quinn
 //! has already copied and decrypted it — 5 % of a loopback all-reduce's CPU, measured with perf.
 //!
-//! Memory: a kept chunk is a slice of the buffer quinn received its datagram batch into, and
-//! keeps all of that buffer alive. A peer sending a few payload bytes per datagram could make
-//! kept slices pin many times the frame's size, so only chunks of at least [`MIN_KEPT`] bytes
-//! are kept (against buffers of at most 64 KiB: at most 4× the payload); smaller ones, and a
+//! Memory: a kept chunk is a slice of the buffer its datagram was received into, and keeps all
+//! of that buffer alive. A peer sending a few payload bytes per datagram could make kept slices
+//! pin many times the frame's size, so only chunks of at least [`MIN_KEPT`] bytes are kept
+//! (against quinn's buffers of at most 64 KiB, at most 4× the payload; the direct driver's
+//! 128 KiB arenas, at most 8×); smaller ones, and a
 //! value cut between two chunks, are gathered by copying, as a plain read would. So frames are
 //! reduced in place where datagrams are large (loopback, where MTU discovery goes to 65000
 //! bytes); on Ethernet-MTU paths the chunks are small and are gathered.

@@ -55,7 +55,10 @@ impl Inbound {
                 link = self.greet(now, &mut greetings);
             }
             let mut end = None;
-            if let Some((ch, id)) = link {
+            // With the queue full the stream is left unread: the previous rank's flow-control
+            // credit runs out and it waits, until the driver's reader makes room (and rings).
+            let throttled = link.is_some() && !self.inc.has_room();
+            if let Some((ch, id)) = link.filter(|_| !throttled) {
                 match self.node.conns.get_mut(&ch) {
                     Some(conn) => end = read_all(conn.recv_stream(id), usize::MAX, &mut batch),
                     None if !self.inc.ended() => end = Some(Err("the previous rank's connection is gone".into())),
@@ -75,7 +78,9 @@ impl Inbound {
                 let timeout = wake.map(|t| t.saturating_duration_since(Instant::now()));
                 use std::os::fd::AsRawFd;
                 let inc = self.inc.clone();
-                self.inc.bell.sleep(self.node.socket.as_raw_fd(), self.node.blocked.is_some(), timeout, || inc.abandoned());
+                self.inc.bell.sleep(self.node.socket.as_raw_fd(), self.node.blocked.is_some(), timeout, || {
+                    inc.abandoned() || (throttled && inc.has_room())
+                });
             }
         }
     }
@@ -127,8 +132,8 @@ impl Inbound {
                 got.iter().for_each(|c| g.hello.extend_from_slice(c));
             }
             if g.hello.len() == 20 {
-                // Everything but the stripe index must be what the previous rank sends.
-                if g.hello[..19] == self.want_hello[..19] && chosen.is_none() {
+                // All of it, stripe index 0 of 1 included: this driver has no stripes.
+                if g.hello[..] == self.want_hello[..] && chosen.is_none() {
                     chosen = Some((*ch, g.stream.expect("a hello came on a stream")));
                 } else {
                     turned_away.push((*ch, "a hello for another ring, rank, generation or frame size"));
@@ -148,7 +153,6 @@ impl Inbound {
         if let Some((ch, _)) = chosen {
             greetings.remove(&ch);
             // Formed: this endpoint accepts no one else; those still being greeted are closed.
-            self.node.admit = false;
             self.node.ep.set_server_config(None);
             for (other, _) in greetings.drain() {
                 if let Some(conn) = self.node.conns.get_mut(&other) {

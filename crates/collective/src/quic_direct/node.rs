@@ -20,12 +20,14 @@ use crate::transport::Refusals;
 const MAX_RECEIVE: usize = 64 << 10;
 
 /// Each receive slot's arena: datagrams are cut from its front as they arrive, densely, and a
-/// fresh arena replaces it once less than [`MAX_RECEIVE`] is left. Densely, because quinn-proto
-/// keeps slices of received datagrams (stream data the ring reads in place), and a slice keeps
-/// its whole buffer alive: one 64 KiB buffer per 1452-byte datagram would pin 45 times the
-/// data, and zeroing it cost more than receiving it. Used-up arenas are kept ([`Arenas`]) and
-/// taken again once quinn-proto and the ring have dropped every slice of them.
-const ARENA: usize = 256 << 10;
+/// fresh arena replaces it once less than [`MAX_RECEIVE`] is left (so it takes two 65000-byte
+/// datagrams, or ninety 1452-byte ones). Densely, because quinn-proto keeps slices of received
+/// datagrams (stream data the ring reads in place), and a slice keeps its whole buffer alive:
+/// one 64 KiB buffer per 1452-byte datagram would pin 45 times the data, and zeroing it cost
+/// more than receiving it. A kept piece of at least `chunk_frames::MIN_KEPT` (16 KiB) pins at
+/// most 8 times its size. Used-up arenas are kept ([`Arenas`]) and taken again once quinn-proto
+/// and the ring have dropped every slice of them.
+const ARENA: usize = 2 * MAX_RECEIVE;
 
 /// Used-up arenas, oldest first, waiting for their slices to be dropped.
 const RETIRED: usize = 64;
@@ -75,12 +77,14 @@ pub(crate) struct Node {
     meta: Vec<RecvMeta>,
     tx: Vec<u8>,
     scratch: Vec<u8>,
-    max_segments: usize,
+    /// The most datagrams one GSO send may carry at this MTU bound (quinn-udp's own limit, which
+    /// drops to 1 when the device refuses offload, is applied at each send).
+    gso_cap: usize,
     /// A transmit the socket had no room for, sent before anything else.
     pub(crate) blocked: Option<(Vec<u8>, Transmit)>,
-    /// Whether new connections are accepted (a listening node, until its ring forms).
-    pub(crate) admit: bool,
-    /// Connections accepted and not yet greeted, counted by the caller.
+    /// Connections accepted and not yet greeted, counted by the caller. (Once the ring forms the
+    /// caller removes the server configuration, and quinn-proto answers strangers' Initials
+    /// statelessly, as quinn's driver does: nothing is accepted, and nothing reported.)
     pub(crate) waiting: usize,
     /// Connections accepted since the caller last looked.
     pub(crate) accepted: Vec<ConnectionHandle>,
@@ -99,11 +103,11 @@ impl Node {
     ) -> std::io::Result<Node> {
         socket.set_nonblocking(true)?;
         let udp = UdpSocketState::new((&socket).into())?;
-        let max_segments = udp.max_gso_segments().min(crate::quic::max_gso_segments(mtu_bound));
         let batch = quinn_udp::BATCH_SIZE.min(recv_slots).max(1);
-        let admit = server.is_some();
+        // Path MTU discovery only where the socket forbids fragmentation (as quinn decides).
+        let mtud = !udp.may_fragment();
         Ok(Node {
-            ep: Endpoint::new(Arc::new(endpoint), server.map(Arc::new), true, None),
+            ep: Endpoint::new(Arc::new(endpoint), server.map(Arc::new), mtud, None),
             conns: HashMap::new(),
             socket,
             udp,
@@ -112,9 +116,8 @@ impl Node {
             meta: vec![RecvMeta::default(); batch],
             tx: Vec::new(),
             scratch: Vec::new(),
-            max_segments,
+            gso_cap: crate::quic::max_gso_segments(mtu_bound),
             blocked: None,
-            admit,
             waiting: 0,
             accepted: Vec::new(),
             refusals,
@@ -181,10 +184,10 @@ impl Node {
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
                 let peer = incoming.remote_address();
-                if !self.admit || self.waiting + self.accepted.len() >= MAX_INCOMING {
+                if self.waiting + self.accepted.len() >= MAX_INCOMING {
                     let t = self.ep.refuse(incoming, &mut self.scratch);
                     self.send_once(&t);
-                    self.refused(peer, if self.admit { "too many connections waiting to be greeted" } else { "the ring has formed" });
+                    self.refused(peer, "too many connections waiting to be greeted");
                     return;
                 }
                 match self.ep.accept(incoming, now, &mut self.scratch, None) {
@@ -232,7 +235,8 @@ impl Node {
     /// Sends everything the connections have to send; whether anything went. Stops at a full
     /// socket, keeping the transmit for the next call.
     pub(crate) fn transmit(&mut self, now: Instant) -> bool {
-        let Node { conns, udp, socket, tx, blocked, max_segments, .. } = self;
+        let Node { conns, udp, socket, tx, blocked, gso_cap, .. } = self;
+        let max_segments = udp.max_gso_segments().min(*gso_cap).max(1);
         if let Some((buf, t)) = blocked.take()
             && !try_send(udp, socket, &buf, &t)
         {
@@ -243,7 +247,7 @@ impl Node {
         for conn in conns.values_mut() {
             loop {
                 tx.clear();
-                let Some(t) = conn.poll_transmit(now, *max_segments, tx) else { break };
+                let Some(t) = conn.poll_transmit(now, max_segments, tx) else { break };
                 if !try_send(udp, socket, tx, &t) {
                     *blocked = Some((std::mem::take(tx), t));
                     return true;

@@ -1,7 +1,7 @@
 //! The outbound link thread: connects to the next rank (trying again until it answers), sends the
 //! hello, then moves the driver's queued chunks into the stream as quinn-proto's flow control
-//! allows. Closing finishes the stream and waits, at most [`CLOSE_ACK_WAIT`], for the next rank
-//! to acknowledge all of it.
+//! allows. Closing moves what is still queued into the stream, finishes it, and waits for the
+//! next rank to acknowledge all of it: at most [`CLOSE_ACK_WAIT`] from the driver's close.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,9 +17,11 @@ use super::node::Node;
 use super::queues::Outgoing;
 use crate::quic::CLOSE_ACK_WAIT;
 
-/// The first wait for an unanswered connection attempt before another replaces it; it doubles
-/// up to [`MAX_RETRY`]. A next rank that is not listening yet drops our Initial packets, and
-/// QUIC's own retransmission backs off from a second.
+/// The first wait for a connection attempt that has heard nothing back before another replaces
+/// it; it doubles up to [`MAX_RETRY`]. A next rank that is not listening yet drops our Initial
+/// packets, and QUIC's own retransmission backs off from a second. An attempt the next rank has
+/// answered is left to finish its handshake (or fail): replacing it would leave the next rank
+/// greeting a connection nobody uses.
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
@@ -46,8 +48,9 @@ enum Link {
     /// Trying: the attempt in flight, when the next replaces it, the wait after that, and why
     /// the last one failed.
     Connecting { ch: Option<ConnectionHandle>, next_try: Instant, wait: Duration, last_error: Option<String> },
-    /// Streaming on `id`; `finishing` holds the deadline once the stream is finished.
-    Open { ch: ConnectionHandle, id: StreamId, finishing: Option<Instant> },
+    /// Streaming on `id`: first what is left of the hello, then the driver's chunks.
+    /// `close_by` is set when the driver closes, `finished` once the stream is finished.
+    Open { ch: ConnectionHandle, id: StreamId, hello: Bytes, close_by: Option<Instant>, finished: bool },
     /// Done (closed or failed): the thread leaves when the driver does.
     Done,
 }
@@ -76,7 +79,7 @@ impl Outbound {
                 if now >= self.deadline {
                     let why = last_error.clone().unwrap_or_else(|| "no answer".into());
                     self.fail(&mut link, why);
-                } else if now >= *next_try {
+                } else if now >= *next_try && ch.is_none_or(|c| self.node.conns.get(&c).is_none_or(|c| c.stats().udp_rx.datagrams == 0)) {
                     if let Some(old) = ch.take().and_then(|c| self.node.conns.get_mut(&c)) {
                         old.close(now, VarInt::from_u32(0), Bytes::from_static(b"retrying"));
                     }
@@ -109,9 +112,11 @@ impl Outbound {
                 let timeout = wake.map(|t| t.saturating_duration_since(Instant::now()));
                 let out = self.out.clone();
                 let has_queue = matches!(link, Link::Open { .. });
+                // A close already acted on is not new work (it would wake the thread forever).
+                let close_seen = matches!(link, Link::Open { close_by: Some(_), .. });
                 self.out.bell.sleep(self.node.socket.as_raw_fd(), self.node.blocked.is_some(), timeout, || {
                     let s = out.lock();
-                    s.abandoned || (has_queue && (!s.chunks.is_empty() || s.closing))
+                    s.abandoned || (has_queue && (!s.chunks.is_empty() || (s.closing && !close_seen)))
                 });
             }
         }
@@ -124,11 +129,12 @@ impl Outbound {
             while let Some(ev) = conn.poll() {
                 match (ev, &mut *link) {
                     (Event::Connected, Link::Connecting { ch: Some(c), .. }) if c == h => {
-                        let id = conn.streams().open(Dir::Uni).expect("a new connection has stream credit");
-                        let mut hello = [Bytes::copy_from_slice(&self.hello)];
-                        // A new stream's window always takes 20 bytes.
-                        let _ = conn.send_stream(id).write_chunks(&mut hello);
-                        *link = Link::Open { ch: *h, id, finishing: None };
+                        let Some(id) = conn.streams().open(Dir::Uni) else {
+                            lost = Some("the next rank allows no stream".to_string());
+                            continue;
+                        };
+                        let hello = Bytes::copy_from_slice(&self.hello);
+                        *link = Link::Open { ch: *h, id, hello, close_by: None, finished: false };
                         *self.stats.lock().expect("never poisoned") = Some(conn.stats());
                         if let Some(tx) = self.formed.take() {
                             let _ = tx.send(Ok(()));
@@ -144,7 +150,7 @@ impl Outbound {
                     (Event::Stream(StreamEvent::Stopped { error_code, .. }), Link::Open { ch, .. }) if ch == h => {
                         lost = Some(format!("the next rank stopped reading (code {error_code})"));
                     }
-                    (Event::Stream(StreamEvent::Finished { .. }), Link::Open { ch, finishing: Some(_), .. }) if ch == h => {
+                    (Event::Stream(StreamEvent::Finished { .. }), Link::Open { ch, finished: true, .. }) if ch == h => {
                         // Every byte acknowledged: the close is complete.
                         self.out.set_closed();
                         conn.close(now, VarInt::from_u32(0), Bytes::from_static(b"done"));
@@ -159,9 +165,10 @@ impl Outbound {
         }
     }
 
-    /// Moves queued chunks into the stream; finishes it once the driver closed and all went.
+    /// Moves the hello, then queued chunks, into the stream; finishes it once the driver closed
+    /// and all went.
     fn write(&mut self, now: Instant, link: &mut Link, pending: &mut VecDeque<Bytes>) -> bool {
-        let Link::Open { ch, id, finishing } = link else { return false };
+        let Link::Open { ch, id, hello, close_by, finished } = link else { return false };
         let Some(conn) = self.node.conns.get_mut(ch) else {
             self.fail(link, "the connection to the next rank is gone".into());
             return false;
@@ -171,8 +178,20 @@ impl Outbound {
             pending.extend(s.chunks.drain(..));
             s.closing
         };
+        if closing && close_by.is_none() {
+            *close_by = Some(now + CLOSE_ACK_WAIT);
+        }
+        let mut progress = false;
+        if !hello.is_empty() {
+            // Not counted in the queue's bytes: the hello never was in it.
+            let mut h = [std::mem::take(hello)];
+            if let Ok(w) = conn.send_stream(*id).write_chunks(&mut h) {
+                progress = w.bytes > 0;
+            }
+            *hello = std::mem::take(&mut h[0]);
+        }
         let mut taken = 0;
-        while !pending.is_empty() {
+        while hello.is_empty() && !pending.is_empty() {
             match conn.send_stream(*id).write_chunks(pending.make_contiguous()) {
                 Ok(w) if w.bytes > 0 => {
                     taken += w.bytes;
@@ -184,20 +203,18 @@ impl Outbound {
         if taken > 0 {
             self.out.taken(taken);
         }
-        match finishing {
-            None if closing && pending.is_empty() => {
-                let _ = conn.send_stream(*id).finish();
-                *finishing = Some(now + CLOSE_ACK_WAIT);
-            }
-            Some(by) if now >= *by => {
-                // The next rank did not acknowledge in time (it is gone): close anyway.
-                self.out.set_closed();
-                conn.close(now, VarInt::from_u32(0), Bytes::from_static(b"done"));
-                *link = Link::Done;
-            }
-            _ => {}
+        if closing && !*finished && hello.is_empty() && pending.is_empty() {
+            let _ = conn.send_stream(*id).finish();
+            *finished = true;
         }
-        taken > 0
+        if close_by.is_some_and(|by| now >= by) {
+            // Not all written and acknowledged in time (the next rank is gone or stopped
+            // reading): close anyway.
+            self.out.set_closed();
+            conn.close(now, VarInt::from_u32(0), Bytes::from_static(b"done"));
+            *link = Link::Done;
+        }
+        progress || taken > 0
     }
 
     fn copy_stats(&self, link: &Link) {
@@ -227,7 +244,7 @@ impl Outbound {
 
 fn finish_deadline(link: &Link) -> Option<Instant> {
     match link {
-        Link::Open { finishing, .. } => *finishing,
+        Link::Open { close_by, .. } => *close_by,
         _ => None,
     }
 }

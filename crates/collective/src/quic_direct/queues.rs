@@ -89,6 +89,11 @@ impl Outgoing {
     }
 }
 
+/// Stream bytes the inbound thread may have handed over and the driver's reader not yet taken:
+/// beyond it the thread stops reading, and QUIC's flow control makes the previous rank wait
+/// (what is queued also keeps receive arenas alive).
+pub(crate) const INBOUND_LIMIT: usize = 8 << 20;
+
 /// The inbound link's queue: stream chunks on their way to the driver's reader.
 #[derive(Debug)]
 pub(crate) struct Incoming {
@@ -99,6 +104,8 @@ pub(crate) struct Incoming {
 #[derive(Debug, Default)]
 struct InState {
     chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    queued: usize,
     /// The stream ended: cleanly, or why not.
     end: Option<Result<(), String>>,
     reader: Option<Waker>,
@@ -121,6 +128,7 @@ impl Incoming {
         }
         let waker = {
             let mut s = self.lock();
+            s.queued += chunks.iter().map(Bytes::len).sum::<usize>();
             s.chunks.extend(chunks.drain(..));
             if s.end.is_none() {
                 s.end = end;
@@ -130,6 +138,11 @@ impl Incoming {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Whether the thread may read more from the stream ([`INBOUND_LIMIT`]).
+    pub(crate) fn has_room(&self) -> bool {
+        self.lock().queued < INBOUND_LIMIT
     }
 
     /// Whether the driver's reader is gone.
@@ -251,8 +264,15 @@ impl DirectRecv {
         }
         let mut s = self.inc.lock();
         std::mem::swap(&mut self.local, &mut s.chunks);
-        if let Some(c) = self.local.pop_front() {
-            return Poll::Ready(Ok(Some(c)));
+        if !self.local.is_empty() {
+            let was_full = s.queued >= INBOUND_LIMIT;
+            s.queued = 0;
+            drop(s);
+            if was_full {
+                // The thread stopped reading for want of room: there is room now.
+                self.inc.bell.ring();
+            }
+            return Poll::Ready(Ok(self.local.pop_front()));
         }
         match &s.end {
             Some(Ok(())) => Poll::Ready(Ok(None)),
@@ -275,5 +295,31 @@ impl Drop for DirectRecv {
 impl ChunkSource for DirectRecv {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
         poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inbound thread stops reading at the limit, and the reader's next take makes room.
+    #[test]
+    fn a_full_inbound_queue_has_no_room_until_the_reader_takes_from_it() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let inc = Incoming::new(Arc::new(Bell::new().unwrap()));
+        let mut recv = DirectRecv::new(inc.clone());
+        let mut chunks: Vec<Bytes> = (0..9).map(|_| Bytes::from(vec![7u8; 1 << 20])).collect();
+        inc.push(&mut chunks, None);
+        assert!(!inc.has_room(), "9 MiB queued is over the limit");
+        let first = rt.block_on(recv.next_chunk()).unwrap().unwrap();
+        assert_eq!(first.len(), 1 << 20);
+        assert!(inc.has_room(), "the reader took the queue: room again");
+        // What was taken in one lock is still handed out in order, then the end.
+        inc.push(&mut Vec::new(), Some(Ok(())));
+        let mut rest = 0;
+        while let Some(c) = rt.block_on(recv.next_chunk()).unwrap() {
+            rest += c.len();
+        }
+        assert_eq!(rest, 8 << 20);
     }
 }
