@@ -14,7 +14,7 @@ missing; `--gloo torch` runs torch.distributed's Gloo backend instead
 (benches/gloo_allreduce_baseline.py, Debian's python3-torch).
 
 More ringsam variants in the same rounds: `--variant LABEL:TRANSPORT:FLAGS`, e.g.
-`--variant "quic-4s:quic:--quic_stripes 4"` (repeatable); `--base-ringsam PATH` adds TCP and QUIC
+`--variant "quic-4s:quic:--quic_driver quinn --quic_stripes 4"` (repeatable; stripes are quinn's driver's); `--base-ringsam PATH` adds TCP and QUIC
 rows of another build (the one before a change), so a change is judged within one run.
 """
 import argparse

@@ -263,11 +263,13 @@ pub(crate) struct BenchAllreduceArgs {
     /// loopback, 1452 otherwise; 8952 suits a 9000-byte jumbo-frame network).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65000))]
     pub(crate) quic_mtu: Option<u16>,
-    /// QUIC connections per ring neighbour, chunks striped over them: each connection's crypto
-    /// runs on one task, so stripes (with --ring-threads above 1) spread it over cores.
+    /// QUIC connections per ring neighbour, chunks striped over them (quinn's driver only:
+    /// --quic_driver quinn): each connection's crypto runs on one task, so stripes (with
+    /// --ring-threads above 1) spread it over cores.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
     pub(crate) quic_stripes: u64,
-    /// Threads each rank's ring runs on (socket reads, reductions, writes, QUIC's crypto). 0
+    /// Threads each rank's ring runs on (socket reads, reductions, writes; QUIC's crypto with
+    /// quinn's driver, where the direct one has two threads of its own). 0
     /// (default): the cores this host has per local rank, 1 to 4 (one rank per host with
     /// --rank); docs/BENCHMARKS.md has what each count measured.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=64))]

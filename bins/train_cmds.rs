@@ -68,6 +68,12 @@ pub struct WorkerArgs {
     /// This node's private key (QUIC).
     #[arg(long, env = "RINGSAM_KEY")]
     pub key: Option<PathBuf>,
+    /// What drives QUIC's connections: direct (two threads per ring over quinn-proto; Linux,
+    /// the default there) or quinn (quinn's async driver). Workers `launch` starts read
+    /// RINGSAM_QUIC_DRIVER from its environment.
+    #[arg(long, env = "RINGSAM_QUIC_DRIVER", default_value_t = ringsam_collective::quic::QuicDriver::default(),
+          value_parser = ringsam_collective::quic::QuicDriver::parse)]
+    pub quic_driver: ringsam_collective::quic::QuicDriver,
     /// Seconds to wait for every peer to come up and the rings to form (1 to a week).
     #[arg(long, env = "RINGSAM_CONNECT_TIMEOUT", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=ringsam_train::config::MAX_TIMEOUT_SECONDS))]
@@ -245,7 +251,7 @@ fn transport_of(args: &WorkerArgs) -> Result<Transport> {
             ca: need(&args.ca, "--ca")?,
             cert: need(&args.cert, "--cert")?,
             key: need(&args.key, "--key")?,
-            tuning: QuicTuning::default(),
+            tuning: QuicTuning { driver: args.quic_driver, ..QuicTuning::default() },
         }
     })
 }

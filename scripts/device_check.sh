@@ -178,10 +178,11 @@ PY
   if want ring; then
     part "loopback ring vs Gloo (4 processes, 64 MiB, ring threads ${RING_THREADS:-1}, QUIC stripes ${QUIC_STRIPES:-1})"
     # The GPU host has PyTorch (its Gloo) but no libgloo-dev and no package mirror: --gloo torch.
-    stripes=()
-    [ "${QUIC_STRIPES:-1}" != 1 ] && stripes=(--variant "quic-${QUIC_STRIPES}s:quic:--quic_stripes ${QUIC_STRIPES}")
+    # QUIC's direct driver (the default) against quinn's; stripes are quinn's alone.
+    variants=(--variant "quic-quinn:quic:--quic_driver quinn")
+    [ "${QUIC_STRIPES:-1}" != 1 ] && variants+=(--variant "quic-${QUIC_STRIPES}s:quic:--quic_driver quinn --quic_stripes ${QUIC_STRIPES}")
     timeout 400 python3 benches/allreduce_vs_gloo.py --nproc 4 --size 64M --rounds 3 --gloo torch \
-      --ring-threads "${RING_THREADS:-1}" "${stripes[@]}" 2>&1 | tail -16
+      --ring-threads "${RING_THREADS:-1}" "${variants[@]}" 2>&1 | tail -17
   fi
 
   if want netns; then

@@ -60,6 +60,34 @@ fn unknown_model_is_a_clear_error_with_exit_code_2() {
     assert!(err.contains("WideResnet99x1") && err.contains("6n+4"), "{err}");
 }
 
+/// The QUIC driver flag, on the commands that form rings: an unknown driver is a usage error
+/// that names the choices, and the driver a bench run used is in its table's header.
+#[test]
+fn an_unknown_quic_driver_is_refused_and_the_one_used_is_named() {
+    for cmd in [&["worker", "--rank", "0", "--world_size", "2", "--peers", "127.0.0.1:1,127.0.0.1:2"][..], &["bench", "allreduce"][..]] {
+        let out = ringsam(&[cmd, &["--quic_driver", "fast"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("expected quinn or direct"), "{cmd:?}: {err}");
+    }
+    let _ports = crate::util::ports_lock();
+    let out = stdout_ok(&ringsam(&[
+        "bench",
+        "allreduce",
+        "--nproc",
+        "2",
+        "--transport",
+        "quic",
+        "--quic_driver",
+        "quinn",
+        "--sizes",
+        "4K",
+        "--iters",
+        "1",
+    ]));
+    assert!(out.contains("# QUIC: quinn driver,"), "{out}");
+}
+
 #[test]
 fn zero_threads_is_rejected() {
     let out = ringsam(&["--threads", "0", "models"]);

@@ -80,9 +80,10 @@ pub struct QuicTuning {
     /// QUIC's default of every second packet). Fewer ACKs are fewer datagrams to send, encrypt
     /// and receive.
     pub ack_every: Option<u32>,
-    /// Connections per ring neighbour, chunks striped over them (see [`crate::driver`]). quinn
-    /// encrypts and decrypts a connection's packets on one task, so one connection uses one core
-    /// for its crypto however many the runtime has; stripes spread it.
+    /// Connections per ring neighbour, chunks striped over them (see [`crate::driver`]); quinn's
+    /// driver only (the direct one refuses more than 1). quinn encrypts and decrypts a
+    /// connection's packets on one task, so one connection uses one core for its crypto however
+    /// many the runtime has; stripes spread it.
     pub stripes: usize,
     /// The library that runs TLS's cipher (default: the one with the wider AES-GCM on this CPU,
     /// [`CryptoLib::fastest_here`]).
@@ -105,7 +106,8 @@ pub enum QuicDriver {
 }
 
 /// Direct where it runs (Linux): as fast as quinn with 65000-byte datagrams, 1.3-1.6x quinn's
-/// busbw where the path's MTU is Ethernet's (docs/BENCHMARKS.md, "The direct QUIC driver").
+/// busbw at Ethernet's MTU where the CPU is the limit (level at 1 Gbit/s, where both reach the
+/// line, with 37-42 % less CPU): docs/BENCHMARKS.md, "The direct QUIC driver".
 impl Default for QuicDriver {
     fn default() -> Self {
         if cfg!(target_os = "linux") { QuicDriver::Direct } else { QuicDriver::Quinn }

@@ -36,6 +36,8 @@ impl Inbound {
     pub(crate) fn run(mut self) {
         let mut greetings: HashMap<ConnectionHandle, Greeting> = HashMap::new();
         let mut link: Option<(ConnectionHandle, StreamId)> = None;
+        // Why the link's connection ended, until what it still holds has been read.
+        let mut link_lost: Option<String> = None;
         let mut batch: Vec<Bytes> = Vec::new();
         loop {
             let now = Instant::now();
@@ -50,19 +52,27 @@ impl Inbound {
             for ch in self.node.accepted.drain(..) {
                 greetings.insert(ch, Greeting { stream: None, hello: Vec::new(), deadline: now + GREETING });
             }
-            self.events(&mut greetings, link);
+            self.events(&mut greetings, link, &mut link_lost);
             if link.is_none() {
                 link = self.greet(now, &mut greetings);
             }
             let mut end = None;
             // With the queue full the stream is left unread: the previous rank's flow-control
             // credit runs out and it waits, until the driver's reader makes room (and rings).
-            let throttled = link.is_some() && !self.inc.has_room();
+            // Not once the connection has ended: what quinn-proto still holds (a stream window
+            // at most) is read now, or it would go with the connection.
+            let throttled = link.is_some() && link_lost.is_none() && !self.inc.has_room();
             if let Some((ch, id)) = link.filter(|_| !throttled) {
                 match self.node.conns.get_mut(&ch) {
                     Some(conn) => end = read_all(conn.recv_stream(id), usize::MAX, &mut batch),
                     None if !self.inc.ended() => end = Some(Err("the previous rank's connection is gone".into())),
                     None => {}
+                }
+                // The connection ended before the stream did: the rest of the stream is lost.
+                if let Some(why) = link_lost.take()
+                    && end.is_none()
+                {
+                    end = Some(Err(format!("the previous rank's connection was lost: {why}")));
                 }
             }
             progress |= !batch.is_empty();
@@ -85,8 +95,13 @@ impl Inbound {
         }
     }
 
-    /// Connection events: streams opened, connections lost.
-    fn events(&mut self, greetings: &mut HashMap<ConnectionHandle, Greeting>, link: Option<(ConnectionHandle, StreamId)>) {
+    /// Connection events: streams opened, connections lost (the link's is noted in `link_lost`).
+    fn events(
+        &mut self,
+        greetings: &mut HashMap<ConnectionHandle, Greeting>,
+        link: Option<(ConnectionHandle, StreamId)>,
+        link_lost: &mut Option<String>,
+    ) {
         let mut refused = Vec::new();
         for (ch, conn) in self.node.conns.iter_mut() {
             while let Some(ev) = conn.poll() {
@@ -99,14 +114,23 @@ impl Inbound {
                         }
                     }
                     Event::ConnectionLost { reason } => {
-                        if greetings.remove(ch).is_some() {
+                        // A peer that closes before its hello chose to leave (the previous rank
+                        // replacing an attempt it had given up on does): nothing was refused.
+                        // During the handshake an application's close travels as the transport's
+                        // APPLICATION_ERROR.
+                        use quinn_proto::{ConnectionError, TransportErrorCode};
+                        let left = match &reason {
+                            ConnectionError::ApplicationClosed(_) => true,
+                            ConnectionError::ConnectionClosed(c) => c.error_code == TransportErrorCode::APPLICATION_ERROR,
+                            _ => false,
+                        };
+                        if greetings.remove(ch).is_some() && !left {
                             refused.push((
                                 conn.remote_address(),
                                 format!("TLS handshake failed or connection lost before its hello: {reason}"),
                             ));
-                        } else if link.is_some_and(|(l, _)| l == *ch) && !self.inc.ended() {
-                            let mut none = Vec::new();
-                            self.inc.push(&mut none, Some(Err(format!("the previous rank's connection was lost: {reason}"))));
+                        } else if link.is_some_and(|(l, _)| l == *ch) {
+                            *link_lost = Some(reason.to_string());
                         }
                     }
                     _ => {}

@@ -6,9 +6,11 @@
 //!
 //! Why: measured on loopback, quinn-proto itself (AEAD, packetising, acknowledgements) costs
 //! 0.4–0.5 ns per byte per hop at 65000-byte datagrams, while the ring over quinn paid about
-//! twice TCP's CPU per byte; the difference was quinn's async layer (docs/BENCHMARKS.md, "What
-//! any QUIC ring pays"). Two threads instead of one also put a rank's encryption (outbound) and
-//! decryption (inbound) on different cores.
+//! twice TCP's CPU per byte on the VM of that measurement; the difference was quinn's async
+//! layer (docs/BENCHMARKS.md, "What any QUIC ring pays"). Where per-datagram work dominates
+//! (Ethernet's MTU) this driver moves 1.3–1.6× quinn's busbw ("The direct QUIC driver"). Two
+//! threads instead of one also put a rank's encryption (outbound) and decryption (inbound) on
+//! different cores.
 //!
 //! Same wire, same trust as [`crate::quic`]: mutual TLS 1.3 against the cluster CA, the same
 //! hello, the same frames, so either driver's rank can be the other's neighbour. One connection
@@ -41,7 +43,7 @@ use queues::{DirectRecv, DirectSend, Incoming, Outgoing};
 pub(crate) type SharedStats = Arc<Mutex<Option<quinn_proto::ConnectionStats>>>;
 
 /// Datagrams one `recvmmsg` may return on the inbound link (the data) and the outbound one (its
-/// acknowledgements); each slot holds a 256 KiB arena.
+/// acknowledgements); each slot holds a 128 KiB arena.
 const INBOUND_SLOTS: usize = 16;
 const OUTBOUND_SLOTS: usize = 4;
 

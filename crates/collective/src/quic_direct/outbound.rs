@@ -79,7 +79,10 @@ impl Outbound {
                 if now >= self.deadline {
                     let why = last_error.clone().unwrap_or_else(|| "no answer".into());
                     self.fail(&mut link, why);
-                } else if now >= *next_try && ch.is_none_or(|c| self.node.conns.get(&c).is_none_or(|c| c.stats().udp_rx.datagrams == 0)) {
+                } else if now >= *next_try && ch.is_some_and(|c| self.node.conns.get(&c).is_some_and(|c| c.stats().udp_rx.datagrams > 0)) {
+                    // Answered: left to finish its handshake (or fail); look again later.
+                    *next_try = now + *wait;
+                } else if now >= *next_try {
                     if let Some(old) = ch.take().and_then(|c| self.node.conns.get_mut(&c)) {
                         old.close(now, VarInt::from_u32(0), Bytes::from_static(b"retrying"));
                     }
