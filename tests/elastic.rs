@@ -37,6 +37,8 @@ struct Job {
     steps: &'static str,
     /// Slots (3 unless a test asks for more).
     world: usize,
+    /// Over QUIC, the certificates' directory (`ringsam certs`); over TCP (the default), none.
+    quic_certs: Option<PathBuf>,
 }
 
 impl Job {
@@ -48,7 +50,31 @@ impl Job {
     fn of(world: usize, min: &'static str, model: &'static str) -> Job {
         let ports: Vec<u16> = free_port_pairs(world);
         let peers = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        Job { out: tempfile::tempdir().unwrap(), peers, min, model, steps: STEPS, world }
+        Job { out: tempfile::tempdir().unwrap(), peers, min, model, steps: STEPS, world, quic_certs: None }
+    }
+
+    /// A job of three slots whose rings run over QUIC (its default driver).
+    fn over_quic(min: &'static str, model: &'static str) -> Job {
+        let job = Self::new(min, model);
+        let dir = job.out.path().join("certs");
+        crate::util::stdout_ok(&crate::util::ringsam(&["certs", "--out", dir.to_str().unwrap(), "--nodes", "3"]));
+        Job { quic_certs: Some(dir), ..job }
+    }
+
+    /// `--transport` and, over QUIC, slot `slot`'s certificate flags.
+    fn transport_flags(&self, slot: usize) -> Vec<String> {
+        let Some(dir) = &self.quic_certs else { return vec!["--transport".into(), "tcp".into()] };
+        let file = |f: String| dir.join(f).to_str().unwrap().to_string();
+        vec![
+            "--transport".into(),
+            "quic".into(),
+            "--ca".into(),
+            file("ca.pem".into()),
+            "--cert".into(),
+            file(format!("node-{slot}.pem")),
+            "--key".into(),
+            file(format!("node-{slot}.key")),
+        ]
     }
 
     fn log(&self, slot: usize) -> PathBuf {
@@ -70,7 +96,8 @@ impl Job {
                 "--peers",
                 &self.peers,
             ])
-            .args(["--transport", "tcp", "--min_replicas", self.min, "--heartbeat_seconds", "0.2", "--rendezvous_settle_seconds", "0.5"])
+            .args(self.transport_flags(slot))
+            .args(["--min_replicas", self.min, "--heartbeat_seconds", "0.2", "--rendezvous_settle_seconds", "0.5"])
             .args(["--connect_timeout", "30"])
             .args(TRAIN)
             .args(["--model_name", self.model])
@@ -230,16 +257,20 @@ fn a_worker_stopped_by_sigterm_leaves_alone_and_the_run_ends_bitwise() {
     assert_same_samples(&job, &taken, "SIGTERM to one worker");
 }
 
+/// Over TCP and over QUIC (whose default driver's link threads must see the killed rank's
+/// neighbours fail, stop, and form the next generation's rings).
 #[test]
 fn survivors_go_on_as_two_and_end_equal_within_summation_order() {
     let _ports = crate::util::ports_lock();
     let (reference, taken) = uninterrupted("SmallCnn");
-    let job = Job::new("2", "SmallCnn");
-    finish(start_and_kill_slot_2(&job), &job);
-    let log0 = job.text(0);
-    assert!(log0.contains("2 replicas (slots 0,1)"), "went on as two:\n{log0}");
-    assert_within_summation_order(&final_model(&job.run_dir()), &reference);
-    assert_same_samples(&job, &taken, "3 → 2");
+    for job in [Job::new("2", "SmallCnn"), Job::over_quic("2", "SmallCnn")] {
+        let over = if job.quic_certs.is_some() { "QUIC" } else { "TCP" };
+        finish(start_and_kill_slot_2(&job), &job);
+        let log0 = job.text(0);
+        assert!(log0.contains("2 replicas (slots 0,1)"), "{over}: went on as two:\n{log0}");
+        assert_within_summation_order(&final_model(&job.run_dir()), &reference);
+        assert_same_samples(&job, &taken, &format!("3 → 2 over {over}"));
+    }
 }
 
 /// A worker cut off (here: stopped) while the others finish the run must not wait forever for a
