@@ -79,18 +79,10 @@ fn kill_a_rank_mid_operation(transport: &str, certs: &std::path::Path) {
     let peers = ports.join(",");
     let mut kids: Vec<_> = (0..3)
         .map(|r| {
-            let file = |f: String| certs.join(f).to_str().unwrap().to_string();
-            let quic_files = [
-                "--ca".into(),
-                file("ca.pem".into()),
-                "--cert".into(),
-                file(format!("node-{r}.pem")),
-                "--key".into(),
-                file(format!("node-{r}.key")),
-            ];
+            let quic_files = if transport == "quic" { crate::util::quic_cert_flags(certs, r) } else { Vec::new() };
             Command::new(env!("CARGO_BIN_EXE_ringsam"))
                 .args(["bench", "allreduce", "--transport", transport])
-                .args(if transport == "quic" { &quic_files[..] } else { &[] })
+                .args(&quic_files)
                 .args(["--sizes", "64M", "--iters", "50", "--timeout", "5", "--rank", &r.to_string(), "--peers", &peers])
                 .env("RINGSAM_CLUSTER_SECRET", "a-test-secret-of-some-length")
                 .env("RINGSAM_THREADS", "1")

@@ -64,17 +64,7 @@ impl Job {
     /// `--transport` and, over QUIC, slot `slot`'s certificate flags.
     fn transport_flags(&self, slot: usize) -> Vec<String> {
         let Some(dir) = &self.quic_certs else { return vec!["--transport".into(), "tcp".into()] };
-        let file = |f: String| dir.join(f).to_str().unwrap().to_string();
-        vec![
-            "--transport".into(),
-            "quic".into(),
-            "--ca".into(),
-            file("ca.pem".into()),
-            "--cert".into(),
-            file(format!("node-{slot}.pem")),
-            "--key".into(),
-            file(format!("node-{slot}.key")),
-        ]
+        [vec!["--transport".into(), "quic".into()], crate::util::quic_cert_flags(dir, slot)].concat()
     }
 
     fn log(&self, slot: usize) -> PathBuf {

@@ -13,6 +13,20 @@ pub fn stdout_ok(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).expect("utf-8 output")
 }
 
+/// `--ca`, `--cert` and `--key` for node `rank` of the certificates `ringsam certs --out dir`
+/// wrote.
+pub fn quic_cert_flags(dir: &std::path::Path, rank: usize) -> Vec<String> {
+    let file = |f: String| dir.join(f).to_str().unwrap().to_string();
+    vec![
+        "--ca".into(),
+        file("ca.pem".into()),
+        "--cert".into(),
+        file(format!("node-{rank}.pem")),
+        "--key".into(),
+        file(format!("node-{rank}.key")),
+    ]
+}
+
 /// Training flags for a tiny, fast run (WRN-10-1 on the bundled digits, SAM, no augmentation).
 pub const TINY_TRAINING: &[&str] = &[
     "--dataset",

@@ -486,23 +486,13 @@ pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Resul
     let ep = if pipe_in.is_some() && pipe_out.is_some() { None } else { Some(endpoint(&cfg, pipe_in.is_none())?) };
     let accept = async {
         match (pipe_in, &ep) {
-            (Some(l), _) => l
-                .links
-                .receive_from_prev(&cfg.ring)
-                .await
-                .map(Either::Pipe)
-                .map_err(|why| QuicError::Connect { what: "taking the previous rank's pipe, in this process".into(), why }),
+            (Some(l), _) => pipe_from_prev(l, &cfg.ring).await.map(Either::Pipe),
             (None, ep) => accept_stripes(opened(ep)?, &cfg).await.map(Either::Net),
         }
     };
     let connect = async {
         match (pipe_out, &ep) {
-            (Some(l), _) => l
-                .links
-                .send_to_next(&cfg.ring)
-                .await
-                .map(Either::Pipe)
-                .map_err(|why| QuicError::Connect { what: "handing the next rank its pipe, in this process".into(), why }),
+            (Some(l), _) => pipe_to_next(l, &cfg.ring).await.map(Either::Pipe),
             (None, ep) => connect_stripes(opened(ep)?, &cfg).await.map(Either::Net),
         }
     };
@@ -530,6 +520,24 @@ pub async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -> Resul
             .collect(),
     };
     Ok((driver::spawn(ring, Some((recv, send))), Some(links)))
+}
+
+/// The previous rank's pipe, when it lives in this process (either driver).
+pub(crate) async fn pipe_from_prev(local: &InProcess, ring: &RingConfig) -> Result<PipeReader, QuicError> {
+    local
+        .links
+        .receive_from_prev(ring)
+        .await
+        .map_err(|why| QuicError::Connect { what: "taking the previous rank's pipe, in this process".into(), why })
+}
+
+/// The next rank's pipe, when it lives in this process (either driver).
+pub(crate) async fn pipe_to_next(local: &InProcess, ring: &RingConfig) -> Result<PipeWriter, QuicError> {
+    local
+        .links
+        .send_to_next(ring)
+        .await
+        .map_err(|why| QuicError::Connect { what: "handing the next rank its pipe, in this process".into(), why })
 }
 
 /// The endpoint a socket side uses: opened unless both neighbours are in this process.

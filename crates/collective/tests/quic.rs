@@ -29,6 +29,13 @@ fn cfg(rank: usize, world: usize, addrs: &[SocketAddr], ca: &ClusterCa, signer: 
     }
 }
 
+/// Where a rank's refusals go, and the list they are written to (the reasons, in order).
+fn refusal_log() -> (std::sync::Arc<std::sync::Mutex<Vec<String>>>, ringsam_collective::transport::Refusals) {
+    let heard: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let sink = heard.clone();
+    (heard, ringsam_collective::transport::Refusals(std::sync::Arc::new(move |_, why| sink.lock().unwrap().push(why.into()))))
+}
+
 /// Forms a ring from one config per rank, all connecting at once.
 async fn form(cfgs: Vec<QuicConfig>) -> Vec<ringsam_collective::RingHandle> {
     let joins: Vec<_> = cfgs.into_iter().map(|c| tokio::spawn(connect(c))).collect();
@@ -185,15 +192,11 @@ async fn a_formed_ring_accepts_no_one_else() {
 /// refused (each refusal reported), and the real rank 0 still joins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_are_bounded_by_count() {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     let ca = ClusterCa::generate().unwrap();
     let addrs = free_udp_addrs(2);
-    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = heard.clone();
-    let rank1 = QuicConfig {
-        on_refusal: Some(ringsam_collective::transport::Refusals(Arc::new(move |_, why| sink.lock().unwrap().push(why.into())))),
-        ..cfg(1, 2, &addrs, &ca, &ca, Duration::from_secs(30))
-    };
+    let (heard, refusals) = refusal_log();
+    let rank1 = QuicConfig { on_refusal: Some(refusals), ..cfg(1, 2, &addrs, &ca, &ca, Duration::from_secs(30)) };
     let rank1 = tokio::spawn(connect(rank1));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Strangers (with valid credentials, the worst case) start handshakes and vanish.
@@ -234,19 +237,14 @@ async fn stalled_connections_are_bounded_by_count() {
 /// ring forms with none reported (the direct driver reported them until a review caught it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_next_rank_forms_the_ring_with_nothing_refused() {
-    use std::sync::{Arc, Mutex};
     let ca = ClusterCa::generate().unwrap();
     let addrs = free_udp_addrs(2);
-    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
-    let sink = heard.clone();
+    let (heard, refusals) = refusal_log();
     let early = tokio::spawn(connect(cfg(0, 2, &addrs, &ca, &ca, Duration::from_secs(20))));
     // Rank 0 tries at 0, 0.2 and 0.6 s and replaces the last at 1.4 s: that close, and the
     // attempt after it, reach rank 1, which listens from 0.65 s.
     tokio::time::sleep(Duration::from_millis(650)).await;
-    let rank1 = QuicConfig {
-        on_refusal: Some(ringsam_collective::transport::Refusals(Arc::new(move |_, why| sink.lock().unwrap().push(why.into())))),
-        ..cfg(1, 2, &addrs, &ca, &ca, Duration::from_secs(20))
-    };
+    let rank1 = QuicConfig { on_refusal: Some(refusals), ..cfg(1, 2, &addrs, &ca, &ca, Duration::from_secs(20)) };
     let mut r1 = connect(rank1).await.unwrap();
     let mut r0 = early.await.unwrap().unwrap();
     let (a, b) = tokio::join!(r0.allreduce(vec![1.0; 10], ReduceOp::Sum), r1.allreduce(vec![2.0; 10], ReduceOp::Sum));

@@ -56,6 +56,7 @@ impl Inbound {
             if link.is_none() {
                 link = self.greet(now, &mut greetings);
             }
+            self.node.waiting = greetings.len();
             let mut end = None;
             // With the queue full the stream is left unread: the previous rank's flow-control
             // credit runs out and it waits, until the driver's reader makes room (and rings).
@@ -80,7 +81,7 @@ impl Inbound {
             self.node.reap();
             progress |= self.node.transmit(now);
             if self.inc.abandoned() {
-                self.close_all(b"ring closed");
+                self.node.close_all(b"ring closed");
                 return;
             }
             if !progress {
@@ -137,7 +138,6 @@ impl Inbound {
                 }
             }
         }
-        self.node.waiting = greetings.len();
         for (peer, why) in refused {
             self.node.refused(peer, &why);
         }
@@ -187,17 +187,7 @@ impl Inbound {
                 let _ = tx.send(());
             }
         }
-        self.node.waiting = greetings.len();
         chosen
-    }
-
-    /// Closes every connection and sends the closes (best effort: the process may be exiting).
-    fn close_all(&mut self, why: &'static [u8]) {
-        let now = Instant::now();
-        for conn in self.node.conns.values_mut() {
-            conn.close(now, VarInt::from_u32(0), Bytes::from_static(why));
-        }
-        self.node.transmit(now);
     }
 }
 

@@ -34,7 +34,7 @@ use crate::chunk_frames::ChunkFrames;
 use crate::driver::{self, ByteFrames, RingHandle};
 use crate::either_link::Either;
 use crate::local_link::{InProcess, PipeReader, PipeWriter};
-use crate::quic::{QuicConfig, QuicError, QuicLinks, QuinnConfigs, bind_udp, hello, quinn_configs};
+use crate::quic::{QuicConfig, QuicError, QuicLinks, QuinnConfigs, bind_udp, hello, pipe_from_prev, pipe_to_next, quinn_configs};
 use bell::Bell;
 use node::Node;
 use queues::{DirectRecv, DirectSend, Incoming, Outgoing};
@@ -62,23 +62,13 @@ pub(crate) async fn connect_beside(cfg: QuicConfig, local: Option<&InProcess>) -
     let q = quinn_configs(&cfg)?;
     let accept = async {
         match pipe_in {
-            Some(l) => l
-                .links
-                .receive_from_prev(&cfg.ring)
-                .await
-                .map(|p| Either::Pipe(ByteFrames(p)))
-                .map_err(|why| QuicError::Connect { what: "taking the previous rank's pipe, in this process".into(), why }),
+            Some(l) => pipe_from_prev(l, &cfg.ring).await.map(|p| Either::Pipe(ByteFrames(p))),
             None => start_inbound(&cfg, &q).await.map(|r| Either::Net(ChunkFrames::new(r))),
         }
     };
     let connect = async {
         match pipe_out {
-            Some(l) => l
-                .links
-                .send_to_next(&cfg.ring)
-                .await
-                .map(|p| (Either::Pipe(p), None))
-                .map_err(|why| QuicError::Connect { what: "handing the next rank its pipe, in this process".into(), why }),
+            Some(l) => pipe_to_next(l, &cfg.ring).await.map(|p| (Either::Pipe(p), None)),
             None => start_outbound(&cfg, &q).await.map(|(s, stats)| (Either::Net(s), Some(stats))),
         }
     };

@@ -264,6 +264,16 @@ impl Node {
         sent
     }
 
+    /// Closes every connection and sends the closes once (best effort: the thread is leaving,
+    /// and a peer that misses them learns from its idle timeout).
+    pub(crate) fn close_all(&mut self, why: &'static [u8]) {
+        let now = Instant::now();
+        for conn in self.conns.values_mut() {
+            conn.close(now, quinn_proto::VarInt::from_u32(0), bytes::Bytes::from_static(why));
+        }
+        self.transmit(now);
+    }
+
     /// The earliest connection timer.
     pub(crate) fn next_timer(&mut self) -> Option<Instant> {
         self.conns.values_mut().filter_map(|c| c.poll_timeout()).min()

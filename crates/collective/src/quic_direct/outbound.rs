@@ -103,10 +103,7 @@ impl Outbound {
             let abandoned = self.out.lock().abandoned;
             if abandoned {
                 self.copy_stats(&link);
-                for conn in self.node.conns.values_mut() {
-                    conn.close(now, VarInt::from_u32(0), Bytes::from_static(b"ring closed"));
-                }
-                self.node.transmit(now);
+                self.node.close_all(b"ring closed");
                 return;
             }
             if !progress {

@@ -165,6 +165,12 @@ impl DirectSend {
     /// Queues `chunks` once there is room (or fails with the link).
     async fn queue(&mut self, chunks: impl IntoIterator<Item = Bytes>) -> std::io::Result<()> {
         poll_fn(|cx| self.poll_room(cx)).await?;
+        self.push(chunks);
+        Ok(())
+    }
+
+    /// Appends `chunks` to the queue (room was checked) and wakes the thread.
+    fn push(&self, chunks: impl IntoIterator<Item = Bytes>) {
         {
             let mut s = self.out.lock();
             for c in chunks {
@@ -173,7 +179,6 @@ impl DirectSend {
             }
         }
         self.out.bell.ring();
-        Ok(())
     }
 
     fn poll_room(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -216,12 +221,7 @@ impl crate::driver::FrameSink for DirectSend {
 impl AsyncWrite for DirectSend {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         std::task::ready!(self.poll_room(cx))?;
-        {
-            let mut s = self.out.lock();
-            s.queued += buf.len();
-            s.chunks.push_back(Bytes::copy_from_slice(buf));
-        }
-        self.out.bell.ring();
+        self.push([Bytes::copy_from_slice(buf)]);
         Poll::Ready(Ok(buf.len()))
     }
 
