@@ -244,7 +244,9 @@ pub(crate) struct BenchAllreduceArgs {
     /// `bench cipher` measures both), aws-lc-rs or ring (docs/BENCHMARKS.md, "Cipher").
     #[arg(long, default_value = "auto", value_parser = ringsam_collective::quic::CryptoLib::parse)]
     pub(crate) quic_crypto: ringsam_collective::quic::CryptoLib,
-    /// The TLS 1.3 cipher suite QUIC offers first: aes-128-gcm, aes-256-gcm or chacha20-poly1305.
+    /// The TLS 1.3 cipher suite QUIC offers first: aes-128-gcm, aes-256-gcm or chacha20-poly1305
+    /// (and unsealed-benchmark-only in a build with the `unsealed-quic-bench` feature: no packet
+    /// protection, for measuring what it costs).
     #[arg(long, default_value = "aes-128-gcm", value_parser = ringsam_collective::quic::Cipher::parse)]
     pub(crate) quic_cipher: ringsam_collective::quic::Cipher,
     /// What drives QUIC's connections: direct (a thread per neighbour over quinn-proto, handing

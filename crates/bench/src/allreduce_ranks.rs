@@ -248,12 +248,12 @@ pub fn table(b: &AllreduceBench, rows: &[BenchRow]) -> String {
         b.chunk, b.iters
     );
     if rows.iter().any(|r| r.transport == "quic") {
-        out += &format!(
-            "# QUIC: {} driver, {} offered first, sealed by {}\n",
-            b.quic.driver.name(),
-            b.quic.cipher.name(),
-            b.quic.crypto.name()
-        );
+        let (driver, cipher) = (b.quic.driver.name(), b.quic.cipher.name());
+        out += &if b.quic.cipher.seals() {
+            format!("# QUIC: {driver} driver, {cipher} offered first, sealed by {}\n", b.quic.crypto.name())
+        } else {
+            format!("# QUIC: {driver} driver, packets NOT SEALED ({cipher}: a measurement build)\n")
+        };
     }
     if b.show_cpu {
         out += "# cpu(ms): CPU time (user + sys) per operation, summed over the ranks counted; ns/B: that per byte of the buffer\n";

@@ -24,6 +24,8 @@ pub mod quic;
 pub mod quic_crypto;
 #[cfg(target_os = "linux")]
 mod quic_direct;
+#[cfg(feature = "unsealed-quic-bench")]
+mod quic_unsealed;
 pub mod tcp;
 pub mod transport;
 

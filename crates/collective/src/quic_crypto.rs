@@ -109,6 +109,10 @@ pub enum Cipher {
     Aes256Gcm,
     /// ChaCha20-Poly1305: the fast one on CPUs without AES instructions.
     Chacha20Poly1305,
+    /// No sealing at all, for measuring what sealing costs ([`crate::quic_unsealed`]); only in
+    /// builds with the `unsealed-quic-bench` feature.
+    #[cfg(feature = "unsealed-quic-bench")]
+    Unsealed,
 }
 
 impl Cipher {
@@ -121,6 +125,8 @@ impl Cipher {
             "aes-128-gcm" => Ok(Cipher::Aes128Gcm),
             "aes-256-gcm" => Ok(Cipher::Aes256Gcm),
             "chacha20-poly1305" => Ok(Cipher::Chacha20Poly1305),
+            #[cfg(feature = "unsealed-quic-bench")]
+            "unsealed-benchmark-only" => Ok(Cipher::Unsealed),
             other => Err(format!("cipher {other:?}: expected aes-128-gcm, aes-256-gcm or chacha20-poly1305")),
         }
     }
@@ -131,7 +137,18 @@ impl Cipher {
             Cipher::Aes128Gcm => "aes-128-gcm",
             Cipher::Aes256Gcm => "aes-256-gcm",
             Cipher::Chacha20Poly1305 => "chacha20-poly1305",
+            #[cfg(feature = "unsealed-quic-bench")]
+            Cipher::Unsealed => "unsealed-benchmark-only",
         }
+    }
+
+    /// Whether packets are sealed: always, but in a measurement build's `unsealed-benchmark-only`.
+    pub fn seals(self) -> bool {
+        #[cfg(feature = "unsealed-quic-bench")]
+        if self == Cipher::Unsealed {
+            return false;
+        }
+        true
     }
 
     fn suite(self) -> rustls::CipherSuite {
@@ -139,6 +156,8 @@ impl Cipher {
             Cipher::Aes128Gcm => rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
             Cipher::Aes256Gcm => rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
             Cipher::Chacha20Poly1305 => rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            #[cfg(feature = "unsealed-quic-bench")]
+            Cipher::Unsealed => rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
         }
     }
 }
@@ -153,6 +172,11 @@ pub(crate) fn crypto_provider(lib: CryptoLib, first: Cipher) -> rustls::crypto::
     };
     // A stable sort on "is not `first`" moves it to the front and keeps the rest in order.
     p.cipher_suites.sort_by_key(|s| s.suite() != first.suite());
+    #[cfg(feature = "unsealed-quic-bench")]
+    if first == Cipher::Unsealed {
+        let base = p.cipher_suites[0].tls13().expect("every provider has TLS 1.3's AES-128-GCM");
+        p.cipher_suites = vec![crate::quic_unsealed::unsealed_suite(lib, base)];
+    }
     p
 }
 
