@@ -14,7 +14,8 @@
 #    tests need cmake and nasm, installed with apt-get when missing and possible; otherwise the
 #    script says that they did not run;
 # 4. the measurement build's unsealed QUIC cipher (feature `unsealed-quic-bench`, docs/BENCHMARKS.md
-#    "What the AEAD costs"): lints and its tests, recompiling only ringsam-collective;
+#    "What the AEAD costs"): lints of every crate with it, and its tests (its keys, and a ring
+#    over both QUIC drivers), recompiling only ringsam-collective;
 # 5. the `unsafe` modules' tests under valgrind memcheck (scripts/memcheck.sh, ~40 s);
 # 6. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
 #    its own, created on first run), using the binary step 2 left in target/debug;
@@ -59,8 +60,8 @@ if command -v cmake >/dev/null 2>&1 && command -v nasm >/dev/null 2>&1; then
 else
     echo "test.sh: NOT RUN: the turbojpeg feature's tests (need cmake and nasm: apt-get install cmake nasm)" >&2
 fi
-cargo clippy -p ringsam-collective --all-targets --locked --features unsealed-quic-bench -- -D warnings
-cargo test -p ringsam-collective --locked --features unsealed-quic-bench --lib quic_unsealed
+cargo clippy --workspace --all-targets --locked --features unsealed-quic-bench -- -D warnings
+cargo test -p ringsam-collective --locked --features unsealed-quic-bench --lib --test quic unsealed
 ./scripts/memcheck.sh
 ./scripts/interop_check.sh target/debug/ringsam
 ./scripts/k8s_check.sh target/debug/ringsam

@@ -109,8 +109,8 @@ pub enum Cipher {
     Aes256Gcm,
     /// ChaCha20-Poly1305: the fast one on CPUs without AES instructions.
     Chacha20Poly1305,
-    /// No sealing at all, for measuring what sealing costs ([`crate::quic_unsealed`]); only in
-    /// builds with the `unsealed-quic-bench` feature.
+    /// No sealing at all, for measuring what sealing costs (`quic_unsealed.rs`); only in builds
+    /// with the `unsealed-quic-bench` feature.
     #[cfg(feature = "unsealed-quic-bench")]
     Unsealed,
 }
@@ -127,9 +127,15 @@ impl Cipher {
             "chacha20-poly1305" => Ok(Cipher::Chacha20Poly1305),
             #[cfg(feature = "unsealed-quic-bench")]
             "unsealed-benchmark-only" => Ok(Cipher::Unsealed),
-            other => Err(format!("cipher {other:?}: expected aes-128-gcm, aes-256-gcm or chacha20-poly1305")),
+            other => Err(format!("cipher {other:?}: expected {}", Cipher::EXPECTED)),
         }
     }
+
+    /// The flag values [`Cipher::parse`] takes, for its error.
+    #[cfg(not(feature = "unsealed-quic-bench"))]
+    const EXPECTED: &str = "aes-128-gcm, aes-256-gcm or chacha20-poly1305";
+    #[cfg(feature = "unsealed-quic-bench")]
+    const EXPECTED: &str = "aes-128-gcm, aes-256-gcm, chacha20-poly1305 or unsealed-benchmark-only";
 
     /// The flag value.
     pub fn name(self) -> &'static str {
@@ -142,7 +148,8 @@ impl Cipher {
         }
     }
 
-    /// Whether packets are sealed: always, but in a measurement build's `unsealed-benchmark-only`.
+    /// Whether packets are sealed: always, except with a measurement build's
+    /// `unsealed-benchmark-only`.
     pub fn seals(self) -> bool {
         #[cfg(feature = "unsealed-quic-bench")]
         if self == Cipher::Unsealed {

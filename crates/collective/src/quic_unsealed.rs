@@ -8,8 +8,9 @@
 //! the two in one run is the cost of sealing and opening alone (docs/BENCHMARKS.md, "What the
 //! AEAD costs").
 //!
-//! It takes the place of TLS 1.3's AES-128-GCM suite on both sides (QUIC's Initial packets
-//! use that suite's keys too), so it only forms rings with ranks that chose it as well.
+//! It takes the place of TLS 1.3's AES-128-GCM suite, under that suite's identifier (QUIC's
+//! Initial packets use its keys too), so it only forms rings with ranks that chose it as well:
+//! a sealed neighbour cannot read its first packet, and the connection attempt times out.
 
 use std::sync::OnceLock;
 
@@ -21,27 +22,36 @@ use crate::quic_crypto::CryptoLib;
 
 const TAG_LEN: usize = 16;
 
+/// AES-GCM's limits, kept so that quinn-proto updates keys when it would for a sealed ring.
+const CONFIDENTIALITY_LIMIT: u64 = 1 << 23;
+const INTEGRITY_LIMIT: u64 = 1 << 52;
+
 /// `lib`'s AES-128-GCM suite with unsealed QUIC packets: the only suite the provider offers.
 pub(crate) fn unsealed_suite(lib: CryptoLib, base: &'static Tls13CipherSuite) -> SupportedCipherSuite {
-    static SUITES: [OnceLock<Tls13CipherSuite>; 2] = [OnceLock::new(), OnceLock::new()];
-    let slot = &SUITES[lib as usize];
+    static AWS_LC: OnceLock<Tls13CipherSuite> = OnceLock::new();
+    static RING: OnceLock<Tls13CipherSuite> = OnceLock::new();
+    let slot = match lib {
+        CryptoLib::AwsLc => &AWS_LC,
+        CryptoLib::Ring => &RING,
+    };
     SupportedCipherSuite::Tls13(slot.get_or_init(|| Tls13CipherSuite {
         common: CipherSuiteCommon { ..base.common },
         hkdf_provider: base.hkdf_provider,
         aead_alg: base.aead_alg,
-        quic: Some(&Unsealed),
+        quic: Some(&NullPacketKey),
     }))
 }
 
 /// Packets sealed with no cipher: [`Algorithm`] and its packet key.
-struct Unsealed;
+struct NullPacketKey;
 
-/// Packet numbers left unmasked.
+/// Header protection that protects nothing: the first byte and the packet number go in the
+/// clear.
 struct ClearHeaders;
 
-impl Algorithm for Unsealed {
+impl Algorithm for NullPacketKey {
     fn packet_key(&self, _key: AeadKey, _iv: Iv) -> Box<dyn PacketKey> {
-        Box::new(Unsealed)
+        Box::new(NullPacketKey)
     }
 
     fn header_protection_key(&self, _key: AeadKey) -> Box<dyn HeaderProtectionKey> {
@@ -53,7 +63,7 @@ impl Algorithm for Unsealed {
     }
 }
 
-impl PacketKey for Unsealed {
+impl PacketKey for NullPacketKey {
     /// A tag of zeros, so the packets are as long as sealed ones.
     fn encrypt_in_place(&self, _packet_number: u64, _header: &[u8], _payload: &mut [u8]) -> Result<Tag, Error> {
         Ok(Tag::from(&[0u8; TAG_LEN][..]))
@@ -72,11 +82,11 @@ impl PacketKey for Unsealed {
     }
 
     fn confidentiality_limit(&self) -> u64 {
-        u64::MAX
+        CONFIDENTIALITY_LIMIT
     }
 
     fn integrity_limit(&self) -> u64 {
-        u64::MAX
+        INTEGRITY_LIMIT
     }
 }
 
@@ -121,13 +131,13 @@ mod tests {
     fn packets_pass_unchanged_and_a_changed_tag_is_refused() {
         let plain: Vec<u8> = (0..100u8).collect();
         let mut packet = plain.clone();
-        let tag = Unsealed.encrypt_in_place(1, b"h", &mut packet).unwrap();
+        let tag = NullPacketKey.encrypt_in_place(1, b"h", &mut packet).unwrap();
         assert_eq!(packet, plain);
         packet.extend_from_slice(tag.as_ref());
         let mut bad = packet.clone();
         *bad.last_mut().unwrap() = 1;
-        assert!(Unsealed.decrypt_in_place(1, b"h", &mut bad).is_err());
-        assert!(Unsealed.decrypt_in_place(1, b"h", &mut [0u8; 5]).is_err());
-        assert_eq!(Unsealed.decrypt_in_place(1, b"h", &mut packet).unwrap(), &plain[..]);
+        assert!(NullPacketKey.decrypt_in_place(1, b"h", &mut bad).is_err());
+        assert!(NullPacketKey.decrypt_in_place(1, b"h", &mut [0u8; 5]).is_err());
+        assert_eq!(NullPacketKey.decrypt_in_place(1, b"h", &mut packet).unwrap(), &plain[..]);
     }
 }

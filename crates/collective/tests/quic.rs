@@ -65,15 +65,24 @@ async fn three_ranks_all_reduce_over_quic_with_mutual_tls() {
         c
     };
     let rings = form((0..world).map(mixed).collect()).await;
+    sum_on_every_rank(rings, 50, |i| [1, 4095, 4096, 100_000][i % 4]).await;
+}
+
+/// Every rank all-reduces `ops` operations at once, operation `i` of `len(i)` values, rank `r`
+/// giving `(r + 1) * (j % 5 + i)` at index `j`; each result is checked exactly, then each rank
+/// closes.
+async fn sum_on_every_rank(rings: Vec<ringsam_collective::RingHandle>, ops: usize, len: fn(usize) -> usize) {
+    let world = rings.len();
     let tasks: Vec<_> = rings
         .into_iter()
         .enumerate()
         .map(|(r, mut ring)| {
             tokio::spawn(async move {
-                for i in 0..50 {
-                    let len = [1usize, 4095, 4096, 100_000][i % 4];
-                    let out = ring.allreduce((0..len).map(|j| ((r + 1) * (j % 5)) as f32).collect(), ReduceOp::Sum).await.unwrap();
-                    assert!(out.iter().enumerate().all(|(j, &v)| v == (6 * (j % 5)) as f32), "rank {r} op {i}");
+                for i in 0..ops {
+                    let data = (0..len(i)).map(|j| ((r + 1) * (j % 5 + i)) as f32).collect();
+                    let out = ring.allreduce(data, ReduceOp::Sum).await.unwrap();
+                    let ranks = world * (world + 1) / 2;
+                    assert!(out.iter().enumerate().all(|(j, &v)| v == (ranks * (j % 5 + i)) as f32), "rank {r} op {i}");
                 }
                 ring.close().await;
             })
@@ -250,4 +259,25 @@ async fn a_late_next_rank_forms_the_ring_with_nothing_refused() {
     let (a, b) = tokio::join!(r0.allreduce(vec![1.0; 10], ReduceOp::Sum), r1.allreduce(vec![2.0; 10], ReduceOp::Sum));
     assert_eq!((a.unwrap(), b.unwrap()), (vec![3.0; 10], vec![3.0; 10]));
     assert!(heard.lock().unwrap().is_empty(), "refusals reported: {:?}", heard.lock().unwrap());
+}
+
+/// The measurement build's unsealed packets (`--features unsealed-quic-bench`): a ring forms
+/// with one rank on each driver, and gives exact results over thousands of 1452-byte packets
+/// each way, past the point (10 to 1000 packets) where quinn-proto makes its first key update.
+#[cfg(feature = "unsealed-quic-bench")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsealed_ring_gives_exact_results_through_a_key_update() {
+    use ringsam_collective::quic::{Cipher, QuicDriver};
+    let ca = ClusterCa::generate().unwrap();
+    let world = 2;
+    let addrs = free_udp_addrs(world);
+    let unsealed = |r: usize| {
+        let mut c = cfg(r, world, &addrs, &ca, &ca, Duration::from_secs(10));
+        c.tuning.cipher = Cipher::parse("unsealed-benchmark-only").unwrap();
+        c.tuning.max_mtu = Some(1452);
+        c.tuning.driver = [QuicDriver::Direct, QuicDriver::Quinn][r];
+        c
+    };
+    let rings = form((0..world).map(unsealed).collect()).await;
+    sum_on_every_rank(rings, 8, |_| 100_000).await;
 }
