@@ -134,3 +134,77 @@ async fn start_outbound(cfg: &QuicConfig, q: &QuinnConfigs) -> Result<(DirectSen
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RingConfig;
+    use crate::certs::ClusterCa;
+    use crate::chunk_frames::ChunkSource;
+    use crate::quic::QuicTuning;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// Rank `rank`'s config in a ring of two on loopback, with a 16 MiB stream window.
+    fn config(rank: usize, addrs: &[SocketAddr], ca: &ClusterCa) -> QuicConfig {
+        let (cert, key) = ca.node(&format!("node-{rank}")).unwrap();
+        QuicConfig {
+            ring: RingConfig::new(rank, 2),
+            listen: addrs[rank],
+            next: addrs[1 - rank],
+            ca: ca.cert_der(),
+            cert_chain: vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            connect_timeout: Duration::from_secs(10),
+            tuning: QuicTuning {
+                stream_window: 16 << 20,
+                conn_window: 16 << 20,
+                driver: crate::quic::QuicDriver::Direct,
+                ..Default::default()
+            },
+            on_refusal: None,
+        }
+    }
+
+    /// The previous rank sends more than the inbound queue holds, finishes its stream and closes
+    /// its connection while this rank's reader takes nothing: the inbound thread stops reading at
+    /// the limit, quinn-proto holds the rest (acknowledged, so the sender's close completes), and
+    /// once the connection is gone the thread must read that rest before it goes with the
+    /// connection. Every byte arrives, in order, then a clean end.
+    #[test]
+    fn bytes_held_while_throttled_survive_the_previous_ranks_close() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let ca = ClusterCa::generate().unwrap();
+            let addrs: Vec<SocketAddr> = (0..2).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+            let (prev, this) = (config(0, &addrs, &ca), config(1, &addrs, &ca));
+            let (q_prev, q_this) = (quinn_configs(&prev).unwrap(), quinn_configs(&this).unwrap());
+            let (mut recv, (mut send, _)) = tokio::try_join!(start_inbound(&this, &q_this), start_outbound(&prev, &q_prev)).unwrap();
+
+            // 20 MiB: over the queue's 8 MiB, within it and the 16 MiB window together.
+            let sent: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+            for piece in sent.chunks(1 << 20) {
+                send.write_all(piece).await.unwrap();
+            }
+            // Returns once the next rank's quinn-proto acknowledged every byte; the thread then
+            // closes the connection.
+            send.shutdown().await.unwrap();
+            drop(send);
+            // The thread hands over the rest and the stream's end with no reader taking any.
+            let by = std::time::Instant::now() + Duration::from_secs(10);
+            while !recv.inc.ended() {
+                assert!(std::time::Instant::now() < by, "the stream's end never came: what quinn-proto held was left unread");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+
+            let mut got = Vec::with_capacity(sent.len());
+            while let Some(chunk) = recv.next_chunk().await.unwrap() {
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got.len(), sent.len());
+            assert!(got == sent, "the bytes arrived changed or out of order");
+        });
+    }
+}
