@@ -14,8 +14,9 @@
 #    tests need cmake and nasm, installed with apt-get when missing and possible; otherwise the
 #    script says that they did not run;
 # 4. the measurement build's unsealed QUIC cipher (feature `unsealed-quic-bench`, docs/BENCHMARKS.md
-#    "What the AEAD costs"): lints of every crate with it, and its tests (its keys, and a ring
-#    over both QUIC drivers), recompiling only ringsam-collective;
+#    "What the AEAD costs"): lints of every crate with it (re-checking ringsam-collective and what
+#    depends on it), and its tests (its keys, and a ring over both QUIC drivers), recompiling only
+#    ringsam-collective;
 # 5. the `unsafe` modules' tests under valgrind memcheck (scripts/memcheck.sh, ~40 s);
 # 6. Python's TensorBoard reader and safetensors must open what `ringsam train` writes (a venv of
 #    its own, created on first run), using the binary step 2 left in target/debug;

@@ -141,13 +141,21 @@ mod tests {
     use crate::RingConfig;
     use crate::certs::ClusterCa;
     use crate::chunk_frames::ChunkSource;
-    use crate::quic::QuicTuning;
+    use crate::quic::{QuicDriver, QuicTuning};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
-    /// Rank `rank`'s config in a ring of two on loopback, with a 16 MiB stream window.
+    /// The stream and connection windows of [`config`].
+    const WINDOW: usize = 16 << 20;
+    /// What the previous rank sends: over the inbound queue's limit, so the thread stops reading;
+    /// within the credit the sender has then (the limit, plus the window less the eighth of it
+    /// quinn-proto may still owe as an update), so the whole stream is sent and acknowledged.
+    const SENT: usize = 20 << 20;
+    const _: () = assert!(queues::INBOUND_LIMIT < SENT && SENT <= queues::INBOUND_LIMIT + WINDOW - WINDOW / 8);
+
+    /// Rank `rank`'s config in a ring of two on loopback, with [`WINDOW`]s.
     fn config(rank: usize, addrs: &[SocketAddr], ca: &ClusterCa) -> QuicConfig {
         let (cert, key) = ca.node(&format!("node-{rank}")).unwrap();
         QuicConfig {
@@ -159,9 +167,9 @@ mod tests {
             key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
             connect_timeout: Duration::from_secs(10),
             tuning: QuicTuning {
-                stream_window: 16 << 20,
-                conn_window: 16 << 20,
-                driver: crate::quic::QuicDriver::Direct,
+                stream_window: WINDOW as u32,
+                conn_window: WINDOW as u32,
+                driver: QuicDriver::Direct,
                 ..Default::default()
             },
             on_refusal: None,
@@ -183,19 +191,20 @@ mod tests {
             let (q_prev, q_this) = (quinn_configs(&prev).unwrap(), quinn_configs(&this).unwrap());
             let (mut recv, (mut send, _)) = tokio::try_join!(start_inbound(&this, &q_this), start_outbound(&prev, &q_prev)).unwrap();
 
-            // 20 MiB: over the queue's 8 MiB, within it and the 16 MiB window together.
-            let sent: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+            let sent: Vec<u8> = (0..SENT).map(|i| (i % 251) as u8).collect();
             for piece in sent.chunks(1 << 20) {
                 send.write_all(piece).await.unwrap();
             }
-            // Returns once the next rank's quinn-proto acknowledged every byte; the thread then
-            // closes the connection.
+            // Returns once the next rank's quinn-proto acknowledged every byte, and the thread then
+            // closes the connection; or after CLOSE_ACK_WAIT (2 s) without that, closing anyway. On
+            // a machine too loaded to move 20 MiB in 2 s the reads below then fail with "the
+            // previous rank's connection was lost": the wait, not the code under test.
             send.shutdown().await.unwrap();
             drop(send);
             // The thread hands over the rest and the stream's end with no reader taking any.
-            let by = std::time::Instant::now() + Duration::from_secs(10);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while !recv.inc.ended() {
-                assert!(std::time::Instant::now() < by, "the stream's end never came: what quinn-proto held was left unread");
+                assert!(std::time::Instant::now() < deadline, "the stream's end never came: what quinn-proto held was left unread");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
 
