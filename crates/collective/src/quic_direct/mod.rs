@@ -186,7 +186,10 @@ mod tests {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
             let ca = ClusterCa::generate().unwrap();
-            let addrs: Vec<SocketAddr> = (0..2).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+            // Both held while their ports are read, so the two cannot be the same port.
+            let held: Vec<std::net::UdpSocket> = (0..2).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+            let addrs: Vec<SocketAddr> = held.iter().map(|s| s.local_addr().unwrap()).collect();
+            drop(held);
             let (prev, this) = (config(0, &addrs, &ca), config(1, &addrs, &ca));
             let (q_prev, q_this) = (quinn_configs(&prev).unwrap(), quinn_configs(&this).unwrap());
             let (mut recv, (mut send, _)) = tokio::try_join!(start_inbound(&this, &q_this), start_outbound(&prev, &q_prev)).unwrap();
